@@ -1,0 +1,369 @@
+//! The [`Cache`] handle.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{Backend, CacheBuilder, CacheConfig};
+use crate::error::{Error, Result};
+use crate::resilience::{BreakerState, CircuitBreaker, Idempotence, Resilience};
+use crate::stats::{Counters, Stats};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{KeyTtl, Store, WindowCount};
+
+/// A handle to one cache: Redis, Redis Cluster or the embedded in-memory store.
+///
+/// Cheap to clone (one `Arc`); clones share the connection, the circuit breaker
+/// and the counters. Values are JSON. Every call is bounded by the handle's
+/// timeout, transient failures are retried, and a breaker stops calling a store
+/// that keeps failing.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_core::Error> {
+/// use std::time::Duration;
+/// let cache = cache_core::Cache::in_memory();
+/// cache.set("asset:42:current_price", &72000.0, Some(Duration::from_secs(60))).await?;
+/// let price: Option<f64> = cache.get("asset:42:current_price").await?;
+/// assert_eq!(price, Some(72000.0));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    backend: Backend,
+    namespace: Option<String>,
+    resilience: Resilience,
+    counters: Counters,
+    bypass: bool,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Backend's Display hides passwords.
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend.to_string())
+            .field("namespace", &self.inner.namespace)
+            .field("timeout", &self.inner.resilience.timeout)
+            .field("breaker", &self.inner.resilience.breaker.state())
+            .finish()
+    }
+}
+
+/// The answer of [`Cache::health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// The store answered a PING within the timeout.
+    pub healthy: bool,
+    /// Which store, with the password hidden.
+    pub backend: String,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Round trip of the PING, when it answered.
+    pub latency: Option<Duration>,
+    /// Why it is unhealthy.
+    pub error: Option<String>,
+}
+
+impl Cache {
+    /// Builds a handle from the environment (see the README's configuration
+    /// table): `REDIS_CLUSTER_URLS`, else `REDIS_URL`, else `REDIS_HOST`...,
+    /// else the in-memory store.
+    ///
+    /// Fails only on bad configuration. When Redis is unreachable the handle is
+    /// still returned: calls fail (and `#[cached]` functions run uncached) until
+    /// the connection comes up by itself.
+    pub async fn from_env() -> Result<Cache> {
+        CacheBuilder::from_env()?.build().await
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// An embedded in-memory store with default settings: for development,
+    /// tests and single-process services. Needs no runtime.
+    pub fn in_memory() -> Cache {
+        Self::with_store(
+            CacheConfig::default(),
+            Box::new(MemoryStore::new(crate::config::DEFAULT_MEMORY_MAX_ENTRIES)),
+        )
+    }
+
+    pub(crate) fn from_config(config: CacheConfig) -> Result<Cache> {
+        let store: Box<dyn Store> = match &config.backend {
+            Backend::Memory => Box::new(MemoryStore::new(config.memory_max_entries)),
+            Backend::Redis(endpoint) => Box::new(RedisStore::standalone(endpoint, &config)?),
+            Backend::Cluster(nodes) => Box::new(RedisStore::cluster(nodes, &config)?),
+        };
+        Ok(Self::with_store(config, store))
+    }
+
+    fn with_store(config: CacheConfig, store: Box<dyn Store>) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                store,
+                resilience: Resilience {
+                    timeout: config.timeout,
+                    max_attempts: config.max_attempts,
+                    retry_backoff: config.retry_backoff,
+                    breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
+                },
+                backend: config.backend,
+                namespace: config.namespace,
+                counters: Counters::default(),
+                bypass: config.bypass,
+            }),
+        }
+    }
+
+    /// Which store this handle talks to (its `Display` hides the password).
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// The namespace put in front of every key, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    /// The timeout of one call, retries included.
+    pub fn timeout(&self) -> Duration {
+        self.inner.resilience.timeout
+    }
+
+    /// `true` when memoization is switched off for this handle (`CACHE_BYPASS`).
+    pub fn is_bypassed(&self) -> bool {
+        self.inner.bypass
+    }
+
+    /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
+    pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        match &self.inner.namespace {
+            Some(ns) => Cow::Owned(format!("{ns}:{key}")),
+            None => Cow::Borrowed(key),
+        }
+    }
+
+    /// Counters since the handle was built, and the breaker's state.
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .counters
+            .snapshot(self.inner.resilience.breaker.state())
+    }
+
+    async fn run<'a, T, F>(&'a self, idempotence: Idempotence, call: F) -> Result<T>
+    where
+        F: FnMut(&'a dyn Store) -> crate::store::StoreFuture<'a, T>,
+    {
+        let mut call = call;
+        let store: &'a dyn Store = self.inner.store.as_ref();
+        if self.inner.backend == Backend::Memory {
+            // No network: nothing to time out, retry or break.
+            let result = call(store).await;
+            if result.is_err() {
+                self.inner.counters.record_error();
+            }
+            return result;
+        }
+        self.inner
+            .resilience
+            .run(&self.inner.counters, idempotence, || call(store))
+            .await
+    }
+
+    /// Reads raw bytes. No codec, no hit/miss counting.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.get(&key)).await
+    }
+
+    /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
+    pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
+            return self.delete(key).await.map(drop);
+        }
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.set(&key, value, ttl))
+            .await
+    }
+
+    /// Reads and decodes a JSON value. A missing key, or a value that does not
+    /// decode as `T` (corrupt, foreign, old schema), is `Ok(None)`: a miss.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let bytes = self.get_bytes(key).await?;
+        Ok(self.decode(key, bytes.as_deref()))
+    }
+
+    /// Decodes `bytes` read under `key`, counting the hit or miss. Undecodable
+    /// bytes are a miss, logged without their content.
+    pub fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
+        let counters = &self.inner.counters;
+        let Some(bytes) = bytes else {
+            counters.record_miss();
+            return None;
+        };
+        match serde_json::from_slice(bytes) {
+            Ok(value) => {
+                counters.record_hit();
+                Some(value)
+            }
+            Err(err) => {
+                counters.record_decode_error();
+                counters.record_miss();
+                tracing::debug!(key, error = %err, "cache entry did not decode; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Encodes `value` as JSON and stores it, with an optional TTL.
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string()))?;
+        self.set_bytes(key, &bytes, ttl).await
+    }
+
+    /// Reads several keys in one round trip (MGET); the answer is in key order.
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
+        let values = self
+            .run(Idempotence::Idempotent, |s| s.get_many(&full))
+            .await?;
+        Ok(keys
+            .iter()
+            .zip(values)
+            .map(|(key, bytes)| self.decode(key, bytes.as_deref()))
+            .collect())
+    }
+
+    /// Writes several values, all with the same optional TTL, pipelined.
+    pub async fn set_many<T: Serialize>(
+        &self,
+        entries: &[(&str, T)],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
+            for (key, _) in entries {
+                self.delete(key).await?;
+            }
+            return Ok(());
+        }
+        let encoded = entries
+            .iter()
+            .map(|(key, value)| {
+                let bytes =
+                    serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string()))?;
+                Ok((self.full_key(key).into_owned(), bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
+            .await
+    }
+
+    /// Removes a key; `true` if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.delete(&key)).await
+    }
+
+    /// `true` if the key exists (and has not expired).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.exists(&key)).await
+    }
+
+    /// Sets a key's time to live; `false` if there is no such key. A zero TTL
+    /// removes the key, as Redis does.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        if ttl.as_millis() == 0 {
+            return self.delete(key).await;
+        }
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
+            .await
+    }
+
+    /// A key's remaining time to live (Redis `PTTL`).
+    pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let key = self.full_key(key);
+        self.run(Idempotence::Idempotent, |s| s.ttl(&key)).await
+    }
+
+    /// Adds `by` to an integer counter (created at 0) and returns the new value.
+    /// A key holding something else than an integer is an [`Error::Command`].
+    /// Not retried after an ambiguous failure, so it never counts twice.
+    pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let key = self.full_key(key);
+        self.run(Idempotence::CountsOnce, |s| s.incr(&key, by))
+            .await
+    }
+
+    /// A fixed-window counter: adds `by` and, when the counter is new (or has no
+    /// expiry), makes it expire after `window`, all in one atomic step (a Lua
+    /// script on Redis). Returns the count and the time until the window resets.
+    /// This is what the rate limiter counts with.
+    pub async fn incr_window(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
+        if window.as_millis() == 0 {
+            return Err(Error::config("window", "must be at least one millisecond"));
+        }
+        let key = self.full_key(key);
+        self.run(Idempotence::CountsOnce, |s| s.incr_window(&key, by, window))
+            .await
+    }
+
+    /// Removes every key starting with `prefix` (within the namespace) and
+    /// returns how many. Walks the keyspace with SCAN and removes in batches
+    /// with UNLINK, on every primary of a cluster; never KEYS. Glob characters
+    /// in `prefix` are literal.
+    ///
+    /// Not bounded by the call timeout, which is meant for single commands:
+    /// each SCAN and UNLINK step is.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let prefix = self.full_key(prefix);
+        let Some(permit_check) = self.inner.resilience.breaker.admit() else {
+            self.inner.counters.record_breaker_rejection();
+            return Err(Error::CircuitOpen);
+        };
+        let result = self.inner.store.delete_prefix(&prefix).await;
+        match &result {
+            Err(err) if err.is_unavailable() => {
+                self.inner.counters.record_error();
+                permit_check.failure();
+            }
+            Err(_) => {
+                self.inner.counters.record_error();
+                permit_check.success();
+            }
+            Ok(_) => permit_check.success(),
+        }
+        result
+    }
+
+    /// PINGs the store within the timeout; never fails, reports instead.
+    pub async fn health(&self) -> Health {
+        let started = Instant::now();
+        let result = self.run(Idempotence::Idempotent, |s| s.ping()).await;
+        Health {
+            healthy: result.is_ok(),
+            backend: self.inner.backend.to_string(),
+            breaker: self.inner.resilience.breaker.state(),
+            latency: result.is_ok().then(|| started.elapsed()),
+            error: result.err().map(|err| err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The one error type of this crate.
+
+use std::time::Duration;
+
+/// What went wrong, for callers that want to branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration (environment or builder) is invalid.
+    Config,
+    /// The store could not be reached, or the connection broke.
+    Connection,
+    /// The call did not finish within its timeout.
+    Timeout,
+    /// The circuit breaker is open: the call was not attempted.
+    CircuitOpen,
+    /// The store answered with an error (wrong type, not an integer, ...).
+    Command,
+    /// A value could not be encoded.
+    Encode,
+}
+
+/// An error from a [`Cache`](crate::Cache) call or from building one.
+///
+/// Messages never contain passwords: configuration errors name the variable,
+/// not its value, and connection errors come from addresses without credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Invalid configuration, naming the variable or builder setting at fault.
+    #[error("invalid cache configuration: {setting}: {reason}")]
+    Config {
+        /// The environment variable or builder setting.
+        setting: &'static str,
+        /// What is wrong with it (never its value when it may hold a secret).
+        reason: String,
+    },
+    /// The store could not be reached or the connection broke.
+    #[error("cache store unreachable: {0}")]
+    Connection(#[source] redis::RedisError),
+    /// The call did not complete in time.
+    #[error("cache call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The circuit breaker is open, so the call was not attempted.
+    #[error("cache circuit breaker is open: calls are suspended until the store recovers")]
+    CircuitOpen,
+    /// The store rejected the command.
+    #[error("cache store rejected the command: {0}")]
+    Command(String),
+    /// The value could not be encoded.
+    #[error("could not encode the cache value: {0}")]
+    Encode(String),
+}
+
+impl Error {
+    /// The kind of error, to match on.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Connection(_) => ErrorKind::Connection,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::CircuitOpen => ErrorKind::CircuitOpen,
+            Error::Command(_) => ErrorKind::Command,
+            Error::Encode(_) => ErrorKind::Encode,
+        }
+    }
+
+    /// `true` when the call timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// `true` when the store could not be reached (refused, reset, broken pipe).
+    pub fn is_connection(&self) -> bool {
+        self.kind() == ErrorKind::Connection
+    }
+
+    /// `true` when the circuit breaker refused the call without trying it.
+    pub fn is_circuit_open(&self) -> bool {
+        self.kind() == ErrorKind::CircuitOpen
+    }
+
+    /// `true` when the store itself is unhealthy (unreachable, slow, breaker open),
+    /// as opposed to a bad command or value. These count towards the breaker.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::CircuitOpen
+        )
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_timeout() {
+            // The connection's own response timeout; the duration is the handle's.
+            return Error::Connection(err);
+        }
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+            || is_transient_server_error(&err)
+        {
+            Error::Connection(err)
+        } else {
+            Error::Command(err.to_string())
+        }
+    }
+}
+
+/// Server replies that mean "not now" rather than "never": a cluster in transition,
+/// a replica promoted, a dataset still loading.
+fn is_transient_server_error(err: &redis::RedisError) -> bool {
+    matches!(
+        err.code(),
+        Some("TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY" | "READONLY")
+    )
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<redis::ParsingError> for Error {
+    fn from(err: redis::ParsingError) -> Self {
+        Error::Command(format!("unexpected reply: {err}"))
+    }
+}

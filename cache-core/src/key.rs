@@ -1,0 +1,93 @@
+//! How keys are built, so that any service in any language can compute them.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The key `#[cached]` uses: `{prefix}:{lowercase hex SHA-256 of the JSON of args}`.
+///
+/// `args` is the tuple of the key arguments in declaration order, so a
+/// one-argument call `embed("hello")` hashes the JSON text `["hello"]`
+/// (serde_json writes a tuple as an array, with no spaces). The handle's
+/// namespace, when one is set, is added in front by the [`Cache`](crate::Cache).
+///
+/// ```
+/// // printf '["hello"]' | sha256sum
+/// let key = cache_core::key_for("embedding", &("hello",)).unwrap();
+/// assert_eq!(
+///     key,
+///     "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9"
+/// );
+/// ```
+pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
+    let json = serde_json::to_vec(args).map_err(|err| Error::Encode(err.to_string()))?;
+    let mut key = String::with_capacity(prefix.len() + 1 + 64);
+    key.push_str(prefix);
+    key.push(':');
+    push_hex(&mut key, &Sha256::digest(&json));
+    Ok(key)
+}
+
+/// Lowercase hex SHA-256 of `bytes`: the hash part of [`key_for`], and a way
+/// to turn user-chosen text into a fixed-size key part nobody can steer.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(64);
+    push_hex(&mut out, &Sha256::digest(bytes));
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0x0f)] as char);
+    }
+}
+
+/// Escapes the glob characters of Redis `MATCH` patterns (`* ? [ ] \`), so that
+/// a literal prefix such as `user:[1]` matches only keys starting with exactly that.
+pub fn escape_glob(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len() + 8);
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_prefix_and_sha256_of_the_json_array() {
+        // printf '["hello"]' | sha256sum
+        let expected = "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9";
+        assert_eq!(key_for("embedding", &("hello",)).unwrap(), expected);
+    }
+
+    #[test]
+    fn sha256_hex_matches_a_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn arguments_are_hashed_as_a_json_array_in_order() {
+        let a = key_for("p", &("x", 2)).unwrap();
+        assert_eq!(a, format!("p:{}", sha256_hex(br#"["x",2]"#)));
+        assert_ne!(a, key_for("p", &(2, "x")).unwrap());
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("user:[1]*?"), r"user:\[1\]\*\?");
+        assert_eq!(escape_glob(r"a\b"), r"a\\b");
+        assert_eq!(escape_glob("plain:key"), "plain:key");
+    }
+}

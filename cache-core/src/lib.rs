@@ -1,0 +1,72 @@
+//! Redis-backed caching for async Rust services.
+//!
+//! A [`Cache`] is a cheap, cloneable handle over Redis (standalone, TLS, Cluster)
+//! or an embedded in-memory store. Values are JSON with optional TTLs. Every
+//! call has a timeout, transient failures are retried, a circuit breaker stops
+//! calling a Redis that keeps failing, and the connection comes back by itself.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_core::Error> {
+//! use std::time::Duration;
+//! use cache_core::Cache;
+//!
+//! // Redis when REDIS_URL / REDIS_CLUSTER_URLS / REDIS_HOST is set, else in-memory.
+//! let cache = Cache::from_env().await?;
+//! cache_core::set_default(cache.clone());
+//!
+//! cache.set("user:7:summary:balance", &1250_i64, Some(Duration::from_secs(60))).await?;
+//! let balance: Option<i64> = cache.get("user:7:summary:balance").await?;
+//! assert_eq!(balance, Some(1250));
+//! assert_eq!(cache.invalidate_prefix("user:7:summary:").await?, 1);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod cache;
+mod config;
+mod error;
+mod key;
+mod resilience;
+mod stats;
+mod store;
+
+use std::sync::OnceLock;
+use std::sync::RwLock;
+
+pub use cache::{Cache, Health};
+pub use config::{
+    Backend, CacheBuilder, CacheConfig, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MEMORY_MAX_ENTRIES,
+    DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, RedisEndpoint, Secret,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use key::{escape_glob, key_for, sha256_hex};
+pub use resilience::BreakerState;
+pub use stats::Stats;
+pub use store::{KeyTtl, WindowCount};
+
+pub use cache_macros::cached;
+
+static DEFAULT: OnceLock<RwLock<Option<Cache>>> = OnceLock::new();
+
+fn default_slot() -> &'static RwLock<Option<Cache>> {
+    DEFAULT.get_or_init(|| RwLock::new(None))
+}
+
+/// Makes `cache` the handle that `#[cached]` functions use unless told otherwise.
+/// May be called again (in tests, say) to replace it.
+pub fn set_default(cache: Cache) {
+    let mut slot = default_slot()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *slot = Some(cache);
+}
+
+/// The handle set with [`set_default`], if any.
+pub fn default_cache() -> Option<Cache> {
+    default_slot()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}

@@ -1,0 +1,342 @@
+//! The embedded store: a sharded map with Redis semantics for TTLs and counters.
+//!
+//! Expired entries are never returned (checked on every read) and are swept
+//! every few writes; the number of entries is bounded, the oldest going first.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{KeyTtl, Store, StoreFuture, WindowCount};
+use crate::error::{Error, Result};
+
+const SHARDS: usize = 16;
+/// A shard sweeps expired entries after this many writes.
+const SWEEP_EVERY: u32 = 1024;
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires_at: Option<Instant>,
+    /// Identifies this insertion in the shard's eviction queue.
+    generation: u64,
+}
+
+impl Entry {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<String, Entry>,
+    /// Keys in insertion order; stale items (deleted or re-inserted keys) are skipped.
+    order: VecDeque<(String, u64)>,
+    next_generation: u64,
+    writes: u32,
+}
+
+impl Shard {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        if self.map.get(key).is_some_and(|e| !e.is_live(now)) {
+            self.map.remove(key);
+        }
+        self.map.get_mut(key)
+    }
+
+    /// Inserts or replaces, then keeps the shard within `capacity`.
+    fn put(&mut self, key: &str, value: Vec<u8>, expires_at: Option<Instant>, capacity: usize) {
+        let now = Instant::now();
+        if let Some(entry) = self.live(key, now) {
+            entry.value = value;
+            entry.expires_at = expires_at;
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.map.insert(
+            key.to_string(),
+            Entry {
+                value,
+                expires_at,
+                generation,
+            },
+        );
+        self.order.push_back((key.to_string(), generation));
+        self.after_write(now, capacity);
+    }
+
+    fn after_write(&mut self, now: Instant, capacity: usize) {
+        self.writes += 1;
+        if self.writes >= SWEEP_EVERY {
+            self.writes = 0;
+            self.map.retain(|_, e| e.is_live(now));
+        }
+        while self.map.len() > capacity {
+            let Some((key, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+            {
+                self.map.remove(&key);
+            }
+        }
+        // Stale queue items pile up when keys are deleted; rebuild when they dominate.
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|(key, generation)| {
+                map.get(key).is_some_and(|e| e.generation == *generation)
+            });
+        }
+    }
+}
+
+/// The in-memory store. Cheap to share behind the handle's `Arc`.
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    shard_capacity: usize,
+}
+
+impl MemoryStore {
+    pub(crate) fn new(max_entries: usize) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            shard_capacity: max_entries.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A panic while holding a shard cannot leave an entry half-written
+        // (every update is one assignment), so a poisoned lock is still usable.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get_now(&self, key: &str) -> Option<Vec<u8>> {
+        self.shard(key)
+            .live(key, Instant::now())
+            .map(|e| e.value.clone())
+    }
+
+    fn set_now(&self, key: &str, value: &[u8], ttl: Option<Duration>) {
+        let expires_at = ttl.map(|ttl| Instant::now() + ttl);
+        self.shard(key)
+            .put(key, value.to_vec(), expires_at, self.shard_capacity);
+    }
+
+    fn incr_now(&self, key: &str, by: i64) -> Result<i64> {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        let (current, expires_at) = match shard.live(key, now) {
+            Some(entry) => (parse_integer(&entry.value)?, entry.expires_at),
+            None => (0, None),
+        };
+        let next = current
+            .checked_add(by)
+            .ok_or_else(|| Error::Command("increment or decrement would overflow".into()))?;
+        shard.put(
+            key,
+            next.to_string().into_bytes(),
+            expires_at,
+            self.shard_capacity,
+        );
+        Ok(next)
+    }
+
+    fn incr_window_now(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        let (current, expires_at) = match shard.live(key, now) {
+            Some(entry) => (parse_integer(&entry.value)?, entry.expires_at),
+            None => (0, None),
+        };
+        // Same rule as the Redis script: a counter without expiry gets one.
+        let expires_at = expires_at.unwrap_or(now + window);
+        let by = i64::try_from(by).map_err(|_| Error::Command("increment too large".into()))?;
+        let next = current
+            .checked_add(by)
+            .ok_or_else(|| Error::Command("increment would overflow".into()))?;
+        shard.put(
+            key,
+            next.to_string().into_bytes(),
+            Some(expires_at),
+            self.shard_capacity,
+        );
+        Ok(WindowCount {
+            count: u64::try_from(next).unwrap_or(0),
+            reset_after: expires_at.saturating_duration_since(now),
+        })
+    }
+
+    fn delete_prefix_now(&self, prefix: &str) -> u64 {
+        let now = Instant::now();
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            shard.map.retain(|key, entry| {
+                let doomed = key.starts_with(prefix);
+                if doomed && entry.is_live(now) {
+                    removed += 1;
+                }
+                !doomed
+            });
+        }
+        removed
+    }
+}
+
+fn parse_integer(bytes: &[u8]) -> Result<i64> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| Error::Command("value is not an integer or out of range".into()))
+}
+
+fn ready<'a, T: Send + 'a>(value: Result<T>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        ready(Ok(self.get_now(key)))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        ready(Ok(keys.iter().map(|key| self.get_now(key)).collect()))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        self.set_now(key, value, ttl);
+        ready(Ok(()))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(String, Vec<u8>)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        for (key, value) in entries {
+            self.set_now(key, value, ttl);
+        }
+        ready(Ok(()))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        let mut shard = self.shard(key);
+        let existed = shard.live(key, Instant::now()).is_some();
+        shard.map.remove(key);
+        ready(Ok(existed))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        ready(Ok(self.shard(key).live(key, Instant::now()).is_some()))
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let updated = match self.shard(key).live(key, now) {
+            Some(entry) => {
+                entry.expires_at = Some(now + ttl);
+                true
+            }
+            None => false,
+        };
+        ready(Ok(updated))
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl> {
+        let now = Instant::now();
+        let ttl = match self.shard(key).live(key, now) {
+            None => KeyTtl::Missing,
+            Some(Entry {
+                expires_at: None, ..
+            }) => KeyTtl::Persistent,
+            Some(Entry {
+                expires_at: Some(at),
+                ..
+            }) => KeyTtl::Expires(at.saturating_duration_since(now)),
+        };
+        ready(Ok(ttl))
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
+        ready(self.incr_now(key, by))
+    }
+
+    fn incr_window<'a>(
+        &'a self,
+        key: &'a str,
+        by: u64,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount> {
+        ready(self.incr_window_now(key, by, window))
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        ready(Ok(self.delete_prefix_now(prefix)))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_beyond_capacity_evict_the_oldest() {
+        let store = MemoryStore::new(SHARDS);
+        for i in 0..SHARDS * 50 {
+            store.set_now(&format!("k{i}"), b"v", None);
+        }
+        let live: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().map.len())
+            .sum();
+        assert!(live <= SHARDS, "{live} entries kept");
+        assert!(store.get_now(&format!("k{}", SHARDS * 50 - 1)).is_some());
+    }
+
+    #[test]
+    fn expired_entries_are_not_returned() {
+        let store = MemoryStore::new(100);
+        store.set_now("k", b"v", Some(Duration::ZERO));
+        assert_eq!(store.get_now("k"), None);
+    }
+
+    #[test]
+    fn deleted_keys_do_not_grow_the_eviction_queue_without_bound() {
+        let store = MemoryStore::new(1000);
+        for i in 0..100_000 {
+            let key = format!("k{i}");
+            store.set_now(&key, b"v", None);
+            store.shard(&key).map.remove(&key);
+        }
+        let queued: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().order.len())
+            .sum();
+        assert!(queued < 100_000 / 4, "{queued} stale queue items");
+    }
+}

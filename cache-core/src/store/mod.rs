@@ -1,0 +1,81 @@
+//! The stores behind a [`Cache`](crate::Cache): one trait, three backends.
+//!
+//! A store speaks bytes and full keys (namespace already applied); the handle
+//! adds the codec, the namespace, timeouts, retries, the breaker and counters.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+/// A boxed store future; one allocation per call is noise next to a network round trip.
+pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The remaining life of a key, as Redis `PTTL` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyTtl {
+    /// No such key (or it has expired).
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key expires after this long.
+    Expires(Duration),
+}
+
+/// A fixed-window counter after an increment: see [`Cache::incr_window`](crate::Cache::incr_window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WindowCount {
+    /// The count in the current window, this increment included.
+    pub count: u64,
+    /// Time until the window ends and the counter disappears.
+    pub reset_after: Duration,
+}
+
+/// What every backend does. Methods take full keys and raw bytes.
+pub(crate) trait Store: Send + Sync + 'static {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+    /// `ttl` is at least one millisecond when given.
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(String, Vec<u8>)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+    /// `ttl` is at least one millisecond.
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl>;
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64>;
+    /// Adds `by` to a counter that lives `window` from its first increment; a
+    /// counter found without expiry gets one. One atomic step.
+    fn incr_window<'a>(
+        &'a self,
+        key: &'a str,
+        by: u64,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount>;
+    /// Removes every key that starts with `prefix` (a literal, not a pattern).
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Milliseconds for Redis, at least 1 (a zero TTL is handled before the store).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

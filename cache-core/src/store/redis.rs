@@ -1,0 +1,381 @@
+//! Redis and Redis Cluster, through the `redis` crate's own connection manager
+//! (reconnects by itself) and async cluster client (slot routing, MOVED/ASK).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, Script, Value};
+
+use super::{KeyTtl, Store, StoreFuture, WindowCount, millis};
+use crate::config::{CacheConfig, RedisEndpoint};
+use crate::error::{Error, Result};
+use crate::key::escape_glob;
+
+/// Keys asked for per SCAN step: large enough to make few round trips, small
+/// enough that no single SCAN or UNLINK blocks the server noticeably.
+const SCAN_BATCH: usize = 500;
+
+/// INCRBY and PEXPIRE in one script, so no counter can live without a TTL:
+/// a new key gets the window, and so does a key found without expiry (left by a
+/// crash between two commands of an older client). Returns {count, pttl ms}.
+const INCR_WINDOW_LUA: &str = r"
+local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {count, ttl}
+";
+
+/// What differs between a single server and a cluster: everything else is the
+/// same commands on a multiplexed connection.
+pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
+    /// Removes every key matching `pattern` on every primary.
+    fn delete_matching(&self, pattern: String) -> impl Future<Output = Result<u64>> + Send;
+    /// Writes several keys; cluster keys may live on different nodes.
+    fn set_each(&self, commands: Vec<Cmd>) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Connection for ConnectionManager {
+    async fn delete_matching(&self, pattern: String) -> Result<u64> {
+        let mut conn = self.clone();
+        let mut cursor = 0u64;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                scan_cmd(cursor, &pattern).query_async(&mut conn).await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for cmd in commands {
+            pipe.add_command(cmd).ignore();
+        }
+        let mut conn = self.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+impl Connection for ClusterConnection {
+    async fn delete_matching(&self, pattern: String) -> Result<u64> {
+        let mut conn = self.clone();
+        let mut removed = 0;
+        // SCAN cursors are per node, so each primary is walked on its own.
+        for (host, port) in cluster_primaries(&mut conn).await? {
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port,
+            });
+            let mut cursor = 0u64;
+            loop {
+                let reply = conn
+                    .route_command(scan_cmd(cursor, &pattern), route.clone())
+                    .await?;
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+                // Keys of one SCAN page span many slots: UNLINK them one by one
+                // (multiplexed, so still about one round trip per page).
+                let unlinks = keys.iter().map(|key| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let n: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+                        Ok::<u64, Error>(n)
+                    }
+                });
+                removed += try_join_all(unlinks).await?.into_iter().sum::<u64>();
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
+        let writes = commands.into_iter().map(|cmd| {
+            let mut conn = self.clone();
+            async move {
+                let () = cmd.query_async(&mut conn).await?;
+                Ok::<(), Error>(())
+            }
+        });
+        try_join_all(writes).await?;
+        Ok(())
+    }
+}
+
+fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH);
+    cmd
+}
+
+/// The primaries' addresses, from `CLUSTER NODES` (skipping failed nodes).
+async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
+    let reply = conn
+        .route_command(
+            redis::cmd("CLUSTER").arg("NODES").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let text: String = redis::from_redis_value(reply)?;
+    Ok(parse_cluster_primaries(&text))
+}
+
+fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            // ip:port@cport[,hostname]
+            let host_port = address.split('@').next()?;
+            let (host, port) = host_port.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A store over one multiplexed connection of either kind.
+pub(crate) struct RedisStore<C> {
+    conn: C,
+    incr_window: Script,
+}
+
+impl RedisStore<ConnectionManager> {
+    /// Lazily connected: returns at once, connects in the background.
+    pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
+        let client =
+            redis::Client::open(endpoint.connection_url()?).map_err(driver_config_error)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.timeout))
+            // Reconnect quickly after a restart; the breaker bounds the load meanwhile.
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200))
+            .set_number_of_retries(6);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(driver_config_error)?;
+        Ok(Self::over(conn))
+    }
+}
+
+impl RedisStore<ClusterConnection> {
+    /// Lazily connected: returns at once, discovers the cluster in the background.
+    pub(crate) fn cluster(nodes: &[RedisEndpoint], config: &CacheConfig) -> Result<Self> {
+        let urls = nodes
+            .iter()
+            .map(RedisEndpoint::connection_url)
+            .collect::<Result<Vec<_>>>()?;
+        let client = redis::cluster::ClusterClientBuilder::new(urls)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()
+            .map_err(driver_config_error)?;
+        let cluster_config = ClusterConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.timeout);
+        let conn = client.get_pending_async_connection_with_config(cluster_config);
+        Ok(Self::over(conn))
+    }
+}
+
+/// The driver's configuration errors can quote the URL; never pass them on.
+fn driver_config_error(err: redis::RedisError) -> Error {
+    let reason = if err.to_string().to_ascii_lowercase().contains("tls") {
+        "rediss:// (TLS) needs cache-core's `tls` feature".to_string()
+    } else {
+        format!("rejected by the Redis client ({:?})", err.kind())
+    };
+    Error::config("redis endpoint", reason)
+}
+
+impl<C: Connection> RedisStore<C> {
+    fn over(conn: C) -> Self {
+        RedisStore {
+            conn,
+            incr_window: Script::new(INCR_WINDOW_LUA),
+        }
+    }
+
+    fn query<'a, T>(&'a self, cmd: Cmd) -> StoreFuture<'a, T>
+    where
+        T: redis::FromRedisValue + Send + 'a,
+    {
+        let mut conn = self.conn.clone();
+        Box::pin(async move { Ok(cmd.query_async(&mut conn).await?) })
+    }
+}
+
+fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    if let Some(ttl) = ttl {
+        cmd.arg("PX").arg(millis(ttl));
+    }
+    cmd
+}
+
+impl<C: Connection> Store for RedisStore<C> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        self.query(redis::cmd("GET").arg(key).clone())
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        // The cluster client splits MGET by slot and reassembles the replies in order.
+        self.query(redis::cmd("MGET").arg(keys).clone())
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        let mut conn = self.conn.clone();
+        let cmd = set_cmd(key, value, ttl);
+        Box::pin(async move {
+            let () = cmd.query_async(&mut conn).await?;
+            Ok(())
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(String, Vec<u8>)],
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        let commands = entries
+            .iter()
+            .map(|(key, value)| set_cmd(key, value, ttl))
+            .collect();
+        Box::pin(self.conn.set_each(commands))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        // UNLINK frees the value off the main thread: same result as DEL, no stall on big values.
+        self.query(redis::cmd("UNLINK").arg(key).clone())
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        self.query(redis::cmd("EXISTS").arg(key).clone())
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        self.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)).clone())
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let ms: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await?;
+            Ok(match ms {
+                -2 => KeyTtl::Missing,
+                ms if ms < 0 => KeyTtl::Persistent,
+                ms => KeyTtl::Expires(Duration::from_millis(ms.unsigned_abs())),
+            })
+        })
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
+        self.query(redis::cmd("INCRBY").arg(key).arg(by).clone())
+    }
+
+    fn incr_window<'a>(
+        &'a self,
+        key: &'a str,
+        by: u64,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            // EVALSHA first; on NOSCRIPT (flushed cache, restart, failover) the
+            // driver loads the script and retries: the count is never applied twice,
+            // since a NOSCRIPT reply means nothing ran.
+            let (count, ttl_ms): (i64, i64) = self
+                .incr_window
+                .key(key)
+                .arg(by)
+                .arg(millis(window))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(WindowCount {
+                count: u64::try_from(count).unwrap_or(0),
+                reset_after: Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
+            })
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(
+            self.conn
+                .delete_matching(format!("{}*", escape_glob(prefix))),
+        )
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let reply: Value = redis::cmd("PING").query_async(&mut conn).await?;
+            match reply {
+                Value::SimpleString(_) | Value::BulkString(_) | Value::Okay => Ok(()),
+                other => Err(Error::Command(format!("unexpected PING reply {other:?}"))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primaries_are_read_from_cluster_nodes() {
+        let text = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 connected
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            parse_cluster_primaries(text),
+            vec![
+                ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30001)
+            ]
+        );
+    }
+}

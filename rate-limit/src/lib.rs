@@ -1,0 +1,2 @@
+//! Fixed-window rate limiting as a Tower layer (in progress).
+#![warn(missing_docs)]

@@ -1,0 +1,431 @@
+//! One behavioural suite for `Cache`, run unchanged against the in-memory store,
+//! a standalone `redis-server` and a three-node Redis Cluster.
+
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, ErrorKind, KeyTtl};
+use serde::{Deserialize, Serialize};
+use tests::{shared_cluster, shared_server, unique_prefix};
+
+/// A fresh handle on the backend and a prefix no other test uses.
+type Fixture = (Cache, String);
+
+async fn memory(name: &str) -> Fixture {
+    let cache = Cache::builder().in_memory().build().await.unwrap();
+    (cache, unique_prefix(name))
+}
+
+async fn standalone(name: &str) -> Fixture {
+    let cache = Cache::builder()
+        .redis_url(&shared_server().url())
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    (cache, unique_prefix(name))
+}
+
+async fn cluster(name: &str) -> Fixture {
+    let cache = Cache::builder()
+        .cluster_urls(shared_cluster().urls())
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    (cache, unique_prefix(name))
+}
+
+/// Instantiates each behaviour once per backend: `memory::name`, `standalone::name`, `cluster::name`.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::memory(stringify!($name)).await).await; })*
+        }
+        mod standalone_redis {
+            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::standalone(stringify!($name)).await).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::cluster(stringify!($name)).await).await; })*
+        }
+    };
+}
+
+suite!(
+    set_then_get_returns_the_value,
+    missing_key_is_none,
+    set_with_ttl_really_sets_the_expiry,
+    set_without_ttl_is_persistent,
+    expired_value_is_not_returned,
+    zero_ttl_removes_the_key,
+    delete_reports_whether_the_key_existed,
+    exists_tracks_the_key,
+    expire_sets_a_ttl_on_existing_keys_only,
+    incr_counts_from_zero,
+    incr_on_a_non_integer_is_a_command_error,
+    incr_window_sets_the_window_on_first_hit_only,
+    incr_window_repairs_a_counter_without_ttl,
+    invalidate_prefix_removes_exactly_the_prefix,
+    invalidate_prefix_treats_glob_characters_literally,
+    invalidate_prefix_covers_many_keys,
+    get_many_and_set_many_keep_key_order,
+    undecodable_value_is_a_miss,
+    stats_count_hits_and_misses,
+    health_reports_a_healthy_store,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Asset {
+    id: u32,
+    symbol: String,
+    price: f64,
+    tags: Vec<String>,
+}
+
+mod behaviour {
+    use super::*;
+
+    fn asset() -> Asset {
+        Asset {
+            id: 42,
+            symbol: "BTC".into(),
+            price: 72000.5,
+            tags: vec!["crypto".into(), "l1".into()],
+        }
+    }
+
+    pub async fn set_then_get_returns_the_value((cache, p): Fixture) {
+        let key = format!("{p}:asset");
+        cache.set(&key, &asset(), None).await.unwrap();
+        assert_eq!(cache.get::<Asset>(&key).await.unwrap(), Some(asset()));
+        cache
+            .set(&format!("{p}:f"), &72000.0_f64, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get::<f64>(&format!("{p}:f")).await.unwrap(),
+            Some(72000.0)
+        );
+        cache.set(&format!("{p}:s"), "text", None).await.unwrap();
+        assert_eq!(
+            cache
+                .get::<String>(&format!("{p}:s"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("text")
+        );
+    }
+
+    pub async fn missing_key_is_none((cache, p): Fixture) {
+        assert_eq!(
+            cache.get::<Asset>(&format!("{p}:nothing")).await.unwrap(),
+            None
+        );
+    }
+
+    pub async fn set_with_ttl_really_sets_the_expiry((cache, p): Fixture) {
+        let key = format!("{p}:ttl");
+        cache
+            .set(&key, &1, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        match cache.ttl(&key).await.unwrap() {
+            KeyTtl::Expires(left) => {
+                assert!(left <= Duration::from_secs(60), "{left:?}");
+                assert!(left > Duration::from_secs(58), "{left:?}");
+            }
+            other => panic!("expected an expiry, got {other:?}"),
+        }
+    }
+
+    pub async fn set_without_ttl_is_persistent((cache, p): Fixture) {
+        let key = format!("{p}:forever");
+        cache.set(&key, &1, None).await.unwrap();
+        assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Persistent);
+        assert_eq!(
+            cache.ttl(&format!("{p}:absent")).await.unwrap(),
+            KeyTtl::Missing
+        );
+    }
+
+    pub async fn expired_value_is_not_returned((cache, p): Fixture) {
+        let key = format!("{p}:short");
+        cache
+            .set(&key, &"v", Some(Duration::from_millis(30)))
+            .await
+            .unwrap();
+        // Expiry is the behaviour under test: wait for the key's own deadline, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get::<String>(&key).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "value outlived its TTL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!cache.exists(&key).await.unwrap());
+    }
+
+    pub async fn zero_ttl_removes_the_key((cache, p): Fixture) {
+        let key = format!("{p}:zero");
+        cache.set(&key, &1, None).await.unwrap();
+        cache.set(&key, &2, Some(Duration::ZERO)).await.unwrap();
+        assert!(!cache.exists(&key).await.unwrap());
+    }
+
+    pub async fn delete_reports_whether_the_key_existed((cache, p): Fixture) {
+        let key = format!("{p}:del");
+        cache.set(&key, &1, None).await.unwrap();
+        assert!(cache.delete(&key).await.unwrap());
+        assert!(!cache.delete(&key).await.unwrap());
+        assert_eq!(cache.get::<i32>(&key).await.unwrap(), None);
+    }
+
+    pub async fn exists_tracks_the_key((cache, p): Fixture) {
+        let key = format!("{p}:ex");
+        assert!(!cache.exists(&key).await.unwrap());
+        cache.set(&key, &1, None).await.unwrap();
+        assert!(cache.exists(&key).await.unwrap());
+    }
+
+    pub async fn expire_sets_a_ttl_on_existing_keys_only((cache, p): Fixture) {
+        let key = format!("{p}:exp");
+        assert!(!cache.expire(&key, Duration::from_secs(30)).await.unwrap());
+        cache.set(&key, &1, None).await.unwrap();
+        assert!(cache.expire(&key, Duration::from_secs(30)).await.unwrap());
+        assert!(matches!(
+            cache.ttl(&key).await.unwrap(),
+            KeyTtl::Expires(left) if left > Duration::from_secs(28) && left <= Duration::from_secs(30)
+        ));
+    }
+
+    pub async fn incr_counts_from_zero((cache, p): Fixture) {
+        let key = format!("{p}:n");
+        assert_eq!(cache.incr(&key, 1).await.unwrap(), 1);
+        assert_eq!(cache.incr(&key, 5).await.unwrap(), 6);
+        assert_eq!(cache.incr(&key, -10).await.unwrap(), -4);
+        assert_eq!(cache.get::<i64>(&key).await.unwrap(), Some(-4));
+    }
+
+    pub async fn incr_on_a_non_integer_is_a_command_error((cache, p): Fixture) {
+        let key = format!("{p}:text");
+        cache.set(&key, "abc", None).await.unwrap();
+        let err = cache.incr(&key, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Command, "{err}");
+    }
+
+    pub async fn incr_window_sets_the_window_on_first_hit_only((cache, p): Fixture) {
+        let key = format!("{p}:win");
+        let window = Duration::from_secs(60);
+        let first = cache.incr_window(&key, 1, window).await.unwrap();
+        assert_eq!(first.count, 1);
+        assert!(first.reset_after <= window && first.reset_after > Duration::from_secs(58));
+        let third = cache.incr_window(&key, 2, window).await.unwrap();
+        assert_eq!(third.count, 3);
+        assert!(third.reset_after <= first.reset_after);
+        assert!(matches!(cache.ttl(&key).await.unwrap(), KeyTtl::Expires(_)));
+    }
+
+    pub async fn incr_window_repairs_a_counter_without_ttl((cache, p): Fixture) {
+        let key = format!("{p}:legacy");
+        assert_eq!(cache.incr(&key, 7).await.unwrap(), 7);
+        assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Persistent);
+        let hit = cache
+            .incr_window(&key, 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(hit.count, 8);
+        assert!(
+            matches!(cache.ttl(&key).await.unwrap(), KeyTtl::Expires(left) if left <= Duration::from_secs(10))
+        );
+    }
+
+    pub async fn invalidate_prefix_removes_exactly_the_prefix((cache, p): Fixture) {
+        for i in 0..5 {
+            let key = format!("{p}:user:7:summary:{i}");
+            cache.set(&key, &i, None).await.unwrap();
+        }
+        cache
+            .set(&format!("{p}:user:7:balance"), &1, None)
+            .await
+            .unwrap();
+        cache
+            .set(&format!("{p}:user:70:summary:0"), &1, None)
+            .await
+            .unwrap();
+        let removed = cache
+            .invalidate_prefix(&format!("{p}:user:7:summary:"))
+            .await
+            .unwrap();
+        assert_eq!(removed, 5);
+        assert!(
+            !cache
+                .exists(&format!("{p}:user:7:summary:0"))
+                .await
+                .unwrap()
+        );
+        assert!(cache.exists(&format!("{p}:user:7:balance")).await.unwrap());
+        assert!(
+            cache
+                .exists(&format!("{p}:user:70:summary:0"))
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn invalidate_prefix_treats_glob_characters_literally((cache, p): Fixture) {
+        cache
+            .set(&format!("{p}:user:[1]:a"), &1, None)
+            .await
+            .unwrap();
+        cache.set(&format!("{p}:user:1:a"), &1, None).await.unwrap();
+        cache.set(&format!("{p}:user:*x"), &1, None).await.unwrap();
+        cache.set(&format!("{p}:user:yx"), &1, None).await.unwrap();
+        let removed = cache
+            .invalidate_prefix(&format!("{p}:user:[1]"))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1, "[1] is literal, not a character class");
+        assert!(cache.exists(&format!("{p}:user:1:a")).await.unwrap());
+        let removed = cache
+            .invalidate_prefix(&format!("{p}:user:*"))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1, "* is literal, not a wildcard");
+        assert!(cache.exists(&format!("{p}:user:yx")).await.unwrap());
+    }
+
+    pub async fn invalidate_prefix_covers_many_keys((cache, p): Fixture) {
+        // Enough keys to land on every cluster primary and take many SCAN pages.
+        let entries: Vec<(String, u32)> = (0..3000).map(|i| (format!("{p}:bulk:{i}"), i)).collect();
+        let refs: Vec<(&str, u32)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        cache
+            .set_many(&refs, Some(Duration::from_secs(300)))
+            .await
+            .unwrap();
+        cache.set(&format!("{p}:keep"), &1, None).await.unwrap();
+        let removed = cache
+            .invalidate_prefix(&format!("{p}:bulk:"))
+            .await
+            .unwrap();
+        assert_eq!(removed, 3000);
+        for (key, _) in entries.iter().step_by(97) {
+            assert!(!cache.exists(key).await.unwrap(), "{key} survived");
+        }
+        assert!(cache.exists(&format!("{p}:keep")).await.unwrap());
+    }
+
+    pub async fn get_many_and_set_many_keep_key_order((cache, p): Fixture) {
+        let keys: Vec<String> = (0..20).map(|i| format!("{p}:m:{i}")).collect();
+        let entries: Vec<(&str, u32)> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(i, k)| (k.as_str(), i as u32))
+            .collect();
+        cache
+            .set_many(&entries, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values: Vec<Option<u32>> = cache.get_many(&refs).await.unwrap();
+        let expected: Vec<Option<u32>> = (0..20u32).map(|i| (i % 3 != 0).then_some(i)).collect();
+        assert_eq!(values, expected);
+        assert!(matches!(
+            cache.ttl(&keys[1]).await.unwrap(),
+            KeyTtl::Expires(_)
+        ));
+    }
+
+    pub async fn undecodable_value_is_a_miss((cache, p): Fixture) {
+        let key = format!("{p}:corrupt");
+        cache
+            .set_bytes(&key, b"\xff\x00not json", None)
+            .await
+            .unwrap();
+        assert_eq!(cache.get::<Asset>(&key).await.unwrap(), None);
+        cache
+            .set(&key, &"a string, not an Asset", None)
+            .await
+            .unwrap();
+        assert_eq!(cache.get::<Asset>(&key).await.unwrap(), None);
+        assert_eq!(cache.stats().decode_errors, 2);
+        assert_eq!(cache.stats().misses, 2);
+    }
+
+    pub async fn stats_count_hits_and_misses((cache, p): Fixture) {
+        let key = format!("{p}:s");
+        let _ = cache.get::<u8>(&key).await.unwrap();
+        cache.set(&key, &1u8, None).await.unwrap();
+        let _ = cache.get::<u8>(&key).await.unwrap();
+        let _ = cache.get::<u8>(&key).await.unwrap();
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.errors), (2, 1, 0));
+        assert!((stats.hit_rate() - 2.0 / 3.0).abs() < 1e-9);
+    }
+
+    pub async fn health_reports_a_healthy_store((cache, _p): Fixture) {
+        let health = cache.health().await;
+        assert!(health.healthy, "{health:?}");
+        assert!(health.latency.is_some());
+        assert_eq!(health.breaker, cache_core::BreakerState::Closed);
+    }
+}
+
+/// The namespace is a real key prefix in Redis, visible to any other client.
+#[tokio::test]
+async fn namespace_is_put_in_front_of_every_key() {
+    let server = shared_server();
+    let ns = unique_prefix("ns");
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .namespace(format!("{ns}:"))
+        .build()
+        .await
+        .unwrap();
+    cache.set("price", &5, None).await.unwrap();
+    assert_eq!(server.cli(&["GET", &format!("{ns}:price")]).trim(), "5");
+    let plain = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    plain
+        .set(&format!("{ns}-other:price"), &6, None)
+        .await
+        .unwrap();
+    assert_eq!(cache.invalidate_prefix("").await.unwrap(), 1);
+    assert_eq!(
+        server.cli(&["GET", &format!("{ns}-other:price")]).trim(),
+        "6"
+    );
+}
+
+/// Values are plain JSON, readable by any Redis client.
+#[tokio::test]
+async fn values_are_stored_as_plain_json_with_pttl() {
+    let server = shared_server();
+    let p = unique_prefix("json");
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    cache
+        .set(
+            &format!("{p}:a"),
+            &vec![1.5, 2.0],
+            Some(Duration::from_secs(90)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(server.cli(&["GET", &format!("{p}:a")]).trim(), "[1.5,2.0]");
+    let pttl: u64 = server
+        .cli(&["PTTL", &format!("{p}:a")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pttl > 88_000 && pttl <= 90_000, "{pttl}");
+}
