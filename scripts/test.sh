@@ -5,15 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   echo "==> installing redis-server and redis-cli"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq redis-server >/dev/null
 fi
 # The Debian package starts a system service on 6379; the tests never use it
 # (they start their own servers on free ports), so it is left alone.
+# openssl makes the throwaway CA of the TLS test.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "==> installing openssl"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq openssl >/dev/null
+fi
 redis-server --version
 
 echo "==> cargo fmt --check"

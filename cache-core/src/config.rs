@@ -202,6 +202,8 @@ pub struct CacheConfig {
     pub(crate) breaker_cooldown: Duration,
     pub(crate) memory_max_entries: usize,
     pub(crate) bypass: bool,
+    /// PEM root certificate(s) for `rediss://` instead of the system's trust store.
+    pub(crate) tls_ca_cert: Option<Vec<u8>>,
 }
 
 impl Default for CacheConfig {
@@ -217,6 +219,7 @@ impl Default for CacheConfig {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             memory_max_entries: DEFAULT_MEMORY_MAX_ENTRIES,
             bypass: false,
+            tls_ca_cert: None,
         }
     }
 }
@@ -315,6 +318,12 @@ impl CacheBuilder {
         if let Some(n) = var("CACHE_MEMORY_MAX_ENTRIES") {
             builder.config.memory_max_entries = parse_number("CACHE_MEMORY_MAX_ENTRIES", &n)?;
         }
+        if let Some(path) = var("REDIS_TLS_CA_CERT_FILE") {
+            let pem = std::fs::read(path.trim()).map_err(|err| {
+                Error::config("REDIS_TLS_CA_CERT_FILE", format!("cannot be read ({err})"))
+            })?;
+            builder.config.tls_ca_cert = Some(pem);
+        }
         if let Some(flag) = var("CACHE_BYPASS") {
             builder.config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
         }
@@ -408,6 +417,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Trusts these PEM root certificates for `rediss://` (a private CA)
+    /// instead of the system's trust store. Needs the `tls` feature.
+    pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.config.tls_ca_cert = Some(pem.into());
+        self
+    }
+
     /// Turns memoization off: `#[cached]` functions always run their body.
     /// Direct `Cache` calls are unaffected.
     pub fn bypass(mut self, bypass: bool) -> Self {
@@ -436,6 +452,17 @@ impl CacheBuilder {
         }
         if c.breaker_threshold == 0 {
             return Err(Error::config("breaker_threshold", "must be at least 1"));
+        }
+        let uses_tls = match &c.backend {
+            Backend::Memory => false,
+            Backend::Redis(endpoint) => endpoint.tls,
+            Backend::Cluster(nodes) => nodes.iter().any(|n| n.tls),
+        };
+        if uses_tls && !cfg!(feature = "tls") {
+            return Err(Error::config(
+                "rediss",
+                "TLS needs the `tls` feature of cache-core (cache-core = { features = [\"tls\"] })",
+            ));
         }
         if c.memory_max_entries == 0 {
             return Err(Error::config("memory_max_entries", "must be at least 1"));

@@ -45,6 +45,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -61,6 +62,7 @@ impl RedisServer {
             port,
             dir: std::env::temp_dir().join(format!("redis-test-{}-{port}", std::process::id())),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
         };
         server.restart();
         server
@@ -79,6 +81,7 @@ impl RedisServer {
                 port,
                 dir,
                 extra: extra.clone(),
+                tls: false,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -91,8 +94,20 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        if self.tls {
+            // TLS only: the plain port is off, the TLS port is the server's port.
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join("ca.crt"));
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--logfile", ""])
@@ -146,6 +161,96 @@ impl RedisServer {
                 ))
             }
         }
+    }
+
+    /// Starts a TLS-only server with a certificate for `127.0.0.1` and
+    /// `localhost`, signed by a throwaway CA made with `openssl`; returns the
+    /// server and the CA certificate (PEM) a client must trust.
+    pub fn start_tls() -> (RedisServer, Vec<u8>) {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redis-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (installed by ./scripts/test.sh)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=redis-test-ca",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write the SAN extension");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let ca = std::fs::read(dir.join("ca.crt")).expect("read the CA certificate");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra: Vec::new(),
+            tls: true,
+        };
+        server.restart();
+        (server, ca)
     }
 
     /// The server's port.

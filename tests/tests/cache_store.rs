@@ -429,3 +429,34 @@ async fn values_are_stored_as_plain_json_with_pttl() {
         .unwrap();
     assert!(pttl > 88_000 && pttl <= 90_000, "{pttl}");
 }
+
+/// `rediss://` connects over TLS and verifies the server against the given CA.
+#[tokio::test]
+async fn rediss_connects_over_tls_and_verifies_the_certificate() {
+    let (server, ca) = tests::RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", server.port());
+    let cache = Cache::builder()
+        .redis_url(&url)
+        .unwrap()
+        .tls_ca_cert_pem(ca)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    cache.set("over-tls", &"yes", None).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("over-tls").await.unwrap().as_deref(),
+        Some("yes")
+    );
+
+    // Without trusting the CA the handshake must fail: the certificate is checked.
+    let untrusted = Cache::builder()
+        .redis_url(&url)
+        .unwrap()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let err = untrusted.get::<String>("over-tls").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}

@@ -172,8 +172,7 @@ pub(crate) struct RedisStore<C> {
 impl RedisStore<ConnectionManager> {
     /// Lazily connected: returns at once, connects in the background.
     pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
-        let client =
-            redis::Client::open(endpoint.connection_url()?).map_err(driver_config_error)?;
+        let client = client(endpoint, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout))
@@ -194,7 +193,16 @@ impl RedisStore<ClusterConnection> {
             .iter()
             .map(RedisEndpoint::connection_url)
             .collect::<Result<Vec<_>>>()?;
-        let client = redis::cluster::ClusterClientBuilder::new(urls)
+        let builder = redis::cluster::ClusterClientBuilder::new(urls);
+        #[cfg(feature = "tls")]
+        let builder = match &config.tls_ca_cert {
+            Some(pem) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            }),
+            None => builder,
+        };
+        let client = builder
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.timeout)
             .retries(2)
@@ -208,6 +216,20 @@ impl RedisStore<ClusterConnection> {
         let conn = client.get_pending_async_connection_with_config(cluster_config);
         Ok(Self::over(conn))
     }
+}
+
+fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
+    let url = endpoint.connection_url()?;
+    #[cfg(feature = "tls")]
+    if let (true, Some(pem)) = (endpoint.tls, &config.tls_ca_cert) {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        return redis::Client::build_with_tls(url, certificates).map_err(driver_config_error);
+    }
+    let _ = config;
+    redis::Client::open(url).map_err(driver_config_error)
 }
 
 /// The driver's configuration errors can quote the URL; never pass them on.
