@@ -13,12 +13,14 @@ use crate::error::{Error, Result};
 /// namespace, when one is set, is added in front by the [`Cache`](crate::Cache).
 ///
 /// ```
+/// # fn main() -> Result<(), cache_core::Error> {
 /// // printf '["hello"]' | sha256sum
-/// let key = cache_core::key_for("embedding", &("hello",)).unwrap();
+/// let key = cache_core::key_for("embedding", &("hello",))?;
 /// assert_eq!(
 ///     key,
 ///     "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9"
 /// );
+/// # Ok(()) }
 /// ```
 pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
     let json = serde_json::to_vec(args).map_err(|err| Error::Encode(err.to_string()))?;
