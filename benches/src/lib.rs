@@ -1,0 +1,76 @@
+//! Shared measuring code of the benchmark binaries: interleaved rounds, so
+//! that a baseline and the thing measured see the same machine state.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Rounds per variant; the median round is reported.
+pub const ROUNDS: usize = 7;
+
+/// Runs `op` `iterations` times across `tasks` concurrent tasks, and returns operations per second.
+pub async fn throughput<F, Fut>(iterations: usize, tasks: usize, op: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let per_task = iterations / tasks;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    op().await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("benchmark task");
+    }
+    (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One named variant's results over the rounds.
+#[derive(Debug, Default)]
+pub struct Series {
+    /// Variant name.
+    pub name: String,
+    /// Operations per second, one per round.
+    pub rounds: Vec<f64>,
+}
+
+impl Series {
+    /// Starts an empty series.
+    pub fn new(name: &str) -> Self {
+        Series {
+            name: name.to_string(),
+            rounds: Vec::new(),
+        }
+    }
+
+    /// The median round.
+    pub fn median(&self) -> f64 {
+        let mut sorted = self.rounds.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// Prints a table: ops/s, µs/op and the ratio to the first (baseline) series.
+pub fn report(title: &str, series: &[Series]) {
+    println!("\n{title}");
+    println!("| variant | ops/s | µs/op | ratio to baseline |");
+    println!("| --- | ---: | ---: | ---: |");
+    let baseline = series.first().map(Series::median).unwrap_or(1.0);
+    for s in series {
+        let ops = s.median();
+        println!(
+            "| {} | {:.0} | {:.1} | {:.2} |",
+            s.name,
+            ops,
+            Duration::from_secs_f64(1.0 / ops).as_secs_f64() * 1e6,
+            ops / baseline
+        );
+    }
+}
