@@ -1,77 +1,75 @@
 //! The example service: `cargo run --release -p examples --bin search-service`.
 //!
-//! Uses Redis when `REDIS_URL` / `REDIS_CLUSTER_URLS` / `REDIS_HOST` is set and
-//! the embedded in-memory store otherwise; listens on `PORT` (default 3000).
+//! `GET /search?q=...&k=...` ranks a corpus shipped with the repository (BM25
+//! plus embedding cosine). `SearchService::search` and `Embedder::embed` are
+//! memoized with `#[cached]`. Uses Redis when `REDIS_URL` /
+//! `REDIS_CLUSTER_URLS` / `REDIS_HOST` is set and the embedded in-memory store
+//! otherwise; listens on `PORT` (default 3000).
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use cache_core::Cache;
+use examples::search::{Hit, SearchService};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct App {
+    cache: Cache,
+    search: Arc<SearchService>,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    examples::init_tracing();
     let cache = Cache::from_env().await?;
     // Backend's Display hides any password.
     tracing::info!(backend = %cache.backend(), "cache ready");
     cache_core::set_default(cache.clone());
+    let search = Arc::new(SearchService::default());
+    tracing::info!(documents = search.documents(), "index built");
 
     let app = Router::new()
-        .route(
-            "/",
-            get(|| async { "search-service: try /health and /stats\n" }),
-        )
+        .route("/search", get(search_handler))
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .with_state(cache);
-
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port.parse().map_err(|_| "PORT must be a port number")?,
-        Err(_) => 3000,
-    };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    tracing::info!(%port, "listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
-    Ok(())
+        .with_state(App { cache, search });
+    examples::serve(app).await
 }
 
-async fn health(State(cache): State<Cache>) -> Json<cache_core::Health> {
-    Json(cache.health().await)
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: String,
+    k: Option<usize>,
 }
 
-async fn stats(State(cache): State<Cache>) -> Json<cache_core::Stats> {
-    Json(cache.stats())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+async fn search_handler(
+    State(app): State<App>,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<Vec<Hit>>, (StatusCode, Json<Value>)> {
+    let k = query.k.unwrap_or(5);
+    if query.q.trim().is_empty() || query.q.len() > 500 || !(1..=50).contains(&k) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "q: 1 to 500 characters; k: 1 to 50" })),
+        ));
     }
-    tracing::info!("shutting down");
+    Ok(Json(app.search.search(&query.q, k).await))
+}
+
+async fn health(State(app): State<App>) -> Json<cache_core::Health> {
+    Json(app.cache.health().await)
+}
+
+async fn stats(State(app): State<App>) -> Json<Value> {
+    let (searches, embeddings) = app.search.computed();
+    Json(json!({
+        "cache": app.cache.stats(),
+        "hit_rate": app.cache.stats().hit_rate(),
+        "computed": { "searches": searches, "embeddings": embeddings },
+    }))
 }

@@ -1,0 +1,89 @@
+//! Per-asset prices and balances with TTLs, per-user summaries invalidated by
+//! prefix on a balance change, bulk price lookups in one round trip.
+//!
+//! `cargo run --release -p examples --bin portfolio`, then:
+//! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":2}'`
+//! `curl localhost:3000/users/7/summary` and `curl 'localhost:3000/prices?assets=BTC,ETH,BTC'`
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use cache_core::Cache;
+use examples::portfolio::{Portfolio, Summary, Symbol};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+type App = Arc<Portfolio>;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    examples::init_tracing();
+    let cache = Cache::from_env().await?;
+    tracing::info!(backend = %cache.backend(), "cache ready");
+    let app = Router::new()
+        .route("/prices", get(prices))
+        .route("/users/{id}/summary", get(summary))
+        .route("/users/{id}/balances/{asset}", put(set_balance))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .with_state(Arc::new(Portfolio::new(cache)));
+    examples::serve(app).await
+}
+
+#[derive(Deserialize)]
+struct PricesQuery {
+    assets: String,
+}
+
+fn bad_request(message: &str) -> (StatusCode, Json<Value>) {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message })))
+}
+
+async fn prices(
+    State(app): State<App>,
+    Query(query): Query<PricesQuery>,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let symbols = query
+        .assets
+        .split(',')
+        .map(|s| Symbol::parse(s).ok_or(()))
+        .collect::<Result<Vec<_>, ()>>()
+        .map_err(|()| bad_request("assets: 1 to 16 of A-Z 0-9, comma-separated"))?;
+    if symbols.len() > 100 {
+        return Err(bad_request("at most 100 assets per request"));
+    }
+    Ok(Json(json!(app.prices(&symbols).await)))
+}
+
+async fn summary(State(app): State<App>, Path(id): Path<u64>) -> Json<Summary> {
+    Json(app.summary(id).await)
+}
+
+#[derive(Deserialize)]
+struct Balance {
+    amount: f64,
+}
+
+async fn set_balance(
+    State(app): State<App>,
+    Path((id, asset)): Path<(u64, String)>,
+    Json(balance): Json<Balance>,
+) -> Result<StatusCode, (StatusCode, Json<Value>)> {
+    let asset = Symbol::parse(&asset).ok_or_else(|| bad_request("asset: 1 to 16 of A-Z 0-9"))?;
+    if !balance.amount.is_finite() {
+        return Err(bad_request("amount must be a finite number"));
+    }
+    app.set_balance(id, asset, balance.amount).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn health(State(app): State<App>) -> Json<cache_core::Health> {
+    Json(app.cache().health().await)
+}
+
+async fn stats(State(app): State<App>) -> Json<Value> {
+    Json(json!({ "cache": app.cache().stats(), "source_reads": app.source_reads() }))
+}
