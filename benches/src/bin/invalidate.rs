@@ -72,8 +72,10 @@ async fn main() {
         "100000",
     ]);
     let client = redis::Client::open(server.url()).expect("url");
+    // No response timeout: the KEYS baseline is expected to block for a long time.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect");
     let cache = Cache::builder()
