@@ -5,9 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::Codec;
 use crate::config::{Backend, CacheBuilder, CacheConfig};
 use crate::error::{Error, Result};
 use crate::resilience::{BreakerState, CircuitBreaker, Idempotence, Resilience};
@@ -45,6 +48,10 @@ struct Inner {
     resilience: Resilience,
     counters: Counters,
     bypass: bool,
+    codec: Codec,
+    /// Whether memoized calls are currently falling back to their bodies; for
+    /// logging once per change, not once per call.
+    memo_failing: AtomicBool,
 }
 
 impl fmt::Debug for Cache {
@@ -123,6 +130,8 @@ impl Cache {
                 namespace: config.namespace,
                 counters: Counters::default(),
                 bypass: config.bypass,
+                codec: config.codec,
+                memo_failing: AtomicBool::new(false),
             }),
         }
     }
@@ -145,6 +154,31 @@ impl Cache {
     /// `true` when memoization is switched off for this handle (`CACHE_BYPASS`).
     pub fn is_bypassed(&self) -> bool {
         self.inner.bypass
+    }
+
+    /// The handle's value encoding.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    /// Records whether memoization is failing open, logging only changes.
+    pub(crate) fn note_memo_failure(&self, error: Option<&Error>) {
+        match error {
+            Some(error) => {
+                if !self.inner.memo_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        backend = %self.inner.backend,
+                        %error,
+                        "cache unavailable: memoized functions run uncached until it recovers"
+                    );
+                }
+            }
+            None => {
+                if self.inner.memo_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(backend = %self.inner.backend, "cache available again for memoized functions");
+                }
+            }
+        }
     }
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
@@ -205,15 +239,25 @@ impl Cache {
         Ok(self.decode(key, bytes.as_deref()))
     }
 
-    /// Decodes `bytes` read under `key`, counting the hit or miss. Undecodable
-    /// bytes are a miss, logged without their content.
+    /// Decodes `bytes` read under `key` with the handle's codec, counting the
+    /// hit or miss. Undecodable bytes are a miss, logged without their content.
     pub fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
+        self.decode_with(self.inner.codec, key, bytes)
+    }
+
+    /// [`decode`](Self::decode) with a given codec.
+    pub fn decode_with<T: DeserializeOwned>(
+        &self,
+        codec: Codec,
+        key: &str,
+        bytes: Option<&[u8]>,
+    ) -> Option<T> {
         let counters = &self.inner.counters;
         let Some(bytes) = bytes else {
             counters.record_miss();
             return None;
         };
-        match serde_json::from_slice(bytes) {
+        match codec.decode(bytes) {
             Ok(value) => {
                 counters.record_hit();
                 Some(value)
@@ -227,14 +271,15 @@ impl Cache {
         }
     }
 
-    /// Encodes `value` as JSON and stores it, with an optional TTL.
+    /// Encodes `value` (JSON unless the handle says otherwise) and stores it,
+    /// with an optional TTL.
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string()))?;
+        let bytes = self.inner.codec.encode(value)?;
         self.set_bytes(key, &bytes, ttl).await
     }
 
@@ -266,8 +311,7 @@ impl Cache {
         let encoded = entries
             .iter()
             .map(|(key, value)| {
-                let bytes =
-                    serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string()))?;
+                let bytes = self.inner.codec.encode(value)?;
                 Ok((self.full_key(key).into_owned(), bytes))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -204,6 +204,7 @@ pub struct CacheConfig {
     pub(crate) bypass: bool,
     /// PEM root certificate(s) for `rediss://` instead of the system's trust store.
     pub(crate) tls_ca_cert: Option<Vec<u8>>,
+    pub(crate) codec: crate::Codec,
 }
 
 impl Default for CacheConfig {
@@ -220,6 +221,7 @@ impl Default for CacheConfig {
             memory_max_entries: DEFAULT_MEMORY_MAX_ENTRIES,
             bypass: false,
             tls_ca_cert: None,
+            codec: crate::Codec::Json,
         }
     }
 }
@@ -421,6 +423,12 @@ impl CacheBuilder {
     /// instead of the system's trust store. Needs the `tls` feature.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.config.tls_ca_cert = Some(pem.into());
+        self
+    }
+
+    /// The encoding of values written and read through this handle (default JSON).
+    pub fn codec(mut self, codec: crate::Codec) -> Self {
+        self.config.codec = codec;
         self
     }
 

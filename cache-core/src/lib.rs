@@ -24,9 +24,11 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod codec;
 mod config;
 mod error;
 mod key;
+mod memoize;
 mod resilience;
 mod stats;
 mod store;
@@ -35,6 +37,7 @@ use std::sync::OnceLock;
 use std::sync::RwLock;
 
 pub use cache::{Cache, Health};
+pub use codec::Codec;
 pub use config::{
     Backend, CacheBuilder, CacheConfig, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MEMORY_MAX_ENTRIES,
@@ -47,6 +50,20 @@ pub use stats::Stats;
 pub use store::{KeyTtl, WindowCount};
 
 pub use cache_macros::cached;
+pub use memoize::invalidate_memoized;
+
+/// What `#[cached]` expands to. Not a stable API: use the attribute.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::memoize::{
+        Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, memoize,
+        restore_always, restore_ok, restore_some, stored_always, stored_ok, stored_some,
+    };
+    pub use std::time::Duration;
+}
+
+// Lets this crate's own tests and doc tests use the macro's `::cache_core` paths.
+extern crate self as cache_core;
 
 static DEFAULT: OnceLock<RwLock<Option<Cache>>> = OnceLock::new();
 

@@ -1,11 +1,61 @@
-//! The `#[cached]` attribute. Use it through `cache_core::cached`.
+//! The `#[cached]` attribute: memoize an async function in Redis (or the
+//! in-memory store). Use it through `cache_core::cached`; the runtime it calls
+//! lives in `cache_core`.
+//!
+//! ```ignore
+//! use cache_core::cached;
+//!
+//! #[cached(prefix = "embedding", ttl = 86400)]
+//! async fn embed(text: &str) -> Result<Vec<f32>, EmbedError> { ... }
+//!
+//! impl SearchService {
+//!     #[cached(prefix = "search", ttl = 3600)]   // self is never part of the key
+//!     async fn search(&self, query: &str, top_k: usize) -> Vec<Hit> { ... }
+//! }
+//! ```
+//!
+//! # Options
+//!
+//! | option | meaning |
+//! | --- | --- |
+//! | `prefix = "name"` | required: the key prefix |
+//! | `ttl = 3600` or `ttl = <Duration expr>` | required: lifetime of an entry (seconds, or a `Duration`) |
+//! | `skip(a, b)` | leave these arguments out of the key |
+//! | `cache = <expr>` | use this handle (`Cache`, `&Cache` or `Option<Cache>`) instead of the default one |
+//! | `key = <expr>` | key `{prefix}:{expr}` (anything `Display`) instead of the hash of the arguments |
+//! | `codec = "msgpack"` | MessagePack values (feature `msgpack` of `cache-core`); JSON by default |
+//!
+//! # Key
+//!
+//! `{namespace:}{prefix}:{lowercase hex SHA-256 of the JSON array of the key
+//! arguments}`: `embed("hello")` is stored under
+//! `embedding:` + sha256(`["hello"]`). `cache_core::key_for(prefix, &(args,))`
+//! computes it; `cache_core::invalidate_memoized(&cache, prefix, &(args,))`
+//! drops one entry.
+//!
+//! # Behaviour
+//!
+//! - `Result<T, E>`: only `Ok` is cached. `Option<T>`: only `Some`. Anything
+//!   else: always. The stored value is `T` (or the whole value).
+//! - Any cache failure (unreachable, slow, open breaker, an entry that does not
+//!   decode) runs the function: callers never see a cache error. An entry that
+//!   does not decode is overwritten.
+//! - Concurrent calls with the same key in one process run the body once.
+//! - With no default handle set (and no `cache = ...`), or when the handle is
+//!   bypassed (`CACHE_BYPASS=true`), the function just runs.
+
+mod attr;
+mod expand;
 
 use proc_macro::TokenStream;
+use syn::{ItemFn, parse_macro_input};
 
-/// Memoizes an async function in the default [`Cache`](https://docs.rs/cache-core).
-///
-/// Not implemented yet: the attribute currently leaves the function unchanged.
+/// Memoizes an async function or method; see the [crate docs](crate) for options and behaviour.
 #[proc_macro_attribute]
-pub fn cached(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = parse_macro_input!(attr as attr::CachedArgs);
+    let function = parse_macro_input!(item as ItemFn);
+    expand::expand(args, function)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

@@ -1,0 +1,307 @@
+//! What `#[cached]` expands to: fail-open, single-flight memoization.
+//!
+//! The generated code only builds the key and hands the function body to
+//! [`memoize`]; everything else is here, as ordinary testable Rust.
+//!
+//! - **Fail-open**: any cache error (unreachable, timeout, breaker open, value
+//!   that does not decode, failed write) runs the body and returns its result.
+//! - **Single-flight**: in one process, concurrent calls with the same key
+//!   share one flight: the leader reads the cache and, on a miss, runs the
+//!   body; followers wait and decode the leader's encoded result. A leader that
+//!   panics or is cancelled abandons the flight and a follower takes over, so
+//!   nobody waits forever. Outcomes that are not cached (`Err`, `None`) are
+//!   not shared either: followers then run the body themselves.
+//! - No lock is held across an `.await`, so recursion over other keys (`fib`)
+//!   cannot deadlock.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+
+/// State of one flight, as followers see it.
+#[derive(Clone)]
+enum Flight {
+    /// The leader is still working.
+    Pending,
+    /// The leader finished: the encoded value, or `None` when the outcome is not cached.
+    Done(Option<Arc<[u8]>>),
+    /// The leader vanished (panic, cancellation): start over.
+    Abandoned,
+}
+
+type Flights = Mutex<HashMap<String, watch::Receiver<Flight>>>;
+
+fn flights() -> &'static Flights {
+    static FLIGHTS: OnceLock<Flights> = OnceLock::new();
+    FLIGHTS.get_or_init(Flights::default)
+}
+
+fn lock(flights: &Flights) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Flight>>> {
+    // Every critical section is a single map operation: a poisoned map is consistent.
+    flights
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The leader's side of a flight. Dropping it without [`land`](Self::land)
+/// (panic, cancellation) tells followers to start over.
+struct Leader {
+    key: String,
+    sender: watch::Sender<Flight>,
+    landed: bool,
+}
+
+impl Leader {
+    fn land(mut self, value: Option<Arc<[u8]>>) {
+        self.landed = true;
+        lock(flights()).remove(&self.key);
+        let _ = self.sender.send(Flight::Done(value));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if !self.landed {
+            lock(flights()).remove(&self.key);
+            let _ = self.sender.send(Flight::Abandoned);
+        }
+    }
+}
+
+enum Role {
+    Leader(Leader),
+    Follower(watch::Receiver<Flight>),
+}
+
+fn join(key: &str) -> Role {
+    let mut map = lock(flights());
+    if let Some(receiver) = map.get(key) {
+        return Role::Follower(receiver.clone());
+    }
+    let (sender, receiver) = watch::channel(Flight::Pending);
+    map.insert(key.to_string(), receiver);
+    Role::Leader(Leader {
+        key: key.to_string(),
+        sender,
+        landed: false,
+    })
+}
+
+/// Everything about one memoized call except its body.
+#[derive(Debug)]
+pub struct Call {
+    /// The handle, or `None` when there is none (then the body just runs).
+    pub cache: Option<Cache>,
+    /// The key without namespace, or why it could not be built.
+    pub key: Result<String>,
+    /// Lifetime of the entry.
+    pub ttl: Duration,
+    /// Encoding of the entry; `None` takes the handle's.
+    pub codec: Option<Codec>,
+    /// The function's name, for logs.
+    pub function: &'static str,
+}
+
+/// Runs `body` memoized as `call` says. `stored` picks the part of the result
+/// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it.
+pub async fn memoize<R, V, F>(
+    call: Call,
+    body: F,
+    stored: fn(&R) -> Option<&V>,
+    restore: fn(V) -> R,
+) -> R
+where
+    F: Future<Output = R>,
+    V: Serialize + DeserializeOwned,
+{
+    let Some(cache) = call.cache.filter(|cache| !cache.is_bypassed()) else {
+        return body.await;
+    };
+    let key = match call.key {
+        Ok(key) => key,
+        Err(err) => {
+            tracing::warn!(function = call.function, error = %err, "memoization key could not be built; running uncached");
+            return body.await;
+        }
+    };
+    let codec = call.codec.unwrap_or(cache.codec());
+    let flight_key = cache.full_key(&key).into_owned();
+    loop {
+        match join(&flight_key) {
+            Role::Follower(mut receiver) => {
+                let state = match receiver.wait_for(|s| !matches!(s, Flight::Pending)).await {
+                    Ok(state) => state.clone(),
+                    // The sender is gone without a word: same as abandoned.
+                    Err(_) => Flight::Abandoned,
+                };
+                match state {
+                    Flight::Done(Some(bytes)) => {
+                        if let Ok(value) = codec.decode::<V>(&bytes) {
+                            return restore(value);
+                        }
+                        return body.await;
+                    }
+                    // Outcomes that are not shared: followers run the body themselves.
+                    Flight::Done(None) => return body.await,
+                    Flight::Abandoned | Flight::Pending => continue,
+                }
+            }
+            Role::Leader(leader) => {
+                let read = cache.get_bytes(&key).await;
+                let cache_is_up = match &read {
+                    Ok(_) => {
+                        cache.note_memo_failure(None);
+                        true
+                    }
+                    Err(err) => {
+                        cache.note_memo_failure(Some(err));
+                        false
+                    }
+                };
+                if let Ok(Some(bytes)) = &read
+                    && let Some(value) = cache.decode_with::<V>(codec, &key, Some(bytes))
+                {
+                    leader.land(Some(Arc::from(bytes.as_slice())));
+                    return restore(value);
+                }
+                if let Ok(None) = &read {
+                    // Counted here; an undecodable entry was counted by decode_with.
+                    let _ = cache.decode_with::<V>(codec, &key, None);
+                }
+                let result = body.await;
+                let encoded = stored(&result).and_then(|value| match codec.encode(value) {
+                    Ok(bytes) => Some(bytes),
+                    Err(err) => {
+                        tracing::warn!(function = call.function, error = %err, "result could not be encoded; not cached");
+                        None
+                    }
+                });
+                let shared: Option<Arc<[u8]>> = encoded.map(Arc::from);
+                leader.land(shared.clone());
+                // A store that just failed the read is not waited on a second time.
+                if let (Some(bytes), true) = (shared, cache_is_up) {
+                    let write = cache.set_bytes(&key, &bytes, Some(call.ttl)).await;
+                    if let Err(err) = write {
+                        cache.note_memo_failure(Some(&err));
+                    }
+                }
+                return result;
+            }
+        }
+    }
+}
+
+/// Compile-time check that a key argument is `Serialize`; the generated call
+/// is spanned at the argument, so the error points there.
+#[inline(always)]
+pub fn assert_serialize<T: Serialize + ?Sized>(_: &T) {}
+
+/// Which handle a memoized function uses: `cache = ...` or the default one.
+pub trait IntoCache {
+    /// The handle, if any.
+    fn into_cache(self) -> Option<Cache>;
+}
+
+impl IntoCache for Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self)
+    }
+}
+
+impl IntoCache for &Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self.clone())
+    }
+}
+
+impl IntoCache for Option<Cache> {
+    fn into_cache(self) -> Option<Cache> {
+        self
+    }
+}
+
+/// The handle for a call: `explicit` if given, else the default one.
+pub fn handle<C: IntoCache>(explicit: C) -> Option<Cache> {
+    explicit.into_cache()
+}
+
+/// The default handle (see [`set_default`](crate::set_default)).
+pub fn default_handle() -> Option<Cache> {
+    crate::default_cache()
+}
+
+/// The documented key: `{prefix}:{sha256 of the JSON of the argument tuple}`.
+pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
+    crate::key_for(prefix, args)
+}
+
+/// A `key = ...` key: `{prefix}:{suffix}`.
+pub fn custom_key<S: Display>(prefix: &str, suffix: S) -> Result<String> {
+    let suffix = suffix.to_string();
+    if suffix.is_empty() {
+        return Err(Error::Encode("the custom key is empty".into()));
+    }
+    Ok(format!("{prefix}:{suffix}"))
+}
+
+/// `Result`: only `Ok` is cached.
+pub fn stored_ok<T, E>(result: &std::result::Result<T, E>) -> Option<&T> {
+    result.as_ref().ok()
+}
+
+/// `Result`: a cached value is an `Ok`.
+pub fn restore_ok<T, E>(value: T) -> std::result::Result<T, E> {
+    Ok(value)
+}
+
+/// `Option`: only `Some` is cached.
+pub fn stored_some<T>(option: &Option<T>) -> Option<&T> {
+    option.as_ref()
+}
+
+/// `Option`: a cached value is a `Some`.
+pub fn restore_some<T>(value: T) -> Option<T> {
+    Some(value)
+}
+
+/// Any other type: always cached.
+pub fn stored_always<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
+
+/// Any other type: the cached value is the result.
+pub fn restore_always<T>(value: T) -> T {
+    value
+}
+
+/// Drops the entry a memoized function stored for these arguments, so the
+/// next call runs the body. `args` is the tuple of the key arguments (those
+/// not in `skip(...)`, in declaration order, `self` excluded), as for
+/// [`key_for`](crate::key_for); `&str` and `String` give the same key.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// // after `#[cached(prefix = "embedding", ttl = 86400)] async fn embed(text: &str)`:
+/// let removed = cache_core::invalidate_memoized(&cache, "embedding", &("hello",)).await?;
+/// assert!(!removed);
+/// # Ok(()) }
+/// ```
+pub async fn invalidate_memoized<A: Serialize + ?Sized>(
+    cache: &Cache,
+    prefix: &str,
+    args: &A,
+) -> Result<bool> {
+    cache.delete(&crate::key_for(prefix, args)?).await
+}

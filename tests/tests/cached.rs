@@ -1,0 +1,515 @@
+//! `#[cached]` against the in-memory store, a standalone `redis-server` and a
+//! three-node cluster: keys, TTLs, stored bytes, what is (not) cached,
+//! single-flight, fail-open.
+//!
+//! Each test builds its own handle with its own namespace, and the memoized
+//! functions take it as a skipped argument (`cache = cache, skip(cache)`), so
+//! tests never share entries or a default handle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, KeyTtl, cached, key_for};
+use serde::{Deserialize, Serialize};
+use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
+
+async fn memory() -> Cache {
+    Cache::builder()
+        .in_memory()
+        .namespace(unique_prefix("cached"))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn standalone() -> Cache {
+    Cache::builder()
+        .redis_url(&shared_server().url())
+        .unwrap()
+        .namespace(unique_prefix("cached"))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn cluster() -> Cache {
+    Cache::builder()
+        .cluster_urls(shared_cluster().urls())
+        .unwrap()
+        .namespace(unique_prefix("cached"))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::memory().await).await; })*
+        }
+        mod standalone_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::standalone().await).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::cluster().await).await; })*
+        }
+    };
+}
+
+suite!(
+    key_is_prefix_and_sha256_of_the_json_arguments,
+    entry_lives_for_the_ttl,
+    err_is_not_cached_and_ok_is,
+    none_is_not_cached_and_some_is,
+    methods_on_two_instances_share_an_entry,
+    skipped_arguments_are_not_part_of_the_key,
+    concurrent_first_calls_run_the_body_once,
+    corrupt_entry_is_a_miss_and_is_overwritten,
+    recursive_memoized_function_does_not_deadlock,
+    a_panicking_leader_does_not_leave_followers_hanging,
+    a_cancelled_leader_does_not_block_later_calls,
+    invalidate_memoized_drops_one_entry,
+    custom_key_and_duration_ttl,
+    msgpack_codec_round_trips,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Embedding(Vec<f32>);
+
+#[cached(prefix = "embedding", ttl = 86400, cache = cache, skip(cache, calls))]
+async fn embed(cache: &Cache, calls: &AtomicUsize, text: &str) -> Result<Embedding, String> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    if text.is_empty() {
+        return Err("empty text".to_string());
+    }
+    Ok(Embedding(text.bytes().map(f32::from).collect()))
+}
+
+#[cached(prefix = "lookup", ttl = 60, cache = cache, skip(cache, calls))]
+async fn lookup(cache: &Cache, calls: &AtomicUsize, id: u32) -> Option<String> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    id.is_multiple_of(2).then(|| format!("item-{id}"))
+}
+
+#[cached(prefix = "report", ttl = 60, cache = cache, skip(cache, calls, request_id))]
+async fn report(cache: &Cache, calls: &AtomicUsize, account: u32, request_id: u64) -> u64 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let _ = request_id;
+    u64::from(account) * 10
+}
+
+struct SearchService {
+    calls: AtomicUsize,
+}
+
+impl SearchService {
+    /// Doc comments and other attributes are kept.
+    #[cached(prefix = "search", ttl = 3600, cache = cache, skip(cache))]
+    #[allow(clippy::needless_lifetimes)]
+    pub async fn search<'q>(&self, cache: &Cache, query: &'q str, top_k: usize) -> Vec<String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        (0..top_k).map(|i| format!("{query}-{i}")).collect()
+    }
+}
+
+#[cached(prefix = "fib", ttl = 60, cache = cache, skip(cache))]
+async fn fib(cache: &Cache, n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    Box::pin(fib(cache, n - 1)).await + Box::pin(fib(cache, n - 2)).await
+}
+
+/// Shared state of the gated function used by the concurrency tests.
+#[derive(Default)]
+struct Gate {
+    calls: AtomicUsize,
+    entered: tokio::sync::Notify,
+    open: tokio::sync::watch::Sender<bool>,
+    panic_first: AtomicBool,
+}
+
+#[cached(prefix = "gated", ttl = 60, cache = cache, skip(cache, gate))]
+async fn gated(cache: &Cache, gate: &Gate, id: u32) -> u32 {
+    let call = gate.calls.fetch_add(1, Ordering::SeqCst);
+    gate.entered.notify_one();
+    let mut open = gate.open.subscribe();
+    let _ = open.wait_for(|open| *open).await;
+    if call == 0 && gate.panic_first.load(Ordering::SeqCst) {
+        panic!("the leader fails");
+    }
+    id + 1
+}
+
+#[cached(prefix = "custom", key = format!("user:{user}"), ttl = Duration::from_millis(45_000), cache = cache, skip(cache))]
+async fn custom(cache: &Cache, user: u32) -> String {
+    format!("summary of {user}")
+}
+
+#[cached(prefix = "packed", ttl = 60, codec = "msgpack", cache = cache, skip(cache, calls))]
+async fn packed(cache: &Cache, calls: &AtomicUsize, n: u32) -> Vec<f32> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    (0..n).map(|i| i as f32 * 0.5).collect()
+}
+
+mod behaviour {
+    use super::*;
+
+    pub async fn key_is_prefix_and_sha256_of_the_json_arguments(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        let value = embed(&cache, &calls, "hello").await.unwrap();
+        let key = key_for("embedding", &("hello",)).unwrap();
+        assert_eq!(
+            key,
+            "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9"
+        );
+        let stored = cache.get_bytes(&key).await.unwrap().expect("entry stored");
+        assert_eq!(
+            stored,
+            serde_json::to_vec(&value).unwrap(),
+            "the JSON of the Ok value"
+        );
+        assert_eq!(embed(&cache, &calls, "hello").await.unwrap(), value);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "second call is a hit");
+    }
+
+    pub async fn entry_lives_for_the_ttl(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        embed(&cache, &calls, "ttl").await.unwrap();
+        let key = key_for("embedding", &("ttl",)).unwrap();
+        match cache.ttl(&key).await.unwrap() {
+            KeyTtl::Expires(left) => {
+                assert!(left <= Duration::from_secs(86400));
+                assert!(left > Duration::from_secs(86398), "{left:?}");
+            }
+            other => panic!("expected the TTL, got {other:?}"),
+        }
+    }
+
+    pub async fn err_is_not_cached_and_ok_is(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert!(embed(&cache, &calls, "").await.is_err());
+        assert!(embed(&cache, &calls, "").await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "Err is never cached");
+        let key = key_for("embedding", &("",)).unwrap();
+        assert!(!cache.exists(&key).await.unwrap());
+    }
+
+    pub async fn none_is_not_cached_and_some_is(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(lookup(&cache, &calls, 1).await, None);
+        assert_eq!(lookup(&cache, &calls, 1).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "None is never cached");
+        assert_eq!(lookup(&cache, &calls, 2).await.as_deref(), Some("item-2"));
+        assert_eq!(lookup(&cache, &calls, 2).await.as_deref(), Some("item-2"));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let stored = cache
+            .get_bytes(&key_for("lookup", &(2,)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.as_deref(),
+            Some(&b"\"item-2\""[..]),
+            "the Some value itself"
+        );
+    }
+
+    pub async fn methods_on_two_instances_share_an_entry(cache: Cache) {
+        let a = SearchService {
+            calls: AtomicUsize::new(0),
+        };
+        let b = SearchService {
+            calls: AtomicUsize::new(0),
+        };
+        let first = a.search(&cache, "redis", 3).await;
+        let second = b.search(&cache, "redis", 3).await;
+        assert_eq!(first, second);
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            b.calls.load(Ordering::SeqCst),
+            0,
+            "self is not part of the key"
+        );
+        assert!(
+            cache
+                .exists(&key_for("search", &("redis", 3)).unwrap())
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn skipped_arguments_are_not_part_of_the_key(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(report(&cache, &calls, 7, 1).await, 70);
+        assert_eq!(report(&cache, &calls, 7, 2).await, 70);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            cache
+                .exists(&key_for("report", &(7,)).unwrap())
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn concurrent_first_calls_run_the_body_once(cache: Cache) {
+        let gate = Arc::new(Gate::default());
+        let (entered_tx, mut entered_rx) = tokio::sync::watch::channel(0usize);
+        let entered_tx = Arc::new(entered_tx);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, gate, entered) = (cache.clone(), gate.clone(), entered_tx.clone());
+                tokio::spawn(async move {
+                    // Counting and the call's first poll happen in one poll of this task,
+                    // so when all 50 have counted, all 50 are inside `gated`.
+                    entered.send_modify(|n| *n += 1);
+                    gated(&cache, &gate, 41).await
+                })
+            })
+            .collect();
+        entered_rx.wait_for(|n| *n == 50).await.unwrap();
+        gate.open.send_replace(true);
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 42);
+        }
+        assert_eq!(gate.calls.load(Ordering::SeqCst), 1, "the body ran once");
+    }
+
+    pub async fn corrupt_entry_is_a_miss_and_is_overwritten(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        let key = key_for("embedding", &("corrupt",)).unwrap();
+        cache.set_bytes(&key, b"\x00garbage{", None).await.unwrap();
+        let value = embed(&cache, &calls, "corrupt").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cache.get_bytes(&key).await.unwrap().unwrap(),
+            serde_json::to_vec(&value).unwrap()
+        );
+        assert!(cache.stats().decode_errors >= 1);
+    }
+
+    pub async fn recursive_memoized_function_does_not_deadlock(cache: Cache) {
+        let result = tokio::time::timeout(Duration::from_secs(10), fib(&cache, 40)).await;
+        assert_eq!(result.expect("fib must not deadlock"), 102_334_155);
+    }
+
+    pub async fn a_panicking_leader_does_not_leave_followers_hanging(cache: Cache) {
+        let gate = Arc::new(Gate::default());
+        gate.panic_first.store(true, Ordering::SeqCst);
+        let leader = {
+            let (cache, gate) = (cache.clone(), gate.clone());
+            tokio::spawn(async move { gated(&cache, &gate, 1).await })
+        };
+        gate.entered.notified().await;
+        let followers: Vec<_> = (0..5)
+            .map(|_| {
+                let (cache, gate) = (cache.clone(), gate.clone());
+                tokio::spawn(async move { gated(&cache, &gate, 1).await })
+            })
+            .collect();
+        gate.open.send_replace(true);
+        assert!(leader.await.is_err(), "the leader panicked");
+        for follower in followers {
+            let value = tokio::time::timeout(Duration::from_secs(10), follower)
+                .await
+                .expect("a follower was left hanging");
+            assert_eq!(value.unwrap(), 2);
+        }
+    }
+
+    pub async fn a_cancelled_leader_does_not_block_later_calls(cache: Cache) {
+        let gate = Arc::new(Gate::default());
+        let leader = {
+            let (cache, gate) = (cache.clone(), gate.clone());
+            tokio::spawn(async move { gated(&cache, &gate, 5).await })
+        };
+        gate.entered.notified().await;
+        leader.abort();
+        let _ = leader.await;
+        gate.open.send_replace(true);
+        let value = tokio::time::timeout(Duration::from_secs(10), gated(&cache, &gate, 5))
+            .await
+            .expect("a later call must not wait for the cancelled leader");
+        assert_eq!(value, 6);
+        assert_eq!(gate.calls.load(Ordering::SeqCst), 2);
+    }
+
+    pub async fn invalidate_memoized_drops_one_entry(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        embed(&cache, &calls, "a").await.unwrap();
+        embed(&cache, &calls, "b").await.unwrap();
+        assert!(
+            cache_core::invalidate_memoized(&cache, "embedding", &("a",))
+                .await
+                .unwrap()
+        );
+        embed(&cache, &calls, "a").await.unwrap();
+        embed(&cache, &calls, "b").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "only `a` ran again");
+    }
+
+    pub async fn custom_key_and_duration_ttl(cache: Cache) {
+        assert_eq!(custom(&cache, 9).await, "summary of 9");
+        assert_eq!(
+            cache
+                .get::<String>("custom:user:9")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("summary of 9")
+        );
+        assert!(matches!(
+            cache.ttl("custom:user:9").await.unwrap(),
+            KeyTtl::Expires(left) if left <= Duration::from_secs(45) && left > Duration::from_secs(43)
+        ));
+    }
+
+    pub async fn msgpack_codec_round_trips(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        let first = packed(&cache, &calls, 3).await;
+        assert_eq!(packed(&cache, &calls, 3).await, first);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let bytes = cache
+            .get_bytes(&key_for("packed", &(3,)).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bytes[0], 0x93, "a MessagePack array of 3, not JSON");
+    }
+}
+
+/// The stored key and bytes, as another service reading Redis sees them.
+#[tokio::test]
+async fn any_client_reads_the_documented_key_and_json() {
+    let server = shared_server();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let calls = AtomicUsize::new(0);
+    let text = unique_prefix("raw");
+    embed(&cache, &calls, &text).await.unwrap();
+    let key = format!(
+        "embedding:{}",
+        cache_core::sha256_hex(serde_json::to_string(&[&text]).unwrap().as_bytes())
+    );
+    let json = server.cli(&["GET", &key]);
+    let expected: Vec<f32> = text.bytes().map(f32::from).collect();
+    assert_eq!(
+        serde_json::from_str::<Vec<f32>>(json.trim()).unwrap(),
+        expected
+    );
+    let pttl: u64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(pttl > 86_398_000 && pttl <= 86_400_000, "{pttl}");
+}
+
+/// With Redis killed, memoized calls still answer, each well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_dead_calls_run_the_body_quickly() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let calls = AtomicUsize::new(0);
+    embed(&cache, &calls, "warm").await.unwrap();
+    server.kill();
+    for i in 0..20 {
+        let started = Instant::now();
+        let text = format!("down-{i}");
+        let value = embed(&cache, &calls, &text).await.unwrap();
+        assert_eq!(value.0.len(), text.len());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "call {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 21);
+    assert!(cache.stats().errors > 0);
+}
+
+/// A bypassed handle, or no handle at all, just runs the function.
+#[tokio::test]
+async fn bypass_and_missing_default_run_the_body_every_time() {
+    let cache = Cache::builder().bypass(true).build().await.unwrap();
+    let calls = AtomicUsize::new(0);
+    embed(&cache, &calls, "x").await.unwrap();
+    embed(&cache, &calls, "x").await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(
+        !cache
+            .exists(&key_for("embedding", &("x",)).unwrap())
+            .await
+            .unwrap()
+    );
+
+    #[cached(prefix = "nodefault", ttl = 60, skip(calls))]
+    async fn uses_default(calls: &AtomicUsize, n: u8) -> u8 {
+        calls.fetch_add(1, Ordering::SeqCst);
+        n
+    }
+    // No test in this binary sets a default handle.
+    let calls = AtomicUsize::new(0);
+    uses_default(&calls, 1).await;
+    uses_default(&calls, 1).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// Generics, `where` clauses, `impl Trait` arguments, trait impls and visibility compile.
+mod shapes {
+    use super::*;
+
+    #[cached(prefix = "generic", ttl = 60, cache = cache, skip(cache))]
+    pub(crate) async fn generic<T>(
+        cache: &Cache,
+        items: &[T],
+        label: impl Serialize + Send + Sync,
+    ) -> usize
+    where
+        T: Serialize + Sync,
+    {
+        let _ = label;
+        items.len()
+    }
+
+    pub trait Scorer {
+        fn score(&self, cache: &Cache, word: &str)
+        -> impl std::future::Future<Output = u32> + Send;
+    }
+
+    pub struct Length;
+
+    impl Scorer for Length {
+        #[cached(prefix = "score", ttl = 60, cache = cache, skip(cache))]
+        async fn score(&self, cache: &Cache, word: &str) -> u32 {
+            word.len() as u32
+        }
+    }
+
+    #[tokio::test]
+    async fn generic_and_trait_methods_are_memoized() {
+        let cache = memory().await;
+        assert_eq!(generic(&cache, &[1u8, 2, 3], "l").await, 3);
+        assert!(
+            cache
+                .exists(&key_for("generic", &([1u8, 2, 3], "l")).unwrap())
+                .await
+                .unwrap()
+        );
+        assert_eq!(Length.score(&cache, "four").await, 4);
+        assert!(
+            cache
+                .exists(&key_for("score", &("four",)).unwrap())
+                .await
+                .unwrap()
+        );
+    }
+}
