@@ -125,13 +125,13 @@ impl Parse for CachedArgs {
             input.parse::<Token![,]>()?;
         }
 
+        // Nothing to point at but the attribute itself.
+        let missing = |message: &str| syn::Error::new(proc_macro2::Span::call_site(), message);
         let prefix = prefix.ok_or_else(|| {
-            input.error(
-                "missing `prefix = \"...\"`: the key prefix, such as `prefix = \"embedding\"`",
-            )
+            missing("missing `prefix = \"...\"`: the key prefix, such as `prefix = \"embedding\"`")
         })?;
         let ttl = ttl.ok_or_else(|| {
-            input.error("missing `ttl = ...`: seconds (`ttl = 3600`) or a `Duration` expression")
+            missing("missing `ttl = ...`: seconds (`ttl = 3600`) or a `Duration` expression")
         })?;
         Ok(CachedArgs {
             prefix,
