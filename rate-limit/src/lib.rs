@@ -1,2 +1,66 @@
-//! Fixed-window rate limiting as a Tower layer (in progress).
+//! Fixed-window rate limiting for axum and any Tower service, counted in Redis
+//! (or the in-memory store) through a `cache_core::Cache`.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use cache_core::Cache;
+//! use rate_limit::{FailMode, RateLimitLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Cache::from_env().await?;
+//! let app: Router = Router::new()
+//!     .route("/search", get(|| async { "results" }))
+//!     // 100 requests per minute per client IP.
+//!     .layer(RateLimitLayer::new(cache.clone(), 100, Duration::from_secs(60)))
+//!     // And 10 per second, behind a load balancer in 10.0.0.0/8, failing closed.
+//!     .layer(
+//!         RateLimitLayer::builder(cache)
+//!             .limit(10)
+//!             .window(Duration::from_secs(1))
+//!             .prefix("rate-burst")
+//!             .trusted_proxies(["10.0.0.0/8"])
+//!             .fail_mode(FailMode::Closed)
+//!             .build()?,
+//!     );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Counting**: Redis key `{prefix}:{client}`, one atomic script per store
+//!   call (INCRBY, and PEXPIRE when the key is new or has no TTL); the window
+//!   starts at a client's first request. Concurrent requests of one client
+//!   are folded into one call; clients known to be over their limit are
+//!   rejected in-process until their window ends.
+//! - **Client key**: the peer IP from `ConnectInfo` ([`PeerIp`]); proxy
+//!   headers only from trusted proxies; IPv6 grouped by /56. Custom keys
+//!   through [`KeyExtractor`]; odd or long keys are hashed.
+//! - **Responses**: `429` with `Retry-After` and a problem+json body;
+//!   `X-RateLimit-Limit/Remaining/Reset` and `RateLimit-Policy`/`RateLimit`
+//!   on every counted response.
+//! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
+
+mod headers;
+mod key;
+mod layer;
+mod limiter;
+mod response;
+mod window;
+
+pub use headers::{
+    HeaderSets, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+};
+pub use key::{
+    HeaderKey, KeyError, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo, RouteAndIp, TrustedProxies,
+};
+pub use layer::{
+    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, RateLimit, RateLimitLayer,
+    RateLimitLayerBuilder, ResponseFuture,
+};
+pub use limiter::RateLimitStats;
+pub use response::{ResponseBody, problem, too_many_requests};
+pub use window::Decision;

@@ -1,0 +1,439 @@
+//! [`RateLimitLayer`] (configuration, `impl Layer`) and [`RateLimit`] (the service).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_core::Cache;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use tower::{Layer, Service};
+
+use crate::headers::{self, HeaderSets};
+use crate::key::{KeyExtractor, PeerIp, RequestInfo, TrustedProxies, sanitize};
+use crate::limiter::{Limiter, RateLimitStats, Verdict, bump};
+use crate::response::{self, ResponseBody};
+use crate::window::Decision;
+
+/// Default Redis key prefix: keys are `rate:{client key}`.
+pub const DEFAULT_PREFIX: &str = "rate";
+/// Default bound on one store call; past it the request is let through (or 503).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A configuration the layer refuses, reported when it is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `limit` is 0: every request would be rejected.
+    #[error("the limit must be at least 1 request per window")]
+    ZeroLimit,
+    /// `limit` does not fit Redis' 64-bit signed counters.
+    #[error("the limit {0} does not fit a Redis counter (at most 2^62)")]
+    LimitTooLarge(u64),
+    /// The window is shorter than Redis' 1 ms expiry resolution.
+    #[error("the window must be at least 1 ms")]
+    WindowTooShort,
+    /// The store timeout is zero.
+    #[error("the store timeout must be greater than zero")]
+    ZeroStoreTimeout,
+    /// A trusted proxy entry is empty or not a CIDR / address.
+    #[error("invalid trusted proxy: {0}")]
+    TrustedProxy(String),
+    /// The IPv6 grouping prefix is over 128 bits.
+    #[error("the IPv6 prefix length must be 0 to 128, got {0}")]
+    Ipv6Prefix(u8),
+    /// The key prefix is empty or has characters that could reach other keys.
+    #[error("the key prefix must be 1 to 64 of A-Z a-z 0-9 : . _ -")]
+    Prefix,
+    /// The policy name cannot go into a header.
+    #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
+    PolicyName,
+}
+
+/// What to do when the store cannot count a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Let the request through (the default): an outage of the store does not
+    /// become an outage of the service.
+    #[default]
+    Open,
+    /// Reject with `503 Service Unavailable` (problem+json).
+    Closed,
+}
+
+type OnLimited = dyn Fn(&Decision) -> Response<Bytes> + Send + Sync;
+
+struct Shared {
+    limiter: Limiter,
+    extractor: Box<dyn KeyExtractor>,
+    headers: HeaderSets,
+    policy_name: String,
+    fail_mode: FailMode,
+    shadow: bool,
+    on_limited: Option<Box<OnLimited>>,
+    missing_key_logged: AtomicBool,
+}
+
+/// Fixed-window rate limiting for any Tower service over `http::Request`.
+///
+/// Cheap to clone (one `Arc`). Several layers stack (`10/s` and `1000/h`),
+/// each with its own key prefix; the outermost layer's headers are the ones
+/// the client sees.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use cache_core::Cache;
+/// use rate_limit::RateLimitLayer;
+///
+/// let cache = Cache::in_memory();
+/// let app: Router = Router::new()
+///     .route("/search", get(|| async { "results" }))
+///     .layer(RateLimitLayer::new(cache, 100, Duration::from_secs(60)));
+/// // serve with app.into_make_service_with_connect_info::<std::net::SocketAddr>()
+/// ```
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limiter = &self.shared.limiter;
+        f.debug_struct("RateLimitLayer")
+            .field("prefix", &limiter.prefix)
+            .field("limit", &limiter.limit)
+            .field("window", &limiter.window)
+            .field("fail_mode", &self.shared.fail_mode)
+            .field("shadow", &self.shared.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// `limit` requests per `window` per client IP, counted in `cache`.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is 0 or over 2^62, or `window` is under 1 ms: mistakes in
+    /// code, found at start-up. [`RateLimitLayer::builder`] reports them as a
+    /// [`ConfigError`] instead.
+    pub fn new(cache: Cache, limit: u64, window: Duration) -> Self {
+        match Self::builder(cache).limit(limit).window(window).build() {
+            Ok(layer) => layer,
+            Err(err) => panic!("invalid RateLimitLayer: {err}"),
+        }
+    }
+
+    /// A builder for every setting.
+    pub fn builder(cache: Cache) -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder::new(cache)
+    }
+
+    /// The counters since the layer was built (shared by its clones).
+    pub fn stats(&self) -> RateLimitStats {
+        self.shared.limiter.counters.snapshot()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Configures a [`RateLimitLayer`].
+#[must_use]
+pub struct RateLimitLayerBuilder {
+    cache: Cache,
+    limit: u64,
+    window: Duration,
+    prefix: String,
+    extractor: Option<Box<dyn KeyExtractor>>,
+    trusted_proxies: Vec<String>,
+    ipv6_prefix: u8,
+    headers: HeaderSets,
+    policy_name: Option<String>,
+    fail_mode: FailMode,
+    shadow: bool,
+    store_timeout: Duration,
+    local_deny: bool,
+    on_limited: Option<Box<OnLimited>>,
+}
+
+impl RateLimitLayerBuilder {
+    fn new(cache: Cache) -> Self {
+        RateLimitLayerBuilder {
+            cache,
+            limit: 100,
+            window: Duration::from_secs(60),
+            prefix: DEFAULT_PREFIX.to_string(),
+            extractor: None,
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: 56,
+            headers: HeaderSets::default(),
+            policy_name: None,
+            fail_mode: FailMode::Open,
+            shadow: false,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            local_deny: true,
+            on_limited: None,
+        }
+    }
+
+    /// Requests per window and client (default 100).
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The window, starting at a client's first request (default 60 s).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Redis keys are `{prefix}:{client}` (default `rate`); give stacked layers their own.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Who requests count against (default: [`PeerIp`] with the proxy settings below).
+    pub fn key_extractor(mut self, extractor: impl KeyExtractor) -> Self {
+        self.extractor = Some(Box::new(extractor));
+        self
+    }
+
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded` are
+    /// believed by the default extractor. None by default.
+    pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.trusted_proxies = cidrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// IPv6 clients are grouped by this prefix in the default extractor (default 56).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
+    }
+
+    /// Which header sets responses carry (default: both).
+    pub fn headers(mut self, headers: HeaderSets) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The name in `RateLimit-Policy` / `RateLimit` (default: the prefix).
+    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
+        self.policy_name = Some(name.into());
+        self
+    }
+
+    /// What happens when the store fails (default [`FailMode::Open`]).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// Counts and sets headers, but never rejects: to roll out a new limit safely.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Bound on one store call (default 100 ms): a hung Redis adds at most this.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Reject clients known to be over the limit without a store call (default on).
+    pub fn local_deny_cache(mut self, enabled: bool) -> Self {
+        self.local_deny = enabled;
+        self
+    }
+
+    /// Builds the 429 response yourself; the layer still adds the rate-limit
+    /// headers and `Retry-After`.
+    pub fn on_limited(
+        mut self,
+        respond: impl Fn(&Decision) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_limited = Some(Box::new(respond));
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        if self.limit == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        if self.limit > 1 << 62 {
+            return Err(ConfigError::LimitTooLarge(self.limit));
+        }
+        if self.window < Duration::from_millis(1) {
+            return Err(ConfigError::WindowTooShort);
+        }
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::ZeroStoreTimeout);
+        }
+        if self.ipv6_prefix > 128 {
+            return Err(ConfigError::Ipv6Prefix(self.ipv6_prefix));
+        }
+        let token = |text: &str, extra: &[u8]| {
+            (1..=64).contains(&text.len())
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+        };
+        if !token(&self.prefix, b":") {
+            return Err(ConfigError::Prefix);
+        }
+        let policy_name = self
+            .policy_name
+            .unwrap_or_else(|| self.prefix.replace(':', "-"));
+        if !token(&policy_name, b"") {
+            return Err(ConfigError::PolicyName);
+        }
+        let trusted =
+            TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError::TrustedProxy)?;
+        let extractor = self.extractor.unwrap_or_else(|| {
+            Box::new(
+                PeerIp::new()
+                    .trusted_proxies(trusted)
+                    .ipv6_prefix(self.ipv6_prefix),
+            )
+        });
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                limiter: Limiter::new(
+                    self.cache,
+                    self.prefix,
+                    self.limit,
+                    self.window,
+                    self.store_timeout,
+                    self.local_deny,
+                ),
+                extractor,
+                headers: self.headers,
+                policy_name,
+                fail_mode: self.fail_mode,
+                shadow: self.shadow,
+                on_limited: self.on_limited,
+                missing_key_logged: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// The service [`RateLimitLayer`] wraps around `S`.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`RateLimit`].
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone is not ready; the instance that was polled ready serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let key = shared.extractor.extract(&RequestInfo {
+                method: request.method(),
+                uri: request.uri(),
+                headers: request.headers(),
+                extensions: request.extensions(),
+            });
+            let key = match key {
+                Ok(key) => sanitize(key),
+                Err(err) => {
+                    if !shared.missing_key_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %err, "rate limiter cannot identify the client");
+                    }
+                    return Ok(response::problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Rate limiter misconfigured",
+                        &err.to_string(),
+                    ));
+                }
+            };
+            let decision = match shared.limiter.check(&key).await {
+                Verdict::Decided(decision) => decision,
+                Verdict::StoreFailed => {
+                    return match shared.fail_mode {
+                        FailMode::Open => Ok(inner.call(request).await?.map(ResponseBody::inner)),
+                        FailMode::Closed => Ok(response::store_unavailable()),
+                    };
+                }
+            };
+            let counters = &shared.limiter.counters;
+            let mut response = if decision.allowed {
+                bump(&counters.allowed);
+                inner.call(request).await?.map(ResponseBody::inner)
+            } else if shared.shadow {
+                bump(&counters.shadow_limited);
+                inner.call(request).await?.map(ResponseBody::inner)
+            } else {
+                bump(&counters.limited);
+                let mut limited = match &shared.on_limited {
+                    Some(respond) => respond(&decision).map(ResponseBody::full),
+                    None => response::too_many_requests(&decision, shared.limiter.window),
+                };
+                *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                limited.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(decision.retry_after_seconds()),
+                );
+                limited
+            };
+            headers::write(
+                response.headers_mut(),
+                shared.headers,
+                &shared.policy_name,
+                shared.limiter.window,
+                &decision,
+            );
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! The counting engine: one atomic store call per batch of concurrent
+//! requests with the same key, and an in-process memory of keys already over
+//! their limit.
+//!
+//! **Coalescing.** While a store call for a key is in flight, requests for
+//! the same key that arrive meanwhile join one batch; when the call returns,
+//! the batch goes to the store as one `incr_window(key, n)`. The total the
+//! store returns says exactly which of the n are within the limit
+//! ([`count_of`]), so a burst from one client costs one round trip per batch
+//! instead of one per request, and admission stays exact across instances.
+//!
+//! **Local deny cache.** Counts never go down within a window, so once a key
+//! reached its limit, every further request in that window is over it: those
+//! are rejected without a store call until the window's end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, WindowCount};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::window::{Decision, count_of};
+
+/// Keys remembered as over their limit, at most.
+const DENY_CACHE_CAPACITY: usize = 100_000;
+
+/// The outcome of counting one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Counted: allowed or not.
+    Decided(Decision),
+    /// The store failed or timed out: the request was not counted.
+    StoreFailed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BatchState {
+    Pending,
+    Counted { count: WindowCount, size: u64 },
+    Failed,
+    Abandoned,
+}
+
+struct OpenBatch {
+    id: u64,
+    size: u64,
+    sender: Arc<watch::Sender<BatchState>>,
+}
+
+struct Slot {
+    /// The batch still taking requests, if any.
+    open: Option<OpenBatch>,
+    /// Held while a batch of this key is at the store: one call per key at a time.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A snapshot of a layer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RateLimitStats {
+    /// Requests let through within the limit.
+    pub allowed: u64,
+    /// Requests rejected (429), the locally rejected ones included.
+    pub limited: u64,
+    /// Rejected from the local deny cache, without a store call.
+    pub limited_locally: u64,
+    /// Over the limit in shadow mode: counted, let through.
+    pub shadow_limited: u64,
+    /// Requests whose count failed (store down, slow or breaker open).
+    pub store_errors: u64,
+    /// Store calls made (each may count many coalesced requests).
+    pub store_calls: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) allowed: AtomicU64,
+    pub(crate) limited: AtomicU64,
+    pub(crate) limited_locally: AtomicU64,
+    pub(crate) shadow_limited: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) store_calls: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> RateLimitStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RateLimitStats {
+            allowed: load(&self.allowed),
+            limited: load(&self.limited),
+            limited_locally: load(&self.limited_locally),
+            shadow_limited: load(&self.shadow_limited),
+            store_errors: load(&self.store_errors),
+            store_calls: load(&self.store_calls),
+        }
+    }
+}
+
+pub(crate) struct Limiter {
+    pub(crate) cache: Cache,
+    pub(crate) prefix: String,
+    pub(crate) limit: u64,
+    pub(crate) window: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) local_deny: bool,
+    pub(crate) counters: Counters,
+    slots: Mutex<HashMap<String, Slot>>,
+    denied: Mutex<HashMap<String, Instant>>,
+    next_batch: AtomicU64,
+    failing: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single map operations: a poisoned map is consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The executor's claim on its batch: if dropped before publishing (the
+/// request was cancelled), the batch is closed and its joiners start over.
+struct Executor<'a> {
+    limiter: &'a Limiter,
+    key: &'a str,
+    id: u64,
+    sender: Arc<watch::Sender<BatchState>>,
+    published: bool,
+}
+
+impl Executor<'_> {
+    fn publish(mut self, state: BatchState) {
+        self.published = true;
+        let _ = self.sender.send(state);
+    }
+}
+
+impl Drop for Executor<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            let mut slots = lock(&self.limiter.slots);
+            if let Some(slot) = slots.get_mut(self.key)
+                && slot.open.as_ref().is_some_and(|open| open.id == self.id)
+            {
+                slot.open = None;
+            }
+            drop(slots);
+            let _ = self.sender.send(BatchState::Abandoned);
+        }
+    }
+}
+
+enum Role {
+    Executor {
+        id: u64,
+        sender: Arc<watch::Sender<BatchState>>,
+        gate: Arc<tokio::sync::Mutex<()>>,
+    },
+    Joiner {
+        receiver: watch::Receiver<BatchState>,
+        position: u64,
+    },
+}
+
+impl Limiter {
+    pub(crate) fn new(
+        cache: Cache,
+        prefix: String,
+        limit: u64,
+        window: Duration,
+        store_timeout: Duration,
+        local_deny: bool,
+    ) -> Self {
+        Limiter {
+            cache,
+            prefix,
+            limit,
+            window,
+            store_timeout,
+            local_deny,
+            counters: Counters::default(),
+            slots: Mutex::default(),
+            denied: Mutex::default(),
+            next_batch: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one request of `client` (an already sanitized key).
+    pub(crate) async fn check(&self, client: &str) -> Verdict {
+        let key = format!("{}:{client}", self.prefix);
+        if let Some(decision) = self.denied_locally(&key) {
+            bump(&self.counters.limited_locally);
+            return Verdict::Decided(decision);
+        }
+        loop {
+            match self.join(&key) {
+                Role::Executor { id, sender, gate } => {
+                    return self.execute(&key, id, sender, gate).await;
+                }
+                Role::Joiner {
+                    mut receiver,
+                    position,
+                } => {
+                    let state = match receiver
+                        .wait_for(|s| !matches!(s, BatchState::Pending))
+                        .await
+                    {
+                        Ok(state) => *state,
+                        Err(_) => BatchState::Abandoned,
+                    };
+                    match state {
+                        BatchState::Counted { count, size } => {
+                            return self.decide(&key, count, size, position);
+                        }
+                        BatchState::Failed => return Verdict::StoreFailed,
+                        // The executor was cancelled before counting: start over.
+                        BatchState::Abandoned | BatchState::Pending => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    fn join(&self, key: &str) -> Role {
+        let mut slots = lock(&self.slots);
+        let slot = slots.entry(key.to_string()).or_insert_with(|| Slot {
+            open: None,
+            gate: Arc::default(),
+        });
+        if let Some(open) = &mut slot.open {
+            let position = open.size;
+            open.size += 1;
+            return Role::Joiner {
+                receiver: open.sender.subscribe(),
+                position,
+            };
+        }
+        let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
+        let sender = Arc::new(watch::channel(BatchState::Pending).0);
+        slot.open = Some(OpenBatch {
+            id,
+            size: 1,
+            sender: sender.clone(),
+        });
+        Role::Executor {
+            id,
+            sender,
+            gate: slot.gate.clone(),
+        }
+    }
+
+    async fn execute(
+        &self,
+        key: &str,
+        id: u64,
+        sender: Arc<watch::Sender<BatchState>>,
+        gate: Arc<tokio::sync::Mutex<()>>,
+    ) -> Verdict {
+        let executor = Executor {
+            limiter: self,
+            key,
+            id,
+            sender,
+            published: false,
+        };
+        let permit = gate.lock().await;
+        // Close the batch: later arrivals start the next one.
+        let size = {
+            let mut slots = lock(&self.slots);
+            slots
+                .get_mut(key)
+                .and_then(|slot| slot.open.take_if(|open| open.id == id))
+                .map_or(1, |open| open.size)
+        };
+        bump(&self.counters.store_calls);
+        let counted = tokio::time::timeout(
+            self.store_timeout,
+            self.cache.incr_window(key, size, self.window),
+        )
+        .await;
+        let verdict = match counted {
+            Ok(Ok(count)) => {
+                self.note_store(None);
+                executor.publish(BatchState::Counted { count, size });
+                self.decide(key, count, size, 0)
+            }
+            Ok(Err(err)) => {
+                self.note_store(Some(&err.to_string()));
+                executor.publish(BatchState::Failed);
+                Verdict::StoreFailed
+            }
+            Err(_) => {
+                self.note_store(Some("store call timed out"));
+                executor.publish(BatchState::Failed);
+                Verdict::StoreFailed
+            }
+        };
+        drop(permit);
+        // Forget the key when nobody else is batching or waiting on it.
+        let mut slots = lock(&self.slots);
+        if slots
+            .get(key)
+            .is_some_and(|slot| slot.open.is_none() && Arc::strong_count(&slot.gate) == 2)
+        {
+            slots.remove(key);
+        }
+        verdict
+    }
+
+    fn decide(&self, key: &str, count: WindowCount, size: u64, position: u64) -> Verdict {
+        let decision = Decision::for_count(
+            count_of(count.count, size, position),
+            self.limit,
+            count.reset_after,
+        );
+        if decision.remaining == 0 && self.local_deny {
+            self.remember_denied(key, count.reset_after);
+        }
+        Verdict::Decided(decision)
+    }
+
+    fn remember_denied(&self, key: &str, reset_after: Duration) {
+        let now = Instant::now();
+        let mut denied = lock(&self.denied);
+        if denied.len() >= DENY_CACHE_CAPACITY {
+            denied.retain(|_, until| *until > now);
+            if denied.len() >= DENY_CACHE_CAPACITY {
+                return;
+            }
+        }
+        denied.insert(key.to_string(), now + reset_after);
+    }
+
+    fn denied_locally(&self, key: &str) -> Option<Decision> {
+        if !self.local_deny {
+            return None;
+        }
+        let now = Instant::now();
+        let mut denied = lock(&self.denied);
+        let until = *denied.get(key)?;
+        if until <= now {
+            denied.remove(key);
+            return None;
+        }
+        Some(Decision {
+            allowed: false,
+            limit: self.limit,
+            remaining: 0,
+            reset_after: until - now,
+        })
+    }
+
+    /// Logs once per change between a working and a failing store.
+    fn note_store(&self, error: Option<&str>) {
+        match error {
+            Some(error) => {
+                bump(&self.counters.store_errors);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(prefix = %self.prefix, error, "rate limiter store unavailable");
+                }
+            }
+            None => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(prefix = %self.prefix, "rate limiter store available again");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limit: u64) -> Limiter {
+        Limiter::new(
+            Cache::in_memory(),
+            "test".into(),
+            limit,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            true,
+        )
+    }
+
+    #[tokio::test]
+    async fn counts_up_to_the_limit_then_denies_locally() {
+        let limiter = limiter(3);
+        for remaining in [2, 1, 0] {
+            let Verdict::Decided(d) = limiter.check("ip:1").await else {
+                panic!("store failed");
+            };
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+        }
+        let Verdict::Decided(d) = limiter.check("ip:1").await else {
+            panic!("store failed");
+        };
+        assert!(!d.allowed);
+        assert!(d.reset_after > Duration::from_secs(58));
+        let stats = limiter.counters.snapshot();
+        assert_eq!(stats.store_calls, 3, "the fourth was denied locally");
+        assert_eq!(stats.limited_locally, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_are_coalesced_and_admission_is_exact() {
+        let limiter = Arc::new(limiter(50));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.check("ip:2").await })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            if let Verdict::Decided(d) = task.await.unwrap()
+                && d.allowed
+            {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 50);
+        assert!(
+            limiter.slots.lock().unwrap().is_empty(),
+            "slots are cleaned up"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Responses the layer produces itself: 429, 503 and 500, as
+//! `application/problem+json` (RFC 9457), and the body type that carries them
+//! beside the inner service's bodies.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::window::Decision;
+
+pin_project! {
+    /// The layer's response body: the inner service's, or one the layer wrote.
+    // pin-project-lite takes no doc comments on fields; the variants say it all.
+    #[allow(missing_docs)]
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody<B> {
+        /// The inner service's body, untouched.
+        Inner { #[pin] body: B },
+        /// A body written by the layer.
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        ResponseBody::Inner { body }
+    }
+
+    /// A body with these bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        ResponseBody::Full {
+            data: Some(data.into()),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Inner { body } => body.poll_frame(cx),
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Inner { body } => body.is_end_stream(),
+            ResponseBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Inner { body } => body.size_hint(),
+            ResponseBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// An `application/problem+json` response.
+pub fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<ResponseBody<B>> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// The default 429: `Retry-After` is added by the layer.
+pub fn too_many_requests<B>(
+    decision: &Decision,
+    window: std::time::Duration,
+) -> Response<ResponseBody<B>> {
+    problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too Many Requests",
+        &format!(
+            "Rate limit of {} requests per {} s exceeded; retry in {} s.",
+            decision.limit,
+            crate::window::ceil_seconds(window),
+            decision.retry_after_seconds()
+        ),
+    )
+}
+
+/// The fail-closed 503.
+pub(crate) fn store_unavailable<B>() -> Response<ResponseBody<B>> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        "The rate limiter cannot reach its store; try again shortly.",
+    )
+}
