@@ -1,8 +1,6 @@
 //! Shared measuring code of the benchmark binaries: interleaved rounds, so
 //! that a baseline and the thing measured see the same machine state.
 
-pub mod http;
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,8 @@
 //! apart through their own key prefixes ([`unique_prefix`]); tests that kill or
 //! restart a server start their own with [`RedisServer::start`].
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use benches::http::Connection;
+use tests::http::Connection;
 
 const CLIENTS: usize = 16;
 const WORDS: &[&str] = &[

@@ -1,0 +1,667 @@
+//! `RateLimitLayer` through real axum servers on loopback (served with
+//! `ConnectInfo`), against the in-memory store, a standalone `redis-server`
+//! and a three-node cluster.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use cache_core::{Cache, KeyTtl};
+use rate_limit::{FailMode, HeaderSets, RateLimitLayer};
+use tests::http::{Response, get as http_get};
+use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
+
+/// A store for one test: a handle, and a way to open another handle on the
+/// same store (a second app instance).
+#[derive(Clone)]
+struct Store {
+    cache: Cache,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Memory,
+    Redis(String),
+    Cluster(Vec<String>),
+}
+
+impl Store {
+    async fn another_handle(&self) -> Cache {
+        match &self.kind {
+            // One process, one store: instances share the handle.
+            Kind::Memory => self.cache.clone(),
+            Kind::Redis(url) => Cache::builder()
+                .redis_url(url)
+                .unwrap()
+                .build()
+                .await
+                .unwrap(),
+            Kind::Cluster(urls) => Cache::builder()
+                .cluster_urls(urls)
+                .unwrap()
+                .build()
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+async fn memory() -> Store {
+    Store {
+        cache: Cache::in_memory(),
+        kind: Kind::Memory,
+    }
+}
+
+async fn standalone() -> Store {
+    let url = shared_server().url();
+    Store {
+        cache: Cache::builder()
+            .redis_url(&url)
+            .unwrap()
+            .build()
+            .await
+            .unwrap(),
+        kind: Kind::Redis(url),
+    }
+}
+
+async fn cluster() -> Store {
+    let urls = shared_cluster().urls();
+    Store {
+        cache: Cache::builder()
+            .cluster_urls(&urls)
+            .unwrap()
+            .build()
+            .await
+            .unwrap(),
+        kind: Kind::Cluster(urls),
+    }
+}
+
+/// Serves `GET /` behind `layer` on a free loopback port, with `ConnectInfo`.
+async fn serve(layer: RateLimitLayer) -> u16 {
+    serve_app(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
+}
+
+async fn serve_app(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    port
+}
+
+fn layer(
+    cache: Cache,
+    prefix: &str,
+    limit: u64,
+    window: Duration,
+) -> rate_limit::RateLimitLayerBuilder {
+    RateLimitLayer::builder(cache)
+        .limit(limit)
+        .window(window)
+        .prefix(prefix)
+        .store_timeout(Duration::from_secs(2))
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::memory().await).await; })*
+        }
+        mod standalone_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::standalone().await).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::cluster().await).await; })*
+        }
+    };
+}
+
+suite!(
+    requests_past_the_limit_get_429_with_all_headers,
+    spoofed_forwarded_for_is_ignored_without_trusted_proxies,
+    trusted_proxies_make_the_rightmost_untrusted_address_the_client,
+    two_instances_sharing_a_store_admit_exactly_the_limit,
+    the_window_resets,
+    concurrent_requests_from_one_client_are_coalesced,
+    clients_over_the_limit_are_rejected_without_store_calls,
+    shadow_mode_counts_but_never_rejects,
+);
+
+fn assert_problem(response: &Response, status: u16) {
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+    assert_eq!(body["status"], status, "{body}");
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "{field} missing: {body}");
+    }
+}
+
+mod behaviour {
+    use super::*;
+
+    pub async fn requests_past_the_limit_get_429_with_all_headers(store: Store) {
+        let prefix = unique_prefix("limit5");
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 5, Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .await;
+        for expected_remaining in (0..5).rev() {
+            let response = http_get(port, "/", &[]).await;
+            assert_eq!(response.status, 200);
+            assert_eq!(response.text(), "ok");
+            assert_eq!(response.number("x-ratelimit-limit"), 5);
+            assert_eq!(response.number("x-ratelimit-remaining"), expected_remaining);
+            assert!(response.number("x-ratelimit-reset") <= 60);
+        }
+        let limited = http_get(port, "/", &[]).await;
+        assert_eq!(limited.status, 429);
+        let retry_after = limited.number("retry-after");
+        assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+        assert_eq!(limited.number("x-ratelimit-limit"), 5);
+        assert_eq!(limited.number("x-ratelimit-remaining"), 0);
+        let reset = limited.number("x-ratelimit-reset");
+        assert!((58..=60).contains(&reset), "reset {reset}");
+        assert_eq!(
+            limited.header("ratelimit-policy"),
+            Some(format!("\"{prefix}\";q=5;w=60").as_str())
+        );
+        assert_eq!(
+            limited.header("ratelimit"),
+            Some(format!("\"{prefix}\";r=0;t={reset}").as_str())
+        );
+        assert_problem(&limited, 429);
+        // The counter really lives in the store, with a TTL within the window.
+        match store
+            .cache
+            .ttl(&format!("{prefix}:ip:127.0.0.1"))
+            .await
+            .unwrap()
+        {
+            KeyTtl::Expires(left) => {
+                assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(55))
+            }
+            other => panic!("expected a TTL, got {other:?}"),
+        }
+    }
+
+    pub async fn spoofed_forwarded_for_is_ignored_without_trusted_proxies(store: Store) {
+        let prefix = unique_prefix("spoof");
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 1, Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            http_get(port, "/", &[("x-forwarded-for", "1.1.1.1")])
+                .await
+                .status,
+            200
+        );
+        let spoofed = http_get(
+            port,
+            "/",
+            &[("x-forwarded-for", "2.2.2.2"), ("forwarded", "for=3.3.3.3")],
+        )
+        .await;
+        assert_eq!(
+            spoofed.status, 429,
+            "a new X-Forwarded-For must not give a new bucket"
+        );
+        assert!(
+            !store
+                .cache
+                .exists(&format!("{prefix}:ip:2.2.2.2"))
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn trusted_proxies_make_the_rightmost_untrusted_address_the_client(store: Store) {
+        let prefix = unique_prefix("proxied");
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 1, Duration::from_secs(60))
+                .trusted_proxies(["127.0.0.0/8", "10.0.0.0/8"])
+                .build()
+                .unwrap(),
+        )
+        .await;
+        // The client claims 6.6.6.6; the load balancer 10.0.0.2 appended the real 198.51.100.4.
+        let chain = [("x-forwarded-for", "6.6.6.6, 198.51.100.4, 10.0.0.2")];
+        assert_eq!(http_get(port, "/", &chain).await.status, 200);
+        assert_eq!(http_get(port, "/", &chain).await.status, 429);
+        assert!(
+            store
+                .cache
+                .exists(&format!("{prefix}:ip:198.51.100.4"))
+                .await
+                .unwrap()
+        );
+        // Another real client behind the same proxy has its own bucket.
+        let other = [("x-forwarded-for", "6.6.6.6, 198.51.100.5, 10.0.0.2")];
+        assert_eq!(http_get(port, "/", &other).await.status, 200);
+    }
+
+    pub async fn two_instances_sharing_a_store_admit_exactly_the_limit(store: Store) {
+        let prefix = unique_prefix("exact");
+        let first = serve(
+            layer(store.cache.clone(), &prefix, 50, Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .await;
+        let second = serve(
+            layer(
+                store.another_handle().await,
+                &prefix,
+                50,
+                Duration::from_secs(60),
+            )
+            .build()
+            .unwrap(),
+        )
+        .await;
+        let requests: Vec<_> = (0..300)
+            .map(|i| {
+                let port = if i % 2 == 0 { first } else { second };
+                tokio::spawn(async move { http_get(port, "/", &[]).await.status })
+            })
+            .collect();
+        let mut passed = 0;
+        let mut limited = 0;
+        for request in requests {
+            match request.await.unwrap() {
+                200 => passed += 1,
+                429 => limited += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        assert_eq!((passed, limited), (50, 250));
+    }
+
+    pub async fn the_window_resets(store: Store) {
+        let prefix = unique_prefix("reset");
+        let window = Duration::from_millis(300);
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 1, window)
+                .build()
+                .unwrap(),
+        )
+        .await;
+        let started = Instant::now();
+        assert_eq!(http_get(port, "/", &[]).await.status, 200);
+        let limited = http_get(port, "/", &[]).await;
+        assert_eq!(limited.status, 429);
+        assert_eq!(limited.number("retry-after"), 1, "rounded up, never 0");
+        // The window's end is the behaviour under test: wait for it, bounded.
+        loop {
+            let response = http_get(port, "/", &[]).await;
+            if response.status == 200 {
+                assert_eq!(response.number("x-ratelimit-remaining"), 0);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the window never reset"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(started.elapsed() >= window - Duration::from_millis(20));
+    }
+
+    pub async fn concurrent_requests_from_one_client_are_coalesced(store: Store) {
+        let prefix = unique_prefix("burst");
+        let limiter = layer(store.cache.clone(), &prefix, 50, Duration::from_secs(60))
+            .local_deny_cache(false)
+            .build()
+            .unwrap();
+        let port = serve(limiter.clone()).await;
+        let requests: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(async move { http_get(port, "/", &[]).await.status }))
+            .collect();
+        let mut passed = 0;
+        for request in requests {
+            if request.await.unwrap() == 200 {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 50, "admission stays exact");
+        let stats = limiter.stats();
+        assert_eq!(stats.allowed, 50);
+        assert_eq!(stats.limited, 150);
+        assert!(
+            stats.store_calls < 150,
+            "{} store calls for 200 requests",
+            stats.store_calls
+        );
+    }
+
+    pub async fn clients_over_the_limit_are_rejected_without_store_calls(store: Store) {
+        let prefix = unique_prefix("deny");
+        let limiter = layer(store.cache.clone(), &prefix, 3, Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let port = serve(limiter.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(http_get(port, "/", &[]).await.status, 200);
+        }
+        for _ in 0..10 {
+            let response = http_get(port, "/", &[]).await;
+            assert_eq!(response.status, 429);
+            assert_eq!(response.number("x-ratelimit-remaining"), 0);
+            assert!(response.number("x-ratelimit-reset") >= 58);
+        }
+        let stats = limiter.stats();
+        assert_eq!(stats.store_calls, 3);
+        assert_eq!(stats.limited_locally, 10);
+    }
+
+    pub async fn shadow_mode_counts_but_never_rejects(store: Store) {
+        let prefix = unique_prefix("shadow");
+        let limiter = layer(store.cache.clone(), &prefix, 1, Duration::from_secs(60))
+            .shadow(true)
+            .build()
+            .unwrap();
+        let port = serve(limiter.clone()).await;
+        assert_eq!(http_get(port, "/", &[]).await.status, 200);
+        let over = http_get(port, "/", &[]).await;
+        assert_eq!(over.status, 200);
+        assert_eq!(over.number("x-ratelimit-remaining"), 0);
+        assert_eq!(limiter.stats().shadow_limited, 1);
+        assert_eq!(limiter.stats().limited, 0);
+    }
+}
+
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find(|line| line.starts_with("cmdstat_evalsha:"))
+        .and_then(|line| line.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn rejected_clients_make_no_redis_calls() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let port = serve(
+        layer(cache, "rate", 2, Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(http_get(port, "/", &[]).await.status, 200);
+    }
+    let before = evalsha_calls(&server);
+    assert!(before >= 1);
+    for _ in 0..20 {
+        assert_eq!(http_get(port, "/", &[]).await.status, 429);
+    }
+    assert_eq!(
+        evalsha_calls(&server),
+        before,
+        "Redis saw none of the 20 rejections"
+    );
+}
+
+#[tokio::test]
+async fn a_counter_left_without_ttl_gets_one_at_the_next_request() {
+    let server = shared_server();
+    let prefix = unique_prefix("legacy");
+    let key = format!("{prefix}:ip:127.0.0.1");
+    server.cli(&["SET", &key, "3"]);
+    assert_eq!(server.cli(&["PTTL", &key]).trim(), "-1");
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let port = serve(
+        layer(cache, &prefix, 10, Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let response = http_get(port, "/", &[]).await;
+    assert_eq!(
+        response.number("x-ratelimit-remaining"),
+        6,
+        "counted on top of the old 3"
+    );
+    let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(pttl > 55_000 && pttl <= 60_000, "PTTL {pttl}");
+}
+
+#[tokio::test]
+async fn counting_survives_script_flush() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let port = serve(
+        layer(cache, "rate", 10, Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        http_get(port, "/", &[])
+            .await
+            .number("x-ratelimit-remaining"),
+        9
+    );
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    assert_eq!(
+        http_get(port, "/", &[])
+            .await
+            .number("x-ratelimit-remaining"),
+        8
+    );
+    assert_eq!(
+        server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(),
+        "2",
+        "counted once, not twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_dead_fail_open_passes_and_fail_closed_returns_503() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let open = serve(
+        layer(cache.clone(), "open", 5, Duration::from_secs(60))
+            .store_timeout(Duration::from_millis(150))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let closed = serve(
+        layer(cache, "closed", 5, Duration::from_secs(60))
+            .store_timeout(Duration::from_millis(150))
+            .fail_mode(FailMode::Closed)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(http_get(open, "/", &[]).await.status, 200);
+    server.kill();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let response = http_get(open, "/", &[]).await;
+        assert_eq!(response.status, 200, "fail open lets requests through");
+        assert!(
+            response.header("x-ratelimit-remaining").is_none(),
+            "nothing was counted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let refused = http_get(closed, "/", &[]).await;
+    assert_eq!(refused.status, 503);
+    assert_problem(&refused, 503);
+}
+
+#[tokio::test]
+async fn a_server_without_connect_info_gets_a_clear_error() {
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(RateLimitLayer::new(
+            Cache::in_memory(),
+            5,
+            Duration::from_secs(60),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let response = http_get(port, "/", &[]).await;
+    assert_eq!(response.status, 500);
+    assert_problem(&response, 500);
+    assert!(
+        response
+            .text()
+            .contains("into_make_service_with_connect_info")
+    );
+}
+
+#[tokio::test]
+async fn custom_429_and_header_sets_can_be_configured() {
+    let port = serve(
+        layer(Cache::in_memory(), "custom", 1, Duration::from_secs(60))
+            .headers(HeaderSets {
+                legacy: false,
+                ietf: true,
+            })
+            .on_limited(|decision| {
+                http::Response::new(bytes_of(format!(
+                    "slow down, retry in {}",
+                    decision.retry_after_seconds()
+                )))
+            })
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let first = http_get(port, "/", &[]).await;
+    assert!(first.header("x-ratelimit-limit").is_none());
+    assert!(first.header("ratelimit").is_some());
+    let limited = http_get(port, "/", &[]).await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.text().starts_with("slow down, retry in"));
+    assert!(limited.header("retry-after").is_some());
+}
+
+fn bytes_of(text: String) -> axum::body::Bytes {
+    axum::body::Bytes::from(text)
+}
+
+#[test]
+fn invalid_configuration_is_an_error_at_build_time() {
+    use rate_limit::ConfigError;
+    let builder = || RateLimitLayer::builder(Cache::in_memory());
+    assert_eq!(
+        builder().limit(0).build().unwrap_err(),
+        ConfigError::ZeroLimit
+    );
+    assert_eq!(
+        builder().window(Duration::ZERO).build().unwrap_err(),
+        ConfigError::WindowTooShort
+    );
+    assert!(matches!(
+        builder().limit(u64::MAX).build().unwrap_err(),
+        ConfigError::LimitTooLarge(_)
+    ));
+    assert!(matches!(
+        builder().trusted_proxies([""]).build().unwrap_err(),
+        ConfigError::TrustedProxy(_)
+    ));
+    assert!(matches!(
+        builder()
+            .trusted_proxies(["10.0.0.0/99"])
+            .build()
+            .unwrap_err(),
+        ConfigError::TrustedProxy(_)
+    ));
+    assert_eq!(
+        builder().prefix("a b*").build().unwrap_err(),
+        ConfigError::Prefix
+    );
+    assert_eq!(
+        builder().ipv6_prefix(129).build().unwrap_err(),
+        ConfigError::Ipv6Prefix(129)
+    );
+}
+
+#[tokio::test]
+async fn stacked_layers_count_separately() {
+    let cache = Cache::in_memory();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(
+            layer(cache.clone(), "per-hour", 3, Duration::from_secs(3600))
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            layer(cache.clone(), "per-second", 2, Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        );
+    let port = serve_app(app).await;
+    assert_eq!(http_get(port, "/", &[]).await.status, 200);
+    assert_eq!(http_get(port, "/", &[]).await.status, 200);
+    assert_eq!(http_get(port, "/", &[]).await.status, 429, "2 per second");
+    assert!(cache.exists("per-hour:ip:127.0.0.1").await.unwrap());
+    // The third was rejected from the local deny cache: not even counted.
+    assert_eq!(
+        cache.get::<u64>("per-second:ip:127.0.0.1").await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        cache.get::<u64>("per-hour:ip:127.0.0.1").await.unwrap(),
+        Some(2),
+        "the inner layer never saw the third"
+    );
+}
