@@ -85,13 +85,63 @@ fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A hit on the second identical search, then a 429 past the limit (5).
+fn exercise_search(port: u16) -> serde_json::Value {
+    let (status, first) = http_get(port, "/search?q=redis+cluster+slots&k=3");
+    assert_eq!(status, 200, "{first}");
+    let hits = json(&first);
+    assert_eq!(hits.as_array().map(Vec::len), Some(3), "{hits}");
+    assert_eq!(hits[0]["title"], "Redis Cluster hash slots", "{hits}");
+    let (_, second) = http_get(port, "/search?q=redis+cluster+slots&k=3");
+    assert_eq!(json(&second), hits);
+    let (_, stats) = http_get(port, "/stats");
+    let stats = json(&stats);
+    assert_eq!(
+        stats["computed"]["searches"], 1,
+        "the second search was a hit: {stats}"
+    );
+    assert!(stats["cache"]["hits"].as_u64().unwrap() >= 1, "{stats}");
+    // Three requests so far; the limit is 5 per window.
+    assert_eq!(http_get(port, "/health").0, 200);
+    assert_eq!(http_get(port, "/health").0, 200);
+    let (status, body) = http_get(port, "/search?q=anything");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("Too Many Requests"), "{body}");
+    stats
+}
+
 #[test]
 fn starts_on_the_in_memory_store_without_redis_and_answers() {
-    let service = start(SEARCH, &[]);
+    let service = start(SEARCH, &[("RATE_LIMIT", "5")]);
     let (status, body) = http_get(service.port, "/health");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"healthy\":true"), "{body}");
     assert!(body.contains("in-memory"), "{body}");
+}
+
+#[test]
+fn search_service_memoizes_and_rate_limits_on_the_in_memory_store() {
+    let service = start(SEARCH, &[("RATE_LIMIT", "5")]);
+    exercise_search(service.port);
+}
+
+#[test]
+fn search_service_memoizes_in_redis_and_rate_limits() {
+    let server = tests::RedisServer::start();
+    let service = start(SEARCH, &[("REDIS_URL", &server.url()), ("RATE_LIMIT", "5")]);
+    exercise_search(service.port);
+    // The documented keys, readable by any client.
+    let key = cache_core::key_for("search", &("redis cluster slots", 3)).unwrap();
+    let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(pttl > 3_590_000 && pttl <= 3_600_000, "search PTTL {pttl}");
+    let key = cache_core::key_for("embedding", &("redis cluster slots",)).unwrap();
+    assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1");
+    let count: u64 = server
+        .cli(&["GET", "rate:ip:127.0.0.1"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(count, 5, "the 429 was rejected locally, not counted");
 }
 
 #[test]

@@ -2,11 +2,13 @@
 //!
 //! `GET /search?q=...&k=...` ranks a corpus shipped with the repository (BM25
 //! plus embedding cosine). `SearchService::search` and `Embedder::embed` are
-//! memoized with `#[cached]`. Uses Redis when `REDIS_URL` /
-//! `REDIS_CLUSTER_URLS` / `REDIS_HOST` is set and the embedded in-memory store
-//! otherwise; listens on `PORT` (default 3000).
+//! memoized with `#[cached]`. Every client IP gets `RATE_LIMIT` requests
+//! (default 100) per `RATE_LIMIT_WINDOW_SECS` (default 60). Uses Redis when
+//! `REDIS_URL` / `REDIS_CLUSTER_URLS` / `REDIS_HOST` is set and the embedded
+//! in-memory store otherwise; listens on `PORT` (default 3000).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -14,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use cache_core::Cache;
 use examples::search::{Hit, SearchService};
+use rate_limit::RateLimitLayer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -21,6 +24,7 @@ use serde_json::{Value, json};
 struct App {
     cache: Cache,
     search: Arc<SearchService>,
+    limiter: RateLimitLayer,
 }
 
 #[tokio::main]
@@ -33,11 +37,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let search = Arc::new(SearchService::default());
     tracing::info!(documents = search.documents(), "index built");
 
+    let limit: u64 = examples::env_number("RATE_LIMIT", 100)?;
+    let window: u64 = examples::env_number("RATE_LIMIT_WINDOW_SECS", 60)?;
+    let limiter = RateLimitLayer::builder(cache.clone())
+        .limit(limit)
+        .window(Duration::from_secs(window))
+        .build()?;
+    tracing::info!(limit, window_secs = window, "rate limit per client IP");
+
     let app = Router::new()
         .route("/search", get(search_handler))
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .with_state(App { cache, search });
+        .layer(limiter.clone())
+        .with_state(App {
+            cache,
+            search,
+            limiter,
+        });
     examples::serve(app).await
 }
 
@@ -67,9 +84,11 @@ async fn health(State(app): State<App>) -> Json<cache_core::Health> {
 
 async fn stats(State(app): State<App>) -> Json<Value> {
     let (searches, embeddings) = app.search.computed();
+    let cache = app.cache.stats();
     Json(json!({
-        "cache": app.cache.stats(),
-        "hit_rate": app.cache.stats().hit_rate(),
+        "cache": cache,
+        "hit_rate": cache.hit_rate(),
         "computed": { "searches": searches, "embeddings": embeddings },
+        "rate_limit": app.limiter.stats(),
     }))
 }
