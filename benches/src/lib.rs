@@ -7,20 +7,21 @@ use std::time::{Duration, Instant};
 /// Rounds per variant; the median round is reported.
 pub const ROUNDS: usize = 7;
 
-/// Runs `op` `iterations` times across `tasks` concurrent tasks, and returns operations per second.
+/// Runs `op(task)` `iterations` times in all across `tasks` concurrent tasks
+/// (numbered from 0), and returns operations per second.
 pub async fn throughput<F, Fut>(iterations: usize, tasks: usize, op: F) -> f64
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let per_task = iterations / tasks;
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|task| {
             let op = op.clone();
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    op().await;
+                    op(task).await;
                 }
             })
         })

@@ -1,13 +1,42 @@
-//! Hit path of a 384-float embedding: `Cache::get` (and `#[cached]` when
-//! available) beside raw `redis` GET + `serde_json` decode, in the same run,
-//! at 1 and 64 concurrent tasks, against a redis-server on loopback.
+//! Hit path of a 384-float embedding, each variant beside its baseline in the
+//! same run, at 1 and 64 concurrent tasks, against a redis-server on loopback:
 //!
-//! `cargo run --release -p benches --bin cache-hit`
+//! - JSON: raw `redis` GET + `serde_json` (baseline), `Cache::get`, `#[cached]`;
+//! - MessagePack: raw GET + `rmp_serde` (baseline), `#[cached(codec = "msgpack")]`;
+//! - with `--features compare`: the `cached` crate's Redis-backed
+//!   `#[concurrent_cached]` (MessagePack).
+//!
+//! Each task reads its own key, so single-flight never folds calls together:
+//! every call is one round trip, as in the baselines.
+//!
+//! `cargo run --release -p benches --features compare --bin cache-hit`
 
 use benches::{ROUNDS, Series, report, throughput};
-use cache_core::Cache;
+use cache_core::{Cache, cached};
+use redis::aio::MultiplexedConnection;
 
 const ITERATIONS: usize = 20_000;
+const TASKS: [usize; 2] = [1, 64];
+
+fn embedding(text: &str) -> Vec<f32> {
+    (0..384)
+        .map(|i| (i as f32 * 0.37 + text.len() as f32).sin())
+        .collect()
+}
+
+fn text_of(task: usize) -> String {
+    format!("document number {task}")
+}
+
+#[cached(prefix = "bench-json", ttl = 600, cache = cache, skip(cache))]
+async fn embed_json(cache: &Cache, text: &str) -> Vec<f32> {
+    embedding(text)
+}
+
+#[cached(prefix = "bench-msgpack", ttl = 600, codec = "msgpack", cache = cache, skip(cache))]
+async fn embed_msgpack(cache: &Cache, text: &str) -> Vec<f32> {
+    embedding(text)
+}
 
 /// The `cached` crate's Redis-backed async memoization (MessagePack values).
 #[cfg(feature = "compare")]
@@ -29,18 +58,22 @@ mod cached_crate {
         } "##
     )]
     pub async fn embed(text: String) -> Result<Vec<f32>, String> {
-        Ok((0..384)
-            .map(|i| (i as f32 * 0.37 + text.len() as f32).sin())
-            .collect())
+        Ok(super::embedding(&text))
     }
+}
+
+async fn raw_get(conn: &MultiplexedConnection, key: &str) -> Vec<u8> {
+    let mut conn = conn.clone();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET")
 }
 
 #[tokio::main]
 async fn main() {
     let server = tests::RedisServer::start();
-    let embedding: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
-    let key = "bench:embedding";
-
     let client = redis::Client::open(server.url()).expect("redis url");
     let raw = client
         .get_multiplexed_async_connection()
@@ -52,52 +85,106 @@ async fn main() {
         .build()
         .await
         .expect("cache");
-    cache.set(key, &embedding, None).await.expect("seed");
     #[cfg(feature = "compare")]
-    {
-        let _ = cached_crate::URL.set(server.url());
-        cached_crate::embed("hello".to_string())
+    let _ = cached_crate::URL.set(server.url());
+
+    // Seed every key: the macros' entries by calling them once, the raw ones by hand.
+    for task in 0..64 {
+        let text = text_of(task);
+        embed_json(&cache, &text).await;
+        embed_msgpack(&cache, &text).await;
+        let value = embedding(&text);
+        let mut conn = raw.clone();
+        let () = redis::pipe()
+            .set(
+                format!("raw-json:{task}"),
+                serde_json::to_vec(&value).expect("json"),
+            )
+            .ignore()
+            .set(
+                format!("raw-msgpack:{task}"),
+                rmp_serde::to_vec_named(&value).expect("msgpack"),
+            )
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("seed");
+        #[cfg(feature = "compare")]
+        cached_crate::embed(text)
             .await
             .expect("seed the cached crate");
     }
 
-    for tasks in [1, 64] {
-        let mut baseline = Series::new("raw redis GET + serde_json");
-        let mut ours = Series::new("Cache::get");
+    for tasks in TASKS {
+        let mut json_raw = Series::new("raw GET + serde_json (baseline)");
+        let mut json_get = Series::new("Cache::get::<Vec<f32>>");
+        let mut json_macro = Series::new("#[cached] JSON");
+        let mut pack_raw = Series::new("raw GET + rmp_serde (baseline)");
+        let mut pack_macro = Series::new("#[cached(codec = \"msgpack\")]");
         #[cfg(feature = "compare")]
         let mut other = Series::new("cached crate #[concurrent_cached(redis)] (MessagePack)");
         for _ in 0..ROUNDS {
             let conn = raw.clone();
-            baseline.rounds.push(
-                throughput(ITERATIONS, tasks, move || {
-                    let mut conn = conn.clone();
+            json_raw.rounds.push(
+                throughput(ITERATIONS, tasks, move |task| {
+                    let conn = conn.clone();
                     async move {
-                        let bytes: Vec<u8> = redis::cmd("GET")
-                            .arg(key)
-                            .query_async(&mut conn)
-                            .await
-                            .expect("GET");
+                        let bytes = raw_get(&conn, &format!("raw-json:{task}")).await;
                         let value: Vec<f32> = serde_json::from_slice(&bytes).expect("decode");
                         assert_eq!(value.len(), 384);
                     }
                 })
                 .await,
             );
-            let cache = cache.clone();
-            ours.rounds.push(
-                throughput(ITERATIONS, tasks, move || {
-                    let cache = cache.clone();
+            let c = cache.clone();
+            json_get.rounds.push(
+                throughput(ITERATIONS, tasks, move |task| {
+                    let c = c.clone();
                     async move {
-                        let value: Option<Vec<f32>> = cache.get(key).await.expect("get");
+                        let key =
+                            cache_core::key_for("bench-json", &(text_of(task),)).expect("key");
+                        let value: Option<Vec<f32>> = c.get(&key).await.expect("get");
                         assert_eq!(value.map(|v| v.len()), Some(384));
+                    }
+                })
+                .await,
+            );
+            let c = cache.clone();
+            json_macro.rounds.push(
+                throughput(ITERATIONS, tasks, move |task| {
+                    let c = c.clone();
+                    async move {
+                        assert_eq!(embed_json(&c, &text_of(task)).await.len(), 384);
+                    }
+                })
+                .await,
+            );
+            let conn = raw.clone();
+            pack_raw.rounds.push(
+                throughput(ITERATIONS, tasks, move |task| {
+                    let conn = conn.clone();
+                    async move {
+                        let bytes = raw_get(&conn, &format!("raw-msgpack:{task}")).await;
+                        let value: Vec<f32> = rmp_serde::from_slice(&bytes).expect("decode");
+                        assert_eq!(value.len(), 384);
+                    }
+                })
+                .await,
+            );
+            let c = cache.clone();
+            pack_macro.rounds.push(
+                throughput(ITERATIONS, tasks, move |task| {
+                    let c = c.clone();
+                    async move {
+                        assert_eq!(embed_msgpack(&c, &text_of(task)).await.len(), 384);
                     }
                 })
                 .await,
             );
             #[cfg(feature = "compare")]
             other.rounds.push(
-                throughput(ITERATIONS, tasks, || async {
-                    let value = cached_crate::embed("hello".to_string())
+                throughput(ITERATIONS, tasks, |task| async move {
+                    let value = cached_crate::embed(text_of(task))
                         .await
                         .expect("cached crate");
                     assert_eq!(value.len(), 384);
@@ -105,18 +192,16 @@ async fn main() {
                 .await,
             );
         }
-        let series = vec![baseline, ours];
+        let title = format!(
+            "cache hit, 384 f32, {tasks} task(s), {ITERATIONS} calls per round, median of {ROUNDS} rounds"
+        );
+        report(&format!("{title}: JSON"), &[json_raw, json_get, json_macro]);
+        #[cfg(not(feature = "compare"))]
+        report(&format!("{title}: MessagePack"), &[pack_raw, pack_macro]);
         #[cfg(feature = "compare")]
-        let series = {
-            let mut series = series;
-            series.push(other);
-            series
-        };
         report(
-            &format!(
-                "cache hit, 384 f32 JSON, {tasks} task(s), {ITERATIONS} calls per round, median of {ROUNDS}"
-            ),
-            &series,
+            &format!("{title}: MessagePack"),
+            &[pack_raw, pack_macro, other],
         );
     }
 }

@@ -1,0 +1,145 @@
+//! Requests per second of an axum hello-world on loopback: bare, behind
+//! `RateLimitLayer` (in-memory and Redis stores) and, with `--features
+//! compare`, behind `tower_governor`; normally (limit never reached) and under
+//! a flood (> 99 % rejected). Variants are interleaved round by round.
+//!
+//! `cargo run --release -p benches --features compare --bin http`
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use benches::Series;
+use cache_core::Cache;
+use rate_limit::RateLimitLayer;
+use tests::http::Connection;
+
+const CONNECTIONS: usize = 32;
+const ROUND: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 5;
+const WINDOW: Duration = Duration::from_secs(3600);
+
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "Hello, World!" }))
+}
+
+async fn serve(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("serve");
+    });
+    port
+}
+
+/// Requests per second over `ROUND`, and the share answered 429.
+async fn load(port: u16) -> (f64, f64) {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut conn = Connection::open(port).await.expect("connect");
+                let (mut done, mut limited) = (0u64, 0u64);
+                while started.elapsed() < ROUND {
+                    let response = conn
+                        .get("/", Duration::from_secs(5))
+                        .await
+                        .expect("request");
+                    done += 1;
+                    if response.status == 429 {
+                        limited += 1;
+                    }
+                }
+                (done, limited)
+            })
+        })
+        .collect();
+    let (mut done, mut limited) = (0, 0);
+    for task in tasks {
+        let (d, l) = task.await.expect("client");
+        done += d;
+        limited += l;
+    }
+    (
+        done as f64 / started.elapsed().as_secs_f64(),
+        limited as f64 / done.max(1) as f64,
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let server = tests::RedisServer::start();
+    let redis = || async {
+        Cache::builder()
+            .redis_url(&server.url())
+            .expect("url")
+            .build()
+            .await
+            .expect("cache")
+    };
+    let mut variants: Vec<(String, u16)> = Vec::new();
+    variants.push(("bare axum (baseline)".into(), serve(hello()).await));
+    for (mode, limit) in [("normal", u64::MAX / 4), ("flood", 10)] {
+        let layer = RateLimitLayer::new(Cache::in_memory(), limit, WINDOW);
+        variants.push((
+            format!("RateLimitLayer, memory, {mode}"),
+            serve(hello().layer(layer)).await,
+        ));
+        let layer = RateLimitLayer::new(redis().await, limit, WINDOW);
+        variants.push((
+            format!("RateLimitLayer, Redis, {mode}"),
+            serve(hello().layer(layer)).await,
+        ));
+        #[cfg(feature = "compare")]
+        {
+            // A huge refill rate for "normal"; one per hour after a burst of 10 for the flood.
+            let config = if mode == "normal" {
+                tower_governor::governor::GovernorConfigBuilder::default()
+                    .per_nanosecond(1)
+                    .burst_size(u32::MAX)
+                    .finish()
+            } else {
+                tower_governor::governor::GovernorConfigBuilder::default()
+                    .per_second(3600)
+                    .burst_size(10)
+                    .finish()
+            }
+            .expect("governor config");
+            let layer = tower_governor::GovernorLayer::new(config);
+            variants.push((
+                format!("tower_governor, {mode}"),
+                serve(hello().layer(layer)).await,
+            ));
+        }
+    }
+
+    let mut series: Vec<Series> = variants.iter().map(|(name, _)| Series::new(name)).collect();
+    let mut limited_share = vec![0.0; variants.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, port)) in variants.iter().enumerate() {
+            let (rps, limited) = load(*port).await;
+            series[i].rounds.push(rps);
+            limited_share[i] = limited;
+        }
+    }
+    benches::report(
+        &format!(
+            "HTTP GET / on loopback, {CONNECTIONS} keep-alive connections, {ROUNDS} rounds of {ROUND:?}, median"
+        ),
+        &series,
+    );
+    for ((name, _), share) in variants.iter().zip(limited_share) {
+        println!(
+            "{name}: {:.2} % answered 429 in the last round",
+            share * 100.0
+        );
+    }
+}

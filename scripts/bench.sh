@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every benchmark, each beside its baseline in the same run, on loopback only
+# (a few minutes on 2 cores): cache hit paths, HTTP throughput with and
+# without the rate limiter, invalidate_prefix over 1 M keys, and the fault run
+# of search-service. Installs redis-server like the test script when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq redis-server >/dev/null
+fi
+cargo build --release -p benches --features compare --bins -p examples --bin search-service
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f3)"
+target/release/cache-hit
+target/release/http
+target/release/invalidate
+target/release/fault-run target/release/search-service
