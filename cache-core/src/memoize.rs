@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -39,40 +40,71 @@ enum Flight {
     Abandoned,
 }
 
-type Flights = Mutex<HashMap<String, watch::Receiver<Flight>>>;
+/// Flights in progress by full key: the flight's id and a receiver to clone.
+type Flights = Mutex<HashMap<String, (u64, watch::Receiver<Flight>)>>;
 
 fn flights() -> &'static Flights {
     static FLIGHTS: OnceLock<Flights> = OnceLock::new();
     FLIGHTS.get_or_init(Flights::default)
 }
 
-fn lock(flights: &Flights) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Flight>>> {
+type FlightMap = HashMap<String, (u64, watch::Receiver<Flight>)>;
+
+fn lock(flights: &Flights) -> std::sync::MutexGuard<'_, FlightMap> {
     // Every critical section is a single map operation: a poisoned map is consistent.
     flights
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The leader's side of a flight. Dropping it without [`land`](Self::land)
-/// (panic, cancellation) tells followers to start over.
+/// The leader's side of a flight. Dropping it before [`publish`](Self::publish)
+/// (panic, cancellation) tells followers to start over; the flight stays
+/// joinable until [`finish`](Self::finish), so a caller arriving while the
+/// leader writes the entry gets the published value instead of a miss.
 struct Leader {
     key: String,
+    id: u64,
     sender: watch::Sender<Flight>,
-    landed: bool,
+    published: bool,
 }
 
 impl Leader {
-    fn land(mut self, value: Option<Arc<[u8]>>) {
-        self.landed = true;
-        lock(flights()).remove(&self.key);
+    fn publish(&mut self, value: Option<Arc<[u8]>>) {
+        self.published = true;
         let _ = self.sender.send(Flight::Done(value));
+    }
+
+    fn finish(self) {
+        // Drop does the rest: the flight leaves the map.
+    }
+
+    /// Ends a flight that found the entry in the cache. The entry's bytes are
+    /// copied for followers only when there are any (checked once the flight
+    /// has left the map, so none can join after the check).
+    fn finish_with_hit(mut self, bytes: &[u8]) {
+        self.leave_map();
+        self.published = true;
+        if self.sender.receiver_count() > 0 {
+            let _ = self.sender.send(Flight::Done(Some(Arc::from(bytes))));
+        }
+    }
+}
+
+impl Leader {
+    /// Removes this flight from the map (never a later flight of the same key).
+    fn leave_map(&self) {
+        let mut map = lock(flights());
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            // The map's receiver is dropped here, so receiver_count() counts followers only.
+            map.remove(&self.key);
+        }
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        if !self.landed {
-            lock(flights()).remove(&self.key);
+        self.leave_map();
+        if !self.published {
             let _ = self.sender.send(Flight::Abandoned);
         }
     }
@@ -84,16 +116,19 @@ enum Role {
 }
 
 fn join(key: &str) -> Role {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     let mut map = lock(flights());
-    if let Some(receiver) = map.get(key) {
+    if let Some((_, receiver)) = map.get(key) {
         return Role::Follower(receiver.clone());
     }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (sender, receiver) = watch::channel(Flight::Pending);
-    map.insert(key.to_string(), receiver);
+    map.insert(key.to_string(), (id, receiver));
     Role::Leader(Leader {
         key: key.to_string(),
+        id,
         sender,
-        landed: false,
+        published: false,
     })
 }
 
@@ -156,7 +191,7 @@ where
                     Flight::Abandoned | Flight::Pending => continue,
                 }
             }
-            Role::Leader(leader) => {
+            Role::Leader(mut leader) => {
                 let read = cache.get_bytes(&key).await;
                 let cache_is_up = match &read {
                     Ok(_) => {
@@ -171,7 +206,7 @@ where
                 if let Ok(Some(bytes)) = &read
                     && let Some(value) = cache.decode_with::<V>(codec, &key, Some(bytes))
                 {
-                    leader.land(Some(Arc::from(bytes.as_slice())));
+                    leader.finish_with_hit(bytes);
                     return restore(value);
                 }
                 if let Ok(None) = &read {
@@ -187,7 +222,7 @@ where
                     }
                 });
                 let shared: Option<Arc<[u8]>> = encoded.map(Arc::from);
-                leader.land(shared.clone());
+                leader.publish(shared.clone());
                 // A store that just failed the read is not waited on a second time.
                 if let (Some(bytes), true) = (shared, cache_is_up) {
                     let write = cache.set_bytes(&key, &bytes, Some(call.ttl)).await;
@@ -195,6 +230,7 @@ where
                         cache.note_memo_failure(Some(&err));
                     }
                 }
+                leader.finish();
                 return result;
             }
         }
