@@ -33,34 +33,48 @@ impl Default for HeaderSets {
     }
 }
 
-fn number(n: u64) -> HeaderValue {
-    HeaderValue::from(n)
+/// The header values fixed for a layer, rendered once when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderTemplate {
+    sets: HeaderSets,
+    name: String,
+    limit: HeaderValue,
+    policy: Option<HeaderValue>,
 }
 
-/// Writes the header sets for `decision` under policy `name` and `window`.
-pub(crate) fn write(
-    headers: &mut HeaderMap,
-    sets: HeaderSets,
-    name: &str,
-    window: std::time::Duration,
-    decision: &Decision,
-) {
-    let reset = decision.reset_seconds();
-    if sets.legacy {
-        headers.insert(X_RATELIMIT_LIMIT, number(decision.limit));
-        headers.insert(X_RATELIMIT_REMAINING, number(decision.remaining));
-        headers.insert(X_RATELIMIT_RESET, number(reset));
+impl HeaderTemplate {
+    /// `name` must be a header-safe token (checked by the builder).
+    pub(crate) fn new(
+        sets: HeaderSets,
+        name: &str,
+        limit: u64,
+        window: std::time::Duration,
+    ) -> Self {
+        let policy = format!("\"{name}\";q={limit};w={}", ceil_seconds(window));
+        HeaderTemplate {
+            sets,
+            name: name.to_string(),
+            limit: HeaderValue::from(limit),
+            policy: HeaderValue::from_str(&policy).ok(),
+        }
     }
-    if sets.ietf {
-        let policy = format!("\"{name}\";q={};w={}", decision.limit, ceil_seconds(window));
-        let state = format!("\"{name}\";r={};t={reset}", decision.remaining);
-        // The policy name is validated at build time to be a header-safe token.
-        if let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            headers.insert(RATELIMIT_POLICY, policy);
-            headers.insert(RATELIMIT, state);
+
+    /// Writes the enabled header sets for `decision`.
+    pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
+        let reset = decision.reset_seconds();
+        if self.sets.legacy {
+            headers.insert(X_RATELIMIT_LIMIT, self.limit.clone());
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+        }
+        if self.sets.ietf
+            && let Some(policy) = &self.policy
+        {
+            let state = format!("\"{}\";r={};t={reset}", self.name, decision.remaining);
+            if let Ok(state) = HeaderValue::from_str(&state) {
+                headers.insert(RATELIMIT_POLICY, policy.clone());
+                headers.insert(RATELIMIT, state);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use cache_core::Cache;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
-use crate::headers::{self, HeaderSets};
+use crate::headers::{HeaderSets, HeaderTemplate};
 use crate::key::{KeyExtractor, PeerIp, RequestInfo, TrustedProxies, sanitize};
 use crate::limiter::{Limiter, RateLimitStats, Verdict, bump};
 use crate::response::{self, ResponseBody};
@@ -69,8 +69,9 @@ type OnLimited = dyn Fn(&Decision) -> Response<Bytes> + Send + Sync;
 struct Shared {
     limiter: Limiter,
     extractor: Box<dyn KeyExtractor>,
-    headers: HeaderSets,
-    policy_name: String,
+    headers: HeaderTemplate,
+    /// The default 429 body, rendered once (the wait is in `Retry-After`).
+    limited_body: Bytes,
     fail_mode: FailMode,
     shadow: bool,
     on_limited: Option<Box<OnLimited>>,
@@ -166,6 +167,7 @@ pub struct RateLimitLayerBuilder {
     shadow: bool,
     store_timeout: Duration,
     local_deny: bool,
+    coalesce: Option<bool>,
     on_limited: Option<Box<OnLimited>>,
 }
 
@@ -185,6 +187,7 @@ impl RateLimitLayerBuilder {
             shadow: false,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             local_deny: true,
+            coalesce: None,
             on_limited: None,
         }
     }
@@ -266,6 +269,14 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Fold concurrent requests of one client into one store call (default: on
+    /// for Redis, where it saves round trips; off for the in-memory store,
+    /// where a store call is already in-process).
+    pub fn coalesce(mut self, enabled: bool) -> Self {
+        self.coalesce = Some(enabled);
+        self
+    }
+
     /// Builds the 429 response yourself; the layer still adds the rate-limit
     /// headers and `Retry-After`.
     pub fn on_limited(
@@ -317,6 +328,9 @@ impl RateLimitLayerBuilder {
                     .ipv6_prefix(self.ipv6_prefix),
             )
         });
+        let coalesce = self
+            .coalesce
+            .unwrap_or(*self.cache.backend() != cache_core::Backend::Memory);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limiter: Limiter::new(
@@ -326,10 +340,11 @@ impl RateLimitLayerBuilder {
                     self.window,
                     self.store_timeout,
                     self.local_deny,
+                    coalesce,
                 ),
                 extractor,
-                headers: self.headers,
-                policy_name,
+                headers: HeaderTemplate::new(self.headers, &policy_name, self.limit, self.window),
+                limited_body: response::too_many_requests_body(self.limit, self.window),
                 fail_mode: self.fail_mode,
                 shadow: self.shadow,
                 on_limited: self.on_limited,
@@ -417,7 +432,7 @@ where
                 bump(&counters.limited);
                 let mut limited = match &shared.on_limited {
                     Some(respond) => respond(&decision).map(ResponseBody::full),
-                    None => response::too_many_requests(&decision, shared.limiter.window),
+                    None => response::too_many_requests(shared.limited_body.clone()),
                 };
                 *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                 limited.headers_mut().insert(
@@ -426,13 +441,7 @@ where
                 );
                 limited
             };
-            headers::write(
-                response.headers_mut(),
-                shared.headers,
-                &shared.policy_name,
-                shared.limiter.window,
-                &decision,
-            );
+            shared.headers.write(response.headers_mut(), &decision);
             Ok(response)
         })
     }

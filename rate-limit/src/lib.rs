@@ -62,5 +62,5 @@ pub use layer::{
     RateLimitLayerBuilder, ResponseFuture,
 };
 pub use limiter::RateLimitStats;
-pub use response::{ResponseBody, problem, too_many_requests};
+pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};
 pub use window::Decision;

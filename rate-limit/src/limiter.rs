@@ -109,8 +109,11 @@ pub(crate) struct Limiter {
     pub(crate) window: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) local_deny: bool,
+    /// Batch concurrent requests per key.
+    coalesce: bool,
     pub(crate) counters: Counters,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Client keys over their limit, and when their window ends.
     denied: Mutex<HashMap<String, Instant>>,
     next_batch: AtomicU64,
     failing: AtomicBool,
@@ -175,8 +178,10 @@ impl Limiter {
         window: Duration,
         store_timeout: Duration,
         local_deny: bool,
+        coalesce: bool,
     ) -> Self {
         Limiter {
+            coalesce,
             cache,
             prefix,
             limit,
@@ -193,15 +198,21 @@ impl Limiter {
 
     /// Counts one request of `client` (an already sanitized key).
     pub(crate) async fn check(&self, client: &str) -> Verdict {
-        let key = format!("{}:{client}", self.prefix);
-        if let Some(decision) = self.denied_locally(&key) {
+        if let Some(decision) = self.denied_locally(client) {
             bump(&self.counters.limited_locally);
             return Verdict::Decided(decision);
+        }
+        let key = format!("{}:{client}", self.prefix);
+        if !self.coalesce {
+            return match self.count(&key, 1).await {
+                Some(count) => self.decide(client, count, 1, 0),
+                None => Verdict::StoreFailed,
+            };
         }
         loop {
             match self.join(&key) {
                 Role::Executor { id, sender, gate } => {
-                    return self.execute(&key, id, sender, gate).await;
+                    return self.execute(client, &key, id, sender, gate).await;
                 }
                 Role::Joiner {
                     mut receiver,
@@ -216,7 +227,7 @@ impl Limiter {
                     };
                     match state {
                         BatchState::Counted { count, size } => {
-                            return self.decide(&key, count, size, position);
+                            return self.decide(client, count, size, position);
                         }
                         BatchState::Failed => return Verdict::StoreFailed,
                         // The executor was cancelled before counting: start over.
@@ -257,6 +268,7 @@ impl Limiter {
 
     async fn execute(
         &self,
+        client: &str,
         key: &str,
         id: u64,
         sender: Arc<watch::Sender<BatchState>>,
@@ -278,25 +290,12 @@ impl Limiter {
                 .and_then(|slot| slot.open.take_if(|open| open.id == id))
                 .map_or(1, |open| open.size)
         };
-        bump(&self.counters.store_calls);
-        let counted = tokio::time::timeout(
-            self.store_timeout,
-            self.cache.incr_window(key, size, self.window),
-        )
-        .await;
-        let verdict = match counted {
-            Ok(Ok(count)) => {
-                self.note_store(None);
+        let verdict = match self.count(key, size).await {
+            Some(count) => {
                 executor.publish(BatchState::Counted { count, size });
-                self.decide(key, count, size, 0)
+                self.decide(client, count, size, 0)
             }
-            Ok(Err(err)) => {
-                self.note_store(Some(&err.to_string()));
-                executor.publish(BatchState::Failed);
-                Verdict::StoreFailed
-            }
-            Err(_) => {
-                self.note_store(Some("store call timed out"));
+            None => {
                 executor.publish(BatchState::Failed);
                 Verdict::StoreFailed
             }
@@ -313,14 +312,38 @@ impl Limiter {
         verdict
     }
 
-    fn decide(&self, key: &str, count: WindowCount, size: u64, position: u64) -> Verdict {
+    /// One store call adding `size` to `key`; `None` when it failed or timed out.
+    async fn count(&self, key: &str, size: u64) -> Option<WindowCount> {
+        bump(&self.counters.store_calls);
+        let counted = tokio::time::timeout(
+            self.store_timeout,
+            self.cache.incr_window(key, size, self.window),
+        )
+        .await;
+        match counted {
+            Ok(Ok(count)) => {
+                self.note_store(None);
+                Some(count)
+            }
+            Ok(Err(err)) => {
+                self.note_store(Some(&err.to_string()));
+                None
+            }
+            Err(_) => {
+                self.note_store(Some("store call timed out"));
+                None
+            }
+        }
+    }
+
+    fn decide(&self, client: &str, count: WindowCount, size: u64, position: u64) -> Verdict {
         let decision = Decision::for_count(
             count_of(count.count, size, position),
             self.limit,
             count.reset_after,
         );
         if decision.remaining == 0 && self.local_deny {
-            self.remember_denied(key, count.reset_after);
+            self.remember_denied(client, count.reset_after);
         }
         Verdict::Decided(decision)
     }
@@ -385,6 +408,7 @@ mod tests {
             limit,
             Duration::from_secs(60),
             Duration::from_secs(1),
+            true,
             true,
         )
     }

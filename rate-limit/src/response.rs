@@ -10,7 +10,6 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::window::Decision;
 
 pin_project! {
     /// The layer's response body: the inner service's, or one the layer wrote.
@@ -69,15 +68,23 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
     }
 }
 
-/// An `application/problem+json` response.
-pub fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<ResponseBody<B>> {
+fn problem_json(status: StatusCode, title: &str, detail: &str) -> Bytes {
     let body = serde_json::json!({
         "type": "about:blank",
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
     });
-    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    Bytes::from(body.to_string())
+}
+
+/// An `application/problem+json` response.
+pub fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<ResponseBody<B>> {
+    with_problem_body(status, problem_json(status, title, detail))
+}
+
+fn with_problem_body<B>(status: StatusCode, body: Bytes) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -86,21 +93,22 @@ pub fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<Res
     response
 }
 
-/// The default 429: `Retry-After` is added by the layer.
-pub fn too_many_requests<B>(
-    decision: &Decision,
-    window: std::time::Duration,
-) -> Response<ResponseBody<B>> {
-    problem(
+/// The default 429 body for a layer: problem+json, the same for every
+/// rejected request (the wait is in `Retry-After`), so it is rendered once.
+pub fn too_many_requests_body(limit: u64, window: std::time::Duration) -> Bytes {
+    problem_json(
         StatusCode::TOO_MANY_REQUESTS,
         "Too Many Requests",
         &format!(
-            "Rate limit of {} requests per {} s exceeded; retry in {} s.",
-            decision.limit,
-            crate::window::ceil_seconds(window),
-            decision.retry_after_seconds()
+            "Rate limit of {limit} requests per {} s exceeded; retry after the number of seconds in Retry-After.",
+            crate::window::ceil_seconds(window)
         ),
     )
+}
+
+/// A 429 with a prepared problem+json body; the layer adds `Retry-After`.
+pub fn too_many_requests<B>(body: Bytes) -> Response<ResponseBody<B>> {
+    with_problem_body(StatusCode::TOO_MANY_REQUESTS, body)
 }
 
 /// The fail-closed 503.

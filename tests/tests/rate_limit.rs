@@ -138,7 +138,7 @@ suite!(
     trusted_proxies_make_the_rightmost_untrusted_address_the_client,
     two_instances_sharing_a_store_admit_exactly_the_limit,
     the_window_resets,
-    concurrent_requests_from_one_client_are_coalesced,
+    a_burst_from_one_client_admits_exactly_the_limit,
     clients_over_the_limit_are_rejected_without_store_calls,
     shadow_mode_counts_but_never_rejects,
 );
@@ -330,30 +330,16 @@ mod behaviour {
         assert!(started.elapsed() >= window - Duration::from_millis(20));
     }
 
-    pub async fn concurrent_requests_from_one_client_are_coalesced(store: Store) {
+    pub async fn a_burst_from_one_client_admits_exactly_the_limit(store: Store) {
         let prefix = unique_prefix("burst");
         let limiter = layer(store.cache.clone(), &prefix, 50, Duration::from_secs(60))
             .local_deny_cache(false)
             .build()
             .unwrap();
-        let port = serve(limiter.clone()).await;
-        let requests: Vec<_> = (0..200)
-            .map(|_| tokio::spawn(async move { http_get(port, "/", &[]).await.status }))
-            .collect();
-        let mut passed = 0;
-        for request in requests {
-            if request.await.unwrap() == 200 {
-                passed += 1;
-            }
-        }
-        assert_eq!(passed, 50, "admission stays exact");
-        let stats = limiter.stats();
-        assert_eq!(stats.allowed, 50);
-        assert_eq!(stats.limited, 150);
-        assert!(
-            stats.store_calls < 150,
-            "{} store calls for 200 requests",
-            stats.store_calls
+        assert_eq!(burst(limiter.clone(), 200).await, 50);
+        assert_eq!(
+            (limiter.stats().allowed, limiter.stats().limited),
+            (50, 150)
         );
     }
 
@@ -391,6 +377,62 @@ mod behaviour {
         assert_eq!(limiter.stats().shadow_limited, 1);
         assert_eq!(limiter.stats().limited, 0);
     }
+}
+
+/// Sends `n` concurrent requests from one client; returns how many passed.
+async fn burst(limiter: RateLimitLayer, n: usize) -> usize {
+    let port = serve(limiter).await;
+    let requests: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { http_get(port, "/", &[]).await.status }))
+        .collect();
+    let mut passed = 0;
+    for request in requests {
+        if request.await.unwrap() == 200 {
+            passed += 1;
+        }
+    }
+    passed
+}
+
+/// Against Redis, a burst costs far fewer round trips than requests, and
+/// admission stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_coalesced_into_few_redis_calls() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let limiter = layer(cache, "rate", 50, Duration::from_secs(60))
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    assert_eq!(burst(limiter.clone(), 200).await, 50);
+    let calls = evalsha_calls(&server);
+    // One EVALSHA per store call, plus the first one answered NOSCRIPT (then loaded).
+    assert!(
+        calls <= limiter.stats().store_calls + 1,
+        "{calls} EVALSHA calls"
+    );
+    assert!(calls < 100, "{calls} Redis calls for 200 requests");
+    assert_eq!(server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_coalesced_on_a_cluster_too() {
+    let limiter = layer(
+        cluster().await.cache,
+        &unique_prefix("cburst"),
+        50,
+        Duration::from_secs(60),
+    )
+    .local_deny_cache(false)
+    .build()
+    .unwrap();
+    assert_eq!(burst(limiter.clone(), 200).await, 50);
+    assert!(limiter.stats().store_calls < 100, "{:?}", limiter.stats());
 }
 
 fn evalsha_calls(server: &RedisServer) -> u64 {
