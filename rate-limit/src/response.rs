@@ -10,7 +10,6 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-
 pin_project! {
     /// The layer's response body: the inner service's, or one the layer wrote.
     // pin-project-lite takes no doc comments on fields; the variants say it all.
