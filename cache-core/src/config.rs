@@ -534,6 +534,34 @@ mod tests {
 
     #[test]
     fn redis_url_is_parsed_with_user_password_and_db() {
+        let builder = from(&[("REDIS_URL", "redis://app:s3cr%40t@cache.internal:6380/4")]).unwrap();
+        let Backend::Redis(endpoint) = &builder.config().backend else {
+            panic!("expected a standalone backend");
+        };
+        assert!(!endpoint.tls);
+        assert_eq!(endpoint.host, "cache.internal");
+        assert_eq!(endpoint.port, 6380);
+        assert_eq!(endpoint.db, 4);
+        assert_eq!(endpoint.username.as_deref(), Some("app"));
+        assert_eq!(
+            endpoint.password.as_ref().map(Secret::expose),
+            Some("s3cr@t")
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_url_without_the_tls_feature_names_the_feature() {
+        let err = from(&[("REDIS_URL", "rediss://app:s3cr%40t@cache.internal:6380/4")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`tls` feature"), "{err}");
+        assert!(!err.contains("s3cr"), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_url_is_parsed_with_user_password_and_db() {
         let builder =
             from(&[("REDIS_URL", "rediss://app:s3cr%40t@cache.internal:6380/4")]).unwrap();
         let Backend::Redis(endpoint) = &builder.config().backend else {

@@ -1,5 +1,8 @@
 //! The rate-limit header fields every response carries.
 
+use std::fmt::Write as _;
+
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::window::{Decision, ceil_seconds};
@@ -62,6 +65,7 @@ impl HeaderTemplate {
     /// Writes the enabled header sets for `decision`.
     pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
         let reset = decision.reset_seconds();
+        headers.reserve(5);
         if self.sets.legacy {
             headers.insert(X_RATELIMIT_LIMIT, self.limit.clone());
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
@@ -70,8 +74,14 @@ impl HeaderTemplate {
         if self.sets.ietf
             && let Some(policy) = &self.policy
         {
-            let state = format!("\"{}\";r={};t={reset}", self.name, decision.remaining);
-            if let Ok(state) = HeaderValue::from_str(&state) {
+            let mut state = String::with_capacity(self.name.len() + 48);
+            // Writing into a String cannot fail.
+            let _ = write!(
+                state,
+                "\"{}\";r={};t={reset}",
+                self.name, decision.remaining
+            );
+            if let Ok(state) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
                 headers.insert(RATELIMIT_POLICY, policy.clone());
                 headers.insert(RATELIMIT, state);
             }

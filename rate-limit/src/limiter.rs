@@ -14,8 +14,8 @@
 //! are rejected without a store call until the window's end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use cache_core::{Cache, WindowCount};
@@ -111,10 +111,15 @@ pub(crate) struct Limiter {
     pub(crate) local_deny: bool,
     /// Batch concurrent requests per key.
     coalesce: bool,
+    /// The store is the in-memory one.
+    in_process: bool,
     pub(crate) counters: Counters,
     slots: Mutex<HashMap<String, Slot>>,
     /// Client keys over their limit, and when their window ends.
-    denied: Mutex<HashMap<String, Instant>>,
+    denied: RwLock<HashMap<String, Instant>>,
+    /// `denied.len()`, readable without the lock: no request locks the map
+    /// while nobody is over the limit.
+    denied_len: AtomicUsize,
     next_batch: AtomicU64,
     failing: AtomicBool,
 }
@@ -182,6 +187,7 @@ impl Limiter {
     ) -> Self {
         Limiter {
             coalesce,
+            in_process: *cache.backend() == cache_core::Backend::Memory,
             cache,
             prefix,
             limit,
@@ -190,7 +196,8 @@ impl Limiter {
             local_deny,
             counters: Counters::default(),
             slots: Mutex::default(),
-            denied: Mutex::default(),
+            denied: RwLock::default(),
+            denied_len: AtomicUsize::new(0),
             next_batch: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         }
@@ -240,10 +247,19 @@ impl Limiter {
 
     fn join(&self, key: &str) -> Role {
         let mut slots = lock(&self.slots);
+        // Look up before inserting: the key is copied only for a new slot.
+        if let Some(slot) = slots.get_mut(key) {
+            return self.enlist(slot);
+        }
         let slot = slots.entry(key.to_string()).or_insert_with(|| Slot {
             open: None,
             gate: Arc::default(),
         });
+        self.enlist(slot)
+    }
+
+    /// Joins the open batch of `slot`, or opens one and becomes its executor.
+    fn enlist(&self, slot: &mut Slot) -> Role {
         if let Some(open) = &mut slot.open {
             let position = open.size;
             open.size += 1;
@@ -315,11 +331,13 @@ impl Limiter {
     /// One store call adding `size` to `key`; `None` when it failed or timed out.
     async fn count(&self, key: &str, size: u64) -> Option<WindowCount> {
         bump(&self.counters.store_calls);
-        let counted = tokio::time::timeout(
-            self.store_timeout,
-            self.cache.incr_window(key, size, self.window),
-        )
-        .await;
+        let call = self.cache.incr_window(key, size, self.window);
+        let counted = if self.in_process {
+            // Nothing to wait for: the in-memory store answers on the first poll.
+            Ok(call.await)
+        } else {
+            tokio::time::timeout(self.store_timeout, call).await
+        };
         match counted {
             Ok(Ok(count)) => {
                 self.note_store(None);
@@ -350,25 +368,42 @@ impl Limiter {
 
     fn remember_denied(&self, key: &str, reset_after: Duration) {
         let now = Instant::now();
-        let mut denied = lock(&self.denied);
+        let mut denied = self
+            .denied
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if denied.len() >= DENY_CACHE_CAPACITY {
             denied.retain(|_, until| *until > now);
+            self.denied_len.store(denied.len(), Ordering::Relaxed);
             if denied.len() >= DENY_CACHE_CAPACITY {
                 return;
             }
         }
         denied.insert(key.to_string(), now + reset_after);
+        self.denied_len.store(denied.len(), Ordering::Relaxed);
     }
 
     fn denied_locally(&self, key: &str) -> Option<Decision> {
-        if !self.local_deny {
+        if !self.local_deny || self.denied_len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let now = Instant::now();
-        let mut denied = lock(&self.denied);
-        let until = *denied.get(key)?;
+        // Readers do not block each other: a flood from one client is answered
+        // from here on every worker thread at once.
+        let until = *self
+            .denied
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key)?;
         if until <= now {
-            denied.remove(key);
+            let mut denied = self
+                .denied
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if denied.get(key).is_some_and(|until| *until <= now) {
+                denied.remove(key);
+            }
+            self.denied_len.store(denied.len(), Ordering::Relaxed);
             return None;
         }
         Some(Decision {

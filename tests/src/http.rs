@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One persistent connection.
 pub struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: TcpStream,
+    /// Bytes read past the end of the previous response.
+    buffer: Vec<u8>,
 }
 
 /// A response's status, headers and body.
@@ -17,32 +19,45 @@ pub struct Connection {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Header names (lower case) and values, in order.
-    pub headers: Vec<(String, String)>,
+    /// The header lines as received, parsed on lookup (a load generator
+    /// should spend as little as possible per response).
+    head: String,
     /// Body bytes.
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// Header names (lower case) and values, in order.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        header_lines(&self.head)
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+            .collect()
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        header_lines(&self.head)
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// A header parsed as a number; panics (in a test) when absent or not a number.
     pub fn number(&self, name: &str) -> u64 {
         self.header(name)
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("header {name} missing or not a number: {:?}", self.headers))
+            .unwrap_or_else(|| panic!("header {name} missing or not a number: {}", self.head))
     }
 
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+fn header_lines(head: &str) -> impl Iterator<Item = (&str, &str)> {
+    head.split('\n')
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim(), value.trim()))
 }
 
 /// One request on a fresh connection.
@@ -59,7 +74,8 @@ impl Connection {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         Ok(Connection {
-            stream: BufReader::new(stream),
+            stream,
+            buffer: Vec::with_capacity(4096),
         })
     }
 
@@ -80,6 +96,14 @@ impl Connection {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))?
     }
 
+    /// Reads more bytes into the buffer; end of stream is an error.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.stream.read_buf(&mut self.buffer).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
     async fn exchange(
         &mut self,
         path: &str,
@@ -90,38 +114,32 @@ impl Connection {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status = line
+        self.stream.write_all(request.as_bytes()).await?;
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buffer[..head_end])
+            .map_err(|_| std::io::Error::other("response head is not UTF-8"))?;
+        let (status_line, fields) = head.split_once('\n').unwrap_or((head, ""));
+        let status = status_line
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut length = 0usize;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-            }
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let head = fields.to_string();
+        let length = header_lines(&head)
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0usize);
+        let body_start = head_end + 4;
+        while self.buffer.len() < body_start + length {
+            self.fill().await?;
         }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await?;
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        let body = self.buffer[body_start..body_start + length].to_vec();
+        self.buffer.drain(..body_start + length);
+        Ok(Response { status, head, body })
     }
 }

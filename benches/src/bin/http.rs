@@ -9,16 +9,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::HeaderValue;
+use axum::response::Response;
 use axum::routing::get;
 use benches::Series;
 use cache_core::Cache;
-use rate_limit::RateLimitLayer;
+use rate_limit::{HeaderSets, RateLimitLayer};
 use tests::http::Connection;
 
 const CONNECTIONS: usize = 32;
 const ROUND: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
 const WINDOW: Duration = Duration::from_secs(3600);
+const FIXED_HEADERS: [(&str, &str); 5] = [
+    ("x-ratelimit-limit", "4611686018427387903"),
+    ("x-ratelimit-remaining", "4611686018427387000"),
+    ("x-ratelimit-reset", "3600"),
+    ("ratelimit-policy", "\"rate\";q=4611686018427387903;w=3600"),
+    ("ratelimit", "\"rate\";r=4611686018427387000;t=3600"),
+];
 
 fn hello() -> Router {
     Router::new().route("/", get(|| async { "Hello, World!" }))
@@ -85,19 +94,49 @@ async fn main() {
             .await
             .expect("cache")
     };
-    let mut variants: Vec<(String, u16)> = Vec::new();
-    variants.push(("bare axum (baseline)".into(), serve(hello()).await));
+    // Each variant: its name, its port, and the layer whose counters it reports.
+    let mut variants: Vec<(String, u16, Option<RateLimitLayer>)> = Vec::new();
+    variants.push(("bare axum (baseline)".into(), serve(hello()).await, None));
+    // What the five rate-limit header fields cost on the wire and in the
+    // client, with no limiter at all: the floor for any layer that sends them.
+    let fixed_headers = axum::middleware::map_response(|mut response: Response| async move {
+        for (name, value) in FIXED_HEADERS {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    });
+    variants.push((
+        "bare axum + 5 fixed rate-limit headers (reference)".into(),
+        serve(hello().layer(fixed_headers)).await,
+        None,
+    ));
     for (mode, limit) in [("normal", u64::MAX / 4), ("flood", 10)] {
-        let layer = RateLimitLayer::new(Cache::in_memory(), limit, WINDOW);
-        variants.push((
-            format!("RateLimitLayer, memory, {mode}"),
-            serve(hello().layer(layer)).await,
-        ));
-        let layer = RateLimitLayer::new(redis().await, limit, WINDOW);
-        variants.push((
-            format!("RateLimitLayer, Redis, {mode}"),
-            serve(hello().layer(layer)).await,
-        ));
+        for (store, headers) in [("memory", true), ("memory", false), ("Redis", true)] {
+            let cache = if store == "memory" {
+                Cache::in_memory()
+            } else {
+                redis().await
+            };
+            let sets = HeaderSets {
+                legacy: headers,
+                ietf: headers,
+            };
+            let layer = RateLimitLayer::builder(cache)
+                .limit(limit)
+                .window(WINDOW)
+                .headers(sets)
+                .build()
+                .expect("layer");
+            let name = if headers {
+                format!("RateLimitLayer, {store}, {mode}")
+            } else {
+                format!("RateLimitLayer, {store}, headers off, {mode}")
+            };
+            let port = serve(hello().layer(layer.clone())).await;
+            variants.push((name, port, Some(layer)));
+        }
         #[cfg(feature = "compare")]
         {
             // A huge refill rate for "normal"; one per hour after a burst of 10 for the flood.
@@ -117,14 +156,27 @@ async fn main() {
             variants.push((
                 format!("tower_governor, {mode}"),
                 serve(hello().layer(layer)).await,
+                None,
             ));
         }
     }
 
-    let mut series: Vec<Series> = variants.iter().map(|(name, _)| Series::new(name)).collect();
+    // `BENCH_ONLY=memory` keeps the baseline and the variants whose name holds it;
+    // `BENCH_ONLY=!memory` drops the baseline too (for profiling one variant).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let mut index = 0;
+        variants.retain(|(name, _, _)| {
+            index += 1;
+            (index == 1 && !only.starts_with("!")) || name.contains(only.trim_start_matches("!"))
+        });
+    }
+    let mut series: Vec<Series> = variants
+        .iter()
+        .map(|(name, _, _)| Series::new(name))
+        .collect();
     let mut limited_share = vec![0.0; variants.len()];
     for _ in 0..ROUNDS {
-        for (i, (_, port)) in variants.iter().enumerate() {
+        for (i, (_, port, _)) in variants.iter().enumerate() {
             let (rps, limited) = load(*port).await;
             series[i].rounds.push(rps);
             limited_share[i] = limited;
@@ -136,10 +188,20 @@ async fn main() {
         ),
         &series,
     );
-    for ((name, _), share) in variants.iter().zip(limited_share) {
-        println!(
+    println!();
+    for ((name, _, layer), share) in variants.iter().zip(limited_share) {
+        let mut line = format!(
             "{name}: {:.2} % answered 429 in the last round",
             share * 100.0
         );
+        if let Some(layer) = layer {
+            let stats = layer.stats();
+            let requests = stats.allowed + stats.limited + stats.store_errors;
+            line.push_str(&format!(
+                "; {:.3} store calls per request",
+                stats.store_calls as f64 / requests.max(1) as f64
+            ));
+        }
+        println!("{line}");
     }
 }

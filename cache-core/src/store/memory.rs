@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -154,24 +155,32 @@ impl MemoryStore {
     }
 
     fn incr_window_now(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
+        let by = i64::try_from(by).map_err(|_| Error::Command("increment too large".into()))?;
         let mut shard = self.shard(key);
         let now = Instant::now();
-        let (current, expires_at) = match shard.live(key, now) {
-            Some(entry) => (parse_integer(&entry.value)?, entry.expires_at),
-            None => (0, None),
+        let (next, expires_at) = match shard.live(key, now) {
+            Some(entry) => {
+                let next = parse_integer(&entry.value)?
+                    .checked_add(by)
+                    .ok_or_else(|| Error::Command("increment would overflow".into()))?;
+                // Same rule as the Redis script: a counter without expiry gets one.
+                let expires_at = *entry.expires_at.get_or_insert(now + window);
+                entry.value.clear();
+                // Writing into a Vec cannot fail.
+                let _ = write!(entry.value, "{next}");
+                (next, expires_at)
+            }
+            None => {
+                let expires_at = now + window;
+                shard.put(
+                    key,
+                    by.to_string().into_bytes(),
+                    Some(expires_at),
+                    self.shard_capacity,
+                );
+                (by, expires_at)
+            }
         };
-        // Same rule as the Redis script: a counter without expiry gets one.
-        let expires_at = expires_at.unwrap_or(now + window);
-        let by = i64::try_from(by).map_err(|_| Error::Command("increment too large".into()))?;
-        let next = current
-            .checked_add(by)
-            .ok_or_else(|| Error::Command("increment would overflow".into()))?;
-        shard.put(
-            key,
-            next.to_string().into_bytes(),
-            Some(expires_at),
-            self.shard_capacity,
-        );
         Ok(WindowCount {
             count: u64::try_from(next).unwrap_or(0),
             reset_after: expires_at.saturating_duration_since(now),
