@@ -1,13 +1,16 @@
-//! Hit path of a 384-float embedding, each variant beside its baseline in the
-//! same run, at 1 and 64 concurrent tasks, against a redis-server on loopback:
+//! Hit and miss paths of a 384-float embedding, each variant beside its
+//! baseline in the same run, at 1 and 64 concurrent tasks, against a
+//! redis-server on loopback:
 //!
 //! - JSON: raw `redis` GET + `serde_json` (baseline), `Cache::get`, `#[cached]`;
 //! - MessagePack: raw GET + `rmp_serde` (baseline), `#[cached(codec = "msgpack")]`;
 //! - with `--features compare`: the `cached` crate's Redis-backed
 //!   `#[concurrent_cached]` (MessagePack).
 //!
-//! Each task reads its own key, so single-flight never folds calls together:
-//! every call is one round trip, as in the baselines.
+//! Hits: each task reads its own key, so single-flight never folds calls
+//! together: every call is one round trip, as in the baselines. Misses: every
+//! call has arguments never seen before: a GET that finds nothing, the
+//! computation, and a SET with the TTL (raw baseline: GET + encode + SET EX).
 //!
 //! `cargo run --release -p benches --features compare --bin cache-hit`
 
@@ -16,6 +19,8 @@ use cache_core::{Cache, cached};
 use redis::aio::MultiplexedConnection;
 
 const ITERATIONS: usize = 20_000;
+/// Fewer calls for misses: each one leaves a 4 kB entry behind.
+const MISS_ITERATIONS: usize = 4_000;
 const TASKS: [usize; 2] = [1, 64];
 
 fn embedding(text: &str) -> Vec<f32> {
@@ -26,6 +31,13 @@ fn embedding(text: &str) -> Vec<f32> {
 
 fn text_of(task: usize) -> String {
     format!("document number {task}")
+}
+
+/// Arguments no call has used before: a miss.
+fn fresh_text() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("unseen document {n}")
 }
 
 #[cached(prefix = "bench-json", ttl = 600, cache = cache, skip(cache))]
@@ -204,4 +216,115 @@ async fn main() {
             &[pack_raw, pack_macro, other],
         );
     }
+
+    misses(&raw, &cache).await;
+}
+
+/// The miss path: GET finds nothing, compute, SET with the TTL.
+async fn misses(raw: &MultiplexedConnection, cache: &Cache) {
+    for tasks in TASKS {
+        let mut json_raw = Series::new("raw GET + compute + serde_json + SET EX (baseline)");
+        let mut json_macro = Series::new("#[cached] JSON");
+        let mut pack_raw = Series::new("raw GET + compute + rmp_serde + SET EX (baseline)");
+        let mut pack_macro = Series::new("#[cached(codec = \"msgpack\")]");
+        #[cfg(feature = "compare")]
+        let mut other = Series::new("cached crate #[concurrent_cached(redis)] (MessagePack)");
+        for _ in 0..ROUNDS {
+            let conn = raw.clone();
+            json_raw.rounds.push(
+                throughput(MISS_ITERATIONS, tasks, move |_| {
+                    let conn = conn.clone();
+                    async move {
+                        let text = fresh_text();
+                        raw_miss(&conn, &format!("raw-json:{text}"), |v| {
+                            serde_json::to_vec(v).expect("json")
+                        })
+                        .await;
+                    }
+                })
+                .await,
+            );
+            let c = cache.clone();
+            json_macro.rounds.push(
+                throughput(MISS_ITERATIONS, tasks, move |_| {
+                    let c = c.clone();
+                    async move {
+                        assert_eq!(embed_json(&c, &fresh_text()).await.len(), 384);
+                    }
+                })
+                .await,
+            );
+            let conn = raw.clone();
+            pack_raw.rounds.push(
+                throughput(MISS_ITERATIONS, tasks, move |_| {
+                    let conn = conn.clone();
+                    async move {
+                        let text = fresh_text();
+                        raw_miss(&conn, &format!("raw-msgpack:{text}"), |v| {
+                            rmp_serde::to_vec_named(v).expect("msgpack")
+                        })
+                        .await;
+                    }
+                })
+                .await,
+            );
+            let c = cache.clone();
+            pack_macro.rounds.push(
+                throughput(MISS_ITERATIONS, tasks, move |_| {
+                    let c = c.clone();
+                    async move {
+                        assert_eq!(embed_msgpack(&c, &fresh_text()).await.len(), 384);
+                    }
+                })
+                .await,
+            );
+            #[cfg(feature = "compare")]
+            other.rounds.push(
+                throughput(MISS_ITERATIONS, tasks, |_| async move {
+                    let value = cached_crate::embed(fresh_text())
+                        .await
+                        .expect("cached crate");
+                    assert_eq!(value.len(), 384);
+                })
+                .await,
+            );
+            // Keep the server's memory flat across rounds.
+            let mut conn = raw.clone();
+            let () = redis::cmd("FLUSHDB")
+                .query_async(&mut conn)
+                .await
+                .expect("FLUSHDB");
+        }
+        let title = format!(
+            "cache miss, 384 f32, {tasks} task(s), {MISS_ITERATIONS} calls per round, median of {ROUNDS} rounds"
+        );
+        report(&format!("{title}: JSON"), &[json_raw, json_macro]);
+        #[cfg(not(feature = "compare"))]
+        report(&format!("{title}: MessagePack"), &[pack_raw, pack_macro]);
+        #[cfg(feature = "compare")]
+        report(
+            &format!("{title}: MessagePack"),
+            &[pack_raw, pack_macro, other],
+        );
+    }
+}
+
+/// The hand-written miss: GET (nothing), compute, encode, SET EX.
+async fn raw_miss(conn: &MultiplexedConnection, key: &str, encode: fn(&Vec<f32>) -> Vec<u8>) {
+    let mut conn = conn.clone();
+    let found: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert!(found.is_none());
+    let value = embedding(key);
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(encode(&value))
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
 }

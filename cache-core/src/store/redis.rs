@@ -175,7 +175,9 @@ impl RedisStore<ConnectionManager> {
         let client = client(endpoint, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.timeout))
+            // The handle bounds every call (retries included) with one timer of
+            // its own; a second one per command here would only cost time.
+            .set_response_timeout(None)
             // Reconnect quickly after a restart; the breaker bounds the load meanwhile.
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200))
