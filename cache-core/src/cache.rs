@@ -200,6 +200,20 @@ impl Cache {
     where
         F: FnMut(&'a dyn Store) -> crate::store::StoreFuture<'a, T>,
     {
+        self.run_within(idempotence, self.timeout(), call).await
+    }
+
+    /// [`run`](Self::run) with a deadline of its own, at most the handle's
+    /// timeout; a zero one fails at once as a timeout, without a store call.
+    async fn run_within<'a, T, F>(
+        &'a self,
+        idempotence: Idempotence,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnMut(&'a dyn Store) -> crate::store::StoreFuture<'a, T>,
+    {
         let mut call = call;
         let store: &'a dyn Store = self.inner.store.as_ref();
         if self.inner.backend == Backend::Memory {
@@ -210,26 +224,54 @@ impl Cache {
             }
             return result;
         }
+        let timeout = timeout.min(self.timeout());
+        if timeout.is_zero() {
+            self.inner.counters.record_timeout();
+            return Err(Error::Timeout(timeout));
+        }
         self.inner
             .resilience
-            .run(&self.inner.counters, idempotence, || call(store))
+            .run(&self.inner.counters, idempotence, timeout, || call(store))
             .await
     }
 
     /// Reads raw bytes. No codec, no hit/miss counting.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_bytes_within(key, self.timeout()).await
+    }
+
+    /// [`get_bytes`](Self::get_bytes) within `timeout` (at most the handle's).
+    pub(crate) async fn get_bytes_within(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.get(&key)).await
+        self.run_within(Idempotence::Idempotent, timeout, |s| s.get(&key))
+            .await
     }
 
     /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
     pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.set_bytes_within(key, value, ttl, self.timeout()).await
+    }
+
+    /// [`set_bytes`](Self::set_bytes) within `timeout` (at most the handle's).
+    pub(crate) async fn set_bytes_within(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
         if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
             return self.delete(key).await.map(drop);
         }
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.set(&key, value, ttl))
-            .await
+        self.run_within(Idempotence::Idempotent, timeout, |s| {
+            s.set(&key, value, ttl)
+        })
+        .await
     }
 
     /// Reads and decodes a JSON value. A missing key, or a value that does not

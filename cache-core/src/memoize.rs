@@ -11,15 +11,22 @@
 //!   panics or is cancelled abandons the flight and a follower takes over, so
 //!   nobody waits forever. Outcomes that are not cached (`Err`, `None`) are
 //!   not shared either: followers then run the body themselves.
+//! - **One failure budget per call tree**: a memoized call and the memoized
+//!   calls its body makes (in the same task) lose at most the outermost
+//!   handle's call timeout in all to cache operations that fail; once it is
+//!   spent they skip the cache. Nested memoization while the store hangs adds
+//!   one timeout to a request, not one per level; successful operations cost
+//!   nothing from the budget.
 //! - No lock is held across an `.await`, so recursion over other keys (`fib`)
 //!   cannot deadlock.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +35,31 @@ use tokio::sync::watch;
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// How much longer the memoized calls of this task's call tree may wait on
+    /// cache operations that fail; set by the outermost one.
+    static BUDGET: Cell<Duration>;
+}
+
+/// Runs one cache operation within what is left of the budget, and charges
+/// the budget with the time it took if it failed.
+async fn within_budget<T, F, Fut>(op: F) -> Result<T>
+where
+    F: FnOnce(Duration) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let Ok(left) = BUDGET.try_with(Cell::get) else {
+        return op(Duration::MAX).await;
+    };
+    let started = Instant::now();
+    let result = op(left).await;
+    if result.is_err() {
+        let spent = started.elapsed();
+        let _ = BUDGET.try_with(|budget| budget.set(budget.get().saturating_sub(spent)));
+    }
+    result
+}
 
 /// State of one flight, as followers see it.
 #[derive(Clone)]
@@ -159,9 +191,30 @@ where
     F: Future<Output = R>,
     V: Serialize + DeserializeOwned,
 {
-    let Some(cache) = call.cache.filter(|cache| !cache.is_bypassed()) else {
+    let mut call = call;
+    let Some(cache) = call.cache.take().filter(|cache| !cache.is_bypassed()) else {
         return body.await;
     };
+    if BUDGET.try_with(|_| ()).is_err() {
+        let budget = Cell::new(cache.timeout());
+        return BUDGET
+            .scope(budget, memoize_with(cache, call, body, stored, restore))
+            .await;
+    }
+    memoize_with(cache, call, body, stored, restore).await
+}
+
+async fn memoize_with<R, V, F>(
+    cache: Cache,
+    call: Call,
+    body: F,
+    stored: fn(&R) -> Option<&V>,
+    restore: fn(V) -> R,
+) -> R
+where
+    F: Future<Output = R>,
+    V: Serialize + DeserializeOwned,
+{
     let key = match call.key {
         Ok(key) => key,
         Err(err) => {
@@ -192,7 +245,7 @@ where
                 }
             }
             Role::Leader(mut leader) => {
-                let read = cache.get_bytes(&key).await;
+                let read = within_budget(|left| cache.get_bytes_within(&key, left)).await;
                 let cache_is_up = match &read {
                     Ok(_) => {
                         cache.note_memo_failure(None);
@@ -225,7 +278,10 @@ where
                 leader.publish(shared.clone());
                 // A store that just failed the read is not waited on a second time.
                 if let (Some(bytes), true) = (shared, cache_is_up) {
-                    let write = cache.set_bytes(&key, &bytes, Some(call.ttl)).await;
+                    let write = within_budget(|left| {
+                        cache.set_bytes_within(&key, &bytes, Some(call.ttl), left)
+                    })
+                    .await;
                     if let Err(err) = write {
                         cache.note_memo_failure(Some(&err));
                     }

@@ -190,12 +190,13 @@ pub(crate) struct Resilience {
 }
 
 impl Resilience {
-    /// Runs `call` under the breaker, within one overall deadline of `timeout`,
-    /// retrying transient failures with exponential backoff.
+    /// Runs `call` under the breaker, within one overall deadline of `timeout`
+    /// (the handle's, or less), retrying transient failures with exponential backoff.
     pub(crate) async fn run<T, F, Fut>(
         &self,
         counters: &Counters,
         idempotence: Idempotence,
+        timeout: Duration,
         mut call: F,
     ) -> Result<T>
     where
@@ -206,7 +207,7 @@ impl Resilience {
             counters.record_breaker_rejection();
             return Err(Error::CircuitOpen);
         };
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut attempt = 1;
         let mut backoff = self.retry_backoff;
         loop {
@@ -218,7 +219,7 @@ impl Resilience {
                 Err(_elapsed) => {
                     counters.record_timeout();
                     permit.failure();
-                    return Err(Error::Timeout(self.timeout));
+                    return Err(Error::Timeout(timeout));
                 }
                 Ok(Err(err)) if err.is_connection() => {
                     let may_retry = match (&err, idempotence) {

@@ -210,8 +210,10 @@ impl Limiter {
             return Verdict::Decided(decision);
         }
         let key = format!("{}:{client}", self.prefix);
+        // One bound on the whole check: waiting for an earlier batch included.
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
         if !self.coalesce {
-            return match self.count(&key, 1).await {
+            return match self.count(&key, 1, deadline).await {
                 Some(count) => self.decide(client, count, 1, 0),
                 None => Verdict::StoreFailed,
             };
@@ -219,7 +221,7 @@ impl Limiter {
         loop {
             match self.join(&key) {
                 Role::Executor { id, sender, gate } => {
-                    return self.execute(client, &key, id, sender, gate).await;
+                    return self.execute(client, &key, id, sender, gate, deadline).await;
                 }
                 Role::Joiner {
                     mut receiver,
@@ -289,6 +291,7 @@ impl Limiter {
         id: u64,
         sender: Arc<watch::Sender<BatchState>>,
         gate: Arc<tokio::sync::Mutex<()>>,
+        deadline: tokio::time::Instant,
     ) -> Verdict {
         let executor = Executor {
             limiter: self,
@@ -297,16 +300,16 @@ impl Limiter {
             sender,
             published: false,
         };
-        let permit = gate.lock().await;
-        // Close the batch: later arrivals start the next one.
-        let size = {
-            let mut slots = lock(&self.slots);
-            slots
-                .get_mut(key)
-                .and_then(|slot| slot.open.take_if(|open| open.id == id))
-                .map_or(1, |open| open.size)
+        let Ok(permit) = tokio::time::timeout_at(deadline, gate.lock()).await else {
+            // The batch before this one held the store past our deadline.
+            self.close_batch(key, id);
+            self.note_store(Some("store call timed out"));
+            executor.publish(BatchState::Failed);
+            return Verdict::StoreFailed;
         };
-        let verdict = match self.count(key, size).await {
+        // Close the batch: later arrivals start the next one.
+        let size = self.close_batch(key, id);
+        let verdict = match self.count(key, size, deadline).await {
             Some(count) => {
                 executor.publish(BatchState::Counted { count, size });
                 self.decide(client, count, size, 0)
@@ -328,15 +331,30 @@ impl Limiter {
         verdict
     }
 
-    /// One store call adding `size` to `key`; `None` when it failed or timed out.
-    async fn count(&self, key: &str, size: u64) -> Option<WindowCount> {
+    /// Takes batch `id` of `key` out of the slot, so later arrivals start the
+    /// next one; returns its size.
+    fn close_batch(&self, key: &str, id: u64) -> u64 {
+        let mut slots = lock(&self.slots);
+        slots
+            .get_mut(key)
+            .and_then(|slot| slot.open.take_if(|open| open.id == id))
+            .map_or(1, |open| open.size)
+    }
+
+    /// One store call adding `size` to `key`; `None` when it failed or missed `deadline`.
+    async fn count(
+        &self,
+        key: &str,
+        size: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<WindowCount> {
         bump(&self.counters.store_calls);
         let call = self.cache.incr_window(key, size, self.window);
         let counted = if self.in_process {
             // Nothing to wait for: the in-memory store answers on the first poll.
             Ok(call.await)
         } else {
-            tokio::time::timeout(self.store_timeout, call).await
+            tokio::time::timeout_at(deadline, call).await
         };
         match counted {
             Ok(Ok(count)) => {

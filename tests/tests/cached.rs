@@ -436,6 +436,44 @@ async fn with_redis_dead_calls_run_the_body_quickly() {
     assert!(cache.stats().errors > 0);
 }
 
+/// With Redis hanging, a memoized call and the memoized call inside it lose
+/// one call timeout in all, not one each: the inner one finds the budget spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_calls_share_one_timeout_while_redis_hangs() {
+    #[cached(prefix = "budget-inner", ttl = 60, cache = cache, skip(cache))]
+    async fn inner(cache: &Cache, n: u32) -> u32 {
+        n * 2
+    }
+    #[cached(prefix = "budget-outer", ttl = 60, cache = cache, skip(cache))]
+    async fn outer(cache: &Cache, n: u32) -> u32 {
+        inner(cache, n).await + 1
+    }
+
+    let timeout = Duration::from_millis(300);
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(timeout)
+        // The breaker must not be what skips the inner call.
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(outer(&cache, 1).await, 3, "connected and cached");
+    server.cli(&["CLIENT", "PAUSE", "10000", "ALL"]);
+    let started = Instant::now();
+    assert_eq!(outer(&cache, 2).await, 5);
+    let took = started.elapsed();
+    assert!(took >= timeout, "the outer read did wait: {took:?}");
+    assert!(took < timeout * 2 - Duration::from_millis(100), "{took:?}");
+    assert!(cache.stats().timeouts >= 2, "{:?}", cache.stats());
+    // The next call tree has a budget of its own.
+    let started = Instant::now();
+    assert_eq!(outer(&cache, 3).await, 7);
+    assert!(started.elapsed() >= timeout);
+}
+
 /// A bypassed handle, or no handle at all, just runs the function.
 #[tokio::test]
 async fn bypass_and_missing_default_run_the_body_every_time() {

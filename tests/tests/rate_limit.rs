@@ -586,6 +586,54 @@ async fn with_redis_dead_fail_open_passes_and_fail_closed_returns_503() {
     assert_problem(&refused, 503);
 }
 
+/// With Redis hanging, a request whose batch waits behind an earlier one
+/// still gets its answer within the store timeout, counted from its arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_batch_waits_at_most_the_store_timeout_in_all() {
+    let store_timeout = Duration::from_millis(200);
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    let limiter = layer(cache, "queued", 1000, Duration::from_secs(60))
+        .store_timeout(store_timeout)
+        .coalesce(true)
+        .build()
+        .unwrap();
+    let port = serve(limiter.clone()).await;
+    assert_eq!(http_get(port, "/", &[]).await.status, 200, "connected");
+    server.cli(&["CLIENT", "PAUSE", "10000", "ALL"]);
+    let first = tokio::spawn(async move { http_get(port, "/", &[]).await.status });
+    // The first batch is at the (hanging) store: later requests queue behind it.
+    while limiter.stats().store_calls < 2 {
+        tokio::task::yield_now().await;
+    }
+    let queued: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let status = http_get(port, "/", &[]).await.status;
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    for request in queued {
+        let (status, took) = request.await.unwrap();
+        assert_eq!(status, 200, "fail open");
+        assert!(
+            took < store_timeout + Duration::from_millis(100),
+            "{took:?}"
+        );
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    assert!(limiter.stats().store_errors > 0);
+}
+
 #[tokio::test]
 async fn a_server_without_connect_info_gets_a_clear_error() {
     let app = Router::new()
