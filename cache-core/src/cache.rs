@@ -174,7 +174,10 @@ impl Cache {
                 }
             }
             None => {
-                if self.inner.memo_failing.swap(false, Ordering::Relaxed) {
+                // A load first: the common case (no failure) writes nothing.
+                if self.inner.memo_failing.load(Ordering::Relaxed)
+                    && self.inner.memo_failing.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!(backend = %self.inner.backend, "cache available again for memoized functions");
                 }
             }

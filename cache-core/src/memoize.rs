@@ -22,15 +22,14 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 
 use crate::cache::Cache;
 use crate::codec::Codec;
@@ -61,30 +60,59 @@ where
     result
 }
 
-/// State of one flight, as followers see it.
+/// How a flight ended, as followers see it.
 #[derive(Clone)]
-enum Flight {
-    /// The leader is still working.
-    Pending,
-    /// The leader finished: the encoded value, or `None` when the outcome is not cached.
+enum Outcome {
+    /// The encoded value, or `None` when the outcome is not cached.
     Done(Option<Arc<[u8]>>),
     /// The leader vanished (panic, cancellation): start over.
     Abandoned,
 }
 
-/// Flights in progress by full key: the flight's id and a receiver to clone.
-type Flights = Mutex<HashMap<String, (u64, watch::Receiver<Flight>)>>;
-
-fn flights() -> &'static Flights {
-    static FLIGHTS: OnceLock<Flights> = OnceLock::new();
-    FLIGHTS.get_or_init(Flights::default)
+/// One flight: its outcome once there is one, and followers waiting for it.
+#[derive(Default)]
+struct Flight {
+    outcome: OnceLock<Outcome>,
+    settled: tokio::sync::Notify,
 }
 
-type FlightMap = HashMap<String, (u64, watch::Receiver<Flight>)>;
+impl Flight {
+    fn settle(&self, outcome: Outcome) {
+        let _ = self.outcome.set(outcome);
+        self.settled.notify_waiters();
+    }
 
-fn lock(flights: &Flights) -> std::sync::MutexGuard<'_, FlightMap> {
+    async fn outcome(&self) -> Outcome {
+        loop {
+            // Created before the check, so a settle in between still wakes it.
+            let settled = self.settled.notified();
+            if let Some(outcome) = self.outcome.get() {
+                return outcome.clone();
+            }
+            settled.await;
+        }
+    }
+}
+
+type FlightMap = HashMap<Arc<str>, Arc<Flight>>;
+
+/// Flights in progress by full key, in shards so that unrelated keys seldom
+/// contend for a lock.
+const FLIGHT_SHARDS: usize = 16;
+
+fn shard_of(key: &str) -> &'static Mutex<FlightMap> {
+    static SHARDS: OnceLock<Vec<Mutex<FlightMap>>> = OnceLock::new();
+    let shards = SHARDS.get_or_init(|| (0..FLIGHT_SHARDS).map(|_| Mutex::default()).collect());
+    // Keys end in a hex SHA-256 (or a caller's suffix): their last bytes spread well.
+    let index = key.bytes().rev().take(8).fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    &shards[index % FLIGHT_SHARDS]
+}
+
+fn lock(shard: &Mutex<FlightMap>) -> std::sync::MutexGuard<'_, FlightMap> {
     // Every critical section is a single map operation: a poisoned map is consistent.
-    flights
+    shard
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -94,16 +122,16 @@ fn lock(flights: &Flights) -> std::sync::MutexGuard<'_, FlightMap> {
 /// joinable until [`finish`](Self::finish), so a caller arriving while the
 /// leader writes the entry gets the published value instead of a miss.
 struct Leader {
-    key: String,
-    id: u64,
-    sender: watch::Sender<Flight>,
+    key: Arc<str>,
+    flight: Arc<Flight>,
+    in_map: bool,
     published: bool,
 }
 
 impl Leader {
     fn publish(&mut self, value: Option<Arc<[u8]>>) {
         self.published = true;
-        let _ = self.sender.send(Flight::Done(value));
+        self.flight.settle(Outcome::Done(value));
     }
 
     fn finish(self) {
@@ -116,19 +144,22 @@ impl Leader {
     fn finish_with_hit(mut self, bytes: &[u8]) {
         self.leave_map();
         self.published = true;
-        if self.sender.receiver_count() > 0 {
-            let _ = self.sender.send(Flight::Done(Some(Arc::from(bytes))));
+        if Arc::strong_count(&self.flight) > 1 {
+            self.flight.settle(Outcome::Done(Some(Arc::from(bytes))));
         }
     }
-}
 
-impl Leader {
     /// Removes this flight from the map (never a later flight of the same key).
-    fn leave_map(&self) {
-        let mut map = lock(flights());
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            // The map's receiver is dropped here, so receiver_count() counts followers only.
-            map.remove(&self.key);
+    fn leave_map(&mut self) {
+        if !std::mem::take(&mut self.in_map) {
+            return;
+        }
+        let mut map = lock(shard_of(&self.key));
+        // One lookup: put back the rare later flight that is not this one.
+        if let Some((key, flight)) = map.remove_entry(&*self.key)
+            && !Arc::ptr_eq(&flight, &self.flight)
+        {
+            map.insert(key, flight);
         }
     }
 }
@@ -137,31 +168,31 @@ impl Drop for Leader {
     fn drop(&mut self) {
         self.leave_map();
         if !self.published {
-            let _ = self.sender.send(Flight::Abandoned);
+            self.flight.settle(Outcome::Abandoned);
         }
     }
 }
 
 enum Role {
     Leader(Leader),
-    Follower(watch::Receiver<Flight>),
+    Follower(Arc<Flight>),
 }
 
-fn join(key: &str) -> Role {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-    let mut map = lock(flights());
-    if let Some((_, receiver)) = map.get(key) {
-        return Role::Follower(receiver.clone());
+fn join(key: &Arc<str>) -> Role {
+    let mut map = lock(shard_of(key));
+    match map.entry(key.clone()) {
+        Entry::Occupied(entry) => Role::Follower(entry.get().clone()),
+        Entry::Vacant(entry) => {
+            let flight = Arc::new(Flight::default());
+            entry.insert(flight.clone());
+            Role::Leader(Leader {
+                key: key.clone(),
+                flight,
+                in_map: true,
+                published: false,
+            })
+        }
     }
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let (sender, receiver) = watch::channel(Flight::Pending);
-    map.insert(key.to_string(), (id, receiver));
-    Role::Leader(Leader {
-        key: key.to_string(),
-        id,
-        sender,
-        published: false,
-    })
 }
 
 /// Everything about one memoized call except its body.
@@ -223,27 +254,20 @@ where
         }
     };
     let codec = call.codec.unwrap_or(cache.codec());
-    let flight_key = cache.full_key(&key).into_owned();
+    let flight_key: Arc<str> = Arc::from(cache.full_key(&key).as_ref());
     loop {
         match join(&flight_key) {
-            Role::Follower(mut receiver) => {
-                let state = match receiver.wait_for(|s| !matches!(s, Flight::Pending)).await {
-                    Ok(state) => state.clone(),
-                    // The sender is gone without a word: same as abandoned.
-                    Err(_) => Flight::Abandoned,
-                };
-                match state {
-                    Flight::Done(Some(bytes)) => {
-                        if let Ok(value) = codec.decode::<V>(&bytes) {
-                            return restore(value);
-                        }
-                        return body.await;
+            Role::Follower(flight) => match flight.outcome().await {
+                Outcome::Done(Some(bytes)) => {
+                    if let Ok(value) = codec.decode::<V>(&bytes) {
+                        return restore(value);
                     }
-                    // Outcomes that are not shared: followers run the body themselves.
-                    Flight::Done(None) => return body.await,
-                    Flight::Abandoned | Flight::Pending => continue,
+                    return body.await;
                 }
-            }
+                // Outcomes that are not shared: followers run the body themselves.
+                Outcome::Done(None) => return body.await,
+                Outcome::Abandoned => continue,
+            },
             Role::Leader(mut leader) => {
                 let read = within_budget(|left| cache.get_bytes_within(&key, left)).await;
                 let cache_is_up = match &read {

@@ -272,7 +272,7 @@ fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
 
 impl<C: Connection> Store for RedisStore<C> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        self.query(redis::cmd("GET").arg(key).clone())
+        self.query(redis::cmd("GET").arg(key).take())
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
@@ -280,7 +280,7 @@ impl<C: Connection> Store for RedisStore<C> {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
         // The cluster client splits MGET by slot and reassembles the replies in order.
-        self.query(redis::cmd("MGET").arg(keys).clone())
+        self.query(redis::cmd("MGET").arg(keys).take())
     }
 
     fn set<'a>(
@@ -311,15 +311,15 @@ impl<C: Connection> Store for RedisStore<C> {
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         // UNLINK frees the value off the main thread: same result as DEL, no stall on big values.
-        self.query(redis::cmd("UNLINK").arg(key).clone())
+        self.query(redis::cmd("UNLINK").arg(key).take())
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        self.query(redis::cmd("EXISTS").arg(key).clone())
+        self.query(redis::cmd("EXISTS").arg(key).take())
     }
 
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
-        self.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)).clone())
+        self.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)).take())
     }
 
     fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl> {
@@ -335,7 +335,7 @@ impl<C: Connection> Store for RedisStore<C> {
     }
 
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
-        self.query(redis::cmd("INCRBY").arg(key).arg(by).clone())
+        self.query(redis::cmd("INCRBY").arg(key).arg(by).take())
     }
 
     fn incr_window<'a>(
