@@ -64,7 +64,7 @@ where
 #[derive(Clone)]
 enum Outcome {
     /// The encoded value, or `None` when the outcome is not cached.
-    Done(Option<Arc<[u8]>>),
+    Done(Option<Arc<Vec<u8>>>),
     /// The leader vanished (panic, cancellation): start over.
     Abandoned,
 }
@@ -129,7 +129,7 @@ struct Leader {
 }
 
 impl Leader {
-    fn publish(&mut self, value: Option<Arc<[u8]>>) {
+    fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
         self.published = true;
         self.flight.settle(Outcome::Done(value));
     }
@@ -145,7 +145,8 @@ impl Leader {
         self.leave_map();
         self.published = true;
         if Arc::strong_count(&self.flight) > 1 {
-            self.flight.settle(Outcome::Done(Some(Arc::from(bytes))));
+            self.flight
+                .settle(Outcome::Done(Some(Arc::new(bytes.to_vec()))));
         }
     }
 
@@ -298,7 +299,8 @@ where
                         None
                     }
                 });
-                let shared: Option<Arc<[u8]>> = encoded.map(Arc::from);
+                // Moved, not copied: the encoded bytes serve followers and the write.
+                let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
                 leader.publish(shared.clone());
                 // A store that just failed the read is not waited on a second time.
                 if let (Some(bytes), true) = (shared, cache_is_up) {

@@ -8,7 +8,8 @@
 //!   `#[concurrent_cached]` (MessagePack).
 //!
 //! Hits: each task reads its own key, so single-flight never folds calls
-//! together: every call is one round trip, as in the baselines. Misses: every
+//! together: every call is one round trip, as in the baselines. Then one hot
+//! key read by all 64 tasks, where concurrent `#[cached]` calls share a read. Misses: every
 //! call has arguments never seen before: a GET that finds nothing, the
 //! computation, and a SET with the TTL (raw baseline: GET + encode + SET EX).
 //!
@@ -217,7 +218,58 @@ async fn main() {
         );
     }
 
+    hot_key(&raw, &cache).await;
     misses(&raw, &cache).await;
+}
+
+/// 64 tasks reading one popular key (a trending query, a hot product): each
+/// raw GET is a round trip of its own; `#[cached]` lets concurrent callers
+/// share one in-flight read.
+async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
+    let tasks = 64;
+    let mut pack_raw = Series::new("raw GET + rmp_serde (baseline)");
+    let mut pack_macro = Series::new("#[cached(codec = \"msgpack\")]");
+    #[cfg(feature = "compare")]
+    let mut other = Series::new("cached crate #[concurrent_cached(redis)] (MessagePack)");
+    for _ in 0..ROUNDS {
+        let conn = raw.clone();
+        pack_raw.rounds.push(
+            throughput(ITERATIONS, tasks, move |_| {
+                let conn = conn.clone();
+                async move {
+                    let bytes = raw_get(&conn, "raw-msgpack:0").await;
+                    let value: Vec<f32> = rmp_serde::from_slice(&bytes).expect("decode");
+                    assert_eq!(value.len(), 384);
+                }
+            })
+            .await,
+        );
+        let c = cache.clone();
+        pack_macro.rounds.push(
+            throughput(ITERATIONS, tasks, move |_| {
+                let c = c.clone();
+                async move {
+                    assert_eq!(embed_msgpack(&c, &text_of(0)).await.len(), 384);
+                }
+            })
+            .await,
+        );
+        #[cfg(feature = "compare")]
+        other.rounds.push(
+            throughput(ITERATIONS, tasks, |_| async move {
+                let value = cached_crate::embed(text_of(0)).await.expect("cached crate");
+                assert_eq!(value.len(), 384);
+            })
+            .await,
+        );
+    }
+    let title = format!(
+        "cache hit on one hot key, 384 f32, {tasks} tasks, {ITERATIONS} calls per round, median of {ROUNDS} rounds: MessagePack"
+    );
+    #[cfg(not(feature = "compare"))]
+    report(&title, &[pack_raw, pack_macro]);
+    #[cfg(feature = "compare")]
+    report(&title, &[pack_raw, pack_macro, other]);
 }
 
 /// The miss path: GET finds nothing, compute, SET with the TTL.
