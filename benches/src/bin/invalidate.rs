@@ -110,6 +110,11 @@ async fn main() {
     let elapsed = started.elapsed();
     let ours = longest_commands(&mut conn).await;
     assert_eq!(removed as usize, keys);
+    let left: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .expect("DBSIZE");
+    assert_eq!(left, 1000, "only the other keys are left");
 
     println!("\ninvalidate_prefix over {keys} keys (plus 1000 others), loopback redis-server");
     println!("| variant | wall time | longest single command |");
