@@ -532,13 +532,13 @@ mod tests {
         assert_eq!(builder.config().backend, Backend::Memory);
     }
 
-    #[test]
-    fn redis_url_is_parsed_with_user_password_and_db() {
-        let builder = from(&[("REDIS_URL", "redis://app:s3cr%40t@cache.internal:6380/4")]).unwrap();
+    /// The endpoint `url` gives, with the user, password and db of the tests below.
+    fn assert_endpoint(url: &str, tls: bool) {
+        let builder = from(&[("REDIS_URL", url)]).unwrap();
         let Backend::Redis(endpoint) = &builder.config().backend else {
             panic!("expected a standalone backend");
         };
-        assert!(!endpoint.tls);
+        assert_eq!(endpoint.tls, tls);
         assert_eq!(endpoint.host, "cache.internal");
         assert_eq!(endpoint.port, 6380);
         assert_eq!(endpoint.db, 4);
@@ -547,6 +547,11 @@ mod tests {
             endpoint.password.as_ref().map(Secret::expose),
             Some("s3cr@t")
         );
+    }
+
+    #[test]
+    fn redis_url_is_parsed_with_user_password_and_db() {
+        assert_endpoint("redis://app:s3cr%40t@cache.internal:6380/4", false);
     }
 
     #[cfg(not(feature = "tls"))]
@@ -562,20 +567,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn rediss_url_is_parsed_with_user_password_and_db() {
-        let builder =
-            from(&[("REDIS_URL", "rediss://app:s3cr%40t@cache.internal:6380/4")]).unwrap();
-        let Backend::Redis(endpoint) = &builder.config().backend else {
-            panic!("expected a standalone backend");
-        };
-        assert!(endpoint.tls);
-        assert_eq!(endpoint.host, "cache.internal");
-        assert_eq!(endpoint.port, 6380);
-        assert_eq!(endpoint.db, 4);
-        assert_eq!(endpoint.username.as_deref(), Some("app"));
-        assert_eq!(
-            endpoint.password.as_ref().map(Secret::expose),
-            Some("s3cr@t")
-        );
+        assert_endpoint("rediss://app:s3cr%40t@cache.internal:6380/4", true);
     }
 
     #[test]
