@@ -39,7 +39,8 @@
 //!   else: always. The stored value is `T` (or the whole value).
 //! - Any cache failure (unreachable, slow, open breaker, an entry that does not
 //!   decode) runs the function: callers never see a cache error. An entry that
-//!   does not decode is overwritten.
+//!   does not decode is overwritten. A memoized call and the memoized calls in
+//!   its body lose at most one call timeout in all to a failing cache.
 //! - Concurrent calls with the same key in one process run the body once.
 //! - With no default handle set (and no `cache = ...`), or when the handle is
 //!   bypassed (`CACHE_BYPASS=true`), the function just runs.
