@@ -407,12 +407,29 @@ impl Cache {
     /// script on Redis). Returns the count and the time until the window resets.
     /// This is what the rate limiter counts with.
     pub async fn incr_window(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
+        self.incr_window_within(key, by, window, self.timeout())
+            .await
+    }
+
+    /// [`incr_window`](Self::incr_window) within `timeout` (at most the
+    /// handle's): a caller with a tighter deadline, such as the rate limiter,
+    /// gets it enforced here, where running out of time counts as a failure
+    /// for the circuit breaker like any other timeout.
+    pub async fn incr_window_within(
+        &self,
+        key: &str,
+        by: u64,
+        window: Duration,
+        timeout: Duration,
+    ) -> Result<WindowCount> {
         if window.as_millis() == 0 {
             return Err(Error::config("window", "must be at least one millisecond"));
         }
         let key = self.full_key(key);
-        self.run(Idempotence::CountsOnce, |s| s.incr_window(&key, by, window))
-            .await
+        self.run_within(Idempotence::CountsOnce, timeout, |s| {
+            s.incr_window(&key, by, window)
+        })
+        .await
     }
 
     /// Removes every key starting with `prefix` (within the namespace) and

@@ -111,8 +111,6 @@ pub(crate) struct Limiter {
     pub(crate) local_deny: bool,
     /// Batch concurrent requests per key.
     coalesce: bool,
-    /// The store is the in-memory one.
-    in_process: bool,
     pub(crate) counters: Counters,
     slots: Mutex<HashMap<String, Slot>>,
     /// Client keys over their limit, and when their window ends.
@@ -187,7 +185,6 @@ impl Limiter {
     ) -> Self {
         Limiter {
             coalesce,
-            in_process: *cache.backend() == cache_core::Backend::Memory,
             cache,
             prefix,
             limit,
@@ -349,24 +346,20 @@ impl Limiter {
         deadline: tokio::time::Instant,
     ) -> Option<WindowCount> {
         bump(&self.counters.store_calls);
-        let call = self.cache.incr_window(key, size, self.window);
-        let counted = if self.in_process {
-            // Nothing to wait for: the in-memory store answers on the first poll.
-            Ok(call.await)
-        } else {
-            tokio::time::timeout_at(deadline, call).await
-        };
-        match counted {
-            Ok(Ok(count)) => {
+        // The handle enforces the deadline: a hanging store then counts as
+        // failing for its circuit breaker, which stops calling it.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self
+            .cache
+            .incr_window_within(key, size, self.window, left)
+            .await
+        {
+            Ok(count) => {
                 self.note_store(None);
                 Some(count)
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 self.note_store(Some(&err.to_string()));
-                None
-            }
-            Err(_) => {
-                self.note_store(Some("store call timed out"));
                 None
             }
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use cache_core::{Cache, KeyTtl};
+use cache_core::{BreakerState, Cache, KeyTtl};
 use rate_limit::{FailMode, HeaderSets, RateLimitLayer};
 use tests::http::{Response, get as http_get};
 use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
@@ -632,6 +632,46 @@ async fn a_queued_batch_waits_at_most_the_store_timeout_in_all() {
     }
     assert_eq!(first.await.unwrap(), 200);
     assert!(limiter.stats().store_errors > 0);
+}
+
+/// A hanging Redis trips the breaker through the limiter's own (short) store
+/// timeout, so later requests pass at once instead of each waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_timeouts_open_the_breaker() {
+    let store_timeout = Duration::from_millis(150);
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .breaker_threshold(3)
+        .breaker_cooldown(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let limiter = layer(cache.clone(), "trips", 1000, Duration::from_secs(60))
+        .store_timeout(store_timeout)
+        .build()
+        .unwrap();
+    let port = serve(limiter.clone()).await;
+    assert_eq!(http_get(port, "/", &[]).await.status, 200, "connected");
+    server.cli(&["CLIENT", "PAUSE", "10000", "ALL"]);
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(http_get(port, "/", &[]).await.status, 200, "fail open");
+        assert!(started.elapsed() >= store_timeout, "waited for the store");
+    }
+    assert_eq!(cache.stats().breaker, BreakerState::Open);
+    let calls = limiter.stats().store_calls;
+    let started = Instant::now();
+    assert_eq!(http_get(port, "/", &[]).await.status, 200);
+    assert!(
+        started.elapsed() < store_timeout,
+        "the open breaker answers at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cache.stats().breaker_rejections, 1, "{:?}", cache.stats());
+    assert_eq!(limiter.stats().store_calls, calls + 1);
 }
 
 #[tokio::test]
