@@ -12,11 +12,12 @@
 //!   nobody waits forever. Outcomes that are not cached (`Err`, `None`) are
 //!   not shared either: followers then run the body themselves.
 //! - **One failure budget per call tree**: a memoized call and the memoized
-//!   calls its body makes (in the same task) lose at most the outermost
-//!   handle's call timeout in all to cache operations that fail; once it is
-//!   spent they skip the cache. Nested memoization while the store hangs adds
-//!   one timeout to a request, not one per level; successful operations cost
-//!   nothing from the budget.
+//!   calls its body makes one after another (in the same task) lose at most
+//!   the outermost handle's call timeout in all to cache operations that
+//!   fail; once it is spent they skip the cache. Nested memoization while the
+//!   store hangs adds one timeout to a request, not one per level; successful
+//!   operations cost nothing from the budget. (Calls run concurrently within
+//!   one task, as with `join!`, can each spend what is left.)
 //! - No lock is held across an `.await`, so recursion over other keys (`fib`)
 //!   cannot deadlock.
 
@@ -26,7 +27,7 @@ use std::collections::hash_map::Entry;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,7 +52,8 @@ where
     let Ok(left) = BUDGET.try_with(Cell::get) else {
         return op(Duration::MAX).await;
     };
-    let started = Instant::now();
+    // Tokio's clock, as the handle's timeouts use it.
+    let started = tokio::time::Instant::now();
     let result = op(left).await;
     if result.is_err() {
         let spent = started.elapsed();

@@ -257,7 +257,10 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Bound on one store call (default 100 ms): a hung Redis adds at most this.
+    /// Bound on one store call (default 100 ms). A request whose count is
+    /// batched behind another one at the store waits for that one first, so a
+    /// hung Redis adds at most twice this to a request; the timeouts count as
+    /// failures for the handle's circuit breaker, which then stops the calls.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout;
         self

@@ -207,29 +207,30 @@ impl Limiter {
             return Verdict::Decided(decision);
         }
         let key = format!("{}:{client}", self.prefix);
-        // One bound on the whole check: waiting for an earlier batch included.
-        let deadline = tokio::time::Instant::now() + self.store_timeout;
         if !self.coalesce {
-            return match self.count(&key, 1, deadline).await {
+            return match self.count(&key, 1).await {
                 Some(count) => self.decide(client, count, 1, 0),
                 None => Verdict::StoreFailed,
             };
         }
+        // A batch waits for the one at the store (at most one store timeout),
+        // then makes its own call (another): the bound on any request's wait,
+        // even when executors keep being cancelled and batches start over.
+        let deadline = tokio::time::Instant::now() + 2 * self.store_timeout;
         loop {
             match self.join(&key) {
                 Role::Executor { id, sender, gate } => {
-                    return self.execute(client, &key, id, sender, gate, deadline).await;
+                    return self.execute(client, &key, id, sender, gate).await;
                 }
                 Role::Joiner {
                     mut receiver,
                     position,
                 } => {
-                    let state = match receiver
-                        .wait_for(|s| !matches!(s, BatchState::Pending))
-                        .await
-                    {
-                        Ok(state) => *state,
-                        Err(_) => BatchState::Abandoned,
+                    let settled = receiver.wait_for(|s| !matches!(s, BatchState::Pending));
+                    let state = match tokio::time::timeout_at(deadline, settled).await {
+                        Ok(Ok(state)) => *state,
+                        Ok(Err(_)) => BatchState::Abandoned,
+                        Err(_) => return Verdict::StoreFailed,
                     };
                     match state {
                         BatchState::Counted { count, size } => {
@@ -288,7 +289,6 @@ impl Limiter {
         id: u64,
         sender: Arc<watch::Sender<BatchState>>,
         gate: Arc<tokio::sync::Mutex<()>>,
-        deadline: tokio::time::Instant,
     ) -> Verdict {
         let executor = Executor {
             limiter: self,
@@ -297,16 +297,11 @@ impl Limiter {
             sender,
             published: false,
         };
-        let Ok(permit) = tokio::time::timeout_at(deadline, gate.lock()).await else {
-            // The batch before this one held the store past our deadline.
-            self.close_batch(key, id);
-            self.note_store(Some("store call timed out"));
-            executor.publish(BatchState::Failed);
-            return Verdict::StoreFailed;
-        };
+        // Held by the batch at the store, for at most its store timeout.
+        let permit = gate.lock().await;
         // Close the batch: later arrivals start the next one.
         let size = self.close_batch(key, id);
-        let verdict = match self.count(key, size, deadline).await {
+        let verdict = match self.count(key, size).await {
             Some(count) => {
                 executor.publish(BatchState::Counted { count, size });
                 self.decide(client, count, size, 0)
@@ -338,20 +333,15 @@ impl Limiter {
             .map_or(1, |open| open.size)
     }
 
-    /// One store call adding `size` to `key`; `None` when it failed or missed `deadline`.
-    async fn count(
-        &self,
-        key: &str,
-        size: u64,
-        deadline: tokio::time::Instant,
-    ) -> Option<WindowCount> {
+    /// One store call adding `size` to `key`, within the store timeout;
+    /// `None` when it failed or timed out.
+    async fn count(&self, key: &str, size: u64) -> Option<WindowCount> {
         bump(&self.counters.store_calls);
-        // The handle enforces the deadline: a hanging store then counts as
+        // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match self
             .cache
-            .incr_window_within(key, size, self.window, left)
+            .incr_window_within(key, size, self.window, self.store_timeout)
             .await
         {
             Ok(count) => {

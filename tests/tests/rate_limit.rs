@@ -586,10 +586,10 @@ async fn with_redis_dead_fail_open_passes_and_fail_closed_returns_503() {
     assert_problem(&refused, 503);
 }
 
-/// With Redis hanging, a request whose batch waits behind an earlier one
-/// still gets its answer within the store timeout, counted from its arrival.
+/// With Redis hanging, a request whose batch waits behind an earlier one gets
+/// its answer within twice the store timeout: the earlier call's, then its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_batch_waits_at_most_the_store_timeout_in_all() {
+async fn a_queued_batch_waits_at_most_twice_the_store_timeout() {
     let store_timeout = Duration::from_millis(200);
     let server = RedisServer::start();
     let cache = Cache::builder()
@@ -625,8 +625,9 @@ async fn a_queued_batch_waits_at_most_the_store_timeout_in_all() {
     for request in queued {
         let (status, took) = request.await.unwrap();
         assert_eq!(status, 200, "fail open");
+        assert!(took >= store_timeout, "its own call timed out: {took:?}");
         assert!(
-            took < store_timeout + Duration::from_millis(100),
+            took < store_timeout * 2 + Duration::from_millis(100),
             "{took:?}"
         );
     }
