@@ -105,6 +105,17 @@ async fn serve_app(app: Router) -> u16 {
     port
 }
 
+/// A redis-server of the test's own (to kill, pause or count commands on) and
+/// a handle on it, configured by `configure`.
+async fn own_redis(
+    configure: impl FnOnce(cache_core::CacheBuilder) -> cache_core::CacheBuilder,
+) -> (RedisServer, Cache) {
+    let server = RedisServer::start();
+    let builder = Cache::builder().redis_url(&server.url()).unwrap();
+    let cache = configure(builder).build().await.unwrap();
+    (server, cache)
+}
+
 fn layer(
     cache: Cache,
     prefix: &str,
@@ -398,13 +409,7 @@ async fn burst(limiter: RateLimitLayer, n: usize) -> usize {
 /// admission stays exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_are_coalesced_into_few_redis_calls() {
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let (server, cache) = own_redis(|b| b).await;
     let limiter = layer(cache, "rate", 50, Duration::from_secs(60))
         .local_deny_cache(false)
         .build()
@@ -448,13 +453,7 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 
 #[tokio::test]
 async fn rejected_clients_make_no_redis_calls() {
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let (server, cache) = own_redis(|b| b).await;
     let port = serve(
         layer(cache, "rate", 2, Duration::from_secs(60))
             .build()
@@ -507,13 +506,7 @@ async fn a_counter_left_without_ttl_gets_one_at_the_next_request() {
 
 #[tokio::test]
 async fn counting_survives_script_flush() {
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let (server, cache) = own_redis(|b| b).await;
     let port = serve(
         layer(cache, "rate", 10, Duration::from_secs(60))
             .build()
@@ -542,14 +535,7 @@ async fn counting_survives_script_flush() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_dead_fail_open_passes_and_fail_closed_returns_503() {
-    let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let (mut server, cache) = own_redis(|b| b.timeout(Duration::from_millis(200))).await;
     let open = serve(
         layer(cache.clone(), "open", 5, Duration::from_secs(60))
             .store_timeout(Duration::from_millis(150))
@@ -591,15 +577,8 @@ async fn with_redis_dead_fail_open_passes_and_fail_closed_returns_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_batch_waits_at_most_twice_the_store_timeout() {
     let store_timeout = Duration::from_millis(200);
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let (server, cache) =
+        own_redis(|b| b.timeout(Duration::from_secs(2)).breaker_threshold(100)).await;
     let limiter = layer(cache, "queued", 1000, Duration::from_secs(60))
         .store_timeout(store_timeout)
         .coalesce(true)
@@ -640,16 +619,12 @@ async fn a_queued_batch_waits_at_most_twice_the_store_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_timeouts_open_the_breaker() {
     let store_timeout = Duration::from_millis(150);
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .breaker_threshold(3)
-        .breaker_cooldown(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let (server, cache) = own_redis(|b| {
+        b.timeout(Duration::from_secs(2))
+            .breaker_threshold(3)
+            .breaker_cooldown(Duration::from_secs(60))
+    })
+    .await;
     let limiter = layer(cache.clone(), "trips", 1000, Duration::from_secs(60))
         .store_timeout(store_timeout)
         .build()
