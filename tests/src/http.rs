@@ -27,13 +27,6 @@ pub struct Response {
 }
 
 impl Response {
-    /// Header names (lower case) and values, in order.
-    pub fn headers(&self) -> Vec<(String, String)> {
-        header_lines(&self.head)
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
-            .collect()
-    }
-
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         header_lines(&self.head)
