@@ -105,7 +105,11 @@ impl CircuitBreaker {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+        // A load first: the common case (closed) writes nothing, so callers on
+        // other cores do not fight over the cache line.
+        if self.state.load(Ordering::Acquire) != CLOSED
+            && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
+        {
             tracing::info!("cache circuit breaker closed: the store answers again");
         }
     }
