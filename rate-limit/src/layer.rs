@@ -372,8 +372,82 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
     }
 }
 
-/// The response future of [`RateLimit`].
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+/// The response future of [`RateLimit`]: ready at once when the layer
+/// answers without awaiting anything (a client the local deny cache already
+/// rejects, a request it cannot key), otherwise the store check and the inner
+/// service's call.
+pub struct ResponseFuture<B, E> {
+    kind: Kind<B, E>,
+}
+
+type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+enum Kind<B, E> {
+    Ready(std::future::Ready<Answer<B, E>>),
+    Pending(Pin<Box<dyn Future<Output = Answer<B, E>> + Send>>),
+}
+
+impl<B, E> ResponseFuture<B, E> {
+    fn ready(response: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready(std::future::ready(Ok(response))),
+        }
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Answer<B, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Both kinds are `Unpin`: the ready value and a box.
+        match &mut self.get_mut().kind {
+            Kind::Ready(ready) => Pin::new(ready).poll(cx),
+            Kind::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            Kind::Ready(_) => "ready",
+            Kind::Pending(_) => "pending",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+impl Shared {
+    /// The response to a request over the limit (not in shadow mode).
+    fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
+        bump(&self.limiter.counters.limited);
+        let mut limited = match &self.on_limited {
+            Some(respond) => respond(decision).map(ResponseBody::full),
+            None => response::too_many_requests(self.limited_body.clone()),
+        };
+        *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        limited.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.retry_after_seconds()),
+        );
+        self.headers.write(limited.headers_mut(), decision);
+        limited
+    }
+
+    /// The response to a request the extractor cannot key: a misconfiguration.
+    fn unkeyed<B>(&self, err: &crate::key::KeyError) -> Response<ResponseBody<B>> {
+        if !self.missing_key_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %err, "rate limiter cannot identify the client");
+        }
+        response::problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Rate limiter misconfigured",
+            &err.to_string(),
+        )
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
@@ -384,68 +458,66 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, S::Error>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let key = shared.extractor.extract(&RequestInfo {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        });
+        let key = match key {
+            Ok(key) => sanitize(key),
+            Err(err) => return ResponseFuture::ready(shared.unkeyed(&err)),
+        };
+        // A client known to be over its limit is answered here: no store
+        // call, no allocation for a future, the inner service untouched.
+        let known = shared.limiter.check_locally(&key);
+        if let Some(decision) = &known
+            && !shared.shadow
+        {
+            return ResponseFuture::ready(shared.limited(decision));
+        }
         // The clone is not ready; the instance that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let key = shared.extractor.extract(&RequestInfo {
-                method: request.method(),
-                uri: request.uri(),
-                headers: request.headers(),
-                extensions: request.extensions(),
-            });
-            let key = match key {
-                Ok(key) => sanitize(key),
-                Err(err) => {
-                    if !shared.missing_key_logged.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %err, "rate limiter cannot identify the client");
+        let shared = shared.clone();
+        let future = async move {
+            let decision = match known {
+                Some(decision) => decision,
+                None => match shared.limiter.check(&key).await {
+                    Verdict::Decided(decision) => decision,
+                    Verdict::StoreFailed => {
+                        return match shared.fail_mode {
+                            FailMode::Open => {
+                                Ok(inner.call(request).await?.map(ResponseBody::inner))
+                            }
+                            FailMode::Closed => Ok(response::store_unavailable()),
+                        };
                     }
-                    return Ok(response::problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "Rate limiter misconfigured",
-                        &err.to_string(),
-                    ));
-                }
-            };
-            let decision = match shared.limiter.check(&key).await {
-                Verdict::Decided(decision) => decision,
-                Verdict::StoreFailed => {
-                    return match shared.fail_mode {
-                        FailMode::Open => Ok(inner.call(request).await?.map(ResponseBody::inner)),
-                        FailMode::Closed => Ok(response::store_unavailable()),
-                    };
-                }
+                },
             };
             let counters = &shared.limiter.counters;
-            let mut response = if decision.allowed {
-                bump(&counters.allowed);
-                inner.call(request).await?.map(ResponseBody::inner)
-            } else if shared.shadow {
-                bump(&counters.shadow_limited);
-                inner.call(request).await?.map(ResponseBody::inner)
+            if !decision.allowed && !shared.shadow {
+                return Ok(shared.limited(&decision));
+            }
+            bump(if decision.allowed {
+                &counters.allowed
             } else {
-                bump(&counters.limited);
-                let mut limited = match &shared.on_limited {
-                    Some(respond) => respond(&decision).map(ResponseBody::full),
-                    None => response::too_many_requests(shared.limited_body.clone()),
-                };
-                *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                limited.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(decision.retry_after_seconds()),
-                );
-                limited
-            };
+                &counters.shadow_limited
+            });
+            let mut response = inner.call(request).await?.map(ResponseBody::inner);
             shared.headers.write(response.headers_mut(), &decision);
             Ok(response)
-        })
+        };
+        ResponseFuture {
+            kind: Kind::Pending(Box::pin(future)),
+        }
     }
 }

@@ -200,12 +200,17 @@ impl Limiter {
         }
     }
 
-    /// Counts one request of `client` (an already sanitized key).
+    /// The decision for `client` when the local deny cache already has it
+    /// (over its limit for the rest of the window): no store call needed.
+    pub(crate) fn check_locally(&self, client: &str) -> Option<Decision> {
+        let decision = self.denied_locally(client)?;
+        bump(&self.counters.limited_locally);
+        Some(decision)
+    }
+
+    /// Counts one request of `client` (an already sanitized key) at the store;
+    /// [`check_locally`](Self::check_locally) comes first.
     pub(crate) async fn check(&self, client: &str) -> Verdict {
-        if let Some(decision) = self.denied_locally(client) {
-            bump(&self.counters.limited_locally);
-            return Verdict::Decided(decision);
-        }
         let key = format!("{}:{client}", self.prefix);
         if !self.coalesce {
             return match self.count(&key, 1).await {
@@ -449,17 +454,25 @@ mod tests {
         )
     }
 
+    /// What the layer does: the local deny cache, then the store.
+    async fn decide(limiter: &Limiter, client: &str) -> Verdict {
+        match limiter.check_locally(client) {
+            Some(decision) => Verdict::Decided(decision),
+            None => limiter.check(client).await,
+        }
+    }
+
     #[tokio::test]
     async fn counts_up_to_the_limit_then_denies_locally() {
         let limiter = limiter(3);
         for remaining in [2, 1, 0] {
-            let Verdict::Decided(d) = limiter.check("ip:1").await else {
+            let Verdict::Decided(d) = decide(&limiter, "ip:1").await else {
                 panic!("store failed");
             };
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
         }
-        let Verdict::Decided(d) = limiter.check("ip:1").await else {
+        let Verdict::Decided(d) = decide(&limiter, "ip:1").await else {
             panic!("store failed");
         };
         assert!(!d.allowed);
@@ -475,7 +488,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let limiter = limiter.clone();
-                tokio::spawn(async move { limiter.check("ip:2").await })
+                tokio::spawn(async move { decide(&limiter, "ip:2").await })
             })
             .collect();
         let mut allowed = 0;
