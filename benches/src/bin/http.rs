@@ -9,25 +9,44 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::routing::get;
 use benches::Series;
 use cache_core::Cache;
-use rate_limit::{HeaderSets, RateLimitLayer};
+use rate_limit::{
+    HeaderSets, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
 use tests::http::Connection;
 
 const CONNECTIONS: usize = 32;
-const ROUND: Duration = Duration::from_millis(1500);
-const ROUNDS: usize = 5;
+const ROUND: Duration = Duration::from_millis(1000);
+const ROUNDS: usize = 9;
 const WINDOW: Duration = Duration::from_secs(3600);
-const FIXED_HEADERS: [(&str, &str); 5] = [
-    ("x-ratelimit-limit", "4611686018427387903"),
-    ("x-ratelimit-remaining", "4611686018427387000"),
-    ("x-ratelimit-reset", "3600"),
-    ("ratelimit-policy", "\"rate\";q=4611686018427387903;w=3600"),
-    ("ratelimit", "\"rate\";r=4611686018427387000;t=3600"),
-];
+/// Never reached.
+const NORMAL_LIMIT: u64 = u64::MAX / 4;
+/// Reached after the first round's first requests.
+const FLOOD_LIMIT: u64 = 10;
+
+/// The five rate-limit header fields for `limit` and `remaining`, rendered
+/// once (static values: cloning them per response copies nothing).
+fn header_fields(limit: u64, remaining: u64) -> [(HeaderName, HeaderValue); 5] {
+    let value = |text: String| HeaderValue::from_static(Box::leak(text.into_boxed_str()));
+    let window = WINDOW.as_secs();
+    [
+        (X_RATELIMIT_LIMIT, value(limit.to_string())),
+        (X_RATELIMIT_REMAINING, value(remaining.to_string())),
+        (X_RATELIMIT_RESET, value(window.to_string())),
+        (
+            RATELIMIT_POLICY,
+            value(format!("\"rate\";q={limit};w={window}")),
+        ),
+        (
+            RATELIMIT,
+            value(format!("\"rate\";r={remaining};t={window}")),
+        ),
+    ]
+}
 
 fn hello() -> Router {
     Router::new().route("/", get(|| async { "Hello, World!" }))
@@ -97,22 +116,42 @@ async fn main() {
     // Each variant: its name, its port, and the layer whose counters it reports.
     let mut variants: Vec<(String, u16, Option<RateLimitLayer>)> = Vec::new();
     variants.push(("bare axum (baseline)".into(), serve(hello()).await, None));
-    // What the five rate-limit header fields cost on the wire and in the
-    // client, with no limiter at all: the floor for any layer that sends them.
-    let fixed_headers = axum::middleware::map_response(|mut response: Response| async move {
-        for (name, value) in FIXED_HEADERS {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_static(value));
-        }
-        response
-    });
+    // What the rate-limit header fields cost on the wire and in the client,
+    // with no limiter at all: the handler sends them itself. The floors for
+    // any layer that sends them: the five fields on a 200, and a flood's
+    // whole 429 (the same fields, `Retry-After` and the problem+json body).
+    let normal = header_fields(NORMAL_LIMIT, NORMAL_LIMIT - 1000);
     variants.push((
-        "bare axum + 5 fixed rate-limit headers (reference)".into(),
-        serve(hello().layer(fixed_headers)).await,
+        "bare axum sending the 5 header fields itself (reference)".into(),
+        serve(Router::new().route("/", get(move || async move { (normal, "Hello, World!") })))
+            .await,
         None,
     ));
-    for (mode, limit) in [("normal", u64::MAX / 4), ("flood", 10)] {
+    let body = rate_limit::too_many_requests_body(FLOOD_LIMIT, WINDOW);
+    let flood = header_fields(FLOOD_LIMIT, 0);
+    let limited = move || {
+        let (body, flood) = (body.clone(), flood.clone());
+        async move {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/problem+json"),
+                    ),
+                    (header::RETRY_AFTER, HeaderValue::from_static("3600")),
+                ],
+                flood,
+                body,
+            )
+        }
+    };
+    variants.push((
+        "bare axum answering the flood's 429 itself (reference)".into(),
+        serve(Router::new().route("/", get(limited))).await,
+        None,
+    ));
+    for (mode, limit) in [("normal", NORMAL_LIMIT), ("flood", FLOOD_LIMIT)] {
         for (store, headers) in [("memory", true), ("memory", false), ("Redis", true)] {
             let cache = if store == "memory" {
                 Cache::in_memory()
