@@ -99,17 +99,22 @@ impl Flight {
 type FlightMap = HashMap<Arc<str>, Arc<Flight>>;
 
 /// Flights in progress by full key, in shards so that unrelated keys seldom
-/// contend for a lock.
-const FLIGHT_SHARDS: usize = 16;
+/// contend for a lock. Each shard has a cache line of its own, so that calls
+/// on different cores do not pass lines back and forth for neighbouring shards.
+const FLIGHT_SHARDS: usize = 64;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<FlightMap>);
 
 fn shard_of(key: &str) -> &'static Mutex<FlightMap> {
-    static SHARDS: OnceLock<Vec<Mutex<FlightMap>>> = OnceLock::new();
-    let shards = SHARDS.get_or_init(|| (0..FLIGHT_SHARDS).map(|_| Mutex::default()).collect());
+    static SHARDS: OnceLock<Vec<Shard>> = OnceLock::new();
+    let shards = SHARDS.get_or_init(|| (0..FLIGHT_SHARDS).map(|_| Shard::default()).collect());
     // Keys end in a hex SHA-256 (or a caller's suffix): their last bytes spread well.
     let index = key.bytes().rev().take(8).fold(0usize, |h, b| {
         h.wrapping_mul(31).wrapping_add(usize::from(b))
     });
-    &shards[index % FLIGHT_SHARDS]
+    &shards[index % FLIGHT_SHARDS].0
 }
 
 fn lock(shard: &Mutex<FlightMap>) -> std::sync::MutexGuard<'_, FlightMap> {

@@ -1,6 +1,7 @@
 //! Counters of one handle, readable at any time through [`Cache::stats`](crate::Cache::stats).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -39,8 +40,19 @@ impl Stats {
     }
 }
 
+/// The handle's counters, in stripes: each thread adds to one stripe of its
+/// own cache line, so that calls on different cores do not pass one line
+/// back and forth on every hit; a snapshot adds the stripes up.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    stripes: [Stripe; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
@@ -54,41 +66,65 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// This thread's stripe: threads take stripes in turn as they first count.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        if index.get() == usize::MAX {
+            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        index.get()
+    })
+}
+
 impl Counters {
+    fn mine(&self) -> &Stripe {
+        &self.stripes[stripe_index() % STRIPES]
+    }
     pub(crate) fn record_hit(&self) {
-        bump(&self.hits);
+        bump(&self.mine().hits);
     }
     pub(crate) fn record_miss(&self) {
-        bump(&self.misses);
+        bump(&self.mine().misses);
     }
     pub(crate) fn record_error(&self) {
-        bump(&self.errors);
+        bump(&self.mine().errors);
     }
     pub(crate) fn record_timeout(&self) {
-        bump(&self.timeouts);
-        bump(&self.errors);
+        let stripe = self.mine();
+        bump(&stripe.timeouts);
+        bump(&stripe.errors);
     }
     pub(crate) fn record_breaker_rejection(&self) {
-        bump(&self.breaker_rejections);
-        bump(&self.errors);
+        let stripe = self.mine();
+        bump(&stripe.breaker_rejections);
+        bump(&stripe.errors);
     }
     pub(crate) fn record_retry(&self) {
-        bump(&self.retries);
+        bump(&self.mine().retries);
     }
     pub(crate) fn record_decode_error(&self) {
-        bump(&self.decode_errors);
+        bump(&self.mine().decode_errors);
     }
 
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sum = |counter: fn(&Stripe) -> &AtomicU64| {
+            self.stripes
+                .iter()
+                .map(|stripe| counter(stripe).load(Ordering::Relaxed))
+                .sum()
+        };
         Stats {
-            hits: load(&self.hits),
-            misses: load(&self.misses),
-            errors: load(&self.errors),
-            timeouts: load(&self.timeouts),
-            breaker_rejections: load(&self.breaker_rejections),
-            retries: load(&self.retries),
-            decode_errors: load(&self.decode_errors),
+            hits: sum(|s| &s.hits),
+            misses: sum(|s| &s.misses),
+            errors: sum(|s| &s.errors),
+            timeouts: sum(|s| &s.timeouts),
+            breaker_rejections: sum(|s| &s.breaker_rejections),
+            retries: sum(|s| &s.retries),
+            decode_errors: sum(|s| &s.decode_errors),
             breaker,
         }
     }
