@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// Rounds per variant; the median round is reported.
-pub const ROUNDS: usize = 7;
+/// Rounds per variant; the median round (and the median per-round ratio) is reported.
+pub const ROUNDS: usize = 11;
 
 /// Runs `op(task)` `iterations` times in all across `tasks` concurrent tasks
 /// (numbered from 0), and returns operations per second.
@@ -52,18 +52,37 @@ impl Series {
 
     /// The median round.
     pub fn median(&self) -> f64 {
-        let mut sorted = self.rounds.clone();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+        median(self.rounds.clone())
+    }
+
+    /// The median over rounds of this series' round divided by the
+    /// baseline's round of the same pass: a slow moment of the machine
+    /// lowers both sides of a ratio, not one variant's median.
+    pub fn ratio_to(&self, baseline: &Series) -> f64 {
+        median(
+            self.rounds
+                .iter()
+                .zip(&baseline.rounds)
+                .map(|(ops, base)| ops / base)
+                .collect(),
+        )
     }
 }
 
-/// Prints a table: ops/s, µs/op and the ratio to the first (baseline) series.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Prints a table: median ops/s, µs/op and the ratio to the first (baseline)
+/// series, the median of the per-round ratios.
 pub fn report(title: &str, series: &[Series]) {
     println!("\n{title}");
     println!("| variant | ops/s | µs/op | ratio to baseline |");
     println!("| --- | ---: | ---: | ---: |");
-    let baseline = series.first().map(Series::median).unwrap_or(1.0);
+    let Some(baseline) = series.first() else {
+        return;
+    };
     for s in series {
         let ops = s.median();
         println!(
@@ -71,7 +90,7 @@ pub fn report(title: &str, series: &[Series]) {
             s.name,
             ops,
             Duration::from_secs_f64(1.0 / ops).as_secs_f64() * 1e6,
-            ops / baseline
+            s.ratio_to(baseline)
         );
     }
 }

@@ -19,7 +19,11 @@ use benches::{ROUNDS, Series, report, throughput};
 use cache_core::{Cache, cached};
 use redis::aio::MultiplexedConnection;
 
-const ITERATIONS: usize = 20_000;
+/// Calls per round of hits: about half a second or more each, so that a round
+/// outlasts the machine's short hiccups.
+fn iterations(tasks: usize) -> usize {
+    if tasks == 1 { 5_000 } else { 100_000 }
+}
 /// Fewer calls for misses: each one leaves a 4 kB entry behind.
 const MISS_ITERATIONS: usize = 4_000;
 const TASKS: [usize; 2] = [1, 64];
@@ -129,6 +133,9 @@ async fn main() {
     }
 
     for tasks in TASKS {
+        if !selected(&format!("hit-{tasks}")) {
+            continue;
+        }
         let mut json_raw = Series::new("raw GET + serde_json (baseline)");
         let mut json_get = Series::new("Cache::get::<Vec<f32>>");
         let mut json_macro = Series::new("#[cached] JSON");
@@ -139,7 +146,7 @@ async fn main() {
         for _ in 0..ROUNDS {
             let conn = raw.clone();
             json_raw.rounds.push(
-                throughput(ITERATIONS, tasks, move |task| {
+                throughput(iterations(tasks), tasks, move |task| {
                     let conn = conn.clone();
                     async move {
                         let bytes = raw_get(&conn, &format!("raw-json:{task}")).await;
@@ -151,7 +158,7 @@ async fn main() {
             );
             let c = cache.clone();
             json_get.rounds.push(
-                throughput(ITERATIONS, tasks, move |task| {
+                throughput(iterations(tasks), tasks, move |task| {
                     let c = c.clone();
                     async move {
                         let key =
@@ -164,7 +171,7 @@ async fn main() {
             );
             let c = cache.clone();
             json_macro.rounds.push(
-                throughput(ITERATIONS, tasks, move |task| {
+                throughput(iterations(tasks), tasks, move |task| {
                     let c = c.clone();
                     async move {
                         assert_eq!(embed_json(&c, &text_of(task)).await.len(), 384);
@@ -174,7 +181,7 @@ async fn main() {
             );
             let conn = raw.clone();
             pack_raw.rounds.push(
-                throughput(ITERATIONS, tasks, move |task| {
+                throughput(iterations(tasks), tasks, move |task| {
                     let conn = conn.clone();
                     async move {
                         let bytes = raw_get(&conn, &format!("raw-msgpack:{task}")).await;
@@ -186,7 +193,7 @@ async fn main() {
             );
             let c = cache.clone();
             pack_macro.rounds.push(
-                throughput(ITERATIONS, tasks, move |task| {
+                throughput(iterations(tasks), tasks, move |task| {
                     let c = c.clone();
                     async move {
                         assert_eq!(embed_msgpack(&c, &text_of(task)).await.len(), 384);
@@ -196,7 +203,7 @@ async fn main() {
             );
             #[cfg(feature = "compare")]
             other.rounds.push(
-                throughput(ITERATIONS, tasks, |task| async move {
+                throughput(iterations(tasks), tasks, |task| async move {
                     let value = cached_crate::embed(text_of(task))
                         .await
                         .expect("cached crate");
@@ -206,7 +213,8 @@ async fn main() {
             );
         }
         let title = format!(
-            "cache hit, 384 f32, {tasks} task(s), {ITERATIONS} calls per round, median of {ROUNDS} rounds"
+            "cache hit, 384 f32, {tasks} task(s), {} calls per round, median of {ROUNDS} rounds",
+            iterations(tasks)
         );
         report(&format!("{title}: JSON"), &[json_raw, json_get, json_macro]);
         #[cfg(not(feature = "compare"))]
@@ -218,8 +226,18 @@ async fn main() {
         );
     }
 
-    hot_key(&raw, &cache).await;
-    misses(&raw, &cache).await;
+    if selected("hot") {
+        hot_key(&raw, &cache).await;
+    }
+    if selected("miss") {
+        misses(&raw, &cache).await;
+    }
+}
+
+/// Whether to run a part: all of them, or those `BENCH_ONLY` names
+/// (`hit-1`, `hit-64`, `hot`, `miss`, separated by commas).
+fn selected(part: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
 
 /// 64 tasks reading one popular key (a trending query, a hot product): each
@@ -234,7 +252,7 @@ async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
     for _ in 0..ROUNDS {
         let conn = raw.clone();
         pack_raw.rounds.push(
-            throughput(ITERATIONS, tasks, move |_| {
+            throughput(iterations(tasks), tasks, move |_| {
                 let conn = conn.clone();
                 async move {
                     let bytes = raw_get(&conn, "raw-msgpack:0").await;
@@ -246,7 +264,7 @@ async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
         );
         let c = cache.clone();
         pack_macro.rounds.push(
-            throughput(ITERATIONS, tasks, move |_| {
+            throughput(iterations(tasks), tasks, move |_| {
                 let c = c.clone();
                 async move {
                     assert_eq!(embed_msgpack(&c, &text_of(0)).await.len(), 384);
@@ -256,7 +274,7 @@ async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
         );
         #[cfg(feature = "compare")]
         other.rounds.push(
-            throughput(ITERATIONS, tasks, |_| async move {
+            throughput(iterations(tasks), tasks, |_| async move {
                 let value = cached_crate::embed(text_of(0)).await.expect("cached crate");
                 assert_eq!(value.len(), 384);
             })
@@ -264,7 +282,8 @@ async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
         );
     }
     let title = format!(
-        "cache hit on one hot key, 384 f32, {tasks} tasks, {ITERATIONS} calls per round, median of {ROUNDS} rounds: MessagePack"
+        "cache hit on one hot key, 384 f32, {tasks} tasks, {} calls per round, median of {ROUNDS} rounds: MessagePack",
+        iterations(tasks)
     );
     #[cfg(not(feature = "compare"))]
     report(&title, &[pack_raw, pack_macro]);
@@ -275,6 +294,9 @@ async fn hot_key(raw: &MultiplexedConnection, cache: &Cache) {
 /// The miss path: GET finds nothing, compute, SET with the TTL.
 async fn misses(raw: &MultiplexedConnection, cache: &Cache) {
     for tasks in TASKS {
+        if !selected(&format!("hit-{tasks}")) {
+            continue;
+        }
         let mut json_raw = Series::new("raw GET + compute + serde_json + SET EX (baseline)");
         let mut json_macro = Series::new("#[cached] JSON");
         let mut pack_raw = Series::new("raw GET + compute + rmp_serde + SET EX (baseline)");
