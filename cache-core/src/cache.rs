@@ -192,6 +192,14 @@ impl Cache {
         }
     }
 
+    /// [`full_key`](Self::full_key) of an owned key: no copy without a namespace.
+    pub(crate) fn owned_full_key(&self, key: String) -> String {
+        match &self.inner.namespace {
+            Some(ns) => format!("{ns}:{key}"),
+            None => key,
+        }
+    }
+
     /// Counters since the handle was built, and the breaker's state.
     pub fn stats(&self) -> Stats {
         self.inner
@@ -240,39 +248,44 @@ impl Cache {
 
     /// Reads raw bytes. No codec, no hit/miss counting.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get_bytes_within(key, self.timeout()).await
+        self.get_full_within(&self.full_key(key), self.timeout())
+            .await
     }
 
-    /// [`get_bytes`](Self::get_bytes) within `timeout` (at most the handle's).
-    pub(crate) async fn get_bytes_within(
+    /// Reads a key that already has the namespace in front, within `timeout`
+    /// (at most the handle's).
+    pub(crate) async fn get_full_within(
         &self,
-        key: &str,
+        full_key: &str,
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>> {
-        let key = self.full_key(key);
-        self.run_within(Idempotence::Idempotent, timeout, |s| s.get(&key))
+        self.run_within(Idempotence::Idempotent, timeout, |s| s.get(full_key))
             .await
     }
 
     /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
     pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.set_bytes_within(key, value, ttl, self.timeout()).await
+        self.set_full_within(&self.full_key(key), value, ttl, self.timeout())
+            .await
     }
 
-    /// [`set_bytes`](Self::set_bytes) within `timeout` (at most the handle's).
-    pub(crate) async fn set_bytes_within(
+    /// Writes a key that already has the namespace in front, within `timeout`
+    /// (at most the handle's).
+    pub(crate) async fn set_full_within(
         &self,
-        key: &str,
+        full_key: &str,
         value: &[u8],
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
         if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
-            return self.delete(key).await.map(drop);
+            return self
+                .run_within(Idempotence::Idempotent, timeout, |s| s.delete(full_key))
+                .await
+                .map(drop);
         }
-        let key = self.full_key(key);
         self.run_within(Idempotence::Idempotent, timeout, |s| {
-            s.set(&key, value, ttl)
+            s.set(full_key, value, ttl)
         })
         .await
     }

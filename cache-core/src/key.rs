@@ -23,11 +23,13 @@ use crate::error::{Error, Result};
 /// # Ok(()) }
 /// ```
 pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
-    let json = serde_json::to_vec(args).map_err(|err| Error::Encode(err.to_string()))?;
+    // The JSON goes straight into the hash: no buffer to allocate.
+    let mut hashing = Hashing(Sha256::new());
+    serde_json::to_writer(&mut hashing, args).map_err(|err| Error::Encode(err.to_string()))?;
     let mut key = String::with_capacity(prefix.len() + 1 + 64);
     key.push_str(prefix);
     key.push(':');
-    push_hex(&mut key, &Sha256::digest(&json));
+    push_hex(&mut key, &hashing.0.finalize().into());
     Ok(key)
 }
 
@@ -35,16 +37,43 @@ pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> 
 /// to turn user-chosen text into a fixed-size key part nobody can steer.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(64);
-    push_hex(&mut out, &Sha256::digest(bytes));
+    push_hex(&mut out, &Sha256::digest(bytes).into());
     out
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0x0f)] as char);
+/// Feeds what serde_json writes into a SHA-256.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
     }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The two lowercase hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+        byte += 1;
+    }
+    pairs
+};
+
+fn push_hex(out: &mut String, digest: &[u8; 32]) {
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
+    }
+    // Only ASCII hex digits were written, so this never falls back.
+    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
 }
 
 /// Escapes the glob characters of Redis `MATCH` patterns (`* ? [ ] \`), so that

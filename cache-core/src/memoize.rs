@@ -21,11 +21,12 @@
 //! - No lock is held across an `.await`, so recursion over other keys (`fib`)
 //!   cannot deadlock.
 
+use std::borrow::{Borrow, Cow};
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -37,29 +38,74 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 
 tokio::task_local! {
-    /// How much longer the memoized calls of this task's call tree may wait on
-    /// cache operations that fail; set by the outermost one.
+    /// How much longer the memoized calls in the body of the outermost one
+    /// may wait on cache operations that fail; set while that body runs.
     static BUDGET: Cell<Duration>;
 }
 
-/// Runs one cache operation within what is left of the budget, and charges
-/// the budget with the time it took if it failed.
-async fn within_budget<T, F, Fut>(op: F) -> Result<T>
-where
-    F: FnOnce(Duration) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let Ok(left) = BUDGET.try_with(Cell::get) else {
-        return op(Duration::MAX).await;
-    };
-    // Tokio's clock, as the handle's timeouts use it.
-    let started = tokio::time::Instant::now();
-    let result = op(left).await;
-    if result.is_err() {
-        let spent = started.elapsed();
-        let _ = BUDGET.try_with(|budget| budget.set(budget.get().saturating_sub(spent)));
+/// The failure budget one memoized call spends from.
+enum Budget {
+    /// The outermost memoized call of the task keeps its own, and lends what
+    /// is left to its body (for the memoized calls the body makes) while the
+    /// body runs. A hit never runs a body, so it never enters a task-local scope.
+    Own(Duration),
+    /// A call inside such a body spends the task's.
+    Task,
+}
+
+impl Budget {
+    fn for_this_task(cache: &Cache) -> Budget {
+        if BUDGET.try_with(|_| ()).is_ok() {
+            Budget::Task
+        } else {
+            Budget::Own(cache.timeout())
+        }
     }
-    result
+
+    fn left(&self) -> Duration {
+        match self {
+            Budget::Own(left) => *left,
+            Budget::Task => BUDGET.try_with(Cell::get).unwrap_or(Duration::MAX),
+        }
+    }
+
+    fn charge(&mut self, spent: Duration) {
+        match self {
+            Budget::Own(left) => *left = left.saturating_sub(spent),
+            Budget::Task => {
+                let _ = BUDGET.try_with(|budget| budget.set(budget.get().saturating_sub(spent)));
+            }
+        }
+    }
+
+    /// Runs one cache operation within what is left, and charges the budget
+    /// with the time it took if it failed.
+    async fn spend<T, F, Fut>(&mut self, op: F) -> Result<T>
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        // Tokio's clock, as the handle's timeouts use it.
+        let started = tokio::time::Instant::now();
+        let result = op(self.left()).await;
+        if result.is_err() {
+            self.charge(started.elapsed());
+        }
+        result
+    }
+
+    /// Runs the function's body, lending it the budget if it is this call's own.
+    async fn run<F: Future>(&mut self, body: F) -> F::Output {
+        let Budget::Own(left) = self else {
+            return body.await;
+        };
+        let mut scoped = std::pin::pin!(BUDGET.scope(Cell::new(*left), body));
+        let output = scoped.as_mut().await;
+        if let Some(rest) = scoped.as_mut().take_value() {
+            *left = rest.get();
+        }
+        output
+    }
 }
 
 /// How a flight ended, as followers see it.
@@ -71,9 +117,10 @@ enum Outcome {
     Abandoned,
 }
 
-/// One flight: its outcome once there is one, and followers waiting for it.
-#[derive(Default)]
+/// One flight: the full key it reads, its outcome once there is one, and
+/// followers waiting for it.
 struct Flight {
+    key: String,
     outcome: OnceLock<Outcome>,
     settled: tokio::sync::Notify,
 }
@@ -96,7 +143,32 @@ impl Flight {
     }
 }
 
-type FlightMap = HashMap<Arc<str>, Arc<Flight>>;
+/// A flight in the map, found by its key.
+struct InFlight(Arc<Flight>);
+
+impl Borrow<str> for InFlight {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl Hash for InFlight {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for InFlight {}
+
+/// Flights in progress. foldhash, seeded per process: SipHash's cost showed
+/// in the hit path, and keys are digests or chosen by the service.
+type FlightMap = HashSet<InFlight, foldhash::fast::RandomState>;
 
 /// Flights in progress by full key, in shards so that unrelated keys seldom
 /// contend for a lock. Each shard has a cache line of its own, so that calls
@@ -129,13 +201,16 @@ fn lock(shard: &Mutex<FlightMap>) -> std::sync::MutexGuard<'_, FlightMap> {
 /// joinable until [`finish`](Self::finish), so a caller arriving while the
 /// leader writes the entry gets the published value instead of a miss.
 struct Leader {
-    key: Arc<str>,
     flight: Arc<Flight>,
     in_map: bool,
     published: bool,
 }
 
 impl Leader {
+    fn key(&self) -> &str {
+        &self.flight.key
+    }
+
     fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
         self.published = true;
         self.flight.settle(Outcome::Done(value));
@@ -162,12 +237,12 @@ impl Leader {
         if !std::mem::take(&mut self.in_map) {
             return;
         }
-        let mut map = lock(shard_of(&self.key));
+        let mut map = lock(shard_of(&self.flight.key));
         // One lookup: put back the rare later flight that is not this one.
-        if let Some((key, flight)) = map.remove_entry(&*self.key)
-            && !Arc::ptr_eq(&flight, &self.flight)
+        if let Some(found) = map.take(self.flight.key.as_str())
+            && !Arc::ptr_eq(&found.0, &self.flight)
         {
-            map.insert(key, flight);
+            map.insert(found);
         }
     }
 }
@@ -186,28 +261,32 @@ enum Role {
     Follower(Arc<Flight>),
 }
 
-fn join(key: &Arc<str>) -> Role {
-    let mut map = lock(shard_of(key));
-    match map.entry(key.clone()) {
-        Entry::Occupied(entry) => Role::Follower(entry.get().clone()),
-        Entry::Vacant(entry) => {
-            let flight = Arc::new(Flight::default());
-            entry.insert(flight.clone());
-            Role::Leader(Leader {
-                key: key.clone(),
-                flight,
-                in_map: true,
-                published: false,
-            })
-        }
+/// Joins the flight of `key` (a full key), or starts one; the key moves into
+/// a new flight, so it is not copied.
+fn join(key: String) -> Role {
+    let mut map = lock(shard_of(&key));
+    if let Some(found) = map.get(key.as_str()) {
+        return Role::Follower(found.0.clone());
     }
+    let flight = Arc::new(Flight {
+        key,
+        outcome: OnceLock::new(),
+        settled: tokio::sync::Notify::new(),
+    });
+    map.insert(InFlight(flight.clone()));
+    Role::Leader(Leader {
+        flight,
+        in_map: true,
+        published: false,
+    })
 }
 
 /// Everything about one memoized call except its body.
 #[derive(Debug)]
-pub struct Call {
-    /// The handle, or `None` when there is none (then the body just runs).
-    pub cache: Option<Cache>,
+pub struct Call<'a> {
+    /// The handle, borrowed when the function names one it can lend, or
+    /// `None` when there is none (then the body just runs).
+    pub cache: Option<Cow<'a, Cache>>,
     /// The key without namespace, or why it could not be built.
     pub key: Result<String>,
     /// Lifetime of the entry.
@@ -221,7 +300,7 @@ pub struct Call {
 /// Runs `body` memoized as `call` says. `stored` picks the part of the result
 /// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it.
 pub async fn memoize<R, V, F>(
-    call: Call,
+    call: Call<'_>,
     body: F,
     stored: fn(&R) -> Option<&V>,
     restore: fn(V) -> R,
@@ -230,99 +309,90 @@ where
     F: Future<Output = R>,
     V: Serialize + DeserializeOwned,
 {
-    let mut call = call;
-    let Some(cache) = call.cache.take().filter(|cache| !cache.is_bypassed()) else {
+    let Call {
+        cache,
+        key,
+        ttl,
+        codec,
+        function,
+    } = call;
+    let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
         return body.await;
     };
-    if BUDGET.try_with(|_| ()).is_err() {
-        let budget = Cell::new(cache.timeout());
-        return BUDGET
-            .scope(budget, memoize_with(cache, call, body, stored, restore))
-            .await;
-    }
-    memoize_with(cache, call, body, stored, restore).await
-}
-
-async fn memoize_with<R, V, F>(
-    cache: Cache,
-    call: Call,
-    body: F,
-    stored: fn(&R) -> Option<&V>,
-    restore: fn(V) -> R,
-) -> R
-where
-    F: Future<Output = R>,
-    V: Serialize + DeserializeOwned,
-{
-    let key = match call.key {
-        Ok(key) => key,
+    let cache: &Cache = &cache;
+    let mut budget = Budget::for_this_task(cache);
+    let key = match key {
+        Ok(key) => cache.owned_full_key(key),
         Err(err) => {
-            tracing::warn!(function = call.function, error = %err, "memoization key could not be built; running uncached");
-            return body.await;
+            tracing::warn!(function, error = %err, "memoization key could not be built; running uncached");
+            return budget.run(body).await;
         }
     };
-    let codec = call.codec.unwrap_or(cache.codec());
-    let flight_key: Arc<str> = Arc::from(cache.full_key(&key).as_ref());
+    let codec = codec.unwrap_or(cache.codec());
+    let mut role = join(key);
     loop {
-        match join(&flight_key) {
+        let mut leader = match role {
+            Role::Leader(leader) => leader,
             Role::Follower(flight) => match flight.outcome().await {
                 Outcome::Done(Some(bytes)) => {
                     if let Ok(value) = codec.decode::<V>(&bytes) {
                         return restore(value);
                     }
-                    return body.await;
+                    return budget.run(body).await;
                 }
                 // Outcomes that are not shared: followers run the body themselves.
-                Outcome::Done(None) => return body.await,
-                Outcome::Abandoned => continue,
+                Outcome::Done(None) => return budget.run(body).await,
+                Outcome::Abandoned => {
+                    role = join(flight.key.clone());
+                    continue;
+                }
             },
-            Role::Leader(mut leader) => {
-                let read = within_budget(|left| cache.get_bytes_within(&key, left)).await;
-                let cache_is_up = match &read {
-                    Ok(_) => {
-                        cache.note_memo_failure(None);
-                        true
-                    }
-                    Err(err) => {
-                        cache.note_memo_failure(Some(err));
-                        false
-                    }
-                };
-                if let Ok(Some(bytes)) = &read
-                    && let Some(value) = cache.decode_with::<V>(codec, &key, Some(bytes))
-                {
-                    leader.finish_with_hit(bytes);
-                    return restore(value);
-                }
-                if let Ok(None) = &read {
-                    // Counted here; an undecodable entry was counted by decode_with.
-                    let _ = cache.decode_with::<V>(codec, &key, None);
-                }
-                let result = body.await;
-                let encoded = stored(&result).and_then(|value| match codec.encode(value) {
-                    Ok(bytes) => Some(bytes),
-                    Err(err) => {
-                        tracing::warn!(function = call.function, error = %err, "result could not be encoded; not cached");
-                        None
-                    }
-                });
-                // Moved, not copied: the encoded bytes serve followers and the write.
-                let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
-                leader.publish(shared.clone());
-                // A store that just failed the read is not waited on a second time.
-                if let (Some(bytes), true) = (shared, cache_is_up) {
-                    let write = within_budget(|left| {
-                        cache.set_bytes_within(&key, &bytes, Some(call.ttl), left)
-                    })
-                    .await;
-                    if let Err(err) = write {
-                        cache.note_memo_failure(Some(&err));
-                    }
-                }
-                leader.finish();
-                return result;
+        };
+        let read = budget
+            .spend(|left| cache.get_full_within(leader.key(), left))
+            .await;
+        let cache_is_up = match &read {
+            Ok(_) => {
+                cache.note_memo_failure(None);
+                true
+            }
+            Err(err) => {
+                cache.note_memo_failure(Some(err));
+                false
+            }
+        };
+        if let Ok(Some(bytes)) = &read
+            && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
+        {
+            leader.finish_with_hit(bytes);
+            return restore(value);
+        }
+        if let Ok(None) = &read {
+            // Counted here; an undecodable entry was counted by decode_with.
+            let _ = cache.decode_with::<V>(codec, leader.key(), None);
+        }
+        let result = budget.run(body).await;
+        let encoded = stored(&result).and_then(|value| match codec.encode(value) {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                tracing::warn!(function, error = %err, "result could not be encoded; not cached");
+                None
+            }
+        });
+        // Moved, not copied: the encoded bytes serve followers and the write.
+        let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
+        leader.publish(shared.clone());
+        // A store that just failed the read is not waited on a second time.
+        if let (Some(bytes), true) = (shared, cache_is_up) {
+            let write = budget
+                .spend(|left| cache.set_full_within(leader.key(), &bytes, Some(ttl), left))
+                .await;
+            if let Err(err) = write {
+                cache.note_memo_failure(Some(&err));
             }
         }
+        leader.finish();
+        return result;
     }
 }
 
@@ -332,37 +402,45 @@ where
 pub fn assert_serialize<T: Serialize + ?Sized>(_: &T) {}
 
 /// Which handle a memoized function uses: `cache = ...` or the default one.
-pub trait IntoCache {
+/// A borrowed handle (`cache = &self.cache`, or a `&Cache` argument) is
+/// lent to the call, not cloned.
+pub trait IntoCache<'a> {
     /// The handle, if any.
-    fn into_cache(self) -> Option<Cache>;
+    fn into_cache(self) -> Option<Cow<'a, Cache>>;
 }
 
-impl IntoCache for Cache {
-    fn into_cache(self) -> Option<Cache> {
-        Some(self)
+impl<'a> IntoCache<'a> for Cache {
+    fn into_cache(self) -> Option<Cow<'a, Cache>> {
+        Some(Cow::Owned(self))
     }
 }
 
-impl IntoCache for &Cache {
-    fn into_cache(self) -> Option<Cache> {
-        Some(self.clone())
+impl<'a> IntoCache<'a> for &'a Cache {
+    fn into_cache(self) -> Option<Cow<'a, Cache>> {
+        Some(Cow::Borrowed(self))
     }
 }
 
-impl IntoCache for Option<Cache> {
-    fn into_cache(self) -> Option<Cache> {
-        self
+impl<'a> IntoCache<'a> for Option<Cache> {
+    fn into_cache(self) -> Option<Cow<'a, Cache>> {
+        self.map(Cow::Owned)
+    }
+}
+
+impl<'a> IntoCache<'a> for Option<&'a Cache> {
+    fn into_cache(self) -> Option<Cow<'a, Cache>> {
+        self.map(Cow::Borrowed)
     }
 }
 
 /// The handle for a call: `explicit` if given, else the default one.
-pub fn handle<C: IntoCache>(explicit: C) -> Option<Cache> {
+pub fn handle<'a, C: IntoCache<'a>>(explicit: C) -> Option<Cow<'a, Cache>> {
     explicit.into_cache()
 }
 
 /// The default handle (see [`set_default`](crate::set_default)).
-pub fn default_handle() -> Option<Cache> {
-    crate::default_cache()
+pub fn default_handle() -> Option<Cow<'static, Cache>> {
+    crate::default_cache().map(Cow::Owned)
 }
 
 /// The documented key: `{prefix}:{sha256 of the JSON of the argument tuple}`.

@@ -532,6 +532,42 @@ mod shapes {
         }
     }
 
+    /// A service that holds its handle: lent to each call, or cloned.
+    pub struct Catalog {
+        cache: Cache,
+        lookups: AtomicUsize,
+    }
+
+    impl Catalog {
+        #[cached(prefix = "price", ttl = 60, cache = &self.cache)]
+        async fn price(&self, sku: &str) -> u32 {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            sku.len() as u32 * 100
+        }
+
+        #[cached(prefix = "stock", ttl = 60, cache = self.cache.clone())]
+        async fn stock(self: Arc<Self>, sku: String) -> u32 {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            sku.len() as u32
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handle_held_by_self_is_used() {
+        let catalog = Arc::new(Catalog {
+            cache: memory().await,
+            lookups: AtomicUsize::new(0),
+        });
+        assert_eq!(catalog.price("ab-1").await, 400);
+        assert_eq!(catalog.price("ab-1").await, 400);
+        assert_eq!(catalog.clone().stock("ab-1".into()).await, 4);
+        assert_eq!(catalog.clone().stock("ab-1".into()).await, 4);
+        assert_eq!(catalog.lookups.load(Ordering::SeqCst), 2);
+        for key in [key_for("price", &("ab-1",)), key_for("stock", &("ab-1",))] {
+            assert!(catalog.cache.exists(&key.unwrap()).await.unwrap());
+        }
+    }
+
     #[tokio::test]
     async fn generic_and_trait_methods_are_memoized() {
         let cache = memory().await;
