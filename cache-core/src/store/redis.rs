@@ -40,9 +40,24 @@ pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
     fn delete_matching(&self, pattern: String) -> impl Future<Output = Result<u64>> + Send;
     /// Writes several keys; cluster keys may live on different nodes.
     fn set_each(&self, commands: Vec<Cmd>) -> impl Future<Output = Result<()>> + Send;
+    /// Sends one command: by default through `ConnectionLike`, which boxes it.
+    fn send<'a>(
+        &'a mut self,
+        cmd: &'a Cmd,
+    ) -> impl Future<Output = redis::RedisResult<Value>> + Send + 'a {
+        self.req_packed_command(cmd)
+    }
 }
 
 impl Connection for ConnectionManager {
+    fn send<'a>(
+        &'a mut self,
+        cmd: &'a Cmd,
+    ) -> impl Future<Output = redis::RedisResult<Value>> + Send + 'a {
+        // The manager's own method: no boxed future per command.
+        self.send_packed_command(cmd)
+    }
+
     async fn delete_matching(&self, pattern: String) -> Result<u64> {
         let mut conn = self.clone();
         let mut cursor = 0u64;
@@ -257,7 +272,10 @@ impl<C: Connection> RedisStore<C> {
         T: redis::FromRedisValue + Send + 'a,
     {
         let mut conn = self.conn.clone();
-        Box::pin(async move { Ok(cmd.query_async(&mut conn).await?) })
+        Box::pin(async move {
+            let value = conn.send(&cmd).await?.extract_error()?;
+            Ok(redis::from_redis_value(value)?)
+        })
     }
 }
 
