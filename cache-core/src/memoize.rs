@@ -26,7 +26,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -120,7 +120,7 @@ enum Outcome {
 /// One flight: the full key it reads, its outcome once there is one, and
 /// followers waiting for it.
 struct Flight {
-    key: String,
+    key: FlightKey,
     outcome: OnceLock<Outcome>,
     settled: tokio::sync::Notify,
 }
@@ -143,11 +143,33 @@ impl Flight {
     }
 }
 
+/// A full key and its hash, taken once per call: the hash picks the shard
+/// and is all the shard's map hashes. foldhash, seeded once per process.
+#[derive(Clone, PartialEq, Eq)]
+struct FlightKey {
+    hash: u64,
+    key: String,
+}
+
+impl FlightKey {
+    fn new(key: String) -> FlightKey {
+        static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+        let hash = SEED.get_or_init(Default::default).hash_one(key.as_str());
+        FlightKey { hash, key }
+    }
+}
+
+impl Hash for FlightKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
 /// A flight in the map, found by its key.
 struct InFlight(Arc<Flight>);
 
-impl Borrow<str> for InFlight {
-    fn borrow(&self) -> &str {
+impl Borrow<FlightKey> for InFlight {
+    fn borrow(&self) -> &FlightKey {
         &self.0.key
     }
 }
@@ -166,27 +188,24 @@ impl PartialEq for InFlight {
 
 impl Eq for InFlight {}
 
-/// Flights in progress. foldhash, seeded per process: SipHash's cost showed
-/// in the hit path, and keys are digests or chosen by the service.
 type FlightMap = HashSet<InFlight, foldhash::fast::RandomState>;
 
 /// Flights in progress by full key, in shards so that unrelated keys seldom
 /// contend for a lock. Each shard has a cache line of its own, so that calls
 /// on different cores do not pass lines back and forth for neighbouring shards.
-const FLIGHT_SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
+const FLIGHT_SHARDS: usize = 1 << SHARD_BITS;
 
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard(Mutex<FlightMap>);
 
-fn shard_of(key: &str) -> &'static Mutex<FlightMap> {
+fn shard_of(key: &FlightKey) -> &'static Mutex<FlightMap> {
     static SHARDS: OnceLock<Vec<Shard>> = OnceLock::new();
     let shards = SHARDS.get_or_init(|| (0..FLIGHT_SHARDS).map(|_| Shard::default()).collect());
-    // Keys end in a hex SHA-256 (or a caller's suffix): their last bytes spread well.
-    let index = key.bytes().rev().take(8).fold(0usize, |h, b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    });
-    &shards[index % FLIGHT_SHARDS].0
+    // The top bits pick the shard; the map inside uses the low ones.
+    let index = usize::try_from(key.hash >> (u64::BITS - SHARD_BITS)).unwrap_or_default();
+    &shards[index].0
 }
 
 fn lock(shard: &Mutex<FlightMap>) -> std::sync::MutexGuard<'_, FlightMap> {
@@ -208,7 +227,7 @@ struct Leader {
 
 impl Leader {
     fn key(&self) -> &str {
-        &self.flight.key
+        &self.flight.key.key
     }
 
     fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
@@ -239,7 +258,7 @@ impl Leader {
         }
         let mut map = lock(shard_of(&self.flight.key));
         // One lookup: put back the rare later flight that is not this one.
-        if let Some(found) = map.take(self.flight.key.as_str())
+        if let Some(found) = map.take(&self.flight.key)
             && !Arc::ptr_eq(&found.0, &self.flight)
         {
             map.insert(found);
@@ -263,9 +282,9 @@ enum Role {
 
 /// Joins the flight of `key` (a full key), or starts one; the key moves into
 /// a new flight, so it is not copied.
-fn join(key: String) -> Role {
+fn join(key: FlightKey) -> Role {
     let mut map = lock(shard_of(&key));
-    if let Some(found) = map.get(key.as_str()) {
+    if let Some(found) = map.get(&key) {
         return Role::Follower(found.0.clone());
     }
     let flight = Arc::new(Flight {
@@ -329,7 +348,7 @@ where
         }
     };
     let codec = codec.unwrap_or(cache.codec());
-    let mut role = join(key);
+    let mut role = join(FlightKey::new(key));
     loop {
         let mut leader = match role {
             Role::Leader(leader) => leader,
