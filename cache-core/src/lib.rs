@@ -33,8 +33,9 @@ mod resilience;
 mod stats;
 mod store;
 
-use std::sync::OnceLock;
-use std::sync::RwLock;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 pub use cache::{Cache, Health};
 pub use codec::Codec;
@@ -65,25 +66,17 @@ pub mod __private {
 // Lets this crate's own tests and doc tests use the macro's `::cache_core` paths.
 extern crate self as cache_core;
 
-static DEFAULT: OnceLock<RwLock<Option<Cache>>> = OnceLock::new();
-
-fn default_slot() -> &'static RwLock<Option<Cache>> {
-    DEFAULT.get_or_init(|| RwLock::new(None))
-}
+/// Read on every call of a memoized function without a `cache = ...`: a
+/// lock-free load, where a lock would make every core write one shared line.
+static DEFAULT: ArcSwapOption<Cache> = ArcSwapOption::const_empty();
 
 /// Makes `cache` the handle that `#[cached]` functions use unless told otherwise.
 /// May be called again (in tests, say) to replace it.
 pub fn set_default(cache: Cache) {
-    let mut slot = default_slot()
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    *slot = Some(cache);
+    DEFAULT.store(Some(Arc::new(cache)));
 }
 
 /// The handle set with [`set_default`], if any.
 pub fn default_cache() -> Option<Cache> {
-    default_slot()
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+    DEFAULT.load().as_deref().cloned()
 }

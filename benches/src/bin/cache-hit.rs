@@ -203,7 +203,7 @@ async fn main() {
             );
             #[cfg(feature = "compare")]
             other.rounds.push(
-                throughput(iterations(tasks), tasks, |task| async move {
+                throughput(iterations(tasks), tasks, move |task| async move {
                     let value = cached_crate::embed(texts[task].clone())
                         .await
                         .expect("cached crate");
@@ -285,7 +285,7 @@ async fn hot_key(
         );
         #[cfg(feature = "compare")]
         other.rounds.push(
-            throughput(iterations(tasks), tasks, |_| async move {
+            throughput(iterations(tasks), tasks, move |_| async move {
                 let value = cached_crate::embed(text.to_string())
                     .await
                     .expect("cached crate");
