@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, each beside its baseline in the same run, on loopback only
-# (about six minutes on 2 cores): cache hit and miss paths, HTTP throughput with and
+# (about ten minutes on 2 cores): cache hit and miss paths, HTTP throughput with and
 # without the rate limiter, invalidate_prefix over 1 M keys, and the fault run
 # of search-service. Installs redis-server like the test script when missing.
 set -euo pipefail

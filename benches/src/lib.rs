@@ -94,3 +94,32 @@ pub fn report(title: &str, series: &[Series]) {
         );
     }
 }
+
+/// The memoized functions of the cache benchmarks, and what they compute.
+pub mod embeddings {
+    use cache_core::{Cache, cached};
+
+    /// A 384-float embedding (the size of all-MiniLM-L6-v2 output) of `text`.
+    pub fn embedding(text: &str) -> Vec<f32> {
+        (0..384)
+            .map(|i| (i as f32 * 0.37 + text.len() as f32).sin())
+            .collect()
+    }
+
+    /// The argument of task `task`'s calls.
+    pub fn text_of(task: usize) -> String {
+        format!("document number {task}")
+    }
+
+    /// Memoized with JSON values.
+    #[cached(prefix = "bench-json", ttl = 600, cache = cache, skip(cache))]
+    pub async fn embed_json(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+
+    /// Memoized with MessagePack values.
+    #[cached(prefix = "bench-msgpack", ttl = 600, codec = "msgpack", cache = cache, skip(cache))]
+    pub async fn embed_msgpack(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+}

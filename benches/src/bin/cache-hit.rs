@@ -19,8 +19,9 @@
 //!
 //! `cargo run --release -p benches --features compare --bin cache-hit`
 
+use benches::embeddings::{embed_json, embed_msgpack, embedding, text_of};
 use benches::{ROUNDS, Series, report, throughput};
-use cache_core::{Cache, cached};
+use cache_core::Cache;
 use redis::aio::MultiplexedConnection;
 
 /// Calls per round of hits: about half a second or more each, so that a round
@@ -32,31 +33,11 @@ fn iterations(tasks: usize) -> usize {
 const MISS_ITERATIONS: usize = 4_000;
 const TASKS: [usize; 2] = [1, 64];
 
-fn embedding(text: &str) -> Vec<f32> {
-    (0..384)
-        .map(|i| (i as f32 * 0.37 + text.len() as f32).sin())
-        .collect()
-}
-
-fn text_of(task: usize) -> String {
-    format!("document number {task}")
-}
-
 /// Arguments no call has used before: a miss.
 fn fresh_text() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("unseen document {n}")
-}
-
-#[cached(prefix = "bench-json", ttl = 600, cache = cache, skip(cache))]
-async fn embed_json(cache: &Cache, text: &str) -> Vec<f32> {
-    embedding(text)
-}
-
-#[cached(prefix = "bench-msgpack", ttl = 600, codec = "msgpack", cache = cache, skip(cache))]
-async fn embed_msgpack(cache: &Cache, text: &str) -> Vec<f32> {
-    embedding(text)
 }
 
 /// The `cached` crate's Redis-backed async memoization (MessagePack values).
@@ -79,7 +60,7 @@ mod cached_crate {
         } "##
     )]
     pub async fn embed(text: String) -> Result<Vec<f32>, String> {
-        Ok(super::embedding(&text))
+        Ok(benches::embeddings::embedding(&text))
     }
 }
 

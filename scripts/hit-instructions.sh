@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Instructions per call of the 64-task MessagePack hit, #[cached] against raw
+# GET + rmp_serde, counted by callgrind in the client process (redis-server is
+# not counted). Deterministic where throughput on a shared VM is not; about a
+# minute after the build. Installs valgrind and redis-server when missing.
+#
+# Callgrind's CPU has no SHA extensions, so SHA-256 runs in software here
+# (about 3 500 instructions per key); natively sha2 uses SHA-NI when the CPU
+# has it. The script prints the figures with and without that part.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release -p benches --bin hit-instructions
+bin="${CARGO_TARGET_DIR:-target}/release/hit-instructions"
+calls=6400
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+count() { # variant calls -> instructions (and a profile in $out/variant-calls)
+  local n
+  n=$(valgrind --tool=callgrind --callgrind-out-file="$out/$1-$2" "$bin" "$1" "$2" 2>&1 \
+    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+  [ -n "$n" ] || { echo "callgrind run of $bin $1 $2 failed" >&2; exit 1; }
+  echo "$n"
+}
+sha() { # profile -> instructions in software SHA-256
+  callgrind_annotate --auto=no --threshold=100 "$1" 2>/dev/null \
+    | awk '/sha2::sha256::soft|sha2::sha256::compress256/ { gsub(",", "", $1); s += $1 } END { print s + 0 }'
+}
+raw_all=$(count raw "$calls")
+raw_setup=$(count raw 0)
+macro_all=$(count macro "$calls")
+macro_setup=$(count macro 0)
+raw=$((raw_all - raw_setup))
+macro=$((macro_all - macro_setup))
+macro_sha=$(( $(sha "$out/macro-$calls") - $(sha "$out/macro-0") ))
+awk -v raw="$raw" -v mac="$macro" -v sha="$macro_sha" -v calls="$calls" 'BEGIN {
+  printf "instructions per call, 64 tasks, MessagePack hit (%d calls, set-up subtracted)\n", calls
+  printf "| variant | instructions per call | ratio to raw |\n| --- | ---: | ---: |\n"
+  printf "| raw GET + rmp_serde (baseline) | %.0f | 1.00 |\n", raw / calls
+  printf "| #[cached(codec = \"msgpack\")] | %.0f | %.3f |\n", mac / calls, mac / raw
+  printf "| the same without software SHA-256 | %.0f | %.3f |\n", (mac - sha) / calls, (mac - sha) / raw
+}'
