@@ -95,6 +95,25 @@ pub fn report(title: &str, series: &[Series]) {
     }
 }
 
+/// A raw `redis` connection (the baselines) and a [`Cache`](cache_core::Cache)
+/// handle (the library) to the same server.
+pub async fn raw_and_cache(
+    server: &tests::RedisServer,
+) -> (redis::aio::MultiplexedConnection, cache_core::Cache) {
+    let raw = redis::Client::open(server.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let cache = cache_core::Cache::builder()
+        .redis_url(&server.url())
+        .expect("redis url")
+        .build()
+        .await
+        .expect("cache");
+    (raw, cache)
+}
+
 /// The memoized functions of the cache benchmarks, and what they compute.
 pub mod embeddings {
     use cache_core::{Cache, cached};

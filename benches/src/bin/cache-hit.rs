@@ -76,17 +76,7 @@ async fn raw_get(conn: &MultiplexedConnection, key: &str) -> Vec<u8> {
 #[tokio::main]
 async fn main() {
     let server = tests::RedisServer::start();
-    let client = redis::Client::open(server.url()).expect("redis url");
-    let raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .expect("redis url")
-        .build()
-        .await
-        .expect("cache");
+    let (raw, cache) = benches::raw_and_cache(&server).await;
     #[cfg(feature = "compare")]
     let _ = cached_crate::URL.set(server.url());
 

@@ -7,7 +7,6 @@
 //! A run with 0 calls measures the set-up, which the script subtracts.
 
 use benches::embeddings::{embed_msgpack, text_of};
-use cache_core::Cache;
 
 const TASKS: usize = 64;
 
@@ -22,17 +21,7 @@ async fn main() {
     );
 
     let server = tests::RedisServer::start();
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .expect("redis url")
-        .build()
-        .await
-        .expect("cache");
+    let (raw, cache) = benches::raw_and_cache(&server).await;
     let texts: &'static [String] = (0..TASKS).map(text_of).collect::<Vec<_>>().leak();
     let keys: &'static [String] = texts
         .iter()
