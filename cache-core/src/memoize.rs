@@ -21,7 +21,7 @@
 //! - No lock is held across an `.await`, so recursion over other keys (`fib`)
 //!   cannot deadlock.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Borrow;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -302,10 +302,11 @@ fn join(key: FlightKey) -> Role {
 
 /// Everything about one memoized call except its body.
 #[derive(Debug)]
-pub struct Call<'a> {
-    /// The handle, borrowed when the function names one it can lend, or
-    /// `None` when there is none (then the body just runs).
-    pub cache: Option<Cow<'a, Cache>>,
+pub struct Call {
+    /// The handle, or `None` when there is none (then the body just runs).
+    /// A clone: a borrow would outlive the body's move of the arguments
+    /// (`&mut self`, `self: Arc<Self>`, a `Cache` argument).
+    pub cache: Option<Cache>,
     /// The key without namespace, or why it could not be built.
     pub key: Result<String>,
     /// Lifetime of the entry.
@@ -319,7 +320,7 @@ pub struct Call<'a> {
 /// Runs `body` memoized as `call` says. `stored` picks the part of the result
 /// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it.
 pub async fn memoize<R, V, F>(
-    call: Call<'_>,
+    call: Call,
     body: F,
     stored: fn(&R) -> Option<&V>,
     restore: fn(V) -> R,
@@ -338,7 +339,7 @@ where
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
         return body.await;
     };
-    let cache: &Cache = &cache;
+    let cache = &cache;
     let mut budget = Budget::for_this_task(cache);
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
@@ -421,45 +422,43 @@ where
 pub fn assert_serialize<T: Serialize + ?Sized>(_: &T) {}
 
 /// Which handle a memoized function uses: `cache = ...` or the default one.
-/// A borrowed handle (`cache = &self.cache`, or a `&Cache` argument) is
-/// lent to the call, not cloned.
-pub trait IntoCache<'a> {
+pub trait IntoCache {
     /// The handle, if any.
-    fn into_cache(self) -> Option<Cow<'a, Cache>>;
+    fn into_cache(self) -> Option<Cache>;
 }
 
-impl<'a> IntoCache<'a> for Cache {
-    fn into_cache(self) -> Option<Cow<'a, Cache>> {
-        Some(Cow::Owned(self))
+impl IntoCache for Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self)
     }
 }
 
-impl<'a> IntoCache<'a> for &'a Cache {
-    fn into_cache(self) -> Option<Cow<'a, Cache>> {
-        Some(Cow::Borrowed(self))
+impl IntoCache for &Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self.clone())
     }
 }
 
-impl<'a> IntoCache<'a> for Option<Cache> {
-    fn into_cache(self) -> Option<Cow<'a, Cache>> {
-        self.map(Cow::Owned)
+impl IntoCache for Option<Cache> {
+    fn into_cache(self) -> Option<Cache> {
+        self
     }
 }
 
-impl<'a> IntoCache<'a> for Option<&'a Cache> {
-    fn into_cache(self) -> Option<Cow<'a, Cache>> {
-        self.map(Cow::Borrowed)
+impl IntoCache for Option<&Cache> {
+    fn into_cache(self) -> Option<Cache> {
+        self.cloned()
     }
 }
 
 /// The handle for a call: `explicit` if given, else the default one.
-pub fn handle<'a, C: IntoCache<'a>>(explicit: C) -> Option<Cow<'a, Cache>> {
+pub fn handle<C: IntoCache>(explicit: C) -> Option<Cache> {
     explicit.into_cache()
 }
 
 /// The default handle (see [`set_default`](crate::set_default)).
-pub fn default_handle() -> Option<Cow<'static, Cache>> {
-    crate::default_cache().map(Cow::Owned)
+pub fn default_handle() -> Option<Cache> {
+    crate::default_cache()
 }
 
 /// The documented key: `{prefix}:{sha256 of the JSON of the argument tuple}`.

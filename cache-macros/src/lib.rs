@@ -21,7 +21,7 @@
 //! | `prefix = "name"` | required: the key prefix |
 //! | `ttl = 3600` or `ttl = <Duration expr>` | required: lifetime of an entry (seconds, or a `Duration`) |
 //! | `skip(a, b)` | leave these arguments out of the key |
-//! | `cache = <expr>` | use this handle instead of the default one: a `&Cache` (such as `&self.cache`) is lent to the call, a `Cache` or `Option<Cache>` is taken (a method taking `self` by value writes `self.cache.clone()`) |
+//! | `cache = <expr>` | use this handle (`Cache`, `&Cache`, `Option<Cache>` or `Option<&Cache>`, such as `&self.cache`) instead of the default one |
 //! | `key = <expr>` | key `{prefix}:{expr}` (anything `Display`) instead of the hash of the arguments |
 //! | `codec = "msgpack"` | MessagePack values (feature `msgpack` of `cache-core`); JSON by default |
 //!

@@ -74,6 +74,7 @@ suite!(
     invalidate_memoized_drops_one_entry,
     custom_key_and_duration_ttl,
     msgpack_codec_round_trips,
+    a_zero_ttl_stores_nothing,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,8 +156,24 @@ async fn packed(cache: &Cache, calls: &AtomicUsize, n: u32) -> Vec<f32> {
     (0..n).map(|i| i as f32 * 0.5).collect()
 }
 
+#[cached(prefix = "zero-ttl", ttl = Duration::ZERO, cache = cache, skip(cache, calls))]
+async fn fleeting(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    n + 1
+}
+
 mod behaviour {
     use super::*;
+
+    pub async fn a_zero_ttl_stores_nothing(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(fleeting(&cache, &calls, 1).await, 2);
+        assert_eq!(fleeting(&cache, &calls, 1).await, 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing was cached");
+        let key = key_for("zero-ttl", &(1,)).unwrap();
+        assert!(!cache.exists(&key).await.unwrap());
+        assert_eq!(cache.stats().errors, 0, "a zero TTL is not an error");
+    }
 
     pub async fn key_is_prefix_and_sha256_of_the_json_arguments(cache: Cache) {
         let calls = AtomicUsize::new(0);
@@ -474,6 +491,82 @@ async fn nested_calls_share_one_timeout_while_redis_hangs() {
     assert!(started.elapsed() >= timeout);
 }
 
+/// What the body's memoized calls spend of the budget is gone for the outer
+/// call's own write too: Redis starts hanging inside the body, after the
+/// outer read, so the inner read spends the whole budget and the outer write
+/// gives up at once instead of waiting a second timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outer_write_gets_what_the_body_left_of_the_budget() {
+    #[cached(prefix = "left-inner", ttl = 60, cache = cache, skip(cache))]
+    async fn inner(cache: &Cache, n: u32) -> u32 {
+        n * 2
+    }
+    #[cached(prefix = "left-outer", ttl = 60, cache = cache, skip(cache, server))]
+    async fn outer(cache: &Cache, server: &RedisServer, n: u32) -> u32 {
+        server.cli(&["CLIENT", "PAUSE", "10000", "ALL"]);
+        inner(cache, n).await + 1
+    }
+
+    let timeout = Duration::from_millis(300);
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(timeout)
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    assert!(cache.health().await.healthy);
+    let started = Instant::now();
+    assert_eq!(outer(&cache, &server, 1).await, 3);
+    let took = started.elapsed();
+    assert!(took >= timeout, "the inner read did wait: {took:?}");
+    assert!(
+        took < timeout * 2 - Duration::from_millis(100),
+        "the outer write waited a second timeout: {took:?}"
+    );
+}
+
+/// Calls that join a flight whose leader finds the entry get the leader's
+/// bytes: one read for all of them. Redis is paused so that they all join
+/// while the leader's read is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_hit_share_the_leaders_read() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let expected = packed(&cache, &calls, 16).await;
+    let hits = cache.stats().hits;
+
+    server.cli(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tokio::spawn(async move { packed(&cache, &calls, 16).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), expected);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the first call ran the body"
+    );
+    assert_eq!(
+        cache.stats().hits - hits,
+        1,
+        "one read served all ten calls"
+    );
+}
+
 /// A bypassed handle, or no handle at all, just runs the function.
 #[tokio::test]
 async fn bypass_and_missing_default_run_the_body_every_time() {
@@ -532,7 +625,9 @@ mod shapes {
         }
     }
 
-    /// A service that holds its handle: lent to each call, or cloned.
+    /// A service that holds its handle, named by `&self.cache` whatever the
+    /// receiver (`&self`, `self: Arc<Self>`, `&mut self`); and a handle
+    /// passed by value and named by reference.
     pub struct Catalog {
         cache: Cache,
         lookups: AtomicUsize,
@@ -545,11 +640,23 @@ mod shapes {
             sku.len() as u32 * 100
         }
 
-        #[cached(prefix = "stock", ttl = 60, cache = self.cache.clone())]
+        #[cached(prefix = "stock", ttl = 60, cache = &self.cache)]
         async fn stock(self: Arc<Self>, sku: String) -> u32 {
             self.lookups.fetch_add(1, Ordering::SeqCst);
             sku.len() as u32
         }
+
+        #[cached(prefix = "restock", ttl = 60, cache = &self.cache)]
+        async fn restock(&mut self, sku: &str) -> u32 {
+            *self.lookups.get_mut() += 1;
+            sku.len() as u32 * 10
+        }
+    }
+
+    #[cached(prefix = "owned-handle", ttl = 60, cache = &cache, skip(cache))]
+    async fn with_owned_handle(cache: Cache, n: u32) -> u32 {
+        drop(cache);
+        n + 1
     }
 
     #[tokio::test]
@@ -566,6 +673,14 @@ mod shapes {
         for key in [key_for("price", &("ab-1",)), key_for("stock", &("ab-1",))] {
             assert!(catalog.cache.exists(&key.unwrap()).await.unwrap());
         }
+        let mut catalog = Arc::into_inner(catalog).expect("the only reference");
+        assert_eq!(catalog.restock("ab-1").await, 40);
+        assert_eq!(catalog.restock("ab-1").await, 40);
+        assert_eq!(*catalog.lookups.get_mut(), 3);
+
+        assert_eq!(with_owned_handle(catalog.cache.clone(), 1).await, 2);
+        let key = key_for("owned-handle", &(1,)).unwrap();
+        assert!(catalog.cache.exists(&key).await.unwrap());
     }
 
     #[tokio::test]
