@@ -453,6 +453,19 @@ async fn with_redis_dead_calls_run_the_body_quickly() {
     assert!(cache.stats().errors > 0);
 }
 
+/// A handle for the budget tests: a short timeout, and a breaker that does
+/// not open during the test (it must not be what skips a call).
+async fn budget_handle(server: &RedisServer, timeout: Duration) -> Cache {
+    Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(timeout)
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// With Redis hanging, a memoized call and the memoized call inside it lose
 /// one call timeout in all, not one each: the inner one finds the budget spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,15 +481,7 @@ async fn nested_calls_share_one_timeout_while_redis_hangs() {
 
     let timeout = Duration::from_millis(300);
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(timeout)
-        // The breaker must not be what skips the inner call.
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = budget_handle(&server, timeout).await;
     assert_eq!(outer(&cache, 1).await, 3, "connected and cached");
     server.cli(&["CLIENT", "PAUSE", "10000", "ALL"]);
     let started = Instant::now();
@@ -509,14 +514,7 @@ async fn the_outer_write_gets_what_the_body_left_of_the_budget() {
 
     let timeout = Duration::from_millis(300);
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(timeout)
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = budget_handle(&server, timeout).await;
     assert!(cache.health().await.healthy);
     let started = Instant::now();
     assert_eq!(outer(&cache, &server, 1).await, 3);
