@@ -48,7 +48,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::{escape_glob, key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
-pub use store::{KeyTtl, WindowCount};
+pub use store::{KeyTtl, MAX_WINDOW, WindowCount};
 
 pub use cache_macros::cached;
 pub use memoize::invalidate_memoized;

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{KeyTtl, Store, StoreFuture, WindowCount};
+use super::{KeyTtl, MAX_COUNT, Store, StoreFuture, WindowCount, check_increment, window_millis};
 use crate::error::{Error, Result};
 
 const SHARDS: usize = 16;
@@ -155,34 +155,47 @@ impl MemoryStore {
     }
 
     fn incr_window_now(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
-        let by = i64::try_from(by).map_err(|_| Error::Command("increment too large".into()))?;
+        window_millis(window)?;
+        check_increment(by)?;
         let mut shard = self.shard(key);
         let now = Instant::now();
-        let (next, expires_at) = match shard.live(key, now) {
-            Some(entry) => {
-                let next = parse_integer(&entry.value)?
-                    .checked_add(by)
-                    .ok_or_else(|| Error::Command("increment would overflow".into()))?;
-                // Same rule as the Redis script: a counter without expiry gets one.
-                let expires_at = *entry.expires_at.get_or_insert(now + window);
-                entry.value.clear();
-                // Writing into a Vec cannot fail.
-                let _ = write!(entry.value, "{next}");
-                (next, expires_at)
-            }
+        // Within MAX_WINDOW: far from where `Instant` arithmetic overflows.
+        let window_end = now
+            .checked_add(window)
+            .ok_or_else(|| Error::config("window", "too long for this clock"))?;
+        // The same rules as the Redis script: a value that is not a counter
+        // this library writes starts a new window; a counter without expiry,
+        // or with one past this window's end, gets the window.
+        let counted = shard.live(key, now).and_then(|entry| {
+            let next = parse_integer(&entry.value)
+                .ok()
+                .and_then(|current| u64::try_from(current).ok())
+                .and_then(|current| current.checked_add(by))
+                .filter(|next| *next <= MAX_COUNT)?;
+            let expires_at = match entry.expires_at {
+                Some(at) if at <= window_end => at,
+                _ => window_end,
+            };
+            entry.expires_at = Some(expires_at);
+            entry.value.clear();
+            // Writing into a Vec cannot fail.
+            let _ = write!(entry.value, "{next}");
+            Some((next, expires_at))
+        });
+        let (count, expires_at) = match counted {
+            Some(counted) => counted,
             None => {
-                let expires_at = now + window;
                 shard.put(
                     key,
                     by.to_string().into_bytes(),
-                    Some(expires_at),
+                    Some(window_end),
                     self.shard_capacity,
                 );
-                (by, expires_at)
+                (by, window_end)
             }
         };
         Ok(WindowCount {
-            count: u64::try_from(next).unwrap_or(0),
+            count,
             reset_after: expires_at.saturating_duration_since(now),
         })
     }
@@ -310,6 +323,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_WINDOW;
 
     #[test]
     fn entries_beyond_capacity_evict_the_oldest() {
@@ -347,5 +361,46 @@ mod tests {
             .map(|s| s.lock().unwrap().order.len())
             .sum();
         assert!(queued < 100_000 / 4, "{queued} stale queue items");
+    }
+
+    #[test]
+    fn a_foreign_or_out_of_range_counter_starts_a_new_window() {
+        let store = MemoryStore::new(100);
+        let window = Duration::from_secs(60);
+        let max = MAX_COUNT.to_string();
+        let near_max = (i64::MAX - 1).to_string();
+        for bad in ["abc", "-5", "\"12\"", max.as_str(), near_max.as_str()] {
+            store.set_now("k", bad.as_bytes(), None);
+            let first = store.incr_window_now("k", 1, window).unwrap();
+            assert_eq!(first.count, 1, "{bad} replaced");
+            assert_eq!(store.incr_window_now("k", 1, window).unwrap().count, 2);
+            let Some(entry) = store
+                .shard("k")
+                .live("k", Instant::now())
+                .map(|e| e.expires_at)
+            else {
+                panic!("counter missing");
+            };
+            assert!(entry.is_some(), "{bad}: the counter has a TTL");
+        }
+        // A counter with a TTL past the window gets the window.
+        store.set_now("k", b"3", Some(Duration::from_secs(1_000_000)));
+        let count = store.incr_window_now("k", 1, window).unwrap();
+        assert_eq!(count.count, 4);
+        assert!(count.reset_after <= window);
+    }
+
+    #[test]
+    fn a_window_beyond_the_maximum_is_an_error_not_a_panic() {
+        let store = MemoryStore::new(100);
+        for window in [
+            Duration::from_secs(u64::MAX),
+            MAX_WINDOW + Duration::from_millis(1),
+        ] {
+            let err = store.incr_window_now("k", 1, window).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config, "{err}");
+        }
+        assert!(store.incr_window_now("k", 1, MAX_WINDOW).is_ok());
+        assert!(store.incr_window_now("k", u64::MAX, MAX_WINDOW).is_err());
     }
 }

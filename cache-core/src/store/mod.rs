@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -38,6 +38,44 @@ pub struct WindowCount {
     pub reset_after: Duration,
 }
 
+/// The longest window [`Cache::incr_window`](crate::Cache::incr_window)
+/// accepts: 366 days, a yearly quota in a leap year. Far below what any
+/// backend can represent (Redis' `PEXPIRE` takes up to about 2^63 ms,
+/// `Instant` arithmetic overflows somewhere past that), so a window within
+/// it always gets its TTL and never overflows a clock; a longer one is a
+/// configuration mistake (a value in ms read as seconds, say) and is refused
+/// with the same [`ErrorKind::Config`](crate::ErrorKind::Config) error on
+/// every backend.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// A counter value above this is not one the library wrote (its limits stop
+/// at 2^62): the window scripts replace it as they replace a non-integer.
+pub(crate) const MAX_COUNT: u64 = 1 << 62;
+
+/// Checks an `incr_window` window: 1 ms to [`MAX_WINDOW`]; its milliseconds.
+pub(crate) fn window_millis(window: Duration) -> Result<u64> {
+    if window < Duration::from_millis(1) {
+        return Err(Error::config("window", "must be at least one millisecond"));
+    }
+    if window > MAX_WINDOW {
+        return Err(Error::config(
+            "window",
+            "must be at most 366 days (cache_core::MAX_WINDOW)",
+        ));
+    }
+    Ok(millis(window))
+}
+
+/// Checks an `incr_window` increment: at most [`MAX_COUNT`].
+pub(crate) fn check_increment(by: u64) -> Result<()> {
+    if by > MAX_COUNT {
+        return Err(Error::Command(format!(
+            "increment {by} is over the largest window count (2^62)"
+        )));
+    }
+    Ok(())
+}
+
 /// What every backend does. Methods take full keys and raw bytes.
 pub(crate) trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
@@ -60,8 +98,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
     fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl>;
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64>;
-    /// Adds `by` to a counter that lives `window` from its first increment; a
-    /// counter found without expiry gets one. One atomic step.
+    /// Adds `by` to a counter that lives `window` from its first increment;
+    /// one atomic step. A counter found without expiry, or with one longer
+    /// than the window, gets the window; a value that is not such a counter
+    /// (not an integer, another type, negative, above [`MAX_COUNT`]) is
+    /// replaced by `by` with a fresh window. `window` is checked with
+    /// [`window_millis`].
     fn incr_window<'a>(
         &'a self,
         key: &'a str,

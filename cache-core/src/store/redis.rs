@@ -11,7 +11,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Script, Value};
 
-use super::{KeyTtl, Store, StoreFuture, WindowCount, millis};
+use super::{
+    KeyTtl, MAX_COUNT, Store, StoreFuture, WindowCount, check_increment, millis, window_millis,
+};
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 use crate::key::escape_glob;
@@ -20,15 +22,28 @@ use crate::key::escape_glob;
 /// enough that no single SCAN or UNLINK blocks the server noticeably.
 const SCAN_BATCH: usize = 500;
 
-/// INCRBY and PEXPIRE in one script, so no counter can live without a TTL:
-/// a new key gets the window, and so does a key found without expiry (left by a
-/// crash between two commands of an older client). Returns {count, pttl ms}.
+/// The fixed-window counter in one script, so no counter can live without a
+/// TTL and no foreign value can switch limiting off: INCRBY, then PEXPIRE when
+/// the key is new, has no expiry (left by a crash between two commands of an
+/// older client) or one longer than the window (someone else's). A value that
+/// is not a counter this library writes (another type, not an integer, one
+/// that would overflow, negative, above 2^62) is replaced by the increment
+/// with a fresh window instead of failing the script before its PEXPIRE.
+/// `redis.pcall` keeps the INCRBY error (WRONGTYPE, not an integer, overflow)
+/// inside the script; it changed nothing, so the SET starts over cleanly.
+/// ARGV: increment, window ms, largest count. Returns {count, pttl ms}.
 const INCR_WINDOW_LUA: &str = r"
-local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+local by = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local count = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(count) ~= 'number' or count < by or count > tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {by, window}
+end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
+if ttl < 0 or ttl > window then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  ttl = tonumber(ARGV[2])
+  ttl = window
 end
 return {count, ttl}
 ";
@@ -364,6 +379,8 @@ impl<C: Connection> Store for RedisStore<C> {
     ) -> StoreFuture<'a, WindowCount> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
+            let window_ms = window_millis(window)?;
+            check_increment(by)?;
             // EVALSHA first; on NOSCRIPT (flushed cache, restart, failover) the
             // driver loads the script and retries: the count is never applied twice,
             // since a NOSCRIPT reply means nothing ran.
@@ -371,7 +388,8 @@ impl<C: Connection> Store for RedisStore<C> {
                 .incr_window
                 .key(key)
                 .arg(by)
-                .arg(millis(window))
+                .arg(window_ms)
+                .arg(MAX_COUNT)
                 .invoke_async(&mut conn)
                 .await?;
             Ok(WindowCount {
