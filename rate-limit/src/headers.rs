@@ -11,7 +11,8 @@ use crate::window::{Decision, ceil_seconds};
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `X-RateLimit-Remaining`: requests left in the window.
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset`: seconds until the window ends.
+/// `X-RateLimit-Reset`: seconds until the window ends, or the Unix time it
+/// ends at with [`ResetFormat::EpochSeconds`].
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// `RateLimit-Policy` (IETF draft): `"<name>";q=<limit>;w=<window s>`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -36,10 +37,25 @@ impl Default for HeaderSets {
     }
 }
 
+/// What `X-RateLimit-Reset` carries. The header has no standard: some APIs
+/// send a delay, GitHub sends a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ResetFormat {
+    /// Seconds until the window ends, rounded up (the default; the same
+    /// number as `RateLimit`'s `t=`, and immune to clock skew).
+    #[default]
+    SecondsUntilReset,
+    /// The Unix time (seconds since 1970-01-01 UTC, rounded up) when the
+    /// window ends, as GitHub's API sends it.
+    EpochSeconds,
+}
+
 /// The header values fixed for a layer, rendered once when it is built.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderTemplate {
     sets: HeaderSets,
+    reset_format: ResetFormat,
     name: String,
     limit: HeaderValue,
     policy: Option<HeaderValue>,
@@ -49,6 +65,7 @@ impl HeaderTemplate {
     /// `name` must be a header-safe token (checked by the builder).
     pub(crate) fn new(
         sets: HeaderSets,
+        reset_format: ResetFormat,
         name: &str,
         limit: u64,
         window: std::time::Duration,
@@ -56,6 +73,7 @@ impl HeaderTemplate {
         let policy = format!("\"{name}\";q={limit};w={}", ceil_seconds(window));
         HeaderTemplate {
             sets,
+            reset_format,
             name: name.to_string(),
             limit: HeaderValue::from(limit),
             policy: HeaderValue::from_str(&policy).ok(),
@@ -69,7 +87,11 @@ impl HeaderTemplate {
         if self.sets.legacy {
             headers.insert(X_RATELIMIT_LIMIT, self.limit.clone());
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
-            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+            let reset_value = match self.reset_format {
+                ResetFormat::SecondsUntilReset => reset,
+                ResetFormat::EpochSeconds => epoch_seconds_after(decision.reset_after),
+            };
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset_value));
         }
         if self.sets.ietf
             && let Some(policy) = &self.policy
@@ -86,5 +108,48 @@ impl HeaderTemplate {
                 headers.insert(RATELIMIT, state);
             }
         }
+    }
+}
+
+/// The Unix time `after` from now, in whole seconds rounded up (a client
+/// waiting until then is never early).
+fn epoch_seconds_after(after: std::time::Duration) -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    ceil_seconds(since_epoch.saturating_add(after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn reset_of(format: ResetFormat, reset_after: Duration) -> u64 {
+        let template = HeaderTemplate::new(
+            HeaderSets::default(),
+            format,
+            "p",
+            10,
+            Duration::from_secs(60),
+        );
+        let mut headers = HeaderMap::new();
+        template.write(&mut headers, &Decision::for_count(3, 10, reset_after));
+        headers[X_RATELIMIT_RESET]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_reset_header_is_seconds_until_reset_or_epoch_seconds() {
+        let after = Duration::from_millis(41_500);
+        assert_eq!(reset_of(ResetFormat::SecondsUntilReset, after), 42);
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let epoch = reset_of(ResetFormat::EpochSeconds, after);
+        let later = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(epoch >= ceil_seconds(before + after), "{epoch}");
+        assert!(epoch <= ceil_seconds(later + after), "{epoch}");
     }
 }

@@ -1,16 +1,18 @@
 //! Who a request counts against: key extractors.
 //!
 //! The default is [`PeerIp`]: the TCP peer from axum's `ConnectInfo`, with
-//! proxy headers believed only when the peer is a configured trusted proxy,
-//! and IPv6 clients grouped by prefix. Every key an extractor returns is
+//! one proxy header ([`ForwardedHeader`]) believed only when the peer is a
+//! configured trusted proxy, and IPv6 clients grouped by prefix. Every key an extractor returns is
 //! checked by the layer: anything longer than [`MAX_KEY_LEN`] or with
 //! characters outside `[A-Za-z0-9:._/-]` is replaced by its SHA-256, so no
 //! client can steer the Redis key or its size.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ConnectInfo;
-use http::{Extensions, HeaderMap, Method, Uri};
+use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 
 /// Longest client key used as it is; longer keys are hashed.
@@ -40,6 +42,13 @@ pub enum KeyError {
          `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
     )]
     MissingConnectInfo,
+    /// The request came through a trusted proxy, but the proxy header does not
+    /// give its client's address: the element the nearest untrusted hop
+    /// would be is `unknown`, obfuscated (`for=_hidden`), not an address, or
+    /// the single-address header holds several. [`PeerIp`]'s key for such a
+    /// request is [`UNIDENTIFIED_KEY`].
+    #[error("the trusted proxy header does not give the client's address")]
+    UnidentifiedClient,
     /// Any other reason, from a custom extractor.
     #[error("{0}")]
     Other(String),
@@ -119,23 +128,87 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Which header a trusted proxy gives the client's address in. Exactly one
+/// is read: a request carrying another one too (a client can send any
+/// header) is judged by this one alone, so the headers are never combined.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default): appended to
+    /// by nginx (`$proxy_add_x_forwarded_for`), AWS ALB, Google Cloud load
+    /// balancers, Envoy, Traefik, Caddy.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239): HAProxy's
+    /// `option forwarded`, and proxies configured to write only it.
+    Forwarded,
+    /// One header holding one address, which the proxy sets (replacing what
+    /// the client sent): `X-Real-IP` (nginx `proxy_set_header`),
+    /// `CF-Connecting-IP` (Cloudflare), `True-Client-IP`, `Fly-Client-IP`.
+    Single(HeaderName),
+}
+
+/// The key [`PeerIp`] gives requests whose trusted proxy did not give the
+/// client's address ([`KeyError::UnidentifiedClient`]): one shared bucket,
+/// apart from every client and from the proxy's own address.
+pub const UNIDENTIFIED_KEY: &str = "ip:unidentified";
+
 /// The client IP: the TCP peer, or, when the peer is a trusted proxy, the
-/// rightmost address of `X-Forwarded-For` (or `Forwarded`) that is not a
-/// trusted proxy. IPv6 addresses are grouped by prefix (/56 by default), since
-/// one customer usually holds a whole /56 or /64 and could rotate through it.
+/// address its [`ForwardedHeader`] gives: for `X-Forwarded-For` and
+/// `Forwarded`, the rightmost element that is not a trusted proxy. IPv6
+/// addresses are grouped by prefix (/56 by default), since one customer
+/// usually holds a whole /56 or /64 and could rotate through it.
+///
+/// The header is read element by element: a client's own garbage (non-ASCII
+/// bytes, an unterminated quote) to the left of what the proxies appended
+/// changes nothing. What cannot be told:
+///
+/// - the configured header is missing from a trusted proxy's request: the
+///   proxy is the client (a health check, an internal call); a warning is
+///   logged once, since a proxy writing another header than the one
+///   configured would otherwise fold every client into its bucket;
+/// - the element where the client should be is `unknown`, obfuscated
+///   (`for=_hidden`) or not an address, or the single-address header is
+///   repeated or holds a list: the request counts against the shared
+///   [`UNIDENTIFIED_KEY`] bucket, and a warning is logged once. Such a
+///   client never lands in another client's bucket (or the proxy's), and a
+///   client can only reach the shared bucket through a proxy that writes it
+///   so: a proxy that appends the real address hides anything a client sent.
 #[derive(Debug, Clone)]
 pub struct PeerIp {
     trusted: TrustedProxies,
+    header: ForwardedHeader,
     ipv6_prefix: u8,
+    warned: Arc<Warnings>,
+}
+
+/// Misconfigurations already logged by one extractor (and its clones).
+#[derive(Debug, Default)]
+struct Warnings {
+    missing_header: AtomicBool,
+    unidentified: AtomicBool,
 }
 
 impl Default for PeerIp {
     fn default() -> Self {
         PeerIp {
             trusted: TrustedProxies::none(),
+            header: ForwardedHeader::default(),
             ipv6_prefix: 56,
+            warned: Arc::default(),
         }
     }
+}
+
+/// What the proxy header says about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarded {
+    /// The header is not there.
+    Absent,
+    /// The client's address.
+    Client(IpAddr),
+    /// The header is there, but the client's place in it is unusable.
+    Unidentified,
 }
 
 impl PeerIp {
@@ -144,9 +217,16 @@ impl PeerIp {
         Self::default()
     }
 
-    /// Believes forwarding headers from these proxies.
+    /// Believes the proxy header from these proxies.
     pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.trusted = trusted;
+        self
+    }
+
+    /// The header trusted proxies give the client's address in (default
+    /// [`ForwardedHeader::XForwardedFor`]); no other is read.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
         self
     }
 
@@ -156,7 +236,8 @@ impl PeerIp {
         self
     }
 
-    /// The client address of a request.
+    /// The client address of a request: see the type's documentation for
+    /// [`KeyError::UnidentifiedClient`].
     pub fn client_ip(&self, request: &RequestInfo<'_>) -> Result<IpAddr, KeyError> {
         let peer = request
             .extensions
@@ -166,22 +247,59 @@ impl PeerIp {
         if self.trusted.is_empty() || !self.trusted.contains(peer) {
             return Ok(peer);
         }
-        let chain = forwarded_chain(request.headers);
-        // Walk from the nearest hop: the first address not ours is the client.
-        let mut client = peer;
-        for hop in chain.iter().rev() {
+        let forwarded = match &self.header {
+            ForwardedHeader::XForwardedFor => self.walk(x_forwarded_for(request.headers)),
+            ForwardedHeader::Forwarded => self.walk(forwarded_for(request.headers)),
+            ForwardedHeader::Single(name) => single_address(request.headers, name),
+        };
+        match forwarded {
+            Forwarded::Client(ip) => Ok(canonical(ip)),
+            Forwarded::Absent => {
+                if !self.warned.missing_header.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        proxy = %peer,
+                        header = self.header_name(),
+                        "a request from a trusted proxy has no client address header: \
+                         counted as the proxy itself; if the proxy writes another header, \
+                         configure it with `forwarded_header`"
+                    );
+                }
+                Ok(peer)
+            }
+            Forwarded::Unidentified => Err(KeyError::UnidentifiedClient),
+        }
+    }
+
+    fn header_name(&self) -> &str {
+        match &self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::Single(name) => name.as_str(),
+        }
+    }
+
+    /// From the nearest hop leftwards: the first address that is not a
+    /// trusted proxy is the client; an unusable element there means the
+    /// client is unknown (what is left of it was written by the client or
+    /// its side, so it proves nothing). All trusted: the leftmost.
+    fn walk(&self, hops: Option<Vec<Option<IpAddr>>>) -> Forwarded {
+        let Some(hops) = hops else {
+            return Forwarded::Absent;
+        };
+        let mut client = Forwarded::Absent;
+        for hop in hops.iter().rev() {
             match hop {
                 Some(ip) => {
-                    client = canonical(*ip);
-                    if !self.trusted.contains(client) {
+                    let ip = canonical(*ip);
+                    client = Forwarded::Client(ip);
+                    if !self.trusted.contains(ip) {
                         break;
                     }
                 }
-                // An entry we cannot read ends the walk: nothing left of it is trustworthy.
-                None => break,
+                None => return Forwarded::Unidentified,
             }
         }
-        Ok(client)
+        client
     }
 
     /// The key of an address: IPv4 as is, IPv6 masked to the prefix.
@@ -204,61 +322,131 @@ impl PeerIp {
 
 impl KeyExtractor for PeerIp {
     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError> {
-        self.client_ip(request).map(|ip| self.key_of(ip))
+        match self.client_ip(request) {
+            Ok(ip) => Ok(self.key_of(ip)),
+            Err(KeyError::UnidentifiedClient) => {
+                if !self.warned.unidentified.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        header = self.header_name(),
+                        "a trusted proxy forwarded a request without a usable client address \
+                         (`unknown`, obfuscated or not an address): such requests share the \
+                         `ip:unidentified` bucket"
+                    );
+                }
+                Ok(UNIDENTIFIED_KEY.to_string())
+            }
+            Err(err) => Err(err),
+        }
     }
 }
 
-/// The addresses of `X-Forwarded-For` (or, without it, `Forwarded`), left to
-/// right; `None` for an entry that is not an address.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let xff: Vec<Option<IpAddr>> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .flat_map(|value| {
-            value
-                .to_str()
-                .map(|text| text.split(',').map(parse_hop).collect::<Vec<_>>())
-                .unwrap_or_else(|_| vec![None])
-        })
-        .collect();
-    if !xff.is_empty() {
-        return xff;
+/// The elements of every `X-Forwarded-For` line, left to right; `None` for
+/// one that is not an address. `None` overall when there is no such header.
+///
+/// Split on the raw bytes: a non-ASCII byte spoils its own element only, so
+/// what a client put there cannot hide the address its proxy appended.
+fn x_forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    let mut hops = Vec::new();
+    let mut present = false;
+    for value in headers.get_all("x-forwarded-for") {
+        present = true;
+        for element in value.as_bytes().split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            // Empty list elements are allowed by RFC 9110 and mean nothing.
+            if !element.is_empty() {
+                hops.push(std::str::from_utf8(element).ok().and_then(parse_node));
+            }
+        }
     }
-    headers
-        .get_all("forwarded")
-        .iter()
-        .flat_map(|value| match value.to_str() {
-            Ok(text) => text
-                .split(',')
-                .map(|element| {
-                    element
-                        .split(';')
-                        .filter_map(|pair| pair.split_once('='))
-                        .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
-                        .and_then(|(_, value)| parse_hop(value))
+    present.then_some(hops)
+}
+
+/// The `for=` nodes of every `Forwarded` element (RFC 7239), left to right;
+/// `None` for an element without a usable one (`unknown`, an obfuscated
+/// `_name`, no `for`, not an address).
+///
+/// Split on every `,` and `;`, quotes or not: no `for`, `by`, `proto` or
+/// `host` value a proxy writes holds them, and honouring quotes would let a
+/// client's unterminated `"` swallow the elements its proxies appended.
+fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    let mut hops = Vec::new();
+    let mut present = false;
+    for value in headers.get_all("forwarded") {
+        present = true;
+        for element in value.as_bytes().split(|&b| b == b',') {
+            if element.trim_ascii().is_empty() {
+                continue;
+            }
+            let node = element
+                .split(|&b| b == b';')
+                .filter_map(|pair| {
+                    let at = pair.iter().position(|&b| b == b'=')?;
+                    let (name, value) = (pair[..at].trim_ascii(), &pair[at + 1..]);
+                    name.eq_ignore_ascii_case(b"for").then_some(value)
                 })
-                .collect::<Vec<_>>(),
-            Err(_) => vec![None],
-        })
-        .collect()
+                .next()
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .and_then(|value| {
+                    let value = value.trim();
+                    let value = value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value);
+                    parse_node(value)
+                });
+            hops.push(node);
+        }
+    }
+    present.then_some(hops)
 }
 
-/// `192.0.2.1`, `192.0.2.1:443`, `"[2001:db8::1]:443"`, `2001:db8::1`.
-fn parse_hop(text: &str) -> Option<IpAddr> {
-    let text = text.trim().trim_matches('"');
+/// A header holding one address, set by the proxy.
+fn single_address(headers: &HeaderMap, name: &HeaderName) -> Forwarded {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Forwarded::Absent;
+    };
+    // Two lines or a list: the proxy appended instead of replacing, and the
+    // client wrote the other one. Which is which cannot be told.
+    if values.next().is_some() {
+        return Forwarded::Unidentified;
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| parse_node(text.trim()))
+        .map_or(Forwarded::Unidentified, Forwarded::Client)
+}
+
+/// An address with an optional port: `192.0.2.1`, `192.0.2.1:443`,
+/// `[2001:db8::1]:443`, `[2001:db8::1]`, `2001:db8::1`. The port may be
+/// obfuscated (`:_port`). `unknown` and obfuscated names (`_hidden`) are not
+/// addresses.
+fn parse_node(text: &str) -> Option<IpAddr> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(ip);
     }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Some(addr.ip());
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.starts_with(':')) {
+            return None;
+        }
+        return inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
     }
-    text.strip_prefix('[')
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|inner| inner.parse().ok())
+    // IPv4 with a port: exactly one colon.
+    let (host, _port) = text.split_once(':')?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// A header's value (an API key, a tenant id), hashed so the raw secret
 /// never becomes a Redis key; requests without it fall back to the peer IP.
+///
+/// **The header is not authenticated here.** Whatever a client sends is its
+/// key, so a client can rotate values to get a fresh budget with every
+/// request, or send someone else's key to spend that budget. Use it only
+/// behind something that rejects unknown keys before this layer counts (an
+/// authentication layer outside it), or stack it with a per-IP layer
+/// ([`PeerIp`]) that bounds what any one address can do.
 #[derive(Debug, Clone)]
 pub struct HeaderKey {
     name: http::HeaderName,
@@ -294,9 +482,17 @@ impl KeyExtractor for HeaderKey {
     }
 }
 
-/// Per route and client IP: each endpoint has its own budget per client. Uses
-/// axum's matched route template (`/users/{id}`) when present, so that
-/// `/users/1` and `/users/2` share one budget; the route is hashed.
+/// Per route and client IP: each endpoint has its own budget per client,
+/// keyed by axum's matched route template (`/users/{id}`), so that `/users/1`
+/// and `/users/2` share one budget; the route is hashed.
+///
+/// The template comes from axum's `MatchedPath`, which axum sets for layers
+/// added inside a `Router` (`Router::route_layer` or `Router::layer`). A
+/// request without one (no route matched it, or the layer wraps the whole
+/// service from outside the `Router`) is never keyed by its raw path, which
+/// would give every distinct URL (`/users/0`, `/users/1`, ...) a budget of its
+/// own: all such requests of a client share one budget, [`UNMATCHED_ROUTE`].
+/// With `Router::route_layer`, requests no route matches never reach the layer.
 #[derive(Debug, Clone, Default)]
 pub struct RouteAndIp {
     ip: PeerIp,
@@ -309,13 +505,15 @@ impl RouteAndIp {
     }
 }
 
+/// The route [`RouteAndIp`] uses for requests without axum's `MatchedPath`.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 impl KeyExtractor for RouteAndIp {
     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError> {
         let route = request
             .extensions
             .get::<axum::extract::MatchedPath>()
-            .map(|path| path.as_str().to_string())
-            .unwrap_or_else(|| request.uri.path().to_string());
+            .map_or(UNMATCHED_ROUTE, |path| path.as_str());
         let route = format!("{} {route}", request.method);
         Ok(format!(
             "route:{}:{}",
@@ -342,11 +540,22 @@ mod tests {
     use super::*;
 
     fn request_from(peer: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap, Extensions) {
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        request_with_bytes(peer, &headers)
+    }
+
+    fn request_with_bytes(
+        peer: &str,
+        headers: &[(&str, &[u8])],
+    ) -> (Method, Uri, HeaderMap, Extensions) {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
                 http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
             );
         }
         let mut extensions = Extensions::new();
@@ -355,7 +564,13 @@ mod tests {
     }
 
     fn key(extractor: &impl KeyExtractor, peer: &str, headers: &[(&str, &str)]) -> String {
-        let (method, uri, headers, extensions) = request_from(peer, headers);
+        keyed(extractor, request_from(peer, headers))
+    }
+
+    fn keyed(
+        extractor: &impl KeyExtractor,
+        (method, uri, headers, extensions): (Method, Uri, HeaderMap, Extensions),
+    ) -> String {
         extractor
             .extract(&RequestInfo {
                 method: &method,
@@ -379,23 +594,155 @@ mod tests {
         );
     }
 
+    fn behind(header: ForwardedHeader) -> PeerIp {
+        PeerIp::new()
+            .trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap())
+            .forwarded_header(header)
+    }
+
     #[test]
     fn forwarding_headers_from_a_trusted_proxy_give_the_rightmost_untrusted_address() {
-        let ip = PeerIp::new().trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap());
+        let ip = behind(ForwardedHeader::XForwardedFor);
         // The client spoofed 6.6.6.6; the proxy 10.0.0.2 appended the real 198.51.100.4.
         let xff = [("x-forwarded-for", "6.6.6.6, 198.51.100.4, 10.0.0.2")];
         assert_eq!(key(&ip, "10.0.0.1:5000", &xff), "ip:198.51.100.4");
-        let forwarded = [(
+        // The same chain over several header lines, with ports and IPv6.
+        let lines = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.4:5123, 10.0.0.2"),
+        ];
+        assert_eq!(key(&ip, "10.0.0.1:5000", &lines), "ip:198.51.100.4");
+        let v6 = [("x-forwarded-for", "[2001:db8::1]:443")];
+        assert_eq!(key(&ip, "10.0.0.1:5000", &v6), "ip:2001:db8::/56");
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        let chain = [(
             "forwarded",
-            r#"for=6.6.6.6, for="198.51.100.4:443";proto=https"#,
+            r#"for=6.6.6.6, For="198.51.100.4:443";proto=https, for=10.0.0.2"#,
         )];
-        assert_eq!(key(&ip, "10.0.0.1:5000", &forwarded), "ip:198.51.100.4");
+        assert_eq!(key(&forwarded, "10.0.0.1:5000", &chain), "ip:198.51.100.4");
+        let v6 = [("forwarded", r#"for="[2001:db8::1]:_port";by=_lb"#)];
+        assert_eq!(key(&forwarded, "10.0.0.1:5000", &v6), "ip:2001:db8::/56");
         // An untrusted peer's headers are ignored.
         assert_eq!(key(&ip, "192.0.2.1:5000", &xff), "ip:192.0.2.1");
-        // Garbage ends the walk at the last trusted hop.
+        // All hops trusted: the leftmost is the client.
+        let internal = [("x-forwarded-for", "10.9.9.9, 10.0.0.2")];
+        assert_eq!(key(&ip, "10.0.0.1:5000", &internal), "ip:10.9.9.9");
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        // Behind a proxy that writes only `Forwarded`, a client's own
+        // X-Forwarded-For picks nothing, rotating or naming a victim.
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        let spoofed = [
+            ("x-forwarded-for", "203.0.113.66"),
+            ("forwarded", "for=198.51.100.4"),
+        ];
+        assert_eq!(key(&forwarded, "10.0.0.1:1", &spoofed), "ip:198.51.100.4");
+        // And the other way round.
+        let xff = behind(ForwardedHeader::XForwardedFor);
+        let spoofed = [
+            ("forwarded", "for=203.0.113.66"),
+            ("x-forwarded-for", "198.51.100.4"),
+        ];
+        assert_eq!(key(&xff, "10.0.0.1:1", &spoofed), "ip:198.51.100.4");
+        // A single-address header: only it.
+        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static("x-real-ip")));
+        let headers = [
+            ("x-forwarded-for", "203.0.113.66"),
+            ("x-real-ip", "198.51.100.4"),
+        ];
+        assert_eq!(key(&real_ip, "10.0.0.1:1", &headers), "ip:198.51.100.4");
+        // Without the configured header, the trusted peer is the client.
         assert_eq!(
-            key(&ip, "10.0.0.1:5000", &[("x-forwarded-for", "nonsense")]),
+            key(&real_ip, "10.0.0.1:1", &[("x-forwarded-for", "1.2.3.4")]),
             "ip:10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn a_client_element_the_proxy_does_not_give_is_unidentified_not_the_proxy() {
+        let xff = behind(ForwardedHeader::XForwardedFor);
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        for value in ["nonsense", "unknown", "_hidden", "1.2.3.4, unknown, 10.0.0.2"] {
+            assert_eq!(
+                key(&xff, "10.0.0.1:1", &[("x-forwarded-for", value)]),
+                UNIDENTIFIED_KEY,
+                "{value}"
+            );
+        }
+        for value in [
+            "for=unknown",
+            "for=_hidden",
+            r#"for="_hidden:_port""#,
+            "for=1.2.3.4, proto=https",
+            "for=1.2.3.4, for=",
+            "for=1.2.3.4, for=unknown;by=10.0.0.2",
+        ] {
+            assert_eq!(
+                key(&forwarded, "10.0.0.1:1", &[("forwarded", value)]),
+                UNIDENTIFIED_KEY,
+                "{value}"
+            );
+        }
+        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static("x-real-ip")));
+        for headers in [
+            &[("x-real-ip", "unknown")][..],
+            &[("x-real-ip", "1.2.3.4, 198.51.100.4")][..],
+            &[("x-real-ip", "1.2.3.4"), ("x-real-ip", "198.51.100.4")][..],
+        ] {
+            assert_eq!(
+                key(&real_ip, "10.0.0.1:1", headers),
+                UNIDENTIFIED_KEY,
+                "{headers:?}"
+            );
+        }
+        // `client_ip` says why.
+        let (method, uri, headers, extensions) =
+            request_from("10.0.0.1:1", &[("x-forwarded-for", "unknown")]);
+        let info = RequestInfo {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            extensions: &extensions,
+        };
+        assert_eq!(xff.client_ip(&info), Err(KeyError::UnidentifiedClient));
+    }
+
+    #[test]
+    fn a_clients_garbage_left_of_the_proxys_element_changes_nothing() {
+        let xff = behind(ForwardedHeader::XForwardedFor);
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        // Non-ASCII bytes in the client's part of the same line.
+        let request = request_with_bytes(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", b"\xff\xfe caf\xc3\xa9, 198.51.100.4")],
+        );
+        assert_eq!(keyed(&xff, request), "ip:198.51.100.4");
+        let request = request_with_bytes(
+            "10.0.0.1:1",
+            &[("forwarded", b"for=\"\xff\", for=198.51.100.4")],
+        );
+        assert_eq!(keyed(&forwarded, request), "ip:198.51.100.4");
+        // An obfuscated or unknown element the client wrote, and an unterminated quote.
+        for value in [
+            "for=_hidden, for=198.51.100.4",
+            "for=unknown, for=198.51.100.4",
+            r#"for="1.2.3.4, for=198.51.100.4"#,
+        ] {
+            assert_eq!(
+                key(&forwarded, "10.0.0.1:1", &[("forwarded", value)]),
+                "ip:198.51.100.4",
+                "{value}"
+            );
+        }
+        assert_eq!(
+            key(
+                &xff,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "unknown, _hidden, 198.51.100.4")]
+            ),
+            "ip:198.51.100.4"
         );
     }
 
@@ -448,6 +795,19 @@ mod tests {
         );
         assert!(k.starts_with("x-api-key:") && !k.contains("secret"), "{k}");
         assert_eq!(key(&extractor, "192.0.2.1:1", &[]), "ip:192.0.2.1");
+    }
+
+    #[test]
+    fn route_and_ip_never_keys_by_the_raw_path() {
+        let extractor = RouteAndIp::default();
+        let keys: std::collections::HashSet<String> = (0..5)
+            .map(|i| {
+                let (method, _, headers, extensions) = request_from("192.0.2.1:1", &[]);
+                let uri: Uri = format!("/users/{i}").parse().unwrap();
+                keyed(&extractor, (method, uri, headers, extensions))
+            })
+            .collect();
+        assert_eq!(keys.len(), 1, "without MatchedPath, one budget: {keys:?}");
     }
 
     #[test]

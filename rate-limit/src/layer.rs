@@ -12,8 +12,8 @@ use cache_core::Cache;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
-use crate::headers::{HeaderSets, HeaderTemplate};
-use crate::key::{KeyExtractor, PeerIp, RequestInfo, TrustedProxies, sanitize};
+use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
+use crate::key::{ForwardedHeader, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, sanitize};
 use crate::limiter::{Limiter, RateLimitStats, Verdict, bump};
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;
@@ -22,6 +22,10 @@ use crate::window::Decision;
 pub const DEFAULT_PREFIX: &str = "rate";
 /// Default bound on one store call; past it the request is let through (or 503).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest window: [`cache_core::MAX_WINDOW`], 366 days (a yearly quota
+/// in a leap year). Longer is almost surely a unit mistake (milliseconds read
+/// as seconds), and the store refuses it too.
+pub const MAX_WINDOW: Duration = cache_core::MAX_WINDOW;
 
 /// A configuration the layer refuses, reported when it is built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +40,9 @@ pub enum ConfigError {
     /// The window is shorter than Redis' 1 ms expiry resolution.
     #[error("the window must be at least 1 ms")]
     WindowTooShort,
+    /// The window is longer than [`MAX_WINDOW`] (366 days).
+    #[error("the window of {0:?} is longer than the maximum of 366 days")]
+    WindowTooLong(Duration),
     /// The store timeout is zero.
     #[error("the store timeout must be greater than zero")]
     ZeroStoreTimeout,
@@ -119,8 +126,8 @@ impl RateLimitLayer {
     ///
     /// # Panics
     ///
-    /// If `limit` is 0 or over 2^62, or `window` is under 1 ms: mistakes in
-    /// code, found at start-up. [`RateLimitLayer::builder`] reports them as a
+    /// If `limit` is 0 or over 2^62, or `window` is under 1 ms or over
+    /// [`MAX_WINDOW`] (366 days): mistakes in code, found at start-up. [`RateLimitLayer::builder`] reports them as a
     /// [`ConfigError`] instead.
     pub fn new(cache: Cache, limit: u64, window: Duration) -> Self {
         match Self::builder(cache).limit(limit).window(window).build() {
@@ -137,6 +144,13 @@ impl RateLimitLayer {
     /// The counters since the layer was built (shared by its clones).
     pub fn stats(&self) -> RateLimitStats {
         self.shared.limiter.counters.snapshot()
+    }
+
+    /// Clients held in memory: (coalescing slots, deny cache entries). For
+    /// tests that check both stay bounded; not a stable API.
+    #[doc(hidden)]
+    pub fn tracked_clients(&self) -> (usize, usize) {
+        self.shared.limiter.tracked_clients()
     }
 }
 
@@ -160,8 +174,10 @@ pub struct RateLimitLayerBuilder {
     prefix: String,
     extractor: Option<Box<dyn KeyExtractor>>,
     trusted_proxies: Vec<String>,
+    forwarded_header: ForwardedHeader,
     ipv6_prefix: u8,
     headers: HeaderSets,
+    reset_format: ResetFormat,
     policy_name: Option<String>,
     fail_mode: FailMode,
     shadow: bool,
@@ -180,8 +196,10 @@ impl RateLimitLayerBuilder {
             prefix: DEFAULT_PREFIX.to_string(),
             extractor: None,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             ipv6_prefix: 56,
             headers: HeaderSets::default(),
+            reset_format: ResetFormat::default(),
             policy_name: None,
             fail_mode: FailMode::Open,
             shadow: false,
@@ -198,7 +216,8 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// The window, starting at a client's first request (default 60 s).
+    /// The window, starting at a client's first request (default 60 s; 1 ms
+    /// to [`MAX_WINDOW`]).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
@@ -216,14 +235,25 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded` are
-    /// believed by the default extractor. None by default.
+    /// Proxies (CIDRs or addresses) whose [`forwarded_header`](Self::forwarded_header)
+    /// is believed by the default extractor. None by default.
     pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         self.trusted_proxies = cidrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The one header trusted proxies give the client's address in, for the
+    /// default extractor (default [`ForwardedHeader::XForwardedFor`]): set it
+    /// to what your proxy writes (`Forwarded` for HAProxy's `option
+    /// forwarded`, `CF-Connecting-IP` behind Cloudflare). No other is read,
+    /// so a client cannot pick its bucket through a header the proxy leaves
+    /// alone. See [`PeerIp`] for what happens when it gives no address.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.forwarded_header = header;
         self
     }
 
@@ -236,6 +266,14 @@ impl RateLimitLayerBuilder {
     /// Which header sets responses carry (default: both).
     pub fn headers(mut self, headers: HeaderSets) -> Self {
         self.headers = headers;
+        self
+    }
+
+    /// What `X-RateLimit-Reset` carries (default
+    /// [`ResetFormat::SecondsUntilReset`]; [`ResetFormat::EpochSeconds`] is
+    /// GitHub's convention). `RateLimit`'s `t=` is always seconds until reset.
+    pub fn reset_header(mut self, format: ResetFormat) -> Self {
+        self.reset_format = format;
         self
     }
 
@@ -301,6 +339,9 @@ impl RateLimitLayerBuilder {
         if self.window < Duration::from_millis(1) {
             return Err(ConfigError::WindowTooShort);
         }
+        if self.window > MAX_WINDOW {
+            return Err(ConfigError::WindowTooLong(self.window));
+        }
         if self.store_timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
         }
@@ -328,6 +369,7 @@ impl RateLimitLayerBuilder {
             Box::new(
                 PeerIp::new()
                     .trusted_proxies(trusted)
+                    .forwarded_header(self.forwarded_header)
                     .ipv6_prefix(self.ipv6_prefix),
             )
         });
@@ -346,7 +388,13 @@ impl RateLimitLayerBuilder {
                     coalesce,
                 ),
                 extractor,
-                headers: HeaderTemplate::new(self.headers, &policy_name, self.limit, self.window),
+                headers: HeaderTemplate::new(
+                    self.headers,
+                    self.reset_format,
+                    &policy_name,
+                    self.limit,
+                    self.window,
+                ),
                 limited_body: response::too_many_requests_body(self.limit, self.window),
                 fail_mode: self.fail_mode,
                 shadow: self.shadow,

@@ -43,6 +43,7 @@
 //! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
 
+mod deny;
 mod headers;
 mod key;
 mod layer;
@@ -51,15 +52,16 @@ mod response;
 mod window;
 
 pub use headers::{
-    HeaderSets, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
 pub use key::{
-    HeaderKey, KeyError, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo, RouteAndIp, TrustedProxies,
+    ForwardedHeader, HeaderKey, KeyError, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo,
+    RouteAndIp, TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
 pub use layer::{
-    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, RateLimit, RateLimitLayer,
-    RateLimitLayerBuilder, ResponseFuture,
+    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, MAX_WINDOW, RateLimit,
+    RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
 };
 pub use limiter::RateLimitStats;
 pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};

@@ -12,20 +12,23 @@
 //! **Local deny cache.** Counts never go down within a window, so once a key
 //! reached its limit, every further request in that window is over it: those
 //! are rejected without a store call until the window's end.
+//!
+//! **Bounded by design.** Both maps keyed by client are bounded: a slot lives
+//! only while a request of its key is between joining and finishing its
+//! batch (the last executor to leave removes it, cancelled or not), and the
+//! deny cache holds at most its capacity ([`crate::deny`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cache_core::{Cache, WindowCount};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::window::{Decision, count_of};
-
-/// Keys remembered as over their limit, at most.
-const DENY_CACHE_CAPACITY: usize = 100_000;
 
 /// The outcome of counting one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,9 @@ struct Slot {
     open: Option<OpenBatch>,
     /// Held while a batch of this key is at the store: one call per key at a time.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Executors that enlisted here and have not finished (or been dropped):
+    /// the slot is removed when the last one leaves with no batch open.
+    executors: usize,
 }
 
 /// A snapshot of a layer's counters.
@@ -114,10 +120,7 @@ pub(crate) struct Limiter {
     pub(crate) counters: Counters,
     slots: Mutex<HashMap<String, Slot>>,
     /// Client keys over their limit, and when their window ends.
-    denied: RwLock<HashMap<String, Instant>>,
-    /// `denied.len()`, readable without the lock: no request locks the map
-    /// while nobody is over the limit.
-    denied_len: AtomicUsize,
+    denied: DenyCache,
     next_batch: AtomicU64,
     failing: AtomicBool,
 }
@@ -129,8 +132,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The executor's claim on its batch: if dropped before publishing (the
-/// request was cancelled), the batch is closed and its joiners start over.
+/// The executor's claim on its batch and its slot. If dropped before
+/// publishing (the request was cancelled), the batch is closed and its
+/// joiners start over. Published or not, dropping it releases the slot: the
+/// last executor of a key removes it, so cancelled requests leave nothing.
 struct Executor<'a> {
     limiter: &'a Limiter,
     key: &'a str,
@@ -148,14 +153,20 @@ impl Executor<'_> {
 
 impl Drop for Executor<'_> {
     fn drop(&mut self) {
-        if !self.published {
-            let mut slots = lock(&self.limiter.slots);
-            if let Some(slot) = slots.get_mut(self.key)
-                && slot.open.as_ref().is_some_and(|open| open.id == self.id)
-            {
+        let mut slots = lock(&self.limiter.slots);
+        if let Some(slot) = slots.get_mut(self.key) {
+            if !self.published && slot.open.as_ref().is_some_and(|open| open.id == self.id) {
                 slot.open = None;
             }
-            drop(slots);
+            slot.executors = slot.executors.saturating_sub(1);
+            // Enlisting happens under this lock too: nobody can be joining
+            // between this check and the removal.
+            if slot.executors == 0 && slot.open.is_none() {
+                slots.remove(self.key);
+            }
+        }
+        drop(slots);
+        if !self.published {
             let _ = self.sender.send(BatchState::Abandoned);
         }
     }
@@ -193,8 +204,7 @@ impl Limiter {
             local_deny,
             counters: Counters::default(),
             slots: Mutex::default(),
-            denied: RwLock::default(),
-            denied_len: AtomicUsize::new(0),
+            denied: DenyCache::new(DEFAULT_CAPACITY),
             next_batch: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         }
@@ -225,7 +235,16 @@ impl Limiter {
         loop {
             match self.join(&key) {
                 Role::Executor { id, sender, gate } => {
-                    return self.execute(client, &key, id, sender, gate).await;
+                    // Made before any await: the slot's count of executors
+                    // is given back however this request ends.
+                    let executor = Executor {
+                        limiter: self,
+                        key: &key,
+                        id,
+                        sender,
+                        published: false,
+                    };
+                    return self.execute(client, executor, gate).await;
                 }
                 Role::Joiner {
                     mut receiver,
@@ -259,6 +278,7 @@ impl Limiter {
         let slot = slots.entry(key.to_string()).or_insert_with(|| Slot {
             open: None,
             gate: Arc::default(),
+            executors: 0,
         });
         self.enlist(slot)
     }
@@ -275,6 +295,8 @@ impl Limiter {
         }
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let sender = Arc::new(watch::channel(BatchState::Pending).0);
+        // Given back by the `Executor` that `check` makes of this role.
+        slot.executors += 1;
         slot.open = Some(OpenBatch {
             id,
             size: 1,
@@ -290,18 +312,10 @@ impl Limiter {
     async fn execute(
         &self,
         client: &str,
-        key: &str,
-        id: u64,
-        sender: Arc<watch::Sender<BatchState>>,
+        executor: Executor<'_>,
         gate: Arc<tokio::sync::Mutex<()>>,
     ) -> Verdict {
-        let executor = Executor {
-            limiter: self,
-            key,
-            id,
-            sender,
-            published: false,
-        };
+        let (key, id) = (executor.key, executor.id);
         // Held by the batch at the store, for at most its store timeout.
         let permit = gate.lock().await;
         // Close the batch: later arrivals start the next one.
@@ -317,14 +331,6 @@ impl Limiter {
             }
         };
         drop(permit);
-        // Forget the key when nobody else is batching or waiting on it.
-        let mut slots = lock(&self.slots);
-        if slots
-            .get(key)
-            .is_some_and(|slot| slot.open.is_none() && Arc::strong_count(&slot.gate) == 2)
-        {
-            slots.remove(key);
-        }
         verdict
     }
 
@@ -374,50 +380,26 @@ impl Limiter {
 
     fn remember_denied(&self, key: &str, reset_after: Duration) {
         let now = Instant::now();
-        let mut denied = self
-            .denied
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if denied.len() >= DENY_CACHE_CAPACITY {
-            denied.retain(|_, until| *until > now);
-            self.denied_len.store(denied.len(), Ordering::Relaxed);
-            if denied.len() >= DENY_CACHE_CAPACITY {
-                return;
-            }
-        }
-        denied.insert(key.to_string(), now + reset_after);
-        self.denied_len.store(denied.len(), Ordering::Relaxed);
+        self.denied.insert(key, now + reset_after, now);
     }
 
     fn denied_locally(&self, key: &str) -> Option<Decision> {
-        if !self.local_deny || self.denied_len.load(Ordering::Relaxed) == 0 {
+        if !self.local_deny {
             return None;
         }
         let now = Instant::now();
-        // Readers do not block each other: a flood from one client is answered
-        // from here on every worker thread at once.
-        let until = *self
-            .denied
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(key)?;
-        if until <= now {
-            let mut denied = self
-                .denied
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if denied.get(key).is_some_and(|until| *until <= now) {
-                denied.remove(key);
-            }
-            self.denied_len.store(denied.len(), Ordering::Relaxed);
-            return None;
-        }
+        let until = self.denied.get(key, now)?;
         Some(Decision {
             allowed: false,
             limit: self.limit,
             remaining: 0,
             reset_after: until - now,
         })
+    }
+
+    /// Clients tracked in memory: (coalescing slots, deny cache entries).
+    pub(crate) fn tracked_clients(&self) -> (usize, usize) {
+        (lock(&self.slots).len(), self.denied.len())
     }
 
     /// Logs once per change between a working and a failing store.
