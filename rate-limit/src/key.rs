@@ -647,7 +647,9 @@ mod tests {
         ];
         assert_eq!(key(&xff, "10.0.0.1:1", &spoofed), "ip:198.51.100.4");
         // A single-address header: only it.
-        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static("x-real-ip")));
+        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static(
+            "x-real-ip",
+        )));
         let headers = [
             ("x-forwarded-for", "203.0.113.66"),
             ("x-real-ip", "198.51.100.4"),
@@ -664,7 +666,12 @@ mod tests {
     fn a_client_element_the_proxy_does_not_give_is_unidentified_not_the_proxy() {
         let xff = behind(ForwardedHeader::XForwardedFor);
         let forwarded = behind(ForwardedHeader::Forwarded);
-        for value in ["nonsense", "unknown", "_hidden", "1.2.3.4, unknown, 10.0.0.2"] {
+        for value in [
+            "nonsense",
+            "unknown",
+            "_hidden",
+            "1.2.3.4, unknown, 10.0.0.2",
+        ] {
             assert_eq!(
                 key(&xff, "10.0.0.1:1", &[("x-forwarded-for", value)]),
                 UNIDENTIFIED_KEY,
@@ -685,7 +692,9 @@ mod tests {
                 "{value}"
             );
         }
-        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static("x-real-ip")));
+        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static(
+            "x-real-ip",
+        )));
         for headers in [
             &[("x-real-ip", "unknown")][..],
             &[("x-real-ip", "1.2.3.4, 198.51.100.4")][..],

@@ -22,6 +22,10 @@ use crate::window::Decision;
 pub const DEFAULT_PREFIX: &str = "rate";
 /// Default bound on one store call; past it the request is let through (or 503).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The largest limit: 2^53 requests per window. Counters travel through
+/// Redis' Lua as doubles, exact up to there; a stored count above it is taken
+/// for a foreign value and replaced.
+pub const MAX_LIMIT: u64 = 1 << 53;
 /// The longest window: [`cache_core::MAX_WINDOW`], 366 days (a yearly quota
 /// in a leap year). Longer is almost surely a unit mistake (milliseconds read
 /// as seconds), and the store refuses it too.
@@ -34,8 +38,8 @@ pub enum ConfigError {
     /// `limit` is 0: every request would be rejected.
     #[error("the limit must be at least 1 request per window")]
     ZeroLimit,
-    /// `limit` does not fit Redis' 64-bit signed counters.
-    #[error("the limit {0} does not fit a Redis counter (at most 2^62)")]
+    /// `limit` is over [`MAX_LIMIT`] (2^53).
+    #[error("the limit {0} is over the largest window count (at most 2^53)")]
     LimitTooLarge(u64),
     /// The window is shorter than Redis' 1 ms expiry resolution.
     #[error("the window must be at least 1 ms")]
@@ -126,7 +130,7 @@ impl RateLimitLayer {
     ///
     /// # Panics
     ///
-    /// If `limit` is 0 or over 2^62, or `window` is under 1 ms or over
+    /// If `limit` is 0 or over 2^53, or `window` is under 1 ms or over
     /// [`MAX_WINDOW`] (366 days): mistakes in code, found at start-up. [`RateLimitLayer::builder`] reports them as a
     /// [`ConfigError`] instead.
     pub fn new(cache: Cache, limit: u64, window: Duration) -> Self {
@@ -333,7 +337,7 @@ impl RateLimitLayerBuilder {
         if self.limit == 0 {
             return Err(ConfigError::ZeroLimit);
         }
-        if self.limit > 1 << 62 {
+        if self.limit > MAX_LIMIT {
             return Err(ConfigError::LimitTooLarge(self.limit));
         }
         if self.window < Duration::from_millis(1) {

@@ -60,7 +60,7 @@ pub use key::{
     RouteAndIp, TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
 pub use layer::{
-    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, MAX_WINDOW, RateLimit,
+    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, MAX_LIMIT, MAX_WINDOW, RateLimit,
     RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
 };
 pub use limiter::RateLimitStats;

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use cache_core::{BreakerState, Cache, KeyTtl};
-use rate_limit::{FailMode, HeaderSets, RateLimitLayer};
+use rate_limit::{
+    FailMode, ForwardedHeader, HeaderSets, RateLimitLayer, ResetFormat, RouteAndIp,
+    UNIDENTIFIED_KEY,
+};
 use tests::http::{Response, get as http_get};
 use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
 
@@ -152,6 +155,10 @@ suite!(
     a_burst_from_one_client_admits_exactly_the_limit,
     clients_over_the_limit_are_rejected_without_store_calls,
     shadow_mode_counts_but_never_rejects,
+    only_the_configured_proxy_header_picks_the_client,
+    a_client_the_proxy_header_does_not_give_shares_the_unidentified_bucket,
+    a_foreign_or_out_of_range_counter_is_replaced_and_limits_again,
+    a_window_beyond_the_maximum_is_a_config_error,
 );
 
 fn assert_problem(response: &Response, status: u16) {
@@ -387,6 +394,197 @@ mod behaviour {
         assert_eq!(over.number("x-ratelimit-remaining"), 0);
         assert_eq!(limiter.stats().shadow_limited, 1);
         assert_eq!(limiter.stats().limited, 0);
+    }
+
+    pub async fn only_the_configured_proxy_header_picks_the_client(store: Store) {
+        let prefix = unique_prefix("fwd");
+        // Behind a proxy that writes only `Forwarded` (HAProxy `option forwarded`).
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 1, Duration::from_secs(60))
+                .trusted_proxies(["127.0.0.0/8"])
+                .forwarded_header(ForwardedHeader::Forwarded)
+                .build()
+                .unwrap(),
+        )
+        .await;
+        let from = |spoofed: &'static str| {
+            [
+                ("x-forwarded-for", spoofed),
+                ("forwarded", "for=198.51.100.4;proto=https"),
+            ]
+        };
+        assert_eq!(http_get(port, "/", &from("1.1.1.1")).await.status, 200);
+        // A rotated X-Forwarded-For is not a new bucket...
+        assert_eq!(http_get(port, "/", &from("2.2.2.2")).await.status, 429);
+        // ...nor is a victim's address: the victim keeps its budget.
+        assert_eq!(http_get(port, "/", &from("198.51.100.9")).await.status, 429);
+        let victim = [("forwarded", "for=198.51.100.9")];
+        assert_eq!(http_get(port, "/", &victim).await.status, 200);
+        for spoofed in ["1.1.1.1", "2.2.2.2"] {
+            let key = format!("{prefix}:ip:{spoofed}");
+            assert!(!store.cache.exists(&key).await.unwrap(), "{key}");
+        }
+        // A single-address header set by the proxy (X-Real-IP, CF-Connecting-IP).
+        let prefix = unique_prefix("realip");
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 1, Duration::from_secs(60))
+                .trusted_proxies(["127.0.0.0/8"])
+                .forwarded_header(ForwardedHeader::Single(http::HeaderName::from_static(
+                    "cf-connecting-ip",
+                )))
+                .build()
+                .unwrap(),
+        )
+        .await;
+        let client = |spoofed: &'static str| {
+            [
+                ("x-forwarded-for", spoofed),
+                ("forwarded", "for=203.0.113.1"),
+                ("cf-connecting-ip", "198.51.100.4"),
+            ]
+        };
+        assert_eq!(http_get(port, "/", &client("1.1.1.1")).await.status, 200);
+        assert_eq!(http_get(port, "/", &client("2.2.2.2")).await.status, 429);
+        assert!(
+            store
+                .cache
+                .exists(&format!("{prefix}:ip:198.51.100.4"))
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn a_client_the_proxy_header_does_not_give_shares_the_unidentified_bucket(
+        store: Store,
+    ) {
+        let prefix = unique_prefix("unknown");
+        let port = serve(
+            layer(store.cache.clone(), &prefix, 2, Duration::from_secs(60))
+                .trusted_proxies(["127.0.0.0/8"])
+                .build()
+                .unwrap(),
+        )
+        .await;
+        // A client's non-ASCII bytes left of what the proxy appended: still the client.
+        let garbage = [("x-forwarded-for", "caf\u{e9}, 198.51.100.4")];
+        assert_eq!(http_get(port, "/", &garbage).await.status, 200);
+        assert!(
+            store
+                .cache
+                .exists(&format!("{prefix}:ip:198.51.100.4"))
+                .await
+                .unwrap(),
+            "the non-ASCII element spoilt only itself"
+        );
+        // The proxy wrote `unknown` where the client should be: not the proxy's bucket.
+        for _ in 0..2 {
+            let unknown = [("x-forwarded-for", "198.51.100.7, unknown")];
+            assert_eq!(http_get(port, "/", &unknown).await.status, 200);
+        }
+        let hidden = [("x-forwarded-for", "_hidden")];
+        assert_eq!(http_get(port, "/", &hidden).await.status, 429, "shared");
+        assert_eq!(
+            store
+                .cache
+                .get::<u64>(&format!("{prefix}:{UNIDENTIFIED_KEY}"))
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        // Neither the proxy nor the address left of `unknown` was charged.
+        for ip in ["127.0.0.1", "198.51.100.7"] {
+            let key = format!("{prefix}:ip:{ip}");
+            assert!(!store.cache.exists(&key).await.unwrap(), "{key}");
+        }
+        // The proxy itself (no header) is its own client, with its own budget.
+        assert_eq!(http_get(port, "/", &[]).await.status, 200);
+    }
+
+    pub async fn a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(store: Store) {
+        let near_max = (i64::MAX - 1).to_string();
+        let mut bad: Vec<(&str, Option<&str>)> = vec![
+            ("not an integer", Some("abc")),
+            ("negative", Some("-5")),
+            ("near i64::MAX", Some(near_max.as_str())),
+            ("above 2^53", Some("9007199254740993")),
+            ("a TTL far past the window", None),
+        ];
+        if !matches!(store.kind, Kind::Memory) {
+            bad.push(("a list", None));
+        }
+        let window = Duration::from_secs(60);
+        for (case, (what, value)) in bad.into_iter().enumerate() {
+            let prefix = unique_prefix(&format!("bad{case}"));
+            let key = format!("{prefix}:ip:127.0.0.1");
+            match (what, value) {
+                (_, Some(value)) => store
+                    .cache
+                    .set_bytes(&key, value.as_bytes(), None)
+                    .await
+                    .unwrap(),
+                ("a list", None) => {
+                    raw(&store, &["RPUSH", &key, "x"]);
+                }
+                (_, None) => store
+                    .cache
+                    .set_bytes(&key, b"0", Some(Duration::from_secs(10_000_000)))
+                    .await
+                    .unwrap(),
+            }
+            let port = serve(
+                layer(store.cache.clone(), &prefix, 2, window)
+                    .build()
+                    .unwrap(),
+            )
+            .await;
+            let first = http_get(port, "/", &[]).await;
+            assert_eq!(first.status, 200, "{what}");
+            // Replaced by this request's 1 (or, under a TTL too long, counted on the 0).
+            assert_eq!(first.number("x-ratelimit-remaining"), 1, "{what}");
+            assert_eq!(http_get(port, "/", &[]).await.status, 200, "{what}");
+            assert_eq!(
+                http_get(port, "/", &[]).await.status,
+                429,
+                "{what}: limited again"
+            );
+            match store.cache.ttl(&key).await.unwrap() {
+                KeyTtl::Expires(left) => assert!(left <= window, "{what}: {left:?}"),
+                other => panic!("{what}: expected a TTL within the window, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn a_window_beyond_the_maximum_is_a_config_error(store: Store) {
+        let key = unique_prefix("huge-window");
+        for window in [
+            cache_core::MAX_WINDOW + Duration::from_millis(1),
+            Duration::from_secs(10_000_000_000_000_000),
+            Duration::from_secs(u64::MAX),
+        ] {
+            let err = store.cache.incr_window(&key, 1, window).await.unwrap_err();
+            assert_eq!(err.kind(), cache_core::ErrorKind::Config, "{err}");
+            assert!(err.to_string().contains("366 days"), "{err}");
+        }
+        assert!(!store.cache.exists(&key).await.unwrap(), "nothing counted");
+        let counted = store
+            .cache
+            .incr_window(&key, 1, cache_core::MAX_WINDOW)
+            .await
+            .unwrap();
+        assert_eq!(counted.count, 1);
+        match store.cache.ttl(&key).await.unwrap() {
+            KeyTtl::Expires(left) => assert!(left > Duration::from_secs(365 * 86_400)),
+            other => panic!("expected a TTL, got {other:?}"),
+        }
+    }
+}
+
+/// A raw command on the store behind `store` (a key of another type, say).
+fn raw(store: &Store, args: &[&str]) -> String {
+    match &store.kind {
+        Kind::Memory => panic!("no raw commands on the in-memory store"),
+        Kind::Redis(_) => shared_server().cli(args),
+        Kind::Cluster(_) => shared_cluster().cli(args),
     }
 }
 
@@ -715,6 +913,20 @@ fn invalid_configuration_is_an_error_at_build_time() {
         builder().window(Duration::ZERO).build().unwrap_err(),
         ConfigError::WindowTooShort
     );
+    // RATE_LIMIT_WINDOW_SECS=10000000000000000 left a counter without TTL.
+    let huge = Duration::from_secs(10_000_000_000_000_000);
+    assert_eq!(
+        builder().window(huge).build().unwrap_err(),
+        ConfigError::WindowTooLong(huge)
+    );
+    assert_eq!(
+        builder()
+            .window(rate_limit::MAX_WINDOW + Duration::from_millis(1))
+            .build()
+            .unwrap_err(),
+        ConfigError::WindowTooLong(rate_limit::MAX_WINDOW + Duration::from_millis(1))
+    );
+    assert!(builder().window(rate_limit::MAX_WINDOW).build().is_ok());
     assert!(matches!(
         builder().limit(u64::MAX).build().unwrap_err(),
         ConfigError::LimitTooLarge(_)
@@ -770,4 +982,127 @@ async fn stacked_layers_count_separately() {
         Some(2),
         "the inner layer never saw the third"
     );
+}
+
+/// Requests cancelled while their count is at the store (clients that hang
+/// up) leave no state behind: 1000 distinct clients, each request dropped
+/// mid-flight, and no coalescing slot is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_leave_no_client_state_behind() {
+    use tower::{Layer, ServiceExt};
+    const CLIENTS: u32 = 1000;
+    let (server, cache) = own_redis(|b| b.timeout(Duration::from_secs(30))).await;
+    let limiter = layer(cache, "cancel", 10, Duration::from_secs(60))
+        .store_timeout(Duration::from_secs(30))
+        .coalesce(true)
+        .build()
+        .unwrap();
+    let service = limiter.layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        },
+    ));
+    // Counting is stuck at the store from here on.
+    server.cli(&["CLIENT", "PAUSE", "60000", "ALL"]);
+    let requests: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let service = service.clone();
+            let peer = SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 4000));
+            let request = http::Request::builder()
+                .uri("/")
+                .extension(axum::extract::ConnectInfo(peer))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tokio::spawn(service.oneshot(request))
+        })
+        .collect();
+    // Every request is at the store (its executor made the call).
+    while limiter.stats().store_calls < u64::from(CLIENTS) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(limiter.tracked_clients().0, CLIENTS as usize);
+    for request in &requests {
+        request.abort();
+    }
+    for request in requests {
+        let Err(err) = request.await else {
+            panic!("a request finished although Redis is paused");
+        };
+        assert!(err.is_cancelled());
+    }
+    assert_eq!(
+        limiter.tracked_clients(),
+        (0, 0),
+        "no slot or deny entry outlives its requests"
+    );
+}
+
+/// `RouteAndIp` inside a `Router`: `/users/{id}` is one budget whatever the
+/// id, and requests no route matches share one budget instead of one per path.
+#[tokio::test]
+async fn route_and_ip_keys_by_the_route_template_never_the_raw_path() {
+    let cache = Cache::in_memory();
+    let limiter = layer(cache.clone(), "route", 3, Duration::from_secs(60))
+        .key_extractor(RouteAndIp::default())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(limiter);
+    let port = serve_app(app).await;
+    let statuses = |paths: Vec<String>| async move {
+        let mut statuses = Vec::new();
+        for path in paths {
+            statuses.push(http_get(port, &path, &[]).await.status);
+        }
+        statuses
+    };
+    let users = (0..5).map(|i| format!("/users/{i}")).collect();
+    assert_eq!(statuses(users).await, [200, 200, 200, 429, 429]);
+    let unmatched = (0..5).map(|i| format!("/nope/{i}")).collect();
+    assert_eq!(statuses(unmatched).await, [404, 404, 404, 429, 429]);
+}
+
+/// `X-RateLimit-Reset` is seconds until reset by default, and the Unix time of
+/// the reset with `ResetFormat::EpochSeconds` (GitHub's convention).
+#[tokio::test]
+async fn the_reset_header_is_seconds_until_reset_or_epoch_seconds() {
+    let window = Duration::from_secs(60);
+    let delay = serve(
+        layer(Cache::in_memory(), "delay", 5, window)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let reset = http_get(delay, "/", &[]).await.number("x-ratelimit-reset");
+    assert!((59..=60).contains(&reset), "{reset}");
+    let epoch = serve(
+        layer(Cache::in_memory(), "epoch", 5, window)
+            .reset_header(ResetFormat::EpochSeconds)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = now();
+    let response = http_get(epoch, "/", &[]).await;
+    let after = now();
+    let reset = response.number("x-ratelimit-reset");
+    assert!(
+        (before + 59..=after + 61).contains(&reset),
+        "{reset} is not about {before} + 60"
+    );
+    let ietf = response.header("ratelimit").unwrap();
+    assert!(ietf.ends_with(";t=60"), "RateLimit keeps seconds: {ietf}");
+}
+
+#[test]
+#[should_panic(expected = "366 days")]
+fn rate_limit_layer_new_panics_on_a_window_over_the_maximum() {
+    let _ = RateLimitLayer::new(Cache::in_memory(), 10, Duration::from_secs(10_000_000_000));
 }

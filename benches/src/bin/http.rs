@@ -24,7 +24,7 @@ const ROUND: Duration = Duration::from_millis(1000);
 const ROUNDS: usize = 9;
 const WINDOW: Duration = Duration::from_secs(3600);
 /// Never reached.
-const NORMAL_LIMIT: u64 = u64::MAX / 4;
+const NORMAL_LIMIT: u64 = rate_limit::MAX_LIMIT;
 /// Reached after the first round's first requests.
 const FLOOD_LIMIT: u64 = 10;
 

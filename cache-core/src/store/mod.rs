@@ -48,9 +48,11 @@ pub struct WindowCount {
 /// every backend.
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
-/// A counter value above this is not one the library wrote (its limits stop
-/// at 2^62): the window scripts replace it as they replace a non-integer.
-pub(crate) const MAX_COUNT: u64 = 1 << 62;
+/// A counter value above this is not one the library wrote: the window
+/// scripts replace it as they replace a non-integer. 2^53, since Redis' Lua
+/// sees integers as doubles, exact up to there (and rate-limit's limits stop
+/// there too).
+pub(crate) const MAX_COUNT: u64 = 1 << 53;
 
 /// Checks an `incr_window` window: 1 ms to [`MAX_WINDOW`]; its milliseconds.
 pub(crate) fn window_millis(window: Duration) -> Result<u64> {
@@ -70,7 +72,7 @@ pub(crate) fn window_millis(window: Duration) -> Result<u64> {
 pub(crate) fn check_increment(by: u64) -> Result<()> {
     if by > MAX_COUNT {
         return Err(Error::Command(format!(
-            "increment {by} is over the largest window count (2^62)"
+            "increment {by} is over the largest window count (2^53)"
         )));
     }
     Ok(())

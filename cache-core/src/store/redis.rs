@@ -27,7 +27,7 @@ const SCAN_BATCH: usize = 500;
 /// the key is new, has no expiry (left by a crash between two commands of an
 /// older client) or one longer than the window (someone else's). A value that
 /// is not a counter this library writes (another type, not an integer, one
-/// that would overflow, negative, above 2^62) is replaced by the increment
+/// that would overflow, negative, above 2^53) is replaced by the increment
 /// with a fresh window instead of failing the script before its PEXPIRE.
 /// `redis.pcall` keeps the INCRBY error (WRONGTYPE, not an integer, overflow)
 /// inside the script; it changed nothing, so the SET starts over cleanly.
