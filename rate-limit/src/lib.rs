@@ -34,12 +34,14 @@
 //!   starts at a client's first request. Concurrent requests of one client
 //!   are folded into one call; clients known to be over their limit are
 //!   rejected in-process until their window ends.
-//! - **Client key**: the peer IP from `ConnectInfo` ([`PeerIp`]); proxy
-//!   headers only from trusted proxies; IPv6 grouped by /56. Custom keys
-//!   through [`KeyExtractor`]; odd or long keys are hashed.
+//! - **Client key**: the peer IP from `ConnectInfo` ([`PeerIp`]); from
+//!   trusted proxies only, the one header [`ForwardedHeader`] names; IPv6
+//!   grouped by /56. Custom keys through [`KeyExtractor`]; odd or long keys
+//!   are hashed.
 //! - **Responses**: `429` with `Retry-After` and a problem+json body;
-//!   `X-RateLimit-Limit/Remaining/Reset` and `RateLimit-Policy`/`RateLimit`
-//!   on every counted response.
+//!   `X-RateLimit-Limit/Remaining/Reset` (seconds until reset, or epoch
+//!   seconds with [`ResetFormat::EpochSeconds`]) and
+//!   `RateLimit-Policy`/`RateLimit` on every counted response.
 //! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
 

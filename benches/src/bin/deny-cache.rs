@@ -70,7 +70,10 @@ async fn run(layer: &RateLimitLayer, clients: std::ops::Range<u32>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let variants = [("deny cache off (baseline)", false), ("deny cache on", true)];
+    let variants = [
+        ("deny cache off (baseline)", false),
+        ("deny cache on", true),
+    ];
     let mut filling: Vec<Series> = variants.iter().map(|(n, _)| Series::new(n)).collect();
     let mut full: Vec<Series> = variants.iter().map(|(n, _)| Series::new(n)).collect();
     let mut tracked = Vec::new();
