@@ -102,11 +102,9 @@ impl DenyCache {
     pub(crate) fn insert(&self, key: &str, until: Instant, now: Instant) {
         let mut entries = self.write();
         entries.expire_front(now);
-        if let Some(denied) = entries.map.get_mut(key) {
-            denied.until = until;
-            return;
-        }
-        if entries.map.len() >= self.capacity {
+        // A key denied again (a new window) moves to the back of the queue:
+        // its old item becomes stale.
+        if entries.map.remove(key).is_none() && entries.map.len() >= self.capacity {
             entries.evict_oldest();
         }
         let generation = entries.next_generation;
@@ -204,6 +202,20 @@ mod tests {
             "{}",
             entries.order.len()
         );
+    }
+
+    #[test]
+    fn a_key_denied_again_moves_to_the_back() {
+        let cache = DenyCache::new(2);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(60);
+        cache.insert("ip:a", until, now);
+        cache.insert("ip:b", until, now);
+        cache.insert("ip:a", until, now);
+        cache.insert("ip:c", until, now);
+        assert_eq!(cache.get("ip:b", now), None, "b was the oldest");
+        assert_eq!(cache.get("ip:a", now), Some(until));
+        assert_eq!(cache.get("ip:c", now), Some(until));
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub enum KeyError {
     /// The request came through a trusted proxy, but the proxy header does not
     /// give its client's address: the element the nearest untrusted hop
     /// would be is `unknown`, obfuscated (`for=_hidden`), not an address, or
-    /// the single-address header holds several. [`PeerIp`]'s key for such a
-    /// request is [`UNIDENTIFIED_KEY`].
+    /// the single-address header holds several. Such a request counts
+    /// against [`UNIDENTIFIED_KEY`]: [`PeerIp`]'s key for it, and the
+    /// layer's when a custom extractor returns this error.
     #[error("the trusted proxy header does not give the client's address")]
     UnidentifiedClient,
     /// Any other reason, from a custom extractor.

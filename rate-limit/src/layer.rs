@@ -13,7 +13,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
-use crate::key::{ForwardedHeader, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, sanitize};
+use crate::key::{
+    ForwardedHeader, KeyError, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, UNIDENTIFIED_KEY,
+    sanitize,
+};
 use crate::limiter::{Limiter, RateLimitStats, Verdict, bump};
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;
@@ -489,7 +492,7 @@ impl Shared {
     }
 
     /// The response to a request the extractor cannot key: a misconfiguration.
-    fn unkeyed<B>(&self, err: &crate::key::KeyError) -> Response<ResponseBody<B>> {
+    fn unkeyed<B>(&self, err: &KeyError) -> Response<ResponseBody<B>> {
         if !self.missing_key_logged.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %err, "rate limiter cannot identify the client");
         }
@@ -526,6 +529,9 @@ where
         });
         let key = match key {
             Ok(key) => sanitize(key),
+            // A custom extractor built on `PeerIp::client_ip`: the same shared
+            // bucket `PeerIp` itself uses.
+            Err(KeyError::UnidentifiedClient) => UNIDENTIFIED_KEY.to_string(),
             Err(err) => return ResponseFuture::ready(shared.unkeyed(&err)),
         };
         // A client known to be over its limit is answered here: no store

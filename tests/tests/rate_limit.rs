@@ -1106,3 +1106,30 @@ async fn the_reset_header_is_seconds_until_reset_or_epoch_seconds() {
 fn rate_limit_layer_new_panics_on_a_window_over_the_maximum() {
     let _ = RateLimitLayer::new(Cache::in_memory(), 10, Duration::from_secs(10_000_000_000));
 }
+
+/// A custom extractor built on `PeerIp::client_ip` that passes its
+/// `UnidentifiedClient` on gets the shared bucket, not a 500.
+#[tokio::test]
+async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bucket() {
+    let cache = Cache::in_memory();
+    let ip = rate_limit::PeerIp::new()
+        .trusted_proxies(rate_limit::TrustedProxies::parse(["127.0.0.0/8"]).unwrap());
+    let port = serve(
+        layer(cache.clone(), "custom-unknown", 1, Duration::from_secs(60))
+            .key_extractor(move |request: &rate_limit::RequestInfo<'_>| {
+                ip.client_ip(request).map(|ip| format!("client-{ip}"))
+            })
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let unknown = [("x-forwarded-for", "unknown")];
+    assert_eq!(http_get(port, "/", &unknown).await.status, 200);
+    assert_eq!(http_get(port, "/", &unknown).await.status, 429);
+    assert!(
+        cache
+            .exists(&format!("custom-unknown:{UNIDENTIFIED_KEY}"))
+            .await
+            .unwrap()
+    );
+}
