@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::fmt::Display;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -344,7 +345,8 @@ where
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
         Err(err) => {
-            tracing::warn!(function, error = %err, "memoization key could not be built; running uncached");
+            cache.note_uncacheable();
+            warn_uncacheable(function, &err);
             return budget.run(body).await;
         }
     };
@@ -416,6 +418,40 @@ where
     }
 }
 
+/// Logs a call whose key could not be built (NaN argument, say) at warn
+/// level at most once a minute per process, with the number of such calls
+/// since the last warning, and at debug level otherwise: one bad argument in
+/// a hot loop must not flood the log. Every such call is counted in
+/// [`Stats::uncacheable`](crate::Stats::uncacheable).
+fn warn_uncacheable(function: &'static str, error: &Error) {
+    const EVERY: Duration = Duration::from_secs(60);
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    // Milliseconds since EPOCH before which no warning is logged.
+    static QUIET_UNTIL: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed();
+    let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+    UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    let quiet_until = QUIET_UNTIL.load(Ordering::Relaxed);
+    let next = now.saturating_add(u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX));
+    if now >= quiet_until
+        && QUIET_UNTIL
+            .compare_exchange(quiet_until, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let calls = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            function,
+            %error,
+            calls,
+            "memoized calls ran uncached: their key could not be built (counted in Stats::uncacheable; logged at most once a minute)"
+        );
+    } else {
+        tracing::debug!(function, %error, "memoized call ran uncached: its key could not be built");
+    }
+}
+
 /// Compile-time check that a key argument is `Serialize`; the generated call
 /// is spanned at the argument, so the error points there.
 #[inline(always)]
@@ -461,7 +497,7 @@ pub fn default_handle() -> Option<Cache> {
     crate::default_cache()
 }
 
-/// The documented key: `{prefix}:{sha256 of the JSON of the argument tuple}`.
+/// The documented key: `{prefix}:{sha256 of the canonical JSON of the argument tuple}`.
 pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
     crate::key_for(prefix, args)
 }

@@ -1,0 +1,687 @@
+//! RFC 8785 (JSON Canonicalization Scheme) text of any `Serialize` value,
+//! written straight into an `io::Write` (for keys: into the SHA-256).
+//!
+//! Arrays, strings, numbers and the other scalars stream: the common key
+//! (strings, integers, tuples, sequences) allocates nothing. Only an object
+//! (a map, a struct) is buffered, because RFC 8785 writes its members sorted
+//! by the UTF-16 code units of their names, whatever order they came in.
+//!
+//! - Strings: minimal escaping, as serde_json does and RFC 8785 asks (`"`, `\`,
+//!   `\b \f \n \r \t`, other control characters as `\u00xx`; everything else,
+//!   U+2028 and non-ASCII included, as UTF-8).
+//! - Floats: the shortest ECMAScript form (`1`, `0.1`, `1e-7`, `1e+21`,
+//!   `-0` as `0`). NaN and infinities have no JSON form: an error.
+//! - Integers: exact decimals, whatever their size. Within ±2^53 this is what
+//!   RFC 8785 writes; beyond, RFC 8785 would round them through an IEEE double
+//!   (so that two snowflake IDs could share a key), and we write them exactly,
+//!   as serde_json and Python's `json` do. This is our one extension of JCS.
+//!   An `f32` is written as the shortest decimal that reads back as the same
+//!   `f32` (what serde_json writes), in the same ECMAScript form.
+//! - Map keys: strings, chars, integers and bools (as their decimal or
+//!   `true`/`false` text, like serde_json), unit variants; two members of one
+//!   object with the same name are an error (no JCS form).
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use serde::Serialize;
+use serde::ser::{self, Error as _, Impossible};
+use serde_json::Error;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Writes the canonical JSON of `value` into `out`.
+pub(crate) fn to_writer<W: Write, T: Serialize + ?Sized>(out: W, value: &T) -> Result<()> {
+    value.serialize(&mut Canonical { out })
+}
+
+/// The canonical JSON of `value`, as bytes.
+#[cfg(test)]
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+const NON_FINITE: &str = "NaN and infinity have no JSON form (RFC 8785)";
+
+/// The serializer: `out` is where the text goes.
+struct Canonical<W> {
+    out: W,
+}
+
+impl<W: Write> Canonical<W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).map_err(Error::io)
+    }
+
+    /// serde_json over the same output, for what it already writes the
+    /// canonical way: escaped strings and integers.
+    fn json(&mut self) -> serde_json::Serializer<&mut W> {
+        serde_json::Serializer::new(&mut self.out)
+    }
+
+    fn string(&mut self, value: &str) -> Result<()> {
+        ser::Serializer::serialize_str(&mut self.json(), value)
+    }
+
+    fn float<F: ryu_js::Float>(&mut self, value: F, finite: bool) -> Result<()> {
+        if !finite {
+            return Err(Error::custom(NON_FINITE));
+        }
+        // ECMAScript's Number::toString, which RFC 8785 prescribes; -0 is "0".
+        let mut buffer = ryu_js::Buffer::new();
+        let text = buffer.format_finite(value);
+        self.out.write_all(text.as_bytes()).map_err(Error::io)
+    }
+
+    /// `{"name":` of an enum variant written as a one-member object (nothing to sort).
+    fn open_variant(&mut self, variant: &str) -> Result<()> {
+        self.write(b"{")?;
+        self.string(variant)?;
+        self.write(b":")
+    }
+}
+
+impl<'a, W: Write> ser::Serializer for &'a mut Canonical<W> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Array<'a, W>;
+    type SerializeTuple = Array<'a, W>;
+    type SerializeTupleStruct = Array<'a, W>;
+    type SerializeTupleVariant = Array<'a, W>;
+    type SerializeMap = Object<'a, W>;
+    type SerializeStruct = Object<'a, W>;
+    type SerializeStructVariant = Object<'a, W>;
+
+    fn serialize_bool(self, value: bool) -> Result<()> {
+        self.write(if value { b"true" } else { b"false" })
+    }
+    fn serialize_i8(self, value: i8) -> Result<()> {
+        ser::Serializer::serialize_i8(&mut self.json(), value)
+    }
+    fn serialize_i16(self, value: i16) -> Result<()> {
+        ser::Serializer::serialize_i16(&mut self.json(), value)
+    }
+    fn serialize_i32(self, value: i32) -> Result<()> {
+        ser::Serializer::serialize_i32(&mut self.json(), value)
+    }
+    fn serialize_i64(self, value: i64) -> Result<()> {
+        ser::Serializer::serialize_i64(&mut self.json(), value)
+    }
+    fn serialize_i128(self, value: i128) -> Result<()> {
+        ser::Serializer::serialize_i128(&mut self.json(), value)
+    }
+    fn serialize_u8(self, value: u8) -> Result<()> {
+        ser::Serializer::serialize_u8(&mut self.json(), value)
+    }
+    fn serialize_u16(self, value: u16) -> Result<()> {
+        ser::Serializer::serialize_u16(&mut self.json(), value)
+    }
+    fn serialize_u32(self, value: u32) -> Result<()> {
+        ser::Serializer::serialize_u32(&mut self.json(), value)
+    }
+    fn serialize_u64(self, value: u64) -> Result<()> {
+        ser::Serializer::serialize_u64(&mut self.json(), value)
+    }
+    fn serialize_u128(self, value: u128) -> Result<()> {
+        ser::Serializer::serialize_u128(&mut self.json(), value)
+    }
+    fn serialize_f32(self, value: f32) -> Result<()> {
+        self.float(value, value.is_finite())
+    }
+    fn serialize_f64(self, value: f64) -> Result<()> {
+        self.float(value, value.is_finite())
+    }
+    fn serialize_char(self, value: char) -> Result<()> {
+        self.string(value.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, value: &str) -> Result<()> {
+        self.string(value)
+    }
+    fn serialize_bytes(self, value: &[u8]) -> Result<()> {
+        // As serde_json: an array of numbers.
+        let mut array = self.serialize_seq(Some(value.len()))?;
+        for byte in value {
+            ser::SerializeSeq::serialize_element(&mut array, byte)?;
+        }
+        ser::SerializeSeq::end(array)
+    }
+    fn serialize_none(self) -> Result<()> {
+        self.write(b"null")
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<()> {
+        self.write(b"null")
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<()> {
+        self.write(b"null")
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<()> {
+        self.string(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.open_variant(variant)?;
+        value.serialize(&mut *self)?;
+        self.write(b"}")
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Array<'a, W>> {
+        self.write(b"[")?;
+        Ok(Array {
+            ser: self,
+            first: true,
+            close: b"]",
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Array<'a, W>> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, len: usize) -> Result<Array<'a, W>> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Array<'a, W>> {
+        self.open_variant(variant)?;
+        self.write(b"[")?;
+        Ok(Array {
+            ser: self,
+            first: true,
+            close: b"]}",
+        })
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Object<'a, W>> {
+        Ok(Object::new(self, len.unwrap_or(0), b"}"))
+    }
+    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Object<'a, W>> {
+        Ok(Object::new(self, len, b"}"))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Object<'a, W>> {
+        self.open_variant(variant)?;
+        Ok(Object::new(self, len, b"}}"))
+    }
+}
+
+/// An array being written: elements stream as they come.
+pub(crate) struct Array<'a, W> {
+    ser: &'a mut Canonical<W>,
+    first: bool,
+    close: &'static [u8],
+}
+
+impl<W: Write> Array<'_, W> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        if !std::mem::take(&mut self.first) {
+            self.ser.write(b",")?;
+        }
+        value.serialize(&mut *self.ser)
+    }
+
+    fn close(self) -> Result<()> {
+        self.ser.write(self.close)
+    }
+}
+
+impl<W: Write> ser::SerializeSeq for Array<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.element(value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<W: Write> ser::SerializeTuple for Array<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.element(value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<W: Write> ser::SerializeTupleStruct for Array<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.element(value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<W: Write> ser::SerializeTupleVariant for Array<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.element(value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+/// One member of an object: its name, and its value already canonical.
+struct Member {
+    name: Cow<'static, str>,
+    value: Vec<u8>,
+}
+
+/// An object being written: members are kept until the end, then written
+/// sorted by the UTF-16 code units of their names (RFC 8785, 3.2.3).
+pub(crate) struct Object<'a, W> {
+    ser: &'a mut Canonical<W>,
+    members: Vec<Member>,
+    name: Option<Cow<'static, str>>,
+    close: &'static [u8],
+}
+
+impl<'a, W: Write> Object<'a, W> {
+    fn new(ser: &'a mut Canonical<W>, len: usize, close: &'static [u8]) -> Self {
+        Object {
+            ser,
+            members: Vec::with_capacity(len),
+            name: None,
+            close,
+        }
+    }
+
+    fn member<T: Serialize + ?Sized>(&mut self, name: Cow<'static, str>, value: &T) -> Result<()> {
+        let mut nested = Canonical { out: Vec::new() };
+        value.serialize(&mut nested)?;
+        self.members.push(Member {
+            name,
+            value: nested.out,
+        });
+        Ok(())
+    }
+
+    fn close(mut self) -> Result<()> {
+        self.members
+            .sort_by(|a, b| a.name.encode_utf16().cmp(b.name.encode_utf16()));
+        // Not named in the error: a member name may be user data.
+        if self
+            .members
+            .windows(2)
+            .any(|pair| pair[0].name == pair[1].name)
+        {
+            return Err(Error::custom(
+                "two members of one object have the same name (no RFC 8785 form)",
+            ));
+        }
+        self.ser.write(b"{")?;
+        for (index, member) in self.members.iter().enumerate() {
+            if index > 0 {
+                self.ser.write(b",")?;
+            }
+            self.ser.string(&member.name)?;
+            self.ser.write(b":")?;
+            self.ser.write(&member.value)?;
+        }
+        self.ser.write(self.close)
+    }
+}
+
+impl<W: Write> ser::SerializeMap for Object<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
+        self.name = Some(Cow::Owned(key.serialize(MemberName)?));
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let name = self
+            .name
+            .take()
+            .ok_or_else(|| Error::custom("a map value came without its key"))?;
+        self.member(name, value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<W: Write> ser::SerializeStruct for Object<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.member(Cow::Borrowed(key), value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+impl<W: Write> ser::SerializeStructVariant for Object<'_, W> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.member(Cow::Borrowed(key), value)
+    }
+    fn end(self) -> Result<()> {
+        self.close()
+    }
+}
+
+/// Turns a map key into a member name, as serde_json does.
+struct MemberName;
+
+fn not_a_name() -> Error {
+    Error::custom("a map key must be a string, a char, an integer or a bool")
+}
+
+impl ser::Serializer for MemberName {
+    type Ok = String;
+    type Error = Error;
+    type SerializeSeq = Impossible<String, Error>;
+    type SerializeTuple = Impossible<String, Error>;
+    type SerializeTupleStruct = Impossible<String, Error>;
+    type SerializeTupleVariant = Impossible<String, Error>;
+    type SerializeMap = Impossible<String, Error>;
+    type SerializeStruct = Impossible<String, Error>;
+    type SerializeStructVariant = Impossible<String, Error>;
+
+    fn serialize_str(self, value: &str) -> Result<String> {
+        Ok(value.to_owned())
+    }
+    fn serialize_char(self, value: char) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_bool(self, value: bool) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_i8(self, value: i8) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_i16(self, value: i16) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_i32(self, value: i32) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_i64(self, value: i64) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_i128(self, value: i128) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_u8(self, value: u8) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_u16(self, value: u16) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_u32(self, value: u32) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_u64(self, value: u64) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_u128(self, value: u128) -> Result<String> {
+        Ok(value.to_string())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<String> {
+        Ok(variant.to_owned())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<String> {
+        value.serialize(self)
+    }
+    fn serialize_f32(self, _value: f32) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_f64(self, _value: f64) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_bytes(self, _value: &[u8]) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_none(self) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_unit(self) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<String> {
+        Err(not_a_name())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq> {
+        Err(not_a_name())
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple> {
+        Err(not_a_name())
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct> {
+        Err(not_a_name())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant> {
+        Err(not_a_name())
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap> {
+        Err(not_a_name())
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self::SerializeStruct> {
+        Err(not_a_name())
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant> {
+        Err(not_a_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde::Serialize;
+
+    use super::to_vec;
+
+    fn text<T: Serialize + ?Sized>(value: &T) -> String {
+        String::from_utf8(to_vec(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn numbers_take_their_shortest_ecmascript_form() {
+        assert_eq!(text(&1.0f64), "1");
+        assert_eq!(text(&5.0f64), "5");
+        assert_eq!(text(&-0.0f64), "0");
+        assert_eq!(text(&0.1f64), "0.1");
+        assert_eq!(text(&1e-7f64), "1e-7");
+        assert_eq!(text(&1e-6f64), "0.000001");
+        assert_eq!(text(&1e20f64), "100000000000000000000");
+        assert_eq!(text(&1e21f64), "1e+21");
+        assert_eq!(text(&f64::MAX), "1.7976931348623157e+308");
+        assert_eq!(text(&f64::from_bits(1)), "5e-324");
+        assert_eq!(text(&(1.0f64 / 3.0)), "0.3333333333333333");
+        assert_eq!(text(&0.1f32), "0.1");
+        assert_eq!(text(&1e-7f32), "1e-7");
+        assert_eq!(text(&-0.0f32), "0");
+    }
+
+    #[test]
+    fn integers_are_exact_at_every_size() {
+        assert_eq!(text(&9_007_199_254_740_993u64), "9007199254740993");
+        assert_eq!(text(&u64::MAX), "18446744073709551615");
+        assert_eq!(text(&i64::MIN), "-9223372036854775808");
+        assert_eq!(text(&i128::MIN), "-170141183460469231731687303715884105728");
+        assert_eq!(text(&u128::MAX), "340282366920938463463374607431768211455");
+    }
+
+    #[test]
+    fn nan_and_infinities_have_no_form() {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(to_vec(&(value,)).is_err());
+            assert!(to_vec(&vec![1.0, value]).is_err());
+        }
+        assert!(to_vec(&f32::NAN).is_err());
+        assert!(to_vec(&HashMap::from([("k", f64::INFINITY)])).is_err());
+    }
+
+    #[test]
+    fn strings_are_minimally_escaped() {
+        assert_eq!(
+            text("\u{8}\t\n\u{c}\r\u{1}\u{1f}\u{7f}\"\\/é\u{2028}😀"),
+            "\"\\b\\t\\n\\f\\r\\u0001\\u001f\u{7f}\\\"\\\\/é\u{2028}😀\""
+        );
+    }
+
+    #[test]
+    fn members_are_sorted_by_utf16_code_units() {
+        // By UTF-8 bytes or code points U+FF61 would come before U+1F600;
+        // in UTF-16 the surrogate 0xD83D comes first.
+        let map = HashMap::from([("\u{ff61}", 3), ("😀", 2), ("é", 1), ("b", 0), ("a", 0)]);
+        assert_eq!(
+            text(&map),
+            "{\"a\":0,\"b\":0,\"é\":1,\"😀\":2,\"\u{ff61}\":3}"
+        );
+    }
+
+    #[test]
+    fn structs_are_objects_with_sorted_fields() {
+        #[derive(Serialize)]
+        struct Query {
+            zeta: Option<u8>,
+            alpha: (bool, [u8; 2]),
+            nested: BTreeMap<u32, &'static str>,
+        }
+        let query = Query {
+            zeta: None,
+            alpha: (true, [1, 2]),
+            nested: BTreeMap::from([(10, "ten"), (9, "nine")]),
+        };
+        // Integer keys are names: "10" sorts before "9".
+        assert_eq!(
+            text(&query),
+            r#"{"alpha":[true,[1,2]],"nested":{"10":"ten","9":"nine"},"zeta":null}"#
+        );
+    }
+
+    #[test]
+    fn enums_are_written_as_serde_json_writes_them() {
+        #[derive(Serialize)]
+        enum Shape {
+            Point,
+            Circle(f64),
+            Segment(u8, u8),
+            Rect { w: u8, h: u8 },
+        }
+        let shapes = [
+            Shape::Point,
+            Shape::Circle(2.0),
+            Shape::Segment(1, 2),
+            Shape::Rect { w: 3, h: 4 },
+        ];
+        assert_eq!(
+            text(&shapes),
+            r#"["Point",{"Circle":2},{"Segment":[1,2]},{"Rect":{"h":4,"w":3}}]"#
+        );
+    }
+
+    #[test]
+    fn equal_maps_give_equal_text_whatever_their_order() {
+        let a: HashMap<String, u32> = (0..100).map(|i| (format!("k{i}"), i)).collect();
+        let b: HashMap<String, u32> = (0..100).rev().map(|i| (format!("k{i}"), i)).collect();
+        assert_eq!(to_vec(&a).unwrap(), to_vec(&b).unwrap());
+    }
+
+    #[test]
+    fn keys_that_are_not_names_and_duplicate_names_are_errors() {
+        assert!(to_vec(&HashMap::from([(vec![1u8], 1)])).is_err());
+        #[derive(Serialize)]
+        struct Twice {
+            a: u8,
+            #[serde(rename = "a")]
+            b: u8,
+        }
+        assert!(to_vec(&Twice { a: 1, b: 2 }).is_err());
+    }
+
+    #[test]
+    fn units_chars_options_and_json_values() {
+        assert_eq!(
+            text(&((), 'x', Some(1u8), None::<u8>)),
+            r#"[null,"x",1,null]"#
+        );
+        let value = serde_json::json!({"b": [1.5, 2.0, -0.0], "a": null});
+        assert_eq!(text(&value), r#"{"a":null,"b":[1.5,2,0]}"#);
+    }
+}
