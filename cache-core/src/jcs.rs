@@ -21,8 +21,10 @@
 //!   `true`/`false` text, like serde_json), unit variants; two members of one
 //!   object with the same name are an error (no JCS form).
 
-use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt::Write as _;
 use std::io::Write;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde::ser::{self, Error as _, Impossible};
@@ -296,18 +298,30 @@ impl<W: Write> ser::SerializeTupleVariant for Array<'_, W> {
     }
 }
 
-/// One member of an object: its name, and its value already canonical.
+/// A member's name: a struct field's, or a map key's text in the object's
+/// `names` buffer.
+enum Name {
+    Field(&'static str),
+    Key(Range<usize>),
+}
+
+/// One member of an object: its name, and where its canonical value sits
+/// in the object's `values` buffer.
 struct Member {
-    name: Cow<'static, str>,
-    value: Vec<u8>,
+    name: Name,
+    value: Range<usize>,
 }
 
 /// An object being written: members are kept until the end, then written
-/// sorted by the UTF-16 code units of their names (RFC 8785, 3.2.3).
+/// sorted by the UTF-16 code units of their names (RFC 8785, 3.2.3). Names
+/// and values share two buffers: three allocations per object at most,
+/// whatever its size.
 pub(crate) struct Object<'a, W> {
     ser: &'a mut Canonical<W>,
     members: Vec<Member>,
-    name: Option<Cow<'static, str>>,
+    names: String,
+    values: Vec<u8>,
+    pending: Option<Name>,
     close: &'static [u8],
 }
 
@@ -316,29 +330,39 @@ impl<'a, W: Write> Object<'a, W> {
         Object {
             ser,
             members: Vec::with_capacity(len),
-            name: None,
+            // Room for short names and values: most objects never grow them.
+            names: String::with_capacity(len * 8),
+            values: Vec::with_capacity(len * 8),
+            pending: None,
             close,
         }
     }
 
-    fn member<T: Serialize + ?Sized>(&mut self, name: Cow<'static, str>, value: &T) -> Result<()> {
-        let mut nested = Canonical { out: Vec::new() };
-        value.serialize(&mut nested)?;
+    fn member<T: Serialize + ?Sized>(&mut self, name: Name, value: &T) -> Result<()> {
+        let start = self.values.len();
+        value.serialize(&mut Canonical {
+            out: &mut self.values,
+        })?;
         self.members.push(Member {
             name,
-            value: nested.out,
+            value: start..self.values.len(),
         });
         Ok(())
     }
 
     fn close(mut self) -> Result<()> {
+        let names = self.names.as_str();
+        let text = |name: &Name| match name {
+            Name::Field(field) => *field,
+            Name::Key(range) => names.get(range.clone()).unwrap_or_default(),
+        };
         self.members
-            .sort_by(|a, b| a.name.encode_utf16().cmp(b.name.encode_utf16()));
+            .sort_by(|a, b| utf16_order(text(&a.name), text(&b.name)));
         // Not named in the error: a member name may be user data.
         if self
             .members
             .windows(2)
-            .any(|pair| pair[0].name == pair[1].name)
+            .any(|pair| text(&pair[0].name) == text(&pair[1].name))
         {
             return Err(Error::custom(
                 "two members of one object have the same name (no RFC 8785 form)",
@@ -349,11 +373,23 @@ impl<'a, W: Write> Object<'a, W> {
             if index > 0 {
                 self.ser.write(b",")?;
             }
-            self.ser.string(&member.name)?;
+            self.ser.string(text(&member.name))?;
             self.ser.write(b":")?;
-            self.ser.write(&member.value)?;
+            self.ser.write(&self.values[member.value.clone()])?;
         }
         self.ser.write(self.close)
+    }
+}
+
+/// Orders two names by their UTF-16 code units, as RFC 8785 sorts members.
+/// UTF-8 byte order is code point order, which agrees with UTF-16 order
+/// except between U+E000..U+FFFF (lead bytes 0xEE, 0xEF) and the
+/// supplementary planes (0xF0..): only a difference there needs UTF-16.
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    match a.bytes().zip(b.bytes()).find(|(x, y)| x != y) {
+        Some((x, y)) if x < 0xEE && y < 0xEE => x.cmp(&y),
+        Some(_) => a.encode_utf16().cmp(b.encode_utf16()),
+        None => a.len().cmp(&b.len()),
     }
 }
 
@@ -361,12 +397,14 @@ impl<W: Write> ser::SerializeMap for Object<'_, W> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
-        self.name = Some(Cow::Owned(key.serialize(MemberName)?));
+        let start = self.names.len();
+        key.serialize(MemberName(&mut self.names))?;
+        self.pending = Some(Name::Key(start..self.names.len()));
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         let name = self
-            .name
+            .pending
             .take()
             .ok_or_else(|| Error::custom("a map value came without its key"))?;
         self.member(name, value)
@@ -384,7 +422,7 @@ impl<W: Write> ser::SerializeStruct for Object<'_, W> {
         key: &'static str,
         value: &T,
     ) -> Result<()> {
-        self.member(Cow::Borrowed(key), value)
+        self.member(Name::Field(key), value)
     }
     fn end(self) -> Result<()> {
         self.close()
@@ -399,104 +437,113 @@ impl<W: Write> ser::SerializeStructVariant for Object<'_, W> {
         key: &'static str,
         value: &T,
     ) -> Result<()> {
-        self.member(Cow::Borrowed(key), value)
+        self.member(Name::Field(key), value)
     }
     fn end(self) -> Result<()> {
         self.close()
     }
 }
 
-/// Turns a map key into a member name, as serde_json does.
-struct MemberName;
+/// Writes a map key as a member name into the object's `names`, as
+/// serde_json turns keys into names.
+struct MemberName<'b>(&'b mut String);
+
+impl MemberName<'_> {
+    fn push(self, text: impl std::fmt::Display) -> Result<()> {
+        write!(self.0, "{text}").map_err(Error::custom)
+    }
+}
 
 fn not_a_name() -> Error {
     Error::custom("a map key must be a string, a char, an integer or a bool")
 }
 
-impl ser::Serializer for MemberName {
-    type Ok = String;
+impl ser::Serializer for MemberName<'_> {
+    type Ok = ();
     type Error = Error;
-    type SerializeSeq = Impossible<String, Error>;
-    type SerializeTuple = Impossible<String, Error>;
-    type SerializeTupleStruct = Impossible<String, Error>;
-    type SerializeTupleVariant = Impossible<String, Error>;
-    type SerializeMap = Impossible<String, Error>;
-    type SerializeStruct = Impossible<String, Error>;
-    type SerializeStructVariant = Impossible<String, Error>;
+    type SerializeSeq = Impossible<(), Error>;
+    type SerializeTuple = Impossible<(), Error>;
+    type SerializeTupleStruct = Impossible<(), Error>;
+    type SerializeTupleVariant = Impossible<(), Error>;
+    type SerializeMap = Impossible<(), Error>;
+    type SerializeStruct = Impossible<(), Error>;
+    type SerializeStructVariant = Impossible<(), Error>;
 
-    fn serialize_str(self, value: &str) -> Result<String> {
-        Ok(value.to_owned())
+    fn serialize_str(self, value: &str) -> Result<()> {
+        self.0.push_str(value);
+        Ok(())
     }
-    fn serialize_char(self, value: char) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_char(self, value: char) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_bool(self, value: bool) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_bool(self, value: bool) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_i8(self, value: i8) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_i8(self, value: i8) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_i16(self, value: i16) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_i16(self, value: i16) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_i32(self, value: i32) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_i32(self, value: i32) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_i64(self, value: i64) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_i64(self, value: i64) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_i128(self, value: i128) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_i128(self, value: i128) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_u8(self, value: u8) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_u8(self, value: u8) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_u16(self, value: u16) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_u16(self, value: u16) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_u32(self, value: u32) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_u32(self, value: u32) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_u64(self, value: u64) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_u64(self, value: u64) -> Result<()> {
+        self.push(value)
     }
-    fn serialize_u128(self, value: u128) -> Result<String> {
-        Ok(value.to_string())
+    fn serialize_u128(self, value: u128) -> Result<()> {
+        self.push(value)
     }
     fn serialize_unit_variant(
         self,
         _name: &'static str,
         _index: u32,
         variant: &'static str,
-    ) -> Result<String> {
-        Ok(variant.to_owned())
+    ) -> Result<()> {
+        self.0.push_str(variant);
+        Ok(())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _name: &'static str,
         value: &T,
-    ) -> Result<String> {
+    ) -> Result<()> {
         value.serialize(self)
     }
-    fn serialize_f32(self, _value: f32) -> Result<String> {
+    fn serialize_f32(self, _value: f32) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_f64(self, _value: f64) -> Result<String> {
+    fn serialize_f64(self, _value: f64) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_bytes(self, _value: &[u8]) -> Result<String> {
+    fn serialize_bytes(self, _value: &[u8]) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_none(self) -> Result<String> {
+    fn serialize_none(self) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<String> {
+    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_unit(self) -> Result<String> {
+    fn serialize_unit(self) -> Result<()> {
         Err(not_a_name())
     }
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<String> {
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<()> {
         Err(not_a_name())
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -505,7 +552,7 @@ impl ser::Serializer for MemberName {
         _index: u32,
         _variant: &'static str,
         _value: &T,
-    ) -> Result<String> {
+    ) -> Result<()> {
         Err(not_a_name())
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq> {
@@ -613,6 +660,38 @@ mod tests {
             text(&map),
             "{\"a\":0,\"b\":0,\"é\":1,\"😀\":2,\"\u{ff61}\":3}"
         );
+    }
+
+    #[test]
+    fn utf16_order_agrees_with_encode_utf16_everywhere() {
+        let names = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "\u{7f}",
+            "\u{80}",
+            "\u{7ff}",
+            "\u{800}",
+            "\u{d7ff}",
+            "\u{e000}",
+            "\u{ff61}",
+            "\u{ffff}",
+            "\u{10000}",
+            "\u{1f600}",
+            "\u{10ffff}",
+            "a\u{ffff}",
+            "a\u{10000}",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(
+                    super::utf16_order(a, b),
+                    a.encode_utf16().cmp(b.encode_utf16()),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -122,6 +122,30 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_examples_hold() {
+        // printf '["redis",3]' | sha256sum
+        assert_eq!(
+            key_for("search", &("redis", 3)).unwrap(),
+            "search:189aead97c9caf1f9435bc6c7748d27790acbaac2fddeb807695071d13a82a30"
+        );
+        // hashlib.sha256(rfc8785.dumps(["redis", {"top_k": 3, "lang": "en"}, 0.5, 1e-7]))
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Field {
+            Number(u32),
+            Text(&'static str),
+        }
+        let filters = std::collections::HashMap::from([
+            ("top_k", Field::Number(3)),
+            ("lang", Field::Text("en")),
+        ]);
+        assert_eq!(
+            key_for("search", &("redis", filters, 0.5, 1e-7)).unwrap(),
+            "search:cc12f0170bac48798a00d960813b0e83ca9478957a64906fa7c39a2c6747ed55"
+        );
+    }
+
+    #[test]
     fn sha256_hex_matches_a_known_vector() {
         assert_eq!(
             sha256_hex(b"abc"),
