@@ -424,31 +424,59 @@ where
 /// a hot loop must not flood the log. Every such call is counted in
 /// [`Stats::uncacheable`](crate::Stats::uncacheable).
 fn warn_uncacheable(function: &'static str, error: &Error) {
-    const EVERY: Duration = Duration::from_secs(60);
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    // Milliseconds since EPOCH before which no warning is logged.
-    static QUIET_UNTIL: AtomicU64 = AtomicU64::new(0);
-    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
-
+    static LIMITER: WarnLimiter = WarnLimiter::new(Duration::from_secs(60));
     let now = EPOCH.get_or_init(std::time::Instant::now).elapsed();
-    let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
-    UNLOGGED.fetch_add(1, Ordering::Relaxed);
-    let quiet_until = QUIET_UNTIL.load(Ordering::Relaxed);
-    let next = now.saturating_add(u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX));
-    if now >= quiet_until
-        && QUIET_UNTIL
-            .compare_exchange(quiet_until, next, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        let calls = UNLOGGED.swap(0, Ordering::Relaxed);
-        tracing::warn!(
+    match LIMITER.tick(now) {
+        Some(calls) => tracing::warn!(
             function,
             %error,
             calls,
             "memoized calls ran uncached: their key could not be built (counted in Stats::uncacheable; logged at most once a minute)"
-        );
-    } else {
-        tracing::debug!(function, %error, "memoized call ran uncached: its key could not be built");
+        ),
+        None => {
+            tracing::debug!(function, %error, "memoized call ran uncached: its key could not be built");
+        }
+    }
+}
+
+/// At most one warning per period, and how many events it stands for.
+struct WarnLimiter {
+    period_ms: u64,
+    /// Milliseconds (since the caller's epoch) before which nothing is logged.
+    quiet_until: AtomicU64,
+    /// Events since the last warning.
+    unlogged: AtomicU64,
+}
+
+impl WarnLimiter {
+    const fn new(period: Duration) -> WarnLimiter {
+        WarnLimiter {
+            // Whole milliseconds of any sane period fit a u64.
+            period_ms: period.as_millis() as u64,
+            quiet_until: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one event at `now`; `Some(events since the last warning)`
+    /// when this one is to be logged.
+    fn tick(&self, now: Duration) -> Option<u64> {
+        let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let quiet_until = self.quiet_until.load(Ordering::Relaxed);
+        // One caller wins the window; the others only count.
+        (now >= quiet_until
+            && self
+                .quiet_until
+                .compare_exchange(
+                    quiet_until,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok())
+        .then(|| self.unlogged.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -561,4 +589,26 @@ pub async fn invalidate_memoized<A: Serialize + ?Sized>(
     args: &A,
 ) -> Result<bool> {
     cache.delete(&crate::key_for(prefix, args)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncacheable_calls_are_warned_about_at_most_once_a_period() {
+        let limiter = WarnLimiter::new(Duration::from_secs(60));
+        let at = Duration::from_secs;
+        assert_eq!(limiter.tick(at(0)), Some(1), "the first one is logged");
+        for second in 1..60 {
+            assert_eq!(limiter.tick(at(second)), None, "then quiet for a minute");
+        }
+        assert_eq!(
+            limiter.tick(at(60)),
+            Some(60),
+            "then one warning for all 60"
+        );
+        assert_eq!(limiter.tick(at(61)), None);
+        assert_eq!(limiter.tick(at(500)), Some(2));
+    }
 }
