@@ -17,6 +17,8 @@
 //!   as serde_json and Python's `json` do. This is our one extension of JCS.
 //!   An `f32` is written as the shortest decimal that reads back as the same
 //!   `f32` (what serde_json writes), in the same ECMAScript form.
+//! - serde_json's `RawValue` (and its `Number` with `arbitrary_precision`):
+//!   the JSON text is parsed and canonicalized like any other value.
 //! - Map keys: strings, chars, integers and bools (as their decimal or
 //!   `true`/`false` text, like serde_json), unit variants; two members of one
 //!   object with the same name are an error (no JCS form).
@@ -75,6 +77,21 @@ impl<W: Write> Canonical<W> {
         let mut buffer = ryu_js::Buffer::new();
         let text = buffer.format_finite(value);
         self.out.write_all(text.as_bytes()).map_err(Error::io)
+    }
+
+    /// A JSON number given as text (serde_json's `arbitrary_precision`):
+    /// integers stay exact, anything else takes its ECMAScript form.
+    fn number_text(&mut self, text: &str) -> Result<()> {
+        if let Ok(integer) = text.parse::<i128>() {
+            return ser::Serializer::serialize_i128(&mut self.json(), integer);
+        }
+        if let Ok(integer) = text.parse::<u128>() {
+            return ser::Serializer::serialize_u128(&mut self.json(), integer);
+        }
+        let float: f64 = text
+            .parse()
+            .map_err(|_| Error::custom("a JSON number that is not a number"))?;
+        self.float(float, float.is_finite())
     }
 
     /// `{"name":` of an enum variant written as a one-member object (nothing to sort).
@@ -219,8 +236,10 @@ impl<'a, W: Write> ser::Serializer for &'a mut Canonical<W> {
     fn serialize_map(self, len: Option<usize>) -> Result<Object<'a, W>> {
         Ok(Object::new(self, len.unwrap_or(0), b"}"))
     }
-    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Object<'a, W>> {
-        Ok(Object::new(self, len, b"}"))
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Object<'a, W>> {
+        let mut object = Object::new(self, len, b"}");
+        object.verbatim = Verbatim::of(name);
+        Ok(object)
     }
     fn serialize_struct_variant(
         self,
@@ -298,6 +317,25 @@ impl<W: Write> ser::SerializeTupleVariant for Array<'_, W> {
     }
 }
 
+/// serde_json's private structs that carry JSON text: its `RawValue` (feature
+/// `raw_value`, which axum turns on) and its `Number` with the feature
+/// `arbitrary_precision`. Their text is canonicalized, not written as an object.
+#[derive(Clone, Copy)]
+enum Verbatim {
+    Json,
+    Number,
+}
+
+impl Verbatim {
+    fn of(struct_name: &str) -> Option<Verbatim> {
+        match struct_name {
+            "$serde_json::private::RawValue" => Some(Verbatim::Json),
+            "$serde_json::private::Number" => Some(Verbatim::Number),
+            _ => None,
+        }
+    }
+}
+
 /// A member's name: a struct field's, or a map key's text in the object's
 /// `names` buffer.
 enum Name {
@@ -323,6 +361,9 @@ pub(crate) struct Object<'a, W> {
     values: Vec<u8>,
     pending: Option<Name>,
     close: &'static [u8],
+    /// Set for serde_json's text-carrying structs: their one field's text
+    /// goes to `names`.
+    verbatim: Option<Verbatim>,
 }
 
 impl<'a, W: Write> Object<'a, W> {
@@ -335,6 +376,7 @@ impl<'a, W: Write> Object<'a, W> {
             values: Vec::with_capacity(len * 8),
             pending: None,
             close,
+            verbatim: None,
         }
     }
 
@@ -351,6 +393,14 @@ impl<'a, W: Write> Object<'a, W> {
     }
 
     fn close(mut self) -> Result<()> {
+        match self.verbatim {
+            Some(Verbatim::Json) => {
+                let value: serde_json::Value = serde_json::from_str(&self.names)?;
+                return value.serialize(&mut *self.ser);
+            }
+            Some(Verbatim::Number) => return self.ser.number_text(&self.names),
+            None => {}
+        }
         let names = self.names.as_str();
         let text = |name: &Name| match name {
             Name::Field(field) => *field,
@@ -422,6 +472,9 @@ impl<W: Write> ser::SerializeStruct for Object<'_, W> {
         key: &'static str,
         value: &T,
     ) -> Result<()> {
+        if self.verbatim.is_some() {
+            return value.serialize(MemberName(&mut self.names));
+        }
         self.member(Name::Field(key), value)
     }
     fn end(self) -> Result<()> {
@@ -732,6 +785,18 @@ mod tests {
         assert_eq!(
             text(&shapes),
             r#"["Point",{"Circle":2},{"Segment":[1,2]},{"Rect":{"h":4,"w":3}}]"#
+        );
+    }
+
+    #[test]
+    fn raw_json_values_are_canonicalized() {
+        let raw = serde_json::value::RawValue::from_string(
+            r#"{ "b": [1.0, 1E-7, "\u00e9"], "a": 12345678901234567890 }"#.to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&("x", &raw)),
+            r#"["x",{"a":12345678901234567890,"b":[1,1e-7,"é"]}]"#
         );
     }
 
