@@ -136,6 +136,12 @@ pub mod embeddings {
         embedding(text)
     }
 
+    /// The MessagePack value of an entry `embed_msgpack` stored: what follows
+    /// the codec's two-byte header (`0xC1 0x01`), for the raw baselines.
+    pub fn msgpack_value(entry: &[u8]) -> &[u8] {
+        entry.get(2..).unwrap_or_default()
+    }
+
     /// Memoized with MessagePack values.
     #[cached(prefix = "bench-msgpack", ttl = 600, codec = "msgpack", cache = cache, skip(cache))]
     pub async fn embed_msgpack(cache: &Cache, text: &str) -> Vec<f32> {

@@ -184,6 +184,11 @@ impl Cache {
         }
     }
 
+    /// Counts a memoized call that runs uncached because its key could not be built.
+    pub(crate) fn note_uncacheable(&self) {
+        self.inner.counters.record_uncacheable();
+    }
+
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {

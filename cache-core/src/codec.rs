@@ -10,13 +10,21 @@ use crate::error::{Error, Result};
 /// JSON is the default: any client in any language can read the entries.
 /// MessagePack (cargo feature `msgpack`) is smaller and faster to decode, for
 /// values only Rust services of the same schema read.
+///
+/// Decoding takes the whole entry or nothing: bytes left after the value
+/// make it foreign (a miss), never a hit on its first part. A MessagePack
+/// entry starts with the two bytes `0xC1 0x01` (a byte MessagePack never uses
+/// and no JSON text starts with, then the format version), so that a value
+/// another writer put under the key is a miss, and the memoized call that
+/// follows overwrites it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Codec {
     /// `serde_json`, readable by every client.
     #[default]
     Json,
-    /// `rmp-serde` with field names (so struct changes stay decodable as JSON-like maps).
+    /// `rmp-serde` with field names (so struct changes stay decodable as
+    /// JSON-like maps), after the header `0xC1 0x01`.
     #[cfg(feature = "msgpack")]
     MessagePack,
 }
@@ -28,17 +36,53 @@ impl Codec {
             Codec::Json => serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string())),
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => {
-                rmp_serde::to_vec_named(value).map_err(|err| Error::Encode(err.to_string()))
+                let mut bytes = Vec::with_capacity(128);
+                bytes.extend_from_slice(&msgpack::HEADER);
+                rmp_serde::encode::write_named(&mut bytes, value)
+                    .map_err(|err| Error::Encode(err.to_string()))?;
+                Ok(bytes)
             }
         }
     }
 
-    /// Decodes `bytes`; `None` when they are not a `T` in this encoding.
+    /// Decodes `bytes`; an error when they are not exactly one `T` in this
+    /// encoding (trailing bytes included).
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> std::result::Result<T, String> {
         match self {
+            // from_slice rejects anything but whitespace after the value.
             Codec::Json => serde_json::from_slice(bytes).map_err(|err| err.to_string()),
             #[cfg(feature = "msgpack")]
-            Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(|err| err.to_string()),
+            Codec::MessagePack => msgpack::decode(bytes),
+        }
+    }
+}
+
+#[cfg(feature = "msgpack")]
+mod msgpack {
+    use serde::Deserialize;
+    use serde::de::{DeserializeOwned, IgnoredAny};
+
+    /// What a MessagePack entry starts with: 0xC1, the one byte the format
+    /// never uses (and no JSON text starts with), then the version of this
+    /// layout. A new layout takes a new version; an entry of an unknown
+    /// version is a miss.
+    pub(super) const HEADER: [u8; 2] = [0xC1, 0x01];
+
+    pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        let body = bytes.strip_prefix(&HEADER).ok_or_else(|| {
+            "not a MessagePack entry of this library (header 0xC1 0x01 missing)".to_string()
+        })?;
+        let mut de = rmp_serde::Deserializer::from_read_ref(body);
+        let value = T::deserialize(&mut de).map_err(|err| err.to_string())?;
+        // rmp-serde stops after the first value. Reading one more marker
+        // tells the end (an EOF on the marker) from trailing bytes.
+        match IgnoredAny::deserialize(&mut de) {
+            Err(rmp_serde::decode::Error::InvalidMarkerRead(err))
+                if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Ok(value)
+            }
+            _ => Err("bytes left after the MessagePack value".to_string()),
         }
     }
 }
@@ -56,6 +100,66 @@ mod tests {
             vec![1.5, 2.0]
         );
         assert!(Codec::Json.decode::<Vec<f32>>(b"\xff").is_err());
+    }
+
+    #[test]
+    fn json_rejects_trailing_bytes_but_not_whitespace() {
+        assert!(Codec::Json.decode::<u64>(b"12345 x").is_err());
+        assert!(Codec::Json.decode::<u64>(b"1 2").is_err());
+        assert!(Codec::Json.decode::<Vec<u8>>(b"[1][2]").is_err());
+        assert_eq!(Codec::Json.decode::<u64>(b" 12345\n").unwrap(), 12345);
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_entries_start_with_the_header() {
+        let bytes = Codec::MessagePack.encode(&7u8).unwrap();
+        assert_eq!(bytes, [0xC1, 0x01, 0x07]);
+        assert_eq!(Codec::MessagePack.decode::<u8>(&bytes).unwrap(), 7);
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_rejects_foreign_values() {
+        // The JSON text "12345" once read as the fixint 49 (the byte '1').
+        assert!(Codec::MessagePack.decode::<u64>(b"12345").is_err());
+        assert!(Codec::MessagePack.decode::<u64>(b"\"12345\"").is_err());
+        // Garbage once read as Number(-1) (0xFF is the negative fixint -1).
+        assert!(
+            Codec::MessagePack
+                .decode::<serde_json::Value>(b"\xff\xfe garbage")
+                .is_err()
+        );
+        // Bare MessagePack of another writer (no header): a miss.
+        let bare = rmp_serde::to_vec_named(&12345u64).unwrap();
+        assert!(Codec::MessagePack.decode::<u64>(&bare).is_err());
+        // Another version of the layout: a miss.
+        let mut other = Codec::MessagePack.encode(&12345u64).unwrap();
+        other[1] = 0x02;
+        assert!(Codec::MessagePack.decode::<u64>(&other).is_err());
+        assert!(Codec::MessagePack.decode::<u64>(&[]).is_err());
+        assert!(Codec::MessagePack.decode::<u64>(&[0xC1, 0x01]).is_err());
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_rejects_trailing_bytes() {
+        let mut bytes = Codec::MessagePack.encode(&12345u64).unwrap();
+        bytes.push(0x01);
+        assert!(Codec::MessagePack.decode::<u64>(&bytes).is_err());
+        // A trailing byte that starts an incomplete value (u16 marker).
+        bytes.pop();
+        bytes.push(0xcd);
+        assert!(Codec::MessagePack.decode::<u64>(&bytes).is_err());
+        let mut value = Codec::MessagePack
+            .encode(&serde_json::json!({"a": [1, 2]}))
+            .unwrap();
+        value.extend_from_slice(&[0x90]);
+        assert!(
+            Codec::MessagePack
+                .decode::<serde_json::Value>(&value)
+                .is_err()
+        );
     }
 
     #[cfg(feature = "msgpack")]

@@ -5,12 +5,27 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// The key `#[cached]` uses: `{prefix}:{lowercase hex SHA-256 of the JSON of args}`.
+/// The key `#[cached]` uses: `{prefix}:{lowercase hex SHA-256 of the canonical
+/// JSON of args}`.
 ///
 /// `args` is the tuple of the key arguments in declaration order, so a
-/// one-argument call `embed("hello")` hashes the JSON text `["hello"]`
-/// (serde_json writes a tuple as an array, with no spaces). The handle's
-/// namespace, when one is set, is added in front by the [`Cache`](crate::Cache).
+/// one-argument call `embed("hello")` hashes the JSON text `["hello"]`. The
+/// JSON is RFC 8785 (JSON Canonicalization Scheme): no spaces, object members
+/// (maps, structs) sorted by the UTF-16 code units of their names, numbers in
+/// their shortest ECMAScript form (`1.0` is `1`, `1e-7` is `1e-7`, `1e21` is
+/// `1e+21`, `-0.0` is `0`), minimal string escaping; so any language with a
+/// JCS library computes the same key, and equal `HashMap`s give equal keys in
+/// every process. One extension: integers beyond ±2^53 are written as exact
+/// decimals (as serde_json and Python's `json` write them), where JCS would
+/// round them through a double. The handle's namespace, when one is set, is
+/// added in front by the [`Cache`](crate::Cache).
+///
+/// # Errors
+///
+/// [`Error::Encode`] when an argument has no canonical JSON form: a NaN or
+/// infinite float, a map whose keys are not strings, integers, chars or
+/// bools, two members with the same name, or a `Serialize` impl that fails.
+/// `#[cached]` then runs the body uncached.
 ///
 /// ```
 /// # fn main() -> Result<(), cache_core::Error> {
@@ -20,12 +35,18 @@ use crate::error::{Error, Result};
 ///     key,
 ///     "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9"
 /// );
+/// // Python: hashlib.sha256(rfc8785.dumps([2.0, {"b": 1, "a": None}])).hexdigest()
+/// let args = (2.0, std::collections::HashMap::from([("b", Some(1)), ("a", None)]));
+/// assert_eq!(key_for_text(r#"[2,{"a":null,"b":1}]"#), cache_core::key_for("p", &args)?);
+/// assert!(cache_core::key_for("p", &(f64::NAN,)).is_err());
+/// # fn key_for_text(json: &str) -> String { format!("p:{}", cache_core::sha256_hex(json.as_bytes())) }
 /// # Ok(()) }
 /// ```
 pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
-    // The JSON goes straight into the hash: no buffer to allocate.
+    // The JSON goes straight into the hash: no buffer, except for objects.
     let mut hashing = Hashing(Sha256::new());
-    serde_json::to_writer(&mut hashing, args).map_err(|err| Error::Encode(err.to_string()))?;
+    crate::jcs::to_writer(&mut hashing, args)
+        .map_err(|err| Error::Encode(format!("arguments have no canonical JSON form: {err}")))?;
     let mut key = String::with_capacity(prefix.len() + 1 + 64);
     key.push_str(prefix);
     key.push(':');
@@ -41,7 +62,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Feeds what serde_json writes into a SHA-256.
+/// Feeds the canonical JSON into a SHA-256.
 struct Hashing(Sha256);
 
 impl std::io::Write for Hashing {
@@ -98,6 +119,30 @@ mod tests {
         // printf '["hello"]' | sha256sum
         let expected = "embedding:c7a0f7154e64cd96c617f251dc12c4396b7234c2856ccf4860ab7af537dfcdd9";
         assert_eq!(key_for("embedding", &("hello",)).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_readme_examples_hold() {
+        // printf '["redis",3]' | sha256sum
+        assert_eq!(
+            key_for("search", &("redis", 3)).unwrap(),
+            "search:189aead97c9caf1f9435bc6c7748d27790acbaac2fddeb807695071d13a82a30"
+        );
+        // hashlib.sha256(rfc8785.dumps(["redis", {"top_k": 3, "lang": "en"}, 0.5, 1e-7]))
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Field {
+            Number(u32),
+            Text(&'static str),
+        }
+        let filters = std::collections::HashMap::from([
+            ("top_k", Field::Number(3)),
+            ("lang", Field::Text("en")),
+        ]);
+        assert_eq!(
+            key_for("search", &("redis", filters, 0.5, 1e-7)).unwrap(),
+            "search:cc12f0170bac48798a00d960813b0e83ca9478957a64906fa7c39a2c6747ed55"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod cache;
 mod codec;
 mod config;
 mod error;
+mod jcs;
 mod key;
 mod memoize;
 mod resilience;

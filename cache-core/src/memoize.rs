@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::fmt::Display;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -344,7 +345,8 @@ where
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
         Err(err) => {
-            tracing::warn!(function, error = %err, "memoization key could not be built; running uncached");
+            cache.note_uncacheable();
+            warn_uncacheable(function, &err);
             return budget.run(body).await;
         }
     };
@@ -416,6 +418,68 @@ where
     }
 }
 
+/// Logs a call whose key could not be built (NaN argument, say) at warn
+/// level at most once a minute per process, with the number of such calls
+/// since the last warning, and at debug level otherwise: one bad argument in
+/// a hot loop must not flood the log. Every such call is counted in
+/// [`Stats::uncacheable`](crate::Stats::uncacheable).
+fn warn_uncacheable(function: &'static str, error: &Error) {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    static LIMITER: WarnLimiter = WarnLimiter::new(Duration::from_secs(60));
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed();
+    match LIMITER.tick(now) {
+        Some(calls) => tracing::warn!(
+            function,
+            %error,
+            calls,
+            "memoized calls ran uncached: their key could not be built (counted in Stats::uncacheable; logged at most once a minute)"
+        ),
+        None => {
+            tracing::debug!(function, %error, "memoized call ran uncached: its key could not be built");
+        }
+    }
+}
+
+/// At most one warning per period, and how many events it stands for.
+struct WarnLimiter {
+    period_ms: u64,
+    /// Milliseconds (since the caller's epoch) before which nothing is logged.
+    quiet_until: AtomicU64,
+    /// Events since the last warning.
+    unlogged: AtomicU64,
+}
+
+impl WarnLimiter {
+    const fn new(period: Duration) -> WarnLimiter {
+        WarnLimiter {
+            // Whole milliseconds of any sane period fit a u64.
+            period_ms: period.as_millis() as u64,
+            quiet_until: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one event at `now`; `Some(events since the last warning)`
+    /// when this one is to be logged.
+    fn tick(&self, now: Duration) -> Option<u64> {
+        let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let quiet_until = self.quiet_until.load(Ordering::Relaxed);
+        // One caller wins the window; the others only count.
+        (now >= quiet_until
+            && self
+                .quiet_until
+                .compare_exchange(
+                    quiet_until,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok())
+        .then(|| self.unlogged.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Compile-time check that a key argument is `Serialize`; the generated call
 /// is spanned at the argument, so the error points there.
 #[inline(always)]
@@ -461,7 +525,7 @@ pub fn default_handle() -> Option<Cache> {
     crate::default_cache()
 }
 
-/// The documented key: `{prefix}:{sha256 of the JSON of the argument tuple}`.
+/// The documented key: `{prefix}:{sha256 of the canonical JSON of the argument tuple}`.
 pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
     crate::key_for(prefix, args)
 }
@@ -525,4 +589,26 @@ pub async fn invalidate_memoized<A: Serialize + ?Sized>(
     args: &A,
 ) -> Result<bool> {
     cache.delete(&crate::key_for(prefix, args)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncacheable_calls_are_warned_about_at_most_once_a_period() {
+        let limiter = WarnLimiter::new(Duration::from_secs(60));
+        let at = Duration::from_secs;
+        assert_eq!(limiter.tick(at(0)), Some(1), "the first one is logged");
+        for second in 1..60 {
+            assert_eq!(limiter.tick(at(second)), None, "then quiet for a minute");
+        }
+        assert_eq!(
+            limiter.tick(at(60)),
+            Some(60),
+            "then one warning for all 60"
+        );
+        assert_eq!(limiter.tick(at(61)), None);
+        assert_eq!(limiter.tick(at(500)), Some(2));
+    }
 }

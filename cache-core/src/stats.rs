@@ -24,6 +24,11 @@ pub struct Stats {
     pub retries: u64,
     /// Stored values that could not be decoded (corrupt, foreign or old schema), counted as misses.
     pub decode_errors: u64,
+    /// Memoized calls that ran uncached because their key could not be built:
+    /// an argument with no canonical JSON form (NaN, infinity, a map key that
+    /// is not a string or an integer), or an empty custom key. Not reads, so
+    /// neither hits nor misses.
+    pub uncacheable: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
 }
@@ -60,6 +65,7 @@ struct Stripe {
     breaker_rejections: AtomicU64,
     retries: AtomicU64,
     decode_errors: AtomicU64,
+    uncacheable: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -109,6 +115,9 @@ impl Counters {
     pub(crate) fn record_decode_error(&self) {
         bump(&self.mine().decode_errors);
     }
+    pub(crate) fn record_uncacheable(&self) {
+        bump(&self.mine().uncacheable);
+    }
 
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
         let sum = |counter: fn(&Stripe) -> &AtomicU64| {
@@ -125,6 +134,7 @@ impl Counters {
             breaker_rejections: sum(|s| &s.breaker_rejections),
             retries: sum(|s| &s.retries),
             decode_errors: sum(|s| &s.decode_errors),
+            uncacheable: sum(|s| &s.uncacheable),
             breaker,
         }
     }

@@ -27,11 +27,14 @@
 //!
 //! # Key
 //!
-//! `{namespace:}{prefix}:{lowercase hex SHA-256 of the JSON array of the key
-//! arguments}`: `embed("hello")` is stored under
-//! `embedding:` + sha256(`["hello"]`). `cache_core::key_for(prefix, &(args,))`
-//! computes it; `cache_core::invalidate_memoized(&cache, prefix, &(args,))`
-//! drops one entry.
+//! `{namespace:}{prefix}:{lowercase hex SHA-256 of the RFC 8785 (JCS)
+//! canonical JSON array of the key arguments}`: `embed("hello")` is stored
+//! under `embedding:` + sha256(`["hello"]`); maps and struct fields are
+//! sorted, floats take their ECMAScript form, integers stay exact.
+//! `cache_core::key_for(prefix, &(args,))` computes it (and says what it does
+//! with each type); `cache_core::invalidate_memoized(&cache, prefix, &(args,))`
+//! drops one entry. A call whose arguments have no canonical form (NaN,
+//! infinity) runs uncached.
 //!
 //! # Behaviour
 //!

@@ -6,6 +6,7 @@
 //! functions take it as a skipped argument (`cache = cache, skip(cache)`), so
 //! tests never share entries or a default handle.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ suite!(
     custom_key_and_duration_ttl,
     msgpack_codec_round_trips,
     a_zero_ttl_stores_nothing,
+    arguments_without_canonical_json_are_not_cached,
+    a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
+    hash_map_arguments_hit_whatever_their_order,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +158,30 @@ async fn custom(cache: &Cache, user: u32) -> String {
 async fn packed(cache: &Cache, calls: &AtomicUsize, n: u32) -> Vec<f32> {
     calls.fetch_add(1, Ordering::SeqCst);
     (0..n).map(|i| i as f32 * 0.5).collect()
+}
+
+#[cached(prefix = "inverse", ttl = 60, cache = cache, skip(cache, calls))]
+async fn inverse(cache: &Cache, calls: &AtomicUsize, x: f64) -> f64 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    1.0 / x
+}
+
+#[cached(prefix = "packed-id", ttl = 60, codec = "msgpack", cache = cache, skip(cache, calls))]
+async fn packed_id(cache: &Cache, calls: &AtomicUsize, name: &str) -> u64 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    name.len() as u64
+}
+
+#[cached(prefix = "packed-doc", ttl = 60, codec = "msgpack", cache = cache, skip(cache, calls))]
+async fn packed_doc(cache: &Cache, calls: &AtomicUsize, id: u32) -> serde_json::Value {
+    calls.fetch_add(1, Ordering::SeqCst);
+    serde_json::json!({ "id": id, "tags": ["a", "b"] })
+}
+
+#[cached(prefix = "by-counts", ttl = 60, cache = cache, skip(cache, calls))]
+async fn total(cache: &Cache, calls: &AtomicUsize, counts: &HashMap<String, u32>) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    counts.values().sum()
 }
 
 #[cached(prefix = "zero-ttl", ttl = Duration::ZERO, cache = cache, skip(cache, calls))]
@@ -393,7 +421,77 @@ mod behaviour {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(bytes[0], 0x93, "a MessagePack array of 3, not JSON");
+        assert_eq!(
+            bytes[..3],
+            [0xC1, 0x01, 0x93],
+            "the codec's header, then a MessagePack array of 3, not JSON"
+        );
+    }
+
+    pub async fn arguments_without_canonical_json_are_not_cached(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            inverse(&cache, &calls, x).await;
+            inverse(&cache, &calls, x).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 6, "the body ran every time");
+        let stats = cache.stats();
+        assert_eq!(stats.uncacheable, 6);
+        assert_eq!((stats.hits, stats.misses), (0, 0), "no read was made");
+        // Once all three were one key (`[null]`): -inf got inf's result.
+        let positive = inverse(&cache, &calls, f64::INFINITY).await;
+        let negative = inverse(&cache, &calls, f64::NEG_INFINITY).await;
+        assert!(positive == 0.0 && positive.is_sign_positive());
+        assert!(negative == 0.0 && negative.is_sign_negative());
+        // Finite arguments are still cached.
+        assert_eq!(inverse(&cache, &calls, 4.0).await, 0.25);
+        assert_eq!(inverse(&cache, &calls, 4.0).await, 0.25);
+        assert_eq!(calls.load(Ordering::SeqCst), 9);
+        assert_eq!(cache.stats().uncacheable, 8);
+        assert_eq!(cache.stats().hits, 1);
+    }
+
+    pub async fn a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        // The JSON text 12345: its first byte is the MessagePack fixint 49.
+        let key = key_for("packed-id", &("hello",)).unwrap();
+        cache.set_bytes(&key, b"12345", None).await.unwrap();
+        assert_eq!(packed_id(&cache, &calls, "hello").await, 5);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the foreign value was a miss"
+        );
+        let stored = cache.get_bytes(&key).await.unwrap().unwrap();
+        assert_eq!(stored, [0xC1, 0x01, 0x05], "overwritten by the call");
+        assert_eq!(packed_id(&cache, &calls, "hello").await, 5);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "then a hit");
+
+        // Garbage whose first byte is the fixint -1, and our own entry with
+        // bytes after the value: both misses, both overwritten.
+        let expected = serde_json::json!({ "id": 7, "tags": ["a", "b"] });
+        let own = cache_core::Codec::MessagePack.encode(&expected).unwrap();
+        for foreign in [
+            b"\xff\xfe garbage".to_vec(),
+            [own.as_slice(), b"\x01"].concat(),
+        ] {
+            let key = key_for("packed-doc", &(7,)).unwrap();
+            cache.set_bytes(&key, &foreign, None).await.unwrap();
+            let before = calls.load(Ordering::SeqCst);
+            assert_eq!(packed_doc(&cache, &calls, 7).await, expected);
+            assert_eq!(calls.load(Ordering::SeqCst), before + 1, "a miss");
+            assert_eq!(cache.get_bytes(&key).await.unwrap().unwrap(), own);
+        }
+        assert_eq!(cache.stats().decode_errors, 3);
+    }
+
+    pub async fn hash_map_arguments_hit_whatever_their_order(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        let forward: HashMap<String, u32> = (0..32).map(|i| (format!("k{i}"), i)).collect();
+        let backward: HashMap<String, u32> = (0..32).rev().map(|i| (format!("k{i}"), i)).collect();
+        assert_eq!(total(&cache, &calls, &forward).await, 496);
+        assert_eq!(total(&cache, &calls, &backward).await, 496);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one key for equal maps");
     }
 }
 

@@ -19,7 +19,7 @@
 //!
 //! `cargo run --release -p benches --features compare --bin cache-hit`
 
-use benches::embeddings::{embed_json, embed_msgpack, embedding, text_of};
+use benches::embeddings::{embed_json, embed_msgpack, embedding, msgpack_value, text_of};
 use benches::{ROUNDS, Series, report, throughput};
 use cache_core::Cache;
 use redis::aio::MultiplexedConnection;
@@ -156,7 +156,8 @@ async fn main() {
                     let conn = conn.clone();
                     async move {
                         let bytes = raw_get(&conn, &pack_keys[task]).await;
-                        let value: Vec<f32> = rmp_serde::from_slice(&bytes).expect("decode");
+                        let value: Vec<f32> =
+                            rmp_serde::from_slice(msgpack_value(&bytes)).expect("decode");
                         assert_eq!(value.len(), 384);
                     }
                 })
@@ -238,7 +239,8 @@ async fn hot_key(
                 let conn = conn.clone();
                 async move {
                     let bytes = raw_get(&conn, key).await;
-                    let value: Vec<f32> = rmp_serde::from_slice(&bytes).expect("decode");
+                    let value: Vec<f32> =
+                        rmp_serde::from_slice(msgpack_value(&bytes)).expect("decode");
                     assert_eq!(value.len(), 384);
                 }
             })
