@@ -83,6 +83,43 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
     assert!(any_failed, "calls after the kill must fail");
 }
 
+/// A crashed Redis refuses connections at once: a call that meets that must
+/// fail as fast, not wait out its timeout behind the driver's reconnect backoff.
+/// (The fault run showed one request waiting a whole call timeout when it was
+/// in flight as Redis died; it now waits a few milliseconds.)
+#[tokio::test]
+async fn calls_fail_fast_while_redis_refuses_connections() {
+    const LONG: Duration = Duration::from_secs(1);
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(LONG)
+        // Every call below must reach the connection, not an open breaker.
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    let key = unique_prefix("refused");
+    cache.set(&key, &1, None).await.unwrap();
+    server.kill();
+    for call in 0..3 {
+        let started = Instant::now();
+        let err = cache.get::<i32>(&key).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(err.is_connection(), "call {call}: {err}");
+        assert!(
+            took < Duration::from_millis(150),
+            "call {call} took {took:?} against a refusing Redis (timeout {LONG:?})"
+        );
+    }
+    // And the first call after the restart finds the server again, with no pause.
+    server.restart();
+    let started = Instant::now();
+    cache.set(&key, &2, None).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(150));
+}
+
 #[tokio::test]
 async fn the_same_handle_works_again_after_redis_restarts() {
     let mut server = RedisServer::start();

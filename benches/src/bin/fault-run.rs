@@ -215,4 +215,21 @@ async fn main() {
         None => println!("service did NOT use Redis within 3 s of the restart"),
     }
     println!("failed requests in total: {total_failed}");
+    // The slowest requests of each phase with the time they were sent: an
+    // outlier at a phase's start and one in its middle have different causes.
+    println!("slowest requests per phase (sent at: latency):");
+    for (index, (name, _)) in PHASES.iter().enumerate() {
+        let mut slowest: Vec<(u64, Duration)> = samples
+            .iter()
+            .filter(|(ms, _, _)| phase_of(*ms) == index)
+            .map(|(ms, latency, _)| (*ms, *latency))
+            .collect();
+        slowest.sort_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+        let listed: Vec<String> = slowest
+            .iter()
+            .take(4)
+            .map(|(ms, latency)| format!("{ms} ms: {:.1} ms", latency.as_secs_f64() * 1e3))
+            .collect();
+        println!("  {name}: {}", listed.join(", "));
+    }
 }

@@ -193,10 +193,13 @@ impl RedisStore<ConnectionManager> {
             // The handle bounds every call (retries included) with one timer of
             // its own; a second one per command here would only cost time.
             .set_response_timeout(None)
-            // Reconnect quickly after a restart; the breaker bounds the load meanwhile.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200))
-            .set_number_of_retries(6);
+            // One connection attempt per reconnect, no retries inside the
+            // manager: every call awaits the manager's pending reconnect, so
+            // retries there (with their backoff) made a call that met a
+            // crashed Redis wait out its whole timeout, where a refused
+            // connection is known at once. The handle's retries and breaker
+            // pace the attempts instead; each failed call starts a new one.
+            .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(driver_config_error)?;
         Ok(Self::over(conn))
