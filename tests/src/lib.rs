@@ -461,21 +461,34 @@ impl RedisCluster {
         cluster
     }
 
-    /// Every running node reports `cluster_state:ok` and knows every other
-    /// running node as healthy, and every replica's link to its primary is up.
+    /// Every running node reports `cluster_state:ok`, sees every other running
+    /// node as healthy and in the same role (primary, or replica of the same
+    /// primary) as all the others do, and every replica's link to its primary is up.
     pub fn is_settled(&self) -> bool {
         let running: Vec<&RedisServer> = self.nodes.iter().filter(|n| n.is_running()).collect();
-        running.iter().all(|node| {
+        let mut views = Vec::new();
+        for node in &running {
             if !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 return false;
             }
-            let view = parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"]));
-            let healthy = |port: u16| view.iter().any(|n| n.port == port && !n.failing);
-            if !running.iter().all(|other| healthy(other.port())) {
+            let replication = node.cli(&["INFO", "replication"]);
+            if replication.contains("role:slave") && !replication.contains("master_link_status:up")
+            {
                 return false;
             }
-            let replication = node.cli(&["INFO", "replication"]);
-            !replication.contains("role:slave") || replication.contains("master_link_status:up")
+            views.push(parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])));
+        }
+        // Gossip spreads a role change node by node: wait until every view agrees.
+        running.iter().all(|node| {
+            let seen: Vec<Option<(bool, Option<String>)>> = views
+                .iter()
+                .map(|view| {
+                    view.iter()
+                        .find(|n| n.port == node.port() && !n.failing)
+                        .map(|n| (n.primary, n.primary_id.clone()))
+                })
+                .collect();
+            seen.iter().all(|role| role.is_some() && *role == seen[0])
         })
     }
 
