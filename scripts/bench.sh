@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark, each beside its baseline in the same run, on loopback only
 # (about ten minutes on 2 cores): cache hit and miss paths, HTTP throughput with and
-# without the rate limiter, invalidate_prefix over 1 M keys, and the fault run
-# of search-service. Installs redis-server like the test script when missing.
+# without the rate limiter, invalidate_prefix over 1 M keys, and the fault runs
+# of search-service (standalone Redis, Redis Cluster failovers). Installs redis-server like the test script when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -16,4 +16,5 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /pr
 target/release/cache-hit
 target/release/http
 target/release/invalidate
-target/release/fault-run target/release/search-service
+target/release/fault-run --scenario standalone target/release/search-service
+target/release/fault-run --scenario cluster target/release/search-service

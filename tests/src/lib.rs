@@ -50,6 +50,12 @@ pub struct RedisServer {
     tls: bool,
 }
 
+/// A started `redis-server` that may not be ready yet, and the line that says it is.
+struct Launch {
+    child: Child,
+    ready: mpsc::Receiver<Result<(), String>>,
+}
+
 impl RedisServer {
     /// Starts a standalone server on a free port and waits until it is ready.
     pub fn start() -> RedisServer {
@@ -94,6 +100,13 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        let launch = self.launch()?;
+        self.await_ready(launch)
+    }
+
+    /// Starts the process without waiting for it: several servers can then
+    /// get ready at the same time (see [`await_ready`](Self::await_ready)).
+    fn launch(&mut self) -> Result<Launch, String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("redis-server");
         if self.tls {
@@ -144,7 +157,16 @@ impl RedisServer {
             }
             let _ = ready_tx.send(Err(log));
         });
-        match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Launch {
+            child,
+            ready: ready_rx,
+        })
+    }
+
+    /// Waits for a launched server's "Ready to accept connections" line.
+    fn await_ready(&mut self, launch: Launch) -> Result<(), String> {
+        let Launch { mut child, ready } = launch;
+        match ready.recv_timeout(READY_TIMEOUT) {
             Ok(Ok(())) => {
                 self.child = Some(child);
                 Ok(())
@@ -255,6 +277,11 @@ impl RedisServer {
         (server, ca)
     }
 
+    /// `false` once [`kill`](Self::kill)ed (until [`restart`](Self::restart)).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port
@@ -293,6 +320,11 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         run_cli(self.port, args)
     }
+
+    /// Runs `redis-cli` against the server on `port` of 127.0.0.1.
+    pub fn cli_on(port: u16, args: &[&str]) -> String {
+        run_cli(port, args)
+    }
 }
 
 impl Drop for RedisServer {
@@ -311,28 +343,100 @@ fn run_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A Redis Cluster of three primaries (no replicas), slots spread by `redis-cli --cluster create`.
+/// A Redis Cluster of three primaries, each with one replica, slots spread by
+/// `redis-cli --cluster create --cluster-replicas 1`.
+///
+/// Roles change when a primary fails over, so they are read from the cluster
+/// itself (`CLUSTER NODES`), never remembered from start-up.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
+/// One node as a live member of the cluster sees it (a line of `CLUSTER NODES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node's id.
+    pub id: String,
+    /// Its client port.
+    pub port: u16,
+    /// A primary (`master` flag), as opposed to a replica.
+    pub primary: bool,
+    /// Flagged `fail` (agreed down) or `fail?` (suspected down).
+    pub failing: bool,
+    /// Flagged `fail`: a majority of primaries agreed it is down.
+    pub failed: bool,
+    /// For a replica, the id of its primary.
+    pub primary_id: Option<String>,
+    /// Serves at least one slot.
+    pub has_slots: bool,
+}
+
+/// The cluster's node timeout for the shared cluster: long enough that a
+/// loaded machine never makes it fail over by mistake.
+const SHARED_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl RedisCluster {
-    /// Starts three cluster-enabled servers, joins them and waits for `cluster_state:ok` on each.
+    /// Three primaries and three replicas with a 5 s node timeout (what
+    /// [`shared_cluster`] runs); waits until the cluster is ok and every
+    /// replica is in sync.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                let bus = free_port().to_string();
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--cluster-port",
-                    &bus,
-                ])
+        Self::start_with_node_timeout(SHARED_NODE_TIMEOUT)
+    }
+
+    /// As [`start`](Self::start), with `cluster-node-timeout` set: a primary
+    /// that stops answering is failed over about this long plus a second
+    /// (the replica's election delay) after it died.
+    pub fn start_with_node_timeout(node_timeout: Duration) -> RedisCluster {
+        let timeout_ms = node_timeout.as_millis().to_string();
+        let args = |bus: &str| -> Vec<String> {
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &timeout_ms,
+                "--cluster-port",
+                bus,
+                // A replica syncs at once instead of waiting 5 s for others to join the transfer.
+                "--repl-diskless-sync-delay",
+                "0",
+                // A replica may always take over, however long its link was down.
+                "--cluster-replica-validity-factor",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        // All six processes start at once and get ready together.
+        let mut launched = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let extra = args(&free_port().to_string());
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: std::env::temp_dir().join(format!("redis-test-{}-{port}", std::process::id())),
+                extra,
+                tls: false,
+            };
+            let launch = server.launch();
+            launched.push((server, launch));
+        }
+        let nodes: Vec<RedisServer> = launched
+            .into_iter()
+            .map(|(mut server, launch)| {
+                match launch.and_then(|launch| server.await_ready(launch)) {
+                    Ok(()) => server,
+                    // A port taken meanwhile by another process: this one alone, on new ports.
+                    Err(_) => {
+                        let extra = args(&free_port().to_string());
+                        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                        RedisServer::start_with(&extra)
+                    }
+                }
             })
             .collect();
         let addresses: Vec<String> = nodes
@@ -343,7 +447,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -353,19 +457,111 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout)
         );
         let cluster = RedisCluster { nodes };
-        cluster.wait_until_ok();
+        cluster.wait_until(READY_TIMEOUT, RedisCluster::is_settled);
         cluster
     }
 
-    fn wait_until_ok(&self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for node in &self.nodes {
-            // Polls the state the cluster reports; there is no event to wait on.
-            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "cluster did not reach state ok");
-                std::thread::sleep(Duration::from_millis(20));
+    /// Every running node reports `cluster_state:ok`, sees every other running
+    /// node as healthy and in the same role (primary, or replica of the same
+    /// primary) as all the others do, and every replica's link to its primary is up.
+    pub fn is_settled(&self) -> bool {
+        let running: Vec<&RedisServer> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        let mut views = Vec::new();
+        for node in &running {
+            if !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                return false;
+            }
+            let replication = node.cli(&["INFO", "replication"]);
+            if replication.contains("role:slave") && !replication.contains("master_link_status:up")
+            {
+                return false;
+            }
+            views.push(parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])));
+        }
+        // Gossip spreads a role change node by node: wait until every view agrees.
+        running.iter().all(|node| {
+            let seen: Vec<Option<(bool, Option<String>)>> = views
+                .iter()
+                .map(|view| {
+                    view.iter()
+                        .find(|n| n.port == node.port() && !n.failing)
+                        .map(|n| (n.primary, n.primary_id.clone()))
+                })
+                .collect();
+            seen.iter().all(|role| role.is_some() && *role == seen[0])
+        })
+    }
+
+    /// Polls `ready` (the cluster's own reports: there is no event to wait on)
+    /// until it holds; panics after `limit`. Returns how long it took.
+    pub fn wait_until(&self, limit: Duration, ready: impl Fn(&RedisCluster) -> bool) -> Duration {
+        let started = Instant::now();
+        while !ready(self) {
+            assert!(
+                started.elapsed() < limit,
+                "the cluster did not settle within {limit:?}: {:?}",
+                self.view()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+
+    /// The cluster as the first running node sees it.
+    pub fn view(&self) -> Vec<ClusterNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.is_running())
+            .map(|node| parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])))
+            .unwrap_or_default()
+    }
+
+    /// Ports of the primaries that serve slots and are not failing.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.view()
+            .into_iter()
+            .filter(|n| n.primary && n.has_slots && !n.failing)
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The port of a replica of the primary on `primary_port`.
+    pub fn replica_of(&self, primary_port: u16) -> Option<u16> {
+        let view = self.view();
+        let primary = view.iter().find(|n| n.port == primary_port)?;
+        view.iter()
+            .find(|n| n.primary_id.as_deref() == Some(primary.id.as_str()))
+            .map(|n| n.port)
+    }
+
+    /// The primary that serves the slot of `key`.
+    pub fn primary_for_key(&self, key: &str) -> u16 {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        let slot: u16 = node
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT");
+        let text = node.cli(&["CLUSTER", "NODES"]);
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            for range in &fields[8..] {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(low), Ok(high)) = (low.parse::<u16>(), high.parse::<u16>())
+                    && (low..=high).contains(&slot)
+                {
+                    return address_port(fields[1]).expect("node address");
+                }
             }
         }
+        panic!("no primary serves slot {slot}");
     }
 
     /// The nodes' URLs, for `REDIS_CLUSTER_URLS` or `CacheBuilder::cluster_urls`.
@@ -373,17 +569,71 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// `CONFIG SET parameter value` on every running node.
+    pub fn config_set(&self, parameter: &str, value: &str) {
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let reply = node.cli(&["CONFIG", "SET", parameter, value]);
+            assert_eq!(
+                reply.trim(),
+                "OK",
+                "CONFIG SET {parameter} on {}",
+                node.port()
+            );
+        }
+    }
+
     /// The nodes, to inspect or run `redis-cli` against.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
 
-    /// Runs `redis-cli -c` (follows MOVED) against the first node.
+    /// The node on `port`, to kill or restart it.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .expect("a node of this cluster")
+    }
+
+    /// Runs `redis-cli -c` (follows MOVED) against the first running node.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut with_c = vec!["-c"];
         with_c.extend_from_slice(args);
-        run_cli(self.nodes[0].port(), &with_c)
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        run_cli(node.port(), &with_c)
     }
+}
+
+fn address_port(address: &str) -> Option<u16> {
+    // ip:port@cport[,hostname]
+    let host_port = address.split('@').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Parses `CLUSTER NODES`.
+pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            Some(ClusterNode {
+                id: fields[0].to_string(),
+                port: address_port(fields[1])?,
+                primary: flags.contains(&"master"),
+                failing: flags.iter().any(|f| f.starts_with("fail")),
+                failed: flags.contains(&"fail"),
+                primary_id: (fields[3] != "-").then(|| fields[3].to_string()),
+                has_slots: fields.len() > 8,
+            })
+        })
+        .collect()
 }
 
 /// Starts `make` on a thread that lives as long as the process: the child's
@@ -407,7 +657,8 @@ pub fn shared_server() -> &'static RedisServer {
     SERVER.get_or_init(|| start_shared(RedisServer::start))
 }
 
-/// One three-node cluster shared by all tests of this binary (use your own prefix).
+/// One cluster (three primaries, three replicas) shared by all tests of this
+/// binary (use your own prefix; never kill its nodes).
 pub fn shared_cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<&'static RedisCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| start_shared(RedisCluster::start))

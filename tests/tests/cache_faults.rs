@@ -1,11 +1,18 @@
 //! Fault tests against real `redis-server` processes: crashes, restarts,
-//! a Redis absent at start-up, the circuit breaker, credentials.
+//! a Redis absent at start-up, the circuit breaker, credentials, and Redis
+//! Cluster failovers (a primary killed, and a planned `CLUSTER FAILOVER`).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::routing::get;
 use cache_core::{BreakerState, Cache, CacheBuilder, ErrorKind};
-use tests::{RedisServer, free_port, unique_prefix};
+use rate_limit::{FailMode, RateLimitLayer};
+use tests::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// Timeout of the handles in this file; every failing call must end within it.
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -81,6 +88,43 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
         any_failed |= failures > 0;
     }
     assert!(any_failed, "calls after the kill must fail");
+}
+
+/// A crashed Redis refuses connections at once: a call that meets that must
+/// fail as fast, not wait out its timeout behind the driver's reconnect backoff.
+/// (The fault run showed one request waiting a whole call timeout when it was
+/// in flight as Redis died; it now waits a few milliseconds.)
+#[tokio::test]
+async fn calls_fail_fast_while_redis_refuses_connections() {
+    const LONG: Duration = Duration::from_secs(1);
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(LONG)
+        // Every call below must reach the connection, not an open breaker.
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    let key = unique_prefix("refused");
+    cache.set(&key, &1, None).await.unwrap();
+    server.kill();
+    for call in 0..3 {
+        let started = Instant::now();
+        let err = cache.get::<i32>(&key).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(err.is_connection(), "call {call}: {err}");
+        assert!(
+            took < Duration::from_millis(150),
+            "call {call} took {took:?} against a refusing Redis (timeout {LONG:?})"
+        );
+    }
+    // And the first call after the restart finds the server again, with no pause.
+    server.restart();
+    let started = Instant::now();
+    cache.set(&key, &2, None).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(150));
 }
 
 #[tokio::test]
@@ -191,4 +235,475 @@ async fn acl_user_and_password_from_the_url_authenticate() {
     .await;
     cache.set("k", &"v", None).await.unwrap();
     assert_eq!(server.cli(&["-n", "2", "GET", "k"]).trim(), "\"v\"");
+}
+
+// ---------------------------------------------------------------------------
+// Redis Cluster failover
+
+/// Node timeout of the clusters that fail over here: a dead primary is
+/// replaced about this long, plus the replica's election delay (0.5-1 s), after it died.
+const NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The limiter's store timeout in these tests; a request waits at most twice
+/// that on the store (behind the batch at the store, then its own call).
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// One timed operation of a load.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    took: Duration,
+    /// Cache calls: succeeded. HTTP: the status.
+    outcome: u16,
+}
+
+/// Tasks calling `set` then `get` on 64 keys spread over every slot, until `stop`.
+fn cache_load(
+    cache: &Cache,
+    prefix: &str,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Sample>>> {
+    const TASKS: usize = 6;
+    (0..TASKS)
+        .map(|task| {
+            let (cache, prefix, stop) = (cache.clone(), prefix.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut i = task;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{prefix}:load:{}", i % 64);
+                    i += TASKS;
+                    let at = Instant::now();
+                    let set = cache.set(&key, &i, Some(Duration::from_secs(600))).await;
+                    samples.push(Sample {
+                        at,
+                        took: at.elapsed(),
+                        outcome: u16::from(set.is_ok()),
+                    });
+                    let at = Instant::now();
+                    let read = cache.get::<usize>(&key).await;
+                    samples.push(Sample {
+                        at,
+                        took: at.elapsed(),
+                        outcome: u16::from(read.is_ok()),
+                    });
+                    // A fail-fast call (open breaker) never yields by itself.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                samples
+            })
+        })
+        .collect()
+}
+
+/// One keep-alive client sending `GET /` to `port` every few milliseconds until `stop`.
+fn http_load(port: u16, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Sample>> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut conn = tests::http::Connection::open(port).await.unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let at = Instant::now();
+            let response = conn.get("/", Duration::from_secs(5)).await.unwrap();
+            samples.push(Sample {
+                at,
+                took: at.elapsed(),
+                outcome: response.status,
+            });
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        samples
+    })
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    samples
+}
+
+/// A cluster that may fail over, a handle on it, and two rate-limited apps
+/// (fail open, fail closed) whose counters share one slot with `probe`.
+struct FailoverRig {
+    cluster: RedisCluster,
+    cache: Cache,
+    /// A handle whose namespace is a hash tag: all its keys share the probe's slot.
+    tagged: Cache,
+    /// Prefix of the load's keys (spread over every slot).
+    prefix: String,
+    /// The full key `probe` of `tagged`, in the slot of the limiters' counters.
+    probe: String,
+    open: u16,
+    closed: u16,
+}
+
+async fn serve(layer: RateLimitLayer) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    port
+}
+
+async fn failover_rig(name: &str) -> FailoverRig {
+    let cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT);
+    let handle = |namespace: Option<&str>| {
+        let builder = Cache::builder()
+            .cluster_urls(cluster.urls())
+            .unwrap()
+            .timeout(TIMEOUT)
+            .breaker_cooldown(Duration::from_millis(300));
+        match namespace {
+            Some(namespace) => builder.namespace(namespace),
+            None => builder,
+        }
+        .build()
+    };
+    let cache = handle(None).await.unwrap();
+    let prefix = unique_prefix(name);
+    // A namespace that is a hash tag puts the probe and both limiters'
+    // counters in one slot, whatever the limiter makes of the client's address.
+    let tag = format!("{{{prefix}}}");
+    let tagged = handle(Some(&tag)).await.unwrap();
+    let limiter = |mode: FailMode, name: &str| {
+        RateLimitLayer::builder(tagged.clone())
+            .limit(1_000_000)
+            .window(Duration::from_secs(600))
+            .prefix(name)
+            .store_timeout(STORE_TIMEOUT)
+            .fail_mode(mode)
+            .build()
+            .unwrap()
+    };
+    let open = serve(limiter(FailMode::Open, "open")).await;
+    let closed = serve(limiter(FailMode::Closed, "closed")).await;
+    for port in [open, closed] {
+        let response = tests::http::get(port, "/", &[]).await;
+        assert_eq!(response.status, 200);
+        assert!(
+            response.header("x-ratelimit-remaining").is_some(),
+            "counted"
+        );
+    }
+    tagged
+        .set("probe", &0, Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    FailoverRig {
+        cluster,
+        cache,
+        tagged,
+        prefix,
+        probe: format!("{tag}:probe"),
+        open,
+        closed,
+    }
+}
+
+impl FailoverRig {
+    /// The keys under `pattern` on every current primary, and whether each has a TTL.
+    fn keys_on_primaries(&self, pattern: &str) -> Vec<(String, bool)> {
+        let mut keys = Vec::new();
+        for port in self.cluster.primaries() {
+            let node = self
+                .cluster
+                .nodes()
+                .iter()
+                .find(|n| n.port() == port)
+                .unwrap();
+            for key in node
+                .cli(&["--scan", "--pattern", pattern])
+                .lines()
+                .filter(|k| !k.is_empty())
+            {
+                let pttl: i64 = node.cli(&["PTTL", key]).trim().parse().unwrap();
+                keys.push((key.to_string(), pttl > 0));
+            }
+        }
+        keys
+    }
+
+    /// What a failover must leave true: nothing without a TTL, counting
+    /// resumed on the new primary, and `invalidate_prefix` reaching every primary.
+    async fn check_after_failover(&self) {
+        let tagged = self.keys_on_primaries(&format!("{{{}}}*", self.prefix));
+        assert!(tagged.len() >= 3, "probe and both counters: {tagged:?}");
+        let loaded = self.keys_on_primaries(&format!("{}:load:*", self.prefix));
+        assert_eq!(loaded.len(), 64, "every load key is on a primary");
+        let without_ttl: Vec<_> = tagged
+            .iter()
+            .chain(&loaded)
+            .filter(|(_, ttl)| !ttl)
+            .collect();
+        assert!(
+            without_ttl.is_empty(),
+            "keys left without a TTL: {without_ttl:?}"
+        );
+
+        let first = tests::http::get(self.open, "/", &[])
+            .await
+            .number("x-ratelimit-remaining");
+        let second = tests::http::get(self.open, "/", &[])
+            .await
+            .number("x-ratelimit-remaining");
+        assert_eq!(second + 1, first, "the counter counts on the new primary");
+
+        let removed = self
+            .cache
+            .invalidate_prefix(&format!("{}:load:", self.prefix))
+            .await
+            .unwrap();
+        assert_eq!(
+            removed, 64,
+            "invalidate_prefix walks every primary, the promoted one included"
+        );
+        assert!(
+            self.keys_on_primaries(&format!("{}:load:*", self.prefix))
+                .is_empty()
+        );
+    }
+}
+
+/// Every cache call ended within the handle's timeout and every request
+/// within twice the limiter's store timeout: nobody is blocked by a failover.
+fn assert_bounded(cache_calls: &[Sample], requests: &[Sample]) {
+    let slowest_call = cache_calls.iter().map(|s| s.took).max().unwrap_or_default();
+    assert!(
+        slowest_call <= TIMEOUT + SLACK,
+        "a cache call took {slowest_call:?}"
+    );
+    let slowest_request = requests.iter().map(|s| s.took).max().unwrap_or_default();
+    assert!(
+        slowest_request <= 2 * STORE_TIMEOUT + SLACK,
+        "a request took {slowest_request:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_primary_is_replaced_and_the_handle_and_limiter_follow() {
+    let mut rig = failover_rig("killed").await;
+    let victim = rig.cluster.primary_for_key(&rig.probe);
+    let replica = rig
+        .cluster
+        .replica_of(victim)
+        .expect("every primary has a replica");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
+    let (open, closed) = (http_load(rig.open, &stop), http_load(rig.closed, &stop));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    rig.cluster.node_mut(victim).kill();
+    // Blocks this thread only: the load runs on the runtime's workers.
+    let failover = rig.cluster.wait_until(Duration::from_secs(15), |c| {
+        c.primaries().contains(&replica) && c.is_settled()
+    });
+    let promoted = Instant::now();
+    let followed = loop {
+        if rig
+            .tagged
+            .set("probe", &1, Some(Duration::from_secs(600)))
+            .await
+            .is_ok()
+        {
+            break promoted.elapsed();
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(5),
+            "the handle never used the promoted replica"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Both handles' breakers have probed again by then (cooldown 300 ms).
+    let settled = promoted + followed + Duration::from_secs(1);
+    tokio::time::sleep_until((settled + Duration::from_millis(300)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let calls = collect(calls).await;
+    let (open, closed) = (open.await.unwrap(), closed.await.unwrap());
+    eprintln!(
+        "killed primary: replica promoted {failover:?} after the kill, handle used it {followed:?} later; \
+         {} of {} cache calls failed",
+        calls.iter().filter(|s| s.outcome == 0).count(),
+        calls.len()
+    );
+
+    assert!(
+        failover < Duration::from_secs(10),
+        "promotion took {failover:?}"
+    );
+    assert!(
+        calls.iter().any(|s| s.outcome == 0 && s.at > killed),
+        "calls failed while the primary was down"
+    );
+    assert!(
+        calls
+            .iter()
+            .filter(|s| s.at > settled)
+            .all(|s| s.outcome == 1),
+        "every call succeeds once the handle follows"
+    );
+    assert!(
+        open.iter().all(|s| s.outcome == 200),
+        "fail open: every request passes"
+    );
+    assert!(
+        closed.iter().all(|s| s.outcome == 200 || s.outcome == 503),
+        "fail closed: passes or 503, nothing else"
+    );
+    assert!(
+        closed.iter().any(|s| s.outcome == 503 && s.at > killed),
+        "fail closed: refused while its counter's primary is down"
+    );
+    assert!(
+        closed
+            .iter()
+            .filter(|s| s.at > settled)
+            .all(|s| s.outcome == 200),
+        "fail closed: counted again once the handle follows"
+    );
+    assert_bounded(&calls, &[open, closed].concat());
+
+    // The old primary comes back as a replica of the new one; the walk skips it.
+    rig.cluster.node_mut(victim).restart();
+    rig.cluster
+        .wait_until(Duration::from_secs(15), RedisCluster::is_settled);
+    assert!(!rig.cluster.primaries().contains(&victim));
+    rig.check_after_failover().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_cluster_failover_is_followed_without_errors_after_the_switch() {
+    let rig = failover_rig("planned").await;
+    let old = rig.cluster.primary_for_key(&rig.probe);
+    let replica = rig
+        .cluster
+        .replica_of(old)
+        .expect("every primary has a replica");
+    let replica_node = rig
+        .cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == replica)
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
+    let requests = vec![http_load(rig.open, &stop), http_load(rig.closed, &stop)];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(replica_node.cli(&["CLUSTER", "FAILOVER"]).trim(), "OK");
+    let switched = rig.cluster.wait_until(Duration::from_secs(10), |c| {
+        c.primaries().contains(&replica) && c.is_settled()
+    });
+    let promoted = Instant::now();
+    let followed = loop {
+        if rig
+            .tagged
+            .set("probe", &1, Some(Duration::from_secs(600)))
+            .await
+            .is_ok()
+        {
+            break promoted.elapsed();
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(5),
+            "the handle never used the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (calls, requests) = (collect(calls).await, collect(requests).await);
+    let failed = calls.iter().filter(|s| s.outcome == 0).count();
+    let refused = requests.iter().filter(|s| s.outcome != 200).count();
+    eprintln!(
+        "planned failover: switched {switched:?} after CLUSTER FAILOVER, handle used the new primary {followed:?} later; \
+         {failed} of {} cache calls failed, {refused} of {} requests not 200",
+        calls.len(),
+        requests.len()
+    );
+    assert!(
+        calls
+            .iter()
+            .filter(|s| s.at > promoted + followed)
+            .all(|s| s.outcome == 1),
+        "every call succeeds once the switch is over"
+    );
+    assert_bounded(&calls, &requests);
+    rig.check_after_failover().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it() {
+    let mut cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT);
+    // The other primaries keep serving while one is down, as many deployments
+    // choose; and the dead primary is not replaced until the test says so.
+    cluster.config_set("cluster-require-full-coverage", "no");
+    let victim = cluster.primaries()[0];
+    let replica = cluster.replica_of(victim).expect("a replica");
+    let replica_cli = |args: &[&str]| tests::RedisServer::cli_on(replica, args);
+    assert_eq!(
+        replica_cli(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).trim(),
+        "OK"
+    );
+    let cache = Cache::builder()
+        .cluster_urls(cluster.urls())
+        .unwrap()
+        .timeout(TIMEOUT)
+        .breaker_threshold(100)
+        .build()
+        .await
+        .unwrap();
+    let p = unique_prefix("down");
+    let entries: Vec<(String, u32)> = (0..64).map(|i| (format!("{p}:k:{i}"), i)).collect();
+    let refs: Vec<(&str, u32)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    cache
+        .set_many(&refs, Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+
+    cluster.node_mut(victim).kill();
+    // Every node agrees it is down (FAIL, not only suspected), so whichever
+    // node the client asks for the topology reports it failed.
+    cluster.wait_until(Duration::from_secs(10), |c| {
+        c.nodes().iter().filter(|n| n.is_running()).all(|node| {
+            tests::parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"]))
+                .iter()
+                .any(|n| n.port == victim && n.failed)
+        })
+    });
+    let result = cache.invalidate_prefix(&format!("{p}:k:")).await;
+    assert!(
+        result.is_err(),
+        "a primary that still serves slots is down: the walk cannot be complete, got {result:?}"
+    );
+
+    // Once the replica takes over, the same call covers every primary again.
+    assert_eq!(
+        replica_cli(&["CONFIG", "SET", "cluster-replica-no-failover", "no"]).trim(),
+        "OK"
+    );
+    cluster.wait_until(Duration::from_secs(15), |c| {
+        c.primaries().contains(&replica) && c.is_settled()
+    });
+    let started = Instant::now();
+    while cache.invalidate_prefix(&format!("{p}:k:")).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never covered the promoted replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (key, _) in &entries {
+        assert!(!cache.exists(key).await.unwrap(), "{key} survived");
+    }
 }

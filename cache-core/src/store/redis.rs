@@ -163,7 +163,9 @@ fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
     cmd
 }
 
-/// The primaries' addresses, from `CLUSTER NODES` (skipping failed nodes).
+/// The addresses of the primaries that serve slots, from `CLUSTER NODES`,
+/// read again on every walk: after a failover the promoted replica is a
+/// primary and the old one, back as a replica or still down, serves none.
 async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
     let reply = conn
         .route_command(
@@ -175,14 +177,18 @@ async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, 
     Ok(parse_cluster_primaries(&text))
 }
 
+/// A primary that is down but still serves slots (not yet failed over) is
+/// kept: walking it fails, so the call reports an error instead of leaving
+/// that primary's keys in place and claiming success.
 fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let address = fields.nth(1)?;
             let flags = fields.next()?;
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+            // master id, ping sent, pong received, epoch, link state, then slots.
+            let serves_slots = fields.nth(5).is_some();
+            if !flags.split(',').any(|flag| flag == "master") || !serves_slots {
                 return None;
             }
             // ip:port@cport[,hostname]
@@ -208,10 +214,13 @@ impl RedisStore<ConnectionManager> {
             // The handle bounds every call (retries included) with one timer of
             // its own; a second one per command here would only cost time.
             .set_response_timeout(None)
-            // Reconnect quickly after a restart; the breaker bounds the load meanwhile.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200))
-            .set_number_of_retries(6);
+            // One connection attempt per reconnect, no retries inside the
+            // manager: every call awaits the manager's pending reconnect, so
+            // retries there (with their backoff) made a call that met a
+            // crashed Redis wait out its whole timeout, where a refused
+            // connection is known at once. The handle's retries and breaker
+            // pace the attempts instead; each failed call starts a new one.
+            .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(driver_config_error)?;
         Ok(Self::over(conn))
@@ -423,17 +432,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn primaries_are_read_from_cluster_nodes() {
+    fn primaries_are_the_masters_that_serve_slots() {
         let text = "\
 07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
 67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
 292f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 connected
+a1b2 127.0.0.1:30006@31006 master,fail? - 0 1426238318243 5 connected 10923-16383
 e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
 ";
+        // 30003 was failed over (no slots left); 30006 is down but still serves
+        // its slots, so a walk must reach it (and fail) rather than skip it.
         assert_eq!(
             parse_cluster_primaries(text),
             vec![
                 ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30006),
                 ("127.0.0.1".to_string(), 30001)
             ]
         );
