@@ -1,11 +1,12 @@
 //! End-to-end: the example binaries, started as the README says, against the
 //! in-memory store and a real `redis-server`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SEARCH: &str = env!("CARGO_BIN_EXE_search-service");
 const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
@@ -24,6 +25,13 @@ impl Drop for Service {
 }
 
 fn start(binary: &str, envs: &[(&str, &str)]) -> Service {
+    start_with_fd_limit(binary, envs, None)
+}
+
+/// Starts `binary` on a free port with only `envs` (and `RUST_LOG=info`) in its
+/// environment, optionally with a lower file-descriptor limit, and waits for
+/// its "listening" line.
+fn start_with_fd_limit(binary: &str, envs: &[(&str, &str)], fd_limit: Option<u64>) -> Service {
     let port = tests::free_port();
     let mut cmd = Command::new(binary);
     cmd.env_clear()
@@ -32,8 +40,24 @@ fn start(binary: &str, envs: &[(&str, &str)]) -> Service {
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    if let Some(fd_limit) = fd_limit {
+        let limit = libc::rlimit {
+            rlim_cur: fd_limit,
+            rlim_max: fd_limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `limit`, which the closure owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     let mut service = Service {
-        child: cmd.spawn().expect("start search-service"),
+        child: cmd.spawn().expect("start the service"),
         port,
     };
     let stdout = service.child.stdout.take().expect("stdout");
@@ -223,4 +247,344 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
 
     let (status, _) = http_get(port, "/prices?assets=BTC,user:1*");
     assert_eq!(status, 400, "symbols from user input are validated");
+}
+
+/// Reads until the peer closes the connection (end of file or reset), at most
+/// `deadline`; returns how long that took, or `None` if it stayed open.
+fn time_until_closed(stream: &mut TcpStream, deadline: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.checked_sub(started.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            // A 408 or any other bytes: keep reading until the close.
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => {
+                return Some(started.elapsed());
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return None;
+            }
+            Err(err) => panic!("reading: {err}"),
+        }
+    }
+}
+
+/// A connection that sent `bytes` and then nothing more.
+fn half_open(port: u16, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+const PARTIAL_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n";
+
+#[test]
+fn half_sent_requests_and_silent_connections_are_closed_within_the_header_read_timeout() {
+    let service = start(
+        SEARCH,
+        &[
+            ("HEADER_READ_TIMEOUT_MS", "300"),
+            ("IDLE_TIMEOUT_MS", "60000"),
+            // An HTTP/2 connection is sent GOAWAY, then given this long to finish.
+            ("SHUTDOWN_GRACE_MS", "300"),
+        ],
+    );
+    let cases: [(&str, &[u8]); 4] = [
+        ("a partial HTTP/1 request head", PARTIAL_HEAD),
+        ("nothing at all", b""),
+        ("a partial HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        (
+            "an HTTP/2 preface and no request",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ),
+    ];
+    let mut streams: Vec<_> = cases
+        .iter()
+        .map(|(_, bytes)| half_open(service.port, bytes))
+        .collect();
+    let started = Instant::now();
+    for ((case, _), stream) in cases.iter().zip(&mut streams) {
+        // 300 ms (+ 300 ms for HTTP/2) with ample margin for a loaded machine;
+        // before the fix, none of them was ever closed.
+        let closed = time_until_closed(stream, Duration::from_secs(5));
+        assert!(closed.is_some(), "{case}: still open after 5 s");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed by the timeout, not at once: {:?}",
+        started.elapsed()
+    );
+    // The service is still there.
+    assert_eq!(http_get(service.port, "/health").0, 200);
+}
+
+#[test]
+fn health_answers_while_half_open_connections_hold_every_file_descriptor() {
+    // 128 descriptors: the service keeps 64 of them for itself and serves at
+    // most 64 connections; 150 half-sent requests are more than it can hold.
+    // Before the fix it accepted until it ran out of descriptors and then
+    // served nothing, as the half-open connections were never closed.
+    let service = start_with_fd_limit(SEARCH, &[("HEADER_READ_TIMEOUT_MS", "400")], Some(128));
+    let _half_open: Vec<TcpStream> = (0..150)
+        .map(|_| half_open(service.port, PARTIAL_HEAD))
+        .collect();
+    let started = Instant::now();
+    let (status, body) = http_get(service.port, "/health");
+    assert_eq!(status, 200, "{body}");
+    // The half-open connections ahead of it in the backlog are closed 400 ms
+    // after their accept, 64 at a time: three rounds, with margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/health took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Sends SIGTERM and waits at most `deadline` for the process to exit.
+fn terminate(service: &mut Service, deadline: Duration) -> Option<(ExitStatus, Duration)> {
+    let pid = libc::pid_t::try_from(service.child.id()).unwrap();
+    let started = Instant::now();
+    // SAFETY: kill only sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let child = &mut service.child;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        scope.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(status) => Some((status.unwrap(), started.elapsed())),
+            Err(_) => {
+                // Ends the waiting thread; the test then fails.
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                None
+            }
+        }
+    })
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period_despite_a_half_open_connection() {
+    let mut service = start(
+        PORTFOLIO,
+        &[
+            ("HEADER_READ_TIMEOUT_MS", "60000"),
+            ("SHUTDOWN_GRACE_MS", "500"),
+        ],
+    );
+    let mut stalled = half_open(service.port, PARTIAL_HEAD);
+    // Connections are accepted in order: once this one is answered, the
+    // half-open one is being served too.
+    assert_eq!(http_get(service.port, "/health").0, 200);
+
+    let exited = terminate(&mut service, Duration::from_secs(5));
+    let (status, took) = exited.expect("still running 5 s after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "the grace period was not given: {took:?}"
+    );
+    assert!(
+        time_until_closed(&mut stalled, Duration::from_secs(1)).is_some(),
+        "the half-open connection was dropped"
+    );
+}
+
+#[test]
+fn sigterm_without_open_connections_exits_at_once() {
+    let mut service = start(SEARCH, &[("SHUTDOWN_GRACE_MS", "10000")]);
+    assert_eq!(http_get(service.port, "/health").0, 200);
+    let (status, took) = terminate(&mut service, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn help_prints_the_settings_and_exits_without_serving() {
+    for binary in [SEARCH, PORTFOLIO] {
+        let port = tests::free_port();
+        let mut child = Command::new(binary)
+            .arg("--help")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            let _ = tx.send((text, child.wait()));
+        });
+        let Ok((usage, status)) = rx.recv_timeout(Duration::from_secs(10)) else {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{binary} --help did not exit: it started serving");
+        };
+        assert!(status.unwrap().success(), "{binary}");
+        for expected in [
+            "Usage:",
+            "HOST",
+            "0.0.0.0",
+            "PORT",
+            "HEADER_READ_TIMEOUT_MS",
+            "IDLE_TIMEOUT_MS",
+            "MAX_CONNECTIONS",
+            "SHUTDOWN_GRACE_MS",
+            "REDIS_URL",
+        ] {
+            assert!(usage.contains(expected), "{binary}: {expected}:\n{usage}");
+        }
+        assert!(!usage.contains("listening"), "{usage}");
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+    let status = Command::new(SEARCH)
+        .arg("--port")
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "an unknown argument is a usage error"
+    );
+}
+
+#[test]
+fn host_sets_the_bind_address() {
+    // Every 127.0.0.0/8 address is loopback: 127.0.0.2 reaches a service bound
+    // to 0.0.0.0, never one bound to 127.0.0.1.
+    let bound = start(SEARCH, &[("HOST", "127.0.0.1")]);
+    assert_eq!(http_get(bound.port, "/health").0, 200);
+    assert!(TcpStream::connect(("127.0.0.2", bound.port)).is_err());
+
+    let everywhere = start(SEARCH, &[]);
+    assert!(
+        TcpStream::connect(("127.0.0.2", everywhere.port)).is_ok(),
+        "the default HOST is 0.0.0.0"
+    );
+}
+
+/// GETs over HTTP/2 with prior knowledge (h2c, what `curl --http2-prior-knowledge` does).
+fn http2_get(port: u16, paths: &[&str]) -> Vec<(http::StatusCode, http::HeaderMap, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let mut responses = Vec::new();
+        for path in paths {
+            let request = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+                    .await
+                    .expect("an answer within 10 s")
+                    .expect("an HTTP/2 response");
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            responses.push((
+                parts.status,
+                parts.headers,
+                String::from_utf8(body.to_vec()).unwrap(),
+            ));
+        }
+        responses
+    })
+}
+
+#[test]
+fn serves_http2_with_prior_knowledge_and_http1_on_one_port() {
+    let service = start(SEARCH, &[("RATE_LIMIT", "5")]);
+    let responses = http2_get(
+        service.port,
+        &[
+            "/health",
+            "/search?q=redis+cluster+slots&k=3",
+            "/embed?text=hello",
+        ],
+    );
+    let (status, headers, body) = &responses[0];
+    assert_eq!(*status, 200, "{body}");
+    assert!(body.contains("\"healthy\":true"), "{body}");
+    // The rate limiter sees the peer address on HTTP/2 too.
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["x-ratelimit-remaining"], "4");
+    let (status, _, body) = &responses[1];
+    assert_eq!(*status, 200, "{body}");
+    assert_eq!(json(body)[0]["title"], "Redis Cluster hash slots", "{body}");
+    let (status, _, body) = &responses[2];
+    assert_eq!(*status, 200, "{body}");
+    assert_eq!(json(body)["dimensions"], 384);
+    // HTTP/1.1 on the same port, same limiter bucket.
+    let (status, body) = http_get(service.port, "/health");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn embed_is_memoized_in_redis_and_shared_with_search() {
+    let server = tests::RedisServer::start();
+    let service = start(SEARCH, &[("REDIS_URL", &server.url())]);
+    let port = service.port;
+
+    let (status, body) = http_get(port, "/embed?text=redis+cluster+slots");
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body);
+    assert_eq!(first["dimensions"], 384, "{first}");
+    let vector: Vec<f64> = first["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(vector.len(), 384);
+    let norm: f64 = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+
+    assert_eq!(
+        json(&http_get(port, "/embed?text=redis+cluster+slots").1),
+        first
+    );
+    let key = cache_core::key_for("embedding", &("redis cluster slots",)).unwrap();
+    let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(
+        pttl > 86_000_000 && pttl <= 86_400_000,
+        "embedding PTTL {pttl}"
+    );
+    // A search for the same text reuses the entry.
+    assert_eq!(http_get(port, "/search?q=redis+cluster+slots").0, 200);
+    let stats = json(&http_get(port, "/stats").1);
+    assert_eq!(stats["computed"]["embeddings"], 1, "{stats}");
+    assert_eq!(stats["computed"]["searches"], 1, "{stats}");
+
+    for bad in ["/embed?text=", "/embed?text=+++", "/embed"] {
+        assert_eq!(http_get(port, bad).0, 400, "{bad}");
+    }
+    let long = format!("/embed?text={}", "a".repeat(501));
+    assert_eq!(http_get(port, &long).0, 400);
 }
