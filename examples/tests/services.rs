@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rust_decimal::Decimal;
+
 const SEARCH: &str = env!("CARGO_BIN_EXE_search-service");
 const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
 
@@ -187,13 +189,21 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {body}"))
 }
 
+/// Money in the portfolio's JSON: a decimal string.
+fn decimal(value: &serde_json::Value) -> Decimal {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    Decimal::from_str_exact(text).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
 #[test]
 fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
     let server = tests::RedisServer::start();
     let service = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
     let port = service.port;
 
-    let (status, _) = request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":2}"#);
+    let (status, _) = request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"2"}"#);
     assert_eq!(status, 204);
     request(port, "PUT", "/users/7/balances/ETH", r#"{"amount":10}"#);
 
@@ -219,17 +229,17 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
     assert!(pttl > 0 && pttl <= 60_000, "price TTL {pttl}");
 
     // A balance change drops every user:7:summary:* entry, and the next summary is recomputed.
-    request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":3}"#);
+    request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"3"}"#);
     assert_eq!(
         server.cli(&["EXISTS", "user:7:summary:valuation"]).trim(),
         "0"
     );
     let after = json(&http_get(port, "/users/7/summary").1);
-    let btc_price = first["positions"][0]["price"].as_f64().unwrap();
-    let eth_value = first["positions"][1]["value"].as_f64().unwrap();
-    let total = after["total"].as_f64().unwrap();
-    assert!(
-        (total - (3.0 * btc_price + eth_value)).abs() < 1e-6,
+    let btc_price = decimal(&first["positions"][0]["price"]);
+    let eth_value = decimal(&first["positions"][1]["value"]);
+    assert_eq!(
+        decimal(&after["total"]),
+        Decimal::from(3) * btc_price + eth_value,
         "{after}"
     );
 
@@ -247,6 +257,64 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
 
     let (status, _) = http_get(port, "/prices?assets=BTC,user:1*");
     assert_eq!(status, 400, "symbols from user input are validated");
+}
+
+#[test]
+fn portfolio_money_is_exact_and_negative_amounts_are_refused() {
+    let server = tests::RedisServer::start();
+    let service = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
+    let port = service.port;
+
+    // Prices 749.34 and 778.22: in f64, 0.1 * 749.34 + 0.2 * 778.22 is 230.57800000000003.
+    assert_eq!(
+        request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"0.1"}"#).0,
+        204
+    );
+    assert_eq!(
+        request(port, "PUT", "/users/7/balances/ETH", r#"{"amount":0.2}"#).0,
+        204,
+        "a JSON number is still accepted"
+    );
+    let summary = json(&http_get(port, "/users/7/summary").1);
+    assert_eq!(summary["total"], "230.578", "{summary}");
+    assert_eq!(summary["positions"][0]["price"], "749.34", "{summary}");
+    assert_eq!(summary["positions"][1]["balance"], "0.2", "{summary}");
+    // What other languages read from Redis: exact decimal strings.
+    let cached = json(&server.cli(&["GET", "user:7:summary:valuation"]));
+    assert_eq!(cached["total"], "230.578", "{cached}");
+    assert_eq!(
+        server.cli(&["GET", "asset:BTC:current_price"]).trim(),
+        r#""749.34""#
+    );
+
+    let empty = json(&http_get(port, "/users/8/summary").1);
+    assert_eq!(empty["total"], "0", "not -0.0: {empty}");
+
+    for (body, expected) in [
+        (r#"{"amount":-5}"#, "amount must not be negative, got -5"),
+        (
+            r#"{"amount":"-3746.7"}"#,
+            "amount must not be negative, got -3746.7",
+        ),
+        (r#"{"amount":"abc"}"#, "amount must be a decimal number"),
+        (
+            r#"{"amount":"0.0000000000000000001"}"#,
+            "more than 18 decimal places",
+        ),
+        (r#"{"amount":1e300}"#, "at most 1000000000000000"),
+        (r#"{"quantity":1}"#, "amount is required"),
+        (r#"{"amount":"#, "Failed to parse the request body as JSON"),
+    ] {
+        let (status, response) = request(port, "PUT", "/users/7/balances/BTC", body);
+        assert_eq!(status, 400, "{body}: {response}");
+        let error = json(&response)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(expected), "{body}: {response}");
+    }
+    let unchanged = json(&http_get(port, "/users/7/summary").1);
+    assert_eq!(unchanged, summary, "refused amounts change nothing");
 }
 
 /// Reads until the peer closes the connection (end of file or reset), at most

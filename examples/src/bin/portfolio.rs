@@ -1,20 +1,21 @@
 //! Per-asset prices and balances with TTLs, per-user summaries invalidated by
-//! prefix on a balance change, bulk price lookups in one round trip. `--help`
-//! lists every setting.
+//! prefix on a balance change, bulk price lookups in one round trip. Money is
+//! exact (decimals, written as JSON strings); `--help` lists every setting.
 //!
 //! `cargo run --release -p examples --bin portfolio`, then:
-//! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":2}'`
+//! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":"2.5"}'`
 //! `curl localhost:3000/users/7/summary` and `curl 'localhost:3000/prices?assets=BTC,ETH,BTC'`
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use cache_core::Cache;
-use examples::portfolio::{Portfolio, Summary, Symbol};
+use examples::portfolio::{Amount, Portfolio, Summary, Symbol};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,8 +25,9 @@ portfolio: cached prices, balances and per-user valuations, invalidated on chang
 Usage: portfolio [--help]
 
 Endpoints:
-  PUT /users/ID/balances/ASSET   body {\"amount\":2}: sets a balance; 204
-  GET /users/ID/summary          balances, prices and values
+  PUT /users/ID/balances/ASSET   body {\"amount\":\"2.5\"}: a decimal string (exact) or a JSON
+                                 number; 0 to 10^15, at most 18 decimal places; 204
+  GET /users/ID/summary          balances, prices and values; money as decimal strings
   GET /prices?assets=BTC,ETH     current prices, duplicates read once
   GET /health                    the cache's state
   GET /stats                     cache counters and source reads
@@ -80,21 +82,18 @@ async fn summary(State(app): State<App>, Path(id): Path<u64>) -> Json<Summary> {
     Json(app.summary(id).await)
 }
 
-#[derive(Deserialize)]
-struct Balance {
-    amount: f64,
-}
-
 async fn set_balance(
     State(app): State<App>,
     Path((id, asset)): Path<(u64, String)>,
-    Json(balance): Json<Balance>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<StatusCode, Rejection> {
     let asset = Symbol::parse(&asset).ok_or_else(|| bad_request("asset: 1 to 16 of A-Z 0-9"))?;
-    if !balance.amount.is_finite() {
-        return Err(bad_request("amount must be a finite number"));
-    }
-    app.set_balance(id, asset, balance.amount).await;
+    let Json(body) = body.map_err(|rejection| bad_request(&rejection.body_text()))?;
+    let amount = body
+        .get("amount")
+        .ok_or_else(|| bad_request("amount is required, e.g. {\"amount\":\"2.5\"}"))?;
+    let amount = Amount::from_json(amount).map_err(|err| bad_request(&err.to_string()))?;
+    app.set_balance(id, asset, amount).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
