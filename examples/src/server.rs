@@ -21,6 +21,9 @@
 //! - no complete request head within [`ServerSettings::header_read_timeout`]
 //!   of being accepted (or, on HTTP/1, of its previous response): closed, so a
 //!   half-sent request or a silent client holds its socket that long at most;
+//! - a request body not received whole within
+//!   [`ServerSettings::body_read_timeout`] of its head: the handler reading it
+//!   gets an error (a 400), and the connection is not reused;
 //! - no request in flight for [`ServerSettings::idle_timeout`] (HTTP/2 keeps
 //!   connections open between requests): shut down gracefully;
 //! - once asked to shut down (idle, or the server stopping), a connection has
@@ -29,20 +32,22 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::Request;
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::env_number;
@@ -54,6 +59,7 @@ Server (HTTP/1.1 and HTTP/2 cleartext on one port):
   PORT                     port to listen on [default: 3000]
   HEADER_READ_TIMEOUT_MS   time a client has to send a complete request head, from its
                            connection (or, on HTTP/1, from its previous response) [default: 10000]
+  BODY_READ_TIMEOUT_MS     time a request body has to arrive whole, from its head [default: 30000]
   IDLE_TIMEOUT_MS          a connection with no request in flight this long is closed [default: 60000]
   MAX_CONNECTIONS          open connections at most; more wait in the listen backlog
                            (kept 64 below the file-descriptor limit) [default: 10000]
@@ -80,6 +86,9 @@ pub struct ServerSettings {
     pub port: u16,
     /// Deadline for a complete request head (`HEADER_READ_TIMEOUT_MS`, default 10 s).
     pub header_read_timeout: Duration,
+    /// Deadline for a whole request body, from its head (`BODY_READ_TIMEOUT_MS`,
+    /// default 30 s).
+    pub body_read_timeout: Duration,
     /// A connection with no request in flight this long is shut down
     /// (`IDLE_TIMEOUT_MS`, default 60 s).
     pub idle_timeout: Duration,
@@ -97,6 +106,7 @@ impl Default for ServerSettings {
             host: "0.0.0.0".to_string(),
             port: 3000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
@@ -123,6 +133,7 @@ impl ServerSettings {
             host,
             port: env_number("PORT", defaults.port)?,
             header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", defaults.header_read_timeout)?,
+            body_read_timeout: millis("BODY_READ_TIMEOUT_MS", defaults.body_read_timeout)?,
             idle_timeout: millis("IDLE_TIMEOUT_MS", defaults.idle_timeout)?,
             max_connections: env_number("MAX_CONNECTIONS", defaults.max_connections)?,
             shutdown_grace: millis("SHUTDOWN_GRACE_MS", defaults.shutdown_grace)?,
@@ -137,6 +148,7 @@ impl ServerSettings {
         const DAY: Duration = Duration::from_secs(86_400);
         for (name, value) in [
             ("HEADER_READ_TIMEOUT_MS", self.header_read_timeout),
+            ("BODY_READ_TIMEOUT_MS", self.body_read_timeout),
             ("IDLE_TIMEOUT_MS", self.idle_timeout),
         ] {
             if value.is_zero() || value > DAY {
@@ -179,12 +191,14 @@ pub async fn serve_until(
     let max_connections = connection_cap(settings.max_connections);
     let limits = Limits {
         header_read_timeout: settings.header_read_timeout,
+        body_read_timeout: settings.body_read_timeout,
         idle_timeout: settings.idle_timeout,
         shutdown_grace: settings.shutdown_grace,
     };
     tracing::info!(
         address = %listener.local_addr()?,
         header_read_timeout_ms = limits.header_read_timeout.as_millis(),
+        body_read_timeout_ms = limits.body_read_timeout.as_millis(),
         idle_timeout_ms = limits.idle_timeout.as_millis(),
         shutdown_grace_ms = limits.shutdown_grace.as_millis(),
         max_connections,
@@ -311,6 +325,7 @@ fn connection_cap(configured: usize) -> usize {
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     header_read_timeout: Duration,
+    body_read_timeout: Duration,
     idle_timeout: Duration,
     shutdown_grace: Duration,
 }
@@ -398,7 +413,15 @@ async fn serve_connection(
     let activity = Activity::new();
     let service = {
         let activity = Arc::clone(&activity);
-        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut request = request.map(|body| {
+                // Most requests (GETs) have no body: no timer for them.
+                if body.is_end_stream() {
+                    axum::body::Body::new(body)
+                } else {
+                    axum::body::Body::new(DeadlineBody::new(body, limits.body_read_timeout))
+                }
+            });
             // The rate limiter's default key: the TCP peer, as axum::serve would give it.
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = activity.begin();
@@ -452,6 +475,60 @@ async fn serve_connection(
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request body that must arrive whole before a deadline: hyper bounds
+    /// the wait for a request head, not for the body after it.
+    struct DeadlineBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+/// The error a handler reading a [`DeadlineBody`] gets once its deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within {0:?}")]
+struct BodyTimeout(Duration);
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if this.deadline.poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyTimeout(*this.timeout).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -487,6 +564,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }

@@ -392,6 +392,40 @@ fn half_sent_requests_and_silent_connections_are_closed_within_the_header_read_t
 }
 
 #[test]
+fn a_body_that_stops_half_way_is_refused_within_the_body_read_timeout() {
+    let service = start(
+        PORTFOLIO,
+        &[
+            ("BODY_READ_TIMEOUT_MS", "300"),
+            ("HEADER_READ_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let mut stalled = half_open(
+        service.port,
+        b"PUT /users/7/balances/BTC HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"amount\":",
+    );
+    let started = Instant::now();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = Vec::new();
+    // Before the fix, the handler waited for the rest of the body for good.
+    let _ = stalled.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 400"),
+        "after {:?}: {response:?}",
+        started.elapsed()
+    );
+    assert!(response.contains("not received within"), "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "and the connection closed"
+    );
+}
+
+#[test]
 fn health_answers_while_half_open_connections_hold_every_file_descriptor() {
     // 128 descriptors: the service keeps 64 of them for itself and serves at
     // most 64 connections; 150 half-sent requests are more than it can hold.
