@@ -383,21 +383,18 @@ impl Activity {
         InFlight(Arc::clone(self))
     }
 
-    /// When the connection may next be found idle, or `None` if it is idle now.
-    /// Called when the previous check's deadline passed.
+    /// When the connection may next be found idle, or `None` if it is idle
+    /// now: it sent no request within the header-read timeout of its accept,
+    /// or none since the idle timeout.
     fn next_check(&self, limits: &Limits, now: Instant) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Some(now + limits.idle_timeout);
         }
-        match self.last_end_ms.load(Ordering::Relaxed) {
-            // No request within the header-read timeout of the connection.
-            u64::MAX => None,
-            last_end => {
-                let idle_until =
-                    self.accepted + Duration::from_millis(last_end) + limits.idle_timeout;
-                (idle_until > now).then_some(idle_until)
-            }
-        }
+        let idle_until = match self.last_end_ms.load(Ordering::Relaxed) {
+            u64::MAX => self.accepted + limits.header_read_timeout,
+            last_end => self.accepted + Duration::from_millis(last_end) + limits.idle_timeout,
+        };
+        (idle_until > now).then_some(idle_until)
     }
 }
 
@@ -438,7 +435,7 @@ async fn serve_connection(
 
     // The first request must arrive within the header-read timeout, whatever
     // the protocol: before hyper knows it, only this deadline runs.
-    let mut check_idle_at = activity.accepted + limits.header_read_timeout;
+    let mut check_idle_at = activity.accepted + limits.header_read_timeout.min(limits.idle_timeout);
     let mut drop_at: Option<Instant> = None;
     if *stopping.borrow() {
         drop_at = Some(Instant::now() + limits.shutdown_grace);
@@ -605,6 +602,11 @@ mod tests {
         let activity = Activity::new();
         let limits = limits();
         let later = activity.accepted + limits.header_read_timeout;
+        assert_eq!(
+            activity.next_check(&limits, activity.accepted),
+            Some(later),
+            "the first request may take the header-read timeout"
+        );
         assert_eq!(
             activity.next_check(&limits, later),
             None,

@@ -690,3 +690,41 @@ fn embed_is_memoized_in_redis_and_shared_with_search() {
     let long = format!("/embed?text={}", "a".repeat(501));
     assert_eq!(http_get(port, &long).0, 400);
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let service = start(SEARCH, &[("IDLE_TIMEOUT_MS", "300")]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(format!("http://127.0.0.1:{}/health", service.port))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        let started = Instant::now();
+        // The client's connection ends when the server sends GOAWAY and closes.
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        assert!(ended.is_ok(), "still open 5 s after its last request");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "closed by the idle timeout, not at once: {:?}",
+            started.elapsed()
+        );
+    });
+}
