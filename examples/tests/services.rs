@@ -17,6 +17,23 @@ const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
 struct Service {
     child: Child,
     port: u16,
+    /// Its stdout, line by line.
+    log: mpsc::Receiver<String>,
+}
+
+impl Service {
+    /// Waits at most `timeout` for a log line containing `needle`.
+    fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
 }
 
 impl Drop for Service {
@@ -58,20 +75,22 @@ fn start_with_fd_limit(binary: &str, envs: &[(&str, &str)], fd_limit: Option<u64
             });
         }
     }
-    let mut service = Service {
-        child: cmd.spawn().expect("start the service"),
-        port,
-    };
-    let stdout = service.child.stdout.take().expect("stdout");
+    let mut child = cmd.spawn().expect("start the service");
+    let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
+    let service = Service {
+        child,
+        port,
+        log: rx,
+    };
     let mut log = Vec::new();
     // Waits for the service's own "listening" line.
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+    while let Ok(line) = service.log.recv_timeout(Duration::from_secs(30)) {
         let ready = line.contains("listening");
         log.push(line);
         if ready {
@@ -447,12 +466,22 @@ fn health_answers_while_half_open_connections_hold_every_file_descriptor() {
     );
 }
 
-/// Sends SIGTERM and waits at most `deadline` for the process to exit.
-fn terminate(service: &mut Service, deadline: Duration) -> Option<(ExitStatus, Duration)> {
+fn send_sigterm(service: &Service) {
     let pid = libc::pid_t::try_from(service.child.id()).unwrap();
-    let started = Instant::now();
     // SAFETY: kill only sends a signal to our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+/// Sends SIGTERM and waits at most `deadline` for the process to exit.
+fn terminate(service: &mut Service, deadline: Duration) -> Option<(ExitStatus, Duration)> {
+    let started = Instant::now();
+    send_sigterm(service);
+    wait_for_exit(service, deadline).map(|status| (status, started.elapsed()))
+}
+
+/// Waits at most `deadline` for the process to exit (killing it if it does not).
+fn wait_for_exit(service: &mut Service, deadline: Duration) -> Option<ExitStatus> {
+    let pid = libc::pid_t::try_from(service.child.id()).unwrap();
     let child = &mut service.child;
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
@@ -460,7 +489,7 @@ fn terminate(service: &mut Service, deadline: Duration) -> Option<(ExitStatus, D
             let _ = tx.send(child.wait());
         });
         match rx.recv_timeout(deadline) {
-            Ok(status) => Some((status.unwrap(), started.elapsed())),
+            Ok(status) => Some(status.unwrap()),
             Err(_) => {
                 // Ends the waiting thread; the test then fails.
                 // SAFETY: as above.
@@ -496,6 +525,43 @@ fn sigterm_exits_within_the_grace_period_despite_a_half_open_connection() {
         time_until_closed(&mut stalled, Duration::from_secs(1)).is_some(),
         "the half-open connection was dropped"
     );
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let mut service = start(
+        PORTFOLIO,
+        &[
+            ("SHUTDOWN_GRACE_MS", "10000"),
+            ("BODY_READ_TIMEOUT_MS", "10000"),
+        ],
+    );
+    let body = br#"{"amount":"2"}"#;
+    let mut in_flight = half_open(
+        service.port,
+        format!(
+            "PUT /users/7/balances/BTC HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(http_get(service.port, "/health").0, 200);
+    send_sigterm(&service);
+    assert!(
+        service.wait_for_log("shutting down", Duration::from_secs(5)),
+        "no shutdown after SIGTERM"
+    );
+    // The body arrives after shutdown began: the request still completes.
+    in_flight.write_all(body).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = String::new();
+    let _ = in_flight.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 204"), "{response:?}");
+    let status = wait_for_exit(&mut service, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
 }
 
 #[test]
