@@ -1,13 +1,26 @@
-//! The example services' shared parts: their domains ([`search`], [`portfolio`])
-//! and the start-up and shutdown every service of this kind needs.
+//! The example services' shared parts: their domains ([`search`], [`portfolio`]),
+//! the serving every service of this kind needs ([`server`]: HTTP/1.1 and
+//! HTTP/2, timeouts, bounded shutdown) and their command line ([`run`]).
 #![warn(missing_docs)]
 
 pub mod portfolio;
 pub mod search;
+pub mod server;
 
-use std::net::SocketAddr;
+use std::error::Error;
+use std::future::Future;
+use std::process::ExitCode;
 
 use axum::Router;
+
+/// The cache's part of every example service's `--help`.
+pub const CACHE_USAGE: &str = "\
+Cache (the embedded in-memory store when none of the first three is set):
+  REDIS_CLUSTER_URLS       comma-separated seed node URLs: Redis Cluster
+  REDIS_URL                redis://[user[:password]@]host[:port][/db], or rediss:// for TLS
+  REDIS_HOST               host, with REDIS_PORT, REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD
+  CACHE_TIMEOUT_MS and the rest: see \"Configuration\" in README.md
+";
 
 /// Logs to stdout, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
@@ -30,36 +43,92 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Str
     }
 }
 
-/// Serves `app` on `PORT` (default 3000) with the peer address available to
-/// the rate limiter, until Ctrl-C or SIGTERM; requests in flight finish.
-pub async fn serve(app: Router) -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = env_number("PORT", 3000)?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    tracing::info!(port, "listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
-    Ok(())
+/// What an example service's command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invocation {
+    /// No arguments: serve (configuration comes from the environment).
+    Serve,
+    /// `--help` or `-h`: print the usage and exit.
+    Help,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Reads the arguments after the program name: none, or `--help` / `-h`.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, String> {
+    let mut invocation = Invocation::Serve;
+    for arg in args {
+        match arg.as_str() {
+            "--help" | "-h" => invocation = Invocation::Help,
+            other => {
+                return Err(format!(
+                    "unexpected argument {other:?}: settings come from the environment"
+                ));
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
-    tracing::info!("shutting down");
+    Ok(invocation)
+}
+
+/// The `main` of an example service. `--help` prints `usage` followed by the
+/// cache's and the server's settings ([`CACHE_USAGE`], [`server::USAGE`]) and
+/// exits 0 without starting anything; an unknown argument prints them on
+/// stderr and exits 2. Otherwise: logs to stdout, reads the server settings
+/// (a bad one exits 1 before anything starts), builds the router with `app`,
+/// and serves it until SIGTERM or Ctrl-C ([`server::serve`]).
+pub fn run<F, Fut>(usage: &str, app: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Router, Box<dyn Error>>>,
+{
+    match parse_args(std::env::args().skip(1)) {
+        Ok(Invocation::Help) => {
+            print!("{usage}\n{CACHE_USAGE}\n{}", server::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprint!("error: {err}\n\n{usage}\n{CACHE_USAGE}\n{}", server::USAGE);
+            return ExitCode::from(2);
+        }
+        Ok(Invocation::Serve) => {}
+    }
+    init_tracing();
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Box::<dyn Error>::from)
+        .and_then(|runtime| {
+            let served = runtime.block_on(async {
+                let settings = server::ServerSettings::from_env()?;
+                let app = app().await?;
+                server::serve(app, &settings).await?;
+                Ok(())
+            });
+            // Tasks still running are cancelled; a blocking one (a DNS lookup)
+            // gets a moment, not a say in when the process exits.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            served
+        });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_command_line_is_help_or_nothing() {
+        assert_eq!(parse_args(args(&[])), Ok(Invocation::Serve));
+        assert_eq!(parse_args(args(&["--help"])), Ok(Invocation::Help));
+        assert_eq!(parse_args(args(&["-h"])), Ok(Invocation::Help));
+        assert!(parse_args(args(&["--port", "80"])).is_err());
+    }
 }

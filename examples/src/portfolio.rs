@@ -9,6 +9,18 @@
 //!
 //! The cache is never the source of truth: any cache error falls back to the
 //! source, so Redis being down costs latency, never a wrong answer.
+//!
+//! Money is exact: amounts, prices and values are [`Decimal`]s, never `f64`
+//! (`0.1 + 0.2` must not become `0.30000000000000004` in a cached total), and
+//! they are written to JSON as decimal strings (`"246.9"`). A string is the
+//! only JSON form every reader keeps exact: JavaScript's `JSON.parse`,
+//! Python's `json` and Go's `encoding/json` read a JSON number as a binary
+//! double unless told otherwise, while a string makes them pick a decimal type
+//! (`decimal.Decimal(s)`, `BigDecimal`). Integer minor units would not fit
+//! either: assets have different scales (8 decimals for bitcoin, 18 for ether,
+//! whose 10^18 units per coin overflow a `u64` past 18 coins). Every value is
+//! written in its shortest form (`normalize`: no trailing zeros, never `-0`),
+//! so equal amounts are equal strings.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
@@ -16,7 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cache_core::Cache;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Lifetime of a cached price.
 pub const PRICE_TTL: Duration = Duration::from_secs(60);
@@ -45,15 +59,116 @@ impl Symbol {
     }
 }
 
+/// Units of an asset held: a decimal from 0 to [`Amount::MAX`] with at most
+/// [`Amount::MAX_DECIMAL_PLACES`] decimal places, kept exact and in its
+/// shortest form. In JSON, a decimal string (`"2.5"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Decimal", into = "Decimal")]
+pub struct Amount(Decimal);
+
+/// Why an amount was refused; the message is meant for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    /// Not a decimal number.
+    #[error(
+        "amount must be a decimal number, as a string such as \"2.5\" (exact) or a JSON number"
+    )]
+    NotADecimal,
+    /// Below zero.
+    #[error("amount must not be negative, got {0}")]
+    Negative(String),
+    /// More decimal places than any asset has.
+    #[error("amount has more than 18 decimal places")]
+    TooPrecise,
+    /// Beyond [`Amount::MAX`].
+    #[error("amount must be at most 1000000000000000")]
+    TooLarge,
+}
+
+impl Amount {
+    /// The largest amount: 10^15 units. Every value (amount times a price of
+    /// at most 1000) then stays far inside what a `Decimal` holds.
+    pub const MAX: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
+    /// Most decimal places an amount may have (an ether has 18).
+    pub const MAX_DECIMAL_PLACES: u32 = 18;
+    /// Nothing held.
+    pub const ZERO: Amount = Amount(Decimal::ZERO);
+
+    /// Parses a plain decimal (`"2.5"`, `"-0"`; no exponent), refusing any
+    /// digit it could not keep.
+    pub fn parse(text: &str) -> Result<Amount, AmountError> {
+        let decimal = Decimal::from_str_exact(text.trim()).map_err(|_| AmountError::NotADecimal)?;
+        Amount::try_from(decimal)
+    }
+
+    /// An amount from a JSON request body: a decimal string (exact), or a
+    /// JSON number, read as the shortest decimal that gives the same double
+    /// (`0.1` is 0.1; digits beyond a double's 15 to 17 are already lost, so
+    /// send a string for those).
+    pub fn from_json(value: &Value) -> Result<Amount, AmountError> {
+        match value {
+            Value::String(text) => Amount::parse(text),
+            Value::Number(number) => {
+                if let Some(n) = number.as_u64() {
+                    Amount::try_from(Decimal::from(n))
+                } else if let Some(n) = number.as_i64() {
+                    Amount::try_from(Decimal::from(n))
+                } else {
+                    let float = number.as_f64().ok_or(AmountError::NotADecimal)?;
+                    if float < 0.0 {
+                        return Err(AmountError::Negative(float.to_string()));
+                    }
+                    if float > 1e15 {
+                        return Err(AmountError::TooLarge);
+                    }
+                    // Display of an f64 is its shortest round-trip decimal, never an exponent.
+                    Amount::parse(&float.to_string())
+                }
+            }
+            _ => Err(AmountError::NotADecimal),
+        }
+    }
+
+    /// The decimal value.
+    pub fn value(self) -> Decimal {
+        self.0
+    }
+}
+
+impl TryFrom<Decimal> for Amount {
+    type Error = AmountError;
+
+    fn try_from(decimal: Decimal) -> Result<Amount, AmountError> {
+        // Also what makes "-0" zero and "2.50" 2.5.
+        let decimal = decimal.normalize();
+        if decimal.is_sign_negative() {
+            return Err(AmountError::Negative(decimal.to_string()));
+        }
+        if decimal.scale() > Amount::MAX_DECIMAL_PLACES {
+            return Err(AmountError::TooPrecise);
+        }
+        if decimal > Amount::MAX {
+            return Err(AmountError::TooLarge);
+        }
+        Ok(Amount(decimal))
+    }
+}
+
+impl From<Amount> for Decimal {
+    fn from(amount: Amount) -> Decimal {
+        amount.0
+    }
+}
+
 /// The source of truth for balances (a database in a real service).
 #[derive(Debug, Default)]
 pub struct Ledger {
-    balances: RwLock<HashMap<u64, BTreeMap<Symbol, f64>>>,
+    balances: RwLock<HashMap<u64, BTreeMap<Symbol, Amount>>>,
     reads: AtomicU64,
 }
 
 impl Ledger {
-    fn balances(&self, user: u64) -> BTreeMap<Symbol, f64> {
+    fn balances(&self, user: u64) -> BTreeMap<Symbol, Amount> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let balances = self
             .balances
@@ -62,7 +177,7 @@ impl Ledger {
         balances.get(&user).cloned().unwrap_or_default()
     }
 
-    fn set(&self, user: u64, asset: Symbol, amount: f64) {
+    fn set(&self, user: u64, asset: Symbol, amount: Amount) {
         let mut balances = self
             .balances
             .write()
@@ -80,19 +195,20 @@ pub struct PriceFeed {
 
 impl PriceFeed {
     /// One call to the feed for several symbols.
-    fn prices(&self, symbols: &[Symbol]) -> Vec<f64> {
+    fn prices(&self, symbols: &[Symbol]) -> Vec<Decimal> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         symbols.iter().map(price_of).collect()
     }
 }
 
-/// The feed's price of a symbol: 1 to 1000, fixed per symbol.
-pub fn price_of(symbol: &Symbol) -> f64 {
+/// The feed's price of a symbol: 1.00 to 999.99 in cents, fixed per symbol.
+pub fn price_of(symbol: &Symbol) -> Decimal {
     let hash = symbol
         .as_str()
         .bytes()
         .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    1.0 + (hash % 99_900) as f64 / 100.0
+    let cents = 100 + i64::from((hash % 99_900) as u32);
+    Decimal::new(cents, 2).normalize()
 }
 
 /// A user's valuation.
@@ -100,8 +216,8 @@ pub fn price_of(symbol: &Symbol) -> f64 {
 pub struct Summary {
     /// User id.
     pub user: u64,
-    /// Sum of balance times price.
-    pub total: f64,
+    /// Sum of the positions' values (`"0"` for no position).
+    pub total: Decimal,
     /// Per asset: balance, price, value.
     pub positions: Vec<Position>,
 }
@@ -112,11 +228,11 @@ pub struct Position {
     /// Asset symbol.
     pub asset: Symbol,
     /// Units held.
-    pub balance: f64,
+    pub balance: Amount,
     /// Current price.
-    pub price: f64,
-    /// Balance times price.
-    pub value: f64,
+    pub price: Decimal,
+    /// Balance times price, exact.
+    pub value: Decimal,
 }
 
 /// How often the sources were read: what the cache saves.
@@ -173,7 +289,7 @@ impl Portfolio {
 
     /// Current prices of `symbols` (duplicates read once): one cache round
     /// trip for all, one feed call and one cache write for the misses.
-    pub async fn prices(&self, symbols: &[Symbol]) -> BTreeMap<Symbol, f64> {
+    pub async fn prices(&self, symbols: &[Symbol]) -> BTreeMap<Symbol, Decimal> {
         let unique: Vec<Symbol> = symbols
             .iter()
             .cloned()
@@ -182,7 +298,7 @@ impl Portfolio {
             .collect();
         let keys: Vec<String> = unique.iter().map(price_key).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let cached: Vec<Option<f64>> = match self.cache.get_many(&key_refs).await {
+        let cached: Vec<Option<Decimal>> = match self.cache.get_many(&key_refs).await {
             Ok(values) => values,
             Err(err) => {
                 tracing::debug!(error = %err, "price cache unavailable; reading the feed");
@@ -202,7 +318,7 @@ impl Portfolio {
         if !missing.is_empty() {
             let fresh = self.feed.prices(&missing);
             let keys: Vec<String> = missing.iter().map(price_key).collect();
-            let entries: Vec<(&str, f64)> = keys
+            let entries: Vec<(&str, Decimal)> = keys
                 .iter()
                 .map(String::as_str)
                 .zip(fresh.iter().copied())
@@ -216,7 +332,7 @@ impl Portfolio {
     }
 
     /// A user's balances, from the cache or the ledger.
-    pub async fn balances(&self, user: u64) -> BTreeMap<Symbol, f64> {
+    pub async fn balances(&self, user: u64) -> BTreeMap<Symbol, Amount> {
         let key = balances_key(user);
         if let Ok(Some(balances)) = self.cache.get(&key).await {
             return balances;
@@ -238,18 +354,25 @@ impl Portfolio {
         let positions: Vec<Position> = balances
             .into_iter()
             .map(|(asset, balance)| {
-                let price = prices.get(&asset).copied().unwrap_or(0.0);
+                let price = prices.get(&asset).copied().unwrap_or(Decimal::ZERO);
                 Position {
                     asset,
                     balance,
                     price,
-                    value: balance * price,
+                    // At most 10^15 x 1000 (Amount::MAX, the feed's prices), and
+                    // the sum below would need 10^10 such positions to reach
+                    // Decimal::MAX: saturating never changes a result, it only
+                    // keeps arithmetic from panicking.
+                    value: balance.value().saturating_mul(price).normalize(),
                 }
             })
             .collect();
+        let total = positions
+            .iter()
+            .fold(Decimal::ZERO, |total, p| total.saturating_add(p.value));
         let summary = Summary {
             user,
-            total: positions.iter().map(|p| p.value).sum(),
+            total: total.normalize(),
             positions,
         };
         let _ = self.cache.set(&key, &summary, Some(USER_TTL)).await;
@@ -258,7 +381,7 @@ impl Portfolio {
 
     /// Records a new balance and drops what was derived from the old one:
     /// the cached balances and every `user:{id}:summary:*` entry.
-    pub async fn set_balance(&self, user: u64, asset: Symbol, amount: f64) {
+    pub async fn set_balance(&self, user: u64, asset: Symbol, amount: Amount) {
         self.ledger.set(user, asset, amount);
         let _ = self.cache.delete(&balances_key(user)).await;
         if let Err(err) = self.cache.invalidate_prefix(&summary_prefix(user)).await {
@@ -299,21 +422,115 @@ mod tests {
         );
     }
 
+    fn amount(text: &str) -> Amount {
+        Amount::parse(text).unwrap()
+    }
+
+    fn decimal(text: &str) -> Decimal {
+        Decimal::from_str_exact(text).unwrap()
+    }
+
     #[tokio::test]
     async fn a_balance_change_invalidates_the_summary() {
         let portfolio = Portfolio::new(Cache::in_memory());
         let btc = Symbol::parse("BTC").unwrap();
-        portfolio.set_balance(7, btc.clone(), 2.0).await;
+        portfolio.set_balance(7, btc.clone(), amount("2")).await;
         let first = portfolio.summary(7).await;
-        assert_eq!(first.total, 2.0 * price_of(&btc));
+        assert_eq!(first.total, decimal("2") * price_of(&btc));
         portfolio.summary(7).await;
         assert_eq!(
             portfolio.source_reads().ledger,
             1,
             "second summary is a hit"
         );
-        portfolio.set_balance(7, btc.clone(), 3.0).await;
-        assert_eq!(portfolio.summary(7).await.total, 3.0 * price_of(&btc));
+        portfolio.set_balance(7, btc.clone(), amount("3")).await;
+        assert_eq!(
+            portfolio.summary(7).await.total,
+            decimal("3") * price_of(&btc)
+        );
         assert_eq!(portfolio.source_reads().ledger, 2);
+    }
+
+    #[test]
+    fn amounts_are_exact_non_negative_decimals_in_their_shortest_form() {
+        assert_eq!(Amount::MAX, decimal("1000000000000000"));
+        assert_eq!(amount(" 2.50 ").value().to_string(), "2.5");
+        assert_eq!(amount("-0").value().to_string(), "0", "minus zero is zero");
+        assert_eq!(
+            amount("0.000000000000000001").value(),
+            decimal("0.000000000000000001")
+        );
+        assert_eq!(amount("1000000000000000").value(), Amount::MAX);
+        assert_eq!(
+            Amount::parse("-0.01"),
+            Err(AmountError::Negative("-0.01".into()))
+        );
+        assert_eq!(
+            Amount::parse("0.0000000000000000001"),
+            Err(AmountError::TooPrecise)
+        );
+        assert_eq!(
+            Amount::parse("1000000000000000.1"),
+            Err(AmountError::TooLarge)
+        );
+        for bad in ["", "abc", "1e3", "NaN", "0x10", "1.2.3"] {
+            assert_eq!(Amount::parse(bad), Err(AmountError::NotADecimal), "{bad:?}");
+        }
+        // More digits than a Decimal keeps: refused, never rounded.
+        assert_eq!(
+            Amount::parse("0.00000000000000000000000000001"),
+            Err(AmountError::NotADecimal)
+        );
+    }
+
+    #[test]
+    fn amounts_from_json_take_strings_exactly_and_numbers_by_their_shortest_form() {
+        let from = |json: &str| Amount::from_json(&serde_json::from_str(json).unwrap());
+        assert_eq!(from(r#""0.1""#), Ok(amount("0.1")));
+        assert_eq!(
+            from("0.1"),
+            Ok(amount("0.1")),
+            "the double nearest 0.1 reads as 0.1"
+        );
+        assert_eq!(from("2"), Ok(amount("2")));
+        assert_eq!(from("1e-7"), Ok(amount("0.0000001")));
+        assert_eq!(from("-0.0"), Ok(Amount::ZERO));
+        assert_eq!(from("-5"), Err(AmountError::Negative("-5".into())));
+        assert_eq!(
+            from("-3746.7"),
+            Err(AmountError::Negative("-3746.7".into()))
+        );
+        assert_eq!(from("1e300"), Err(AmountError::TooLarge));
+        assert_eq!(from("18446744073709551615"), Err(AmountError::TooLarge));
+        for bad in ["null", "true", "[1]", r#"{"v":1}"#] {
+            assert_eq!(from(bad), Err(AmountError::NotADecimal), "{bad}");
+        }
+        // Cached balances decode through the same checks: a foreign negative entry is refused.
+        assert!(serde_json::from_str::<Amount>(r#""-1""#).is_err());
+        assert_eq!(serde_json::to_string(&amount("2.50")).unwrap(), r#""2.5""#);
+    }
+
+    #[tokio::test]
+    async fn totals_are_exact_and_an_empty_portfolio_totals_zero() {
+        let portfolio = Portfolio::new(Cache::in_memory());
+        let empty = portfolio.summary(1).await;
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap()["total"],
+            "0",
+            "not -0.0 (the f64 sum of nothing)"
+        );
+
+        let (a, b) = (Symbol::parse("A").unwrap(), Symbol::parse("B").unwrap());
+        assert_eq!(
+            (price_of(&a), price_of(&b)),
+            (decimal("3.82"), decimal("3.83"))
+        );
+        portfolio.set_balance(2, a, amount("0.1")).await;
+        portfolio.set_balance(2, b, amount("0.2")).await;
+        let summary = serde_json::to_value(portfolio.summary(2).await).unwrap();
+        // In f64: 0.1 * 3.82 + 0.2 * 3.83 = 1.1480000000000001.
+        assert_eq!(summary["total"], "1.148", "{summary}");
+        assert_eq!(summary["positions"][0]["value"], "0.382", "{summary}");
+        assert_eq!(summary["positions"][1]["balance"], "0.2", "{summary}");
     }
 }

@@ -256,6 +256,12 @@ impl SearchService {
         self.index.rank(query, &embedding, k)
     }
 
+    /// The embedding of `text`, memoized: shares its entries with the
+    /// embeddings [`SearchService::search`] computes for its queries.
+    pub async fn embed(&self, text: &str) -> Vec<f32> {
+        self.embedder.embed(text).await
+    }
+
     /// How many searches were computed (cache misses), and embeddings.
     pub fn computed(&self) -> (u64, u64) {
         (

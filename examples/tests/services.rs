@@ -1,11 +1,14 @@
 //! End-to-end: the example binaries, started as the README says, against the
 //! in-memory store and a real `redis-server`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
 
 const SEARCH: &str = env!("CARGO_BIN_EXE_search-service");
 const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
@@ -14,6 +17,23 @@ const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
 struct Service {
     child: Child,
     port: u16,
+    /// Its stdout, line by line.
+    log: mpsc::Receiver<String>,
+}
+
+impl Service {
+    /// Waits at most `timeout` for a log line containing `needle`.
+    fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
 }
 
 impl Drop for Service {
@@ -24,6 +44,13 @@ impl Drop for Service {
 }
 
 fn start(binary: &str, envs: &[(&str, &str)]) -> Service {
+    start_with_fd_limit(binary, envs, None)
+}
+
+/// Starts `binary` on a free port with only `envs` (and `RUST_LOG=info`) in its
+/// environment, optionally with a lower file-descriptor limit, and waits for
+/// its "listening" line.
+fn start_with_fd_limit(binary: &str, envs: &[(&str, &str)], fd_limit: Option<u64>) -> Service {
     let port = tests::free_port();
     let mut cmd = Command::new(binary);
     cmd.env_clear()
@@ -32,20 +59,38 @@ fn start(binary: &str, envs: &[(&str, &str)]) -> Service {
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut service = Service {
-        child: cmd.spawn().expect("start search-service"),
-        port,
-    };
-    let stdout = service.child.stdout.take().expect("stdout");
+    if let Some(fd_limit) = fd_limit {
+        let limit = libc::rlimit {
+            rlim_cur: fd_limit,
+            rlim_max: fd_limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `limit`, which the closure owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("start the service");
+    let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
+    let service = Service {
+        child,
+        port,
+        log: rx,
+    };
     let mut log = Vec::new();
     // Waits for the service's own "listening" line.
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+    while let Ok(line) = service.log.recv_timeout(Duration::from_secs(30)) {
         let ready = line.contains("listening");
         log.push(line);
         if ready {
@@ -163,13 +208,21 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {body}"))
 }
 
+/// Money in the portfolio's JSON: a decimal string.
+fn decimal(value: &serde_json::Value) -> Decimal {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    Decimal::from_str_exact(text).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
 #[test]
 fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
     let server = tests::RedisServer::start();
     let service = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
     let port = service.port;
 
-    let (status, _) = request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":2}"#);
+    let (status, _) = request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"2"}"#);
     assert_eq!(status, 204);
     request(port, "PUT", "/users/7/balances/ETH", r#"{"amount":10}"#);
 
@@ -195,17 +248,17 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
     assert!(pttl > 0 && pttl <= 60_000, "price TTL {pttl}");
 
     // A balance change drops every user:7:summary:* entry, and the next summary is recomputed.
-    request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":3}"#);
+    request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"3"}"#);
     assert_eq!(
         server.cli(&["EXISTS", "user:7:summary:valuation"]).trim(),
         "0"
     );
     let after = json(&http_get(port, "/users/7/summary").1);
-    let btc_price = first["positions"][0]["price"].as_f64().unwrap();
-    let eth_value = first["positions"][1]["value"].as_f64().unwrap();
-    let total = after["total"].as_f64().unwrap();
-    assert!(
-        (total - (3.0 * btc_price + eth_value)).abs() < 1e-6,
+    let btc_price = decimal(&first["positions"][0]["price"]);
+    let eth_value = decimal(&first["positions"][1]["value"]);
+    assert_eq!(
+        decimal(&after["total"]),
+        Decimal::from(3) * btc_price + eth_value,
         "{after}"
     );
 
@@ -223,4 +276,521 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
 
     let (status, _) = http_get(port, "/prices?assets=BTC,user:1*");
     assert_eq!(status, 400, "symbols from user input are validated");
+}
+
+#[test]
+fn portfolio_money_is_exact_and_negative_amounts_are_refused() {
+    let server = tests::RedisServer::start();
+    let service = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
+    let port = service.port;
+
+    // Prices 749.34 and 778.22: in f64, 0.1 * 749.34 + 0.2 * 778.22 is 230.57800000000003.
+    assert_eq!(
+        request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"0.1"}"#).0,
+        204
+    );
+    assert_eq!(
+        request(port, "PUT", "/users/7/balances/ETH", r#"{"amount":0.2}"#).0,
+        204,
+        "a JSON number is still accepted"
+    );
+    let summary = json(&http_get(port, "/users/7/summary").1);
+    assert_eq!(summary["total"], "230.578", "{summary}");
+    assert_eq!(summary["positions"][0]["price"], "749.34", "{summary}");
+    assert_eq!(summary["positions"][1]["balance"], "0.2", "{summary}");
+    // What other languages read from Redis: exact decimal strings.
+    let cached = json(&server.cli(&["GET", "user:7:summary:valuation"]));
+    assert_eq!(cached["total"], "230.578", "{cached}");
+    assert_eq!(
+        server.cli(&["GET", "asset:BTC:current_price"]).trim(),
+        r#""749.34""#
+    );
+
+    let empty = json(&http_get(port, "/users/8/summary").1);
+    assert_eq!(empty["total"], "0", "not -0.0: {empty}");
+
+    for (body, expected) in [
+        (r#"{"amount":-5}"#, "amount must not be negative, got -5"),
+        (
+            r#"{"amount":"-3746.7"}"#,
+            "amount must not be negative, got -3746.7",
+        ),
+        (r#"{"amount":"abc"}"#, "amount must be a decimal number"),
+        (
+            r#"{"amount":"0.0000000000000000001"}"#,
+            "more than 18 decimal places",
+        ),
+        (r#"{"amount":1e300}"#, "at most 1000000000000000"),
+        (r#"{"quantity":1}"#, "amount is required"),
+        (r#"{"amount":"#, "Failed to parse the request body as JSON"),
+    ] {
+        let (status, response) = request(port, "PUT", "/users/7/balances/BTC", body);
+        assert_eq!(status, 400, "{body}: {response}");
+        let error = json(&response)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(expected), "{body}: {response}");
+    }
+    let unchanged = json(&http_get(port, "/users/7/summary").1);
+    assert_eq!(unchanged, summary, "refused amounts change nothing");
+}
+
+/// Reads until the peer closes the connection (end of file or reset), at most
+/// `deadline`; returns how long that took, or `None` if it stayed open.
+fn time_until_closed(stream: &mut TcpStream, deadline: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.checked_sub(started.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            // A 408 or any other bytes: keep reading until the close.
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => {
+                return Some(started.elapsed());
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return None;
+            }
+            Err(err) => panic!("reading: {err}"),
+        }
+    }
+}
+
+/// A connection that sent `bytes` and then nothing more.
+fn half_open(port: u16, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+const PARTIAL_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n";
+
+#[test]
+fn half_sent_requests_and_silent_connections_are_closed_within_the_header_read_timeout() {
+    let service = start(
+        SEARCH,
+        &[
+            ("HEADER_READ_TIMEOUT_MS", "300"),
+            ("IDLE_TIMEOUT_MS", "60000"),
+            // An HTTP/2 connection is sent GOAWAY, then given this long to finish.
+            ("SHUTDOWN_GRACE_MS", "300"),
+        ],
+    );
+    let cases: [(&str, &[u8]); 4] = [
+        ("a partial HTTP/1 request head", PARTIAL_HEAD),
+        ("nothing at all", b""),
+        ("a partial HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        (
+            "an HTTP/2 preface and no request",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ),
+    ];
+    let mut streams: Vec<_> = cases
+        .iter()
+        .map(|(_, bytes)| half_open(service.port, bytes))
+        .collect();
+    let started = Instant::now();
+    for ((case, _), stream) in cases.iter().zip(&mut streams) {
+        // 300 ms (+ 300 ms for HTTP/2) with ample margin for a loaded machine;
+        // before the fix, none of them was ever closed.
+        let closed = time_until_closed(stream, Duration::from_secs(5));
+        assert!(closed.is_some(), "{case}: still open after 5 s");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed by the timeout, not at once: {:?}",
+        started.elapsed()
+    );
+    // The service is still there.
+    assert_eq!(http_get(service.port, "/health").0, 200);
+}
+
+#[test]
+fn a_body_that_stops_half_way_is_refused_within_the_body_read_timeout() {
+    let service = start(
+        PORTFOLIO,
+        &[
+            ("BODY_READ_TIMEOUT_MS", "300"),
+            ("HEADER_READ_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let mut stalled = half_open(
+        service.port,
+        b"PUT /users/7/balances/BTC HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"amount\":",
+    );
+    let started = Instant::now();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = Vec::new();
+    // Before the fix, the handler waited for the rest of the body for good.
+    let _ = stalled.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 400"),
+        "after {:?}: {response:?}",
+        started.elapsed()
+    );
+    assert!(response.contains("not received within"), "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "and the connection closed"
+    );
+}
+
+#[test]
+fn health_answers_while_half_open_connections_hold_every_file_descriptor() {
+    // 128 descriptors: the service keeps 64 of them for itself and serves at
+    // most 64 connections; 150 half-sent requests are more than it can hold.
+    // Before the fix it accepted until it ran out of descriptors and then
+    // served nothing, as the half-open connections were never closed.
+    let service = start_with_fd_limit(SEARCH, &[("HEADER_READ_TIMEOUT_MS", "400")], Some(128));
+    let _half_open: Vec<TcpStream> = (0..150)
+        .map(|_| half_open(service.port, PARTIAL_HEAD))
+        .collect();
+    let started = Instant::now();
+    let (status, body) = http_get(service.port, "/health");
+    assert_eq!(status, 200, "{body}");
+    // The half-open connections ahead of it in the backlog are closed 400 ms
+    // after their accept, 64 at a time: three rounds, with margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/health took {:?}",
+        started.elapsed()
+    );
+}
+
+fn send_sigterm(service: &Service) {
+    let pid = libc::pid_t::try_from(service.child.id()).unwrap();
+    // SAFETY: kill only sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+/// Sends SIGTERM and waits at most `deadline` for the process to exit.
+fn terminate(service: &mut Service, deadline: Duration) -> Option<(ExitStatus, Duration)> {
+    let started = Instant::now();
+    send_sigterm(service);
+    wait_for_exit(service, deadline).map(|status| (status, started.elapsed()))
+}
+
+/// Waits at most `deadline` for the process to exit (killing it if it does not).
+fn wait_for_exit(service: &mut Service, deadline: Duration) -> Option<ExitStatus> {
+    let pid = libc::pid_t::try_from(service.child.id()).unwrap();
+    let child = &mut service.child;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        scope.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(status) => Some(status.unwrap()),
+            Err(_) => {
+                // Ends the waiting thread; the test then fails.
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                None
+            }
+        }
+    })
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period_despite_a_half_open_connection() {
+    let mut service = start(
+        PORTFOLIO,
+        &[
+            ("HEADER_READ_TIMEOUT_MS", "60000"),
+            ("SHUTDOWN_GRACE_MS", "500"),
+        ],
+    );
+    let mut stalled = half_open(service.port, PARTIAL_HEAD);
+    // Connections are accepted in order: once this one is answered, the
+    // half-open one is being served too.
+    assert_eq!(http_get(service.port, "/health").0, 200);
+
+    let exited = terminate(&mut service, Duration::from_secs(5));
+    let (status, took) = exited.expect("still running 5 s after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "the grace period was not given: {took:?}"
+    );
+    assert!(
+        time_until_closed(&mut stalled, Duration::from_secs(1)).is_some(),
+        "the half-open connection was dropped"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let mut service = start(
+        PORTFOLIO,
+        &[
+            ("SHUTDOWN_GRACE_MS", "10000"),
+            ("BODY_READ_TIMEOUT_MS", "10000"),
+        ],
+    );
+    let body = br#"{"amount":"2"}"#;
+    let mut in_flight = half_open(
+        service.port,
+        format!(
+            "PUT /users/7/balances/BTC HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(http_get(service.port, "/health").0, 200);
+    send_sigterm(&service);
+    assert!(
+        service.wait_for_log("shutting down", Duration::from_secs(5)),
+        "no shutdown after SIGTERM"
+    );
+    // The body arrives after shutdown began: the request still completes.
+    in_flight.write_all(body).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = String::new();
+    let _ = in_flight.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 204"), "{response:?}");
+    let status = wait_for_exit(&mut service, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sigterm_without_open_connections_exits_at_once() {
+    let mut service = start(SEARCH, &[("SHUTDOWN_GRACE_MS", "10000")]);
+    assert_eq!(http_get(service.port, "/health").0, 200);
+    let (status, took) = terminate(&mut service, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn help_prints_the_settings_and_exits_without_serving() {
+    for binary in [SEARCH, PORTFOLIO] {
+        let port = tests::free_port();
+        let mut child = Command::new(binary)
+            .arg("--help")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            let _ = tx.send((text, child.wait()));
+        });
+        let Ok((usage, status)) = rx.recv_timeout(Duration::from_secs(10)) else {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{binary} --help did not exit: it started serving");
+        };
+        assert!(status.unwrap().success(), "{binary}");
+        for expected in [
+            "Usage:",
+            "HOST",
+            "0.0.0.0",
+            "PORT",
+            "HEADER_READ_TIMEOUT_MS",
+            "IDLE_TIMEOUT_MS",
+            "MAX_CONNECTIONS",
+            "SHUTDOWN_GRACE_MS",
+            "REDIS_URL",
+        ] {
+            assert!(usage.contains(expected), "{binary}: {expected}:\n{usage}");
+        }
+        assert!(!usage.contains("listening"), "{usage}");
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+    let status = Command::new(SEARCH)
+        .arg("--port")
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "an unknown argument is a usage error"
+    );
+}
+
+#[test]
+fn host_sets_the_bind_address() {
+    // Every 127.0.0.0/8 address is loopback: 127.0.0.2 reaches a service bound
+    // to 0.0.0.0, never one bound to 127.0.0.1.
+    let bound = start(SEARCH, &[("HOST", "127.0.0.1")]);
+    assert_eq!(http_get(bound.port, "/health").0, 200);
+    assert!(TcpStream::connect(("127.0.0.2", bound.port)).is_err());
+
+    let everywhere = start(SEARCH, &[]);
+    assert!(
+        TcpStream::connect(("127.0.0.2", everywhere.port)).is_ok(),
+        "the default HOST is 0.0.0.0"
+    );
+}
+
+/// GETs over HTTP/2 with prior knowledge (h2c, what `curl --http2-prior-knowledge` does).
+fn http2_get(port: u16, paths: &[&str]) -> Vec<(http::StatusCode, http::HeaderMap, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let mut responses = Vec::new();
+        for path in paths {
+            let request = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+                    .await
+                    .expect("an answer within 10 s")
+                    .expect("an HTTP/2 response");
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            responses.push((
+                parts.status,
+                parts.headers,
+                String::from_utf8(body.to_vec()).unwrap(),
+            ));
+        }
+        responses
+    })
+}
+
+#[test]
+fn serves_http2_with_prior_knowledge_and_http1_on_one_port() {
+    let service = start(SEARCH, &[("RATE_LIMIT", "5")]);
+    let responses = http2_get(
+        service.port,
+        &[
+            "/health",
+            "/search?q=redis+cluster+slots&k=3",
+            "/embed?text=hello",
+        ],
+    );
+    let (status, headers, body) = &responses[0];
+    assert_eq!(*status, 200, "{body}");
+    assert!(body.contains("\"healthy\":true"), "{body}");
+    // The rate limiter sees the peer address on HTTP/2 too.
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["x-ratelimit-remaining"], "4");
+    let (status, _, body) = &responses[1];
+    assert_eq!(*status, 200, "{body}");
+    assert_eq!(json(body)[0]["title"], "Redis Cluster hash slots", "{body}");
+    let (status, _, body) = &responses[2];
+    assert_eq!(*status, 200, "{body}");
+    assert_eq!(json(body)["dimensions"], 384);
+    // HTTP/1.1 on the same port, same limiter bucket.
+    let (status, body) = http_get(service.port, "/health");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn embed_is_memoized_in_redis_and_shared_with_search() {
+    let server = tests::RedisServer::start();
+    let service = start(SEARCH, &[("REDIS_URL", &server.url())]);
+    let port = service.port;
+
+    let (status, body) = http_get(port, "/embed?text=redis+cluster+slots");
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body);
+    assert_eq!(first["dimensions"], 384, "{first}");
+    let vector: Vec<f64> = first["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(vector.len(), 384);
+    let norm: f64 = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+
+    assert_eq!(
+        json(&http_get(port, "/embed?text=redis+cluster+slots").1),
+        first
+    );
+    let key = cache_core::key_for("embedding", &("redis cluster slots",)).unwrap();
+    let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(
+        pttl > 86_000_000 && pttl <= 86_400_000,
+        "embedding PTTL {pttl}"
+    );
+    // A search for the same text reuses the entry.
+    assert_eq!(http_get(port, "/search?q=redis+cluster+slots").0, 200);
+    let stats = json(&http_get(port, "/stats").1);
+    assert_eq!(stats["computed"]["embeddings"], 1, "{stats}");
+    assert_eq!(stats["computed"]["searches"], 1, "{stats}");
+
+    for bad in ["/embed?text=", "/embed?text=+++", "/embed"] {
+        assert_eq!(http_get(port, bad).0, 400, "{bad}");
+    }
+    let long = format!("/embed?text={}", "a".repeat(501));
+    assert_eq!(http_get(port, &long).0, 400);
+}
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let service = start(SEARCH, &[("IDLE_TIMEOUT_MS", "300")]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(format!("http://127.0.0.1:{}/health", service.port))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        let started = Instant::now();
+        // The client's connection ends when the server sends GOAWAY and closes.
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        assert!(ended.is_ok(), "still open 5 s after its last request");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "closed by the idle timeout, not at once: {:?}",
+            started.elapsed()
+        );
+    });
 }

@@ -1,36 +1,54 @@
 //! Per-asset prices and balances with TTLs, per-user summaries invalidated by
-//! prefix on a balance change, bulk price lookups in one round trip.
+//! prefix on a balance change, bulk price lookups in one round trip. Money is
+//! exact (decimals, written as JSON strings); `--help` lists every setting.
 //!
 //! `cargo run --release -p examples --bin portfolio`, then:
-//! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":2}'`
+//! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":"2.5"}'`
 //! `curl localhost:3000/users/7/summary` and `curl 'localhost:3000/prices?assets=BTC,ETH,BTC'`
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use cache_core::Cache;
-use examples::portfolio::{Portfolio, Summary, Symbol};
+use examples::portfolio::{Amount, Portfolio, Summary, Symbol};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+const USAGE: &str = "\
+portfolio: cached prices, balances and per-user valuations, invalidated on change.
+
+Usage: portfolio [--help]
+
+Endpoints:
+  PUT /users/ID/balances/ASSET   body {\"amount\":\"2.5\"}: a decimal string (exact) or a JSON
+                                 number; 0 to 10^15, at most 18 decimal places; 204
+  GET /users/ID/summary          balances, prices and values; money as decimal strings
+  GET /prices?assets=BTC,ETH     current prices, duplicates read once
+  GET /health                    the cache's state
+  GET /stats                     cache counters and source reads
+";
+
 type App = Arc<Portfolio>;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    examples::init_tracing();
+fn main() -> ExitCode {
+    examples::run(USAGE, app)
+}
+
+async fn app() -> Result<Router, Box<dyn std::error::Error>> {
     let cache = Cache::from_env().await?;
     tracing::info!(backend = %cache.backend(), "cache ready");
-    let app = Router::new()
+    Ok(Router::new()
         .route("/prices", get(prices))
         .route("/users/{id}/summary", get(summary))
         .route("/users/{id}/balances/{asset}", put(set_balance))
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .with_state(Arc::new(Portfolio::new(cache)));
-    examples::serve(app).await
+        .with_state(Arc::new(Portfolio::new(cache))))
 }
 
 #[derive(Deserialize)]
@@ -38,14 +56,16 @@ struct PricesQuery {
     assets: String,
 }
 
-fn bad_request(message: &str) -> (StatusCode, Json<Value>) {
+type Rejection = (StatusCode, Json<Value>);
+
+fn bad_request(message: &str) -> Rejection {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": message })))
 }
 
 async fn prices(
     State(app): State<App>,
     Query(query): Query<PricesQuery>,
-) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+) -> Result<Json<Value>, Rejection> {
     let symbols = query
         .assets
         .split(',')
@@ -62,21 +82,18 @@ async fn summary(State(app): State<App>, Path(id): Path<u64>) -> Json<Summary> {
     Json(app.summary(id).await)
 }
 
-#[derive(Deserialize)]
-struct Balance {
-    amount: f64,
-}
-
 async fn set_balance(
     State(app): State<App>,
     Path((id, asset)): Path<(u64, String)>,
-    Json(balance): Json<Balance>,
-) -> Result<StatusCode, (StatusCode, Json<Value>)> {
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<StatusCode, Rejection> {
     let asset = Symbol::parse(&asset).ok_or_else(|| bad_request("asset: 1 to 16 of A-Z 0-9"))?;
-    if !balance.amount.is_finite() {
-        return Err(bad_request("amount must be a finite number"));
-    }
-    app.set_balance(id, asset, balance.amount).await;
+    let Json(body) = body.map_err(|rejection| bad_request(&rejection.body_text()))?;
+    let amount = body
+        .get("amount")
+        .ok_or_else(|| bad_request("amount is required, e.g. {\"amount\":\"2.5\"}"))?;
+    let amount = Amount::from_json(amount).map_err(|err| bad_request(&err.to_string()))?;
+    app.set_balance(id, asset, amount).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,12 +1,16 @@
 //! The example service: `cargo run --release -p examples --bin search-service`.
 //!
 //! `GET /search?q=...&k=...` ranks a corpus shipped with the repository (BM25
-//! plus embedding cosine). `SearchService::search` and `Embedder::embed` are
-//! memoized with `#[cached]`. Every client IP gets `RATE_LIMIT` requests
-//! (default 100) per `RATE_LIMIT_WINDOW_SECS` (default 60). Uses Redis when
-//! `REDIS_URL` / `REDIS_CLUSTER_URLS` / `REDIS_HOST` is set and the embedded
-//! in-memory store otherwise; listens on `PORT` (default 3000).
+//! plus embedding cosine); `GET /embed?text=...` returns the embedding of a
+//! text. `SearchService::search` and `Embedder::embed` are memoized with
+//! `#[cached]`, and `/embed` shares its entries with `/search`. Every client IP
+//! gets `RATE_LIMIT` requests (default 100) per `RATE_LIMIT_WINDOW_SECS`
+//! (default 60). Uses Redis when `REDIS_URL` / `REDIS_CLUSTER_URLS` /
+//! `REDIS_HOST` is set and the embedded in-memory store otherwise; serves
+//! HTTP/1.1 and HTTP/2 on `HOST:PORT` (default `0.0.0.0:3000`). `--help` lists
+//! every setting.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +24,25 @@ use rate_limit::RateLimitLayer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+const USAGE: &str = "\
+search-service: memoized search and embeddings behind a per-IP rate limit.
+
+Usage: search-service [--help]
+
+Endpoints:
+  GET /search?q=TEXT&k=N   the N (1 to 50, default 5) best documents for TEXT
+  GET /embed?text=TEXT     the embedding of TEXT: {\"dimensions\":384,\"embedding\":[...]}
+  GET /health              the cache's state
+  GET /stats               cache, computation and rate-limit counters
+
+Rate limit:
+  RATE_LIMIT               requests per window and client IP [default: 100]
+  RATE_LIMIT_WINDOW_SECS   the window [default: 60]
+";
+
+/// Longest text `/search` and `/embed` accept, in bytes.
+const MAX_TEXT_BYTES: usize = 500;
+
 #[derive(Clone)]
 struct App {
     cache: Cache,
@@ -27,9 +50,11 @@ struct App {
     limiter: RateLimitLayer,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    examples::init_tracing();
+fn main() -> ExitCode {
+    examples::run(USAGE, app)
+}
+
+async fn app() -> Result<Router, Box<dyn std::error::Error>> {
     let cache = Cache::from_env().await?;
     // Backend's Display hides any password.
     tracing::info!(backend = %cache.backend(), "cache ready");
@@ -45,8 +70,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     tracing::info!(limit, window_secs = window, "rate limit per client IP");
 
-    let app = Router::new()
+    Ok(Router::new()
         .route("/search", get(search_handler))
+        .route("/embed", get(embed_handler))
         .route("/health", get(health))
         .route("/stats", get(stats))
         .layer(limiter.clone())
@@ -54,8 +80,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cache,
             search,
             limiter,
-        });
-    examples::serve(app).await
+        }))
+}
+
+type Rejection = (StatusCode, Json<Value>);
+
+fn bad_request(message: &str) -> Rejection {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message })))
+}
+
+fn valid_text(text: &str) -> bool {
+    !text.trim().is_empty() && text.len() <= MAX_TEXT_BYTES
 }
 
 #[derive(Deserialize)]
@@ -67,15 +102,30 @@ struct SearchQuery {
 async fn search_handler(
     State(app): State<App>,
     Query(query): Query<SearchQuery>,
-) -> Result<Json<Vec<Hit>>, (StatusCode, Json<Value>)> {
+) -> Result<Json<Vec<Hit>>, Rejection> {
     let k = query.k.unwrap_or(5);
-    if query.q.trim().is_empty() || query.q.len() > 500 || !(1..=50).contains(&k) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "q: 1 to 500 characters; k: 1 to 50" })),
-        ));
+    if !valid_text(&query.q) || !(1..=50).contains(&k) {
+        return Err(bad_request("q: 1 to 500 characters; k: 1 to 50"));
     }
     Ok(Json(app.search.search(&query.q, k).await))
+}
+
+#[derive(Deserialize)]
+struct EmbedQuery {
+    text: String,
+}
+
+async fn embed_handler(
+    State(app): State<App>,
+    Query(query): Query<EmbedQuery>,
+) -> Result<Json<Value>, Rejection> {
+    if !valid_text(&query.text) {
+        return Err(bad_request("text: 1 to 500 characters"));
+    }
+    let embedding = app.search.embed(&query.text).await;
+    Ok(Json(
+        json!({ "dimensions": embedding.len(), "embedding": embedding }),
+    ))
 }
 
 async fn health(State(app): State<App>) -> Json<cache_core::Health> {
