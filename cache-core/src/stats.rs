@@ -24,6 +24,9 @@ pub struct Stats {
     pub retries: u64,
     /// Stored values that could not be decoded (corrupt, foreign or old schema), counted as misses.
     pub decode_errors: u64,
+    /// Stored values over the handle's `max_value_bytes`, counted as misses
+    /// (not read past the cap, not decoded).
+    pub oversized: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
 }
@@ -60,6 +63,7 @@ struct Stripe {
     breaker_rejections: AtomicU64,
     retries: AtomicU64,
     decode_errors: AtomicU64,
+    oversized: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -110,6 +114,10 @@ impl Counters {
         bump(&self.mine().decode_errors);
     }
 
+    pub(crate) fn record_oversized(&self) {
+        bump(&self.mine().oversized);
+    }
+
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
         let sum = |counter: fn(&Stripe) -> &AtomicU64| {
             self.stripes
@@ -125,6 +133,7 @@ impl Counters {
             breaker_rejections: sum(|s| &s.breaker_rejections),
             retries: sum(|s| &s.retries),
             decode_errors: sum(|s| &s.decode_errors),
+            oversized: sum(|s| &s.oversized),
             breaker,
         }
     }

@@ -38,10 +38,27 @@ pub struct WindowCount {
     pub reset_after: Duration,
 }
 
+/// Where one walk of [`Store::delete_prefix_page`] runs: SCAN cursors belong to one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanNode {
+    /// The only server (standalone Redis, the in-memory store).
+    Only,
+    /// One primary of a cluster.
+    Primary { host: String, port: u16 },
+}
+
 /// What every backend does. Methods take full keys and raw bytes.
 pub(crate) trait Store: Send + Sync + 'static {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+    /// Reads at most `max_len + 1` bytes of the value, so that the handle can
+    /// tell a value over its cap without transferring it. An empty value is
+    /// `None`, as a missing key is (Redis `GETRANGE` cannot tell them apart).
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// [`get`](Self::get) of several keys, in key order.
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
     /// `ttl` is at least one millisecond when given.
     fn set<'a>(
         &'a self,
@@ -68,8 +85,18 @@ pub(crate) trait Store: Send + Sync + 'static {
         by: u64,
         window: Duration,
     ) -> StoreFuture<'a, WindowCount>;
-    /// Removes every key that starts with `prefix` (a literal, not a pattern).
-    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+    /// The servers a prefix walk must visit: every primary of a cluster.
+    fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>>;
+    /// One bounded step of removing every key that starts with `prefix` (a
+    /// literal, not a pattern) on `node`: one SCAN page from `cursor` and the
+    /// removal of what it found. Returns the next cursor (0: done) and how
+    /// many keys were removed. Repeating a step is harmless.
+    fn delete_prefix_page<'a>(
+        &'a self,
+        node: &'a ScanNode,
+        cursor: u64,
+        prefix: &'a str,
+    ) -> StoreFuture<'a, (u64, u64)>;
     fn ping(&self) -> StoreFuture<'_, ()>;
 }
 

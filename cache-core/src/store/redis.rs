@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Script, Value};
 
-use super::{KeyTtl, Store, StoreFuture, WindowCount, millis};
+use super::{KeyTtl, ScanNode, Store, StoreFuture, WindowCount, millis};
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 use crate::key::escape_glob;
@@ -36,10 +36,22 @@ return {count, ttl}
 /// What differs between a single server and a cluster: everything else is the
 /// same commands on a multiplexed connection.
 pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
-    /// Removes every key matching `pattern` on every primary.
-    fn delete_matching(&self, pattern: String) -> impl Future<Output = Result<u64>> + Send;
+    /// The servers a SCAN walk must visit.
+    fn scan_nodes(&self) -> impl Future<Output = Result<Vec<ScanNode>>> + Send;
+    /// One SCAN page on `node` and the UNLINK of its keys: (next cursor, removed).
+    fn delete_page(
+        &self,
+        node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+    ) -> impl Future<Output = Result<(u64, u64)>> + Send;
     /// Writes several keys; cluster keys may live on different nodes.
     fn set_each(&self, commands: Vec<Cmd>) -> impl Future<Output = Result<()>> + Send;
+    /// Reads several keys with one command each (in one round trip), in order.
+    fn get_each(
+        &self,
+        commands: Vec<Cmd>,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
     /// Sends one command: by default through `ConnectionLike`, which boxes it.
     fn send<'a>(
         &'a mut self,
@@ -58,25 +70,37 @@ impl Connection for ConnectionManager {
         self.send_packed_command(cmd)
     }
 
-    async fn delete_matching(&self, pattern: String) -> Result<u64> {
+    async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
+        Ok(vec![ScanNode::Only])
+    }
+
+    async fn delete_page(
+        &self,
+        _node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, u64)> {
         let mut conn = self.clone();
-        let mut cursor = 0u64;
-        let mut removed = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) =
-                scan_cmd(cursor, &pattern).query_async(&mut conn).await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                removed += n;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            scan_cmd(cursor, pattern).query_async(&mut conn).await?;
+        let mut removed = 0;
+        if !keys.is_empty() {
+            removed = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
         }
+        Ok((next, removed))
+    }
+
+    async fn get_each(&self, commands: Vec<Cmd>) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut pipe = redis::pipe();
+        for cmd in commands {
+            pipe.add_command(cmd);
+        }
+        let mut conn = self.clone();
+        let values: Vec<Vec<u8>> = pipe.query_async(&mut conn).await?;
+        Ok(values.into_iter().map(non_empty).collect())
     }
 
     async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
@@ -91,38 +115,52 @@ impl Connection for ConnectionManager {
 }
 
 impl Connection for ClusterConnection {
-    async fn delete_matching(&self, pattern: String) -> Result<u64> {
-        let mut conn = self.clone();
-        let mut removed = 0;
+    async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
         // SCAN cursors are per node, so each primary is walked on its own.
-        for (host, port) in cluster_primaries(&mut conn).await? {
-            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port,
-            });
-            let mut cursor = 0u64;
-            loop {
-                let reply = conn
-                    .route_command(scan_cmd(cursor, &pattern), route.clone())
-                    .await?;
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-                // Keys of one SCAN page span many slots: UNLINK them one by one
-                // (multiplexed, so still about one round trip per page).
-                let unlinks = keys.iter().map(|key| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let n: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
-                        Ok::<u64, Error>(n)
-                    }
-                });
-                removed += try_join_all(unlinks).await?.into_iter().sum::<u64>();
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        let mut conn = self.clone();
+        Ok(cluster_primaries(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(host, port)| ScanNode::Primary { host, port })
+            .collect())
+    }
+
+    async fn delete_page(&self, node: &ScanNode, cursor: u64, pattern: &str) -> Result<(u64, u64)> {
+        let mut conn = self.clone();
+        let route = match node {
+            ScanNode::Primary { host, port } => {
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                })
             }
-        }
-        Ok(removed)
+            ScanNode::Only => RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        };
+        let reply = conn.route_command(scan_cmd(cursor, pattern), route).await?;
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+        // Keys of one SCAN page span many slots: UNLINK them one by one
+        // (multiplexed, so still about one round trip per page).
+        let unlinks = keys.iter().map(|key| {
+            let mut conn = conn.clone();
+            async move {
+                let n: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+                Ok::<u64, Error>(n)
+            }
+        });
+        let removed = try_join_all(unlinks).await?.into_iter().sum::<u64>();
+        Ok((next, removed))
+    }
+
+    async fn get_each(&self, commands: Vec<Cmd>) -> Result<Vec<Option<Vec<u8>>>> {
+        // Keys on different nodes: one command each, multiplexed.
+        let reads = commands.into_iter().map(|cmd| {
+            let mut conn = self.clone();
+            async move {
+                let value: Vec<u8> = cmd.query_async(&mut conn).await?;
+                Ok::<_, Error>(non_empty(value))
+            }
+        });
+        try_join_all(reads).await
     }
 
     async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
@@ -136,6 +174,22 @@ impl Connection for ClusterConnection {
         try_join_all(writes).await?;
         Ok(())
     }
+}
+
+/// `GETRANGE key 0 max_len`: at most `max_len + 1` bytes cross the wire, so a
+/// huge value costs the server and the connection no more than the cap (GET
+/// would send all of it, blocking every call queued behind it on the
+/// multiplexed connection). Same round trip and reply shape as GET.
+fn get_range_cmd(key: &str, max_len: usize) -> Cmd {
+    let mut cmd = redis::cmd("GETRANGE");
+    cmd.arg(key).arg(0).arg(max_len);
+    cmd
+}
+
+/// GETRANGE answers "" for a missing key; no codec's encoding is empty, so
+/// an empty value is a miss either way.
+fn non_empty(value: Vec<u8>) -> Option<Vec<u8>> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
@@ -289,16 +343,26 @@ fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
 }
 
 impl<C: Connection> Store for RedisStore<C> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        self.query(redis::cmd("GET").arg(key).take())
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = get_range_cmd(key, max_len);
+        Box::pin(async move {
+            let value = conn.send(&cmd).await?.extract_error()?;
+            Ok(non_empty(redis::from_redis_value(value)?))
+        })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        // The cluster client splits MGET by slot and reassembles the replies in order.
-        self.query(redis::cmd("MGET").arg(keys).take())
+        // No MGET has a size cap: one GETRANGE per key, pipelined.
+        let commands = keys.iter().map(|key| get_range_cmd(key, max_len)).collect();
+        Box::pin(self.conn.get_each(commands))
     }
 
     fn set<'a>(
@@ -381,11 +445,20 @@ impl<C: Connection> Store for RedisStore<C> {
         })
     }
 
-    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(
-            self.conn
-                .delete_matching(format!("{}*", escape_glob(prefix))),
-        )
+    fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
+        Box::pin(self.conn.scan_nodes())
+    }
+
+    fn delete_prefix_page<'a>(
+        &'a self,
+        node: &'a ScanNode,
+        cursor: u64,
+        prefix: &'a str,
+    ) -> StoreFuture<'a, (u64, u64)> {
+        Box::pin(async move {
+            let pattern = format!("{}*", escape_glob(prefix));
+            self.conn.delete_page(node, cursor, &pattern).await
+        })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
