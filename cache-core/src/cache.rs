@@ -653,10 +653,15 @@ impl Cache {
             Error::Timeout(_) if left().is_zero() => Error::Timeout(budget),
             err => err,
         };
-        let nodes: Vec<ScanNode> = self
-            .run_within(Idempotence::Idempotent, left(), |s| s.scan_nodes())
-            .await
-            .map_err(over_budget)?;
+        let nodes: Vec<ScanNode> = match self.inner.backend {
+            // A call of its own only where it asks the store (CLUSTER NODES):
+            // a local answer must not count as a success for the breaker.
+            Backend::Cluster(_) => self
+                .run_within(Idempotence::Idempotent, left(), |s| s.scan_nodes())
+                .await
+                .map_err(over_budget)?,
+            Backend::Redis(_) | Backend::Memory => vec![ScanNode::Only],
+        };
         let mut removed = 0u64;
         for node in &nodes {
             let mut cursor = 0u64;

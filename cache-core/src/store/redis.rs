@@ -247,10 +247,12 @@ impl RedisStore<ConnectionManager> {
             // The handle bounds every call (retries included) with one timer of
             // its own; a second one per command here would only cost time.
             .set_response_timeout(None)
-            // Reconnect quickly after a restart; the breaker bounds the load meanwhile.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200))
-            .set_number_of_retries(6);
+            // One connection attempt per call that needs one, no retries of the
+            // driver's own: it would retry a refused password for a second,
+            // every call waiting on it ending as a timeout. The handle retries
+            // transient failures within its timeout, and the breaker spaces
+            // attempts while Redis is down.
+            .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(driver_config_error)?;
         Ok(Self::over(conn))
