@@ -155,8 +155,13 @@ impl From<redis::RedisError> for Error {
 
 /// A refused `AUTH` (at connection set-up) or a command the ACL user may not run.
 fn is_auth_error(err: &redis::RedisError) -> bool {
+    is_refused_login(err) || err.code() == Some("NOPERM")
+}
+
+/// The server refused the connection's login: only a new connection can fix it.
+pub(crate) fn is_refused_login(err: &redis::RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 /// Server replies that mean "not now" rather than "never": a cluster in transition,

@@ -486,46 +486,67 @@ fn clients(server: &RedisServer) -> usize {
         .count()
 }
 
-/// A dedicated handle has a connection of its own: its calls do not queue
-/// behind large replies on the handle it came from.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dedicated_handle_does_not_wait_behind_large_reads() {
+/// A dedicated handle has a connection of its own (so its calls never queue
+/// behind a slow or large reply on the handle it came from) and the same
+/// settings; in memory it shares the data.
+#[tokio::test]
+async fn a_dedicated_handle_has_a_connection_of_its_own() {
     let server = RedisServer::start();
     let shared = Cache::builder()
         .redis_url(&server.url())
         .unwrap()
-        .timeout(Duration::from_secs(20))
-        .max_value_bytes(64 << 20)
+        .namespace("app")
+        .timeout(Duration::from_millis(700))
+        .max_value_bytes(1000)
         .build()
         .await
         .unwrap();
-    shared
-        .set("big", &"b".repeat(32 << 20), None)
-        .await
-        .unwrap();
+    shared.set("k", &1, None).await.unwrap();
     assert_eq!(clients(&server), 1);
     let own = shared.dedicated();
-    assert_eq!(own.timeout(), shared.timeout(), "same settings");
-    own.incr("warm", 1).await.unwrap();
+    assert_eq!(
+        (own.timeout(), own.namespace(), own.max_value_bytes()),
+        (
+            shared.timeout(),
+            shared.namespace(),
+            shared.max_value_bytes()
+        )
+    );
+    assert_eq!(
+        own.get::<i32>("k").await.unwrap(),
+        Some(1),
+        "same server and namespace"
+    );
     assert_eq!(clients(&server), 2, "a second connection");
+    // Killing the first connection leaves the second alone.
+    server.cli(&[
+        "CLIENT",
+        "KILL",
+        "TYPE",
+        "normal",
+        "SKIPME",
+        "yes",
+        "ID",
+        &client_id(&server, 0),
+    ]);
+    assert_eq!(own.incr("n", 1).await.unwrap(), 1);
 
-    // One reader: on two cores more would starve the runtime's threads,
-    // which is a different kind of shared fate.
-    let reader = tokio::spawn(async move {
-        for _ in 0..3 {
-            shared.get_bytes("big").await.unwrap();
-        }
-    });
-    let mut slowest = Duration::ZERO;
-    while !reader.is_finished() {
-        let started = Instant::now();
-        own.incr_window("rate", 1, Duration::from_secs(60))
-            .await
-            .unwrap();
-        slowest = slowest.max(started.elapsed());
-    }
-    reader.await.unwrap();
-    assert!(slowest < Duration::from_millis(100), "waited {slowest:?}");
+    let memory = Cache::in_memory();
+    memory.set("k", &1, None).await.unwrap();
+    assert_eq!(memory.dedicated().get::<i32>("k").await.unwrap(), Some(1));
+}
+
+/// The id of the `index`-th client connection `redis-cli` sees, itself excluded.
+fn client_id(server: &RedisServer, index: usize) -> String {
+    server
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains("addr=") && !line.contains("cmd=client"))
+        .nth(index)
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|field| field.strip_prefix("id="))
+        .expect("a client")
+        .to_string()
 }
 
 /// `RateLimitLayer` counts on a connection of its own by default.
@@ -549,4 +570,22 @@ async fn the_rate_limiter_counts_on_its_own_connection() {
     assert_eq!(response.status(), 200);
     assert_eq!(limiter.stats().store_calls, 1, "{:?}", limiter.stats());
     assert_eq!(clients(&server), 2, "the limiter's own connection");
+}
+
+/// A user created after the service started (or a password fixed on the
+/// server) is picked up without a restart: an auth failure is not sticky.
+#[tokio::test]
+async fn credentials_fixed_on_the_server_are_picked_up_without_a_restart() {
+    let server = RedisServer::start();
+    let cache = handle(&format!(
+        "redis://late:late-pass@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    let err = cache.set("k", &1, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    server.cli(&["ACL", "SETUSER", "late", "on", ">late-pass", "~*", "+@all"]);
+    let took = until_it_works(&cache, "k", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(cache.health().await.healthy);
 }

@@ -2,8 +2,10 @@
 //! (reconnects by itself) and async cluster client (slot routing, MOVED/ASK).
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterConfig;
@@ -13,7 +15,7 @@ use redis::{Cmd, Script, Value};
 
 use super::{KeyTtl, ScanNode, Store, StoreFuture, WindowCount, millis};
 use crate::config::{CacheConfig, RedisEndpoint};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_refused_login};
 use crate::key::escape_glob;
 
 /// Keys asked for per SCAN step: large enough to make few round trips, small
@@ -61,13 +63,106 @@ pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
     }
 }
 
-impl Connection for ConnectionManager {
+/// A refused login is tried again at most this often: each try is a new connection.
+const LOGIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One standalone server: the driver's connection manager, which reconnects
+/// by itself after I/O errors, and is replaced by a fresh one after the
+/// server refused the credentials. The driver keeps a refused login as the
+/// connection's outcome for good, so a user created or a password fixed on
+/// the server after start-up would otherwise need a restart of the service.
+#[derive(Clone)]
+pub(crate) struct Standalone(Arc<StandaloneInner>);
+
+struct StandaloneInner {
+    current: ArcSwap<Manager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+struct Manager {
+    conn: ConnectionManager,
+    since: Instant,
+}
+
+impl Standalone {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(driver_config_error)?;
+        Ok(Standalone(Arc::new(StandaloneInner {
+            current: ArcSwap::from_pointee(Manager {
+                conn,
+                since: Instant::now(),
+            }),
+            client,
+            config,
+        })))
+    }
+
+    /// The current manager, and the one to compare with if it fails.
+    fn manager(&self) -> (Arc<Manager>, ConnectionManager) {
+        let current = self.0.current.load_full();
+        let conn = current.conn.clone();
+        (current, conn)
+    }
+
+    /// After a refused login, replaces the manager that failed (not a newer
+    /// one), at most once per [`LOGIN_RETRY_INTERVAL`]; the calls in between
+    /// get the refusal at once, without a connection attempt.
+    fn after(&self, failed: &Arc<Manager>, result: &redis::RedisResult<impl Sized>) {
+        let Err(err) = result else { return };
+        if !is_refused_login(err) || failed.since.elapsed() < LOGIN_RETRY_INTERVAL {
+            return;
+        }
+        let Ok(conn) =
+            ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone())
+        else {
+            return;
+        };
+        let fresh = Arc::new(Manager {
+            conn,
+            since: Instant::now(),
+        });
+        self.0.current.compare_and_swap(failed, fresh);
+    }
+}
+
+impl ConnectionLike for Standalone {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(self.send(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (current, mut conn) = self.manager();
+            let result = conn.send_packed_commands(pipeline, offset, count).await;
+            self.after(&current, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.current.load().conn.get_db()
+    }
+}
+
+impl Connection for Standalone {
     fn send<'a>(
         &'a mut self,
         cmd: &'a Cmd,
     ) -> impl Future<Output = redis::RedisResult<Value>> + Send + 'a {
-        // The manager's own method: no boxed future per command.
-        self.send_packed_command(cmd)
+        async move {
+            // The manager's own method: no boxed future per command.
+            let (current, mut conn) = self.manager();
+            let result = conn.send_packed_command(cmd).await;
+            self.after(&current, &result);
+            result
+        }
     }
 
     async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
@@ -238,7 +333,7 @@ pub(crate) struct RedisStore<C> {
     incr_window: Script,
 }
 
-impl RedisStore<ConnectionManager> {
+impl RedisStore<Standalone> {
     /// Lazily connected: returns at once, connects in the background.
     pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
         let client = client(endpoint, config)?;
@@ -253,9 +348,7 @@ impl RedisStore<ConnectionManager> {
             // transient failures within its timeout, and the breaker spaces
             // attempts while Redis is down.
             .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(driver_config_error)?;
-        Ok(Self::over(conn))
+        Ok(Self::over(Standalone::new(client, manager_config)?))
     }
 }
 
