@@ -473,7 +473,9 @@ impl Cache {
     }
 
     /// Encodes `value` (JSON unless the handle says otherwise) and stores it,
-    /// with an optional TTL.
+    /// with an optional TTL. A TTL over [`MAX_TTL`](crate::MAX_TTL) or an
+    /// encoding over [`max_value_bytes`](Self::max_value_bytes) is an
+    /// [`ErrorKind::InvalidArgument`], and nothing is sent.
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,

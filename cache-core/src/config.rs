@@ -426,7 +426,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Bounds each call, retries included (default 250 ms).
+    /// The deadline of each call, from its start until the store's reply is
+    /// in, retries included (default 250 ms); see [`Cache::timeout`](crate::Cache::timeout).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self

@@ -152,17 +152,12 @@ impl ConnectionLike for Standalone {
 }
 
 impl Connection for Standalone {
-    fn send<'a>(
-        &'a mut self,
-        cmd: &'a Cmd,
-    ) -> impl Future<Output = redis::RedisResult<Value>> + Send + 'a {
-        async move {
-            // The manager's own method: no boxed future per command.
-            let (current, mut conn) = self.manager();
-            let result = conn.send_packed_command(cmd).await;
-            self.after(&current, &result);
-            result
-        }
+    async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        // The manager's own method: no boxed future per command.
+        let (current, mut conn) = self.manager();
+        let result = conn.send_packed_command(cmd).await;
+        self.after(&current, &result);
+        result
     }
 
     async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
