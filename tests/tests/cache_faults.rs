@@ -589,3 +589,31 @@ async fn credentials_fixed_on_the_server_are_picked_up_without_a_restart() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(cache.health().await.healthy);
 }
+
+/// On a cluster too, refused credentials are an auth error, not a timeout.
+#[tokio::test]
+async fn a_wrong_password_on_a_cluster_is_an_auth_error() {
+    let cluster = tests::shared_cluster();
+    let urls: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| format!("redis://ghost:Wrong-Pa55-3@127.0.0.1:{}", node.port()))
+        .collect();
+    let cache = Cache::builder()
+        .cluster_urls(urls)
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = cache.get::<i32>("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!err.to_string().contains("Wrong-Pa55"), "{err}");
+    assert_eq!(cache.health().await.error_kind, Some(ErrorKind::Auth));
+}

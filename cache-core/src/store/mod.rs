@@ -98,6 +98,13 @@ pub(crate) trait Store: Send + Sync + 'static {
         prefix: &'a str,
     ) -> StoreFuture<'a, (u64, u64)>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// The server's refusal of this store's login, found out on a connection
+    /// of its own, for a failure the driver reports without its cause (the
+    /// cluster client says only that it has no connection); `None` when the
+    /// login is not what fails, or it cannot tell. At most one try a second.
+    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Milliseconds for Redis, at least 1 (a zero TTL is handled before the store).

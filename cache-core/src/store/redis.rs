@@ -326,6 +326,39 @@ fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
 pub(crate) struct RedisStore<C> {
     conn: C,
     incr_window: Script,
+    /// Cluster only: a seed to try logging in to when the cluster client
+    /// reports no connection without saying why.
+    login_probe: Option<LoginProbe>,
+}
+
+/// One plain login to a seed node, to tell a refused password from an outage.
+struct LoginProbe {
+    seed: redis::Client,
+    connect_timeout: Duration,
+    /// When it last tried, and what it found.
+    last: std::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl LoginProbe {
+    async fn refused_login(&self) -> Option<String> {
+        let lock = || {
+            self.last
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((at, answer)) = &*lock()
+            && at.elapsed() < LOGIN_RETRY_INTERVAL
+        {
+            return answer.clone();
+        }
+        let login = self.seed.get_multiplexed_async_connection();
+        let answer = match tokio::time::timeout(self.connect_timeout, login).await {
+            Ok(Err(err)) if is_refused_login(&err) => Some(err.to_string()),
+            _ => None,
+        };
+        *lock() = Some((Instant::now(), answer.clone()));
+        answer
+    }
 }
 
 impl RedisStore<Standalone> {
@@ -375,7 +408,15 @@ impl RedisStore<ClusterConnection> {
             .set_connection_timeout(config.connect_timeout)
             .set_response_timeout(config.timeout);
         let conn = client.get_pending_async_connection_with_config(cluster_config);
-        Ok(Self::over(conn))
+        let mut store = Self::over(conn);
+        if let Some(seed) = nodes.first() {
+            store.login_probe = Some(LoginProbe {
+                seed: self::client(seed, config)?,
+                connect_timeout: config.connect_timeout,
+                last: std::sync::Mutex::new(None),
+            });
+        }
+        Ok(store)
     }
 }
 
@@ -408,6 +449,7 @@ impl<C: Connection> RedisStore<C> {
         RedisStore {
             conn,
             incr_window: Script::new(INCR_WINDOW_LUA),
+            login_probe: None,
         }
     }
 
@@ -548,6 +590,15 @@ impl<C: Connection> Store for RedisStore<C> {
         Box::pin(async move {
             let pattern = format!("{}*", escape_glob(prefix));
             self.conn.delete_page(node, cursor, &pattern).await
+        })
+    }
+
+    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            Ok(match &self.login_probe {
+                Some(probe) => probe.refused_login().await,
+                None => None,
+            })
         })
     }
 
