@@ -673,10 +673,11 @@ async fn cached_overwrites_a_value_over_the_cap(redis: Redis) {
     }
     let (small, writer) = small_and_writer(redis, &unique_prefix("capmemo"), 1024).await;
     let key = cache_core::key_for("capped", &(21u64,)).unwrap();
-    writer
-        .set_bytes(&key, &vec![b'9'; 4096], None)
-        .await
-        .unwrap();
+    // Valid JSON for another value (7 and padding): read whole, it would be a hit.
+    let mut foreign = b"7".to_vec();
+    foreign.resize(4096, b' ');
+    writer.set_bytes(&key, &foreign, None).await.unwrap();
+    assert_eq!(writer.get::<u64>(&key).await.unwrap(), Some(7));
     assert_eq!(double(&small, 21).await, 42);
     assert_eq!(small.stats().oversized, 1);
     assert_eq!(
