@@ -210,6 +210,11 @@ impl Cache {
     /// Records whether memoization is failing open, logging only changes.
     pub(crate) fn note_memo_failure(&self, error: Option<&Error>) {
         match error {
+            // A result over the size cap (or a TTL over the maximum) is this
+            // call's, not the store's: not cached, and not an outage to report.
+            Some(error) if error.kind() == ErrorKind::InvalidArgument => {
+                tracing::debug!(%error, "memoized result not cached");
+            }
             Some(error) => {
                 if !self.inner.memo_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(

@@ -714,3 +714,41 @@ async fn invalidate_all_without_a_namespace_removes_every_key() {
     assert_eq!(cache.invalidate_all().await.unwrap(), 10);
     assert!(!cache.exists("k3").await.unwrap());
 }
+
+/// A memoized result over the cap is returned and not cached, on every
+/// backend, and is not reported as the cache being unavailable.
+#[tokio::test]
+async fn a_memoized_result_over_the_cap_is_returned_uncached() {
+    #[cache_core::cached(prefix = "too-big", ttl = 60, cache = cache, skip(cache, calls))]
+    async fn big(cache: &Cache, calls: &std::sync::atomic::AtomicU32, n: usize) -> String {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        "x".repeat(n)
+    }
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    for cache in [
+        Cache::builder().max_value_bytes(100).build().await.unwrap(),
+        small_and_writer(Redis::Standalone, &unique_prefix("toobig"), 100)
+            .await
+            .0,
+        small_and_writer(Redis::Cluster, &unique_prefix("toobig"), 100)
+            .await
+            .0,
+    ] {
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(big(&cache, &calls, 200).await.len(), 200);
+        assert_eq!(big(&cache, &calls, 200).await.len(), 200);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "not cached"
+        );
+        assert_eq!(big(&cache, &calls, 20).await.len(), 20);
+        assert_eq!(big(&cache, &calls, 20).await.len(), 20);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "small ones are"
+        );
+        assert_eq!(cache.stats().hits, 1);
+    }
+}
