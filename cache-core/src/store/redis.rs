@@ -99,19 +99,27 @@ impl Standalone {
         })))
     }
 
-    /// The current manager, and the one to compare with if it fails.
-    fn manager(&self) -> (Arc<Manager>, ConnectionManager) {
-        let current = self.0.current.load_full();
-        let conn = current.conn.clone();
-        (current, conn)
+    /// The current manager's connection, and what identifies that manager
+    /// if it fails (a guard is not held across the call).
+    fn manager(&self) -> (Failed, ConnectionManager) {
+        let current = self.0.current.load();
+        let failed = Failed {
+            manager: Arc::as_ptr(&current) as usize,
+            since: current.since,
+        };
+        (failed, current.conn.clone())
     }
 
     /// After a refused login, replaces the manager that failed (not a newer
     /// one), at most once per [`LOGIN_RETRY_INTERVAL`]; the calls in between
     /// get the refusal at once, without a connection attempt.
-    fn after(&self, failed: &Arc<Manager>, result: &redis::RedisResult<impl Sized>) {
+    fn after(&self, failed: &Failed, result: &redis::RedisResult<impl Sized>) {
         let Err(err) = result else { return };
         if !is_refused_login(err) || failed.since.elapsed() < LOGIN_RETRY_INTERVAL {
+            return;
+        }
+        let current = self.0.current.load();
+        if Arc::as_ptr(&current) as usize != failed.manager {
             return;
         }
         let Ok(conn) =
@@ -123,8 +131,15 @@ impl Standalone {
             conn,
             since: Instant::now(),
         });
-        self.0.current.compare_and_swap(failed, fresh);
+        self.0.current.compare_and_swap(&*current, fresh);
     }
+}
+
+/// Which manager a call used: its address, only ever compared (a reused
+/// address can at worst replace a fresh manager once more).
+struct Failed {
+    manager: usize,
+    since: Instant,
 }
 
 impl ConnectionLike for Standalone {
