@@ -286,8 +286,9 @@ impl Connection for ClusterConnection {
 /// would send all of it, blocking every call queued behind it on the
 /// multiplexed connection). Same round trip and reply shape as GET.
 fn get_range_cmd(key: &str, max_len: usize) -> Cmd {
-    let mut cmd = redis::cmd("GETRANGE");
-    cmd.arg(key).arg(0).arg(max_len);
+    // Sized up front: four arguments, the longest cap has 9 digits.
+    let mut cmd = Cmd::with_capacity(4, "GETRANGE".len() + key.len() + 1 + 9);
+    cmd.arg("GETRANGE").arg(key).arg(0).arg(max_len);
     cmd
 }
 
