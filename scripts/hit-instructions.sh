@@ -37,15 +37,24 @@ sha() { # profile -> instructions in software SHA-256
 }
 raw_all=$(count raw "$calls")
 raw_setup=$(count raw 0)
+per_call() { # variant -> instructions of its calls, set-up subtracted
+  echo $(( $(count "$1" "$calls") - $(count "$1" 0) ))
+}
+range=$(per_call raw-getrange)
+strlen=$(per_call raw-strlen)
+lua=$(per_call raw-lua)
 macro_all=$(count macro "$calls")
 macro_setup=$(count macro 0)
 raw=$((raw_all - raw_setup))
 macro=$((macro_all - macro_setup))
 macro_sha=$(( $(sha "$out/macro-$calls") - $(sha "$out/macro-0") ))
-awk -v raw="$raw" -v mac="$macro" -v sha="$macro_sha" -v calls="$calls" 'BEGIN {
+awk -v raw="$raw" -v range="$range" -v strlen="$strlen" -v lua="$lua" -v mac="$macro" -v sha="$macro_sha" -v calls="$calls" 'BEGIN {
   printf "instructions per call, 64 tasks, MessagePack hit (%d calls, set-up subtracted)\n", calls
   printf "| variant | instructions per call | ratio to raw |\n| --- | ---: | ---: |\n"
   printf "| raw GET + rmp_serde (baseline) | %.0f | 1.00 |\n", raw / calls
+  printf "| raw GETRANGE key 0 cap + rmp_serde | %.0f | %.3f |\n", range / calls, range / raw
+  printf "| raw STRLEN, then GET + rmp_serde | %.0f | %.3f |\n", strlen / calls, strlen / raw
+  printf "| raw EVALSHA (STRLEN + GET in Lua) + rmp_serde | %.0f | %.3f |\n", lua / calls, lua / raw
   printf "| #[cached(codec = \"msgpack\")] | %.0f | %.3f |\n", mac / calls, mac / raw
   printf "| the same without software SHA-256 | %.0f | %.3f |\n", (mac - sha) / calls, (mac - sha) / raw
 }'

@@ -11,13 +11,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
-use crate::config::{Backend, CacheBuilder, CacheConfig};
-use crate::error::{Error, Result};
+use crate::config::{Backend, CacheBuilder, CacheConfig, validate_ttl};
+use crate::error::{Error, ErrorKind, Result};
 use crate::resilience::{BreakerState, CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{Counters, Stats};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{KeyTtl, Store, WindowCount};
+use crate::store::{KeyTtl, ScanNode, Store, WindowCount};
 
 /// A handle to one cache: Redis, Redis Cluster or the embedded in-memory store.
 ///
@@ -52,6 +52,13 @@ struct Inner {
     /// Whether memoized calls are currently falling back to their bodies; for
     /// logging once per change, not once per call.
     memo_failing: AtomicBool,
+    /// Whether the store is refusing the credentials; for logging once per change.
+    auth_failing: AtomicBool,
+    max_value_bytes: usize,
+    invalidate_budget: Duration,
+    /// What the handle was built from, for [`Cache::dedicated`]. Not shown
+    /// in `Debug` (its endpoint holds the password, though as a `Secret`).
+    config: CacheConfig,
 }
 
 impl fmt::Debug for Cache {
@@ -79,6 +86,9 @@ pub struct Health {
     pub latency: Option<Duration>,
     /// Why it is unhealthy.
     pub error: Option<String>,
+    /// The kind of that error: [`ErrorKind::Auth`] when the store refuses the
+    /// credentials, [`ErrorKind::Timeout`] when it is slow, and so on.
+    pub error_kind: Option<ErrorKind>,
 }
 
 impl Cache {
@@ -126,13 +136,38 @@ impl Cache {
                     retry_backoff: config.retry_backoff,
                     breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
                 },
-                backend: config.backend,
-                namespace: config.namespace,
+                backend: config.backend.clone(),
+                namespace: config.namespace.clone(),
                 counters: Counters::default(),
                 bypass: config.bypass,
                 codec: config.codec,
                 memo_failing: AtomicBool::new(false),
+                auth_failing: AtomicBool::new(false),
+                max_value_bytes: config.max_value_bytes,
+                invalidate_budget: config.invalidate_budget,
+                config,
             }),
+        }
+    }
+
+    /// A handle to the same store with the same settings but a connection
+    /// of its own (and its own breaker and counters), so that its calls
+    /// never queue behind this handle's: one slow or large reply on a
+    /// multiplexed connection delays every call sent after it. The rate
+    /// limiter takes one by default. The in-memory store has no connection:
+    /// there the answer is a clone sharing the data.
+    pub fn dedicated(&self) -> Cache {
+        if self.inner.backend == Backend::Memory {
+            return self.clone();
+        }
+        match Self::from_config(self.inner.config.clone()) {
+            Ok(cache) => cache,
+            // The same configuration built this handle; should the client still
+            // refuse it, sharing the connection is the safe fallback.
+            Err(err) => {
+                tracing::warn!(%err, "could not open a dedicated cache connection; sharing the handle's");
+                self.clone()
+            }
         }
     }
 
@@ -146,9 +181,20 @@ impl Cache {
         self.inner.namespace.as_deref()
     }
 
-    /// The timeout of one call, retries included.
+    /// The timeout of one call: the time from the call until the store's
+    /// reply is received in full, connecting and retries included. A reply
+    /// that completes after it is an [`Error::Timeout`], never a late `Ok`.
+    /// [`get`](Self::get) and [`get_many`](Self::get_many) also count the
+    /// decoding in it; decoding is bounded by
+    /// [`max_value_bytes`](Self::max_value_bytes), not interrupted.
     pub fn timeout(&self) -> Duration {
         self.inner.resilience.timeout
+    }
+
+    /// The cap on the size of a value read or written (see
+    /// [`CacheBuilder::max_value_bytes`]).
+    pub fn max_value_bytes(&self) -> usize {
+        self.inner.max_value_bytes
     }
 
     /// `true` when memoization is switched off for this handle (`CACHE_BYPASS`).
@@ -164,6 +210,11 @@ impl Cache {
     /// Records whether memoization is failing open, logging only changes.
     pub(crate) fn note_memo_failure(&self, error: Option<&Error>) {
         match error {
+            // A result over the size cap (or a TTL over the maximum) is this
+            // call's, not the store's: not cached, and not an outage to report.
+            Some(error) if error.kind() == ErrorKind::InvalidArgument => {
+                tracing::debug!(%error, "memoized result not cached");
+            }
             Some(error) => {
                 if !self.inner.memo_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -245,10 +296,62 @@ impl Cache {
             self.inner.counters.record_timeout();
             return Err(Error::Timeout(timeout));
         }
-        self.inner
+        let started = tokio::time::Instant::now();
+        let mut result = self
+            .inner
             .resilience
             .run(&self.inner.counters, idempotence, timeout, || call(store))
-            .await
+            .await;
+        if let Err(Error::Connection(cause)) = &result
+            && cause.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        {
+            // The cluster client does not say why it has no connection: a
+            // refused password must not pass for an outage. Within what is
+            // left of the deadline.
+            let left = timeout.saturating_sub(started.elapsed());
+            if let Ok(Ok(Some(reply))) = tokio::time::timeout(left, store.refused_login()).await {
+                result = Err(Error::Auth(reply));
+            }
+        }
+        self.note_auth(&result);
+        result
+    }
+
+    /// Logs a refusal of the credentials once per change, at error level, with
+    /// the user name (never the password): unlike a slow store, it will not
+    /// get better by itself.
+    fn note_auth<T>(&self, result: &Result<T>) {
+        let failing = &self.inner.auth_failing;
+        match result {
+            Err(Error::Auth(reply)) => {
+                if !failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        backend = %self.inner.backend,
+                        user = self.user_name(),
+                        reply = %reply,
+                        "the cache store refused the credentials: check REDIS_USERNAME / REDIS_PASSWORD and the user's ACL"
+                    );
+                }
+            }
+            Ok(_) => {
+                if failing.load(Ordering::Relaxed) && failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(backend = %self.inner.backend, "the cache store accepts the credentials again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The ACL user the handle logs in as (`default` when none is configured).
+    fn user_name(&self) -> &str {
+        let endpoint = match &self.inner.backend {
+            Backend::Redis(endpoint) => Some(endpoint),
+            Backend::Cluster(nodes) => nodes.first(),
+            Backend::Memory => None,
+        };
+        endpoint
+            .and_then(|e| e.username.as_deref())
+            .unwrap_or("default")
     }
 
     /// Reads raw bytes. No codec, no hit/miss counting.
@@ -259,13 +362,50 @@ impl Cache {
 
     /// Reads a key that already has the namespace in front, within `timeout`
     /// (at most the handle's).
+    ///
+    /// A value over [`max_value_bytes`](Self::max_value_bytes) is `None` (a
+    /// miss, counted as oversized); at most the cap plus one byte is read.
     pub(crate) async fn get_full_within(
         &self,
         full_key: &str,
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>> {
-        self.run_within(Idempotence::Idempotent, timeout, |s| s.get(full_key))
-            .await
+        let cap = self.inner.max_value_bytes;
+        let bytes = self
+            .run_within(Idempotence::Idempotent, timeout, |s| s.get(full_key, cap))
+            .await?;
+        Ok(self.within_cap(full_key, bytes))
+    }
+
+    /// `bytes` if within the cap; else `None`, counted and logged.
+    fn within_cap(&self, full_key: &str, bytes: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        match bytes {
+            Some(bytes) if bytes.len() > self.inner.max_value_bytes => {
+                self.inner.counters.record_oversized();
+                tracing::debug!(
+                    key = full_key,
+                    max_value_bytes = self.inner.max_value_bytes,
+                    "cache entry is over max_value_bytes; treated as a miss"
+                );
+                None
+            }
+            bytes => bytes,
+        }
+    }
+
+    /// Refuses a value the handle would never read back.
+    fn check_size(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.inner.max_value_bytes {
+            return Err(Error::invalid(
+                "value",
+                format!(
+                    "{} bytes, over the handle's max_value_bytes of {}",
+                    value.len(),
+                    self.inner.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
@@ -283,6 +423,10 @@ impl Cache {
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
+        if let Some(ttl) = ttl {
+            validate_ttl("ttl", ttl)?;
+        }
+        self.check_size(value)?;
         if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
             return self
                 .run_within(Idempotence::Idempotent, timeout, |s| s.delete(full_key))
@@ -297,9 +441,25 @@ impl Cache {
 
     /// Reads and decodes a JSON value. A missing key, or a value that does not
     /// decode as `T` (corrupt, foreign, old schema), is `Ok(None)`: a miss.
+    ///
+    /// The handle's timeout bounds the whole call, decoding included: a value
+    /// that is only decoded after it is an [`Error::Timeout`].
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let started = tokio::time::Instant::now();
         let bytes = self.get_bytes(key).await?;
-        Ok(self.decode(key, bytes.as_deref()))
+        let value = self.decode(key, bytes.as_deref());
+        self.check_deadline(started)?;
+        Ok(value)
+    }
+
+    /// A timeout when a call that started at `started` is past the handle's
+    /// deadline (never on the in-memory store, which has none).
+    fn check_deadline(&self, started: tokio::time::Instant) -> Result<()> {
+        if self.inner.backend != Backend::Memory && started.elapsed() > self.timeout() {
+            self.inner.counters.record_timeout();
+            return Err(Error::Timeout(self.timeout()));
+        }
+        Ok(())
     }
 
     /// Decodes `bytes` read under `key` with the handle's codec, counting the
@@ -335,7 +495,9 @@ impl Cache {
     }
 
     /// Encodes `value` (JSON unless the handle says otherwise) and stores it,
-    /// with an optional TTL.
+    /// with an optional TTL. A TTL over [`MAX_TTL`](crate::MAX_TTL) or an
+    /// encoding over [`max_value_bytes`](Self::max_value_bytes) is an
+    /// [`ErrorKind::InvalidArgument`], and nothing is sent.
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -347,16 +509,26 @@ impl Cache {
     }
 
     /// Reads several keys in one round trip (MGET); the answer is in key order.
+    /// Values over [`max_value_bytes`](Self::max_value_bytes) are misses, as
+    /// with [`get`](Self::get), and the timeout includes decoding.
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        let started = tokio::time::Instant::now();
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
+        let cap = self.inner.max_value_bytes;
         let values = self
-            .run(Idempotence::Idempotent, |s| s.get_many(&full))
+            .run(Idempotence::Idempotent, |s| s.get_many(&full, cap))
             .await?;
-        Ok(keys
+        let decoded = full
             .iter()
+            .zip(keys)
             .zip(values)
-            .map(|(key, bytes)| self.decode(key, bytes.as_deref()))
-            .collect())
+            .map(|((full_key, key), bytes)| {
+                let bytes = self.within_cap(full_key, bytes);
+                self.decode(key, bytes.as_deref())
+            })
+            .collect();
+        self.check_deadline(started)?;
+        Ok(decoded)
     }
 
     /// Writes several values, all with the same optional TTL, pipelined.
@@ -365,6 +537,9 @@ impl Cache {
         entries: &[(&str, T)],
         ttl: Option<Duration>,
     ) -> Result<()> {
+        if let Some(ttl) = ttl {
+            validate_ttl("ttl", ttl)?;
+        }
         if ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
             for (key, _) in entries {
                 self.delete(key).await?;
@@ -375,6 +550,7 @@ impl Cache {
             .iter()
             .map(|(key, value)| {
                 let bytes = self.inner.codec.encode(value)?;
+                self.check_size(&bytes)?;
                 Ok((self.full_key(key).into_owned(), bytes))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -396,7 +572,10 @@ impl Cache {
 
     /// Sets a key's time to live; `false` if there is no such key. A zero TTL
     /// removes the key, as Redis does.
+    /// A TTL over [`MAX_TTL`](crate::MAX_TTL) is an
+    /// [`ErrorKind::InvalidArgument`].
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        validate_ttl("ttl", ttl)?;
         if ttl.as_millis() == 0 {
             return self.delete(key).await;
         }
@@ -423,7 +602,9 @@ impl Cache {
     /// A fixed-window counter: adds `by` and, when the counter is new (or has no
     /// expiry), makes it expire after `window`, all in one atomic step (a Lua
     /// script on Redis). Returns the count and the time until the window resets.
-    /// This is what the rate limiter counts with.
+    /// This is what the rate limiter counts with. A window outside 1 ms to
+    /// [`MAX_WINDOW`](crate::MAX_WINDOW), or `by` over 2^53, is an
+    /// [`ErrorKind::InvalidArgument`].
     pub async fn incr_window(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
         self.incr_window_within(key, by, window, self.timeout())
             .await
@@ -440,9 +621,10 @@ impl Cache {
         window: Duration,
         timeout: Duration,
     ) -> Result<WindowCount> {
-        if window.as_millis() == 0 {
-            return Err(Error::config("window", "must be at least one millisecond"));
-        }
+        // 1 ms to MAX_WINDOW, checked before anything is sent: the same
+        // InvalidArgument on every backend.
+        crate::store::window_millis(window)?;
+        crate::store::check_increment(by)?;
         let key = self.full_key(key);
         self.run_within(Idempotence::CountsOnce, timeout, |s| {
             s.incr_window(&key, by, window)
@@ -455,27 +637,76 @@ impl Cache {
     /// with UNLINK, on every primary of a cluster; never KEYS. Glob characters
     /// in `prefix` are literal.
     ///
-    /// Not bounded by the call timeout, which is meant for single commands:
-    /// each SCAN and UNLINK step is.
+    /// Each SCAN + UNLINK step is one call under the handle's timeout, retries
+    /// and circuit breaker, and the whole walk is bounded by the handle's
+    /// [`invalidate_budget`](CacheBuilder::invalidate_budget) (30 s by
+    /// default): past it the call is an [`Error::Timeout`]. Keys removed
+    /// before an error stay removed; calling again finishes the job.
+    ///
+    /// An empty `prefix` is an [`ErrorKind::InvalidArgument`]: it would
+    /// match every key. Say [`invalidate_all`](Self::invalidate_all) for that.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
-        let prefix = self.full_key(prefix);
-        let Some(permit_check) = self.inner.resilience.breaker.admit() else {
-            self.inner.counters.record_breaker_rejection();
-            return Err(Error::CircuitOpen);
-        };
-        let result = self.inner.store.delete_prefix(&prefix).await;
-        match &result {
-            Err(err) if err.is_unavailable() => {
-                self.inner.counters.record_error();
-                permit_check.failure();
-            }
-            Err(_) => {
-                self.inner.counters.record_error();
-                permit_check.success();
-            }
-            Ok(_) => permit_check.success(),
+        if prefix.is_empty() {
+            return Err(Error::invalid(
+                "prefix",
+                "empty: it matches every key; call invalidate_all() to remove them all",
+            ));
         }
-        result
+        self.delete_by_prefix(&self.full_key(prefix)).await
+    }
+
+    /// Removes every key of this handle: with a namespace, every key under
+    /// `{namespace}:` and nothing else; without one, every key of the database
+    /// (of every primary of a cluster), other services' and rate-limit
+    /// counters included. Same walk and bounds as
+    /// [`invalidate_prefix`](Self::invalidate_prefix).
+    pub async fn invalidate_all(&self) -> Result<u64> {
+        let prefix = match &self.inner.namespace {
+            Some(ns) => format!("{ns}:"),
+            None => String::new(),
+        };
+        self.delete_by_prefix(&prefix).await
+    }
+
+    /// The walk of [`invalidate_prefix`](Self::invalidate_prefix) over full keys.
+    async fn delete_by_prefix(&self, prefix: &str) -> Result<u64> {
+        let budget = self.inner.invalidate_budget;
+        let deadline = tokio::time::Instant::now() + budget;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        // A step cut short by the budget rather than by the handle's timeout
+        // reports the budget.
+        let over_budget = |err: Error| match err {
+            Error::Timeout(_) if left().is_zero() => Error::Timeout(budget),
+            err => err,
+        };
+        let nodes: Vec<ScanNode> = match self.inner.backend {
+            // A call of its own only where it asks the store (CLUSTER NODES):
+            // a local answer must not count as a success for the breaker.
+            Backend::Cluster(_) => self
+                .run_within(Idempotence::Idempotent, left(), |s| s.scan_nodes())
+                .await
+                .map_err(over_budget)?,
+            Backend::Redis(_) | Backend::Memory => vec![ScanNode::Only],
+        };
+        let mut removed = 0u64;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                // Repeating a step after a failure only rescans a page: idempotent.
+                let (next, n) = self
+                    .run_within(Idempotence::Idempotent, left(), |s| {
+                        s.delete_prefix_page(node, cursor, prefix)
+                    })
+                    .await
+                    .map_err(over_budget)?;
+                removed += n;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
     }
 
     /// PINGs the store within the timeout; never fails, reports instead.
@@ -487,6 +718,7 @@ impl Cache {
             backend: self.inner.backend.to_string(),
             breaker: self.inner.resilience.breaker.state(),
             latency: result.is_ok().then(|| started.elapsed()),
+            error_kind: result.as_ref().err().map(Error::kind),
             error: result.err().map(|err| err.to_string()),
         }
     }

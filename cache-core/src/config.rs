@@ -19,6 +19,45 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// Default bound on the number of entries of the in-memory store.
 pub const DEFAULT_MEMORY_MAX_ENTRIES: usize = 100_000;
+/// Default cap on the size of a value the library reads or writes: 4 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default bound on a whole [`invalidate_prefix`](crate::Cache::invalidate_prefix)
+/// or [`invalidate_all`](crate::Cache::invalidate_all) call.
+pub const DEFAULT_INVALIDATE_BUDGET: Duration = Duration::from_secs(30);
+
+/// The longest TTL (and rate-limit window) any call accepts: 100 years of
+/// 365 days. Longer ones are an [`ErrorKind::InvalidArgument`](crate::ErrorKind)
+/// on every backend, never a panic (the in-memory store adds TTLs to
+/// `Instant`s) nor a key left without expiry; for a key that never expires,
+/// pass no TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Checks a TTL or window against [`MAX_TTL`]; `argument` names it in the error.
+/// What [`Cache::set`](crate::Cache::set), `expire` and `incr_window` call
+/// before sending anything, for callers that validate at start-up.
+///
+/// ```
+/// use std::time::Duration;
+/// assert!(cache_core::validate_ttl("window", Duration::from_secs(60)).is_ok());
+/// let err = cache_core::validate_ttl("window", Duration::MAX).unwrap_err();
+/// assert_eq!(err.kind(), cache_core::ErrorKind::InvalidArgument);
+/// ```
+pub fn validate_ttl(argument: &'static str, ttl: Duration) -> Result<()> {
+    if ttl > MAX_TTL {
+        return Err(Error::invalid(
+            argument,
+            format!(
+                "{} s is over the maximum of {} s (100 years); pass no TTL for a key that never expires",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Redis's own limit on a string value (`proto-max-bulk-len`'s default).
+const MAX_VALUE_BYTES_LIMIT: usize = 512 * 1024 * 1024;
 
 /// A string that never shows itself in `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -205,6 +244,8 @@ pub struct CacheConfig {
     /// PEM root certificate(s) for `rediss://` instead of the system's trust store.
     pub(crate) tls_ca_cert: Option<Vec<u8>>,
     pub(crate) codec: crate::Codec,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) invalidate_budget: Duration,
 }
 
 impl Default for CacheConfig {
@@ -222,6 +263,8 @@ impl Default for CacheConfig {
             bypass: false,
             tls_ca_cert: None,
             codec: crate::Codec::Json,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
         }
     }
 }
@@ -320,6 +363,12 @@ impl CacheBuilder {
         if let Some(n) = var("CACHE_MEMORY_MAX_ENTRIES") {
             builder.config.memory_max_entries = parse_number("CACHE_MEMORY_MAX_ENTRIES", &n)?;
         }
+        if let Some(n) = var("CACHE_MAX_VALUE_BYTES") {
+            builder.config.max_value_bytes = parse_number("CACHE_MAX_VALUE_BYTES", &n)?;
+        }
+        if let Some(ms) = var("CACHE_INVALIDATE_BUDGET_MS") {
+            builder.config.invalidate_budget = parse_millis("CACHE_INVALIDATE_BUDGET_MS", &ms)?;
+        }
         if let Some(path) = var("REDIS_TLS_CA_CERT_FILE") {
             let pem = std::fs::read(path.trim()).map_err(|err| {
                 Error::config("REDIS_TLS_CA_CERT_FILE", format!("cannot be read ({err})"))
@@ -377,7 +426,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Bounds each call, retries included (default 250 ms).
+    /// The deadline of each call, from its start until the store's reply is
+    /// in, retries included (default 250 ms); see [`Cache::timeout`](crate::Cache::timeout).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self
@@ -416,6 +466,25 @@ impl CacheBuilder {
     /// Bound on the in-memory store's entries (default 100 000); the oldest go first.
     pub fn memory_max_entries(mut self, entries: usize) -> Self {
         self.config.memory_max_entries = entries;
+        self
+    }
+
+    /// Cap on the size of a stored value, in bytes (default 4 MiB). A read
+    /// transfers at most this much plus one byte: a larger value is a miss
+    /// (counted in [`Stats::oversized`](crate::Stats::oversized)), which
+    /// `#[cached]` overwrites; a write of a larger value is an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind) and sends nothing.
+    /// It also bounds the time spent decoding a value.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_value_bytes = bytes;
+        self
+    }
+
+    /// Bound on a whole [`invalidate_prefix`](crate::Cache::invalidate_prefix)
+    /// or [`invalidate_all`](crate::Cache::invalidate_all) call (default 30 s);
+    /// each of its SCAN + UNLINK steps is also bounded by the call timeout.
+    pub fn invalidate_budget(mut self, budget: Duration) -> Self {
+        self.config.invalidate_budget = budget;
         self
     }
 
@@ -470,6 +539,18 @@ impl CacheBuilder {
             return Err(Error::config(
                 "rediss",
                 "TLS needs the `tls` feature of cache-core (cache-core = { features = [\"tls\"] })",
+            ));
+        }
+        if c.max_value_bytes == 0 || c.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            return Err(Error::config(
+                "max_value_bytes",
+                "must be between 1 and 512 MiB (Redis's own limit for a string)",
+            ));
+        }
+        if c.invalidate_budget.is_zero() {
+            return Err(Error::config(
+                "invalidate_budget",
+                "must be greater than zero",
             ));
         }
         if c.memory_max_entries == 0 {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 /// What went wrong, for callers that want to branch on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The configuration (environment or builder) is invalid.
@@ -18,6 +19,12 @@ pub enum ErrorKind {
     Command,
     /// A value could not be encoded.
     Encode,
+    /// The store refused the credentials (`WRONGPASS`, `NOAUTH`) or the ACL
+    /// user's permissions (`NOPERM`). Not retried: only a configuration change helps.
+    Auth,
+    /// An argument is out of range (a TTL over [`MAX_TTL`](crate::MAX_TTL), an
+    /// empty prefix, a value over the handle's size cap). Nothing was sent.
+    InvalidArgument,
 }
 
 /// An error from a [`Cache`](crate::Cache) call or from building one.
@@ -50,6 +57,18 @@ pub enum Error {
     /// The value could not be encoded.
     #[error("could not encode the cache value: {0}")]
     Encode(String),
+    /// The store refused the credentials or the user's permissions; the text
+    /// is the server's reply, which never holds the password.
+    #[error("cache store refused the credentials: {0}")]
+    Auth(String),
+    /// An argument is out of range; nothing was sent to the store.
+    #[error("invalid cache call: {argument}: {reason}")]
+    InvalidArgument {
+        /// The argument at fault (`ttl`, `prefix`, `value`, ...).
+        argument: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -62,6 +81,8 @@ impl Error {
             Error::CircuitOpen => ErrorKind::CircuitOpen,
             Error::Command(_) => ErrorKind::Command,
             Error::Encode(_) => ErrorKind::Encode,
+            Error::Auth(_) => ErrorKind::Auth,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         }
     }
 
@@ -80,6 +101,11 @@ impl Error {
         self.kind() == ErrorKind::CircuitOpen
     }
 
+    /// `true` when the store refused the credentials or the user's permissions.
+    pub fn is_auth(&self) -> bool {
+        self.kind() == ErrorKind::Auth
+    }
+
     /// `true` when the store itself is unhealthy (unreachable, slow, breaker open),
     /// as opposed to a bad command or value. These count towards the breaker.
     pub fn is_unavailable(&self) -> bool {
@@ -95,10 +121,21 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    pub(crate) fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            argument,
+            reason: reason.into(),
+        }
+    }
 }
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
+        if is_auth_error(&err) {
+            // Checked first: the driver files a failed AUTH as a reason to reconnect.
+            return Error::Auth(err.to_string());
+        }
         if err.is_timeout() {
             // The connection's own response timeout; the duration is the handle's.
             return Error::Connection(err);
@@ -114,6 +151,17 @@ impl From<redis::RedisError> for Error {
             Error::Command(err.to_string())
         }
     }
+}
+
+/// A refused `AUTH` (at connection set-up) or a command the ACL user may not run.
+fn is_auth_error(err: &redis::RedisError) -> bool {
+    is_refused_login(err) || err.code() == Some("NOPERM")
+}
+
+/// The server refused the connection's login: only a new connection can fix it.
+pub(crate) fn is_refused_login(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 /// Server replies that mean "not now" rather than "never": a cluster in transition,

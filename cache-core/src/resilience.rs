@@ -216,11 +216,14 @@ impl Resilience {
         let mut backoff = self.retry_backoff;
         loop {
             match tokio::time::timeout_at(deadline, call()).await {
-                Ok(Ok(value)) => {
+                // A reply that completed after the deadline (the task was polled
+                // late, or a large reply took long to arrive) is a timeout, as
+                // the caller's deadline has passed: never a late `Ok`.
+                Ok(Ok(value)) if tokio::time::Instant::now() <= deadline => {
                     permit.success();
                     return Ok(value);
                 }
-                Err(_elapsed) => {
+                Ok(Ok(_)) | Err(_) => {
                     counters.record_timeout();
                     permit.failure();
                     return Err(Error::Timeout(timeout));
@@ -246,7 +249,10 @@ impl Resilience {
                     return Err(err);
                 }
                 Ok(Err(err)) => {
-                    // The store answered: it is healthy even if the command was wrong.
+                    // The store answered: it is healthy even if the command was
+                    // wrong, or the credentials (an auth error is not retried and
+                    // does not open the breaker: the store is up, and every call
+                    // reports the refusal rather than a breaker that hides it).
                     counters.record_error();
                     permit.success();
                     return Err(err);

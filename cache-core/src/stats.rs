@@ -29,6 +29,9 @@ pub struct Stats {
     /// is not a string or an integer), or an empty custom key. Not reads, so
     /// neither hits nor misses.
     pub uncacheable: u64,
+    /// Stored values over the handle's `max_value_bytes`, counted as misses
+    /// (not read past the cap, not decoded).
+    pub oversized: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
 }
@@ -66,6 +69,7 @@ struct Stripe {
     retries: AtomicU64,
     decode_errors: AtomicU64,
     uncacheable: AtomicU64,
+    oversized: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -119,6 +123,10 @@ impl Counters {
         bump(&self.mine().uncacheable);
     }
 
+    pub(crate) fn record_oversized(&self) {
+        bump(&self.mine().oversized);
+    }
+
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
         let sum = |counter: fn(&Stripe) -> &AtomicU64| {
             self.stripes
@@ -135,6 +143,7 @@ impl Counters {
             retries: sum(|s| &s.retries),
             decode_errors: sum(|s| &s.decode_errors),
             uncacheable: sum(|s| &s.uncacheable),
+            oversized: sum(|s| &s.oversized),
             breaker,
         }
     }

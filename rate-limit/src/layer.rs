@@ -197,7 +197,9 @@ pub struct RateLimitLayerBuilder {
 impl RateLimitLayerBuilder {
     fn new(cache: Cache) -> Self {
         RateLimitLayerBuilder {
-            cache,
+            // A connection of its own: counting never queues behind a slow or
+            // large cache read on the shared one (same settings, same server).
+            cache: cache.dedicated(),
             limit: 100,
             window: Duration::from_secs(60),
             prefix: DEFAULT_PREFIX.to_string(),

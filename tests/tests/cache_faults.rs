@@ -707,3 +707,432 @@ async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it
         assert!(!cache.exists(key).await.unwrap(), "{key} survived");
     }
 }
+
+/// The log lines written while `f` runs on this thread (current-thread runtime).
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (
+    tracing::subscriber::DefaultGuard,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Captured(writer.clone()))
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buffer)
+}
+
+fn error_lines(buffer: &std::sync::Mutex<Vec<u8>>) -> Vec<String> {
+    String::from_utf8_lossy(&buffer.lock().unwrap())
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A wrong password is an authentication error at once: not a timeout, not
+/// retried, not a reason to open the breaker, shown by `health()`, and
+/// logged once at error level with the user name and never the password.
+#[tokio::test]
+async fn a_wrong_password_is_an_auth_error_not_a_timeout() {
+    let secret = "Right-Pa55-1";
+    let server = RedisServer::start_with(&["--requirepass", secret]);
+    let (_guard, logs) = capture_logs();
+    let bad = handle(&format!(
+        "redis://:Wrong-Pa55-2@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    for _ in 0..8 {
+        let started = Instant::now();
+        let err = bad.get::<i32>("k").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+        assert!(err.is_auth() && !err.is_unavailable());
+        assert!(started.elapsed() < TIMEOUT, "took {:?}", started.elapsed());
+        assert!(!err.to_string().contains("Wrong-Pa55"), "{err}");
+    }
+    let stats = bad.stats();
+    assert_eq!((stats.retries, stats.timeouts), (0, 0), "{stats:?}");
+    assert_eq!(stats.breaker, BreakerState::Closed);
+    let health = bad.health().await;
+    assert!(!health.healthy);
+    assert_eq!(health.error_kind, Some(ErrorKind::Auth), "{health:?}");
+    let errors = error_lines(&logs);
+    assert_eq!(errors.len(), 1, "logged once: {errors:?}");
+    assert!(
+        errors[0].contains("user=\"default\"") || errors[0].contains("user=default"),
+        "{errors:?}"
+    );
+    assert!(!errors[0].contains("Wrong-Pa55"), "{errors:?}");
+}
+
+/// The same for an ACL user: a wrong password, and a command the user may not run.
+#[tokio::test]
+async fn acl_refusals_are_auth_errors_naming_the_user() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">reader-pass",
+        "~*",
+        "+ping",
+        "+getrange",
+    ]);
+    let (_guard, logs) = capture_logs();
+    let wrong = handle(&format!(
+        "redis://reader:nope-pass@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    let err = wrong.set("k", &1, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    let errors = error_lines(&logs);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("reader"), "{errors:?}");
+    assert!(!errors[0].contains("nope-pass"), "{errors:?}");
+
+    let reader = handle(&format!(
+        "redis://reader:reader-pass@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    assert_eq!(
+        reader.get::<i32>("k").await.unwrap(),
+        None,
+        "GETRANGE is allowed"
+    );
+    let err = reader.set("k", &1, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "NOPERM: {err}");
+    assert_eq!(reader.stats().retries, 0);
+    assert!(reader.health().await.healthy, "PING is allowed");
+}
+
+/// Keys under `prefix`, written on a handle of their own.
+async fn fill(cache: &Cache, prefix: &str, n: usize) {
+    let entries: Vec<(String, usize)> = (0..n).map(|i| (format!("{prefix}:{i}"), i)).collect();
+    let refs: Vec<(&str, usize)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    cache.set_many(&refs, None).await.unwrap();
+}
+
+/// During `CLIENT PAUSE` the walk's first step times out with the handle's
+/// timeout; it used to wait for the pause to end (the response timeout of the
+/// standalone connection is off, and the call bypassed the handle's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_is_bounded_by_the_timeout_while_redis_is_paused() {
+    let server = RedisServer::start();
+    let cache = handle(&server.url()).await;
+    let p = unique_prefix("inv-pause");
+    fill(&cache, &p, 100).await;
+    // Longer than the timeout and its slack; `CLIENT UNPAUSE` would wait for it too.
+    server.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    let started = Instant::now();
+    let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(took <= TIMEOUT + SLACK, "took {took:?}");
+}
+
+/// With Redis stopped it fails within the timeout (it used to hang for seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_is_bounded_by_the_timeout_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let cache = handle(&server.url()).await;
+    let p = unique_prefix("inv-down");
+    fill(&cache, &p, 10).await;
+    server.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            started.elapsed() <= TIMEOUT + SLACK,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // Through the breaker like any call: it opens and then refuses at once.
+    for _ in 0..5 {
+        let _ = cache.invalidate_prefix(&format!("{p}:")).await;
+    }
+    let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen, "{err}");
+}
+
+/// The whole walk is bounded by the handle's invalidate budget, even when
+/// that is shorter than the call timeout; what it removed stays removed and
+/// a second call finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_stops_at_its_budget_and_can_be_called_again() {
+    let server = RedisServer::start();
+    let budget = Duration::from_millis(300);
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .invalidate_budget(budget)
+        .build()
+        .await
+        .unwrap();
+    let p = unique_prefix("inv-budget");
+    fill(&cache, &p, 2000).await;
+    server.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    let started = Instant::now();
+    let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.to_string().contains("300ms"),
+        "reports the budget: {err}"
+    );
+    assert!(took >= budget && took <= budget + SLACK, "took {took:?}");
+    // Once the pause is over (this call waits for its end), a new walk finishes.
+    assert!(!cache.exists(&format!("{p}:none")).await.unwrap());
+    assert_eq!(
+        cache.invalidate_prefix(&format!("{p}:")).await.unwrap(),
+        2000
+    );
+}
+
+/// The same bound on a cluster with one primary paused: the walk visits
+/// every primary, and the paused one's step times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
+    let cluster = tests::RedisCluster::start();
+    let cache = Cache::builder()
+        .cluster_urls(cluster.urls())
+        .unwrap()
+        .timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let p = unique_prefix("inv-cluster");
+    fill(&cache, &p, 300).await;
+    RedisServer::cli_on(cluster.primaries()[1], &["CLIENT", "PAUSE", "1500", "ALL"]);
+    let started = Instant::now();
+    let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(took <= TIMEOUT * 2 + SLACK, "took {took:?}");
+}
+
+/// The handle's timeout is a deadline: a large reply that is received or,
+/// for `get`, decoded after it is a timeout, never a late `Ok`. The timeout
+/// is set between the time the read takes and the time read and decode take,
+/// measured first: `get` used to return `Ok` after its timeout there.
+#[tokio::test]
+async fn a_reply_completing_after_the_timeout_is_a_timeout_not_a_late_ok() {
+    let server = RedisServer::start();
+    let build = |timeout: Duration| {
+        Cache::builder()
+            .redis_url(&server.url())
+            .unwrap()
+            .timeout(timeout)
+            .max_value_bytes(64 << 20)
+            // Every late reply counts as a failure: keep the breaker out of the way.
+            .breaker_threshold(1000)
+            .build()
+    };
+    let patient = build(Duration::from_secs(10)).await.unwrap();
+    patient
+        .set("big", &"v".repeat(16 << 20), None)
+        .await
+        .unwrap();
+    let (mut read, mut read_and_decode) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let started = Instant::now();
+        patient.get_bytes("big").await.unwrap().unwrap();
+        read = read.min(started.elapsed());
+        let started = Instant::now();
+        patient.get::<String>("big").await.unwrap().unwrap();
+        read_and_decode = read_and_decode.min(started.elapsed());
+    }
+    assert!(read_and_decode > read, "{read:?} {read_and_decode:?}");
+    let timeout = read + (read_and_decode - read) / 2;
+    let reader = build(timeout).await.unwrap();
+    assert!(reader.health().await.healthy, "connected");
+    let mut timeouts = 0;
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        match reader.get::<String>("big").await {
+            Ok(_) => assert!(
+                started.elapsed() <= timeout,
+                "Ok after {:?} with a timeout of {timeout:?}",
+                started.elapsed()
+            ),
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+                timeouts += 1;
+            }
+        }
+        let started = tokio::time::Instant::now();
+        match reader.get_bytes("big").await {
+            Ok(_) => assert!(
+                started.elapsed() <= timeout,
+                "Ok after {:?}",
+                started.elapsed()
+            ),
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+                timeouts += 1;
+            }
+        }
+    }
+    assert!(timeouts > 0, "read and decode fit in {timeout:?}");
+    assert_eq!(reader.stats().timeouts, timeouts);
+}
+
+/// Number of client connections `redis-cli` sees, itself excluded.
+fn clients(server: &RedisServer) -> usize {
+    server
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains("addr=") && !line.contains("cmd=client"))
+        .count()
+}
+
+/// A dedicated handle has a connection of its own (so its calls never queue
+/// behind a slow or large reply on the handle it came from) and the same
+/// settings; in memory it shares the data.
+#[tokio::test]
+async fn a_dedicated_handle_has_a_connection_of_its_own() {
+    let server = RedisServer::start();
+    let shared = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .namespace("app")
+        .timeout(Duration::from_millis(700))
+        .max_value_bytes(1000)
+        .build()
+        .await
+        .unwrap();
+    shared.set("k", &1, None).await.unwrap();
+    assert_eq!(clients(&server), 1);
+    let own = shared.dedicated();
+    assert_eq!(
+        (own.timeout(), own.namespace(), own.max_value_bytes()),
+        (
+            shared.timeout(),
+            shared.namespace(),
+            shared.max_value_bytes()
+        )
+    );
+    assert_eq!(
+        own.get::<i32>("k").await.unwrap(),
+        Some(1),
+        "same server and namespace"
+    );
+    assert_eq!(clients(&server), 2, "a second connection");
+    // Killing the first connection leaves the second alone.
+    server.cli(&[
+        "CLIENT",
+        "KILL",
+        "TYPE",
+        "normal",
+        "SKIPME",
+        "yes",
+        "ID",
+        &client_id(&server, 0),
+    ]);
+    assert_eq!(own.incr("n", 1).await.unwrap(), 1);
+
+    let memory = Cache::in_memory();
+    memory.set("k", &1, None).await.unwrap();
+    assert_eq!(memory.dedicated().get::<i32>("k").await.unwrap(), Some(1));
+}
+
+/// The id of the `index`-th client connection `redis-cli` sees, itself excluded.
+fn client_id(server: &RedisServer, index: usize) -> String {
+    server
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains("addr=") && !line.contains("cmd=client"))
+        .nth(index)
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|field| field.strip_prefix("id="))
+        .expect("a client")
+        .to_string()
+}
+
+/// `RateLimitLayer` counts on a connection of its own by default.
+#[tokio::test]
+async fn the_rate_limiter_counts_on_its_own_connection() {
+    use tower::{Layer as _, ServiceExt as _};
+    let server = RedisServer::start();
+    let cache = handle(&server.url()).await;
+    cache.set("k", &1, None).await.unwrap();
+    assert_eq!(clients(&server), 1);
+    let limiter = rate_limit::RateLimitLayer::new(cache.clone(), 10, Duration::from_secs(60));
+    let service = limiter.layer(tower::service_fn(|_req: http::Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let mut request = http::Request::new(String::new());
+    let peer: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(limiter.stats().store_calls, 1, "{:?}", limiter.stats());
+    assert_eq!(clients(&server), 2, "the limiter's own connection");
+}
+
+/// A user created after the service started (or a password fixed on the
+/// server) is picked up without a restart: an auth failure is not sticky.
+#[tokio::test]
+async fn credentials_fixed_on_the_server_are_picked_up_without_a_restart() {
+    let server = RedisServer::start();
+    let cache = handle(&format!(
+        "redis://late:late-pass@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    let err = cache.set("k", &1, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    server.cli(&["ACL", "SETUSER", "late", "on", ">late-pass", "~*", "+@all"]);
+    let took = until_it_works(&cache, "k", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(cache.health().await.healthy);
+}
+
+/// On a cluster too, refused credentials are an auth error, not a timeout.
+#[tokio::test]
+async fn a_wrong_password_on_a_cluster_is_an_auth_error() {
+    let cluster = tests::shared_cluster();
+    let urls: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| format!("redis://ghost:Wrong-Pa55-3@127.0.0.1:{}", node.port()))
+        .collect();
+    let cache = Cache::builder()
+        .cluster_urls(urls)
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = cache.get::<i32>("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!err.to_string().contains("Wrong-Pa55"), "{err}");
+    assert_eq!(cache.health().await.error_kind, Some(ErrorKind::Auth));
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cache_core::{Cache, ErrorKind, KeyTtl};
+use cache_core::{Cache, ErrorKind, KeyTtl, MAX_TTL};
 use serde::{Deserialize, Serialize};
 use tests::{shared_cluster, shared_server, unique_prefix};
 
@@ -73,6 +73,11 @@ suite!(
     undecodable_value_is_a_miss,
     stats_count_hits_and_misses,
     health_reports_a_healthy_store,
+    a_ttl_over_the_maximum_is_an_invalid_argument_not_a_panic,
+    the_maximum_ttl_itself_is_accepted,
+    invalidate_prefix_refuses_an_empty_prefix,
+    a_value_over_the_cap_is_refused_on_write,
+    an_empty_value_reads_as_a_miss,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,11 +368,125 @@ mod behaviour {
         assert!((stats.hit_rate() - 2.0 / 3.0).abs() < 1e-9);
     }
 
+    /// Every call that takes a TTL or window refuses one over `MAX_TTL` with
+    /// the same error on every backend, sends nothing, and leaves no key.
+    pub async fn a_ttl_over_the_maximum_is_an_invalid_argument_not_a_panic((cache, p): Fixture) {
+        let key = format!("{p}:huge");
+        cache.set(&key, &1, None).await.unwrap();
+        for ttl in [
+            MAX_TTL + Duration::from_millis(1),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let errors = [
+                cache
+                    .set(&format!("{p}:new"), &1, Some(ttl))
+                    .await
+                    .unwrap_err(),
+                cache
+                    .set_bytes(&format!("{p}:new"), b"1", Some(ttl))
+                    .await
+                    .unwrap_err(),
+                cache
+                    .set_many(&[(format!("{p}:new").as_str(), 1)], Some(ttl))
+                    .await
+                    .unwrap_err(),
+                cache.expire(&key, ttl).await.unwrap_err(),
+                cache
+                    .incr_window(&format!("{p}:win"), 1, ttl)
+                    .await
+                    .unwrap_err(),
+            ];
+            for err in errors {
+                assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{ttl:?}: {err}");
+                assert!(err.to_string().contains("maximum"), "{err}");
+            }
+        }
+        assert!(!cache.exists(&format!("{p}:new")).await.unwrap());
+        assert!(!cache.exists(&format!("{p}:win")).await.unwrap());
+        assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Persistent);
+        let err = cache_core::validate_ttl("window", Duration::MAX).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+
+    /// The largest TTL, and the largest window of a counter, are accepted.
+    pub async fn the_maximum_ttl_itself_is_accepted((cache, p): Fixture) {
+        let key = format!("{p}:longest");
+        cache.set(&key, &1, Some(MAX_TTL)).await.unwrap();
+        assert!(matches!(
+            cache.ttl(&key).await.unwrap(),
+            KeyTtl::Expires(left) if left > MAX_TTL - Duration::from_secs(60)
+        ));
+        assert!(cache.expire(&key, MAX_TTL).await.unwrap());
+        let hit = cache
+            .incr_window(&format!("{p}:w"), 1, cache_core::MAX_WINDOW)
+            .await
+            .unwrap();
+        assert_eq!(hit.count, 1);
+    }
+
+    /// `invalidate_prefix("")` would match every key of every service.
+    pub async fn invalidate_prefix_refuses_an_empty_prefix((cache, p): Fixture) {
+        let key = format!("{p}:kept");
+        cache.set(&key, &1, None).await.unwrap();
+        let err = cache.invalidate_prefix("").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("invalidate_all"), "{err}");
+        assert!(cache.exists(&key).await.unwrap());
+    }
+
+    /// A value the handle would never read back is not written.
+    pub async fn a_value_over_the_cap_is_refused_on_write((cache, p): Fixture) {
+        let cap = cache.max_value_bytes();
+        assert_eq!(cap, cache_core::DEFAULT_MAX_VALUE_BYTES);
+        let big = vec![b'x'; cap + 1];
+        let err = cache
+            .set_bytes(&format!("{p}:big"), &big, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let text = "y".repeat(cap);
+        let err = cache
+            .set(&format!("{p}:big"), &text, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "JSON adds quotes: {err}"
+        );
+        assert!(!cache.exists(&format!("{p}:big")).await.unwrap());
+        let just = vec![b'z'; cap];
+        cache
+            .set_bytes(&format!("{p}:cap"), &just, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache
+                .get_bytes(&format!("{p}:cap"))
+                .await
+                .unwrap()
+                .map(|b| b.len()),
+            Some(cap)
+        );
+        assert_eq!(cache.stats().oversized, 0);
+    }
+
+    /// Reads are capped with `GETRANGE`, which answers "" for a missing key;
+    /// an empty value is a miss on every backend alike.
+    pub async fn an_empty_value_reads_as_a_miss((cache, p): Fixture) {
+        let key = format!("{p}:empty");
+        cache.set_bytes(&key, b"", None).await.unwrap();
+        assert_eq!(cache.get_bytes(&key).await.unwrap(), None);
+        assert_eq!(cache.get::<String>(&key).await.unwrap(), None);
+    }
+
     pub async fn health_reports_a_healthy_store((cache, _p): Fixture) {
         let health = cache.health().await;
         assert!(health.healthy, "{health:?}");
         assert!(health.latency.is_some());
         assert_eq!(health.breaker, cache_core::BreakerState::Closed);
+        assert_eq!(health.error_kind, None);
     }
 }
 
@@ -395,7 +514,7 @@ async fn namespace_is_put_in_front_of_every_key() {
         .set(&format!("{ns}-other:price"), &6, None)
         .await
         .unwrap();
-    assert_eq!(cache.invalidate_prefix("").await.unwrap(), 1);
+    assert_eq!(cache.invalidate_all().await.unwrap(), 1);
     assert_eq!(
         server.cli(&["GET", &format!("{ns}-other:price")]).trim(),
         "6"
@@ -459,4 +578,178 @@ async fn rediss_connects_over_tls_and_verifies_the_certificate() {
         .unwrap();
     let err = untrusted.get::<String>("over-tls").await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+}
+
+/// Two handles on one Redis (standalone or cluster) with a namespace of the
+/// test's own: `small` caps values at `cap` bytes, `writer` has the default
+/// cap, as another service or a foreign client writing bigger values would.
+async fn small_and_writer(redis: Redis, ns: &str, cap: usize) -> (Cache, Cache) {
+    let builder = || {
+        let builder = Cache::builder()
+            .namespace(ns)
+            .timeout(Duration::from_secs(2));
+        match redis {
+            Redis::Standalone => builder.redis_url(&shared_server().url()).unwrap(),
+            Redis::Cluster => builder.cluster_urls(shared_cluster().urls()).unwrap(),
+        }
+    };
+    let small = builder().max_value_bytes(cap).build().await.unwrap();
+    let writer = builder().build().await.unwrap();
+    (small, writer)
+}
+
+#[derive(Clone, Copy)]
+enum Redis {
+    Standalone,
+    Cluster,
+}
+
+/// Instantiates a Redis-only behaviour on standalone Redis and on the cluster
+/// (the in-memory store has no other writer whose values could exceed the cap).
+macro_rules! redis_suite {
+    ($($name:ident),* $(,)?) => {
+        mod redis_only {
+            mod standalone_redis {
+                $(#[tokio::test] async fn $name() { super::super::$name(super::super::Redis::Standalone).await; })*
+            }
+            mod redis_cluster {
+                $(#[tokio::test] async fn $name() { super::super::$name(super::super::Redis::Cluster).await; })*
+            }
+        }
+    };
+}
+
+redis_suite!(
+    a_value_over_the_cap_is_a_counted_miss,
+    get_many_reads_values_over_the_cap_as_misses,
+    cached_overwrites_a_value_over_the_cap,
+    invalidate_all_removes_the_namespace_and_nothing_else,
+);
+
+async fn a_value_over_the_cap_is_a_counted_miss(redis: Redis) {
+    let (small, writer) = small_and_writer(redis, &unique_prefix("cap"), 1024).await;
+    // 1 023 characters and two quotes: one byte over.
+    writer.set("big", &"x".repeat(1023), None).await.unwrap();
+    writer.set("fits", &"x".repeat(1022), None).await.unwrap();
+    assert_eq!(small.get::<String>("big").await.unwrap(), None);
+    assert_eq!(small.get_bytes("big").await.unwrap(), None);
+    assert_eq!(
+        small.get::<String>("fits").await.unwrap().map(|s| s.len()),
+        Some(1022)
+    );
+    let stats = small.stats();
+    assert_eq!(
+        (stats.oversized, stats.misses, stats.hits),
+        (2, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.errors, 0);
+}
+
+async fn get_many_reads_values_over_the_cap_as_misses(redis: Redis) {
+    let (small, writer) = small_and_writer(redis, &unique_prefix("capmany"), 100).await;
+    let big = "b".repeat(200);
+    writer
+        .set_many(
+            &[("a", "small"), ("b", big.as_str()), ("c", "small too")],
+            None,
+        )
+        .await
+        .unwrap();
+    let values: Vec<Option<String>> = small.get_many(&["a", "b", "missing", "c"]).await.unwrap();
+    assert_eq!(
+        values,
+        vec![Some("small".into()), None, None, Some("small too".into())]
+    );
+    assert_eq!(small.stats().oversized, 1);
+    assert_eq!(small.stats().misses, 2);
+}
+
+/// A huge foreign value under a memoized key is a miss like any other: the
+/// body runs and its result replaces the value (no "failed read, no write").
+async fn cached_overwrites_a_value_over_the_cap(redis: Redis) {
+    #[cache_core::cached(prefix = "capped", ttl = 60, cache = cache, skip(cache))]
+    async fn double(cache: &Cache, n: u64) -> u64 {
+        n * 2
+    }
+    let (small, writer) = small_and_writer(redis, &unique_prefix("capmemo"), 1024).await;
+    let key = cache_core::key_for("capped", &(21u64,)).unwrap();
+    // Valid JSON for another value (7 and padding): read whole, it would be a hit.
+    let mut foreign = b"7".to_vec();
+    foreign.resize(4096, b' ');
+    writer.set_bytes(&key, &foreign, None).await.unwrap();
+    assert_eq!(writer.get::<u64>(&key).await.unwrap(), Some(7));
+    assert_eq!(double(&small, 21).await, 42);
+    assert_eq!(small.stats().oversized, 1);
+    assert_eq!(
+        writer.get::<u64>(&key).await.unwrap(),
+        Some(42),
+        "overwritten"
+    );
+    assert_eq!(double(&small, 21).await, 42);
+    assert_eq!(small.stats().hits, 1);
+}
+
+/// With a namespace, `invalidate_all` removes that namespace's keys only.
+async fn invalidate_all_removes_the_namespace_and_nothing_else(redis: Redis) {
+    let ns = unique_prefix("all");
+    let (mine, _) = small_and_writer(redis, &ns, 1024).await;
+    let (neighbour, _) = small_and_writer(redis, &format!("{ns}x"), 1024).await;
+    for i in 0..50 {
+        mine.set(&format!("k{i}"), &i, None).await.unwrap();
+    }
+    neighbour.set("k0", &0, None).await.unwrap();
+    assert_eq!(mine.invalidate_all().await.unwrap(), 50);
+    assert!(!mine.exists("k7").await.unwrap());
+    assert!(neighbour.exists("k0").await.unwrap());
+}
+
+/// Without a namespace `invalidate_all` empties the store (the in-memory one
+/// here: on a shared Redis it would remove the other tests' keys).
+#[tokio::test]
+async fn invalidate_all_without_a_namespace_removes_every_key() {
+    let cache = Cache::in_memory();
+    for i in 0..10 {
+        cache.set(&format!("k{i}"), &i, None).await.unwrap();
+    }
+    assert_eq!(cache.invalidate_all().await.unwrap(), 10);
+    assert!(!cache.exists("k3").await.unwrap());
+}
+
+/// A memoized result over the cap is returned and not cached, on every
+/// backend, and is not reported as the cache being unavailable.
+#[tokio::test]
+async fn a_memoized_result_over_the_cap_is_returned_uncached() {
+    #[cache_core::cached(prefix = "too-big", ttl = 60, cache = cache, skip(cache, calls))]
+    async fn big(cache: &Cache, calls: &std::sync::atomic::AtomicU32, n: usize) -> String {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        "x".repeat(n)
+    }
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    for cache in [
+        Cache::builder().max_value_bytes(100).build().await.unwrap(),
+        small_and_writer(Redis::Standalone, &unique_prefix("toobig"), 100)
+            .await
+            .0,
+        small_and_writer(Redis::Cluster, &unique_prefix("toobig"), 100)
+            .await
+            .0,
+    ] {
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(big(&cache, &calls, 200).await.len(), 200);
+        assert_eq!(big(&cache, &calls, 200).await.len(), 200);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "not cached"
+        );
+        assert_eq!(big(&cache, &calls, 20).await.len(), 20);
+        assert_eq!(big(&cache, &calls, 20).await.len(), 20);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "small ones are"
+        );
+        assert_eq!(cache.stats().hits, 1);
+    }
 }

@@ -2,14 +2,23 @@
 //! instructions under callgrind (`scripts/hit-instructions.sh`): a figure this
 //! machine's second-to-second noise does not move.
 //!
-//! `hit-instructions raw|macro CALLS`: `raw` is `GET` + `rmp_serde` of the
-//! very entry the macro reads (after its two-byte header); `macro` is
+//! `hit-instructions VARIANT CALLS`: `raw` is `GET` + `rmp_serde` of the very
+//! entry the macro reads (after its two-byte header); three ways to cap the size of what is read, with
+//! the same decode: `raw-getrange` (`GETRANGE key 0 cap`, what the handle
+//! does), `raw-strlen` (`STRLEN`, then `GET` when within the cap: two round
+//! trips) and `raw-lua` (one script doing both); `macro` is
 //! `#[cached(codec = "msgpack")]`.
 //! A run with 0 calls measures the set-up, which the script subtracts.
 
 use benches::embeddings::{embed_msgpack, msgpack_value, text_of};
 
 const TASKS: usize = 64;
+const VARIANTS: [&str; 5] = ["raw", "raw-getrange", "raw-strlen", "raw-lua", "macro"];
+/// STRLEN and GET in one step: nil when the value is over the cap.
+const CAPPED_GET_LUA: &str = r"
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return false end
+return redis.call('GET', KEYS[1])
+";
 
 #[tokio::main]
 async fn main() {
@@ -17,8 +26,9 @@ async fn main() {
     let variant = args.next().unwrap_or_default();
     let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(
-        variant == "raw" || variant == "macro",
-        "usage: hit-instructions raw|macro CALLS"
+        VARIANTS.contains(&variant.as_str()),
+        "usage: hit-instructions {} CALLS",
+        VARIANTS.join("|")
     );
 
     let server = tests::RedisServer::start();
@@ -38,20 +48,41 @@ async fn main() {
         .map(|task| {
             let raw = raw.clone();
             let cache = cache.clone();
-            let macro_variant = variant == "macro";
+            let variant = variant.clone();
+            let cap = cache.max_value_bytes();
+            let script = redis::Script::new(CAPPED_GET_LUA);
             tokio::spawn(async move {
                 for _ in 0..calls / TASKS {
-                    let value = if macro_variant {
-                        embed_msgpack(&cache, &texts[task]).await
-                    } else {
-                        let mut conn = raw.clone();
-                        let bytes: Vec<u8> = redis::cmd("GET")
-                            .arg(&keys[task])
-                            .query_async(&mut conn)
-                            .await
-                            .expect("GET");
-                        rmp_serde::from_slice(msgpack_value(&bytes)).expect("decode")
-                    };
+                    let key = &keys[task];
+                    let mut conn = raw.clone();
+                    let bytes: Vec<u8> = match variant.as_str() {
+                        "macro" => {
+                            assert_eq!(embed_msgpack(&cache, &texts[task]).await.len(), 384);
+                            continue;
+                        }
+                        "raw-getrange" => {
+                            redis::cmd("GETRANGE")
+                                .arg(key)
+                                .arg(0)
+                                .arg(cap)
+                                .query_async(&mut conn)
+                                .await
+                        }
+                        "raw-strlen" => {
+                            let len: usize = redis::cmd("STRLEN")
+                                .arg(key)
+                                .query_async(&mut conn)
+                                .await
+                                .expect("STRLEN");
+                            assert!(len <= cap);
+                            redis::cmd("GET").arg(key).query_async(&mut conn).await
+                        }
+                        "raw-lua" => script.key(key).arg(cap).invoke_async(&mut conn).await,
+                        _ => redis::cmd("GET").arg(key).query_async(&mut conn).await,
+                    }
+                    .expect("read");
+                    let value: Vec<f32> =
+                        rmp_serde::from_slice(msgpack_value(&bytes)).expect("decode");
                     assert_eq!(value.len(), 384);
                 }
             })

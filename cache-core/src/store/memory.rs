@@ -9,7 +9,9 @@ use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{KeyTtl, MAX_COUNT, Store, StoreFuture, WindowCount, check_increment, window_millis};
+use super::{
+    KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, window_millis,
+};
 use crate::error::{Error, Result};
 
 const SHARDS: usize = 16;
@@ -123,14 +125,16 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get_now(&self, key: &str) -> Option<Vec<u8>> {
+    /// At most `max_len + 1` bytes, as Redis `GETRANGE key 0 max_len` gives.
+    fn get_now(&self, key: &str, max_len: usize) -> Option<Vec<u8>> {
         self.shard(key)
             .live(key, Instant::now())
-            .map(|e| e.value.clone())
+            .filter(|e| !e.value.is_empty())
+            .map(|e| e.value[..e.value.len().min(max_len.saturating_add(1))].to_vec())
     }
 
     fn set_now(&self, key: &str, value: &[u8], ttl: Option<Duration>) {
-        let expires_at = ttl.map(|ttl| Instant::now() + ttl);
+        let expires_at = ttl.map(|ttl| expiry(Instant::now(), ttl));
         self.shard(key)
             .put(key, value.to_vec(), expires_at, self.shard_capacity);
     }
@@ -200,6 +204,7 @@ impl MemoryStore {
         })
     }
 
+    /// Removes every key with the prefix at once: the in-memory walk is one step.
     fn delete_prefix_now(&self, prefix: &str) -> u64 {
         let now = Instant::now();
         let mut removed = 0;
@@ -219,6 +224,14 @@ impl MemoryStore {
     }
 }
 
+/// `now + ttl`, saturating far in the future instead of panicking: the handle
+/// refuses TTLs over [`MAX_TTL`](crate::MAX_TTL), so this is a last guard.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(crate::MAX_TTL))
+        .unwrap_or(now)
+}
+
 fn parse_integer(bytes: &[u8]) -> Result<i64> {
     std::str::from_utf8(bytes)
         .ok()
@@ -231,12 +244,19 @@ fn ready<'a, T: Send + 'a>(value: Result<T>) -> StoreFuture<'a, T> {
 }
 
 impl Store for MemoryStore {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        ready(Ok(self.get_now(key)))
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
+        ready(Ok(self.get_now(key, max_len)))
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
-        ready(Ok(keys.iter().map(|key| self.get_now(key)).collect()))
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        ready(Ok(keys
+            .iter()
+            .map(|key| self.get_now(key, max_len))
+            .collect()))
     }
 
     fn set<'a>(
@@ -275,7 +295,7 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let updated = match self.shard(key).live(key, now) {
             Some(entry) => {
-                entry.expires_at = Some(now + ttl);
+                entry.expires_at = Some(expiry(now, ttl));
                 true
             }
             None => false,
@@ -311,8 +331,17 @@ impl Store for MemoryStore {
         ready(self.incr_window_now(key, by, window))
     }
 
-    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
-        ready(Ok(self.delete_prefix_now(prefix)))
+    fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
+        ready(Ok(vec![ScanNode::Only]))
+    }
+
+    fn delete_prefix_page<'a>(
+        &'a self,
+        _node: &'a ScanNode,
+        _cursor: u64,
+        prefix: &'a str,
+    ) -> StoreFuture<'a, (u64, u64)> {
+        ready(Ok((0, self.delete_prefix_now(prefix))))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -337,14 +366,18 @@ mod tests {
             .map(|s| s.lock().unwrap().map.len())
             .sum();
         assert!(live <= SHARDS, "{live} entries kept");
-        assert!(store.get_now(&format!("k{}", SHARDS * 50 - 1)).is_some());
+        assert!(
+            store
+                .get_now(&format!("k{}", SHARDS * 50 - 1), usize::MAX)
+                .is_some()
+        );
     }
 
     #[test]
     fn expired_entries_are_not_returned() {
         let store = MemoryStore::new(100);
         store.set_now("k", b"v", Some(Duration::ZERO));
-        assert_eq!(store.get_now("k"), None);
+        assert_eq!(store.get_now("k", usize::MAX), None);
     }
 
     #[test]
@@ -398,7 +431,7 @@ mod tests {
             MAX_WINDOW + Duration::from_millis(1),
         ] {
             let err = store.incr_window_now("k", 1, window).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::Config, "{err}");
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
         }
         assert!(store.incr_window_now("k", 1, MAX_WINDOW).is_ok());
         assert!(store.incr_window_now("k", u64::MAX, MAX_WINDOW).is_err());

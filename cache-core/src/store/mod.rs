@@ -44,8 +44,8 @@ pub struct WindowCount {
 /// `Instant` arithmetic overflows somewhere past that), so a window within
 /// it always gets its TTL and never overflows a clock; a longer one is a
 /// configuration mistake (a value in ms read as seconds, say) and is refused
-/// with the same [`ErrorKind::Config`](crate::ErrorKind::Config) error on
-/// every backend.
+/// with the same [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+/// error on every backend.
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// A counter value above this is not one the library wrote: the window
@@ -57,12 +57,12 @@ pub(crate) const MAX_COUNT: u64 = 1 << 53;
 /// Checks an `incr_window` window: 1 ms to [`MAX_WINDOW`]; its milliseconds.
 pub(crate) fn window_millis(window: Duration) -> Result<u64> {
     if window < Duration::from_millis(1) {
-        return Err(Error::config("window", "must be at least one millisecond"));
+        return Err(Error::invalid("window", "must be at least one millisecond"));
     }
     if window > MAX_WINDOW {
-        return Err(Error::config(
+        return Err(Error::invalid(
             "window",
-            "must be at most 366 days (cache_core::MAX_WINDOW)",
+            "must be at most the maximum window, 366 days (cache_core::MAX_WINDOW)",
         ));
     }
     Ok(millis(window))
@@ -71,17 +71,35 @@ pub(crate) fn window_millis(window: Duration) -> Result<u64> {
 /// Checks an `incr_window` increment: at most [`MAX_COUNT`].
 pub(crate) fn check_increment(by: u64) -> Result<()> {
     if by > MAX_COUNT {
-        return Err(Error::Command(format!(
-            "increment {by} is over the largest window count (2^53)"
-        )));
+        return Err(Error::invalid(
+            "by",
+            format!("{by} is over the largest window count (2^53)"),
+        ));
     }
     Ok(())
 }
 
+/// Where one walk of [`Store::delete_prefix_page`] runs: SCAN cursors belong to one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanNode {
+    /// The only server (standalone Redis, the in-memory store).
+    Only,
+    /// One primary of a cluster.
+    Primary { host: String, port: u16 },
+}
+
 /// What every backend does. Methods take full keys and raw bytes.
 pub(crate) trait Store: Send + Sync + 'static {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+    /// Reads at most `max_len + 1` bytes of the value, so that the handle can
+    /// tell a value over its cap without transferring it. An empty value is
+    /// `None`, as a missing key is (Redis `GETRANGE` cannot tell them apart).
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// [`get`](Self::get) of several keys, in key order.
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
     /// `ttl` is at least one millisecond when given.
     fn set<'a>(
         &'a self,
@@ -112,9 +130,26 @@ pub(crate) trait Store: Send + Sync + 'static {
         by: u64,
         window: Duration,
     ) -> StoreFuture<'a, WindowCount>;
-    /// Removes every key that starts with `prefix` (a literal, not a pattern).
-    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+    /// The servers a prefix walk must visit: every primary of a cluster.
+    fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>>;
+    /// One bounded step of removing every key that starts with `prefix` (a
+    /// literal, not a pattern) on `node`: one SCAN page from `cursor` and the
+    /// removal of what it found. Returns the next cursor (0: done) and how
+    /// many keys were removed. Repeating a step is harmless.
+    fn delete_prefix_page<'a>(
+        &'a self,
+        node: &'a ScanNode,
+        cursor: u64,
+        prefix: &'a str,
+    ) -> StoreFuture<'a, (u64, u64)>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// The server's refusal of this store's login, found out on a connection
+    /// of its own, for a failure the driver reports without its cause (the
+    /// cluster client says only that it has no connection); `None` when the
+    /// login is not what fails, or it cannot tell. At most one try a second.
+    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Milliseconds for Redis, at least 1 (a zero TTL is handled before the store).

@@ -2,8 +2,10 @@
 //! (reconnects by itself) and async cluster client (slot routing, MOVED/ASK).
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterConfig;
@@ -12,10 +14,11 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Script, Value};
 
 use super::{
-    KeyTtl, MAX_COUNT, Store, StoreFuture, WindowCount, check_increment, millis, window_millis,
+    KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, millis,
+    window_millis,
 };
 use crate::config::{CacheConfig, RedisEndpoint};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_refused_login};
 use crate::key::escape_glob;
 
 /// Keys asked for per SCAN step: large enough to make few round trips, small
@@ -51,10 +54,22 @@ return {count, ttl}
 /// What differs between a single server and a cluster: everything else is the
 /// same commands on a multiplexed connection.
 pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
-    /// Removes every key matching `pattern` on every primary.
-    fn delete_matching(&self, pattern: String) -> impl Future<Output = Result<u64>> + Send;
+    /// The servers a SCAN walk must visit.
+    fn scan_nodes(&self) -> impl Future<Output = Result<Vec<ScanNode>>> + Send;
+    /// One SCAN page on `node` and the UNLINK of its keys: (next cursor, removed).
+    fn delete_page(
+        &self,
+        node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+    ) -> impl Future<Output = Result<(u64, u64)>> + Send;
     /// Writes several keys; cluster keys may live on different nodes.
     fn set_each(&self, commands: Vec<Cmd>) -> impl Future<Output = Result<()>> + Send;
+    /// Reads several keys with one command each (in one round trip), in order.
+    fn get_each(
+        &self,
+        commands: Vec<Cmd>,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
     /// Sends one command: by default through `ConnectionLike`, which boxes it.
     fn send<'a>(
         &'a mut self,
@@ -64,34 +79,149 @@ pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
     }
 }
 
-impl Connection for ConnectionManager {
-    fn send<'a>(
-        &'a mut self,
-        cmd: &'a Cmd,
-    ) -> impl Future<Output = redis::RedisResult<Value>> + Send + 'a {
-        // The manager's own method: no boxed future per command.
-        self.send_packed_command(cmd)
+/// A refused login is tried again at most this often: each try is a new connection.
+const LOGIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One standalone server: the driver's connection manager, which reconnects
+/// by itself after I/O errors, and is replaced by a fresh one after the
+/// server refused the credentials. The driver keeps a refused login as the
+/// connection's outcome for good, so a user created or a password fixed on
+/// the server after start-up would otherwise need a restart of the service.
+#[derive(Clone)]
+pub(crate) struct Standalone(Arc<StandaloneInner>);
+
+struct StandaloneInner {
+    current: ArcSwap<Manager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+struct Manager {
+    conn: ConnectionManager,
+    since: Instant,
+}
+
+impl Standalone {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(driver_config_error)?;
+        Ok(Standalone(Arc::new(StandaloneInner {
+            current: ArcSwap::from_pointee(Manager {
+                conn,
+                since: Instant::now(),
+            }),
+            client,
+            config,
+        })))
     }
 
-    async fn delete_matching(&self, pattern: String) -> Result<u64> {
-        let mut conn = self.clone();
-        let mut cursor = 0u64;
-        let mut removed = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) =
-                scan_cmd(cursor, &pattern).query_async(&mut conn).await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                removed += n;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
+    /// The current manager's connection, and what identifies that manager
+    /// if it fails (a guard is not held across the call).
+    fn manager(&self) -> (Failed, ConnectionManager) {
+        let current = self.0.current.load();
+        let failed = Failed {
+            manager: Arc::as_ptr(&current) as usize,
+            since: current.since,
+        };
+        (failed, current.conn.clone())
+    }
+
+    /// After a refused login, replaces the manager that failed (not a newer
+    /// one), at most once per [`LOGIN_RETRY_INTERVAL`]; the calls in between
+    /// get the refusal at once, without a connection attempt.
+    fn after(&self, failed: &Failed, result: &redis::RedisResult<impl Sized>) {
+        let Err(err) = result else { return };
+        if !is_refused_login(err) || failed.since.elapsed() < LOGIN_RETRY_INTERVAL {
+            return;
         }
+        let current = self.0.current.load();
+        if Arc::as_ptr(&current) as usize != failed.manager {
+            return;
+        }
+        let Ok(conn) =
+            ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone())
+        else {
+            return;
+        };
+        let fresh = Arc::new(Manager {
+            conn,
+            since: Instant::now(),
+        });
+        self.0.current.compare_and_swap(&*current, fresh);
+    }
+}
+
+/// Which manager a call used: its address, only ever compared (a reused
+/// address can at worst replace a fresh manager once more).
+struct Failed {
+    manager: usize,
+    since: Instant,
+}
+
+impl ConnectionLike for Standalone {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(self.send(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (current, mut conn) = self.manager();
+            let result = conn.send_packed_commands(pipeline, offset, count).await;
+            self.after(&current, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.current.load().conn.get_db()
+    }
+}
+
+impl Connection for Standalone {
+    async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        // The manager's own method: no boxed future per command.
+        let (current, mut conn) = self.manager();
+        let result = conn.send_packed_command(cmd).await;
+        self.after(&current, &result);
+        result
+    }
+
+    async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
+        Ok(vec![ScanNode::Only])
+    }
+
+    async fn delete_page(
+        &self,
+        _node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, u64)> {
+        let mut conn = self.clone();
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            scan_cmd(cursor, pattern).query_async(&mut conn).await?;
+        let mut removed = 0;
+        if !keys.is_empty() {
+            removed = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok((next, removed))
+    }
+
+    async fn get_each(&self, commands: Vec<Cmd>) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut pipe = redis::pipe();
+        for cmd in commands {
+            pipe.add_command(cmd);
+        }
+        let mut conn = self.clone();
+        let values: Vec<Vec<u8>> = pipe.query_async(&mut conn).await?;
+        Ok(values.into_iter().map(non_empty).collect())
     }
 
     async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
@@ -106,38 +236,52 @@ impl Connection for ConnectionManager {
 }
 
 impl Connection for ClusterConnection {
-    async fn delete_matching(&self, pattern: String) -> Result<u64> {
-        let mut conn = self.clone();
-        let mut removed = 0;
+    async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
         // SCAN cursors are per node, so each primary is walked on its own.
-        for (host, port) in cluster_primaries(&mut conn).await? {
-            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port,
-            });
-            let mut cursor = 0u64;
-            loop {
-                let reply = conn
-                    .route_command(scan_cmd(cursor, &pattern), route.clone())
-                    .await?;
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-                // Keys of one SCAN page span many slots: UNLINK them one by one
-                // (multiplexed, so still about one round trip per page).
-                let unlinks = keys.iter().map(|key| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let n: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
-                        Ok::<u64, Error>(n)
-                    }
-                });
-                removed += try_join_all(unlinks).await?.into_iter().sum::<u64>();
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        let mut conn = self.clone();
+        Ok(cluster_primaries(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(host, port)| ScanNode::Primary { host, port })
+            .collect())
+    }
+
+    async fn delete_page(&self, node: &ScanNode, cursor: u64, pattern: &str) -> Result<(u64, u64)> {
+        let mut conn = self.clone();
+        let route = match node {
+            ScanNode::Primary { host, port } => {
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                })
             }
-        }
-        Ok(removed)
+            ScanNode::Only => RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        };
+        let reply = conn.route_command(scan_cmd(cursor, pattern), route).await?;
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
+        // Keys of one SCAN page span many slots: UNLINK them one by one
+        // (multiplexed, so still about one round trip per page).
+        let unlinks = keys.iter().map(|key| {
+            let mut conn = conn.clone();
+            async move {
+                let n: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+                Ok::<u64, Error>(n)
+            }
+        });
+        let removed = try_join_all(unlinks).await?.into_iter().sum::<u64>();
+        Ok((next, removed))
+    }
+
+    async fn get_each(&self, commands: Vec<Cmd>) -> Result<Vec<Option<Vec<u8>>>> {
+        // Keys on different nodes: one command each, multiplexed.
+        let reads = commands.into_iter().map(|cmd| {
+            let mut conn = self.clone();
+            async move {
+                let value: Vec<u8> = cmd.query_async(&mut conn).await?;
+                Ok::<_, Error>(non_empty(value))
+            }
+        });
+        try_join_all(reads).await
     }
 
     async fn set_each(&self, commands: Vec<Cmd>) -> Result<()> {
@@ -151,6 +295,23 @@ impl Connection for ClusterConnection {
         try_join_all(writes).await?;
         Ok(())
     }
+}
+
+/// `GETRANGE key 0 max_len`: at most `max_len + 1` bytes cross the wire, so a
+/// huge value costs the server and the connection no more than the cap (GET
+/// would send all of it, blocking every call queued behind it on the
+/// multiplexed connection). Same round trip and reply shape as GET.
+fn get_range_cmd(key: &str, max_len: usize) -> Cmd {
+    // Sized up front: four arguments, the longest cap has 9 digits.
+    let mut cmd = Cmd::with_capacity(4, "GETRANGE".len() + key.len() + 1 + 9);
+    cmd.arg("GETRANGE").arg(key).arg(0).arg(max_len);
+    cmd
+}
+
+/// GETRANGE answers "" for a missing key; no codec's encoding is empty, so
+/// an empty value is a miss either way.
+fn non_empty(value: Vec<u8>) -> Option<Vec<u8>> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
@@ -203,9 +364,42 @@ fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
 pub(crate) struct RedisStore<C> {
     conn: C,
     incr_window: Script,
+    /// Cluster only: a seed to try logging in to when the cluster client
+    /// reports no connection without saying why.
+    login_probe: Option<LoginProbe>,
 }
 
-impl RedisStore<ConnectionManager> {
+/// One plain login to a seed node, to tell a refused password from an outage.
+struct LoginProbe {
+    seed: redis::Client,
+    connect_timeout: Duration,
+    /// When it last tried, and what it found.
+    last: std::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl LoginProbe {
+    async fn refused_login(&self) -> Option<String> {
+        let lock = || {
+            self.last
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((at, answer)) = &*lock()
+            && at.elapsed() < LOGIN_RETRY_INTERVAL
+        {
+            return answer.clone();
+        }
+        let login = self.seed.get_multiplexed_async_connection();
+        let answer = match tokio::time::timeout(self.connect_timeout, login).await {
+            Ok(Err(err)) if is_refused_login(&err) => Some(err.to_string()),
+            _ => None,
+        };
+        *lock() = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+impl RedisStore<Standalone> {
     /// Lazily connected: returns at once, connects in the background.
     pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
         let client = client(endpoint, config)?;
@@ -217,13 +411,11 @@ impl RedisStore<ConnectionManager> {
             // One connection attempt per reconnect, no retries inside the
             // manager: every call awaits the manager's pending reconnect, so
             // retries there (with their backoff) made a call that met a
-            // crashed Redis wait out its whole timeout, where a refused
-            // connection is known at once. The handle's retries and breaker
-            // pace the attempts instead; each failed call starts a new one.
+            // crashed Redis, or a refused password, wait out its whole
+            // timeout, where a refused connection is known at once. The
+            // handle's retries and breaker pace the attempts instead.
             .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(driver_config_error)?;
-        Ok(Self::over(conn))
+        Ok(Self::over(Standalone::new(client, manager_config)?))
     }
 }
 
@@ -255,7 +447,15 @@ impl RedisStore<ClusterConnection> {
             .set_connection_timeout(config.connect_timeout)
             .set_response_timeout(config.timeout);
         let conn = client.get_pending_async_connection_with_config(cluster_config);
-        Ok(Self::over(conn))
+        let mut store = Self::over(conn);
+        if let Some(seed) = nodes.first() {
+            store.login_probe = Some(LoginProbe {
+                seed: self::client(seed, config)?,
+                connect_timeout: config.connect_timeout,
+                last: std::sync::Mutex::new(None),
+            });
+        }
+        Ok(store)
     }
 }
 
@@ -288,6 +488,7 @@ impl<C: Connection> RedisStore<C> {
         RedisStore {
             conn,
             incr_window: Script::new(INCR_WINDOW_LUA),
+            login_probe: None,
         }
     }
 
@@ -313,16 +514,26 @@ fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
 }
 
 impl<C: Connection> Store for RedisStore<C> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        self.query(redis::cmd("GET").arg(key).take())
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = get_range_cmd(key, max_len);
+        Box::pin(async move {
+            let value = conn.send(&cmd).await?.extract_error()?;
+            Ok(non_empty(redis::from_redis_value(value)?))
+        })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        // The cluster client splits MGET by slot and reassembles the replies in order.
-        self.query(redis::cmd("MGET").arg(keys).take())
+        // No MGET has a size cap: one GETRANGE per key, pipelined.
+        let commands = keys.iter().map(|key| get_range_cmd(key, max_len)).collect();
+        Box::pin(self.conn.get_each(commands))
     }
 
     fn set<'a>(
@@ -408,11 +619,29 @@ impl<C: Connection> Store for RedisStore<C> {
         })
     }
 
-    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(
-            self.conn
-                .delete_matching(format!("{}*", escape_glob(prefix))),
-        )
+    fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
+        Box::pin(self.conn.scan_nodes())
+    }
+
+    fn delete_prefix_page<'a>(
+        &'a self,
+        node: &'a ScanNode,
+        cursor: u64,
+        prefix: &'a str,
+    ) -> StoreFuture<'a, (u64, u64)> {
+        Box::pin(async move {
+            let pattern = format!("{}*", escape_glob(prefix));
+            self.conn.delete_page(node, cursor, &pattern).await
+        })
+    }
+
+    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            Ok(match &self.login_probe {
+                Some(probe) => probe.refused_login().await,
+                None => None,
+            })
+        })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
