@@ -28,6 +28,7 @@ impl Outcome {
     }
 }
 
+/// What is cached for this return type, told by its last path segment.
 fn outcome(ty: &Type) -> Outcome {
     let Type::Path(path) = ty else {
         return Outcome::Always;
@@ -45,6 +46,7 @@ fn outcome(ty: &Type) -> Outcome {
     }
 }
 
+/// `impl Trait` anywhere in the type: there is nothing to decode a stored value into.
 fn contains_impl_trait(ty: &Type) -> bool {
     match ty {
         Type::ImplTrait(_) => true,
@@ -66,6 +68,7 @@ fn contains_impl_trait(ty: &Type) -> bool {
     }
 }
 
+/// The memoized function, or the first mistake in it.
 pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStream> {
     let ItemFn {
         attrs,
