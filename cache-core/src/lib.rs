@@ -58,6 +58,7 @@ pub use memoize::invalidate_memoized;
 /// What `#[cached]` expands to. Not a stable API: use the attribute.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::Codec;
     pub use crate::memoize::{
         Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, memoize,
         restore_always, restore_ok, restore_some, stored_always, stored_ok, stored_some,

@@ -1,9 +1,221 @@
 //! Parsing `#[cached(...)]` into [`CachedArgs`], with each mistake reported at
 //! the offending token.
+//!
+//! As in `tracing-attributes`: every option name is a `syn::custom_keyword!`,
+//! every option has its own small `Parse` type ([`Setting`] for `name = value`,
+//! [`Skip`] for `skip(...)`), and [`CachedArgs`] only collects them, checking
+//! in one place that no option is given twice.
 
+use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, LitInt, LitStr, Token, parenthesized};
+
+/// The option names.
+mod kw {
+    syn::custom_keyword!(prefix);
+    syn::custom_keyword!(ttl);
+    syn::custom_keyword!(skip);
+    syn::custom_keyword!(cache);
+    syn::custom_keyword!(key);
+    syn::custom_keyword!(codec);
+}
+
+const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec";
+
+/// The attribute's options.
+pub(crate) struct CachedArgs {
+    pub(crate) prefix: LitStr,
+    pub(crate) ttl: Ttl,
+    pub(crate) skip: Vec<Ident>,
+    pub(crate) cache: Option<Expr>,
+    pub(crate) key: Option<Expr>,
+    pub(crate) codec: Option<Codec>,
+}
+
+impl Parse for CachedArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let options = Punctuated::<CachedOption, Token![,]>::parse_terminated(input)?;
+        let mut given = GivenOptions::default();
+        for option in options {
+            given.add(option)?;
+        }
+        given.finish()
+    }
+}
+
+/// One option as written.
+enum CachedOption {
+    Prefix(Setting<kw::prefix, Prefix>),
+    Ttl(Setting<kw::ttl, Ttl>),
+    Skip(Skip),
+    Cache(Setting<kw::cache, Expr>),
+    Key(Setting<kw::key, Expr>),
+    Codec(Setting<kw::codec, Codec>),
+}
+
+impl Parse for CachedOption {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(kw::prefix) {
+            input.parse().map(Self::Prefix)
+        } else if input.peek(kw::ttl) {
+            input.parse().map(Self::Ttl)
+        } else if input.peek(kw::skip) {
+            input.parse().map(Self::Skip)
+        } else if input.peek(kw::cache) {
+            input.parse().map(Self::Cache)
+        } else if input.peek(kw::key) {
+            input.parse().map(Self::Key)
+        } else if input.peek(kw::codec) {
+            input.parse().map(Self::Codec)
+        } else {
+            let unknown: proc_macro2::TokenTree = input.parse()?;
+            Err(syn::Error::new_spanned(
+                &unknown,
+                format!("unknown option `{unknown}`; expected one of: {OPTIONS}"),
+            ))
+        }
+    }
+}
+
+impl CachedOption {
+    /// The option's name and where it is written: what a "given twice" error points at.
+    fn keyword(&self) -> (&'static str, Span) {
+        match self {
+            Self::Prefix(setting) => ("prefix", setting.keyword.span),
+            Self::Ttl(setting) => ("ttl", setting.keyword.span),
+            Self::Skip(skip) => ("skip", skip.keyword.span),
+            Self::Cache(setting) => ("cache", setting.keyword.span),
+            Self::Key(setting) => ("key", setting.keyword.span),
+            Self::Codec(setting) => ("codec", setting.keyword.span),
+        }
+    }
+}
+
+/// The options seen so far, each at most once.
+#[derive(Default)]
+struct GivenOptions {
+    seen: Vec<&'static str>,
+    prefix: Option<LitStr>,
+    ttl: Option<Ttl>,
+    skip: Vec<Ident>,
+    cache: Option<Expr>,
+    key: Option<Expr>,
+    codec: Option<Codec>,
+}
+
+impl GivenOptions {
+    /// Records `option`, or points at it if its name was given before.
+    fn add(&mut self, option: CachedOption) -> syn::Result<()> {
+        let (name, span) = option.keyword();
+        if self.seen.contains(&name) {
+            return Err(syn::Error::new(span, format!("duplicate `{name}` option")));
+        }
+        self.seen.push(name);
+        match option {
+            CachedOption::Prefix(setting) => self.prefix = Some(setting.value.0),
+            CachedOption::Ttl(setting) => self.ttl = Some(setting.value),
+            CachedOption::Skip(skip) => self.skip = skip.names,
+            CachedOption::Cache(setting) => self.cache = Some(setting.value),
+            CachedOption::Key(setting) => self.key = Some(setting.value),
+            CachedOption::Codec(setting) => self.codec = Some(setting.value),
+        }
+        Ok(())
+    }
+
+    /// The arguments, once the required options are known to be there.
+    fn finish(self) -> syn::Result<CachedArgs> {
+        // Nothing to point at but the attribute itself.
+        let missing = |message: &str| syn::Error::new(Span::call_site(), message);
+        let prefix = self.prefix.ok_or_else(|| {
+            missing("missing `prefix = \"...\"`: the key prefix, such as `prefix = \"embedding\"`")
+        })?;
+        let ttl = self.ttl.ok_or_else(|| {
+            missing("missing `ttl = ...`: seconds (`ttl = 3600`) or a `Duration` expression")
+        })?;
+        Ok(CachedArgs {
+            prefix,
+            ttl,
+            skip: self.skip,
+            cache: self.cache,
+            key: self.key,
+            codec: self.codec,
+        })
+    }
+}
+
+/// `keyword = value`, such as `ttl = 60`.
+struct Setting<K, V> {
+    keyword: K,
+    value: V,
+}
+
+impl<K: Parse, V: Parse> Parse for Setting<K, V> {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let keyword = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Self { keyword, value })
+    }
+}
+
+/// `skip(a, b)`: arguments left out of the key, each named once.
+struct Skip {
+    keyword: kw::skip,
+    names: Vec<Ident>,
+}
+
+impl Parse for Skip {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let keyword: kw::skip = input.parse()?;
+        if !input.peek(syn::token::Paren) {
+            return Err(input.error("`skip` takes a list of arguments, such as `skip(a, b)`"));
+        }
+        let content;
+        parenthesized!(content in input);
+        let mut names: Vec<Ident> = Vec::new();
+        for name in Punctuated::<Ident, Token![,]>::parse_terminated(&content)? {
+            if names.contains(&name) {
+                return Err(syn::Error::new_spanned(
+                    &name,
+                    format!("`{name}` is skipped twice"),
+                ));
+            }
+            names.push(name);
+        }
+        Ok(Self { keyword, names })
+    }
+}
+
+/// The value of `prefix = "..."`. It is part of every key: non-empty, no
+/// spaces or glob characters, so that `invalidate_prefix` and other services
+/// can match it literally.
+struct Prefix(LitStr);
+
+impl Parse for Prefix {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let lit: LitStr = input.parse().map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                "`prefix` takes a string literal, such as `prefix = \"embedding\"`",
+            )
+        })?;
+        let value = lit.value();
+        if value.is_empty() {
+            return Err(syn::Error::new_spanned(&lit, "`prefix` must not be empty"));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| c.is_whitespace() || matches!(c, '*' | '?' | '[' | ']' | '\\'))
+        {
+            return Err(syn::Error::new_spanned(
+                &lit,
+                format!("`prefix` must not contain {bad:?}"),
+            ));
+        }
+        Ok(Self(lit))
+    }
+}
 
 /// How long entries live.
 pub(crate) enum Ttl {
@@ -13,152 +225,47 @@ pub(crate) enum Ttl {
     Expr(Expr),
 }
 
-/// The attribute's options.
-pub(crate) struct CachedArgs {
-    pub(crate) prefix: LitStr,
-    pub(crate) ttl: Ttl,
-    pub(crate) skip: Vec<Ident>,
-    pub(crate) cache: Option<Expr>,
-    pub(crate) key: Option<Expr>,
-    pub(crate) codec: Option<LitStr>,
-}
-
-const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec";
-
-impl Parse for CachedArgs {
+impl Parse for Ttl {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut prefix: Option<LitStr> = None;
-        let mut ttl: Option<Ttl> = None;
-        let mut skip: Option<Vec<Ident>> = None;
-        let mut cache: Option<Expr> = None;
-        let mut key: Option<Expr> = None;
-        let mut codec: Option<LitStr> = None;
-
-        while !input.is_empty() {
-            let name: Ident = input.parse()?;
-            let duplicate = || syn::Error::new_spanned(&name, format!("duplicate `{name}` option"));
-            match name.to_string().as_str() {
-                "prefix" => {
-                    if prefix.is_some() {
-                        return Err(duplicate());
-                    }
-                    input.parse::<Token![=]>()?;
-                    let lit: LitStr = input.parse()?;
-                    validate_prefix(&lit)?;
-                    prefix = Some(lit);
-                }
-                "ttl" => {
-                    if ttl.is_some() {
-                        return Err(duplicate());
-                    }
-                    input.parse::<Token![=]>()?;
-                    let expr: Expr = input.parse()?;
-                    ttl = Some(match expr {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Int(seconds),
-                            ..
-                        }) => {
-                            if seconds.base10_parse::<u64>()? == 0 {
-                                return Err(syn::Error::new_spanned(
-                                    &seconds,
-                                    "`ttl` must be at least 1 second",
-                                ));
-                            }
-                            Ttl::Seconds(seconds)
-                        }
-                        Expr::Lit(other) => {
-                            return Err(syn::Error::new_spanned(
-                                other,
-                                "`ttl` takes whole seconds (`ttl = 3600`) or a `Duration` expression",
-                            ));
-                        }
-                        expr => Ttl::Expr(expr),
-                    });
-                }
-                "skip" => {
-                    if skip.is_some() {
-                        return Err(duplicate());
-                    }
-                    let content;
-                    parenthesized!(content in input);
-                    let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                    skip = Some(names.into_iter().collect());
-                }
-                "cache" => {
-                    if cache.is_some() {
-                        return Err(duplicate());
-                    }
-                    input.parse::<Token![=]>()?;
-                    cache = Some(input.parse()?);
-                }
-                "key" => {
-                    if key.is_some() {
-                        return Err(duplicate());
-                    }
-                    input.parse::<Token![=]>()?;
-                    key = Some(input.parse()?);
-                }
-                "codec" => {
-                    if codec.is_some() {
-                        return Err(duplicate());
-                    }
-                    input.parse::<Token![=]>()?;
-                    let lit: LitStr = input.parse()?;
-                    if !matches!(lit.value().as_str(), "json" | "msgpack") {
-                        return Err(syn::Error::new_spanned(
-                            &lit,
-                            "`codec` is \"json\" or \"msgpack\"",
-                        ));
-                    }
-                    codec = Some(lit);
-                }
-                _ => {
+        match input.parse()? {
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(seconds),
+                ..
+            }) => {
+                if seconds.base10_parse::<u64>()? == 0 {
                     return Err(syn::Error::new_spanned(
-                        &name,
-                        format!("unknown option `{name}`; expected one of: {OPTIONS}"),
+                        &seconds,
+                        "`ttl` must be at least 1 second",
                     ));
                 }
+                Ok(Self::Seconds(seconds))
             }
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
+            Expr::Lit(other) => Err(syn::Error::new_spanned(
+                other,
+                "`ttl` takes whole seconds (`ttl = 3600`) or a `Duration` expression",
+            )),
+            expr => Ok(Self::Expr(expr)),
         }
-
-        // Nothing to point at but the attribute itself.
-        let missing = |message: &str| syn::Error::new(proc_macro2::Span::call_site(), message);
-        let prefix = prefix.ok_or_else(|| {
-            missing("missing `prefix = \"...\"`: the key prefix, such as `prefix = \"embedding\"`")
-        })?;
-        let ttl = ttl.ok_or_else(|| {
-            missing("missing `ttl = ...`: seconds (`ttl = 3600`) or a `Duration` expression")
-        })?;
-        Ok(CachedArgs {
-            prefix,
-            ttl,
-            skip: skip.unwrap_or_default(),
-            cache,
-            key,
-            codec,
-        })
     }
 }
 
-/// A prefix is part of every key: non-empty, no spaces or glob characters, so
-/// that `invalidate_prefix` and other services can match it literally.
-fn validate_prefix(lit: &LitStr) -> syn::Result<()> {
-    let value = lit.value();
-    if value.is_empty() {
-        return Err(syn::Error::new_spanned(lit, "`prefix` must not be empty"));
+/// The value of `codec = "..."`, with the literal's span so that a build
+/// without the `msgpack` feature is reported there.
+pub(crate) enum Codec {
+    Json(Span),
+    MessagePack(Span),
+}
+
+impl Parse for Codec {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        const EXPECTED: &str = "`codec` is \"json\" or \"msgpack\"";
+        let lit: LitStr = input
+            .parse()
+            .map_err(|error| syn::Error::new(error.span(), EXPECTED))?;
+        match lit.value().as_str() {
+            "json" => Ok(Self::Json(lit.span())),
+            "msgpack" => Ok(Self::MessagePack(lit.span())),
+            _ => Err(syn::Error::new_spanned(&lit, EXPECTED)),
+        }
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| c.is_whitespace() || matches!(c, '*' | '?' | '[' | ']' | '\\'))
-    {
-        return Err(syn::Error::new_spanned(
-            lit,
-            format!("`prefix` must not contain {bad:?}"),
-        ));
-    }
-    Ok(())
 }

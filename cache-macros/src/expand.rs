@@ -3,10 +3,9 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Type};
+use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type};
 
-use crate::attr::{CachedArgs, Ttl};
+use crate::attr::{CachedArgs, Codec, Ttl};
 
 /// How a return type is cached.
 enum Outcome {
@@ -18,6 +17,18 @@ enum Outcome {
     Always,
 }
 
+impl Outcome {
+    /// The `__private` functions that pick what is stored and rebuild the return value.
+    fn store_and_restore(&self) -> (TokenStream, TokenStream) {
+        match self {
+            Self::Ok => (quote!(stored_ok), quote!(restore_ok)),
+            Self::Some => (quote!(stored_some), quote!(restore_some)),
+            Self::Always => (quote!(stored_always), quote!(restore_always)),
+        }
+    }
+}
+
+/// What is cached for this return type, told by its last path segment.
 fn outcome(ty: &Type) -> Outcome {
     let Type::Path(path) = ty else {
         return Outcome::Always;
@@ -35,6 +46,7 @@ fn outcome(ty: &Type) -> Outcome {
     }
 }
 
+/// `impl Trait` anywhere in the type: there is nothing to decode a stored value into.
 fn contains_impl_trait(ty: &Type) -> bool {
     match ty {
         Type::ImplTrait(_) => true,
@@ -56,6 +68,7 @@ fn contains_impl_trait(ty: &Type) -> bool {
     }
 }
 
+/// The memoized function, or the first mistake in it.
 pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStream> {
     let ItemFn {
         attrs,
@@ -63,14 +76,46 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
         sig,
         block,
     } = function;
+    require_async(&sig)?;
+    let key_args = key_arguments(&sig, &args)?;
+    let return_type = return_type(&sig)?;
+    let (stored, restore) = outcome(&return_type).store_and_restore();
+    let serialize_checks = serialize_checks(&args, &key_args);
+    let call = call(&args, &key_args, &sig.ident);
+
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            #serialize_checks
+            let __cached_call = #call;
+            ::cache_core::__private::memoize(
+                __cached_call,
+                async move {
+                    // The annotation gives `?` and `return` in the body their type.
+                    let __cached_result: #return_type = #block;
+                    __cached_result
+                },
+                ::cache_core::__private::#stored,
+                ::cache_core::__private::#restore,
+            )
+            .await
+        }
+    })
+}
+
+fn require_async(sig: &Signature) -> syn::Result<()> {
     if sig.asyncness.is_none() {
         return Err(syn::Error::new_spanned(
             sig.fn_token,
             "#[cached] works on `async fn` only",
         ));
     }
+    Ok(())
+}
 
-    // The named arguments, in order; `self` is never part of the key.
+/// The named arguments that make up the key, in order: `self` and the
+/// skipped ones are never part of it.
+fn key_arguments(sig: &Signature, args: &CachedArgs) -> syn::Result<Vec<Ident>> {
     let mut names: Vec<Ident> = Vec::new();
     for input in &sig.inputs {
         let FnArg::Typed(typed) = input else {
@@ -90,16 +135,18 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             _ => {}
         }
     }
-    for skipped in &args.skip {
-        if !names.contains(skipped) {
-            return Err(syn::Error::new_spanned(
-                skipped,
-                format!("`{skipped}` is not an argument of this function"),
-            ));
-        }
+    if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
+        return Err(syn::Error::new_spanned(
+            unknown,
+            format!("`{unknown}` is not an argument of this function"),
+        ));
     }
-    let key_args: Vec<&Ident> = names.iter().filter(|n| !args.skip.contains(n)).collect();
+    names.retain(|name| !args.skip.contains(name));
+    Ok(names)
+}
 
+/// The type cached values decode into.
+fn return_type(sig: &Signature) -> syn::Result<Type> {
     let return_type: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
@@ -110,66 +157,53 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             "#[cached] needs a concrete return type to decode cached values into",
         ));
     }
-    let (stored, restore) = match outcome(&return_type) {
-        Outcome::Ok => (quote!(stored_ok), quote!(restore_ok)),
-        Outcome::Some => (quote!(stored_some), quote!(restore_some)),
-        Outcome::Always => (quote!(stored_always), quote!(restore_always)),
-    };
+    Ok(return_type)
+}
 
+/// Without `key = ...`, one check per key argument, spanned at it, so that
+/// one that is not `Serialize` is reported there rather than at the attribute.
+fn serialize_checks(args: &CachedArgs, key_args: &[Ident]) -> TokenStream {
+    if args.key.is_some() {
+        return TokenStream::new();
+    }
+    key_args
+        .iter()
+        .map(|arg| quote_spanned!(arg.span()=> ::cache_core::__private::assert_serialize(&#arg);))
+        .collect()
+}
+
+/// The `Call` describing this invocation: handle, key, TTL, codec and name.
+fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream {
     let prefix = &args.prefix;
-    let ttl = match &args.ttl {
-        Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),
-        Ttl::Expr(expr) => quote!(#expr),
-    };
-    let codec = match args.codec.as_ref().map(|lit| (lit, lit.value())) {
-        None => quote!(::core::option::Option::None),
-        Some((lit, name)) if name == "msgpack" => {
-            quote_spanned!(lit.span()=> ::core::option::Option::Some(::cache_core::Codec::MessagePack))
-        }
-        Some(_) => quote!(::core::option::Option::Some(::cache_core::Codec::Json)),
-    };
     let cache = match &args.cache {
         Some(expr) => quote!(::cache_core::__private::handle(#expr)),
         None => quote!(::cache_core::__private::default_handle()),
     };
-    let (checks, key) = match &args.key {
-        Some(expr) => (
-            Vec::new(),
-            quote!(::cache_core::__private::custom_key(#prefix, #expr)),
-        ),
-        None => (
-            // Spanned at each argument, so a non-Serialize one is reported there.
-            key_args
-                .iter()
-                .map(|arg| quote_spanned!(arg.span()=> ::cache_core::__private::assert_serialize(&#arg);))
-                .collect(),
-            quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)*))),
-        ),
+    let key = match &args.key {
+        Some(expr) => quote!(::cache_core::__private::custom_key(#prefix, #expr)),
+        None => quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)*))),
     };
-    let function_name = sig.ident.to_string();
-
-    Ok(quote! {
-        #(#attrs)*
-        #vis #sig {
-            #(#checks)*
-            let __cached_call = ::cache_core::__private::Call {
-                cache: #cache,
-                key: #key,
-                ttl: #ttl,
-                codec: #codec,
-                function: #function_name,
-            };
-            ::cache_core::__private::memoize(
-                __cached_call,
-                async move {
-                    // The annotation gives `?` and `return` in the body their type.
-                    let __cached_result: #return_type = #block;
-                    __cached_result
-                },
-                ::cache_core::__private::#stored,
-                ::cache_core::__private::#restore,
-            )
-            .await
+    let ttl = match &args.ttl {
+        Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),
+        Ttl::Expr(expr) => quote!(#expr),
+    };
+    let codec = match &args.codec {
+        None => quote!(::core::option::Option::None),
+        Some(Codec::Json(span)) => {
+            quote_spanned!(*span=> ::core::option::Option::Some(::cache_core::__private::Codec::Json))
         }
-    })
+        Some(Codec::MessagePack(span)) => {
+            quote_spanned!(*span=> ::core::option::Option::Some(::cache_core::__private::Codec::MessagePack))
+        }
+    };
+    let function = function.to_string();
+    quote! {
+        ::cache_core::__private::Call {
+            cache: #cache,
+            key: #key,
+            ttl: #ttl,
+            codec: #codec,
+            function: #function,
+        }
+    }
 }

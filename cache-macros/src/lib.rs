@@ -2,16 +2,42 @@
 //! in-memory store). Use it through `cache_core::cached`; the runtime it calls
 //! lives in `cache_core`.
 //!
-//! ```ignore
-//! use cache_core::cached;
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use cache_core::{Cache, cached};
+//!
+//! # #[derive(Debug)]
+//! # struct EmbedError;
+//! static EMBED_CALLS: AtomicUsize = AtomicUsize::new(0);
 //!
 //! #[cached(prefix = "embedding", ttl = 86400)]
-//! async fn embed(text: &str) -> Result<Vec<f32>, EmbedError> { ... }
+//! async fn embed(text: &str) -> Result<Vec<f32>, EmbedError> {
+//!     EMBED_CALLS.fetch_add(1, Ordering::Relaxed);
+//!     Ok(vec![text.len() as f32])
+//! }
+//!
+//! struct SearchService {
+//!     cache: Cache,
+//! }
 //!
 //! impl SearchService {
-//!     #[cached(prefix = "search", ttl = 3600)]   // self is never part of the key
-//!     async fn search(&self, query: &str, top_k: usize) -> Vec<Hit> { ... }
+//!     // `self` is never part of the key; `cache = ...` picks the handle.
+//!     #[cached(prefix = "search", ttl = 3600, cache = &self.cache)]
+//!     async fn search(&self, query: &str, top_k: usize) -> Vec<String> {
+//!         vec![query.to_owned(); top_k]
+//!     }
 //! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), EmbedError> {
+//! cache_core::set_default(Cache::in_memory()); // the handle `embed` uses
+//! embed("hello").await?;
+//! embed("hello").await?; // a hit: the body does not run again
+//! assert_eq!(EMBED_CALLS.load(Ordering::Relaxed), 1);
+//!
+//! let service = SearchService { cache: Cache::in_memory() };
+//! assert_eq!(service.search("rust", 2).await, ["rust", "rust"]);
+//! # Ok(()) }
 //! ```
 //!
 //! # Options

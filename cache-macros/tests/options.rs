@@ -1,0 +1,48 @@
+//! Every option, in every form it takes, expands to code that compiles and
+//! memoizes (on the in-memory store; the Redis behaviour is `tests/tests/cached.rs`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cache_core::{Cache, cached};
+
+#[cached(
+    prefix = "everything",
+    ttl = Duration::from_millis(60_000),
+    cache = &cache,
+    skip(cache, calls, verbose),
+    codec = "json",
+)]
+async fn everything(cache: Cache, calls: &AtomicUsize, text: &str, verbose: bool) -> Option<usize> {
+    let _ = verbose;
+    calls.fetch_add(1, Ordering::Relaxed);
+    Some(text.len())
+}
+
+#[cached(prefix = "user", ttl = 60, key = format!("user:{id}"), cache = Some(cache), skip(calls))]
+async fn custom_key(cache: &Cache, calls: &AtomicUsize, id: u64) -> Result<u64, String> {
+    calls.fetch_add(1, Ordering::Relaxed);
+    Ok(id)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_option_compiles_and_memoizes() {
+    let cache = Cache::in_memory();
+    let calls = AtomicUsize::new(0);
+    assert_eq!(
+        everything(cache.clone(), &calls, "abc", true).await,
+        Some(3)
+    );
+    // `verbose` is skipped: same key, a hit.
+    assert_eq!(
+        everything(cache.clone(), &calls, "abc", false).await,
+        Some(3)
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+
+    let calls = AtomicUsize::new(0);
+    assert_eq!(custom_key(&cache, &calls, 7).await, Ok(7));
+    assert_eq!(custom_key(&cache, &calls, 7).await, Ok(7));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert_eq!(cache.exists("user:user:7").await.ok(), Some(true));
+}
