@@ -1017,7 +1017,13 @@ async fn cancelled_requests_leave_no_client_state_behind() {
         })
         .collect();
     // Every request is at the store (its executor made the call).
+    let started = Instant::now();
     while limiter.stats().store_calls < u64::from(CLIENTS) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "only {} of {CLIENTS} requests reached the store",
+            limiter.stats().store_calls
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(limiter.tracked_clients().0, CLIENTS as usize);
