@@ -1139,3 +1139,38 @@ async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bu
             .unwrap()
     );
 }
+
+/// An absurd store timeout (`Duration::MAX`) is accepted by `build()`: it
+/// must bound nothing, not panic every request ("overflow when multiplying
+/// duration by scalar" in the coalescing path).
+#[tokio::test]
+async fn a_store_timeout_of_duration_max_does_not_panic() {
+    use tower::{Layer, ServiceExt};
+    let limiter = layer(
+        Cache::in_memory(),
+        "max-timeout",
+        1,
+        Duration::from_secs(60),
+    )
+    .store_timeout(Duration::MAX)
+    .coalesce(true)
+    .build()
+    .unwrap();
+    let service = limiter.layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        },
+    ));
+    for expected in [200, 429] {
+        let request = http::Request::builder()
+            .uri("/")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 1],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), expected);
+    }
+}
