@@ -1174,3 +1174,39 @@ async fn a_store_timeout_of_duration_max_does_not_panic() {
         assert_eq!(response.status(), expected);
     }
 }
+
+/// `RouteAndIp`: axum answers `HEAD` with the `GET` handler, so a `HEAD`
+/// spends the `GET` budget of its route; alternating the two must not double
+/// what a client can make the handler do.
+#[tokio::test]
+async fn route_and_ip_counts_head_against_the_get_budget() {
+    use tower::ServiceExt;
+    let limiter = layer(Cache::in_memory(), "route-head", 2, Duration::from_secs(60))
+        .key_extractor(RouteAndIp::default())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(limiter);
+    let mut statuses = Vec::new();
+    for method in ["GET", "HEAD", "HEAD", "GET"] {
+        let request = http::Request::builder()
+            .method(method)
+            .uri("/users/7")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 9],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        statuses.push(
+            app.clone()
+                .oneshot(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
