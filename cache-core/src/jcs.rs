@@ -878,6 +878,23 @@ mod tests {
     }
 
     #[test]
+    fn number_texts_beyond_128_bits_are_errors_not_floats() {
+        // serde_json's `Number` with `arbitrary_precision` carries its text.
+        let number = |text: &str| {
+            let mut ser = super::Canonical { out: Vec::new() };
+            ser.number_text(text)
+                .map(|()| String::from_utf8(ser.out).unwrap())
+        };
+        assert_eq!(
+            number("340282366920938463463374607431768211455").unwrap(),
+            "340282366920938463463374607431768211455"
+        );
+        assert!(number("340282366920938463463374607431768211456").is_err());
+        assert!(number("-170141183460469231731687303715884105729").is_err());
+        assert_eq!(number("3.4e38").unwrap(), "3.4e+38");
+    }
+
+    #[test]
     fn equal_maps_give_equal_text_whatever_their_order() {
         let a: HashMap<String, u32> = (0..100).map(|i| (format!("k{i}"), i)).collect();
         let b: HashMap<String, u32> = (0..100).rev().map(|i| (format!("k{i}"), i)).collect();
