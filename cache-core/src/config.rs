@@ -553,6 +553,21 @@ impl CacheBuilder {
                 "must be greater than zero",
             ));
         }
+        // The handle adds these to `Instant`s: past MAX_TTL (100 years) is a
+        // mistake, and far enough past it a panic at the first call.
+        for (setting, duration) in [
+            ("timeout", c.timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("retry_backoff", c.retry_backoff),
+            ("invalidate_budget", c.invalidate_budget),
+        ] {
+            if duration > MAX_TTL {
+                return Err(Error::config(
+                    setting,
+                    "must be at most 100 years (cache_core::MAX_TTL)",
+                ));
+            }
+        }
         if c.memory_max_entries == 0 {
             return Err(Error::config("memory_max_entries", "must be at least 1"));
         }
@@ -741,5 +756,39 @@ mod tests {
         let password = percent_encoding::percent_decode_str(url.password().unwrap());
         assert_eq!(password.decode_utf8().unwrap(), "p:w");
         assert_eq!(url.path(), "/3");
+    }
+}
+
+#[cfg(test)]
+mod duration_bounds {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Durations the handle adds to `Instant`s: an absurd one must be a
+    /// configuration error at build time, never a panic at the first call.
+    #[tokio::test]
+    async fn durations_that_would_overflow_a_clock_are_refused_at_build() {
+        type Set = fn(CacheBuilder, Duration) -> CacheBuilder;
+        let setters: [(&str, Set); 4] = [
+            ("timeout", CacheBuilder::timeout),
+            ("connect_timeout", CacheBuilder::connect_timeout),
+            ("retry_backoff", CacheBuilder::retry_backoff),
+            ("invalidate_budget", CacheBuilder::invalidate_budget),
+        ];
+        for (name, set) in setters {
+            for huge in [Duration::MAX, MAX_TTL + Duration::from_secs(1)] {
+                let err = set(crate::Cache::builder(), huge)
+                    .build()
+                    .await
+                    .expect_err(name);
+                assert_eq!(err.kind(), crate::ErrorKind::Config, "{name}: {err}");
+                assert!(err.to_string().contains(name), "{name}: {err}");
+            }
+            // The largest accepted value works, without a panic.
+            let cache = set(crate::Cache::builder(), MAX_TTL).build().await.unwrap();
+            cache.set("k", &1, None).await.unwrap();
+            assert_eq!(cache.invalidate_prefix("k").await.unwrap(), 1);
+        }
     }
 }

@@ -18,7 +18,9 @@
 //!   An `f32` is written as the shortest decimal that reads back as the same
 //!   `f32` (what serde_json writes), in the same ECMAScript form.
 //! - serde_json's `RawValue` (and its `Number` with `arbitrary_precision`):
-//!   the JSON text is parsed and canonicalized like any other value.
+//!   the JSON text is parsed and canonicalized like any other value; an
+//!   integer literal in it beyond the i64/u64 ranges (beyond i128/u128 for a
+//!   `Number`) is an error, since serde_json would round it through an f64.
 //! - Map keys: strings, chars, integers and bools (as their decimal or
 //!   `true`/`false` text, like serde_json), unit variants; two members of one
 //!   object with the same name are an error (no JCS form).
@@ -87,6 +89,9 @@ impl<W: Write> Canonical<W> {
         }
         if let Ok(integer) = text.parse::<u128>() {
             return ser::Serializer::serialize_u128(&mut self.json(), integer);
+        }
+        if is_integer_literal(text) {
+            return Err(Error::custom(BEYOND_64_BITS));
         }
         let float: f64 = text
             .parse()
@@ -395,6 +400,11 @@ impl<'a, W: Write> Object<'a, W> {
     fn close(mut self) -> Result<()> {
         match self.verbatim {
             Some(Verbatim::Json) => {
+                // serde_json's `Value` reads an integer beyond the i64/u64
+                // range as an f64: neighbouring IDs would share one key.
+                if has_integer_beyond_64_bits(&self.names) {
+                    return Err(Error::custom(BEYOND_64_BITS));
+                }
                 let value: serde_json::Value = serde_json::from_str(&self.names)?;
                 return value.serialize(&mut *self.ser);
             }
@@ -429,6 +439,53 @@ impl<'a, W: Write> Object<'a, W> {
         }
         self.ser.write(self.close)
     }
+}
+
+const BEYOND_64_BITS: &str =
+    "an integer in JSON text beyond what the key keeps exact (no RFC 8785 form)";
+
+/// `true` for a JSON number written as an integer (no fraction, no exponent).
+fn is_integer_literal(number: &str) -> bool {
+    !number.contains(['.', 'e', 'E'])
+}
+
+/// `true` when the JSON text (valid: a `RawValue`'s) holds an integer
+/// literal outside the i64 and u64 ranges, which serde_json's `Value` would
+/// round through an f64. Strings are skipped, escapes included.
+fn has_integer_beyond_64_bits(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'"' => {
+                at += 1;
+                while let Some(&byte) = bytes.get(at) {
+                    at += if byte == b'\\' { 2 } else { 1 };
+                    if byte == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while bytes
+                    .get(at)
+                    .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    at += 1;
+                }
+                let number = json.get(start..at).unwrap_or_default();
+                if is_integer_literal(number)
+                    && number.parse::<i64>().is_err()
+                    && number.parse::<u64>().is_err()
+                {
+                    return true;
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    false
 }
 
 /// Orders two names by their UTF-16 code units, as RFC 8785 sorts members.
@@ -798,6 +855,43 @@ mod tests {
             text(&("x", &raw)),
             r#"["x",{"a":12345678901234567890,"b":[1,1e-7,"é"]}]"#
         );
+    }
+
+    #[test]
+    fn raw_integers_beyond_64_bits_are_never_rounded_into_one_key() {
+        let raw = |text: &str| serde_json::value::RawValue::from_string(text.to_string()).unwrap();
+        // serde_json's `Value` reads these as the same f64: two IDs, one key.
+        for text in [
+            "18446744073709551616",
+            "[1, -9223372036854775809]",
+            r#"{"id": 123456789012345678901234567890, "s": "1"}"#,
+        ] {
+            assert!(to_vec(&raw(text)).is_err(), "{text}");
+        }
+        // Within 64 bits, in strings, or written as floats: as before.
+        assert_eq!(
+            text(&raw(
+                r#"[18446744073709551615, -9223372036854775808, "18446744073709551616\"", 1e30, 2.5]"#
+            )),
+            r#"[18446744073709551615,-9223372036854775808,"18446744073709551616\"",1e+30,2.5]"#
+        );
+    }
+
+    #[test]
+    fn number_texts_beyond_128_bits_are_errors_not_floats() {
+        // serde_json's `Number` with `arbitrary_precision` carries its text.
+        let number = |text: &str| {
+            let mut ser = super::Canonical { out: Vec::new() };
+            ser.number_text(text)
+                .map(|()| String::from_utf8(ser.out).unwrap())
+        };
+        assert_eq!(
+            number("340282366920938463463374607431768211455").unwrap(),
+            "340282366920938463463374607431768211455"
+        );
+        assert!(number("340282366920938463463374607431768211456").is_err());
+        assert!(number("-170141183460469231731687303715884105729").is_err());
+        assert_eq!(number("3.4e38").unwrap(), "3.4e+38");
     }
 
     #[test]

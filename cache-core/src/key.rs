@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 ///
 /// [`Error::Encode`] when an argument has no canonical JSON form: a NaN or
 /// infinite float, a map whose keys are not strings, integers, chars or
-/// bools, two members with the same name, or a `Serialize` impl that fails.
+/// bools, two members with the same name, an integer beyond 64 bits in a
+/// serde_json `RawValue`, or a `Serialize` impl that fails.
 /// `#[cached]` then runs the body uncached.
 ///
 /// ```

@@ -483,9 +483,10 @@ impl KeyExtractor for HeaderKey {
     }
 }
 
-/// Per route and client IP: each endpoint has its own budget per client,
-/// keyed by axum's matched route template (`/users/{id}`), so that `/users/1`
-/// and `/users/2` share one budget; the route is hashed.
+/// Per route and client IP: each endpoint (method and route) has its own
+/// budget per client, keyed by axum's matched route template (`/users/{id}`),
+/// so that `/users/1` and `/users/2` share one budget; the route is hashed.
+/// `HEAD` counts as `GET`, since axum answers it with the `GET` handler.
 ///
 /// The template comes from axum's `MatchedPath`, which axum sets for layers
 /// added inside a `Router` (`Router::route_layer` or `Router::layer`). A
@@ -515,7 +516,13 @@ impl KeyExtractor for RouteAndIp {
             .extensions
             .get::<axum::extract::MatchedPath>()
             .map_or(UNMATCHED_ROUTE, |path| path.as_str());
-        let route = format!("{} {route}", request.method);
+        // axum answers HEAD with the GET handler: one endpoint, one budget.
+        let method = if request.method == Method::HEAD {
+            &Method::GET
+        } else {
+            request.method
+        };
+        let route = format!("{method} {route}");
         Ok(format!(
             "route:{}:{}",
             &cache_core::sha256_hex(route.as_bytes())[..16],

@@ -231,7 +231,11 @@ impl Limiter {
         // A batch waits for the one at the store (at most one store timeout),
         // then makes its own call (another): the bound on any request's wait,
         // even when executors keep being cancelled and batches start over.
-        let deadline = tokio::time::Instant::now() + 2 * self.store_timeout;
+        // Saturating: `store_timeout(Duration::MAX)` must not panic every request.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(self.store_timeout.saturating_mul(2))
+            .unwrap_or_else(|| now + cache_core::MAX_WINDOW);
         loop {
             match self.join(&key) {
                 Role::Executor { id, sender, gate } => {

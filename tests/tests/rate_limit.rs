@@ -1017,7 +1017,13 @@ async fn cancelled_requests_leave_no_client_state_behind() {
         })
         .collect();
     // Every request is at the store (its executor made the call).
+    let started = Instant::now();
     while limiter.stats().store_calls < u64::from(CLIENTS) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "only {} of {CLIENTS} requests reached the store",
+            limiter.stats().store_calls
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(limiter.tracked_clients().0, CLIENTS as usize);
@@ -1132,4 +1138,75 @@ async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bu
             .await
             .unwrap()
     );
+}
+
+/// An absurd store timeout (`Duration::MAX`) is accepted by `build()`: it
+/// must bound nothing, not panic every request ("overflow when multiplying
+/// duration by scalar" in the coalescing path).
+#[tokio::test]
+async fn a_store_timeout_of_duration_max_does_not_panic() {
+    use tower::{Layer, ServiceExt};
+    let limiter = layer(
+        Cache::in_memory(),
+        "max-timeout",
+        1,
+        Duration::from_secs(60),
+    )
+    .store_timeout(Duration::MAX)
+    .coalesce(true)
+    .build()
+    .unwrap();
+    let service = limiter.layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        },
+    ));
+    for expected in [200, 429] {
+        let request = http::Request::builder()
+            .uri("/")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 1],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), expected);
+    }
+}
+
+/// `RouteAndIp`: axum answers `HEAD` with the `GET` handler, so a `HEAD`
+/// spends the `GET` budget of its route; alternating the two must not double
+/// what a client can make the handler do.
+#[tokio::test]
+async fn route_and_ip_counts_head_against_the_get_budget() {
+    use tower::ServiceExt;
+    let limiter = layer(Cache::in_memory(), "route-head", 2, Duration::from_secs(60))
+        .key_extractor(RouteAndIp::default())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(limiter);
+    let mut statuses = Vec::new();
+    for method in ["GET", "HEAD", "HEAD", "GET"] {
+        let request = http::Request::builder()
+            .method(method)
+            .uri("/users/7")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 9],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        statuses.push(
+            app.clone()
+                .oneshot(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
 }
