@@ -388,6 +388,22 @@ impl RedisCluster {
     /// that stops answering is failed over about this long plus a second
     /// (the replica's election delay) after it died.
     pub fn start_with_node_timeout(node_timeout: Duration) -> RedisCluster {
+        // `redis-cli --cluster create` fails now and then on a loaded machine
+        // (a node slow to answer while the others wait): new nodes, new try.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(node_timeout) {
+                Ok(cluster) => {
+                    cluster.wait_until(READY_TIMEOUT, RedisCluster::is_settled);
+                    return cluster;
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("cluster create failed three times: {failures:#?}");
+    }
+
+    fn try_start(node_timeout: Duration) -> Result<RedisCluster, String> {
         let timeout_ms = node_timeout.as_millis().to_string();
         let args = |bus: &str| -> Vec<String> {
             [
@@ -450,15 +466,16 @@ impl RedisCluster {
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            output.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        let cluster = RedisCluster { nodes };
-        cluster.wait_until(READY_TIMEOUT, RedisCluster::is_settled);
-        cluster
+            .map_err(|err| format!("run redis-cli --cluster create: {err}"))?;
+        if !output.status.success() {
+            // The nodes are stopped when they are dropped here.
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(RedisCluster { nodes })
     }
 
     /// Every running node reports `cluster_state:ok`, sees every other running

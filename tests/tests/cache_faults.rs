@@ -248,6 +248,9 @@ async fn acl_user_and_password_from_the_url_authenticate() {
 /// Node timeout of the clusters that fail over here: a dead primary is
 /// replaced about this long, plus the replica's election delay (0.5-1 s), after it died.
 const NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long after the promotion every handle may still fail while it finds
+/// the new primary (breaker cooldown, slot map refresh).
+const RECOVERY: Duration = Duration::from_secs(2);
 /// The limiter's store timeout in these tests; a request waits at most twice
 /// that on the store (behind the batch at the store, then its own call).
 const STORE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -515,8 +518,10 @@ async fn a_killed_cluster_primary_is_replaced_and_the_handle_and_limiter_follow(
     });
     let promoted = Instant::now();
     let followed = until_it_works(&rig.tagged, "probe", Duration::from_secs(5)).await;
-    // Both handles' breakers have probed again by then (cooldown 300 ms).
-    let settled = promoted + followed + Duration::from_secs(1);
+    // Every handle has found the new primary by then: its breaker probes
+    // again after 300 ms, and the cluster client refreshes its slot map on the
+    // first errors (given time to, on a loaded two-core machine).
+    let settled = promoted + followed + RECOVERY;
     tokio::time::sleep_until((settled + Duration::from_millis(300)).into()).await;
     stop.store(true, Ordering::Relaxed);
     let calls = collect(calls).await;
@@ -536,12 +541,11 @@ async fn a_killed_cluster_primary_is_replaced_and_the_handle_and_limiter_follow(
         calls.iter().any(|s| s.outcome == 0 && s.at > killed),
         "calls failed while the primary was down"
     );
+    let last_failure = calls.iter().filter(|s| s.outcome == 0).map(|s| s.at).max();
     assert!(
-        calls
-            .iter()
-            .filter(|s| s.at > settled)
-            .all(|s| s.outcome == 1),
-        "every call succeeds once the handle follows"
+        last_failure.is_none_or(|at| at <= settled),
+        "every call succeeds once the handle follows: the last failed {:?} after the promotion",
+        last_failure.map(|at| at - promoted)
     );
     assert!(
         open.iter().all(|s| s.outcome == 200),
