@@ -188,6 +188,11 @@ pub async fn serve_until(
     settings: &ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // Settings built by hand (the fields are public) get the checks of
+    // from_env too: an absurd duration would overflow the deadlines.
+    settings
+        .validate()
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let max_connections = connection_cap(settings.max_connections);
     let limits = Limits {
         header_read_timeout: settings.header_read_timeout,
@@ -557,6 +562,22 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn settings_built_by_hand_are_checked_before_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = ServerSettings {
+            idle_timeout: Duration::MAX,
+            ..ServerSettings::default()
+        };
+        let serving = serve_until(listener, Router::new(), &settings, std::future::pending());
+        let err = tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("refused at once, not served")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("IDLE_TIMEOUT_MS"), "{err}");
+    }
 
     fn limits() -> Limits {
         Limits {

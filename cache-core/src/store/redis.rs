@@ -384,10 +384,17 @@ impl LoginProbe {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         };
-        if let Some((at, answer)) = &*lock()
-            && at.elapsed() < LOGIN_RETRY_INTERVAL
         {
-            return answer.clone();
+            let mut last = lock();
+            if let Some((at, answer)) = &*last
+                && at.elapsed() < LOGIN_RETRY_INTERVAL
+            {
+                return answer.clone();
+            }
+            // Claimed before probing: calls arriving meanwhile take the last
+            // answer instead of each starting a login of their own.
+            let previous = last.as_ref().and_then(|(_, answer)| answer.clone());
+            *last = Some((Instant::now(), previous));
         }
         let login = self.seed.get_multiplexed_async_connection();
         let answer = match tokio::time::timeout(self.connect_timeout, login).await {

@@ -105,7 +105,7 @@ async fn search_handler(
 ) -> Result<Json<Vec<Hit>>, Rejection> {
     let k = query.k.unwrap_or(5);
     if !valid_text(&query.q) || !(1..=50).contains(&k) {
-        return Err(bad_request("q: 1 to 500 characters; k: 1 to 50"));
+        return Err(bad_request("q: 1 to 500 bytes of UTF-8; k: 1 to 50"));
     }
     Ok(Json(app.search.search(&query.q, k).await))
 }
@@ -120,7 +120,7 @@ async fn embed_handler(
     Query(query): Query<EmbedQuery>,
 ) -> Result<Json<Value>, Rejection> {
     if !valid_text(&query.text) {
-        return Err(bad_request("text: 1 to 500 characters"));
+        return Err(bad_request("text: 1 to 500 bytes of UTF-8"));
     }
     let embedding = app.search.embed(&query.text).await;
     Ok(Json(
