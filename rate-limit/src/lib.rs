@@ -45,14 +45,18 @@
 //! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
 
+mod clock;
 mod deny;
 mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod quota;
 mod response;
+mod store;
 mod window;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use headers::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
@@ -66,5 +70,8 @@ pub use layer::{
     RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
 };
 pub use limiter::RateLimitStats;
+pub use quota::{Algorithm, Quota};
 pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};
+#[doc(hidden)]
+pub use store::stored_in_memory;
 pub use window::Decision;

@@ -84,6 +84,20 @@ async fn cluster() -> Store {
     }
 }
 
+/// What the limiter stored under `key` and its time to live: on Redis the
+/// value and PTTL, on the in-memory store the limiter's own state.
+async fn stored(store: &Store, key: &str) -> Option<(String, KeyTtl)> {
+    match store.kind {
+        Kind::Memory => rate_limit::stored_in_memory(&store.cache, &store.cache.full_key(key))
+            .map(|(value, left)| (value, KeyTtl::Expires(left))),
+        _ => {
+            let value = store.cache.get_bytes(key).await.unwrap()?;
+            let ttl = store.cache.ttl(key).await.unwrap();
+            Some((String::from_utf8(value).unwrap(), ttl))
+        }
+    }
+}
+
 /// Serves `GET /` behind `layer` on a free loopback port, with `ConnectInfo`.
 async fn serve(layer: RateLimitLayer) -> u16 {
     serve_app(
@@ -210,11 +224,9 @@ mod behaviour {
         );
         assert_problem(&limited, 429);
         // The counter really lives in the store, with a TTL within the window.
-        match store
-            .cache
-            .ttl(&format!("{prefix}:ip:127.0.0.1"))
+        match stored(&store, &format!("{prefix}:ip:127.0.0.1"))
             .await
-            .unwrap()
+            .map_or(KeyTtl::Missing, |(_, ttl)| ttl)
         {
             KeyTtl::Expires(left) => {
                 assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(55))
@@ -248,11 +260,9 @@ mod behaviour {
             "a new X-Forwarded-For must not give a new bucket"
         );
         assert!(
-            !store
-                .cache
-                .exists(&format!("{prefix}:ip:2.2.2.2"))
+            stored(&store, &format!("{prefix}:ip:2.2.2.2"))
                 .await
-                .unwrap()
+                .is_none()
         );
     }
 
@@ -270,11 +280,9 @@ mod behaviour {
         assert_eq!(http_get(port, "/", &chain).await.status, 200);
         assert_eq!(http_get(port, "/", &chain).await.status, 429);
         assert!(
-            store
-                .cache
-                .exists(&format!("{prefix}:ip:198.51.100.4"))
+            stored(&store, &format!("{prefix}:ip:198.51.100.4"))
                 .await
-                .unwrap()
+                .is_some()
         );
         // Another real client behind the same proxy has its own bucket.
         let other = [("x-forwarded-for", "6.6.6.6, 198.51.100.5, 10.0.0.2")];
@@ -422,7 +430,7 @@ mod behaviour {
         assert_eq!(http_get(port, "/", &victim).await.status, 200);
         for spoofed in ["1.1.1.1", "2.2.2.2"] {
             let key = format!("{prefix}:ip:{spoofed}");
-            assert!(!store.cache.exists(&key).await.unwrap(), "{key}");
+            assert!(stored(&store, &key).await.is_none(), "{key}");
         }
         // A single-address header set by the proxy (X-Real-IP, CF-Connecting-IP).
         let prefix = unique_prefix("realip");
@@ -446,11 +454,9 @@ mod behaviour {
         assert_eq!(http_get(port, "/", &client("1.1.1.1")).await.status, 200);
         assert_eq!(http_get(port, "/", &client("2.2.2.2")).await.status, 429);
         assert!(
-            store
-                .cache
-                .exists(&format!("{prefix}:ip:198.51.100.4"))
+            stored(&store, &format!("{prefix}:ip:198.51.100.4"))
                 .await
-                .unwrap()
+                .is_some()
         );
     }
 
@@ -469,11 +475,9 @@ mod behaviour {
         let garbage = [("x-forwarded-for", "caf\u{e9}, 198.51.100.4")];
         assert_eq!(http_get(port, "/", &garbage).await.status, 200);
         assert!(
-            store
-                .cache
-                .exists(&format!("{prefix}:ip:198.51.100.4"))
+            stored(&store, &format!("{prefix}:ip:198.51.100.4"))
                 .await
-                .unwrap(),
+                .is_some(),
             "the non-ASCII element spoilt only itself"
         );
         // The proxy wrote `unknown` where the client should be: not the proxy's bucket.
@@ -484,23 +488,26 @@ mod behaviour {
         let hidden = [("x-forwarded-for", "_hidden")];
         assert_eq!(http_get(port, "/", &hidden).await.status, 429, "shared");
         assert_eq!(
-            store
-                .cache
-                .get::<u64>(&format!("{prefix}:{UNIDENTIFIED_KEY}"))
+            stored(&store, &format!("{prefix}:{UNIDENTIFIED_KEY}"))
                 .await
-                .unwrap(),
-            Some(2)
+                .map(|(value, _)| value),
+            Some("2".to_string())
         );
         // Neither the proxy nor the address left of `unknown` was charged.
         for ip in ["127.0.0.1", "198.51.100.7"] {
             let key = format!("{prefix}:ip:{ip}");
-            assert!(!store.cache.exists(&key).await.unwrap(), "{key}");
+            assert!(stored(&store, &key).await.is_none(), "{key}");
         }
         // The proxy itself (no header) is its own client, with its own budget.
         assert_eq!(http_get(port, "/", &[]).await.status, 200);
     }
 
     pub async fn a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(store: Store) {
+        // The in-memory backend's states are the limiter's own: nothing
+        // foreign can get into them.
+        if matches!(store.kind, Kind::Memory) {
+            return;
+        }
         let near_max = (i64::MAX - 1).to_string();
         let mut bad: Vec<(&str, Option<&str>)> = vec![
             ("not an integer", Some("abc")),
@@ -620,7 +627,8 @@ async fn bursts_are_coalesced_into_few_redis_calls() {
         "{calls} EVALSHA calls"
     );
     assert!(calls < 100, "{calls} Redis calls for 200 requests");
-    assert_eq!(server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(), "200");
+    // Rejected requests are charged nothing: the count stays at the limit.
+    assert_eq!(server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(), "50");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -971,15 +979,12 @@ async fn stacked_layers_count_separately() {
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 429, "2 per second");
-    assert!(cache.exists("per-hour:ip:127.0.0.1").await.unwrap());
+    let count = |key| rate_limit::stored_in_memory(&cache, key).map(|(value, _)| value);
     // The third was rejected from the local deny cache: not even counted.
+    assert_eq!(count("per-second:ip:127.0.0.1").as_deref(), Some("2"));
     assert_eq!(
-        cache.get::<u64>("per-second:ip:127.0.0.1").await.unwrap(),
-        Some(2)
-    );
-    assert_eq!(
-        cache.get::<u64>("per-hour:ip:127.0.0.1").await.unwrap(),
-        Some(2),
+        count("per-hour:ip:127.0.0.1").as_deref(),
+        Some("2"),
         "the inner layer never saw the third"
     );
 }
@@ -1127,9 +1132,7 @@ async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bu
     assert_eq!(http_get(port, "/", &unknown).await.status, 200);
     assert_eq!(http_get(port, "/", &unknown).await.status, 429);
     assert!(
-        cache
-            .exists(&format!("custom-unknown:{UNIDENTIFIED_KEY}"))
-            .await
-            .unwrap()
+        rate_limit::stored_in_memory(&cache, &format!("custom-unknown:{UNIDENTIFIED_KEY}"))
+            .is_some()
     );
 }
