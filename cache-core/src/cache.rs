@@ -774,3 +774,31 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod shared_state_tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicU64);
+
+    #[test]
+    fn clones_share_one_value_per_type() {
+        let cache = Cache::in_memory();
+        let clone = cache.clone();
+        cache
+            .shared_state::<Counter>()
+            .0
+            .fetch_add(3, Ordering::Relaxed);
+        assert_eq!(clone.shared_state::<Counter>().0.load(Ordering::Relaxed), 3);
+        assert_eq!(*clone.dedicated().shared_state::<u64>(), 0);
+        assert_eq!(
+            Cache::in_memory()
+                .shared_state::<Counter>()
+                .0
+                .load(Ordering::Relaxed),
+            0,
+            "another handle, another value"
+        );
+    }
+}

@@ -1014,8 +1014,18 @@ async fn every_key_written_has_a_ttl() {
     let (server, cache) = own_redis(|b| b).await;
     for (i, algorithm) in ALGORITHMS.into_iter().enumerate() {
         let prefix = format!("ttl{i}");
-        // Left behind without expiry: a number, garbage, a list.
-        server.cli(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:a"), "3"]);
+        // Left behind without expiry: a state over the limit (the first
+        // request is rejected, so the key is not rewritten), garbage, a list.
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let full = match algorithm {
+            Algorithm::FixedWindow => "100".to_string(),
+            Algorithm::SlidingWindow => format!("{now_s}:100:100"),
+            _ => "9000000000000000".to_string(),
+        };
+        server.cli(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:a"), &full]);
         server.cli(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:b"), "1:2:x"]);
         server.cli(&["RPUSH", &format!("{prefix}:ip:10.0.0.1"), "x"]);
         let multi = app_with(
