@@ -1006,14 +1006,13 @@ async fn several_policies_take_one_script_call_per_request() {
     assert!(other.is_empty(), "{other:?}");
 }
 
-/// After runs of every algorithm, several policies, costs and rejections,
-/// and keys left by others without TTL or with values the script cannot
-/// read, no key is without a TTL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_key_written_has_a_ttl() {
-    let (server, cache) = own_redis(|b| b).await;
+/// Runs every algorithm, several policies, costs and rejections on keys
+/// under `base`, some of them left by others without TTL or with values the
+/// script cannot read; `raw` sends a command to the store.
+async fn write_every_kind_of_key(cache: &Cache, base: &str, raw: impl Fn(&[&str])) {
+    use tower::ServiceExt;
     for (i, algorithm) in ALGORITHMS.into_iter().enumerate() {
-        let prefix = format!("ttl{i}");
+        let prefix = format!("{base}{i}");
         // Left behind without expiry: a state over the limit (the first
         // request is rejected, so the key is not rewritten), garbage, a list.
         let now_s = std::time::SystemTime::now()
@@ -1025,9 +1024,9 @@ async fn every_key_written_has_a_ttl() {
             Algorithm::SlidingWindow => format!("{now_s}:100:100"),
             _ => "9000000000000000".to_string(),
         };
-        server.cli(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:a"), &full]);
-        server.cli(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:b"), "1:2:x"]);
-        server.cli(&["RPUSH", &format!("{prefix}:ip:10.0.0.1"), "x"]);
+        raw(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:a"), &full]);
+        raw(&["SET", &format!("{prefix}:{{ip:127.0.0.1}}:b"), "1:2:x"]);
+        raw(&["RPUSH", &format!("{prefix}:ip:10.0.0.1"), "x"]);
         let multi = app_with(
             RateLimitLayer::builder(cache.clone())
                 .prefix(&prefix)
@@ -1054,7 +1053,6 @@ async fn every_key_written_has_a_ttl() {
                 .build()
                 .unwrap(),
         );
-        use tower::ServiceExt;
         for _ in 0..3 {
             let request = http::Request::builder()
                 .uri("/")
@@ -1068,13 +1066,58 @@ async fn every_key_written_has_a_ttl() {
             single.clone().oneshot(request).await.unwrap();
         }
     }
-    let keys = server.cli(&["--scan"]);
-    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+}
+
+/// No key without TTL after [`write_every_kind_of_key`]; `keys` lists them
+/// with their PTTL.
+fn assert_all_expire(keys: Vec<(String, i64)>) {
     assert!(keys.len() >= 6, "{keys:?}");
-    for key in keys {
-        let pttl: i64 = server.cli(&["PTTL", key]).trim().parse().unwrap();
+    for (key, pttl) in keys {
         assert!(pttl > 0, "{key} has PTTL {pttl}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_written_has_a_ttl() {
+    let (server, cache) = own_redis(|b| b).await;
+    write_every_kind_of_key(&cache, "ttl", |args| {
+        server.cli(args);
+    })
+    .await;
+    let keys = server.cli(&["--scan"]);
+    assert_all_expire(
+        keys.lines()
+            .filter(|k| !k.is_empty())
+            .map(|key| {
+                (
+                    key.to_string(),
+                    server.cli(&["PTTL", key]).trim().parse().unwrap(),
+                )
+            })
+            .collect(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_written_has_a_ttl_on_a_cluster() {
+    let nodes = shared_cluster();
+    let base = unique_prefix("cttl");
+    write_every_kind_of_key(&cluster().await.cache, &base, |args| {
+        nodes.cli(args);
+    })
+    .await;
+    let mut keys = Vec::new();
+    for port in nodes.primaries() {
+        let found = RedisServer::cli_on(port, &["--scan", "--pattern", &format!("{base}*")]);
+        for key in found.lines().filter(|k| !k.is_empty()) {
+            let pttl = RedisServer::cli_on(port, &["PTTL", key])
+                .trim()
+                .parse()
+                .unwrap();
+            keys.push((key.to_string(), pttl));
+        }
+    }
+    assert_all_expire(keys);
 }
 
 /// The Lua script and the Rust arithmetic on the same sequences: a layer on
