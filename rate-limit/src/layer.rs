@@ -642,7 +642,14 @@ where
                 Some(decision) => decision,
                 None => match shared.limiter.check(&key, cost).await {
                     Verdict::Decided(decision) => decision,
-                    Verdict::TooCostly { policy } => return Ok(shared.too_costly(cost, policy)),
+                    Verdict::TooCostly { policy } => {
+                        if !shared.shadow {
+                            return Ok(shared.too_costly(cost, policy));
+                        }
+                        // Shadow mode never rejects: noted, let through, uncounted.
+                        bump(&shared.limiter.counters.shadow_limited);
+                        return Ok(inner.call(request).await?.map(ResponseBody::inner));
+                    }
                     Verdict::StoreFailed => {
                         return match shared.fail_mode {
                             FailMode::Open => {

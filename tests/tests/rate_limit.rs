@@ -455,6 +455,20 @@ mod behaviour {
         assert_eq!(over.number("x-ratelimit-remaining"), 0);
         assert_eq!(limiter.stats().shadow_limited, 1);
         assert_eq!(limiter.stats().limited, 0);
+        // A request costing more than the quota is not rejected either.
+        let costly = app_with(
+            layer(
+                store.cache.clone(),
+                &unique_prefix("shadow-cost"),
+                1,
+                Duration::from_secs(60),
+            )
+            .shadow(true)
+            .cost(|_: &rate_limit::RequestInfo<'_>| 2)
+            .build()
+            .unwrap(),
+        );
+        assert_eq!(call(&costly, "/").await.0, 200);
     }
 
     pub async fn only_the_configured_proxy_header_picks_the_client(store: Store) {
@@ -645,14 +659,13 @@ mod behaviour {
         for (algorithm, expected) in ALGORITHMS.into_iter().zip([20, 10, 11]) {
             let clock = ManualClock::new();
             align_to_second(&clock);
-            let app = app_with(
-                RateLimitLayer::builder(store.cache.clone())
-                    .prefix(unique_prefix("edge"))
-                    .policy("edge", Quota::per_second(10).algorithm(algorithm))
-                    .clock(clock.clone())
-                    .build()
-                    .unwrap(),
-            );
+            let layer = RateLimitLayer::builder(store.cache.clone())
+                .prefix(unique_prefix("edge"))
+                .policy("edge", Quota::per_second(10).algorithm(algorithm))
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            let app = app_with(layer.clone());
             let mut admitted = 0;
             let mut last = None;
             for (advance_ms, n) in [(0, 1), (989, 9), (20, 10)] {
@@ -682,7 +695,15 @@ mod behaviour {
                 _ => 80,
             };
             clock.advance(Duration::from_millis(wait - 1));
+            let before = layer.stats();
             assert_eq!(call(&app, "/").await.0, 429, "{algorithm:?}: 1 ms early");
+            // Known to the local deny cache until exactly then: no store call.
+            assert_eq!(
+                layer.stats().store_calls,
+                before.store_calls,
+                "{algorithm:?}"
+            );
+            assert_eq!(layer.stats().limited_locally, before.limited_locally + 1);
             clock.advance(Duration::from_millis(1));
             assert_eq!(call(&app, "/").await.0, 200, "{algorithm:?}: on time");
         }
