@@ -174,6 +174,47 @@ fn check_waits(quota: &Quota, requests: &[(u64, u64)]) -> Result<(), TestCaseErr
     Ok(())
 }
 
+fn sliding_bound(admitted: &[(u64, u64)], limit: u64) -> Result<(), TestCaseError> {
+    let ms = |at: u64| at / 1000;
+    for &(start, _) in admitted {
+        let aligned: u64 = admitted
+            .iter()
+            .filter(|(at, _)| ms(*at) / W == ms(start) / W)
+            .map(|(_, c)| c)
+            .sum();
+        prop_assert!(aligned <= limit);
+        // Spans starting at any ms up to a window before this admission.
+        for offset in [0, 1, 250, 500, 999] {
+            let Some(from) = ms(start).checked_sub(offset) else {
+                continue;
+            };
+            let span: u64 = admitted
+                .iter()
+                .filter(|(at, _)| ms(*at) >= from && ms(*at) < from + W)
+                .map(|(_, c)| c)
+                .sum();
+            let f = from % W;
+            prop_assert!(
+                span * W <= limit * W + limit * f,
+                "{span} in [{from}, +{W}) ms"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn gcra_bound(admitted: &[(u64, u64)], limit: u64) -> Result<(), TestCaseError> {
+    let (interval, _) = gcra_params(limit, W);
+    for (i, &(first, _)) in admitted.iter().enumerate() {
+        let mut sum = 0;
+        for &(at, cost) in &admitted[i..] {
+            sum += cost;
+            prop_assert!(sum * interval <= limit * interval + (at - first));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn waits_are_exact((limit, gaps) in requests(), algorithm in 0..3u8) {
@@ -211,34 +252,37 @@ proptest! {
     #[test]
     fn the_sliding_window_bounds_every_span((limit, gaps) in requests()) {
         let q = quota(limit, Algorithm::SlidingWindow);
-        let admitted = run(&q, &timeline(&gaps));
-        let ms = |at: u64| at / 1000;
-        for &(start, _) in &admitted {
-            let aligned: u64 = admitted.iter().filter(|(at, _)| ms(*at) / W == ms(start) / W).map(|(_, c)| c).sum();
-            prop_assert!(aligned <= limit);
-            // Spans starting at any ms up to a window before this admission.
-            for offset in [0, 1, 250, 500, 999] {
-                let Some(from) = ms(start).checked_sub(offset) else { continue };
-                let span: u64 = admitted.iter().filter(|(at, _)| ms(*at) >= from && ms(*at) < from + W).map(|(_, c)| c).sum();
-                let f = from % W;
-                prop_assert!(span * W <= limit * W + limit * f, "{span} in [{from}, +{W}) ms");
-            }
-        }
+        sliding_bound(&run(&q, &timeline(&gaps)), limit)?;
     }
 
     /// GCRA: in any span of d µs, at most `limit + d / interval` units.
     #[test]
     fn gcra_never_exceeds_the_burst_plus_the_rate((limit, gaps) in requests()) {
         let q = quota(limit, Algorithm::Gcra);
-        let (interval, _) = gcra_params(limit, W);
-        let admitted = run(&q, &timeline(&gaps));
-        for (i, &(first, _)) in admitted.iter().enumerate() {
-            let mut sum = 0;
-            for &(at, cost) in &admitted[i..] {
-                sum += cost;
-                prop_assert!(sum * interval <= limit * interval + (at - first));
-            }
+        gcra_bound(&run(&q, &timeline(&gaps)), limit)?;
+    }
+
+    /// Several policies, all-or-nothing: what passes keeps within every
+    /// policy's own bound.
+    #[test]
+    fn several_policies_each_keep_their_bound((limit, gaps) in requests(), other in 1u64..12) {
+        let quotas = [
+            quota(limit, Algorithm::FixedWindow),
+            quota(other, Algorithm::SlidingWindow),
+            quota(limit + other, Algorithm::Gcra),
+        ];
+        let mut states = [State::Empty; 3];
+        let admitted: Vec<(u64, u64)> = timeline(&gaps)
+            .into_iter()
+            .filter(|&(at, cost)| evaluate(&quotas, &mut states, at, &[cost])[0] == 1)
+            .collect();
+        prop_assert!(admitted.iter().all(|&(_, cost)| cost <= limit.min(other)));
+        for &(start, _) in &admitted {
+            let sum: u64 = admitted.iter().filter(|(at, _)| *at >= start && *at < start + W * 1000).map(|(_, c)| c).sum();
+            prop_assert!(sum <= 2 * limit);
         }
+        sliding_bound(&admitted, other)?;
+        gcra_bound(&admitted, limit + other)?;
     }
 
     /// A batch evaluated at once gives what the same requests one by one give.
