@@ -625,6 +625,12 @@ where
             Err(KeyError::UnidentifiedClient) => UNIDENTIFIED_KEY.to_string(),
             Err(err) => return ResponseFuture::ready(shared.unkeyed(&err)),
         };
+        // A request that can never pass, whoever sends it.
+        if !shared.shadow
+            && let Some(policy) = shared.limiter.too_costly(cost)
+        {
+            return ResponseFuture::ready(shared.too_costly(cost, policy));
+        }
         // A client known to be over its limit is answered here: no store
         // call, no allocation for a future, the inner service untouched.
         let known = shared.limiter.check_locally(&key);

@@ -257,6 +257,12 @@ impl Limiter {
             .collect()
     }
 
+    /// The first policy whose whole limit is below `cost`: a request that
+    /// can never pass.
+    pub(crate) fn too_costly(&self, cost: u64) -> Option<usize> {
+        self.quotas.iter().position(|q| cost > q.limit())
+    }
+
     /// The decision for `client` when the local deny cache already has it
     /// (rejected for a while yet): no store call needed.
     pub(crate) fn check_locally(&self, client: &str) -> Option<Decision> {
@@ -268,7 +274,7 @@ impl Limiter {
     /// Counts one request of `client` (an already sanitized key) costing
     /// `cost` at the store; [`check_locally`](Self::check_locally) comes first.
     pub(crate) async fn check(&self, client: &str, cost: u64) -> Verdict {
-        if let Some(policy) = self.quotas.iter().position(|q| cost > q.limit()) {
+        if let Some(policy) = self.too_costly(cost) {
             return Verdict::TooCostly { policy };
         }
         let keys = self.keys(client);
