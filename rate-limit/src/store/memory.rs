@@ -21,18 +21,25 @@ const SHARDS: usize = 16;
 pub(crate) struct MemoryLimits {
     shards: Vec<Mutex<HashMap<String, (State, u64)>>>,
     hasher: RandomState,
+    /// Keys per shard, at most.
+    shard_capacity: usize,
 }
 
 impl Default for MemoryLimits {
     fn default() -> Self {
-        MemoryLimits {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-        }
+        MemoryLimits::with_capacity(MAX_KEYS)
     }
 }
 
 impl MemoryLimits {
+    fn with_capacity(keys: usize) -> Self {
+        MemoryLimits {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            shard_capacity: (keys / SHARDS).max(4),
+        }
+    }
+
     /// The shard of `key`: by its hash tag (`{...}`), as Redis Cluster picks
     /// a slot, so that the keys of one client share one lock.
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, (State, u64)>> {
@@ -70,8 +77,8 @@ impl MemoryLimits {
         {
             if state != old {
                 let expires = window::expires_ms(quota, *state);
-                if !shard.contains_key(*key) && shard.len() >= MAX_KEYS / SHARDS {
-                    make_room(&mut shard, now_ms);
+                if !shard.contains_key(*key) && shard.len() >= self.shard_capacity {
+                    make_room(&mut shard, now_ms, self.shard_capacity);
                 }
                 shard.insert((*key).to_string(), (*state, expires));
             }
@@ -100,13 +107,46 @@ fn hash_tag(key: &str) -> &str {
         .unwrap_or(key)
 }
 
-fn make_room(shard: &mut HashMap<String, (State, u64)>, now_ms: u64) {
+fn make_room(shard: &mut HashMap<String, (State, u64)>, now_ms: u64, capacity: usize) {
     shard.retain(|_, (_, expires)| *expires > now_ms);
-    let keep = MAX_KEYS / SHARDS * 3 / 4;
+    let keep = capacity * 3 / 4;
     if shard.len() > keep {
         let excess: Vec<String> = shard.keys().take(shard.len() - keep).cloned().collect();
         for key in excess {
             shard.remove(&key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_map_stays_bounded_and_drops_expired_keys_first() {
+        let limits = MemoryLimits::with_capacity(SHARDS * 100);
+        let quota = [Quota::new(5, Duration::from_millis(10))];
+        let start = 1_700_000_000_000_000;
+        for i in 0..50_000u64 {
+            let key = format!("rate:ip:{i}");
+            let rows = limits.evaluate(&[&key], &quota, start + i * 1000, &[1]);
+            assert_eq!(rows[0], 1);
+        }
+        let held: usize = limits.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * 100, "{held}");
+        // A live key written just now is still there: the expired ones went.
+        assert!(
+            limits
+                .peek("rate:ip:49999", start / 1000 + 49_999)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn hash_tags_pick_the_shard_as_redis_cluster_does() {
+        assert_eq!(hash_tag("rate:{ip:1.2.3.4}:burst"), "ip:1.2.3.4");
+        assert_eq!(hash_tag("rate:ip:1.2.3.4"), "rate:ip:1.2.3.4");
+        assert_eq!(hash_tag("a{}b"), "a{}b");
     }
 }
