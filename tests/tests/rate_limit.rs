@@ -1470,6 +1470,54 @@ fn invalid_configuration_is_an_error_at_build_time() {
         builder().limit(0).build().unwrap_err(),
         ConfigError::ZeroLimit
     );
+    // Policies: each quota checked, names unique and header-safe, not mixed
+    // with limit/window.
+    assert_eq!(
+        builder()
+            .policy("a", Quota::per_second(0))
+            .build()
+            .unwrap_err(),
+        ConfigError::ZeroLimit
+    );
+    let too_fine = Quota::per_hour(1 << 40).algorithm(Algorithm::SlidingWindow);
+    assert_eq!(
+        builder().policy("a", too_fine).build().unwrap_err(),
+        ConfigError::QuotaTooFine(too_fine)
+    );
+    let too_fast = Quota::per_second(1_000_001).algorithm(Algorithm::Gcra);
+    assert_eq!(
+        builder().policy("a", too_fast).build().unwrap_err(),
+        ConfigError::QuotaTooFine(too_fast)
+    );
+    assert!(
+        builder()
+            .policy("a", Quota::per_second(1_000_000).algorithm(Algorithm::Gcra))
+            .build()
+            .is_ok()
+    );
+    assert_eq!(
+        builder()
+            .policy("a", Quota::per_second(1))
+            .policy("a", Quota::per_hour(9))
+            .build()
+            .unwrap_err(),
+        ConfigError::DuplicatePolicy("a".into())
+    );
+    assert_eq!(
+        builder()
+            .policy("a", Quota::per_second(1))
+            .limit(5)
+            .build()
+            .unwrap_err(),
+        ConfigError::PolicyAndLimit
+    );
+    assert_eq!(
+        builder()
+            .policy("a b", Quota::per_second(1))
+            .build()
+            .unwrap_err(),
+        ConfigError::PolicyName
+    );
     assert_eq!(
         builder().window(Duration::ZERO).build().unwrap_err(),
         ConfigError::WindowTooShort
