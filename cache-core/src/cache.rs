@@ -17,7 +17,7 @@ use crate::resilience::{BreakerState, CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{Counters, Stats};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{KeyTtl, ScanNode, Store, WindowCount};
+use crate::store::{KeyTtl, ScanNode, Script, Store, WindowCount};
 
 /// A handle to one cache: Redis, Redis Cluster or the embedded in-memory store.
 ///
@@ -56,6 +56,8 @@ struct Inner {
     auth_failing: AtomicBool,
     max_value_bytes: usize,
     invalidate_budget: Duration,
+    /// [`Cache::shared_state`]: one value per type, shared by the clones.
+    shared: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// What the handle was built from, for [`Cache::dedicated`]. Not shown
     /// in `Debug` (its endpoint holds the password, though as a `Secret`).
     config: CacheConfig,
@@ -145,6 +147,7 @@ impl Cache {
                 auth_failing: AtomicBool::new(false),
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
+                shared: std::sync::Mutex::default(),
                 config,
             }),
         }
@@ -169,6 +172,54 @@ impl Cache {
                 self.clone()
             }
         }
+    }
+
+    /// A value of type `T` shared by this handle and its clones (and, for
+    /// the in-memory store, by [`dedicated`](Self::dedicated) handles, which
+    /// are clones there): made with `T::default()` on first use. For
+    /// libraries that keep state beside the store, such as the rate
+    /// limiter's in-memory counters, which must be the same for every layer
+    /// built from one in-memory handle.
+    pub fn shared_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut shared = self
+            .inner
+            .shared
+            .lock()
+            // Only pushes happen under the lock: a poisoned list is whole.
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = shared
+            .iter()
+            .find_map(|value| Arc::clone(value).downcast::<T>().ok())
+        {
+            return found;
+        }
+        let value = Arc::new(T::default());
+        shared.push(value.clone());
+        value
+    }
+
+    /// Runs a Lua `script` on the store, with `keys` (namespaced like every
+    /// key; on a cluster they must share one hash slot: give them one hash
+    /// tag) and integer `args`, within `timeout` (at most the handle's),
+    /// under the handle's circuit breaker. Its reply must be an array of
+    /// integers. Never retried unless the connection was refused (the script
+    /// surely did not run), so a script that counts counts once. The
+    /// in-memory store runs no scripts: [`ErrorKind::InvalidArgument`].
+    pub async fn eval_script_within(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[i64],
+        timeout: Duration,
+    ) -> Result<Vec<i64>> {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|key| self.full_key(key).into_owned())
+            .collect();
+        self.run_within(Idempotence::CountsOnce, timeout, |s| {
+            s.eval(script, &keys, args)
+        })
+        .await
     }
 
     /// Which store this handle talks to (its `Display` hides the password).
@@ -721,5 +772,33 @@ impl Cache {
             error_kind: result.as_ref().err().map(Error::kind),
             error: result.err().map(|err| err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod shared_state_tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicU64);
+
+    #[test]
+    fn clones_share_one_value_per_type() {
+        let cache = Cache::in_memory();
+        let clone = cache.clone();
+        cache
+            .shared_state::<Counter>()
+            .0
+            .fetch_add(3, Ordering::Relaxed);
+        assert_eq!(clone.shared_state::<Counter>().0.load(Ordering::Relaxed), 3);
+        assert_eq!(*clone.dedicated().shared_state::<u64>(), 0);
+        assert_eq!(
+            Cache::in_memory()
+                .shared_state::<Counter>()
+                .0
+                .load(Ordering::Relaxed),
+            0,
+            "another handle, another value"
+        );
     }
 }

@@ -50,7 +50,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::{escape_glob, key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
-pub use store::{KeyTtl, MAX_WINDOW, WindowCount};
+pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
 
 pub use cache_macros::cached;
 pub use memoize::invalidate_memoized;

@@ -1,5 +1,5 @@
-//! The local deny cache: client keys known to be over their limit, and when
-//! their window ends.
+//! The local deny cache: client keys known to be rejected until a time (µs
+//! since the epoch, on the limiter's clock), and the policy that rejects them.
 //!
 //! Bounded, with O(1) amortized work per insert however full it is: entries
 //! sit in a map and, in insertion order, in a queue. An insert first drops
@@ -12,7 +12,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
 
 /// Keys remembered as over their limit, at most, by default.
 pub(crate) const DEFAULT_CAPACITY: usize = 100_000;
@@ -35,7 +34,8 @@ struct Entries {
 }
 
 struct Denied {
-    until: Instant,
+    until: u64,
+    policy: usize,
     generation: u64,
 }
 
@@ -48,7 +48,7 @@ impl Entries {
     }
 
     /// Drops the stale and expired items at the front of the queue.
-    fn expire_front(&mut self, now: Instant) {
+    fn expire_front(&mut self, now: u64) {
         while let Some((key, generation)) = self.order.front() {
             let expired = match self.map.get(key.as_str()) {
                 Some(denied) if denied.generation == *generation => denied.until <= now,
@@ -98,8 +98,8 @@ impl DenyCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Remembers `key` as denied until `until`.
-    pub(crate) fn insert(&self, key: &str, until: Instant, now: Instant) {
+    /// Remembers `key` as denied by `policy` until `until`.
+    pub(crate) fn insert(&self, key: &str, until: u64, policy: usize, now: u64) {
         let mut entries = self.write();
         entries.expire_front(now);
         // A key denied again (a new window) moves to the back of the queue:
@@ -109,9 +109,14 @@ impl DenyCache {
         }
         let generation = entries.next_generation;
         entries.next_generation += 1;
-        entries
-            .map
-            .insert(key.to_string(), Denied { until, generation });
+        entries.map.insert(
+            key.to_string(),
+            Denied {
+                until,
+                policy,
+                generation,
+            },
+        );
         entries.order.push_back((key.to_string(), generation));
         // Items left behind by removals on lookup: rebuild when they dominate
         // (amortized O(1): the rebuild follows at least as many removals).
@@ -125,16 +130,20 @@ impl DenyCache {
         self.len.store(entries.map.len(), Ordering::Relaxed);
     }
 
-    /// When `key`'s window ends, if it is denied until after `now`.
-    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Instant> {
+    /// Until when `key` is denied and by which policy, if until after `now`.
+    pub(crate) fn get(&self, key: &str, now: u64) -> Option<(u64, usize)> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         // Readers do not block each other: a flood from one client is answered
         // from here on every worker thread at once.
-        let until = self.read().map.get(key)?.until;
+        let (until, policy) = {
+            let entries = self.read();
+            let denied = entries.map.get(key)?;
+            (denied.until, denied.policy)
+        };
         if until > now {
-            return Some(until);
+            return Some((until, policy));
         }
         let mut entries = self.write();
         if entries
@@ -157,40 +166,35 @@ impl DenyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_full_cache_evicts_the_oldest_and_still_takes_new_keys() {
         let cache = DenyCache::new(DEFAULT_CAPACITY);
-        let now = Instant::now();
-        let until = now + Duration::from_secs(60);
+        let now = 1_000_000_000u64;
+        let until = now + 60_000_000;
         for i in 0..DEFAULT_CAPACITY {
-            cache.insert(&format!("ip:{i}"), until, now);
+            cache.insert(&format!("ip:{i}"), until, 0, now);
         }
         assert_eq!(cache.len(), DEFAULT_CAPACITY);
         // Every entry is live: the newcomer takes the oldest one's place.
-        cache.insert("ip:new", until, now);
-        assert_eq!(cache.get("ip:new", now), Some(until));
+        cache.insert("ip:new", until, 0, now);
+        assert_eq!(cache.get("ip:new", now), Some((until, 0)));
         assert_eq!(cache.get("ip:0", now), None, "the oldest went");
-        assert_eq!(cache.get("ip:1", now), Some(until));
+        assert_eq!(cache.get("ip:1", now), Some((until, 0)));
         assert_eq!(cache.len(), DEFAULT_CAPACITY);
     }
 
     #[test]
     fn expired_entries_go_first_and_the_queue_stays_bounded() {
         let cache = DenyCache::new(100);
-        let start = Instant::now();
+        let start = 1_000_000_000u64;
         for round in 0..1000u32 {
-            let now = start + Duration::from_secs(u64::from(round));
+            let now = start + u64::from(round) * 1_000_000;
             for i in 0..50 {
-                cache.insert(
-                    &format!("ip:{round}:{i}"),
-                    now + Duration::from_millis(500),
-                    now,
-                );
+                cache.insert(&format!("ip:{round}:{i}"), now + 500_000, 0, now);
             }
             // Half are looked up after their end: removed on lookup.
-            let later = now + Duration::from_secs(1);
+            let later = now + 1_000_000;
             for i in 0..25 {
                 assert_eq!(cache.get(&format!("ip:{round}:{i}"), later), None);
             }
@@ -207,24 +211,24 @@ mod tests {
     #[test]
     fn a_key_denied_again_moves_to_the_back() {
         let cache = DenyCache::new(2);
-        let now = Instant::now();
-        let until = now + Duration::from_secs(60);
-        cache.insert("ip:a", until, now);
-        cache.insert("ip:b", until, now);
-        cache.insert("ip:a", until, now);
-        cache.insert("ip:c", until, now);
+        let now = 1_000_000_000u64;
+        let until = now + 60_000_000;
+        cache.insert("ip:a", until, 0, now);
+        cache.insert("ip:b", until, 0, now);
+        cache.insert("ip:a", until, 0, now);
+        cache.insert("ip:c", until, 0, now);
         assert_eq!(cache.get("ip:b", now), None, "b was the oldest");
-        assert_eq!(cache.get("ip:a", now), Some(until));
-        assert_eq!(cache.get("ip:c", now), Some(until));
+        assert_eq!(cache.get("ip:a", now), Some((until, 0)));
+        assert_eq!(cache.get("ip:c", now), Some((until, 0)));
     }
 
     #[test]
     fn an_expired_entry_is_not_returned_and_is_removed() {
         let cache = DenyCache::new(10);
-        let now = Instant::now();
-        cache.insert("ip:1", now + Duration::from_millis(10), now);
+        let now = 1_000_000_000u64;
+        cache.insert("ip:1", now + 10_000, 0, now);
         assert!(cache.get("ip:1", now).is_some());
-        assert_eq!(cache.get("ip:1", now + Duration::from_millis(10)), None);
+        assert_eq!(cache.get("ip:1", now + 10_000), None);
         assert_eq!(cache.len(), 0);
     }
 }

@@ -14,9 +14,11 @@ pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelim
 /// `X-RateLimit-Reset`: seconds until the window ends, or the Unix time it
 /// ends at with [`ResetFormat::EpochSeconds`].
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `RateLimit-Policy` (IETF draft): `"<name>";q=<limit>;w=<window s>`.
+/// `RateLimit-Policy` (IETF draft): `"<name>";q=<limit>;w=<window s>`, one
+/// item per policy of the layer.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit` (IETF draft): `"<name>";r=<remaining>;t=<reset s>`.
+/// `RateLimit` (IETF draft): `"<name>";r=<remaining>;t=<reset s>`, for the
+/// policy closest to its limit.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Which header sets responses carry.
@@ -56,36 +58,46 @@ pub enum ResetFormat {
 pub(crate) struct HeaderTemplate {
     sets: HeaderSets,
     reset_format: ResetFormat,
-    name: String,
-    limit: HeaderValue,
+    /// Per policy: its name and its limit.
+    policies: Vec<(String, HeaderValue)>,
     policy: Option<HeaderValue>,
 }
 
 impl HeaderTemplate {
-    /// `name` must be a header-safe token (checked by the builder).
+    /// `policies`: (name, limit, window); names must be header-safe tokens
+    /// (checked by the builder).
     pub(crate) fn new(
         sets: HeaderSets,
         reset_format: ResetFormat,
-        name: &str,
-        limit: u64,
-        window: std::time::Duration,
+        policies: &[(&str, u64, std::time::Duration)],
     ) -> Self {
-        let policy = format!("\"{name}\";q={limit};w={}", ceil_seconds(window));
+        let policy = policies
+            .iter()
+            .map(|(name, limit, window)| {
+                format!("\"{name}\";q={limit};w={}", ceil_seconds(*window))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         HeaderTemplate {
             sets,
             reset_format,
-            name: name.to_string(),
-            limit: HeaderValue::from(limit),
+            policies: policies
+                .iter()
+                .map(|(name, limit, _)| (name.to_string(), HeaderValue::from(*limit)))
+                .collect(),
             policy: HeaderValue::from_str(&policy).ok(),
         }
     }
 
     /// Writes the enabled header sets for `decision`.
     pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
+        let Some((name, limit)) = self.policies.get(decision.policy) else {
+            return;
+        };
         let reset = decision.reset_seconds();
         headers.reserve(5);
         if self.sets.legacy {
-            headers.insert(X_RATELIMIT_LIMIT, self.limit.clone());
+            headers.insert(X_RATELIMIT_LIMIT, limit.clone());
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
             let reset_value = match self.reset_format {
                 ResetFormat::SecondsUntilReset => reset,
@@ -96,13 +108,9 @@ impl HeaderTemplate {
         if self.sets.ietf
             && let Some(policy) = &self.policy
         {
-            let mut state = String::with_capacity(self.name.len() + 48);
+            let mut state = String::with_capacity(name.len() + 48);
             // Writing into a String cannot fail.
-            let _ = write!(
-                state,
-                "\"{}\";r={};t={reset}",
-                self.name, decision.remaining
-            );
+            let _ = write!(state, "\"{name}\";r={};t={reset}", decision.remaining);
             if let Ok(state) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
                 headers.insert(RATELIMIT_POLICY, policy.clone());
                 headers.insert(RATELIMIT, state);
@@ -129,9 +137,7 @@ mod tests {
         let template = HeaderTemplate::new(
             HeaderSets::default(),
             format,
-            "p",
-            10,
-            Duration::from_secs(60),
+            &[("p", 10, Duration::from_secs(60))],
         );
         let mut headers = HeaderMap::new();
         template.write(&mut headers, &Decision::for_count(3, 10, reset_after));

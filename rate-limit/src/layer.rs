@@ -12,12 +12,14 @@ use cache_core::Cache;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
+use crate::clock::Clock;
 use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
 use crate::key::{
     ForwardedHeader, KeyError, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, UNIDENTIFIED_KEY,
     sanitize,
 };
-use crate::limiter::{Limiter, RateLimitStats, Verdict, bump};
+use crate::limiter::{Limiter, LimiterConfig, Policy, RateLimitStats, Verdict, bump};
+use crate::quota::Quota;
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;
 
@@ -62,6 +64,17 @@ pub enum ConfigError {
     /// The key prefix is empty or has characters that could reach other keys.
     #[error("the key prefix must be 1 to 64 of A-Z a-z 0-9 : . _ -")]
     Prefix,
+    /// The quota is too fine for exact arithmetic: a sliding window's
+    /// limit × window in ms over 2^53, or a GCRA limit over the window in µs
+    /// (an emission interval under 1 µs).
+    #[error("the quota {0:?} is too fine to count exactly")]
+    QuotaTooFine(crate::quota::Quota),
+    /// Two policies have the same name.
+    #[error("two policies are named {0:?}")]
+    DuplicatePolicy(String),
+    /// `limit`/`window` and `policy` were both given.
+    #[error("use either limit/window or policy, not both")]
+    PolicyAndLimit,
     /// The policy name cannot go into a header.
     #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
     PolicyName,
@@ -79,24 +92,28 @@ pub enum FailMode {
 }
 
 type OnLimited = dyn Fn(&Decision) -> Response<Bytes> + Send + Sync;
+type CostFn = dyn Fn(&RequestInfo<'_>) -> u64 + Send + Sync;
 
 struct Shared {
     limiter: Limiter,
     extractor: Box<dyn KeyExtractor>,
+    cost: Option<Box<CostFn>>,
     headers: HeaderTemplate,
-    /// The default 429 body, rendered once (the wait is in `Retry-After`).
-    limited_body: Bytes,
+    /// The default 429 body per policy, rendered once (the wait is in `Retry-After`).
+    limited_bodies: Vec<Bytes>,
     fail_mode: FailMode,
     shadow: bool,
     on_limited: Option<Box<OnLimited>>,
     missing_key_logged: AtomicBool,
 }
 
-/// Fixed-window rate limiting for any Tower service over `http::Request`.
+/// Rate limiting for any Tower service over `http::Request`: one or more
+/// policies ([`Quota`]s, each with its [`Algorithm`](crate::Algorithm)),
+/// all checked in one store call per request (or batch of one client's
+/// requests).
 ///
-/// Cheap to clone (one `Arc`). Several layers stack (`10/s` and `1000/h`),
-/// each with its own key prefix; the outermost layer's headers are the ones
-/// the client sees.
+/// Cheap to clone (one `Arc`). Layers also stack, each with its own key
+/// prefix; the outermost layer's headers are the ones the client sees.
 ///
 /// ```
 /// use std::time::Duration;
@@ -120,8 +137,7 @@ impl std::fmt::Debug for RateLimitLayer {
         let limiter = &self.shared.limiter;
         f.debug_struct("RateLimitLayer")
             .field("prefix", &limiter.prefix)
-            .field("limit", &limiter.limit)
-            .field("window", &limiter.window)
+            .field("policies", &limiter.policies)
             .field("fail_mode", &self.shared.fail_mode)
             .field("shadow", &self.shared.shadow)
             .finish_non_exhaustive()
@@ -129,7 +145,8 @@ impl std::fmt::Debug for RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// `limit` requests per `window` per client IP, counted in `cache`.
+    /// `limit` requests per `window` per client IP, counted in `cache` with
+    /// the fixed window.
     ///
     /// # Panics
     ///
@@ -176,8 +193,11 @@ impl<S> Layer<S> for RateLimitLayer {
 #[must_use]
 pub struct RateLimitLayerBuilder {
     cache: Cache,
-    limit: u64,
-    window: Duration,
+    limit: Option<u64>,
+    window: Option<Duration>,
+    policies: Vec<(String, Quota)>,
+    cost: Option<Box<CostFn>>,
+    clock: Option<Arc<dyn Clock>>,
     prefix: String,
     extractor: Option<Box<dyn KeyExtractor>>,
     trusted_proxies: Vec<String>,
@@ -200,8 +220,11 @@ impl RateLimitLayerBuilder {
             // A connection of its own: counting never queues behind a slow or
             // large cache read on the shared one (same settings, same server).
             cache: cache.dedicated(),
-            limit: 100,
-            window: Duration::from_secs(60),
+            limit: None,
+            window: None,
+            policies: Vec::new(),
+            cost: None,
+            clock: None,
             prefix: DEFAULT_PREFIX.to_string(),
             extractor: None,
             trusted_proxies: Vec::new(),
@@ -219,16 +242,45 @@ impl RateLimitLayerBuilder {
         }
     }
 
-    /// Requests per window and client (default 100).
+    /// Requests per window and client (default 100), with the fixed window:
+    /// the layer's one policy, unless [`policy`](Self::policy) is used.
     pub fn limit(mut self, limit: u64) -> Self {
-        self.limit = limit;
+        self.limit = Some(limit);
         self
     }
 
     /// The window, starting at a client's first request (default 60 s; 1 ms
-    /// to [`MAX_WINDOW`]).
+    /// to [`MAX_WINDOW`]), of the [`limit`](Self::limit).
     pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
+        self.window = Some(window);
+        self
+    }
+
+    /// Adds a policy: `quota` per client, named `name` in the headers (1 to
+    /// 64 of `A-Z a-z 0-9 . _ -`) and in the Redis key. Repeatable; every
+    /// policy is checked in the same store call, and a request passes only
+    /// if every policy admits it: it is then charged to all of them, and a
+    /// rejected request is charged to none. Not together with
+    /// [`limit`](Self::limit)/[`window`](Self::window).
+    pub fn policy(mut self, name: impl Into<String>, quota: Quota) -> Self {
+        self.policies.push((name.into(), quota));
+        self
+    }
+
+    /// What a request costs, in the quotas' units (default 1): a search
+    /// costing 5, a health check 0. A request costing more than a policy's
+    /// whole limit is rejected at once (429, problem+json saying so) and
+    /// charged nothing.
+    pub fn cost(mut self, cost: impl Fn(&RequestInfo<'_>) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// The clock the limiter reads (default: the system clock). When set,
+    /// the Redis scripts take their time from it too, instead of Redis'
+    /// own `TIME`: for tests that move time with a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -286,7 +338,8 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// The name in `RateLimit-Policy` / `RateLimit` (default: the prefix).
+    /// The name in `RateLimit-Policy` / `RateLimit` of the
+    /// [`limit`](Self::limit) policy (default: the prefix).
     pub fn policy_name(mut self, name: impl Into<String>) -> Self {
         self.policy_name = Some(name.into());
         self
@@ -339,18 +392,6 @@ impl RateLimitLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        if self.limit == 0 {
-            return Err(ConfigError::ZeroLimit);
-        }
-        if self.limit > MAX_LIMIT {
-            return Err(ConfigError::LimitTooLarge(self.limit));
-        }
-        if self.window < Duration::from_millis(1) {
-            return Err(ConfigError::WindowTooShort);
-        }
-        if self.window > MAX_WINDOW {
-            return Err(ConfigError::WindowTooLong(self.window));
-        }
         if self.store_timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
         }
@@ -366,11 +407,28 @@ impl RateLimitLayerBuilder {
         if !token(&self.prefix, b":") {
             return Err(ConfigError::Prefix);
         }
-        let policy_name = self
-            .policy_name
-            .unwrap_or_else(|| self.prefix.replace(':', "-"));
-        if !token(&policy_name, b"") {
-            return Err(ConfigError::PolicyName);
+        let policies = if self.policies.is_empty() {
+            let name = self
+                .policy_name
+                .unwrap_or_else(|| self.prefix.replace(':', "-"));
+            let quota = Quota::new(
+                self.limit.unwrap_or(100),
+                self.window.unwrap_or(Duration::from_secs(60)),
+            );
+            vec![(name, quota)]
+        } else if self.limit.is_some() || self.window.is_some() {
+            return Err(ConfigError::PolicyAndLimit);
+        } else {
+            self.policies
+        };
+        for (i, (name, quota)) in policies.iter().enumerate() {
+            if !token(name, b"") {
+                return Err(ConfigError::PolicyName);
+            }
+            if policies[..i].iter().any(|(other, _)| other == name) {
+                return Err(ConfigError::DuplicatePolicy(name.clone()));
+            }
+            quota.validate()?;
         }
         let trusted =
             TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError::TrustedProxy)?;
@@ -385,26 +443,33 @@ impl RateLimitLayerBuilder {
         let coalesce = self
             .coalesce
             .unwrap_or(*self.cache.backend() != cache_core::Backend::Memory);
+        let described: Vec<(&str, u64, Duration)> = policies
+            .iter()
+            .map(|(name, quota)| (name.as_str(), quota.limit(), quota.window()))
+            .collect();
+        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
+        let limited_bodies = policies
+            .iter()
+            .map(|(_, quota)| response::too_many_requests_body(quota.limit(), quota.window()))
+            .collect();
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
-                limiter: Limiter::new(
-                    self.cache,
-                    self.prefix,
-                    self.limit,
-                    self.window,
-                    self.store_timeout,
-                    self.local_deny,
+                limiter: Limiter::new(LimiterConfig {
+                    cache: self.cache,
+                    prefix: self.prefix,
+                    policies: policies
+                        .into_iter()
+                        .map(|(name, quota)| Policy { name, quota })
+                        .collect(),
+                    store_timeout: self.store_timeout,
+                    local_deny: self.local_deny,
                     coalesce,
-                ),
+                    clock: self.clock,
+                }),
                 extractor,
-                headers: HeaderTemplate::new(
-                    self.headers,
-                    self.reset_format,
-                    &policy_name,
-                    self.limit,
-                    self.window,
-                ),
-                limited_body: response::too_many_requests_body(self.limit, self.window),
+                cost: self.cost,
+                headers,
+                limited_bodies,
                 fail_mode: self.fail_mode,
                 shadow: self.shadow,
                 on_limited: self.on_limited,
@@ -482,7 +547,12 @@ impl Shared {
         bump(&self.limiter.counters.limited);
         let mut limited = match &self.on_limited {
             Some(respond) => respond(decision).map(ResponseBody::full),
-            None => response::too_many_requests(self.limited_body.clone()),
+            None => response::too_many_requests(
+                self.limited_bodies
+                    .get(decision.policy)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
         };
         *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         limited.headers_mut().insert(
@@ -491,6 +561,23 @@ impl Shared {
         );
         self.headers.write(limited.headers_mut(), decision);
         limited
+    }
+
+    /// The response to a request that costs more than a policy's whole quota.
+    fn too_costly<B>(&self, cost: u64, policy: usize) -> Response<ResponseBody<B>> {
+        bump(&self.limiter.counters.limited);
+        let detail = match self.limiter.policies.get(policy) {
+            Some(p) => format!(
+                "This request costs {cost} units, more than the whole quota of policy \"{}\" ({} per {} s): it can never pass.",
+                p.name,
+                p.quota.limit(),
+                crate::window::ceil_seconds(p.quota.window())
+            ),
+            None => {
+                format!("This request costs {cost} units, more than the quota: it can never pass.")
+            }
+        };
+        response::problem(StatusCode::TOO_MANY_REQUESTS, "Request Too Costly", &detail)
     }
 
     /// The response to a request the extractor cannot key: a misconfiguration.
@@ -523,12 +610,14 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let key = shared.extractor.extract(&RequestInfo {
+        let info = RequestInfo {
             method: request.method(),
             uri: request.uri(),
             headers: request.headers(),
             extensions: request.extensions(),
-        });
+        };
+        let key = shared.extractor.extract(&info);
+        let cost = shared.cost.as_ref().map_or(1, |cost| cost(&info));
         let key = match key {
             Ok(key) => sanitize(key),
             // A custom extractor built on `PeerIp::client_ip`: the same shared
@@ -536,6 +625,12 @@ where
             Err(KeyError::UnidentifiedClient) => UNIDENTIFIED_KEY.to_string(),
             Err(err) => return ResponseFuture::ready(shared.unkeyed(&err)),
         };
+        // A request that can never pass, whoever sends it.
+        if !shared.shadow
+            && let Some(policy) = shared.limiter.too_costly(cost)
+        {
+            return ResponseFuture::ready(shared.too_costly(cost, policy));
+        }
         // A client known to be over its limit is answered here: no store
         // call, no allocation for a future, the inner service untouched.
         let known = shared.limiter.check_locally(&key);
@@ -551,8 +646,16 @@ where
         let future = async move {
             let decision = match known {
                 Some(decision) => decision,
-                None => match shared.limiter.check(&key).await {
+                None => match shared.limiter.check(&key, cost).await {
                     Verdict::Decided(decision) => decision,
+                    Verdict::TooCostly { policy } => {
+                        if !shared.shadow {
+                            return Ok(shared.too_costly(cost, policy));
+                        }
+                        // Shadow mode never rejects: noted, let through, uncounted.
+                        bump(&shared.limiter.counters.shadow_limited);
+                        return Ok(inner.call(request).await?.map(ResponseBody::inner));
+                    }
                     Verdict::StoreFailed => {
                         return match shared.fail_mode {
                             FailMode::Open => {

@@ -1,5 +1,7 @@
-//! Fixed-window rate limiting for axum and any Tower service, counted in Redis
-//! (or the in-memory store) through a `cache_core::Cache`.
+//! Rate limiting for axum and any Tower service, counted in Redis (or the
+//! in-memory store) through a `cache_core::Cache`: fixed window, sliding
+//! window or GCRA ([`Algorithm`]), several policies per layer ([`Quota`]s,
+//! checked in one store call), and a cost per request.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -29,11 +31,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - **Counting**: Redis key `{prefix}:{client}`, one atomic script per store
-//!   call (INCRBY, and PEXPIRE when the key is new or has no TTL); the window
-//!   starts at a client's first request. Concurrent requests of one client
-//!   are folded into one call; clients known to be over their limit are
-//!   rejected in-process until their window ends.
+//! - **Counting**: one atomic Lua script per store call evaluates every
+//!   policy ([`RateLimitLayerBuilder::policy`]); a request passes only if all
+//!   admit it, and is then charged to all (a rejected one to none). Redis
+//!   key `{prefix}:{client}` for one policy, `{prefix}:{{client}}:{policy}`
+//!   for several; every key written expires. Concurrent requests of one
+//!   client are folded into one call; clients known to be rejected are
+//!   answered in-process until a request would pass again.
 //! - **Client key**: the peer IP from `ConnectInfo` ([`PeerIp`]); from
 //!   trusted proxies only, the one header [`ForwardedHeader`] names; IPv6
 //!   grouped by /56. Custom keys through [`KeyExtractor`]; odd or long keys
@@ -45,14 +49,18 @@
 //! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
 
+mod clock;
 mod deny;
 mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod quota;
 mod response;
+mod store;
 mod window;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use headers::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
@@ -66,5 +74,8 @@ pub use layer::{
     RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
 };
 pub use limiter::RateLimitStats;
+pub use quota::{Algorithm, Quota};
 pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};
+#[doc(hidden)]
+pub use store::stored_in_memory;
 pub use window::Decision;

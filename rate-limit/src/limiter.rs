@@ -1,17 +1,21 @@
 //! The counting engine: one atomic store call per batch of concurrent
-//! requests with the same key, and an in-process memory of keys already over
-//! their limit.
+//! requests of one client, evaluating every policy, and an in-process memory
+//! of clients known to be rejected.
 //!
-//! **Coalescing.** While a store call for a key is in flight, requests for
-//! the same key that arrive meanwhile join one batch; when the call returns,
-//! the batch goes to the store as one `incr_window(key, n)`. The total the
-//! store returns says exactly which of the n are within the limit
-//! ([`count_of`]), so a burst from one client costs one round trip per batch
-//! instead of one per request, and admission stays exact across instances.
+//! **Coalescing.** While a store call for a client is in flight, its
+//! requests that arrive meanwhile join one batch; when the call returns, the
+//! batch goes to the store as one call carrying each request's cost. The
+//! store evaluates them in order, exactly as if each had come alone
+//! ([`window::evaluate`]), and answers per request: a burst from one client
+//! costs one round trip per batch, and admission stays exact across
+//! instances, for every algorithm.
 //!
-//! **Local deny cache.** Counts never go down within a window, so once a key
-//! reached its limit, every further request in that window is over it: those
-//! are rejected without a store call until the window's end.
+//! **Local deny cache.** The store says how long a client is sure to be
+//! rejected (until a request of cost 1 would pass every policy: the window's
+//! end for the fixed window, when enough of the previous window slid out
+//! for the sliding one, when the TAT allows for GCRA). States only fill up
+//! through admissions, and none happens in that time, so those requests are
+//! rejected without a store call.
 //!
 //! **Bounded by design.** Both maps keyed by client are bounded: a slot lives
 //! only while a request of its key is between joining and finishing its
@@ -21,35 +25,41 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cache_core::{Cache, WindowCount};
+use cache_core::Cache;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::clock::{Clock, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
-use crate::window::{Decision, count_of};
+use crate::quota::Quota;
+use crate::store::memory::MemoryLimits;
+use crate::window::{self, Decision, Outcome};
 
 /// The outcome of counting one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Counted: allowed or not.
     Decided(Decision),
+    /// The request costs more than the whole quota of this policy: it can
+    /// never pass, and was not sent to the store.
+    TooCostly { policy: usize },
     /// The store failed or timed out: the request was not counted.
     StoreFailed,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum BatchState {
     Pending,
-    Counted { count: WindowCount, size: u64 },
+    Counted(Arc<[Outcome]>),
     Failed,
     Abandoned,
 }
 
 struct OpenBatch {
     id: u64,
-    size: u64,
+    costs: Vec<u64>,
     sender: Arc<watch::Sender<BatchState>>,
 }
 
@@ -108,18 +118,43 @@ impl Counters {
     }
 }
 
+/// A named [`Quota`] of a layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) name: String,
+    pub(crate) quota: Quota,
+}
+
+/// How the limiter counts; settled by the builder.
+pub(crate) struct LimiterConfig {
+    pub(crate) cache: Cache,
+    pub(crate) prefix: String,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) store_timeout: Duration,
+    pub(crate) local_deny: bool,
+    pub(crate) coalesce: bool,
+    /// The clock given to the builder, if any: then the Redis scripts take
+    /// "now" from it too, instead of Redis' `TIME`.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+}
+
 pub(crate) struct Limiter {
     pub(crate) cache: Cache,
     pub(crate) prefix: String,
-    pub(crate) limit: u64,
-    pub(crate) window: Duration,
+    pub(crate) policies: Vec<Policy>,
+    quotas: Vec<Quota>,
     pub(crate) store_timeout: Duration,
     pub(crate) local_deny: bool,
     /// Batch concurrent requests per key.
     coalesce: bool,
+    clock: Arc<dyn Clock>,
+    /// Send the clock's time to Redis (a clock was set).
+    send_now: bool,
+    /// The in-memory backend's states; `None` on Redis.
+    memory: Option<Arc<MemoryLimits>>,
     pub(crate) counters: Counters,
     slots: Mutex<HashMap<String, Slot>>,
-    /// Client keys over their limit, and when their window ends.
+    /// Client keys known to be rejected, until when, and by which policy.
     denied: DenyCache,
     next_batch: AtomicU64,
     failing: AtomicBool,
@@ -180,28 +215,27 @@ enum Role {
     },
     Joiner {
         receiver: watch::Receiver<BatchState>,
-        position: u64,
+        position: usize,
     },
 }
 
 impl Limiter {
-    pub(crate) fn new(
-        cache: Cache,
-        prefix: String,
-        limit: u64,
-        window: Duration,
-        store_timeout: Duration,
-        local_deny: bool,
-        coalesce: bool,
-    ) -> Self {
+    pub(crate) fn new(config: LimiterConfig) -> Self {
+        let memory = (*config.cache.backend() == cache_core::Backend::Memory)
+            .then(|| config.cache.shared_state::<MemoryLimits>());
         Limiter {
-            coalesce,
-            cache,
-            prefix,
-            limit,
-            window,
-            store_timeout,
-            local_deny,
+            quotas: config.policies.iter().map(|p| p.quota).collect(),
+            send_now: config.clock.is_some(),
+            clock: config
+                .clock
+                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            memory,
+            coalesce: config.coalesce,
+            cache: config.cache,
+            prefix: config.prefix,
+            policies: config.policies,
+            store_timeout: config.store_timeout,
+            local_deny: config.local_deny,
             counters: Counters::default(),
             slots: Mutex::default(),
             denied: DenyCache::new(DEFAULT_CAPACITY),
@@ -210,21 +244,43 @@ impl Limiter {
         }
     }
 
+    /// The store keys of `client`: `{prefix}:{client}` for one policy; with
+    /// several, `{prefix}:{{client}}:{policy}`, one hash tag so that a
+    /// cluster keeps them on one slot (one script call reads them all).
+    pub(crate) fn keys(&self, client: &str) -> Vec<String> {
+        if let [_] = self.policies.as_slice() {
+            return vec![format!("{}:{client}", self.prefix)];
+        }
+        self.policies
+            .iter()
+            .map(|policy| format!("{}:{{{client}}}:{}", self.prefix, policy.name))
+            .collect()
+    }
+
+    /// The first policy whose whole limit is below `cost`: a request that
+    /// can never pass.
+    pub(crate) fn too_costly(&self, cost: u64) -> Option<usize> {
+        self.quotas.iter().position(|q| cost > q.limit())
+    }
+
     /// The decision for `client` when the local deny cache already has it
-    /// (over its limit for the rest of the window): no store call needed.
+    /// (rejected for a while yet): no store call needed.
     pub(crate) fn check_locally(&self, client: &str) -> Option<Decision> {
         let decision = self.denied_locally(client)?;
         bump(&self.counters.limited_locally);
         Some(decision)
     }
 
-    /// Counts one request of `client` (an already sanitized key) at the store;
-    /// [`check_locally`](Self::check_locally) comes first.
-    pub(crate) async fn check(&self, client: &str) -> Verdict {
-        let key = format!("{}:{client}", self.prefix);
+    /// Counts one request of `client` (an already sanitized key) costing
+    /// `cost` at the store; [`check_locally`](Self::check_locally) comes first.
+    pub(crate) async fn check(&self, client: &str, cost: u64) -> Verdict {
+        if let Some(policy) = self.too_costly(cost) {
+            return Verdict::TooCostly { policy };
+        }
+        let keys = self.keys(client);
         if !self.coalesce {
-            return match self.count(&key, 1).await {
-                Some(count) => self.decide(client, count, 1, 0),
+            return match self.count(&keys, &[cost]).await {
+                Some(outcomes) => self.decide(client, &outcomes, 0),
                 None => Verdict::StoreFailed,
             };
         }
@@ -236,19 +292,20 @@ impl Limiter {
         let deadline = now
             .checked_add(self.store_timeout.saturating_mul(2))
             .unwrap_or_else(|| now + cache_core::MAX_WINDOW);
+        let slot_key = &keys[0];
         loop {
-            match self.join(&key) {
+            match self.join(slot_key, cost) {
                 Role::Executor { id, sender, gate } => {
                     // Made before any await: the slot's count of executors
                     // is given back however this request ends.
                     let executor = Executor {
                         limiter: self,
-                        key: &key,
+                        key: slot_key,
                         id,
                         sender,
                         published: false,
                     };
-                    return self.execute(client, executor, gate).await;
+                    return self.execute(client, &keys, executor, gate).await;
                 }
                 Role::Joiner {
                     mut receiver,
@@ -256,13 +313,13 @@ impl Limiter {
                 } => {
                     let settled = receiver.wait_for(|s| !matches!(s, BatchState::Pending));
                     let state = match tokio::time::timeout_at(deadline, settled).await {
-                        Ok(Ok(state)) => *state,
+                        Ok(Ok(state)) => state.clone(),
                         Ok(Err(_)) => BatchState::Abandoned,
                         Err(_) => return Verdict::StoreFailed,
                     };
                     match state {
-                        BatchState::Counted { count, size } => {
-                            return self.decide(client, count, size, position);
+                        BatchState::Counted(outcomes) => {
+                            return self.decide(client, &outcomes, position);
                         }
                         BatchState::Failed => return Verdict::StoreFailed,
                         // The executor was cancelled before counting: start over.
@@ -273,25 +330,25 @@ impl Limiter {
         }
     }
 
-    fn join(&self, key: &str) -> Role {
+    fn join(&self, key: &str, cost: u64) -> Role {
         let mut slots = lock(&self.slots);
         // Look up before inserting: the key is copied only for a new slot.
         if let Some(slot) = slots.get_mut(key) {
-            return self.enlist(slot);
+            return self.enlist(slot, cost);
         }
         let slot = slots.entry(key.to_string()).or_insert_with(|| Slot {
             open: None,
             gate: Arc::default(),
             executors: 0,
         });
-        self.enlist(slot)
+        self.enlist(slot, cost)
     }
 
     /// Joins the open batch of `slot`, or opens one and becomes its executor.
-    fn enlist(&self, slot: &mut Slot) -> Role {
+    fn enlist(&self, slot: &mut Slot, cost: u64) -> Role {
         if let Some(open) = &mut slot.open {
-            let position = open.size;
-            open.size += 1;
+            let position = open.costs.len();
+            open.costs.push(cost);
             return Role::Joiner {
                 receiver: open.sender.subscribe(),
                 position,
@@ -303,7 +360,7 @@ impl Limiter {
         slot.executors += 1;
         slot.open = Some(OpenBatch {
             id,
-            size: 1,
+            costs: vec![cost],
             sender: sender.clone(),
         });
         Role::Executor {
@@ -316,6 +373,7 @@ impl Limiter {
     async fn execute(
         &self,
         client: &str,
+        keys: &[String],
         executor: Executor<'_>,
         gate: Arc<tokio::sync::Mutex<()>>,
     ) -> Verdict {
@@ -323,11 +381,12 @@ impl Limiter {
         // Held by the batch at the store, for at most its store timeout.
         let permit = gate.lock().await;
         // Close the batch: later arrivals start the next one.
-        let size = self.close_batch(key, id);
-        let verdict = match self.count(key, size).await {
-            Some(count) => {
-                executor.publish(BatchState::Counted { count, size });
-                self.decide(client, count, size, 0)
+        let costs = self.close_batch(key, id);
+        let verdict = match self.count(keys, &costs).await {
+            Some(outcomes) => {
+                let outcomes: Arc<[Outcome]> = outcomes.into();
+                executor.publish(BatchState::Counted(outcomes.clone()));
+                self.decide(client, &outcomes, 0)
             }
             None => {
                 executor.publish(BatchState::Failed);
@@ -339,66 +398,103 @@ impl Limiter {
     }
 
     /// Takes batch `id` of `key` out of the slot, so later arrivals start the
-    /// next one; returns its size.
-    fn close_batch(&self, key: &str, id: u64) -> u64 {
+    /// next one; returns its costs, in arrival order.
+    fn close_batch(&self, key: &str, id: u64) -> Vec<u64> {
         let mut slots = lock(&self.slots);
         slots
             .get_mut(key)
             .and_then(|slot| slot.open.take_if(|open| open.id == id))
-            .map_or(1, |open| open.size)
+            .map_or_else(|| vec![1], |open| open.costs)
     }
 
-    /// One store call adding `size` to `key`, within the store timeout;
+    /// One store call evaluating requests of `costs` against every policy;
     /// `None` when it failed or timed out.
-    async fn count(&self, key: &str, size: u64) -> Option<WindowCount> {
+    async fn count(&self, keys: &[String], costs: &[u64]) -> Option<Vec<Outcome>> {
         bump(&self.counters.store_calls);
-        // The handle enforces the timeout: a hanging store then counts as
-        // failing for its circuit breaker, which stops calling it.
-        match self
-            .cache
-            .incr_window_within(key, size, self.window, self.store_timeout)
-            .await
-        {
-            Ok(count) => {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let rows = match &self.memory {
+            Some(memory) => {
+                let now = now_micros(self.clock.as_ref());
+                // The namespace keeps handles with different ones apart, as on Redis.
+                let full: Vec<String> = keys
+                    .iter()
+                    .map(|k| self.cache.full_key(k).into_owned())
+                    .collect();
+                let full: Vec<&str> = full.iter().map(String::as_str).collect();
+                Ok(memory.evaluate(&full, &self.quotas, now, costs))
+            }
+            None => {
+                // The handle enforces the timeout: a hanging store then
+                // counts as failing for its circuit breaker, which stops calling it.
+                let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
+                crate::store::redis::evaluate(
+                    &self.cache,
+                    &keys,
+                    now,
+                    &self.quotas,
+                    costs,
+                    self.store_timeout,
+                )
+                .await
+            }
+        };
+        let outcomes = rows.map_err(|err| err.to_string()).and_then(|rows| {
+            let len = window::row_len(self.quotas.len());
+            if rows.len() != len * costs.len() {
+                return Err(format!(
+                    "the store answered {} numbers for {} requests",
+                    rows.len(),
+                    costs.len()
+                ));
+            }
+            rows.chunks(len)
+                .map(|row| window::outcome(&self.quotas, row))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| "the store's answer is malformed".to_string())
+        });
+        match outcomes {
+            Ok(outcomes) => {
                 self.note_store(None);
-                Some(count)
+                Some(outcomes)
             }
             Err(err) => {
-                self.note_store(Some(&err.to_string()));
+                self.note_store(Some(&err));
                 None
             }
         }
     }
 
-    fn decide(&self, client: &str, count: WindowCount, size: u64, position: u64) -> Verdict {
-        let decision = Decision::for_count(
-            count_of(count.count, size, position),
-            self.limit,
-            count.reset_after,
-        );
-        if decision.remaining == 0 && self.local_deny {
-            self.remember_denied(client, count.reset_after);
+    fn decide(&self, client: &str, outcomes: &[Outcome], position: usize) -> Verdict {
+        let Some(outcome) = outcomes.get(position) else {
+            return Verdict::StoreFailed;
+        };
+        // The last of a batch knows the state after all of them.
+        if self.local_deny
+            && let Some(last) = outcomes.last()
+            && !last.blocked.is_zero()
+            && last.blocked != Duration::MAX
+        {
+            let now = now_micros(self.clock.as_ref());
+            let blocked = u64::try_from(last.blocked.as_micros()).unwrap_or(u64::MAX);
+            let policy = last.decision.policy;
+            self.denied
+                .insert(client, now.saturating_add(blocked), policy, now);
         }
-        Verdict::Decided(decision)
-    }
-
-    fn remember_denied(&self, key: &str, reset_after: Duration) {
-        let now = Instant::now();
-        self.denied.insert(key, now + reset_after, now);
+        Verdict::Decided(outcome.decision)
     }
 
     fn denied_locally(&self, key: &str) -> Option<Decision> {
         if !self.local_deny {
             return None;
         }
-        let now = Instant::now();
-        let until = self.denied.get(key, now)?;
-        Some(Decision {
-            allowed: false,
-            limit: self.limit,
-            remaining: 0,
-            reset_after: until - now,
-        })
+        let now = now_micros(self.clock.as_ref());
+        let (until, policy) = self.denied.get(key, now)?;
+        let limit = self.quotas.get(policy).map_or(0, Quota::limit);
+        Some(Decision::denied_for(
+            limit,
+            policy,
+            Duration::from_micros(until - now),
+        ))
     }
 
     /// Clients tracked in memory: (coalescing slots, deny cache entries).
@@ -429,22 +525,25 @@ mod tests {
     use super::*;
 
     fn limiter(limit: u64) -> Limiter {
-        Limiter::new(
-            Cache::in_memory(),
-            "test".into(),
-            limit,
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-            true,
-            true,
-        )
+        Limiter::new(LimiterConfig {
+            cache: Cache::in_memory(),
+            prefix: "test".into(),
+            policies: vec![Policy {
+                name: "test".into(),
+                quota: Quota::new(limit, Duration::from_secs(60)),
+            }],
+            store_timeout: Duration::from_secs(1),
+            local_deny: true,
+            coalesce: true,
+            clock: None,
+        })
     }
 
     /// What the layer does: the local deny cache, then the store.
     async fn decide(limiter: &Limiter, client: &str) -> Verdict {
         match limiter.check_locally(client) {
             Some(decision) => Verdict::Decided(decision),
-            None => limiter.check(client).await,
+            None => limiter.check(client, 1).await,
         }
     }
 

@@ -1,29 +1,64 @@
-//! Fixed-window arithmetic: from the store's count to a per-request
-//! [`Decision`]. Pure functions, testable without a store.
+//! The arithmetic of every [`Algorithm`]: from a client's stored state, the
+//! time and a request's cost to the verdict of each policy and the next
+//! state. Pure functions, testable without a store; the in-memory backend
+//! runs them as they are and the Redis script (`store/redis.lua`) is their
+//! line-by-line transcription (tested against them on the same sequences).
+//! [`Decision`]s are built here only.
+//!
+//! Times are microseconds since the Unix epoch; the fixed and sliding
+//! windows count in whole milliseconds, GCRA in microseconds.
 
 use std::time::Duration;
 
-/// The verdict for one request.
+use crate::quota::{Algorithm, Quota};
+
+/// The verdict for one request, reported for one policy of the layer: the
+/// one closest to its limit (for a rejected request, the one that makes it
+/// wait longest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// The request is within the limit.
+    /// Every policy admits the request.
     pub allowed: bool,
-    /// The limit per window.
+    /// The reported policy's limit per window.
     pub limit: u64,
-    /// Requests left in this window after this one.
+    /// Units left under the reported policy after this request.
     pub remaining: u64,
-    /// Time until the window ends.
+    /// Time until the reported policy's window ends (fixed and sliding
+    /// windows) or its quota is whole again (GCRA).
     pub reset_after: Duration,
+    /// For a rejected request: the time until a request like it would pass
+    /// under every policy (never zero). Zero for an allowed one.
+    pub retry_after: Duration,
+    /// Which policy is reported: its index in the order the layer's
+    /// policies were given.
+    pub policy: usize,
 }
 
 impl Decision {
-    /// The decision for the request that brought the window's count to `count`.
+    /// The fixed-window decision for the request that brought the window's
+    /// count to `count` (rejected ones counted too).
     pub fn for_count(count: u64, limit: u64, reset_after: Duration) -> Decision {
+        let allowed = count <= limit;
         Decision {
-            allowed: count <= limit,
+            allowed,
             limit,
             remaining: limit.saturating_sub(count),
             reset_after,
+            retry_after: if allowed { Duration::ZERO } else { reset_after },
+            policy: 0,
+        }
+    }
+
+    /// A rejection from the local deny cache: policy `policy` (of `limit`)
+    /// admits nothing for `left`.
+    pub(crate) fn denied_for(limit: u64, policy: usize, left: Duration) -> Decision {
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_after: left,
+            retry_after: left,
+            policy,
         }
     }
 
@@ -34,7 +69,12 @@ impl Decision {
 
     /// `Retry-After`: whole seconds, rounded up, never 0.
     pub fn retry_after_seconds(&self) -> u64 {
-        self.reset_seconds().max(1)
+        let wait = if self.retry_after.is_zero() {
+            self.reset_after
+        } else {
+            self.retry_after
+        };
+        ceil_seconds(wait).max(1)
     }
 }
 
@@ -48,52 +88,322 @@ pub fn ceil_seconds(duration: Duration) -> u64 {
     }
 }
 
-/// Splits one coalesced increment among its requests: `n` requests added `n`
-/// at once and the window's count became `total`, so request `i` (0-based,
-/// in arrival order) is the one that brought it to `total - n + i + 1`.
-/// Admission stays exact: exactly as many are allowed as if each had been
-/// counted alone.
-pub fn count_of(total: u64, n: u64, i: u64) -> u64 {
-    total.saturating_sub(n) + i + 1
+/// A wait that never ends: the request costs more than the whole quota.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// One client's state under one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Nothing stored (or nothing that still counts).
+    Empty,
+    /// `count` units in the window that ends at `expires_ms`.
+    Fixed { count: u64, expires_ms: u64 },
+    /// Units in the aligned window number `index` (of `window` ms since the
+    /// epoch) and in the one before it.
+    Sliding {
+        index: u64,
+        current: u64,
+        previous: u64,
+    },
+    /// The theoretical arrival time of the next unit, in microseconds.
+    Gcra { tat_us: u64 },
+}
+
+/// One policy's answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Check {
+    /// The policy has room for the request.
+    pub(crate) admits: bool,
+    /// Units left, after the request if it is admitted.
+    pub(crate) remaining: u64,
+    /// Milliseconds until the window ends / the quota is whole.
+    pub(crate) reset_ms: u64,
+    /// Milliseconds until this request would be admitted (0: now; [`NEVER`]).
+    pub(crate) retry_ms: u64,
+    /// Milliseconds until a request of cost 1 would be admitted, after this
+    /// one (what the local deny cache may remember).
+    pub(crate) blocked_ms: u64,
+    /// The state after the request, if it is admitted.
+    pub(crate) next: State,
+}
+
+/// `quota`'s answer to a request of `cost` at `now_us` on `state`.
+pub(crate) fn check(quota: &Quota, state: State, now_us: u64, cost: u64) -> Check {
+    let (limit, window_ms) = (quota.limit(), quota.window_ms());
+    match quota.enforced_by() {
+        Algorithm::FixedWindow => fixed(limit, window_ms, state, now_us, cost),
+        Algorithm::SlidingWindow => sliding(limit, window_ms, state, now_us, cost),
+        Algorithm::Gcra => gcra(limit, window_ms, state, now_us, cost),
+    }
+}
+
+fn fixed(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
+    let now = now_us / 1000;
+    let (count, expires) = match state {
+        State::Fixed { count, expires_ms } if expires_ms > now && expires_ms <= now + window => {
+            (count, expires_ms)
+        }
+        _ => (0, now + window),
+    };
+    let admits = cost <= limit && count + cost <= limit;
+    let after = if admits { count + cost } else { count };
+    let left = expires - now;
+    Check {
+        admits,
+        remaining: limit.saturating_sub(after),
+        reset_ms: left,
+        retry_ms: if admits {
+            0
+        } else if cost > limit {
+            NEVER
+        } else {
+            left
+        },
+        blocked_ms: if after < limit { 0 } else { left },
+        next: State::Fixed {
+            count: after,
+            expires_ms: expires,
+        },
+    }
+}
+
+fn sliding(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
+    let now = now_us / 1000;
+    let index = now / window;
+    let elapsed = now - index * window;
+    let (current, previous) = match state {
+        State::Sliding {
+            index: stored,
+            current,
+            previous,
+        } if stored == index => (current, previous),
+        State::Sliding {
+            index: stored,
+            current,
+            ..
+        } if stored + 1 == index => (0, current),
+        _ => (0, 0),
+    };
+    // A count over the limit (the quota was lowered) weighs as the limit.
+    let (current, previous) = (current.min(limit), previous.min(limit));
+    // Rounded up: the estimate never undercounts.
+    let weighted = (previous * (window - elapsed)).div_ceil(window);
+    let admits = cost <= limit && weighted + current + cost <= limit;
+    let after = if admits { current + cost } else { current };
+    // When a request of cost `c` passes, with `after` in this window.
+    let wait = |c: u64| -> u64 {
+        if c > limit {
+            return NEVER;
+        }
+        if weighted + after + c <= limit {
+            return 0;
+        }
+        if after + c <= limit {
+            // Later in this window, once enough of the previous one slid out:
+            // ceil(previous × (window − e) / window) ≤ room.
+            let room = limit - after - c;
+            let pass_at =
+                window.saturating_sub((room * window).checked_div(previous).unwrap_or(window));
+            pass_at.saturating_sub(elapsed)
+        } else {
+            // In the next window, where this one's count is the previous one.
+            let room = limit - c;
+            let pass_at =
+                window.saturating_sub((room * window).checked_div(after).unwrap_or(window));
+            window - elapsed + pass_at
+        }
+    };
+    Check {
+        admits,
+        remaining: limit.saturating_sub(weighted + after),
+        reset_ms: window - elapsed,
+        retry_ms: if admits { 0 } else { wait(cost) },
+        blocked_ms: wait(1),
+        next: State::Sliding {
+            index,
+            current: after,
+            previous,
+        },
+    }
+}
+
+/// GCRA's emission interval and tolerance, in microseconds: one unit every
+/// `window / limit` (rounded up to a whole µs), `limit` units at once.
+pub(crate) fn gcra_params(limit: u64, window_ms: u64) -> (u64, u64) {
+    let interval = (window_ms * 1000).div_ceil(limit).max(1);
+    (interval, limit * interval)
+}
+
+fn gcra(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
+    let (interval, tolerance) = gcra_params(limit, window);
+    let tat = match state {
+        State::Gcra { tat_us } => tat_us,
+        _ => 0,
+    };
+    // A TAT beyond a full bucket (the quota was lowered) counts as full.
+    let tat = tat.max(now_us).min(now_us + tolerance);
+    let admits = cost <= limit && tat + cost * interval - now_us <= tolerance;
+    let after = if admits { tat + cost * interval } else { tat };
+    let wait = |c: u64| -> u64 {
+        if c > limit {
+            NEVER
+        } else {
+            (after + c * interval - now_us)
+                .saturating_sub(tolerance)
+                .div_ceil(1000)
+        }
+    };
+    Check {
+        admits,
+        remaining: (tolerance - (after - now_us)) / interval,
+        reset_ms: (after - now_us).div_ceil(1000),
+        retry_ms: if admits { 0 } else { wait(cost) },
+        blocked_ms: wait(1),
+        next: State::Gcra { tat_us: after },
+    }
+}
+
+/// When `state` stops mattering (ms since the epoch): the key's expiry.
+pub(crate) fn expires_ms(quota: &Quota, state: State) -> u64 {
+    match state {
+        State::Empty => 0,
+        State::Fixed { expires_ms, .. } => expires_ms,
+        State::Sliding { index, .. } => (index + 2) * quota.window_ms(),
+        State::Gcra { tat_us } => tat_us.div_ceil(1000),
+    }
+}
+
+/// Numbers per request in an evaluation: admitted, then per policy
+/// remaining, reset, retry and blocked (ms; [`NEVER`] as -1).
+pub(crate) fn row_len(policies: usize) -> usize {
+    1 + 4 * policies
+}
+
+/// Checks requests of `costs`, in order, at `now_us` against every policy
+/// (`quotas[i]` on `states[i]`): a request is admitted only if every policy
+/// admits it, and then charged to every policy; a rejected one is charged
+/// to none. Returns [`row_len`] numbers per request, as the Redis script does.
+pub(crate) fn evaluate(
+    quotas: &[Quota],
+    states: &mut [State],
+    now_us: u64,
+    costs: &[u64],
+) -> Vec<i64> {
+    let mut out = Vec::with_capacity(costs.len() * row_len(quotas.len()));
+    let mut checks = Vec::with_capacity(quotas.len());
+    for &cost in costs {
+        checks.clear();
+        checks.extend(
+            quotas
+                .iter()
+                .zip(states.iter())
+                .map(|(quota, state)| check(quota, *state, now_us, cost)),
+        );
+        let admitted = checks.iter().all(|c| c.admits);
+        out.push(i64::from(admitted));
+        for ((check_, quota), state) in checks.iter().zip(quotas).zip(states.iter_mut()) {
+            let shown = if admitted {
+                *state = check_.next;
+                *check_
+            } else if check_.admits {
+                // Not charged: this policy's view without the request.
+                check(quota, *state, now_us, 0)
+            } else {
+                *check_
+            };
+            let wire = |ms: u64| {
+                if ms == NEVER {
+                    -1
+                } else {
+                    i64::try_from(ms).unwrap_or(-1)
+                }
+            };
+            out.extend([
+                i64::try_from(shown.remaining).unwrap_or(i64::MAX),
+                wire(shown.reset_ms),
+                if check_.admits {
+                    0
+                } else {
+                    wire(shown.retry_ms)
+                },
+                wire(shown.blocked_ms),
+            ]);
+        }
+    }
+    out
+}
+
+/// What one request's row means for the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) decision: Decision,
+    /// How long the client is sure to be rejected (cost 1) from now: what
+    /// the local deny cache may remember. Zero: not known to be blocked.
+    pub(crate) blocked: Duration,
+}
+
+/// Reads one request's row ([`row_len`] numbers); `None` if malformed.
+pub(crate) fn outcome(quotas: &[Quota], row: &[i64]) -> Option<Outcome> {
+    if row.len() != row_len(quotas.len()) || quotas.is_empty() {
+        return None;
+    }
+    let allowed = row[0] == 1;
+    let ms = |v: i64| u64::try_from(v).unwrap_or(NEVER);
+    let mut reported = 0;
+    let mut best: Option<(u64, u64, u64, u64)> = None; // (limit, remaining, reset, retry)
+    let mut retry = 0u64;
+    let mut blocked = 0u64;
+    for (i, quota) in quotas.iter().enumerate() {
+        let cells = &row[1 + 4 * i..5 + 4 * i];
+        let remaining = u64::try_from(cells[0]).unwrap_or(0);
+        let (reset, this_retry, this_blocked) = (ms(cells[1]), ms(cells[2]), ms(cells[3]));
+        retry = retry.max(this_retry);
+        if this_blocked != NEVER {
+            blocked = blocked.max(this_blocked);
+        }
+        let limit = quota.limit();
+        let better = match best {
+            None => true,
+            Some((best_limit, best_remaining, best_reset, best_retry)) => {
+                if !allowed {
+                    this_retry > best_retry
+                } else {
+                    // The smallest fraction left; on a tie the longest reset.
+                    let this = u128::from(remaining) * u128::from(best_limit);
+                    let other = u128::from(best_remaining) * u128::from(limit);
+                    this < other || (this == other && reset > best_reset)
+                }
+            }
+        };
+        if better {
+            best = Some((limit, remaining, reset, this_retry));
+            reported = i;
+        }
+    }
+    let (limit, remaining, reset, _) = best?;
+    let duration = |ms: u64| {
+        if ms == NEVER {
+            Duration::MAX
+        } else {
+            Duration::from_millis(ms)
+        }
+    };
+    Some(Outcome {
+        decision: Decision {
+            allowed,
+            limit,
+            remaining,
+            reset_after: duration(reset),
+            retry_after: if allowed {
+                Duration::ZERO
+            } else {
+                duration(retry.max(1))
+            },
+            policy: reported,
+        },
+        blocked: duration(blocked),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_up_to_the_limit_pass_with_decreasing_remaining() {
-        let reset = Duration::from_secs(60);
-        let remaining: Vec<u64> = (1..=5)
-            .map(|count| Decision::for_count(count, 5, reset))
-            .inspect(|d| assert!(d.allowed))
-            .map(|d| d.remaining)
-            .collect();
-        assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
-        let over = Decision::for_count(6, 5, reset);
-        assert!(!over.allowed);
-        assert_eq!(over.remaining, 0);
-    }
-
-    #[test]
-    fn retry_after_rounds_up_and_is_never_zero() {
-        let d = |ms| Decision::for_count(9, 5, Duration::from_millis(ms));
-        assert_eq!(d(1500).retry_after_seconds(), 2);
-        assert_eq!(d(2000).retry_after_seconds(), 2);
-        assert_eq!(d(1).retry_after_seconds(), 1);
-        assert_eq!(d(0).retry_after_seconds(), 1);
-        assert_eq!(d(0).reset_seconds(), 0);
-    }
-
-    #[test]
-    fn a_coalesced_batch_admits_exactly_up_to_the_limit() {
-        // 10 requests folded into one INCRBY 10 on a window that already had 45, limit 50.
-        let total = 55;
-        let allowed = (0..10)
-            .filter(|&i| Decision::for_count(count_of(total, 10, i), 50, Duration::ZERO).allowed)
-            .count();
-        assert_eq!(allowed, 5);
-        assert_eq!(count_of(total, 10, 0), 46);
-        assert_eq!(count_of(total, 10, 9), 55);
-    }
-}
+mod tests;

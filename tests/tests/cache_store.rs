@@ -753,3 +753,33 @@ async fn a_memoized_result_over_the_cap_is_returned_uncached() {
         assert_eq!(cache.stats().hits, 1);
     }
 }
+
+/// `eval_script_within`: keys get the namespace, integers go in and come
+/// out, a flushed script cache is reloaded (nothing runs twice), and the
+/// in-memory store refuses scripts plainly.
+#[tokio::test]
+async fn scripts_run_with_namespaced_keys_and_survive_script_flush() {
+    let server = tests::RedisServer::start();
+    let ns = unique_prefix("script");
+    let cache = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .namespace(&ns)
+        .build()
+        .await
+        .unwrap();
+    let script = cache_core::Script::new(
+        "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS, tonumber(ARGV[2])}",
+    );
+    let timeout = Duration::from_secs(2);
+    let run = || cache.eval_script_within(&script, &["counter"], &[5, -7], timeout);
+    assert_eq!(run().await.unwrap(), vec![5, 1, -7]);
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    assert_eq!(run().await.unwrap(), vec![10, 1, -7], "counted once");
+    assert_eq!(server.cli(&["GET", &format!("{ns}:counter")]).trim(), "10");
+    let err = Cache::in_memory()
+        .eval_script_within(&script, &["counter"], &[1, 1], timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}

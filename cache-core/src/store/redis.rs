@@ -626,6 +626,27 @@ impl<C: Connection> Store for RedisStore<C> {
         })
     }
 
+    fn eval<'a>(
+        &'a self,
+        script: &'a super::Script,
+        keys: &'a [String],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let mut invocation = script.inner().prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            // EVALSHA, and on NOSCRIPT the driver loads the script and sends it again.
+            let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            Ok(reply)
+        })
+    }
+
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
         Box::pin(self.conn.scan_nodes())
     }

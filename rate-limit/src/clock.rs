@@ -1,0 +1,70 @@
+//! The [`Clock`] the limiter reads: the system clock, or a [`ManualClock`]
+//! that tests move by hand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where the limiter takes "now" from: for the in-memory store, the local
+/// deny cache and, when set with
+/// [`RateLimitLayerBuilder::clock`](crate::RateLimitLayerBuilder::clock),
+/// for the Redis scripts too (which otherwise read Redis' own `TIME`, so
+/// instances with skewed clocks agree).
+pub trait Clock: Send + Sync + 'static {
+    /// The time since the Unix epoch.
+    fn now(&self) -> Duration;
+}
+
+/// The system clock (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// A clock that moves only when told: for tests that cross a window without
+/// sleeping. Clones share the time. It starts at the current system time and
+/// only moves forward (Redis expires keys on its own clock: a manual clock
+/// behind it would see keys vanish early).
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+impl ManualClock {
+    /// A clock at the current system time.
+    pub fn new() -> Self {
+        let now = u64::try_from(SystemClock.now().as_micros()).unwrap_or(u64::MAX);
+        ManualClock {
+            micros: Arc::new(AtomicU64::new(now)),
+        }
+    }
+
+    /// Moves the clock forward by `by` (whole microseconds).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+}
+
+/// Microseconds since the epoch from `clock`.
+pub(crate) fn now_micros(clock: &dyn Clock) -> u64 {
+    u64::try_from(clock.now().as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,152 @@
+//! The in-memory backend's states: the arithmetic of `window.rs` on a map
+//! shared through [`Cache::shared_state`](cache_core::Cache::shared_state),
+//! so every layer built from one in-memory handle counts in the same place.
+//!
+//! Bounded: each shard holds at most [`MAX_KEYS`]` / SHARDS` keys; a full
+//! shard first drops the keys whose state expired, then, if still over
+//! three quarters full, forgets arbitrary clients (which then start afresh:
+//! a bounded memory costs exactness only past that many clients at once).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::quota::Quota;
+use crate::window::{self, State};
+
+/// Keys held at most (one per client and policy).
+pub(crate) const MAX_KEYS: usize = 1_000_000;
+const SHARDS: usize = 16;
+
+pub(crate) struct MemoryLimits {
+    shards: Vec<Mutex<HashMap<String, (State, u64)>>>,
+    hasher: RandomState,
+    /// Keys per shard, at most.
+    shard_capacity: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits::with_capacity(MAX_KEYS)
+    }
+}
+
+impl MemoryLimits {
+    fn with_capacity(keys: usize) -> Self {
+        MemoryLimits {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            shard_capacity: (keys / SHARDS).max(4),
+        }
+    }
+
+    /// The shard of `key`: by its hash tag (`{...}`), as Redis Cluster picks
+    /// a slot, so that the keys of one client share one lock.
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, (State, u64)>> {
+        let index = (self.hasher.hash_one(hash_tag(key)) as usize) % SHARDS;
+        // Every critical section leaves the map whole: a poisoned one is usable.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// [`window::evaluate`] on the states of `keys` (one key, or keys with
+    /// one hash tag), atomically.
+    pub(crate) fn evaluate(
+        &self,
+        keys: &[&str],
+        quotas: &[Quota],
+        now_us: u64,
+        costs: &[u64],
+    ) -> Vec<i64> {
+        let now_ms = now_us / 1000;
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        let mut shard = self.shard(first);
+        let mut states: Vec<State> = keys
+            .iter()
+            .map(|key| match shard.get(*key) {
+                Some((state, expires)) if *expires > now_ms => *state,
+                _ => State::Empty,
+            })
+            .collect();
+        let before = states.clone();
+        let rows = window::evaluate(quotas, &mut states, now_us, costs);
+        for ((key, quota), (state, old)) in keys.iter().zip(quotas).zip(states.iter().zip(&before))
+        {
+            if state != old {
+                let expires = window::expires_ms(quota, *state);
+                if !shard.contains_key(*key) && shard.len() >= self.shard_capacity {
+                    make_room(&mut shard, now_ms, self.shard_capacity);
+                }
+                shard.insert((*key).to_string(), (*state, expires));
+            }
+        }
+        rows
+    }
+}
+
+impl MemoryLimits {
+    /// The live state of `key` and its expiry (ms), for tests.
+    pub(crate) fn peek(&self, key: &str, now_ms: u64) -> Option<(State, u64)> {
+        self.shard(key)
+            .get(key)
+            .filter(|(_, expires)| *expires > now_ms)
+            .copied()
+    }
+}
+
+/// What Redis Cluster hashes: the text between the first `{` and the next
+/// `}` when not empty, else the whole key.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(tag, _)| tag)
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key)
+}
+
+fn make_room(shard: &mut HashMap<String, (State, u64)>, now_ms: u64, capacity: usize) {
+    shard.retain(|_, (_, expires)| *expires > now_ms);
+    let keep = capacity * 3 / 4;
+    if shard.len() > keep {
+        let excess: Vec<String> = shard.keys().take(shard.len() - keep).cloned().collect();
+        for key in excess {
+            shard.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_map_stays_bounded_and_drops_expired_keys_first() {
+        let limits = MemoryLimits::with_capacity(SHARDS * 100);
+        let quota = [Quota::new(5, Duration::from_millis(10))];
+        let start = 1_700_000_000_000_000;
+        for i in 0..50_000u64 {
+            let key = format!("rate:ip:{i}");
+            let rows = limits.evaluate(&[&key], &quota, start + i * 1000, &[1]);
+            assert_eq!(rows[0], 1);
+        }
+        let held: usize = limits.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * 100, "{held}");
+        // A live key written just now is still there: the expired ones went.
+        assert!(
+            limits
+                .peek("rate:ip:49999", start / 1000 + 49_999)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn hash_tags_pick_the_shard_as_redis_cluster_does() {
+        assert_eq!(hash_tag("rate:{ip:1.2.3.4}:burst"), "ip:1.2.3.4");
+        assert_eq!(hash_tag("rate:ip:1.2.3.4"), "rate:ip:1.2.3.4");
+        assert_eq!(hash_tag("a{}b"), "a{}b");
+    }
+}

@@ -1,0 +1,33 @@
+//! Where the policies' states live: Redis (one Lua script per check,
+//! [`limits.lua`](redis)), or, for the in-memory cache, a map of this crate
+//! shared by every layer built from one in-memory handle.
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use std::time::Duration;
+
+use cache_core::Cache;
+
+use crate::window::State;
+
+/// For tests: the state the in-memory backend of `cache` holds under `key`
+/// (namespace included), rendered as Redis stores it, and the time until it
+/// expires (on the system clock). Not a stable API.
+#[doc(hidden)]
+pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> {
+    let now_ms = crate::clock::now_micros(&crate::clock::SystemClock) / 1000;
+    let memory = cache.shared_state::<memory::MemoryLimits>();
+    let (state, expires) = memory.peek(key, now_ms)?;
+    let text = match state {
+        State::Empty => return None,
+        State::Fixed { count, .. } => count.to_string(),
+        State::Sliding {
+            index,
+            current,
+            previous,
+        } => format!("{index}:{current}:{previous}"),
+        State::Gcra { tat_us } => tat_us.to_string(),
+    };
+    Some((text, Duration::from_millis(expires - now_ms)))
+}
