@@ -8,6 +8,7 @@
 #   ./scripts/http-profile.sh                 # RateLimitLayer on Redis, many clients
 #   ./scripts/http-profile.sh 'EVALSHA' many  # the raw EVALSHA baseline
 #   ./scripts/http-profile.sh 'bare' hot      # bare axum, one hot client
+#   ./scripts/http-profile.sh '' hot          # RateLimitLayer on Redis, one hot client
 #
 # Needs perf (Debian: linux-perf) and kernel.perf_event_paranoid <= 1 (or root).
 set -euo pipefail
