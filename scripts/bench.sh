@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark, each beside its baseline in the same run, on loopback only
-# (about ten minutes on 2 cores): cache hit and miss paths, HTTP throughput with and
-# without the rate limiter, invalidate_prefix over 1 M keys, and the fault runs
+# (about twelve minutes on 2 cores): cache hit and miss paths; HTTP with and
+# without rate limiters (about 3.5 minutes: many clients through a trusted
+# proxy, one hot client, a flood of one client; throughput, CPU per request of
+# the service process and redis-server, Redis commands per request, latency at
+# a fixed rate); invalidate_prefix over 1 M keys; and the fault runs
 # of search-service (standalone Redis, Redis Cluster failovers). Installs redis-server like the test script when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,51 +1,368 @@
-//! Requests per second of an axum hello-world on loopback: bare, behind
-//! `RateLimitLayer` (in-memory and Redis stores) and, with `--features
-//! compare`, behind `tower_governor`; normally (limit never reached) and under
-//! a flood (> 99 % rejected). Variants are interleaved round by round.
+//! An axum hello-world on loopback, bare and behind rate limiters, measured
+//! side by side in interleaved rounds, in three scenarios:
+//!
+//! - **many clients**: 10 000 distinct client addresses through a trusted
+//!   proxy (the load generator sets `X-Forwarded-For` per request from the
+//!   pool), limit never reached;
+//! - **one hot client**: every request from one address, limit never reached;
+//! - **flood**: one client over its limit (> 99 % answered 429), beside a
+//!   handler answering the same 429 itself.
+//!
+//! Variants: bare axum; a hand-written `INCR` + `EXPIRE` pipeline per request
+//! and one `EVALSHA` per request (raw `redis` crate, no coalescing);
+//! `RateLimitLayer` on Redis and on the in-memory store; and, with
+//! `--features compare`, `tower_governor`.
+//!
+//! The services run in a child process (this binary started again with
+//! `--serve`), the load generator in this one, so that the CPU time of the
+//! service process and of `redis-server`, read from `/proc/<pid>/stat`
+//! around each round, leaves the load generator's out. Redis commands come
+//! from `INFO commandstats` around each round. A last phase sends a fixed
+//! rate (open loop, below saturation) and reports p50/p99 latency.
 //!
 //! `cargo run --release -p benches --features compare --bin http`
+//!
+//! `BENCH_ONLY=text` keeps each scenario's baseline and the rows whose name
+//! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
+//! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
+//! `BENCH_LATENCY=0` (skip the latency phase) for short or profiling runs.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use benches::Series;
 use cache_core::Cache;
 use rate_limit::{
-    HeaderSets, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT,
-    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
 };
+use redis::aio::MultiplexedConnection;
 use tests::http::Connection;
 
 const CONNECTIONS: usize = 32;
 const ROUND: Duration = Duration::from_millis(1000);
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 7;
 const WINDOW: Duration = Duration::from_secs(3600);
 /// Never reached.
 const NORMAL_LIMIT: u64 = rate_limit::MAX_LIMIT;
 /// Reached after the first round's first requests.
 const FLOOD_LIMIT: u64 = 10;
+/// Distinct client addresses of the many-clients scenario.
+const CLIENTS: usize = 10_000;
+/// The proxy every request comes through (the load generator's address).
+const TRUSTED_PROXY: &str = "127.0.0.1/32";
+/// Offered load of the latency phase, requests per second over all connections.
+const LATENCY_RATE: u64 = 2_000;
+/// Length of one latency run.
+const LATENCY_RUN: Duration = Duration::from_millis(1500);
+/// Latency runs per variant (samples pooled).
+const LATENCY_ROUNDS: usize = 5;
 
-/// The five rate-limit header fields for `limit` and `remaining`, rendered
-/// once (static values: cloning them per response copies nothing).
-fn header_fields(limit: u64, remaining: u64) -> [(HeaderName, HeaderValue); 5] {
-    let value = |text: String| HeaderValue::from_static(Box::leak(text.into_boxed_str()));
-    let window = WINDOW.as_secs();
-    [
-        (X_RATELIMIT_LIMIT, value(limit.to_string())),
-        (X_RATELIMIT_REMAINING, value(remaining.to_string())),
-        (X_RATELIMIT_RESET, value(window.to_string())),
-        (
-            RATELIMIT_POLICY,
-            value(format!("\"rate\";q={limit};w={window}")),
-        ),
-        (
-            RATELIMIT,
-            value(format!("\"rate\";r={remaining};t={window}")),
-        ),
-    ]
+/// The same kind of script as the store's window counter: `INCRBY`, then
+/// `PEXPIRE` when the key is new or has no TTL; returns {count, pttl}.
+const INCR_WINDOW_LUA: &str = r"
+local by = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local count = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(count) ~= 'number' or count < by or count > tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {by, window}
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > window then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = window
+end
+return {count, ttl}
+";
+
+/// A service of the child process: its id (what the parent asks for) and
+/// the row name it is reported under.
+struct Service {
+    id: &'static str,
+    name: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        id: "bare",
+        name: "bare axum (baseline)",
+    },
+    Service {
+        id: "headers",
+        name: "reference: the handler sends the 5 rate-limit header fields itself",
+    },
+    Service {
+        id: "naive",
+        name: "naive `INCR` + `EXPIRE NX` pipeline per request",
+    },
+    Service {
+        id: "evalsha",
+        name: "one `EVALSHA` per request, no coalescing",
+    },
+    Service {
+        id: "rl-redis",
+        name: "`RateLimitLayer`, Redis",
+    },
+    Service {
+        id: "rl-memory",
+        name: "`RateLimitLayer`, in-memory store",
+    },
+    Service {
+        id: "governor",
+        name: "`tower_governor` (in-process)",
+    },
+    Service {
+        id: "ref-429",
+        name: "reference: the handler answers the same 429 itself (baseline)",
+    },
+    Service {
+        id: "rl-redis-flood",
+        name: "`RateLimitLayer`, Redis, flood",
+    },
+    Service {
+        id: "rl-memory-flood",
+        name: "`RateLimitLayer`, in-memory store, flood",
+    },
+    Service {
+        id: "governor-flood",
+        name: "`tower_governor`, flood",
+    },
+];
+
+fn name_of(id: &str) -> &'static str {
+    SERVICES
+        .iter()
+        .find(|s| s.id == id)
+        .map(|s| s.name)
+        .unwrap_or("?")
+}
+
+/// A scenario: its title, the client addresses requests cycle through, its
+/// rows (the first is the baseline of its ratios), and whether the latency
+/// phase runs it.
+struct Scenario {
+    key: &'static str,
+    title: &'static str,
+    addresses: Vec<String>,
+    rows: Vec<&'static str>,
+    latency: bool,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let many: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        .collect();
+    let limiters = ["naive", "evalsha", "rl-redis", "rl-memory", "governor"];
+    let mut list = vec![
+        Scenario {
+            key: "many",
+            title: "many clients: 10 000 addresses through a trusted proxy, limit never reached",
+            addresses: many,
+            rows: [&["bare", "headers"][..], &limiters].concat(),
+            latency: true,
+        },
+        Scenario {
+            key: "hot",
+            title: "one hot client: every request from one address, limit never reached",
+            addresses: vec!["10.255.0.1".into()],
+            rows: [&["bare"][..], &limiters].concat(),
+            latency: true,
+        },
+        Scenario {
+            key: "flood",
+            title: "flood: one client over its limit (limit 10 per hour)",
+            addresses: vec!["10.254.0.1".into()],
+            rows: vec![
+                "ref-429",
+                "rl-redis-flood",
+                "rl-memory-flood",
+                "governor-flood",
+            ],
+            latency: false,
+        },
+    ];
+    if !cfg!(feature = "compare") {
+        for scenario in &mut list {
+            scenario.rows.retain(|id| !id.starts_with("governor"));
+        }
+    }
+    if let Ok(keep) = std::env::var("BENCH_SCENARIOS") {
+        list.retain(|s| keep.split(',').any(|k| k.trim() == s.key));
+    }
+    // `BENCH_ONLY=text` keeps each baseline and the rows whose name holds it;
+    // `BENCH_ONLY=!text` drops the baselines too (for profiling one variant).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let text = only.trim_start_matches('!');
+        for scenario in &mut list {
+            let mut index = 0;
+            scenario.rows.retain(|id| {
+                index += 1;
+                (index == 1 && !only.starts_with('!')) || name_of(id).contains(text)
+            });
+        }
+    }
+    list
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        let url = args.get(2).expect("--serve <redis url>").clone();
+        runtime.block_on(serve_all(&url));
+    } else {
+        runtime.block_on(measure());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The service process.
+// ---------------------------------------------------------------------------
+
+/// Starts every service, prints `id port` lines and `ready`, and serves until
+/// its standard input closes (the parent exits or drops it).
+async fn serve_all(url: &str) {
+    let redis_cache = || async {
+        Cache::builder()
+            .redis_url(url)
+            .expect("url")
+            .build()
+            .await
+            .expect("cache")
+    };
+    let raw = redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let layer = |cache: Cache, limit: u64| {
+        RateLimitLayer::builder(cache)
+            .limit(limit)
+            .window(WINDOW)
+            .trusted_proxies([TRUSTED_PROXY])
+            .build()
+            .expect("layer")
+    };
+    let mut ports: Vec<(&str, u16)> = Vec::new();
+    ports.push(("bare", serve(hello()).await));
+    let normal = header_fields(NORMAL_LIMIT, NORMAL_LIMIT - 1000);
+    ports.push((
+        "headers",
+        serve(Router::new().route("/", get(move || async move { (normal, "Hello, World!") })))
+            .await,
+    ));
+    ports.push((
+        "naive",
+        serve(hello().layer(middleware::from_fn_with_state(raw.clone(), naive))).await,
+    ));
+    let script = EvalSha {
+        conn: raw,
+        script: redis::Script::new(INCR_WINDOW_LUA),
+    };
+    ports.push((
+        "evalsha",
+        serve(hello().layer(middleware::from_fn_with_state(
+            std::sync::Arc::new(script),
+            evalsha,
+        )))
+        .await,
+    ));
+    ports.push((
+        "rl-redis",
+        serve(hello().layer(layer(redis_cache().await, NORMAL_LIMIT))).await,
+    ));
+    ports.push((
+        "rl-memory",
+        serve(hello().layer(layer(Cache::in_memory(), NORMAL_LIMIT))).await,
+    ));
+    let body = rate_limit::too_many_requests_body(FLOOD_LIMIT, WINDOW);
+    let flood = header_fields(FLOOD_LIMIT, 0);
+    let limited = move || {
+        let (body, flood) = (body.clone(), flood.clone());
+        async move {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/problem+json"),
+                    ),
+                    (header::RETRY_AFTER, HeaderValue::from_static("3600")),
+                ],
+                flood,
+                body,
+            )
+        }
+    };
+    ports.push((
+        "ref-429",
+        serve(Router::new().route("/", get(limited))).await,
+    ));
+    ports.push((
+        "rl-redis-flood",
+        serve(hello().layer(layer(redis_cache().await, FLOOD_LIMIT))).await,
+    ));
+    ports.push((
+        "rl-memory-flood",
+        serve(hello().layer(layer(Cache::in_memory(), FLOOD_LIMIT))).await,
+    ));
+    #[cfg(feature = "compare")]
+    {
+        use tower_governor::governor::GovernorConfigBuilder;
+        use tower_governor::key_extractor::SmartIpKeyExtractor;
+        // A huge refill rate for "normal"; one per hour after a burst of 10 for the flood.
+        let normal = GovernorConfigBuilder::default()
+            .key_extractor(SmartIpKeyExtractor)
+            .per_nanosecond(1)
+            .burst_size(u32::MAX)
+            .finish()
+            .expect("governor config");
+        let flood = GovernorConfigBuilder::default()
+            .key_extractor(SmartIpKeyExtractor)
+            .per_second(3600)
+            .burst_size(10)
+            .finish()
+            .expect("governor config");
+        ports.push((
+            "governor",
+            serve(hello().layer(tower_governor::GovernorLayer::new(normal))).await,
+        ));
+        ports.push((
+            "governor-flood",
+            serve(hello().layer(tower_governor::GovernorLayer::new(flood))).await,
+        ));
+    }
+    for (id, port) in &ports {
+        println!("{id} {port}");
+    }
+    println!("ready");
+    // Serve until the parent closes our standard input.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await
+    .expect("stdin watcher");
 }
 
 fn hello() -> Router {
@@ -68,17 +385,218 @@ async fn serve(app: Router) -> u16 {
     port
 }
 
-/// Requests per second over `ROUND`, and the share answered 429.
-async fn load(port: u16) -> (f64, f64) {
+/// The five rate-limit header fields for `limit` and `remaining`, rendered
+/// once (static values: cloning them per response copies nothing).
+fn header_fields(limit: u64, remaining: u64) -> [(HeaderName, HeaderValue); 5] {
+    let value = |text: String| HeaderValue::from_static(Box::leak(text.into_boxed_str()));
+    let window = WINDOW.as_secs();
+    [
+        (X_RATELIMIT_LIMIT, value(limit.to_string())),
+        (X_RATELIMIT_REMAINING, value(remaining.to_string())),
+        (X_RATELIMIT_RESET, value(window.to_string())),
+        (
+            RATELIMIT_POLICY,
+            value(format!("\"rate\";q={limit};w={window}")),
+        ),
+        (
+            RATELIMIT,
+            value(format!("\"rate\";r={remaining};t={window}")),
+        ),
+    ]
+}
+
+/// The client of a hand-written limiter: the nearest `X-Forwarded-For` hop
+/// when the peer is the (loopback) proxy, else the peer.
+fn client_ip(request: &Request, peer: SocketAddr) -> IpAddr {
+    if peer.ip().is_loopback() {
+        let hop = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(ip) = hop {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// What a user writes by hand: `INCR` and `EXPIRE NX` in one pipeline per
+/// request (one round trip, two commands), 429 over the limit, fail open.
+async fn naive(
+    State(mut conn): State<MultiplexedConnection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let key = format!("bench:naive:{}", client_ip(&request, peer));
+    let count: redis::RedisResult<(u64,)> = redis::pipe()
+        .cmd("INCR")
+        .arg(&key)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(WINDOW.as_secs())
+        .arg("NX")
+        .ignore()
+        .query_async(&mut conn)
+        .await;
+    match count {
+        Ok((count,)) if count > NORMAL_LIMIT => StatusCode::TOO_MANY_REQUESTS.into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+struct EvalSha {
+    conn: MultiplexedConnection,
+    script: redis::Script,
+}
+
+/// One `EVALSHA` of the window script per request, no coalescing.
+async fn evalsha(
+    State(state): State<std::sync::Arc<EvalSha>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let key = format!("bench:evalsha:{}", client_ip(&request, peer));
+    let mut conn = state.conn.clone();
+    let count: redis::RedisResult<(u64, i64)> = state
+        .script
+        .key(&key)
+        .arg(1)
+        .arg(WINDOW.as_millis() as u64)
+        .arg(NORMAL_LIMIT)
+        .invoke_async(&mut conn)
+        .await;
+    match count {
+        Ok((count, _)) if count > NORMAL_LIMIT => StatusCode::TOO_MANY_REQUESTS.into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The load generator and the measurements.
+// ---------------------------------------------------------------------------
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+/// The commands that run only inside the scripts of this benchmark (the
+/// window script's; the naive pipeline sends `INCR` and `EXPIRE`).
+const SCRIPT_INNER: &[&str] = &["incrby", "pttl", "pexpire", "set"];
+
+/// Commands Redis has run, leaving out `INFO` (ours): (sent by clients, run
+/// inside scripts). `INFO commandstats` counts a script's `redis.call`s as
+/// commands of their own, so an `EVALSHA` is one command sent and its
+/// `INCRBY`, `PTTL` (and `PEXPIRE`) are counted apart.
+async fn redis_commands(conn: &mut MultiplexedConnection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let (mut sent, mut inner) = (0, 0);
+    for line in info.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let calls: u64 = stats
+            .split_once("calls=")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0);
+        if SCRIPT_INNER.contains(&name) {
+            inner += calls;
+        } else if name != "info" {
+            sent += calls;
+        }
+    }
+    (sent, inner)
+}
+
+/// The service process and its ports.
+struct Services {
+    child: Child,
+    ports: HashMap<String, u16>,
+}
+
+impl Services {
+    fn start(url: &str) -> Services {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = Command::new(exe)
+            .args(["--serve", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the service process");
+        let stdout = child.stdout.take().expect("child stdout");
+        let mut ports = HashMap::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("child output");
+            if line == "ready" {
+                break;
+            }
+            if let Some((id, port)) = line.split_once(' ') {
+                ports.insert(id.to_string(), port.parse().expect("port"));
+            }
+        }
+        Services { child, ports }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        // Closing its standard input ends it; kill it if it does not.
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Closed loop: `CONNECTIONS` keep-alive connections, each sending its next
+/// request when the previous is answered, cycling through `addresses` (each
+/// connection from its own offset). Returns (requests done, share answered 429).
+async fn load(port: u16, addresses: &std::sync::Arc<Vec<String>>) -> (u64, f64) {
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
+        .map(|c| {
+            let addresses = addresses.clone();
             tokio::spawn(async move {
                 let mut conn = Connection::open(port).await.expect("connect");
                 let (mut done, mut limited) = (0u64, 0u64);
+                let mut next = c * addresses.len() / CONNECTIONS;
                 while started.elapsed() < ROUND {
+                    let address = addresses[next % addresses.len()].as_str();
+                    next += 1;
                     let response = conn
-                        .get("/", Duration::from_secs(5))
+                        .request("/", &[("X-Forwarded-For", address)], Duration::from_secs(5))
                         .await
                         .expect("request");
                     done += 1;
@@ -96,151 +614,223 @@ async fn load(port: u16) -> (f64, f64) {
         done += d;
         limited += l;
     }
-    (
-        done as f64 / started.elapsed().as_secs_f64(),
-        limited as f64 / done.max(1) as f64,
-    )
+    (done, limited as f64 / done.max(1) as f64)
 }
 
-#[tokio::main]
-async fn main() {
+/// Open loop: `LATENCY_RATE` requests per second in all, spread evenly over
+/// `CONNECTIONS` connections, for `LATENCY_RUN`. Returns each request's
+/// latency (from just before its write to the end of its response).
+async fn fixed_rate(port: u16, addresses: &std::sync::Arc<Vec<String>>) -> Vec<Duration> {
+    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / LATENCY_RATE as f64);
+    let per_connection = (LATENCY_RUN.as_secs_f64() / interval.as_secs_f64()) as u32;
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let addresses = addresses.clone();
+            tokio::spawn(async move {
+                let mut conn = Connection::open(port).await.expect("connect");
+                let offset = interval.mul_f64(c as f64 / CONNECTIONS as f64);
+                let first = c * addresses.len() / CONNECTIONS;
+                let mut latencies = Vec::with_capacity(per_connection as usize);
+                for k in 0..per_connection {
+                    tokio::time::sleep_until(start + offset + interval * k).await;
+                    let address = addresses[(first + k as usize) % addresses.len()].as_str();
+                    let sent = Instant::now();
+                    conn.request("/", &[("X-Forwarded-For", address)], Duration::from_secs(5))
+                        .await
+                        .expect("request");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("client"));
+    }
+    all
+}
+
+/// One scenario's results per row.
+#[derive(Default)]
+struct Row {
+    /// Requests per second, one per round.
+    rps: Series,
+    /// CPU µs per request (service + Redis), one per round.
+    cpu: Series,
+    service_ticks: u64,
+    redis_ticks: u64,
+    requests: u64,
+    /// Commands sent to Redis.
+    commands: u64,
+    /// Commands run inside scripts.
+    inner_commands: u64,
+    limited: f64,
+    /// Latencies of every fixed-rate run, pooled.
+    latencies: Vec<Duration>,
+    /// (p50, p99) of each fixed-rate run, in µs.
+    runs: Vec<(f64, f64)>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn measure() {
     let server = tests::RedisServer::start();
-    let redis = || async {
-        Cache::builder()
-            .redis_url(&server.url())
-            .expect("url")
-            .build()
-            .await
-            .expect("cache")
-    };
-    // Each variant: its name, its port, and the layer whose counters it reports.
-    let mut variants: Vec<(String, u16, Option<RateLimitLayer>)> = Vec::new();
-    variants.push(("bare axum (baseline)".into(), serve(hello()).await, None));
-    // What the rate-limit header fields cost on the wire and in the client,
-    // with no limiter at all: the handler sends them itself. The floors for
-    // any layer that sends them: the five fields on a 200, and a flood's
-    // whole 429 (the same fields, `Retry-After` and the problem+json body).
-    let normal = header_fields(NORMAL_LIMIT, NORMAL_LIMIT - 1000);
-    variants.push((
-        "bare axum sending the 5 header fields itself (reference)".into(),
-        serve(Router::new().route("/", get(move || async move { (normal, "Hello, World!") })))
-            .await,
-        None,
-    ));
-    let body = rate_limit::too_many_requests_body(FLOOD_LIMIT, WINDOW);
-    let flood = header_fields(FLOOD_LIMIT, 0);
-    let limited = move || {
-        let (body, flood) = (body.clone(), flood.clone());
-        async move {
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/problem+json"),
-                    ),
-                    (header::RETRY_AFTER, HeaderValue::from_static("3600")),
-                ],
-                flood,
-                body,
-            )
-        }
-    };
-    variants.push((
-        "bare axum answering the flood's 429 itself (reference)".into(),
-        serve(Router::new().route("/", get(limited))).await,
-        None,
-    ));
-    for (mode, limit) in [("normal", NORMAL_LIMIT), ("flood", FLOOD_LIMIT)] {
-        for (store, headers) in [("memory", true), ("memory", false), ("Redis", true)] {
-            let cache = if store == "memory" {
-                Cache::in_memory()
-            } else {
-                redis().await
-            };
-            let sets = HeaderSets {
-                legacy: headers,
-                ietf: headers,
-            };
-            let layer = RateLimitLayer::builder(cache)
-                .limit(limit)
-                .window(WINDOW)
-                .headers(sets)
-                .build()
-                .expect("layer");
-            let name = if headers {
-                format!("RateLimitLayer, {store}, {mode}")
-            } else {
-                format!("RateLimitLayer, {store}, headers off, {mode}")
-            };
-            let port = serve(hello().layer(layer.clone())).await;
-            variants.push((name, port, Some(layer)));
-        }
-        #[cfg(feature = "compare")]
-        {
-            // A huge refill rate for "normal"; one per hour after a burst of 10 for the flood.
-            let config = if mode == "normal" {
-                tower_governor::governor::GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(u32::MAX)
-                    .finish()
-            } else {
-                tower_governor::governor::GovernorConfigBuilder::default()
-                    .per_second(3600)
-                    .burst_size(10)
-                    .finish()
+    let services = Services::start(&server.url());
+    let mut admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut admin)
+        .await
+        .expect("INFO server");
+    let redis_pid: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("redis process_id");
+    eprintln!(
+        "service process pid {}, redis-server pid {redis_pid}",
+        services.pid()
+    );
+    let ticks_per_second = clock_ticks();
+    let scenarios = scenarios();
+    let rounds = env_number("BENCH_ROUNDS", ROUNDS);
+    let mut results: Vec<Vec<Row>> = scenarios
+        .iter()
+        .map(|s| s.rows.iter().map(|_| Row::default()).collect())
+        .collect();
+    let pools: Vec<std::sync::Arc<Vec<String>>> = scenarios
+        .iter()
+        .map(|s| std::sync::Arc::new(s.addresses.clone()))
+        .collect();
+
+    for _ in 0..rounds {
+        for (s, scenario) in scenarios.iter().enumerate() {
+            for (r, id) in scenario.rows.iter().enumerate() {
+                let port = services.ports[*id];
+                let commands = redis_commands(&mut admin).await;
+                let (service, redis) = (cpu_ticks(services.pid()), cpu_ticks(redis_pid));
+                let started = Instant::now();
+                let (done, limited) = load(port, &pools[s]).await;
+                let elapsed = started.elapsed();
+                let (service, redis) = (
+                    cpu_ticks(services.pid()) - service,
+                    cpu_ticks(redis_pid) - redis,
+                );
+                let after = redis_commands(&mut admin).await;
+                let row = &mut results[s][r];
+                row.rps.rounds.push(done as f64 / elapsed.as_secs_f64());
+                row.cpu
+                    .rounds
+                    .push((service + redis) as f64 / ticks_per_second * 1e6 / done.max(1) as f64);
+                row.service_ticks += service;
+                row.redis_ticks += redis;
+                row.requests += done;
+                row.commands += after.0 - commands.0;
+                row.inner_commands += after.1 - commands.1;
+                row.limited = limited;
             }
-            .expect("governor config");
-            let layer = tower_governor::GovernorLayer::new(config);
-            variants.push((
-                format!("tower_governor, {mode}"),
-                serve(hello().layer(layer)).await,
-                None,
-            ));
+        }
+    }
+    if env_number("BENCH_LATENCY", 1) != 0 {
+        for _ in 0..LATENCY_ROUNDS {
+            for (s, scenario) in scenarios.iter().enumerate() {
+                if !scenario.latency {
+                    continue;
+                }
+                for (r, id) in scenario.rows.iter().enumerate() {
+                    let mut latencies = fixed_rate(services.ports[*id], &pools[s]).await;
+                    latencies.sort();
+                    let row = &mut results[s][r];
+                    row.runs.push((
+                        micros(percentile(&latencies, 0.5)),
+                        micros(percentile(&latencies, 0.99)),
+                    ));
+                    row.latencies.extend(latencies);
+                }
+            }
         }
     }
 
-    // `BENCH_ONLY=memory` keeps the baseline and the variants whose name holds it;
-    // `BENCH_ONLY=!memory` drops the baseline too (for profiling one variant).
-    if let Ok(only) = std::env::var("BENCH_ONLY") {
-        let mut index = 0;
-        variants.retain(|(name, _, _)| {
-            index += 1;
-            (index == 1 && !only.starts_with("!")) || name.contains(only.trim_start_matches("!"))
-        });
-    }
-    let mut series: Vec<Series> = variants
-        .iter()
-        .map(|(name, _, _)| Series::new(name))
-        .collect();
-    let mut limited_share = vec![0.0; variants.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, port, _)) in variants.iter().enumerate() {
-            let (rps, limited) = load(*port).await;
-            series[i].rounds.push(rps);
-            limited_share[i] = limited;
-        }
-    }
-    benches::report(
-        &format!(
-            "HTTP GET / on loopback, {CONNECTIONS} keep-alive connections, {ROUNDS} rounds of {ROUND:?}, median"
-        ),
-        &series,
+    println!(
+        "\nHTTP GET / on loopback, {CONNECTIONS} keep-alive connections, {rounds} rounds of {ROUND:?}; \
+         service in its own process; CPU = utime + stime of the service process and redis-server \
+         (load generator not counted); ratios are medians of per-round ratios to the first row"
     );
-    println!();
-    for ((name, _, layer), share) in variants.iter().zip(limited_share) {
-        let mut line = format!(
-            "{name}: {:.2} % answered 429 in the last round",
-            share * 100.0
+    for (scenario, rows) in scenarios.iter().zip(&mut results) {
+        println!("\n### {}\n", scenario.title);
+        println!(
+            "| variant | req/s | throughput vs first row | CPU µs/request (service + Redis) | service | Redis | CPU vs first row | Redis commands sent/request | run inside scripts/request | 429 share |"
         );
-        if let Some(layer) = layer {
-            let stats = layer.stats();
-            let requests = stats.allowed + stats.limited + stats.store_errors;
-            line.push_str(&format!(
-                "; {:.3} store calls per request",
-                stats.store_calls as f64 / requests.max(1) as f64
-            ));
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let baseline = |series: &Series| Series {
+            name: String::new(),
+            rounds: series.rounds.clone(),
+        };
+        let (base_rps, base_cpu) = (baseline(&rows[0].rps), baseline(&rows[0].cpu));
+        for (id, row) in scenario.rows.iter().zip(rows.iter()) {
+            let per =
+                |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / row.requests.max(1) as f64;
+            println!(
+                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.1} % |",
+                name_of(id),
+                row.rps.median(),
+                row.rps.ratio_to(&base_rps),
+                row.cpu.median(),
+                per(row.service_ticks),
+                per(row.redis_ticks),
+                row.cpu.ratio_to(&base_cpu),
+                row.commands as f64 / row.requests.max(1) as f64,
+                row.inner_commands as f64 / row.requests.max(1) as f64,
+                row.limited * 100.0,
+            );
         }
-        println!("{line}");
+        if scenario.latency && rows.iter().any(|r| !r.latencies.is_empty()) {
+            println!(
+                "\nlatency at {LATENCY_RATE} req/s offered (open loop, {CONNECTIONS} connections, \
+                 {LATENCY_ROUNDS} runs of {LATENCY_RUN:?}); p50/p99 over all runs' requests; \
+                 added = the median over runs of the row's p50/p99 minus the first row's in the same pass\n"
+            );
+            println!("| variant | p50 µs | p99 µs | added p50 µs | added p99 µs |");
+            println!("| --- | ---: | ---: | ---: | ---: |");
+            for row in rows.iter_mut() {
+                row.latencies.sort();
+            }
+            let base_runs = rows[0].runs.clone();
+            for (id, row) in scenario.rows.iter().zip(rows.iter()) {
+                let added = |pick: fn(&(f64, f64)) -> f64| {
+                    let mut deltas: Vec<f64> = row
+                        .runs
+                        .iter()
+                        .zip(&base_runs)
+                        .map(|(run, base)| pick(run) - pick(base))
+                        .collect();
+                    deltas.sort_by(f64::total_cmp);
+                    deltas.get(deltas.len() / 2).copied().unwrap_or(0.0)
+                };
+                println!(
+                    "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} |",
+                    name_of(id),
+                    micros(percentile(&row.latencies, 0.5)),
+                    micros(percentile(&row.latencies, 0.99)),
+                    added(|r| r.0),
+                    added(|r| r.1),
+                );
+            }
+        }
     }
 }
