@@ -633,7 +633,12 @@ where
         }
         // A client known to be over its limit is answered here: no store
         // call, no allocation for a future, the inner service untouched.
-        let known = shared.limiter.check_locally(&key);
+        // Not a free request (cost 0): it passes even a client at its limit.
+        let known = if cost == 0 {
+            None
+        } else {
+            shared.limiter.check_locally(&key)
+        };
         if let Some(decision) = &known
             && !shared.shadow
         {

@@ -178,6 +178,7 @@ suite!(
     several_policies_pass_only_when_all_admit,
     a_request_is_charged_its_cost,
     route_layer_keys_share_one_bucket_per_route,
+    a_free_request_passes_a_client_the_deny_cache_rejects,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -843,6 +844,28 @@ mod behaviour {
                 ],
                 "{algorithm:?}"
             );
+        }
+    }
+
+    /// A request of cost 0 is free: it passes even while the client is in
+    /// the local deny cache (whose denial holds for a cost of 1 or more).
+    pub async fn a_free_request_passes_a_client_the_deny_cache_rejects(store: Store) {
+        for algorithm in ALGORITHMS {
+            let layer = RateLimitLayer::builder(store.cache.clone())
+                .prefix(unique_prefix("free"))
+                .policy("units", Quota::per_hour(2).algorithm(algorithm))
+                .cost(|request: &rate_limit::RequestInfo<'_>| {
+                    u64::from(request.uri.path() != "/search")
+                })
+                .build()
+                .unwrap();
+            let app = app_with(layer.clone());
+            let mut statuses = Vec::new();
+            for path in ["/", "/", "/", "/search", "/"] {
+                statuses.push(call(&app, path).await.0);
+            }
+            assert_eq!(statuses, [200, 200, 429, 200, 429], "{algorithm:?}");
+            assert!(layer.stats().limited_locally >= 1, "{algorithm:?}");
         }
     }
 
