@@ -139,8 +139,12 @@ pub(crate) fn check(quota: &Quota, state: State, now_us: u64, cost: u64) -> Chec
 
 fn fixed(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
     let now = now_us / 1000;
+    // A count above the limit is not this policy's (rejected requests are
+    // not counted): a higher limit's, replaced as the script does.
     let (count, expires) = match state {
-        State::Fixed { count, expires_ms } if expires_ms > now && expires_ms <= now + window => {
+        State::Fixed { count, expires_ms }
+            if count <= limit && expires_ms > now && expires_ms <= now + window =>
+        {
             (count, expires_ms)
         }
         _ => (0, now + window),

@@ -179,6 +179,7 @@ suite!(
     a_request_is_charged_its_cost,
     route_layer_keys_share_one_bucket_per_route,
     a_free_request_passes_a_client_the_deny_cache_rejects,
+    switching_a_policy_to_the_fixed_window_keeps_clients_admitted,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -866,6 +867,38 @@ mod behaviour {
             }
             assert_eq!(statuses, [200, 200, 429, 200, 429], "{algorithm:?}");
             assert!(layer.stats().limited_locally >= 1, "{algorithm:?}");
+        }
+    }
+
+    /// A live policy switched from GCRA (or a higher limit) to the fixed
+    /// window on the same keys: the old state (a TAT in µs, a count over the
+    /// new limit) is not read as a count; active clients start afresh.
+    pub async fn switching_a_policy_to_the_fixed_window_keeps_clients_admitted(store: Store) {
+        for before in [
+            Quota::per_hour(2).algorithm(Algorithm::Gcra),
+            Quota::per_hour(10),
+        ] {
+            let prefix = unique_prefix("switch");
+            let app = |quota: Quota| {
+                app_with(
+                    RateLimitLayer::builder(store.cache.clone())
+                        .prefix(&prefix)
+                        .policy("p", quota)
+                        .local_deny_cache(false)
+                        .build()
+                        .unwrap(),
+                )
+            };
+            let old = app(before);
+            for _ in 0..5 {
+                call(&old, "/").await;
+            }
+            let new = app(Quota::per_hour(3));
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                statuses.push(call(&new, "/").await.0);
+            }
+            assert_eq!(statuses, [200, 200, 200, 429], "from {before:?}");
         }
     }
 

@@ -73,7 +73,10 @@ for i = 1, np do
   elseif v then
     if algo[i] == 0 then
       local c = int(v)
-      if c == nil then
+      -- Above the limit: not this policy's count (rejected requests are
+      -- not counted), but another algorithm's state (a GCRA TAT) or a
+      -- higher limit's: replaced.
+      if c == nil or c > limit[i] then
         foreign = true
       elseif exp == -1 or exp > now + window[i] then
         -- Counted on, in a window of the right length from now.
