@@ -6,13 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where the limiter takes "now" from: for the in-memory store, the local
-/// deny cache and, when set with
-/// [`RateLimitLayerBuilder::clock`](crate::RateLimitLayerBuilder::clock),
-/// for the Redis scripts too (which otherwise read Redis' own `TIME`, so
+/// deny cache and, for a clock that [asks for it](Clock::is_authoritative),
+/// the Redis scripts too (which otherwise read Redis' own `TIME`, so
 /// instances with skewed clocks agree).
 pub trait Clock: Send + Sync + 'static {
     /// The time since the Unix epoch.
     fn now(&self) -> Duration;
+
+    /// Whether the Redis scripts take "now" from this clock instead of
+    /// Redis' `TIME` (default `false`; [`ManualClock`] says `true`). Only for
+    /// a clock that is the time of every instance and of Redis (a test's):
+    /// Redis still expires keys on its own clock, so a clock behind it by
+    /// more than a window would let every request through.
+    fn is_authoritative(&self) -> bool {
+        false
+    }
 }
 
 /// The system clock (the default).
@@ -61,6 +69,11 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+
+    /// The scripts use it: tests move Redis' time with it.
+    fn is_authoritative(&self) -> bool {
+        true
     }
 }
 

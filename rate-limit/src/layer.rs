@@ -276,9 +276,10 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// The clock the limiter reads (default: the system clock). When set,
-    /// the Redis scripts take their time from it too, instead of Redis'
-    /// own `TIME`: for tests that move time with a [`ManualClock`](crate::ManualClock).
+    /// The clock the limiter reads (default: the system clock). The Redis
+    /// scripts keep Redis' own `TIME` unless the clock
+    /// [is authoritative](Clock::is_authoritative), as a
+    /// [`ManualClock`](crate::ManualClock) is: for tests that move time.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
         self

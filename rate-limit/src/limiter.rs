@@ -134,7 +134,8 @@ pub(crate) struct LimiterConfig {
     pub(crate) local_deny: bool,
     pub(crate) coalesce: bool,
     /// The clock given to the builder, if any: then the Redis scripts take
-    /// "now" from it too, instead of Redis' `TIME`.
+    /// "now" from it too, instead of Redis' `TIME`, if it
+    /// [is authoritative](Clock::is_authoritative).
     pub(crate) clock: Option<Arc<dyn Clock>>,
 }
 
@@ -148,7 +149,7 @@ pub(crate) struct Limiter {
     /// Batch concurrent requests per key.
     coalesce: bool,
     clock: Arc<dyn Clock>,
-    /// Send the clock's time to Redis (a clock was set).
+    /// Send the clock's time to Redis (an authoritative clock was set).
     send_now: bool,
     /// The in-memory backend's states; `None` on Redis.
     memory: Option<Arc<MemoryLimits>>,
@@ -225,7 +226,7 @@ impl Limiter {
             .then(|| config.cache.shared_state::<MemoryLimits>());
         Limiter {
             quotas: config.policies.iter().map(|p| p.quota).collect(),
-            send_now: config.clock.is_some(),
+            send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
             clock: config
                 .clock
                 .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),

@@ -180,6 +180,7 @@ suite!(
     route_layer_keys_share_one_bucket_per_route,
     a_free_request_passes_a_client_the_deny_cache_rejects,
     switching_a_policy_to_the_fixed_window_keeps_clients_admitted,
+    a_clock_behind_redis_still_limits,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -900,6 +901,38 @@ mod behaviour {
             }
             assert_eq!(statuses, [200, 200, 200, 429], "from {before:?}");
         }
+    }
+
+    /// A clock of the app's own (the system clock set explicitly, or one a
+    /// day behind Redis) is not sent to the scripts: they keep Redis' `TIME`
+    /// (keys written at a past PXAT would vanish and limit nothing).
+    pub async fn a_clock_behind_redis_still_limits(store: Store) {
+        struct Behind;
+        impl rate_limit::Clock for Behind {
+            fn now(&self) -> Duration {
+                rate_limit::SystemClock.now() - Duration::from_secs(86_400)
+            }
+        }
+        use rate_limit::Clock;
+        for behind in [false, true] {
+            let builder = RateLimitLayer::builder(store.cache.clone())
+                .prefix(unique_prefix("behind"))
+                .policy("p", Quota::per_minute(2))
+                .local_deny_cache(false);
+            let builder = if behind {
+                builder.clock(Behind)
+            } else {
+                builder.clock(rate_limit::SystemClock)
+            };
+            let app = app_with(builder.build().unwrap());
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                statuses.push(call(&app, "/").await.0);
+            }
+            assert_eq!(statuses, [200, 200, 429], "behind: {behind}");
+        }
+        assert!(!rate_limit::SystemClock.is_authoritative());
+        assert!(ManualClock::new().is_authoritative());
     }
 
     /// `Router::route_layer` with `RouteAndIp`: `/users/{id}` is one bucket
