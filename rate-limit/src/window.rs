@@ -140,12 +140,12 @@ pub(crate) fn check(quota: &Quota, state: State, now_us: u64, cost: u64) -> Chec
 fn fixed(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
     let now = now_us / 1000;
     // A count above the limit is not this policy's (rejected requests are
-    // not counted): a higher limit's, replaced as the script does.
+    // not counted): a higher limit's, replaced as the script does. One
+    // expiring past a window from now (a longer window's) is counted on, in
+    // a window from now, as the script does.
     let (count, expires) = match state {
-        State::Fixed { count, expires_ms }
-            if count <= limit && expires_ms > now && expires_ms <= now + window =>
-        {
-            (count, expires_ms)
+        State::Fixed { count, expires_ms } if count <= limit && expires_ms > now => {
+            (count, expires_ms.min(now + window))
         }
         _ => (0, now + window),
     };
@@ -264,6 +264,24 @@ fn gcra(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check 
         retry_ms: if admits { 0 } else { wait(cost) },
         blocked_ms: wait(1),
         next: State::Gcra { tat_us: after },
+    }
+}
+
+/// `state` as the script reads it at `now_ms`: a fixed-window count
+/// expiring more than a window from now gets a window from now (the script
+/// repairs the key's expiry so, even when the request is rejected).
+pub(crate) fn repaired(quota: &Quota, state: State, now_ms: u64) -> State {
+    match state {
+        State::Fixed { count, expires_ms }
+            if quota.enforced_by() == Algorithm::FixedWindow
+                && expires_ms > now_ms.saturating_add(quota.window_ms()) =>
+        {
+            State::Fixed {
+                count,
+                expires_ms: now_ms.saturating_add(quota.window_ms()),
+            }
+        }
+        other => other,
     }
 }
 

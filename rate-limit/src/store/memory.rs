@@ -72,6 +72,9 @@ impl MemoryLimits {
             })
             .collect();
         let before = states.clone();
+        for (state, quota) in states.iter_mut().zip(quotas) {
+            *state = window::repaired(quota, *state, now_ms);
+        }
         let rows = window::evaluate(quotas, &mut states, now_us, costs);
         for ((key, quota), (state, old)) in keys.iter().zip(quotas).zip(states.iter().zip(&before))
         {
@@ -140,6 +143,24 @@ mod tests {
             limits
                 .peek("rate:ip:49999", start / 1000 + 49_999)
                 .is_some()
+        );
+    }
+
+    /// A count under a longer window, read with a shorter one: kept for one
+    /// (shorter) window from the first read, as the script repairs the
+    /// key's expiry, even though that request is rejected.
+    #[test]
+    fn a_count_expiring_past_the_window_lasts_one_window_from_its_first_read() {
+        let limits = MemoryLimits::default();
+        let start = 1_700_000_000_000_000;
+        let long = [Quota::new(5, Duration::from_secs(10))];
+        let short = [Quota::new(5, Duration::from_secs(1))];
+        assert_eq!(limits.evaluate(&["k"], &long, start, &[1; 5])[4 * 5 + 1], 0);
+        assert_eq!(limits.evaluate(&["k"], &short, start + 1000, &[1])[0], 0);
+        assert_eq!(limits.evaluate(&["k"], &short, start + 500_000, &[1])[0], 0);
+        assert_eq!(
+            limits.evaluate(&["k"], &short, start + 1_001_000, &[1])[0],
+            1
         );
     }
 

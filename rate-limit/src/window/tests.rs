@@ -298,3 +298,35 @@ proptest! {
         prop_assert_eq!(batch, single);
     }
 }
+
+/// A fixed-window count expiring more than a window from now (the window
+/// was shortened) is counted on, in a window from now, as the script does.
+#[test]
+fn a_fixed_count_expiring_past_the_window_is_kept_for_one_window() {
+    let q = quota(5, Algorithm::FixedWindow);
+    let now = at_ms(0);
+    let state = State::Fixed {
+        count: 5,
+        expires_ms: now / 1000 + 10 * W,
+    };
+    let c = check(&q, state, now, 1);
+    assert!(!c.admits);
+    assert_eq!((c.remaining, c.reset_ms, c.retry_ms), (0, W, W));
+    let c = check(
+        &q,
+        State::Fixed {
+            count: 3,
+            expires_ms: now / 1000 + 10 * W,
+        },
+        now,
+        1,
+    );
+    assert!(c.admits);
+    assert_eq!(
+        c.next,
+        State::Fixed {
+            count: 4,
+            expires_ms: now / 1000 + W
+        }
+    );
+}
