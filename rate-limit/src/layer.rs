@@ -27,10 +27,10 @@ use crate::window::Decision;
 pub const DEFAULT_PREFIX: &str = "rate";
 /// Default bound on one store call; past it the request is let through (or 503).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
-/// The largest limit: 2^53 requests per window. Counters travel through
-/// Redis' Lua as doubles, exact up to there; a stored count above it is taken
-/// for a foreign value and replaced.
-pub const MAX_LIMIT: u64 = 1 << 53;
+/// The largest limit: 2^52 units per window. Counters travel through
+/// Redis' Lua as doubles, exact below 2^53: a count at the limit plus a cost
+/// up to the limit stays exact.
+pub const MAX_LIMIT: u64 = 1 << 52;
 /// The longest window: [`cache_core::MAX_WINDOW`], 366 days (a yearly quota
 /// in a leap year). Longer is almost surely a unit mistake (milliseconds read
 /// as seconds), and the store refuses it too.
@@ -43,8 +43,8 @@ pub enum ConfigError {
     /// `limit` is 0: every request would be rejected.
     #[error("the limit must be at least 1 request per window")]
     ZeroLimit,
-    /// `limit` is over [`MAX_LIMIT`] (2^53).
-    #[error("the limit {0} is over the largest window count (at most 2^53)")]
+    /// `limit` is over [`MAX_LIMIT`] (2^52).
+    #[error("the limit {0} is over the largest window count (at most 2^52)")]
     LimitTooLarge(u64),
     /// The window is shorter than Redis' 1 ms expiry resolution.
     #[error("the window must be at least 1 ms")]
@@ -65,7 +65,7 @@ pub enum ConfigError {
     #[error("the key prefix must be 1 to 64 of A-Z a-z 0-9 : . _ -")]
     Prefix,
     /// The quota is too fine for exact arithmetic: a sliding window's
-    /// limit × window in ms over 2^53, or a GCRA limit over the window in µs
+    /// limit × window in ms over 2^52, or a GCRA limit over the window in µs
     /// (an emission interval under 1 µs).
     #[error("the quota {0:?} is too fine to count exactly")]
     QuotaTooFine(crate::quota::Quota),
@@ -150,7 +150,7 @@ impl RateLimitLayer {
     ///
     /// # Panics
     ///
-    /// If `limit` is 0 or over 2^53, or `window` is under 1 ms or over
+    /// If `limit` is 0 or over 2^52, or `window` is under 1 ms or over
     /// [`MAX_WINDOW`] (366 days): mistakes in code, found at start-up. [`RateLimitLayer::builder`] reports them as a
     /// [`ConfigError`] instead.
     pub fn new(cache: Cache, limit: u64, window: Duration) -> Self {

@@ -117,7 +117,7 @@ impl Quota {
         match self.algorithm {
             Algorithm::FixedWindow => {}
             // The weighting multiplies a count by a window in ms: exact in
-            // Redis' Lua (doubles) only up to 2^53.
+            // Redis' Lua (doubles) only up to 2^53: at most [`MAX_LIMIT`].
             Algorithm::SlidingWindow => {
                 if u128::from(self.limit) * u128::from(self.window_ms()) > u128::from(MAX_LIMIT) {
                     return Err(ConfigError::QuotaTooFine(*self));

@@ -181,6 +181,7 @@ suite!(
     a_free_request_passes_a_client_the_deny_cache_rejects,
     switching_a_policy_to_the_fixed_window_keeps_clients_admitted,
     a_clock_behind_redis_still_limits,
+    the_largest_limit_counts_exactly,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -933,6 +934,48 @@ mod behaviour {
         }
         assert!(!rate_limit::SystemClock.is_authoritative());
         assert!(ManualClock::new().is_authoritative());
+    }
+
+    /// At `MAX_LIMIT`, a request of the whole limit uses it up: its count
+    /// is read back exactly (not taken for a foreign value).
+    pub async fn the_largest_limit_counts_exactly(store: Store) {
+        let app = app_with(
+            RateLimitLayer::builder(store.cache.clone())
+                .prefix(unique_prefix("max-limit"))
+                .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
+                .cost(|request: &rate_limit::RequestInfo<'_>| {
+                    if request.uri.path() == "/search" {
+                        rate_limit::MAX_LIMIT
+                    } else {
+                        1
+                    }
+                })
+                .local_deny_cache(false)
+                .build()
+                .unwrap(),
+        );
+        let mut statuses = Vec::new();
+        for path in ["/", "/search", "/search", "/"] {
+            statuses.push(call(&app, path).await.0);
+        }
+        assert_eq!(statuses, [200, 429, 429, 200]);
+        let app = app_with(
+            RateLimitLayer::builder(store.cache.clone())
+                .prefix(unique_prefix("max-limit"))
+                .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
+                .cost(|_: &rate_limit::RequestInfo<'_>| rate_limit::MAX_LIMIT)
+                .local_deny_cache(false)
+                .build()
+                .unwrap(),
+        );
+        let (first, second) = (call(&app, "/").await.0, call(&app, "/").await.0);
+        assert_eq!((first, second), (200, 429));
+        assert!(
+            RateLimitLayer::builder(store.cache.clone())
+                .limit(rate_limit::MAX_LIMIT + 1)
+                .build()
+                .is_err()
+        );
     }
 
     /// `Router::route_layer` with `RouteAndIp`: `/users/{id}` is one bucket
