@@ -175,12 +175,13 @@ fn sliding(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Che
     let now = now_us / 1000;
     let index = now / window;
     let elapsed = now - index * window;
+    // A window in the future (the clock stepped back) is the current one.
     let (current, previous) = match state {
         State::Sliding {
             index: stored,
             current,
             previous,
-        } if stored == index => (current, previous),
+        } if stored >= index => (current, previous),
         State::Sliding {
             index: stored,
             current,
@@ -269,9 +270,24 @@ fn gcra(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check 
 
 /// `state` as the script reads it at `now_ms`: a fixed-window count
 /// expiring more than a window from now gets a window from now (the script
-/// repairs the key's expiry so, even when the request is rejected).
+/// repairs the key's expiry so, even when the request is rejected); a
+/// sliding window in the future (the clock stepped back) is the current one
+/// (the script rewrites it so).
 pub(crate) fn repaired(quota: &Quota, state: State, now_ms: u64) -> State {
     match state {
+        State::Sliding {
+            index,
+            current,
+            previous,
+        } if quota.enforced_by() == Algorithm::SlidingWindow
+            && index > now_ms / quota.window_ms().max(1) =>
+        {
+            State::Sliding {
+                index: now_ms / quota.window_ms().max(1),
+                current,
+                previous,
+            }
+        }
         State::Fixed { count, expires_ms }
             if quota.enforced_by() == Algorithm::FixedWindow
                 && expires_ms > now_ms.saturating_add(quota.window_ms()) =>

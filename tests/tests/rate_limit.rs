@@ -182,6 +182,7 @@ suite!(
     switching_a_policy_to_the_fixed_window_keeps_clients_admitted,
     a_clock_behind_redis_still_limits,
     the_largest_limit_counts_exactly,
+    a_sliding_window_from_a_clock_ahead_still_counts,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -976,6 +977,35 @@ mod behaviour {
                 .build()
                 .is_err()
         );
+    }
+
+    /// A sliding-window state written by an instance whose clock is 5
+    /// windows ahead (or before the clock stepped back) counts as the
+    /// current window, not a fresh budget.
+    pub async fn a_sliding_window_from_a_clock_ahead_still_counts(store: Store) {
+        let prefix = unique_prefix("ahead");
+        let (ahead, behind) = (ManualClock::new(), ManualClock::new());
+        ahead.advance(Duration::from_secs(5));
+        let app = |clock: &ManualClock| {
+            app_with(
+                RateLimitLayer::builder(store.cache.clone())
+                    .prefix(&prefix)
+                    .policy(
+                        "p",
+                        Quota::per_second(3).algorithm(Algorithm::SlidingWindow),
+                    )
+                    .local_deny_cache(false)
+                    .clock(clock.clone())
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let (ahead, behind) = (app(&ahead), app(&behind));
+        for _ in 0..3 {
+            assert_eq!(call(&ahead, "/").await.0, 200);
+        }
+        assert_eq!(call(&behind, "/").await.0, 429);
+        assert_eq!(call(&behind, "/").await.0, 429);
     }
 
     /// `Router::route_layer` with `RouteAndIp`: `/users/{id}` is one bucket

@@ -8,7 +8,7 @@
 -- retry ms (-1: never), blocked ms.
 -- Every key written gets an expiry (SET ... PXAT); a key this script cannot
 -- read as its own is deleted, one without expiry (or with one past what its
--- state needs) gets one.
+-- state needs) gets one; a sliding window's future index is rewritten.
 local MAX = 9007199254740992
 local NEVER = -1
 
@@ -89,10 +89,14 @@ for i = 1, np do
     elseif algo[i] == 1 then
       local a, b, c = string.match(v, '^(%d+):(%d+):(%d+)$')
       a, b, c = int(a), int(b), int(c)
-      if a and b and c and a <= idiv(now, window[i]) then
+      if a and b and c then
+        -- A window in the future (the clock stepped back) is the current
+        -- one, rewritten so.
+        local rewrite = a > idiv(now, window[i])
+        if rewrite then a = idiv(now, window[i]) end
         s = { k = 's', index = a, cur = b, prev = c }
         proper[i] = (a + 2) * window[i]
-        repair[i] = exp == -1 or exp > proper[i]
+        repair[i] = rewrite and 'set' or exp == -1 or exp > proper[i]
       else
         foreign = true
       end
@@ -138,7 +142,7 @@ local function check(i, s, cost)
     local elapsed = now - index * W
     local cur, prev = 0, 0
     if s.k == 's' then
-      if s.index == index then
+      if s.index >= index then
         cur, prev = s.cur, s.prev
       elseif s.index + 1 == index then
         cur, prev = 0, s.cur
@@ -214,7 +218,7 @@ end
 
 for i = 1, np do
   local s = st[i]
-  if dirty[i] then
+  if dirty[i] or repair[i] == 'set' then
     local v, exp
     if s.k == 'f' then
       v, exp = fmt(s.count), s.exp

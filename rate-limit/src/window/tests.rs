@@ -330,3 +330,25 @@ fn a_fixed_count_expiring_past_the_window_is_kept_for_one_window() {
         }
     );
 }
+
+/// A sliding window in the future (the clock stepped back) counts as the
+/// current one: no fresh budget.
+#[test]
+fn a_sliding_window_in_the_future_is_the_current_one() {
+    let q = quota(3, Algorithm::SlidingWindow);
+    let now = at_ms(0);
+    let future = State::Sliding {
+        index: now / 1000 / W + 5,
+        current: 3,
+        previous: 0,
+    };
+    assert!(!check(&q, future, now, 1).admits);
+    assert_eq!(
+        repaired(&q, future, now / 1000),
+        State::Sliding {
+            index: now / 1000 / W,
+            current: 3,
+            previous: 0
+        }
+    );
+}
