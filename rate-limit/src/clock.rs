@@ -59,10 +59,15 @@ impl ManualClock {
         }
     }
 
-    /// Moves the clock forward by `by` (whole microseconds).
+    /// Moves the clock forward by `by` (whole microseconds), at most to the
+    /// largest time it can hold.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
-        self.micros.fetch_add(by, Ordering::Relaxed);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                Some(now.saturating_add(by))
+            });
     }
 }
 
@@ -80,4 +85,20 @@ impl Clock for ManualClock {
 /// Microseconds since the epoch from `clock`.
 pub(crate) fn now_micros(clock: &dyn Clock) -> u64 {
     u64::try_from(clock.now().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_saturates_instead_of_wrapping() {
+        let clock = ManualClock::new();
+        let start = clock.now();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now(), start + Duration::from_secs(1));
+        clock.advance(Duration::MAX);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(now_micros(&clock), u64::MAX);
+    }
 }

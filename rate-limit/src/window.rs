@@ -82,7 +82,7 @@ impl Decision {
 pub fn ceil_seconds(duration: Duration) -> u64 {
     let seconds = duration.as_secs();
     if duration.subsec_nanos() > 0 {
-        seconds + 1
+        seconds.saturating_add(1)
     } else {
         seconds
     }
@@ -246,14 +246,19 @@ fn gcra(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check 
         _ => 0,
     };
     // A TAT beyond a full bucket (the quota was lowered) counts as full.
-    let tat = tat.max(now_us).min(now_us + tolerance);
-    let admits = cost <= limit && tat + cost * interval - now_us <= tolerance;
-    let after = if admits { tat + cost * interval } else { tat };
+    // Saturating: a custom clock may be near the end of time.
+    let tat = tat.max(now_us).min(now_us.saturating_add(tolerance));
+    let admits = cost <= limit && tat - now_us + cost * interval <= tolerance;
+    let after = if admits {
+        tat.saturating_add(cost * interval)
+    } else {
+        tat
+    };
     let wait = |c: u64| -> u64 {
         if c > limit {
             NEVER
         } else {
-            (after + c * interval - now_us)
+            (after - now_us + c * interval)
                 .saturating_sub(tolerance)
                 .div_ceil(1000)
         }

@@ -352,3 +352,26 @@ fn a_sliding_window_in_the_future_is_the_current_one() {
         }
     );
 }
+
+/// Durations and times at their largest saturate instead of overflowing.
+#[test]
+fn the_largest_durations_and_times_do_not_overflow() {
+    let d = Decision::for_count(9, 5, Duration::MAX);
+    assert_eq!(d.reset_seconds(), u64::MAX);
+    assert_eq!(d.retry_after_seconds(), u64::MAX);
+    assert_eq!(ceil_seconds(Duration::MAX), u64::MAX);
+    let body = crate::response::too_many_requests_body(5, Duration::MAX);
+    assert!(!body.is_empty());
+    // A custom clock at the end of time.
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let q = quota(10, algorithm);
+        let mut state = [State::Empty];
+        let rows = evaluate(&[q], &mut state, u64::MAX - 5, &[1; 12]);
+        // No panic; past the end of time GCRA's TAT cannot grow (saturated).
+        assert_eq!(rows[0], 1, "{algorithm:?}");
+    }
+}
