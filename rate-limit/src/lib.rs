@@ -77,5 +77,5 @@ pub use limiter::RateLimitStats;
 pub use quota::{Algorithm, Quota};
 pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};
 #[doc(hidden)]
-pub use store::stored_in_memory;
+pub use store::{evaluate_raw, stored_in_memory};
 pub use window::Decision;

@@ -9,7 +9,40 @@ use std::time::Duration;
 
 use cache_core::Cache;
 
+use crate::quota::Quota;
 use crate::window::State;
+
+/// For tests: the raw rows (per request: admitted, then per policy
+/// remaining, reset, retry and blocked ms) of requests of `costs` at `now_us`
+/// on `keys` (one per quota, one hash tag), from the in-memory arithmetic or
+/// the Redis script, whichever backs `cache`. Not a stable API.
+#[doc(hidden)]
+pub async fn evaluate_raw(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: u64,
+    costs: &[u64],
+) -> cache_core::Result<Vec<i64>> {
+    if *cache.backend() == cache_core::Backend::Memory {
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| cache.full_key(k).into_owned())
+            .collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let memory = cache.shared_state::<memory::MemoryLimits>();
+        return Ok(memory.evaluate(&full, quotas, now_us, costs));
+    }
+    redis::evaluate(
+        cache,
+        keys,
+        Some(now_us),
+        quotas,
+        costs,
+        Duration::from_secs(5),
+    )
+    .await
+}
 
 /// For tests: the state the in-memory backend of `cache` holds under `key`
 /// (namespace included), rendered as Redis stores it, and the time until it
