@@ -280,8 +280,9 @@ impl Limiter {
         }
         let keys = self.keys(client);
         if !self.coalesce {
+            let sent = now_micros(self.clock.as_ref());
             return match self.count(&keys, &[cost]).await {
-                Some(outcomes) => self.decide(client, &outcomes, 0),
+                Some(outcomes) => self.decide(client, &outcomes, 0, sent),
                 None => Verdict::StoreFailed,
             };
         }
@@ -295,6 +296,8 @@ impl Limiter {
             .unwrap_or_else(|| now + cache_core::MAX_WINDOW);
         let slot_key = &keys[0];
         loop {
+            // Before the batch goes to the store (it closes when sent).
+            let joined = now_micros(self.clock.as_ref());
             match self.join(slot_key, cost) {
                 Role::Executor { id, sender, gate } => {
                     // Made before any await: the slot's count of executors
@@ -320,7 +323,7 @@ impl Limiter {
                     };
                     match state {
                         BatchState::Counted(outcomes) => {
-                            return self.decide(client, &outcomes, position);
+                            return self.decide(client, &outcomes, position, joined);
                         }
                         BatchState::Failed => return Verdict::StoreFailed,
                         // The executor was cancelled before counting: start over.
@@ -383,11 +386,12 @@ impl Limiter {
         let permit = gate.lock().await;
         // Close the batch: later arrivals start the next one.
         let costs = self.close_batch(key, id);
+        let sent = now_micros(self.clock.as_ref());
         let verdict = match self.count(keys, &costs).await {
             Some(outcomes) => {
                 let outcomes: Arc<[Outcome]> = outcomes.into();
                 executor.publish(BatchState::Counted(outcomes.clone()));
-                self.decide(client, &outcomes, 0)
+                self.decide(client, &outcomes, 0, sent)
             }
             None => {
                 executor.publish(BatchState::Failed);
@@ -465,7 +469,10 @@ impl Limiter {
         }
     }
 
-    fn decide(&self, client: &str, outcomes: &[Outcome], position: usize) -> Verdict {
+    /// The verdict for the request at `position` of a batch sent to the store
+    /// at `sent` (µs, or earlier): the local deny cache counts the store's
+    /// "blocked" from then, so it never outlasts the store's own verdict.
+    fn decide(&self, client: &str, outcomes: &[Outcome], position: usize, sent: u64) -> Verdict {
         let Some(outcome) = outcomes.get(position) else {
             return Verdict::StoreFailed;
         };
@@ -479,7 +486,7 @@ impl Limiter {
             let blocked = u64::try_from(last.blocked.as_micros()).unwrap_or(u64::MAX);
             let policy = last.decision.policy;
             self.denied
-                .insert(client, now.saturating_add(blocked), policy, now);
+                .insert(client, sent.saturating_add(blocked), policy, now);
         }
         Verdict::Decided(outcome.decision)
     }
@@ -566,6 +573,63 @@ mod tests {
         let stats = limiter.counters.snapshot();
         assert_eq!(stats.store_calls, 3, "the fourth was denied locally");
         assert_eq!(stats.limited_locally, 1);
+    }
+
+    /// A clock that moves 5 ms after every read while armed: time passes
+    /// during the store call.
+    struct Ticking {
+        manual: crate::ManualClock,
+        armed: Arc<AtomicBool>,
+    }
+
+    impl Clock for Ticking {
+        fn now(&self) -> Duration {
+            let now = self.manual.now();
+            if self.armed.load(Ordering::Relaxed) {
+                self.manual.advance(Duration::from_millis(5));
+            }
+            now
+        }
+    }
+
+    /// The deny cache counts the store's "blocked" from before the call:
+    /// at the window's end (the store admits again) it no longer rejects.
+    #[tokio::test]
+    async fn the_deny_cache_ends_no_later_than_the_stores_verdict() {
+        for coalesce in [false, true] {
+            let manual = crate::ManualClock::new();
+            let armed = Arc::new(AtomicBool::new(true));
+            let limiter = Limiter::new(LimiterConfig {
+                cache: Cache::in_memory(),
+                prefix: "test".into(),
+                policies: vec![Policy {
+                    name: "test".into(),
+                    quota: Quota::new(1, Duration::from_secs(60)),
+                }],
+                store_timeout: Duration::from_secs(1),
+                local_deny: true,
+                coalesce,
+                clock: Some(Arc::new(Ticking {
+                    manual: manual.clone(),
+                    armed: armed.clone(),
+                })),
+            });
+            let Verdict::Decided(first) = limiter.check("ip:1", 1).await else {
+                panic!("store failed");
+            };
+            assert!(first.allowed);
+            armed.store(false, Ordering::Relaxed);
+            let key = limiter.cache.full_key("test:ip:1").into_owned();
+            let memory = limiter.memory.clone().unwrap();
+            let now_ms = now_micros(&manual) / 1000;
+            let (_, window_end_ms) = memory.peek(&key, now_ms).unwrap();
+            manual.advance(Duration::from_millis(window_end_ms) - manual.now());
+            assert_eq!(limiter.check_locally("ip:1"), None, "coalesce {coalesce}");
+            let Verdict::Decided(again) = limiter.check("ip:1", 1).await else {
+                panic!("store failed");
+            };
+            assert!(again.allowed, "the store admits at the window's end");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
