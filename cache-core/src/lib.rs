@@ -46,7 +46,7 @@ pub use config::{
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT,
     MAX_TTL, RedisEndpoint, Secret, validate_ttl,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result};
 pub use key::{escape_glob, key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::{EncodeError, Error, Result};
 
 tokio::task_local! {
     /// How much longer the memoized calls in the body of the outermost one
@@ -534,7 +534,7 @@ pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
 pub fn custom_key<S: Display>(prefix: &str, suffix: S) -> Result<String> {
     let suffix = suffix.to_string();
     if suffix.is_empty() {
-        return Err(Error::Encode("the custom key is empty".into()));
+        return Err(EncodeError::EmptyKey.into());
     }
     Ok(format!("{prefix}:{suffix}"))
 }

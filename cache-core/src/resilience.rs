@@ -228,7 +228,7 @@ impl Resilience {
                     permit.failure();
                     return Err(Error::Timeout(timeout));
                 }
-                Ok(Err(err)) if err.is_connection() => {
+                Ok(Err(err @ (Error::Connection(_) | Error::ReplyTimeout(_)))) => {
                     let may_retry = match (&err, idempotence) {
                         (_, Idempotence::Idempotent) => true,
                         (Error::Connection(cause), Idempotence::CountsOnce) => {
@@ -244,7 +244,11 @@ impl Resilience {
                         backoff = backoff.saturating_mul(2);
                         continue;
                     }
-                    counters.record_error();
+                    if err.is_timeout() {
+                        counters.record_timeout();
+                    } else {
+                        counters.record_error();
+                    }
                     permit.failure();
                     return Err(err);
                 }

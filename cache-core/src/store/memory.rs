@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{
     KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, window_millis,
 };
-use crate::error::{Error, Result};
+use crate::error::{CommandError, Error, Result};
 
 const SHARDS: usize = 16;
 /// A shard sweeps expired entries after this many writes.
@@ -146,9 +146,7 @@ impl MemoryStore {
             Some(entry) => (parse_integer(&entry.value)?, entry.expires_at),
             None => (0, None),
         };
-        let next = current
-            .checked_add(by)
-            .ok_or_else(|| Error::Command("increment or decrement would overflow".into()))?;
+        let next = current.checked_add(by).ok_or(CommandError::Overflow)?;
         shard.put(
             key,
             next.to_string().into_bytes(),
@@ -166,7 +164,7 @@ impl MemoryStore {
         // Within MAX_WINDOW: far from where `Instant` arithmetic overflows.
         let window_end = now
             .checked_add(window)
-            .ok_or_else(|| Error::config("window", "too long for this clock"))?;
+            .ok_or_else(|| Error::invalid("window", "too long for this clock"))?;
         // The same rules as the Redis script: a value that is not a counter
         // this library writes starts a new window; a counter without expiry,
         // or with one past this window's end, gets the window.
@@ -236,7 +234,7 @@ fn parse_integer(bytes: &[u8]) -> Result<i64> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| Error::Command("value is not an integer or out of range".into()))
+        .ok_or(CommandError::NotAnInteger.into())
 }
 
 fn ready<'a, T: Send + 'a>(value: Result<T>) -> StoreFuture<'a, T> {
