@@ -33,6 +33,8 @@ mod memoize;
 mod resilience;
 mod stats;
 mod store;
+#[doc(hidden)]
+pub mod sync;
 
 use std::sync::Arc;
 

@@ -37,6 +37,9 @@ use serde::de::DeserializeOwned;
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::error::{EncodeError, Error, Result};
+// Every critical section on a flight map is a single map operation: a
+// poisoned map is consistent.
+use crate::sync::lock;
 
 tokio::task_local! {
     /// How much longer the memoized calls in the body of the outermost one
@@ -207,13 +210,6 @@ fn shard_of(key: &FlightKey) -> &'static Mutex<FlightMap> {
     // The top bits pick the shard; the map inside uses the low ones.
     let index = usize::try_from(key.hash >> (u64::BITS - SHARD_BITS)).unwrap_or_default();
     &shards[index].0
-}
-
-fn lock(shard: &Mutex<FlightMap>) -> std::sync::MutexGuard<'_, FlightMap> {
-    // Every critical section is a single map operation: a poisoned map is consistent.
-    shard
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The leader's side of a flight. Dropping it before [`publish`](Self::publish)

@@ -120,9 +120,7 @@ impl MemoryStore {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding a shard cannot leave an entry half-written
         // (every update is one assignment), so a poisoned lock is still usable.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.shards[index])
     }
 
     /// At most `max_len + 1` bytes, as Redis `GETRANGE key 0 max_len` gives.
@@ -207,9 +205,7 @@ impl MemoryStore {
         let now = Instant::now();
         let mut removed = 0;
         for shard in &self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = crate::sync::lock(shard);
             shard.map.retain(|key, entry| {
                 let doomed = key.starts_with(prefix);
                 if doomed && entry.is_live(now) {

@@ -379,11 +379,8 @@ struct LoginProbe {
 
 impl LoginProbe {
     async fn refused_login(&self) -> Option<redis::RedisError> {
-        let lock = || {
-            self.last
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
+        // Every update is one assignment: a poisoned answer is whole.
+        let lock = || crate::sync::lock(&self.last);
         {
             let mut last = lock();
             if let Some((at, answer)) = &*last
