@@ -335,10 +335,6 @@ impl Cache {
             return result;
         }
         let timeout = timeout.min(self.timeout());
-        if timeout.is_zero() {
-            self.inner.counters.record_timeout();
-            return Err(Error::Timeout(timeout));
-        }
         let started = tokio::time::Instant::now();
         let mut result = self
             .inner

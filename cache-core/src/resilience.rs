@@ -195,7 +195,10 @@ pub(crate) struct Resilience {
 
 impl Resilience {
     /// Runs `call` under the breaker, within one overall deadline of `timeout`
-    /// (the handle's, or less), retrying transient failures with exponential backoff.
+    /// (the handle's, or less), retrying transient failures with exponential
+    /// backoff. Every outcome is counted and reported to the breaker here, and
+    /// only here. A zero `timeout` fails at once as a timeout, with no call
+    /// and no verdict for the breaker (the store was not asked).
     pub(crate) async fn run<T, F, Fut>(
         &self,
         counters: &Counters,
@@ -207,6 +210,10 @@ impl Resilience {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        if timeout.is_zero() {
+            counters.record_timeout();
+            return Err(Error::Timeout(timeout));
+        }
         let Some(permit) = self.breaker.admit() else {
             counters.record_breaker_rejection();
             return Err(Error::CircuitOpen);
