@@ -43,7 +43,7 @@ use arc_swap::ArcSwapOption;
 pub use cache::{Cache, Health};
 pub use codec::Codec;
 pub use config::{
-    Backend, CacheBuilder, CacheConfig, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    Backend, CacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_INVALIDATE_BUDGET, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT,
     MAX_TTL, RedisEndpoint, Secret, validate_ttl,
