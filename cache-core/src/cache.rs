@@ -75,7 +75,10 @@ impl fmt::Debug for Cache {
 }
 
 /// The answer of [`Cache::health`].
+///
+/// New fields may be added: read it, do not build it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Health {
     /// The store answered a PING within the timeout.
     pub healthy: bool,
@@ -284,6 +287,9 @@ impl Cache {
     }
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
+    /// For this workspace's crates (the rate limiter's batched script call);
+    /// not part of the promised API.
+    #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {
             Some(ns) => Cow::Owned(format!("{ns}:{key}")),
@@ -503,12 +509,12 @@ impl Cache {
 
     /// Decodes `bytes` read under `key` with the handle's codec, counting the
     /// hit or miss. Undecodable bytes are a miss, logged without their content.
-    pub fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
         self.decode_with(self.inner.codec, key, bytes)
     }
 
     /// [`decode`](Self::decode) with a given codec.
-    pub fn decode_with<T: DeserializeOwned>(
+    pub(crate) fn decode_with<T: DeserializeOwned>(
         &self,
         codec: Codec,
         key: &str,

@@ -99,7 +99,7 @@ fn push_hex(out: &mut String, digest: &[u8; 32]) {
 
 /// Escapes the glob characters of Redis `MATCH` patterns (`* ? [ ] \`), so that
 /// a literal prefix such as `user:[1]` matches only keys starting with exactly that.
-pub fn escape_glob(literal: &str) -> String {
+pub(crate) fn escape_glob(literal: &str) -> String {
     let mut out = String::with_capacity(literal.len() + 8);
     for c in literal.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {

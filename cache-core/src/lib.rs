@@ -49,7 +49,7 @@ pub use config::{
     MAX_TTL, RedisEndpoint, Secret, validate_ttl,
 };
 pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result};
-pub use key::{escape_glob, key_for, sha256_hex};
+pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};

@@ -5,7 +5,10 @@ use std::fmt;
 use super::RedisEndpoint;
 
 /// Which store a [`Cache`](crate::Cache) talks to.
+///
+/// New stores may be added (a match needs a `_` arm).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backend {
     /// The embedded in-memory store: one process, no network.
     Memory,

@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 
 /// One Redis server address with its credentials, parsed from a URL or from
 /// `REDIS_HOST`-style variables. Its `Display` form hides the password.
+///
+/// New fields may be added: build one with [`new`](Self::new) or
+/// [`parse`](Self::parse), then set the public fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisEndpoint {
     /// `rediss://`: connect with TLS.
     pub tls: bool,
