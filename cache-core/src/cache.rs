@@ -5,8 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,6 +16,7 @@ use crate::stats::{Counters, Stats};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{KeyTtl, ScanNode, Script, Store, WindowCount};
+use crate::sync::StateFlag;
 
 /// A handle to one cache: Redis, Redis Cluster or the embedded in-memory store.
 ///
@@ -51,9 +50,9 @@ struct Inner {
     codec: Codec,
     /// Whether memoized calls are currently falling back to their bodies; for
     /// logging once per change, not once per call.
-    memo_failing: AtomicBool,
+    memo_failing: StateFlag,
     /// Whether the store is refusing the credentials; for logging once per change.
-    auth_failing: AtomicBool,
+    auth_failing: StateFlag,
     max_value_bytes: usize,
     invalidate_budget: Duration,
     /// [`Cache::shared_state`]: one value per type, shared by the clones.
@@ -76,7 +75,10 @@ impl fmt::Debug for Cache {
 }
 
 /// The answer of [`Cache::health`].
+///
+/// New fields may be added: read it, do not build it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Health {
     /// The store answered a PING within the timeout.
     pub healthy: bool,
@@ -143,8 +145,8 @@ impl Cache {
                 counters: Counters::default(),
                 bypass: config.bypass,
                 codec: config.codec,
-                memo_failing: AtomicBool::new(false),
-                auth_failing: AtomicBool::new(false),
+                memo_failing: StateFlag::new(),
+                auth_failing: StateFlag::new(),
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
                 shared: std::sync::Mutex::default(),
@@ -181,12 +183,8 @@ impl Cache {
     /// limiter's in-memory counters, which must be the same for every layer
     /// built from one in-memory handle.
     pub fn shared_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut shared = self
-            .inner
-            .shared
-            .lock()
-            // Only pushes happen under the lock: a poisoned list is whole.
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Only pushes happen under the lock: a poisoned list is whole.
+        let mut shared = crate::sync::lock(&self.inner.shared);
         if let Some(found) = shared
             .iter()
             .find_map(|value| Arc::clone(value).downcast::<T>().ok())
@@ -267,7 +265,7 @@ impl Cache {
                 tracing::debug!(%error, "memoized result not cached");
             }
             Some(error) => {
-                if !self.inner.memo_failing.swap(true, Ordering::Relaxed) {
+                if self.inner.memo_failing.raise() {
                     tracing::warn!(
                         backend = %self.inner.backend,
                         %error,
@@ -276,10 +274,7 @@ impl Cache {
                 }
             }
             None => {
-                // A load first: the common case (no failure) writes nothing.
-                if self.inner.memo_failing.load(Ordering::Relaxed)
-                    && self.inner.memo_failing.swap(false, Ordering::Relaxed)
-                {
+                if self.inner.memo_failing.lower() {
                     tracing::info!(backend = %self.inner.backend, "cache available again for memoized functions");
                 }
             }
@@ -292,6 +287,9 @@ impl Cache {
     }
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
+    /// For this workspace's crates (the rate limiter's batched script call);
+    /// not part of the promised API.
+    #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {
             Some(ns) => Cow::Owned(format!("{ns}:{key}")),
@@ -343,10 +341,6 @@ impl Cache {
             return result;
         }
         let timeout = timeout.min(self.timeout());
-        if timeout.is_zero() {
-            self.inner.counters.record_timeout();
-            return Err(Error::Timeout(timeout));
-        }
         let started = tokio::time::Instant::now();
         let mut result = self
             .inner
@@ -375,7 +369,7 @@ impl Cache {
         let failing = &self.inner.auth_failing;
         match result {
             Err(Error::Auth(reply)) => {
-                if !failing.swap(true, Ordering::Relaxed) {
+                if failing.raise() {
                     tracing::error!(
                         backend = %self.inner.backend,
                         user = self.user_name(),
@@ -385,7 +379,7 @@ impl Cache {
                 }
             }
             Ok(_) => {
-                if failing.load(Ordering::Relaxed) && failing.swap(false, Ordering::Relaxed) {
+                if failing.lower() {
                     tracing::info!(backend = %self.inner.backend, "the cache store accepts the credentials again");
                 }
             }
@@ -515,12 +509,12 @@ impl Cache {
 
     /// Decodes `bytes` read under `key` with the handle's codec, counting the
     /// hit or miss. Undecodable bytes are a miss, logged without their content.
-    pub fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, bytes: Option<&[u8]>) -> Option<T> {
         self.decode_with(self.inner.codec, key, bytes)
     }
 
     /// [`decode`](Self::decode) with a given codec.
-    pub fn decode_with<T: DeserializeOwned>(
+    pub(crate) fn decode_with<T: DeserializeOwned>(
         &self,
         codec: Codec,
         key: &str,
@@ -778,6 +772,7 @@ impl Cache {
 #[cfg(test)]
 mod shared_state_tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[derive(Default)]
     struct Counter(std::sync::atomic::AtomicU64);

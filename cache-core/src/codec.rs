@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, EncodeError, Result};
 
 /// The encoding of stored values.
 ///
@@ -33,13 +33,13 @@ impl Codec {
     /// Encodes `value`.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>> {
         match self {
-            Codec::Json => serde_json::to_vec(value).map_err(|err| Error::Encode(err.to_string())),
+            Codec::Json => Ok(serde_json::to_vec(value).map_err(EncodeError::Json)?),
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => {
                 let mut bytes = Vec::with_capacity(128);
                 bytes.extend_from_slice(&msgpack::HEADER);
                 rmp_serde::encode::write_named(&mut bytes, value)
-                    .map_err(|err| Error::Encode(err.to_string()))?;
+                    .map_err(EncodeError::MessagePack)?;
                 Ok(bytes)
             }
         }
@@ -47,10 +47,10 @@ impl Codec {
 
     /// Decodes `bytes`; an error when they are not exactly one `T` in this
     /// encoding (trailing bytes included).
-    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> std::result::Result<T, String> {
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> std::result::Result<T, DecodeError> {
         match self {
             // from_slice rejects anything but whitespace after the value.
-            Codec::Json => serde_json::from_slice(bytes).map_err(|err| err.to_string()),
+            Codec::Json => serde_json::from_slice(bytes).map_err(DecodeError::Json),
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => msgpack::decode(bytes),
         }
@@ -62,18 +62,20 @@ mod msgpack {
     use serde::Deserialize;
     use serde::de::{DeserializeOwned, IgnoredAny};
 
+    use crate::error::DecodeError;
+
     /// What a MessagePack entry starts with: 0xC1, the one byte the format
     /// never uses (and no JSON text starts with), then the version of this
     /// layout. A new layout takes a new version; an entry of an unknown
     /// version is a miss.
     pub(super) const HEADER: [u8; 2] = [0xC1, 0x01];
 
-    pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        let body = bytes.strip_prefix(&HEADER).ok_or_else(|| {
-            "not a MessagePack entry of this library (header 0xC1 0x01 missing)".to_string()
-        })?;
+    pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+        let body = bytes
+            .strip_prefix(&HEADER)
+            .ok_or(DecodeError::MissingHeader)?;
         let mut de = rmp_serde::Deserializer::from_read_ref(body);
-        let value = T::deserialize(&mut de).map_err(|err| err.to_string())?;
+        let value = T::deserialize(&mut de).map_err(DecodeError::MessagePack)?;
         // rmp-serde stops after the first value. Reading one more marker
         // tells the end (an EOF on the marker) from trailing bytes.
         match IgnoredAny::deserialize(&mut de) {
@@ -82,7 +84,7 @@ mod msgpack {
             {
                 Ok(value)
             }
-            _ => Err("bytes left after the MessagePack value".to_string()),
+            _ => Err(DecodeError::TrailingBytes),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The one error type of this crate.
+//! The one error type of this crate, and the causes it carries.
 
 use std::time::Duration;
 
 /// What went wrong, for callers that want to branch on it.
+///
+/// New kinds may be added: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -11,7 +13,8 @@ pub enum ErrorKind {
     Config,
     /// The store could not be reached, or the connection broke.
     Connection,
-    /// The call did not finish within its timeout.
+    /// The call did not finish within its timeout: the handle's, or the
+    /// store client's own wait for a reply.
     Timeout,
     /// The circuit breaker is open: the call was not attempted.
     CircuitOpen,
@@ -29,6 +32,10 @@ pub enum ErrorKind {
 
 /// An error from a [`Cache`](crate::Cache) call or from building one.
 ///
+/// Match on [`kind`](Error::kind) to branch; the variants keep the cause
+/// (see [`std::error::Error::source`]) for logs and for callers that want
+/// the driver's error itself.
+///
 /// Messages never contain passwords: configuration errors name the variable,
 /// not its value, and connection errors come from addresses without credentials.
 #[derive(Debug, thiserror::Error)]
@@ -45,22 +52,27 @@ pub enum Error {
     /// The store could not be reached or the connection broke.
     #[error("cache store unreachable: {0}")]
     Connection(#[source] redis::RedisError),
-    /// The call did not complete in time.
+    /// The call did not complete within the handle's timeout (or the
+    /// deadline given to the call), which is the duration here.
     #[error("cache call timed out after {0:?}")]
     Timeout(Duration),
+    /// The store client gave up waiting for a reply (the cluster client's own
+    /// response timeout). [`ErrorKind::Timeout`], like [`Error::Timeout`].
+    #[error("cache store did not reply in time: {0}")]
+    ReplyTimeout(#[source] redis::RedisError),
     /// The circuit breaker is open, so the call was not attempted.
     #[error("cache circuit breaker is open: calls are suspended until the store recovers")]
     CircuitOpen,
-    /// The store rejected the command.
+    /// The store rejected the command, or answered with something unexpected.
     #[error("cache store rejected the command: {0}")]
-    Command(String),
-    /// The value could not be encoded.
+    Command(#[source] CommandError),
+    /// The value (or a memoized call's key) could not be encoded.
     #[error("could not encode the cache value: {0}")]
-    Encode(String),
-    /// The store refused the credentials or the user's permissions; the text
-    /// is the server's reply, which never holds the password.
+    Encode(#[source] EncodeError),
+    /// The store refused the credentials or the user's permissions; the
+    /// cause is the server's reply, which never holds the password.
     #[error("cache store refused the credentials: {0}")]
-    Auth(String),
+    Auth(#[source] redis::RedisError),
     /// An argument is out of range; nothing was sent to the store.
     #[error("invalid cache call: {argument}: {reason}")]
     InvalidArgument {
@@ -71,13 +83,79 @@ pub enum Error {
     },
 }
 
+/// Why the store did not carry out a command: the cause of [`Error::Command`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The store's error reply (`WRONGTYPE`, `ERR value is not an integer`, ...).
+    #[error("{0}")]
+    Rejected(#[source] redis::RedisError),
+    /// A reply of another shape than the command's.
+    #[error("unexpected reply: {0}")]
+    UnexpectedReply(#[source] redis::ParsingError),
+    /// The key holds something else than an integer, or one out of range
+    /// (the in-memory store's answer to an increment; Redis says it in a
+    /// [`Rejected`](CommandError::Rejected)).
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// The increment would overflow a 64-bit integer (the in-memory store's
+    /// answer; Redis says it in a [`Rejected`](CommandError::Rejected)).
+    #[error("increment or decrement would overflow")]
+    Overflow,
+}
+
+/// Why a value or a key could not be encoded: the cause of [`Error::Encode`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// `serde_json` refused the value (a map with non-string keys, a
+    /// `Serialize` impl that failed, ...).
+    #[error("JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// `rmp-serde` refused the value.
+    #[cfg(feature = "msgpack")]
+    #[error("MessagePack: {0}")]
+    MessagePack(#[source] rmp_serde::encode::Error),
+    /// The arguments of a memoized call have no canonical (RFC 8785) JSON
+    /// form: a NaN or infinite float, a map key that is not a string or an
+    /// integer, ... The call runs uncached.
+    #[error("arguments have no canonical JSON form: {0}")]
+    NotCanonical(#[source] serde_json::Error),
+    /// A custom key (`key = ...`) came out empty.
+    #[error("the custom key is empty")]
+    EmptyKey,
+}
+
+/// Why stored bytes are not a value of the expected type in the expected
+/// encoding: the error of [`Codec::decode`](crate::Codec::decode). A cache
+/// read treats it as a miss.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not JSON, not the expected type, or more than one JSON value.
+    #[error("not a JSON value of the expected type: {0}")]
+    Json(#[source] serde_json::Error),
+    /// Not MessagePack of the expected type.
+    #[cfg(feature = "msgpack")]
+    #[error("not a MessagePack value of the expected type: {0}")]
+    MessagePack(#[source] rmp_serde::decode::Error),
+    /// The bytes do not start with this library's MessagePack header
+    /// (`0xC1 0x01`): another writer's value, or another layout version.
+    #[cfg(feature = "msgpack")]
+    #[error("not a MessagePack entry of this library (header 0xC1 0x01 missing)")]
+    MissingHeader,
+    /// Bytes are left after the value.
+    #[error("bytes left after the value")]
+    TrailingBytes,
+}
+
 impl Error {
     /// The kind of error, to match on.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             Error::Connection(_) => ErrorKind::Connection,
-            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::Timeout(_) | Error::ReplyTimeout(_) => ErrorKind::Timeout,
             Error::CircuitOpen => ErrorKind::CircuitOpen,
             Error::Command(_) => ErrorKind::Command,
             Error::Encode(_) => ErrorKind::Encode,
@@ -134,11 +212,11 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         if is_auth_error(&err) {
             // Checked first: the driver files a failed AUTH as a reason to reconnect.
-            return Error::Auth(err.to_string());
+            return Error::Auth(err);
         }
         if err.is_timeout() {
-            // The connection's own response timeout; the duration is the handle's.
-            return Error::Connection(err);
+            // The client's own response timeout (set on cluster connections).
+            return Error::ReplyTimeout(err);
         }
         if err.is_io_error()
             || err.is_connection_dropped()
@@ -148,8 +226,26 @@ impl From<redis::RedisError> for Error {
         {
             Error::Connection(err)
         } else {
-            Error::Command(err.to_string())
+            Error::Command(CommandError::Rejected(err))
         }
+    }
+}
+
+impl From<redis::ParsingError> for Error {
+    fn from(err: redis::ParsingError) -> Self {
+        Error::Command(CommandError::UnexpectedReply(err))
+    }
+}
+
+impl From<CommandError> for Error {
+    fn from(err: CommandError) -> Self {
+        Error::Command(err)
+    }
+}
+
+impl From<EncodeError> for Error {
+    fn from(err: EncodeError) -> Self {
+        Error::Encode(err)
     }
 }
 
@@ -176,8 +272,34 @@ fn is_transient_server_error(err: &redis::RedisError) -> bool {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<redis::ParsingError> for Error {
-    fn from(err: redis::ParsingError) -> Self {
-        Error::Command(format!("unexpected reply: {err}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_timeout_of_the_driver_is_a_timeout() {
+        let timeout = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "response timed out",
+        ));
+        assert!(timeout.is_timeout(), "{timeout:?}");
+        let err = Error::from(timeout);
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.is_unavailable());
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn a_command_error_keeps_the_server_reply_as_its_source() {
+        let reply = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "WRONGTYPE",
+        ));
+        let err = Error::from(reply);
+        assert_eq!(err.kind(), ErrorKind::Command, "{err}");
+        let Error::Command(CommandError::Rejected(cause)) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(cause.to_string().contains("WRONGTYPE"), "{cause}");
     }
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{EncodeError, Result};
 
 /// The key `#[cached]` uses: `{prefix}:{lowercase hex SHA-256 of the canonical
 /// JSON of args}`.
@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 ///
 /// # Errors
 ///
-/// [`Error::Encode`] when an argument has no canonical JSON form: a NaN or
+/// [`Error::Encode`](crate::Error::Encode) when an argument has no canonical JSON form: a NaN or
 /// infinite float, a map whose keys are not strings, integers, chars or
 /// bools, two members with the same name, an integer beyond 64 bits in a
 /// serde_json `RawValue`, or a `Serialize` impl that fails.
@@ -46,8 +46,7 @@ use crate::error::{Error, Result};
 pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
     // The JSON goes straight into the hash: no buffer, except for objects.
     let mut hashing = Hashing(Sha256::new());
-    crate::jcs::to_writer(&mut hashing, args)
-        .map_err(|err| Error::Encode(format!("arguments have no canonical JSON form: {err}")))?;
+    crate::jcs::to_writer(&mut hashing, args).map_err(EncodeError::NotCanonical)?;
     let mut key = String::with_capacity(prefix.len() + 1 + 64);
     key.push_str(prefix);
     key.push(':');
@@ -100,7 +99,7 @@ fn push_hex(out: &mut String, digest: &[u8; 32]) {
 
 /// Escapes the glob characters of Redis `MATCH` patterns (`* ? [ ] \`), so that
 /// a literal prefix such as `user:[1]` matches only keys starting with exactly that.
-pub fn escape_glob(literal: &str) -> String {
+pub(crate) fn escape_glob(literal: &str) -> String {
     let mut out = String::with_capacity(literal.len() + 8);
     for c in literal.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {

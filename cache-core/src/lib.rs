@@ -33,6 +33,8 @@ mod memoize;
 mod resilience;
 mod stats;
 mod store;
+#[doc(hidden)]
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -41,13 +43,13 @@ use arc_swap::ArcSwapOption;
 pub use cache::{Cache, Health};
 pub use codec::Codec;
 pub use config::{
-    Backend, CacheBuilder, CacheConfig, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    Backend, CacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_INVALIDATE_BUDGET, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT,
     MAX_TTL, RedisEndpoint, Secret, validate_ttl,
 };
-pub use error::{Error, ErrorKind, Result};
-pub use key::{escape_glob, key_for, sha256_hex};
+pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result};
+pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};

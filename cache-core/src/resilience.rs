@@ -195,7 +195,10 @@ pub(crate) struct Resilience {
 
 impl Resilience {
     /// Runs `call` under the breaker, within one overall deadline of `timeout`
-    /// (the handle's, or less), retrying transient failures with exponential backoff.
+    /// (the handle's, or less), retrying transient failures with exponential
+    /// backoff. Every outcome is counted and reported to the breaker here, and
+    /// only here. A zero `timeout` fails at once as a timeout, with no call
+    /// and no verdict for the breaker (the store was not asked).
     pub(crate) async fn run<T, F, Fut>(
         &self,
         counters: &Counters,
@@ -207,6 +210,10 @@ impl Resilience {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        if timeout.is_zero() {
+            counters.record_timeout();
+            return Err(Error::Timeout(timeout));
+        }
         let Some(permit) = self.breaker.admit() else {
             counters.record_breaker_rejection();
             return Err(Error::CircuitOpen);
@@ -228,7 +235,7 @@ impl Resilience {
                     permit.failure();
                     return Err(Error::Timeout(timeout));
                 }
-                Ok(Err(err)) if err.is_connection() => {
+                Ok(Err(err @ (Error::Connection(_) | Error::ReplyTimeout(_)))) => {
                     let may_retry = match (&err, idempotence) {
                         (_, Idempotence::Idempotent) => true,
                         (Error::Connection(cause), Idempotence::CountsOnce) => {
@@ -244,7 +251,11 @@ impl Resilience {
                         backoff = backoff.saturating_mul(2);
                         continue;
                     }
-                    counters.record_error();
+                    if err.is_timeout() {
+                        counters.record_timeout();
+                    } else {
+                        counters.record_error();
+                    }
                     permit.failure();
                     return Err(err);
                 }

@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::resilience::BreakerState;
 
 /// A snapshot of a handle's counters since it was built. Clones of a handle share them.
+///
+/// New counters may be added: read it, do not build it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Reads that found a value that decoded.
     pub hits: u64,

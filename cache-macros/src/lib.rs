@@ -73,6 +73,7 @@
 //! - Concurrent calls with the same key in one process run the body once.
 //! - With no default handle set (and no `cache = ...`), or when the handle is
 //!   bypassed (`CACHE_BYPASS=true`), the function just runs.
+#![warn(missing_docs)]
 
 mod attr;
 mod expand;

@@ -87,15 +87,11 @@ impl DenyCache {
 
     fn read(&self) -> RwLockReadGuard<'_, Entries> {
         // Every update is a few map/queue operations that leave both consistent.
-        self.entries
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        cache_core::sync::read(&self.entries)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Entries> {
-        self.entries
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        cache_core::sync::write(&self.entries)
     }
 
     /// Remembers `key` as denied by `policy` until `until`.

@@ -9,9 +9,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ConnectInfo;
+use cache_core::sync::StateFlag;
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 
@@ -186,8 +186,8 @@ pub struct PeerIp {
 /// Misconfigurations already logged by one extractor (and its clones).
 #[derive(Debug, Default)]
 struct Warnings {
-    missing_header: AtomicBool,
-    unidentified: AtomicBool,
+    missing_header: StateFlag,
+    unidentified: StateFlag,
 }
 
 impl Default for PeerIp {
@@ -256,7 +256,7 @@ impl PeerIp {
         match forwarded {
             Forwarded::Client(ip) => Ok(canonical(ip)),
             Forwarded::Absent => {
-                if !self.warned.missing_header.swap(true, Ordering::Relaxed) {
+                if self.warned.missing_header.raise() {
                     tracing::warn!(
                         proxy = %peer,
                         header = self.header_name(),
@@ -326,7 +326,7 @@ impl KeyExtractor for PeerIp {
         match self.client_ip(request) {
             Ok(ip) => Ok(self.key_of(ip)),
             Err(KeyError::UnidentifiedClient) => {
-                if !self.warned.unidentified.swap(true, Ordering::Relaxed) {
+                if self.warned.unidentified.raise() {
                     tracing::warn!(
                         header = self.header_name(),
                         "a trusted proxy forwarded a request without a usable client address \

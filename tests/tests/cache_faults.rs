@@ -907,7 +907,9 @@ async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
     let started = Instant::now();
     let err = cache.invalidate_prefix(&format!("{p}:")).await.unwrap_err();
     let took = started.elapsed();
-    assert!(err.is_unavailable(), "{err}");
+    // The handle's deadline or the cluster client's own reply timeout,
+    // whichever fires first: a timeout either way, never `Connection`.
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(took <= TIMEOUT * 2 + SLACK, "took {took:?}");
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{
     KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, window_millis,
 };
-use crate::error::{Error, Result};
+use crate::error::{CommandError, Error, Result};
 
 const SHARDS: usize = 16;
 /// A shard sweeps expired entries after this many writes.
@@ -120,9 +120,7 @@ impl MemoryStore {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding a shard cannot leave an entry half-written
         // (every update is one assignment), so a poisoned lock is still usable.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.shards[index])
     }
 
     /// At most `max_len + 1` bytes, as Redis `GETRANGE key 0 max_len` gives.
@@ -146,9 +144,7 @@ impl MemoryStore {
             Some(entry) => (parse_integer(&entry.value)?, entry.expires_at),
             None => (0, None),
         };
-        let next = current
-            .checked_add(by)
-            .ok_or_else(|| Error::Command("increment or decrement would overflow".into()))?;
+        let next = current.checked_add(by).ok_or(CommandError::Overflow)?;
         shard.put(
             key,
             next.to_string().into_bytes(),
@@ -166,7 +162,7 @@ impl MemoryStore {
         // Within MAX_WINDOW: far from where `Instant` arithmetic overflows.
         let window_end = now
             .checked_add(window)
-            .ok_or_else(|| Error::config("window", "too long for this clock"))?;
+            .ok_or_else(|| Error::invalid("window", "too long for this clock"))?;
         // The same rules as the Redis script: a value that is not a counter
         // this library writes starts a new window; a counter without expiry,
         // or with one past this window's end, gets the window.
@@ -209,9 +205,7 @@ impl MemoryStore {
         let now = Instant::now();
         let mut removed = 0;
         for shard in &self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = crate::sync::lock(shard);
             shard.map.retain(|key, entry| {
                 let doomed = key.starts_with(prefix);
                 if doomed && entry.is_live(now) {
@@ -236,7 +230,7 @@ fn parse_integer(bytes: &[u8]) -> Result<i64> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| Error::Command("value is not an integer or out of range".into()))
+        .ok_or(CommandError::NotAnInteger.into())
 }
 
 fn ready<'a, T: Send + 'a>(value: Result<T>) -> StoreFuture<'a, T> {

@@ -190,7 +190,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// of its own, for a failure the driver reports without its cause (the
     /// cluster client says only that it has no connection); `None` when the
     /// login is not what fails, or it cannot tell. At most one try a second.
-    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+    fn refused_login(&self) -> StoreFuture<'_, Option<::redis::RedisError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 }

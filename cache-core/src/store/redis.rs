@@ -374,16 +374,13 @@ struct LoginProbe {
     seed: redis::Client,
     connect_timeout: Duration,
     /// When it last tried, and what it found.
-    last: std::sync::Mutex<Option<(Instant, Option<String>)>>,
+    last: std::sync::Mutex<Option<(Instant, Option<redis::RedisError>)>>,
 }
 
 impl LoginProbe {
-    async fn refused_login(&self) -> Option<String> {
-        let lock = || {
-            self.last
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
+    async fn refused_login(&self) -> Option<redis::RedisError> {
+        // Every update is one assignment: a poisoned answer is whole.
+        let lock = || crate::sync::lock(&self.last);
         {
             let mut last = lock();
             if let Some((at, answer)) = &*last
@@ -398,7 +395,7 @@ impl LoginProbe {
         }
         let login = self.seed.get_multiplexed_async_connection();
         let answer = match tokio::time::timeout(self.connect_timeout, login).await {
-            Ok(Err(err)) if is_refused_login(&err) => Some(err.to_string()),
+            Ok(Err(err)) if is_refused_login(&err) => Some(err),
             _ => None,
         };
         *lock() = Some((Instant::now(), answer.clone()));
@@ -663,7 +660,7 @@ impl<C: Connection> Store for RedisStore<C> {
         })
     }
 
-    fn refused_login(&self) -> StoreFuture<'_, Option<String>> {
+    fn refused_login(&self) -> StoreFuture<'_, Option<redis::RedisError>> {
         Box::pin(async move {
             Ok(match &self.login_probe {
                 Some(probe) => probe.refused_login().await,
@@ -678,7 +675,9 @@ impl<C: Connection> Store for RedisStore<C> {
             let reply: Value = redis::cmd("PING").query_async(&mut conn).await?;
             match reply {
                 Value::SimpleString(_) | Value::BulkString(_) | Value::Okay => Ok(()),
-                other => Err(Error::Command(format!("unexpected PING reply {other:?}"))),
+                other => Err(
+                    redis::ParsingError::from(format!("unexpected PING reply {other:?}")).into(),
+                ),
             }
         })
     }

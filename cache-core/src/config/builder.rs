@@ -1,0 +1,173 @@
+//! [`CacheBuilder`]: every setting of a handle, in code.
+
+use std::time::Duration;
+
+use super::{Backend, CacheConfig, RedisEndpoint};
+use crate::error::{Error, Result};
+
+/// Builds a [`Cache`](crate::Cache) in code, with the same settings as the
+/// environment variables (see the README's configuration table).
+///
+/// ```
+/// # async fn run() -> Result<(), cache_core::Error> {
+/// use std::time::Duration;
+/// let cache = cache_core::Cache::builder()
+///     .redis_url("redis://127.0.0.1:6379/0")?
+///     .namespace("billing")
+///     .timeout(Duration::from_millis(100))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct CacheBuilder {
+    pub(super) config: CacheConfig,
+}
+
+impl CacheBuilder {
+    /// A builder for the in-memory store with default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses one Redis server given as `redis://` or `rediss://` URL.
+    pub fn redis_url(mut self, url: &str) -> Result<Self> {
+        self.config.backend = Backend::Redis(RedisEndpoint::parse("redis_url", url)?);
+        Ok(self)
+    }
+
+    /// Uses one Redis server.
+    pub fn redis(mut self, endpoint: RedisEndpoint) -> Self {
+        self.config.backend = Backend::Redis(endpoint);
+        self
+    }
+
+    /// Uses Redis Cluster, discovered from these seed node URLs.
+    pub fn cluster_urls<I, S>(mut self, urls: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = urls
+            .into_iter()
+            .map(|url| RedisEndpoint::parse("cluster_urls", url.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        if nodes.is_empty() {
+            return Err(Error::config("cluster_urls", "lists no node"));
+        }
+        self.config.backend = Backend::Cluster(nodes);
+        Ok(self)
+    }
+
+    /// Uses the embedded in-memory store.
+    pub fn in_memory(mut self) -> Self {
+        self.config.backend = Backend::Memory;
+        self
+    }
+
+    /// Puts `{namespace}:` in front of every key, so that services sharing a
+    /// Redis do not collide. Trailing colons are ignored.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        let namespace = namespace.trim_end_matches(':');
+        self.config.namespace = (!namespace.is_empty()).then(|| namespace.to_string());
+        self
+    }
+
+    /// The deadline of each call, from its start until the store's reply is
+    /// in, retries included (default 250 ms); see [`Cache::timeout`](crate::Cache::timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Bounds each connection attempt (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Tries of a call failing with a transient error, the first included (default 3).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts;
+        self
+    }
+
+    /// The first backoff between tries; it doubles each time (default 10 ms).
+    pub fn retry_backoff(mut self, backoff: Duration) -> Self {
+        self.config.retry_backoff = backoff;
+        self
+    }
+
+    /// Consecutive failures that open the circuit breaker (default 5).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.config.breaker_threshold = failures;
+        self
+    }
+
+    /// How long the breaker stays open before one probe call (default 1 s).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Bound on the in-memory store's entries (default 100 000); the oldest go first.
+    pub fn memory_max_entries(mut self, entries: usize) -> Self {
+        self.config.memory_max_entries = entries;
+        self
+    }
+
+    /// Cap on the size of a stored value, in bytes (default 4 MiB). A read
+    /// transfers at most this much plus one byte: a larger value is a miss
+    /// (counted in [`Stats::oversized`](crate::Stats::oversized)), which
+    /// `#[cached]` overwrites; a write of a larger value is an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind) and sends nothing.
+    /// It also bounds the time spent decoding a value.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_value_bytes = bytes;
+        self
+    }
+
+    /// Bound on a whole [`invalidate_prefix`](crate::Cache::invalidate_prefix)
+    /// or [`invalidate_all`](crate::Cache::invalidate_all) call (default 30 s);
+    /// each of its SCAN + UNLINK steps is also bounded by the call timeout.
+    pub fn invalidate_budget(mut self, budget: Duration) -> Self {
+        self.config.invalidate_budget = budget;
+        self
+    }
+
+    /// Trusts these PEM root certificates for `rediss://` (a private CA)
+    /// instead of the system's trust store. Needs the `tls` feature.
+    pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.config.tls_ca_cert = Some(pem.into());
+        self
+    }
+
+    /// The encoding of values written and read through this handle (default JSON).
+    pub fn codec(mut self, codec: crate::Codec) -> Self {
+        self.config.codec = codec;
+        self
+    }
+
+    /// Turns memoization off: `#[cached]` functions always run their body.
+    /// Direct `Cache` calls are unaffected.
+    pub fn bypass(mut self, bypass: bool) -> Self {
+        self.config.bypass = bypass;
+        self
+    }
+
+    /// The settings gathered so far.
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Builds the handle. Never fails because Redis is unreachable: the
+    /// connection is made in the background and calls fail (fast) until it is up.
+    /// Must run inside a Tokio runtime.
+    pub async fn build(self) -> Result<crate::Cache> {
+        self.config.validate()?;
+        crate::Cache::from_config(self.config)
+    }
+}

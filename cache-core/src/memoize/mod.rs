@@ -1,0 +1,397 @@
+//! What `#[cached]` expands to: fail-open, single-flight memoization.
+//!
+//! The generated code only builds the key and hands the function body to
+//! [`memoize`]; everything else is here, as ordinary testable Rust.
+//!
+//! - **Fail-open**: any cache error (unreachable, timeout, breaker open, value
+//!   that does not decode, failed write) runs the body and returns its result.
+//! - **Single-flight**: in one process, concurrent calls with the same key
+//!   share one flight: the leader reads the cache and, on a miss, runs the
+//!   body; followers wait and decode the leader's encoded result. A leader that
+//!   panics or is cancelled abandons the flight and a follower takes over, so
+//!   nobody waits forever. Outcomes that are not cached (`Err`, `None`) are
+//!   not shared either: followers then run the body themselves.
+//! - **One failure budget per call tree**: a memoized call and the memoized
+//!   calls its body makes one after another (in the same task) lose at most
+//!   the outermost handle's call timeout in all to cache operations that
+//!   fail; once it is spent they skip the cache. Nested memoization while the
+//!   store hangs adds one timeout to a request, not one per level; successful
+//!   operations cost nothing from the budget. (Calls run concurrently within
+//!   one task, as with `join!`, can each spend what is left.)
+//! - No lock is held across an `.await`, so recursion over other keys (`fib`)
+//!   cannot deadlock.
+//!
+//! The budget is [`budget`]'s, the flights [`flight`]'s; this module puts
+//! them together in [`memoize`] and holds what the generated code calls.
+
+mod budget;
+mod flight;
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::Cache;
+use crate::codec::Codec;
+use crate::error::{EncodeError, Error, Result};
+use budget::Budget;
+use flight::{FlightKey, Leader, Outcome, Role, join};
+
+/// Everything about one memoized call except its body.
+#[derive(Debug)]
+pub struct Call {
+    /// The handle, or `None` when there is none (then the body just runs).
+    /// A clone: a borrow would outlive the body's move of the arguments
+    /// (`&mut self`, `self: Arc<Self>`, a `Cache` argument).
+    pub cache: Option<Cache>,
+    /// The key without namespace, or why it could not be built.
+    pub key: Result<String>,
+    /// Lifetime of the entry.
+    pub ttl: Duration,
+    /// Encoding of the entry; `None` takes the handle's.
+    pub codec: Option<Codec>,
+    /// The function's name, for logs.
+    pub function: &'static str,
+}
+
+/// Runs `body` memoized as `call` says. `stored` picks the part of the result
+/// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it.
+pub async fn memoize<R, V, F>(
+    call: Call,
+    body: F,
+    stored: fn(&R) -> Option<&V>,
+    restore: fn(V) -> R,
+) -> R
+where
+    F: Future<Output = R>,
+    V: Serialize + DeserializeOwned,
+{
+    let Call {
+        cache,
+        key,
+        ttl,
+        codec,
+        function,
+    } = call;
+    let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
+        return body.await;
+    };
+    let cache = &cache;
+    let mut budget = Budget::for_this_task(cache);
+    let key = match key {
+        Ok(key) => cache.owned_full_key(key),
+        Err(err) => {
+            cache.note_uncacheable();
+            warn_uncacheable(function, &err);
+            return budget.run(body).await;
+        }
+    };
+    let codec = codec.unwrap_or(cache.codec());
+    let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
+        Turn::Lead(leader) => leader,
+        Turn::Served(value) => return restore(value),
+        Turn::RunAlone => return budget.run(body).await,
+    };
+    let read = read_entry(cache, &mut budget, &leader).await;
+    if let Ok(Some(bytes)) = &read
+        && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
+    {
+        leader.finish_with_hit(bytes);
+        return restore(value);
+    }
+    if let Ok(None) = &read {
+        // Counted here; an undecodable entry was counted by decode_with.
+        let _ = cache.decode_with::<V>(codec, leader.key(), None);
+    }
+    let result = budget.run(body).await;
+    let encoded = encode_result(stored(&result), codec, function);
+    // Moved, not copied: the encoded bytes serve followers and the write.
+    let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
+    leader.publish(shared.clone());
+    // A store that just failed the read is not waited on a second time.
+    if let (Some(bytes), true) = (shared, read.is_ok()) {
+        write_entry(cache, &mut budget, &leader, &bytes, ttl).await;
+    }
+    leader.finish();
+    result
+}
+
+/// Where a call stands once the flights of its key are sorted out.
+enum Turn<V> {
+    /// It leads the flight: read the cache, run the body on a miss.
+    Lead(Leader),
+    /// A leader's encoded result, decoded.
+    Served(V),
+    /// The leader's outcome is not shared (`Err`, `None`, undecodable):
+    /// run the body alone.
+    RunAlone,
+}
+
+/// Joins the flight of `key` and, as a follower, waits for its outcome,
+/// joining again (and perhaps leading) when its leader vanished.
+async fn wait_for_turn<V: DeserializeOwned>(key: FlightKey, codec: Codec) -> Turn<V> {
+    let mut role = join(key);
+    loop {
+        let flight = match role {
+            Role::Leader(leader) => return Turn::Lead(leader),
+            Role::Follower(flight) => flight,
+        };
+        match flight.outcome().await {
+            Outcome::Done(Some(bytes)) => {
+                return match codec.decode::<V>(&bytes) {
+                    Ok(value) => Turn::Served(value),
+                    Err(_) => Turn::RunAlone,
+                };
+            }
+            Outcome::Done(None) => return Turn::RunAlone,
+            Outcome::Abandoned => role = join(flight.key.clone()),
+        }
+    }
+}
+
+/// The leader's read of the entry, within the budget; notes whether the
+/// store is failing (logged once per change).
+async fn read_entry(
+    cache: &Cache,
+    budget: &mut Budget,
+    leader: &Leader,
+) -> Result<Option<Vec<u8>>> {
+    let read = budget
+        .spend(|left| cache.get_full_within(leader.key(), left))
+        .await;
+    cache.note_memo_failure(read.as_ref().err());
+    read
+}
+
+/// The part of the result to cache, encoded; `None` when there is none or
+/// it does not encode (logged: a type the codec cannot write is a bug).
+fn encode_result<V: Serialize>(
+    value: Option<&V>,
+    codec: Codec,
+    function: &'static str,
+) -> Option<Vec<u8>> {
+    match codec.encode(value?) {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            tracing::warn!(function, error = %err, "result could not be encoded; not cached");
+            None
+        }
+    }
+}
+
+/// The leader's write of the entry, within the budget; a failure is noted,
+/// never returned (the caller has its result already).
+async fn write_entry(
+    cache: &Cache,
+    budget: &mut Budget,
+    leader: &Leader,
+    bytes: &[u8],
+    ttl: Duration,
+) {
+    let write = budget
+        .spend(|left| cache.set_full_within(leader.key(), bytes, Some(ttl), left))
+        .await;
+    if let Err(err) = write {
+        cache.note_memo_failure(Some(&err));
+    }
+}
+
+/// Logs a call whose key could not be built (NaN argument, say) at warn
+/// level at most once a minute per process, with the number of such calls
+/// since the last warning, and at debug level otherwise: one bad argument in
+/// a hot loop must not flood the log. Every such call is counted in
+/// [`Stats::uncacheable`](crate::Stats::uncacheable).
+fn warn_uncacheable(function: &'static str, error: &Error) {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    static LIMITER: WarnLimiter = WarnLimiter::new(Duration::from_secs(60));
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed();
+    match LIMITER.tick(now) {
+        Some(calls) => tracing::warn!(
+            function,
+            %error,
+            calls,
+            "memoized calls ran uncached: their key could not be built (counted in Stats::uncacheable; logged at most once a minute)"
+        ),
+        None => {
+            tracing::debug!(function, %error, "memoized call ran uncached: its key could not be built");
+        }
+    }
+}
+
+/// At most one warning per period, and how many events it stands for.
+struct WarnLimiter {
+    period_ms: u64,
+    /// Milliseconds (since the caller's epoch) before which nothing is logged.
+    quiet_until: AtomicU64,
+    /// Events since the last warning.
+    unlogged: AtomicU64,
+}
+
+impl WarnLimiter {
+    const fn new(period: Duration) -> WarnLimiter {
+        WarnLimiter {
+            // Whole milliseconds of any sane period fit a u64.
+            period_ms: period.as_millis() as u64,
+            quiet_until: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one event at `now`; `Some(events since the last warning)`
+    /// when this one is to be logged.
+    fn tick(&self, now: Duration) -> Option<u64> {
+        let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let quiet_until = self.quiet_until.load(Ordering::Relaxed);
+        // One caller wins the window; the others only count.
+        (now >= quiet_until
+            && self
+                .quiet_until
+                .compare_exchange(
+                    quiet_until,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok())
+        .then(|| self.unlogged.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// Compile-time check that a key argument is `Serialize`; the generated call
+/// is spanned at the argument, so the error points there.
+#[inline(always)]
+pub fn assert_serialize<T: Serialize + ?Sized>(_: &T) {}
+
+/// Which handle a memoized function uses: `cache = ...` or the default one.
+pub trait IntoCache {
+    /// The handle, if any.
+    fn into_cache(self) -> Option<Cache>;
+}
+
+impl IntoCache for Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self)
+    }
+}
+
+impl IntoCache for &Cache {
+    fn into_cache(self) -> Option<Cache> {
+        Some(self.clone())
+    }
+}
+
+impl IntoCache for Option<Cache> {
+    fn into_cache(self) -> Option<Cache> {
+        self
+    }
+}
+
+impl IntoCache for Option<&Cache> {
+    fn into_cache(self) -> Option<Cache> {
+        self.cloned()
+    }
+}
+
+/// The handle for a call: `explicit` if given, else the default one.
+pub fn handle<C: IntoCache>(explicit: C) -> Option<Cache> {
+    explicit.into_cache()
+}
+
+/// The default handle (see [`set_default`](crate::set_default)).
+pub fn default_handle() -> Option<Cache> {
+    crate::default_cache()
+}
+
+/// The documented key: `{prefix}:{sha256 of the canonical JSON of the argument tuple}`.
+pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
+    crate::key_for(prefix, args)
+}
+
+/// A `key = ...` key: `{prefix}:{suffix}`.
+pub fn custom_key<S: Display>(prefix: &str, suffix: S) -> Result<String> {
+    let suffix = suffix.to_string();
+    if suffix.is_empty() {
+        return Err(EncodeError::EmptyKey.into());
+    }
+    Ok(format!("{prefix}:{suffix}"))
+}
+
+/// `Result`: only `Ok` is cached.
+pub fn stored_ok<T, E>(result: &std::result::Result<T, E>) -> Option<&T> {
+    result.as_ref().ok()
+}
+
+/// `Result`: a cached value is an `Ok`.
+pub fn restore_ok<T, E>(value: T) -> std::result::Result<T, E> {
+    Ok(value)
+}
+
+/// `Option`: only `Some` is cached.
+pub fn stored_some<T>(option: &Option<T>) -> Option<&T> {
+    option.as_ref()
+}
+
+/// `Option`: a cached value is a `Some`.
+pub fn restore_some<T>(value: T) -> Option<T> {
+    Some(value)
+}
+
+/// Any other type: always cached.
+pub fn stored_always<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
+
+/// Any other type: the cached value is the result.
+pub fn restore_always<T>(value: T) -> T {
+    value
+}
+
+/// Drops the entry a memoized function stored for these arguments, so the
+/// next call runs the body. `args` is the tuple of the key arguments (those
+/// not in `skip(...)`, in declaration order, `self` excluded), as for
+/// [`key_for`](crate::key_for); `&str` and `String` give the same key.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// // after `#[cached(prefix = "embedding", ttl = 86400)] async fn embed(text: &str)`:
+/// let removed = cache_core::invalidate_memoized(&cache, "embedding", &("hello",)).await?;
+/// assert!(!removed);
+/// # Ok(()) }
+/// ```
+pub async fn invalidate_memoized<A: Serialize + ?Sized>(
+    cache: &Cache,
+    prefix: &str,
+    args: &A,
+) -> Result<bool> {
+    cache.delete(&crate::key_for(prefix, args)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncacheable_calls_are_warned_about_at_most_once_a_period() {
+        let limiter = WarnLimiter::new(Duration::from_secs(60));
+        let at = Duration::from_secs;
+        assert_eq!(limiter.tick(at(0)), Some(1), "the first one is logged");
+        for second in 1..60 {
+            assert_eq!(limiter.tick(at(second)), None, "then quiet for a minute");
+        }
+        assert_eq!(
+            limiter.tick(at(60)),
+            Some(60),
+            "then one warning for all 60"
+        );
+        assert_eq!(limiter.tick(at(61)), None);
+        assert_eq!(limiter.tick(at(500)), Some(2));
+    }
+}
