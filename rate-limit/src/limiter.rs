@@ -351,11 +351,8 @@ impl Core {
                 bump(&self.counters.store_calls);
                 let now = now_micros(self.clock.as_ref());
                 // The namespace keeps handles with different ones apart, as on Redis.
-                let full: Vec<String> = keys
-                    .iter()
-                    .map(|k| self.cache.full_key(k).into_owned())
-                    .collect();
-                let full: Vec<&str> = full.iter().map(String::as_str).collect();
+                let full: Vec<_> = keys.iter().map(|k| self.cache.full_key(k)).collect();
+                let full: Vec<&str> = full.iter().map(|k| k.as_ref()).collect();
                 let rows = memory.evaluate(&full, &self.quotas, now, &[cost]);
                 self.outcomes(Ok(rows), 1)
             }
