@@ -5,10 +5,12 @@
 //! **Batching (Redis).** A request to count goes into the limiter's queue; a
 //! task of the limiter (the batcher) takes whatever has queued up, at most
 //! [`MAX_BATCH`] requests, and sends it as one script call carrying every
-//! client's keys and costs. Nothing waits for a timer: a request arriving
-//! while nothing is in flight goes out at once, and up to [`MAX_IN_FLIGHT`]
-//! calls are on the connection together, so requests fold into a batch only
-//! while the connection is busy anyway. The script evaluates each client's
+//! client's keys and costs ("group commit"). Nothing waits for a timer: a
+//! request arriving while no call is in flight goes out at once; those
+//! arriving while one is in flight go together in the next, as soon as it
+//! returns ([`MAX_IN_FLIGHT`] is 1: measured with 10 000 clients, 2 calls
+//! in flight made smaller batches and woke the batcher for every arriving
+//! request, for more CPU per request). The script evaluates each client's
 //! requests in order, exactly as if each had come alone
 //! ([`window::evaluate`]), and answers per request: admission stays exact
 //! across instances, for every algorithm, and concurrent requests of one
@@ -53,7 +55,7 @@ use crate::window::{self, Decision, Outcome};
 /// Requests in one script call, at most.
 pub(crate) const MAX_BATCH: usize = 128;
 /// Script calls of one limiter at the store at once, at most.
-pub(crate) const MAX_IN_FLIGHT: usize = 2;
+pub(crate) const MAX_IN_FLIGHT: usize = 1;
 /// Requests waiting for a batch, at most.
 pub(crate) const QUEUE: usize = 4096;
 

@@ -914,8 +914,8 @@ async fn bursts_are_coalesced_into_few_redis_calls() {
         .unwrap();
     assert_eq!(burst(limiter.clone(), 200).await, 50);
     let calls = evalsha_calls(&server);
-    // One EVALSHA per store call, plus the first ones answered NOSCRIPT (one
-    // per call in flight), then loaded.
+    // One EVALSHA per store call, plus the first ones answered NOSCRIPT
+    // (then loaded).
     assert!(
         calls <= limiter.stats().store_calls + 2,
         "{calls} EVALSHA calls"
@@ -979,7 +979,7 @@ async fn concurrent_requests_of_many_clients_share_script_calls() {
     }
     assert_eq!(passed, CLIENTS as usize, "one request per client passes");
     let calls = evalsha_calls(&server);
-    // Plus the first ones answered NOSCRIPT (one per call in flight), then loaded.
+    // Plus the first ones answered NOSCRIPT (then loaded).
     assert!(
         calls <= limiter.stats().store_calls + 2,
         "{calls} EVALSHA, {:?}",
