@@ -167,6 +167,7 @@ suite!(
     two_instances_sharing_a_store_admit_exactly_the_limit,
     the_window_resets,
     a_burst_from_one_client_admits_exactly_the_limit,
+    concurrent_requests_of_many_clients_each_get_an_exact_answer,
     clients_over_the_limit_are_rejected_without_store_calls,
     shadow_mode_counts_but_never_rejects,
     only_the_configured_proxy_header_picks_the_client,
@@ -416,6 +417,54 @@ mod behaviour {
             (limiter.stats().allowed, limiter.stats().limited),
             (50, 150)
         );
+    }
+
+    /// 100 clients sending 3 requests each at once, two policies: on Redis
+    /// they share script calls (on a cluster, one call per client), and
+    /// each client still gets exactly its 2.
+    pub async fn concurrent_requests_of_many_clients_each_get_an_exact_answer(store: Store) {
+        use tower::{Layer, ServiceExt};
+        const CLIENTS: u32 = 100;
+        let prefix = unique_prefix("many");
+        let limiter = RateLimitLayer::builder(store.cache.clone())
+            .prefix(&prefix)
+            .policy("burst", Quota::new(2, Duration::from_secs(60)))
+            .policy(
+                "slide",
+                Quota::new(5, Duration::from_secs(60)).algorithm(Algorithm::SlidingWindow),
+            )
+            .local_deny_cache(false)
+            .store_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let service = limiter.layer(tower::service_fn(
+            |_: http::Request<axum::body::Body>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+            },
+        ));
+        let requests: Vec<_> = (0..3 * CLIENTS)
+            .map(|i| {
+                let peer = SocketAddr::from(([10, 3, 0, (i % CLIENTS) as u8], 4000));
+                let request = http::Request::builder()
+                    .uri("/")
+                    .extension(axum::extract::ConnectInfo(peer))
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                tokio::spawn(service.clone().oneshot(request))
+            })
+            .collect();
+        let mut passed = 0;
+        for request in requests {
+            passed += usize::from(request.await.unwrap().unwrap().status() == 200);
+        }
+        assert_eq!(passed, 2 * CLIENTS as usize, "{:?}", limiter.stats());
+        assert_eq!(limiter.stats().store_errors, 0);
+        for client in [0, CLIENTS - 1] {
+            let key = format!("{prefix}:{{ip:10.3.0.{client}}}:burst");
+            let (value, ttl) = stored(&store, &key).await.expect("a stored count");
+            assert_eq!(value, "2", "{key}");
+            assert!(matches!(ttl, KeyTtl::Expires(_)), "{key}: {ttl:?}");
+        }
     }
 
     pub async fn clients_over_the_limit_are_rejected_without_store_calls(store: Store) {
