@@ -6,11 +6,12 @@
 //! task of the limiter (the batcher) takes whatever has queued up, at most
 //! [`MAX_BATCH`] requests, and sends it as one script call carrying every
 //! client's keys and costs ("group commit"). Nothing waits for a timer: a
-//! request arriving while no call is in flight goes out at once; those
-//! arriving while one is in flight go together in the next, as soon as it
-//! returns ([`MAX_IN_FLIGHT`] is 1: measured with 10 000 clients, 2 calls
-//! in flight made smaller batches and woke the batcher for every arriving
-//! request, for more CPU per request). The script evaluates each client's
+//! request arriving while no call is in flight and nothing is queued makes
+//! its call itself, at once (no hop through the batcher); those arriving
+//! while one is in flight go together in the next, as soon as it returns.
+//! One call of a limiter is in flight at a time: measured with 10 000
+//! clients, two in flight made smaller batches and woke the batcher for
+//! every arriving request, for more CPU per request. The script evaluates each client's
 //! requests in order, exactly as if each had come alone
 //! ([`window::evaluate`]), and answers per request: admission stays exact
 //! across instances, for every algorithm, and concurrent requests of one
@@ -30,8 +31,7 @@
 //!
 //! **Bounded by design.** The queue holds at most [`QUEUE`] requests (a
 //! request finding it full is a store failure, under the layer's fail mode),
-//! at most [`MAX_IN_FLIGHT`] batches are at the store, each for at most the
-//! store timeout, and the deny cache holds at most its capacity
+//! one call is at the store at a time, for at most the store timeout, and the deny cache holds at most its capacity
 //! ([`crate::deny`]). A request cancelled before its batch is sent is not
 //! sent.
 
@@ -54,8 +54,6 @@ use crate::window::{self, Decision, Outcome};
 
 /// Requests in one script call, at most.
 pub(crate) const MAX_BATCH: usize = 128;
-/// Script calls of one limiter at the store at once, at most.
-pub(crate) const MAX_IN_FLIGHT: usize = 1;
 /// Requests waiting for a batch, at most.
 pub(crate) const QUEUE: usize = 4096;
 
@@ -164,6 +162,10 @@ pub(crate) struct Core {
     denied: DenyCache,
     /// Requests between entering the queue and getting (or giving up) their answer.
     waiting: AtomicUsize,
+    /// A call of this limiter is at Redis: the next waits, batched.
+    busy: AtomicBool,
+    /// Signalled when `busy` is released.
+    idle: tokio::sync::Notify,
     failing: AtomicBool,
 }
 
@@ -186,9 +188,10 @@ struct Request {
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
+    /// Counts one more, and says whether it is the only one.
+    fn enter(count: &'a AtomicUsize) -> (Self, bool) {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        (Waiting(count), before == 0)
     }
 }
 
@@ -221,6 +224,8 @@ impl Limiter {
                 counters: Counters::default(),
                 denied: DenyCache::new(DEFAULT_CAPACITY),
                 waiting: AtomicUsize::new(0),
+                busy: AtomicBool::new(false),
+                idle: tokio::sync::Notify::new(),
                 failing: AtomicBool::new(false),
             }),
             coalesce: config.coalesce,
@@ -238,6 +243,14 @@ impl Limiter {
             Some(queue) => queue,
             None => return self.core.count_one(&client, cost).await,
         };
+        let (_waiting, alone) = Waiting::enter(&self.waiting);
+        // No other request waiting (none queued, none held by the batcher,
+        // none in flight): nothing to fold with, and nobody overtaken.
+        if alone && let Some(busy) = self.try_acquire() {
+            let verdict = self.core.count_one(&client, cost).await;
+            drop(busy);
+            return verdict;
+        }
         // Its batch waits for a call at the store to end (at most one store
         // timeout), then makes its own (another): the bound on the wait.
         // Saturating: `store_timeout(Duration::MAX)` must not panic every request.
@@ -245,7 +258,6 @@ impl Limiter {
         let deadline = now
             .checked_add(self.store_timeout.saturating_mul(2))
             .unwrap_or_else(|| now + cache_core::MAX_WINDOW);
-        let _waiting = Waiting::new(&self.waiting);
         let (reply, answer) = oneshot::channel();
         match queue.try_send(Request {
             client,
@@ -293,28 +305,53 @@ impl Limiter {
     }
 }
 
-/// Sends what queued up as one batch, up to [`MAX_IN_FLIGHT`] at once,
-/// until the limiter is dropped.
+/// Sends what queued up as one batch once no call of the limiter is in
+/// flight, until the limiter is dropped.
 async fn batcher(core: Arc<Core>, mut requests: mpsc::Receiver<Request>) {
-    let mut in_flight = FuturesUnordered::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            received = requests.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
-                if received == 0 {
-                    break;
-                }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-                in_flight.push(core.clone().send(full));
-            }
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let busy = core.acquire().await;
+        // What arrived while the call in flight was at the store.
+        while batch.len() < MAX_BATCH
+            && let Ok(request) = requests.try_recv()
+        {
+            batch.push(request);
         }
+        core.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
+            .await;
+        drop(busy);
     }
-    while in_flight.next().await.is_some() {}
+}
+
+/// The limiter's one call in flight; released when dropped.
+struct Busy<'a>(&'a Core);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+        self.0.idle.notify_one();
+    }
 }
 
 impl Core {
+    fn try_acquire(&self) -> Option<Busy<'_>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Busy(self))
+    }
+
+    /// Waits until no call of the limiter is in flight, and claims the next.
+    async fn acquire(&self) -> Busy<'_> {
+        loop {
+            if let Some(busy) = self.try_acquire() {
+                return busy;
+            }
+            // A release before this wait leaves a permit: no lost wake-up.
+            self.idle.notified().await;
+        }
+    }
+
     /// The first policy whose whole limit is below `cost`: a request that
     /// can never pass.
     pub(crate) fn too_costly(&self, cost: u64) -> Option<usize> {
@@ -382,7 +419,7 @@ impl Core {
     }
 
     /// Counts a batch: one script call (one per client on a cluster).
-    async fn send(self: Arc<Self>, mut batch: Vec<Request>) {
+    async fn send(&self, mut batch: Vec<Request>) {
         // Cancelled before being sent: not counted.
         batch.retain(|request| !request.reply.is_closed());
         // Each client's requests together, in arrival order (a stable sort).
