@@ -170,7 +170,7 @@ impl RateLimitLayer {
         self.shared.limiter.counters.snapshot()
     }
 
-    /// Clients held in memory: (coalescing slots, deny cache entries). For
+    /// Clients held in memory: (requests waiting for the store, deny cache entries). For
     /// tests that check both stay bounded; not a stable API.
     #[doc(hidden)]
     pub fn tracked_clients(&self) -> (usize, usize) {
@@ -373,9 +373,9 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Fold concurrent requests of one client into one store call (default: on
-    /// for Redis, where it saves round trips; off for the in-memory store,
-    /// where a store call is already in-process).
+    /// Fold concurrent requests, of one client or many, into one store call
+    /// (default on; only Redis batches: an in-memory check is already a
+    /// function call). Off: one Redis call per request.
     pub fn coalesce(mut self, enabled: bool) -> Self {
         self.coalesce = Some(enabled);
         self
@@ -652,7 +652,7 @@ where
         let future = async move {
             let decision = match known {
                 Some(decision) => decision,
-                None => match shared.limiter.check(&key, cost).await {
+                None => match shared.limiter.check(key, cost).await {
                     Verdict::Decided(decision) => decision,
                     Verdict::TooCostly { policy } => {
                         if !shared.shadow {

@@ -80,7 +80,12 @@ impl MemoryLimits {
         {
             if state != old {
                 let expires = window::expires_ms(quota, *state);
-                if !shard.contains_key(*key) && shard.len() >= self.shard_capacity {
+                // A known key is updated in place: no copy of it.
+                if let Some(entry) = shard.get_mut(*key) {
+                    *entry = (*state, expires);
+                    continue;
+                }
+                if shard.len() >= self.shard_capacity {
                     make_room(&mut shard, now_ms, self.shard_capacity);
                 }
                 shard.insert((*key).to_string(), (*state, expires));

@@ -33,15 +33,9 @@ pub async fn evaluate_raw(
         let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.evaluate(&full, quotas, now_us, costs));
     }
-    redis::evaluate(
-        cache,
-        keys,
-        Some(now_us),
-        quotas,
-        costs,
-        Duration::from_secs(5),
-    )
-    .await
+    // One client: its keys, then its requests' costs.
+    let args = redis::args(Some(now_us), quotas, costs);
+    redis::evaluate(cache, keys, &args, Duration::from_secs(5)).await
 }
 
 /// For tests: the state the in-memory backend of `cache` holds under `key`
