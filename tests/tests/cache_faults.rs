@@ -12,6 +12,7 @@ use axum::Router;
 use axum::routing::get;
 use cache_core::{BreakerState, Cache, CacheBuilder, ErrorKind};
 use rate_limit::{FailMode, RateLimitLayer};
+use tests::suite;
 use tests::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// Timeout of the handles in this file; every failing call must end within it.
@@ -20,14 +21,12 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 const SLACK: Duration = Duration::from_millis(150);
 
 async fn handle(url: &str) -> Cache {
-    Cache::builder()
-        .redis_url(url)
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_cooldown(Duration::from_millis(300))
-        .build()
-        .await
-        .unwrap()
+    suite::build(
+        suite::redis(url)
+            .timeout(TIMEOUT)
+            .breaker_cooldown(Duration::from_millis(300)),
+    )
+    .await
 }
 
 /// Calls `cache.set` until one succeeds, returning how long it took. The key
@@ -103,15 +102,13 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
 async fn calls_fail_fast_while_redis_refuses_connections() {
     const LONG: Duration = Duration::from_secs(1);
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(LONG)
-        // Every call below must reach the connection, not an open breaker.
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(LONG)
+            // Every call below must reach the connection, not an open breaker.
+            .breaker_threshold(100),
+    )
+    .await;
     let key = unique_prefix("refused");
     cache.set(&key, &1, None).await.unwrap();
     server.kill();
@@ -174,15 +171,13 @@ async fn from_env_succeeds_without_redis_and_connects_when_it_appears() {
 #[tokio::test]
 async fn breaker_opens_fails_fast_and_closes_after_recovery() {
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_threshold(3)
-        .breaker_cooldown(Duration::from_millis(400))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(TIMEOUT)
+            .breaker_threshold(3)
+            .breaker_cooldown(Duration::from_millis(400)),
+    )
+    .await;
     let key = unique_prefix("breaker");
     cache.set(&key, &1, None).await.unwrap();
     server.kill();
@@ -366,23 +361,20 @@ async fn serve(layer: RateLimitLayer) -> u16 {
 async fn failover_rig(name: &str) -> FailoverRig {
     let cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT);
     let handle = |namespace: Option<&str>| {
-        let builder = Cache::builder()
-            .cluster_urls(cluster.urls())
-            .unwrap()
+        let builder = suite::cluster(cluster.urls())
             .timeout(TIMEOUT)
             .breaker_cooldown(Duration::from_millis(300));
-        match namespace {
+        suite::build(match namespace {
             Some(namespace) => builder.namespace(namespace),
             None => builder,
-        }
-        .build()
+        })
     };
-    let cache = handle(None).await.unwrap();
+    let cache = handle(None).await;
     let prefix = unique_prefix(name);
     // A namespace that is a hash tag puts the probe and both limiters'
     // counters in one slot, whatever the limiter makes of the client's address.
     let tag = format!("{{{prefix}}}");
-    let tagged = handle(Some(&tag)).await.unwrap();
+    let tagged = handle(Some(&tag)).await;
     let limiter = |mode: FailMode, name: &str| {
         RateLimitLayer::builder(tagged.clone())
             .limit(1_000_000)
@@ -636,14 +628,12 @@ async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it
         replica_cli(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).trim(),
         "OK"
     );
-    let cache = Cache::builder()
-        .cluster_urls(cluster.urls())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::cluster(cluster.urls())
+            .timeout(TIMEOUT)
+            .breaker_threshold(100),
+    )
+    .await;
     let p = unique_prefix("down");
     let entries: Vec<(String, u32)> = (0..64).map(|i| (format!("{p}:k:{i}"), i)).collect();
     let refs: Vec<(&str, u32)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -861,14 +851,12 @@ async fn invalidate_prefix_is_bounded_by_the_timeout_while_redis_is_down() {
 async fn invalidate_prefix_stops_at_its_budget_and_can_be_called_again() {
     let server = RedisServer::start();
     let budget = Duration::from_millis(300);
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .invalidate_budget(budget)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(Duration::from_secs(5))
+            .invalidate_budget(budget),
+    )
+    .await;
     let p = unique_prefix("inv-budget");
     fill(&cache, &p, 2000).await;
     server.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
@@ -894,13 +882,7 @@ async fn invalidate_prefix_stops_at_its_budget_and_can_be_called_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
     let cluster = tests::RedisCluster::start();
-    let cache = Cache::builder()
-        .cluster_urls(cluster.urls())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::cluster(cluster.urls()).timeout(TIMEOUT)).await;
     let p = unique_prefix("inv-cluster");
     fill(&cache, &p, 300).await;
     RedisServer::cli_on(cluster.primaries()[1], &["CLIENT", "PAUSE", "1500", "ALL"]);
@@ -921,16 +903,14 @@ async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
 async fn a_reply_completing_after_the_timeout_is_a_timeout_not_a_late_ok() {
     let server = RedisServer::start();
     let build = |timeout: Duration| {
-        Cache::builder()
-            .redis_url(&server.url())
-            .unwrap()
+        let builder = suite::redis(&server.url())
             .timeout(timeout)
             .max_value_bytes(64 << 20)
             // Every late reply counts as a failure: keep the breaker out of the way.
-            .breaker_threshold(1000)
-            .build()
+            .breaker_threshold(1000);
+        suite::build(builder)
     };
-    let patient = build(Duration::from_secs(10)).await.unwrap();
+    let patient = build(Duration::from_secs(10)).await;
     patient
         .set("big", &"v".repeat(16 << 20), None)
         .await
@@ -946,7 +926,7 @@ async fn a_reply_completing_after_the_timeout_is_a_timeout_not_a_late_ok() {
     }
     assert!(read_and_decode > read, "{read:?} {read_and_decode:?}");
     let timeout = read + (read_and_decode - read) / 2;
-    let reader = build(timeout).await.unwrap();
+    let reader = build(timeout).await;
     // Connecting can take longer than this tight timeout on a loaded machine
     // (the whole suite on two cores): PING until connected, within a bound.
     let connecting = Instant::now();
@@ -1003,15 +983,13 @@ fn clients(server: &RedisServer) -> usize {
 #[tokio::test]
 async fn a_dedicated_handle_has_a_connection_of_its_own() {
     let server = RedisServer::start();
-    let shared = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .namespace("app")
-        .timeout(Duration::from_millis(700))
-        .max_value_bytes(1000)
-        .build()
-        .await
-        .unwrap();
+    let shared = suite::build(
+        suite::redis(&server.url())
+            .namespace("app")
+            .timeout(Duration::from_millis(700))
+            .max_value_bytes(1000),
+    )
+    .await;
     shared.set("k", &1, None).await.unwrap();
     assert_eq!(clients(&server), 1);
     let own = shared.dedicated();
@@ -1110,13 +1088,7 @@ async fn a_wrong_password_on_a_cluster_is_an_auth_error() {
         .iter()
         .map(|node| format!("redis://ghost:Wrong-Pa55-3@127.0.0.1:{}", node.port()))
         .collect();
-    let cache = Cache::builder()
-        .cluster_urls(urls)
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::cluster(urls).timeout(Duration::from_secs(2))).await;
     let started = Instant::now();
     let err = cache.get::<i32>("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
