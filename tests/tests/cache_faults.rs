@@ -29,6 +29,33 @@ async fn handle(url: &str) -> Cache {
     .await
 }
 
+/// The load tasks of a test each report their first successful call, so
+/// that the fault is injected once all of them run (not after a pause that
+/// guesses when they do).
+#[derive(Clone)]
+struct Running(Arc<tokio::sync::Semaphore>);
+
+impl Running {
+    fn new() -> Self {
+        Running(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Called once by each task, after its first successful call.
+    fn report(&self) {
+        self.0.add_permits(1);
+    }
+
+    /// Waits until `tasks` tasks have reported, within a bound.
+    async fn wait_for(&self, tasks: usize) {
+        let tasks = u32::try_from(tasks).expect("a few tasks");
+        tokio::time::timeout(Duration::from_secs(10), self.0.acquire_many(tasks))
+            .await
+            .expect("the load did not start within 10 s")
+            .expect("the semaphore is never closed")
+            .forget();
+    }
+}
+
 /// Calls `cache.set` until one succeeds, returning how long it took. The key
 /// gets a TTL, so that checks for keys without one are not disturbed.
 async fn until_it_works(cache: &Cache, key: &str, limit: Duration) -> Duration {
@@ -59,17 +86,23 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
     cache.set(&format!("{p}:k"), &1, None).await.unwrap();
 
     let stop = Instant::now() + Duration::from_millis(800);
+    let running = Running::new();
     let workers: Vec<_> = (0..16)
         .map(|w| {
-            let cache = cache.clone();
+            let (cache, running) = (cache.clone(), running.clone());
             let key = format!("{p}:k{w}");
             tokio::spawn(async move {
                 let mut slowest = Duration::ZERO;
-                let mut failures = 0;
+                let (mut failures, mut successes) = (0, 0);
                 while Instant::now() < stop {
                     let started = Instant::now();
                     if cache.set(&key, &w, None).await.is_err() {
                         failures += 1;
+                    } else {
+                        successes += 1;
+                        if successes == 1 {
+                            running.report();
+                        }
                     }
                     slowest = slowest.max(started.elapsed());
                     // A fail-fast call (open breaker) never yields by itself; without
@@ -80,7 +113,7 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.wait_for(workers.len()).await;
     server.kill();
     let mut any_failed = false;
     for worker in workers {
@@ -259,24 +292,32 @@ struct Sample {
     outcome: u16,
 }
 
-/// Tasks calling `set` then `get` on 64 keys spread over every slot, until `stop`.
+/// Tasks calling `set` then `get` on 64 keys spread over every slot, until
+/// `stop`; each reports its first successful `set` to `running`.
 fn cache_load(
     cache: &Cache,
     prefix: &str,
     stop: &Arc<AtomicBool>,
+    running: &Running,
 ) -> Vec<tokio::task::JoinHandle<Vec<Sample>>> {
     const TASKS: usize = 6;
     (0..TASKS)
         .map(|task| {
             let (cache, prefix, stop) = (cache.clone(), prefix.to_string(), stop.clone());
+            let running = running.clone();
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut reported = false;
                 let mut i = task;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("{prefix}:load:{}", i % 64);
                     i += TASKS;
                     let at = Instant::now();
                     let set = cache.set(&key, &i, Some(Duration::from_secs(600))).await;
+                    if set.is_ok() && !reported {
+                        running.report();
+                        reported = true;
+                    }
                     samples.push(Sample {
                         at,
                         took: at.elapsed(),
@@ -298,15 +339,25 @@ fn cache_load(
         .collect()
 }
 
-/// One keep-alive client sending `GET /` to `port` every few milliseconds until `stop`.
-fn http_load(port: u16, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Sample>> {
-    let stop = stop.clone();
+/// One keep-alive client sending `GET /` to `port` every few milliseconds
+/// until `stop`; it reports its first 200 to `running`.
+fn http_load(
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    running: &Running,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    let (stop, running) = (stop.clone(), running.clone());
     tokio::spawn(async move {
         let mut samples = Vec::new();
+        let mut reported = false;
         let mut conn = tests::http::Connection::open(port).await.unwrap();
         while !stop.load(Ordering::Relaxed) {
             let at = Instant::now();
             let response = conn.get("/", Duration::from_secs(5)).await.unwrap();
+            if response.status == 200 && !reported {
+                running.report();
+                reported = true;
+            }
             samples.push(Sample {
                 at,
                 took: at.elapsed(),
@@ -499,9 +550,13 @@ async fn a_killed_cluster_primary_is_replaced_and_the_handle_and_limiter_follow(
         .expect("every primary has a replica");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
-    let (open, closed) = (http_load(rig.open, &stop), http_load(rig.closed, &stop));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = Running::new();
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop, &running);
+    let (open, closed) = (
+        http_load(rig.open, &stop, &running),
+        http_load(rig.closed, &stop, &running),
+    );
+    running.wait_for(calls.len() + 2).await;
     let killed = Instant::now();
     rig.cluster.node_mut(victim).kill();
     // Blocks this thread only: the load runs on the runtime's workers.
@@ -584,9 +639,13 @@ async fn a_planned_cluster_failover_is_followed_without_errors_after_the_switch(
         .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
-    let requests = vec![http_load(rig.open, &stop), http_load(rig.closed, &stop)];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = Running::new();
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop, &running);
+    let requests = vec![
+        http_load(rig.open, &stop, &running),
+        http_load(rig.closed, &stop, &running),
+    ];
+    running.wait_for(calls.len() + requests.len()).await;
     assert_eq!(replica_node.cli(&["CLUSTER", "FAILOVER"]).trim(), "OK");
     let switched = rig.cluster.wait_until(Duration::from_secs(10), |c| {
         c.primaries().contains(&replica) && c.is_settled()
