@@ -3,7 +3,6 @@
 //! Cluster failovers (a primary killed, and a planned `CLUSTER FAILOVER`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -392,21 +391,14 @@ struct FailoverRig {
     closed: u16,
 }
 
+/// Serves `GET /` behind `layer` on a free loopback port.
 async fn serve(layer: RateLimitLayer) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .layer(layer);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    port
+    tests::http::serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
 }
 
 async fn failover_rig(name: &str) -> FailoverRig {
