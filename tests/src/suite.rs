@@ -78,7 +78,7 @@ pub async fn build(builder: CacheBuilder) -> Cache {
 /// Instantiates each behaviour once per backend: `memory_store::name`,
 /// `standalone_redis::name`, `redis_cluster::name`.
 ///
-/// ```ignore
+/// ```text
 /// async fn fixture(backend: tests::suite::Backend, test: &str) -> (Cache, String) { ... }
 ///
 /// tests::suite! {
