@@ -2,6 +2,7 @@
 //! loopback: requests with custom headers, responses with status, headers and
 //! body; no client library whose own overhead would blur a measurement.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,4 +136,22 @@ impl Connection {
         self.buffer.drain(..body_start + length);
         Ok(Response { status, head, body })
     }
+}
+
+/// Serves `app` on a free loopback port (with `ConnectInfo`, as the rate
+/// limiter's key extractors need) until the runtime ends; returns the port.
+pub async fn serve(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("the test server runs until the runtime ends");
+    });
+    port
 }

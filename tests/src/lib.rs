@@ -10,6 +10,7 @@
 //! restart a server start their own with [`RedisServer::start`].
 
 pub mod http;
+pub mod suite;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

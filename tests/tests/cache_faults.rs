@@ -3,7 +3,6 @@
 //! Cluster failovers (a primary killed, and a planned `CLUSTER FAILOVER`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use cache_core::{BreakerState, Cache, CacheBuilder, ErrorKind};
 use rate_limit::{FailMode, RateLimitLayer};
+use tests::suite;
 use tests::{RedisCluster, RedisServer, free_port, unique_prefix};
 
 /// Timeout of the handles in this file; every failing call must end within it.
@@ -20,14 +20,39 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 const SLACK: Duration = Duration::from_millis(150);
 
 async fn handle(url: &str) -> Cache {
-    Cache::builder()
-        .redis_url(url)
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_cooldown(Duration::from_millis(300))
-        .build()
-        .await
-        .unwrap()
+    suite::build(
+        suite::redis(url)
+            .timeout(TIMEOUT)
+            .breaker_cooldown(Duration::from_millis(300)),
+    )
+    .await
+}
+
+/// The load tasks of a test each report their first successful call, so
+/// that the fault is injected once all of them run (not after a pause that
+/// guesses when they do).
+#[derive(Clone)]
+struct Running(Arc<tokio::sync::Semaphore>);
+
+impl Running {
+    fn new() -> Self {
+        Running(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Called once by each task, after its first successful call.
+    fn report(&self) {
+        self.0.add_permits(1);
+    }
+
+    /// Waits until `tasks` tasks have reported, within a bound.
+    async fn wait_for(&self, tasks: usize) {
+        let tasks = u32::try_from(tasks).expect("a few tasks");
+        tokio::time::timeout(Duration::from_secs(10), self.0.acquire_many(tasks))
+            .await
+            .expect("the load did not start within 10 s")
+            .expect("the semaphore is never closed")
+            .forget();
+    }
 }
 
 /// Calls `cache.set` until one succeeds, returning how long it took. The key
@@ -60,17 +85,23 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
     cache.set(&format!("{p}:k"), &1, None).await.unwrap();
 
     let stop = Instant::now() + Duration::from_millis(800);
+    let running = Running::new();
     let workers: Vec<_> = (0..16)
         .map(|w| {
-            let cache = cache.clone();
+            let (cache, running) = (cache.clone(), running.clone());
             let key = format!("{p}:k{w}");
             tokio::spawn(async move {
                 let mut slowest = Duration::ZERO;
-                let mut failures = 0;
+                let (mut failures, mut successes) = (0, 0);
                 while Instant::now() < stop {
                     let started = Instant::now();
                     if cache.set(&key, &w, None).await.is_err() {
                         failures += 1;
+                    } else {
+                        successes += 1;
+                        if successes == 1 {
+                            running.report();
+                        }
                     }
                     slowest = slowest.max(started.elapsed());
                     // A fail-fast call (open breaker) never yields by itself; without
@@ -81,7 +112,7 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.wait_for(workers.len()).await;
     server.kill();
     let mut any_failed = false;
     for worker in workers {
@@ -103,15 +134,13 @@ async fn calls_in_flight_when_redis_dies_end_within_the_timeout() {
 async fn calls_fail_fast_while_redis_refuses_connections() {
     const LONG: Duration = Duration::from_secs(1);
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(LONG)
-        // Every call below must reach the connection, not an open breaker.
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(LONG)
+            // Every call below must reach the connection, not an open breaker.
+            .breaker_threshold(100),
+    )
+    .await;
     let key = unique_prefix("refused");
     cache.set(&key, &1, None).await.unwrap();
     server.kill();
@@ -174,15 +203,13 @@ async fn from_env_succeeds_without_redis_and_connects_when_it_appears() {
 #[tokio::test]
 async fn breaker_opens_fails_fast_and_closes_after_recovery() {
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_threshold(3)
-        .breaker_cooldown(Duration::from_millis(400))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(TIMEOUT)
+            .breaker_threshold(3)
+            .breaker_cooldown(Duration::from_millis(400)),
+    )
+    .await;
     let key = unique_prefix("breaker");
     cache.set(&key, &1, None).await.unwrap();
     server.kill();
@@ -264,24 +291,32 @@ struct Sample {
     outcome: u16,
 }
 
-/// Tasks calling `set` then `get` on 64 keys spread over every slot, until `stop`.
+/// Tasks calling `set` then `get` on 64 keys spread over every slot, until
+/// `stop`; each reports its first successful `set` to `running`.
 fn cache_load(
     cache: &Cache,
     prefix: &str,
     stop: &Arc<AtomicBool>,
+    running: &Running,
 ) -> Vec<tokio::task::JoinHandle<Vec<Sample>>> {
     const TASKS: usize = 6;
     (0..TASKS)
         .map(|task| {
             let (cache, prefix, stop) = (cache.clone(), prefix.to_string(), stop.clone());
+            let running = running.clone();
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut reported = false;
                 let mut i = task;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("{prefix}:load:{}", i % 64);
                     i += TASKS;
                     let at = Instant::now();
                     let set = cache.set(&key, &i, Some(Duration::from_secs(600))).await;
+                    if set.is_ok() && !reported {
+                        running.report();
+                        reported = true;
+                    }
                     samples.push(Sample {
                         at,
                         took: at.elapsed(),
@@ -303,15 +338,25 @@ fn cache_load(
         .collect()
 }
 
-/// One keep-alive client sending `GET /` to `port` every few milliseconds until `stop`.
-fn http_load(port: u16, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Sample>> {
-    let stop = stop.clone();
+/// One keep-alive client sending `GET /` to `port` every few milliseconds
+/// until `stop`; it reports its first 200 to `running`.
+fn http_load(
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    running: &Running,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    let (stop, running) = (stop.clone(), running.clone());
     tokio::spawn(async move {
         let mut samples = Vec::new();
+        let mut reported = false;
         let mut conn = tests::http::Connection::open(port).await.unwrap();
         while !stop.load(Ordering::Relaxed) {
             let at = Instant::now();
             let response = conn.get("/", Duration::from_secs(5)).await.unwrap();
+            if response.status == 200 && !reported {
+                running.report();
+                reported = true;
+            }
             samples.push(Sample {
                 at,
                 took: at.elapsed(),
@@ -346,43 +391,33 @@ struct FailoverRig {
     closed: u16,
 }
 
+/// Serves `GET /` behind `layer` on a free loopback port.
 async fn serve(layer: RateLimitLayer) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .layer(layer);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    port
+    tests::http::serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
 }
 
 async fn failover_rig(name: &str) -> FailoverRig {
     let cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT);
     let handle = |namespace: Option<&str>| {
-        let builder = Cache::builder()
-            .cluster_urls(cluster.urls())
-            .unwrap()
+        let builder = suite::cluster(cluster.urls())
             .timeout(TIMEOUT)
             .breaker_cooldown(Duration::from_millis(300));
-        match namespace {
+        suite::build(match namespace {
             Some(namespace) => builder.namespace(namespace),
             None => builder,
-        }
-        .build()
+        })
     };
-    let cache = handle(None).await.unwrap();
+    let cache = handle(None).await;
     let prefix = unique_prefix(name);
     // A namespace that is a hash tag puts the probe and both limiters'
     // counters in one slot, whatever the limiter makes of the client's address.
     let tag = format!("{{{prefix}}}");
-    let tagged = handle(Some(&tag)).await.unwrap();
+    let tagged = handle(Some(&tag)).await;
     let limiter = |mode: FailMode, name: &str| {
         RateLimitLayer::builder(tagged.clone())
             .limit(1_000_000)
@@ -507,9 +542,13 @@ async fn a_killed_cluster_primary_is_replaced_and_the_handle_and_limiter_follow(
         .expect("every primary has a replica");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
-    let (open, closed) = (http_load(rig.open, &stop), http_load(rig.closed, &stop));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = Running::new();
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop, &running);
+    let (open, closed) = (
+        http_load(rig.open, &stop, &running),
+        http_load(rig.closed, &stop, &running),
+    );
+    running.wait_for(calls.len() + 2).await;
     let killed = Instant::now();
     rig.cluster.node_mut(victim).kill();
     // Blocks this thread only: the load runs on the runtime's workers.
@@ -592,9 +631,13 @@ async fn a_planned_cluster_failover_is_followed_without_errors_after_the_switch(
         .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let calls = cache_load(&rig.cache, &rig.prefix, &stop);
-    let requests = vec![http_load(rig.open, &stop), http_load(rig.closed, &stop)];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = Running::new();
+    let calls = cache_load(&rig.cache, &rig.prefix, &stop, &running);
+    let requests = vec![
+        http_load(rig.open, &stop, &running),
+        http_load(rig.closed, &stop, &running),
+    ];
+    running.wait_for(calls.len() + requests.len()).await;
     assert_eq!(replica_node.cli(&["CLUSTER", "FAILOVER"]).trim(), "OK");
     let switched = rig.cluster.wait_until(Duration::from_secs(10), |c| {
         c.primaries().contains(&replica) && c.is_settled()
@@ -636,14 +679,12 @@ async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it
         replica_cli(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).trim(),
         "OK"
     );
-    let cache = Cache::builder()
-        .cluster_urls(cluster.urls())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::cluster(cluster.urls())
+            .timeout(TIMEOUT)
+            .breaker_threshold(100),
+    )
+    .await;
     let p = unique_prefix("down");
     let entries: Vec<(String, u32)> = (0..64).map(|i| (format!("{p}:k:{i}"), i)).collect();
     let refs: Vec<(&str, u32)> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -861,14 +902,12 @@ async fn invalidate_prefix_is_bounded_by_the_timeout_while_redis_is_down() {
 async fn invalidate_prefix_stops_at_its_budget_and_can_be_called_again() {
     let server = RedisServer::start();
     let budget = Duration::from_millis(300);
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .invalidate_budget(budget)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&server.url())
+            .timeout(Duration::from_secs(5))
+            .invalidate_budget(budget),
+    )
+    .await;
     let p = unique_prefix("inv-budget");
     fill(&cache, &p, 2000).await;
     server.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
@@ -894,13 +933,7 @@ async fn invalidate_prefix_stops_at_its_budget_and_can_be_called_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
     let cluster = tests::RedisCluster::start();
-    let cache = Cache::builder()
-        .cluster_urls(cluster.urls())
-        .unwrap()
-        .timeout(TIMEOUT)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::cluster(cluster.urls()).timeout(TIMEOUT)).await;
     let p = unique_prefix("inv-cluster");
     fill(&cache, &p, 300).await;
     RedisServer::cli_on(cluster.primaries()[1], &["CLIENT", "PAUSE", "1500", "ALL"]);
@@ -921,16 +954,14 @@ async fn invalidate_prefix_on_a_cluster_is_bounded_while_a_primary_is_paused() {
 async fn a_reply_completing_after_the_timeout_is_a_timeout_not_a_late_ok() {
     let server = RedisServer::start();
     let build = |timeout: Duration| {
-        Cache::builder()
-            .redis_url(&server.url())
-            .unwrap()
+        let builder = suite::redis(&server.url())
             .timeout(timeout)
             .max_value_bytes(64 << 20)
             // Every late reply counts as a failure: keep the breaker out of the way.
-            .breaker_threshold(1000)
-            .build()
+            .breaker_threshold(1000);
+        suite::build(builder)
     };
-    let patient = build(Duration::from_secs(10)).await.unwrap();
+    let patient = build(Duration::from_secs(10)).await;
     patient
         .set("big", &"v".repeat(16 << 20), None)
         .await
@@ -946,7 +977,7 @@ async fn a_reply_completing_after_the_timeout_is_a_timeout_not_a_late_ok() {
     }
     assert!(read_and_decode > read, "{read:?} {read_and_decode:?}");
     let timeout = read + (read_and_decode - read) / 2;
-    let reader = build(timeout).await.unwrap();
+    let reader = build(timeout).await;
     // Connecting can take longer than this tight timeout on a loaded machine
     // (the whole suite on two cores): PING until connected, within a bound.
     let connecting = Instant::now();
@@ -1003,15 +1034,13 @@ fn clients(server: &RedisServer) -> usize {
 #[tokio::test]
 async fn a_dedicated_handle_has_a_connection_of_its_own() {
     let server = RedisServer::start();
-    let shared = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .namespace("app")
-        .timeout(Duration::from_millis(700))
-        .max_value_bytes(1000)
-        .build()
-        .await
-        .unwrap();
+    let shared = suite::build(
+        suite::redis(&server.url())
+            .namespace("app")
+            .timeout(Duration::from_millis(700))
+            .max_value_bytes(1000),
+    )
+    .await;
     shared.set("k", &1, None).await.unwrap();
     assert_eq!(clients(&server), 1);
     let own = shared.dedicated();
@@ -1110,13 +1139,7 @@ async fn a_wrong_password_on_a_cluster_is_an_auth_error() {
         .iter()
         .map(|node| format!("redis://ghost:Wrong-Pa55-3@127.0.0.1:{}", node.port()))
         .collect();
-    let cache = Cache::builder()
-        .cluster_urls(urls)
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::cluster(urls).timeout(Duration::from_secs(2))).await;
     let started = Instant::now();
     let err = cache.get::<i32>("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");

@@ -5,54 +5,21 @@ use std::time::{Duration, Instant};
 
 use cache_core::{Cache, ErrorKind, KeyTtl, MAX_TTL};
 use serde::{Deserialize, Serialize};
-use tests::{shared_cluster, shared_server, unique_prefix};
+use tests::suite::{self, Backend};
+use tests::{shared_server, unique_prefix};
 
 /// A fresh handle on the backend and a prefix no other test uses.
 type Fixture = (Cache, String);
 
-async fn memory(name: &str) -> Fixture {
-    let cache = Cache::builder().in_memory().build().await.unwrap();
-    (cache, unique_prefix(name))
+async fn fixture(backend: Backend, test: &str) -> Fixture {
+    (
+        suite::build(backend.suite_builder()).await,
+        unique_prefix(test),
+    )
 }
 
-async fn standalone(name: &str) -> Fixture {
-    let cache = Cache::builder()
-        .redis_url(&shared_server().url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
-    (cache, unique_prefix(name))
-}
-
-async fn cluster(name: &str) -> Fixture {
-    let cache = Cache::builder()
-        .cluster_urls(shared_cluster().urls())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
-    (cache, unique_prefix(name))
-}
-
-/// Instantiates each behaviour once per backend: `memory::name`, `standalone::name`, `cluster::name`.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::memory(stringify!($name)).await).await; })*
-        }
-        mod standalone_redis {
-            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::standalone(stringify!($name)).await).await; })*
-        }
-        mod redis_cluster {
-            $(#[tokio::test] async fn $name() { super::behaviour::$name(super::cluster(stringify!($name)).await).await; })*
-        }
-    };
-}
-
-suite!(
+tests::suite!(
+    fixture: fixture;
     set_then_get_returns_the_value,
     missing_key_is_none,
     set_with_ttl_really_sets_the_expiry,
@@ -495,21 +462,10 @@ mod behaviour {
 async fn namespace_is_put_in_front_of_every_key() {
     let server = shared_server();
     let ns = unique_prefix("ns");
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .namespace(format!("{ns}:"))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url()).namespace(format!("{ns}:"))).await;
     cache.set("price", &5, None).await.unwrap();
     assert_eq!(server.cli(&["GET", &format!("{ns}:price")]).trim(), "5");
-    let plain = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let plain = suite::build(suite::redis(&server.url())).await;
     plain
         .set(&format!("{ns}-other:price"), &6, None)
         .await
@@ -526,12 +482,7 @@ async fn namespace_is_put_in_front_of_every_key() {
 async fn values_are_stored_as_plain_json_with_pttl() {
     let server = shared_server();
     let p = unique_prefix("json");
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url())).await;
     cache
         .set(
             &format!("{p}:a"),
@@ -554,14 +505,12 @@ async fn values_are_stored_as_plain_json_with_pttl() {
 async fn rediss_connects_over_tls_and_verifies_the_certificate() {
     let (server, ca) = tests::RedisServer::start_tls();
     let url = format!("rediss://127.0.0.1:{}", server.port());
-    let cache = Cache::builder()
-        .redis_url(&url)
-        .unwrap()
-        .tls_ca_cert_pem(ca)
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(
+        suite::redis(&url)
+            .tls_ca_cert_pem(ca)
+            .timeout(suite::TIMEOUT),
+    )
+    .await;
     cache.set("over-tls", &"yes", None).await.unwrap();
     assert_eq!(
         cache.get::<String>("over-tls").await.unwrap().as_deref(),
@@ -569,13 +518,7 @@ async fn rediss_connects_over_tls_and_verifies_the_certificate() {
     );
 
     // Without trusting the CA the handshake must fail: the certificate is checked.
-    let untrusted = Cache::builder()
-        .redis_url(&url)
-        .unwrap()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .unwrap();
+    let untrusted = suite::build(suite::redis(&url).timeout(Duration::from_millis(500))).await;
     let err = untrusted.get::<String>("over-tls").await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
@@ -583,125 +526,108 @@ async fn rediss_connects_over_tls_and_verifies_the_certificate() {
 /// Two handles on one Redis (standalone or cluster) with a namespace of the
 /// test's own: `small` caps values at `cap` bytes, `writer` has the default
 /// cap, as another service or a foreign client writing bigger values would.
-async fn small_and_writer(redis: Redis, ns: &str, cap: usize) -> (Cache, Cache) {
-    let builder = || {
-        let builder = Cache::builder()
-            .namespace(ns)
-            .timeout(Duration::from_secs(2));
-        match redis {
-            Redis::Standalone => builder.redis_url(&shared_server().url()).unwrap(),
-            Redis::Cluster => builder.cluster_urls(shared_cluster().urls()).unwrap(),
-        }
-    };
-    let small = builder().max_value_bytes(cap).build().await.unwrap();
-    let writer = builder().build().await.unwrap();
+async fn small_and_writer(redis: Backend, ns: &str, cap: usize) -> (Cache, Cache) {
+    let builder = || redis.suite_builder().namespace(ns);
+    let small = suite::build(builder().max_value_bytes(cap)).await;
+    let writer = suite::build(builder()).await;
     (small, writer)
 }
 
-#[derive(Clone, Copy)]
-enum Redis {
-    Standalone,
-    Cluster,
+/// A Redis-only behaviour takes the backend (the in-memory store has no
+/// other writer whose values could exceed the cap).
+async fn redis_backend(backend: Backend, _test: &str) -> Backend {
+    backend
 }
 
-/// Instantiates a Redis-only behaviour on standalone Redis and on the cluster
-/// (the in-memory store has no other writer whose values could exceed the cap).
-macro_rules! redis_suite {
-    ($($name:ident),* $(,)?) => {
-        mod redis_only {
-            mod standalone_redis {
-                $(#[tokio::test] async fn $name() { super::super::$name(super::super::Redis::Standalone).await; })*
-            }
-            mod redis_cluster {
-                $(#[tokio::test] async fn $name() { super::super::$name(super::super::Redis::Cluster).await; })*
-            }
-        }
-    };
-}
-
-redis_suite!(
+tests::suite!(
+    redis_only fixture: redis_backend;
     a_value_over_the_cap_is_a_counted_miss,
     get_many_reads_values_over_the_cap_as_misses,
     cached_overwrites_a_value_over_the_cap,
     invalidate_all_removes_the_namespace_and_nothing_else,
 );
 
-async fn a_value_over_the_cap_is_a_counted_miss(redis: Redis) {
-    let (small, writer) = small_and_writer(redis, &unique_prefix("cap"), 1024).await;
-    // 1 023 characters and two quotes: one byte over.
-    writer.set("big", &"x".repeat(1023), None).await.unwrap();
-    writer.set("fits", &"x".repeat(1022), None).await.unwrap();
-    assert_eq!(small.get::<String>("big").await.unwrap(), None);
-    assert_eq!(small.get_bytes("big").await.unwrap(), None);
-    assert_eq!(
-        small.get::<String>("fits").await.unwrap().map(|s| s.len()),
-        Some(1022)
-    );
-    let stats = small.stats();
-    assert_eq!(
-        (stats.oversized, stats.misses, stats.hits),
-        (2, 1, 1),
-        "{stats:?}"
-    );
-    assert_eq!(stats.errors, 0);
-}
+mod redis_behaviour {
+    use super::*;
 
-async fn get_many_reads_values_over_the_cap_as_misses(redis: Redis) {
-    let (small, writer) = small_and_writer(redis, &unique_prefix("capmany"), 100).await;
-    let big = "b".repeat(200);
-    writer
-        .set_many(
-            &[("a", "small"), ("b", big.as_str()), ("c", "small too")],
-            None,
-        )
-        .await
-        .unwrap();
-    let values: Vec<Option<String>> = small.get_many(&["a", "b", "missing", "c"]).await.unwrap();
-    assert_eq!(
-        values,
-        vec![Some("small".into()), None, None, Some("small too".into())]
-    );
-    assert_eq!(small.stats().oversized, 1);
-    assert_eq!(small.stats().misses, 2);
-}
-
-/// A huge foreign value under a memoized key is a miss like any other: the
-/// body runs and its result replaces the value (no "failed read, no write").
-async fn cached_overwrites_a_value_over_the_cap(redis: Redis) {
-    #[cache_core::cached(prefix = "capped", ttl = 60, cache = cache, skip(cache))]
-    async fn double(cache: &Cache, n: u64) -> u64 {
-        n * 2
+    pub async fn a_value_over_the_cap_is_a_counted_miss(redis: Backend) {
+        let (small, writer) = small_and_writer(redis, &unique_prefix("cap"), 1024).await;
+        // 1 023 characters and two quotes: one byte over.
+        writer.set("big", &"x".repeat(1023), None).await.unwrap();
+        writer.set("fits", &"x".repeat(1022), None).await.unwrap();
+        assert_eq!(small.get::<String>("big").await.unwrap(), None);
+        assert_eq!(small.get_bytes("big").await.unwrap(), None);
+        assert_eq!(
+            small.get::<String>("fits").await.unwrap().map(|s| s.len()),
+            Some(1022)
+        );
+        let stats = small.stats();
+        assert_eq!(
+            (stats.oversized, stats.misses, stats.hits),
+            (2, 1, 1),
+            "{stats:?}"
+        );
+        assert_eq!(stats.errors, 0);
     }
-    let (small, writer) = small_and_writer(redis, &unique_prefix("capmemo"), 1024).await;
-    let key = cache_core::key_for("capped", &(21u64,)).unwrap();
-    // Valid JSON for another value (7 and padding): read whole, it would be a hit.
-    let mut foreign = b"7".to_vec();
-    foreign.resize(4096, b' ');
-    writer.set_bytes(&key, &foreign, None).await.unwrap();
-    assert_eq!(writer.get::<u64>(&key).await.unwrap(), Some(7));
-    assert_eq!(double(&small, 21).await, 42);
-    assert_eq!(small.stats().oversized, 1);
-    assert_eq!(
-        writer.get::<u64>(&key).await.unwrap(),
-        Some(42),
-        "overwritten"
-    );
-    assert_eq!(double(&small, 21).await, 42);
-    assert_eq!(small.stats().hits, 1);
-}
 
-/// With a namespace, `invalidate_all` removes that namespace's keys only.
-async fn invalidate_all_removes_the_namespace_and_nothing_else(redis: Redis) {
-    let ns = unique_prefix("all");
-    let (mine, _) = small_and_writer(redis, &ns, 1024).await;
-    let (neighbour, _) = small_and_writer(redis, &format!("{ns}x"), 1024).await;
-    for i in 0..50 {
-        mine.set(&format!("k{i}"), &i, None).await.unwrap();
+    pub async fn get_many_reads_values_over_the_cap_as_misses(redis: Backend) {
+        let (small, writer) = small_and_writer(redis, &unique_prefix("capmany"), 100).await;
+        let big = "b".repeat(200);
+        writer
+            .set_many(
+                &[("a", "small"), ("b", big.as_str()), ("c", "small too")],
+                None,
+            )
+            .await
+            .unwrap();
+        let values: Vec<Option<String>> =
+            small.get_many(&["a", "b", "missing", "c"]).await.unwrap();
+        assert_eq!(
+            values,
+            vec![Some("small".into()), None, None, Some("small too".into())]
+        );
+        assert_eq!(small.stats().oversized, 1);
+        assert_eq!(small.stats().misses, 2);
     }
-    neighbour.set("k0", &0, None).await.unwrap();
-    assert_eq!(mine.invalidate_all().await.unwrap(), 50);
-    assert!(!mine.exists("k7").await.unwrap());
-    assert!(neighbour.exists("k0").await.unwrap());
+
+    /// A huge foreign value under a memoized key is a miss like any other: the
+    /// body runs and its result replaces the value (no "failed read, no write").
+    pub async fn cached_overwrites_a_value_over_the_cap(redis: Backend) {
+        #[cache_core::cached(prefix = "capped", ttl = 60, cache = cache, skip(cache))]
+        async fn double(cache: &Cache, n: u64) -> u64 {
+            n * 2
+        }
+        let (small, writer) = small_and_writer(redis, &unique_prefix("capmemo"), 1024).await;
+        let key = cache_core::key_for("capped", &(21u64,)).unwrap();
+        // Valid JSON for another value (7 and padding): read whole, it would be a hit.
+        let mut foreign = b"7".to_vec();
+        foreign.resize(4096, b' ');
+        writer.set_bytes(&key, &foreign, None).await.unwrap();
+        assert_eq!(writer.get::<u64>(&key).await.unwrap(), Some(7));
+        assert_eq!(double(&small, 21).await, 42);
+        assert_eq!(small.stats().oversized, 1);
+        assert_eq!(
+            writer.get::<u64>(&key).await.unwrap(),
+            Some(42),
+            "overwritten"
+        );
+        assert_eq!(double(&small, 21).await, 42);
+        assert_eq!(small.stats().hits, 1);
+    }
+
+    /// With a namespace, `invalidate_all` removes that namespace's keys only.
+    pub async fn invalidate_all_removes_the_namespace_and_nothing_else(redis: Backend) {
+        let ns = unique_prefix("all");
+        let (mine, _) = small_and_writer(redis, &ns, 1024).await;
+        let (neighbour, _) = small_and_writer(redis, &format!("{ns}x"), 1024).await;
+        for i in 0..50 {
+            mine.set(&format!("k{i}"), &i, None).await.unwrap();
+        }
+        neighbour.set("k0", &0, None).await.unwrap();
+        assert_eq!(mine.invalidate_all().await.unwrap(), 50);
+        assert!(!mine.exists("k7").await.unwrap());
+        assert!(neighbour.exists("k0").await.unwrap());
+    }
 }
 
 /// Without a namespace `invalidate_all` empties the store (the in-memory one
@@ -727,11 +653,11 @@ async fn a_memoized_result_over_the_cap_is_returned_uncached() {
     }
     let calls = std::sync::atomic::AtomicU32::new(0);
     for cache in [
-        Cache::builder().max_value_bytes(100).build().await.unwrap(),
-        small_and_writer(Redis::Standalone, &unique_prefix("toobig"), 100)
+        suite::build(Cache::builder().max_value_bytes(100)).await,
+        small_and_writer(Backend::Standalone, &unique_prefix("toobig"), 100)
             .await
             .0,
-        small_and_writer(Redis::Cluster, &unique_prefix("toobig"), 100)
+        small_and_writer(Backend::Cluster, &unique_prefix("toobig"), 100)
             .await
             .0,
     ] {
@@ -761,13 +687,7 @@ async fn a_memoized_result_over_the_cap_is_returned_uncached() {
 async fn scripts_run_with_namespaced_keys_and_survive_script_flush() {
     let server = tests::RedisServer::start();
     let ns = unique_prefix("script");
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .namespace(&ns)
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url()).namespace(&ns)).await;
     let script = cache_core::Script::new(
         "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS, tonumber(ARGV[2])}",
     );

@@ -13,54 +13,17 @@ use std::time::{Duration, Instant};
 
 use cache_core::{Cache, KeyTtl, cached, key_for};
 use serde::{Deserialize, Serialize};
-use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
+use tests::suite::{self, Backend};
+use tests::{RedisServer, shared_server, unique_prefix};
 
-async fn memory() -> Cache {
-    Cache::builder()
-        .in_memory()
-        .namespace(unique_prefix("cached"))
-        .build()
-        .await
-        .unwrap()
+/// A handle on the backend with a namespace of its own.
+async fn fixture(backend: Backend, _test: &str) -> Cache {
+    suite::build(backend.suite_builder().namespace(unique_prefix("cached"))).await
 }
 
-async fn standalone() -> Cache {
-    Cache::builder()
-        .redis_url(&shared_server().url())
-        .unwrap()
-        .namespace(unique_prefix("cached"))
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap()
-}
-
-async fn cluster() -> Cache {
-    Cache::builder()
-        .cluster_urls(shared_cluster().urls())
-        .unwrap()
-        .namespace(unique_prefix("cached"))
-        .timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap()
-}
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::memory().await).await; })*
-        }
-        mod standalone_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::standalone().await).await; })*
-        }
-        mod redis_cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::cluster().await).await; })*
-        }
-    };
-}
-
-suite!(
+tests::suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    fixture: fixture;
     key_is_prefix_and_sha256_of_the_json_arguments,
     entry_lives_for_the_ttl,
     err_is_not_cached_and_ok_is,
@@ -499,12 +462,7 @@ mod behaviour {
 #[tokio::test]
 async fn any_client_reads_the_documented_key_and_json() {
     let server = shared_server();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url())).await;
     let calls = AtomicUsize::new(0);
     let text = unique_prefix("raw");
     embed(&cache, &calls, &text).await.unwrap();
@@ -526,13 +484,7 @@ async fn any_client_reads_the_documented_key_and_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_dead_calls_run_the_body_quickly() {
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url()).timeout(Duration::from_millis(200))).await;
     let calls = AtomicUsize::new(0);
     embed(&cache, &calls, "warm").await.unwrap();
     server.kill();
@@ -554,14 +506,12 @@ async fn with_redis_dead_calls_run_the_body_quickly() {
 /// A handle for the budget tests: a short timeout, and a breaker that does
 /// not open during the test (it must not be what skips a call).
 async fn budget_handle(server: &RedisServer, timeout: Duration) -> Cache {
-    Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(timeout)
-        .breaker_threshold(100)
-        .build()
-        .await
-        .unwrap()
+    suite::build(
+        suite::redis(&server.url())
+            .timeout(timeout)
+            .breaker_threshold(100),
+    )
+    .await
 }
 
 /// With Redis hanging, a memoized call and the memoized call inside it lose
@@ -630,13 +580,7 @@ async fn the_outer_write_gets_what_the_body_left_of_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_of_a_hit_share_the_leaders_read() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .unwrap()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
+    let cache = suite::build(suite::redis(&server.url()).timeout(Duration::from_secs(10))).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let expected = packed(&cache, &calls, 16).await;
     let hits = cache.stats().hits;
@@ -666,7 +610,7 @@ async fn followers_of_a_hit_share_the_leaders_read() {
 /// A bypassed handle, or no handle at all, just runs the function.
 #[tokio::test]
 async fn bypass_and_missing_default_run_the_body_every_time() {
-    let cache = Cache::builder().bypass(true).build().await.unwrap();
+    let cache = suite::build(Cache::builder().bypass(true)).await;
     let calls = AtomicUsize::new(0);
     embed(&cache, &calls, "x").await.unwrap();
     embed(&cache, &calls, "x").await.unwrap();
@@ -758,7 +702,7 @@ mod shapes {
     #[tokio::test]
     async fn a_handle_held_by_self_is_used() {
         let catalog = Arc::new(Catalog {
-            cache: memory().await,
+            cache: fixture(Backend::Memory, "shapes").await,
             lookups: AtomicUsize::new(0),
         });
         assert_eq!(catalog.price("ab-1").await, 400);
@@ -781,7 +725,7 @@ mod shapes {
 
     #[tokio::test]
     async fn generic_and_trait_methods_are_memoized() {
-        let cache = memory().await;
+        let cache = fixture(Backend::Memory, "shapes").await;
         assert_eq!(generic(&cache, &[1u8, 2, 3], "l").await, 3);
         assert!(
             cache
