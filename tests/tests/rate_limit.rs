@@ -13,6 +13,7 @@ use rate_limit::{
     ResetFormat, RouteAndIp, UNIDENTIFIED_KEY,
 };
 use tests::http::{Response, get as http_get};
+use tests::suite::{self, Backend};
 use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
 
 /// A store for one test: a handle, and a way to open another handle on the
@@ -35,52 +36,22 @@ impl Store {
         match &self.kind {
             // One process, one store: instances share the handle.
             Kind::Memory => self.cache.clone(),
-            Kind::Redis(url) => Cache::builder()
-                .redis_url(url)
-                .unwrap()
-                .build()
-                .await
-                .unwrap(),
-            Kind::Cluster(urls) => Cache::builder()
-                .cluster_urls(urls)
-                .unwrap()
-                .build()
-                .await
-                .unwrap(),
+            Kind::Redis(url) => suite::build(suite::redis(url)).await,
+            Kind::Cluster(urls) => suite::build(suite::cluster(urls)).await,
         }
     }
 }
 
-async fn memory() -> Store {
+/// The suite's fixture: a handle on the backend's shared store.
+async fn store(backend: Backend, _test: &str) -> Store {
+    let kind = match backend {
+        Backend::Memory => Kind::Memory,
+        Backend::Standalone => Kind::Redis(shared_server().url()),
+        Backend::Cluster => Kind::Cluster(shared_cluster().urls()),
+    };
     Store {
-        cache: Cache::in_memory(),
-        kind: Kind::Memory,
-    }
-}
-
-async fn standalone() -> Store {
-    let url = shared_server().url();
-    Store {
-        cache: Cache::builder()
-            .redis_url(&url)
-            .unwrap()
-            .build()
-            .await
-            .unwrap(),
-        kind: Kind::Redis(url),
-    }
-}
-
-async fn cluster() -> Store {
-    let urls = shared_cluster().urls();
-    Store {
-        cache: Cache::builder()
-            .cluster_urls(&urls)
-            .unwrap()
-            .build()
-            .await
-            .unwrap(),
-        kind: Kind::Cluster(urls),
+        cache: suite::build(backend.builder()).await,
+        kind,
     }
 }
 
@@ -100,26 +71,12 @@ async fn stored(store: &Store, key: &str) -> Option<(String, KeyTtl)> {
 
 /// Serves `GET /` behind `layer` on a free loopback port, with `ConnectInfo`.
 async fn serve(layer: RateLimitLayer) -> u16 {
-    serve_app(
+    tests::http::serve(
         Router::new()
             .route("/", get(|| async { "ok" }))
             .layer(layer),
     )
     .await
-}
-
-async fn serve_app(app: Router) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    port
 }
 
 /// A redis-server of the test's own (to kill, pause or count commands on) and
@@ -128,8 +85,7 @@ async fn own_redis(
     configure: impl FnOnce(cache_core::CacheBuilder) -> cache_core::CacheBuilder,
 ) -> (RedisServer, Cache) {
     let server = RedisServer::start();
-    let builder = Cache::builder().redis_url(&server.url()).unwrap();
-    let cache = configure(builder).build().await.unwrap();
+    let cache = suite::build(configure(suite::redis(&server.url()))).await;
     (server, cache)
 }
 
@@ -146,21 +102,9 @@ fn layer(
         .store_timeout(Duration::from_secs(2))
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::memory().await).await; })*
-        }
-        mod standalone_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::standalone().await).await; })*
-        }
-        mod redis_cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::behaviour::$name(super::cluster().await).await; })*
-        }
-    };
-}
-
-suite!(
+tests::suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    fixture: store;
     requests_past_the_limit_get_429_with_all_headers,
     spoofed_forwarded_for_is_ignored_without_trusted_proxies,
     trusted_proxies_make_the_rightmost_untrusted_address_the_client,
@@ -1089,14 +1033,18 @@ mod behaviour {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_or_out_of_range_counter_is_replaced_on_standalone_redis() {
-    behaviour::a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(standalone().await)
-        .await;
+    behaviour::a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(
+        store(Backend::Standalone, "standalone").await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_or_out_of_range_counter_is_replaced_on_a_cluster() {
-    behaviour::a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(cluster().await)
-        .await;
+    behaviour::a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(
+        store(Backend::Cluster, "cluster").await,
+    )
+    .await;
 }
 
 /// A raw command on the store behind `store` (a key of another type, say).
@@ -1148,7 +1096,7 @@ async fn bursts_are_coalesced_into_few_redis_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_are_coalesced_on_a_cluster_too() {
     let limiter = layer(
-        cluster().await.cache,
+        store(Backend::Cluster, "cluster").await.cache,
         &unique_prefix("cburst"),
         50,
         Duration::from_secs(60),
@@ -1399,9 +1347,13 @@ async fn every_key_written_has_a_ttl() {
 async fn every_key_written_has_a_ttl_on_a_cluster() {
     let nodes = shared_cluster();
     let base = unique_prefix("cttl");
-    write_every_kind_of_key(&cluster().await.cache, &base, |args| {
-        nodes.cli(args);
-    })
+    write_every_kind_of_key(
+        &store(Backend::Cluster, "cluster").await.cache,
+        &base,
+        |args| {
+            nodes.cli(args);
+        },
+    )
     .await;
     let mut keys = Vec::new();
     for port in nodes.primaries() {
@@ -1422,7 +1374,7 @@ async fn every_key_written_has_a_ttl_on_a_cluster() {
 /// gaps and costs; every answer (status and headers) is the same.
 #[tokio::test]
 async fn the_script_and_the_rust_arithmetic_agree() {
-    let redis = standalone().await.cache;
+    let redis = store(Backend::Standalone, "standalone").await.cache;
     let clock = ManualClock::new();
     let configs: Vec<Vec<(&str, Quota)>> = ALGORITHMS
         .into_iter()
@@ -1496,7 +1448,7 @@ async fn the_script_and_the_rust_arithmetic_agree() {
 /// costing more than the whole quota.
 #[tokio::test]
 async fn the_script_and_the_rust_arithmetic_agree_on_every_row() {
-    let redis = standalone().await.cache;
+    let redis = store(Backend::Standalone, "standalone").await.cache;
     let memory = Cache::in_memory();
     let configs: Vec<Vec<Quota>> = ALGORITHMS
         .into_iter()
@@ -1904,7 +1856,7 @@ async fn stacked_layers_count_separately() {
                 .build()
                 .unwrap(),
         );
-    let port = serve_app(app).await;
+    let port = tests::http::serve(app).await;
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 429, "2 per second");
@@ -1989,7 +1941,7 @@ async fn route_and_ip_keys_by_the_route_template_never_the_raw_path() {
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))
         .layer(limiter);
-    let port = serve_app(app).await;
+    let port = tests::http::serve(app).await;
     let statuses = |paths: Vec<String>| async move {
         let mut statuses = Vec::new();
         for path in paths {
