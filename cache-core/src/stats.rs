@@ -1,11 +1,9 @@
 //! Counters of one handle, readable at any time through [`Cache::stats`](crate::Cache::stats).
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
 use serde::Serialize;
 
 use crate::resilience::BreakerState;
+use crate::sync::StripedCounters;
 
 /// A snapshot of a handle's counters since it was built. Clones of a handle share them.
 ///
@@ -51,102 +49,62 @@ impl Stats {
     }
 }
 
-/// The handle's counters, in stripes: each thread adds to one stripe of its
-/// own cache line, so that calls on different cores do not pass one line
-/// back and forth on every hit; a snapshot adds the stripes up.
+/// The handle's counters, in stripes (see [`StripedCounters`]).
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    stripes: [Stripe; STRIPES],
-}
+pub(crate) struct Counters(StripedCounters<9>);
 
-const STRIPES: usize = 8;
-
-#[repr(align(128))]
-#[derive(Debug, Default)]
-struct Stripe {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    errors: AtomicU64,
-    timeouts: AtomicU64,
-    breaker_rejections: AtomicU64,
-    retries: AtomicU64,
-    decode_errors: AtomicU64,
-    uncacheable: AtomicU64,
-    oversized: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// This thread's stripe (below `STRIPES`): threads take stripes in turn as they first count.
-fn stripe_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        if index.get() == usize::MAX {
-            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
-        }
-        index.get()
-    })
-}
+const HITS: usize = 0;
+const MISSES: usize = 1;
+const ERRORS: usize = 2;
+const TIMEOUTS: usize = 3;
+const BREAKER_REJECTIONS: usize = 4;
+const RETRIES: usize = 5;
+const DECODE_ERRORS: usize = 6;
+const UNCACHEABLE: usize = 7;
+const OVERSIZED: usize = 8;
 
 impl Counters {
-    fn mine(&self) -> &Stripe {
-        &self.stripes[stripe_index()]
-    }
     pub(crate) fn record_hit(&self) {
-        bump(&self.mine().hits);
+        self.0.add(HITS);
     }
     pub(crate) fn record_miss(&self) {
-        bump(&self.mine().misses);
+        self.0.add(MISSES);
     }
     pub(crate) fn record_error(&self) {
-        bump(&self.mine().errors);
+        self.0.add(ERRORS);
     }
     pub(crate) fn record_timeout(&self) {
-        let stripe = self.mine();
-        bump(&stripe.timeouts);
-        bump(&stripe.errors);
+        self.0.add(TIMEOUTS);
+        self.0.add(ERRORS);
     }
     pub(crate) fn record_breaker_rejection(&self) {
-        let stripe = self.mine();
-        bump(&stripe.breaker_rejections);
-        bump(&stripe.errors);
+        self.0.add(BREAKER_REJECTIONS);
+        self.0.add(ERRORS);
     }
     pub(crate) fn record_retry(&self) {
-        bump(&self.mine().retries);
+        self.0.add(RETRIES);
     }
     pub(crate) fn record_decode_error(&self) {
-        bump(&self.mine().decode_errors);
+        self.0.add(DECODE_ERRORS);
     }
     pub(crate) fn record_uncacheable(&self) {
-        bump(&self.mine().uncacheable);
+        self.0.add(UNCACHEABLE);
     }
-
     pub(crate) fn record_oversized(&self) {
-        bump(&self.mine().oversized);
+        self.0.add(OVERSIZED);
     }
 
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
-        let sum = |counter: fn(&Stripe) -> &AtomicU64| {
-            self.stripes
-                .iter()
-                .map(|stripe| counter(stripe).load(Ordering::Relaxed))
-                .sum()
-        };
         Stats {
-            hits: sum(|s| &s.hits),
-            misses: sum(|s| &s.misses),
-            errors: sum(|s| &s.errors),
-            timeouts: sum(|s| &s.timeouts),
-            breaker_rejections: sum(|s| &s.breaker_rejections),
-            retries: sum(|s| &s.retries),
-            decode_errors: sum(|s| &s.decode_errors),
-            uncacheable: sum(|s| &s.uncacheable),
-            oversized: sum(|s| &s.oversized),
+            hits: self.0.sum(HITS),
+            misses: self.0.sum(MISSES),
+            errors: self.0.sum(ERRORS),
+            timeouts: self.0.sum(TIMEOUTS),
+            breaker_rejections: self.0.sum(BREAKER_REJECTIONS),
+            retries: self.0.sum(RETRIES),
+            decode_errors: self.0.sum(DECODE_ERRORS),
+            uncacheable: self.0.sum(UNCACHEABLE),
+            oversized: self.0.sum(OVERSIZED),
             breaker,
         }
     }

@@ -1,5 +1,6 @@
-//! The two small concurrency tools of the workspace, written once: locks
-//! that survive a panic, and a flag that tells when a state changes.
+//! The small concurrency tools of the workspace, written once: locks that
+//! survive a panic, a flag that tells when a state changes, and counters
+//! that many threads add to without sharing a cache line.
 //!
 //! Public but hidden: for this workspace's crates (the rate limiter), not a
 //! promise to other users.
@@ -20,7 +21,8 @@
 //! assert!(!FAILING.lower());
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Locks `mutex`, taking the data even when a thread panicked while holding
@@ -73,6 +75,72 @@ impl StateFlag {
     }
 }
 
+/// `N` counters, in stripes: each thread adds to one stripe of its own cache
+/// line, so that calls on different cores do not pass one line back and
+/// forth on every count; a read adds the stripes up. Counters are named by
+/// the caller's index constants (below `N`).
+///
+/// ```
+/// use cache_core::sync::StripedCounters;
+///
+/// const HITS: usize = 0;
+/// const MISSES: usize = 1;
+/// let counters = StripedCounters::<2>::default();
+/// counters.add(HITS);
+/// counters.add(HITS);
+/// assert_eq!((counters.sum(HITS), counters.sum(MISSES)), (2, 0));
+/// ```
+#[derive(Debug)]
+pub struct StripedCounters<const N: usize> {
+    stripes: [Stripe<N>; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[repr(align(128))]
+#[derive(Debug)]
+struct Stripe<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for StripedCounters<N> {
+    fn default() -> Self {
+        StripedCounters {
+            stripes: std::array::from_fn(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0)))),
+        }
+    }
+}
+
+impl<const N: usize> StripedCounters<N> {
+    /// Adds one to `counter` (an index below `N`; others are ignored).
+    pub fn add(&self, counter: usize) {
+        if let Some(count) = self.stripes[stripe_index()].0.get(counter) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The total of `counter` over all threads (0 for an index not below `N`).
+    pub fn sum(&self, counter: usize) -> u64 {
+        self.stripes
+            .iter()
+            .filter_map(|stripe| stripe.0.get(counter))
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's stripe (below `STRIPES`): threads take stripes in turn as they first count.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        if index.get() == usize::MAX {
+            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        index.get()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +156,27 @@ mod tests {
         .join();
         assert!(mutex.is_poisoned());
         assert_eq!(*lock(&mutex), 7);
+    }
+
+    #[test]
+    fn striped_counters_add_up_over_threads() {
+        let counters = std::sync::Arc::new(StripedCounters::<2>::default());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let counters = counters.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        counters.add(1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!((counters.sum(0), counters.sum(1)), (0, 1600));
+        counters.add(7);
+        assert_eq!(counters.sum(7), 0, "an index out of range is ignored");
     }
 
     #[test]

@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::Cache;
+use cache_core::sync::StateFlag;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
@@ -18,7 +18,7 @@ use crate::key::{
     ForwardedHeader, KeyError, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, UNIDENTIFIED_KEY,
     sanitize,
 };
-use crate::limiter::{Limiter, LimiterConfig, Policy, RateLimitStats, Verdict, bump};
+use crate::limiter::{Limiter, LimiterConfig, Policy, RateLimitStats, Verdict};
 use crate::quota::Quota;
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;
@@ -104,7 +104,8 @@ struct Shared {
     fail_mode: FailMode,
     shadow: bool,
     on_limited: Option<Box<OnLimited>>,
-    missing_key_logged: AtomicBool,
+    /// Logged once: a misconfiguration, not an outage to follow.
+    missing_key_logged: StateFlag,
 }
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
@@ -474,7 +475,7 @@ impl RateLimitLayerBuilder {
                 fail_mode: self.fail_mode,
                 shadow: self.shadow,
                 on_limited: self.on_limited,
-                missing_key_logged: AtomicBool::new(false),
+                missing_key_logged: StateFlag::new(),
             }),
         })
     }
@@ -545,7 +546,7 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
 impl Shared {
     /// The response to a request over the limit (not in shadow mode).
     fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
-        bump(&self.limiter.counters.limited);
+        self.limiter.counters.record_limited();
         let mut limited = match &self.on_limited {
             Some(respond) => respond(decision).map(ResponseBody::full),
             None => response::too_many_requests(
@@ -566,7 +567,7 @@ impl Shared {
 
     /// The response to a request that costs more than a policy's whole quota.
     fn too_costly<B>(&self, cost: u64, policy: usize) -> Response<ResponseBody<B>> {
-        bump(&self.limiter.counters.limited);
+        self.limiter.counters.record_limited();
         let detail = match self.limiter.policies.get(policy) {
             Some(p) => format!(
                 "This request costs {cost} units, more than the whole quota of policy \"{}\" ({} per {} s): it can never pass.",
@@ -583,7 +584,7 @@ impl Shared {
 
     /// The response to a request the extractor cannot key: a misconfiguration.
     fn unkeyed<B>(&self, err: &KeyError) -> Response<ResponseBody<B>> {
-        if !self.missing_key_logged.swap(true, Ordering::Relaxed) {
+        if self.missing_key_logged.raise() {
             tracing::error!(error = %err, "rate limiter cannot identify the client");
         }
         response::problem(
@@ -659,7 +660,7 @@ where
                             return Ok(shared.too_costly(cost, policy));
                         }
                         // Shadow mode never rejects: noted, let through, uncounted.
-                        bump(&shared.limiter.counters.shadow_limited);
+                        shared.limiter.counters.record_shadow_limited();
                         return Ok(inner.call(request).await?.map(ResponseBody::inner));
                     }
                     Verdict::StoreFailed => {
@@ -676,11 +677,11 @@ where
             if !decision.allowed && !shared.shadow {
                 return Ok(shared.limited(&decision));
             }
-            bump(if decision.allowed {
-                &counters.allowed
+            if decision.allowed {
+                counters.record_allowed();
             } else {
-                &counters.shadow_limited
-            });
+                counters.record_shadow_limited();
+            }
             let mut response = inner.call(request).await?.map(ResponseBody::inner);
             shared.headers.write(response.headers_mut(), &decision);
             Ok(response)

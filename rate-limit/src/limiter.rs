@@ -36,11 +36,12 @@
 //! sent.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cache_core::Cache;
+use cache_core::sync::{StateFlag, StripedCounters};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
@@ -86,30 +87,46 @@ pub struct RateLimitStats {
     pub store_calls: u64,
 }
 
+/// The layer's counters: every request writes one, so they are striped
+/// per thread as the cache's are.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) allowed: AtomicU64,
-    pub(crate) limited: AtomicU64,
-    pub(crate) limited_locally: AtomicU64,
-    pub(crate) shadow_limited: AtomicU64,
-    pub(crate) store_errors: AtomicU64,
-    pub(crate) store_calls: AtomicU64,
-}
+pub(crate) struct Counters(StripedCounters<6>);
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
+const ALLOWED: usize = 0;
+const LIMITED: usize = 1;
+const LIMITED_LOCALLY: usize = 2;
+const SHADOW_LIMITED: usize = 3;
+const STORE_ERRORS: usize = 4;
+const STORE_CALLS: usize = 5;
 
 impl Counters {
+    pub(crate) fn record_allowed(&self) {
+        self.0.add(ALLOWED);
+    }
+    pub(crate) fn record_limited(&self) {
+        self.0.add(LIMITED);
+    }
+    pub(crate) fn record_limited_locally(&self) {
+        self.0.add(LIMITED_LOCALLY);
+    }
+    pub(crate) fn record_shadow_limited(&self) {
+        self.0.add(SHADOW_LIMITED);
+    }
+    pub(crate) fn record_store_error(&self) {
+        self.0.add(STORE_ERRORS);
+    }
+    pub(crate) fn record_store_call(&self) {
+        self.0.add(STORE_CALLS);
+    }
+
     pub(crate) fn snapshot(&self) -> RateLimitStats {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RateLimitStats {
-            allowed: load(&self.allowed),
-            limited: load(&self.limited),
-            limited_locally: load(&self.limited_locally),
-            shadow_limited: load(&self.shadow_limited),
-            store_errors: load(&self.store_errors),
-            store_calls: load(&self.store_calls),
+            allowed: self.0.sum(ALLOWED),
+            limited: self.0.sum(LIMITED),
+            limited_locally: self.0.sum(LIMITED_LOCALLY),
+            shadow_limited: self.0.sum(SHADOW_LIMITED),
+            store_errors: self.0.sum(STORE_ERRORS),
+            store_calls: self.0.sum(STORE_CALLS),
         }
     }
 }
@@ -167,7 +184,8 @@ pub(crate) struct Core {
     busy: AtomicBool,
     /// Signalled when `busy` is released.
     idle: tokio::sync::Notify,
-    failing: AtomicBool,
+    /// The store is failing: logged once per change.
+    failing: StateFlag,
 }
 
 impl Deref for Limiter {
@@ -227,7 +245,7 @@ impl Limiter {
                 waiting: AtomicUsize::new(0),
                 busy: AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
-                failing: AtomicBool::new(false),
+                failing: StateFlag::new(),
             }),
             coalesce: config.coalesce,
             batcher: OnceLock::new(),
@@ -363,7 +381,7 @@ impl Core {
     /// (rejected for a while yet): no store call needed.
     pub(crate) fn check_locally(&self, client: &str) -> Option<Decision> {
         let decision = self.denied_locally(client)?;
-        bump(&self.counters.limited_locally);
+        self.counters.record_limited_locally();
         Some(decision)
     }
 
@@ -389,7 +407,7 @@ impl Core {
         let sent = now_micros(self.clock.as_ref());
         let outcomes = match &self.memory {
             Some(memory) => {
-                bump(&self.counters.store_calls);
+                self.counters.record_store_call();
                 let now = now_micros(self.clock.as_ref());
                 // The namespace keeps handles with different ones apart, as on Redis.
                 let full: Vec<_> = keys.iter().map(|k| self.cache.full_key(k)).collect();
@@ -450,18 +468,10 @@ impl Core {
         let mut keys = Vec::with_capacity(batch.len() * self.policies.len());
         let mut args = self.script_args();
         args.reserve(2 * batch.len());
-        let mut start = 0;
-        while start < batch.len() {
-            let client = &batch[start].client;
-            let end = start
-                + batch[start..]
-                    .iter()
-                    .take_while(|request| request.client == *client)
-                    .count();
-            self.push_keys(client, &mut keys);
-            args.push(int((end - start) as u64));
-            args.extend(batch[start..end].iter().map(|request| int(request.cost)));
-            start = end;
+        for run in client_runs(&batch) {
+            self.push_keys(&batch[run.start].client, &mut keys);
+            args.push(int(run.len() as u64));
+            args.extend(batch[run].iter().map(|request| int(request.cost)));
         }
         let sent = now_micros(self.clock.as_ref());
         let Some(outcomes) = self.count(&keys, &args, batch.len()).await else {
@@ -470,16 +480,8 @@ impl Core {
             }
             return;
         };
-        let mut start = 0;
-        while start < batch.len() {
-            let client = &batch[start].client;
-            let end = start
-                + batch[start..]
-                    .iter()
-                    .take_while(|request| request.client == *client)
-                    .count();
-            self.note_denied(client, &outcomes[start..end], sent);
-            start = end;
+        for run in client_runs(&batch) {
+            self.note_denied(&batch[run.start].client, &outcomes[run], sent);
         }
         for (request, outcome) in batch.into_iter().zip(outcomes) {
             let _ = request.reply.send(Verdict::Decided(outcome.decision));
@@ -489,7 +491,7 @@ impl Core {
     /// One script call on Redis; the outcome of each of its `requests`
     /// requests, `None` when it failed or timed out.
     async fn count(&self, keys: &[String], args: &[i64], requests: usize) -> Option<Vec<Outcome>> {
-        bump(&self.counters.store_calls);
+        self.counters.record_store_call();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
@@ -565,18 +567,34 @@ impl Core {
     fn note_store(&self, error: Option<&str>) {
         match error {
             Some(error) => {
-                bump(&self.counters.store_errors);
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                self.counters.record_store_error();
+                if self.failing.raise() {
                     tracing::warn!(prefix = %self.prefix, error, "rate limiter store unavailable");
                 }
             }
             None => {
-                if self.failing.swap(false, Ordering::Relaxed) {
+                if self.failing.lower() {
                     tracing::info!(prefix = %self.prefix, "rate limiter store available again");
                 }
             }
         }
     }
+}
+
+/// The ranges of `batch` (sorted by client) that hold one client's requests each.
+fn client_runs(batch: &[Request]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let client = &batch.get(start)?.client;
+        let end = start
+            + batch[start..]
+                .iter()
+                .take_while(|request| request.client == *client)
+                .count();
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
 }
 
 fn int(n: u64) -> i64 {

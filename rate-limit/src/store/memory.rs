@@ -45,9 +45,7 @@ impl MemoryLimits {
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, (State, u64)>> {
         let index = (self.hasher.hash_one(hash_tag(key)) as usize) % SHARDS;
         // Every critical section leaves the map whole: a poisoned one is usable.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        cache_core::sync::lock(&self.shards[index])
     }
 
     /// [`window::evaluate`] on the states of `keys` (one key, or keys with
