@@ -15,6 +15,8 @@ use cache_core::sync::StateFlag;
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 
+use crate::ConfigError;
+
 /// Longest client key used as it is; longer keys are hashed.
 pub const MAX_KEY_LEN: usize = 128;
 
@@ -31,8 +33,10 @@ pub struct RequestInfo<'a> {
     pub extensions: &'a Extensions,
 }
 
-/// Why no key could be extracted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why no key could be extracted: returned by a [`KeyExtractor`] for each
+/// request, so it is apart from [`ConfigError`](crate::ConfigError), which
+/// [`build`](crate::RateLimitLayerBuilder::build) returns once.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// The peer address is not in the request: the server was not started
@@ -50,9 +54,24 @@ pub enum KeyError {
     /// layer's when a custom extractor returns this error.
     #[error("the trusted proxy header does not give the client's address")]
     UnidentifiedClient,
-    /// Any other reason, from a custom extractor.
-    #[error("{0}")]
-    Other(String),
+    /// Any other reason, from a custom extractor: its own error, kept as
+    /// the source. Build it with [`KeyError::other`].
+    #[error(transparent)]
+    Other(std::sync::Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl KeyError {
+    /// A custom extractor's own reason: any error, or a message.
+    ///
+    /// ```
+    /// use rate_limit::KeyError;
+    ///
+    /// let err = KeyError::other("no tenant header");
+    /// assert_eq!(err.to_string(), "no tenant header");
+    /// ```
+    pub fn other(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        KeyError::Other(reason.into().into())
+    }
 }
 
 /// Picks the client key of a request. Implemented for [`PeerIp`],
@@ -86,7 +105,8 @@ impl TrustedProxies {
     }
 
     /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
-    pub fn parse<I, S>(cidrs: I) -> Result<Self, String>
+    /// An empty entry or one that is neither is a [`ConfigError`].
+    pub fn parse<I, S>(cidrs: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -95,12 +115,17 @@ impl TrustedProxies {
         for cidr in cidrs {
             let text = cidr.as_ref().trim();
             if text.is_empty() {
-                return Err("an empty trusted-proxy CIDR".to_string());
+                return Err(ConfigError::EmptyTrustedProxy);
             }
-            let network = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("`{text}` is not a CIDR or an IP address"))?;
+            let network = match text.parse::<IpNet>() {
+                Ok(network) => network,
+                Err(source) => text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    ConfigError::TrustedProxy {
+                        entry: text.to_string(),
+                        source,
+                    }
+                })?,
+            };
             networks.push(network);
         }
         Ok(TrustedProxies { networks })
@@ -547,6 +572,29 @@ pub(crate) fn sanitize(key: String) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn trusted_proxies_parse_errors_are_typed() {
+        assert_eq!(
+            TrustedProxies::parse(["10.0.0.0/8", " "]),
+            Err(ConfigError::EmptyTrustedProxy)
+        );
+        let err = TrustedProxies::parse(["proxy.local"]).unwrap_err();
+        assert!(matches!(&err, ConfigError::TrustedProxy { entry, .. } if entry == "proxy.local"));
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn a_custom_reason_keeps_its_source() {
+        let parse = "x".parse::<u32>().unwrap_err();
+        let err = KeyError::other(parse.clone());
+        assert_eq!(err.to_string(), parse.to_string());
+        let KeyError::Other(inner) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(inner.downcast_ref::<std::num::ParseIntError>().is_some());
+        assert_eq!(KeyError::other("no tenant").to_string(), "no tenant");
+    }
+
     fn request_from(peer: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap, Extensions) {
         let headers: Vec<(&str, &[u8])> = headers
             .iter()
@@ -723,7 +771,10 @@ mod tests {
             headers: &headers,
             extensions: &extensions,
         };
-        assert_eq!(xff.client_ip(&info), Err(KeyError::UnidentifiedClient));
+        assert!(matches!(
+            xff.client_ip(&info),
+            Err(KeyError::UnidentifiedClient)
+        ));
     }
 
     #[test]
@@ -795,7 +846,7 @@ mod tests {
                 extensions: &extensions,
             })
             .unwrap_err();
-        assert_eq!(err, KeyError::MissingConnectInfo);
+        assert!(matches!(err, KeyError::MissingConnectInfo));
         assert!(
             err.to_string()
                 .contains("into_make_service_with_connect_info")

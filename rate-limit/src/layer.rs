@@ -55,9 +55,18 @@ pub enum ConfigError {
     /// The store timeout is zero.
     #[error("the store timeout must be greater than zero")]
     ZeroStoreTimeout,
-    /// A trusted proxy entry is empty or not a CIDR / address.
-    #[error("invalid trusted proxy: {0}")]
-    TrustedProxy(String),
+    /// A trusted proxy entry is not a CIDR or an address.
+    #[error("invalid trusted proxy `{entry}`: not a CIDR or an IP address")]
+    TrustedProxy {
+        /// The entry, as given (trimmed).
+        entry: String,
+        /// Why it is not a CIDR.
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    /// A trusted proxy entry is empty.
+    #[error("a trusted proxy entry is empty")]
+    EmptyTrustedProxy,
     /// The IPv6 grouping prefix is over 128 bits.
     #[error("the IPv6 prefix length must be 0 to 128, got {0}")]
     Ipv6Prefix(u8),
@@ -432,8 +441,7 @@ impl RateLimitLayerBuilder {
             }
             quota.validate()?;
         }
-        let trusted =
-            TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError::TrustedProxy)?;
+        let trusted = TrustedProxies::parse(&self.trusted_proxies)?;
         let extractor = self.extractor.unwrap_or_else(|| {
             Box::new(
                 PeerIp::new()

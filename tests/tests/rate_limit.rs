@@ -1820,17 +1820,22 @@ fn invalid_configuration_is_an_error_at_build_time() {
         builder().limit(u64::MAX).build().unwrap_err(),
         ConfigError::LimitTooLarge(_)
     ));
-    assert!(matches!(
+    assert_eq!(
         builder().trusted_proxies([""]).build().unwrap_err(),
-        ConfigError::TrustedProxy(_)
-    ));
-    assert!(matches!(
-        builder()
-            .trusted_proxies(["10.0.0.0/99"])
-            .build()
-            .unwrap_err(),
-        ConfigError::TrustedProxy(_)
-    ));
+        ConfigError::EmptyTrustedProxy
+    );
+    let err = builder()
+        .trusted_proxies(["10.0.0.0/99"])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::TrustedProxy { entry, .. } if entry == "10.0.0.0/99"),
+        "{err:?}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parse error is kept"
+    );
     assert_eq!(
         builder().prefix("a b*").build().unwrap_err(),
         ConfigError::Prefix
