@@ -75,7 +75,11 @@ pub use layer::{
 };
 pub use limiter::RateLimitStats;
 pub use quota::{Algorithm, Quota};
-pub use response::{ResponseBody, problem, too_many_requests, too_many_requests_body};
+pub use response::ResponseBody;
+/// The layer's default 429 body, for the benchmarks' baseline that answers
+/// the same 429 itself: not part of the API.
+#[doc(hidden)]
+pub use response::too_many_requests_body;
 #[doc(hidden)]
 pub use store::{evaluate_raw, stored_in_memory};
 pub use window::Decision;

@@ -71,7 +71,10 @@ pub(crate) enum Verdict {
 }
 
 /// A snapshot of a layer's counters.
+///
+/// New counters may be added: read it, do not build it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct RateLimitStats {
     /// Requests let through within the limit.
     pub allowed: u64,

@@ -78,7 +78,11 @@ fn problem_json(status: StatusCode, title: &str, detail: &str) -> Bytes {
 }
 
 /// An `application/problem+json` response.
-pub fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<ResponseBody<B>> {
+pub(crate) fn problem<B>(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+) -> Response<ResponseBody<B>> {
     with_problem_body(status, problem_json(status, title, detail))
 }
 
@@ -106,7 +110,7 @@ pub fn too_many_requests_body(limit: u64, window: std::time::Duration) -> Bytes 
 }
 
 /// A 429 with a prepared problem+json body; the layer adds `Retry-After`.
-pub fn too_many_requests<B>(body: Bytes) -> Response<ResponseBody<B>> {
+pub(crate) fn too_many_requests<B>(body: Bytes) -> Response<ResponseBody<B>> {
     with_problem_body(StatusCode::TOO_MANY_REQUESTS, body)
 }
 

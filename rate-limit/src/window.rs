@@ -15,7 +15,10 @@ use crate::quota::{Algorithm, Quota};
 /// The verdict for one request, reported for one policy of the layer: the
 /// one closest to its limit (for a rejected request, the one that makes it
 /// wait longest).
+///
+/// Built by the layer only; new fields may be added: read it, do not build it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Decision {
     /// Every policy admits the request.
     pub allowed: bool,
@@ -37,7 +40,8 @@ pub struct Decision {
 impl Decision {
     /// The fixed-window decision for the request that brought the window's
     /// count to `count` (rejected ones counted too).
-    pub fn for_count(count: u64, limit: u64, reset_after: Duration) -> Decision {
+    #[cfg(test)]
+    pub(crate) fn for_count(count: u64, limit: u64, reset_after: Duration) -> Decision {
         let allowed = count <= limit;
         Decision {
             allowed,
