@@ -84,6 +84,27 @@ pub enum ConfigError {
     /// `limit`/`window` and `policy` were both given.
     #[error("use either limit/window or policy, not both")]
     PolicyAndLimit,
+    /// [`key_extractor`](RateLimitLayerBuilder::key_extractor) was set
+    /// together with a setting of the default extractor
+    /// ([`trusted_proxies`](RateLimitLayerBuilder::trusted_proxies),
+    /// [`forwarded_header`](RateLimitLayerBuilder::forwarded_header),
+    /// [`ipv6_prefix`](RateLimitLayerBuilder::ipv6_prefix)), which would be ignored.
+    #[error(
+        "trusted_proxies, forwarded_header and ipv6_prefix configure the default extractor; \
+         with a custom key_extractor, configure it instead"
+    )]
+    ExtractorSettings,
+    /// The store timeout is longer than the cache handle's timeout, which
+    /// bounds every call of the handle.
+    #[error(
+        "the store timeout {store_timeout:?} is longer than the cache handle's timeout {handle_timeout:?}"
+    )]
+    StoreTimeoutOverHandle {
+        /// The layer's store timeout.
+        store_timeout: Duration,
+        /// The handle's [`timeout`](Cache::timeout).
+        handle_timeout: Duration,
+    },
     /// The policy name cannot go into a header.
     #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
     PolicyName,
@@ -210,15 +231,18 @@ pub struct RateLimitLayerBuilder {
     clock: Option<Arc<dyn Clock>>,
     prefix: String,
     extractor: Option<Box<dyn KeyExtractor>>,
-    trusted_proxies: Vec<String>,
-    forwarded_header: ForwardedHeader,
-    ipv6_prefix: u8,
+    /// The default extractor's settings: `None` when not set, so that
+    /// setting them beside a custom extractor is caught.
+    trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<ForwardedHeader>,
+    ipv6_prefix: Option<u8>,
     headers: HeaderSets,
     reset_format: ResetFormat,
     policy_name: Option<String>,
     fail_mode: FailMode,
     shadow: bool,
-    store_timeout: Duration,
+    /// `None`: the default, capped at the handle's timeout.
+    store_timeout: Option<Duration>,
     local_deny: bool,
     coalesce: Option<bool>,
     on_limited: Option<Box<OnLimited>>,
@@ -237,15 +261,15 @@ impl RateLimitLayerBuilder {
             clock: None,
             prefix: DEFAULT_PREFIX.to_string(),
             extractor: None,
-            trusted_proxies: Vec::new(),
-            forwarded_header: ForwardedHeader::default(),
-            ipv6_prefix: 56,
+            trusted_proxies: None,
+            forwarded_header: None,
+            ipv6_prefix: None,
             headers: HeaderSets::default(),
             reset_format: ResetFormat::default(),
             policy_name: None,
             fail_mode: FailMode::Open,
             shadow: false,
-            store_timeout: DEFAULT_STORE_TIMEOUT,
+            store_timeout: None,
             local_deny: true,
             coalesce: None,
             on_limited: None,
@@ -301,7 +325,9 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Who requests count against (default: [`PeerIp`] with the proxy settings below).
+    /// Who requests count against (default: [`PeerIp`] with the proxy
+    /// settings below). Not together with those settings
+    /// ([`ConfigError::ExtractorSettings`]): configure your extractor itself.
     pub fn key_extractor(mut self, extractor: impl KeyExtractor) -> Self {
         self.extractor = Some(Box::new(extractor));
         self
@@ -314,7 +340,7 @@ impl RateLimitLayerBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.trusted_proxies = cidrs.into_iter().map(Into::into).collect();
+        self.trusted_proxies = Some(cidrs.into_iter().map(Into::into).collect());
         self
     }
 
@@ -325,13 +351,13 @@ impl RateLimitLayerBuilder {
     /// so a client cannot pick its bucket through a header the proxy leaves
     /// alone. See [`PeerIp`] for what happens when it gives no address.
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
-        self.forwarded_header = header;
+        self.forwarded_header = Some(header);
         self
     }
 
     /// IPv6 clients are grouped by this prefix in the default extractor (default 56).
     pub fn ipv6_prefix(mut self, bits: u8) -> Self {
-        self.ipv6_prefix = bits;
+        self.ipv6_prefix = Some(bits);
         self
     }
 
@@ -368,12 +394,15 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Bound on one store call (default 100 ms). A request whose count is
-    /// batched behind another one at the store waits for that one first, so a
-    /// hung Redis adds at most twice this to a request; the timeouts count as
-    /// failures for the handle's circuit breaker, which then stops the calls.
+    /// Bound on one store call (default 100 ms, or the handle's
+    /// [`timeout`](Cache::timeout) if that is shorter). A request whose count
+    /// is batched behind another one at the store waits for that one first,
+    /// so a hung Redis adds at most twice this to a request; the timeouts
+    /// count as failures for the handle's circuit breaker, which then stops
+    /// the calls. Longer than the handle's timeout is a
+    /// [`ConfigError::StoreTimeoutOverHandle`]: the handle bounds every call.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.store_timeout = Some(timeout);
         self
     }
 
@@ -402,76 +431,24 @@ impl RateLimitLayerBuilder {
     }
 
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        if self.store_timeout.is_zero() {
-            return Err(ConfigError::ZeroStoreTimeout);
-        }
-        if self.ipv6_prefix > 128 {
-            return Err(ConfigError::Ipv6Prefix(self.ipv6_prefix));
-        }
-        let token = |text: &str, extra: &[u8]| {
-            (1..=64).contains(&text.len())
-                && text
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
-        };
-        if !token(&self.prefix, b":") {
+    pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
+        let store_timeout = self.checked_store_timeout()?;
+        if !is_token(&self.prefix, b":") {
             return Err(ConfigError::Prefix);
         }
-        let policies = if self.policies.is_empty() {
-            let name = self
-                .policy_name
-                .unwrap_or_else(|| self.prefix.replace(':', "-"));
-            let quota = Quota::new(
-                self.limit.unwrap_or(100),
-                self.window.unwrap_or(Duration::from_secs(60)),
-            );
-            vec![(name, quota)]
-        } else if self.limit.is_some() || self.window.is_some() {
-            return Err(ConfigError::PolicyAndLimit);
-        } else {
-            self.policies
-        };
-        for (i, (name, quota)) in policies.iter().enumerate() {
-            if !token(name, b"") {
-                return Err(ConfigError::PolicyName);
-            }
-            if policies[..i].iter().any(|(other, _)| other == name) {
-                return Err(ConfigError::DuplicatePolicy(name.clone()));
-            }
-            quota.validate()?;
-        }
-        let trusted = TrustedProxies::parse(&self.trusted_proxies)?;
-        let extractor = self.extractor.unwrap_or_else(|| {
-            Box::new(
-                PeerIp::new()
-                    .trusted_proxies(trusted)
-                    .forwarded_header(self.forwarded_header)
-                    .ipv6_prefix(self.ipv6_prefix),
-            )
-        });
+        let policies = self.checked_policies()?;
+        let extractor = self.checked_extractor()?;
         let coalesce = self
             .coalesce
             .unwrap_or(*self.cache.backend() != cache_core::Backend::Memory);
-        let described: Vec<(&str, u64, Duration)> = policies
-            .iter()
-            .map(|(name, quota)| (name.as_str(), quota.limit(), quota.window()))
-            .collect();
-        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
-        let limited_bodies = policies
-            .iter()
-            .map(|(_, quota)| response::too_many_requests_body(quota.limit(), quota.window()))
-            .collect();
+        let (headers, limited_bodies) = self.rendered_responses(&policies);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limiter: Limiter::new(LimiterConfig {
                     cache: self.cache,
                     prefix: self.prefix,
-                    policies: policies
-                        .into_iter()
-                        .map(|(name, quota)| Policy { name, quota })
-                        .collect(),
-                    store_timeout: self.store_timeout,
+                    policies,
+                    store_timeout,
                     local_deny: self.local_deny,
                     coalesce,
                     clock: self.clock,
@@ -487,6 +464,105 @@ impl RateLimitLayerBuilder {
             }),
         })
     }
+
+    /// The store timeout: the one set, within the handle's, or the default
+    /// capped at the handle's.
+    fn checked_store_timeout(&self) -> Result<Duration, ConfigError> {
+        let handle_timeout = self.cache.timeout();
+        match self.store_timeout {
+            None => Ok(DEFAULT_STORE_TIMEOUT.min(handle_timeout)),
+            Some(timeout) if timeout.is_zero() => Err(ConfigError::ZeroStoreTimeout),
+            Some(store_timeout) if store_timeout > handle_timeout => {
+                Err(ConfigError::StoreTimeoutOverHandle {
+                    store_timeout,
+                    handle_timeout,
+                })
+            }
+            Some(timeout) => Ok(timeout),
+        }
+    }
+
+    /// The policies: the ones added, or the one of `limit`/`window`; named
+    /// uniquely, each quota valid.
+    fn checked_policies(&mut self) -> Result<Vec<Policy>, ConfigError> {
+        let policies = if self.policies.is_empty() {
+            let name = self
+                .policy_name
+                .take()
+                .unwrap_or_else(|| self.prefix.replace(':', "-"));
+            let quota = Quota::new(
+                self.limit.unwrap_or(100),
+                self.window.unwrap_or(Duration::from_secs(60)),
+            );
+            vec![(name, quota)]
+        } else if self.limit.is_some() || self.window.is_some() {
+            return Err(ConfigError::PolicyAndLimit);
+        } else {
+            std::mem::take(&mut self.policies)
+        };
+        for (i, (name, quota)) in policies.iter().enumerate() {
+            if !is_token(name, b"") {
+                return Err(ConfigError::PolicyName);
+            }
+            if policies[..i].iter().any(|(other, _)| other == name) {
+                return Err(ConfigError::DuplicatePolicy(name.clone()));
+            }
+            quota.validate()?;
+        }
+        Ok(policies
+            .into_iter()
+            .map(|(name, quota)| Policy { name, quota })
+            .collect())
+    }
+
+    /// The custom extractor, or [`PeerIp`] with the proxy settings: never
+    /// both, since the settings would be silently ignored.
+    fn checked_extractor(&mut self) -> Result<Box<dyn KeyExtractor>, ConfigError> {
+        let proxy_settings = self.trusted_proxies.is_some()
+            || self.forwarded_header.is_some()
+            || self.ipv6_prefix.is_some();
+        if let Some(extractor) = self.extractor.take() {
+            if proxy_settings {
+                return Err(ConfigError::ExtractorSettings);
+            }
+            return Ok(extractor);
+        }
+        let ipv6_prefix = self.ipv6_prefix.unwrap_or(56);
+        if ipv6_prefix > 128 {
+            return Err(ConfigError::Ipv6Prefix(ipv6_prefix));
+        }
+        let trusted = TrustedProxies::parse(self.trusted_proxies.iter().flatten())?;
+        Ok(Box::new(
+            PeerIp::new()
+                .trusted_proxies(trusted)
+                .forwarded_header(self.forwarded_header.take().unwrap_or_default())
+                .ipv6_prefix(ipv6_prefix),
+        ))
+    }
+
+    /// The rate-limit headers and the default 429 body of each policy,
+    /// rendered once.
+    fn rendered_responses(&self, policies: &[Policy]) -> (HeaderTemplate, Vec<Bytes>) {
+        let described: Vec<(&str, u64, Duration)> = policies
+            .iter()
+            .map(|p| (p.name.as_str(), p.quota.limit(), p.quota.window()))
+            .collect();
+        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
+        let limited_bodies = policies
+            .iter()
+            .map(|p| response::too_many_requests_body(p.quota.limit(), p.quota.window()))
+            .collect();
+        (headers, limited_bodies)
+    }
+}
+
+/// A name that can go into a Redis key and a header: 1 to 64 of
+/// `A-Z a-z 0-9 . _ -` and the `extra` bytes.
+fn is_token(text: &str, extra: &[u8]) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
 }
 
 /// The service [`RateLimitLayer`] wraps around `S`.

@@ -9,8 +9,8 @@ use axum::Router;
 use axum::routing::get;
 use cache_core::{BreakerState, Cache, KeyTtl};
 use rate_limit::{
-    Algorithm, FailMode, ForwardedHeader, HeaderSets, ManualClock, Quota, RateLimitLayer,
-    ResetFormat, RouteAndIp, UNIDENTIFIED_KEY,
+    Algorithm, ConfigError, FailMode, ForwardedHeader, HeaderSets, ManualClock, Quota,
+    RateLimitLayer, ResetFormat, RouteAndIp, UNIDENTIFIED_KEY,
 };
 use tests::http::{Response, get as http_get};
 use tests::suite::{self, Backend};
@@ -95,11 +95,13 @@ fn layer(
     limit: u64,
     window: Duration,
 ) -> rate_limit::RateLimitLayerBuilder {
+    // As long as the handle allows: slow CI must not fail open.
+    let store_timeout = cache.timeout();
     RateLimitLayer::builder(cache)
         .limit(limit)
         .window(window)
         .prefix(prefix)
-        .store_timeout(Duration::from_secs(2))
+        .store_timeout(store_timeout)
 }
 
 tests::suite!(
@@ -382,7 +384,7 @@ mod behaviour {
                 Quota::new(5, Duration::from_secs(60)).algorithm(Algorithm::SlidingWindow),
             )
             .local_deny_cache(false)
-            .store_timeout(Duration::from_secs(2))
+            .store_timeout(store.cache.timeout())
             .build()
             .unwrap();
         let service = limiter.layer(tower::service_fn(
@@ -705,10 +707,11 @@ mod behaviour {
             let prefix = unique_prefix("exact-algo");
             let quota = Quota::per_hour(50).algorithm(algorithm);
             let build = |cache: Cache| {
+                let store_timeout = cache.timeout();
                 RateLimitLayer::builder(cache)
                     .prefix(&prefix)
                     .policy("hourly", quota)
-                    .store_timeout(Duration::from_secs(2))
+                    .store_timeout(store_timeout)
                     .build()
                     .unwrap()
             };
@@ -1744,7 +1747,6 @@ fn bytes_of(text: String) -> axum::body::Bytes {
 
 #[test]
 fn invalid_configuration_is_an_error_at_build_time() {
-    use rate_limit::ConfigError;
     let builder = || RateLimitLayer::builder(Cache::in_memory());
     assert_eq!(
         builder().limit(0).build().unwrap_err(),
@@ -1844,6 +1846,57 @@ fn invalid_configuration_is_an_error_at_build_time() {
         builder().ipv6_prefix(129).build().unwrap_err(),
         ConfigError::Ipv6Prefix(129)
     );
+}
+
+/// The default extractor's settings beside a custom extractor would be
+/// ignored: the build says so instead.
+#[tokio::test]
+async fn proxy_settings_with_a_custom_extractor_are_a_build_error() {
+    let with_extractor =
+        || RateLimitLayer::builder(Cache::in_memory()).key_extractor(RouteAndIp::default());
+    assert!(with_extractor().build().is_ok());
+    for builder in [
+        with_extractor().trusted_proxies(["10.0.0.0/8"]),
+        with_extractor().ipv6_prefix(64),
+        with_extractor().forwarded_header(rate_limit::ForwardedHeader::Forwarded),
+    ] {
+        assert_eq!(builder.build().unwrap_err(), ConfigError::ExtractorSettings);
+    }
+    // The order of the calls does not matter.
+    assert_eq!(
+        RateLimitLayer::builder(Cache::in_memory())
+            .ipv6_prefix(64)
+            .key_extractor(RouteAndIp::default())
+            .build()
+            .unwrap_err(),
+        ConfigError::ExtractorSettings
+    );
+}
+
+/// A store timeout longer than the handle's, which bounds every call, is
+/// refused; the default is capped at the handle's.
+#[tokio::test]
+async fn a_store_timeout_over_the_handles_is_a_build_error() {
+    let cache = Cache::builder()
+        .in_memory()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        RateLimitLayer::builder(cache.clone())
+            .store_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap_err(),
+        ConfigError::StoreTimeoutOverHandle {
+            store_timeout: Duration::from_millis(200),
+            handle_timeout: Duration::from_millis(50),
+        }
+    );
+    let within = RateLimitLayer::builder(cache.clone()).store_timeout(Duration::from_millis(50));
+    assert!(within.build().is_ok());
+    // The default (100 ms) is over this handle's 50 ms: capped, not refused.
+    assert!(RateLimitLayer::builder(cache).build().is_ok());
 }
 
 #[tokio::test]
@@ -2029,22 +2082,29 @@ async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bu
     );
 }
 
-/// An absurd store timeout (`Duration::MAX`) is accepted by `build()`: it
-/// must bound nothing, not panic every request ("overflow when multiplying
-/// duration by scalar" in the coalescing path).
+/// The largest store timeout `build()` accepts (the handle's, at most
+/// `cache_core::MAX_TTL`, 100 years) bounds nothing and must not panic every
+/// request ("overflow when multiplying duration by scalar" in the coalescing
+/// path); `Duration::MAX` is over any handle's timeout, a build error.
 #[tokio::test]
-async fn a_store_timeout_of_duration_max_does_not_panic() {
+async fn the_largest_store_timeout_does_not_panic() {
     use tower::{Layer, ServiceExt};
-    let limiter = layer(
-        Cache::in_memory(),
-        "max-timeout",
-        1,
-        Duration::from_secs(60),
-    )
-    .store_timeout(Duration::MAX)
-    .coalesce(true)
-    .build()
-    .unwrap();
+    let cache = Cache::builder()
+        .in_memory()
+        .timeout(cache_core::MAX_TTL)
+        .build()
+        .await
+        .unwrap();
+    assert!(matches!(
+        layer(cache.clone(), "max-timeout", 1, Duration::from_secs(60))
+            .store_timeout(Duration::MAX)
+            .build(),
+        Err(ConfigError::StoreTimeoutOverHandle { .. })
+    ));
+    let limiter = layer(cache, "max-timeout", 1, Duration::from_secs(60))
+        .coalesce(true)
+        .build()
+        .unwrap();
     let service = limiter.layer(tower::service_fn(
         |_: http::Request<axum::body::Body>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
