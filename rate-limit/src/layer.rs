@@ -1,7 +1,5 @@
 //! [`RateLimitLayer`] (configuration, `impl Layer`) and [`RateLimit`] (the service).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,6 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::clock::Clock;
+use crate::future::ResponseFuture;
 use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
 use crate::key::{
     ForwardedHeader, KeyError, KeyExtractor, PeerIp, RequestInfo, TrustedProxies, UNIDENTIFIED_KEY,
@@ -580,53 +579,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
     }
 }
 
-/// The response future of [`RateLimit`]: ready at once when the layer
-/// answers without awaiting anything (a client the local deny cache already
-/// rejects, a request it cannot key), otherwise the store check and the inner
-/// service's call.
-pub struct ResponseFuture<B, E> {
-    kind: Kind<B, E>,
-}
-
-type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
-
-enum Kind<B, E> {
-    Ready(std::future::Ready<Answer<B, E>>),
-    Pending(Pin<Box<dyn Future<Output = Answer<B, E>> + Send>>),
-}
-
-impl<B, E> ResponseFuture<B, E> {
-    fn ready(response: Response<ResponseBody<B>>) -> Self {
-        ResponseFuture {
-            kind: Kind::Ready(std::future::ready(Ok(response))),
-        }
-    }
-}
-
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Answer<B, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Both kinds are `Unpin`: the ready value and a box.
-        match &mut self.get_mut().kind {
-            Kind::Ready(ready) => Pin::new(ready).poll(cx),
-            Kind::Pending(future) => future.as_mut().poll(cx),
-        }
-    }
-}
-
-impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            Kind::Ready(_) => "ready",
-            Kind::Pending(_) => "pending",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
 impl Shared {
     /// The response to a request over the limit (not in shadow mode).
     fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
@@ -770,8 +722,6 @@ where
             shared.headers.write(response.headers_mut(), &decision);
             Ok(response)
         };
-        ResponseFuture {
-            kind: Kind::Pending(Box::pin(future)),
-        }
+        ResponseFuture::pending(future)
     }
 }

@@ -51,6 +51,7 @@
 
 mod clock;
 mod deny;
+mod future;
 mod headers;
 mod key;
 mod layer;
@@ -61,6 +62,7 @@ mod store;
 mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use future::ResponseFuture;
 pub use headers::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
@@ -71,7 +73,7 @@ pub use key::{
 };
 pub use layer::{
     ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, MAX_LIMIT, MAX_WINDOW, RateLimit,
-    RateLimitLayer, RateLimitLayerBuilder, ResponseFuture,
+    RateLimitLayer, RateLimitLayerBuilder,
 };
 pub use limiter::RateLimitStats;
 pub use quota::{Algorithm, Quota};
