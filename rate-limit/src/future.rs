@@ -8,7 +8,7 @@ use http::Response;
 
 use crate::response::ResponseBody;
 
-/// The response future of [`RateLimit`]: ready at once when the layer
+/// The response future of [`RateLimit`](crate::RateLimit): ready at once when the layer
 /// answers without awaiting anything (a client the local deny cache already
 /// rejects, a request it cannot key), otherwise the store check and the inner
 /// service's call.

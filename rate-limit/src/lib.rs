@@ -49,8 +49,10 @@
 //! - **Store failure**: fail open by default, `503` with [`FailMode::Closed`].
 #![warn(missing_docs)]
 
+mod builder;
 mod clock;
 mod deny;
+mod error;
 mod future;
 mod headers;
 mod key;
@@ -61,7 +63,9 @@ mod response;
 mod store;
 mod window;
 
+pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, RateLimitLayerBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use headers::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
@@ -71,12 +75,9 @@ pub use key::{
     ForwardedHeader, HeaderKey, KeyError, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo,
     RouteAndIp, TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
-pub use layer::{
-    ConfigError, DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, FailMode, MAX_LIMIT, MAX_WINDOW, RateLimit,
-    RateLimitLayer, RateLimitLayerBuilder,
-};
+pub use layer::{FailMode, RateLimit, RateLimitLayer};
 pub use limiter::RateLimitStats;
-pub use quota::{Algorithm, Quota};
+pub use quota::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota};
 pub use response::ResponseBody;
 /// The layer's default 429 body, for the benchmarks' baseline that answers
 /// the same 429 itself: not part of the API.

@@ -2,7 +2,16 @@
 
 use std::time::Duration;
 
-use crate::layer::{ConfigError, MAX_LIMIT, MAX_WINDOW};
+use crate::error::ConfigError;
+
+/// The largest limit: 2^52 units per window. Counters travel through
+/// Redis' Lua as doubles, exact below 2^53: a count at the limit plus a cost
+/// up to the limit stays exact.
+pub const MAX_LIMIT: u64 = 1 << 52;
+/// The longest window: [`cache_core::MAX_WINDOW`], 366 days (a yearly quota
+/// in a leap year). Longer is almost surely a unit mistake (milliseconds read
+/// as seconds), and the store refuses it too.
+pub const MAX_WINDOW: Duration = cache_core::MAX_WINDOW;
 
 /// How a [`Quota`] is enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,369 @@
+//! [`RateLimitLayerBuilder`]: every setting of a [`RateLimitLayer`], checked
+//! once by [`build`](RateLimitLayerBuilder::build).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_core::Cache;
+use cache_core::sync::StateFlag;
+use http::Response;
+
+use crate::clock::Clock;
+use crate::error::ConfigError;
+use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
+use crate::key::{ForwardedHeader, KeyExtractor, PeerIp, RequestInfo, TrustedProxies};
+use crate::layer::{CostFn, FailMode, OnLimited, RateLimitLayer, Shared};
+use crate::limiter::{Limiter, LimiterConfig, Policy};
+use crate::quota::Quota;
+use crate::response;
+use crate::window::Decision;
+
+/// Default Redis key prefix: keys are `rate:{client key}`.
+pub const DEFAULT_PREFIX: &str = "rate";
+/// Default bound on one store call; past it the request is let through (or 503).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Configures a [`RateLimitLayer`].
+#[must_use]
+pub struct RateLimitLayerBuilder {
+    cache: Cache,
+    limit: Option<u64>,
+    window: Option<Duration>,
+    policies: Vec<(String, Quota)>,
+    cost: Option<Box<CostFn>>,
+    clock: Option<Arc<dyn Clock>>,
+    prefix: String,
+    extractor: Option<Box<dyn KeyExtractor>>,
+    /// The default extractor's settings: `None` when not set, so that
+    /// setting them beside a custom extractor is caught.
+    trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<ForwardedHeader>,
+    ipv6_prefix: Option<u8>,
+    headers: HeaderSets,
+    reset_format: ResetFormat,
+    policy_name: Option<String>,
+    fail_mode: FailMode,
+    shadow: bool,
+    /// `None`: the default, capped at the handle's timeout.
+    store_timeout: Option<Duration>,
+    local_deny: bool,
+    coalesce: Option<bool>,
+    on_limited: Option<Box<OnLimited>>,
+}
+
+impl RateLimitLayerBuilder {
+    pub(crate) fn new(cache: Cache) -> Self {
+        RateLimitLayerBuilder {
+            // A connection of its own: counting never queues behind a slow or
+            // large cache read on the shared one (same settings, same server).
+            cache: cache.dedicated(),
+            limit: None,
+            window: None,
+            policies: Vec::new(),
+            cost: None,
+            clock: None,
+            prefix: DEFAULT_PREFIX.to_string(),
+            extractor: None,
+            trusted_proxies: None,
+            forwarded_header: None,
+            ipv6_prefix: None,
+            headers: HeaderSets::default(),
+            reset_format: ResetFormat::default(),
+            policy_name: None,
+            fail_mode: FailMode::Open,
+            shadow: false,
+            store_timeout: None,
+            local_deny: true,
+            coalesce: None,
+            on_limited: None,
+        }
+    }
+
+    /// Requests per window and client (default 100), with the fixed window:
+    /// the layer's one policy, unless [`policy`](Self::policy) is used.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The window, starting at a client's first request (default 60 s; 1 ms
+    /// to [`MAX_WINDOW`](crate::MAX_WINDOW)), of the [`limit`](Self::limit).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Adds a policy: `quota` per client, named `name` in the headers (1 to
+    /// 64 of `A-Z a-z 0-9 . _ -`) and in the Redis key. Repeatable; every
+    /// policy is checked in the same store call, and a request passes only
+    /// if every policy admits it: it is then charged to all of them, and a
+    /// rejected request is charged to none. Not together with
+    /// [`limit`](Self::limit)/[`window`](Self::window).
+    pub fn policy(mut self, name: impl Into<String>, quota: Quota) -> Self {
+        self.policies.push((name.into(), quota));
+        self
+    }
+
+    /// What a request costs, in the quotas' units (default 1): a search
+    /// costing 5, a health check 0. A request costing more than a policy's
+    /// whole limit is rejected at once (429, problem+json saying so) and
+    /// charged nothing.
+    pub fn cost(mut self, cost: impl Fn(&RequestInfo<'_>) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// The clock the limiter reads (default: the system clock). The Redis
+    /// scripts keep Redis' own `TIME` unless the clock
+    /// [is authoritative](Clock::is_authoritative), as a
+    /// [`ManualClock`](crate::ManualClock) is: for tests that move time.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Redis keys are `{prefix}:{client}` (default `rate`); give stacked layers their own.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Who requests count against (default: [`PeerIp`] with the proxy
+    /// settings below). Not together with those settings
+    /// ([`ConfigError::ExtractorSettings`]): configure your extractor itself.
+    pub fn key_extractor(mut self, extractor: impl KeyExtractor) -> Self {
+        self.extractor = Some(Box::new(extractor));
+        self
+    }
+
+    /// Proxies (CIDRs or addresses) whose [`forwarded_header`](Self::forwarded_header)
+    /// is believed by the default extractor. None by default.
+    pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.trusted_proxies = Some(cidrs.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The one header trusted proxies give the client's address in, for the
+    /// default extractor (default [`ForwardedHeader::XForwardedFor`]): set it
+    /// to what your proxy writes (`Forwarded` for HAProxy's `option
+    /// forwarded`, `CF-Connecting-IP` behind Cloudflare). No other is read,
+    /// so a client cannot pick its bucket through a header the proxy leaves
+    /// alone. See [`PeerIp`] for what happens when it gives no address.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.forwarded_header = Some(header);
+        self
+    }
+
+    /// IPv6 clients are grouped by this prefix in the default extractor (default 56).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = Some(bits);
+        self
+    }
+
+    /// Which header sets responses carry (default: both).
+    pub fn headers(mut self, headers: HeaderSets) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// What `X-RateLimit-Reset` carries (default
+    /// [`ResetFormat::SecondsUntilReset`]; [`ResetFormat::EpochSeconds`] is
+    /// GitHub's convention). `RateLimit`'s `t=` is always seconds until reset.
+    pub fn reset_header(mut self, format: ResetFormat) -> Self {
+        self.reset_format = format;
+        self
+    }
+
+    /// The name in `RateLimit-Policy` / `RateLimit` of the
+    /// [`limit`](Self::limit) policy (default: the prefix).
+    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
+        self.policy_name = Some(name.into());
+        self
+    }
+
+    /// What happens when the store fails (default [`FailMode::Open`]).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// Counts and sets headers, but never rejects: to roll out a new limit safely.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Bound on one store call (default 100 ms, or the handle's
+    /// [`timeout`](Cache::timeout) if that is shorter). A request whose count
+    /// is batched behind another one at the store waits for that one first,
+    /// so a hung Redis adds at most twice this to a request; the timeouts
+    /// count as failures for the handle's circuit breaker, which then stops
+    /// the calls. Longer than the handle's timeout is a
+    /// [`ConfigError::StoreTimeoutOverHandle`]: the handle bounds every call.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
+        self
+    }
+
+    /// Reject clients known to be over the limit without a store call (default on).
+    pub fn local_deny_cache(mut self, enabled: bool) -> Self {
+        self.local_deny = enabled;
+        self
+    }
+
+    /// Fold concurrent requests, of one client or many, into one store call
+    /// (default on; only Redis batches: an in-memory check is already a
+    /// function call). Off: one Redis call per request.
+    pub fn coalesce(mut self, enabled: bool) -> Self {
+        self.coalesce = Some(enabled);
+        self
+    }
+
+    /// Builds the 429 response yourself; the layer still adds the rate-limit
+    /// headers and `Retry-After`.
+    pub fn on_limited(
+        mut self,
+        respond: impl Fn(&Decision) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_limited = Some(Box::new(respond));
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
+        let store_timeout = self.checked_store_timeout()?;
+        if !is_token(&self.prefix, b":") {
+            return Err(ConfigError::Prefix);
+        }
+        let policies = self.checked_policies()?;
+        let extractor = self.checked_extractor()?;
+        let coalesce = self
+            .coalesce
+            .unwrap_or(*self.cache.backend() != cache_core::Backend::Memory);
+        let (headers, limited_bodies) = self.rendered_responses(&policies);
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                limiter: Limiter::new(LimiterConfig {
+                    cache: self.cache,
+                    prefix: self.prefix,
+                    policies,
+                    store_timeout,
+                    local_deny: self.local_deny,
+                    coalesce,
+                    clock: self.clock,
+                }),
+                extractor,
+                cost: self.cost,
+                headers,
+                limited_bodies,
+                fail_mode: self.fail_mode,
+                shadow: self.shadow,
+                on_limited: self.on_limited,
+                missing_key_logged: StateFlag::new(),
+            }),
+        })
+    }
+
+    /// The store timeout: the one set, within the handle's, or the default
+    /// capped at the handle's.
+    fn checked_store_timeout(&self) -> Result<Duration, ConfigError> {
+        let handle_timeout = self.cache.timeout();
+        match self.store_timeout {
+            None => Ok(DEFAULT_STORE_TIMEOUT.min(handle_timeout)),
+            Some(timeout) if timeout.is_zero() => Err(ConfigError::ZeroStoreTimeout),
+            Some(store_timeout) if store_timeout > handle_timeout => {
+                Err(ConfigError::StoreTimeoutOverHandle {
+                    store_timeout,
+                    handle_timeout,
+                })
+            }
+            Some(timeout) => Ok(timeout),
+        }
+    }
+
+    /// The policies: the ones added, or the one of `limit`/`window`; named
+    /// uniquely, each quota valid.
+    fn checked_policies(&mut self) -> Result<Vec<Policy>, ConfigError> {
+        let policies = if self.policies.is_empty() {
+            let name = self
+                .policy_name
+                .take()
+                .unwrap_or_else(|| self.prefix.replace(':', "-"));
+            let quota = Quota::new(
+                self.limit.unwrap_or(100),
+                self.window.unwrap_or(Duration::from_secs(60)),
+            );
+            vec![(name, quota)]
+        } else if self.limit.is_some() || self.window.is_some() {
+            return Err(ConfigError::PolicyAndLimit);
+        } else {
+            std::mem::take(&mut self.policies)
+        };
+        for (i, (name, quota)) in policies.iter().enumerate() {
+            if !is_token(name, b"") {
+                return Err(ConfigError::PolicyName);
+            }
+            if policies[..i].iter().any(|(other, _)| other == name) {
+                return Err(ConfigError::DuplicatePolicy(name.clone()));
+            }
+            quota.validate()?;
+        }
+        Ok(policies
+            .into_iter()
+            .map(|(name, quota)| Policy { name, quota })
+            .collect())
+    }
+
+    /// The custom extractor, or [`PeerIp`] with the proxy settings: never
+    /// both, since the settings would be silently ignored.
+    fn checked_extractor(&mut self) -> Result<Box<dyn KeyExtractor>, ConfigError> {
+        let proxy_settings = self.trusted_proxies.is_some()
+            || self.forwarded_header.is_some()
+            || self.ipv6_prefix.is_some();
+        if let Some(extractor) = self.extractor.take() {
+            if proxy_settings {
+                return Err(ConfigError::ExtractorSettings);
+            }
+            return Ok(extractor);
+        }
+        let ipv6_prefix = self.ipv6_prefix.unwrap_or(56);
+        if ipv6_prefix > 128 {
+            return Err(ConfigError::Ipv6Prefix(ipv6_prefix));
+        }
+        let trusted = TrustedProxies::parse(self.trusted_proxies.iter().flatten())?;
+        Ok(Box::new(
+            PeerIp::new()
+                .trusted_proxies(trusted)
+                .forwarded_header(self.forwarded_header.take().unwrap_or_default())
+                .ipv6_prefix(ipv6_prefix),
+        ))
+    }
+
+    /// The rate-limit headers and the default 429 body of each policy,
+    /// rendered once.
+    fn rendered_responses(&self, policies: &[Policy]) -> (HeaderTemplate, Vec<Bytes>) {
+        let described: Vec<(&str, u64, Duration)> = policies
+            .iter()
+            .map(|p| (p.name.as_str(), p.quota.limit(), p.quota.window()))
+            .collect();
+        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
+        let limited_bodies = policies
+            .iter()
+            .map(|p| response::too_many_requests_body(p.quota.limit(), p.quota.window()))
+            .collect();
+        (headers, limited_bodies)
+    }
+}
+
+/// A name that can go into a Redis key and a header: 1 to 64 of
+/// `A-Z a-z 0-9 . _ -` and the `extra` bytes.
+fn is_token(text: &str, extra: &[u8]) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+}
