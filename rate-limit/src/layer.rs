@@ -15,7 +15,7 @@ use crate::builder::RateLimitLayerBuilder;
 use crate::future::ResponseFuture;
 use crate::headers::HeaderTemplate;
 use crate::key::{KeyError, KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
-use crate::limiter::{Limiter, RateLimitStats, Verdict};
+use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;
 
@@ -148,7 +148,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 impl Shared {
     /// The response to a request over the limit (not in shadow mode).
     fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
-        self.limiter.counters.record_limited();
+        self.limiter.counters.add(Count::Limited);
         let mut limited = match &self.on_limited {
             Some(respond) => respond(decision).map(ResponseBody::full),
             None => response::too_many_requests(
@@ -169,7 +169,7 @@ impl Shared {
 
     /// The response to a request that costs more than a policy's whole quota.
     fn too_costly<B>(&self, cost: u64, policy: usize) -> Response<ResponseBody<B>> {
-        self.limiter.counters.record_limited();
+        self.limiter.counters.add(Count::Limited);
         let detail = match self.limiter.policies.get(policy) {
             Some(p) => format!(
                 "This request costs {cost} units, more than the whole quota of policy \"{}\" ({} per {} s): it can never pass.",
@@ -262,7 +262,7 @@ where
                             return Ok(shared.too_costly(cost, policy));
                         }
                         // Shadow mode never rejects: noted, let through, uncounted.
-                        shared.limiter.counters.record_shadow_limited();
+                        shared.limiter.counters.add(Count::ShadowLimited);
                         return Ok(inner.call(request).await?.map(ResponseBody::inner));
                     }
                     Verdict::StoreFailed => {
@@ -280,9 +280,9 @@ where
                 return Ok(shared.limited(&decision));
             }
             if decision.allowed {
-                counters.record_allowed();
+                counters.add(Count::Allowed);
             } else {
-                counters.record_shadow_limited();
+                counters.add(Count::ShadowLimited);
             }
             let mut response = inner.call(request).await?.map(ResponseBody::inner);
             shared.headers.write(response.headers_mut(), &decision);

@@ -93,43 +93,33 @@ pub struct RateLimitStats {
 /// The layer's counters: every request writes one, so they are striped
 /// per thread as the cache's are.
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<6>);
+pub(crate) struct Counters(StripedCounters<{ Count::StoreCalls as usize + 1 }>);
 
-const ALLOWED: usize = 0;
-const LIMITED: usize = 1;
-const LIMITED_LOCALLY: usize = 2;
-const SHADOW_LIMITED: usize = 3;
-const STORE_ERRORS: usize = 4;
-const STORE_CALLS: usize = 5;
+/// One of the layer's counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Allowed,
+    Limited,
+    LimitedLocally,
+    ShadowLimited,
+    StoreErrors,
+    StoreCalls,
+}
 
 impl Counters {
-    pub(crate) fn record_allowed(&self) {
-        self.0.add(ALLOWED);
-    }
-    pub(crate) fn record_limited(&self) {
-        self.0.add(LIMITED);
-    }
-    pub(crate) fn record_limited_locally(&self) {
-        self.0.add(LIMITED_LOCALLY);
-    }
-    pub(crate) fn record_shadow_limited(&self) {
-        self.0.add(SHADOW_LIMITED);
-    }
-    pub(crate) fn record_store_error(&self) {
-        self.0.add(STORE_ERRORS);
-    }
-    pub(crate) fn record_store_call(&self) {
-        self.0.add(STORE_CALLS);
+    pub(crate) fn add(&self, count: Count) {
+        self.0.add(count as usize);
     }
 
     pub(crate) fn snapshot(&self) -> RateLimitStats {
+        let sum = |count: Count| self.0.sum(count as usize);
         RateLimitStats {
-            allowed: self.0.sum(ALLOWED),
-            limited: self.0.sum(LIMITED),
-            limited_locally: self.0.sum(LIMITED_LOCALLY),
-            shadow_limited: self.0.sum(SHADOW_LIMITED),
-            store_errors: self.0.sum(STORE_ERRORS),
-            store_calls: self.0.sum(STORE_CALLS),
+            allowed: sum(Count::Allowed),
+            limited: sum(Count::Limited),
+            limited_locally: sum(Count::LimitedLocally),
+            shadow_limited: sum(Count::ShadowLimited),
+            store_errors: sum(Count::StoreErrors),
+            store_calls: sum(Count::StoreCalls),
         }
     }
 }
@@ -384,7 +374,7 @@ impl Core {
     /// (rejected for a while yet): no store call needed.
     pub(crate) fn check_locally(&self, client: &str) -> Option<Decision> {
         let decision = self.denied_locally(client)?;
-        self.counters.record_limited_locally();
+        self.counters.add(Count::LimitedLocally);
         Some(decision)
     }
 
@@ -410,7 +400,7 @@ impl Core {
         let sent = now_micros(self.clock.as_ref());
         let outcomes = match &self.memory {
             Some(memory) => {
-                self.counters.record_store_call();
+                self.counters.add(Count::StoreCalls);
                 let now = now_micros(self.clock.as_ref());
                 // The namespace keeps handles with different ones apart, as on Redis.
                 let full: Vec<_> = keys.iter().map(|k| self.cache.full_key(k)).collect();
@@ -494,7 +484,7 @@ impl Core {
     /// One script call on Redis; the outcome of each of its `requests`
     /// requests, `None` when it failed or timed out.
     async fn count(&self, keys: &[String], args: &[i64], requests: usize) -> Option<Vec<Outcome>> {
-        self.counters.record_store_call();
+        self.counters.add(Count::StoreCalls);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
@@ -570,7 +560,7 @@ impl Core {
     fn note_store(&self, error: Option<&str>) {
         match error {
             Some(error) => {
-                self.counters.record_store_error();
+                self.counters.add(Count::StoreErrors);
                 if self.failing.raise() {
                     tracing::warn!(prefix = %self.prefix, error, "rate limiter store unavailable");
                 }
