@@ -107,6 +107,16 @@ impl<W: Write> Canonical<W> {
     }
 }
 
+/// The integer methods of a serializer that hands integers to serde_json's
+/// own writer (`self.json()`).
+macro_rules! integers_as_serde_json {
+    ($($method:ident: $ty:ty),+ $(,)?) => {$(
+        fn $method(self, value: $ty) -> Result<()> {
+            ser::Serializer::$method(&mut self.json(), value)
+        }
+    )+};
+}
+
 impl<'a, W: Write> ser::Serializer for &'a mut Canonical<W> {
     type Ok = ();
     type Error = Error;
@@ -121,36 +131,20 @@ impl<'a, W: Write> ser::Serializer for &'a mut Canonical<W> {
     fn serialize_bool(self, value: bool) -> Result<()> {
         self.write(if value { b"true" } else { b"false" })
     }
-    fn serialize_i8(self, value: i8) -> Result<()> {
-        ser::Serializer::serialize_i8(&mut self.json(), value)
-    }
-    fn serialize_i16(self, value: i16) -> Result<()> {
-        ser::Serializer::serialize_i16(&mut self.json(), value)
-    }
-    fn serialize_i32(self, value: i32) -> Result<()> {
-        ser::Serializer::serialize_i32(&mut self.json(), value)
-    }
-    fn serialize_i64(self, value: i64) -> Result<()> {
-        ser::Serializer::serialize_i64(&mut self.json(), value)
-    }
-    fn serialize_i128(self, value: i128) -> Result<()> {
-        ser::Serializer::serialize_i128(&mut self.json(), value)
-    }
-    fn serialize_u8(self, value: u8) -> Result<()> {
-        ser::Serializer::serialize_u8(&mut self.json(), value)
-    }
-    fn serialize_u16(self, value: u16) -> Result<()> {
-        ser::Serializer::serialize_u16(&mut self.json(), value)
-    }
-    fn serialize_u32(self, value: u32) -> Result<()> {
-        ser::Serializer::serialize_u32(&mut self.json(), value)
-    }
-    fn serialize_u64(self, value: u64) -> Result<()> {
-        ser::Serializer::serialize_u64(&mut self.json(), value)
-    }
-    fn serialize_u128(self, value: u128) -> Result<()> {
-        ser::Serializer::serialize_u128(&mut self.json(), value)
-    }
+    // Integers are exact decimals, as serde_json writes them (JCS's form
+    // up to 2^53, our documented extension beyond).
+    integers_as_serde_json!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
+    );
     fn serialize_f32(self, value: f32) -> Result<()> {
         self.float(value, value.is_finite())
     }
@@ -278,49 +272,29 @@ impl<W: Write> Array<'_, W> {
     }
 }
 
-impl<W: Write> ser::SerializeSeq for Array<'_, W> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-    fn end(self) -> Result<()> {
-        self.close()
-    }
+/// serde's four array-shaped compounds are one thing here: elements
+/// streamed in order between brackets.
+macro_rules! array_compound {
+    ($($trait:ident :: $method:ident),+ $(,)?) => {$(
+        impl<W: Write> ser::$trait for Array<'_, W> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+                self.element(value)
+            }
+            fn end(self) -> Result<()> {
+                self.close()
+            }
+        }
+    )+};
 }
 
-impl<W: Write> ser::SerializeTuple for Array<'_, W> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-    fn end(self) -> Result<()> {
-        self.close()
-    }
-}
-
-impl<W: Write> ser::SerializeTupleStruct for Array<'_, W> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-    fn end(self) -> Result<()> {
-        self.close()
-    }
-}
-
-impl<W: Write> ser::SerializeTupleVariant for Array<'_, W> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-    fn end(self) -> Result<()> {
-        self.close()
-    }
-}
+array_compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 /// serde_json's private structs that carry JSON text: its `RawValue` (feature
 /// `raw_value`, which axum turns on) and its `Number` with the feature
