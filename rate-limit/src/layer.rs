@@ -291,3 +291,92 @@ where
         ResponseFuture::pending(future)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    /// A request from `peer`, as axum's `into_make_service_with_connect_info` hands it on.
+    fn request(peer: &str) -> Request<String> {
+        let mut request = Request::new(String::new());
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
+
+    async fn ok(_: Request<String>) -> Result<Response<String>, Infallible> {
+        Ok(Response::new("ok".to_string()))
+    }
+
+    #[tokio::test]
+    async fn counts_per_peer_and_answers_429_with_the_headers_past_the_limit() {
+        let layer = RateLimitLayer::new(Cache::in_memory(), 2, Duration::from_secs(60));
+        let service = ServiceBuilder::new().layer(layer.clone()).service_fn(ok);
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = service
+                .clone()
+                .oneshot(request("192.0.2.1:4000"))
+                .await
+                .unwrap();
+            statuses.push(response.status());
+            assert!(response.headers().contains_key("x-ratelimit-limit"));
+            assert!(response.headers().contains_key("ratelimit-policy"));
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                let retry: u64 = response.headers()[header::RETRY_AFTER]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1, "Retry-After is never 0");
+            }
+        }
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        // Another peer has a budget of its own.
+        let other = service.oneshot(request("192.0.2.2:4000")).await.unwrap();
+        assert_eq!(other.status(), StatusCode::OK);
+        let stats = layer.stats();
+        assert_eq!((stats.allowed, stats.limited), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn a_request_without_connect_info_is_a_500_never_a_shared_bucket() {
+        let layer = RateLimitLayer::new(Cache::in_memory(), 100, Duration::from_secs(60));
+        let service = ServiceBuilder::new().layer(layer.clone()).service_fn(ok);
+        let response = service.oneshot(Request::new(String::new())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(layer.stats().allowed, 0, "nothing was counted");
+    }
+
+    #[tokio::test]
+    async fn a_request_costing_more_than_the_quota_is_refused_without_a_store_call() {
+        let layer = RateLimitLayer::builder(Cache::in_memory())
+            .limit(5)
+            .window(Duration::from_secs(60))
+            .cost(|_: &RequestInfo<'_>| 6)
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new().layer(layer.clone()).service_fn(ok);
+        let response = service.oneshot(request("192.0.2.3:4000")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(layer.stats().store_calls, 0);
+    }
+}
