@@ -1,6 +1,7 @@
 //! The small concurrency tools of the workspace, written once: locks that
-//! survive a panic, a flag that tells when a state changes, and counters
-//! that many threads add to without sharing a cache line.
+//! survive a panic, a flag that tells when a state changes, counters that
+//! many threads add to without sharing a cache line, and the
+//! insertion-ordered map that bounded caches evict from.
 //!
 //! Public but hidden: for this workspace's crates (the rate limiter), not a
 //! promise to other users.
@@ -22,6 +23,7 @@
 //! ```
 
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -189,5 +191,107 @@ mod tests {
         assert!(flag.lower());
         assert!(!flag.lower());
         assert!(flag.raise(), "a new outage is a new change");
+    }
+}
+
+/// A map that remembers the order its keys were inserted in, for caches
+/// bounded by evicting the oldest entry: each key sits in the map and, with
+/// a generation number, in a queue; an item whose generation no longer
+/// matches the map (its key was removed, or inserted again) is skipped and
+/// dropped. Every queue item is popped at most once, and the queue is
+/// rebuilt when stale items dominate, so all operations are O(1) amortized
+/// however full the map is.
+#[derive(Debug)]
+pub struct InsertionOrderedMap<V> {
+    map: HashMap<String, (V, u64)>,
+    order: VecDeque<(String, u64)>,
+    next_generation: u64,
+}
+
+impl<V> Default for InsertionOrderedMap<V> {
+    fn default() -> Self {
+        InsertionOrderedMap {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+        }
+    }
+}
+
+impl<V> InsertionOrderedMap<V> {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// `true` when no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Items in the eviction queue, stale ones included (for tests of the bound).
+    pub fn queued(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key).map(|(value, _)| value)
+    }
+
+    /// The value of `key`, to change in place (its place in the order stays).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.map.get_mut(key).map(|(value, _)| value)
+    }
+
+    /// Removes `key`; its queue item goes stale.
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        self.map.remove(key).map(|(value, _)| value)
+    }
+
+    /// Inserts `key` as the newest entry (a key already there moves to the back).
+    pub fn insert(&mut self, key: &str, value: V) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.map.insert(key.to_string(), (value, generation));
+        self.order.push_back((key.to_string(), generation));
+        // Removals leave stale items behind: rebuild when they dominate
+        // (amortized O(1): the rebuild follows at least as many removals).
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(key, generation)| map.get(key).is_some_and(|(_, g)| g == generation));
+        }
+    }
+
+    /// Removes the oldest entry.
+    pub fn pop_oldest(&mut self) -> Option<V> {
+        while let Some((key, generation)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|(_, g)| *g == generation) {
+                return self.map.remove(&key).map(|(value, _)| value);
+            }
+        }
+        None
+    }
+
+    /// Removes the oldest entries while `expired` says so of them, stopping at
+    /// the first that is not (for entries inserted in expiry order).
+    pub fn pop_oldest_while(&mut self, mut expired: impl FnMut(&V) -> bool) {
+        while let Some((key, generation)) = self.order.front() {
+            match self.map.get(key.as_str()) {
+                Some((value, g)) if g == generation && !expired(value) => return,
+                _ => {}
+            }
+            if let Some((key, generation)) = self.order.pop_front()
+                && self.map.get(&key).is_some_and(|(_, g)| *g == generation)
+            {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    /// Keeps the entries for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
+        self.map.retain(|key, (value, _)| keep(key, value));
     }
 }

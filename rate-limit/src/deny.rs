@@ -2,16 +2,17 @@
 //! since the epoch, on the limiter's clock), and the policy that rejects them.
 //!
 //! Bounded, with O(1) amortized work per insert however full it is: entries
-//! sit in a map and, in insertion order, in a queue. An insert first drops
+//! sit in a [`cache_core::sync::InsertionOrderedMap`]. An insert first drops
 //! the expired entries at the front of the queue, then, if the map is still
 //! full, evicts the oldest entry (the one whose window started first, so
 //! usually the nearest to its end); every queue item is popped at most once.
 //! Evicting a live entry costs correctness nothing: that client's next
 //! request is counted at the store, which rejects it and puts it back.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use cache_core::sync::InsertionOrderedMap;
 
 /// Keys remembered as over their limit, at most, by default.
 pub(crate) const DEFAULT_CAPACITY: usize = 100_000;
@@ -21,59 +22,14 @@ pub(crate) struct DenyCache {
     /// The map's length, readable without the lock: no request takes the
     /// lock while nobody is over the limit.
     len: AtomicUsize,
-    entries: RwLock<Entries>,
-}
-
-#[derive(Default)]
-struct Entries {
-    map: HashMap<String, Denied>,
-    /// Keys in insertion order; items whose generation no longer matches the
-    /// map's (the key was removed, or removed and inserted again) are skipped.
-    order: VecDeque<(String, u64)>,
-    next_generation: u64,
+    /// In insertion order, so nearly in expiry order (every deny lasts at
+    /// most one window).
+    entries: RwLock<InsertionOrderedMap<Denied>>,
 }
 
 struct Denied {
     until: u64,
     policy: usize,
-    generation: u64,
-}
-
-impl Entries {
-    /// `true` when the queue item is the map's current entry for its key.
-    fn is_current(&self, key: &str, generation: u64) -> bool {
-        self.map
-            .get(key)
-            .is_some_and(|denied| denied.generation == generation)
-    }
-
-    /// Drops the stale and expired items at the front of the queue.
-    fn expire_front(&mut self, now: u64) {
-        while let Some((key, generation)) = self.order.front() {
-            let expired = match self.map.get(key.as_str()) {
-                Some(denied) if denied.generation == *generation => denied.until <= now,
-                _ => true,
-            };
-            if !expired {
-                break;
-            }
-            if let Some((key, generation)) = self.order.pop_front()
-                && self.is_current(&key, generation)
-            {
-                self.map.remove(&key);
-            }
-        }
-    }
-
-    /// Removes the oldest current entry.
-    fn evict_oldest(&mut self) {
-        while let Some((key, generation)) = self.order.pop_front() {
-            if self.is_current(&key, generation) {
-                self.map.remove(&key);
-                return;
-            }
-        }
-    }
 }
 
 impl DenyCache {
@@ -85,45 +41,25 @@ impl DenyCache {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Entries> {
+    fn read(&self) -> RwLockReadGuard<'_, InsertionOrderedMap<Denied>> {
         // Every update is a few map/queue operations that leave both consistent.
         cache_core::sync::read(&self.entries)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Entries> {
+    fn write(&self) -> RwLockWriteGuard<'_, InsertionOrderedMap<Denied>> {
         cache_core::sync::write(&self.entries)
     }
 
     /// Remembers `key` as denied by `policy` until `until`.
     pub(crate) fn insert(&self, key: &str, until: u64, policy: usize, now: u64) {
         let mut entries = self.write();
-        entries.expire_front(now);
-        // A key denied again (a new window) moves to the back of the queue:
-        // its old item becomes stale.
-        if entries.map.remove(key).is_none() && entries.map.len() >= self.capacity {
-            entries.evict_oldest();
+        entries.pop_oldest_while(|denied| denied.until <= now);
+        // A key denied again (a new window) moves to the back of the queue.
+        if entries.remove(key).is_none() && entries.len() >= self.capacity {
+            entries.pop_oldest();
         }
-        let generation = entries.next_generation;
-        entries.next_generation += 1;
-        entries.map.insert(
-            key.to_string(),
-            Denied {
-                until,
-                policy,
-                generation,
-            },
-        );
-        entries.order.push_back((key.to_string(), generation));
-        // Items left behind by removals on lookup: rebuild when they dominate
-        // (amortized O(1): the rebuild follows at least as many removals).
-        if entries.order.len() > 2 * entries.map.len() + 64 {
-            let Entries { map, order, .. } = &mut *entries;
-            order.retain(|(key, generation)| {
-                map.get(key.as_str())
-                    .is_some_and(|denied| denied.generation == *generation)
-            });
-        }
-        self.len.store(entries.map.len(), Ordering::Relaxed);
+        entries.insert(key, Denied { until, policy });
+        self.len.store(entries.len(), Ordering::Relaxed);
     }
 
     /// Until when `key` is denied and by which policy, if until after `now`.
@@ -135,21 +71,17 @@ impl DenyCache {
         // from here on every worker thread at once.
         let (until, policy) = {
             let entries = self.read();
-            let denied = entries.map.get(key)?;
+            let denied = entries.get(key)?;
             (denied.until, denied.policy)
         };
         if until > now {
             return Some((until, policy));
         }
         let mut entries = self.write();
-        if entries
-            .map
-            .get(key)
-            .is_some_and(|denied| denied.until <= now)
-        {
-            entries.map.remove(key);
+        if entries.get(key).is_some_and(|denied| denied.until <= now) {
+            entries.remove(key);
         }
-        self.len.store(entries.map.len(), Ordering::Relaxed);
+        self.len.store(entries.len(), Ordering::Relaxed);
         None
     }
 
@@ -196,12 +128,8 @@ mod tests {
             }
         }
         let entries = cache.read();
-        assert!(entries.map.len() <= 100);
-        assert!(
-            entries.order.len() <= 2 * 100 + 64 + 1,
-            "{}",
-            entries.order.len()
-        );
+        assert!(entries.len() <= 100);
+        assert!(entries.queued() <= 2 * 100 + 64 + 1, "{}", entries.queued());
     }
 
     #[test]

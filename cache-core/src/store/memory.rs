@@ -3,7 +3,6 @@
 //! Expired entries are never returned (checked on every read) and are swept
 //! every few writes; the number of entries is bounded, the oldest going first.
 
-use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
@@ -13,6 +12,7 @@ use super::{
     KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, window_millis,
 };
 use crate::error::{CommandError, Error, Result};
+use crate::sync::InsertionOrderedMap;
 
 const SHARDS: usize = 16;
 /// A shard sweeps expired entries after this many writes.
@@ -22,8 +22,6 @@ const SWEEP_EVERY: u32 = 1024;
 struct Entry {
     value: Vec<u8>,
     expires_at: Option<Instant>,
-    /// Identifies this insertion in the shard's eviction queue.
-    generation: u64,
 }
 
 impl Entry {
@@ -34,10 +32,8 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<String, Entry>,
-    /// Keys in insertion order; stale items (deleted or re-inserted keys) are skipped.
-    order: VecDeque<(String, u64)>,
-    next_generation: u64,
+    /// In insertion order: the oldest go first when the shard is full.
+    map: InsertionOrderedMap<Entry>,
     writes: u32,
 }
 
@@ -57,17 +53,7 @@ impl Shard {
             entry.expires_at = expires_at;
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        self.map.insert(
-            key.to_string(),
-            Entry {
-                value,
-                expires_at,
-                generation,
-            },
-        );
-        self.order.push_back((key.to_string(), generation));
+        self.map.insert(key, Entry { value, expires_at });
         self.after_write(now, capacity);
     }
 
@@ -77,25 +63,7 @@ impl Shard {
             self.writes = 0;
             self.map.retain(|_, e| e.is_live(now));
         }
-        while self.map.len() > capacity {
-            let Some((key, generation)) = self.order.pop_front() else {
-                break;
-            };
-            if self
-                .map
-                .get(&key)
-                .is_some_and(|e| e.generation == generation)
-            {
-                self.map.remove(&key);
-            }
-        }
-        // Stale queue items pile up when keys are deleted; rebuild when they dominate.
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order.retain(|(key, generation)| {
-                map.get(key).is_some_and(|e| e.generation == *generation)
-            });
-        }
+        while self.map.len() > capacity && self.map.pop_oldest().is_some() {}
     }
 }
 
@@ -385,7 +353,7 @@ mod tests {
         let queued: usize = store
             .shards
             .iter()
-            .map(|s| s.lock().unwrap().order.len())
+            .map(|s| s.lock().unwrap().map.queued())
             .sum();
         assert!(queued < 100_000 / 4, "{queued} stale queue items");
     }
