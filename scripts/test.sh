@@ -31,5 +31,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # tests do not build; lint them too, so that the benchmark keeps compiling.
 cargo clippy -p benches --all-targets --features compare --locked -- -D warnings
 
+echo "==> cargo doc (broken intra-doc links and other doc warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# The rust-version stated in Cargo.toml is checked, not just claimed: the
+# library crates must build with that toolchain (rustup installs it once).
+msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
+[[ "$msrv" == *.*.* ]] || msrv="$msrv.0"
+if command -v rustup >/dev/null 2>&1; then
+  echo "==> cargo +$msrv check (the stated minimum Rust version)"
+  rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
+  cargo "+$msrv" check --workspace --lib --locked --target-dir target/msrv
+else
+  echo "==> skipping the minimum Rust version check: rustup is not installed"
+fi
+
 echo "==> cargo test"
 cargo test --workspace --locked
