@@ -14,10 +14,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq redis-server >/dev/null
 fi
-cargo build --release -p benches --features compare --bins -p examples --bin search-service
+cargo build --release -p benches --features compare,charts --bins -p examples --bin search-service
+# The run's log and the fault runs' samples go to target/bench; the charts
+# drawn from them (the same run as the tables) to docs/charts.
+mkdir -p target/bench
+export BENCH_SAMPLES_DIR=target/bench
+{
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f3)"
 target/release/cache-hit
 target/release/http
 target/release/invalidate
 target/release/fault-run --scenario standalone target/release/search-service
 target/release/fault-run --scenario cluster target/release/search-service
+} 2>&1 | tee target/bench/bench.log
+target/release/charts target/bench/bench.log target/bench docs/charts

@@ -29,7 +29,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The benches' comparisons with other libraries are behind a feature the
 # tests do not build; lint them too, so that the benchmark keeps compiling.
-cargo clippy -p benches --all-targets --features compare --locked -- -D warnings
+cargo clippy -p benches --all-targets --features compare,charts --locked -- -D warnings
 
 echo "==> cargo doc (broken intra-doc links and other doc warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

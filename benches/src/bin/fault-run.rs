@@ -162,24 +162,18 @@ async fn main() {
             let mut redis = RedisServer::start();
             let service = start_service(&binary, ("REDIS_URL", redis.url()), timeout_ms).await;
             let (run, samples) = with_load(service.1, |run| standalone(run, &mut redis)).await;
-            report(
-                "Redis killed, restarted, paused",
-                timeout_ms,
-                &run,
-                &samples,
-            );
+            let title = "Redis killed, restarted, paused";
+            report(title, timeout_ms, &run, &samples);
+            write_samples("standalone", title, &run, &samples);
         }
         "cluster" => {
             let mut cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT);
             let urls = cluster.urls().join(",");
             let service = start_service(&binary, ("REDIS_CLUSTER_URLS", urls), timeout_ms).await;
             let (run, samples) = with_load(service.1, |run| failovers(run, &mut cluster)).await;
-            report(
-                "Redis Cluster: a primary killed, then a planned failover",
-                timeout_ms,
-                &run,
-                &samples,
-            );
+            let title = "Redis Cluster: a primary killed, then a planned failover";
+            report(title, timeout_ms, &run, &samples);
+            write_samples("cluster", title, &run, &samples);
         }
         other => panic!("unknown scenario {other:?}: standalone or cluster"),
     }
@@ -393,6 +387,33 @@ async fn failovers(mut run: Run, cluster: &mut RedisCluster) -> Run {
     ));
     run.at(run.now_ms() + 2000).await;
     run
+}
+
+/// With `BENCH_SAMPLES_DIR` set, writes every request of the run to
+/// `fault-<scenario>.csv` there, for the chart `scripts/bench.sh` draws:
+/// `# title`, `# phase,<start ms>,<fault>,<name>` lines, then
+/// `sent_ms,latency_us,ok` rows.
+fn write_samples(scenario: &str, title: &str, run: &Run, samples: &[Sample]) {
+    use std::fmt::Write as _;
+    let Some(dir) = std::env::var_os("BENCH_SAMPLES_DIR") else {
+        return;
+    };
+    let mut csv = format!("# {title}\n");
+    for phase in &run.phases {
+        let _ = writeln!(
+            csv,
+            "# phase,{},{},{}",
+            phase.start_ms, phase.fault, phase.name
+        );
+    }
+    csv.push_str("sent_ms,latency_us,ok\n");
+    for (sent, latency, ok) in samples {
+        let _ = writeln!(csv, "{sent},{},{}", latency.as_micros(), u8::from(*ok));
+    }
+    let path = std::path::Path::new(&dir).join(format!("fault-{scenario}.csv"));
+    if let Err(err) = std::fs::write(&path, csv) {
+        eprintln!("writing {}: {err}", path.display());
+    }
 }
 
 fn report(title: &str, timeout_ms: u64, run: &Run, samples: &[Sample]) {
