@@ -134,6 +134,9 @@ fn tuning_from_vars(
         })?;
         config.tls_ca_cert = Some(pem);
     }
+    if let Some(keys) = var("CACHE_ENCRYPTION_KEYS") {
+        config.encryption_keys = Some(crate::EncryptionKeys::parse(&keys)?);
+    }
     if let Some(flag) = var("CACHE_BYPASS") {
         config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
     }
