@@ -4,10 +4,13 @@
 //! adds stale-while-revalidate and fail-safe, and needs a body it can move
 //! to a background task (`Send + 'static`).
 //!
-//! Both are fail-open like the plain path: a store error runs the body.
-//! Unlike it, concurrent misses in one process are not single-flighted.
+//! Both are fail-open like the plain path (a store error runs the body), and
+//! single-flight like it: concurrent calls of one key in one process share
+//! the leader's read and, on a miss, its body (the flights of the plain
+//! path, keyed by the full key; followers get the codec bytes).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::memoize::Call;
+use crate::memoize::flight::{FlightKey, Leader, Outcome, Role, join};
 
 use super::StoredOptions;
 use super::entry::{Seal, millis, now_ms};
@@ -42,13 +46,47 @@ struct Target {
 /// What a read found.
 enum Found<V> {
     /// A value within `ttl`; `early` when XFetch says to refresh it now.
+    /// `payload`: its codec bytes, for the flight's followers.
     Fresh {
         value: V,
         early: bool,
+        payload: Vec<u8>,
     },
     /// A value past `ttl` (within `ttl + stale`).
-    Stale(V),
+    Stale {
+        value: V,
+        payload: Vec<u8>,
+    },
     Miss,
+}
+
+/// Where a call stands once the flights of its key are sorted out.
+enum Turn<V> {
+    Lead(Leader),
+    Served(V),
+    RunAlone,
+}
+
+/// Joins the flight of `full_key` and, as a follower, waits for its
+/// outcome (as the plain path does).
+async fn wait_for_turn<V: DeserializeOwned>(full_key: String, codec: Codec) -> Turn<V> {
+    let mut role = join(FlightKey::new(full_key));
+    loop {
+        let flight = match role {
+            Role::Leader(leader) => return Turn::Lead(leader),
+            Role::Follower(flight) => flight,
+        };
+        match flight.outcome().await {
+            Outcome::Done(Some(bytes)) => {
+                return match codec.decode::<V>(&bytes) {
+                    Ok(value) => Turn::Served(value),
+                    Err(_) => Turn::RunAlone,
+                };
+            }
+            Outcome::Done(None) => return Turn::RunAlone,
+            Outcome::Abandoned => role = join(flight.key.clone()),
+        }
+    }
 }
 
 /// A read: what was found, and the versions of the call's tags then
@@ -172,28 +210,44 @@ impl Target {
                 if count {
                     counters.record_stale_served();
                 }
-                return Found::Stale(value);
+                return Found::Stale { value, payload };
             }
             let early = refresh_early(now, soft_expiry_ms, compute_ms, 1.0 - fastrand::f64());
-            return Found::Fresh { value, early };
+            return Found::Fresh {
+                value,
+                early,
+                payload,
+            };
         }
         Found::Fresh {
             value,
             early: false,
+            payload,
         }
     }
 
     /// Writes `value` sealed as the options say, with the tag versions read
     /// before it was computed. Failures are noted, never returned.
     async fn write<V: Serialize>(&self, value: &V, compute: Duration, tags: Vec<(String, u64)>) {
-        let cache = &self.cache;
-        let codec_bytes = match self.codec.encode(value) {
-            Ok(bytes) => bytes,
+        if let Some(codec_bytes) = self.encode(value) {
+            self.write_encoded(&codec_bytes, compute, tags).await;
+        }
+    }
+
+    /// The codec bytes of `value`; `None` (logged) when it does not encode.
+    fn encode<V: Serialize>(&self, value: &V) -> Option<Vec<u8>> {
+        match self.codec.encode(value) {
+            Ok(bytes) => Some(bytes),
             Err(err) => {
                 tracing::warn!(function = self.function, error = %err, "result could not be encoded; not cached");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// [`write`](Self::write) of bytes already encoded.
+    async fn write_encoded(&self, codec_bytes: &[u8], compute: Duration, tags: Vec<(String, u64)>) {
+        let cache = &self.cache;
         let stale = self.options.stale.unwrap_or_default();
         let seal = Seal {
             compress_from: self.options.compress_from,
@@ -206,7 +260,7 @@ impl Target {
             compute_ms: u32::try_from(compute.as_millis()).unwrap_or(u32::MAX),
             tags,
         };
-        let write = match cache.seal(&codec_bytes, &seal) {
+        let write = match cache.seal(codec_bytes, &seal) {
             Ok(sealed) => {
                 // Nothing outlives ttl + stale.
                 let redis_ttl = self.ttl.saturating_add(stale);
@@ -246,18 +300,48 @@ where
         Ok(target) => target,
         Err(_) => return body.await,
     };
+    let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
+        Turn::Lead(leader) => leader,
+        // Followers share the leader's value, fresh or stale (the refresh,
+        // if any, is the leader's), or its result on a miss.
+        Turn::Served(value) => return restore(value),
+        Turn::RunAlone => return body.await,
+    };
     let read = target.read::<V>(true).await;
     match read.found {
-        Found::Fresh { value, .. } | Found::Stale(value) => restore(value),
-        Found::Miss => {
-            let started = Instant::now();
-            let result = body.await;
-            if let (Some(value), Some(versions)) = (stored(&result), read.versions) {
-                target.write(value, started.elapsed(), versions).await;
-            }
-            result
+        Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
+            leader.finish_with_hit(&payload);
+            restore(value)
         }
+        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
     }
+}
+
+/// A miss: runs `body`, shares its encoded result with the flight's
+/// followers and writes it (unless the read failed).
+async fn run_and_store<R, V, F>(
+    target: &Target,
+    mut leader: Leader,
+    versions: Option<Vec<(String, u64)>>,
+    body: F,
+    stored: fn(&R) -> Option<&V>,
+) -> R
+where
+    F: Future<Output = R>,
+    V: Serialize,
+{
+    let started = Instant::now();
+    let result = body.await;
+    let compute = started.elapsed();
+    let encoded = stored(&result)
+        .and_then(|value| target.encode(value))
+        .map(Arc::new);
+    leader.publish(encoded.clone());
+    if let (Some(bytes), Some(versions)) = (encoded, versions) {
+        target.write_encoded(&bytes, compute, versions).await;
+    }
+    leader.finish();
+    result
 }
 
 /// Runs `body` memoized with `stale` (and perhaps the other options): a
@@ -283,26 +367,32 @@ where
         Ok(target) => target,
         Err(_) => return body.await,
     };
+    let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
+        Turn::Lead(leader) => leader,
+        // Followers share the leader's value, fresh or stale (the refresh,
+        // if any, is the leader's), or its result on a miss.
+        Turn::Served(value) => return restore(value),
+        Turn::RunAlone => return body.await,
+    };
     let read = target.read::<V>(true).await;
     match read.found {
-        Found::Fresh { value, early } => {
+        Found::Fresh {
+            value,
+            early,
+            payload,
+        } => {
+            leader.finish_with_hit(&payload);
             if early {
                 spawn_refresh(target, body, stored);
             }
             restore(value)
         }
-        Found::Stale(value) => {
+        Found::Stale { value, payload } => {
+            leader.finish_with_hit(&payload);
             spawn_refresh(target, body, stored);
             restore(value)
         }
-        Found::Miss => {
-            let started = Instant::now();
-            let result = body.await;
-            if let (Some(value), Some(versions)) = (stored(&result), read.versions) {
-                target.write(value, started.elapsed(), versions).await;
-            }
-            result
-        }
+        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
     }
 }
 
