@@ -86,6 +86,8 @@ fn now_ms() -> u64 {
 /// and a gate that holds every call until opened.
 struct Upstream {
     calls: AtomicUsize,
+    /// Calls that ended, returned or dropped (a refresh aborted at its timeout).
+    ended: Arc<AtomicUsize>,
     price: std::sync::atomic::AtomicU64,
     fail: AtomicBool,
     panic: AtomicBool,
@@ -96,6 +98,7 @@ impl Upstream {
     fn new(price: u64) -> Arc<Upstream> {
         Arc::new(Upstream {
             calls: AtomicUsize::new(0),
+            ended: Arc::default(),
             price: price.into(),
             fail: AtomicBool::new(false),
             panic: AtomicBool::new(false),
@@ -105,6 +108,13 @@ impl Upstream {
 
     async fn quote(&self) -> Result<u64, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        struct Ended(Arc<AtomicUsize>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let _ended = Ended(self.ended.clone());
         let mut open = self.open.subscribe();
         let _ = open.wait_for(|open| *open).await;
         if self.panic.load(Ordering::SeqCst) {
@@ -124,6 +134,24 @@ impl Upstream {
 // The body may run in a background task: owned arguments, the handle by value.
 #[cached(prefix = "quote", ttl = 60, stale = 300, cache = cache, skip(cache, upstream))]
 async fn quote(cache: Cache, upstream: Arc<Upstream>, symbol: String) -> Result<u64, String> {
+    let _ = &symbol;
+    upstream.quote().await
+}
+
+/// A refresh longer than 100 ms is abandoned (and its lease lapses then).
+#[cached(
+    prefix = "quote-timeout",
+    ttl = 60,
+    stale = 300,
+    timeout = Duration::from_millis(100),
+    cache = cache,
+    skip(cache, upstream)
+)]
+async fn quote_with_timeout(
+    cache: Cache,
+    upstream: Arc<Upstream>,
+    symbol: String,
+) -> Result<u64, String> {
     let _ = &symbol;
     upstream.quote().await
 }
@@ -181,6 +209,7 @@ tests::suite!(
     set_tagged_entries_read_until_their_tag_is_invalidated,
     an_unknown_envelope_version_is_a_miss,
     concurrent_first_calls_of_a_stored_function_run_the_body_once,
+    a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses,
 );
 
 tests::suite!(
@@ -287,6 +316,40 @@ mod behaviour {
             assert!(a.get_bytes(&key).await.unwrap().is_some());
             assert_eq!(upstream.calls(), 2, "{symbol}");
         }
+    }
+
+    pub async fn a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses(
+        pair: Pair,
+    ) {
+        let Pair { a, b, .. } = pair;
+        let upstream = Upstream::new(100);
+        let key = key_for("quote-timeout", &("SLOW",)).unwrap();
+        let call =
+            |cache: &Cache| quote_with_timeout(cache.clone(), upstream.clone(), "SLOW".into());
+        assert_eq!(call(&a).await, Ok(100));
+        upstream.price.store(200, Ordering::SeqCst);
+        upstream.open.send_replace(false);
+        age(&a, &key).await;
+        assert_eq!(call(&a).await, Ok(100), "stale, at once");
+        // The refresh hangs, and is dropped at its 100 ms timeout.
+        eventually("the hanging refresh is abandoned", async || {
+            upstream.ended.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert_eq!(upstream.calls(), 2);
+        upstream.open.send_replace(true);
+        assert!(
+            soft_expiry(&a, &key).await < now_ms(),
+            "an abandoned refresh writes nothing"
+        );
+        // Once its lease lapsed (100 ms), a later call refreshes again.
+        eventually("a new refresh stores the new value", async || {
+            let answer = call(&b).await;
+            assert!(matches!(answer, Ok(100 | 200)), "{answer:?}");
+            soft_expiry(&a, &key).await > now_ms()
+        })
+        .await;
+        assert_eq!(call(&a).await, Ok(200));
     }
 
     pub async fn after_ttl_plus_stale_the_body_runs_and_its_error_is_returned(pair: Pair) {
