@@ -156,6 +156,22 @@ async fn quote_with_timeout(
     upstream.quote().await
 }
 
+#[cached(
+    prefix = "quote-tagged",
+    ttl = 60,
+    stale = 300,
+    tags = [format!("symbol:{symbol}")],
+    cache = cache,
+    skip(cache, upstream)
+)]
+async fn tagged_quote(
+    cache: Cache,
+    upstream: Arc<Upstream>,
+    symbol: String,
+) -> Result<u64, String> {
+    upstream.quote().await
+}
+
 fn quote_key(symbol: &str) -> String {
     key_for("quote", &(symbol,)).unwrap()
 }
@@ -210,6 +226,7 @@ tests::suite!(
     an_unknown_envelope_version_is_a_miss,
     concurrent_first_calls_of_a_stored_function_run_the_body_once,
     a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses,
+    an_invalidated_tag_is_never_served_stale,
 );
 
 tests::suite!(
@@ -350,6 +367,23 @@ mod behaviour {
         })
         .await;
         assert_eq!(call(&a).await, Ok(200));
+    }
+
+    pub async fn an_invalidated_tag_is_never_served_stale(pair: Pair) {
+        let Pair { a, b, .. } = pair;
+        let upstream = Upstream::new(100);
+        let key = key_for("quote-tagged", &("TAG",)).unwrap();
+        let call = |cache: &Cache| tagged_quote(cache.clone(), upstream.clone(), "TAG".into());
+        assert_eq!(call(&a).await, Ok(100));
+        age(&a, &key).await;
+        b.invalidate_tag("symbol:TAG").await.unwrap();
+        upstream.fail.store(true, Ordering::SeqCst);
+        assert_eq!(
+            call(&a).await,
+            Err("upstream down".to_string()),
+            "a miss: the body runs in the call, its error returned"
+        );
+        assert_eq!(upstream.calls(), 2);
     }
 
     pub async fn after_ttl_plus_stale_the_body_runs_and_its_error_is_returned(pair: Pair) {

@@ -292,6 +292,18 @@ mod tests {
     }
 
     #[test]
+    fn encryption_keys_are_read_and_never_shown() {
+        let key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+        let builder = from(&[("CACHE_ENCRYPTION_KEYS", key)]).unwrap();
+        assert!(builder.config().encryption_keys.is_some());
+        assert!(!format!("{builder:?}").contains("cw_0x"));
+        let err = from(&[("CACHE_ENCRYPTION_KEYS", "hunter2-not-a-key")]).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert!(err.to_string().contains("CACHE_ENCRYPTION_KEYS"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn password_never_appears_in_debug_or_display() {
         let builder = from(&[("REDIS_URL", "redis://admin:pa55word-xyz@h:1/0")]).unwrap();
         let debug = format!("{builder:?}");
