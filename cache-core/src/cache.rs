@@ -399,6 +399,36 @@ impl Cache {
             .unwrap_or("default")
     }
 
+    /// The Fernet keys of encrypted entries, if configured.
+    pub(crate) fn encryption_keys(&self) -> Option<&crate::EncryptionKeys> {
+        self.inner.config.encryption_keys.as_ref()
+    }
+
+    /// The handle's counters, for the stored-value paths.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Raw values of full keys in one round trip, within `timeout`; each
+    /// over the cap is `None`.
+    pub(crate) async fn get_many_full_within(
+        &self,
+        full_keys: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let cap = self.inner.max_value_bytes;
+        let values = self
+            .run_within(Idempotence::Idempotent, timeout, |s| {
+                s.get_many(full_keys, cap)
+            })
+            .await?;
+        Ok(full_keys
+            .iter()
+            .zip(values)
+            .map(|(key, bytes)| self.within_cap(key, bytes))
+            .collect())
+    }
+
     /// Reads raw bytes. No codec, no hit/miss counting.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get_full_within(&self.full_key(key), self.timeout())
@@ -492,7 +522,13 @@ impl Cache {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
         let bytes = self.get_bytes(key).await?;
-        let value = self.decode(key, bytes.as_deref());
+        let value = match bytes {
+            // Written with a stored-value option (tags, encryption, ...).
+            Some(bytes) if crate::stored::envelope::is_envelope(&bytes) => {
+                self.decode_enveloped(key, bytes, false).await?
+            }
+            bytes => self.decode(key, bytes.as_deref()),
+        };
         self.check_deadline(started)?;
         Ok(value)
     }

@@ -33,6 +33,7 @@ mod memoize;
 mod resilience;
 mod stats;
 mod store;
+mod stored;
 #[doc(hidden)]
 pub mod sync;
 
@@ -53,6 +54,8 @@ pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
+pub use stored::envelope;
+pub use stored::{DEFAULT_COMPRESS_THRESHOLD, DEFAULT_REFRESH_LEASE, EncryptionKeys};
 
 pub use cache_macros::cached;
 pub use memoize::invalidate_memoized;
@@ -65,6 +68,7 @@ pub mod __private {
         Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, memoize,
         restore_always, restore_ok, restore_some, stored_always, stored_ok, stored_some,
     };
+    pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
     pub use std::time::Duration;
 }
 

@@ -33,6 +33,12 @@ pub struct Stats {
     /// Stored values over the handle's `max_value_bytes`, counted as misses
     /// (not read past the cap, not decoded).
     pub oversized: u64,
+    /// Values returned past their `ttl` (within `ttl + stale`): while one
+    /// refresh runs in the background, or because it failed or timed out.
+    pub stale_served: u64,
+    /// Encrypted entries that no key authenticates (wrong key, tampered),
+    /// counted as misses.
+    pub decrypt_failures: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
 }
@@ -51,7 +57,7 @@ impl Stats {
 
 /// The handle's counters, in stripes (see [`StripedCounters`]).
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<9>);
+pub(crate) struct Counters(StripedCounters<11>);
 
 const HITS: usize = 0;
 const MISSES: usize = 1;
@@ -62,6 +68,8 @@ const RETRIES: usize = 5;
 const DECODE_ERRORS: usize = 6;
 const UNCACHEABLE: usize = 7;
 const OVERSIZED: usize = 8;
+const STALE_SERVED: usize = 9;
+const DECRYPT_FAILURES: usize = 10;
 
 impl Counters {
     pub(crate) fn record_hit(&self) {
@@ -94,6 +102,13 @@ impl Counters {
         self.0.add(OVERSIZED);
     }
 
+    pub(crate) fn record_stale_served(&self) {
+        self.0.add(STALE_SERVED);
+    }
+    pub(crate) fn record_decrypt_failure(&self) {
+        self.0.add(DECRYPT_FAILURES);
+    }
+
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
         Stats {
             hits: self.0.sum(HITS),
@@ -105,6 +120,8 @@ impl Counters {
             decode_errors: self.0.sum(DECODE_ERRORS),
             uncacheable: self.0.sum(UNCACHEABLE),
             oversized: self.0.sum(OVERSIZED),
+            stale_served: self.0.sum(STALE_SERVED),
+            decrypt_failures: self.0.sum(DECRYPT_FAILURES),
             breaker,
         }
     }

@@ -19,9 +19,15 @@ mod kw {
     syn::custom_keyword!(cache);
     syn::custom_keyword!(key);
     syn::custom_keyword!(codec);
+    syn::custom_keyword!(stale);
+    syn::custom_keyword!(timeout);
+    syn::custom_keyword!(compress);
+    syn::custom_keyword!(encrypt);
+    syn::custom_keyword!(tags);
 }
 
-const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec";
+const OPTIONS: &str =
+    "prefix, ttl, skip, cache, key, codec, stale, timeout, compress, encrypt, tags";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -31,6 +37,26 @@ pub(crate) struct CachedArgs {
     pub(crate) cache: Option<Expr>,
     pub(crate) key: Option<Expr>,
     pub(crate) codec: Option<Codec>,
+    /// The stored-value options (`stale`, `timeout`, `compress`, `encrypt`, `tags`).
+    pub(crate) stored: StoredArgs,
+}
+
+/// The options that put an entry in an envelope; all off by default.
+#[derive(Default)]
+pub(crate) struct StoredArgs {
+    pub(crate) stale: Option<Ttl>,
+    pub(crate) timeout: Option<Ttl>,
+    /// `Some(None)`: `compress` with the default threshold.
+    pub(crate) compress: Option<Option<LitInt>>,
+    pub(crate) encrypt: bool,
+    pub(crate) tags: Option<Vec<Expr>>,
+}
+
+impl StoredArgs {
+    /// `true` when any option is given: the entry takes an envelope.
+    pub(crate) fn any(&self) -> bool {
+        self.stale.is_some() || self.compress.is_some() || self.encrypt || self.tags.is_some()
+    }
 }
 
 impl Parse for CachedArgs {
@@ -52,6 +78,11 @@ enum CachedOption {
     Cache(Setting<kw::cache, Expr>),
     Key(Setting<kw::key, Expr>),
     Codec(Setting<kw::codec, Codec>),
+    Stale(Setting<kw::stale, Seconds<StaleName>>),
+    Timeout(Setting<kw::timeout, Seconds<TimeoutName>>),
+    Compress(Compress),
+    Encrypt(kw::encrypt),
+    Tags(Setting<kw::tags, Tags>),
 }
 
 impl Parse for CachedOption {
@@ -68,6 +99,16 @@ impl Parse for CachedOption {
             input.parse().map(Self::Key)
         } else if input.peek(kw::codec) {
             input.parse().map(Self::Codec)
+        } else if input.peek(kw::stale) {
+            input.parse().map(Self::Stale)
+        } else if input.peek(kw::timeout) {
+            input.parse().map(Self::Timeout)
+        } else if input.peek(kw::compress) {
+            input.parse().map(Self::Compress)
+        } else if input.peek(kw::encrypt) {
+            input.parse().map(Self::Encrypt)
+        } else if input.peek(kw::tags) {
+            input.parse().map(Self::Tags)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -88,6 +129,11 @@ impl CachedOption {
             Self::Cache(setting) => ("cache", setting.keyword.span),
             Self::Key(setting) => ("key", setting.keyword.span),
             Self::Codec(setting) => ("codec", setting.keyword.span),
+            Self::Stale(setting) => ("stale", setting.keyword.span),
+            Self::Timeout(setting) => ("timeout", setting.keyword.span),
+            Self::Compress(compress) => ("compress", compress.keyword.span),
+            Self::Encrypt(keyword) => ("encrypt", keyword.span),
+            Self::Tags(setting) => ("tags", setting.keyword.span),
         }
     }
 }
@@ -102,6 +148,9 @@ struct GivenOptions {
     cache: Option<Expr>,
     key: Option<Expr>,
     codec: Option<Codec>,
+    stored: StoredArgs,
+    /// Where `timeout` is written: it needs `stale`.
+    timeout_span: Option<Span>,
 }
 
 impl GivenOptions {
@@ -119,6 +168,14 @@ impl GivenOptions {
             CachedOption::Cache(setting) => self.cache = Some(setting.value),
             CachedOption::Key(setting) => self.key = Some(setting.value),
             CachedOption::Codec(setting) => self.codec = Some(setting.value),
+            CachedOption::Stale(setting) => self.stored.stale = Some(setting.value.ttl),
+            CachedOption::Timeout(setting) => {
+                self.timeout_span = Some(setting.keyword.span);
+                self.stored.timeout = Some(setting.value.ttl);
+            }
+            CachedOption::Compress(compress) => self.stored.compress = Some(compress.threshold),
+            CachedOption::Encrypt(_) => self.stored.encrypt = true,
+            CachedOption::Tags(setting) => self.stored.tags = Some(setting.value.0),
         }
         Ok(())
     }
@@ -133,7 +190,14 @@ impl GivenOptions {
         let ttl = self.ttl.ok_or_else(|| {
             missing("missing `ttl = ...`: seconds (`ttl = 3600`) or a `Duration` expression")
         })?;
+        if let (Some(span), None) = (self.timeout_span, &self.stored.stale) {
+            return Err(syn::Error::new(
+                span,
+                "`timeout` bounds the background refresh of `stale`: add `stale = ...`",
+            ));
+        }
         Ok(CachedArgs {
+            stored: self.stored,
             prefix,
             ttl,
             skip: self.skip,
@@ -267,5 +331,116 @@ impl Parse for Codec {
             "msgpack" => Ok(Self::MessagePack(lit.span())),
             _ => Err(syn::Error::new_spanned(&lit, EXPECTED)),
         }
+    }
+}
+
+/// The option a [`Seconds`] value belongs to, for its messages.
+pub(crate) trait OptionName {
+    const NAME: &'static str;
+}
+
+pub(crate) struct StaleName;
+impl OptionName for StaleName {
+    const NAME: &'static str = "stale";
+}
+
+pub(crate) struct TimeoutName;
+impl OptionName for TimeoutName {
+    const NAME: &'static str = "timeout";
+}
+
+/// A duration of option `N`: whole seconds (at least 1) or a `Duration`
+/// expression, as for `ttl`.
+pub(crate) struct Seconds<N> {
+    pub(crate) ttl: Ttl,
+    name: std::marker::PhantomData<N>,
+}
+
+impl<N: OptionName> Parse for Seconds<N> {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let ttl = match input.parse()? {
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(seconds),
+                ..
+            }) => {
+                if seconds.base10_parse::<u64>()? == 0 {
+                    return Err(syn::Error::new_spanned(
+                        &seconds,
+                        format!("`{}` must be at least 1 second", N::NAME),
+                    ));
+                }
+                Ttl::Seconds(seconds)
+            }
+            Expr::Lit(other) => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    format!(
+                        "`{0}` takes whole seconds (`{0} = 300`) or a `Duration` expression",
+                        N::NAME
+                    ),
+                ));
+            }
+            expr => Ttl::Expr(expr),
+        };
+        Ok(Self {
+            ttl,
+            name: std::marker::PhantomData,
+        })
+    }
+}
+
+/// `compress`, or `compress = 4096` (the threshold in bytes).
+struct Compress {
+    keyword: kw::compress,
+    threshold: Option<LitInt>,
+}
+
+impl Parse for Compress {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let keyword = input.parse()?;
+        if !input.peek(Token![=]) {
+            return Ok(Self {
+                keyword,
+                threshold: None,
+            });
+        }
+        input.parse::<Token![=]>()?;
+        const EXPECTED: &str =
+            "`compress` takes a threshold in bytes (`compress = 4096`), or nothing (1 KiB)";
+        let threshold: LitInt = input
+            .parse()
+            .map_err(|error| syn::Error::new(error.span(), EXPECTED))?;
+        threshold
+            .base10_parse::<usize>()
+            .map_err(|_| syn::Error::new_spanned(&threshold, EXPECTED))?;
+        Ok(Self {
+            keyword,
+            threshold: Some(threshold),
+        })
+    }
+}
+
+/// `tags = [expr, ...]`: expressions over the arguments, each `Display`.
+pub(crate) struct Tags(Vec<Expr>);
+
+impl Parse for Tags {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        const EXPECTED: &str =
+            "`tags` takes a list of expressions, such as `tags = [format!(\"user:{user_id}\")]`";
+        if !input.peek(syn::token::Bracket) {
+            return Err(input.error(EXPECTED));
+        }
+        let content;
+        syn::bracketed!(content in input);
+        let tags: Vec<Expr> = Punctuated::<Expr, Token![,]>::parse_terminated(&content)?
+            .into_iter()
+            .collect();
+        if tags.is_empty() {
+            return Err(syn::Error::new(
+                content.span(),
+                "`tags` must name at least one tag",
+            ));
+        }
+        Ok(Self(tags))
     }
 }

@@ -82,6 +82,20 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
     let (stored, restore) = outcome(&return_type).store_and_restore();
     let serialize_checks = serialize_checks(&args, &key_args);
     let call = call(&args, &key_args, &sig.ident);
+    if args.stored.any() {
+        return Ok(expand_stored(
+            &args,
+            attrs,
+            vis,
+            sig,
+            block,
+            return_type,
+            call,
+            serialize_checks,
+            stored,
+            restore,
+        ));
+    }
 
     Ok(quote! {
         #(#attrs)*
@@ -204,6 +218,76 @@ fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream 
             ttl: #ttl,
             codec: #codec,
             function: #function,
+        }
+    }
+}
+
+/// A function with stored-value options: its tags are evaluated over the
+/// arguments before the body takes them, and the call goes to
+/// `memoize_stale` (the body must be `Send + 'static`: it may run in a
+/// background task) or `memoize_stored`.
+#[allow(clippy::too_many_arguments)]
+fn expand_stored(
+    args: &CachedArgs,
+    attrs: Vec<syn::Attribute>,
+    vis: syn::Visibility,
+    sig: Signature,
+    block: Box<syn::Block>,
+    return_type: Type,
+    call: TokenStream,
+    serialize_checks: TokenStream,
+    stored: TokenStream,
+    restore: TokenStream,
+) -> TokenStream {
+    let options = &args.stored;
+    let duration = |ttl: &Option<Ttl>| match ttl {
+        None => quote!(::core::option::Option::None),
+        Some(Ttl::Seconds(seconds)) => {
+            quote!(::core::option::Option::Some(::cache_core::__private::Duration::from_secs(#seconds)))
+        }
+        Some(Ttl::Expr(expr)) => quote!(::core::option::Option::Some(#expr)),
+    };
+    let stale = duration(&options.stale);
+    let timeout = duration(&options.timeout);
+    let compress = match &options.compress {
+        None => quote!(::core::option::Option::None),
+        Some(None) => quote!(::core::option::Option::Some(
+            ::cache_core::DEFAULT_COMPRESS_THRESHOLD
+        )),
+        Some(Some(bytes)) => quote!(::core::option::Option::Some(#bytes)),
+    };
+    let encrypt = options.encrypt;
+    let tags = options.tags.iter().flatten().map(|tag| {
+        quote_spanned!(syn::spanned::Spanned::span(tag)=> ::std::string::ToString::to_string(&(#tag)))
+    });
+    let memoize = if options.stale.is_some() {
+        quote!(memoize_stale)
+    } else {
+        quote!(memoize_stored)
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #serialize_checks
+            let __cached_options = ::cache_core::__private::StoredOptions {
+                stale: #stale,
+                timeout: #timeout,
+                compress_from: #compress,
+                encrypt: #encrypt,
+                tags: ::std::vec![#(#tags),*],
+            };
+            let __cached_call = #call;
+            ::cache_core::__private::#memoize(
+                __cached_call,
+                __cached_options,
+                async move {
+                    let __cached_result: #return_type = #block;
+                    __cached_result
+                },
+                ::cache_core::__private::#stored,
+                ::cache_core::__private::#restore,
+            )
+            .await
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! - prices per asset under `asset:{symbol}:current_price`, 60 s;
 //! - a user's balances under `user:{id}:balances`, 5 min;
-//! - derived per-user values under `user:{id}:summary:*`, all dropped with one
-//!   `invalidate_prefix` when a balance changes;
+//! - derived per-user values under `user:{id}:summary:*`, tagged `user:{id}`,
+//!   all made misses with one `invalidate_tag` (one Redis `SET`) when a
+//!   balance changes; `invalidate_prefix` would walk the whole keyspace with
+//!   SCAN on every change;
 //! - bulk lookups deduplicated and read in one round trip (`get_many`), the
 //!   misses recomputed from the source and written back in one (`set_many`).
 //!
@@ -264,6 +266,11 @@ fn summary_prefix(user: u64) -> String {
     format!("user:{user}:summary:")
 }
 
+/// The tag of everything derived from a user's balances.
+fn user_tag(user: u64) -> String {
+    format!("user:{user}")
+}
+
 impl Portfolio {
     /// A service over `cache`, with empty sources.
     pub fn new(cache: Cache) -> Self {
@@ -375,16 +382,20 @@ impl Portfolio {
             total: total.normalize(),
             positions,
         };
-        let _ = self.cache.set(&key, &summary, Some(USER_TTL)).await;
+        let _ = self
+            .cache
+            .set_tagged(&key, &summary, &[user_tag(user)], Some(USER_TTL))
+            .await;
         summary
     }
 
     /// Records a new balance and drops what was derived from the old one:
-    /// the cached balances and every `user:{id}:summary:*` entry.
+    /// the cached balances, and every entry tagged `user:{id}` (the
+    /// summaries) becomes a miss.
     pub async fn set_balance(&self, user: u64, asset: Symbol, amount: Amount) {
         self.ledger.set(user, asset, amount);
         let _ = self.cache.delete(&balances_key(user)).await;
-        if let Err(err) = self.cache.invalidate_prefix(&summary_prefix(user)).await {
+        if let Err(err) = self.cache.invalidate_tag(&user_tag(user)).await {
             // The summary expires within USER_TTL anyway; say so loudly.
             tracing::warn!(user, error = %err, "could not invalidate the user's summaries");
         }

@@ -247,11 +247,12 @@ fn portfolio_caches_prices_and_summaries_and_invalidates_on_a_balance_change() {
         .unwrap();
     assert!(pttl > 0 && pttl <= 60_000, "price TTL {pttl}");
 
-    // A balance change drops every user:7:summary:* entry, and the next summary is recomputed.
+    // A balance change invalidates the tag user:7 (one SET): the stored
+    // summary stays until its TTL, but the next summary is recomputed.
     request(port, "PUT", "/users/7/balances/BTC", r#"{"amount":"3"}"#);
     assert_eq!(
         server.cli(&["EXISTS", "user:7:summary:valuation"]).trim(),
-        "0"
+        "1"
     );
     let after = json(&http_get(port, "/users/7/summary").1);
     let btc_price = decimal(&first["positions"][0]["price"]);
@@ -298,8 +299,10 @@ fn portfolio_money_is_exact_and_negative_amounts_are_refused() {
     assert_eq!(summary["total"], "230.578", "{summary}");
     assert_eq!(summary["positions"][0]["price"], "749.34", "{summary}");
     assert_eq!(summary["positions"][1]["balance"], "0.2", "{summary}");
-    // What other languages read from Redis: exact decimal strings.
-    let cached = json(&server.cli(&["GET", "user:7:summary:valuation"]));
+    // What other languages read from Redis: exact decimal strings. The
+    // summary is tagged: its JSON follows the envelope's header (README,
+    // "The envelope"): 25 bytes, then the tag "user:7" as 2 + 6 + 8 bytes.
+    let cached = json(&server.cli(&["GETRANGE", "user:7:summary:valuation", "41", "-1"]));
     assert_eq!(cached["total"], "230.578", "{cached}");
     assert_eq!(
         server.cli(&["GET", "asset:BTC:current_price"]).trim(),

@@ -17,6 +17,10 @@
 //! call has arguments never seen before: a GET that finds nothing, the
 //! computation, and a SET with the TTL (raw baseline: GET + encode + SET EX).
 //!
+//! - stored-value options (`BENCH_ONLY=stored`): hits with the envelope
+//!   (`stale`), `compress`, `encrypt` and `tags`, beside plain `#[cached]`,
+//!   with the bytes each entry takes in Redis.
+//!
 //! `cargo run --release -p benches --features compare --bin cache-hit`
 
 use benches::embeddings::{embed_json, embed_msgpack, embedding, msgpack_value, text_of};
@@ -203,6 +207,116 @@ async fn main() {
     }
     if selected("miss") {
         misses(&raw, &cache).await;
+    }
+    if selected("stored") {
+        stored::hits(&server, &raw).await;
+    }
+}
+
+/// Hits of entries written with stored-value options, beside plain ones.
+mod stored {
+    use benches::embeddings::{embedding, text_of};
+    use benches::{ROUNDS, Series, report, throughput};
+    use cache_core::{Cache, EncryptionKeys, cached};
+    use redis::aio::MultiplexedConnection;
+
+    #[cached(prefix = "stored-plain", ttl = 600, cache = cache, skip(cache))]
+    async fn plain(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+
+    #[cached(prefix = "stored-stale", ttl = 600, stale = 600, cache = cache, skip(cache))]
+    async fn stale(cache: Cache, text: String) -> Vec<f32> {
+        embedding(&text)
+    }
+
+    #[cached(prefix = "stored-compress", ttl = 600, compress, cache = cache, skip(cache))]
+    async fn compressed(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+
+    #[cached(prefix = "stored-encrypt", ttl = 600, encrypt, cache = cache, skip(cache))]
+    async fn encrypted(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+
+    #[cached(prefix = "stored-tags", ttl = 600, tags = [format!("doc:{text}")], cache = cache, skip(cache))]
+    async fn tagged(cache: &Cache, text: &str) -> Vec<f32> {
+        embedding(text)
+    }
+
+    const ITERATIONS: usize = 5_000;
+
+    pub async fn hits(server: &tests::RedisServer, raw: &MultiplexedConnection) {
+        let keys = EncryptionKeys::parse("cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=")
+            .expect("bench key");
+        let cache = Cache::builder()
+            .redis_url(&server.url())
+            .expect("redis url")
+            .encryption_keys(keys)
+            .build()
+            .await
+            .expect("cache");
+        let texts: &'static [String] = (0..1).map(text_of).collect::<Vec<_>>().leak();
+        let text = texts[0].as_str();
+        plain(&cache, text).await;
+        stale(cache.clone(), text.to_string()).await;
+        compressed(&cache, text).await;
+        encrypted(&cache, text).await;
+        tagged(&cache, text).await;
+        let mut series: Vec<Series> = [
+            "#[cached] JSON (baseline)",
+            "stale = 600 (envelope)",
+            "compress (lz4)",
+            "encrypt (Fernet)",
+            "tags = [1 tag] (tag version read beside)",
+        ]
+        .iter()
+        .map(|name| Series::new(name))
+        .collect();
+        for _ in 0..ROUNDS {
+            for (variant, series) in series.iter_mut().enumerate() {
+                let c = cache.clone();
+                series.rounds.push(
+                    throughput(ITERATIONS, 1, move |_| {
+                        let c = c.clone();
+                        async move {
+                            let value = match variant {
+                                0 => plain(&c, text).await,
+                                1 => stale(c.clone(), text.to_string()).await,
+                                2 => compressed(&c, text).await,
+                                3 => encrypted(&c, text).await,
+                                _ => tagged(&c, text).await,
+                            };
+                            assert_eq!(value.len(), 384);
+                        }
+                    })
+                    .await,
+                );
+            }
+        }
+        report(
+            &format!(
+                "stored-value options, cache hit, 384 f32 JSON, 1 task, {ITERATIONS} calls per round, median of {ROUNDS} rounds"
+            ),
+            &series,
+        );
+        for prefix in [
+            "stored-plain",
+            "stored-stale",
+            "stored-compress",
+            "stored-encrypt",
+            "stored-tags",
+        ] {
+            let key = cache_core::key_for(prefix, &(text,)).expect("key");
+            let mut conn = raw.clone();
+            let len: usize = redis::cmd("STRLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("STRLEN");
+            println!("STRLEN {prefix}: {len} bytes");
+        }
     }
 }
 

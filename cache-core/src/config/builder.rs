@@ -150,6 +150,14 @@ impl CacheBuilder {
         self
     }
 
+    /// The Fernet keys of entries encrypted at rest (`encrypt`,
+    /// [`Cache::set_encrypted`](crate::Cache::set_encrypted)); as
+    /// `CACHE_ENCRYPTION_KEYS`: the first encrypts, all decrypt.
+    pub fn encryption_keys(mut self, keys: crate::EncryptionKeys) -> Self {
+        self.config.encryption_keys = Some(keys);
+        self
+    }
+
     /// Turns memoization off: `#[cached]` functions always run their body.
     /// Direct `Cache` calls are unaffected.
     pub fn bypass(mut self, bypass: bool) -> Self {

@@ -134,6 +134,9 @@ fn tuning_from_vars(
         })?;
         config.tls_ca_cert = Some(pem);
     }
+    if let Some(keys) = var("CACHE_ENCRYPTION_KEYS") {
+        config.encryption_keys = Some(crate::EncryptionKeys::parse(&keys)?);
+    }
     if let Some(flag) = var("CACHE_BYPASS") {
         config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
     }
@@ -286,6 +289,18 @@ mod tests {
         }
         let err = from(&[("REDIS_HOST", "h"), ("REDIS_PORT", "70000")]).unwrap_err();
         assert!(err.to_string().contains("REDIS_PORT"));
+    }
+
+    #[test]
+    fn encryption_keys_are_read_and_never_shown() {
+        let key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+        let builder = from(&[("CACHE_ENCRYPTION_KEYS", key)]).unwrap();
+        assert!(builder.config().encryption_keys.is_some());
+        assert!(!format!("{builder:?}").contains("cw_0x"));
+        let err = from(&[("CACHE_ENCRYPTION_KEYS", "hunter2-not-a-key")]).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert!(err.to_string().contains("CACHE_ENCRYPTION_KEYS"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

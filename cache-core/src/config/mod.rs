@@ -63,6 +63,8 @@ pub(crate) struct CacheConfig {
     pub(crate) codec: crate::Codec,
     pub(crate) max_value_bytes: usize,
     pub(crate) invalidate_budget: Duration,
+    /// Fernet keys for `encrypt` entries (`Debug` hides them).
+    pub(crate) encryption_keys: Option<crate::EncryptionKeys>,
 }
 
 impl Default for CacheConfig {
@@ -82,6 +84,7 @@ impl Default for CacheConfig {
             codec: crate::Codec::Json,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
+            encryption_keys: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::sync::lock;
 
 /// How a flight ended, as followers see it.
 #[derive(Clone)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// The encoded value, or `None` when the outcome is not cached.
     Done(Option<Arc<Vec<u8>>>),
     /// The leader vanished (panic, cancellation): start over.
@@ -32,8 +32,8 @@ pub(super) enum Outcome {
 
 /// One flight: the full key it reads, its outcome once there is one, and
 /// followers waiting for it.
-pub(super) struct Flight {
-    pub(super) key: FlightKey,
+pub(crate) struct Flight {
+    pub(crate) key: FlightKey,
     outcome: OnceLock<Outcome>,
     settled: tokio::sync::Notify,
 }
@@ -44,7 +44,7 @@ impl Flight {
         self.settled.notify_waiters();
     }
 
-    pub(super) async fn outcome(&self) -> Outcome {
+    pub(crate) async fn outcome(&self) -> Outcome {
         loop {
             // Created before the check, so a settle in between still wakes it.
             let settled = self.settled.notified();
@@ -59,13 +59,13 @@ impl Flight {
 /// A full key and its hash, taken once per call: the hash picks the shard
 /// and is all the shard's map hashes. foldhash, seeded once per process.
 #[derive(Clone, PartialEq, Eq)]
-pub(super) struct FlightKey {
+pub(crate) struct FlightKey {
     hash: u64,
     key: String,
 }
 
 impl FlightKey {
-    pub(super) fn new(key: String) -> FlightKey {
+    pub(crate) fn new(key: String) -> FlightKey {
         static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
         let hash = SEED.get_or_init(Default::default).hash_one(key.as_str());
         FlightKey { hash, key }
@@ -125,30 +125,30 @@ fn shard_of(key: &FlightKey) -> &'static Mutex<FlightMap> {
 /// (panic, cancellation) tells followers to start over; the flight stays
 /// joinable until [`finish`](Self::finish), so a caller arriving while the
 /// leader writes the entry gets the published value instead of a miss.
-pub(super) struct Leader {
+pub(crate) struct Leader {
     flight: Arc<Flight>,
     in_map: bool,
     published: bool,
 }
 
 impl Leader {
-    pub(super) fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.flight.key.key
     }
 
-    pub(super) fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
+    pub(crate) fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
         self.published = true;
         self.flight.settle(Outcome::Done(value));
     }
 
-    pub(super) fn finish(self) {
+    pub(crate) fn finish(self) {
         // Drop does the rest: the flight leaves the map.
     }
 
     /// Ends a flight that found the entry in the cache. The entry's bytes are
     /// copied for followers only when there are any (checked once the flight
     /// has left the map, so none can join after the check).
-    pub(super) fn finish_with_hit(mut self, bytes: &[u8]) {
+    pub(crate) fn finish_with_hit(mut self, bytes: &[u8]) {
         self.leave_map();
         self.published = true;
         if Arc::strong_count(&self.flight) > 1 {
@@ -182,7 +182,7 @@ impl Drop for Leader {
 }
 
 /// What [`join`] makes a caller.
-pub(super) enum Role {
+pub(crate) enum Role {
     /// The first caller of the key: reads, runs, publishes.
     Leader(Leader),
     /// A later caller: waits for the leader's outcome.
@@ -191,7 +191,7 @@ pub(super) enum Role {
 
 /// Joins the flight of `key` (a full key), or starts one; the key moves into
 /// a new flight, so it is not copied.
-pub(super) fn join(key: FlightKey) -> Role {
+pub(crate) fn join(key: FlightKey) -> Role {
     let mut map = lock(shard_of(&key));
     if let Some(found) = map.get(&key) {
         return Role::Follower(found.0.clone());

@@ -25,7 +25,7 @@
 //! them together in [`memoize`] and holds what the generated code calls.
 
 mod budget;
-mod flight;
+pub(crate) mod flight;
 
 use std::fmt::Display;
 use std::future::Future;

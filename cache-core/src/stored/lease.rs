@@ -1,0 +1,99 @@
+//! The refresh lease: at most one background refresh of a key at a time,
+//! across every instance sharing the store.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::Cache;
+use crate::config::Backend;
+use crate::store::Script;
+
+/// `SET lease token NX PX ms`: taken only if nobody holds it, and it lapses
+/// by itself, so a refresher that dies never blocks the key for longer.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end return {0}",
+    )
+});
+
+/// Compare-and-delete: a refresher whose lease lapsed and was taken by
+/// another never deletes the other's.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return {redis.call('DEL', KEYS[1])} end return {0}",
+    )
+});
+
+/// A held lease.
+pub(crate) struct Lease {
+    key: String,
+    token: i64,
+}
+
+/// The in-memory store's leases, shared by the clones of a handle (which
+/// share its data).
+#[derive(Default)]
+struct MemoryLeases(Mutex<HashMap<String, (i64, Instant)>>);
+
+/// The lease key of an entry key (both without the namespace).
+fn lease_key(key: &str) -> String {
+    format!("{key}:refresh-lease")
+}
+
+impl Cache {
+    /// Takes the refresh lease of `key` for `hold`, or `None` when another
+    /// holds it or the store does not answer.
+    pub(crate) async fn try_lease(&self, key: &str, hold: Duration) -> Option<Lease> {
+        let lease = Lease {
+            key: lease_key(key),
+            // Never 0, so that it cannot match a missing value read as 0.
+            token: fastrand::i64(1..i64::MAX),
+        };
+        if *self.backend() == Backend::Memory {
+            let leases = self.shared_state::<MemoryLeases>();
+            let mut leases = crate::sync::lock(&leases.0);
+            let now = Instant::now();
+            if leases
+                .get(&lease.key)
+                .is_some_and(|(_, until)| *until > now)
+            {
+                return None;
+            }
+            leases.insert(lease.key.clone(), (lease.token, now + hold));
+            return Some(lease);
+        }
+        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX).max(1);
+        let taken = self
+            .eval_script_within(
+                &ACQUIRE,
+                &[&lease.key],
+                &[lease.token, hold_ms],
+                self.timeout(),
+            )
+            .await;
+        match taken.as_deref() {
+            Ok([1]) => Some(lease),
+            _ => None,
+        }
+    }
+
+    /// Gives the lease back (if it is still ours).
+    pub(crate) async fn release(&self, lease: Lease) {
+        if *self.backend() == Backend::Memory {
+            let leases = self.shared_state::<MemoryLeases>();
+            let mut leases = crate::sync::lock(&leases.0);
+            if leases
+                .get(&lease.key)
+                .is_some_and(|(token, _)| *token == lease.token)
+            {
+                leases.remove(&lease.key);
+            }
+            return;
+        }
+        // A lease not released lapses after its hold: nothing to report.
+        let _ = self
+            .eval_script_within(&RELEASE, &[&lease.key], &[lease.token], self.timeout())
+            .await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Tags: O(1) invalidation of every entry carrying one.
+//!
+//! Each tag has a version key, `__tag:{tag}` (under the handle's namespace),
+//! holding a random number (absent: version 0). An entry records the
+//! versions of its tags, read *before* its value was computed; it is valid
+//! while every one of them is unchanged. [`Cache::invalidate_tag`] is one
+//! `SET` of a fresh version. Reads fetch the entry and its tag versions in
+//! one round trip (a pipeline of GETRANGEs, which the cluster client routes
+//! per slot, so the keys need not share one).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+
+use super::entry::Seal;
+
+/// The version key of `tag` (without the namespace).
+pub(crate) fn tag_key(tag: &str) -> String {
+    format!("__tag:{tag}")
+}
+
+/// A version as stored: decimal text; absent is 0, anything else that does
+/// not parse is `u64::MAX` (it still changes on the next invalidation).
+pub(crate) fn parse_version(bytes: Option<&[u8]>) -> u64 {
+    match bytes {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(u64::MAX),
+    }
+}
+
+/// `true` when the recorded tags are exactly `current` (names and versions).
+pub(crate) fn tags_match(recorded: &[(String, u64)], current: &[(String, u64)]) -> bool {
+    recorded == current
+}
+
+impl Cache {
+    /// Makes every entry tagged `tag` a miss, on every instance, with one
+    /// Redis write (a `SET` of the tag's version key to a fresh random
+    /// version; the key has no TTL). Entries are not deleted: they expire
+    /// with their TTL.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let cache = cache_core::Cache::in_memory();
+    /// let ttl = Some(Duration::from_secs(60));
+    /// cache.set_tagged("user:7:summary", &1250, &["user:7"], ttl).await?;
+    /// assert_eq!(cache.get::<i64>("user:7:summary").await?, Some(1250));
+    /// cache.invalidate_tag("user:7").await?;
+    /// assert_eq!(cache.get::<i64>("user:7:summary").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        if tag.is_empty() {
+            return Err(Error::invalid("tag", "empty"));
+        }
+        let version = fastrand::u64(1..u64::MAX);
+        self.set_bytes(&tag_key(tag), version.to_string().as_bytes(), None)
+            .await
+    }
+
+    /// Stores `value` under `key` with `tags` (at most 255): it reads as
+    /// with [`get`](Self::get) until one of the tags is invalidated with
+    /// [`invalidate_tag`](Self::invalidate_tag). The entry carries the
+    /// envelope described in the README; the tags' versions are read first
+    /// (one round trip), then the entry written.
+    pub async fn set_tagged<T: Serialize + ?Sized, S: AsRef<str>>(
+        &self,
+        key: &str,
+        value: &T,
+        tags: &[S],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        super::envelope::check_tags(tags)?;
+        let bytes = self.codec().encode(value)?;
+        let names: Vec<String> = tags.iter().map(|t| t.as_ref().to_owned()).collect();
+        let versions = self.tag_versions(&names, self.timeout()).await?;
+        let seal = Seal {
+            tags: names.into_iter().zip(versions).collect(),
+            ..Seal::default()
+        };
+        let sealed = self.seal(&bytes, &seal)?;
+        self.set_bytes(key, &sealed, ttl).await
+    }
+
+    /// The current versions of `tags`, in one round trip.
+    pub(crate) async fn tag_versions(
+        &self,
+        tags: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<u64>> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = tags
+            .iter()
+            .map(|tag| self.owned_full_key(tag_key(tag)))
+            .collect();
+        let values = self.get_many_full_within(&keys, timeout).await?;
+        Ok(values.iter().map(|v| parse_version(v.as_deref())).collect())
+    }
+
+    /// An entry read with [`get`](Self::get) that is enveloped: opened, its
+    /// tags checked (one more round trip when it has any), decoded.
+    pub(crate) async fn decode_enveloped<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        require_encrypted: bool,
+    ) -> Result<Option<T>> {
+        let counters = self.counters();
+        let Some(payload) = self.open_counted(key, bytes, require_encrypted) else {
+            return Ok(None);
+        };
+        let (header, payload) = payload;
+        if let Some(header) = &header
+            && !header.tags.is_empty()
+        {
+            let names: Vec<String> = header.tags.iter().map(|(t, _)| t.clone()).collect();
+            let versions = self.tag_versions(&names, self.timeout()).await?;
+            let current: Vec<(String, u64)> = names.into_iter().zip(versions).collect();
+            if !tags_match(&header.tags, &current) {
+                counters.record_miss();
+                return Ok(None);
+            }
+        }
+        Ok(self.decode(key, Some(&payload)))
+    }
+
+    /// [`open`](Self::open), with a failure counted as a miss (and a
+    /// decrypt failure as such, logged once per process without the value).
+    /// `require_encrypted`: a value that is not encrypted is a miss too.
+    pub(crate) fn open_counted(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        require_encrypted: bool,
+    ) -> Option<(Option<super::envelope::Header>, Vec<u8>)> {
+        let counters = self.counters();
+        match self.open(bytes) {
+            Ok(opened) => {
+                let encrypted = opened
+                    .header
+                    .as_ref()
+                    .is_some_and(|h| h.flags & super::envelope::ENCRYPTED != 0);
+                if require_encrypted && !encrypted {
+                    counters.record_decode_error();
+                    counters.record_miss();
+                    tracing::debug!(
+                        key,
+                        "entry is not encrypted where it must be; treated as a miss"
+                    );
+                    return None;
+                }
+                Some((opened.header, opened.payload))
+            }
+            Err(super::entry::OpenError::Unauthenticated) => {
+                counters.record_decrypt_failure();
+                counters.record_miss();
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        key,
+                        "an encrypted cache entry failed to authenticate with every key (wrong key, or tampered); treated as a miss, counted in Stats::decrypt_failures, logged once"
+                    );
+                }
+                None
+            }
+            Err(super::entry::OpenError::Malformed(what)) => {
+                counters.record_decode_error();
+                counters.record_miss();
+                tracing::debug!(
+                    key,
+                    what,
+                    "cache entry envelope did not open; treated as a miss"
+                );
+                None
+            }
+        }
+    }
+
+    /// Encrypts `value` with the handle's first key (see
+    /// [`CacheBuilder::encryption_keys`](crate::CacheBuilder::encryption_keys))
+    /// and stores it: the bytes in the store are the envelope and a Fernet
+    /// token, never the plaintext. Without keys: an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    pub async fn set_encrypted<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let bytes = self.codec().encode(value)?;
+        let seal = Seal {
+            encrypt: true,
+            ..Seal::default()
+        };
+        let sealed = self.seal(&bytes, &seal)?;
+        self.set_bytes(key, &sealed, ttl).await
+    }
+
+    /// Reads a value written by [`set_encrypted`](Self::set_encrypted) (or
+    /// an `encrypt` function). A value that no key authenticates, or one
+    /// that is not encrypted at all, is `Ok(None)`: a miss, counted in
+    /// [`Stats::decrypt_failures`](crate::Stats::decrypt_failures) or
+    /// `decode_errors`.
+    pub async fn get_encrypted<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get_bytes(key).await? {
+            None => {
+                self.counters().record_miss();
+                Ok(None)
+            }
+            Some(bytes) => self.decode_enveloped(key, bytes, true).await,
+        }
+    }
+}
