@@ -35,6 +35,8 @@ pub struct Stats {
     pub oversized: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
+    /// The event bus of the handle ([`Cache::events`](crate::Cache::events)).
+    pub events: crate::events::EventStats,
 }
 
 impl Stats {
@@ -106,6 +108,7 @@ impl Counters {
             uncacheable: self.0.sum(UNCACHEABLE),
             oversized: self.0.sum(OVERSIZED),
             breaker,
+            events: crate::events::EventStats::default(),
         }
     }
 }
