@@ -403,3 +403,62 @@ async fn subscriptions_come_back_after_redis_restarts_with_a_gap() {
     assert_eq!(stats.connection, EventConnection::Connected);
     assert_eq!((stats.reconnects, stats.gaps), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_while_redis_is_down_is_unsubscribed_once_it_is_back() {
+    let mut server = RedisServer::start();
+    let cache = suite::build(suite::redis(&server.url()).timeout(suite::TIMEOUT)).await;
+    let bus = cache.events();
+    let channel = unique_prefix("dropped-while-down");
+    let orders = bus.subscribe::<Order>(&[&channel]).await.unwrap();
+    let _other = bus.subscribe::<Order>(&["other"]).await.unwrap();
+
+    server.kill();
+    eventually("the loss noticed", async || {
+        cache.stats().events.connection == EventConnection::Disconnected
+    })
+    .await;
+    // The unsubscribe fails now; the driver would resubscribe the channel.
+    drop(orders);
+    server.restart();
+    eventually("reconnected", async || {
+        cache.stats().events.connection == EventConnection::Connected
+    })
+    .await;
+    eventually("the dropped stream's channel unsubscribed", async || {
+        server.cli(&["PUBSUB", "NUMSUB", &channel]).lines().last() == Some("0")
+    })
+    .await;
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMSUB", "other"]).lines().last(),
+        Some("1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_is_back_after_a_restart_with_nothing_subscribed() {
+    let mut server = RedisServer::start();
+    let cache = suite::build(suite::redis(&server.url()).timeout(suite::TIMEOUT)).await;
+    let bus = cache.events();
+    let channel = unique_prefix("nothing-subscribed");
+    drop(bus.subscribe::<Order>(&[&channel]).await.unwrap());
+    eventually("unsubscribed", async || {
+        server.cli(&["PUBSUB", "NUMSUB", &channel]).lines().last() == Some("0")
+    })
+    .await;
+
+    server.kill();
+    eventually("the loss noticed", async || {
+        cache.stats().events.connection == EventConnection::Disconnected
+    })
+    .await;
+    server.restart();
+    // No subscription to confirm: the state still comes back.
+    eventually("connected again", async || {
+        cache.stats().events.connection == EventConnection::Connected
+    })
+    .await;
+    let mut orders = bus.subscribe::<Order>(&[&channel]).await.unwrap();
+    bus.publish(&channel, &order(1)).await.unwrap();
+    assert_eq!(next(&mut orders).await.unwrap(), order(1));
+}

@@ -172,6 +172,56 @@ pub(crate) struct BusState {
     /// the reference counts they follow, so that an unsubscribe of a channel
     /// dropped a moment ago never undoes a subscribe of it that came after.
     commands: tokio::sync::Mutex<()>,
+    /// Topics whose unsubscribe failed (the connection was down): the
+    /// driver resubscribes them on reconnect, so they are unsubscribed again then.
+    unreleased: std::sync::Mutex<Vec<Topic>>,
+}
+
+/// Bound on an unsubscribe, which holds up the bus's other (un)subscribes.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a lost connection is poked while Redis stays away, once the
+/// driver's own reconnect attempts are spent (a command makes it try again).
+const REVIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs for the life of the bus: after each loss of the connection, pings
+/// until the connection is back. The driver reconnects (and resubscribes)
+/// by itself after a loss, but gives up after its retries; a command is
+/// what makes it start again, so a Redis that stays down for a while is
+/// still found once it is back, without the application doing anything.
+async fn revive(
+    state: std::sync::Weak<BusState>,
+    hub: Arc<Hub>,
+    pubsub: redis::PubSub,
+    timeout: std::time::Duration,
+) {
+    loop {
+        hub.lost.notified().await;
+        let mut interval = tokio::time::interval(REVIVE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while hub.is_disconnected() && !hub.is_closed() {
+            interval.tick().await;
+            if let Ok(Ok(())) = tokio::time::timeout(timeout, pubsub.ping()).await {
+                // The connection manager resubscribes before it hands out a
+                // new connection, so an answered PING means the subscriptions
+                // are back; their confirmations usually said so already
+                // (then this is a no-op), and with nothing subscribed none
+                // would. Marking the gap here rather than at the confirmation
+                // only puts it earlier, never after a message of the new
+                // connection. (On a cluster the node that lost its connection
+                // may answer a moment later than the one pinged.)
+                hub.confirmed();
+            }
+        }
+        if hub.is_closed() {
+            return;
+        }
+        let Some(state) = state.upgrade() else { return };
+        let unreleased = std::mem::take(&mut *crate::sync::lock(&state.unreleased));
+        if !unreleased.is_empty() {
+            state.release(unreleased).await;
+        }
+    }
 }
 
 impl Drop for BusState {
@@ -206,11 +256,16 @@ impl BusState {
         if unused.is_empty() {
             return;
         }
-        if let Err(err) = pubsub.unsubscribe(&unused).await {
-            // The connection is down: the resubscription after it comes back
-            // may restore these; harmless (nobody listens), and the next
-            // subscribe or drop of them tidies up.
-            tracing::debug!(%err, "event bus: unsubscribe failed");
+        let unsubscribe = tokio::time::timeout(RELEASE_TIMEOUT, pubsub.unsubscribe(&unused));
+        let result = match unsubscribe.await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Timeout(RELEASE_TIMEOUT)),
+        };
+        if let Err(err) = result {
+            // The connection is down: the driver will resubscribe these when
+            // it is back; the bus unsubscribes them again then.
+            tracing::debug!(%err, "event bus: unsubscribe failed; retried after the reconnect");
+            crate::sync::lock(&self.unreleased).extend(unused);
         }
     }
 }
@@ -329,7 +384,12 @@ impl EventBus {
             .get_or_try_init(|| async {
                 let pubsub = redis::PubSub::open(self.cache.config(), hub)?;
                 // The bus's reviver: ends when the bus does.
-                tokio::spawn(pubsub.clone().revive(hub.clone(), self.cache.timeout()));
+                tokio::spawn(revive(
+                    Arc::downgrade(&self.state),
+                    hub.clone(),
+                    pubsub.clone(),
+                    self.cache.timeout(),
+                ));
                 Ok::<_, crate::Error>(pubsub)
             })
             .await?;

@@ -19,10 +19,6 @@ use super::hub::{Hub, Message, Topic};
 use crate::config::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 
-/// How often a lost connection is poked while Redis stays away, once the
-/// driver's own reconnect attempts are spent (a command makes it try again).
-const REVIVE_INTERVAL: Duration = Duration::from_millis(200);
-
 /// The pub/sub connection of one bus; cheap to clone.
 #[derive(Clone)]
 pub(crate) enum PubSub {
@@ -131,7 +127,7 @@ impl PubSub {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         let cmd = redis::cmd("PING");
         match self.clone() {
             PubSub::Standalone(mut conn) => {
@@ -143,29 +139,6 @@ impl PubSub {
             }
         }
         Ok(())
-    }
-
-    /// Runs for the life of the bus: after each loss of the connection,
-    /// pings until the connection is back. The driver reconnects (and
-    /// resubscribes) by itself after a loss, but gives up after its retries;
-    /// a command is what makes it start again, so a Redis that stays down
-    /// for a while is still found once it is back, without the application
-    /// doing anything.
-    pub(crate) async fn revive(self, hub: Arc<Hub>, timeout: Duration) {
-        loop {
-            hub.lost.notified().await;
-            let mut interval = tokio::time::interval(REVIVE_INTERVAL);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while hub.is_disconnected() && !hub.is_closed() {
-                interval.tick().await;
-                // A successful PING means the driver's resubscription ran:
-                // it is sent before the new connection is handed out.
-                let _ = tokio::time::timeout(timeout, self.ping()).await;
-            }
-            if hub.is_closed() {
-                return;
-            }
-        }
     }
 }
 
