@@ -462,3 +462,15 @@ async fn the_connection_is_back_after_a_restart_with_nothing_subscribed() {
     bus.publish(&channel, &order(1)).await.unwrap();
     assert_eq!(next(&mut orders).await.unwrap(), order(1));
 }
+
+#[tokio::test]
+async fn the_bus_never_shows_the_password() {
+    let cache = suite::build(suite::redis("redis://user:s3cret-pw@127.0.0.1:1/0")).await;
+    let bus = cache.events();
+    let shown = format!("{bus:?}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+    // Nothing listens on port 1: the subscribe fails, without the password.
+    let err = bus.subscribe::<u64>(&["c"]).await.unwrap_err();
+    assert!(!err.to_string().contains("s3cret-pw"), "{err}");
+    assert!(!format!("{err:?}").contains("s3cret-pw"), "{err:?}");
+}

@@ -28,6 +28,14 @@ fn tick(seq: u64) -> Tick {
     }
 }
 
+/// Interleaved rounds of the throughput runs.
+const THROUGHPUT_ROUNDS: usize = 5;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Publishers running at once in the throughput runs.
 const PUBLISHERS: usize = 8;
 
@@ -39,7 +47,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn row(name: &str, mut latencies: Vec<Duration>) {
     latencies.sort();
     println!(
-        "| {name} | {:.0} µs | {:.0} µs |",
+        "| {name} | {:.1} µs | {:.1} µs |",
         percentile(&latencies, 0.5).as_secs_f64() * 1e6,
         percentile(&latencies, 0.99).as_secs_f64() * 1e6
     );
@@ -89,8 +97,13 @@ async fn raw_latency(url: &str, channel: &str, messages: u64) -> Vec<Duration> {
 
 /// Messages per second from the first publish to the last receipt, and
 /// what the consumer saw (received, dropped by a full buffer).
-async fn bus_throughput(cache: &Cache, channel: &str, messages: u64) -> (f64, u64, u64) {
-    let bus = cache.events().with_buffer(messages as usize);
+async fn bus_throughput(
+    cache: &Cache,
+    channel: &str,
+    messages: u64,
+    buffer: usize,
+) -> (f64, u64, u64) {
+    let bus = cache.events().with_buffer(buffer);
     let subscription = bus.subscribe::<Tick>(&[channel]).await.expect("subscribe");
     let started = Instant::now();
     let consumer = tokio::spawn(async move {
@@ -210,11 +223,12 @@ async fn main() {
     );
     println!("| variant | p50 | p99 |");
     println!("| --- | ---: | ---: |");
-    // Interleaved halves, so that both see the same machine state.
-    let mut raw = raw_latency(&url, "lat:raw", messages / 2).await;
-    let mut bus = bus_latency(&cache, "lat:bus", messages / 2).await;
-    raw.extend(raw_latency(&url, "lat:raw2", messages / 2).await);
-    bus.extend(bus_latency(&cache, "lat:bus2", messages / 2).await);
+    // Interleaved quarters, so that both see the same machine state.
+    let (mut raw, mut bus) = (Vec::new(), Vec::new());
+    for quarter in 0..4 {
+        raw.extend(raw_latency(&url, &format!("lat:raw:{quarter}"), messages / 4).await);
+        bus.extend(bus_latency(&cache, &format!("lat:bus:{quarter}"), messages / 4).await);
+    }
     row(
         "baseline: raw redis-rs (PUBLISH + aio::PubSub, JSON by hand)",
         raw,
@@ -226,15 +240,51 @@ async fn main() {
     );
 
     println!(
-        "\nthroughput, {PUBLISHERS} publishers and one consumer at once, {flood} messages, loopback redis-server"
+        "\nthroughput, {PUBLISHERS} publishers and one consumer at once, {flood} messages, loopback redis-server, median of {THROUGHPUT_ROUNDS} interleaved rounds"
     );
     println!("| variant | messages/s | received | dropped (Gap) |");
     println!("| --- | ---: | ---: | ---: |");
-    let raw = raw_throughput(&url, "tp:raw", flood).await;
-    println!("| baseline: raw redis-rs | {raw:.0} | {flood} | - |");
-    let (ours, received, dropped) = bus_throughput(&cache, "tp:bus", flood).await;
-    println!("| `cache.events()` (buffer {flood}) | {ours:.0} | {received} | {dropped} |");
-    let (ours, received, dropped) = bus_throughput(&memory, "tp:mem", flood).await;
-    println!("| `cache.events()`, in-memory backend | {ours:.0} | {received} | {dropped} |");
+    let (mut raw, mut ours, mut memory_rounds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut received, mut dropped) = (0, 0);
+    for round in 0..THROUGHPUT_ROUNDS {
+        raw.push(raw_throughput(&url, &format!("tp:raw:{round}"), flood).await);
+        let (rate, got, lost) =
+            bus_throughput(&cache, &format!("tp:bus:{round}"), flood, flood as usize).await;
+        ours.push(rate);
+        received += got;
+        dropped += lost;
+        memory_rounds.push(
+            bus_throughput(&memory, &format!("tp:mem:{round}"), flood, flood as usize)
+                .await
+                .0,
+        );
+    }
+    let rounds = THROUGHPUT_ROUNDS as u64;
+    // The default buffer: a consumer that falls behind loses the oldest, memory stays bounded.
+    let (bounded, bounded_received, bounded_dropped) = bus_throughput(
+        &cache,
+        "tp:bounded",
+        flood,
+        cache_core::events::DEFAULT_EVENT_BUFFER,
+    )
+    .await;
+    println!(
+        "| baseline: raw redis-rs | {:.0} | {flood} | - |",
+        median(raw)
+    );
+    println!(
+        "| `cache.events()` (buffer {flood}) | {:.0} | {} | {} |",
+        median(ours),
+        received / rounds,
+        dropped / rounds
+    );
+    println!(
+        "| `cache.events()` (default buffer {}, one run) | {bounded:.0} | {bounded_received} | {bounded_dropped} |",
+        cache_core::events::DEFAULT_EVENT_BUFFER
+    );
+    println!(
+        "| `cache.events()`, in-memory backend | {:.0} | {flood} | 0 |",
+        median(memory_rounds)
+    );
     println!("\nbus stats after the run: {:?}", cache.stats().events);
 }
