@@ -203,6 +203,11 @@ impl Hub {
             .collect()
     }
 
+    /// Every topic someone listens to.
+    pub(crate) fn topics(&self) -> Vec<Topic> {
+        lock(&self.registry).listeners.keys().cloned().collect()
+    }
+
     pub(crate) fn subscriptions(&self) -> u64 {
         lock(&self.registry).queues.len() as u64
     }

@@ -201,15 +201,16 @@ async fn revive(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while hub.is_disconnected() && !hub.is_closed() {
             interval.tick().await;
-            if let Ok(Ok(())) = tokio::time::timeout(timeout, pubsub.ping()).await {
-                // The connection manager resubscribes before it hands out a
-                // new connection, so an answered PING means the subscriptions
-                // are back; their confirmations usually said so already
-                // (then this is a no-op), and with nothing subscribed none
-                // would. Marking the gap here rather than at the confirmation
-                // only puts it earlier, never after a message of the new
-                // connection. (On a cluster the node that lost its connection
-                // may answer a moment later than the one pinged.)
+            let Some(state) = state.upgrade() else { return };
+            let resubscribed = {
+                // Under the lock: the topics are those the server must have.
+                let _order = state.commands.lock().await;
+                let topics = hub.topics();
+                tokio::time::timeout(timeout, pubsub.resubscribed(&topics)).await
+            };
+            if let Ok(true) = resubscribed {
+                // Usually the confirmations said so already (then this is a
+                // no-op); with nothing subscribed none would.
                 hub.confirmed();
             }
         }

@@ -30,10 +30,15 @@ impl PubSub {
     /// Lazily connected: the first subscribe connects. Pushes go straight
     /// into `hub` (no channel in between: the hub's queues are the buffer).
     pub(crate) fn open(config: &CacheConfig, hub: &Arc<Hub>) -> Result<PubSub> {
+        // One connection: a subscription confirmed after a loss is the
+        // resubscription of everything. A cluster has one connection per
+        // node and the pushes do not say which: there the bus confirms
+        // every channel itself before it reports the loss over (see `revive`).
+        let one_connection = matches!(config.backend, Backend::Redis(_));
         let sender = {
             let hub = Arc::clone(hub);
             move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-                on_push(&hub, push);
+                on_push(&hub, push, one_connection);
                 Ok(())
             }
         };
@@ -127,7 +132,26 @@ impl PubSub {
         Ok(())
     }
 
-    pub(crate) async fn ping(&self) -> Result<()> {
+    /// After a loss: whether every subscription is known to be back, so
+    /// that a gap reported now can be followed by no silent loss. A gap
+    /// reported too early would let a subscriber resynchronise before its
+    /// subscription is back and then miss what is published meanwhile; one
+    /// reported late (after a few messages of the new connection) is safe.
+    ///
+    /// Standalone: an answered PING, since the connection manager runs its
+    /// resubscription before it hands out the new connection. Cluster: each
+    /// channel subscribed again and confirmed by the node that serves it
+    /// (the driver resubscribes a reconnected node by itself; a repeated
+    /// `SSUBSCRIBE` is harmless and is the only confirmation this side
+    /// can tell apart per channel).
+    pub(crate) async fn resubscribed(&self, topics: &[Topic]) -> bool {
+        match self {
+            PubSub::Standalone(_) => self.ping().await.is_ok(),
+            PubSub::Cluster(_) => self.ping().await.is_ok() && self.subscribe(topics).await.is_ok(),
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
         let cmd = redis::cmd("PING");
         match self.clone() {
             PubSub::Standalone(mut conn) => {
@@ -155,7 +179,7 @@ fn split(topics: &[Topic]) -> (Vec<&str>, Vec<&str>) {
 }
 
 /// Called by the driver for every push, on its connection task: never blocks.
-fn on_push(hub: &Hub, push: PushInfo) {
+fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
     let text = |value: Option<&Value>| -> Option<Arc<str>> {
         match value? {
             Value::BulkString(bytes) => Some(Arc::from(String::from_utf8_lossy(bytes))),
@@ -195,7 +219,9 @@ fn on_push(hub: &Hub, push: PushInfo) {
                 "event bus: lost the Redis pub/sub connection; reconnecting, subscribers will get a Gap"
             );
         }
-        PushKind::Subscribe | PushKind::PSubscribe | PushKind::SSubscribe if hub.confirmed() => {
+        PushKind::Subscribe | PushKind::PSubscribe | PushKind::SSubscribe
+            if one_connection && hub.confirmed() =>
+        {
             tracing::info!(
                 "event bus: the Redis pub/sub connection is back, subscriptions restored"
             );
