@@ -171,12 +171,18 @@ mod behaviour {
         let channel = format!("{p}:flood");
         let bus = cache.events().with_buffer(4);
         let mut slow = bus.subscribe::<u64>(&[&channel]).await.unwrap();
+        // Another subscriber of the same channel, with the default buffer.
+        let mut fast = cache.events().subscribe::<u64>(&[&channel]).await.unwrap();
         for n in 0..20_u64 {
             bus.publish(&channel, &n).await.unwrap();
         }
-        // Every message has reached the buffer (which kept 4) before reading.
-        eventually("20 messages received", async || {
-            cache.stats().events.received == 20
+        // The slow one holds up neither the connection nor the other subscriber.
+        for n in 0..20 {
+            assert_eq!(next(&mut fast).await.unwrap(), n);
+        }
+        // Every message has reached the slow one's buffer (which kept 4) before reading.
+        eventually("20 messages received by each", async || {
+            cache.stats().events.received == 40
         })
         .await;
         match next(&mut slow).await {
