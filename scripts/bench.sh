@@ -4,7 +4,8 @@
 # without rate limiters (about 3.5 minutes: many clients through a trusted
 # proxy, one hot client, a flood of one client; throughput, CPU per request of
 # the service process and redis-server, Redis commands per request, latency at
-# a fixed rate); invalidate_prefix over 1 M keys; and the fault runs
+# a fixed rate); invalidate_prefix over 1 M keys; the event bus beside raw
+# redis-rs pub/sub; and the fault runs
 # of search-service (standalone Redis, Redis Cluster failovers). Installs redis-server like the test script when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /pr
 target/release/cache-hit
 target/release/http
 target/release/invalidate
+target/release/events
 target/release/fault-run --scenario standalone target/release/search-service
 target/release/fault-run --scenario cluster target/release/search-service
 } 2>&1 | tee target/bench/bench.log

@@ -20,6 +20,15 @@ if ! command -v openssl >/dev/null 2>&1; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq openssl >/dev/null
 fi
+# Headless Chromium drives the portfolio's live page (the browser test says
+# it is skipped where chromium cannot be installed).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing chromium"
+  if ! { "${sudo_cmd[@]}" apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium >/dev/null; }; then
+    echo "    chromium could not be installed: the browser test will be skipped"
+  fi
+fi
 redis-server --version
 
 echo "==> cargo fmt --check"

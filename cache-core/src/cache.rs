@@ -307,9 +307,29 @@ impl Cache {
 
     /// Counters since the handle was built, and the breaker's state.
     pub fn stats(&self) -> Stats {
-        self.inner
+        let mut stats = self
+            .inner
             .counters
-            .snapshot(self.inner.resilience.breaker.state())
+            .snapshot(self.inner.resilience.breaker.state());
+        stats.events = self.shared_state::<crate::events::BusState>().stats();
+        stats
+    }
+
+    /// The handle's typed event bus (Redis pub/sub, or in process on the
+    /// in-memory backend): see [`events`](crate::events).
+    pub fn events(&self) -> crate::events::EventBus {
+        crate::events::EventBus::new(self.clone())
+    }
+
+    /// What the handle was built from.
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// `PUBLISH` (`SPUBLISH` on a cluster) of raw bytes; sent once, never retried.
+    pub(crate) async fn publish_bytes(&self, channel: &str, payload: &[u8]) -> Result<u64> {
+        self.run(Idempotence::CountsOnce, |s| s.publish(channel, payload))
+            .await
     }
 
     async fn run<'a, T, F>(&'a self, idempotence: Idempotence, call: F) -> Result<T>

@@ -27,6 +27,7 @@ mod cache;
 mod codec;
 mod config;
 mod error;
+pub mod events;
 mod jcs;
 mod key;
 mod memoize;

@@ -41,6 +41,8 @@ pub struct Stats {
     pub decrypt_failures: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
+    /// The event bus of the handle ([`Cache::events`](crate::Cache::events)).
+    pub events: crate::events::EventStats,
 }
 
 impl Stats {
@@ -123,6 +125,7 @@ impl Counters {
             stale_served: self.0.sum(STALE_SERVED),
             decrypt_failures: self.0.sum(DECRYPT_FAILURES),
             breaker,
+            events: crate::events::EventStats::default(),
         }
     }
 }

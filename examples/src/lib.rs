@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod portfolio;
+pub mod relay;
 pub mod search;
 pub mod server;
 

@@ -38,6 +38,10 @@ use serde_json::Value;
 pub const PRICE_TTL: Duration = Duration::from_secs(60);
 /// Lifetime of cached balances and summaries (a change invalidates them sooner).
 pub const USER_TTL: Duration = Duration::from_secs(300);
+/// The channel price updates are published on (one channel, not one per
+/// asset: sharded pub/sub on a cluster has no patterns). JSON, as
+/// [`PriceUpdate`], so that any program can publish or read it.
+pub const PRICES_CHANNEL: &str = "market:prices";
 
 /// An asset symbol from user input: 1 to 16 of `A-Z0-9`, so it can go into a
 /// key as it is without reaching another key space.
@@ -237,6 +241,16 @@ pub struct Position {
     pub value: Decimal,
 }
 
+/// A new price of an asset, as published on [`PRICES_CHANNEL`]:
+/// `{"symbol":"BTC","price":"71234.5"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceUpdate {
+    /// The asset.
+    pub symbol: Symbol,
+    /// Its new price, exact.
+    pub price: Decimal,
+}
+
 /// How often the sources were read: what the cache saves.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SourceReads {
@@ -387,6 +401,21 @@ impl Portfolio {
             .set_tagged(&key, &summary, &[user_tag(user)], Some(USER_TTL))
             .await;
         summary
+    }
+
+    /// A new price from the market: cached for every instance, and published
+    /// on [`PRICES_CHANNEL`] for the instances' live subscribers (their
+    /// `/events` streams). Summaries valued at the old price expire within
+    /// [`USER_TTL`].
+    pub async fn publish_price(
+        &self,
+        update: &PriceUpdate,
+    ) -> Result<(), cache_core::events::EventError> {
+        self.cache
+            .set(&price_key(&update.symbol), &update.price, Some(PRICE_TTL))
+            .await?;
+        self.cache.events().publish(PRICES_CHANNEL, update).await?;
+        Ok(())
     }
 
     /// Records a new balance and drops what was derived from the old one:

@@ -797,3 +797,113 @@ fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         );
     });
 }
+
+/// Headless Chromium (Debian's `chromium`, which scripts/test.sh installs), if present.
+fn chromium() -> Option<&'static str> {
+    let found = Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    found.then_some("chromium")
+}
+
+/// Polls `check` every 10 ms until it holds; `false` after `limit`.
+fn poll_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while !check() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped: chromium is not installed (scripts/test.sh installs it with apt-get)");
+        return;
+    };
+    let server = tests::RedisServer::start();
+    let publisher = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
+    let relay = start(PORTFOLIO, &[("REDIS_URL", &server.url())]);
+    // One miss, one hit on the relay: the page shows a 50 % hit rate.
+    http_get(relay.port, "/prices?assets=SOL");
+    http_get(relay.port, "/prices?assets=SOL");
+
+    // The page, in a headless browser: it subscribes over /events, and with
+    // ?updates=1 closes the stream after the first update, so that the
+    // browser's virtual time runs out and it prints the page as it is then.
+    let profile = std::env::temp_dir().join(format!("chromium-{}", relay.port));
+    let mut browser = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("http://127.0.0.1:{}/?updates=1", relay.port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut stdout = browser.stdout.take().expect("stdout");
+    let (tx, dom) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+
+    let subscribed = poll_until(Duration::from_secs(30), || {
+        json(&http_get(relay.port, "/stats").1)["cache"]["events"]["subscriptions"] == 1
+    });
+    if !subscribed {
+        let _ = browser.kill();
+        panic!("the page never subscribed to /events");
+    }
+    let stats = json(&http_get(relay.port, "/stats").1);
+    assert_eq!(
+        stats["cache"]["events"]["connection"], "connected",
+        "{stats}"
+    );
+
+    // Another process publishes; the relay's subscriber gets it over Redis.
+    let (status, body) = request(
+        publisher.port,
+        "POST",
+        "/prices/BTC",
+        r#"{"price":"71234.5"}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+
+    let dom = dom.recv_timeout(Duration::from_secs(60));
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = dom.expect("chromium printed the page");
+    assert!(
+        dom.contains(r#"<td id="price-BTC">71234.5</td>"#),
+        "the update is on the page:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"<span id="hit-rate">50.0 %</span>"#),
+        "the hit rate is on the page:\n{dom}"
+    );
+    // The stream is gone with the page: the relay unsubscribed.
+    assert!(poll_until(Duration::from_secs(30), || {
+        json(&http_get(relay.port, "/stats").1)["cache"]["events"]["subscriptions"] == 0
+    }));
+    assert!(poll_until(Duration::from_secs(30), || {
+        server
+            .cli(&["PUBSUB", "NUMSUB", "market:prices"])
+            .lines()
+            .last()
+            == Some("0")
+    }));
+}

@@ -173,6 +173,15 @@ pub(crate) trait Store: Send + Sync + 'static {
             "the in-memory store runs no Lua scripts",
         ))))
     }
+    /// Publishes `payload` on `channel`; the number of receivers. The
+    /// in-memory backend publishes in process, through the event bus.
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
+        let _ = (channel, payload);
+        Box::pin(std::future::ready(Err(Error::invalid(
+            "channel",
+            "the in-memory store publishes through the event bus",
+        ))))
+    }
     /// The servers a prefix walk must visit: every primary of a cluster.
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>>;
     /// One bounded step of removing every key that starts with `prefix` (a

@@ -70,6 +70,8 @@ pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
         &self,
         commands: Vec<Cmd>,
     ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
+    /// Pub/sub is sharded (`SPUBLISH`): a cluster.
+    const SHARDED_PUBSUB: bool = false;
     /// Sends one command: by default through `ConnectionLike`, which boxes it.
     fn send<'a>(
         &'a mut self,
@@ -236,6 +238,10 @@ impl Connection for Standalone {
 }
 
 impl Connection for ClusterConnection {
+    // Plain PUBLISH goes to every node of the cluster over its bus; SPUBLISH
+    // only to the shard of the channel's slot, which is what scales.
+    const SHARDED_PUBSUB: bool = true;
+
     async fn scan_nodes(&self) -> Result<Vec<ScanNode>> {
         // SCAN cursors are per node, so each primary is walked on its own.
         let mut conn = self.clone();
@@ -478,7 +484,7 @@ fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Clien
 }
 
 /// The driver's configuration errors can quote the URL; never pass them on.
-fn driver_config_error(err: redis::RedisError) -> Error {
+pub(crate) fn driver_config_error(err: redis::RedisError) -> Error {
     let reason = if err.to_string().to_ascii_lowercase().contains("tls") {
         "rediss:// (TLS) needs cache-core's `tls` feature".to_string()
     } else {
@@ -642,6 +648,15 @@ impl<C: Connection> Store for RedisStore<C> {
             let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
             Ok(reply)
         })
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
+        let command = if C::SHARDED_PUBSUB {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.query(redis::cmd(command).arg(channel).arg(payload).take())
     }
 
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {

@@ -5,6 +5,10 @@
 //! `cargo run --release -p examples --bin portfolio`, then:
 //! `curl -X PUT localhost:3000/users/7/balances/BTC -H 'content-type: application/json' -d '{"amount":"2.5"}'`
 //! `curl localhost:3000/users/7/summary` and `curl 'localhost:3000/prices?assets=BTC,ETH,BTC'`
+//!
+//! Live prices across instances (run two with the same `REDIS_URL` and
+//! different `PORT`s): open `http://localhost:3000/` in a browser, then
+//! `curl -X POST localhost:3001/prices/BTC -H 'content-type: application/json' -d '{"price":"71234.5"}'`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,10 +16,12 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cache_core::Cache;
-use examples::portfolio::{Amount, Portfolio, Summary, Symbol};
+use examples::portfolio::{Amount, Portfolio, PriceUpdate, Summary, Symbol};
+use examples::relay;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,6 +35,10 @@ Endpoints:
                                  number; 0 to 10^15, at most 18 decimal places; 204
   GET /users/ID/summary          balances, prices and values; money as decimal strings
   GET /prices?assets=BTC,ETH     current prices, duplicates read once
+  POST /prices/ASSET             body {\"price\":\"71234.5\"}: a new price, cached and published
+                                 on the market:prices channel to every instance; 204
+  GET /events                    price updates as Server-Sent Events (`price`, `gap`)
+  GET /                          a live page of the updates and the cache's hit rate
   GET /health                    the cache's state
   GET /stats                     cache counters and source reads
 ";
@@ -43,7 +53,10 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
     let cache = Cache::from_env().await?;
     tracing::info!(backend = %cache.backend(), "cache ready");
     Ok(Router::new()
+        .route("/", get(page))
+        .route("/events", get(events))
         .route("/prices", get(prices))
+        .route("/prices/{asset}", post(publish_price))
         .route("/users/{id}/summary", get(summary))
         .route("/users/{id}/balances/{asset}", put(set_balance))
         .route("/health", get(health))
@@ -97,10 +110,59 @@ async fn set_balance(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn publish_price(
+    State(app): State<App>,
+    Path(asset): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<StatusCode, Rejection> {
+    let symbol = Symbol::parse(&asset).ok_or_else(|| bad_request("asset: 1 to 16 of A-Z 0-9"))?;
+    let Json(body) = body.map_err(|rejection| bad_request(&rejection.body_text()))?;
+    let price = body
+        .get("price")
+        .ok_or_else(|| bad_request("price is required, e.g. {\"price\":\"71234.5\"}"))?;
+    // A price is an amount: non-negative, exact, bounded.
+    let price = Amount::from_json(price)
+        .map_err(|err| bad_request(&err.to_string().replace("amount", "price")))?
+        .value();
+    app.publish_price(&PriceUpdate { symbol, price })
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "could not publish a price");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "the price could not be published" })),
+            )
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn events(State(app): State<App>) -> Response {
+    match relay::subscribe(app.cache()).await {
+        Ok(subscription) => relay::server_sent_events(subscription).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not subscribe to price updates");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "live updates are unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(relay::PAGE)
+}
+
 async fn health(State(app): State<App>) -> Json<cache_core::Health> {
     Json(app.cache().health().await)
 }
 
 async fn stats(State(app): State<App>) -> Json<Value> {
-    Json(json!({ "cache": app.cache().stats(), "source_reads": app.source_reads() }))
+    let stats = app.cache().stats();
+    Json(json!({
+        "cache": stats,
+        "hit_rate": stats.hit_rate(),
+        "source_reads": app.source_reads(),
+    }))
 }

@@ -1,0 +1,541 @@
+//! Typed events over Redis pub/sub: [`EventBus`], reached as
+//! [`Cache::events`](crate::Cache::events).
+//!
+//! Events are JSON on the wire (exactly `serde_json::to_vec` of the value),
+//! so a Python or Node subscriber reads them. A [`Subscription`] is a
+//! [`Stream`](futures_util::Stream) of `Result<T, EventError>`:
+//!
+//! - pub/sub is **at most once**: when messages may have been lost the
+//!   stream says so with one [`EventError::Gap`], after a lost connection
+//!   (the subscription is back by itself) or when its bounded buffer
+//!   overflowed (the oldest messages are dropped, never the connection
+//!   blocked);
+//! - a message that does not decode as `T` is an [`EventError::Malformed`]
+//!   item; the stream goes on;
+//! - dropping the stream unsubscribes (the server-side subscription is
+//!   reference-counted per channel and pattern).
+//!
+//! All subscriptions of a handle share one dedicated RESP3 pub/sub
+//! connection, opened by the first subscribe. On Redis Cluster channels are
+//! sharded (`SPUBLISH` / `SSUBSCRIBE`), which has no patterns. The in-memory
+//! backend gives the same semantics within the process.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_core::events::EventError> {
+//! use cache_core::events::EventError;
+//! use futures_util::StreamExt;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+//! struct Price { symbol: String, price: f64 }
+//!
+//! let cache = cache_core::Cache::in_memory();
+//! let bus = cache.events();
+//! let mut prices = bus.subscribe_patterns::<Price>(&["market:*"]).await?;
+//! bus.publish("market:BTC", &Price { symbol: "BTC".into(), price: 72000.0 }).await?;
+//! match prices.next().await {
+//!     Some(Ok(price)) => assert_eq!(price.symbol, "BTC"),
+//!     Some(Err(EventError::Gap { .. })) => { /* messages may have been missed: resync */ }
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+
+mod hub;
+mod redis;
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Cache;
+use crate::config::Backend;
+use hub::{Hub, Message, Next, Topic};
+
+/// Default length of a subscription's buffer, in messages.
+pub const DEFAULT_EVENT_BUFFER: usize = 1024;
+
+/// Longest channel name or pattern accepted, in bytes.
+pub const MAX_CHANNEL_BYTES: usize = 1024;
+
+/// What went wrong with an event, or what a subscriber must know.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// Messages may have been missed before the next item: pub/sub is at
+    /// most once. Resynchronise from the source of truth if that matters.
+    #[error(
+        "events may have been missed: {dropped} dropped from a full buffer{}",
+        if *disconnected { ", and the connection to Redis was lost" } else { "" }
+    )]
+    Gap {
+        /// Messages this subscription dropped because its buffer was full
+        /// (its consumer was slower than the publishers).
+        dropped: u64,
+        /// The connection to Redis was lost and is back: an unknown number
+        /// of messages published meanwhile were not received.
+        disconnected: bool,
+    },
+    /// A message that does not decode as the subscription's type; the
+    /// stream goes on with the next one.
+    #[error("event on channel `{channel}` could not be decoded: {reason}")]
+    Malformed {
+        /// The channel it was published on.
+        channel: String,
+        /// Why it did not decode.
+        reason: String,
+    },
+    /// A channel name or pattern that is empty or too long; nothing was sent.
+    #[error("invalid event channel: {reason}")]
+    InvalidChannel {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An event over the handle's [`max_value_bytes`](crate::Cache::max_value_bytes); nothing was sent.
+    #[error("event of {bytes} bytes is over the cap of {max} bytes")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The value could not be encoded as JSON.
+    #[error("event could not be encoded as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// Pattern subscriptions on Redis Cluster: sharded pub/sub has no patterns.
+    #[error(
+        "pattern subscriptions are not available on Redis Cluster (sharded pub/sub has no patterns)"
+    )]
+    PatternsUnsupported,
+    /// Redis could not be reached, refused the command or timed out.
+    #[error(transparent)]
+    Cache(#[from] crate::Error),
+}
+
+impl EventError {
+    /// `true` for [`EventError::Gap`].
+    pub fn is_gap(&self) -> bool {
+        matches!(self, EventError::Gap { .. })
+    }
+}
+
+/// The state of a handle's pub/sub connection, in [`EventStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventConnection {
+    /// No subscription was made yet (or the backend is in-memory).
+    #[default]
+    Idle,
+    /// Subscribed and connected.
+    Connected,
+    /// Lost; subscriptions come back by themselves when Redis does.
+    Disconnected,
+}
+
+/// The event bus's counters, in [`Stats::events`](crate::Stats::events).
+///
+/// New counters may be added: read it, do not build it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+pub struct EventStats {
+    /// Live [`Subscription`] streams.
+    pub subscriptions: u64,
+    /// The pub/sub connection's state.
+    pub connection: EventConnection,
+    /// Events published through this handle.
+    pub published: u64,
+    /// Messages put into subscription buffers (one per subscription reached).
+    pub received: u64,
+    /// Messages dropped from full buffers.
+    pub dropped: u64,
+    /// [`EventError::Gap`] items yielded.
+    pub gaps: u64,
+    /// [`EventError::Malformed`] items yielded.
+    pub malformed: u64,
+    /// Times the pub/sub connection came back after a loss.
+    pub reconnects: u64,
+}
+
+/// What the bus of one handle keeps: the hub, the pub/sub connection.
+/// Held by the handle (see [`Cache::shared_state`]) and by every
+/// subscription; it holds no handle, so nothing keeps a dropped handle alive.
+#[derive(Default)]
+pub(crate) struct BusState {
+    hub: Arc<Hub>,
+    pubsub: tokio::sync::OnceCell<redis::PubSub>,
+    /// Serialises the server-side subscribe and unsubscribe commands with
+    /// the reference counts they follow, so that an unsubscribe of a channel
+    /// dropped a moment ago never undoes a subscribe of it that came after.
+    commands: tokio::sync::Mutex<()>,
+    /// Topics whose unsubscribe failed (the connection was down): the
+    /// driver resubscribes them on reconnect, so they are unsubscribed again then.
+    unreleased: std::sync::Mutex<Vec<Topic>>,
+}
+
+/// Bound on an unsubscribe, which holds up the bus's other (un)subscribes.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a lost connection is poked while Redis stays away, once the
+/// driver's own reconnect attempts are spent (a command makes it try again).
+const REVIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs for the life of the bus: after each loss of the connection, pings
+/// until the connection is back. The driver reconnects (and resubscribes)
+/// by itself after a loss, but gives up after its retries; a command is
+/// what makes it start again, so a Redis that stays down for a while is
+/// still found once it is back, without the application doing anything.
+async fn revive(
+    state: std::sync::Weak<BusState>,
+    hub: Arc<Hub>,
+    pubsub: redis::PubSub,
+    timeout: std::time::Duration,
+) {
+    loop {
+        hub.lost.notified().await;
+        let mut interval = tokio::time::interval(REVIVE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while hub.is_disconnected() && !hub.is_closed() {
+            interval.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            let resubscribed = {
+                // Under the lock: the topics are those the server must have.
+                let _order = state.commands.lock().await;
+                let topics = hub.topics();
+                tokio::time::timeout(timeout, pubsub.resubscribed(&topics)).await
+            };
+            if let Ok(true) = resubscribed {
+                // Usually the confirmations said so already (then this is a
+                // no-op); with nothing subscribed none would.
+                hub.confirmed();
+            }
+        }
+        if hub.is_closed() {
+            return;
+        }
+        let Some(state) = state.upgrade() else { return };
+        let unreleased = std::mem::take(&mut *crate::sync::lock(&state.unreleased));
+        if !unreleased.is_empty() {
+            state.release(unreleased).await;
+        }
+    }
+}
+
+impl Drop for BusState {
+    fn drop(&mut self) {
+        self.hub.close();
+    }
+}
+
+impl BusState {
+    pub(crate) fn stats(&self) -> EventStats {
+        let counters = &self.hub.counters;
+        EventStats {
+            subscriptions: self.hub.subscriptions(),
+            connection: self.hub.connection(),
+            published: counters.published.load(Ordering::Relaxed),
+            received: counters.received.load(Ordering::Relaxed),
+            dropped: counters.dropped.load(Ordering::Relaxed),
+            gaps: counters.gaps.load(Ordering::Relaxed),
+            malformed: counters.malformed.load(Ordering::Relaxed),
+            reconnects: counters.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Unsubscribes the server from `topics` nobody listens to any more.
+    async fn release(self: Arc<Self>, topics: Vec<Topic>) {
+        let Some(pubsub) = self.pubsub.get() else {
+            return;
+        };
+        let _order = self.commands.lock().await;
+        // Someone may have subscribed again since the drop.
+        let unused = self.hub.unused(topics);
+        if unused.is_empty() {
+            return;
+        }
+        let unsubscribe = tokio::time::timeout(RELEASE_TIMEOUT, pubsub.unsubscribe(&unused));
+        let result = match unsubscribe.await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Timeout(RELEASE_TIMEOUT)),
+        };
+        if let Err(err) = result {
+            // The connection is down: the driver will resubscribe these when
+            // it is back; the bus unsubscribes them again then.
+            tracing::debug!(%err, "event bus: unsubscribe failed; retried after the reconnect");
+            crate::sync::lock(&self.unreleased).extend(unused);
+        }
+    }
+}
+
+/// Publishes and subscribes to typed events: see the [module docs](self).
+/// Cheap to clone; clones and the handle's clones share one connection.
+#[derive(Clone)]
+pub struct EventBus {
+    cache: Cache,
+    state: Arc<BusState>,
+    buffer: usize,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("cache", &self.cache)
+            .field("buffer", &self.buffer)
+            .finish()
+    }
+}
+
+impl EventBus {
+    pub(crate) fn new(cache: Cache) -> EventBus {
+        EventBus {
+            state: cache.shared_state::<BusState>(),
+            cache,
+            buffer: DEFAULT_EVENT_BUFFER,
+        }
+    }
+
+    /// The same bus, whose next subscriptions buffer up to `messages`
+    /// messages each (default [`DEFAULT_EVENT_BUFFER`]; at least 1). A full
+    /// buffer drops its oldest message and its stream yields a
+    /// [`EventError::Gap`] with the count.
+    #[must_use]
+    pub fn with_buffer(mut self, messages: usize) -> EventBus {
+        self.buffer = messages.max(1);
+        self
+    }
+
+    /// Publishes `event` as JSON on `channel` (`PUBLISH`, `SPUBLISH` on a
+    /// cluster), within the handle's timeout and under its circuit breaker;
+    /// never retried once sent (it could arrive twice). Returns how many
+    /// subscribers Redis delivered it to (connections; on the in-memory
+    /// backend, subscriptions). Channels are not namespaced: they are the
+    /// contract with other programs.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        event: &T,
+    ) -> Result<u64, EventError> {
+        check_channel(channel)?;
+        let payload = serde_json::to_vec(event).map_err(EventError::Encode)?;
+        let max = self.cache.max_value_bytes();
+        if payload.len() > max {
+            return Err(EventError::TooLarge {
+                bytes: payload.len(),
+                max,
+            });
+        }
+        let reached = if *self.cache.backend() == Backend::Memory {
+            self.state.hub.publish_local(&Message {
+                channel: Arc::from(channel),
+                payload: Arc::from(payload),
+            })
+        } else {
+            self.cache.publish_bytes(channel, &payload).await?
+        };
+        self.state
+            .hub
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(reached)
+    }
+
+    /// Subscribes to events of type `T` on `channels` (exact names). The
+    /// server has confirmed the subscription when this returns, so anything
+    /// published afterwards is received.
+    pub async fn subscribe<T: DeserializeOwned>(
+        &self,
+        channels: &[&str],
+    ) -> Result<Subscription<T>, EventError> {
+        let topics = topics(channels, |c| Topic::Channel(c.to_string()))?;
+        self.subscribe_topics(topics).await
+    }
+
+    /// Subscribes to events of type `T` on every channel matching one of
+    /// `patterns` (Redis globs: `market:*`, `h?llo`, `[ab]*`). Not on Redis
+    /// Cluster: [`EventError::PatternsUnsupported`].
+    pub async fn subscribe_patterns<T: DeserializeOwned>(
+        &self,
+        patterns: &[&str],
+    ) -> Result<Subscription<T>, EventError> {
+        if matches!(self.cache.backend(), Backend::Cluster(_)) {
+            return Err(EventError::PatternsUnsupported);
+        }
+        let topics = topics(patterns, |p| Topic::Pattern(p.to_string()))?;
+        self.subscribe_topics(topics).await
+    }
+
+    async fn subscribe_topics<T: DeserializeOwned>(
+        &self,
+        topics: Vec<Topic>,
+    ) -> Result<Subscription<T>, EventError> {
+        let max_bytes = self.cache.max_value_bytes();
+        let hub = &self.state.hub;
+        if *self.cache.backend() == Backend::Memory {
+            let (id, queue, _) = hub.register(topics, self.buffer);
+            return Ok(Subscription::new(id, queue, self.state.clone(), max_bytes));
+        }
+        let pubsub = self
+            .state
+            .pubsub
+            .get_or_try_init(|| async {
+                let pubsub = redis::PubSub::open(self.cache.config(), hub)?;
+                // The bus's reviver: ends when the bus does.
+                tokio::spawn(revive(
+                    Arc::downgrade(&self.state),
+                    hub.clone(),
+                    pubsub.clone(),
+                    self.cache.timeout(),
+                ));
+                Ok::<_, crate::Error>(pubsub)
+            })
+            .await?;
+        let _order = self.state.commands.lock().await;
+        // Registered before the server confirms: nothing published after
+        // the confirmation can miss the queue.
+        let (id, queue, new) = hub.register(topics, self.buffer);
+        let subscription = Subscription::new(id, queue, self.state.clone(), max_bytes);
+        if !new.is_empty() {
+            let timeout = self
+                .cache
+                .timeout()
+                .max(self.cache.config().connect_timeout);
+            let confirmed = match tokio::time::timeout(timeout, pubsub.subscribe(&new)).await {
+                Ok(result) => result,
+                Err(_) => Err(crate::Error::Timeout(timeout)),
+            };
+            if let Err(err) = confirmed {
+                // Dropping it after this returns releases what did get subscribed.
+                return Err(err.into());
+            }
+        }
+        hub.connected();
+        Ok(subscription)
+    }
+}
+
+fn check_channel(channel: &str) -> Result<(), EventError> {
+    if channel.is_empty() {
+        return Err(EventError::InvalidChannel {
+            reason: "a channel name or pattern cannot be empty".into(),
+        });
+    }
+    if channel.len() > MAX_CHANNEL_BYTES {
+        return Err(EventError::InvalidChannel {
+            reason: format!(
+                "{} bytes, over the limit of {MAX_CHANNEL_BYTES}",
+                channel.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn topics(names: &[&str], topic: impl Fn(&str) -> Topic) -> Result<Vec<Topic>, EventError> {
+    if names.is_empty() {
+        return Err(EventError::InvalidChannel {
+            reason: "no channel given".into(),
+        });
+    }
+    let mut topics: Vec<Topic> = Vec::with_capacity(names.len());
+    for name in names {
+        check_channel(name)?;
+        let topic = topic(name);
+        // A name given twice is one subscription, not two copies of each message.
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    Ok(topics)
+}
+
+/// A stream of the events of type `T` on some channels or patterns, from
+/// [`EventBus::subscribe`] or [`EventBus::subscribe_patterns`].
+///
+/// Never ends by itself. Dropping it unsubscribes: the server-side
+/// subscription goes when the last subscription of the handle to that
+/// channel or pattern is dropped.
+pub struct Subscription<T> {
+    id: u64,
+    queue: Arc<hub::Queue>,
+    state: Arc<BusState>,
+    max_bytes: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscription<T> {
+    fn new(id: u64, queue: Arc<hub::Queue>, state: Arc<BusState>, max_bytes: usize) -> Self {
+        Subscription {
+            id,
+            queue,
+            state,
+            max_bytes,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
+    type Item = Result<T, EventError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let counters = &self.state.hub.counters;
+        let item = match std::task::ready!(self.queue.poll_next(cx)) {
+            Next::Gap {
+                dropped,
+                disconnected,
+            } => {
+                counters.gaps.fetch_add(1, Ordering::Relaxed);
+                Err(EventError::Gap {
+                    dropped,
+                    disconnected,
+                })
+            }
+            Next::Message(message) => {
+                let decoded = if message.payload.len() > self.max_bytes {
+                    Err(format!(
+                        "{} bytes, over the cap of {} bytes",
+                        message.payload.len(),
+                        self.max_bytes
+                    ))
+                } else {
+                    serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
+                };
+                decoded.map_err(|reason| {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    EventError::Malformed {
+                        channel: message.channel.to_string(),
+                        reason,
+                    }
+                })
+            }
+        };
+        Poll::Ready(Some(item))
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        let unused = self.state.hub.remove(self.id);
+        if unused.is_empty() || self.state.pubsub.get().is_none() {
+            return;
+        }
+        // Drop cannot wait: the unsubscribe runs on the runtime. Outside
+        // one, the connection goes with the bus, and its subscriptions with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.state.clone().release(unused));
+        }
+    }
+}

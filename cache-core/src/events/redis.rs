@@ -1,0 +1,253 @@
+//! The bus's one pub/sub connection to Redis: RESP3, so that messages
+//! arrive as pushes beside ordinary replies, with redis-rs's own reconnect
+//! and automatic resubscription. Standalone: a `ConnectionManager` with a
+//! push sender and `set_automatic_resubscription`; Cluster: the async
+//! cluster client with a push sender, which resubscribes by itself, and
+//! sharded pub/sub (`SSUBSCRIBE`), one channel per command since each
+//! channel lives in the slot of its name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{PushInfo, PushKind, Value};
+
+use super::hub::{Hub, Message, Topic};
+use crate::config::{Backend, CacheConfig, RedisEndpoint};
+use crate::error::{Error, Result};
+
+/// The pub/sub connection of one bus; cheap to clone.
+#[derive(Clone)]
+pub(crate) enum PubSub {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl PubSub {
+    /// Lazily connected: the first subscribe connects. Pushes go straight
+    /// into `hub` (no channel in between: the hub's queues are the buffer).
+    pub(crate) fn open(config: &CacheConfig, hub: &Arc<Hub>) -> Result<PubSub> {
+        // One connection: a subscription confirmed after a loss is the
+        // resubscription of everything. A cluster has one connection per
+        // node and the pushes do not say which: there the bus confirms
+        // every channel itself before it reports the loss over (see `revive`).
+        let one_connection = matches!(config.backend, Backend::Redis(_));
+        let sender = {
+            let hub = Arc::clone(hub);
+            move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+                on_push(&hub, push, one_connection);
+                Ok(())
+            }
+        };
+        match &config.backend {
+            Backend::Redis(endpoint) => {
+                let client = client(endpoint, config)?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(None)
+                    // Reconnects quickly after a restart: the backoff stays
+                    // under half a second; after these, the bus pokes it.
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(400))
+                    .set_number_of_retries(10)
+                    .set_push_sender(sender)
+                    .set_automatic_resubscription();
+                let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(crate::store::redis::driver_config_error)?;
+                Ok(PubSub::Standalone(manager))
+            }
+            Backend::Cluster(nodes) => {
+                let urls = nodes.iter().map(resp3_url).collect::<Result<Vec<_>>>()?;
+                let builder = redis::cluster::ClusterClientBuilder::new(urls);
+                #[cfg(feature = "tls")]
+                let builder = match &config.tls_ca_cert {
+                    Some(pem) => builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    }),
+                    None => builder,
+                };
+                let client = builder
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(sender)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.timeout)
+                    .build()
+                    .map_err(crate::store::redis::driver_config_error)?;
+                let cluster_config = ClusterConfig::new()
+                    .set_connection_timeout(config.connect_timeout)
+                    .set_response_timeout(config.timeout);
+                Ok(PubSub::Cluster(
+                    client.get_pending_async_connection_with_config(cluster_config),
+                ))
+            }
+            Backend::Memory => Err(Error::invalid(
+                "events",
+                "the in-memory backend has no pub/sub connection",
+            )),
+        }
+    }
+
+    /// Subscribes the server side to `topics`, confirmed by the server.
+    pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
+        let (channels, patterns) = split(topics);
+        match self.clone() {
+            PubSub::Standalone(mut conn) => {
+                if !channels.is_empty() {
+                    conn.subscribe(&channels).await?;
+                }
+                if !patterns.is_empty() {
+                    conn.psubscribe(&patterns).await?;
+                }
+            }
+            PubSub::Cluster(mut conn) => {
+                for channel in channels {
+                    conn.ssubscribe(channel).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
+        let (channels, patterns) = split(topics);
+        match self.clone() {
+            PubSub::Standalone(mut conn) => {
+                if !channels.is_empty() {
+                    conn.unsubscribe(&channels).await?;
+                }
+                if !patterns.is_empty() {
+                    conn.punsubscribe(&patterns).await?;
+                }
+            }
+            PubSub::Cluster(mut conn) => {
+                for channel in channels {
+                    conn.sunsubscribe(channel).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a loss: whether every subscription is known to be back, so
+    /// that a gap reported now can be followed by no silent loss. A gap
+    /// reported too early would let a subscriber resynchronise before its
+    /// subscription is back and then miss what is published meanwhile; one
+    /// reported late (after a few messages of the new connection) is safe.
+    ///
+    /// Standalone: an answered PING, since the connection manager runs its
+    /// resubscription before it hands out the new connection. Cluster: each
+    /// channel subscribed again and confirmed by the node that serves it
+    /// (the driver resubscribes a reconnected node by itself; a repeated
+    /// `SSUBSCRIBE` is harmless and is the only confirmation this side
+    /// can tell apart per channel).
+    pub(crate) async fn resubscribed(&self, topics: &[Topic]) -> bool {
+        match self {
+            PubSub::Standalone(_) => self.ping().await.is_ok(),
+            PubSub::Cluster(_) => self.ping().await.is_ok() && self.subscribe(topics).await.is_ok(),
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let cmd = redis::cmd("PING");
+        match self.clone() {
+            PubSub::Standalone(mut conn) => {
+                let _: Value = cmd.query_async(&mut conn).await?;
+            }
+            PubSub::Cluster(mut conn) => {
+                conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split(topics: &[Topic]) -> (Vec<&str>, Vec<&str>) {
+    let mut channels = Vec::new();
+    let mut patterns = Vec::new();
+    for topic in topics {
+        match topic {
+            Topic::Channel(channel) => channels.push(channel.as_str()),
+            Topic::Pattern(pattern) => patterns.push(pattern.as_str()),
+        }
+    }
+    (channels, patterns)
+}
+
+/// Called by the driver for every push, on its connection task: never blocks.
+fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
+    let text = |value: Option<&Value>| -> Option<Arc<str>> {
+        match value? {
+            Value::BulkString(bytes) => Some(Arc::from(String::from_utf8_lossy(bytes))),
+            Value::SimpleString(text) => Some(Arc::from(text.as_str())),
+            _ => None,
+        }
+    };
+    let bytes = |value: Option<&Value>| -> Option<Arc<[u8]>> {
+        match value? {
+            Value::BulkString(bytes) => Some(Arc::from(bytes.as_slice())),
+            Value::SimpleString(text) => Some(Arc::from(text.as_bytes())),
+            _ => None,
+        }
+    };
+    match push.kind {
+        PushKind::Message | PushKind::SMessage => {
+            if let (Some(channel), Some(payload)) =
+                (text(push.data.first()), bytes(push.data.get(1)))
+            {
+                let topic = Topic::Channel(channel.to_string());
+                hub.deliver(&topic, &Message { channel, payload });
+            }
+        }
+        PushKind::PMessage => {
+            if let (Some(pattern), Some(channel), Some(payload)) = (
+                text(push.data.first()),
+                text(push.data.get(1)),
+                bytes(push.data.get(2)),
+            ) {
+                let topic = Topic::Pattern(pattern.to_string());
+                hub.deliver(&topic, &Message { channel, payload });
+            }
+        }
+        // The guards change the hub's state: each logs only a change.
+        PushKind::Disconnection if hub.disconnected() => {
+            tracing::warn!(
+                "event bus: lost the Redis pub/sub connection; reconnecting, subscribers will get a Gap"
+            );
+        }
+        PushKind::Subscribe | PushKind::PSubscribe | PushKind::SSubscribe
+            if one_connection && hub.confirmed() =>
+        {
+            tracing::info!(
+                "event bus: the Redis pub/sub connection is back, subscriptions restored"
+            );
+        }
+        _ => {}
+    }
+}
+
+fn resp3_url(endpoint: &RedisEndpoint) -> Result<url::Url> {
+    let mut url = endpoint.connection_url()?;
+    url.query_pairs_mut().append_pair("protocol", "resp3");
+    Ok(url)
+}
+
+/// As the store's client, on RESP3.
+fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
+    let url = resp3_url(endpoint)?;
+    #[cfg(feature = "tls")]
+    if let (true, Some(pem)) = (endpoint.tls, &config.tls_ca_cert) {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        return redis::Client::build_with_tls(url, certificates)
+            .map_err(crate::store::redis::driver_config_error);
+    }
+    let _ = config;
+    redis::Client::open(url).map_err(crate::store::redis::driver_config_error)
+}
