@@ -55,6 +55,8 @@ struct Inner {
     auth_failing: StateFlag,
     max_value_bytes: usize,
     invalidate_budget: Duration,
+    /// The in-process tier in front of the store, when on.
+    local: Option<Arc<crate::local::LocalTier>>,
     /// [`Cache::shared_state`]: one value per type, shared by the clones.
     shared: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// What the handle was built from, for [`Cache::dedicated`]. Not shown
@@ -149,6 +151,7 @@ impl Cache {
                 auth_failing: StateFlag::new(),
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
+                local: crate::local::for_config(&config),
                 shared: std::sync::Mutex::default(),
                 config,
             }),
@@ -307,9 +310,69 @@ impl Cache {
 
     /// Counters since the handle was built, and the breaker's state.
     pub fn stats(&self) -> Stats {
-        self.inner
+        let mut stats = self
+            .inner
             .counters
-            .snapshot(self.inner.resilience.breaker.state())
+            .snapshot(self.inner.resilience.breaker.state());
+        if let Some(local) = &self.inner.local {
+            stats.set_local(local.stats());
+        }
+        stats
+    }
+
+    /// The local copy of a key (namespace in front) when the handle has a
+    /// local tier, tracking is up and the tier holds one.
+    pub(crate) fn local_get(&self, full_key: &str) -> Option<Arc<[u8]>> {
+        self.inner.local.as_ref()?.get(full_key)
+    }
+
+    /// [`get_full_within`](Self::get_full_within), keeping what it read in
+    /// the local tier unless the key changed meanwhile.
+    pub(crate) async fn get_full_filling(
+        &self,
+        full_key: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(local) = &self.inner.local else {
+            return self.get_full_within(full_key, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let bytes = self.get_full_within(full_key, timeout).await?;
+        if let Some(bytes) = &bytes {
+            local.fill(watch, bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// [`set_full_within`](Self::set_full_within), keeping the value in the
+    /// local tier once Redis's invalidation of this very write has come
+    /// back, and no other one (see [`crate::local`]).
+    pub(crate) async fn set_full_filling(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let Some(local) = &self.inner.local else {
+            return self.set_full_within(full_key, value, ttl, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        if written.is_ok() && local.barrier().await {
+            local.fill_own(watch, value, ttl);
+        } else {
+            drop(watch);
+            local.evict(full_key);
+        }
+        written
+    }
+
+    /// Drops the local copy of a key this handle just changed.
+    fn local_evict(&self, full_key: &str) {
+        if let Some(local) = &self.inner.local {
+            local.evict(full_key);
+        }
     }
 
     async fn run<'a, T, F>(&'a self, idempotence: Idempotence, call: F) -> Result<T>
@@ -468,6 +531,19 @@ impl Cache {
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        self.local_evict(full_key);
+        written
+    }
+
+    /// [`set_full_within`](Self::set_full_within) without the local tier.
+    async fn write_full_within(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
         if let Some(ttl) = ttl {
             validate_ttl("ttl", ttl)?;
         }
@@ -491,7 +567,11 @@ impl Cache {
     /// that is only decoded after it is an [`Error::Timeout`].
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
-        let bytes = self.get_bytes(key).await?;
+        let full_key = self.full_key(key);
+        if let Some(bytes) = self.local_get(&full_key) {
+            return Ok(self.decode(key, Some(&bytes)));
+        }
+        let bytes = self.get_full_filling(&full_key, self.timeout()).await?;
         let value = self.decode(key, bytes.as_deref());
         self.check_deadline(started)?;
         Ok(value)
@@ -559,6 +639,9 @@ impl Cache {
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
         let started = tokio::time::Instant::now();
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
+        if let Some(local) = &self.inner.local {
+            return self.get_many_through(local, keys, &full, started).await;
+        }
         let cap = self.inner.max_value_bytes;
         let values = self
             .run(Idempotence::Idempotent, |s| s.get_many(&full, cap))
@@ -571,6 +654,46 @@ impl Cache {
                 let bytes = self.within_cap(full_key, bytes);
                 self.decode(key, bytes.as_deref())
             })
+            .collect();
+        self.check_deadline(started)?;
+        Ok(decoded)
+    }
+
+    /// [`get_many`](Self::get_many) through the local tier: the keys it
+    /// holds are not asked for; the others are read in one round trip and
+    /// kept, unless changed meanwhile.
+    async fn get_many_through<T: DeserializeOwned>(
+        &self,
+        local: &crate::local::LocalTier,
+        keys: &[&str],
+        full: &[String],
+        started: tokio::time::Instant,
+    ) -> Result<Vec<Option<T>>> {
+        let mut found: Vec<Option<Arc<[u8]>>> = full.iter().map(|k| local.get(k)).collect();
+        let missing: Vec<String> = full
+            .iter()
+            .zip(&found)
+            .filter(|(_, found)| found.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let watches: Vec<_> = missing.iter().map(|key| local.watch(key)).collect();
+            let cap = self.inner.max_value_bytes;
+            let values = self
+                .run(Idempotence::Idempotent, |s| s.get_many(&missing, cap))
+                .await?;
+            let mut read = missing.iter().zip(values).zip(watches);
+            for slot in found.iter_mut().filter(|slot| slot.is_none()) {
+                let Some(((full_key, bytes), watch)) = read.next() else { break };
+                let Some(bytes) = self.within_cap(full_key, bytes) else { continue };
+                local.fill(watch, &bytes);
+                *slot = Some(Arc::from(bytes));
+            }
+        }
+        let decoded = found
+            .iter()
+            .zip(keys)
+            .map(|(bytes, key)| self.decode(key, bytes.as_deref()))
             .collect();
         self.check_deadline(started)?;
         Ok(decoded)
@@ -599,14 +722,21 @@ impl Cache {
                 Ok((self.full_key(key).into_owned(), bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
-            .await
+        let written = self
+            .run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
+            .await;
+        for (key, _) in &encoded {
+            self.local_evict(key);
+        }
+        written
     }
 
     /// Removes a key; `true` if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.delete(&key)).await
+        let deleted = self.run(Idempotence::Idempotent, |s| s.delete(&key)).await;
+        self.local_evict(&key);
+        deleted
     }
 
     /// `true` if the key exists (and has not expired).
@@ -625,8 +755,11 @@ impl Cache {
             return self.delete(key).await;
         }
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
-            .await
+        let expiring = self
+            .run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
+            .await;
+        self.local_evict(&key);
+        expiring
     }
 
     /// A key's remaining time to live (Redis `PTTL`).
@@ -640,8 +773,9 @@ impl Cache {
     /// Not retried after an ambiguous failure, so it never counts twice.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.full_key(key);
-        self.run(Idempotence::CountsOnce, |s| s.incr(&key, by))
-            .await
+        let count = self.run(Idempotence::CountsOnce, |s| s.incr(&key, by)).await;
+        self.local_evict(&key);
+        count
     }
 
     /// A fixed-window counter: adds `by` and, when the counter is new (or has no
@@ -671,10 +805,13 @@ impl Cache {
         crate::store::window_millis(window)?;
         crate::store::check_increment(by)?;
         let key = self.full_key(key);
-        self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.incr_window(&key, by, window)
-        })
-        .await
+        let count = self
+            .run_within(Idempotence::CountsOnce, timeout, |s| {
+                s.incr_window(&key, by, window)
+            })
+            .await;
+        self.local_evict(&key);
+        count
     }
 
     /// Removes every key starting with `prefix` (within the namespace) and
@@ -715,6 +852,15 @@ impl Cache {
 
     /// The walk of [`invalidate_prefix`](Self::invalidate_prefix) over full keys.
     async fn delete_by_prefix(&self, prefix: &str) -> Result<u64> {
+        let removed = self.unlink_by_prefix(prefix).await;
+        if let Some(local) = &self.inner.local {
+            local.evict_prefix(prefix);
+        }
+        removed
+    }
+
+    /// [`delete_by_prefix`](Self::delete_by_prefix) without the local tier.
+    async fn unlink_by_prefix(&self, prefix: &str) -> Result<u64> {
         let budget = self.inner.invalidate_budget;
         let deadline = tokio::time::Instant::now() + budget;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod jcs;
 mod key;
+mod local;
 mod memoize;
 mod resilience;
 mod stats;

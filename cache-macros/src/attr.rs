@@ -19,9 +19,10 @@ mod kw {
     syn::custom_keyword!(cache);
     syn::custom_keyword!(key);
     syn::custom_keyword!(codec);
+    syn::custom_keyword!(local);
 }
 
-const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec";
+const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec, local";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -31,6 +32,8 @@ pub(crate) struct CachedArgs {
     pub(crate) cache: Option<Expr>,
     pub(crate) key: Option<Expr>,
     pub(crate) codec: Option<Codec>,
+    /// `local = false`: never served from, nor kept in, the local tier.
+    pub(crate) local: bool,
 }
 
 impl Parse for CachedArgs {
@@ -52,6 +55,7 @@ enum CachedOption {
     Cache(Setting<kw::cache, Expr>),
     Key(Setting<kw::key, Expr>),
     Codec(Setting<kw::codec, Codec>),
+    Local(Setting<kw::local, Local>),
 }
 
 impl Parse for CachedOption {
@@ -68,6 +72,8 @@ impl Parse for CachedOption {
             input.parse().map(Self::Key)
         } else if input.peek(kw::codec) {
             input.parse().map(Self::Codec)
+        } else if input.peek(kw::local) {
+            input.parse().map(Self::Local)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -88,6 +94,7 @@ impl CachedOption {
             Self::Cache(setting) => ("cache", setting.keyword.span),
             Self::Key(setting) => ("key", setting.keyword.span),
             Self::Codec(setting) => ("codec", setting.keyword.span),
+            Self::Local(setting) => ("local", setting.keyword.span),
         }
     }
 }
@@ -102,6 +109,7 @@ struct GivenOptions {
     cache: Option<Expr>,
     key: Option<Expr>,
     codec: Option<Codec>,
+    local: Option<bool>,
 }
 
 impl GivenOptions {
@@ -119,6 +127,7 @@ impl GivenOptions {
             CachedOption::Cache(setting) => self.cache = Some(setting.value),
             CachedOption::Key(setting) => self.key = Some(setting.value),
             CachedOption::Codec(setting) => self.codec = Some(setting.value),
+            CachedOption::Local(setting) => self.local = Some(setting.value.0),
         }
         Ok(())
     }
@@ -140,6 +149,7 @@ impl GivenOptions {
             cache: self.cache,
             key: self.key,
             codec: self.codec,
+            local: self.local.unwrap_or(true),
         })
     }
 }
@@ -267,5 +277,20 @@ impl Parse for Codec {
             "msgpack" => Ok(Self::MessagePack(lit.span())),
             _ => Err(syn::Error::new_spanned(&lit, EXPECTED)),
         }
+    }
+}
+
+/// The value of `local = true|false`.
+pub(crate) struct Local(bool);
+
+impl Parse for Local {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let lit: syn::LitBool = input.parse().map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                "`local` is `true` or `false` (`local = false`: never from the local tier)",
+            )
+        })?;
+        Ok(Self(lit.value))
     }
 }

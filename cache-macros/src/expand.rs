@@ -197,12 +197,14 @@ fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream 
         }
     };
     let function = function.to_string();
+    let local = args.local;
     quote! {
         ::cache_core::__private::Call {
             cache: #cache,
             key: #key,
             ttl: #ttl,
             codec: #codec,
+            local: #local,
             function: #function,
         }
     }

@@ -137,6 +137,19 @@ impl CacheBuilder {
         self
     }
 
+    /// Puts an in-process tier of at most `max_entries` values, each kept
+    /// at most `max_ttl`, in front of Redis (off by default; the in-memory
+    /// store has none). `get`, `get_many` and `#[cached]` functions (unless
+    /// `local = false`) read it first, and a hit makes no Redis call. Redis
+    /// tells the handle of every change to a key under the namespace, by
+    /// anyone (`CLIENT TRACKING`), and the local copy is dropped; while that
+    /// channel is down the tier is empty and unused. See the README's
+    /// "Local tier" section.
+    pub fn local_tier(mut self, max_entries: u64, max_ttl: Duration) -> Self {
+        self.config.local_tier = Some((max_entries, max_ttl));
+        self
+    }
+
     /// Trusts these PEM root certificates for `rediss://` (a private CA)
     /// instead of the system's trust store. Needs the `tls` feature.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {

@@ -55,6 +55,9 @@ pub struct Call {
     pub ttl: Duration,
     /// Encoding of the entry; `None` takes the handle's.
     pub codec: Option<Codec>,
+    /// Served from, and kept in, the handle's local tier when it has one
+    /// (`false` for `#[cached(..., local = false)]`).
+    pub local: bool,
     /// The function's name, for logs.
     pub function: &'static str,
 }
@@ -76,6 +79,7 @@ where
         key,
         ttl,
         codec,
+        local,
         function,
     } = call;
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
@@ -92,12 +96,19 @@ where
         }
     };
     let codec = codec.unwrap_or(cache.codec());
+    // Before the flights: a local hit costs a lookup and the decoding.
+    if local
+        && let Some(bytes) = cache.local_get(&key)
+        && let Some(value) = cache.decode_with::<V>(codec, &key, Some(&bytes))
+    {
+        return restore(value);
+    }
     let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
         Turn::Lead(leader) => leader,
         Turn::Served(value) => return restore(value),
         Turn::RunAlone => return budget.run(body).await,
     };
-    let read = read_entry(cache, &mut budget, &leader).await;
+    let read = read_entry(cache, &mut budget, &leader, local).await;
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
@@ -115,7 +126,7 @@ where
     leader.publish(shared.clone());
     // A store that just failed the read is not waited on a second time.
     if let (Some(bytes), true) = (shared, read.is_ok()) {
-        write_entry(cache, &mut budget, &leader, &bytes, ttl).await;
+        write_entry(cache, &mut budget, &leader, &bytes, ttl, local).await;
     }
     leader.finish();
     result
@@ -160,9 +171,16 @@ async fn read_entry(
     cache: &Cache,
     budget: &mut Budget,
     leader: &Leader,
+    local: bool,
 ) -> Result<Option<Vec<u8>>> {
     let read = budget
-        .spend(|left| cache.get_full_within(leader.key(), left))
+        .spend(|left| async move {
+            if local {
+                cache.get_full_filling(leader.key(), left).await
+            } else {
+                cache.get_full_within(leader.key(), left).await
+            }
+        })
         .await;
     cache.note_memo_failure(read.as_ref().err());
     read
@@ -192,9 +210,20 @@ async fn write_entry(
     leader: &Leader,
     bytes: &[u8],
     ttl: Duration,
+    local: bool,
 ) {
     let write = budget
-        .spend(|left| cache.set_full_within(leader.key(), bytes, Some(ttl), left))
+        .spend(|left| async move {
+            if local {
+                cache
+                    .set_full_filling(leader.key(), bytes, Some(ttl), left)
+                    .await
+            } else {
+                cache
+                    .set_full_within(leader.key(), bytes, Some(ttl), left)
+                    .await
+            }
+        })
         .await;
     if let Err(err) = write {
         cache.note_memo_failure(Some(&err));
