@@ -684,8 +684,12 @@ impl Cache {
                 .await?;
             let mut read = missing.iter().zip(values).zip(watches);
             for slot in found.iter_mut().filter(|slot| slot.is_none()) {
-                let Some(((full_key, bytes), watch)) = read.next() else { break };
-                let Some(bytes) = self.within_cap(full_key, bytes) else { continue };
+                let Some(((full_key, bytes), watch)) = read.next() else {
+                    break;
+                };
+                let Some(bytes) = self.within_cap(full_key, bytes) else {
+                    continue;
+                };
                 local.fill(watch, &bytes);
                 *slot = Some(Arc::from(bytes));
             }
@@ -773,7 +777,9 @@ impl Cache {
     /// Not retried after an ambiguous failure, so it never counts twice.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.full_key(key);
-        let count = self.run(Idempotence::CountsOnce, |s| s.incr(&key, by)).await;
+        let count = self
+            .run(Idempotence::CountsOnce, |s| s.incr(&key, by))
+            .await;
         self.local_evict(&key);
         count
     }

@@ -98,13 +98,19 @@ where
 /// invalidation of the key (of the write just before, say) still on its way
 /// when the read was sent makes the tier drop what it read.
 async fn read_into_local_tier(cache: &Cache, backend: Backend, key: &str, expected: &str) {
-    assert_eq!(cache.get::<String>(key).await.unwrap().as_deref(), Some(expected));
+    assert_eq!(
+        cache.get::<String>(key).await.unwrap().as_deref(),
+        Some(expected)
+    );
     if backend == Backend::Memory {
         return;
     }
     poll_until("a read served by the local tier", || async {
         let before = cache.stats().local_hits;
-        assert_eq!(cache.get::<String>(key).await.unwrap().as_deref(), Some(expected));
+        assert_eq!(
+            cache.get::<String>(key).await.unwrap().as_deref(),
+            Some(expected)
+        );
         cache.stats().local_hits == before + 1
     })
     .await;
@@ -117,7 +123,10 @@ async fn a_sees(instances: &Instances, key: &str, expected: Option<&str>, change
         a.get::<String>(key).await.unwrap().as_deref() == expected
     })
     .await;
-    eprintln!("{:?} {change}: seen by the other instance after {delay:?}", instances.backend);
+    eprintln!(
+        "{:?} {change}: seen by the other instance after {delay:?}",
+        instances.backend
+    );
 }
 
 tests::suite!(
@@ -176,7 +185,10 @@ mod behaviour {
         i.a.set("price", "100", None).await.unwrap();
         read_into_local_tier(&i.a, i.backend, "price", "100").await;
         i.a.set("price", "101", None).await.unwrap();
-        assert_eq!(i.a.get::<String>("price").await.unwrap().as_deref(), Some("101"));
+        assert_eq!(
+            i.a.get::<String>("price").await.unwrap().as_deref(),
+            Some("101")
+        );
         i.a.delete("price").await.unwrap();
         assert_eq!(i.a.get::<String>("price").await.unwrap(), None);
         i.a.set("price", "102", None).await.unwrap();
@@ -201,7 +213,11 @@ mod behaviour {
         let again = i.a.get_many::<String>(&["k1", "k2", "k3"]).await.unwrap();
         assert_eq!(again, both);
         if i.backend != Backend::Memory {
-            assert_eq!(i.a.stats().local_hits, before + 2, "k1 and k2 from the tier");
+            assert_eq!(
+                i.a.stats().local_hits,
+                before + 2,
+                "k1 and k2 from the tier"
+            );
         }
         i.b.set("k2", "22", None).await.unwrap();
         poll_until("get_many sees k2 set by B", || async {
@@ -253,7 +269,10 @@ mod behaviour {
         );
         let started = Instant::now();
         while calls.load(Ordering::SeqCst) == 1 {
-            assert!(started.elapsed() < CAP, "the entry dropped by B is still served by A");
+            assert!(
+                started.elapsed() < CAP,
+                "the entry dropped by B is still served by A"
+            );
             flag(&i.a, &calls, "beta").await;
             tokio::time::sleep(POLL).await;
         }
@@ -289,7 +308,13 @@ mod redis_behaviour {
     pub async fn an_expiry_in_redis_is_seen(i: Instances) {
         i.raw(&["SET", &i.full("price"), "\"100\"", "PX", "1500"]);
         read_into_local_tier(&i.a, i.backend, "price", "100").await;
-        a_sees(&i, "price", None, "expiry in Redis (PX 1500 ms, from the SET)").await;
+        a_sees(
+            &i,
+            "price",
+            None,
+            "expiry in Redis (PX 1500 ms, from the SET)",
+        )
+        .await;
     }
 
     pub async fn stats_count_invalidations_and_report_tracking(i: Instances) {
@@ -308,7 +333,11 @@ mod redis_behaviour {
 /// A server of the test's own, A and B on it, and the key written.
 async fn own_server_instances() -> (RedisServer, Cache, Cache) {
     let server = RedisServer::start();
-    let builder = || suite::redis(&server.url()).timeout(suite::TIMEOUT).local_tier(1000, MAX_TTL);
+    let builder = || {
+        suite::redis(&server.url())
+            .timeout(suite::TIMEOUT)
+            .local_tier(1000, MAX_TTL)
+    };
     let a = suite::build(builder()).await;
     let b = suite::build(builder()).await;
     tracking_up(&a).await;
@@ -320,8 +349,14 @@ async fn own_server_instances() -> (RedisServer, Cache, Cache) {
 async fn flushdb_empties_the_local_tier() {
     let (server, a, b) = own_server_instances().await;
     b.set("price", "100", None).await.unwrap();
-    assert_eq!(a.get::<String>("price").await.unwrap().as_deref(), Some("100"));
-    assert_eq!(a.get::<String>("price").await.unwrap().as_deref(), Some("100"));
+    assert_eq!(
+        a.get::<String>("price").await.unwrap().as_deref(),
+        Some("100")
+    );
+    assert_eq!(
+        a.get::<String>("price").await.unwrap().as_deref(),
+        Some("100")
+    );
     assert_eq!(a.stats().local_hits, 1);
     assert_eq!(server.cli(&["FLUSHDB"]).trim(), "OK");
     poll_until("FLUSHDB seen", || async {
@@ -344,14 +379,24 @@ async fn nothing_from_before_a_redis_restart_is_served_after_it() {
     server.cli(&["SET", "price", "\"200\""]);
     poll_until("the new value is read", || async {
         let read = a.get::<String>("price").await;
-        assert_ne!(read.as_ref().ok().cloned().flatten().as_deref(), Some("100"), "stale");
+        assert_ne!(
+            read.as_ref().ok().cloned().flatten().as_deref(),
+            Some("100"),
+            "stale"
+        );
         read.ok().flatten().as_deref() == Some("200")
     })
     .await;
     tracking_up(&a).await;
-    assert_eq!(a.get::<String>("price").await.unwrap().as_deref(), Some("200"));
+    assert_eq!(
+        a.get::<String>("price").await.unwrap().as_deref(),
+        Some("200")
+    );
     let hits = a.stats().local_hits;
-    assert_eq!(a.get::<String>("price").await.unwrap().as_deref(), Some("200"));
+    assert_eq!(
+        a.get::<String>("price").await.unwrap().as_deref(),
+        Some("200")
+    );
     assert_eq!(a.stats().local_hits, hits + 1, "the tier works again");
 }
 
@@ -359,7 +404,10 @@ async fn nothing_from_before_a_redis_restart_is_served_after_it() {
 /// heartbeat (PING) and what the test itself sends (INFO, CONFIG).
 fn data_commands(server: &RedisServer) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
-    assert!(info.contains("# Commandstats"), "no INFO commandstats: {info}");
+    assert!(
+        info.contains("# Commandstats"),
+        "no INFO commandstats: {info}"
+    );
     info.lines()
         .filter(|line| line.starts_with("cmdstat_"))
         .filter(|line| {
@@ -385,7 +433,12 @@ async fn a_cached_second_call_makes_no_redis_call() {
     server.cli(&["CONFIG", "RESETSTAT"]);
     assert_eq!(flag(&a, &calls, "dark-mode").await, "dark-mode-on");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(data_commands(&server), 0, "{}", server.cli(&["INFO", "commandstats"]));
+    assert_eq!(
+        data_commands(&server),
+        0,
+        "{}",
+        server.cli(&["INFO", "commandstats"])
+    );
     // Without the tier the same call reads Redis: the count above is not blind.
     balance(&a, &calls, 1).await;
     server.cli(&["CONFIG", "RESETSTAT"]);

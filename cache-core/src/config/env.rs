@@ -182,6 +182,32 @@ mod tests {
     }
 
     #[test]
+    fn local_tier_variables_switch_it_on() {
+        assert_eq!(
+            from(&[]).unwrap().config().local_tier,
+            None,
+            "off by default"
+        );
+        let on = from(&[
+            ("CACHE_LOCAL_MAX_ENTRIES", "10000"),
+            ("CACHE_LOCAL_TTL_MS", "1500"),
+        ]);
+        assert_eq!(
+            on.unwrap().config().local_tier,
+            Some((10_000, Duration::from_millis(1500)))
+        );
+        let default_ttl = from(&[("CACHE_LOCAL_MAX_ENTRIES", "5")]).unwrap();
+        assert_eq!(
+            default_ttl.config().local_tier,
+            Some((5, crate::config::DEFAULT_LOCAL_TTL))
+        );
+        let zero = from(&[("CACHE_LOCAL_MAX_ENTRIES", "0")]).unwrap();
+        assert_eq!(zero.config().local_tier, None);
+        let err = from(&[("CACHE_LOCAL_MAX_ENTRIES", "many")]).unwrap_err();
+        assert!(err.to_string().contains("CACHE_LOCAL_MAX_ENTRIES"), "{err}");
+    }
+
+    #[test]
     fn no_redis_variables_selects_the_memory_store() {
         let builder = from(&[]).unwrap();
         assert_eq!(builder.config().backend, Backend::Memory);

@@ -233,7 +233,10 @@ impl LocalTier {
         }
         {
             let mut watches = crate::sync::lock(&self.watches);
-            for (_, watched) in watches.iter_mut().filter(|(key, _)| key.starts_with(prefix)) {
+            for (_, watched) in watches
+                .iter_mut()
+                .filter(|(key, _)| key.starts_with(prefix))
+            {
                 watched.seen += 1;
             }
         }
@@ -309,9 +312,8 @@ pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<Loca
     let (max_entries, max_ttl) = config.local_tier?;
     let clients = match &config.backend {
         Backend::Memory => return None,
-        Backend::Redis(endpoint) => {
-            crate::store::redis::client(endpoint, config).map(TrackedStore::Standalone)
-        }
+        Backend::Redis(endpoint) => crate::store::redis::client(endpoint, config)
+            .map(|client| TrackedStore::Standalone(Box::new(client))),
         Backend::Cluster(nodes) => nodes
             .iter()
             .map(|node| crate::store::redis::client(node, config))

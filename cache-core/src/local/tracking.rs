@@ -37,7 +37,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// What the tier tracks: one server, or the primaries of a cluster found
 /// through its seeds.
 pub(crate) enum TrackedStore {
-    Standalone(redis::Client),
+    Standalone(Box<redis::Client>),
     Cluster(Vec<redis::Client>),
 }
 
@@ -80,7 +80,9 @@ impl Supervisor {
             let lost = Arc::new(Notify::new());
             match self.connect(&lost).await {
                 Ok((connections, primaries)) => {
-                    let Some(tier) = self.tier.upgrade() else { return };
+                    let Some(tier) = self.tier.upgrade() else {
+                        return;
+                    };
                     tier.open(connections.clone());
                     drop(tier);
                     if !was_up {
@@ -89,7 +91,10 @@ impl Supervisor {
                     was_up = true;
                     backoff = MIN_BACKOFF;
                     let reason = self.watch(&connections, &primaries, &lost).await;
-                    tracing::warn!(reason, "local tier: tracking lost; the tier is emptied until it is back");
+                    tracing::warn!(
+                        reason,
+                        "local tier: tracking lost; the tier is emptied until it is back"
+                    );
                 }
                 Err(err) => {
                     if was_up {
@@ -115,7 +120,7 @@ impl Supervisor {
     ) -> redis::RedisResult<(Vec<MultiplexedConnection>, Vec<(String, u16)>)> {
         match &self.store {
             TrackedStore::Standalone(client) => {
-                let conn = self.track(client.clone(), lost).await?;
+                let conn = self.track((**client).clone(), lost).await?;
                 Ok((vec![conn], Vec::new()))
             }
             TrackedStore::Cluster(seeds) => {
