@@ -320,10 +320,14 @@ impl Cache {
         stats
     }
 
-    /// The local copy of a key (namespace in front) when the handle has a
-    /// local tier, tracking is up and the tier holds one.
-    pub(crate) fn local_get(&self, full_key: &str) -> Option<Arc<[u8]>> {
-        self.inner.local.as_ref()?.get(full_key)
+    /// The handle's local tier, when it has one.
+    pub(crate) fn local_tier(&self) -> Option<&crate::local::LocalTier> {
+        self.inner.local.as_deref()
+    }
+
+    /// Counts a hit served without decoding (a local tier's decoded value).
+    pub(crate) fn record_hit(&self) {
+        self.inner.counters.record_hit();
     }
 
     /// [`get_full_within`](Self::get_full_within), keeping what it read in
@@ -339,7 +343,7 @@ impl Cache {
         let watch = local.watch(full_key);
         let bytes = self.get_full_within(full_key, timeout).await?;
         if let Some(bytes) = &bytes {
-            local.fill(watch, bytes);
+            local.fill(watch, bytes, None);
         }
         Ok(bytes)
     }
@@ -351,6 +355,7 @@ impl Cache {
         &self,
         full_key: &str,
         value: &[u8],
+        decoded: Option<crate::local::Decoded>,
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
@@ -360,7 +365,7 @@ impl Cache {
         let watch = local.watch(full_key);
         let written = self.write_full_within(full_key, value, ttl, timeout).await;
         if written.is_ok() && local.barrier().await {
-            local.fill_own(watch, value, ttl);
+            local.fill_own(watch, value, decoded, ttl);
         } else {
             drop(watch);
             local.evict(full_key);
@@ -568,7 +573,7 @@ impl Cache {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
         let full_key = self.full_key(key);
-        if let Some(bytes) = self.local_get(&full_key) {
+        if let Some(bytes) = self.local_tier().and_then(|local| local.get(&full_key)) {
             return Ok(self.decode(key, Some(&bytes)));
         }
         let bytes = self.get_full_filling(&full_key, self.timeout()).await?;
@@ -690,7 +695,7 @@ impl Cache {
                 let Some(bytes) = self.within_cap(full_key, bytes) else {
                     continue;
                 };
-                local.fill(watch, &bytes);
+                local.fill(watch, &bytes, None);
                 *slot = Some(Arc::from(bytes));
             }
         }

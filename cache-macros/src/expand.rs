@@ -97,6 +97,15 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
                 },
                 ::cache_core::__private::#stored,
                 ::cache_core::__private::#restore,
+                {
+                    // Autoref specialization: `Clone` values are kept decoded.
+                    #[allow(unused_imports)]
+                    use ::cache_core::__private::{KeepBytes as _, KeepClone as _};
+                    (&::cache_core::__private::probe::<#return_type, _>(
+                        ::cache_core::__private::#stored,
+                    ))
+                        .keep()
+                },
             )
             .await
         }

@@ -35,10 +35,16 @@ use redis::aio::MultiplexedConnection;
 use crate::sync::StripedCounters;
 pub(crate) use tracking::{TrackedStore, start};
 
-/// One local entry: the encoded bytes, shared, and their own bound on life.
+/// A value decoded once, kept beside its bytes: `#[cached]` functions
+/// whose type is `Clone` are served a clone of it, without decoding.
+pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
+
+/// One local entry: the encoded bytes, shared, perhaps the decoded value,
+/// and their own bound on life.
 #[derive(Clone)]
-struct Entry {
-    bytes: Arc<[u8]>,
+pub(crate) struct Entry {
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) decoded: Option<Decoded>,
     /// The TTL the value was written with, when this handle wrote it.
     ttl: Option<Duration>,
 }
@@ -135,13 +141,18 @@ impl LocalTier {
 
     /// The local copy of `key`, when tracking is up and the tier holds one.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+        self.entry(key).map(|entry| entry.bytes)
+    }
+
+    /// [`get`](Self::get), with the decoded value when there is one.
+    pub(crate) fn entry(&self, key: &str) -> Option<Entry> {
         if !self.tracking.load(Ordering::Acquire) {
             return None;
         }
         match self.entries.get(key) {
             Some(entry) => {
                 self.counters.add(HITS);
-                Some(entry.bytes)
+                Some(entry)
             }
             None => {
                 self.counters.add(MISSES);
@@ -183,19 +194,32 @@ impl LocalTier {
 
     /// Keeps `bytes`, read from Redis under `watch`, unless the key was
     /// invalidated since the read was sent (then the value may be older).
-    pub(crate) fn fill(&self, watch: Watch<'_>, bytes: &[u8]) {
-        self.fill_checked(watch, bytes, None, 0);
+    pub(crate) fn fill(&self, watch: Watch<'_>, bytes: &[u8], decoded: Option<Decoded>) {
+        self.fill_checked(watch, bytes, decoded, None, 0);
     }
 
     /// Keeps `bytes`, which this handle wrote under `watch` with `ttl`, if
     /// the only invalidation of the key since is the write's own. Call after
     /// [`barrier`](Self::barrier) succeeded: the write's own invalidation has
     /// then been applied.
-    pub(crate) fn fill_own(&self, watch: Watch<'_>, bytes: &[u8], ttl: Option<Duration>) {
-        self.fill_checked(watch, bytes, ttl, 1);
+    pub(crate) fn fill_own(
+        &self,
+        watch: Watch<'_>,
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        ttl: Option<Duration>,
+    ) {
+        self.fill_checked(watch, bytes, decoded, ttl, 1);
     }
 
-    fn fill_checked(&self, watch: Watch<'_>, bytes: &[u8], ttl: Option<Duration>, expected: u64) {
+    fn fill_checked(
+        &self,
+        watch: Watch<'_>,
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        ttl: Option<Duration>,
+        expected: u64,
+    ) {
         if !self.still_valid(&watch, expected) {
             // An older copy may be there (an own write's); the watchers
             // were told of the change by the invalidation itself.
@@ -204,6 +228,7 @@ impl LocalTier {
         }
         let entry = Entry {
             bytes: Arc::from(bytes),
+            decoded,
             ttl,
         };
         self.entries.insert(watch.key.clone(), entry);
@@ -347,7 +372,7 @@ mod tests {
     #[test]
     fn a_fill_is_served_until_the_key_is_invalidated() {
         let tier = open_tier();
-        tier.fill(tier.watch("k"), b"1");
+        tier.fill(tier.watch("k"), b"1", None);
         assert_eq!(tier.get("k").as_deref(), Some(&b"1"[..]));
         tier.invalidated("k");
         assert_eq!(tier.get("k"), None);
@@ -359,7 +384,7 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.invalidated("k");
-        tier.fill(watch, b"old");
+        tier.fill(watch, b"old", None);
         assert_eq!(tier.get("k"), None);
     }
 
@@ -368,7 +393,7 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.flush();
-        tier.fill(watch, b"old");
+        tier.fill(watch, b"old", None);
         assert_eq!(tier.get("k"), None);
     }
 
@@ -377,23 +402,23 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.invalidated("k");
-        tier.fill_own(watch, b"mine", None);
+        tier.fill_own(watch, b"mine", None, None);
         assert_eq!(tier.get("k").as_deref(), Some(&b"mine"[..]));
 
         let watch = tier.watch("k");
         tier.invalidated("k");
         tier.invalidated("k");
-        tier.fill_own(watch, b"mine", None);
+        tier.fill_own(watch, b"mine", None, None);
         assert_eq!(tier.get("k"), None, "another client wrote after us");
     }
 
     #[test]
     fn a_closed_tier_is_neither_read_nor_filled() {
         let tier = open_tier();
-        tier.fill(tier.watch("k"), b"1");
+        tier.fill(tier.watch("k"), b"1", None);
         tier.close();
         assert_eq!(tier.get("k"), None);
-        tier.fill(tier.watch("k"), b"1");
+        tier.fill(tier.watch("k"), b"1", None);
         tier.open(Vec::new());
         assert_eq!(tier.get("k"), None, "nothing from before the outage");
     }
@@ -401,8 +426,8 @@ mod tests {
     #[test]
     fn evict_prefix_drops_exactly_the_prefix() {
         let tier = open_tier();
-        tier.fill(tier.watch("a:1"), b"1");
-        tier.fill(tier.watch("b:1"), b"1");
+        tier.fill(tier.watch("a:1"), b"1", None);
+        tier.fill(tier.watch("b:1"), b"1", None);
         tier.evict_prefix("a:");
         assert_eq!(tier.get("a:1"), None);
         assert!(tier.get("b:1").is_some());
