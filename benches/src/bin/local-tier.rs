@@ -11,6 +11,10 @@
 //!   B writes a new value, A is polled until it no longer serves the old one.
 //!   The delay runs from B's write being acknowledged; p50 / p99 over
 //!   the samples.
+//! - **price of broadcasting** (`CLIENT TRACKING ... BCAST PREFIX`): raw SETs
+//!   (64 tasks) to keys under the prefix 4 instances track vs keys outside
+//!   it, same server, same run: what each write under a tracked prefix costs
+//!   Redis and the writer.
 //!
 //! `cargo run --release -p benches --features compare --bin local-tier`
 
@@ -153,6 +157,61 @@ async fn main() {
     }
 
     invalidation_delay(&server).await;
+    broadcast_price(&server).await;
+}
+
+/// Raw SETs under a prefix 4 instances track, and outside it.
+async fn broadcast_price(server: &tests::RedisServer) {
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let cache = Cache::builder()
+            .redis_url(&server.url())
+            .expect("redis url")
+            .namespace("tracked")
+            .local_tier(10_000, Duration::from_secs(600))
+            .build()
+            .await
+            .expect("cache");
+        instances.push(cache);
+    }
+    for cache in &instances {
+        let started = Instant::now();
+        while !cache.stats().local_tracking {
+            assert!(started.elapsed() < Duration::from_secs(10), "tracking up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (raw, _) = benches::raw_and_cache(server).await;
+    let mut untracked = Series::new("SET outside the tracked prefix (baseline)");
+    let mut tracked = Series::new("SET under a prefix 4 instances track (BCAST)");
+    for _ in 0..ROUNDS {
+        for (series, prefix) in [(&mut untracked, "other"), (&mut tracked, "tracked")] {
+            let conn = raw.clone();
+            series.rounds.push(
+                throughput(50_000, 64, move |task| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let () = redis::cmd("SET")
+                            .arg(format!("{prefix}:k{task}"))
+                            .arg(task)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("SET");
+                    }
+                })
+                .await,
+            );
+        }
+    }
+    report(
+        &format!("raw SET, 64 tasks, 50 000 per round, median of {ROUNDS} rounds"),
+        &[untracked, tracked],
+    );
+    let invalidations: u64 = instances
+        .iter()
+        .map(|c| c.stats().local_invalidations)
+        .sum();
+    println!("invalidations received by the 4 instances: {invalidations}");
 }
 
 /// B writes, A is polled until it no longer serves the old value.
