@@ -163,12 +163,16 @@ impl Cache {
     /// never queue behind this handle's: one slow or large reply on a
     /// multiplexed connection delays every call sent after it. The rate
     /// limiter takes one by default. The in-memory store has no connection:
-    /// there the answer is a clone sharing the data.
+    /// there the answer is a clone sharing the data. It has no local tier
+    /// (its own would cost a tracking connection and its pushes, and the
+    /// limiter reads no values): build another handle for a second one.
     pub fn dedicated(&self) -> Cache {
         if self.inner.backend == Backend::Memory {
             return self.clone();
         }
-        match Self::from_config(self.inner.config.clone()) {
+        let mut config = self.inner.config.clone();
+        config.local_tier = None;
+        match Self::from_config(config) {
             Ok(cache) => cache,
             // The same configuration built this handle; should the client still
             // refuse it, sharing the connection is the safe fallback.

@@ -101,10 +101,12 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
                     // Autoref specialization: `Clone` values are kept decoded.
                     #[allow(unused_imports)]
                     use ::cache_core::__private::{KeepBytes as _, KeepClone as _};
-                    (&::cache_core::__private::probe::<#return_type, _>(
+                    #[allow(clippy::needless_borrow)]
+                    let __cached_keep = (&::cache_core::__private::probe::<#return_type, _>(
                         ::cache_core::__private::#stored,
                     ))
-                        .keep()
+                        .keep();
+                    __cached_keep
                 },
             )
             .await

@@ -74,7 +74,8 @@ struct Supervisor {
 impl Supervisor {
     async fn run(self) {
         let mut backoff = MIN_BACKOFF;
-        let mut was_up = false;
+        // A warning was logged for the current outage: say it once, not per attempt.
+        let mut warned = false;
         while self.tier.strong_count() > 0 {
             // Told by the push handler that a connection closed.
             let lost = Arc::new(Notify::new());
@@ -85,23 +86,29 @@ impl Supervisor {
                     };
                     tier.open(connections.clone());
                     drop(tier);
-                    if !was_up {
-                        tracing::info!(primaries = connections.len(), "local tier: tracking up");
-                    }
-                    was_up = true;
+                    tracing::info!(primaries = connections.len(), "local tier: tracking up");
                     backoff = MIN_BACKOFF;
                     let reason = self.watch(&connections, &primaries, &lost).await;
+                    if self.tier.strong_count() == 0 {
+                        return;
+                    }
                     tracing::warn!(
                         reason,
-                        "local tier: tracking lost; the tier is emptied until it is back"
+                        "local tier: tracking lost; the tier is emptied and unused until it is back"
                     );
+                    warned = true;
+                }
+                // A server refusing CLIENT TRACKING (an ACL without it) must
+                // not go unnoticed, nor flood the log.
+                Err(err) if !warned => {
+                    tracing::warn!(
+                        error = %err,
+                        "local tier: tracking not established; the tier is unused until it is"
+                    );
+                    warned = true;
                 }
                 Err(err) => {
-                    if was_up {
-                        tracing::debug!(error = %err, "local tier: tracking not re-established yet");
-                    } else {
-                        tracing::debug!(error = %err, "local tier: tracking not established yet");
-                    }
+                    tracing::debug!(error = %err, "local tier: tracking not established yet");
                 }
             }
             if let Some(tier) = self.tier.upgrade() {

@@ -80,6 +80,8 @@ mod tests {
     struct NotClone;
 
     #[test]
+    // The borrow is the specialization: without it `KeepBytes` is never picked.
+    #[allow(clippy::needless_borrow)]
     fn clone_types_are_kept_decoded_and_others_are_not() {
         #[allow(unused_imports)]
         use super::{KeepBytes as _, KeepClone as _};
