@@ -145,7 +145,7 @@ impl CacheBuilder {
     /// anyone (`CLIENT TRACKING`), and the local copy is dropped; while that
     /// channel is down the tier is empty and unused. See the README's
     /// "Local tier" section.
-    pub fn local_tier(mut self, max_entries: u64, max_ttl: Duration) -> Self {
+    pub fn local_tier(mut self, max_entries: usize, max_ttl: Duration) -> Self {
         self.config.local_tier = Some((max_entries, max_ttl));
         self
     }

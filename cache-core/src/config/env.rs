@@ -138,7 +138,7 @@ fn tuning_from_vars(
         config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
     }
     if let Some(n) = var("CACHE_LOCAL_MAX_ENTRIES") {
-        let entries: u64 = parse_number("CACHE_LOCAL_MAX_ENTRIES", &n)?;
+        let entries: usize = parse_number("CACHE_LOCAL_MAX_ENTRIES", &n)?;
         let ttl = match var("CACHE_LOCAL_TTL_MS") {
             Some(ms) => parse_millis("CACHE_LOCAL_TTL_MS", &ms)?,
             None => super::DEFAULT_LOCAL_TTL,

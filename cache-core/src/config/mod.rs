@@ -66,7 +66,7 @@ pub(crate) struct CacheConfig {
     pub(crate) max_value_bytes: usize,
     pub(crate) invalidate_budget: Duration,
     /// The local tier: (max entries, max TTL); `None` when off.
-    pub(crate) local_tier: Option<(u64, Duration)>,
+    pub(crate) local_tier: Option<(usize, Duration)>,
 }
 
 impl Default for CacheConfig {

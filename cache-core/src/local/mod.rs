@@ -122,11 +122,11 @@ pub(crate) struct LocalStats {
 }
 
 impl LocalTier {
-    pub(crate) fn new(max_entries: u64, max_ttl: Duration, timeout: Duration) -> LocalTier {
+    pub(crate) fn new(max_entries: usize, max_ttl: Duration, timeout: Duration) -> LocalTier {
         LocalTier {
             // moka's default policy: TinyLFU admission, LRU eviction.
             entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(u64::try_from(max_entries).unwrap_or(u64::MAX))
                 .expire_after(EntryExpiry { max_ttl })
                 .support_invalidation_closures()
                 // Seeded per tier; cheaper than SipHash on the 70-odd bytes
