@@ -363,7 +363,9 @@ impl Cache {
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
-        let Some(local) = &self.inner.local else {
+        // A zero TTL deletes the key: nothing to keep.
+        let deletes = ttl.is_some_and(|ttl| ttl.as_millis() == 0);
+        let Some(local) = self.inner.local.as_ref().filter(|_| !deletes) else {
             return self.set_full_within(full_key, value, ttl, timeout).await;
         };
         let watch = local.watch(full_key);

@@ -140,6 +140,7 @@ tests::suite!(
     a_cached_function_hits_the_local_tier_on_its_second_call,
     local_false_bypasses_the_tier,
     invalidate_memoized_by_another_instance_is_seen,
+    a_zero_ttl_result_is_not_kept_locally,
 );
 
 tests::suite!(
@@ -164,8 +165,26 @@ async fn balance(cache: &Cache, calls: &AtomicUsize, account: u32) -> u64 {
     u64::from(account) * 100
 }
 
+#[cached(prefix = "zero-ttl", ttl = Duration::ZERO, cache = cache, skip(cache, calls))]
+async fn fleeting(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    n + 1
+}
+
 mod behaviour {
     use super::*;
+
+    /// A zero TTL deletes the entry, here one that did not decode: the
+    /// deletion's invalidation must not pass for a write to keep.
+    pub async fn a_zero_ttl_result_is_not_kept_locally(i: Instances) {
+        let key = cache_core::key_for("zero-ttl", &(1,)).unwrap();
+        i.b.set(&key, "not a number", None).await.unwrap();
+        let calls = AtomicUsize::new(0);
+        assert_eq!(fleeting(&i.a, &calls, 1).await, 2);
+        assert_eq!(fleeting(&i.a, &calls, 1).await, 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing was kept");
+        assert!(!i.a.exists(&key).await.unwrap());
+    }
 
     pub async fn a_set_by_another_instance_is_seen(i: Instances) {
         i.b.set("price", "100", None).await.unwrap();
