@@ -582,7 +582,13 @@ impl Cache {
         if let Some(bytes) = self.local_tier().and_then(|local| local.get(&full_key)) {
             return Ok(self.decode(key, Some(&bytes)));
         }
-        let bytes = self.get_full_filling(&full_key, self.timeout()).await?;
+        let bytes = match self.get_full_filling(&full_key, self.timeout()).await {
+            Ok(bytes) => bytes,
+            Err(err) => match self.local_tier().and_then(|l| l.get_stale(&full_key)) {
+                Some(entry) => return Ok(self.decode(key, Some(&entry.bytes))),
+                None => return Err(err),
+            },
+        };
         let value = self.decode(key, bytes.as_deref());
         self.check_deadline(started)?;
         Ok(value)

@@ -494,3 +494,62 @@ async fn flushall_on_a_cluster_empties_every_instance_tier() {
         .await;
     }
 }
+
+/// `local_tier_serve_stale(true)`: with Redis down, a read that fails is
+/// answered from the tier (an entry younger than max_ttl); off by default it
+/// is an error. Once Redis and tracking are back, nothing from before is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_are_served_on_failure_only_when_opted_in() {
+    let mut server = RedisServer::start();
+    let builder = |stale: bool| {
+        suite::redis(&server.url())
+            .timeout(Duration::from_millis(300))
+            .local_tier(1000, MAX_TTL)
+            .local_tier_serve_stale(stale)
+    };
+    let strict = suite::build(builder(false)).await;
+    let lenient = suite::build(builder(true)).await;
+    tracking_up(&strict).await;
+    tracking_up(&lenient).await;
+    strict.set("price", "100", None).await.unwrap();
+    let calls = AtomicUsize::new(0);
+    for cache in [&strict, &lenient] {
+        read_into_local_tier(cache, Backend::Standalone, "price", "100").await;
+        flag(cache, &calls, "beta").await;
+    }
+    poll_until("the flag held locally", || async {
+        let hits = lenient.stats().local_hits;
+        flag(&lenient, &calls, "beta").await;
+        lenient.stats().local_hits > hits
+    })
+    .await;
+    server.kill();
+    for cache in [&strict, &lenient] {
+        poll_until("tracking down", || async { !cache.stats().local_tracking }).await;
+    }
+    assert!(
+        strict.get::<String>("price").await.is_err(),
+        "off by default"
+    );
+    assert_eq!(
+        lenient.get::<String>("price").await.unwrap().as_deref(),
+        Some("100"),
+        "opted in: the entry kept"
+    );
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(flag(&lenient, &calls, "beta").await, "beta-on");
+    assert_eq!(calls.load(Ordering::SeqCst), before, "served, not run");
+    server.restart();
+    server.cli(&["SET", "price", "\"200\""]);
+    poll_until("the new value is read", || async {
+        let read = lenient.get::<String>("price").await;
+        read.ok().flatten().as_deref() == Some("200")
+    })
+    .await;
+    tracking_up(&lenient).await;
+    assert_eq!(
+        lenient.get::<String>("price").await.unwrap().as_deref(),
+        Some("200")
+    );
+}

@@ -150,6 +150,18 @@ impl CacheBuilder {
         self
     }
 
+    /// With a [`local_tier`](Self::local_tier): when a read's Redis call
+    /// fails (Redis unreachable, timing out, the breaker open) and tracking
+    /// is down, serve the local entry if there is one younger than the
+    /// tier's `max_ttl`, instead of the error (or, for `#[cached]`, the
+    /// body). Off by default: such an entry may have changed in Redis after
+    /// tracking went down. Entries from before tracking came back are never
+    /// served: reconnecting empties the tier.
+    pub fn local_tier_serve_stale(mut self, serve_stale: bool) -> Self {
+        self.config.local_serve_stale = serve_stale;
+        self
+    }
+
     /// Trusts these PEM root certificates for `rediss://` (a private CA)
     /// instead of the system's trust store. Needs the `tls` feature.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {

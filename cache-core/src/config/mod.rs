@@ -67,6 +67,8 @@ pub(crate) struct CacheConfig {
     pub(crate) invalidate_budget: Duration,
     /// The local tier: (max entries, max TTL); `None` when off.
     pub(crate) local_tier: Option<(usize, Duration)>,
+    /// Serve local entries when Redis fails (opt-in).
+    pub(crate) local_serve_stale: bool,
 }
 
 impl Default for CacheConfig {
@@ -87,6 +89,7 @@ impl Default for CacheConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
             local_tier: None,
+            local_serve_stale: false,
         }
     }
 }

@@ -78,6 +78,9 @@ pub(crate) struct LocalTier {
     connections: Mutex<Vec<MultiplexedConnection>>,
     /// The bound of one barrier round trip.
     timeout: Duration,
+    /// Entries stay while tracking is down, for reads whose store call
+    /// failed ([`CacheBuilder::local_tier_serve_stale`](crate::CacheBuilder::local_tier_serve_stale)).
+    serve_stale: bool,
 }
 
 const HITS: usize = 0;
@@ -138,7 +141,28 @@ impl LocalTier {
             counters: StripedCounters::default(),
             connections: Mutex::default(),
             timeout,
+            serve_stale: false,
         }
+    }
+
+    /// Keeps the entries while tracking is down, for
+    /// [`get_stale`](Self::get_stale).
+    pub(crate) fn serving_stale(mut self, serve_stale: bool) -> LocalTier {
+        self.serve_stale = serve_stale;
+        self
+    }
+
+    /// The entry of `key` for a read whose store call failed, when the user
+    /// opted in to stale entries: younger than `max_ttl`, perhaps changed in
+    /// Redis since tracking went down. Never one from before tracking came
+    /// back: opening the tier empties it.
+    pub(crate) fn get_stale(&self, key: &str) -> Option<Entry> {
+        if !self.serve_stale || self.tracking.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        self.counters.add(HITS);
+        Some(entry)
     }
 
     /// The local copy of `key`, when tracking is up and the tier holds one.
@@ -301,7 +325,12 @@ impl LocalTier {
     /// on, so nothing local may be served until it is back.
     fn close(&self) {
         self.tracking.store(false, Ordering::Release);
-        self.flush();
+        if self.serve_stale {
+            // Kept for get_stale; fills in flight are dropped.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.flush();
+        }
     }
 
     /// A round trip on every tracking connection: once it is back, every
@@ -337,6 +366,7 @@ impl LocalTier {
 pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<LocalTier>> {
     use crate::config::Backend;
     let (max_entries, max_ttl) = config.local_tier?;
+    let serve_stale = config.local_serve_stale;
     let clients = match &config.backend {
         Backend::Memory => return None,
         Backend::Redis(endpoint) => crate::store::redis::client(endpoint, config)
@@ -355,7 +385,8 @@ pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<Loca
             return None;
         }
     };
-    let tier = Arc::new(LocalTier::new(max_entries, max_ttl, config.timeout));
+    let tier =
+        Arc::new(LocalTier::new(max_entries, max_ttl, config.timeout).serving_stale(serve_stale));
     let prefix = config.namespace.as_ref().map(|ns| format!("{ns}:"));
     start(&tier, store, prefix, config.connect_timeout);
     Some(tier)
@@ -423,6 +454,30 @@ mod tests {
         tier.fill(tier.watch("k"), b"1", None);
         tier.open(Vec::new());
         assert_eq!(tier.get("k"), None, "nothing from before the outage");
+    }
+
+    #[test]
+    fn stale_entries_are_served_only_when_opted_in_and_only_until_tracking_is_back() {
+        let tier = open_tier();
+        tier.fill(tier.watch("k"), b"1", None);
+        tier.close();
+        assert!(tier.get_stale("k").is_none(), "off by default");
+
+        let tier = open_tier().serving_stale(true);
+        tier.fill(tier.watch("k"), b"1", None);
+        assert!(tier.get_stale("k").is_none(), "not while tracking is up");
+        tier.close();
+        assert_eq!(tier.get("k"), None, "never as a plain read");
+        assert_eq!(
+            tier.get_stale("k").map(|e| e.bytes).as_deref(),
+            Some(&b"1"[..])
+        );
+        tier.open(Vec::new());
+        tier.close();
+        assert!(
+            tier.get_stale("k").is_none(),
+            "nothing from before reconnecting"
+        );
     }
 
     #[test]

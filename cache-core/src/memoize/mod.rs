@@ -132,6 +132,25 @@ where
         return restore(value);
     }
     drop(watch);
+    // The store failed: an entry kept while tracking is down, if the user
+    // opted in to those.
+    if read.is_err()
+        && let Some(entry) = tier.and_then(|tier| tier.get_stale(leader.key()))
+    {
+        let value = match (&keep, &entry.decoded) {
+            (Some(keep), Some(decoded)) => keep.take(decoded),
+            _ => None,
+        };
+        if value.is_some() {
+            cache.record_hit();
+        }
+        if let Some(value) =
+            value.or_else(|| cache.decode_with::<V>(codec, leader.key(), Some(&entry.bytes)))
+        {
+            leader.finish_with_hit(&entry.bytes);
+            return restore(value);
+        }
+    }
     if let Ok(None) = &read {
         // Counted here; an undecodable entry was counted by decode_with.
         let _ = cache.decode_with::<V>(codec, leader.key(), None);
