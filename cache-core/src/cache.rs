@@ -55,6 +55,8 @@ struct Inner {
     auth_failing: StateFlag,
     max_value_bytes: usize,
     invalidate_budget: Duration,
+    /// The in-process tier in front of the store, when on.
+    local: Option<Arc<crate::local::LocalTier>>,
     /// [`Cache::shared_state`]: one value per type, shared by the clones.
     shared: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// What the handle was built from, for [`Cache::dedicated`]. Not shown
@@ -149,6 +151,7 @@ impl Cache {
                 auth_failing: StateFlag::new(),
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
+                local: crate::local::for_config(&config),
                 shared: std::sync::Mutex::default(),
                 config,
             }),
@@ -160,12 +163,16 @@ impl Cache {
     /// never queue behind this handle's: one slow or large reply on a
     /// multiplexed connection delays every call sent after it. The rate
     /// limiter takes one by default. The in-memory store has no connection:
-    /// there the answer is a clone sharing the data.
+    /// there the answer is a clone sharing the data. It has no local tier
+    /// (its own would cost a tracking connection and its pushes, and the
+    /// limiter reads no values): build another handle for a second one.
     pub fn dedicated(&self) -> Cache {
         if self.inner.backend == Backend::Memory {
             return self.clone();
         }
-        match Self::from_config(self.inner.config.clone()) {
+        let mut config = self.inner.config.clone();
+        config.local_tier = None;
+        match Self::from_config(config) {
             Ok(cache) => cache,
             // The same configuration built this handle; should the client still
             // refuse it, sharing the connection is the safe fallback.
@@ -312,6 +319,9 @@ impl Cache {
             .counters
             .snapshot(self.inner.resilience.breaker.state());
         stats.events = self.shared_state::<crate::events::BusState>().stats();
+        if let Some(local) = &self.inner.local {
+            stats.set_local(local.stats());
+        }
         stats
     }
 
@@ -330,6 +340,68 @@ impl Cache {
     pub(crate) async fn publish_bytes(&self, channel: &str, payload: &[u8]) -> Result<u64> {
         self.run(Idempotence::CountsOnce, |s| s.publish(channel, payload))
             .await
+    }
+
+    /// The handle's local tier, when it has one.
+    pub(crate) fn local_tier(&self) -> Option<&crate::local::LocalTier> {
+        self.inner.local.as_deref()
+    }
+
+    /// Counts a hit served without decoding (a local tier's decoded value).
+    pub(crate) fn record_hit(&self) {
+        self.inner.counters.record_hit();
+    }
+
+    /// [`get_full_within`](Self::get_full_within), keeping what it read in
+    /// the local tier unless the key changed meanwhile.
+    pub(crate) async fn get_full_filling(
+        &self,
+        full_key: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(local) = &self.inner.local else {
+            return self.get_full_within(full_key, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let bytes = self.get_full_within(full_key, timeout).await?;
+        if let Some(bytes) = &bytes {
+            local.fill(watch, bytes, None);
+        }
+        Ok(bytes)
+    }
+
+    /// [`set_full_within`](Self::set_full_within), keeping the value in the
+    /// local tier once Redis's invalidation of this very write has come
+    /// back, and no other one (see [`crate::local`]).
+    pub(crate) async fn set_full_filling(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        decoded: Option<crate::local::Decoded>,
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
+        // A zero TTL deletes the key: nothing to keep.
+        let deletes = ttl.is_some_and(|ttl| ttl.as_millis() == 0);
+        let Some(local) = self.inner.local.as_ref().filter(|_| !deletes) else {
+            return self.set_full_within(full_key, value, ttl, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        if written.is_ok() && local.barrier().await {
+            local.fill_own(watch, value, decoded, ttl);
+        } else {
+            drop(watch);
+            local.evict(full_key);
+        }
+        written
+    }
+
+    /// Drops the local copy of a key this handle just changed.
+    fn local_evict(&self, full_key: &str) {
+        if let Some(local) = &self.inner.local {
+            local.evict(full_key);
+        }
     }
 
     async fn run<'a, T, F>(&'a self, idempotence: Idempotence, call: F) -> Result<T>
@@ -518,6 +590,19 @@ impl Cache {
         ttl: Option<Duration>,
         timeout: Duration,
     ) -> Result<()> {
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        self.local_evict(full_key);
+        written
+    }
+
+    /// [`set_full_within`](Self::set_full_within) without the local tier.
+    async fn write_full_within(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
         if let Some(ttl) = ttl {
             validate_ttl("ttl", ttl)?;
         }
@@ -541,7 +626,18 @@ impl Cache {
     /// that is only decoded after it is an [`Error::Timeout`].
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
-        let bytes = self.get_bytes(key).await?;
+        let full_key = self.full_key(key);
+        let bytes = if let Some(bytes) = self.local_tier().and_then(|local| local.get(&full_key)) {
+            Some(bytes.to_vec())
+        } else {
+            match self.get_full_filling(&full_key, self.timeout()).await {
+                Ok(bytes) => bytes,
+                Err(err) => match self.local_tier().and_then(|l| l.get_stale(&full_key)) {
+                    Some(entry) => Some(entry.bytes.to_vec()),
+                    None => return Err(err),
+                },
+            }
+        };
         let value = match bytes {
             // Written with a stored-value option (tags, encryption, ...).
             Some(bytes) if crate::stored::envelope::is_envelope(&bytes) => {
@@ -615,6 +711,9 @@ impl Cache {
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
         let started = tokio::time::Instant::now();
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
+        if let Some(local) = &self.inner.local {
+            return self.get_many_through(local, keys, &full, started).await;
+        }
         let cap = self.inner.max_value_bytes;
         let values = self
             .run(Idempotence::Idempotent, |s| s.get_many(&full, cap))
@@ -627,6 +726,50 @@ impl Cache {
                 let bytes = self.within_cap(full_key, bytes);
                 self.decode(key, bytes.as_deref())
             })
+            .collect();
+        self.check_deadline(started)?;
+        Ok(decoded)
+    }
+
+    /// [`get_many`](Self::get_many) through the local tier: the keys it
+    /// holds are not asked for; the others are read in one round trip and
+    /// kept, unless changed meanwhile.
+    async fn get_many_through<T: DeserializeOwned>(
+        &self,
+        local: &crate::local::LocalTier,
+        keys: &[&str],
+        full: &[String],
+        started: tokio::time::Instant,
+    ) -> Result<Vec<Option<T>>> {
+        let mut found: Vec<Option<Arc<[u8]>>> = full.iter().map(|k| local.get(k)).collect();
+        let missing: Vec<String> = full
+            .iter()
+            .zip(&found)
+            .filter(|(_, found)| found.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let watches: Vec<_> = missing.iter().map(|key| local.watch(key)).collect();
+            let cap = self.inner.max_value_bytes;
+            let values = self
+                .run(Idempotence::Idempotent, |s| s.get_many(&missing, cap))
+                .await?;
+            let mut read = missing.iter().zip(values).zip(watches);
+            for slot in found.iter_mut().filter(|slot| slot.is_none()) {
+                let Some(((full_key, bytes), watch)) = read.next() else {
+                    break;
+                };
+                let Some(bytes) = self.within_cap(full_key, bytes) else {
+                    continue;
+                };
+                local.fill(watch, &bytes, None);
+                *slot = Some(Arc::from(bytes));
+            }
+        }
+        let decoded = found
+            .iter()
+            .zip(keys)
+            .map(|(bytes, key)| self.decode(key, bytes.as_deref()))
             .collect();
         self.check_deadline(started)?;
         Ok(decoded)
@@ -655,14 +798,21 @@ impl Cache {
                 Ok((self.full_key(key).into_owned(), bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
-            .await
+        let written = self
+            .run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
+            .await;
+        for (key, _) in &encoded {
+            self.local_evict(key);
+        }
+        written
     }
 
     /// Removes a key; `true` if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.delete(&key)).await
+        let deleted = self.run(Idempotence::Idempotent, |s| s.delete(&key)).await;
+        self.local_evict(&key);
+        deleted
     }
 
     /// `true` if the key exists (and has not expired).
@@ -681,8 +831,11 @@ impl Cache {
             return self.delete(key).await;
         }
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
-            .await
+        let expiring = self
+            .run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
+            .await;
+        self.local_evict(&key);
+        expiring
     }
 
     /// A key's remaining time to live (Redis `PTTL`).
@@ -696,8 +849,11 @@ impl Cache {
     /// Not retried after an ambiguous failure, so it never counts twice.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.full_key(key);
-        self.run(Idempotence::CountsOnce, |s| s.incr(&key, by))
-            .await
+        let count = self
+            .run(Idempotence::CountsOnce, |s| s.incr(&key, by))
+            .await;
+        self.local_evict(&key);
+        count
     }
 
     /// A fixed-window counter: adds `by` and, when the counter is new (or has no
@@ -727,10 +883,13 @@ impl Cache {
         crate::store::window_millis(window)?;
         crate::store::check_increment(by)?;
         let key = self.full_key(key);
-        self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.incr_window(&key, by, window)
-        })
-        .await
+        let count = self
+            .run_within(Idempotence::CountsOnce, timeout, |s| {
+                s.incr_window(&key, by, window)
+            })
+            .await;
+        self.local_evict(&key);
+        count
     }
 
     /// Removes every key starting with `prefix` (within the namespace) and
@@ -771,6 +930,15 @@ impl Cache {
 
     /// The walk of [`invalidate_prefix`](Self::invalidate_prefix) over full keys.
     async fn delete_by_prefix(&self, prefix: &str) -> Result<u64> {
+        let removed = self.unlink_by_prefix(prefix).await;
+        if let Some(local) = &self.inner.local {
+            local.evict_prefix(prefix);
+        }
+        removed
+    }
+
+    /// [`delete_by_prefix`](Self::delete_by_prefix) without the local tier.
+    async fn unlink_by_prefix(&self, prefix: &str) -> Result<u64> {
         let budget = self.inner.invalidate_budget;
         let deadline = tokio::time::Instant::now() + budget;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -30,6 +30,7 @@ mod error;
 pub mod events;
 mod jcs;
 mod key;
+mod local;
 mod memoize;
 mod resilience;
 mod stats;
@@ -66,8 +67,9 @@ pub use memoize::invalidate_memoized;
 pub mod __private {
     pub use crate::Codec;
     pub use crate::memoize::{
-        Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, memoize,
-        restore_always, restore_ok, restore_some, stored_always, stored_ok, stored_some,
+        Call, IntoCache, Keep, KeepBytes, KeepClone, Probe, assert_serialize, custom_key,
+        default_handle, handle, key, memoize, probe, restore_always, restore_ok, restore_some,
+        stored_always, stored_ok, stored_some,
     };
     pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
     pub use std::time::Duration;

@@ -50,6 +50,7 @@
 //! | `cache = <expr>` | use this handle (`Cache`, `&Cache`, `Option<Cache>` or `Option<&Cache>`, such as `&self.cache`) instead of the default one |
 //! | `key = <expr>` | key `{prefix}:{expr}` (anything `Display`) instead of the hash of the arguments |
 //! | `codec = "msgpack"` | MessagePack values (feature `msgpack` of `cache-core`); JSON by default |
+//! | `local = false` | never served from, nor kept in, the handle's local tier (see `CacheBuilder::local_tier`) |
 //!
 //! # Key
 //!

@@ -137,6 +137,31 @@ impl CacheBuilder {
         self
     }
 
+    /// Puts an in-process tier of at most `max_entries` values, each kept
+    /// at most `max_ttl`, in front of Redis (off by default; the in-memory
+    /// store has none). `get`, `get_many` and `#[cached]` functions (unless
+    /// `local = false`) read it first, and a hit makes no Redis call. Redis
+    /// tells the handle of every change to a key under the namespace, by
+    /// anyone (`CLIENT TRACKING`), and the local copy is dropped; while that
+    /// channel is down the tier is empty and unused. See the README's
+    /// "Local tier" section.
+    pub fn local_tier(mut self, max_entries: usize, max_ttl: Duration) -> Self {
+        self.config.local_tier = Some((max_entries, max_ttl));
+        self
+    }
+
+    /// With a [`local_tier`](Self::local_tier): when a read's Redis call
+    /// fails (Redis unreachable, timing out, the breaker open) and tracking
+    /// is down, serve the local entry if there is one younger than the
+    /// tier's `max_ttl`, instead of the error (or, for `#[cached]`, the
+    /// body). Off by default: such an entry may have changed in Redis after
+    /// tracking went down. Entries from before tracking came back are never
+    /// served: reconnecting empties the tier.
+    pub fn local_tier_serve_stale(mut self, serve_stale: bool) -> Self {
+        self.config.local_serve_stale = serve_stale;
+        self
+    }
+
     /// Trusts these PEM root certificates for `rediss://` (a private CA)
     /// instead of the system's trust store. Needs the `tls` feature.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
