@@ -71,7 +71,7 @@ impl MemoryLimits {
             .collect();
         let before = states.clone();
         for (state, quota) in states.iter_mut().zip(quotas) {
-            *state = window::repaired(quota, *state, now_ms);
+            *state = window::repaired(quota, *state, now_us);
         }
         let rows = window::evaluate(quotas, &mut states, now_us, costs);
         for ((key, quota), (state, old)) in keys.iter().zip(quotas).zip(states.iter().zip(&before))
