@@ -1772,10 +1772,9 @@ fn bytes_of(text: String) -> axum::body::Bytes {
 #[test]
 fn invalid_configuration_is_an_error_at_build_time() {
     let builder = || RateLimitLayer::builder(Cache::in_memory());
-    assert_eq!(
-        builder().limit(0).build().unwrap_err(),
-        ConfigError::ZeroLimit
-    );
+    let err = builder().limit(0).build().unwrap_err();
+    assert_eq!(err, ConfigError::ZeroLimit);
+    assert_eq!(err.kind(), rate_limit::ErrorKind::Config);
     // Policies: each quota checked, names unique and header-safe, not mixed
     // with limit/window.
     assert_eq!(
