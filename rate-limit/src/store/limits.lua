@@ -67,6 +67,20 @@ for i = 1, np do
   end
 end
 
+-- The sliding window's wait (ms) until a request of cost k passes.
+local function slide_wait(L, W, elapsed, weighted, after, prev, k)
+  if k > L then return NEVER end
+  if weighted + after + k <= L then return 0 end
+  if after + k <= L then
+    local q = W
+    if prev > 0 then q = idiv((L - after - k) * W, prev) end
+    return max(max(W - q, 0) - elapsed, 0)
+  end
+  local q = W
+  if after > 0 then q = idiv((L - k) * W, after) end
+  return W - elapsed + max(W - q, 0)
+end
+
 -- One policy's answer on state (a, b, c) (a nil: empty): admits, remaining,
 -- reset, retry, blocked, and the next state. Fixed: count, end ms; sliding:
 -- index, current, previous; GCRA: TAT.
@@ -76,7 +90,8 @@ local function check(i, a, b, c, cost)
   if kind == 0 then
     local count, exp = 0, now + W
     if a and b > now then
-      count, exp = a, min(b, exp)
+      count = a
+      if b < exp then exp = b end
     end
     local admits = cost <= L and count + cost <= L
     local after = count
@@ -88,7 +103,8 @@ local function check(i, a, b, c, cost)
     end
     local blocked = 0
     if after >= L then blocked = left end
-    return admits, max(L - after, 0), left, retry, blocked, after, exp
+    -- after <= L: admitted ones stay within, a rejected one leaves count.
+    return admits, L - after, left, retry, blocked, after, exp
   elseif kind == 1 then
     local index = idiv(now, W)
     local elapsed = now - index * W
@@ -105,21 +121,10 @@ local function check(i, a, b, c, cost)
     local admits = cost <= L and weighted + cur + cost <= L
     local after = cur
     if admits then after = cur + cost end
-    local function wait(k)
-      if k > L then return NEVER end
-      if weighted + after + k <= L then return 0 end
-      if after + k <= L then
-        local q = W
-        if prev > 0 then q = idiv((L - after - k) * W, prev) end
-        return max(max(W - q, 0) - elapsed, 0)
-      end
-      local q = W
-      if after > 0 then q = idiv((L - k) * W, after) end
-      return W - elapsed + max(W - q, 0)
-    end
     local retry = 0
-    if not admits then retry = wait(cost) end
-    return admits, max(L - (weighted + after), 0), W - elapsed, retry, wait(1), index, after, prev
+    if not admits then retry = slide_wait(L, W, elapsed, weighted, after, prev, cost) end
+    return admits, max(L - (weighted + after), 0), W - elapsed, retry,
+      slide_wait(L, W, elapsed, weighted, after, prev, 1), index, after, prev
   else
     local iv, t = interval[i], tol[i]
     local tat = min(max(a or 0, now_us), now_us + t)
@@ -150,68 +155,112 @@ local out, n = {}, 0
 local sa, sb, sc, act = {}, {}, {}, {}
 local ra, rr, rs, rt, rb, na, nb, nc = {}, {}, {}, {}, {}, {}, {}, {}
 
--- Reads policy i's state from v, the value of key.
+-- Policy i's state (a, b, c; a nil: none) in v, the value of key, and what
+-- to write back ('set', 'del' or nil).
 local function read(i, key, v)
-  sa[i], sb[i], sc[i], act[i] = nil, nil, nil, nil
   if not v then
-    return
+    return nil
   end
   local L, W, kind = limit[i], window[i], algo[i]
   if kind == 0 then
     local x, y = match(v, '^(%d+):(%d+)$')
-    local legacy = false
+    local act
     if x then
-      x, y = int(x), int(y)
+      -- Digits only: a number; at most 2^53 to count exactly.
+      x, y = tonumber(x), tonumber(y)
+      if x >= MAX or y >= MAX then x = nil end
     else
-      x, legacy = int(v), true
+      -- A bare count: the earlier form, the window's end in the expiry.
+      x = int(v)
+      if x and x <= L then
+        y, act = redis.call('PEXPIRETIME', key), 'set'
+        if y < 0 then y = now + W end
+      end
     end
     -- Above the limit: not this policy's count (rejected requests are not
     -- counted), but another algorithm's state or a higher limit's.
-    if not x or x > L or (not legacy and not y) then
-      act[i] = 'del'
-      return
-    end
-    if legacy then
-      y = redis.call('PEXPIRETIME', key)
-      act[i] = 'set'
-      if y < 0 then y = now + W end
+    if not (x and y) or x > L then
+      return nil, nil, nil, 'del'
     end
     -- A window ending past one window from now is counted in one from now.
     if y > now + W then
-      y, act[i] = now + W, 'set'
+      return x, now + W, nil, 'set'
     end
-    sa[i], sb[i] = x, y
+    return x, y, nil, act
   elseif kind == 1 then
     local x, y, z = match(v, '^(%d+):(%d+):(%d+)$')
     x, y, z = int(x), int(y), int(z)
     if not (x and y and z) then
-      act[i] = 'del'
-      return
+      return nil, nil, nil, 'del'
     end
     -- A window in the future (the clock stepped back) is the current one.
     local index = idiv(now, W)
     if x > index or y > L or z > L then
-      x, y, z, act[i] = min(x, index), min(y, L), min(z, L), 'set'
+      return min(x, index), min(y, L), min(z, L), 'set'
     end
-    sa[i], sb[i], sc[i] = x, y, z
-  else
-    local x = int(v)
-    if not x then
-      act[i] = 'del'
-      return
-    end
-    if x > now_us + tol[i] then
-      x, act[i] = now_us + tol[i], 'set'
-    end
-    sa[i] = x
+    return x, y, z
   end
+  local x = int(v)
+  if not x then
+    return nil, nil, nil, 'del'
+  end
+  if x > now_us + tol[i] then
+    return now_us + tol[i], nil, nil, 'set'
+  end
+  return x
+end
+
+-- Writes policy i's state (a, b, c) to key: 'set' it, 'del' the key, or
+-- (nil) only bring its expiry down to what the state needs.
+local function write(i, key, a, b, c, act)
+  if act == 'del' and a == nil then
+    redis.call('DEL', key)
+    return
+  end
+  if a == nil then
+    -- Nothing that counts: nothing to write.
+    return
+  end
+  local kind, v, exp = algo[i]
+  if kind == 0 then
+    v, exp = format('%d:%d', a, b), b
+  elseif kind == 1 then
+    v, exp = format('%d:%d:%d', a, b, c), (a + 2) * window[i]
+  else
+    v, exp = a, cdiv(a, 1000)
+  end
+  -- Numbers below 2^53 reach Redis as integers.
+  exp = max(exp, 1)
+  if act == 'set' then
+    redis.call('SET', key, v, 'PXAT', exp)
+  else
+    redis.call('PEXPIREAT', key, exp, 'LT')
+  end
+end
+
+-- One client of one policy, its key KEYS[k], its costs ARGV[first .. last].
+local function client1(k, first, last)
+  local key = KEYS[k]
+  local a, b, c, act = read(1, key, vals[k])
+  for j = first, last do
+    local ok, rem, reset, retry, blocked, x, y, z = check(1, a, b, c, tonumber(ARGV[j]))
+    if ok then
+      a, b, c, act = x, y, z, 'set'
+      out[n + 1] = 1
+    else
+      out[n + 1] = 0
+    end
+    out[n + 2], out[n + 3], out[n + 4], out[n + 5] = rem, reset, retry, blocked
+    n = n + 5
+  end
+  write(1, key, a, b, c, act)
 end
 
 -- One client: its keys are KEYS[base + 1 .. base + P], its costs
 -- ARGV[first .. last].
 local function client(base, first, last)
   for i = 1, np do
-    read(i, KEYS[base + i], vals[base + i])
+    sa[i], sb[i], sc[i], act[i] = read(i, KEYS[base + i], vals[base + i])
   end
   for j = first, last do
     local cost = tonumber(ARGV[j])
@@ -235,34 +284,19 @@ local function client(base, first, last)
       n = n + 4
     end
   end
-
   for i = 1, np do
-    local key, kind, a = KEYS[base + i], algo[i], sa[i]
-    local v, exp
-    if a == nil then
-      -- Nothing that counts: nothing to write.
-    elseif kind == 0 then
-      v, exp = format('%d:%d', a, sb[i]), sb[i]
-    elseif kind == 1 then
-      v, exp = format('%d:%d:%d', a, sb[i], sc[i]), (a + 2) * window[i]
-    else
-      v, exp = format('%d', a), cdiv(a, 1000)
-    end
-    exp = format('%d', max(exp or 1, 1))
-    if act[i] == 'set' then
-      redis.call('SET', key, v, 'PXAT', exp)
-    elseif act[i] == 'del' then
-      redis.call('DEL', key)
-    elseif a then
-      redis.call('PEXPIREAT', key, exp, 'LT')
-    end
+    write(i, KEYS[base + i], sa[i], sb[i], sc[i], act[i])
   end
 end
 
-local j, base = 3 * np + 3, 0
-while j <= #ARGV do
+local j, base, nargs = 3 * np + 3, 0, #ARGV
+while j <= nargs do
   local count = tonumber(ARGV[j])
-  client(base, j + 1, j + count)
+  if np == 1 then
+    client1(base + 1, j + 1, j + count)
+  else
+    client(base, j + 1, j + count)
+  end
   j = j + count + 1
   base = base + np
 end
