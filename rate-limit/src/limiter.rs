@@ -408,31 +408,38 @@ impl Core {
         let mut text = String::with_capacity(
             (self.key_prefix.len() + client.len() + 16) * self.policies.len(),
         );
-        let mut ends = Vec::with_capacity(self.policies.len());
-        self.push_keys(client, &mut text, &mut ends);
+        // One policy (the common case): one key, no list of them.
+        let mut ends = Vec::new();
+        if let [_] = self.policies.as_slice() {
+            text.extend([self.key_prefix.as_str(), ":", client]);
+        } else {
+            self.push_keys(client, &mut text, &mut ends);
+        }
+        let one = [text.as_str()];
+        let many;
+        let keys: &[&str] = if ends.is_empty() {
+            &one
+        } else {
+            many = split_keys(&text, &ends);
+            &many
+        };
         let sent = now_micros(self.clock.as_ref());
-        let outcomes = match &self.memory {
+        let rows = match &self.memory {
             Some(memory) => {
                 self.counters.add(Count::StoreCalls);
-                let rows = match ends.as_slice() {
-                    // One policy: no list of keys to build.
-                    [_] => memory.evaluate(&[text.as_str()], &self.quotas, sent, &[cost]),
-                    _ => memory.evaluate(&split_keys(&text, &ends), &self.quotas, sent, &[cost]),
-                };
-                self.outcomes(Ok(rows), 1)
+                Ok(memory.evaluate(keys, &self.quotas, sent, &[cost]))
             }
             None => {
                 let mut args = self.script_args();
                 args.extend([1, int(cost)]);
-                self.count(&split_keys(&text, &ends), &args, 1).await
+                self.counters.add(Count::StoreCalls);
+                crate::store::redis::evaluate(&self.cache, keys, &args, self.store_timeout).await
             }
         };
-        match outcomes {
-            Some(outcomes) => {
-                self.note_denied(client, &outcomes, sent);
-                outcomes
-                    .first()
-                    .map_or(Verdict::StoreFailed, |o| Verdict::Decided(o.decision))
+        match self.outcome(rows) {
+            Some(outcome) => {
+                self.note_denied(client, std::slice::from_ref(&outcome), sent);
+                Verdict::Decided(outcome.decision)
             }
             None => Verdict::StoreFailed,
         }
@@ -506,6 +513,33 @@ impl Core {
         self.outcomes(rows, requests)
     }
 
+    /// Reads the store's answer for one request.
+    fn outcome(&self, rows: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
+        let outcome = rows.map_err(|err| err.to_string()).and_then(|rows| {
+            window::outcome(&self.quotas, &rows).ok_or_else(|| {
+                format!(
+                    "the store's answer is malformed: {} numbers for one request",
+                    rows.len()
+                )
+            })
+        });
+        self.noted(outcome)
+    }
+
+    /// Notes whether the store answered, and passes its answer on.
+    fn noted<T>(&self, answer: Result<T, String>) -> Option<T> {
+        match answer {
+            Ok(answer) => {
+                self.note_store(None);
+                Some(answer)
+            }
+            Err(err) => {
+                self.note_store(Some(&err));
+                None
+            }
+        }
+    }
+
     /// Reads the store's answer for `requests` requests.
     fn outcomes(
         &self,
@@ -525,16 +559,7 @@ impl Core {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| "the store's answer is malformed".to_string())
         });
-        match outcomes {
-            Ok(outcomes) => {
-                self.note_store(None);
-                Some(outcomes)
-            }
-            Err(err) => {
-                self.note_store(Some(&err));
-                None
-            }
-        }
+        self.noted(outcomes)
     }
 
     /// Remembers `client` as rejected if the last of its `outcomes` (which
