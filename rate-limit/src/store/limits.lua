@@ -227,10 +227,10 @@ local function write(i, key, a, b, c, act)
   elseif kind == 1 then
     v, exp = format('%d:%d:%d', a, b, c), (a + 2) * window[i]
   else
-    v, exp = a, cdiv(a, 1000)
+    v, exp = format('%d', a), cdiv(a, 1000)
   end
-  -- Numbers below 2^53 reach Redis as integers.
-  exp = max(exp, 1)
+  -- Formatted here: a number would be formatted by Redis with '%.17g'.
+  exp = format('%d', max(exp, 1))
   if act == 'set' then
     redis.call('SET', key, v, 'PXAT', exp)
   else
