@@ -15,7 +15,7 @@ use cache_core::sync::StateFlag;
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 
-use crate::ConfigError;
+use crate::error::{ConfigError, KeyError};
 
 /// Longest client key used as it is; longer keys are hashed.
 pub const MAX_KEY_LEN: usize = 128;
@@ -31,47 +31,6 @@ pub struct RequestInfo<'a> {
     pub headers: &'a HeaderMap,
     /// The extensions (`ConnectInfo`, `MatchedPath`, ...).
     pub extensions: &'a Extensions,
-}
-
-/// Why no key could be extracted: returned by a [`KeyExtractor`] for each
-/// request, so it is apart from [`ConfigError`](crate::ConfigError), which
-/// [`build`](crate::RateLimitLayerBuilder::build) returns once.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The peer address is not in the request: the server was not started
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
-    #[error(
-        "the peer address is missing: serve the app with \
-         `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
-    )]
-    MissingConnectInfo,
-    /// The request came through a trusted proxy, but the proxy header does not
-    /// give its client's address: the element the nearest untrusted hop
-    /// would be is `unknown`, obfuscated (`for=_hidden`), not an address, or
-    /// the single-address header holds several. Such a request counts
-    /// against [`UNIDENTIFIED_KEY`]: [`PeerIp`]'s key for it, and the
-    /// layer's when a custom extractor returns this error.
-    #[error("the trusted proxy header does not give the client's address")]
-    UnidentifiedClient,
-    /// Any other reason, from a custom extractor: its own error, kept as
-    /// the source. Build it with [`KeyError::other`].
-    #[error(transparent)]
-    Other(std::sync::Arc<dyn std::error::Error + Send + Sync>),
-}
-
-impl KeyError {
-    /// A custom extractor's own reason: any error, or a message.
-    ///
-    /// ```
-    /// use rate_limit::KeyError;
-    ///
-    /// let err = KeyError::other("no tenant header");
-    /// assert_eq!(err.to_string(), "no tenant header");
-    /// ```
-    pub fn other(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        KeyError::Other(reason.into().into())
-    }
 }
 
 /// Picks the client key of a request. Implemented for [`PeerIp`],

@@ -12,9 +12,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::builder::RateLimitLayerBuilder;
+use crate::error::KeyError;
 use crate::future::ResponseFuture;
 use crate::headers::HeaderTemplate;
-use crate::key::{KeyError, KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
+use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::response::{self, ResponseBody};
 use crate::window::Decision;

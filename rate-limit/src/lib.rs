@@ -65,15 +65,15 @@ mod window;
 
 pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, RateLimitLayerBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::ConfigError;
+pub use error::{ConfigError, Error, ErrorKind, KeyError};
 pub use future::ResponseFuture;
 pub use headers::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, ResetFormat, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
 pub use key::{
-    ForwardedHeader, HeaderKey, KeyError, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo,
-    RouteAndIp, TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
+    ForwardedHeader, HeaderKey, KeyExtractor, MAX_KEY_LEN, PeerIp, RequestInfo, RouteAndIp,
+    TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
 pub use layer::{FailMode, RateLimit, RateLimitLayer};
 pub use limiter::RateLimitStats;
