@@ -97,6 +97,14 @@ async fn own_redis(
     (server, cache)
 }
 
+/// A builder on `cache` whose store calls may take as long as the handle
+/// allows: on a loaded CI machine a cluster call can pass the default
+/// 100 ms, and the layer would fail open (a 200 where a 429 is asserted).
+fn builder(cache: &Cache) -> rate_limit::RateLimitLayerBuilder {
+    let store_timeout = cache.timeout();
+    RateLimitLayer::builder(cache.clone()).store_timeout(store_timeout)
+}
+
 fn layer(
     cache: Cache,
     prefix: &str,
@@ -384,7 +392,7 @@ mod behaviour {
         use tower::{Layer, ServiceExt};
         const CLIENTS: u32 = 100;
         let prefix = unique_prefix("many");
-        let limiter = RateLimitLayer::builder(store.cache.clone())
+        let limiter = builder(&store.cache)
             .prefix(&prefix)
             .policy("burst", Quota::new(2, Duration::from_secs(60)))
             .policy(
@@ -660,7 +668,7 @@ mod behaviour {
         for (algorithm, expected) in ALGORITHMS.into_iter().zip([20, 10, 11]) {
             let clock = ManualClock::new();
             align_to_second(&clock);
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("edge"))
                 .policy("edge", Quota::per_second(10).algorithm(algorithm))
                 .clock(clock.clone())
@@ -753,7 +761,7 @@ mod behaviour {
     pub async fn several_policies_pass_only_when_all_admit(store: Store) {
         let clock = ManualClock::new();
         let prefix = unique_prefix("multi");
-        let layer = RateLimitLayer::builder(store.cache.clone())
+        let layer = builder(&store.cache)
             .prefix(&prefix)
             .policy("burst", Quota::per_second(3))
             .policy("hourly", Quota::per_hour(5).algorithm(Algorithm::Gcra))
@@ -805,7 +813,7 @@ mod behaviour {
     pub async fn a_request_is_charged_its_cost(store: Store) {
         for algorithm in ALGORITHMS {
             let clock = ManualClock::new();
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("cost"))
                 .policy("units", Quota::per_hour(12).algorithm(algorithm))
                 .cost(
@@ -856,7 +864,7 @@ mod behaviour {
     /// the local deny cache (whose denial holds for a cost of 1 or more).
     pub async fn a_free_request_passes_a_client_the_deny_cache_rejects(store: Store) {
         for algorithm in ALGORITHMS {
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("free"))
                 .policy("units", Quota::per_hour(2).algorithm(algorithm))
                 .cost(|request: &rate_limit::RequestInfo<'_>| {
@@ -885,7 +893,7 @@ mod behaviour {
             let prefix = unique_prefix("switch");
             let app = |quota: Quota| {
                 app_with(
-                    RateLimitLayer::builder(store.cache.clone())
+                    builder(&store.cache)
                         .prefix(&prefix)
                         .policy("p", quota)
                         .local_deny_cache(false)
@@ -918,7 +926,7 @@ mod behaviour {
         }
         use rate_limit::Clock;
         for behind in [false, true] {
-            let builder = RateLimitLayer::builder(store.cache.clone())
+            let builder = builder(&store.cache)
                 .prefix(unique_prefix("behind"))
                 .policy("p", Quota::per_minute(2))
                 .local_deny_cache(false);
@@ -942,7 +950,7 @@ mod behaviour {
     /// is read back exactly (not taken for a foreign value).
     pub async fn the_largest_limit_counts_exactly(store: Store) {
         let app = app_with(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .prefix(unique_prefix("max-limit"))
                 .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
                 .cost(|request: &rate_limit::RequestInfo<'_>| {
@@ -962,7 +970,7 @@ mod behaviour {
         }
         assert_eq!(statuses, [200, 429, 429, 200]);
         let app = app_with(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .prefix(unique_prefix("max-limit"))
                 .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
                 .cost(|_: &rate_limit::RequestInfo<'_>| rate_limit::MAX_LIMIT)
@@ -973,7 +981,7 @@ mod behaviour {
         let (first, second) = (call(&app, "/").await.0, call(&app, "/").await.0);
         assert_eq!((first, second), (200, 429));
         assert!(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .limit(rate_limit::MAX_LIMIT + 1)
                 .build()
                 .is_err()
@@ -989,7 +997,7 @@ mod behaviour {
         ahead.advance(Duration::from_secs(5));
         let app = |clock: &ManualClock| {
             app_with(
-                RateLimitLayer::builder(store.cache.clone())
+                builder(&store.cache)
                     .prefix(&prefix)
                     .policy(
                         "p",
