@@ -36,7 +36,7 @@
 //!     .timeout(Duration::from_millis(100))
 //!     .build()
 //!     .await?;
-//! assert_eq!(cache.full_key("user:7"), "billing:user:7");
+//! assert_eq!(cache.namespace(), Some("billing"));
 //! cache_core::set_default(cache.clone()); // the handle `#[cached]` functions use
 //! # Ok(()) }
 //! ```
