@@ -99,6 +99,40 @@ impl RateLimitLayerBuilder {
     /// if every policy admits it: it is then charged to all of them, and a
     /// rejected request is charged to none. Not together with
     /// [`limit`](Self::limit)/[`window`](Self::window).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{ManualClock, Quota, RateLimitLayer};
+    ///
+    /// let clock = ManualClock::new();
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("burst", Quota::per_second(2))
+    ///     .policy("hourly", Quota::per_hour(3))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let status = || async { app.clone().oneshot(request("/", [203, 0, 113, 9])).await.map(|r| r.status()) };
+    ///
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::TOO_MANY_REQUESTS); // burst: charged to neither
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(status().await?, StatusCode::OK); // the third of the hour
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(status().await?, StatusCode::TOO_MANY_REQUESTS); // hourly
+    /// # Ok(()) }
+    /// ```
     pub fn policy(mut self, name: impl Into<String>, quota: Quota) -> Self {
         self.policies.push((name.into(), quota));
         self

@@ -36,6 +36,25 @@ pub struct RequestInfo<'a> {
 /// Picks the client key of a request. Implemented for [`PeerIp`],
 /// [`HeaderKey`], [`RouteAndIp`] and any
 /// `Fn(&RequestInfo) -> Result<String, KeyError>` closure.
+///
+/// ```
+/// use rate_limit::{KeyError, KeyExtractor, PeerIp, RequestInfo};
+///
+/// /// Signed-in users by their id (set by an authentication layer), others by IP.
+/// struct UserOrIp(PeerIp);
+///
+/// struct UserId(u64);
+///
+/// impl KeyExtractor for UserOrIp {
+///     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError> {
+///         match request.extensions.get::<UserId>() {
+///             Some(UserId(id)) => Ok(format!("user:{id}")),
+///             None => self.0.extract(request),
+///         }
+///     }
+/// }
+/// # let _ = UserOrIp(PeerIp::new());
+/// ```
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The client key: requests with the same key share a counter.
     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError>;
