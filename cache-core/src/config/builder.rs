@@ -131,6 +131,31 @@ impl CacheBuilder {
     }
 
     /// Consecutive failures that open the circuit breaker (default 5).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{BreakerState, Cache, ErrorKind};
+    ///
+    /// // A Redis that is down: nothing listens on port 1.
+    /// let cache = Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:1")?
+    ///     .timeout(Duration::from_millis(50))
+    ///     .max_attempts(1)
+    ///     .breaker_threshold(2)
+    ///     .breaker_cooldown(Duration::from_secs(60))
+    ///     .build()
+    ///     .await?;
+    /// for _ in 0..2 {
+    ///     assert!(cache.get::<i64>("k").await.unwrap_err().is_unavailable()); // tried, failed
+    /// }
+    /// // Open: calls fail at once, without touching the store, until the cooldown is over.
+    /// assert_eq!(cache.get::<i64>("k").await.unwrap_err().kind(), ErrorKind::CircuitOpen);
+    /// assert_eq!(cache.stats().breaker, BreakerState::Open);
+    /// assert_eq!(cache.stats().breaker_rejections, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn breaker_threshold(mut self, failures: u32) -> Self {
         self.config.breaker_threshold = failures;
         self
@@ -142,7 +167,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Bound on the in-memory store's entries (default 100 000); the oldest go first.
+    /// Bound on the in-memory store's entries (default 100 000), kept per
+    /// shard: the store has 16 shards of `entries / 16` entries each
+    /// (rounded up, at least 1), and a full shard drops its oldest entry. So
+    /// a small bound is approximate: `memory_max_entries(2)` holds up to 16.
     pub fn memory_max_entries(mut self, entries: usize) -> Self {
         self.config.memory_max_entries = entries;
         self
