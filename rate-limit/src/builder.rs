@@ -461,11 +461,12 @@ impl RateLimitLayerBuilder {
     /// use axum::{Router, routing::get};
     /// use bytes::Bytes;
     /// use http::{Response, StatusCode};
-    /// use rate_limit::{Decision, RateLimitLayer};
+    /// use rate_limit::{Decision, ManualClock, RateLimitLayer};
     ///
     /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
     ///     .limit(1)
     ///     .window(Duration::from_secs(60))
+    ///     .clock(ManualClock::new()) // time stands still: the wait is exactly 60 s
     ///     .on_limited(|decision: &Decision| {
     ///         let body = format!("{{\"error\":\"slow down\",\"retry_in\":{}}}", decision.retry_after_seconds());
     ///         let mut response = Response::new(Bytes::from(body));
