@@ -105,6 +105,15 @@ impl Cache {
     /// Fails only on bad configuration. When Redis is unreachable the handle is
     /// still returned: calls fail (and `#[cached]` functions run uncached) until
     /// the connection comes up by itself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// // With none of REDIS_CLUSTER_URLS, REDIS_URL, REDIS_HOST set: the in-memory store.
+    /// let cache = cache_core::Cache::from_env().await?;
+    /// println!("caching in {}", cache.backend()); // the password, if any, hidden
+    /// # Ok(()) }
+    /// ```
     pub async fn from_env() -> Result<Cache> {
         CacheBuilder::from_env()?.build().await
     }
@@ -116,6 +125,16 @@ impl Cache {
 
     /// An embedded in-memory store with default settings: for development,
     /// tests and single-process services. Needs no runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(*cache.backend(), cache_core::Backend::Memory);
+    /// cache.set("greeting", "hello", None).await?;
+    /// assert_eq!(cache.get::<String>("greeting").await?.as_deref(), Some("hello"));
+    /// # Ok(()) }
+    /// ```
     pub fn in_memory() -> Cache {
         Self::with_store(
             CacheConfig::default(),
@@ -166,6 +185,16 @@ impl Cache {
     /// there the answer is a clone sharing the data. It has no local tier
     /// (its own would cost a tracking connection and its pushes, and the
     /// limiter reads no values): build another handle for a second one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let counters = cache.dedicated(); // in memory: the same data
+    /// cache.set("k", &1, None).await?;
+    /// assert_eq!(counters.get::<i32>("k").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
     pub fn dedicated(&self) -> Cache {
         if self.inner.backend == Backend::Memory {
             return self.clone();
@@ -313,6 +342,17 @@ impl Cache {
     }
 
     /// Counters since the handle was built, and the breaker's state.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let _: Option<i32> = cache.get("missing").await?;
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses), (0, 1));
+    /// assert_eq!(stats.breaker, cache_core::BreakerState::Closed);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = self
             .inner
@@ -522,6 +562,16 @@ impl Cache {
     }
 
     /// Reads raw bytes. No codec, no hit/miss counting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("price", &72000.5, None).await?;
+    /// // Values are plain JSON: what any other Redis client reads.
+    /// assert_eq!(cache.get_bytes("price").await?.as_deref(), Some(&b"72000.5"[..]));
+    /// # Ok(()) }
+    /// ```
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get_full_within(&self.full_key(key), self.timeout())
             .await
@@ -576,6 +626,16 @@ impl Cache {
     }
 
     /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_bytes("written-by-python", br#"{"a": 1}"#, None).await?;
+    /// let value: Option<std::collections::HashMap<String, i32>> = cache.get("written-by-python").await?;
+    /// assert_eq!(value.map(|map| map["a"]), Some(1));
+    /// # Ok(()) }
+    /// ```
     pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         self.set_full_within(&self.full_key(key), value, ttl, self.timeout())
             .await
@@ -624,6 +684,17 @@ impl Cache {
     ///
     /// The handle's timeout bounds the whole call, decoding included: a value
     /// that is only decoded after it is an [`Error::Timeout`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("user:7:name", "Ada", None).await?;
+    /// assert_eq!(cache.get::<String>("user:7:name").await?.as_deref(), Some("Ada"));
+    /// // A value that does not decode as the type asked for is a miss, not an error.
+    /// assert_eq!(cache.get::<u64>("user:7:name").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
         let full_key = self.full_key(key);
@@ -695,6 +766,19 @@ impl Cache {
     /// with an optional TTL. A TTL over [`MAX_TTL`](crate::MAX_TTL) or an
     /// encoding over [`max_value_bytes`](Self::max_value_bytes) is an
     /// [`ErrorKind::InvalidArgument`], and nothing is sent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{ErrorKind, MAX_TTL};
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("session:1", &["read", "write"], Some(Duration::from_secs(1800))).await?;
+    /// let too_long = cache.set("session:1", &1, Some(MAX_TTL * 2)).await.unwrap_err();
+    /// assert_eq!(too_long.kind(), ErrorKind::InvalidArgument); // and nothing was written
+    /// # Ok(()) }
+    /// ```
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -708,6 +792,16 @@ impl Cache {
     /// Reads several keys in one round trip (MGET); the answer is in key order.
     /// Values over [`max_value_bytes`](Self::max_value_bytes) are misses, as
     /// with [`get`](Self::get), and the timeout includes decoding.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_many(&[("price:1", 10.5), ("price:2", 20.0)], None).await?;
+    /// let prices: Vec<Option<f64>> = cache.get_many(&["price:1", "price:3", "price:2"]).await?;
+    /// assert_eq!(prices, [Some(10.5), None, Some(20.0)]);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
         let started = tokio::time::Instant::now();
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
@@ -808,6 +902,17 @@ impl Cache {
     }
 
     /// Removes a key; `true` if it existed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1, None).await?;
+    /// assert!(cache.exists("k").await?);
+    /// assert!(cache.delete("k").await?);
+    /// assert!(!cache.delete("k").await?); // already gone
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.full_key(key);
         let deleted = self.run(Idempotence::Idempotent, |s| s.delete(&key)).await;
@@ -825,6 +930,21 @@ impl Cache {
     /// removes the key, as Redis does.
     /// A TTL over [`MAX_TTL`](crate::MAX_TTL) is an
     /// [`ErrorKind::InvalidArgument`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1, None).await?;
+    /// assert_eq!(cache.ttl("k").await?, KeyTtl::Persistent);
+    /// assert!(cache.expire("k", Duration::from_secs(60)).await?);
+    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(60)));
+    /// assert_eq!(cache.ttl("other").await?, KeyTtl::Missing);
+    /// # Ok(()) }
+    /// ```
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         validate_ttl("ttl", ttl)?;
         if ttl.as_millis() == 0 {
@@ -847,6 +967,17 @@ impl Cache {
     /// Adds `by` to an integer counter (created at 0) and returns the new value.
     /// A key holding something else than an integer is an [`Error::Command`].
     /// Not retried after an ambiguous failure, so it never counts twice.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.incr("visits", 1).await?, 1);
+    /// assert_eq!(cache.incr("visits", 10).await?, 11);
+    /// cache.set("name", "Ada", None).await?;
+    /// assert_eq!(cache.incr("name", 1).await.unwrap_err().kind(), cache_core::ErrorKind::Command);
+    /// # Ok(()) }
+    /// ```
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.full_key(key);
         let count = self
@@ -862,6 +993,20 @@ impl Cache {
     /// This is what the rate limiter counts with. A window outside 1 ms to
     /// [`MAX_WINDOW`](crate::MAX_WINDOW), or `by` over 2^53, is an
     /// [`ErrorKind::InvalidArgument`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let window = Duration::from_secs(60);
+    /// cache.incr_window("logins:ada", 1, window).await?;
+    /// let now = cache.incr_window("logins:ada", 1, window).await?;
+    /// assert_eq!(now.count, 2);
+    /// assert!(now.reset_after <= window);
+    /// # Ok(()) }
+    /// ```
     pub async fn incr_window(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
         self.incr_window_within(key, by, window, self.timeout())
             .await
@@ -905,6 +1050,19 @@ impl Cache {
     ///
     /// An empty `prefix` is an [`ErrorKind::InvalidArgument`]: it would
     /// match every key. Say [`invalidate_all`](Self::invalidate_all) for that.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("user:7:summary:balance", &1250, None).await?;
+    /// cache.set("user:7:summary:orders", &3, None).await?;
+    /// cache.set("user:70:summary:orders", &1, None).await?;
+    /// assert_eq!(cache.invalidate_prefix("user:7:summary:").await?, 2);
+    /// assert!(cache.exists("user:70:summary:orders").await?);
+    /// assert!(cache.invalidate_prefix("").await.is_err()); // say invalidate_all()
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         if prefix.is_empty() {
             return Err(Error::invalid(
@@ -920,6 +1078,16 @@ impl Cache {
     /// (of every primary of a cluster), other services' and rate-limit
     /// counters included. Same walk and bounds as
     /// [`invalidate_prefix`](Self::invalidate_prefix).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().namespace("billing").build().await?;
+    /// cache.set("a", &1, None).await?;
+    /// cache.set("b", &2, None).await?;
+    /// assert_eq!(cache.invalidate_all().await?, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_all(&self) -> Result<u64> {
         let prefix = match &self.inner.namespace {
             Some(ns) => format!("{ns}:"),
@@ -979,6 +1147,16 @@ impl Cache {
     }
 
     /// PINGs the store within the timeout; never fails, reports instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let health = cache_core::Cache::in_memory().health().await;
+    /// assert!(health.healthy);
+    /// assert_eq!(health.breaker, cache_core::BreakerState::Closed);
+    /// assert_eq!(health.error_kind, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn health(&self) -> Health {
         let started = Instant::now();
         let result = self.run(Idempotence::Idempotent, |s| s.ping()).await;

@@ -64,6 +64,20 @@ impl Stats {
     }
 
     /// Hits over reads, between 0 and 1 (0 before the first read).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.stats().hit_rate(), 0.0); // no read yet
+    /// cache.set("k", &1, None).await?;
+    /// for _ in 0..3 {
+    ///     let _: Option<i32> = cache.get("k").await?;
+    /// }
+    /// let _: Option<i32> = cache.get("missing").await?;
+    /// assert_eq!(cache.stats().hit_rate(), 0.75);
+    /// # Ok(()) }
+    /// ```
     pub fn hit_rate(&self) -> f64 {
         let reads = self.hits + self.misses;
         if reads == 0 {

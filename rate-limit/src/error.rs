@@ -131,6 +131,17 @@ pub type KeyError = Error;
 
 impl Error {
     /// What the error is about.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Error, ErrorKind, RateLimitLayer};
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let err = RateLimitLayer::builder(cache).limit(10).window(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err, Error::WindowTooShort);
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// assert_eq!(Error::MissingConnectInfo.kind(), ErrorKind::MissingConnectInfo);
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::MissingConnectInfo => ErrorKind::MissingConnectInfo,

@@ -36,6 +36,25 @@ pub struct RequestInfo<'a> {
 /// Picks the client key of a request. Implemented for [`PeerIp`],
 /// [`HeaderKey`], [`RouteAndIp`] and any
 /// `Fn(&RequestInfo) -> Result<String, KeyError>` closure.
+///
+/// ```
+/// use rate_limit::{KeyError, KeyExtractor, PeerIp, RequestInfo};
+///
+/// /// Signed-in users by their id (set by an authentication layer), others by IP.
+/// struct UserOrIp(PeerIp);
+///
+/// struct UserId(u64);
+///
+/// impl KeyExtractor for UserOrIp {
+///     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError> {
+///         match request.extensions.get::<UserId>() {
+///             Some(UserId(id)) => Ok(format!("user:{id}")),
+///             None => self.0.extract(request),
+///         }
+///     }
+/// }
+/// # let _ = UserOrIp(PeerIp::new());
+/// ```
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The client key: requests with the same key share a counter.
     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError>;
@@ -65,6 +84,18 @@ impl TrustedProxies {
 
     /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
     /// An empty entry or one that is neither is a [`ConfigError`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::{ErrorKind, TrustedProxies};
+    ///
+    /// let trusted = TrustedProxies::parse(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"])?;
+    /// assert!(trusted.contains("10.1.2.3".parse()?));
+    /// assert!(trusted.contains("::ffff:192.0.2.7".parse()?)); // IPv4-mapped IPv6 is IPv4
+    /// assert!(!trusted.contains("203.0.113.9".parse()?));
+    /// assert_eq!(TrustedProxies::parse(["10.0.0.0/33"]).unwrap_err().kind(), ErrorKind::Config);
+    /// # Ok(()) }
+    /// ```
     pub fn parse<I, S>(cidrs: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
@@ -288,6 +319,18 @@ impl PeerIp {
     }
 
     /// The key of an address: IPv4 as is, IPv6 masked to the prefix.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::PeerIp;
+    ///
+    /// let peer = PeerIp::new(); // IPv6 grouped by /56
+    /// assert_eq!(peer.key_of("203.0.113.9".parse()?), "ip:203.0.113.9");
+    /// // Two addresses of one customer's /56 share a bucket.
+    /// assert_eq!(peer.key_of("2001:db8:0:1::1".parse()?), peer.key_of("2001:db8:0:ff::2".parse()?));
+    /// assert_ne!(PeerIp::new().ipv6_prefix(128).key_of("2001:db8::1".parse()?), PeerIp::new().ipv6_prefix(128).key_of("2001:db8::2".parse()?));
+    /// # Ok(()) }
+    /// ```
     pub fn key_of(&self, ip: IpAddr) -> String {
         match canonical(ip) {
             IpAddr::V4(v4) => format!("ip:{v4}"),
@@ -440,6 +483,18 @@ pub struct HeaderKey {
 
 impl HeaderKey {
     /// Keys by the header `name`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::{HeaderKey, PeerIp, RateLimitLayer, TrustedProxies};
+    ///
+    /// // Per API key, behind an authentication layer that rejects unknown keys.
+    /// let per_key = HeaderKey::new(http::HeaderName::from_static("x-api-key"))
+    ///     .fallback(PeerIp::new().trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"])?));
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory()).key_extractor(per_key).build()?;
+    /// # let _ = layer;
+    /// # Ok(()) }
+    /// ```
     pub fn new(name: http::HeaderName) -> Self {
         HeaderKey {
             name,

@@ -424,10 +424,18 @@ pub fn restore_always<T>(value: T) -> T {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), cache_core::Error> {
-/// let cache = cache_core::Cache::in_memory();
-/// // after `#[cached(prefix = "embedding", ttl = 86400)] async fn embed(text: &str)`:
-/// let removed = cache_core::invalidate_memoized(&cache, "embedding", &("hello",)).await?;
-/// assert!(!removed);
+/// use cache_core::{Cache, cached};
+///
+/// #[cached(prefix = "balance", ttl = 60, cache = cache, skip(cache))]
+/// async fn balance(cache: &Cache, user: u64, currency: &str) -> i64 {
+///     1250
+/// }
+///
+/// let cache = Cache::in_memory();
+/// balance(&cache, 7, "EUR").await;
+/// // The key arguments, `cache` skipped: (7, "EUR").
+/// assert!(cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?);
+/// assert!(!cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?); // gone
 /// # Ok(()) }
 /// ```
 pub async fn invalidate_memoized<A: Serialize + ?Sized>(
