@@ -119,6 +119,11 @@ mod tests {
         assert!(crate::sync::lock(&leases.0).len() <= 1);
         let held = cache.try_lease("held", Duration::from_secs(60)).await;
         assert!(held.is_some());
-        assert!(cache.try_lease("held", Duration::from_secs(60)).await.is_none());
+        assert!(
+            cache
+                .try_lease("held", Duration::from_secs(60))
+                .await
+                .is_none()
+        );
     }
 }
