@@ -141,6 +141,7 @@ tests::suite!(
     local_false_bypasses_the_tier,
     invalidate_memoized_by_another_instance_is_seen,
     a_zero_ttl_result_is_not_kept_locally,
+    a_tagged_entry_in_the_tier_is_a_miss_once_its_tag_is_invalidated,
 );
 
 tests::suite!(
@@ -184,6 +185,25 @@ mod behaviour {
         assert_eq!(fleeting(&i.a, &calls, 1).await, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing was kept");
         assert!(!i.a.exists(&key).await.unwrap());
+    }
+
+    /// The tier keeps an enveloped entry's bytes; its tags are still checked
+    /// at each read, so `invalidate_tag` (a write to another key) needs no
+    /// invalidation of the entry itself.
+    pub async fn a_tagged_entry_in_the_tier_is_a_miss_once_its_tag_is_invalidated(i: Instances) {
+        i.b.set_tagged("doc", "one", &["team:1"], None)
+            .await
+            .unwrap();
+        read_into_local_tier(&i.a, i.backend, "doc", "one").await;
+        i.b.invalidate_tag("team:1").await.unwrap();
+        assert_eq!(i.a.get::<String>("doc").await.unwrap(), None);
+        i.a.set_tagged("doc", "two", &["team:1"], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            i.a.get::<String>("doc").await.unwrap().as_deref(),
+            Some("two")
+        );
     }
 
     pub async fn a_set_by_another_instance_is_seen(i: Instances) {

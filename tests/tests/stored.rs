@@ -227,6 +227,7 @@ tests::suite!(
     concurrent_first_calls_of_a_stored_function_run_the_body_once,
     a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses,
     an_invalidated_tag_is_never_served_stale,
+    an_evicted_tag_version_never_brings_back_what_it_invalidated,
 );
 
 tests::suite!(
@@ -538,6 +539,35 @@ mod behaviour {
             );
         }
         assert!(a.invalidate_tag("").await.is_err());
+    }
+
+    pub async fn an_evicted_tag_version_never_brings_back_what_it_invalidated(pair: Pair) {
+        let Pair { a, b, .. } = pair;
+        let ttl = Some(Duration::from_secs(60));
+        // Written before their tags were ever invalidated (no version keys yet).
+        a.set_tagged("doc:1", &"old", &["team:9"], ttl)
+            .await
+            .unwrap();
+        let calls = AtomicUsize::new(0);
+        assert_eq!(summary(&a, &calls, 9).await, 900);
+        b.invalidate_tag("team:9").await.unwrap();
+        b.invalidate_tag("user:9").await.unwrap();
+        // The version keys (no TTL) go: evicted under an `allkeys-*`
+        // maxmemory policy, or deleted by another client.
+        b.delete("__tag:team:9").await.unwrap();
+        b.delete("__tag:user:9").await.unwrap();
+        assert_eq!(a.get::<String>("doc:1").await.unwrap(), None);
+        assert_eq!(summary(&a, &calls, 9).await, 900);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "recomputed, not revived");
+        assert_eq!(summary(&b, &calls, 9).await, 900);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "then kept");
+        a.set_tagged("doc:1", &"new", &["team:9"], ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get::<String>("doc:1").await.unwrap().as_deref(),
+            Some("new")
+        );
     }
 
     pub async fn concurrent_first_calls_of_a_stored_function_run_the_body_once(pair: Pair) {

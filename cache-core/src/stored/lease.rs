@@ -60,6 +60,10 @@ impl Cache {
             {
                 return None;
             }
+            // A failed refresh keeps its lease until it lapses, and nothing
+            // else removes it: without this, one entry per key ever refreshed
+            // in vain would stay for the life of the process.
+            leases.retain(|_, (_, until)| *until > now);
             leases.insert(lease.key.clone(), (lease.token, now + hold));
             return Some(lease);
         }
@@ -95,5 +99,31 @@ impl Cache {
         let _ = self
             .eval_script_within(&RELEASE, &[&lease.key], &[lease.token], self.timeout())
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lapsed_in_memory_leases_do_not_accumulate() {
+        let cache = Cache::in_memory();
+        for n in 0..100 {
+            // Held for no time (lapsed at once) and never released, as a
+            // failed refresh leaves its lease.
+            let lease = cache.try_lease(&format!("key:{n}"), Duration::ZERO).await;
+            assert!(lease.is_some());
+        }
+        let leases = cache.shared_state::<MemoryLeases>();
+        assert!(crate::sync::lock(&leases.0).len() <= 1);
+        let held = cache.try_lease("held", Duration::from_secs(60)).await;
+        assert!(held.is_some());
+        assert!(
+            cache
+                .try_lease("held", Duration::from_secs(60))
+                .await
+                .is_none()
+        );
     }
 }

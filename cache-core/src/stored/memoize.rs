@@ -143,7 +143,7 @@ impl Target {
                 versions: None,
             };
         };
-        let versions: Vec<(String, u64)> = tags
+        let mut versions: Vec<(String, u64)> = tags
             .iter()
             .cloned()
             .zip(
@@ -154,10 +154,16 @@ impl Target {
             )
             .collect();
         let bytes = values.get_mut(0).and_then(Option::take);
+        // A version key absent (never set, evicted, deleted) is a miss for
+        // every entry; it gets a version before anything is computed under it.
+        let fresh = cache
+            .fresh_tag_versions(&mut versions, cache.timeout())
+            .await;
+        cache.note_memo_failure(fresh.as_ref().err());
         let found = self.judge(bytes, &versions, count);
         Read {
             found,
-            versions: Some(versions),
+            versions: fresh.is_ok().then_some(versions),
         }
     }
 

@@ -3,7 +3,8 @@
 //! Each tag has a version key, `__tag:{tag}` (under the handle's namespace),
 //! holding a random number (absent: version 0). An entry records the
 //! versions of its tags, read *before* its value was computed; it is valid
-//! while every one of them is unchanged. [`Cache::invalidate_tag`] is one
+//! while every one of them is unchanged and present (a writer that finds a
+//! version key absent sets it first, so no entry records 0). [`Cache::invalidate_tag`] is one
 //! `SET` of a fresh version. Reads fetch the entry and its tag versions in
 //! one round trip (a pipeline of GETRANGEs, which the cluster client routes
 //! per slot, so the keys need not share one).
@@ -35,9 +36,13 @@ pub(crate) fn parse_version(bytes: Option<&[u8]>) -> u64 {
     }
 }
 
-/// `true` when the recorded tags are exactly `current` (names and versions).
+/// `true` when the recorded tags are exactly `current` (names and versions),
+/// and no tag's version key is absent: an absent key may have been evicted
+/// (it has no TTL, so `allkeys-*` policies can take it) or deleted after an
+/// invalidation, and reading it as a version that entries recorded before
+/// it was ever set would bring back what it invalidated.
 pub(crate) fn tags_match(recorded: &[(String, u64)], current: &[(String, u64)]) -> bool {
-    recorded == current
+    recorded == current && current.iter().all(|(_, version)| *version != 0)
 }
 
 impl Cache {
@@ -98,12 +103,35 @@ impl Cache {
         let bytes = self.codec().encode(value)?;
         let names: Vec<String> = tags.iter().map(|t| t.as_ref().to_owned()).collect();
         let versions = self.tag_versions(&names, self.timeout()).await?;
+        let mut tags: Vec<(String, u64)> = names.into_iter().zip(versions).collect();
+        self.fresh_tag_versions(&mut tags, self.timeout()).await?;
         let seal = Seal {
-            tags: names.into_iter().zip(versions).collect(),
+            tags,
             ..Seal::default()
         };
         let sealed = self.seal(&bytes, &seal)?;
         self.set_bytes(key, &sealed, ttl).await
+    }
+
+    /// Gives every tag of `versions` whose version key is absent (version
+    /// 0) a fresh random version, before a value is computed or written
+    /// under them: an entry never records version 0, so an absent key is a
+    /// miss for every entry carrying the tag. Setting a key that is absent
+    /// only invalidates entries that were misses already (at worst, a
+    /// concurrent writer's, once), so no `NX` is needed.
+    pub(crate) async fn fresh_tag_versions(
+        &self,
+        versions: &mut [(String, u64)],
+        timeout: Duration,
+    ) -> Result<()> {
+        for (tag, version) in versions.iter_mut().filter(|(_, version)| *version == 0) {
+            let fresh = fastrand::u64(1..u64::MAX);
+            let key = self.owned_full_key(tag_key(tag));
+            self.set_full_within(&key, fresh.to_string().as_bytes(), None, timeout)
+                .await?;
+            *version = fresh;
+        }
+        Ok(())
     }
 
     /// The current versions of `tags`, in one round trip.
