@@ -28,8 +28,22 @@ fn main() -> Result<(), Failure> {
     let out = PathBuf::from(out);
     std::fs::create_dir_all(&out)?;
     let log = std::fs::read_to_string(log)?;
+    let mut names = std::collections::HashSet::new();
     for table in tables(&log) {
-        if let Some(path) = table_chart(&table, &out)? {
+        // Two tables with one title get two files.
+        let base = slug(&table.title);
+        let name = (1..)
+            .map(|n| {
+                if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                }
+            })
+            .find(|name| !names.contains(name))
+            .unwrap_or(base);
+        names.insert(name.clone());
+        if let Some(path) = table_chart(&table, &out.join(format!("{name}.svg")))? {
             println!("{}", path.display());
         }
     }
@@ -65,6 +79,8 @@ fn tables(log: &str) -> Vec<Table> {
     let lines: Vec<&str> = log.lines().collect();
     let mut found = Vec::new();
     let mut title = String::new();
+    // The last `###` heading: the scenario a latency table belongs to.
+    let mut heading = String::new();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i].trim();
@@ -80,8 +96,13 @@ fn tables(log: &str) -> Vec<Table> {
                 rows.push(cells(row));
                 i += 1;
             }
+            let title = if title.starts_with("latency at") && !heading.is_empty() {
+                format!("{heading}: {title}")
+            } else {
+                title.clone()
+            };
             found.push(Table {
-                title: title.clone(),
+                title,
                 header,
                 rows,
             });
@@ -89,6 +110,9 @@ fn tables(log: &str) -> Vec<Table> {
         }
         if !line.is_empty() && !line.starts_with('|') {
             title = line.trim_start_matches('#').trim().to_string();
+            if line.starts_with("###") {
+                heading = title.clone();
+            }
         }
         i += 1;
     }
@@ -106,14 +130,14 @@ fn number(cell: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
-/// A file name from a title: lower case words joined by dashes, at most 60 bytes.
+/// A file name from a title: lower case words joined by dashes, at most 100 bytes.
 fn slug(title: &str) -> String {
     let mut slug = String::new();
     for word in title
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
     {
-        if slug.len() + word.len() > 60 {
+        if slug.len() + word.len() > 100 {
             break;
         }
         if !slug.is_empty() {
@@ -141,7 +165,7 @@ const ROW_HEIGHT: u32 = 26;
 const WIDTH: u32 = 960;
 const LABELS: u32 = 330;
 
-fn table_chart(table: &Table, out: &Path) -> Result<Option<PathBuf>, Failure> {
+fn table_chart(table: &Table, path: &Path) -> Result<Option<PathBuf>, Failure> {
     if table.header.first().map(String::as_str) != Some("variant") || table.rows.is_empty() {
         return Ok(None);
     }
@@ -152,7 +176,7 @@ fn table_chart(table: &Table, out: &Path) -> Result<Option<PathBuf>, Failure> {
     let names: Vec<String> = table.rows.iter().map(|row| row[0].clone()).collect();
     let panel_height = ROW_HEIGHT * names.len() as u32 + 70;
     let height = panel_height * panels.len() as u32 + 40;
-    let path = out.join(format!("{}.svg", slug(&table.title)));
+    let path = path.to_path_buf();
     {
         let root = SVGBackend::new(&path, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -351,7 +375,11 @@ fn fault_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
                 )))?;
                 chart.draw_series(std::iter::once(Text::new(
                     name.clone(),
-                    (start_s + 0.05, y_top),
+                    // Alternate rows, so that names of phases close together do not overlap.
+                    (
+                        start_s + 0.05,
+                        if index % 2 == 0 { y_top } else { y_top / 2.5 },
+                    ),
                     ("sans-serif", 12).into_font().color(&BLACK),
                 )))?;
             }
