@@ -218,6 +218,7 @@ fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream 
             ttl: #ttl,
             codec: #codec,
             function: #function,
+            prefix: #prefix,
         }
     }
 }

@@ -51,6 +51,7 @@ use crate::clock::{Clock, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::quota::Quota;
 use crate::store::memory::MemoryLimits;
+use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
 /// Requests in one script call, at most.
@@ -405,7 +406,8 @@ impl Core {
                 // The namespace keeps handles with different ones apart, as on Redis.
                 let full: Vec<_> = keys.iter().map(|k| self.cache.full_key(k)).collect();
                 let full: Vec<&str> = full.iter().map(|k| k.as_ref()).collect();
-                let rows = memory.evaluate(&full, &self.quotas, now, &[cost]);
+                let call = telemetry::StoreCall::start();
+                let rows = call.finish_ok(memory.evaluate(&full, &self.quotas, now, &[cost]));
                 self.outcomes(Ok(rows), 1)
             }
             None => {
@@ -488,8 +490,10 @@ impl Core {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
+        let call = telemetry::StoreCall::start();
         let rows =
             crate::store::redis::evaluate(&self.cache, &keys, args, self.store_timeout).await;
+        let rows = call.finish(rows);
         self.outcomes(rows, requests)
     }
 

@@ -39,6 +39,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::error::{EncodeError, Error, Result};
+use crate::telemetry::{self, MemoizedCall, Served};
 use budget::Budget;
 use flight::{FlightKey, Leader, Outcome, Role, join};
 
@@ -57,6 +58,8 @@ pub struct Call {
     pub codec: Option<Codec>,
     /// The function's name, for logs.
     pub function: &'static str,
+    /// The attribute's `prefix`: the `prefix` label of the call's metrics and span.
+    pub prefix: &'static str,
 }
 
 /// Runs `body` memoized as `call` says. `stored` picks the part of the result
@@ -77,37 +80,57 @@ where
         ttl,
         codec,
         function,
+        prefix,
     } = call;
+    let probe = MemoizedCall::start(prefix);
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
+        probe.finish("none", Served::Bypass);
         return body.await;
     };
     let cache = &cache;
+    let tier = telemetry::tier(cache.backend());
     let mut budget = Budget::for_this_task(cache);
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
         Err(err) => {
             cache.note_uncacheable();
             warn_uncacheable(function, &err);
+            probe.finish(tier, Served::Bypass);
             return budget.run(body).await;
         }
     };
     let codec = codec.unwrap_or(cache.codec());
     let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
         Turn::Lead(leader) => leader,
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return budget.run(body).await,
+        Turn::Served(value) => {
+            probe.joined(tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            probe.joined(tier, Served::Miss);
+            return budget.run(body).await;
+        }
     };
     let read = read_entry(cache, &mut budget, &leader).await;
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
         leader.finish_with_hit(bytes);
+        probe.finish(tier, Served::Hit);
         return restore(value);
     }
     if let Ok(None) = &read {
         // Counted here; an undecodable entry was counted by decode_with.
         let _ = cache.decode_with::<V>(codec, leader.key(), None);
     }
+    probe.finish(
+        tier,
+        if read.is_ok() {
+            Served::Miss
+        } else {
+            Served::Error
+        },
+    );
     let result = budget.run(body).await;
     let encoded = encode_result(stored(&result), codec, function);
     // Moved, not copied: the encoded bytes serve followers and the write.

@@ -20,6 +20,7 @@ use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::memoize::Call;
 use crate::memoize::flight::{FlightKey, Leader, Outcome, Role, join};
+use crate::telemetry::{self, MemoizedCall, Served};
 
 use super::StoredOptions;
 use super::entry::{Seal, millis, now_ms};
@@ -96,6 +97,18 @@ struct Read<V> {
     versions: Option<Vec<(String, u64)>>,
 }
 
+impl<V> Read<V> {
+    /// How the call is served after this read.
+    fn served(&self) -> Served {
+        match (&self.found, &self.versions) {
+            (Found::Fresh { .. }, _) => Served::Hit,
+            (Found::Stale { .. }, _) => Served::Stale,
+            (Found::Miss, Some(_)) => Served::Miss,
+            (Found::Miss, None) => Served::Error,
+        }
+    }
+}
+
 impl Target {
     fn new(call: Call, options: StoredOptions) -> Result<Target, Option<Cache>> {
         let Call {
@@ -104,6 +117,7 @@ impl Target {
             ttl,
             codec,
             function,
+            prefix: _,
         } = call;
         let cache = cache.filter(|cache| !cache.is_bypassed()).ok_or(None)?;
         let key = match key {
@@ -296,18 +310,33 @@ where
     F: Future<Output = R>,
     V: Serialize + DeserializeOwned,
 {
+    let probe = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
-        Err(_) => return body.await,
+        Err(cache) => {
+            probe.finish(
+                cache.map_or("none", |c| telemetry::tier(c.backend())),
+                Served::Bypass,
+            );
+            return body.await;
+        }
     };
+    let tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return body.await,
+        Turn::Served(value) => {
+            probe.joined(tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            probe.joined(tier, Served::Miss);
+            return body.await;
+        }
     };
     let read = target.read::<V>(true).await;
+    probe.finish(tier, read.served());
     match read.found {
         Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
             leader.finish_with_hit(&payload);
@@ -363,18 +392,33 @@ where
     R: Send + Sync + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    let probe = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
-        Err(_) => return body.await,
+        Err(cache) => {
+            probe.finish(
+                cache.map_or("none", |c| telemetry::tier(c.backend())),
+                Served::Bypass,
+            );
+            return body.await;
+        }
     };
+    let tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return body.await,
+        Turn::Served(value) => {
+            probe.joined(tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            probe.joined(tier, Served::Miss);
+            return body.await;
+        }
     };
     let read = target.read::<V>(true).await;
+    probe.finish(tier, read.served());
     match read.found {
         Found::Fresh {
             value,
