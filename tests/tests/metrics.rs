@@ -240,6 +240,7 @@ tests::suite! {
     store_operations_report_result_and_latency_without_keys,
     tag_invalidations_and_event_gaps_are_counted,
     rate_limit_decisions_and_store_calls_are_counted,
+    spans_carry_prefix_outcome_and_duration_never_arguments,
 }
 
 mod behaviour {
@@ -355,6 +356,57 @@ mod behaviour {
         r.assert_documented(&["user-8812", "orders-4410"]);
     }
 
+    pub async fn spans_carry_prefix_outcome_and_duration_never_arguments(f: Fixture) {
+        let (_guard, buffer) = capture_spans();
+        let gate = Gate::default();
+        gate.open.send_replace(true);
+        metered(&f.cache, &gate, "argument-7af3".into()).await;
+        metered(&f.cache, &gate, "argument-7af3".into()).await;
+        let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+        let tier = tier(f.backend);
+        let closed = |name: &str, fields: &[&str]| {
+            log.lines().any(|line| {
+                line.contains(&format!("{name}{{"))
+                    && line.contains("close")
+                    && fields.iter().all(|field| line.contains(field))
+            })
+        };
+        for outcome in ["miss", "hit"] {
+            assert!(
+                closed(
+                    "cache.memoized",
+                    &[
+                        "prefix=\"metered\"",
+                        &format!("tier=\"{tier}\""),
+                        &format!("outcome=\"{outcome}\""),
+                        "duration_us="
+                    ]
+                ),
+                "no {outcome} span in:\n{log}"
+            );
+        }
+        for (operation, result) in [("get", "miss"), ("get", "hit"), ("set", "ok")] {
+            assert!(
+                closed(
+                    "cache.store",
+                    &[
+                        &format!("operation=\"{operation}\""),
+                        &format!("result=\"{result}\""),
+                        "duration_us="
+                    ]
+                ),
+                "no {operation} {result} span in:\n{log}"
+            );
+        }
+        assert!(
+            !log.contains("argument-7af3"),
+            "an argument in the spans:\n{log}"
+        );
+        let key = cache_core::key_for("metered", &("argument-7af3",)).unwrap();
+        let hash = key.rsplit(':').next().unwrap();
+        assert!(!log.contains(hash), "a key in the spans:\n{log}");
+    }
+
     pub async fn rate_limit_decisions_and_store_calls_are_counted(f: Fixture) {
         // A client at its limit is then rejected by the local deny cache...
         let layer = RateLimitLayer::builder(f.cache.clone())
@@ -413,6 +465,32 @@ mod behaviour {
         r.assert_moved("ratelimit.store.duration", &[("result", "ok")]);
         r.assert_documented(&["127.0.0.1"]);
     }
+}
+
+/// A writer into a shared buffer, for the log lines of a test's subscriber.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logs every span's close, with its fields, at every level, into a buffer.
+fn capture_spans() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Captured(writer.clone()))
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buffer)
 }
 
 async fn serve(layer: RateLimitLayer) -> u16 {
