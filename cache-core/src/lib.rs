@@ -67,12 +67,10 @@ pub use memoize::invalidate_memoized;
 pub mod __private {
     pub use crate::Codec;
     pub use crate::memoize::{
-        Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, restore_always,
-        restore_ok, restore_some, stored_always, stored_ok, stored_some,
+        Call, IntoCache, assert_serialize, custom_key, default_handle, handle, key, memoize,
+        restore_always, restore_ok, restore_some, stored_always, stored_ok, stored_some,
     };
-    pub use crate::stored::StoredOptions;
-    // The memoize functions, each in its `cache.memoized` span.
-    pub use crate::telemetry::{memoize, memoize_stale, memoize_stored};
+    pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
     pub use std::time::Duration;
 }
 

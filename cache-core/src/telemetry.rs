@@ -18,11 +18,11 @@
 use std::future::Future;
 use std::time::Instant;
 
-use tracing::Instrument;
+use futures_util::future::Either;
 use tracing::field::Empty;
+use tracing::{Instrument, instrument::Instrumented};
 
 use crate::config::Backend;
-use crate::memoize::Call;
 use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture, WindowCount};
 
 /// `tier` of a handle on the in-memory store.
@@ -68,6 +68,7 @@ impl Served {
 
 /// The span of one memoized call: `cache.memoized` at debug level, with the
 /// prefix; [`MemoizedCall::finish`] fills in tier, outcome and duration.
+#[cold]
 fn memoized_span(prefix: &'static str) -> tracing::Span {
     tracing::debug_span!(
         target: "cache_core::memoize",
@@ -79,83 +80,46 @@ fn memoized_span(prefix: &'static str) -> tracing::Span {
     )
 }
 
-/// `#[cached]` expands to this: [`memoize`](crate::memoize::memoize) in
-/// its span.
-pub async fn memoize<R, V, F>(
-    call: Call,
-    body: F,
-    stored: fn(&R) -> Option<&V>,
-    restore: fn(V) -> R,
-) -> R
-where
-    F: Future<Output = R>,
-    V: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let span = memoized_span(call.prefix);
-    crate::memoize::memoize(call, body, stored, restore)
-        .instrument(span)
-        .await
-}
-
-/// `#[cached]` with stored-value options expands to this:
-/// [`memoize_stored`](crate::stored::memoize_stored) in its span.
-pub async fn memoize_stored<R, V, F>(
-    call: Call,
-    options: crate::stored::StoredOptions,
-    body: F,
-    stored: fn(&R) -> Option<&V>,
-    restore: fn(V) -> R,
-) -> R
-where
-    F: Future<Output = R>,
-    V: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let span = memoized_span(call.prefix);
-    crate::stored::memoize_stored(call, options, body, stored, restore)
-        .instrument(span)
-        .await
-}
-
-/// `#[cached(stale = ...)]` expands to this:
-/// [`memoize_stale`](crate::stored::memoize_stale) in its span.
-pub async fn memoize_stale<R, V, F>(
-    call: Call,
-    options: crate::stored::StoredOptions,
-    body: F,
-    stored: fn(&R) -> Option<&V>,
-    restore: fn(V) -> R,
-) -> R
-where
-    F: Future<Output = R> + Send + 'static,
-    R: Send + Sync + 'static,
-    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let span = memoized_span(call.prefix);
-    crate::stored::memoize_stale(call, options, body, stored, restore)
-        .instrument(span)
-        .await
-}
-
 /// One memoized call being served: started where the call starts, finished
 /// once with how it was served. Reads the clock only when a metric or the
 /// call's span will use it.
+///
+/// The call's awaits run in its span through [`traced`](Self::traced),
+/// rather than the whole call in a wrapper future: a wrapper would move the
+/// call's future (the function body's included) once more per call, which
+/// is most of what a hit costs beyond the store's round trip.
 pub(crate) struct MemoizedCall {
     #[cfg(feature = "metrics")]
     prefix: &'static str,
     started: Option<Instant>,
+    /// Disabled (no allocation, nothing entered) while the level is off.
+    span: tracing::Span,
 }
 
 impl MemoizedCall {
     #[inline]
     pub(crate) fn start(prefix: &'static str) -> MemoizedCall {
-        #[cfg(not(feature = "metrics"))]
-        let _ = prefix;
-        let timed = cfg!(feature = "metrics")
-            || tracing::enabled!(target: "cache_core::memoize", tracing::Level::DEBUG);
+        let span = if tracing::enabled!(target: "cache_core::memoize", tracing::Level::DEBUG) {
+            memoized_span(prefix)
+        } else {
+            tracing::Span::none()
+        };
+        let timed = cfg!(feature = "metrics") || !span.is_disabled();
         MemoizedCall {
             #[cfg(feature = "metrics")]
             prefix,
             started: timed.then(Instant::now),
+            span,
+        }
+    }
+
+    /// `fut` in the call's span, or `fut` itself while the span is off.
+    #[inline]
+    pub(crate) fn traced<F: Future>(&self, fut: F) -> Either<Instrumented<F>, F> {
+        if self.span.is_disabled() {
+            Either::Right(fut)
+        } else {
+            Either::Left(fut.instrument(self.span.clone()))
         }
     }
 
@@ -179,15 +143,10 @@ impl MemoizedCall {
     #[cold]
     fn record(&self, tier: &'static str, served: Served, started: Instant) {
         let elapsed = started.elapsed();
-        let span = tracing::Span::current();
-        // Only the call's own span: an outer one may have fields of these names.
-        if span
-            .metadata()
-            .is_some_and(|meta| meta.name() == "cache.memoized")
-        {
-            span.record("tier", tier);
-            span.record("outcome", served.as_str());
-            span.record("duration_us", micros(elapsed));
+        if !self.span.is_disabled() {
+            self.span.record("tier", tier);
+            self.span.record("outcome", served.as_str());
+            self.span.record("duration_us", micros(elapsed));
         }
         #[cfg(feature = "metrics")]
         {

@@ -82,63 +82,65 @@ where
         function,
         prefix,
     } = call;
-    let probe = MemoizedCall::start(prefix);
+    let report = MemoizedCall::start(prefix);
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
-        probe.finish("none", Served::Bypass);
-        return body.await;
+        report.finish("none", Served::Bypass);
+        return report.traced(body).await;
     };
     let cache = &cache;
-    let tier = telemetry::tier(cache.backend());
+    let store_tier = telemetry::tier(cache.backend());
     let mut budget = Budget::for_this_task(cache);
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
         Err(err) => {
             cache.note_uncacheable();
             warn_uncacheable(function, &err);
-            probe.finish(tier, Served::Bypass);
-            return budget.run(body).await;
+            report.finish(store_tier, Served::Bypass);
+            return report.traced(budget.run(body)).await;
         }
     };
     let codec = codec.unwrap_or(cache.codec());
     let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
         Turn::Lead(leader) => leader,
         Turn::Served(value) => {
-            probe.joined(tier, Served::Hit);
+            report.joined(store_tier, Served::Hit);
             return restore(value);
         }
         Turn::RunAlone => {
-            probe.joined(tier, Served::Miss);
-            return budget.run(body).await;
+            report.joined(store_tier, Served::Miss);
+            return report.traced(budget.run(body)).await;
         }
     };
-    let read = read_entry(cache, &mut budget, &leader).await;
+    let read = report.traced(read_entry(cache, &mut budget, &leader)).await;
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
         leader.finish_with_hit(bytes);
-        probe.finish(tier, Served::Hit);
+        report.finish(store_tier, Served::Hit);
         return restore(value);
     }
     if let Ok(None) = &read {
         // Counted here; an undecodable entry was counted by decode_with.
         let _ = cache.decode_with::<V>(codec, leader.key(), None);
     }
-    probe.finish(
-        tier,
+    report.finish(
+        store_tier,
         if read.is_ok() {
             Served::Miss
         } else {
             Served::Error
         },
     );
-    let result = budget.run(body).await;
+    let result = report.traced(budget.run(body)).await;
     let encoded = encode_result(stored(&result), codec, function);
     // Moved, not copied: the encoded bytes serve followers and the write.
     let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
     leader.publish(shared.clone());
     // A store that just failed the read is not waited on a second time.
     if let (Some(bytes), true) = (shared, read.is_ok()) {
-        write_entry(cache, &mut budget, &leader, &bytes, ttl).await;
+        report
+            .traced(write_entry(cache, &mut budget, &leader, &bytes, ttl))
+            .await;
     }
     leader.finish();
     result

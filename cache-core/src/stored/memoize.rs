@@ -310,39 +310,42 @@ where
     F: Future<Output = R>,
     V: Serialize + DeserializeOwned,
 {
-    let probe = MemoizedCall::start(call.prefix);
+    let report = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
         Err(cache) => {
-            probe.finish(
+            report.finish(
                 cache.map_or("none", |c| telemetry::tier(c.backend())),
                 Served::Bypass,
             );
-            return body.await;
+            return report.traced(body).await;
         }
     };
-    let tier = telemetry::tier(target.cache.backend());
+    let store_tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
         Turn::Served(value) => {
-            probe.joined(tier, Served::Hit);
+            report.joined(store_tier, Served::Hit);
             return restore(value);
         }
         Turn::RunAlone => {
-            probe.joined(tier, Served::Miss);
-            return body.await;
+            report.joined(store_tier, Served::Miss);
+            return report.traced(body).await;
         }
     };
-    let read = target.read::<V>(true).await;
-    probe.finish(tier, read.served());
+    let read = report.traced(target.read::<V>(true)).await;
+    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
             leader.finish_with_hit(&payload);
             restore(value)
         }
-        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
+        Found::Miss => {
+            let miss = run_and_store(&target, leader, read.versions, body, stored);
+            report.traced(miss).await
+        }
     }
 }
 
@@ -392,33 +395,33 @@ where
     R: Send + Sync + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    let probe = MemoizedCall::start(call.prefix);
+    let report = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
         Err(cache) => {
-            probe.finish(
+            report.finish(
                 cache.map_or("none", |c| telemetry::tier(c.backend())),
                 Served::Bypass,
             );
-            return body.await;
+            return report.traced(body).await;
         }
     };
-    let tier = telemetry::tier(target.cache.backend());
+    let store_tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
         Turn::Served(value) => {
-            probe.joined(tier, Served::Hit);
+            report.joined(store_tier, Served::Hit);
             return restore(value);
         }
         Turn::RunAlone => {
-            probe.joined(tier, Served::Miss);
-            return body.await;
+            report.joined(store_tier, Served::Miss);
+            return report.traced(body).await;
         }
     };
-    let read = target.read::<V>(true).await;
-    probe.finish(tier, read.served());
+    let read = report.traced(target.read::<V>(true)).await;
+    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh {
             value,
@@ -436,7 +439,10 @@ where
             spawn_refresh(target, body, stored);
             restore(value)
         }
-        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
+        Found::Miss => {
+            let miss = run_and_store(&target, leader, read.versions, body, stored);
+            report.traced(miss).await
+        }
     }
 }
 
