@@ -210,6 +210,68 @@ pub(crate) fn event_gap(disconnected: bool) {
 pub(crate) struct Observed {
     inner: Box<dyn Store>,
     tier: &'static str,
+    /// The handles of `cache.operations` and `cache.operation.duration`,
+    /// registered on first use: a registration hashes the labels and looks
+    /// them up in the recorder, several times the cost of an increment.
+    #[cfg(feature = "metrics")]
+    handles: [OperationHandles; OPERATIONS.len()],
+}
+
+/// Every `operation` label of `cache.operations`.
+#[cfg(feature = "metrics")]
+const OPERATIONS: [&str; 15] = [
+    "get",
+    "get_many",
+    "set",
+    "set_many",
+    "delete",
+    "exists",
+    "expire",
+    "ttl",
+    "incr",
+    "incr_window",
+    "eval",
+    "publish",
+    "scan_nodes",
+    "invalidate_prefix",
+    "ping",
+];
+
+/// Every `result` label of `cache.operations`.
+#[cfg(feature = "metrics")]
+const RESULTS: [&str; 4] = ["hit", "miss", "ok", "error"];
+
+/// One operation's metric handles on one handle's store.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct OperationHandles {
+    results: [std::sync::OnceLock<metrics::Counter>; RESULTS.len()],
+    duration: std::sync::OnceLock<metrics::Histogram>,
+}
+
+#[cfg(feature = "metrics")]
+impl Observed {
+    fn record(&self, operation: &'static str, result: &'static str, elapsed: std::time::Duration) {
+        let (Some(op), Some(res)) = (
+            OPERATIONS.iter().position(|o| *o == operation),
+            RESULTS.iter().position(|r| *r == result),
+        ) else {
+            return;
+        };
+        let tier = self.tier;
+        let handles = &self.handles[op];
+        handles.results[res]
+            .get_or_init(|| {
+                metrics::counter!("cache.operations", "operation" => operation, "result" => result, "tier" => tier)
+            })
+            .increment(1);
+        handles
+            .duration
+            .get_or_init(|| {
+                metrics::histogram!("cache.operation.duration", "operation" => operation, "tier" => tier)
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 /// Wraps the store of a handle on `backend`.
@@ -217,6 +279,8 @@ pub(crate) fn observe(inner: Box<dyn Store>, backend: &Backend) -> Box<dyn Store
     Box::new(Observed {
         inner,
         tier: tier(backend),
+        #[cfg(feature = "metrics")]
+        handles: Default::default(),
     })
 }
 
@@ -240,7 +304,7 @@ fn done<T>(answer: &crate::Result<T>) -> &'static str {
 impl Observed {
     #[inline]
     fn op<'a, T: Send + 'a>(
-        &self,
+        &'a self,
         operation: &'static str,
         result: fn(&crate::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
@@ -250,41 +314,36 @@ impl Observed {
         {
             return future;
         }
-        observed(operation, self.tier, result, future)
+        self.observed(operation, result, future)
     }
-}
 
-#[cold]
-fn observed<'a, T: Send + 'a>(
-    operation: &'static str,
-    tier: &'static str,
-    result: fn(&crate::Result<T>) -> &'static str,
-    future: StoreFuture<'a, T>,
-) -> StoreFuture<'a, T> {
-    Box::pin(async move {
-        let span = tracing::trace_span!(
-            target: "cache_core::store",
-            "cache.store",
-            operation,
-            tier,
-            result = Empty,
-            duration_us = Empty,
-        );
-        let started = Instant::now();
-        let answer = future.instrument(span.clone()).await;
-        let elapsed = started.elapsed();
-        let result = result(&answer);
-        span.record("result", result);
-        span.record("duration_us", micros(elapsed));
-        #[cfg(feature = "metrics")]
-        {
-            metrics::counter!("cache.operations", "operation" => operation, "result" => result, "tier" => tier)
-                .increment(1);
-            metrics::histogram!("cache.operation.duration", "operation" => operation, "tier" => tier)
-                .record(elapsed.as_secs_f64());
-        }
-        answer
-    })
+    #[cold]
+    fn observed<'a, T: Send + 'a>(
+        &'a self,
+        operation: &'static str,
+        result: fn(&crate::Result<T>) -> &'static str,
+        future: StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            let span = tracing::trace_span!(
+                target: "cache_core::store",
+                "cache.store",
+                operation,
+                tier = self.tier,
+                result = Empty,
+                duration_us = Empty,
+            );
+            let started = Instant::now();
+            let answer = future.instrument(span.clone()).await;
+            let elapsed = started.elapsed();
+            let result = result(&answer);
+            span.record("result", result);
+            span.record("duration_us", micros(elapsed));
+            #[cfg(feature = "metrics")]
+            self.record(operation, result, elapsed);
+            answer
+        })
+    }
 }
 
 impl Store for Observed {

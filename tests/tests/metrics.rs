@@ -490,7 +490,11 @@ fn capture_spans() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
         .with_max_level(tracing::Level::TRACE)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .finish();
-    (tracing::subscriber::set_default(subscriber), buffer)
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first hit by a parallel test while this subscriber was being
+    // registered may have cached "never": ask them again.
+    tracing::callsite::rebuild_interest_cache();
+    (guard, buffer)
 }
 
 async fn serve(layer: RateLimitLayer) -> u16 {
