@@ -55,6 +55,8 @@ struct Inner {
     auth_failing: StateFlag,
     max_value_bytes: usize,
     invalidate_budget: Duration,
+    /// The in-process tier in front of the store, when on.
+    local: Option<Arc<crate::local::LocalTier>>,
     /// [`Cache::shared_state`]: one value per type, shared by the clones.
     shared: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// What the handle was built from, for [`Cache::dedicated`]. Not shown
@@ -103,6 +105,15 @@ impl Cache {
     /// Fails only on bad configuration. When Redis is unreachable the handle is
     /// still returned: calls fail (and `#[cached]` functions run uncached) until
     /// the connection comes up by itself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// // With none of REDIS_CLUSTER_URLS, REDIS_URL, REDIS_HOST set: the in-memory store.
+    /// let cache = cache_core::Cache::from_env().await?;
+    /// println!("caching in {}", cache.backend()); // the password, if any, hidden
+    /// # Ok(()) }
+    /// ```
     pub async fn from_env() -> Result<Cache> {
         CacheBuilder::from_env()?.build().await
     }
@@ -114,6 +125,16 @@ impl Cache {
 
     /// An embedded in-memory store with default settings: for development,
     /// tests and single-process services. Needs no runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(*cache.backend(), cache_core::Backend::Memory);
+    /// cache.set("greeting", "hello", None).await?;
+    /// assert_eq!(cache.get::<String>("greeting").await?.as_deref(), Some("hello"));
+    /// # Ok(()) }
+    /// ```
     pub fn in_memory() -> Cache {
         Self::with_store(
             CacheConfig::default(),
@@ -149,6 +170,7 @@ impl Cache {
                 auth_failing: StateFlag::new(),
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
+                local: crate::local::for_config(&config),
                 shared: std::sync::Mutex::default(),
                 config,
             }),
@@ -160,12 +182,26 @@ impl Cache {
     /// never queue behind this handle's: one slow or large reply on a
     /// multiplexed connection delays every call sent after it. The rate
     /// limiter takes one by default. The in-memory store has no connection:
-    /// there the answer is a clone sharing the data.
+    /// there the answer is a clone sharing the data. It has no local tier
+    /// (its own would cost a tracking connection and its pushes, and the
+    /// limiter reads no values): build another handle for a second one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let counters = cache.dedicated(); // in memory: the same data
+    /// cache.set("k", &1, None).await?;
+    /// assert_eq!(counters.get::<i32>("k").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
     pub fn dedicated(&self) -> Cache {
         if self.inner.backend == Backend::Memory {
             return self.clone();
         }
-        match Self::from_config(self.inner.config.clone()) {
+        let mut config = self.inner.config.clone();
+        config.local_tier = None;
+        match Self::from_config(config) {
             Ok(cache) => cache,
             // The same configuration built this handle; should the client still
             // refuse it, sharing the connection is the safe fallback.
@@ -306,12 +342,26 @@ impl Cache {
     }
 
     /// Counters since the handle was built, and the breaker's state.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let _: Option<i32> = cache.get("missing").await?;
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses), (0, 1));
+    /// assert_eq!(stats.breaker, cache_core::BreakerState::Closed);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = self
             .inner
             .counters
             .snapshot(self.inner.resilience.breaker.state());
         stats.events = self.shared_state::<crate::events::BusState>().stats();
+        if let Some(local) = &self.inner.local {
+            stats.set_local(local.stats());
+        }
         stats
     }
 
@@ -330,6 +380,68 @@ impl Cache {
     pub(crate) async fn publish_bytes(&self, channel: &str, payload: &[u8]) -> Result<u64> {
         self.run(Idempotence::CountsOnce, |s| s.publish(channel, payload))
             .await
+    }
+
+    /// The handle's local tier, when it has one.
+    pub(crate) fn local_tier(&self) -> Option<&crate::local::LocalTier> {
+        self.inner.local.as_deref()
+    }
+
+    /// Counts a hit served without decoding (a local tier's decoded value).
+    pub(crate) fn record_hit(&self) {
+        self.inner.counters.record_hit();
+    }
+
+    /// [`get_full_within`](Self::get_full_within), keeping what it read in
+    /// the local tier unless the key changed meanwhile.
+    pub(crate) async fn get_full_filling(
+        &self,
+        full_key: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(local) = &self.inner.local else {
+            return self.get_full_within(full_key, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let bytes = self.get_full_within(full_key, timeout).await?;
+        if let Some(bytes) = &bytes {
+            local.fill(watch, bytes, None);
+        }
+        Ok(bytes)
+    }
+
+    /// [`set_full_within`](Self::set_full_within), keeping the value in the
+    /// local tier once Redis's invalidation of this very write has come
+    /// back, and no other one (see [`crate::local`]).
+    pub(crate) async fn set_full_filling(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        decoded: Option<crate::local::Decoded>,
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
+        // A zero TTL deletes the key: nothing to keep.
+        let deletes = ttl.is_some_and(|ttl| ttl.as_millis() == 0);
+        let Some(local) = self.inner.local.as_ref().filter(|_| !deletes) else {
+            return self.set_full_within(full_key, value, ttl, timeout).await;
+        };
+        let watch = local.watch(full_key);
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        if written.is_ok() && local.barrier().await {
+            local.fill_own(watch, value, decoded, ttl);
+        } else {
+            drop(watch);
+            local.evict(full_key);
+        }
+        written
+    }
+
+    /// Drops the local copy of a key this handle just changed.
+    fn local_evict(&self, full_key: &str) {
+        if let Some(local) = &self.inner.local {
+            local.evict(full_key);
+        }
     }
 
     async fn run<'a, T, F>(&'a self, idempotence: Idempotence, call: F) -> Result<T>
@@ -450,6 +562,16 @@ impl Cache {
     }
 
     /// Reads raw bytes. No codec, no hit/miss counting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("price", &72000.5, None).await?;
+    /// // Values are plain JSON: what any other Redis client reads.
+    /// assert_eq!(cache.get_bytes("price").await?.as_deref(), Some(&b"72000.5"[..]));
+    /// # Ok(()) }
+    /// ```
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get_full_within(&self.full_key(key), self.timeout())
             .await
@@ -504,6 +626,16 @@ impl Cache {
     }
 
     /// Writes raw bytes, with an optional TTL (zero removes the key, as Redis does).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_bytes("written-by-python", br#"{"a": 1}"#, None).await?;
+    /// let value: Option<std::collections::HashMap<String, i32>> = cache.get("written-by-python").await?;
+    /// assert_eq!(value.map(|map| map["a"]), Some(1));
+    /// # Ok(()) }
+    /// ```
     pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         self.set_full_within(&self.full_key(key), value, ttl, self.timeout())
             .await
@@ -512,6 +644,19 @@ impl Cache {
     /// Writes a key that already has the namespace in front, within `timeout`
     /// (at most the handle's).
     pub(crate) async fn set_full_within(
+        &self,
+        full_key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let written = self.write_full_within(full_key, value, ttl, timeout).await;
+        self.local_evict(full_key);
+        written
+    }
+
+    /// [`set_full_within`](Self::set_full_within) without the local tier.
+    async fn write_full_within(
         &self,
         full_key: &str,
         value: &[u8],
@@ -539,9 +684,31 @@ impl Cache {
     ///
     /// The handle's timeout bounds the whole call, decoding included: a value
     /// that is only decoded after it is an [`Error::Timeout`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("user:7:name", "Ada", None).await?;
+    /// assert_eq!(cache.get::<String>("user:7:name").await?.as_deref(), Some("Ada"));
+    /// // A value that does not decode as the type asked for is a miss, not an error.
+    /// assert_eq!(cache.get::<u64>("user:7:name").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let started = tokio::time::Instant::now();
-        let bytes = self.get_bytes(key).await?;
+        let full_key = self.full_key(key);
+        let bytes = if let Some(bytes) = self.local_tier().and_then(|local| local.get(&full_key)) {
+            Some(bytes.to_vec())
+        } else {
+            match self.get_full_filling(&full_key, self.timeout()).await {
+                Ok(bytes) => bytes,
+                Err(err) => match self.local_tier().and_then(|l| l.get_stale(&full_key)) {
+                    Some(entry) => Some(entry.bytes.to_vec()),
+                    None => return Err(err),
+                },
+            }
+        };
         let value = match bytes {
             // Written with a stored-value option (tags, encryption, ...).
             Some(bytes) if crate::stored::envelope::is_envelope(&bytes) => {
@@ -599,6 +766,19 @@ impl Cache {
     /// with an optional TTL. A TTL over [`MAX_TTL`](crate::MAX_TTL) or an
     /// encoding over [`max_value_bytes`](Self::max_value_bytes) is an
     /// [`ErrorKind::InvalidArgument`], and nothing is sent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{ErrorKind, MAX_TTL};
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("session:1", &["read", "write"], Some(Duration::from_secs(1800))).await?;
+    /// let too_long = cache.set("session:1", &1, Some(MAX_TTL * 2)).await.unwrap_err();
+    /// assert_eq!(too_long.kind(), ErrorKind::InvalidArgument); // and nothing was written
+    /// # Ok(()) }
+    /// ```
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -612,9 +792,22 @@ impl Cache {
     /// Reads several keys in one round trip (MGET); the answer is in key order.
     /// Values over [`max_value_bytes`](Self::max_value_bytes) are misses, as
     /// with [`get`](Self::get), and the timeout includes decoding.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_many(&[("price:1", 10.5), ("price:2", 20.0)], None).await?;
+    /// let prices: Vec<Option<f64>> = cache.get_many(&["price:1", "price:3", "price:2"]).await?;
+    /// assert_eq!(prices, [Some(10.5), None, Some(20.0)]);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
         let started = tokio::time::Instant::now();
         let full: Vec<String> = keys.iter().map(|k| self.full_key(k).into_owned()).collect();
+        if let Some(local) = &self.inner.local {
+            return self.get_many_through(local, keys, &full, started).await;
+        }
         let cap = self.inner.max_value_bytes;
         let values = self
             .run(Idempotence::Idempotent, |s| s.get_many(&full, cap))
@@ -627,6 +820,50 @@ impl Cache {
                 let bytes = self.within_cap(full_key, bytes);
                 self.decode(key, bytes.as_deref())
             })
+            .collect();
+        self.check_deadline(started)?;
+        Ok(decoded)
+    }
+
+    /// [`get_many`](Self::get_many) through the local tier: the keys it
+    /// holds are not asked for; the others are read in one round trip and
+    /// kept, unless changed meanwhile.
+    async fn get_many_through<T: DeserializeOwned>(
+        &self,
+        local: &crate::local::LocalTier,
+        keys: &[&str],
+        full: &[String],
+        started: tokio::time::Instant,
+    ) -> Result<Vec<Option<T>>> {
+        let mut found: Vec<Option<Arc<[u8]>>> = full.iter().map(|k| local.get(k)).collect();
+        let missing: Vec<String> = full
+            .iter()
+            .zip(&found)
+            .filter(|(_, found)| found.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let watches: Vec<_> = missing.iter().map(|key| local.watch(key)).collect();
+            let cap = self.inner.max_value_bytes;
+            let values = self
+                .run(Idempotence::Idempotent, |s| s.get_many(&missing, cap))
+                .await?;
+            let mut read = missing.iter().zip(values).zip(watches);
+            for slot in found.iter_mut().filter(|slot| slot.is_none()) {
+                let Some(((full_key, bytes), watch)) = read.next() else {
+                    break;
+                };
+                let Some(bytes) = self.within_cap(full_key, bytes) else {
+                    continue;
+                };
+                local.fill(watch, &bytes, None);
+                *slot = Some(Arc::from(bytes));
+            }
+        }
+        let decoded = found
+            .iter()
+            .zip(keys)
+            .map(|(bytes, key)| self.decode(key, bytes.as_deref()))
             .collect();
         self.check_deadline(started)?;
         Ok(decoded)
@@ -655,14 +892,32 @@ impl Cache {
                 Ok((self.full_key(key).into_owned(), bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
-            .await
+        let written = self
+            .run(Idempotence::Idempotent, |s| s.set_many(&encoded, ttl))
+            .await;
+        for (key, _) in &encoded {
+            self.local_evict(key);
+        }
+        written
     }
 
     /// Removes a key; `true` if it existed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1, None).await?;
+    /// assert!(cache.exists("k").await?);
+    /// assert!(cache.delete("k").await?);
+    /// assert!(!cache.delete("k").await?); // already gone
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.delete(&key)).await
+        let deleted = self.run(Idempotence::Idempotent, |s| s.delete(&key)).await;
+        self.local_evict(&key);
+        deleted
     }
 
     /// `true` if the key exists (and has not expired).
@@ -675,14 +930,32 @@ impl Cache {
     /// removes the key, as Redis does.
     /// A TTL over [`MAX_TTL`](crate::MAX_TTL) is an
     /// [`ErrorKind::InvalidArgument`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1, None).await?;
+    /// assert_eq!(cache.ttl("k").await?, KeyTtl::Persistent);
+    /// assert!(cache.expire("k", Duration::from_secs(60)).await?);
+    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(60)));
+    /// assert_eq!(cache.ttl("other").await?, KeyTtl::Missing);
+    /// # Ok(()) }
+    /// ```
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         validate_ttl("ttl", ttl)?;
         if ttl.as_millis() == 0 {
             return self.delete(key).await;
         }
         let key = self.full_key(key);
-        self.run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
-            .await
+        let expiring = self
+            .run(Idempotence::Idempotent, |s| s.expire(&key, ttl))
+            .await;
+        self.local_evict(&key);
+        expiring
     }
 
     /// A key's remaining time to live (Redis `PTTL`).
@@ -694,10 +967,24 @@ impl Cache {
     /// Adds `by` to an integer counter (created at 0) and returns the new value.
     /// A key holding something else than an integer is an [`Error::Command`].
     /// Not retried after an ambiguous failure, so it never counts twice.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.incr("visits", 1).await?, 1);
+    /// assert_eq!(cache.incr("visits", 10).await?, 11);
+    /// cache.set("name", "Ada", None).await?;
+    /// assert_eq!(cache.incr("name", 1).await.unwrap_err().kind(), cache_core::ErrorKind::Command);
+    /// # Ok(()) }
+    /// ```
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let key = self.full_key(key);
-        self.run(Idempotence::CountsOnce, |s| s.incr(&key, by))
-            .await
+        let count = self
+            .run(Idempotence::CountsOnce, |s| s.incr(&key, by))
+            .await;
+        self.local_evict(&key);
+        count
     }
 
     /// A fixed-window counter: adds `by` and, when the counter is new (or has no
@@ -706,6 +993,20 @@ impl Cache {
     /// This is what the rate limiter counts with. A window outside 1 ms to
     /// [`MAX_WINDOW`](crate::MAX_WINDOW), or `by` over 2^53, is an
     /// [`ErrorKind::InvalidArgument`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let window = Duration::from_secs(60);
+    /// cache.incr_window("logins:ada", 1, window).await?;
+    /// let now = cache.incr_window("logins:ada", 1, window).await?;
+    /// assert_eq!(now.count, 2);
+    /// assert!(now.reset_after <= window);
+    /// # Ok(()) }
+    /// ```
     pub async fn incr_window(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
         self.incr_window_within(key, by, window, self.timeout())
             .await
@@ -727,10 +1028,13 @@ impl Cache {
         crate::store::window_millis(window)?;
         crate::store::check_increment(by)?;
         let key = self.full_key(key);
-        self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.incr_window(&key, by, window)
-        })
-        .await
+        let count = self
+            .run_within(Idempotence::CountsOnce, timeout, |s| {
+                s.incr_window(&key, by, window)
+            })
+            .await;
+        self.local_evict(&key);
+        count
     }
 
     /// Removes every key starting with `prefix` (within the namespace) and
@@ -746,6 +1050,19 @@ impl Cache {
     ///
     /// An empty `prefix` is an [`ErrorKind::InvalidArgument`]: it would
     /// match every key. Say [`invalidate_all`](Self::invalidate_all) for that.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("user:7:summary:balance", &1250, None).await?;
+    /// cache.set("user:7:summary:orders", &3, None).await?;
+    /// cache.set("user:70:summary:orders", &1, None).await?;
+    /// assert_eq!(cache.invalidate_prefix("user:7:summary:").await?, 2);
+    /// assert!(cache.exists("user:70:summary:orders").await?);
+    /// assert!(cache.invalidate_prefix("").await.is_err()); // say invalidate_all()
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         if prefix.is_empty() {
             return Err(Error::invalid(
@@ -761,6 +1078,16 @@ impl Cache {
     /// (of every primary of a cluster), other services' and rate-limit
     /// counters included. Same walk and bounds as
     /// [`invalidate_prefix`](Self::invalidate_prefix).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().namespace("billing").build().await?;
+    /// cache.set("a", &1, None).await?;
+    /// cache.set("b", &2, None).await?;
+    /// assert_eq!(cache.invalidate_all().await?, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_all(&self) -> Result<u64> {
         let prefix = match &self.inner.namespace {
             Some(ns) => format!("{ns}:"),
@@ -771,6 +1098,15 @@ impl Cache {
 
     /// The walk of [`invalidate_prefix`](Self::invalidate_prefix) over full keys.
     async fn delete_by_prefix(&self, prefix: &str) -> Result<u64> {
+        let removed = self.unlink_by_prefix(prefix).await;
+        if let Some(local) = &self.inner.local {
+            local.evict_prefix(prefix);
+        }
+        removed
+    }
+
+    /// [`delete_by_prefix`](Self::delete_by_prefix) without the local tier.
+    async fn unlink_by_prefix(&self, prefix: &str) -> Result<u64> {
         let budget = self.inner.invalidate_budget;
         let deadline = tokio::time::Instant::now() + budget;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -811,6 +1147,16 @@ impl Cache {
     }
 
     /// PINGs the store within the timeout; never fails, reports instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let health = cache_core::Cache::in_memory().health().await;
+    /// assert!(health.healthy);
+    /// assert_eq!(health.breaker, cache_core::BreakerState::Closed);
+    /// assert_eq!(health.error_kind, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn health(&self) -> Health {
         let started = Instant::now();
         let result = self.run(Idempotence::Idempotent, |s| s.ping()).await;

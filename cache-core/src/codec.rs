@@ -47,6 +47,17 @@ impl Codec {
 
     /// Decodes `bytes`; an error when they are not exactly one `T` in this
     /// encoding (trailing bytes included).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cache_core::Codec;
+    ///
+    /// let bytes = Codec::Json.encode(&[1, 2, 3])?;
+    /// assert_eq!(bytes, b"[1,2,3]");
+    /// assert_eq!(Codec::Json.decode::<Vec<u8>>(&bytes)?, [1, 2, 3]);
+    /// assert!(Codec::Json.decode::<Vec<u8>>(b"[1,2,3] trailing").is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> std::result::Result<T, DecodeError> {
         match self {
             // from_slice rejects anything but whitespace after the value.

@@ -151,6 +151,24 @@ pub enum DecodeError {
 
 impl Error {
     /// The kind of error, to match on.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, ErrorKind};
+    ///
+    /// let cache = Cache::in_memory();
+    /// match cache.expire("k", Duration::MAX).await {
+    ///     Ok(_) => unreachable!("a TTL over MAX_TTL is refused"),
+    ///     Err(err) => match err.kind() {
+    ///         ErrorKind::InvalidArgument => { /* a mistake in the call: fix the code */ }
+    ///         ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::CircuitOpen => { /* Redis is unwell: degrade */ }
+    ///         _ => { /* ErrorKind is non_exhaustive */ }
+    ///     },
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. } => ErrorKind::Config,

@@ -56,6 +56,19 @@ pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> 
 
 /// Lowercase hex SHA-256 of `bytes`: the hash part of [`key_for`], and a way
 /// to turn user-chosen text into a fixed-size key part nobody can steer.
+///
+/// ```
+/// use cache_core::sha256_hex;
+///
+/// // printf 'hello' | sha256sum
+/// assert_eq!(
+///     sha256_hex(b"hello"),
+///     "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+/// );
+/// // A user-chosen name as a fixed-size, harmless key part:
+/// let key = format!("report:{}", &sha256_hex("../../etc/passwd *".as_bytes())[..16]);
+/// assert_eq!(key.len(), "report:".len() + 16);
+/// ```
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(64);
     push_hex(&mut out, &Sha256::digest(bytes).into());

@@ -43,10 +43,41 @@ pub struct Stats {
     pub breaker: BreakerState,
     /// The event bus of the handle ([`Cache::events`](crate::Cache::events)).
     pub events: crate::events::EventStats,
+    /// Reads served by the local tier (also counted in `hits`): no Redis call.
+    pub local_hits: u64,
+    /// Reads the local tier could not serve while open (they went to Redis).
+    pub local_misses: u64,
+    /// Invalidations Redis pushed to the local tier (keys changed by anyone,
+    /// flushes).
+    pub local_invalidations: u64,
+    /// The local tier is on and tracking is up on every primary: it is being
+    /// read. `false` without a local tier, and while tracking is down.
+    pub local_tracking: bool,
 }
 
 impl Stats {
+    pub(crate) fn set_local(&mut self, local: crate::local::LocalStats) {
+        self.local_hits = local.hits;
+        self.local_misses = local.misses;
+        self.local_invalidations = local.invalidations;
+        self.local_tracking = local.tracking;
+    }
+
     /// Hits over reads, between 0 and 1 (0 before the first read).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.stats().hit_rate(), 0.0); // no read yet
+    /// cache.set("k", &1, None).await?;
+    /// for _ in 0..3 {
+    ///     let _: Option<i32> = cache.get("k").await?;
+    /// }
+    /// let _: Option<i32> = cache.get("missing").await?;
+    /// assert_eq!(cache.stats().hit_rate(), 0.75);
+    /// # Ok(()) }
+    /// ```
     pub fn hit_rate(&self) -> f64 {
         let reads = self.hits + self.misses;
         if reads == 0 {
@@ -126,6 +157,10 @@ impl Counters {
             decrypt_failures: self.0.sum(DECRYPT_FAILURES),
             breaker,
             events: crate::events::EventStats::default(),
+            local_hits: 0,
+            local_misses: 0,
+            local_invalidations: 0,
+            local_tracking: false,
         }
     }
 }

@@ -29,6 +29,9 @@ use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture, WindowCount};
 pub(crate) const TIER_MEMORY: &str = "memory";
 /// `tier` of a handle on Redis, standalone or cluster.
 pub(crate) const TIER_REDIS: &str = "redis";
+/// `tier` of a value served from the handle's local tier (in process, in
+/// front of Redis).
+pub(crate) const TIER_LOCAL: &str = "local";
 
 /// The `tier` label of a handle's store.
 pub(crate) fn tier(backend: &Backend) -> &'static str {

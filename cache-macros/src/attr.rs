@@ -24,10 +24,11 @@ mod kw {
     syn::custom_keyword!(compress);
     syn::custom_keyword!(encrypt);
     syn::custom_keyword!(tags);
+    syn::custom_keyword!(local);
 }
 
 const OPTIONS: &str =
-    "prefix, ttl, skip, cache, key, codec, stale, timeout, compress, encrypt, tags";
+    "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, encrypt, tags";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -37,6 +38,8 @@ pub(crate) struct CachedArgs {
     pub(crate) cache: Option<Expr>,
     pub(crate) key: Option<Expr>,
     pub(crate) codec: Option<Codec>,
+    /// `local = false`: never served from, nor kept in, the local tier.
+    pub(crate) local: bool,
     /// The stored-value options (`stale`, `timeout`, `compress`, `encrypt`, `tags`).
     pub(crate) stored: StoredArgs,
 }
@@ -83,6 +86,7 @@ enum CachedOption {
     Compress(Compress),
     Encrypt(kw::encrypt),
     Tags(Setting<kw::tags, Tags>),
+    Local(Setting<kw::local, Local>),
 }
 
 impl Parse for CachedOption {
@@ -109,6 +113,8 @@ impl Parse for CachedOption {
             input.parse().map(Self::Encrypt)
         } else if input.peek(kw::tags) {
             input.parse().map(Self::Tags)
+        } else if input.peek(kw::local) {
+            input.parse().map(Self::Local)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -134,6 +140,7 @@ impl CachedOption {
             Self::Compress(compress) => ("compress", compress.keyword.span),
             Self::Encrypt(keyword) => ("encrypt", keyword.span),
             Self::Tags(setting) => ("tags", setting.keyword.span),
+            Self::Local(setting) => ("local", setting.keyword.span),
         }
     }
 }
@@ -151,6 +158,7 @@ struct GivenOptions {
     stored: StoredArgs,
     /// Where `timeout` is written: it needs `stale`.
     timeout_span: Option<Span>,
+    local: Option<bool>,
 }
 
 impl GivenOptions {
@@ -176,6 +184,7 @@ impl GivenOptions {
             CachedOption::Compress(compress) => self.stored.compress = Some(compress.threshold),
             CachedOption::Encrypt(_) => self.stored.encrypt = true,
             CachedOption::Tags(setting) => self.stored.tags = Some(setting.value.0),
+            CachedOption::Local(setting) => self.local = Some(setting.value.0),
         }
         Ok(())
     }
@@ -204,6 +213,7 @@ impl GivenOptions {
             cache: self.cache,
             key: self.key,
             codec: self.codec,
+            local: self.local.unwrap_or(true),
         })
     }
 }
@@ -442,5 +452,20 @@ impl Parse for Tags {
             ));
         }
         Ok(Self(tags))
+    }
+}
+
+/// The value of `local = true|false`.
+pub(crate) struct Local(bool);
+
+impl Parse for Local {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let lit: syn::LitBool = input.parse().map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                "`local` is `true` or `false` (`local = false`: never from the local tier)",
+            )
+        })?;
+        Ok(Self(lit.value))
     }
 }

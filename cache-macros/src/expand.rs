@@ -111,6 +111,17 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
                 },
                 ::cache_core::__private::#stored,
                 ::cache_core::__private::#restore,
+                {
+                    // Autoref specialization: `Clone` values are kept decoded.
+                    #[allow(unused_imports)]
+                    use ::cache_core::__private::{KeepBytes as _, KeepClone as _};
+                    #[allow(clippy::needless_borrow)]
+                    let __cached_keep = (&::cache_core::__private::probe::<#return_type, _>(
+                        ::cache_core::__private::#stored,
+                    ))
+                        .keep();
+                    __cached_keep
+                },
             )
             .await
         }
@@ -211,12 +222,14 @@ fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream 
         }
     };
     let function = function.to_string();
+    let local = args.local;
     quote! {
         ::cache_core::__private::Call {
             cache: #cache,
             key: #key,
             ttl: #ttl,
             codec: #codec,
+            local: #local,
             function: #function,
             prefix: #prefix,
         }

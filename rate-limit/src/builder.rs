@@ -99,6 +99,40 @@ impl RateLimitLayerBuilder {
     /// if every policy admits it: it is then charged to all of them, and a
     /// rejected request is charged to none. Not together with
     /// [`limit`](Self::limit)/[`window`](Self::window).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{ManualClock, Quota, RateLimitLayer};
+    ///
+    /// let clock = ManualClock::new();
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("burst", Quota::per_second(2))
+    ///     .policy("hourly", Quota::per_hour(3))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let status = || async { app.clone().oneshot(request("/", [203, 0, 113, 9])).await.map(|r| r.status()) };
+    ///
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::TOO_MANY_REQUESTS); // burst: charged to neither
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(status().await?, StatusCode::OK); // the third of the hour
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(status().await?, StatusCode::TOO_MANY_REQUESTS); // hourly
+    /// # Ok(()) }
+    /// ```
     pub fn policy(mut self, name: impl Into<String>, quota: Quota) -> Self {
         self.policies.push((name.into(), quota));
         self
@@ -108,6 +142,38 @@ impl RateLimitLayerBuilder {
     /// costing 5, a health check 0. A request costing more than a policy's
     /// whole limit is rejected at once (429, problem+json saying so) and
     /// charged nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{Quota, RateLimitLayer, RequestInfo};
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("units", Quota::per_minute(10))
+    ///     .cost(|req: &RequestInfo<'_>| match req.uri.path() {
+    ///         "/health" => 0,  // free
+    ///         "/export" => 10, // the whole budget
+    ///         _ => 1,
+    ///     })
+    ///     .build()?;
+    /// let app = Router::new()
+    ///     .route("/export", get(|| async { "csv" }))
+    ///     .route("/health", get(|| async { "ok" }))
+    ///     .layer(layer);
+    /// assert_eq!(app.clone().oneshot(request("/export", [203, 0, 113, 9])).await?.status(), StatusCode::OK);
+    /// assert_eq!(app.clone().oneshot(request("/export", [203, 0, 113, 9])).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// assert_eq!(app.oneshot(request("/health", [203, 0, 113, 9])).await?.status(), StatusCode::OK);
+    /// # Ok(()) }
+    /// ```
     pub fn cost(mut self, cost: impl Fn(&RequestInfo<'_>) -> u64 + Send + Sync + 'static) -> Self {
         self.cost = Some(Box::new(cost));
         self
@@ -131,6 +197,41 @@ impl RateLimitLayerBuilder {
     /// Who requests count against (default: [`PeerIp`] with the proxy
     /// settings below). Not together with those settings
     /// ([`ConfigError::ExtractorSettings`]): configure your extractor itself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{Error, RateLimitLayer, RequestInfo};
+    ///
+    /// // Per tenant, from a header an authentication layer in front has checked.
+    /// let by_tenant = |req: &RequestInfo<'_>| -> Result<String, Error> {
+    ///     let tenant = req.headers.get("x-tenant").ok_or_else(|| Error::other("no tenant"))?;
+    ///     Ok(tenant.to_str().map_err(Error::other)?.to_owned())
+    /// };
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .limit(1)
+    ///     .window(Duration::from_secs(60))
+    ///     .key_extractor(by_tenant)
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let mut first = request("/", [203, 0, 113, 9]);
+    /// first.headers_mut().insert("x-tenant", "acme".parse()?);
+    /// assert_eq!(app.clone().oneshot(first).await?.status(), StatusCode::OK);
+    /// let mut other_ip_same_tenant = request("/", [198, 51, 100, 4]);
+    /// other_ip_same_tenant.headers_mut().insert("x-tenant", "acme".parse()?);
+    /// assert_eq!(app.oneshot(other_ip_same_tenant).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// # Ok(()) }
+    /// ```
     pub fn key_extractor(mut self, extractor: impl KeyExtractor) -> Self {
         self.extractor = Some(Box::new(extractor));
         self
@@ -153,6 +254,40 @@ impl RateLimitLayerBuilder {
     /// forwarded`, `CF-Connecting-IP` behind Cloudflare). No other is read,
     /// so a client cannot pick its bucket through a header the proxy leaves
     /// alone. See [`PeerIp`] for what happens when it gives no address.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{ForwardedHeader, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .limit(1)
+    ///     .window(Duration::from_secs(60))
+    ///     .trusted_proxies(["10.0.0.0/8"])
+    ///     .forwarded_header(ForwardedHeader::XForwardedFor)
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let via_proxy = |client: &str| {
+    ///     let mut request = request("/", [10, 0, 0, 5]); // the load balancer
+    ///     request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+    ///     request
+    /// };
+    /// assert_eq!(app.clone().oneshot(via_proxy("203.0.113.9")).await?.status(), StatusCode::OK);
+    /// // Another client behind the same proxy has a budget of its own.
+    /// assert_eq!(app.clone().oneshot(via_proxy("198.51.100.4")).await?.status(), StatusCode::OK);
+    /// assert_eq!(app.oneshot(via_proxy("203.0.113.9")).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// # Ok(()) }
+    /// ```
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
         self.forwarded_header = Some(header);
         self
@@ -173,6 +308,34 @@ impl RateLimitLayerBuilder {
     /// What `X-RateLimit-Reset` carries (default
     /// [`ResetFormat::SecondsUntilReset`]; [`ResetFormat::EpochSeconds`] is
     /// GitHub's convention). `RateLimit`'s `t=` is always seconds until reset.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use rate_limit::{HeaderSets, RateLimitLayer, ResetFormat};
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .limit(10)
+    ///     .window(Duration::from_secs(60))
+    ///     .reset_header(ResetFormat::EpochSeconds) // as GitHub's API
+    ///     .headers(HeaderSets { legacy: true, ietf: false }) // X-RateLimit-* only
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let response = app.oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// let reset: u64 = response.headers()["x-ratelimit-reset"].to_str()?.parse()?;
+    /// assert!(reset > 1_700_000_000); // a Unix time, not a delay
+    /// assert!(response.headers().get("ratelimit").is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn reset_header(mut self, format: ResetFormat) -> Self {
         self.reset_format = format;
         self
@@ -186,12 +349,70 @@ impl RateLimitLayerBuilder {
     }
 
     /// What happens when the store fails (default [`FailMode::Open`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use cache_core::Cache;
+    /// use http::StatusCode;
+    /// use rate_limit::{FailMode, RateLimitLayer};
+    ///
+    /// // A Redis that is down: nothing listens on port 1.
+    /// let down = Cache::builder().redis_url("redis://127.0.0.1:1")?.timeout(Duration::from_millis(50)).build().await?;
+    /// let app = |mode| -> Result<Router, rate_limit::Error> {
+    ///     let layer = RateLimitLayer::builder(down.clone()).fail_mode(mode).build()?;
+    ///     Ok(Router::new().route("/", get(|| async { "hi" })).layer(layer))
+    /// };
+    /// let open = app(FailMode::Open)?.oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// assert_eq!(open.status(), StatusCode::OK); // let through, logged once, counted
+    /// let closed = app(FailMode::Closed)?.oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// assert_eq!(closed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// # Ok(()) }
+    /// ```
     pub fn fail_mode(mut self, mode: FailMode) -> Self {
         self.fail_mode = mode;
         self
     }
 
     /// Counts and sets headers, but never rejects: to roll out a new limit safely.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::RateLimitLayer;
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .limit(1)
+    ///     .window(Duration::from_secs(60))
+    ///     .shadow(true)
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer.clone());
+    /// for _ in 0..3 {
+    ///     let response = app.clone().oneshot(request("/", [203, 0, 113, 9])).await?;
+    ///     assert_eq!(response.status(), StatusCode::OK); // never rejected
+    /// }
+    /// assert_eq!(layer.stats().shadow_limited, 2); // what the limit would have rejected
+    /// # Ok(()) }
+    /// ```
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self
@@ -225,6 +446,42 @@ impl RateLimitLayerBuilder {
 
     /// Builds the 429 response yourself; the layer still adds the rate-limit
     /// headers and `Retry-After`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use bytes::Bytes;
+    /// use http::{Response, StatusCode};
+    /// use rate_limit::{Decision, ManualClock, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .limit(1)
+    ///     .window(Duration::from_secs(60))
+    ///     .clock(ManualClock::new()) // time stands still: the wait is exactly 60 s
+    ///     .on_limited(|decision: &Decision| {
+    ///         let body = format!("{{\"error\":\"slow down\",\"retry_in\":{}}}", decision.retry_after_seconds());
+    ///         let mut response = Response::new(Bytes::from(body));
+    ///         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         response
+    ///     })
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// app.clone().oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// let limited = app.oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// assert_eq!(limited.headers()["retry-after"], "60"); // still added by the layer
+    /// let body = axum::body::to_bytes(axum::body::Body::new(limited.into_body()), 1024).await?;
+    /// assert_eq!(body, r#"{"error":"slow down","retry_in":60}"#);
+    /// # Ok(()) }
+    /// ```
     pub fn on_limited(
         mut self,
         respond: impl Fn(&Decision) -> Response<Bytes> + Send + Sync + 'static,

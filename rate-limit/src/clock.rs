@@ -61,6 +61,16 @@ impl ManualClock {
 
     /// Moves the clock forward by `by` (whole microseconds), at most to the
     /// largest time it can hold.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// let before = clock.now();
+    /// clock.clone().advance(Duration::from_secs(60)); // clones share the time
+    /// assert_eq!(clock.now() - before, Duration::from_secs(60));
+    /// ```
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
         let _ = self

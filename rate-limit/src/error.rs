@@ -1,13 +1,36 @@
-//! [`ConfigError`]: what [`build`](crate::RateLimitLayerBuilder::build)
-//! refuses. (Per-request key failures are [`KeyError`](crate::KeyError), beside
-//! the extractors.)
+//! [`Error`], the crate's one error type, and its [`ErrorKind`]: what
+//! [`build`](crate::RateLimitLayerBuilder::build) refuses
+//! ([`ErrorKind::Config`]) and why an extractor found no key for a request
+//! (the other kinds). [`ConfigError`] and [`KeyError`] are its names where
+//! only those arise.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A configuration the layer refuses, reported when it is built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What an [`Error`] is about; match it with a `_` arm (kinds may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum ErrorKind {
+    /// A configuration the layer refuses, reported when it is built (or
+    /// by [`TrustedProxies::parse`](crate::TrustedProxies::parse)).
+    Config,
+    /// No peer address in the request ([`Error::MissingConnectInfo`]).
+    MissingConnectInfo,
+    /// A trusted proxy did not give its client's address
+    /// ([`Error::UnidentifiedClient`]).
+    UnidentifiedClient,
+    /// A custom extractor's own reason ([`Error::Other`]).
+    Extractor,
+}
+
+/// The errors of this crate: a refused configuration, or no key for a
+/// request. Branch on [`kind`](Error::kind); the variants carry the details.
+///
+/// `PartialEq` compares the variants' fields; two [`Error::Other`] are
+/// equal when they hold the same error (one `Arc`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
     /// `limit` is 0: every request would be rejected.
     #[error("the limit must be at least 1 request per window")]
     ZeroLimit,
@@ -76,4 +99,143 @@ pub enum ConfigError {
     /// The policy name cannot go into a header.
     #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
     PolicyName,
+    /// The peer address is not in the request: the server was not started
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
+    #[error(
+        "the peer address is missing: serve the app with \
+         `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
+    )]
+    MissingConnectInfo,
+    /// The request came through a trusted proxy, but the proxy header does not
+    /// give its client's address: the element the nearest untrusted hop
+    /// would be is `unknown`, obfuscated (`for=_hidden`), not an address, or
+    /// the single-address header holds several. Such a request counts
+    /// against [`UNIDENTIFIED_KEY`](crate::UNIDENTIFIED_KEY): [`PeerIp`](crate::PeerIp)'s
+    /// key for it, and the layer's when a custom extractor returns this error.
+    #[error("the trusted proxy header does not give the client's address")]
+    UnidentifiedClient,
+    /// Any other reason, from a custom extractor: its own error, kept as
+    /// the source. Build it with [`Error::other`].
+    #[error(transparent)]
+    Other(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+/// [`Error`] where it is a refused configuration
+/// ([`ErrorKind::Config`]): from [`build`](crate::RateLimitLayerBuilder::build)
+/// and [`TrustedProxies::parse`](crate::TrustedProxies::parse).
+pub type ConfigError = Error;
+
+/// [`Error`] where it says why a [`KeyExtractor`](crate::KeyExtractor)
+/// found no key for a request.
+pub type KeyError = Error;
+
+impl Error {
+    /// What the error is about.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Error, ErrorKind, RateLimitLayer};
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let err = RateLimitLayer::builder(cache).limit(10).window(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err, Error::WindowTooShort);
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// assert_eq!(Error::MissingConnectInfo.kind(), ErrorKind::MissingConnectInfo);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::MissingConnectInfo => ErrorKind::MissingConnectInfo,
+            Error::UnidentifiedClient => ErrorKind::UnidentifiedClient,
+            Error::Other(_) => ErrorKind::Extractor,
+            _ => ErrorKind::Config,
+        }
+    }
+
+    /// A custom extractor's own reason: any error, or a message.
+    ///
+    /// ```
+    /// use rate_limit::{Error, ErrorKind};
+    ///
+    /// let err = Error::other("no tenant header");
+    /// assert_eq!(err.to_string(), "no tenant header");
+    /// assert_eq!(err.kind(), ErrorKind::Extractor);
+    /// ```
+    pub fn other(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Other(reason.into().into())
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        use Error::*;
+        match (self, other) {
+            (LimitTooLarge(a), LimitTooLarge(b)) => a == b,
+            (WindowTooLong(a), WindowTooLong(b)) => a == b,
+            (
+                TrustedProxy { entry, source },
+                TrustedProxy {
+                    entry: other_entry,
+                    source: other_source,
+                },
+            ) => entry == other_entry && source == other_source,
+            (Ipv6Prefix(a), Ipv6Prefix(b)) => a == b,
+            (QuotaTooFine(a), QuotaTooFine(b)) => a == b,
+            (DuplicatePolicy(a), DuplicatePolicy(b)) => a == b,
+            (
+                StoreTimeoutOverHandle {
+                    store_timeout,
+                    handle_timeout,
+                },
+                StoreTimeoutOverHandle {
+                    store_timeout: other_store,
+                    handle_timeout: other_handle,
+                },
+            ) => store_timeout == other_store && handle_timeout == other_handle,
+            (Other(a), Other(b)) => Arc::ptr_eq(a, b),
+            // The variants without fields.
+            (a, b) => {
+                std::mem::discriminant(a) == std::mem::discriminant(b)
+                    && matches!(
+                        a,
+                        ZeroLimit
+                            | WindowTooShort
+                            | ZeroStoreTimeout
+                            | EmptyTrustedProxy
+                            | Prefix
+                            | PolicyAndLimit
+                            | ExtractorSettings
+                            | PolicyName
+                            | MissingConnectInfo
+                            | UnidentifiedClient
+                    )
+            }
+        }
+    }
+}
+
+impl Eq for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_kind() {
+        assert_eq!(Error::ZeroLimit.kind(), ErrorKind::Config);
+        assert_eq!(Error::EmptyTrustedProxy.kind(), ErrorKind::Config);
+        assert_eq!(
+            Error::MissingConnectInfo.kind(),
+            ErrorKind::MissingConnectInfo
+        );
+        assert_eq!(
+            Error::UnidentifiedClient.kind(),
+            ErrorKind::UnidentifiedClient
+        );
+        assert_eq!(Error::other("x").kind(), ErrorKind::Extractor);
+        let other = Error::other("x");
+        assert_eq!(other, other.clone());
+        assert_ne!(other, Error::other("x"), "another error");
+        assert_ne!(Error::ZeroLimit, Error::Prefix);
+        assert_eq!(Error::LimitTooLarge(3), Error::LimitTooLarge(3));
+    }
 }

@@ -15,7 +15,7 @@ use cache_core::sync::StateFlag;
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 
-use crate::ConfigError;
+use crate::error::{ConfigError, KeyError};
 
 /// Longest client key used as it is; longer keys are hashed.
 pub const MAX_KEY_LEN: usize = 128;
@@ -33,50 +33,28 @@ pub struct RequestInfo<'a> {
     pub extensions: &'a Extensions,
 }
 
-/// Why no key could be extracted: returned by a [`KeyExtractor`] for each
-/// request, so it is apart from [`ConfigError`](crate::ConfigError), which
-/// [`build`](crate::RateLimitLayerBuilder::build) returns once.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The peer address is not in the request: the server was not started
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
-    #[error(
-        "the peer address is missing: serve the app with \
-         `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
-    )]
-    MissingConnectInfo,
-    /// The request came through a trusted proxy, but the proxy header does not
-    /// give its client's address: the element the nearest untrusted hop
-    /// would be is `unknown`, obfuscated (`for=_hidden`), not an address, or
-    /// the single-address header holds several. Such a request counts
-    /// against [`UNIDENTIFIED_KEY`]: [`PeerIp`]'s key for it, and the
-    /// layer's when a custom extractor returns this error.
-    #[error("the trusted proxy header does not give the client's address")]
-    UnidentifiedClient,
-    /// Any other reason, from a custom extractor: its own error, kept as
-    /// the source. Build it with [`KeyError::other`].
-    #[error(transparent)]
-    Other(std::sync::Arc<dyn std::error::Error + Send + Sync>),
-}
-
-impl KeyError {
-    /// A custom extractor's own reason: any error, or a message.
-    ///
-    /// ```
-    /// use rate_limit::KeyError;
-    ///
-    /// let err = KeyError::other("no tenant header");
-    /// assert_eq!(err.to_string(), "no tenant header");
-    /// ```
-    pub fn other(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        KeyError::Other(reason.into().into())
-    }
-}
-
 /// Picks the client key of a request. Implemented for [`PeerIp`],
 /// [`HeaderKey`], [`RouteAndIp`] and any
 /// `Fn(&RequestInfo) -> Result<String, KeyError>` closure.
+///
+/// ```
+/// use rate_limit::{KeyError, KeyExtractor, PeerIp, RequestInfo};
+///
+/// /// Signed-in users by their id (set by an authentication layer), others by IP.
+/// struct UserOrIp(PeerIp);
+///
+/// struct UserId(u64);
+///
+/// impl KeyExtractor for UserOrIp {
+///     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError> {
+///         match request.extensions.get::<UserId>() {
+///             Some(UserId(id)) => Ok(format!("user:{id}")),
+///             None => self.0.extract(request),
+///         }
+///     }
+/// }
+/// # let _ = UserOrIp(PeerIp::new());
+/// ```
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The client key: requests with the same key share a counter.
     fn extract(&self, request: &RequestInfo<'_>) -> Result<String, KeyError>;
@@ -106,6 +84,18 @@ impl TrustedProxies {
 
     /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
     /// An empty entry or one that is neither is a [`ConfigError`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::{ErrorKind, TrustedProxies};
+    ///
+    /// let trusted = TrustedProxies::parse(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"])?;
+    /// assert!(trusted.contains("10.1.2.3".parse()?));
+    /// assert!(trusted.contains("::ffff:192.0.2.7".parse()?)); // IPv4-mapped IPv6 is IPv4
+    /// assert!(!trusted.contains("203.0.113.9".parse()?));
+    /// assert_eq!(TrustedProxies::parse(["10.0.0.0/33"]).unwrap_err().kind(), ErrorKind::Config);
+    /// # Ok(()) }
+    /// ```
     pub fn parse<I, S>(cidrs: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
@@ -329,6 +319,18 @@ impl PeerIp {
     }
 
     /// The key of an address: IPv4 as is, IPv6 masked to the prefix.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::PeerIp;
+    ///
+    /// let peer = PeerIp::new(); // IPv6 grouped by /56
+    /// assert_eq!(peer.key_of("203.0.113.9".parse()?), "ip:203.0.113.9");
+    /// // Two addresses of one customer's /56 share a bucket.
+    /// assert_eq!(peer.key_of("2001:db8:0:1::1".parse()?), peer.key_of("2001:db8:0:ff::2".parse()?));
+    /// assert_ne!(PeerIp::new().ipv6_prefix(128).key_of("2001:db8::1".parse()?), PeerIp::new().ipv6_prefix(128).key_of("2001:db8::2".parse()?));
+    /// # Ok(()) }
+    /// ```
     pub fn key_of(&self, ip: IpAddr) -> String {
         match canonical(ip) {
             IpAddr::V4(v4) => format!("ip:{v4}"),
@@ -481,6 +483,18 @@ pub struct HeaderKey {
 
 impl HeaderKey {
     /// Keys by the header `name`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit::{HeaderKey, PeerIp, RateLimitLayer, TrustedProxies};
+    ///
+    /// // Per API key, behind an authentication layer that rejects unknown keys.
+    /// let per_key = HeaderKey::new(http::HeaderName::from_static("x-api-key"))
+    ///     .fallback(PeerIp::new().trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"])?));
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory()).key_extractor(per_key).build()?;
+    /// # let _ = layer;
+    /// # Ok(()) }
+    /// ```
     pub fn new(name: http::HeaderName) -> Self {
         HeaderKey {
             name,

@@ -12,9 +12,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::builder::RateLimitLayerBuilder;
+use crate::error::KeyError;
 use crate::future::ResponseFuture;
 use crate::headers::HeaderTemplate;
-use crate::key::{KeyError, KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
+use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::response::{self, ResponseBody};
 use crate::telemetry::{self, Outcome};
@@ -95,6 +96,18 @@ impl RateLimitLayer {
     /// If `limit` is 0 or over 2^52, or `window` is under 1 ms or over
     /// [`MAX_WINDOW`](crate::MAX_WINDOW) (366 days): mistakes in code, found at start-up. [`RateLimitLayer::builder`] reports them as a
     /// [`ConfigError`](crate::ConfigError) instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::RateLimitLayer;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let per_ip = RateLimitLayer::new(cache.clone(), 100, Duration::from_secs(60));
+    /// // The same limit through the builder, which returns an error instead of panicking:
+    /// let same = RateLimitLayer::builder(cache).limit(100).window(Duration::from_secs(60)).build();
+    /// assert!(same.is_ok());
+    /// # let _ = per_ip;
+    /// ```
     pub fn new(cache: Cache, limit: u64, window: Duration) -> Self {
         match Self::builder(cache).limit(limit).window(window).build() {
             Ok(layer) => layer,
@@ -108,6 +121,30 @@ impl RateLimitLayer {
     }
 
     /// The counters since the layer was built (shared by its clones).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use rate_limit::RateLimitLayer;
+    ///
+    /// let layer = RateLimitLayer::new(cache_core::Cache::in_memory(), 1, Duration::from_secs(60));
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer.clone());
+    /// for _ in 0..3 {
+    ///     app.clone().oneshot(request("/", [203, 0, 113, 9])).await?;
+    /// }
+    /// let stats = layer.stats(); // the clone in the router counted
+    /// assert_eq!((stats.allowed, stats.limited), (1, 2));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> RateLimitStats {
         self.shared.limiter.counters.snapshot()
     }

@@ -158,6 +158,9 @@ pub(crate) struct Limiter {
 pub(crate) struct Core {
     pub(crate) cache: Cache,
     pub(crate) prefix: String,
+    /// What the store keys start with: the prefix, on the in-memory store
+    /// behind the handle's namespace (Redis handles add it themselves).
+    key_prefix: String,
     pub(crate) policies: Vec<Policy>,
     quotas: Vec<Quota>,
     pub(crate) store_timeout: Duration,
@@ -227,6 +230,10 @@ impl Limiter {
                 clock: config
                     .clock
                     .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+                key_prefix: match memory {
+                    Some(_) => config.cache.full_key(&config.prefix).into_owned(),
+                    None => config.prefix.clone(),
+                },
                 memory,
                 cluster,
                 cache: config.cache,
@@ -379,49 +386,63 @@ impl Core {
         Some(decision)
     }
 
-    /// Appends the store keys of `client`: `{prefix}:{client}` for one
-    /// policy; with several, `{prefix}:{{client}}:{policy}`, one hash tag so
-    /// that a cluster keeps them on one slot (one script call reads them all).
-    fn push_keys(&self, client: &str, keys: &mut Vec<String>) {
+    /// Appends the store keys of `client` to `text`, and where each ends to
+    /// `ends`: `{prefix}:{client}` for one policy; with several,
+    /// `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster keeps
+    /// them on one slot (one script call reads them all). One string for
+    /// every key of a call: no allocation per key.
+    fn push_keys(&self, client: &str, text: &mut String, ends: &mut Vec<usize>) {
+        let prefix = self.key_prefix.as_str();
         if let [_] = self.policies.as_slice() {
-            keys.push(format!("{}:{client}", self.prefix));
+            text.extend([prefix, ":", client]);
+            ends.push(text.len());
             return;
         }
-        keys.extend(
-            self.policies
-                .iter()
-                .map(|policy| format!("{}:{{{client}}}:{}", self.prefix, policy.name)),
-        );
+        for policy in &self.policies {
+            text.extend([prefix, ":{", client, "}:", policy.name.as_str()]);
+            ends.push(text.len());
+        }
     }
 
     /// One request counted alone.
     async fn count_one(&self, client: &str, cost: u64) -> Verdict {
-        let mut keys = Vec::with_capacity(self.policies.len());
-        self.push_keys(client, &mut keys);
+        let mut text = String::with_capacity(
+            (self.key_prefix.len() + client.len() + 16) * self.policies.len(),
+        );
+        // One policy (the common case): one key, no list of them.
+        let mut ends = Vec::new();
+        if let [_] = self.policies.as_slice() {
+            text.extend([self.key_prefix.as_str(), ":", client]);
+        } else {
+            self.push_keys(client, &mut text, &mut ends);
+        }
+        let one = [text.as_str()];
+        let many;
+        let keys: &[&str] = if ends.is_empty() {
+            &one
+        } else {
+            many = split_keys(&text, &ends);
+            &many
+        };
         let sent = now_micros(self.clock.as_ref());
-        let outcomes = match &self.memory {
+        let call = telemetry::StoreCall::start();
+        let rows = match &self.memory {
             Some(memory) => {
                 self.counters.add(Count::StoreCalls);
-                let now = now_micros(self.clock.as_ref());
-                // The namespace keeps handles with different ones apart, as on Redis.
-                let full: Vec<_> = keys.iter().map(|k| self.cache.full_key(k)).collect();
-                let full: Vec<&str> = full.iter().map(|k| k.as_ref()).collect();
-                let call = telemetry::StoreCall::start();
-                let rows = call.finish_ok(memory.evaluate(&full, &self.quotas, now, &[cost]));
-                self.outcomes(Ok(rows), 1)
+                Ok(memory.evaluate(keys, &self.quotas, sent, &[cost]))
             }
             None => {
                 let mut args = self.script_args();
                 args.extend([1, int(cost)]);
-                self.count(&keys, &args, 1).await
+                self.counters.add(Count::StoreCalls);
+                crate::store::redis::evaluate(&self.cache, keys, &args, self.store_timeout).await
             }
         };
-        match outcomes {
-            Some(outcomes) => {
-                self.note_denied(client, &outcomes, sent);
-                outcomes
-                    .first()
-                    .map_or(Verdict::StoreFailed, |o| Verdict::Decided(o.decision))
+        let rows = call.finish(rows);
+        match self.outcome(rows) {
+            Some(outcome) => {
+                self.note_denied(client, std::slice::from_ref(&outcome), sent);
+                Verdict::Decided(outcome.decision)
             }
             None => Verdict::StoreFailed,
         }
@@ -460,15 +481,17 @@ impl Core {
         if batch.is_empty() {
             return;
         }
-        let mut keys = Vec::with_capacity(batch.len() * self.policies.len());
+        let mut text = String::with_capacity(batch.len() * (self.key_prefix.len() + 24));
+        let mut ends = Vec::with_capacity(batch.len() * self.policies.len());
         let mut args = self.script_args();
         args.reserve(2 * batch.len());
         for run in client_runs(&batch) {
-            self.push_keys(&batch[run.start].client, &mut keys);
+            self.push_keys(&batch[run.start].client, &mut text, &mut ends);
             args.push(int(run.len() as u64));
             args.extend(batch[run].iter().map(|request| int(request.cost)));
         }
         let sent = now_micros(self.clock.as_ref());
+        let keys = split_keys(&text, &ends);
         let Some(outcomes) = self.count(&keys, &args, batch.len()).await else {
             for request in batch {
                 let _ = request.reply.send(Verdict::StoreFailed);
@@ -485,16 +508,41 @@ impl Core {
 
     /// One script call on Redis; the outcome of each of its `requests`
     /// requests, `None` when it failed or timed out.
-    async fn count(&self, keys: &[String], args: &[i64], requests: usize) -> Option<Vec<Outcome>> {
+    async fn count(&self, keys: &[&str], args: &[i64], requests: usize) -> Option<Vec<Outcome>> {
         self.counters.add(Count::StoreCalls);
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
         let call = telemetry::StoreCall::start();
-        let rows =
-            crate::store::redis::evaluate(&self.cache, &keys, args, self.store_timeout).await;
+        let rows = crate::store::redis::evaluate(&self.cache, keys, args, self.store_timeout).await;
         let rows = call.finish(rows);
         self.outcomes(rows, requests)
+    }
+
+    /// Reads the store's answer for one request.
+    fn outcome(&self, rows: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
+        let outcome = rows.map_err(|err| err.to_string()).and_then(|rows| {
+            window::outcome(&self.quotas, &rows).ok_or_else(|| {
+                format!(
+                    "the store's answer is malformed: {} numbers for one request",
+                    rows.len()
+                )
+            })
+        });
+        self.noted(outcome)
+    }
+
+    /// Notes whether the store answered, and passes its answer on.
+    fn noted<T>(&self, answer: Result<T, String>) -> Option<T> {
+        match answer {
+            Ok(answer) => {
+                self.note_store(None);
+                Some(answer)
+            }
+            Err(err) => {
+                self.note_store(Some(&err));
+                None
+            }
+        }
     }
 
     /// Reads the store's answer for `requests` requests.
@@ -516,22 +564,14 @@ impl Core {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| "the store's answer is malformed".to_string())
         });
-        match outcomes {
-            Ok(outcomes) => {
-                self.note_store(None);
-                Some(outcomes)
-            }
-            Err(err) => {
-                self.note_store(Some(&err));
-                None
-            }
-        }
+        self.noted(outcomes)
     }
 
     /// Remembers `client` as rejected if the last of its `outcomes` (which
     /// knows the state after all of them) says it is for a while, counted
-    /// from `sent` (µs, taken before the store call): the local deny cache
-    /// then never outlasts the store's own verdict.
+    /// from `sent` (µs, taken before the store call) rounded down to the ms
+    /// (the store's windows end on whole ms, counted from its ms): the local
+    /// deny cache then never outlasts the store's own verdict.
     fn note_denied(&self, client: &str, outcomes: &[Outcome], sent: u64) {
         if self.local_deny
             && let Some(last) = outcomes.last()
@@ -541,8 +581,12 @@ impl Core {
             let now = now_micros(self.clock.as_ref());
             let blocked = u64::try_from(last.blocked.as_micros()).unwrap_or(u64::MAX);
             let policy = last.decision.policy;
-            self.denied
-                .insert(client, sent.saturating_add(blocked), policy, now);
+            self.denied.insert(
+                client,
+                (sent - sent % 1000).saturating_add(blocked),
+                policy,
+                now,
+            );
         }
     }
 
@@ -592,6 +636,18 @@ fn client_runs(batch: &[Request]) -> impl Iterator<Item = std::ops::Range<usize>
         start = end;
         Some(run)
     })
+}
+
+/// The keys [`Core::push_keys`] wrote to `text`, ending at `ends`.
+fn split_keys<'a>(text: &'a str, ends: &[usize]) -> Vec<&'a str> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let key = text.get(start..end).unwrap_or_default();
+            start = end;
+            key
+        })
+        .collect()
 }
 
 fn int(n: u64) -> i64 {

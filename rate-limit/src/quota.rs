@@ -68,6 +68,15 @@ impl Quota {
     }
 
     /// `limit` per second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::Quota;
+    ///
+    /// assert_eq!(Quota::per_second(10), Quota::new(10, Duration::from_secs(1)));
+    /// assert_eq!(Quota::per_minute(100).window(), Duration::from_secs(60));
+    /// assert_eq!(Quota::per_hour(1000).limit(), 1000);
+    /// ```
     pub const fn per_second(limit: u64) -> Quota {
         Quota::new(limit, Duration::from_secs(1))
     }
@@ -83,6 +92,15 @@ impl Quota {
     }
 
     /// The same quota enforced by `algorithm`.
+    ///
+    /// ```
+    /// use rate_limit::{Algorithm, Quota};
+    ///
+    /// // 100 a minute, as a steady flow: one request back every 600 ms once the burst is spent.
+    /// let smooth = Quota::per_minute(100).algorithm(Algorithm::Gcra);
+    /// assert_eq!(smooth.enforced_by(), Algorithm::Gcra);
+    /// assert_eq!(Quota::per_minute(100).enforced_by(), Algorithm::FixedWindow);
+    /// ```
     #[must_use]
     pub const fn algorithm(mut self, algorithm: Algorithm) -> Quota {
         self.algorithm = algorithm;

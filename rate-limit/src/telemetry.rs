@@ -87,13 +87,4 @@ impl StoreCall {
         }
         answer
     }
-
-    /// [`finish`](Self::finish) of a call that cannot fail (the in-memory store).
-    #[inline]
-    pub(crate) fn finish_ok<T>(self, value: T) -> T {
-        match self.finish::<T, std::convert::Infallible>(Ok(value)) {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
-    }
 }

@@ -277,36 +277,39 @@ fn gcra(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check 
     }
 }
 
-/// `state` as the script reads it at `now_ms`: a fixed-window count
-/// expiring more than a window from now gets a window from now (the script
-/// repairs the key's expiry so, even when the request is rejected); a
-/// sliding window in the future (the clock stepped back) is the current one
-/// (the script rewrites it so).
-pub(crate) fn repaired(quota: &Quota, state: State, now_ms: u64) -> State {
-    match state {
-        State::Sliding {
-            index,
-            current,
-            previous,
-        } if quota.enforced_by() == Algorithm::SlidingWindow
-            && index > now_ms / quota.window_ms().max(1) =>
-        {
+/// `state` as the script reads it at `now_us`, out-of-range parts brought
+/// in range (the script rewrites the key so, even when the request is
+/// rejected): a fixed-window count ending more than a window from now ends
+/// a window from now; a sliding window in the future (the clock stepped
+/// back) is the current one, its counts at most the limit; a GCRA TAT past
+/// the tolerance is at the tolerance.
+pub(crate) fn repaired(quota: &Quota, state: State, now_us: u64) -> State {
+    let (limit, window_ms) = (quota.limit(), quota.window_ms().max(1));
+    let now_ms = now_us / 1000;
+    match (quota.enforced_by(), state) {
+        (
+            Algorithm::SlidingWindow,
             State::Sliding {
-                index: now_ms / quota.window_ms().max(1),
+                index,
                 current,
                 previous,
+            },
+        ) => State::Sliding {
+            index: index.min(now_ms / window_ms),
+            current: current.min(limit),
+            previous: previous.min(limit),
+        },
+        (Algorithm::FixedWindow, State::Fixed { count, expires_ms }) => State::Fixed {
+            count,
+            expires_ms: expires_ms.min(now_ms.saturating_add(window_ms)),
+        },
+        (Algorithm::Gcra, State::Gcra { tat_us }) => {
+            let (_, tolerance) = gcra_params(limit, window_ms);
+            State::Gcra {
+                tat_us: tat_us.min(now_us.saturating_add(tolerance)),
             }
         }
-        State::Fixed { count, expires_ms }
-            if quota.enforced_by() == Algorithm::FixedWindow
-                && expires_ms > now_ms.saturating_add(quota.window_ms()) =>
-        {
-            State::Fixed {
-                count,
-                expires_ms: now_ms.saturating_add(quota.window_ms()),
-            }
-        }
-        other => other,
+        (_, other) => other,
     }
 }
 
@@ -337,18 +340,15 @@ pub(crate) fn evaluate(
     costs: &[u64],
 ) -> Vec<i64> {
     let mut out = Vec::with_capacity(costs.len() * row_len(quotas.len()));
-    let mut checks = Vec::with_capacity(quotas.len());
     for &cost in costs {
-        checks.clear();
-        checks.extend(
-            quotas
-                .iter()
-                .zip(states.iter())
-                .map(|(quota, state)| check(quota, *state, now_us, cost)),
-        );
-        let admitted = checks.iter().all(|c| c.admits);
+        // Each check twice (its arithmetic costs less than a list of them).
+        let admitted = quotas
+            .iter()
+            .zip(states.iter())
+            .all(|(quota, state)| check(quota, *state, now_us, cost).admits);
         out.push(i64::from(admitted));
-        for ((check_, quota), state) in checks.iter().zip(quotas).zip(states.iter_mut()) {
+        for (quota, state) in quotas.iter().zip(states.iter_mut()) {
+            let check_ = &check(quota, *state, now_us, cost);
             let shown = if admitted {
                 *state = check_.next;
                 *check_

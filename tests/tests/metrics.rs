@@ -575,6 +575,33 @@ async fn failures_report_errors_breaker_changes_and_fail_open() {
     r.assert_documented(&["argument-7af3", "127.0.0.1"]);
 }
 
+/// A memoized value served from the local tier (in process, in front of
+/// Redis) reports the tier `local`.
+#[tokio::test]
+async fn local_tier_hits_report_the_local_tier() {
+    let (r, _guard) = recorder();
+    let cache = suite::build(
+        suite::redis(&tests::shared_server().url())
+            .timeout(suite::TIMEOUT)
+            .namespace(unique_prefix("local_tier_hits"))
+            .local_tier(100, Duration::from_secs(30)),
+    )
+    .await;
+    let gate = Gate::default();
+    gate.open.send_replace(true);
+    // The tier keeps an entry once tracking is on: poll until one is served.
+    let local_hit = [("prefix", "metered"), ("result", "hit"), ("tier", "local")];
+    wait_until(
+        "a memoized call is served from the local tier",
+        async || {
+            assert_eq!(metered(&cache, &gate, "argument-7af3".into()).await, 13);
+            r.count("cache.memoized.calls", &local_hit) > 0
+        },
+    )
+    .await;
+    r.assert_documented(&["argument-7af3"]);
+}
+
 /// The README lists every metric this file checks.
 #[test]
 fn the_readme_lists_every_metric() {

@@ -69,6 +69,14 @@ async fn stored(store: &Store, key: &str) -> Option<(String, KeyTtl)> {
     }
 }
 
+/// The count of a fixed-window value, `count:end` (the window's end in ms
+/// since the epoch); panics on any other form.
+fn fixed_count(value: &str) -> &str {
+    let (count, end) = value.trim().split_once(':').expect("count:end");
+    end.parse::<u64>().expect("the window's end");
+    count
+}
+
 /// Serves `GET /` behind `layer` on a free loopback port, with `ConnectInfo`.
 async fn serve(layer: RateLimitLayer) -> u16 {
     tests::http::serve(
@@ -87,6 +95,14 @@ async fn own_redis(
     let server = RedisServer::start();
     let cache = suite::build(configure(suite::redis(&server.url()))).await;
     (server, cache)
+}
+
+/// A builder on `cache` whose store calls may take as long as the handle
+/// allows: on a loaded CI machine a cluster call can pass the default
+/// 100 ms, and the layer would fail open (a 200 where a 429 is asserted).
+fn builder(cache: &Cache) -> rate_limit::RateLimitLayerBuilder {
+    let store_timeout = cache.timeout();
+    RateLimitLayer::builder(cache.clone()).store_timeout(store_timeout)
 }
 
 fn layer(
@@ -376,7 +392,7 @@ mod behaviour {
         use tower::{Layer, ServiceExt};
         const CLIENTS: u32 = 100;
         let prefix = unique_prefix("many");
-        let limiter = RateLimitLayer::builder(store.cache.clone())
+        let limiter = builder(&store.cache)
             .prefix(&prefix)
             .policy("burst", Quota::new(2, Duration::from_secs(60)))
             .policy(
@@ -412,7 +428,7 @@ mod behaviour {
         for client in [0, CLIENTS - 1] {
             let key = format!("{prefix}:{{ip:10.3.0.{client}}}:burst");
             let (value, ttl) = stored(&store, &key).await.expect("a stored count");
-            assert_eq!(value, "2", "{key}");
+            assert_eq!(fixed_count(&value), "2", "{key}");
             assert!(matches!(ttl, KeyTtl::Expires(_)), "{key}: {ttl:?}");
         }
     }
@@ -552,7 +568,7 @@ mod behaviour {
         assert_eq!(
             stored(&store, &format!("{prefix}:{UNIDENTIFIED_KEY}"))
                 .await
-                .map(|(value, _)| value),
+                .map(|(value, _)| fixed_count(&value).to_string()),
             Some("2".to_string())
         );
         // Neither the proxy nor the address left of `unknown` was charged.
@@ -652,7 +668,7 @@ mod behaviour {
         for (algorithm, expected) in ALGORITHMS.into_iter().zip([20, 10, 11]) {
             let clock = ManualClock::new();
             align_to_second(&clock);
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("edge"))
                 .policy("edge", Quota::per_second(10).algorithm(algorithm))
                 .clock(clock.clone())
@@ -745,7 +761,7 @@ mod behaviour {
     pub async fn several_policies_pass_only_when_all_admit(store: Store) {
         let clock = ManualClock::new();
         let prefix = unique_prefix("multi");
-        let layer = RateLimitLayer::builder(store.cache.clone())
+        let layer = builder(&store.cache)
             .prefix(&prefix)
             .policy("burst", Quota::per_second(3))
             .policy("hourly", Quota::per_hour(5).algorithm(Algorithm::Gcra))
@@ -797,7 +813,7 @@ mod behaviour {
     pub async fn a_request_is_charged_its_cost(store: Store) {
         for algorithm in ALGORITHMS {
             let clock = ManualClock::new();
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("cost"))
                 .policy("units", Quota::per_hour(12).algorithm(algorithm))
                 .cost(
@@ -848,7 +864,7 @@ mod behaviour {
     /// the local deny cache (whose denial holds for a cost of 1 or more).
     pub async fn a_free_request_passes_a_client_the_deny_cache_rejects(store: Store) {
         for algorithm in ALGORITHMS {
-            let layer = RateLimitLayer::builder(store.cache.clone())
+            let layer = builder(&store.cache)
                 .prefix(unique_prefix("free"))
                 .policy("units", Quota::per_hour(2).algorithm(algorithm))
                 .cost(|request: &rate_limit::RequestInfo<'_>| {
@@ -877,7 +893,7 @@ mod behaviour {
             let prefix = unique_prefix("switch");
             let app = |quota: Quota| {
                 app_with(
-                    RateLimitLayer::builder(store.cache.clone())
+                    builder(&store.cache)
                         .prefix(&prefix)
                         .policy("p", quota)
                         .local_deny_cache(false)
@@ -910,7 +926,7 @@ mod behaviour {
         }
         use rate_limit::Clock;
         for behind in [false, true] {
-            let builder = RateLimitLayer::builder(store.cache.clone())
+            let builder = builder(&store.cache)
                 .prefix(unique_prefix("behind"))
                 .policy("p", Quota::per_minute(2))
                 .local_deny_cache(false);
@@ -934,7 +950,7 @@ mod behaviour {
     /// is read back exactly (not taken for a foreign value).
     pub async fn the_largest_limit_counts_exactly(store: Store) {
         let app = app_with(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .prefix(unique_prefix("max-limit"))
                 .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
                 .cost(|request: &rate_limit::RequestInfo<'_>| {
@@ -954,7 +970,7 @@ mod behaviour {
         }
         assert_eq!(statuses, [200, 429, 429, 200]);
         let app = app_with(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .prefix(unique_prefix("max-limit"))
                 .policy("p", Quota::per_hour(rate_limit::MAX_LIMIT))
                 .cost(|_: &rate_limit::RequestInfo<'_>| rate_limit::MAX_LIMIT)
@@ -965,7 +981,7 @@ mod behaviour {
         let (first, second) = (call(&app, "/").await.0, call(&app, "/").await.0);
         assert_eq!((first, second), (200, 429));
         assert!(
-            RateLimitLayer::builder(store.cache.clone())
+            builder(&store.cache)
                 .limit(rate_limit::MAX_LIMIT + 1)
                 .build()
                 .is_err()
@@ -981,7 +997,7 @@ mod behaviour {
         ahead.advance(Duration::from_secs(5));
         let app = |clock: &ManualClock| {
             app_with(
-                RateLimitLayer::builder(store.cache.clone())
+                builder(&store.cache)
                     .prefix(&prefix)
                     .policy(
                         "p",
@@ -1026,7 +1042,7 @@ mod behaviour {
         assert_eq!(
             stored(&store, &key)
                 .await
-                .map(|(value, _)| value)
+                .map(|(value, _)| fixed_count(&value).to_string())
                 .as_deref(),
             Some("2"),
             "{key}"
@@ -1093,7 +1109,10 @@ async fn bursts_are_coalesced_into_few_redis_calls() {
     );
     assert!(calls < 100, "{calls} Redis calls for 200 requests");
     // Rejected requests are charged nothing: the count stays at the limit.
-    assert_eq!(server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(), "50");
+    assert_eq!(
+        fixed_count(&server.cli(&["GET", "rate:ip:127.0.0.1"])),
+        "50"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1163,7 +1182,7 @@ async fn concurrent_requests_of_many_clients_share_script_calls() {
     );
     for client in [0, 1, CLIENTS - 1] {
         let key = format!("many:ip:10.2.{}.{}", client / 256, client % 256);
-        assert_eq!(server.cli(&["GET", &key]).trim(), "1", "{key}");
+        assert_eq!(fixed_count(&server.cli(&["GET", &key])), "1", "{key}");
         let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
         assert!(ttl > 0, "{key} has a TTL: {ttl}");
     }
@@ -1173,16 +1192,19 @@ async fn concurrent_requests_of_many_clients_share_script_calls() {
 /// EVALSHA calls the server counted; fails when INFO cannot be read (a
 /// silent 0 would let a test comparing counts pass for nothing).
 fn evalsha_calls(server: &RedisServer) -> u64 {
+    command_calls(server, "evalsha")
+}
+
+/// Calls of command `name` the server counted (those run by scripts too).
+fn command_calls(server: &RedisServer, name: &str) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
     assert!(
         info.contains("# Commandstats"),
         "no INFO commandstats: {info}"
     );
-    match info
-        .lines()
-        .find(|line| line.starts_with("cmdstat_evalsha:"))
-    {
-        // No EVALSHA yet.
+    let prefix = format!("cmdstat_{name}:");
+    match info.lines().find(|line| line.starts_with(&prefix)) {
+        // None yet.
         None => 0,
         Some(line) => line
             .split("calls=")
@@ -1224,6 +1246,12 @@ async fn several_policies_take_one_script_call_per_request() {
         (20..=21).contains(&calls),
         "{calls} EVALSHA for 20 requests"
     );
+    // Per key one read (one MGET per script call) and one write (SET while
+    // admitted, PEXPIREAT once rejected): no GET, no PEXPIRETIME.
+    let executed = |name| command_calls(&server, name);
+    assert_eq!(executed("mget"), 20);
+    assert_eq!(executed("set") + executed("pexpireat"), 3 * 20);
+    assert_eq!(executed("get") + executed("pexpiretime"), 0);
     let info = server.cli(&["INFO", "commandstats"]);
     let other: Vec<&str> = info
         .lines()
@@ -1232,8 +1260,10 @@ async fn several_policies_take_one_script_call_per_request() {
             // The script's own commands, and the driver's script loading and handshake.
             ![
                 "evalsha",
-                "get",
+                "mget",
                 "set",
+                "pexpireat",
+                "del",
                 "pexpiretime",
                 "time",
                 "script",
@@ -1544,6 +1574,8 @@ async fn a_counter_left_without_ttl_gets_one_at_the_next_request() {
     );
     let pttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
     assert!(pttl > 55_000 && pttl <= 60_000, "PTTL {pttl}");
+    // Rewritten in the current form, the window's end in the value.
+    assert_eq!(fixed_count(&server.cli(&["GET", &key])), "4");
 }
 
 #[tokio::test]
@@ -1569,7 +1601,7 @@ async fn counting_survives_script_flush() {
         8
     );
     assert_eq!(
-        server.cli(&["GET", "rate:ip:127.0.0.1"]).trim(),
+        fixed_count(&server.cli(&["GET", "rate:ip:127.0.0.1"])),
         "2",
         "counted once, not twice"
     );
@@ -1748,10 +1780,9 @@ fn bytes_of(text: String) -> axum::body::Bytes {
 #[test]
 fn invalid_configuration_is_an_error_at_build_time() {
     let builder = || RateLimitLayer::builder(Cache::in_memory());
-    assert_eq!(
-        builder().limit(0).build().unwrap_err(),
-        ConfigError::ZeroLimit
-    );
+    let err = builder().limit(0).build().unwrap_err();
+    assert_eq!(err, ConfigError::ZeroLimit);
+    assert_eq!(err.kind(), rate_limit::ErrorKind::Config);
     // Policies: each quota checked, names unique and header-safe, not mixed
     // with limit/window.
     assert_eq!(
@@ -1918,7 +1949,9 @@ async fn stacked_layers_count_separately() {
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 429, "2 per second");
-    let count = |key| rate_limit::stored_in_memory(&cache, key).map(|(value, _)| value);
+    let count = |key| {
+        rate_limit::stored_in_memory(&cache, key).map(|(value, _)| fixed_count(&value).to_string())
+    };
     // The third was rejected from the local deny cache: not even counted.
     assert_eq!(count("per-second:ip:127.0.0.1").as_deref(), Some("2"));
     assert_eq!(

@@ -502,15 +502,16 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// The commands that run only inside the scripts of this benchmark (the raw
-/// `EVALSHA` row's, and the layer's `limits.lua`: `TIME`, `GET`,
-/// `PEXPIRETIME`, `SET`, and its repairs; the naive pipeline sends `INCR`
-/// and `EXPIRE`).
+/// `EVALSHA` row's, and the layer's `limits.lua`: `TIME`, `MGET`, `SET`,
+/// `PEXPIREAT`, and its repairs; the naive pipeline sends `INCR` and
+/// `EXPIRE`).
 const SCRIPT_INNER: &[&str] = &[
     "incrby",
     "pttl",
     "pexpire",
     "set",
     "get",
+    "mget",
     "pexpiretime",
     "pexpireat",
     "del",

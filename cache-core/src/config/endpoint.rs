@@ -30,6 +30,15 @@ pub struct RedisEndpoint {
 
 impl RedisEndpoint {
     /// A plain-TCP endpoint without credentials.
+    ///
+    /// ```
+    /// use cache_core::{Cache, RedisEndpoint, Secret};
+    ///
+    /// let mut endpoint = RedisEndpoint::new("cache.internal", 6379);
+    /// endpoint.password = Some(Secret::new("s3cret"));
+    /// let builder = Cache::builder().redis(endpoint);
+    /// # let _ = builder;
+    /// ```
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         RedisEndpoint {
             tls: false,
@@ -45,6 +54,18 @@ impl RedisEndpoint {
     ///
     /// `setting` names the variable in the error; the URL itself never appears
     /// in it, since it may hold a password.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::RedisEndpoint;
+    ///
+    /// let endpoint = RedisEndpoint::parse("REDIS_URL", "rediss://app:s3cret@cache.internal:6380/2")?;
+    /// assert!(endpoint.tls);
+    /// assert_eq!((endpoint.host.as_str(), endpoint.port, endpoint.db), ("cache.internal", 6380, 2));
+    /// assert_eq!(endpoint.username.as_deref(), Some("app"));
+    /// assert!(!endpoint.to_string().contains("s3cret")); // Display hides the password
+    /// # Ok(()) }
+    /// ```
     pub fn parse(setting: &'static str, input: &str) -> Result<Self> {
         let url = url::Url::parse(input.trim())
             .map_err(|err| Error::config(setting, format!("not a valid URL ({err})")))?;

@@ -140,6 +140,15 @@ fn tuning_from_vars(
     if let Some(flag) = var("CACHE_BYPASS") {
         config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
     }
+    if let Some(n) = var("CACHE_LOCAL_MAX_ENTRIES") {
+        let entries: usize = parse_number("CACHE_LOCAL_MAX_ENTRIES", &n)?;
+        let ttl = match var("CACHE_LOCAL_TTL_MS") {
+            Some(ms) => parse_millis("CACHE_LOCAL_TTL_MS", &ms)?,
+            None => super::DEFAULT_LOCAL_TTL,
+        };
+        // 0 entries: off, as when unset.
+        config.local_tier = (entries > 0).then_some((entries, ttl));
+    }
     Ok(builder)
 }
 
@@ -173,6 +182,32 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         CacheBuilder::from_vars(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn local_tier_variables_switch_it_on() {
+        assert_eq!(
+            from(&[]).unwrap().config().local_tier,
+            None,
+            "off by default"
+        );
+        let on = from(&[
+            ("CACHE_LOCAL_MAX_ENTRIES", "10000"),
+            ("CACHE_LOCAL_TTL_MS", "1500"),
+        ]);
+        assert_eq!(
+            on.unwrap().config().local_tier,
+            Some((10_000, Duration::from_millis(1500)))
+        );
+        let default_ttl = from(&[("CACHE_LOCAL_MAX_ENTRIES", "5")]).unwrap();
+        assert_eq!(
+            default_ttl.config().local_tier,
+            Some((5, crate::config::DEFAULT_LOCAL_TTL))
+        );
+        let zero = from(&[("CACHE_LOCAL_MAX_ENTRIES", "0")]).unwrap();
+        assert_eq!(zero.config().local_tier, None);
+        let err = from(&[("CACHE_LOCAL_MAX_ENTRIES", "many")]).unwrap_err();
+        assert!(err.to_string().contains("CACHE_LOCAL_MAX_ENTRIES"), "{err}");
     }
 
     #[test]

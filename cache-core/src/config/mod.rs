@@ -42,6 +42,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// Default bound on a whole [`invalidate_prefix`](crate::Cache::invalidate_prefix)
 /// or [`invalidate_all`](crate::Cache::invalidate_all) call.
 pub const DEFAULT_INVALIDATE_BUDGET: Duration = Duration::from_secs(30);
+/// Default bound on the life of a local-tier entry (`CACHE_LOCAL_TTL_MS`).
+pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(30);
 
 /// Everything a [`Cache`](crate::Cache) is built from. Filled by
 /// [`CacheBuilder`] or by [`Cache::from_env`](crate::Cache::from_env); kept
@@ -65,6 +67,10 @@ pub(crate) struct CacheConfig {
     pub(crate) invalidate_budget: Duration,
     /// Fernet keys for `encrypt` entries (`Debug` hides them).
     pub(crate) encryption_keys: Option<crate::EncryptionKeys>,
+    /// The local tier: (max entries, max TTL); `None` when off.
+    pub(crate) local_tier: Option<(usize, Duration)>,
+    /// Serve local entries when Redis fails (opt-in).
+    pub(crate) local_serve_stale: bool,
 }
 
 impl Default for CacheConfig {
@@ -85,6 +91,8 @@ impl Default for CacheConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
             encryption_keys: None,
+            local_tier: None,
+            local_serve_stale: false,
         }
     }
 }

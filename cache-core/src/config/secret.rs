@@ -8,6 +8,14 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a secret value.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let password = cache_core::Secret::new("s3cret");
+    /// assert_eq!(format!("{password:?}"), "<redacted>");
+    /// assert_eq!(password.expose(), "s3cret");
+    /// # Ok(()) }
+    /// ```
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }

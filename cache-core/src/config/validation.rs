@@ -76,6 +76,14 @@ impl CacheConfig {
                 "must be between 1 and 512 MiB (Redis's own limit for a string)",
             ));
         }
+        if let Some((entries, ttl)) = c.local_tier
+            && (entries == 0 || ttl.is_zero() || ttl > MAX_TTL)
+        {
+            return Err(Error::config(
+                "local_tier",
+                "needs at least 1 entry and a max TTL between 1 ms and MAX_TTL",
+            ));
+        }
         if c.invalidate_budget.is_zero() {
             return Err(Error::config(
                 "invalidate_budget",

@@ -302,6 +302,23 @@ impl EventBus {
     /// messages each (default [`DEFAULT_EVENT_BUFFER`]; at least 1). A full
     /// buffer drops its oldest message and its stream yields a
     /// [`EventError::Gap`] with the count.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::events::EventError> {
+    /// use cache_core::events::EventError;
+    /// use futures_util::StreamExt;
+    ///
+    /// let bus = cache_core::Cache::in_memory().events();
+    /// let mut slow = bus.clone().with_buffer(2).subscribe::<u32>(&["ticks"]).await?;
+    /// for tick in 1..=3 {
+    ///     bus.publish("ticks", &tick).await?; // the third drops the oldest, never blocks
+    /// }
+    /// assert!(matches!(slow.next().await, Some(Err(EventError::Gap { dropped: 1, disconnected: false }))));
+    /// assert_eq!(slow.next().await.transpose()?, Some(2));
+    /// assert_eq!(slow.next().await.transpose()?, Some(3));
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn with_buffer(mut self, messages: usize) -> EventBus {
         self.buffer = messages.max(1);
@@ -314,6 +331,19 @@ impl EventBus {
     /// subscribers Redis delivered it to (connections; on the in-memory
     /// backend, subscriptions). Channels are not namespaced: they are the
     /// contract with other programs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::events::EventError> {
+    /// use cache_core::events::EventError;
+    ///
+    /// let bus = cache_core::Cache::in_memory().events();
+    /// assert_eq!(bus.publish("orders", &"nobody listens").await?, 0);
+    /// let _orders = bus.subscribe::<String>(&["orders"]).await?;
+    /// assert_eq!(bus.publish("orders", &"order 1").await?, 1);
+    /// assert!(matches!(bus.publish("", &1).await, Err(EventError::InvalidChannel { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         channel: &str,
@@ -347,6 +377,26 @@ impl EventBus {
     /// Subscribes to events of type `T` on `channels` (exact names). The
     /// server has confirmed the subscription when this returns, so anything
     /// published afterwards is received.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::events::EventError> {
+    /// use cache_core::events::EventError;
+    /// use futures_util::StreamExt;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Order { id: u64 }
+    ///
+    /// let bus = cache_core::Cache::in_memory().events();
+    /// let mut orders = bus.subscribe::<Order>(&["trading:orders"]).await?;
+    /// bus.publish("trading:orders", &Order { id: 7 }).await?;
+    /// bus.publish("trading:orders", "not an order").await?; // another program's mistake
+    /// bus.publish("trading:orders", &Order { id: 8 }).await?;
+    /// assert_eq!(orders.next().await.transpose()?, Some(Order { id: 7 }));
+    /// assert!(matches!(orders.next().await, Some(Err(EventError::Malformed { .. }))));
+    /// assert_eq!(orders.next().await.transpose()?, Some(Order { id: 8 })); // the stream goes on
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe<T: DeserializeOwned>(
         &self,
         channels: &[&str],

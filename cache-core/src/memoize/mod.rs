@@ -25,6 +25,7 @@
 //! them together in [`memoize`] and holds what the generated code calls.
 
 mod budget;
+mod decoded;
 pub(crate) mod flight;
 
 use std::fmt::Display;
@@ -41,6 +42,7 @@ use crate::codec::Codec;
 use crate::error::{EncodeError, Error, Result};
 use crate::telemetry::{self, MemoizedCall, Served};
 use budget::Budget;
+pub use decoded::{Keep, KeepBytes, KeepClone, Probe, probe};
 use flight::{FlightKey, Leader, Outcome, Role, join};
 
 /// Everything about one memoized call except its body.
@@ -56,6 +58,9 @@ pub struct Call {
     pub ttl: Duration,
     /// Encoding of the entry; `None` takes the handle's.
     pub codec: Option<Codec>,
+    /// Served from, and kept in, the handle's local tier when it has one
+    /// (`false` for `#[cached(..., local = false)]`).
+    pub local: bool,
     /// The function's name, for logs.
     pub function: &'static str,
     /// The attribute's `prefix`: the `prefix` label of the call's metrics and span.
@@ -63,12 +68,14 @@ pub struct Call {
 }
 
 /// Runs `body` memoized as `call` says. `stored` picks the part of the result
-/// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it.
+/// to cache (`Ok`, `Some`, or everything) and `restore` rebuilds a result from it;
+/// `keep` says how a local tier keeps values decoded (`None`: as bytes).
 pub async fn memoize<R, V, F>(
     call: Call,
     body: F,
     stored: fn(&R) -> Option<&V>,
     restore: fn(V) -> R,
+    keep: Option<Keep<V>>,
 ) -> R
 where
     F: Future<Output = R>,
@@ -79,6 +86,7 @@ where
         key,
         ttl,
         codec,
+        local,
         function,
         prefix,
     } = call;
@@ -100,6 +108,21 @@ where
         }
     };
     let codec = codec.unwrap_or(cache.codec());
+    let tier = cache.local_tier().filter(|_| local);
+    // Before the flights: a local hit costs a lookup and a clone, or the decoding.
+    if let Some(entry) = tier.and_then(|tier| tier.entry(&key)) {
+        if let (Some(keep), Some(decoded)) = (&keep, &entry.decoded)
+            && let Some(value) = keep.take(decoded)
+        {
+            cache.record_hit();
+            report.finish(telemetry::TIER_LOCAL, Served::Hit);
+            return restore(value);
+        }
+        if let Some(value) = cache.decode_with::<V>(codec, &key, Some(&entry.bytes)) {
+            report.finish(telemetry::TIER_LOCAL, Served::Hit);
+            return restore(value);
+        }
+    }
     let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
         Turn::Lead(leader) => leader,
         Turn::Served(value) => {
@@ -111,13 +134,40 @@ where
             return report.traced(budget.run(body)).await;
         }
     };
+    // Before the read is sent: an invalidation arriving meanwhile keeps
+    // what it read out of the tier.
+    let watch = tier.map(|tier| tier.watch(leader.key()));
     let read = report.traced(read_entry(cache, &mut budget, &leader)).await;
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
+        if let (Some(tier), Some(watch)) = (tier, watch) {
+            tier.fill(watch, bytes, keep.as_ref().map(|keep| keep.decoded(&value)));
+        }
         leader.finish_with_hit(bytes);
         report.finish(store_tier, Served::Hit);
         return restore(value);
+    }
+    drop(watch);
+    // The store failed: an entry kept while tracking is down, if the user
+    // opted in to those.
+    if read.is_err()
+        && let Some(entry) = tier.and_then(|tier| tier.get_stale(leader.key()))
+    {
+        let value = match (&keep, &entry.decoded) {
+            (Some(keep), Some(decoded)) => keep.take(decoded),
+            _ => None,
+        };
+        if value.is_some() {
+            cache.record_hit();
+        }
+        if let Some(value) =
+            value.or_else(|| cache.decode_with::<V>(codec, leader.key(), Some(&entry.bytes)))
+        {
+            leader.finish_with_hit(&entry.bytes);
+            report.finish(telemetry::TIER_LOCAL, Served::Stale);
+            return restore(value);
+        }
     }
     if let Ok(None) = &read {
         // Counted here; an undecodable entry was counted by decode_with.
@@ -132,14 +182,19 @@ where
         },
     );
     let result = report.traced(budget.run(body)).await;
+    let decoded = match (tier, &keep, stored(&result)) {
+        (Some(_), Some(keep), Some(value)) => Some(keep.decoded(value)),
+        _ => None,
+    };
     let encoded = encode_result(stored(&result), codec, function);
     // Moved, not copied: the encoded bytes serve followers and the write.
     let shared: Option<Arc<Vec<u8>>> = encoded.map(Arc::new);
     leader.publish(shared.clone());
     // A store that just failed the read is not waited on a second time.
     if let (Some(bytes), true) = (shared, read.is_ok()) {
+        let local = tier.is_some().then_some(decoded);
         report
-            .traced(write_entry(cache, &mut budget, &leader, &bytes, ttl))
+            .traced(write_entry(cache, &mut budget, &leader, &bytes, ttl, local))
             .await;
     }
     leader.finish();
@@ -210,16 +265,28 @@ fn encode_result<V: Serialize>(
 }
 
 /// The leader's write of the entry, within the budget; a failure is noted,
-/// never returned (the caller has its result already).
+/// never returned (the caller has its result already). `local`: keep the
+/// entry in the local tier too, with its decoded value if any.
 async fn write_entry(
     cache: &Cache,
     budget: &mut Budget,
     leader: &Leader,
     bytes: &[u8],
     ttl: Duration,
+    local: Option<Option<crate::local::Decoded>>,
 ) {
     let write = budget
-        .spend(|left| cache.set_full_within(leader.key(), bytes, Some(ttl), left))
+        .spend(|left| async move {
+            if let Some(decoded) = local {
+                cache
+                    .set_full_filling(leader.key(), bytes, decoded, Some(ttl), left)
+                    .await
+            } else {
+                cache
+                    .set_full_within(leader.key(), bytes, Some(ttl), left)
+                    .await
+            }
+        })
         .await;
     if let Err(err) = write {
         cache.note_memo_failure(Some(&err));
@@ -385,10 +452,18 @@ pub fn restore_always<T>(value: T) -> T {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), cache_core::Error> {
-/// let cache = cache_core::Cache::in_memory();
-/// // after `#[cached(prefix = "embedding", ttl = 86400)] async fn embed(text: &str)`:
-/// let removed = cache_core::invalidate_memoized(&cache, "embedding", &("hello",)).await?;
-/// assert!(!removed);
+/// use cache_core::{Cache, cached};
+///
+/// #[cached(prefix = "balance", ttl = 60, cache = cache, skip(cache))]
+/// async fn balance(cache: &Cache, user: u64, currency: &str) -> i64 {
+///     1250
+/// }
+///
+/// let cache = Cache::in_memory();
+/// balance(&cache, 7, "EUR").await;
+/// // The key arguments, `cache` skipped: (7, "EUR").
+/// assert!(cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?);
+/// assert!(!cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?); // gone
 /// # Ok(()) }
 /// ```
 pub async fn invalidate_memoized<A: Serialize + ?Sized>(

@@ -347,7 +347,7 @@ async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, 
 /// A primary that is down but still serves slots (not yet failed over) is
 /// kept: walking it fails, so the call reports an error instead of leaving
 /// that primary's keys in place and claiming success.
-fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
+pub(crate) fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
@@ -469,7 +469,7 @@ impl RedisStore<ClusterConnection> {
     }
 }
 
-fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
+pub(crate) fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
     let url = endpoint.connection_url()?;
     #[cfg(feature = "tls")]
     if let (true, Some(pem)) = (endpoint.tls, &config.tls_ca_cert) {

@@ -86,6 +86,13 @@ impl fmt::Display for EnvelopeError {
 }
 
 /// `true` when `bytes` start with the envelope's magic.
+///
+/// ```
+/// use cache_core::envelope::{Header, is_envelope};
+///
+/// assert!(!is_envelope(b"{\"plain\":\"json\"}"));
+/// assert!(is_envelope(&Header::default().wrap(b"42")));
+/// ```
 pub fn is_envelope(bytes: &[u8]) -> bool {
     bytes.starts_with(&MAGIC)
 }
@@ -114,6 +121,18 @@ impl Header {
     }
 
     /// The header and the payload of an enveloped entry.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::envelope::EnvelopeError> {
+    /// use cache_core::envelope::{EnvelopeError, Header};
+    ///
+    /// let header = Header { tags: vec![("user:7".into(), 3)], ..Header::default() };
+    /// let entry = header.wrap(b"1250");
+    /// let (read, payload) = Header::unwrap(&entry)?;
+    /// assert_eq!((read, payload), (header, &b"1250"[..]));
+    /// assert_eq!(Header::unwrap(&entry[..10]), Err(EnvelopeError::Truncated));
+    /// # Ok(()) }
+    /// ```
     pub fn unwrap(bytes: &[u8]) -> Result<(Header, &[u8]), EnvelopeError> {
         let rest = bytes.strip_prefix(&MAGIC).ok_or(EnvelopeError::Truncated)?;
         let mut reader = Reader(rest);

@@ -28,6 +28,21 @@ impl EncryptionKeys {
     /// Parses comma-separated keys (spaces around them ignored). An empty
     /// list or a malformed key is an [`ErrorKind::Config`](crate::ErrorKind::Config)
     /// naming its position, never its text.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{EncryptionKeys, ErrorKind};
+    ///
+    /// // Rotation: the new key first (it encrypts), the old one still decrypts.
+    /// let keys = EncryptionKeys::parse(
+    ///     "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=, 6VtEf5bCZDvuN9r1VFQkp7RGDRIoUtn7W5v0FrHwL2E=",
+    /// )?;
+    /// assert_eq!(format!("{keys:?}"), "EncryptionKeys(2 keys, hidden)");
+    /// let err = EncryptionKeys::parse("not-a-key").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// assert!(!err.to_string().contains("not-a-key"));
+    /// # Ok(()) }
+    /// ```
     pub fn parse(keys: &str) -> Result<EncryptionKeys> {
         let parsed = keys
             .split(',')

@@ -111,11 +111,14 @@ impl<V> Read<V> {
 
 impl Target {
     fn new(call: Call, options: StoredOptions) -> Result<Target, Option<Cache>> {
+        // Entries with stored-value options are not kept in the local tier
+        // (their freshness, tags and leases are decided at each read).
         let Call {
             cache,
             key,
             ttl,
             codec,
+            local: _,
             function,
             prefix: _,
         } = call;

@@ -73,6 +73,21 @@ impl Cache {
     /// [`invalidate_tag`](Self::invalidate_tag). The entry carries the
     /// envelope described in the README; the tags' versions are read first
     /// (one round trip), then the entry written.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_core::Cache::in_memory();
+    /// let ttl = Some(Duration::from_secs(600));
+    /// cache.set_tagged("doc:1", "budget 2027", &["team:1", "project:9"], ttl).await?;
+    /// cache.set_tagged("doc:2", "roadmap", &["team:2", "project:9"], ttl).await?;
+    /// cache.invalidate_tag("project:9").await?; // both, in one write
+    /// assert_eq!(cache.get::<String>("doc:1").await?, None);
+    /// assert_eq!(cache.get::<String>("doc:2").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn set_tagged<T: Serialize + ?Sized, S: AsRef<str>>(
         &self,
         key: &str,
@@ -194,6 +209,25 @@ impl Cache {
     /// and stores it: the bytes in the store are the envelope and a Fernet
     /// token, never the plaintext. Without keys: an
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, EncryptionKeys, ErrorKind};
+    ///
+    /// let keys = EncryptionKeys::parse("cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=")?;
+    /// let cache = Cache::builder().encryption_keys(keys).build().await?;
+    /// cache.set_encrypted("apikey:7", "sk-live-42", None).await?;
+    /// let stored = cache.get_bytes("apikey:7").await?.unwrap_or_default();
+    /// assert!(cache_core::envelope::is_envelope(&stored));
+    /// assert!(!String::from_utf8_lossy(&stored).contains("sk-live-42")); // never the plaintext
+    /// assert_eq!(cache.get_encrypted::<String>("apikey:7").await?.as_deref(), Some("sk-live-42"));
+    ///
+    /// // Without keys there is nothing to encrypt with.
+    /// let plain = Cache::in_memory();
+    /// assert_eq!(plain.set_encrypted("k", &1, None).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    /// # Ok(()) }
+    /// ```
     pub async fn set_encrypted<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -214,6 +248,19 @@ impl Cache {
     /// that is not encrypted at all, is `Ok(None)`: a miss, counted in
     /// [`Stats::decrypt_failures`](crate::Stats::decrypt_failures) or
     /// `decode_errors`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, EncryptionKeys};
+    ///
+    /// let keys = EncryptionKeys::parse("cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=")?;
+    /// let cache = Cache::builder().encryption_keys(keys).build().await?;
+    /// cache.set("plain", &1250, None).await?;
+    /// // A plain value where an encrypted one must be is a miss.
+    /// assert_eq!(cache.get_encrypted::<i64>("plain").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_encrypted<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get_bytes(key).await? {
             None => {

@@ -9,14 +9,22 @@
 -- alone; clients share no key, so they do not see each other.
 -- Returns per request (clients in order): admitted (1/0), then per policy
 -- remaining, reset ms, retry ms (-1: never), blocked ms.
--- Every key written gets an expiry (SET ... PXAT); a key this script cannot
--- read as its own is deleted, one without expiry (or with one past what its
--- state needs) gets one; a sliding window's future index is rewritten.
+-- Values: fixed window "count:end ms", sliding window "index:current:previous",
+-- GCRA "TAT µs"; each key's expiry is when its state stops counting.
+-- Per key one read (one MGET for every key of the call) and one write:
+-- SET ... PXAT when its state changed, else PEXPIREAT ... LT (a key
+-- left without expiry, or with one past what its state needs, gets it). A
+-- value this script cannot read as its own is deleted (or overwritten); an
+-- out-of-range one (a window in the future, a count above the limit, a TAT
+-- past the tolerance) is rewritten in range. A bare count (the fixed window's
+-- earlier format, the window's end in the key's expiry) is read once with
+-- its PEXPIRETIME and rewritten.
 local MAX = 9007199254740992
 local NEVER = -1
+local floor, min, max, format, match = math.floor, math.min, math.max, string.format, string.match
 
 local function idiv(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   if q * b > a then
     q = q - 1
   elseif (q + 1) * b <= a then
@@ -33,13 +41,9 @@ local function cdiv(a, b)
   return q
 end
 
-local function fmt(n)
-  return string.format('%.0f', n)
-end
-
 local function int(v)
   local n = tonumber(v)
-  if n and n >= 0 and n < MAX and n == math.floor(n) then
+  if n and n >= 0 and n < MAX and n == floor(n) then
     return n
   end
   return nil
@@ -52,25 +56,42 @@ if now_us < 0 then
 end
 local now = idiv(now_us, 1000)
 local np = tonumber(ARGV[2])
-local algo, limit, window = {}, {}, {}
+local algo, limit, window, interval, tol = {}, {}, {}, {}, {}
 for i = 1, np do
   algo[i] = tonumber(ARGV[3 * i])
   limit[i] = tonumber(ARGV[3 * i + 1])
   window[i] = tonumber(ARGV[3 * i + 2])
+  if algo[i] == 2 then
+    interval[i] = max(cdiv(window[i] * 1000, limit[i]), 1)
+    tol[i] = limit[i] * interval[i]
+  end
 end
 
-local function gcra_params(i)
-  local interval = math.max(cdiv(window[i] * 1000, limit[i]), 1)
-  return interval, limit[i] * interval
+-- The sliding window's wait (ms) until a request of cost k passes.
+local function slide_wait(L, W, elapsed, weighted, after, prev, k)
+  if k > L then return NEVER end
+  if weighted + after + k <= L then return 0 end
+  if after + k <= L then
+    local q = W
+    if prev > 0 then q = idiv((L - after - k) * W, prev) end
+    return max(max(W - q, 0) - elapsed, 0)
+  end
+  local q = W
+  if after > 0 then q = idiv((L - k) * W, after) end
+  return W - elapsed + max(W - q, 0)
 end
 
--- One policy's answer: admits, remaining, reset, retry, blocked, next state.
-local function check(i, s, cost)
+-- One policy's answer on state (a, b, c) (a nil: empty): admits, remaining,
+-- reset, retry, blocked, and the next state. Fixed: count, end ms; sliding:
+-- index, current, previous; GCRA: TAT.
+local function check(i, a, b, c, cost)
   local L, W = limit[i], window[i]
-  if algo[i] == 0 then
+  local kind = algo[i]
+  if kind == 0 then
     local count, exp = 0, now + W
-    if s.k == 'f' and s.exp > now and s.exp <= now + W then
-      count, exp = s.count, s.exp
+    if a and b > now then
+      count = a
+      if b < exp then exp = b end
     end
     local admits = cost <= L and count + cost <= L
     local after = count
@@ -82,173 +103,201 @@ local function check(i, s, cost)
     end
     local blocked = 0
     if after >= L then blocked = left end
-    return admits, math.max(L - after, 0), left, retry, blocked, { k = 'f', count = after, exp = exp }
-  elseif algo[i] == 1 then
+    -- after <= L: admitted ones stay within, a rejected one leaves count.
+    return admits, L - after, left, retry, blocked, after, exp
+  elseif kind == 1 then
     local index = idiv(now, W)
     local elapsed = now - index * W
     local cur, prev = 0, 0
-    if s.k == 's' then
-      if s.index >= index then
-        cur, prev = s.cur, s.prev
-      elseif s.index + 1 == index then
-        cur, prev = 0, s.cur
+    if a then
+      if a >= index then
+        cur, prev = b, c
+      elseif a + 1 == index then
+        prev = b
       end
     end
-    cur, prev = math.min(cur, L), math.min(prev, L)
+    cur, prev = min(cur, L), min(prev, L)
     local weighted = cdiv(prev * (W - elapsed), W)
     local admits = cost <= L and weighted + cur + cost <= L
     local after = cur
     if admits then after = cur + cost end
-    local function wait(c)
-      if c > L then return NEVER end
-      if weighted + after + c <= L then return 0 end
-      if after + c <= L then
-        local q = W
-        if prev > 0 then q = idiv((L - after - c) * W, prev) end
-        return math.max(math.max(W - q, 0) - elapsed, 0)
-      end
-      local q = W
-      if after > 0 then q = idiv((L - c) * W, after) end
-      return W - elapsed + math.max(W - q, 0)
-    end
     local retry = 0
-    if not admits then retry = wait(cost) end
-    return admits, math.max(L - (weighted + after), 0), W - elapsed, retry, wait(1),
-      { k = 's', index = index, cur = after, prev = prev }
+    if not admits then retry = slide_wait(L, W, elapsed, weighted, after, prev, cost) end
+    return admits, max(L - (weighted + after), 0), W - elapsed, retry,
+      slide_wait(L, W, elapsed, weighted, after, prev, 1), index, after, prev
   else
-    local interval, tol = gcra_params(i)
-    local tat = 0
-    if s.k == 'g' then tat = s.tat end
-    tat = math.min(math.max(tat, now_us), now_us + tol)
-    local admits = cost <= L and tat + cost * interval - now_us <= tol
+    local iv, t = interval[i], tol[i]
+    local tat = min(max(a or 0, now_us), now_us + t)
+    local admits = cost <= L and tat + cost * iv - now_us <= t
     local after = tat
-    if admits then after = tat + cost * interval end
-    local function wait(c)
-      if c > L then return NEVER end
-      return cdiv(math.max(after + c * interval - now_us - tol, 0), 1000)
-    end
+    if admits then after = tat + cost * iv end
+    local blocked = cdiv(max(after + iv - now_us - t, 0), 1000)
     local retry = 0
-    if not admits then retry = wait(cost) end
-    return admits, idiv(tol - (after - now_us), interval), cdiv(after - now_us, 1000), retry, wait(1),
-      { k = 'g', tat = after }
+    if not admits then
+      if cost > L then retry = NEVER else retry = cdiv(max(after + cost * iv - now_us - t, 0), 1000) end
+    end
+    return admits, idiv(t - (after - now_us), iv), cdiv(after - now_us, 1000), retry, blocked, after
   end
 end
 
-local out = {}
+-- Every key's value at once (false: none, or not a string).
+local vals = {}
+for s = 1, #KEYS, 1000 do
+  local part = redis.call('MGET', unpack(KEYS, s, min(s + 999, #KEYS)))
+  for k = 1, #part do
+    vals[s + k - 1] = part[k]
+  end
+end
+
+local out, n = {}, 0
+-- Per policy, reused for every client: the state (sa, sb, sc), what to write
+-- (act: 'set', 'del' or nil), one request's answers (r*) and next state (n*).
+local sa, sb, sc, act = {}, {}, {}, {}
+local ra, rr, rs, rt, rb, na, nb, nc = {}, {}, {}, {}, {}, {}, {}, {}
+
+-- Policy i's state (a, b, c; a nil: none) in v, the value of key, and what
+-- to write back ('set', 'del' or nil).
+local function read(i, key, v)
+  if not v then
+    return nil
+  end
+  local L, W, kind = limit[i], window[i], algo[i]
+  if kind == 0 then
+    local x, y = match(v, '^(%d+):(%d+)$')
+    local act
+    if x then
+      -- Digits only: a number; at most 2^53 to count exactly.
+      x, y = tonumber(x), tonumber(y)
+      if x >= MAX or y >= MAX then x = nil end
+    else
+      -- A bare count: the earlier form, the window's end in the expiry.
+      x = int(v)
+      if x and x <= L then
+        y, act = redis.call('PEXPIRETIME', key), 'set'
+        if y < 0 then y = now + W end
+      end
+    end
+    -- Above the limit: not this policy's count (rejected requests are not
+    -- counted), but another algorithm's state or a higher limit's.
+    if not (x and y) or x > L then
+      return nil, nil, nil, 'del'
+    end
+    -- A window ending past one window from now is counted in one from now.
+    if y > now + W then
+      return x, now + W, nil, 'set'
+    end
+    return x, y, nil, act
+  elseif kind == 1 then
+    local x, y, z = match(v, '^(%d+):(%d+):(%d+)$')
+    x, y, z = int(x), int(y), int(z)
+    if not (x and y and z) then
+      return nil, nil, nil, 'del'
+    end
+    -- A window in the future (the clock stepped back) is the current one.
+    local index = idiv(now, W)
+    if x > index or y > L or z > L then
+      return min(x, index), min(y, L), min(z, L), 'set'
+    end
+    return x, y, z
+  end
+  local x = int(v)
+  if not x then
+    return nil, nil, nil, 'del'
+  end
+  if x > now_us + tol[i] then
+    return now_us + tol[i], nil, nil, 'set'
+  end
+  return x
+end
+
+-- Writes policy i's state (a, b, c) to key: 'set' it, 'del' the key, or
+-- (nil) only bring its expiry down to what the state needs.
+local function write(i, key, a, b, c, act)
+  if act == 'del' and a == nil then
+    redis.call('DEL', key)
+    return
+  end
+  if a == nil then
+    -- Nothing that counts: nothing to write.
+    return
+  end
+  local kind, v, exp = algo[i]
+  if kind == 0 then
+    v, exp = format('%d:%d', a, b), b
+  elseif kind == 1 then
+    v, exp = format('%d:%d:%d', a, b, c), (a + 2) * window[i]
+  else
+    v, exp = format('%d', a), cdiv(a, 1000)
+  end
+  -- Formatted here: a number would be formatted by Redis with '%.17g'.
+  exp = format('%d', max(exp, 1))
+  if act == 'set' then
+    redis.call('SET', key, v, 'PXAT', exp)
+  else
+    redis.call('PEXPIREAT', key, exp, 'LT')
+  end
+end
+
+-- One client of one policy, its key KEYS[k], its costs ARGV[first .. last].
+local function client1(k, first, last)
+  local key = KEYS[k]
+  local a, b, c, act = read(1, key, vals[k])
+  for j = first, last do
+    local ok, rem, reset, retry, blocked, x, y, z = check(1, a, b, c, tonumber(ARGV[j]))
+    if ok then
+      a, b, c, act = x, y, z, 'set'
+      out[n + 1] = 1
+    else
+      out[n + 1] = 0
+    end
+    out[n + 2], out[n + 3], out[n + 4], out[n + 5] = rem, reset, retry, blocked
+    n = n + 5
+  end
+  write(1, key, a, b, c, act)
+end
 
 -- One client: its keys are KEYS[base + 1 .. base + P], its costs
 -- ARGV[first .. last].
 local function client(base, first, last)
-  -- Read every policy's state.
-  local st, repair, proper = {}, {}, {}
   for i = 1, np do
-    local v = redis.pcall('GET', KEYS[base + i])
-    local exp = redis.call('PEXPIRETIME', KEYS[base + i])
-    local s = { k = 'e' }
-    local foreign = false
-    if type(v) == 'table' then
-      foreign = true
-    elseif v then
-      if algo[i] == 0 then
-        local c = int(v)
-        -- Above the limit: not this policy's count (rejected requests are
-        -- not counted), but another algorithm's state (a GCRA TAT) or a
-        -- higher limit's: replaced.
-        if c == nil or c > limit[i] then
-          foreign = true
-        elseif exp == -1 or exp > now + window[i] then
-          -- Counted on, in a window of the right length from now.
-          s = { k = 'f', count = c, exp = now + window[i] }
-          repair[i] = true
-          proper[i] = s.exp
-        else
-          s = { k = 'f', count = c, exp = exp }
-        end
-      elseif algo[i] == 1 then
-        local a, b, c = string.match(v, '^(%d+):(%d+):(%d+)$')
-        a, b, c = int(a), int(b), int(c)
-        if a and b and c then
-          -- A window in the future (the clock stepped back) is the current
-          -- one, rewritten so.
-          local rewrite = a > idiv(now, window[i])
-          if rewrite then a = idiv(now, window[i]) end
-          s = { k = 's', index = a, cur = b, prev = c }
-          proper[i] = (a + 2) * window[i]
-          repair[i] = rewrite and 'set' or exp == -1 or exp > proper[i]
-        else
-          foreign = true
-        end
-      else
-        local t = int(v)
-        if t then
-          local _, tol = gcra_params(i)
-          s = { k = 'g', tat = t }
-          proper[i] = cdiv(math.min(t, now_us + tol), 1000)
-          repair[i] = exp == -1 or exp > proper[i]
-        else
-          foreign = true
-        end
-      end
-    end
-    if foreign then
-      repair[i] = 'del'
-    end
-    st[i] = s
+    sa[i], sb[i], sc[i], act[i] = read(i, KEYS[base + i], vals[base + i])
   end
-
-  local dirty = {}
   for j = first, last do
     local cost = tonumber(ARGV[j])
-    local res, all = {}, true
+    local all = true
     for i = 1, np do
-      res[i] = { check(i, st[i], cost) }
-      if not res[i][1] then all = false end
+      ra[i], rr[i], rs[i], rt[i], rb[i], na[i], nb[i], nc[i] = check(i, sa[i], sb[i], sc[i], cost)
+      if not ra[i] then all = false end
     end
-    out[#out + 1] = all and 1 or 0
+    n = n + 1
+    out[n] = all and 1 or 0
     for i = 1, np do
-      local r = res[i]
+      local rem, reset, retry, blocked = rr[i], rs[i], rt[i], rb[i]
       if all then
-        st[i] = r[6]
-        dirty[i] = true
-      elseif r[1] then
+        sa[i], sb[i], sc[i], act[i] = na[i], nb[i], nc[i], 'set'
+      elseif ra[i] then
         -- Not charged: this policy's view without the request.
-        r = { true, check(i, st[i], 0) }
-        r = { true, r[3], r[4], r[5], r[6] }
+        local _
+        _, rem, reset, retry, blocked = check(i, sa[i], sb[i], sc[i], 0)
       end
-      local retry = r[4]
-      if r[1] then retry = 0 end
-      out[#out + 1] = r[2]
-      out[#out + 1] = r[3]
-      out[#out + 1] = retry
-      out[#out + 1] = r[5]
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4] = rem, reset, retry, blocked
+      n = n + 4
     end
   end
-
   for i = 1, np do
-    local s = st[i]
-    if dirty[i] or repair[i] == 'set' then
-      local v, exp
-      if s.k == 'f' then
-        v, exp = fmt(s.count), s.exp
-      elseif s.k == 's' then
-        v, exp = fmt(s.index) .. ':' .. fmt(s.cur) .. ':' .. fmt(s.prev), (s.index + 2) * window[i]
-      else
-        v, exp = fmt(s.tat), cdiv(s.tat, 1000)
-      end
-      redis.call('SET', KEYS[base + i], v, 'PXAT', fmt(math.max(exp, 1)))
-    elseif repair[i] == 'del' then
-      redis.call('DEL', KEYS[base + i])
-    elseif repair[i] then
-      redis.call('PEXPIREAT', KEYS[base + i], fmt(math.max(proper[i], 1)))
-    end
+    write(i, KEYS[base + i], sa[i], sb[i], sc[i], act[i])
   end
 end
 
-local j, base = 3 * np + 3, 0
-while j <= #ARGV do
-  local n = tonumber(ARGV[j])
-  client(base, j + 1, j + n)
-  j = j + n + 1
+local j, base, nargs = 3 * np + 3, 0, #ARGV
+while j <= nargs do
+  local count = tonumber(ARGV[j])
+  if np == 1 then
+    client1(base + 1, j + 1, j + count)
+  else
+    client(base, j + 1, j + count)
+  end
+  j = j + count + 1
   base = base + np
 end
 return out

@@ -62,34 +62,56 @@ impl MemoryLimits {
             return Vec::new();
         };
         let mut shard = self.shard(first);
-        let mut states: Vec<State> = keys
-            .iter()
-            .map(|key| match shard.get(*key) {
+        let read = |shard: &HashMap<String, (State, u64)>, key: &str, quota: &Quota| {
+            let state = match shard.get(key) {
                 Some((state, expires)) if *expires > now_ms => *state,
                 _ => State::Empty,
-            })
-            .collect();
-        let before = states.clone();
-        for (state, quota) in states.iter_mut().zip(quotas) {
-            *state = window::repaired(quota, *state, now_ms);
+            };
+            (state, window::repaired(quota, state, now_us))
+        };
+        // One policy (the common case): no lists.
+        if let ([key], [quota]) = (keys, quotas) {
+            let (old, state) = read(&shard, key, quota);
+            let mut states = [state];
+            let rows = window::evaluate(quotas, &mut states, now_us, costs);
+            self.write(&mut shard, key, quota, states[0], old, now_ms);
+            return rows;
         }
+        let (before, mut states): (Vec<State>, Vec<State>) = keys
+            .iter()
+            .zip(quotas)
+            .map(|(key, quota)| read(&shard, key, quota))
+            .unzip();
         let rows = window::evaluate(quotas, &mut states, now_us, costs);
-        for ((key, quota), (state, old)) in keys.iter().zip(quotas).zip(states.iter().zip(&before))
-        {
-            if state != old {
-                let expires = window::expires_ms(quota, *state);
-                // A known key is updated in place: no copy of it.
-                if let Some(entry) = shard.get_mut(*key) {
-                    *entry = (*state, expires);
-                    continue;
-                }
-                if shard.len() >= self.shard_capacity {
-                    make_room(&mut shard, now_ms, self.shard_capacity);
-                }
-                shard.insert((*key).to_string(), (*state, expires));
-            }
+        for (((key, quota), state), old) in keys.iter().zip(quotas).zip(states).zip(before) {
+            self.write(&mut shard, key, quota, state, old, now_ms);
         }
         rows
+    }
+
+    /// Stores `state` under `key` if it differs from `old`, what was read.
+    fn write(
+        &self,
+        shard: &mut HashMap<String, (State, u64)>,
+        key: &str,
+        quota: &Quota,
+        state: State,
+        old: State,
+        now_ms: u64,
+    ) {
+        if state == old {
+            return;
+        }
+        let expires = window::expires_ms(quota, state);
+        // A known key is updated in place: no copy of it.
+        if let Some(entry) = shard.get_mut(key) {
+            *entry = (state, expires);
+            return;
+        }
+        if shard.len() >= self.shard_capacity {
+            make_room(shard, now_ms, self.shard_capacity);
+        }
+        shard.insert(key.to_string(), (state, expires));
     }
 }
 

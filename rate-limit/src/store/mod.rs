@@ -48,7 +48,7 @@ pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> 
     let (state, expires) = memory.peek(key, now_ms)?;
     let text = match state {
         State::Empty => return None,
-        State::Fixed { count, .. } => count.to_string(),
+        State::Fixed { count, expires_ms } => format!("{count}:{expires_ms}"),
         State::Sliding {
             index,
             current,

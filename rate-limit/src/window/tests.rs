@@ -344,13 +344,52 @@ fn a_sliding_window_in_the_future_is_the_current_one() {
     };
     assert!(!check(&q, future, now, 1).admits);
     assert_eq!(
-        repaired(&q, future, now / 1000),
+        repaired(&q, future, now),
         State::Sliding {
             index: now / 1000 / W,
             current: 3,
             previous: 0
         }
     );
+}
+
+/// What the script rewrites when it reads it: counts above the limit and a
+/// GCRA TAT past the tolerance are brought in range, with the same answers.
+#[test]
+fn out_of_range_states_are_brought_in_range() {
+    let now = at_ms(0);
+    let sliding = quota(3, Algorithm::SlidingWindow);
+    let over = State::Sliding {
+        index: now / 1000 / W,
+        current: 100,
+        previous: 7,
+    };
+    let fixed = repaired(&sliding, over, now);
+    assert_eq!(
+        fixed,
+        State::Sliding {
+            index: now / 1000 / W,
+            current: 3,
+            previous: 3
+        }
+    );
+    assert_eq!(
+        check(&sliding, over, now, 1),
+        check(&sliding, fixed, now, 1)
+    );
+    let gcra = quota(3, Algorithm::Gcra);
+    let (_, tolerance) = gcra_params(3, W);
+    let far = State::Gcra {
+        tat_us: now + 100 * tolerance,
+    };
+    let clamped = repaired(&gcra, far, now);
+    assert_eq!(
+        clamped,
+        State::Gcra {
+            tat_us: now + tolerance
+        }
+    );
+    assert_eq!(check(&gcra, far, now, 1), check(&gcra, clamped, now, 1));
 }
 
 /// Durations and times at their largest saturate instead of overflowing.

@@ -1,0 +1,492 @@
+//! The local tier: an optional in-process cache in front of Redis
+//! ([`CacheBuilder::local_tier`](crate::CacheBuilder::local_tier)), kept
+//! coherent by Redis server-assisted client-side caching.
+//!
+//! - **Where the invalidations come from**: [`tracking`] keeps one RESP3
+//!   connection per Redis primary with `CLIENT TRACKING ON BCAST PREFIX
+//!   {namespace}:`. Redis pushes the name of every key written, deleted,
+//!   expired or evicted under the prefix, by any client, and a null key for
+//!   `FLUSHDB`/`FLUSHALL`; the pushes are applied to the tier in the
+//!   connection's read loop, in order with that connection's replies.
+//! - **Never read without tracking**: the tier is only read while every
+//!   tracking connection is up. Losing one empties the tier and closes it;
+//!   it opens again (empty) once tracking is re-established, so nothing
+//!   stored before an outage, when invalidations may have been missed, is
+//!   served after it.
+//! - **No stale fill**: a value read from Redis is kept only if no
+//!   invalidation of its key (and no flush or reconnect, counted by the
+//!   epoch) arrived since before the read was sent: see [`Watch`].
+//! - **Own writes**: a write through the handle evicts its local copy at
+//!   once; `#[cached]` keeps the value it stored, after a round trip on the
+//!   tracking connections proved that the only invalidation of the key since
+//!   the write was sent is the write's own.
+//!
+//! The in-memory store has no local tier: it already is in-process.
+
+mod tracking;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use crate::sync::StripedCounters;
+pub(crate) use tracking::{TrackedStore, start};
+
+/// A value decoded once, kept beside its bytes: `#[cached]` functions
+/// whose type is `Clone` are served a clone of it, without decoding.
+pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
+
+/// One local entry: the encoded bytes, shared, perhaps the decoded value,
+/// and their own bound on life.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) decoded: Option<Decoded>,
+    /// The TTL the value was written with, when this handle wrote it.
+    ttl: Option<Duration>,
+}
+
+/// Each entry lives at most the tier's `max_ttl`, and no longer than the
+/// TTL it was written with.
+struct EntryExpiry {
+    max_ttl: Duration,
+}
+
+impl moka::Expiry<String, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl.map_or(self.max_ttl, |ttl| ttl.min(self.max_ttl)))
+    }
+}
+
+/// The local tier of one handle (shared by its clones, not by
+/// [`Cache::dedicated`](crate::Cache::dedicated) handles, which are other instances).
+pub(crate) struct LocalTier {
+    entries: moka::sync::Cache<String, Entry, foldhash::quality::RandomState>,
+    /// Bumped by everything that may have made any entry stale without
+    /// naming it: a flush, a lost or a re-established tracking connection.
+    epoch: AtomicU64,
+    /// Every tracking connection is up: the tier may be read and filled.
+    tracking: AtomicBool,
+    /// Keys being read or written, with the invalidations seen for each.
+    watches: Mutex<HashMap<String, Watched>>,
+    /// Hits, misses, invalidations received.
+    counters: StripedCounters<3>,
+    /// The tracking connections, for [`barrier`](Self::barrier).
+    connections: Mutex<Vec<MultiplexedConnection>>,
+    /// The bound of one barrier round trip.
+    timeout: Duration,
+    /// Entries stay while tracking is down, for reads whose store call
+    /// failed ([`CacheBuilder::local_tier_serve_stale`](crate::CacheBuilder::local_tier_serve_stale)).
+    serve_stale: bool,
+}
+
+const HITS: usize = 0;
+const MISSES: usize = 1;
+const INVALIDATIONS: usize = 2;
+
+#[derive(Default)]
+struct Watched {
+    watchers: usize,
+    /// Invalidations of the key since the first watcher registered.
+    seen: u64,
+}
+
+/// A key under watch while its value is read from, or written to, Redis:
+/// what was seen of it before, to tell what arrived since.
+pub(crate) struct Watch<'t> {
+    tier: &'t LocalTier,
+    key: String,
+    seen: u64,
+    epoch: u64,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut watches = crate::sync::lock(&self.tier.watches);
+        if let Some(watched) = watches.get_mut(&self.key) {
+            watched.watchers -= 1;
+            if watched.watchers == 0 {
+                watches.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The local tier's part of [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LocalStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) invalidations: u64,
+    pub(crate) tracking: bool,
+}
+
+impl LocalTier {
+    pub(crate) fn new(max_entries: usize, max_ttl: Duration, timeout: Duration) -> LocalTier {
+        LocalTier {
+            // moka's default policy: TinyLFU admission, LRU eviction.
+            entries: moka::sync::Cache::builder()
+                .max_capacity(u64::try_from(max_entries).unwrap_or(u64::MAX))
+                .expire_after(EntryExpiry { max_ttl })
+                .support_invalidation_closures()
+                // Seeded per tier; cheaper than SipHash on the 70-odd bytes
+                // of a memoized key, which is most of a hit's lookup.
+                .build_with_hasher(foldhash::quality::RandomState::default()),
+            epoch: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
+            watches: Mutex::default(),
+            counters: StripedCounters::default(),
+            connections: Mutex::default(),
+            timeout,
+            serve_stale: false,
+        }
+    }
+
+    /// Keeps the entries while tracking is down, for
+    /// [`get_stale`](Self::get_stale).
+    pub(crate) fn serving_stale(mut self, serve_stale: bool) -> LocalTier {
+        self.serve_stale = serve_stale;
+        self
+    }
+
+    /// The entry of `key` for a read whose store call failed, when the user
+    /// opted in to stale entries: younger than `max_ttl`, perhaps changed in
+    /// Redis since tracking went down. Never one from before tracking came
+    /// back: opening the tier empties it.
+    pub(crate) fn get_stale(&self, key: &str) -> Option<Entry> {
+        if !self.serve_stale || self.tracking.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        self.counters.add(HITS);
+        Some(entry)
+    }
+
+    /// The local copy of `key`, when tracking is up and the tier holds one.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+        self.entry(key).map(|entry| entry.bytes)
+    }
+
+    /// [`get`](Self::get), with the decoded value when there is one.
+    pub(crate) fn entry(&self, key: &str) -> Option<Entry> {
+        if !self.tracking.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.entries.get(key) {
+            Some(entry) => {
+                self.counters.add(HITS);
+                Some(entry)
+            }
+            None => {
+                self.counters.add(MISSES);
+                None
+            }
+        }
+    }
+
+    /// Starts watching `key`, before its read or write is sent.
+    pub(crate) fn watch(&self, key: &str) -> Watch<'_> {
+        // The epoch first: a flush between the two only makes the fill fail.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut watches = crate::sync::lock(&self.watches);
+        let watched = watches.entry(key.to_string()).or_default();
+        watched.watchers += 1;
+        Watch {
+            tier: self,
+            key: key.to_string(),
+            seen: watched.seen,
+            epoch,
+        }
+    }
+
+    /// Invalidations of the watched key since the watch began.
+    fn seen_since(&self, watch: &Watch<'_>) -> u64 {
+        let watches = crate::sync::lock(&self.watches);
+        watches
+            .get(&watch.key)
+            .map_or(0, |watched| watched.seen - watch.seen)
+    }
+
+    /// Whether `watch`'s key may take a value: tracking up, no flush or
+    /// reconnect since, and exactly `expected` invalidations of the key.
+    fn still_valid(&self, watch: &Watch<'_>, expected: u64) -> bool {
+        self.tracking.load(Ordering::Acquire)
+            && self.epoch.load(Ordering::Acquire) == watch.epoch
+            && self.seen_since(watch) == expected
+    }
+
+    /// Keeps `bytes`, read from Redis under `watch`, unless the key was
+    /// invalidated since the read was sent (then the value may be older).
+    pub(crate) fn fill(&self, watch: Watch<'_>, bytes: &[u8], decoded: Option<Decoded>) {
+        self.fill_checked(watch, bytes, decoded, None, 0);
+    }
+
+    /// Keeps `bytes`, which this handle wrote under `watch` with `ttl`, if
+    /// the only invalidation of the key since is the write's own. Call after
+    /// [`barrier`](Self::barrier) succeeded: the write's own invalidation has
+    /// then been applied.
+    pub(crate) fn fill_own(
+        &self,
+        watch: Watch<'_>,
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        ttl: Option<Duration>,
+    ) {
+        self.fill_checked(watch, bytes, decoded, ttl, 1);
+    }
+
+    fn fill_checked(
+        &self,
+        watch: Watch<'_>,
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        ttl: Option<Duration>,
+        expected: u64,
+    ) {
+        if !self.still_valid(&watch, expected) {
+            // An older copy may be there (an own write's); the watchers
+            // were told of the change by the invalidation itself.
+            self.entries.invalidate(&watch.key);
+            return;
+        }
+        let entry = Entry {
+            bytes: Arc::from(bytes),
+            decoded,
+            ttl,
+        };
+        self.entries.insert(watch.key.clone(), entry);
+        // An invalidation applied between the check and the insert found
+        // nothing to evict: look again, now that the entry is visible.
+        if !self.still_valid(&watch, expected) {
+            self.entries.invalidate(&watch.key);
+        }
+    }
+
+    /// Drops the local copy of `key`: it changed (or may have). Counted by
+    /// the watches first, so that a read in flight does not put it back.
+    pub(crate) fn evict(&self, key: &str) {
+        {
+            let mut watches = crate::sync::lock(&self.watches);
+            if let Some(watched) = watches.get_mut(key) {
+                watched.seen += 1;
+            }
+        }
+        self.entries.invalidate(key);
+    }
+
+    /// Drops the local copies of every key starting with `prefix`.
+    pub(crate) fn evict_prefix(&self, prefix: &str) {
+        if prefix.is_empty() {
+            return self.flush();
+        }
+        {
+            let mut watches = crate::sync::lock(&self.watches);
+            for (_, watched) in watches
+                .iter_mut()
+                .filter(|(key, _)| key.starts_with(prefix))
+            {
+                watched.seen += 1;
+            }
+        }
+        let prefix = prefix.to_string();
+        if self
+            .entries
+            .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+            .is_err()
+        {
+            // Only fails when the cache was built without closures; never here.
+            self.flush();
+        }
+    }
+
+    /// An invalidation pushed by Redis for `key`.
+    fn invalidated(&self, key: &str) {
+        self.counters.add(INVALIDATIONS);
+        self.evict(key);
+    }
+
+    /// Drops every entry: the keyspace was flushed, or may have changed unseen.
+    pub(crate) fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
+    /// Tracking is up on every primary: open the tier, empty.
+    fn open(&self, connections: Vec<MultiplexedConnection>) {
+        *crate::sync::lock(&self.connections) = connections;
+        self.flush();
+        self.tracking.store(true, Ordering::Release);
+    }
+
+    /// A tracking connection is lost: invalidations may be missed from now
+    /// on, so nothing local may be served until it is back.
+    fn close(&self) {
+        self.tracking.store(false, Ordering::Release);
+        if self.serve_stale {
+            // Kept for get_stale; fills in flight are dropped.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.flush();
+        }
+    }
+
+    /// A round trip on every tracking connection: once it is back, every
+    /// invalidation Redis sent before it has been applied (pushes and
+    /// replies share the connection, in order). `false` if any failed.
+    pub(crate) async fn barrier(&self) -> bool {
+        let connections = crate::sync::lock(&self.connections).clone();
+        if connections.is_empty() {
+            return false;
+        }
+        let pings = connections
+            .into_iter()
+            .map(|conn| tracking::ping(conn, self.timeout));
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
+
+    pub(crate) fn stats(&self) -> LocalStats {
+        LocalStats {
+            hits: self.counters.sum(HITS),
+            misses: self.counters.sum(MISSES),
+            invalidations: self.counters.sum(INVALIDATIONS),
+            tracking: self.tracking.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The local tier `config` asks for, its tracking started; `None` when off,
+/// and on the in-memory store (already in-process: a copy in front of it
+/// would only cost memory).
+pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<LocalTier>> {
+    use crate::config::Backend;
+    let (max_entries, max_ttl) = config.local_tier?;
+    let serve_stale = config.local_serve_stale;
+    let clients = match &config.backend {
+        Backend::Memory => return None,
+        Backend::Redis(endpoint) => crate::store::redis::client(endpoint, config)
+            .map(|client| TrackedStore::Standalone(Box::new(client))),
+        Backend::Cluster(nodes) => nodes
+            .iter()
+            .map(|node| crate::store::redis::client(node, config))
+            .collect::<crate::Result<Vec<_>>>()
+            .map(TrackedStore::Cluster),
+    };
+    let store = match clients {
+        Ok(store) => store,
+        // The store was built from the same endpoints: not expected.
+        Err(err) => {
+            tracing::warn!(%err, "local tier off: no tracking client");
+            return None;
+        }
+    };
+    let tier =
+        Arc::new(LocalTier::new(max_entries, max_ttl, config.timeout).serving_stale(serve_stale));
+    let prefix = config.namespace.as_ref().map(|ns| format!("{ns}:"));
+    start(&tier, store, prefix, config.connect_timeout);
+    Some(tier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_tier() -> LocalTier {
+        let tier = LocalTier::new(100, Duration::from_secs(60), Duration::from_secs(1));
+        tier.open(Vec::new());
+        tier
+    }
+
+    #[test]
+    fn a_fill_is_served_until_the_key_is_invalidated() {
+        let tier = open_tier();
+        tier.fill(tier.watch("k"), b"1", None);
+        assert_eq!(tier.get("k").as_deref(), Some(&b"1"[..]));
+        tier.invalidated("k");
+        assert_eq!(tier.get("k"), None);
+        assert_eq!(tier.stats().invalidations, 1);
+    }
+
+    #[test]
+    fn a_read_invalidated_while_in_flight_is_not_kept() {
+        let tier = open_tier();
+        let watch = tier.watch("k");
+        tier.invalidated("k");
+        tier.fill(watch, b"old", None);
+        assert_eq!(tier.get("k"), None);
+    }
+
+    #[test]
+    fn a_flush_while_in_flight_drops_the_fill() {
+        let tier = open_tier();
+        let watch = tier.watch("k");
+        tier.flush();
+        tier.fill(watch, b"old", None);
+        assert_eq!(tier.get("k"), None);
+    }
+
+    #[test]
+    fn an_own_write_is_kept_only_when_its_own_invalidation_is_the_only_one() {
+        let tier = open_tier();
+        let watch = tier.watch("k");
+        tier.invalidated("k");
+        tier.fill_own(watch, b"mine", None, None);
+        assert_eq!(tier.get("k").as_deref(), Some(&b"mine"[..]));
+
+        let watch = tier.watch("k");
+        tier.invalidated("k");
+        tier.invalidated("k");
+        tier.fill_own(watch, b"mine", None, None);
+        assert_eq!(tier.get("k"), None, "another client wrote after us");
+    }
+
+    #[test]
+    fn a_closed_tier_is_neither_read_nor_filled() {
+        let tier = open_tier();
+        tier.fill(tier.watch("k"), b"1", None);
+        tier.close();
+        assert_eq!(tier.get("k"), None);
+        tier.fill(tier.watch("k"), b"1", None);
+        tier.open(Vec::new());
+        assert_eq!(tier.get("k"), None, "nothing from before the outage");
+    }
+
+    #[test]
+    fn stale_entries_are_served_only_when_opted_in_and_only_until_tracking_is_back() {
+        let tier = open_tier();
+        tier.fill(tier.watch("k"), b"1", None);
+        tier.close();
+        assert!(tier.get_stale("k").is_none(), "off by default");
+
+        let tier = open_tier().serving_stale(true);
+        tier.fill(tier.watch("k"), b"1", None);
+        assert!(tier.get_stale("k").is_none(), "not while tracking is up");
+        tier.close();
+        assert_eq!(tier.get("k"), None, "never as a plain read");
+        assert_eq!(
+            tier.get_stale("k").map(|e| e.bytes).as_deref(),
+            Some(&b"1"[..])
+        );
+        tier.open(Vec::new());
+        tier.close();
+        assert!(
+            tier.get_stale("k").is_none(),
+            "nothing from before reconnecting"
+        );
+    }
+
+    #[test]
+    fn evict_prefix_drops_exactly_the_prefix() {
+        let tier = open_tier();
+        tier.fill(tier.watch("a:1"), b"1", None);
+        tier.fill(tier.watch("b:1"), b"1", None);
+        tier.evict_prefix("a:");
+        assert_eq!(tier.get("a:1"), None);
+        assert!(tier.get("b:1").is_some());
+    }
+}

@@ -1,0 +1,317 @@
+//! The tracking connections of a local tier: one RESP3 connection per Redis
+//! primary with `CLIENT TRACKING ON BCAST PREFIX {namespace}:`, kept up by
+//! one background task per handle.
+//!
+//! Broadcasting mode rather than the default mode: the default mode tracks
+//! the keys *a connection read*, so the handle's reads would have to go
+//! through the tracking connection, or their connection would need
+//! `CLIENT TRACKING ON REDIRECT <id>` again after every reconnect of either
+//! connection (the cluster client reconnects by itself, unseen). Broadcast
+//! needs only the tracking connection itself, costs Redis no memory per key
+//! read, and its price, one push per write under the prefix whether cached
+//! here or not, is what a namespace bounds.
+//!
+//! The driver reconnects the data connections by itself but cannot say when
+//! (or re-enable tracking), so this connection is supervised here: connect,
+//! enable tracking, open the tier; on a disconnection push, a failed
+//! heartbeat or (cluster) a change of primaries, close the tier and start
+//! over after a backoff.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+
+use super::LocalTier;
+
+/// How often the tracking connections are checked: a connection that hangs
+/// without closing (a paused server, a lost network) is found within about
+/// this plus the handle's timeout.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Backoff between attempts to re-establish tracking.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the tier tracks: one server, or the primaries of a cluster found
+/// through its seeds.
+pub(crate) enum TrackedStore {
+    Standalone(Box<redis::Client>),
+    Cluster(Vec<redis::Client>),
+}
+
+/// Starts the supervising task of `tier`; it ends when the tier is dropped.
+/// Without a Tokio runtime the tier stays closed (never read).
+pub(crate) fn start(
+    tier: &Arc<LocalTier>,
+    store: TrackedStore,
+    prefix: Option<String>,
+    connect_timeout: Duration,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("local tier off: the handle was built outside a Tokio runtime");
+        return;
+    };
+    let supervisor = Supervisor {
+        tier: Arc::downgrade(tier),
+        store,
+        prefix,
+        connect_timeout,
+        response_timeout: tier.timeout,
+    };
+    runtime.spawn(supervisor.run());
+}
+
+struct Supervisor {
+    tier: Weak<LocalTier>,
+    store: TrackedStore,
+    prefix: Option<String>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = MIN_BACKOFF;
+        // A warning was logged for the current outage: say it once, not per attempt.
+        let mut warned = false;
+        while self.tier.strong_count() > 0 {
+            // Told by the push handler that a connection closed.
+            let lost = Arc::new(Notify::new());
+            match self.connect(&lost).await {
+                Ok((connections, primaries)) => {
+                    let Some(tier) = self.tier.upgrade() else {
+                        return;
+                    };
+                    tier.open(connections.clone());
+                    drop(tier);
+                    tracing::info!(primaries = connections.len(), "local tier: tracking up");
+                    backoff = MIN_BACKOFF;
+                    let reason = self.watch(&connections, &primaries, &lost).await;
+                    if self.tier.strong_count() == 0 {
+                        return;
+                    }
+                    tracing::warn!(
+                        reason,
+                        "local tier: tracking lost; the tier is emptied and unused until it is back"
+                    );
+                    warned = true;
+                }
+                // A server refusing CLIENT TRACKING (an ACL without it) must
+                // not go unnoticed, nor flood the log.
+                Err(err) if !warned => {
+                    tracing::warn!(
+                        error = %err,
+                        "local tier: tracking not established; the tier is unused until it is"
+                    );
+                    warned = true;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "local tier: tracking not established yet");
+                }
+            }
+            if let Some(tier) = self.tier.upgrade() {
+                tier.close();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// A tracking connection to every primary, and the primaries' addresses
+    /// (cluster only, to notice when they change).
+    async fn connect(
+        &self,
+        lost: &Arc<Notify>,
+    ) -> redis::RedisResult<(Vec<MultiplexedConnection>, Vec<(String, u16)>)> {
+        match &self.store {
+            TrackedStore::Standalone(client) => {
+                let conn = self.track((**client).clone(), lost).await?;
+                Ok((vec![conn], Vec::new()))
+            }
+            TrackedStore::Cluster(seeds) => {
+                let primaries = self.primaries(seeds).await?;
+                let seed = seeds.first().ok_or_else(no_node)?;
+                let mut connections = Vec::with_capacity(primaries.len());
+                for (host, port) in &primaries {
+                    let client = client_at(seed, host, *port)?;
+                    connections.push(self.track(client, lost).await?);
+                }
+                Ok((connections, primaries))
+            }
+        }
+    }
+
+    /// The primaries serving slots, as the first seed that answers sees them.
+    async fn primaries(&self, seeds: &[redis::Client]) -> redis::RedisResult<Vec<(String, u16)>> {
+        let mut last = no_node();
+        for seed in seeds {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.response_timeout));
+            let attempt = async {
+                let mut conn = seed
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                cluster_primaries(&mut conn).await
+            };
+            match attempt.await {
+                Ok(primaries) if !primaries.is_empty() => return Ok(primaries),
+                Ok(_) => {}
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    /// A RESP3 connection to `client`'s server with tracking on, its
+    /// invalidations applied to the tier as they arrive.
+    async fn track(
+        &self,
+        client: redis::Client,
+        lost: &Arc<Notify>,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let client = resp3(client)?;
+        let tier = self.tier.clone();
+        let lost = Arc::clone(lost);
+        // Runs in the connection's read loop, before any reply that follows
+        // the push is handed out: what a barrier relies on.
+        let on_push = move |push: PushInfo| -> Result<(), ()> {
+            if let Some(tier) = tier.upgrade() {
+                apply(&tier, push, &lost);
+            }
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_push_sender(on_push);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut tracking = redis::cmd("CLIENT");
+        tracking.arg("TRACKING").arg("ON").arg("BCAST");
+        if let Some(prefix) = &self.prefix {
+            tracking.arg("PREFIX").arg(prefix);
+        }
+        let () = tracking.query_async(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Returns (with the reason) once a connection is lost, a heartbeat fails,
+    /// the primaries changed or the tier is gone.
+    async fn watch(
+        &self,
+        connections: &[MultiplexedConnection],
+        primaries: &[(String, u16)],
+        lost: &Notify,
+    ) -> &'static str {
+        loop {
+            tokio::select! {
+                () = lost.notified() => return "connection closed",
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            if self.tier.strong_count() == 0 {
+                return "handle dropped";
+            }
+            for conn in connections {
+                if !ping(conn.clone(), self.response_timeout).await {
+                    return "heartbeat failed";
+                }
+            }
+            if let (TrackedStore::Cluster(_), Some(conn)) = (&self.store, connections.first()) {
+                let mut conn = conn.clone();
+                let now = tokio::time::timeout(self.response_timeout, cluster_primaries(&mut conn));
+                match now.await {
+                    Ok(Ok(mut now)) => {
+                        now.sort();
+                        let mut before = primaries.to_vec();
+                        before.sort();
+                        if now != before {
+                            return "cluster primaries changed";
+                        }
+                    }
+                    _ => return "heartbeat failed",
+                }
+            }
+        }
+    }
+}
+
+/// A PING answered within `timeout`.
+pub(super) async fn ping(mut conn: MultiplexedConnection, timeout: Duration) -> bool {
+    let cmd = redis::cmd("PING");
+    let reply = cmd.query_async::<String>(&mut conn);
+    matches!(tokio::time::timeout(timeout, reply).await, Ok(Ok(_)))
+}
+
+/// Applies one push of a tracking connection to the tier.
+fn apply(tier: &LocalTier, push: PushInfo, lost: &Notify) {
+    match push.kind {
+        PushKind::Invalidate => match push.data.first() {
+            Some(Value::Array(keys)) => {
+                for key in keys {
+                    // The tier's keys are UTF-8: another key was never here.
+                    if let Value::BulkString(key) = key
+                        && let Ok(key) = std::str::from_utf8(key)
+                    {
+                        tier.invalidated(key);
+                    }
+                }
+            }
+            // A null key: FLUSHDB or FLUSHALL.
+            _ => {
+                tier.counters.add(super::INVALIDATIONS);
+                tier.flush();
+            }
+        },
+        PushKind::Disconnection => {
+            // Closed here and now, not when the supervisor wakes up.
+            tier.close();
+            lost.notify_one();
+        }
+        _ => {}
+    }
+}
+
+/// `client` speaking RESP3: pushes need it.
+fn resp3(client: redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
+/// A client like `seed` (credentials, TLS) for the server at `host:port`.
+fn client_at(seed: &redis::Client, host: &str, port: u16) -> redis::RedisResult<redis::Client> {
+    let info = seed.get_connection_info().clone();
+    let addr = match info.addr().clone() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure,
+            tls_params,
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    redis::Client::open(info.set_addr(addr))
+}
+
+/// The primaries serving slots, from `CLUSTER NODES`.
+async fn cluster_primaries(
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<Vec<(String, u16)>> {
+    let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    Ok(crate::store::redis::parse_cluster_primaries(&text))
+}
+
+fn no_node() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "no cluster node answered"))
+}
