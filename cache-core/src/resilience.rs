@@ -168,12 +168,13 @@ impl Drop for Permit<'_> {
             breaker
                 .opened_at_ms
                 .store(breaker.now_ms().saturating_sub(cooldown), Ordering::Release);
-            let _ = breaker.state.compare_exchange(
-                HALF_OPEN,
-                OPEN,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            if breaker
+                .state
+                .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                crate::telemetry::breaker_changed(BreakerState::Open);
+            }
         }
     }
 }
