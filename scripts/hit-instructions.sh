@@ -18,7 +18,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release -p benches --bin hit-instructions
+# HIT_FEATURES=metrics: with the libraries' metrics on (a Prometheus recorder installed).
+cargo build --release -p benches --bin hit-instructions ${HIT_FEATURES:+--features "$HIT_FEATURES"}
 bin="${CARGO_TARGET_DIR:-target}/release/hit-instructions"
 calls=6400
 out=$(mktemp -d)

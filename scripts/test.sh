@@ -39,6 +39,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The benches' comparisons with other libraries are behind a feature the
 # tests do not build; lint them too, so that the benchmark keeps compiling.
 cargo clippy -p benches --all-targets --features compare,charts --locked -- -D warnings
+# The test crate turns on the `metrics` feature (feature unification): lint
+# the libraries without it too, and check it adds no dependency when off.
+cargo clippy -p cache-core -p rate-limit --lib --locked -- -D warnings
+echo "==> no metrics dependency without the feature (cargo tree -e normal)"
+for crate in cache-core rate-limit; do
+  if cargo tree -p "$crate" -e normal --prefix none --locked | grep -q '^metrics '; then
+    echo "$crate depends on metrics without its feature" >&2
+    exit 1
+  fi
+done
 
 echo "==> cargo doc (broken intra-doc links and other doc warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

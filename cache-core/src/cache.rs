@@ -154,7 +154,7 @@ impl Cache {
     fn with_store(config: CacheConfig, store: Box<dyn Store>) -> Cache {
         Cache {
             inner: Arc::new(Inner {
-                store,
+                store: crate::telemetry::observe(store, &config.backend),
                 resilience: Resilience {
                     timeout: config.timeout,
                     max_attempts: config.max_attempts,

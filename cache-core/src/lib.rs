@@ -293,6 +293,7 @@ mod store;
 mod stored;
 #[doc(hidden)]
 pub mod sync;
+mod telemetry;
 
 use std::sync::Arc;
 

@@ -91,6 +91,7 @@ impl CircuitBreaker {
                 self.state
                     .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                     .ok()
+                    .inspect(|_| crate::telemetry::breaker_changed(BreakerState::HalfOpen))
                     .map(|_| Permit {
                         breaker: self,
                         probe: true,
@@ -111,6 +112,7 @@ impl CircuitBreaker {
             && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
         {
             tracing::info!("cache circuit breaker closed: the store answers again");
+            crate::telemetry::breaker_changed(BreakerState::Closed);
         }
     }
 
@@ -132,6 +134,7 @@ impl CircuitBreaker {
                 cooldown_ms = self.cooldown.as_millis() as u64,
                 "cache circuit breaker opened: calls fail fast until a probe succeeds"
             );
+            crate::telemetry::breaker_changed(BreakerState::Open);
         }
     }
 
@@ -139,6 +142,7 @@ impl CircuitBreaker {
         self.opened_at_ms.store(self.now_ms(), Ordering::Release);
         if self.state.swap(OPEN, Ordering::AcqRel) != OPEN {
             tracing::warn!(why, "cache circuit breaker opened again");
+            crate::telemetry::breaker_changed(BreakerState::Open);
         }
     }
 }
@@ -164,12 +168,13 @@ impl Drop for Permit<'_> {
             breaker
                 .opened_at_ms
                 .store(breaker.now_ms().saturating_sub(cooldown), Ordering::Release);
-            let _ = breaker.state.compare_exchange(
-                HALF_OPEN,
-                OPEN,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            if breaker
+                .state
+                .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                crate::telemetry::breaker_changed(BreakerState::Open);
+            }
         }
     }
 }

@@ -231,6 +231,7 @@ fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream 
             codec: #codec,
             local: #local,
             function: #function,
+            prefix: #prefix,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! HTTP/2, timeouts, bounded shutdown) and their command line ([`run`]).
 #![warn(missing_docs)]
 
+pub mod metrics;
 pub mod portfolio;
 pub mod relay;
 pub mod search;

@@ -905,3 +905,85 @@ fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
             == Some("0")
     }));
 }
+
+/// `GET /metrics`, parsed by a Prometheus text-format parser.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_string())))
+        .unwrap_or_else(|err| panic!("not Prometheus text ({err}):\n{body}"))
+}
+
+/// The value of the counter `name` summed over the samples whose labels
+/// include `labels` (0 when there is none yet).
+fn counter(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(value) => value,
+            ref other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
+#[test]
+fn search_service_metrics_move_with_requests_and_parse_as_prometheus_text() {
+    let server = tests::RedisServer::start();
+    let service = start(SEARCH, &[("REDIS_URL", &server.url()), ("RATE_LIMIT", "5")]);
+    exercise_search(service.port);
+    // Served outside the rate limit: the client is over its limit by now.
+    let before = scrape(service.port);
+    let search = [("prefix", "search"), ("tier", "redis")];
+    let memoized = |scrape: &_, result| {
+        counter(
+            scrape,
+            "cache_memoized_calls",
+            &[search[0], search[1], ("result", result)],
+        )
+    };
+    assert_eq!(memoized(&before, "miss"), 1.0, "the first search");
+    assert_eq!(memoized(&before, "hit"), 1.0, "the second search");
+    let get_hits = [("operation", "get"), ("result", "hit"), ("tier", "redis")];
+    assert!(counter(&before, "cache_operations", &get_hits) >= 1.0);
+    // The one policy of `RateLimitLayer::new` is named after the key prefix.
+    let allowed = [("outcome", "allowed"), ("policy", "rate")];
+    assert_eq!(counter(&before, "ratelimit_decisions", &allowed), 5.0);
+    let local = [("outcome", "limited_locally")];
+    assert_eq!(counter(&before, "ratelimit_decisions", &local), 1.0);
+    assert!(counter(&before, "ratelimit_store_calls", &[("result", "ok")]) >= 5.0);
+    assert!(
+        before
+            .samples
+            .iter()
+            .any(|s| s.metric == "cache_operation_duration"
+                && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+        "the operation latency is a histogram"
+    );
+
+    // Counters move with requests: one more rejected search.
+    assert_eq!(http_get(service.port, "/search?q=more").0, 429);
+    let after = scrape(service.port);
+    assert_eq!(counter(&after, "ratelimit_decisions", &local), 2.0);
+    assert_eq!(
+        memoized(&after, "miss"),
+        1.0,
+        "a rejected request runs nothing"
+    );
+}
+
+#[test]
+fn portfolio_serves_its_cache_metrics() {
+    let service = start(PORTFOLIO, &[]);
+    for _ in 0..2 {
+        assert_eq!(http_get(service.port, "/prices?assets=BTC").0, 200);
+    }
+    let scrape = scrape(service.port);
+    let reads = [("operation", "get_many"), ("tier", "memory")];
+    assert!(
+        counter(&scrape, "cache_operations", &reads) >= 2.0,
+        "{:?}",
+        scrape.samples
+    );
+}

@@ -18,6 +18,7 @@ use crate::headers::HeaderTemplate;
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::response::{self, ResponseBody};
+use crate::telemetry::{self, Outcome};
 use crate::window::Decision;
 
 /// What to do when the store cannot count a request.
@@ -270,6 +271,7 @@ where
         if !shared.shadow
             && let Some(policy) = shared.limiter.too_costly(cost)
         {
+            telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
             return ResponseFuture::ready(shared.too_costly(cost, policy));
         }
         // A client known to be over its limit is answered here: no store
@@ -283,6 +285,11 @@ where
         if let Some(decision) = &known
             && !shared.shadow
         {
+            telemetry::decided(
+                &shared.limiter,
+                Outcome::LimitedLocally,
+                Some(decision.policy),
+            );
             return ResponseFuture::ready(shared.limited(decision));
         }
         // The clone is not ready; the instance that was polled ready serves this request.
@@ -296,8 +303,10 @@ where
                     Verdict::Decided(decision) => decision,
                     Verdict::TooCostly { policy } => {
                         if !shared.shadow {
+                            telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
                             return Ok(shared.too_costly(cost, policy));
                         }
+                        telemetry::decided(&shared.limiter, Outcome::Shadow, Some(policy));
                         // Shadow mode never rejects: noted, let through, uncounted.
                         shared.limiter.counters.add(Count::ShadowLimited);
                         return Ok(inner.call(request).await?.map(ResponseBody::inner));
@@ -305,17 +314,28 @@ where
                     Verdict::StoreFailed => {
                         return match shared.fail_mode {
                             FailMode::Open => {
+                                telemetry::decided(&shared.limiter, Outcome::FailOpen, None);
                                 Ok(inner.call(request).await?.map(ResponseBody::inner))
                             }
-                            FailMode::Closed => Ok(response::store_unavailable()),
+                            FailMode::Closed => {
+                                telemetry::decided(&shared.limiter, Outcome::FailClosed, None);
+                                Ok(response::store_unavailable())
+                            }
                         };
                     }
                 },
             };
             let counters = &shared.limiter.counters;
             if !decision.allowed && !shared.shadow {
+                telemetry::decided(&shared.limiter, Outcome::Limited, Some(decision.policy));
                 return Ok(shared.limited(&decision));
             }
+            let outcome = if decision.allowed {
+                Outcome::Allowed
+            } else {
+                Outcome::Shadow
+            };
+            telemetry::decided(&shared.limiter, outcome, Some(decision.policy));
             if decision.allowed {
                 counters.add(Count::Allowed);
             } else {

@@ -295,6 +295,7 @@ mod limiter;
 mod quota;
 mod response;
 mod store;
+mod telemetry;
 mod window;
 
 pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, RateLimitLayerBuilder};

@@ -51,6 +51,7 @@ use crate::clock::{Clock, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::quota::Quota;
 use crate::store::memory::MemoryLimits;
+use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
 /// Requests in one script call, at most.
@@ -424,6 +425,7 @@ impl Core {
             &many
         };
         let sent = now_micros(self.clock.as_ref());
+        let call = telemetry::StoreCall::start();
         let rows = match &self.memory {
             Some(memory) => {
                 self.counters.add(Count::StoreCalls);
@@ -436,6 +438,7 @@ impl Core {
                 crate::store::redis::evaluate(&self.cache, keys, &args, self.store_timeout).await
             }
         };
+        let rows = call.finish(rows);
         match self.outcome(rows) {
             Some(outcome) => {
                 self.note_denied(client, std::slice::from_ref(&outcome), sent);
@@ -509,7 +512,9 @@ impl Core {
         self.counters.add(Count::StoreCalls);
         // The handle enforces the timeout: a hanging store then counts as
         // failing for its circuit breaker, which stops calling it.
+        let call = telemetry::StoreCall::start();
         let rows = crate::store::redis::evaluate(&self.cache, keys, args, self.store_timeout).await;
+        let rows = call.finish(rows);
         self.outcomes(rows, requests)
     }
 

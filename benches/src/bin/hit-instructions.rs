@@ -31,6 +31,11 @@ async fn main() {
         VARIANTS.join("|")
     );
 
+    // With the `metrics` feature, into the recorder an application would install.
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of the process");
     let server = tests::RedisServer::start();
     let (raw, cache) = benches::raw_and_cache(&server).await;
     let texts: &'static [String] = (0..TASKS).map(text_of).collect::<Vec<_>>().leak();

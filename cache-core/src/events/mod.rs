@@ -548,6 +548,7 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
                 disconnected,
             } => {
                 counters.gaps.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::event_gap(disconnected);
                 Err(EventError::Gap {
                     dropped,
                     disconnected,

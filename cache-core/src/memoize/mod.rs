@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::error::{EncodeError, Error, Result};
+use crate::telemetry::{self, MemoizedCall, Served};
 use budget::Budget;
 pub use decoded::{Keep, KeepBytes, KeepClone, Probe, probe};
 use flight::{FlightKey, Leader, Outcome, Role, join};
@@ -62,6 +63,8 @@ pub struct Call {
     pub local: bool,
     /// The function's name, for logs.
     pub function: &'static str,
+    /// The attribute's `prefix`: the `prefix` label of the call's metrics and span.
+    pub prefix: &'static str,
 }
 
 /// Runs `body` memoized as `call` says. `stored` picks the part of the result
@@ -85,18 +88,23 @@ where
         codec,
         local,
         function,
+        prefix,
     } = call;
+    let report = MemoizedCall::start(prefix);
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
-        return body.await;
+        report.finish("none", Served::Bypass);
+        return report.traced(body).await;
     };
     let cache = &cache;
+    let store_tier = telemetry::tier(cache.backend());
     let mut budget = Budget::for_this_task(cache);
     let key = match key {
         Ok(key) => cache.owned_full_key(key),
         Err(err) => {
             cache.note_uncacheable();
             warn_uncacheable(function, &err);
-            return budget.run(body).await;
+            report.finish(store_tier, Served::Bypass);
+            return report.traced(budget.run(body)).await;
         }
     };
     let codec = codec.unwrap_or(cache.codec());
@@ -107,21 +115,29 @@ where
             && let Some(value) = keep.take(decoded)
         {
             cache.record_hit();
+            report.finish(telemetry::TIER_LOCAL, Served::Hit);
             return restore(value);
         }
         if let Some(value) = cache.decode_with::<V>(codec, &key, Some(&entry.bytes)) {
+            report.finish(telemetry::TIER_LOCAL, Served::Hit);
             return restore(value);
         }
     }
     let mut leader = match wait_for_turn(FlightKey::new(key), codec).await {
         Turn::Lead(leader) => leader,
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return budget.run(body).await,
+        Turn::Served(value) => {
+            report.joined(store_tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            report.joined(store_tier, Served::Miss);
+            return report.traced(budget.run(body)).await;
+        }
     };
     // Before the read is sent: an invalidation arriving meanwhile keeps
     // what it read out of the tier.
     let watch = tier.map(|tier| tier.watch(leader.key()));
-    let read = read_entry(cache, &mut budget, &leader).await;
+    let read = report.traced(read_entry(cache, &mut budget, &leader)).await;
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
@@ -129,6 +145,7 @@ where
             tier.fill(watch, bytes, keep.as_ref().map(|keep| keep.decoded(&value)));
         }
         leader.finish_with_hit(bytes);
+        report.finish(store_tier, Served::Hit);
         return restore(value);
     }
     drop(watch);
@@ -148,6 +165,7 @@ where
             value.or_else(|| cache.decode_with::<V>(codec, leader.key(), Some(&entry.bytes)))
         {
             leader.finish_with_hit(&entry.bytes);
+            report.finish(telemetry::TIER_LOCAL, Served::Stale);
             return restore(value);
         }
     }
@@ -155,7 +173,15 @@ where
         // Counted here; an undecodable entry was counted by decode_with.
         let _ = cache.decode_with::<V>(codec, leader.key(), None);
     }
-    let result = budget.run(body).await;
+    report.finish(
+        store_tier,
+        if read.is_ok() {
+            Served::Miss
+        } else {
+            Served::Error
+        },
+    );
+    let result = report.traced(budget.run(body)).await;
     let decoded = match (tier, &keep, stored(&result)) {
         (Some(_), Some(keep), Some(value)) => Some(keep.decoded(value)),
         _ => None,
@@ -167,7 +193,9 @@ where
     // A store that just failed the read is not waited on a second time.
     if let (Some(bytes), true) = (shared, read.is_ok()) {
         let local = tier.is_some().then_some(decoded);
-        write_entry(cache, &mut budget, &leader, &bytes, ttl, local).await;
+        report
+            .traced(write_entry(cache, &mut budget, &leader, &bytes, ttl, local))
+            .await;
     }
     leader.finish();
     result

@@ -20,6 +20,7 @@ use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::memoize::Call;
 use crate::memoize::flight::{FlightKey, Leader, Outcome, Role, join};
+use crate::telemetry::{self, MemoizedCall, Served};
 
 use super::StoredOptions;
 use super::entry::{Seal, millis, now_ms};
@@ -96,6 +97,18 @@ struct Read<V> {
     versions: Option<Vec<(String, u64)>>,
 }
 
+impl<V> Read<V> {
+    /// How the call is served after this read.
+    fn served(&self) -> Served {
+        match (&self.found, &self.versions) {
+            (Found::Fresh { .. }, _) => Served::Hit,
+            (Found::Stale { .. }, _) => Served::Stale,
+            (Found::Miss, Some(_)) => Served::Miss,
+            (Found::Miss, None) => Served::Error,
+        }
+    }
+}
+
 impl Target {
     fn new(call: Call, options: StoredOptions) -> Result<Target, Option<Cache>> {
         // Entries with stored-value options are not kept in the local tier
@@ -107,6 +120,7 @@ impl Target {
             codec,
             local: _,
             function,
+            prefix: _,
         } = call;
         let cache = cache.filter(|cache| !cache.is_bypassed()).ok_or(None)?;
         let key = match key {
@@ -305,24 +319,42 @@ where
     F: Future<Output = R>,
     V: Serialize + DeserializeOwned,
 {
+    let report = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
-        Err(_) => return body.await,
+        Err(cache) => {
+            report.finish(
+                cache.map_or("none", |c| telemetry::tier(c.backend())),
+                Served::Bypass,
+            );
+            return report.traced(body).await;
+        }
     };
+    let store_tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return body.await,
+        Turn::Served(value) => {
+            report.joined(store_tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            report.joined(store_tier, Served::Miss);
+            return report.traced(body).await;
+        }
     };
-    let read = target.read::<V>(true).await;
+    let read = report.traced(target.read::<V>(true)).await;
+    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
             leader.finish_with_hit(&payload);
             restore(value)
         }
-        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
+        Found::Miss => {
+            let miss = run_and_store(&target, leader, read.versions, body, stored);
+            report.traced(miss).await
+        }
     }
 }
 
@@ -372,18 +404,33 @@ where
     R: Send + Sync + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    let report = MemoizedCall::start(call.prefix);
     let target = match Target::new(call, options) {
         Ok(target) => target,
-        Err(_) => return body.await,
+        Err(cache) => {
+            report.finish(
+                cache.map_or("none", |c| telemetry::tier(c.backend())),
+                Served::Bypass,
+            );
+            return report.traced(body).await;
+        }
     };
+    let store_tier = telemetry::tier(target.cache.backend());
     let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => return restore(value),
-        Turn::RunAlone => return body.await,
+        Turn::Served(value) => {
+            report.joined(store_tier, Served::Hit);
+            return restore(value);
+        }
+        Turn::RunAlone => {
+            report.joined(store_tier, Served::Miss);
+            return report.traced(body).await;
+        }
     };
-    let read = target.read::<V>(true).await;
+    let read = report.traced(target.read::<V>(true)).await;
+    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh {
             value,
@@ -401,7 +448,10 @@ where
             spawn_refresh(target, body, stored);
             restore(value)
         }
-        Found::Miss => run_and_store(&target, leader, read.versions, body, stored).await,
+        Found::Miss => {
+            let miss = run_and_store(&target, leader, read.versions, body, stored);
+            report.traced(miss).await
+        }
     }
 }
 

@@ -68,6 +68,7 @@ impl Cache {
             return Err(Error::invalid("tag", "empty"));
         }
         let version = fastrand::u64(1..u64::MAX);
+        crate::telemetry::tag_invalidated();
         self.set_bytes(&tag_key(tag), version.to_string().as_bytes(), None)
             .await
     }

@@ -41,6 +41,7 @@ Endpoints:
   GET /                          a live page of the updates and the cache's hit rate
   GET /health                    the cache's state
   GET /stats                     cache counters and source reads
+  GET /metrics                   the cache's metrics, Prometheus text format
 ";
 
 type App = Arc<Portfolio>;
@@ -61,6 +62,7 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .route("/users/{id}/balances/{asset}", put(set_balance))
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .merge(examples::metrics::routes()?)
         .with_state(Arc::new(Portfolio::new(cache))))
 }
 

@@ -34,6 +34,7 @@ Endpoints:
   GET /embed?text=TEXT     the embedding of TEXT: {\"dimensions\":384,\"embedding\":[...]}
   GET /health              the cache's state
   GET /stats               cache, computation and rate-limit counters
+  GET /metrics             the same and more, in the Prometheus text format
 
 Rate limit:
   RATE_LIMIT               requests per window and client IP [default: 100]
@@ -76,6 +77,7 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .route("/health", get(health))
         .route("/stats", get(stats))
         .layer(limiter.clone())
+        .merge(examples::metrics::routes()?)
         .with_state(App {
             cache,
             search,

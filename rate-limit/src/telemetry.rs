@@ -1,0 +1,90 @@
+//! Metrics of the layer (cargo feature `metrics`): what it decided for each
+//! request, and its calls to the store. Without the feature every probe is
+//! an empty inline function and no clock is read for it. The README's
+//! "Metrics and tracing" lists the names and labels.
+//!
+//! Labels are the outcome, the layer's policy names and the store call's
+//! result: never a client key, an address or a path.
+
+/// What the layer did with a request: the `outcome` label of `ratelimit.decisions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every policy admitted it.
+    Allowed,
+    /// Rejected (429) on the store's count, or because it costs more than a
+    /// policy's whole quota.
+    Limited,
+    /// Rejected (429) by the local deny cache, without a store call.
+    LimitedLocally,
+    /// Over a limit in shadow mode: let through, only reported.
+    Shadow,
+    /// The store failed and the layer let the request through.
+    FailOpen,
+    /// The store failed and the layer answered 503.
+    FailClosed,
+}
+
+impl Outcome {
+    #[cfg(feature = "metrics")]
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::LimitedLocally => "limited_locally",
+            Outcome::Shadow => "shadow",
+            Outcome::FailOpen => "fail_open",
+            Outcome::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// Counts one decision; `policy` is the index of the policy it reports
+/// (none when the store failed).
+#[inline]
+pub(crate) fn decided(limiter: &crate::limiter::Limiter, outcome: Outcome, policy: Option<usize>) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = outcome.as_str();
+        match policy.and_then(|index| limiter.policies.get(index)) {
+            Some(policy) => metrics::counter!(
+                "ratelimit.decisions",
+                "outcome" => outcome,
+                "policy" => policy.name.clone()
+            )
+            .increment(1),
+            None => metrics::counter!("ratelimit.decisions", "outcome" => outcome).increment(1),
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (limiter, outcome, policy);
+}
+
+/// A store call in progress: started before it is sent, finished with its
+/// answer (`ratelimit.store.calls`, `ratelimit.store.duration`).
+pub(crate) struct StoreCall {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl StoreCall {
+    #[inline]
+    pub(crate) fn start() -> StoreCall {
+        StoreCall {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the call with its answer, and hands the answer back.
+    #[inline]
+    pub(crate) fn finish<T, E>(self, answer: Result<T, E>) -> Result<T, E> {
+        #[cfg(feature = "metrics")]
+        {
+            let result = if answer.is_ok() { "ok" } else { "error" };
+            metrics::counter!("ratelimit.store.calls", "result" => result).increment(1);
+            metrics::histogram!("ratelimit.store.duration", "result" => result)
+                .record(self.started.elapsed().as_secs_f64());
+        }
+        answer
+    }
+}
