@@ -403,11 +403,30 @@ impl Cache {
             return self.get_full_within(full_key, timeout).await;
         };
         let watch = local.watch(full_key);
-        let bytes = self.get_full_within(full_key, timeout).await?;
+        let (bytes, expires) = self.get_full_expiring(full_key, timeout).await?;
         if let Some(bytes) = &bytes {
-            local.fill(watch, bytes, None);
+            local.fill(watch, bytes, None, expires);
         }
         Ok(bytes)
+    }
+
+    /// [`get_full_within`](Self::get_full_within) and the instant the key
+    /// expires in Redis, if it has a TTL, in the same round trip: a local
+    /// copy must not outlive the key. Counted from before the read was sent,
+    /// so never later than the real expiry.
+    pub(crate) async fn get_full_expiring(
+        &self,
+        full_key: &str,
+        timeout: Duration,
+    ) -> Result<(Option<Vec<u8>>, Option<std::time::Instant>)> {
+        let sent = std::time::Instant::now();
+        let cap = self.inner.max_value_bytes;
+        let (bytes, left) = self
+            .run_within(Idempotence::Idempotent, timeout, |s| {
+                s.get_expiring(full_key, cap)
+            })
+            .await?;
+        Ok((self.within_cap(full_key, bytes), expiry(sent, left)))
     }
 
     /// [`set_full_within`](Self::set_full_within), keeping the value in the
@@ -845,18 +864,21 @@ impl Cache {
         if !missing.is_empty() {
             let watches: Vec<_> = missing.iter().map(|key| local.watch(key)).collect();
             let cap = self.inner.max_value_bytes;
+            let sent = std::time::Instant::now();
             let values = self
-                .run(Idempotence::Idempotent, |s| s.get_many(&missing, cap))
+                .run(Idempotence::Idempotent, |s| {
+                    s.get_many_expiring(&missing, cap)
+                })
                 .await?;
             let mut read = missing.iter().zip(values).zip(watches);
             for slot in found.iter_mut().filter(|slot| slot.is_none()) {
-                let Some(((full_key, bytes), watch)) = read.next() else {
+                let Some(((full_key, (bytes, left)), watch)) = read.next() else {
                     break;
                 };
                 let Some(bytes) = self.within_cap(full_key, bytes) else {
                     continue;
                 };
-                local.fill(watch, &bytes, None);
+                local.fill(watch, &bytes, None, expiry(sent, left));
                 *slot = Some(Arc::from(bytes));
             }
         }
@@ -1198,4 +1220,10 @@ mod shared_state_tests {
             "another handle, another value"
         );
     }
+}
+
+/// When a key read at `sent` with `left` to live expires; `None`: no expiry.
+fn expiry(sent: std::time::Instant, left: Option<Duration>) -> Option<std::time::Instant> {
+    // Past what an Instant holds: as good as never.
+    left.and_then(|left| sent.checked_add(left))
 }

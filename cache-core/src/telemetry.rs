@@ -297,6 +297,15 @@ fn found<T>(answer: &crate::Result<Option<T>>) -> &'static str {
 }
 
 /// The `result` of any other operation.
+/// [`found`] of a value read beside something else.
+fn found_first<T, U>(answer: &crate::Result<(Option<T>, U)>) -> &'static str {
+    match answer {
+        Ok((Some(_), _)) => "hit",
+        Ok((None, _)) => "miss",
+        Err(_) => "error",
+    }
+}
+
 fn done<T>(answer: &crate::Result<T>) -> &'static str {
     match answer {
         Ok(_) => "ok",
@@ -359,6 +368,21 @@ impl Store for Observed {
         max_len: usize,
     ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
         self.op("get_many", done, self.inner.get_many(keys, max_len))
+    }
+    fn get_expiring<'a>(
+        &'a self,
+        key: &'a str,
+        max_len: usize,
+    ) -> StoreFuture<'a, crate::store::Expiring> {
+        self.op("get", found_first, self.inner.get_expiring(key, max_len))
+    }
+    fn get_many_expiring<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<crate::store::Expiring>> {
+        let read = self.inner.get_many_expiring(keys, max_len);
+        self.op("get_many", done, read)
     }
     fn set<'a>(
         &'a self,

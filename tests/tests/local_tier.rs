@@ -395,6 +395,82 @@ async fn flushdb_empties_the_local_tier() {
     .await;
 }
 
+#[cached(prefix = "brief", ttl = BRIEF, cache = cache, skip(cache, calls))]
+async fn brief(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    n + 1
+}
+
+/// The life in Redis of the keys of `an_expired_key_is_not_served_locally`.
+const BRIEF: Duration = Duration::from_secs(2);
+
+/// Keys with a TTL, written by another client (and, for `#[cached]`, by B),
+/// are read by A into its local tier; Redis's active expiry is off, so the
+/// keys expire without being deleted and no invalidation comes. Once the
+/// TTL has passed, A's `get`, `get_many` and `#[cached]` call no longer
+/// serve the local copies: a fill from a read lives no longer than the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_is_not_served_locally() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let builder = || {
+        suite::redis(&server.url())
+            .timeout(suite::TIMEOUT)
+            .local_tier(1000, MAX_TTL)
+    };
+    let a = suite::build(builder()).await;
+    let b = suite::build(builder()).await;
+    tracking_up(&a).await;
+    tracking_up(&b).await;
+    assert_eq!(
+        server.cli(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]).trim(),
+        "OK"
+    );
+    let px = BRIEF.as_millis().to_string();
+    // Before the writes: every key expires after this plus BRIEF.
+    let written = Instant::now();
+    server.cli(&["SET", "one", "\"1\"", "PX", &px]);
+    server.cli(&["SET", "two", "\"2\"", "PX", &px]);
+    let calls = AtomicUsize::new(0);
+    assert_eq!(brief(&b, &calls, 1).await, 2);
+
+    read_into_local_tier(&a, Backend::Standalone, "one", "1").await;
+    poll_until("get_many served by the local tier", || async {
+        let before = a.stats().local_hits;
+        let read = a.get_many::<String>(&["two"]).await.unwrap();
+        assert_eq!(read, vec![Some("2".to_string())]);
+        a.stats().local_hits == before + 1
+    })
+    .await;
+    poll_until("the memoized call served by the local tier", || async {
+        let before = a.stats().local_hits;
+        assert_eq!(brief(&a, &calls, 1).await, 2);
+        a.stats().local_hits == before + 1
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "A's calls were hits");
+
+    // The clock, polled: past every key's expiry, with a margin for the
+    // server's clock against this one.
+    let expired = written + BRIEF + Duration::from_millis(250);
+    poll_until("the keys' TTL passed", || async {
+        Instant::now() > expired
+    })
+    .await;
+    assert_eq!(
+        server.cli(&["DBSIZE"]).trim(),
+        "3",
+        "expired, not deleted: no invalidation was sent"
+    );
+    assert_eq!(a.get::<String>("one").await.unwrap(), None);
+    assert_eq!(a.get_many::<String>(&["two"]).await.unwrap(), vec![None]);
+    assert_eq!(brief(&a, &calls, 1).await, 2);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "run again: the entry expired"
+    );
+}
+
 /// Redis killed and started again, empty, on the same port; another client
 /// writes a new value at once. A never serves what it held before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

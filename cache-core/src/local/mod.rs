@@ -45,12 +45,13 @@ pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
 pub(crate) struct Entry {
     pub(crate) bytes: Arc<[u8]>,
     pub(crate) decoded: Option<Decoded>,
-    /// The TTL the value was written with, when this handle wrote it.
+    /// The TTL the value was written with, when this handle wrote it, or
+    /// the key's remaining life in Redis when it was read.
     ttl: Option<Duration>,
 }
 
 /// Each entry lives at most the tier's `max_ttl`, and no longer than the
-/// TTL it was written with.
+/// TTL it was written with or the key had left when read.
 struct EntryExpiry {
     max_ttl: Duration,
 }
@@ -219,9 +220,26 @@ impl LocalTier {
     }
 
     /// Keeps `bytes`, read from Redis under `watch`, unless the key was
-    /// invalidated since the read was sent (then the value may be older).
-    pub(crate) fn fill(&self, watch: Watch<'_>, bytes: &[u8], decoded: Option<Decoded>) {
-        self.fill_checked(watch, bytes, decoded, None, 0);
+    /// invalidated since the read was sent (then the value may be older),
+    /// until `expires`, when the key expires in Redis: Redis tells of an
+    /// expiry only when it deletes the key, which a local hit never makes it
+    /// do, and its active expiry cycle may lag.
+    pub(crate) fn fill(
+        &self,
+        watch: Watch<'_>,
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        expires: Option<Instant>,
+    ) {
+        let ttl = match expires {
+            None => None,
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                // Expired already: nothing to keep.
+                _ => return,
+            },
+        };
+        self.fill_checked(watch, bytes, decoded, ttl, 0);
     }
 
     /// Keeps `bytes`, which this handle wrote under `watch` with `ttl`, if
@@ -405,7 +423,7 @@ mod tests {
     #[test]
     fn a_fill_is_served_until_the_key_is_invalidated() {
         let tier = open_tier();
-        tier.fill(tier.watch("k"), b"1", None);
+        tier.fill(tier.watch("k"), b"1", None, None);
         assert_eq!(tier.get("k").as_deref(), Some(&b"1"[..]));
         tier.invalidated("k");
         assert_eq!(tier.get("k"), None);
@@ -417,7 +435,7 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.invalidated("k");
-        tier.fill(watch, b"old", None);
+        tier.fill(watch, b"old", None, None);
         assert_eq!(tier.get("k"), None);
     }
 
@@ -426,7 +444,7 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.flush();
-        tier.fill(watch, b"old", None);
+        tier.fill(watch, b"old", None, None);
         assert_eq!(tier.get("k"), None);
     }
 
@@ -448,10 +466,10 @@ mod tests {
     #[test]
     fn a_closed_tier_is_neither_read_nor_filled() {
         let tier = open_tier();
-        tier.fill(tier.watch("k"), b"1", None);
+        tier.fill(tier.watch("k"), b"1", None, None);
         tier.close();
         assert_eq!(tier.get("k"), None);
-        tier.fill(tier.watch("k"), b"1", None);
+        tier.fill(tier.watch("k"), b"1", None, None);
         tier.open(Vec::new());
         assert_eq!(tier.get("k"), None, "nothing from before the outage");
     }
@@ -459,12 +477,12 @@ mod tests {
     #[test]
     fn stale_entries_are_served_only_when_opted_in_and_only_until_tracking_is_back() {
         let tier = open_tier();
-        tier.fill(tier.watch("k"), b"1", None);
+        tier.fill(tier.watch("k"), b"1", None, None);
         tier.close();
         assert!(tier.get_stale("k").is_none(), "off by default");
 
         let tier = open_tier().serving_stale(true);
-        tier.fill(tier.watch("k"), b"1", None);
+        tier.fill(tier.watch("k"), b"1", None, None);
         assert!(tier.get_stale("k").is_none(), "not while tracking is up");
         tier.close();
         assert_eq!(tier.get("k"), None, "never as a plain read");
@@ -481,10 +499,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_lives_no_longer_than_the_key_in_redis() {
+        let tier = open_tier();
+        let past = Instant::now();
+        tier.fill(tier.watch("gone"), b"1", None, Some(past));
+        assert_eq!(tier.get("gone"), None, "expired before the fill");
+        let later = Instant::now() + Duration::from_secs(30);
+        tier.fill(tier.watch("k"), b"1", None, Some(later));
+        assert!(tier.get("k").is_some());
+        let ttl = tier.entries.get("k").and_then(|entry| entry.ttl);
+        assert!(ttl.is_some_and(|ttl| ttl <= Duration::from_secs(30)));
+    }
+
+    #[test]
     fn evict_prefix_drops_exactly_the_prefix() {
         let tier = open_tier();
-        tier.fill(tier.watch("a:1"), b"1", None);
-        tier.fill(tier.watch("b:1"), b"1", None);
+        tier.fill(tier.watch("a:1"), b"1", None, None);
+        tier.fill(tier.watch("b:1"), b"1", None, None);
         tier.evict_prefix("a:");
         assert_eq!(tier.get("a:1"), None);
         assert!(tier.get("b:1").is_some());

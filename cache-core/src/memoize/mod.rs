@@ -137,12 +137,19 @@ where
     // Before the read is sent: an invalidation arriving meanwhile keeps
     // what it read out of the tier.
     let watch = tier.map(|tier| tier.watch(leader.key()));
-    let read = report.traced(read_entry(cache, &mut budget, &leader)).await;
+    let read = report
+        .traced(read_entry(cache, &mut budget, &leader, tier.is_some()))
+        .await;
+    let (read, expires) = match read {
+        Ok((bytes, expires)) => (Ok(bytes), expires),
+        Err(err) => (Err(err), None),
+    };
     if let Ok(Some(bytes)) = &read
         && let Some(value) = cache.decode_with::<V>(codec, leader.key(), Some(bytes))
     {
         if let (Some(tier), Some(watch)) = (tier, watch) {
-            tier.fill(watch, bytes, keep.as_ref().map(|keep| keep.decoded(&value)));
+            let decoded = keep.as_ref().map(|keep| keep.decoded(&value));
+            tier.fill(watch, bytes, decoded, expires);
         }
         leader.finish_with_hit(bytes);
         report.finish(store_tier, Served::Hit);
@@ -234,15 +241,24 @@ async fn wait_for_turn<V: DeserializeOwned>(key: FlightKey, codec: Codec) -> Tur
     }
 }
 
-/// The leader's read of the entry, within the budget; notes whether the
+/// The leader's read of the entry, within the budget, and when `local` the
+/// instant the key expires in Redis; notes whether the
 /// store is failing (logged once per change).
 async fn read_entry(
     cache: &Cache,
     budget: &mut Budget,
     leader: &Leader,
-) -> Result<Option<Vec<u8>>> {
+    local: bool,
+) -> Result<(Option<Vec<u8>>, Option<std::time::Instant>)> {
     let read = budget
-        .spend(|left| cache.get_full_within(leader.key(), left))
+        .spend(|left| async move {
+            if local {
+                // The key's expiry too: the local copy must not outlive it.
+                cache.get_full_expiring(leader.key(), left).await
+            } else {
+                Ok((cache.get_full_within(leader.key(), left).await?, None))
+            }
+        })
         .await;
     cache.note_memo_failure(read.as_ref().err());
     read

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{
-    KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, window_millis,
+    Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment,
+    window_millis,
 };
 use crate::error::{CommandError, Error, Result};
 use crate::sync::InsertionOrderedMap;
@@ -218,6 +219,22 @@ impl Store for MemoryStore {
         ready(Ok(keys
             .iter()
             .map(|key| self.get_now(key, max_len))
+            .collect()))
+    }
+
+    // No local tier in front of the in-memory store: no expiry to tell.
+    fn get_expiring<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Expiring> {
+        ready(Ok((self.get_now(key, max_len), None)))
+    }
+
+    fn get_many_expiring<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Expiring>> {
+        ready(Ok(keys
+            .iter()
+            .map(|key| (self.get_now(key, max_len), None))
             .collect()))
     }
 

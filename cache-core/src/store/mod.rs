@@ -17,6 +17,9 @@ pub(crate) mod redis;
 /// A boxed store future; one allocation per call is noise next to a network round trip.
 pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// A value read and the key's remaining life then, when it has one.
+pub(crate) type Expiring = (Option<Vec<u8>>, Option<Duration>);
+
 /// The remaining life of a key, as Redis `PTTL` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,6 +131,18 @@ pub(crate) trait Store: Send + Sync + 'static {
         keys: &'a [String],
         max_len: usize,
     ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+    /// [`get`](Self::get) and the key's remaining life in the same round
+    /// trip (`PTTL` pipelined beside the read, same key so same slot), for
+    /// the local tier, whose copies must not outlive the key: `None` when
+    /// the key has no expiry (or the store has no local tier), zero when it
+    /// is gone.
+    fn get_expiring<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Expiring>;
+    /// [`get_expiring`](Self::get_expiring) of several keys, in key order.
+    fn get_many_expiring<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Expiring>>;
     /// `ttl` is at least one millisecond when given.
     fn set<'a>(
         &'a self,

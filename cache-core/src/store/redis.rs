@@ -14,8 +14,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Script, Value};
 
 use super::{
-    KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment, millis,
-    window_millis,
+    Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment,
+    millis, window_millis,
 };
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result, is_refused_login};
@@ -314,6 +314,24 @@ fn get_range_cmd(key: &str, max_len: usize) -> Cmd {
     cmd
 }
 
+/// [`get_range_cmd`] and `PTTL` of the same key, pipelined: one round trip,
+/// one slot on a cluster.
+fn get_expiring_pipe(key: &str, max_len: usize) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(2);
+    pipe.add_command(get_range_cmd(key, max_len));
+    pipe.cmd("PTTL").arg(key);
+    pipe
+}
+
+/// A `PTTL` reply as a remaining life: `None` for no expiry (-1), zero for
+/// a key gone since the read (-2).
+fn remaining(pttl: i64) -> Option<Duration> {
+    match pttl {
+        -1 => None,
+        ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+    }
+}
+
 /// GETRANGE answers "" for a missing key; no codec's encoding is empty, so
 /// an empty value is a miss either way.
 fn non_empty(value: Vec<u8>) -> Option<Vec<u8>> {
@@ -544,6 +562,32 @@ impl<C: Connection> Store for RedisStore<C> {
         // No MGET has a size cap: one GETRANGE per key, pipelined.
         let commands = keys.iter().map(|key| get_range_cmd(key, max_len)).collect();
         Box::pin(self.conn.get_each(commands))
+    }
+
+    fn get_expiring<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Expiring> {
+        let mut conn = self.conn.clone();
+        let pipe = get_expiring_pipe(key, max_len);
+        Box::pin(async move {
+            let (value, pttl): (Vec<u8>, i64) = pipe.query_async(&mut conn).await?;
+            Ok((non_empty(value), remaining(pttl)))
+        })
+    }
+
+    fn get_many_expiring<'a>(
+        &'a self,
+        keys: &'a [String],
+        max_len: usize,
+    ) -> StoreFuture<'a, Vec<Expiring>> {
+        // One two-command pipeline per key, multiplexed: one round trip.
+        let reads = keys.iter().map(move |key| {
+            let mut conn = self.conn.clone();
+            let pipe = get_expiring_pipe(key, max_len);
+            async move {
+                let (value, pttl): (Vec<u8>, i64) = pipe.query_async(&mut conn).await?;
+                Ok::<_, Error>((non_empty(value), remaining(pttl)))
+            }
+        });
+        Box::pin(try_join_all(reads))
     }
 
     fn set<'a>(
