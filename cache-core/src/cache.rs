@@ -1193,6 +1193,12 @@ impl Cache {
     }
 }
 
+/// When a key read at `sent` with `left` to live expires; `None`: no expiry.
+fn expiry(sent: std::time::Instant, left: Option<Duration>) -> Option<std::time::Instant> {
+    // Past what an Instant holds: as good as never.
+    left.and_then(|left| sent.checked_add(left))
+}
+
 #[cfg(test)]
 mod shared_state_tests {
     use super::*;
@@ -1220,10 +1226,4 @@ mod shared_state_tests {
             "another handle, another value"
         );
     }
-}
-
-/// When a key read at `sent` with `left` to live expires; `None`: no expiry.
-fn expiry(sent: std::time::Instant, left: Option<Duration>) -> Option<std::time::Instant> {
-    // Past what an Instant holds: as good as never.
-    left.and_then(|left| sent.checked_add(left))
 }
