@@ -77,6 +77,11 @@ pub(crate) struct LocalTier {
     counters: StripedCounters<3>,
     /// The tracking connections, for [`barrier`](Self::barrier).
     connections: Mutex<Vec<MultiplexedConnection>>,
+    /// The generation of tracking connections whose loss may close the
+    /// tier: the set being established or open; 0 once it failed. An older
+    /// set's late disconnection (a heartbeat gave up on it while it was
+    /// still connected) must not close the tier its successor opened.
+    live: Mutex<u64>,
     /// The bound of one barrier round trip.
     timeout: Duration,
     /// Entries stay while tracking is down, for reads whose store call
@@ -141,6 +146,7 @@ impl LocalTier {
             watches: Mutex::default(),
             counters: StripedCounters::default(),
             connections: Mutex::default(),
+            live: Mutex::new(0),
             timeout,
             serve_stale: false,
         }
@@ -337,6 +343,33 @@ impl LocalTier {
         *crate::sync::lock(&self.connections) = connections;
         self.flush();
         self.tracking.store(true, Ordering::Release);
+    }
+
+    /// Connections of `generation` are being established: from now on only
+    /// their loss closes the tier.
+    fn begin(&self, generation: u64) {
+        *crate::sync::lock(&self.live) = generation;
+    }
+
+    /// [`open`](Self::open) with the connections of `generation`, unless
+    /// one of them was lost meanwhile (or a newer set began): `false` then.
+    fn open_generation(&self, generation: u64, connections: Vec<MultiplexedConnection>) -> bool {
+        let live = crate::sync::lock(&self.live);
+        if *live != generation {
+            return false;
+        }
+        self.open(connections);
+        true
+    }
+
+    /// A connection of `generation` is lost: [`close`](Self::close) the tier
+    /// if that set is the live one; an older set's loss is no news.
+    fn close_from(&self, generation: u64) {
+        let mut live = crate::sync::lock(&self.live);
+        if *live == generation {
+            *live = 0;
+            self.close();
+        }
     }
 
     /// A tracking connection is lost: invalidations may be missed from now

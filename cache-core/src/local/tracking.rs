@@ -76,15 +76,27 @@ impl Supervisor {
         let mut backoff = MIN_BACKOFF;
         // A warning was logged for the current outage: say it once, not per attempt.
         let mut warned = false;
-        while self.tier.strong_count() > 0 {
+        // Numbers each set of connections: a late event of an older set
+        // must not act on the tier (see LocalTier::close_from).
+        let mut generation = 0;
+        while let Some(tier) = self.tier.upgrade() {
+            generation += 1;
+            tier.begin(generation);
+            drop(tier);
             // Told by the push handler that a connection closed.
             let lost = Arc::new(Notify::new());
-            match self.connect(&lost).await {
+            match self.connect(&lost, generation).await {
                 Ok((connections, primaries)) => {
                     let Some(tier) = self.tier.upgrade() else {
                         return;
                     };
-                    tier.open(connections.clone());
+                    if !tier.open_generation(generation, connections.clone()) {
+                        // One was lost while the others connected.
+                        drop(tier);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                     drop(tier);
                     tracing::info!(primaries = connections.len(), "local tier: tracking up");
                     backoff = MIN_BACKOFF;
@@ -124,10 +136,11 @@ impl Supervisor {
     async fn connect(
         &self,
         lost: &Arc<Notify>,
+        generation: u64,
     ) -> redis::RedisResult<(Vec<MultiplexedConnection>, Vec<(String, u16)>)> {
         match &self.store {
             TrackedStore::Standalone(client) => {
-                let conn = self.track((**client).clone(), lost).await?;
+                let conn = self.track((**client).clone(), lost, generation).await?;
                 Ok((vec![conn], Vec::new()))
             }
             TrackedStore::Cluster(seeds) => {
@@ -136,7 +149,7 @@ impl Supervisor {
                 let mut connections = Vec::with_capacity(primaries.len());
                 for (host, port) in &primaries {
                     let client = client_at(seed, host, *port)?;
-                    connections.push(self.track(client, lost).await?);
+                    connections.push(self.track(client, lost, generation).await?);
                 }
                 Ok((connections, primaries))
             }
@@ -166,11 +179,13 @@ impl Supervisor {
     }
 
     /// A RESP3 connection to `client`'s server with tracking on, its
-    /// invalidations applied to the tier as they arrive.
+    /// invalidations applied to the tier as they arrive; one of the set
+    /// numbered `generation`.
     async fn track(
         &self,
         client: redis::Client,
         lost: &Arc<Notify>,
+        generation: u64,
     ) -> redis::RedisResult<MultiplexedConnection> {
         let client = resp3(client)?;
         let tier = self.tier.clone();
@@ -179,7 +194,7 @@ impl Supervisor {
         // the push is handed out: what a barrier relies on.
         let on_push = move |push: PushInfo| -> Result<(), ()> {
             if let Some(tier) = tier.upgrade() {
-                apply(&tier, push, &lost);
+                apply(&tier, push, generation, &lost);
             }
             Ok(())
         };
@@ -246,8 +261,10 @@ pub(super) async fn ping(mut conn: MultiplexedConnection, timeout: Duration) -> 
     matches!(tokio::time::timeout(timeout, reply).await, Ok(Ok(_)))
 }
 
-/// Applies one push of a tracking connection to the tier.
-fn apply(tier: &LocalTier, push: PushInfo, lost: &Notify) {
+/// Applies one push of a tracking connection of the set `generation` to
+/// the tier. An older set's invalidations still evict (never harmful); its
+/// disconnection does not close the tier a newer set opened.
+fn apply(tier: &LocalTier, push: PushInfo, generation: u64, lost: &Notify) {
     match push.kind {
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
@@ -268,7 +285,7 @@ fn apply(tier: &LocalTier, push: PushInfo, lost: &Notify) {
         },
         PushKind::Disconnection => {
             // Closed here and now, not when the supervisor wakes up.
-            tier.close();
+            tier.close_from(generation);
             lost.notify_one();
         }
         _ => {}
@@ -314,4 +331,54 @@ async fn cluster_primaries(
 
 fn no_node() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "no cluster node answered"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier() -> LocalTier {
+        LocalTier::new(100, Duration::from_secs(60), Duration::from_secs(1))
+    }
+
+    fn disconnection() -> PushInfo {
+        PushInfo {
+            kind: PushKind::Disconnection,
+            data: Vec::new(),
+        }
+    }
+
+    /// A heartbeat gave up on set 1 with a PING unanswered, the tier was
+    /// reopened on set 2, and only then set 1's connection reported its end.
+    #[test]
+    fn an_older_set_lost_late_does_not_close_the_tier_a_newer_one_opened() {
+        let tier = tier();
+        let lost = Notify::new();
+        tier.begin(1);
+        assert!(tier.open_generation(1, Vec::new()));
+        tier.close();
+        tier.begin(2);
+        assert!(tier.open_generation(2, Vec::new()));
+        tier.fill(tier.watch("k"), b"1", None, None);
+
+        apply(&tier, disconnection(), 1, &lost);
+        assert!(tier.stats().tracking, "set 2 is up: the tier stays open");
+        assert!(tier.get("k").is_some());
+
+        apply(&tier, disconnection(), 2, &lost);
+        assert!(!tier.stats().tracking, "the live set's loss closes it");
+        assert!(tier.get("k").is_none());
+    }
+
+    /// One connection of a set lost while the others were being made: the
+    /// set does not open the tier.
+    #[test]
+    fn a_set_lost_while_connecting_does_not_open_the_tier() {
+        let tier = tier();
+        let lost = Notify::new();
+        tier.begin(1);
+        apply(&tier, disconnection(), 1, &lost);
+        assert!(!tier.open_generation(1, Vec::new()));
+        assert!(!tier.stats().tracking);
+    }
 }
