@@ -15,7 +15,10 @@
 //!   served after it.
 //! - **No stale fill**: a value read from Redis is kept only if no
 //!   invalidation of its key (and no flush or reconnect, counted by the
-//!   epoch) arrived since before the read was sent: see [`Watch`].
+//!   epoch) arrived since before the read was sent: see [`Watch`]. It
+//!   lives no longer than the key's TTL in Redis, read beside the value
+//!   (Redis tells of an expiry only when it deletes the key, which a local
+//!   hit never makes it do).
 //! - **Own writes**: a write through the handle evicts its local copy at
 //!   once; `#[cached]` keeps the value it stored, after a round trip on the
 //!   tracking connections proved that the only invalidation of the key since
