@@ -26,6 +26,8 @@
 //! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
 //! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
 //! `BENCH_LATENCY=0` (skip the latency phase) for short or profiling runs.
+//! With `--features metrics` the service process installs a Prometheus
+//! recorder, for the overhead of the libraries' metrics.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -229,6 +231,12 @@ fn main() {
         .expect("runtime");
     if args.get(1).map(String::as_str) == Some("--serve") {
         let url = args.get(2).expect("--serve <redis url>").clone();
+        // With the `metrics` feature, the libraries' metrics go into the
+        // recorder an application would install (never rendered here).
+        #[cfg(feature = "metrics")]
+        let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of the process");
         runtime.block_on(serve_all(&url));
     } else {
         runtime.block_on(measure());
