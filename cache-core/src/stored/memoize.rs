@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
 use crate::codec::Codec;
-use crate::memoize::Call;
-use crate::memoize::flight::{FlightKey, Leader, Outcome, Role, join};
+use crate::memoize::flight::{FlightKey, Leader};
+use crate::memoize::{Call, Turn, wait_for_turn};
 use crate::telemetry::{self, MemoizedCall, Served};
 
 use super::StoredOptions;
@@ -59,35 +59,6 @@ enum Found<V> {
         payload: Vec<u8>,
     },
     Miss,
-}
-
-/// Where a call stands once the flights of its key are sorted out.
-enum Turn<V> {
-    Lead(Leader),
-    Served(V),
-    RunAlone,
-}
-
-/// Joins the flight of `full_key` and, as a follower, waits for its
-/// outcome (as the plain path does).
-async fn wait_for_turn<V: DeserializeOwned>(full_key: String, codec: Codec) -> Turn<V> {
-    let mut role = join(FlightKey::new(full_key));
-    loop {
-        let flight = match role {
-            Role::Leader(leader) => return Turn::Lead(leader),
-            Role::Follower(flight) => flight,
-        };
-        match flight.outcome().await {
-            Outcome::Done(Some(bytes)) => {
-                return match codec.decode::<V>(&bytes) {
-                    Ok(value) => Turn::Served(value),
-                    Err(_) => Turn::RunAlone,
-                };
-            }
-            Outcome::Done(None) => return Turn::RunAlone,
-            Outcome::Abandoned => role = join(flight.key.clone()),
-        }
-    }
 }
 
 /// A read: what was found, and the versions of the call's tags then
@@ -320,32 +291,11 @@ where
     V: Serialize + DeserializeOwned,
 {
     let report = MemoizedCall::start(call.prefix);
-    let target = match Target::new(call, options) {
-        Ok(target) => target,
-        Err(cache) => {
-            report.finish(
-                cache.map_or("none", |c| telemetry::tier(c.backend())),
-                Served::Bypass,
-            );
-            return report.traced(body).await;
-        }
+    let (target, leader, read) = match lead(call, options, &report).await {
+        Start::Lead(target, leader, read) => (target, leader, read),
+        Start::Served(value) => return restore(value),
+        Start::RunBody => return report.traced(body).await,
     };
-    let store_tier = telemetry::tier(target.cache.backend());
-    let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
-        Turn::Lead(leader) => leader,
-        // Followers share the leader's value, fresh or stale (the refresh,
-        // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => {
-            report.joined(store_tier, Served::Hit);
-            return restore(value);
-        }
-        Turn::RunAlone => {
-            report.joined(store_tier, Served::Miss);
-            return report.traced(body).await;
-        }
-    };
-    let read = report.traced(target.read::<V>(true)).await;
-    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
             leader.finish_with_hit(&payload);
@@ -356,6 +306,51 @@ where
             report.traced(miss).await
         }
     }
+}
+
+/// How a stored-value call starts: bypassed, served by a flight's leader,
+/// or leading it with the entry read.
+enum Start<V> {
+    Lead(Target, Leader, Read<V>),
+    Served(V),
+    RunBody,
+}
+
+/// The start both stored-value entry points share: the target, the flight
+/// of its key and, for its leader, the read, reported as they happen.
+async fn lead<V: DeserializeOwned>(
+    call: Call,
+    options: StoredOptions,
+    report: &MemoizedCall,
+) -> Start<V> {
+    let target = match Target::new(call, options) {
+        Ok(target) => target,
+        Err(cache) => {
+            report.finish(
+                cache.map_or("none", |c| telemetry::tier(c.backend())),
+                Served::Bypass,
+            );
+            return Start::RunBody;
+        }
+    };
+    let store_tier = telemetry::tier(target.cache.backend());
+    let leader = match wait_for_turn(FlightKey::new(target.full_key.clone()), target.codec).await
+    {
+        Turn::Lead(leader) => leader,
+        // Followers share the leader's value, fresh or stale (the refresh,
+        // if any, is the leader's), or its result on a miss.
+        Turn::Served(value) => {
+            report.joined(store_tier, Served::Hit);
+            return Start::Served(value);
+        }
+        Turn::RunAlone => {
+            report.joined(store_tier, Served::Miss);
+            return Start::RunBody;
+        }
+    };
+    let read = report.traced(target.read::<V>(true)).await;
+    report.finish(store_tier, read.served());
+    Start::Lead(target, leader, read)
 }
 
 /// A miss: runs `body`, shares its encoded result with the flight's
@@ -405,32 +400,11 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let report = MemoizedCall::start(call.prefix);
-    let target = match Target::new(call, options) {
-        Ok(target) => target,
-        Err(cache) => {
-            report.finish(
-                cache.map_or("none", |c| telemetry::tier(c.backend())),
-                Served::Bypass,
-            );
-            return report.traced(body).await;
-        }
+    let (target, leader, read) = match lead(call, options, &report).await {
+        Start::Lead(target, leader, read) => (target, leader, read),
+        Start::Served(value) => return restore(value),
+        Start::RunBody => return report.traced(body).await,
     };
-    let store_tier = telemetry::tier(target.cache.backend());
-    let leader = match wait_for_turn(target.full_key.clone(), target.codec).await {
-        Turn::Lead(leader) => leader,
-        // Followers share the leader's value, fresh or stale (the refresh,
-        // if any, is the leader's), or its result on a miss.
-        Turn::Served(value) => {
-            report.joined(store_tier, Served::Hit);
-            return restore(value);
-        }
-        Turn::RunAlone => {
-            report.joined(store_tier, Served::Miss);
-            return report.traced(body).await;
-        }
-    };
-    let read = report.traced(target.read::<V>(true)).await;
-    report.finish(store_tier, read.served());
     match read.found {
         Found::Fresh {
             value,
