@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterConfig;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{PushInfo, PushKind, Value};
@@ -18,6 +17,7 @@ use redis::{PushInfo, PushKind, Value};
 use super::hub::{Hub, Message, Topic};
 use crate::config::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
+use crate::store::redis as store;
 
 /// The pub/sub connection of one bus; cheap to clone.
 #[derive(Clone)]
@@ -44,7 +44,8 @@ impl PubSub {
         };
         match &config.backend {
             Backend::Redis(endpoint) => {
-                let client = client(endpoint, config)?;
+                let client = store::resp3(store::client(endpoint, config)?)
+                    .map_err(store::driver_config_error)?;
                 let manager_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(None)
@@ -56,32 +57,18 @@ impl PubSub {
                     .set_push_sender(sender)
                     .set_automatic_resubscription();
                 let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(crate::store::redis::driver_config_error)?;
+                    .map_err(store::driver_config_error)?;
                 Ok(PubSub::Standalone(manager))
             }
             Backend::Cluster(nodes) => {
                 let urls = nodes.iter().map(resp3_url).collect::<Result<Vec<_>>>()?;
-                let builder = redis::cluster::ClusterClientBuilder::new(urls);
-                #[cfg(feature = "tls")]
-                let builder = match &config.tls_ca_cert {
-                    Some(pem) => builder.certs(redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem.clone()),
-                    }),
-                    None => builder,
-                };
-                let client = builder
+                let client = store::cluster_builder(urls, config)
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(sender)
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.timeout)
                     .build()
-                    .map_err(crate::store::redis::driver_config_error)?;
-                let cluster_config = ClusterConfig::new()
-                    .set_connection_timeout(config.connect_timeout)
-                    .set_response_timeout(config.timeout);
+                    .map_err(store::driver_config_error)?;
                 Ok(PubSub::Cluster(
-                    client.get_pending_async_connection_with_config(cluster_config),
+                    client.get_pending_async_connection_with_config(store::cluster_config(config)),
                 ))
             }
             Backend::Memory => Err(Error::invalid(
@@ -234,20 +221,4 @@ fn resp3_url(endpoint: &RedisEndpoint) -> Result<url::Url> {
     let mut url = endpoint.connection_url()?;
     url.query_pairs_mut().append_pair("protocol", "resp3");
     Ok(url)
-}
-
-/// As the store's client, on RESP3.
-fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
-    let url = resp3_url(endpoint)?;
-    #[cfg(feature = "tls")]
-    if let (true, Some(pem)) = (endpoint.tls, &config.tls_ca_cert) {
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        };
-        return redis::Client::build_with_tls(url, certificates)
-            .map_err(crate::store::redis::driver_config_error);
-    }
-    let _ = config;
-    redis::Client::open(url).map_err(crate::store::redis::driver_config_error)
 }

@@ -187,7 +187,7 @@ impl Supervisor {
         lost: &Arc<Notify>,
         generation: u64,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let client = resp3(client)?;
+        let client = crate::store::redis::resp3(client)?;
         let tier = self.tier.clone();
         let lost = Arc::clone(lost);
         // Runs in the connection's read loop, before any reply that follows
@@ -290,16 +290,6 @@ fn apply(tier: &LocalTier, push: PushInfo, generation: u64, lost: &Notify) {
         }
         _ => {}
     }
-}
-
-/// `client` speaking RESP3: pushes need it.
-fn resp3(client: redis::Client) -> redis::RedisResult<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
 }
 
 /// A client like `seed` (credentials, TLS) for the server at `host:port`.

@@ -454,27 +454,13 @@ impl RedisStore<ClusterConnection> {
             .iter()
             .map(RedisEndpoint::connection_url)
             .collect::<Result<Vec<_>>>()?;
-        let builder = redis::cluster::ClusterClientBuilder::new(urls);
-        #[cfg(feature = "tls")]
-        let builder = match &config.tls_ca_cert {
-            Some(pem) => builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            }),
-            None => builder,
-        };
-        let client = builder
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(config.timeout)
+        let client = cluster_builder(urls, config)
             .retries(2)
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()
             .map_err(driver_config_error)?;
-        let cluster_config = ClusterConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.timeout);
-        let conn = client.get_pending_async_connection_with_config(cluster_config);
+        let conn = client.get_pending_async_connection_with_config(cluster_config(config));
         let mut store = Self::over(conn);
         if let Some(seed) = nodes.first() {
             store.login_probe = Some(LoginProbe {
@@ -499,6 +485,42 @@ pub(crate) fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<r
     }
     let _ = config;
     redis::Client::open(url).map_err(driver_config_error)
+}
+
+/// A cluster client builder for `urls` with the handle's TLS roots and timeouts.
+pub(crate) fn cluster_builder(
+    urls: Vec<url::Url>,
+    config: &CacheConfig,
+) -> redis::cluster::ClusterClientBuilder {
+    let builder = redis::cluster::ClusterClientBuilder::new(urls);
+    #[cfg(feature = "tls")]
+    let builder = match &config.tls_ca_cert {
+        Some(pem) => builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        }),
+        None => builder,
+    };
+    builder
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.timeout)
+}
+
+/// The connection settings of a cluster connection: the handle's timeouts.
+pub(crate) fn cluster_config(config: &CacheConfig) -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(config.connect_timeout)
+        .set_response_timeout(config.timeout)
+}
+
+/// `client` speaking RESP3 (pushes need it), with its credentials and TLS.
+pub(crate) fn resp3(client: redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
 }
 
 /// The driver's configuration errors can quote the URL; never pass them on.

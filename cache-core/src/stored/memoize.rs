@@ -334,8 +334,7 @@ async fn lead<V: DeserializeOwned>(
         }
     };
     let store_tier = telemetry::tier(target.cache.backend());
-    let leader = match wait_for_turn(FlightKey::new(target.full_key.clone()), target.codec).await
-    {
+    let leader = match wait_for_turn(FlightKey::new(target.full_key.clone()), target.codec).await {
         Turn::Lead(leader) => leader,
         // Followers share the leader's value, fresh or stale (the refresh,
         // if any, is the leader's), or its result on a miss.
