@@ -310,6 +310,9 @@ where
 
 /// How a stored-value call starts: bypassed, served by a flight's leader,
 /// or leading it with the entry read.
+// Built once per call and matched at once: boxing the large variant would
+// allocate on every call.
+#[allow(clippy::large_enum_variant)]
 enum Start<V> {
     Lead(Target, Leader, Read<V>),
     Served(V),
