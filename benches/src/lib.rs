@@ -114,6 +114,48 @@ pub async fn raw_and_cache(
     (raw, cache)
 }
 
+/// The `cached` crate's Redis-backed async memoization (MessagePack values).
+#[cfg(feature = "compare")]
+pub mod cached_crate {
+    use std::sync::OnceLock;
+
+    pub static URL: OnceLock<String> = OnceLock::new();
+
+    #[cached::macros::concurrent_cached(
+        map_error = r##"|e| format!("{e:?}")"##,
+        ty = "cached::AsyncRedisCache<String, Vec<f32>>",
+        create = r##" {
+            cached::AsyncRedisCache::builder("bench_cached_crate")
+                .ttl(std::time::Duration::from_secs(600))
+                .connection_string(URL.get().expect("url set"))
+                .build()
+                .await
+                .expect("cached crate redis cache")
+        } "##
+    )]
+    pub async fn embed(text: String) -> Result<Vec<f32>, String> {
+        Ok(crate::embeddings::embedding(&text))
+    }
+}
+
+/// A handle to the server at `url` with a local tier whose entries live at
+/// most `max_ttl`, returned once its tracking is up.
+pub async fn local_handle(url: &str, max_ttl: Duration) -> cache_core::Cache {
+    let cache = cache_core::Cache::builder()
+        .redis_url(url)
+        .expect("redis url")
+        .local_tier(10_000, max_ttl)
+        .build()
+        .await
+        .expect("cache");
+    let started = Instant::now();
+    while !cache.stats().local_tracking {
+        assert!(started.elapsed() < Duration::from_secs(10), "tracking up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cache
+}
+
 /// The memoized functions of the cache benchmarks, and what they compute.
 pub mod embeddings {
     use cache_core::{Cache, cached};

@@ -44,30 +44,6 @@ fn fresh_text() -> String {
     format!("unseen document {n}")
 }
 
-/// The `cached` crate's Redis-backed async memoization (MessagePack values).
-#[cfg(feature = "compare")]
-mod cached_crate {
-    use std::sync::OnceLock;
-
-    pub static URL: OnceLock<String> = OnceLock::new();
-
-    #[cached::macros::concurrent_cached(
-        map_error = r##"|e| format!("{e:?}")"##,
-        ty = "cached::AsyncRedisCache<String, Vec<f32>>",
-        create = r##" {
-            cached::AsyncRedisCache::builder("bench_cached_crate")
-                .ttl(std::time::Duration::from_secs(600))
-                .connection_string(URL.get().expect("url set"))
-                .build()
-                .await
-                .expect("cached crate redis cache")
-        } "##
-    )]
-    pub async fn embed(text: String) -> Result<Vec<f32>, String> {
-        Ok(benches::embeddings::embedding(&text))
-    }
-}
-
 async fn raw_get(conn: &MultiplexedConnection, key: &str) -> Vec<u8> {
     let mut conn = conn.clone();
     redis::cmd("GET")
@@ -82,7 +58,7 @@ async fn main() {
     let server = tests::RedisServer::start();
     let (raw, cache) = benches::raw_and_cache(&server).await;
     #[cfg(feature = "compare")]
-    let _ = cached_crate::URL.set(server.url());
+    let _ = benches::cached_crate::URL.set(server.url());
 
     // Seed every entry by calling the macros once.
     for task in 0..64 {
@@ -90,7 +66,7 @@ async fn main() {
         embed_json(&cache, &text).await;
         embed_msgpack(&cache, &text).await;
         #[cfg(feature = "compare")]
-        cached_crate::embed(text)
+        benches::cached_crate::embed(text)
             .await
             .expect("seed the cached crate");
     }
@@ -180,7 +156,7 @@ async fn main() {
             #[cfg(feature = "compare")]
             other.rounds.push(
                 throughput(iterations(tasks), tasks, move |task| async move {
-                    let value = cached_crate::embed(texts[task].clone())
+                    let value = benches::cached_crate::embed(texts[task].clone())
                         .await
                         .expect("cached crate");
                     assert_eq!(value.len(), 384);
@@ -373,7 +349,7 @@ async fn hot_key(
         #[cfg(feature = "compare")]
         other.rounds.push(
             throughput(iterations(tasks), tasks, move |_| async move {
-                let value = cached_crate::embed(text.to_string())
+                let value = benches::cached_crate::embed(text.to_string())
                     .await
                     .expect("cached crate");
                 assert_eq!(value.len(), 384);
@@ -455,7 +431,7 @@ async fn misses(raw: &MultiplexedConnection, cache: &Cache) {
             #[cfg(feature = "compare")]
             other.rounds.push(
                 throughput(MISS_ITERATIONS, tasks, |_| async move {
-                    let value = cached_crate::embed(fresh_text())
+                    let value = benches::cached_crate::embed(fresh_text())
                         .await
                         .expect("cached crate");
                     assert_eq!(value.len(), 384);

@@ -59,22 +59,6 @@ impl Shared {
     }
 }
 
-async fn instance(redis: &RedisServer) -> Cache {
-    let cache = Cache::builder()
-        .redis_url(&redis.url())
-        .expect("url")
-        .local_tier(10_000, Duration::from_secs(60))
-        .build()
-        .await
-        .expect("cache");
-    let started = Instant::now();
-    while !cache.stats().local_tracking {
-        assert!(started.elapsed() < Duration::from_secs(10), "tracking up");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cache
-}
-
 async fn writer(b: Cache, shared: Arc<Shared>) {
     let mut version = 0;
     let mut tick = tokio::time::interval(WRITE_EVERY);
@@ -138,8 +122,8 @@ fn phase(started: Instant, shared: &Shared, a: &Cache, what: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut redis = RedisServer::start();
-    let a = instance(&redis).await;
-    let b = instance(&redis).await;
+    let a = benches::local_handle(&redis.url(), Duration::from_secs(60)).await;
+    let b = benches::local_handle(&redis.url(), Duration::from_secs(60)).await;
     let shared = Arc::new(Shared {
         source: AtomicU64::new(0),
         acknowledged: Mutex::new(Vec::new()),

@@ -28,52 +28,13 @@ const HIT_ITERATIONS: usize = 200_000;
 const REDIS_ITERATIONS: usize = 5_000;
 const DELAY_SAMPLES: usize = 1_000;
 
-#[cfg(feature = "compare")]
-mod cached_crate {
-    use std::sync::OnceLock;
-
-    pub static URL: OnceLock<String> = OnceLock::new();
-
-    #[cached::macros::concurrent_cached(
-        map_error = r##"|e| format!("{e:?}")"##,
-        ty = "cached::AsyncRedisCache<String, Vec<f32>>",
-        create = r##" {
-            cached::AsyncRedisCache::builder("bench_cached_crate_local")
-                .ttl(std::time::Duration::from_secs(600))
-                .connection_string(URL.get().expect("url set"))
-                .build()
-                .await
-                .expect("cached crate redis cache")
-        } "##
-    )]
-    pub async fn embed(text: String) -> Result<Vec<f32>, String> {
-        Ok(benches::embeddings::embedding(&text))
-    }
-}
-
-async fn local_handle(server: &tests::RedisServer) -> Cache {
-    let cache = Cache::builder()
-        .redis_url(&server.url())
-        .expect("redis url")
-        .local_tier(10_000, Duration::from_secs(600))
-        .build()
-        .await
-        .expect("cache");
-    let started = Instant::now();
-    while !cache.stats().local_tracking {
-        assert!(started.elapsed() < Duration::from_secs(10), "tracking up");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cache
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = tests::RedisServer::start();
     let (_raw, remote) = benches::raw_and_cache(&server).await;
-    let local = local_handle(&server).await;
+    let local = benches::local_handle(&server.url(), Duration::from_secs(600)).await;
     #[cfg(feature = "compare")]
-    let _ = cached_crate::URL.set(server.url());
+    let _ = benches::cached_crate::URL.set(server.url());
 
     let text: &'static str = text_of(0).leak();
     let floor = moka::sync::Cache::<String, Vec<f32>>::new(10_000);
@@ -82,7 +43,9 @@ async fn main() {
     embed_json(&local, text).await;
     embed_msgpack(&local, text).await;
     #[cfg(feature = "compare")]
-    cached_crate::embed(text.to_string()).await.expect("seed");
+    benches::cached_crate::embed(text.to_string())
+        .await
+        .expect("seed");
     let before = local.stats().local_hits;
     embed_json(&local, text).await;
     assert_eq!(local.stats().local_hits, before + 1, "served locally");
@@ -132,7 +95,7 @@ async fn main() {
         #[cfg(feature = "compare")]
         other.rounds.push(
             throughput(REDIS_ITERATIONS, 1, move |_| async move {
-                let value = cached_crate::embed(text.to_string())
+                let value = benches::cached_crate::embed(text.to_string())
                     .await
                     .expect("cached crate");
                 assert_eq!(value.len(), 384);
@@ -216,8 +179,8 @@ async fn broadcast_price(server: &tests::RedisServer) {
 
 /// B writes, A is polled until it no longer serves the old value.
 async fn invalidation_delay(server: &tests::RedisServer) {
-    let a = local_handle(server).await;
-    let b = local_handle(server).await;
+    let a = benches::local_handle(&server.url(), Duration::from_secs(600)).await;
+    let b = benches::local_handle(&server.url(), Duration::from_secs(600)).await;
     let mut delays = Vec::with_capacity(DELAY_SAMPLES);
     let mut polls = 0u64;
     for n in 0..DELAY_SAMPLES as u64 {
