@@ -370,7 +370,11 @@ mod redis_behaviour {
 
 /// A server of the test's own, A and B on it, and the key written.
 async fn own_server_instances() -> (RedisServer, Cache, Cache) {
-    let server = RedisServer::start();
+    instances_on(RedisServer::start()).await
+}
+
+/// A and B with local tiers on `server`, their tracking up.
+async fn instances_on(server: RedisServer) -> (RedisServer, Cache, Cache) {
     let builder = || {
         suite::redis(&server.url())
             .timeout(suite::TIMEOUT)
@@ -411,16 +415,11 @@ const BRIEF: Duration = Duration::from_secs(2);
 /// serve the local copies: a fill from a read lives no longer than the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_is_not_served_locally() {
-    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
-    let builder = || {
-        suite::redis(&server.url())
-            .timeout(suite::TIMEOUT)
-            .local_tier(1000, MAX_TTL)
-    };
-    let a = suite::build(builder()).await;
-    let b = suite::build(builder()).await;
-    tracking_up(&a).await;
-    tracking_up(&b).await;
+    let (server, a, b) = instances_on(RedisServer::start_with(&[
+        "--enable-debug-command",
+        "local",
+    ]))
+    .await;
     assert_eq!(
         server.cli(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]).trim(),
         "OK"
