@@ -1,6 +1,7 @@
 //! The example services' shared parts: their domains ([`search`], [`portfolio`]),
 //! the serving every service of this kind needs ([`server`]: HTTP/1.1 and
-//! HTTP/2, timeouts, bounded shutdown) and their command line ([`run`]).
+//! HTTP/2, timeouts, bounded shutdown), their logs ([`LogFormat`]) and their
+//! command line ([`run`]).
 #![warn(missing_docs)]
 
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod server;
 
 use std::error::Error;
 use std::future::Future;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use axum::Router;
@@ -24,13 +26,47 @@ Cache (the embedded in-memory store when none of the first three is set):
   CACHE_TIMEOUT_MS and the rest: see \"Configuration\" in README.md
 ";
 
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+/// How the services write their logs to stdout (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `text` (the default): one line per event, for people. Coloured only
+    /// when stdout is a terminal and `NO_COLOR` is not set, so a file or a
+    /// pipe never gets escape codes.
+    Text,
+    /// `json`: one JSON object per line (`timestamp`, `level`, `target`,
+    /// the event's fields, `message` among them, flattened, and its spans),
+    /// for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// `LOG_FORMAT` from the environment: `text` (or unset) or `json`;
+    /// anything else is an error naming the variable.
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var("LOG_FORMAT") {
+            Err(_) => Ok(LogFormat::Text),
+            Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "" | "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("LOG_FORMAT must be text or json, got {value:?}")),
+            },
+        }
+    }
+}
+
+/// Logs to stdout in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
 
 /// Reads a number from the environment, with a default; a value that does not
@@ -73,7 +109,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, 
 /// The `main` of an example service. `--help` prints `usage` followed by the
 /// cache's and the server's settings ([`CACHE_USAGE`], [`server::USAGE`]) and
 /// exits 0 without starting anything; an unknown argument prints them on
-/// stderr and exits 2. Otherwise: logs to stdout, reads the server settings
+/// stderr and exits 2. Otherwise: logs to stdout as `LOG_FORMAT` says (a bad
+/// value exits 1), reads the server settings
 /// (a bad one exits 1 before anything starts), builds the router with `app`,
 /// and serves it until SIGTERM or Ctrl-C ([`server::serve`]).
 pub fn run<F, Fut>(usage: &str, app: F) -> ExitCode
@@ -92,7 +129,13 @@ where
         }
         Ok(Invocation::Serve) => {}
     }
-    init_tracing();
+    match LogFormat::from_env() {
+        Ok(format) => init_tracing(format),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

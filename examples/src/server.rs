@@ -66,6 +66,8 @@ Server (HTTP/1.1 and HTTP/2 cleartext on one port):
   SHUTDOWN_GRACE_MS        after SIGTERM or Ctrl-C, time the requests in flight have to finish;
                            connections still open then are dropped [default: 10000]
   RUST_LOG                 log filter [default: info]
+  LOG_FORMAT               text (coloured only on a terminal) or json (one object per line,
+                           for log collectors) [default: text]
 ";
 
 /// File descriptors kept for everything but client connections: Redis

@@ -17,8 +17,10 @@ const PORTFOLIO: &str = env!("CARGO_BIN_EXE_portfolio");
 struct Service {
     child: Child,
     port: u16,
-    /// Its stdout, line by line.
+    /// Its stdout, line by line, after the "listening" line.
     log: mpsc::Receiver<String>,
+    /// Its stdout up to the "listening" line.
+    startup_log: Vec<String>,
 }
 
 impl Service {
@@ -83,21 +85,24 @@ fn start_with_fd_limit(binary: &str, envs: &[(&str, &str)], fd_limit: Option<u64
             let _ = tx.send(line);
         }
     });
-    let service = Service {
+    let mut service = Service {
         child,
         port,
         log: rx,
+        startup_log: Vec::new(),
     };
-    let mut log = Vec::new();
     // Waits for the service's own "listening" line.
     while let Ok(line) = service.log.recv_timeout(Duration::from_secs(30)) {
         let ready = line.contains("listening");
-        log.push(line);
+        service.startup_log.push(line);
         if ready {
             return service;
         }
     }
-    panic!("{binary} did not start:\n{}", log.join("\n"));
+    panic!(
+        "{binary} did not start:\n{}",
+        service.startup_log.join("\n")
+    );
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -609,6 +614,7 @@ fn help_prints_the_settings_and_exits_without_serving() {
             "IDLE_TIMEOUT_MS",
             "MAX_CONNECTIONS",
             "SHUTDOWN_GRACE_MS",
+            "LOG_FORMAT",
             "REDIS_URL",
         ] {
             assert!(usage.contains(expected), "{binary}: {expected}:\n{usage}");
@@ -986,4 +992,63 @@ fn portfolio_serves_its_cache_metrics() {
         "{:?}",
         scrape.samples
     );
+}
+
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_lines_with_log_format_json() {
+    // stdout is a pipe here, as for a file or a log shipper: no colour codes.
+    // Before, every line had them.
+    let text = start(SEARCH, &[]);
+    assert!(text.startup_log.len() >= 2, "{:?}", text.startup_log);
+    for line in &text.startup_log {
+        assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+    }
+
+    let service = start(PORTFOLIO, &[("LOG_FORMAT", "json")]);
+    let entries: Vec<serde_json::Value> = service
+        .startup_log
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line:?}")))
+        .collect();
+    for entry in &entries {
+        assert!(entry["timestamp"].is_string(), "{entry}");
+        assert!(entry["target"].is_string(), "{entry}");
+    }
+    let listening = entries.last().unwrap();
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert!(
+        listening["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("listening")),
+        "{listening}"
+    );
+    assert_eq!(
+        listening["address"],
+        format!("0.0.0.0:{}", service.port),
+        "the event's fields at the top level: {listening}"
+    );
+
+    // An unknown format is refused before anything starts.
+    let mut child = Command::new(PORTFOLIO)
+        .env_clear()
+        .env("LOG_FORMAT", "xml")
+        .env("PORT", tests::free_port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let Ok(error) = rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        panic!("LOG_FORMAT=xml started serving");
+    };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{error}");
+    assert!(error.contains("LOG_FORMAT must be text or json"), "{error}");
 }
