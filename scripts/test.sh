@@ -2,8 +2,44 @@
 # The whole test suite, as CI runs it: installs what the tests need
 # (redis-server and redis-cli, from Debian's packages) when missing, then
 # format check, clippy with warnings as errors, and every test of the workspace.
+#
+# A check that cannot run here (its tool missing) fails, unless TEST_ALLOW_SKIP
+# names it: comma-separated, from `chromium` (the browser test) and `msrv` (the
+# minimum Rust version check, which needs rustup). Each skip is recorded, and
+# the list is printed at the end ("none" when nothing was skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
+# The tests record their skips here too (tests::skip).
+export TEST_SKIP_RECORD="$target_dir/skipped-checks.txt"
+mkdir -p "$target_dir"
+: >"$TEST_SKIP_RECORD"
+report_skips() {
+  echo "==> skipped checks"
+  if [ -s "$TEST_SKIP_RECORD" ]; then
+    sort -u "$TEST_SKIP_RECORD" | sed 's/^/    /'
+  else
+    echo "    none"
+  fi
+}
+trap report_skips EXIT
+skip_allowed() {
+  local allowed="${TEST_ALLOW_SKIP:-}"
+  [[ ",${allowed// /}," == *",$1,"* ]]
+}
+# A check named $1 cannot run, because of $2: recorded if its skip is allowed,
+# otherwise the run fails.
+skip_or_fail() {
+  if skip_allowed "$1"; then
+    echo "==> skipping $1 (TEST_ALLOW_SKIP names it): $2"
+    echo "$1: $2" >>"$TEST_SKIP_RECORD"
+  else
+    echo "error: $1 cannot run: $2; set TEST_ALLOW_SKIP=$1 to skip it instead" >&2
+    exit 1
+  fi
+}
 
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
@@ -20,13 +56,13 @@ if ! command -v openssl >/dev/null 2>&1; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq openssl >/dev/null
 fi
-# Headless Chromium drives the portfolio's live page (the browser test says
-# it is skipped where chromium cannot be installed).
+# Headless Chromium drives the portfolio's live page (without it the browser
+# test fails, unless TEST_ALLOW_SKIP names chromium).
 if ! command -v chromium >/dev/null 2>&1; then
   echo "==> installing chromium"
   if ! { "${sudo_cmd[@]}" apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium >/dev/null; }; then
-    echo "    chromium could not be installed: the browser test will be skipped"
+    echo "    chromium could not be installed: the browser test fails unless TEST_ALLOW_SKIP names chromium"
   fi
 fi
 redis-server --version
@@ -62,7 +98,7 @@ if command -v rustup >/dev/null 2>&1; then
   rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
   cargo "+$msrv" check --workspace --lib --locked --target-dir target/msrv
 else
-  echo "==> skipping the minimum Rust version check: rustup is not installed"
+  skip_or_fail msrv "rustup is not installed, so rust-version $msrv cannot be checked"
 fi
 
 echo "==> cargo test"

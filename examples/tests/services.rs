@@ -802,6 +802,10 @@ fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     });
 }
 
+/// The browser test's check name, for `TEST_ALLOW_SKIP`.
+const BROWSER_CHECK: &str = "chromium";
+const BROWSER_TEST: &str = "a_price_published_by_one_instance_reaches_a_browser_on_another";
+
 /// Headless Chromium (Debian's `chromium`, which scripts/test.sh installs), if present.
 fn chromium() -> Option<&'static str> {
     let found = Command::new("chromium")
@@ -828,7 +832,10 @@ fn poll_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
     let Some(browser) = chromium() else {
-        eprintln!("skipped: chromium is not installed (scripts/test.sh installs it with apt-get)");
+        tests::skip::skip_or_fail(
+            BROWSER_CHECK,
+            "chromium is not installed (scripts/test.sh installs it with apt-get)",
+        );
         return;
     };
     let server = tests::RedisServer::start();
@@ -910,6 +917,56 @@ fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
             .last()
             == Some("0")
     }));
+}
+
+#[test]
+fn a_missing_browser_fails_the_browser_test_unless_its_skip_is_allowed() {
+    // The browser test, run alone from this binary where `chromium` cannot
+    // be found. Before, it passed, and its "skipped" line was hidden.
+    let no_tools = std::env::temp_dir().join(format!("no-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&no_tools).unwrap();
+    let record = no_tools.join("skipped-checks.txt");
+    let run = |allow: Option<&str>| {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", BROWSER_TEST, "--nocapture"])
+            .env("PATH", &no_tools)
+            .env(tests::skip::RECORD_VAR, &record)
+            .env_remove(tests::skip::ALLOW_SKIP_VAR)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(allow) = allow {
+            command.env(tests::skip::ALLOW_SKIP_VAR, allow);
+        }
+        let output = command.output().expect("run the browser test");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains("1 passed") || text.contains("1 failed"),
+            "it ran: {text}"
+        );
+        (output.status.success(), text)
+    };
+
+    let (passed, text) = run(None);
+    assert!(!passed, "a missing browser fails the test:\n{text}");
+    assert!(
+        text.contains("TEST_ALLOW_SKIP=chromium"),
+        "and says how to allow the skip:\n{text}"
+    );
+    assert!(!record.exists(), "nothing recorded when it fails");
+
+    let (passed, text) = run(Some("msrv"));
+    assert!(!passed, "another check's skip does not cover it:\n{text}");
+
+    let (passed, text) = run(Some("msrv,chromium"));
+    assert!(passed, "an allowed skip passes:\n{text}");
+    let recorded = std::fs::read_to_string(&record).expect("the skip is recorded");
+    assert!(
+        recorded.starts_with("chromium: chromium is not installed"),
+        "{recorded}"
+    );
+    let _ = std::fs::remove_dir_all(&no_tools);
 }
 
 /// `GET /metrics`, parsed by a Prometheus text-format parser.

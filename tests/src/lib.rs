@@ -7,9 +7,11 @@
 //!
 //! Tests share servers through [`shared_server`] and [`shared_cluster`] and keep
 //! apart through their own key prefixes ([`unique_prefix`]); tests that kill or
-//! restart a server start their own with [`RedisServer::start`].
+//! restart a server start their own with [`RedisServer::start`]. A test
+//! whose tool is missing fails unless its skip is allowed ([`skip`]).
 
 pub mod http;
+pub mod skip;
 pub mod suite;
 
 use std::io::{BufRead, BufReader};
