@@ -1,7 +1,7 @@
-//! The example services' shared parts: their domains ([`search`], [`portfolio`]),
-//! the serving every service of this kind needs ([`server`]: HTTP/1.1 and
-//! HTTP/2, timeouts, bounded shutdown), their logs ([`LogFormat`]) and their
-//! command line ([`run`]).
+//! The example services' shared parts: their domains ([`search`], [`portfolio`]
+//! and its live updates, [`relay`], behind a [`stream_cap`]), the serving every
+//! service of this kind needs ([`server`]: HTTP/1.1 and HTTP/2, timeouts,
+//! bounded shutdown), their logs ([`LogFormat`]) and their command line ([`run`]).
 #![warn(missing_docs)]
 
 pub mod metrics;
@@ -9,6 +9,7 @@ pub mod portfolio;
 pub mod relay;
 pub mod search;
 pub mod server;
+pub mod stream_cap;
 
 use std::error::Error;
 use std::future::Future;

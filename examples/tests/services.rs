@@ -871,17 +871,19 @@ fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
         let _ = tx.send(text);
     });
 
-    // Subscribed, and the server's confirmation seen: the confirmation is a
-    // push that the bus reads just after the SUBSCRIBE call returns.
+    // The relay subscribed (with the server's confirmation seen: a push
+    // the bus reads just after the SUBSCRIBE call returns), and the page's
+    // stream open: counted once its position is fixed.
     let subscribed = poll_until(Duration::from_secs(30), || {
         let stats = json(&http_get(relay.port, "/stats").1);
-        stats["cache"]["events"]["subscriptions"] == 1
-            && stats["cache"]["events"]["connection"] == "connected"
+        stats["cache"]["events"]["connection"] == "connected"
+            && stats["event_streams"]["relay_subscribed"] == true
+            && stats["event_streams"]["open"] == 1
     });
     if !subscribed {
         let _ = browser.kill();
         let stats = json(&http_get(relay.port, "/stats").1);
-        panic!("the page never subscribed to /events: {stats}");
+        panic!("the page never opened /events: {stats}");
     }
 
     // Another process publishes; the relay's subscriber gets it over Redis.
@@ -906,17 +908,20 @@ fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
         dom.contains(r#"<span id="hit-rate">50.0 %</span>"#),
         "the hit rate is on the page:\n{dom}"
     );
-    // The stream is gone with the page: the relay unsubscribed.
-    assert!(poll_until(Duration::from_secs(30), || {
-        json(&http_get(relay.port, "/stats").1)["cache"]["events"]["subscriptions"] == 0
-    }));
-    assert!(poll_until(Duration::from_secs(30), || {
+    // The stream is gone with the page; the relay's one subscription stays.
+    let stats = stats_once(relay.port, "the page's stream released", |stats| {
+        stats["event_streams"]["open"] == 0 && stats["event_streams"]["clients"] == 0
+    });
+    assert_eq!(stats["cache"]["events"]["subscriptions"], 1, "{stats}");
+    assert_eq!(
         server
             .cli(&["PUBSUB", "NUMSUB", "market:prices"])
             .lines()
-            .last()
-            == Some("0")
-    }));
+            .map(str::trim)
+            .next_back(),
+        Some("2"),
+        "one subscription per instance, whatever the number of browsers"
+    );
 }
 
 #[test]
@@ -1049,6 +1054,250 @@ fn portfolio_serves_its_cache_metrics() {
         "{:?}",
         scrape.samples
     );
+}
+
+/// A `GET /events` stream read as raw Server-Sent Events: the request is
+/// HTTP/1.0, so the body is the event stream itself until the server closes.
+struct EventStream {
+    reader: BufReader<TcpStream>,
+    status: u16,
+    head: String,
+}
+
+/// What [`EventStream::next_event`] found.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// An event's lines, comments left out.
+    Event(String),
+    /// The server closed the stream.
+    Closed,
+    /// Nothing within the time given.
+    Nothing,
+}
+
+impl EventStream {
+    /// Opens `/events` from the loopback address `source`, with these extra header lines.
+    fn open(port: u16, source: [u8; 4], headers: &str) -> EventStream {
+        let mut stream = connect_from(source, port);
+        write!(
+            stream,
+            "GET /events HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n{headers}\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("a response head");
+            if line.is_empty() || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status: {head:?}"));
+        EventStream {
+            reader,
+            status,
+            head,
+        }
+    }
+
+    /// The next event within `timeout`.
+    fn next_event(&mut self, timeout: Duration) -> Next {
+        let deadline = Instant::now() + timeout;
+        let mut event = String::new();
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Next::Nothing;
+            };
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Next::Closed,
+                Ok(_) if line == "\n" => {
+                    if !event.is_empty() {
+                        return Next::Event(event);
+                    }
+                }
+                // A comment (the keep-alive).
+                Ok(_) if line.starts_with(':') => {}
+                Ok(_) => event.push_str(&line),
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return Next::Closed,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Next::Nothing;
+                }
+                Err(err) => panic!("reading events: {err}"),
+            }
+        }
+    }
+
+    /// The next event, which must come within 10 s.
+    fn expect_event(&mut self) -> String {
+        match self.next_event(Duration::from_secs(10)) {
+            Next::Event(event) => event,
+            other => panic!("no event: {other:?}"),
+        }
+    }
+}
+
+/// A connection to the loopback service from another loopback address
+/// (every 127.0.0.0/8 address is this machine): a second client.
+fn connect_from(source: [u8; 4], port: u16) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let stream = socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect");
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+
+/// `/stats` once `check` holds for it (within 10 s).
+fn stats_once(
+    port: u16,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let held = poll_until(Duration::from_secs(10), || {
+        last = json(&http_get(port, "/stats").1);
+        check(&last)
+    });
+    assert!(held, "{what}: {last}");
+    last
+}
+
+fn publish(port: u16, asset: &str, price: &str) {
+    let (status, body) = request(
+        port,
+        "POST",
+        &format!("/prices/{asset}"),
+        &format!(r#"{{"price":"{price}"}}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+}
+
+/// The value of the event's `id:` line.
+fn event_id(event: &str) -> &str {
+    event
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no id: {event:?}"))
+}
+
+#[test]
+fn a_reconnecting_event_stream_resumes_after_its_last_event_id() {
+    let service = start(PORTFOLIO, &[]);
+    let port = service.port;
+    stats_once(port, "the relay subscribed", |stats| {
+        stats["event_streams"]["relay_subscribed"] == true
+    });
+    let mut first = EventStream::open(port, LOCALHOST, "");
+    assert_eq!(first.status, 200, "{}", first.head);
+    // The stream's position comes first, before any update.
+    let opened = first.expect_event();
+    let position = event_id(&opened).to_string();
+    drop(first);
+
+    // Published while the browser was away.
+    publish(port, "BTC", "1");
+    publish(port, "ETH", "2");
+    stats_once(port, "the relay received both", |stats| {
+        stats["event_streams"]["relay_received"] == 2
+    });
+    let mut resumed = EventStream::open(port, LOCALHOST, &format!("Last-Event-ID: {position}\r\n"));
+    assert_eq!(resumed.status, 200, "{}", resumed.head);
+    let btc = resumed.expect_event();
+    assert!(btc.starts_with("event: price\n"), "{btc}");
+    assert!(btc.contains(r#""symbol":"BTC","price":"1""#), "{btc}");
+    let eth = resumed.expect_event();
+    assert!(eth.contains(r#""symbol":"ETH","price":"2""#), "{eth}");
+    let (run, _) = position.split_once('-').unwrap();
+    assert_eq!(event_id(&eth), format!("{run}-2"));
+
+    // An id this process cannot resume from (another instance's, an
+    // earlier run's): the stream says updates may be missing.
+    let mut foreign = EventStream::open(port, LOCALHOST, "Last-Event-ID: 5eed-1\r\n");
+    let gap = foreign.expect_event();
+    assert!(gap.starts_with("event: gap\n"), "{gap}");
+    assert_eq!(
+        event_id(&gap),
+        format!("{run}-2"),
+        "and where it goes on from"
+    );
+    publish(port, "SOL", "3");
+    let sol = foreign.expect_event();
+    assert!(sol.contains(r#""symbol":"SOL""#), "{sol}");
+    let sol_again = resumed.expect_event();
+    assert_eq!(sol_again, sol, "every stream numbers an update alike");
+}
+
+#[test]
+fn event_streams_are_capped_per_client_and_in_total_and_released_when_they_end() {
+    let service = start(
+        PORTFOLIO,
+        &[
+            ("MAX_EVENT_STREAMS_PER_CLIENT", "2"),
+            ("MAX_EVENT_STREAMS", "3"),
+        ],
+    );
+    let port = service.port;
+    stats_once(port, "the relay subscribed", |stats| {
+        stats["event_streams"]["relay_subscribed"] == true
+    });
+    let (a, b, c) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+    let a1 = EventStream::open(port, a, "");
+    let a2 = EventStream::open(port, a, "");
+    assert_eq!((a1.status, a2.status), (200, 200));
+    let a3 = EventStream::open(port, a, "");
+    assert_eq!(a3.status, 429, "a client over its cap: {}", a3.head);
+    let a3_head = a3.head.to_ascii_lowercase();
+    assert!(a3_head.contains("retry-after: 10"), "{a3_head}");
+    assert!(
+        a3_head.contains("connection: close"),
+        "its connection slot is given back at once: {a3_head}"
+    );
+    let b1 = EventStream::open(port, b, "");
+    assert_eq!(b1.status, 200, "another client: {}", b1.head);
+    let c1 = EventStream::open(port, c, "");
+    assert_eq!(c1.status, 503, "the service over its cap: {}", c1.head);
+    // The rest of the service is not starved by the streams.
+    assert_eq!(http_get(port, "/health").0, 200);
+    stats_once(port, "three streams of two clients", |stats| {
+        stats["event_streams"]["open"] == 3 && stats["event_streams"]["clients"] == 2
+    });
+
+    // A stream whose client went away is released.
+    drop(a1);
+    stats_once(port, "a1 released", |stats| {
+        stats["event_streams"]["open"] == 2
+    });
+    let a4 = EventStream::open(port, a, "");
+    assert_eq!(a4.status, 200, "{}", a4.head);
+    drop((a2, a3, a4, b1, c1));
+    stats_once(port, "every stream released, no client left", |stats| {
+        stats["event_streams"]["open"] == 0 && stats["event_streams"]["clients"] == 0
+    });
 }
 
 #[test]

@@ -10,18 +10,21 @@
 //! different `PORT`s): open `http://localhost:3000/` in a browser, then
 //! `curl -X POST localhost:3001/prices/BTC -H 'content-type: application/json' -d '{"price":"71234.5"}'`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cache_core::Cache;
 use examples::portfolio::{Amount, Portfolio, PriceUpdate, Summary, Symbol};
-use examples::relay;
+use examples::relay::{self, Relay};
+use examples::stream_cap::{CapReached, StreamCap};
+use rate_limit::PeerIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,22 +40,50 @@ Endpoints:
   GET /prices?assets=BTC,ETH     current prices, duplicates read once
   POST /prices/ASSET             body {\"price\":\"71234.5\"}: a new price, cached and published
                                  on the market:prices channel to every instance; 204
-  GET /events                    price updates as Server-Sent Events (`price`, `gap`)
+  GET /events                    price updates as Server-Sent Events (`price`, `gap`), each
+                                 with an id; a reconnect with Last-Event-ID resumes after it
   GET /                          a live page of the updates and the cache's hit rate
   GET /health                    the cache's state
   GET /stats                     cache counters and source reads
   GET /metrics                   the cache's metrics, Prometheus text format
+
+Event streams (each holds a connection as long as it is open):
+  MAX_EVENT_STREAMS_PER_CLIENT   open /events streams per client IP (IPv6: per /56); more get 429
+                                 [default: 16]
+  MAX_EVENT_STREAMS              open /events streams in all; more get 503 [default: 1000]
 ";
 
-type App = Arc<Portfolio>;
+/// Seconds a client refused a stream is told to wait before it tries again.
+const STREAM_RETRY_AFTER_SECS: &str = "10";
+
+#[derive(Clone)]
+struct App {
+    portfolio: Arc<Portfolio>,
+    relay: Arc<Relay>,
+    streams: Arc<StreamCap>,
+    /// Who a client is, as the rate limiter sees it.
+    clients: PeerIp,
+}
 
 fn main() -> ExitCode {
     examples::run(USAGE, app)
 }
 
 async fn app() -> Result<Router, Box<dyn std::error::Error>> {
+    let per_client: usize = examples::env_number("MAX_EVENT_STREAMS_PER_CLIENT", 16)?;
+    let total: usize = examples::env_number("MAX_EVENT_STREAMS", 1000)?;
+    if per_client == 0 || total == 0 {
+        return Err("MAX_EVENT_STREAMS_PER_CLIENT and MAX_EVENT_STREAMS must be at least 1".into());
+    }
     let cache = Cache::from_env().await?;
     tracing::info!(backend = %cache.backend(), "cache ready");
+    tracing::info!(per_client, total, "event streams capped");
+    let app = App {
+        relay: Relay::start(&cache),
+        portfolio: Arc::new(Portfolio::new(cache)),
+        streams: StreamCap::new(per_client, total),
+        clients: PeerIp::new(),
+    };
     Ok(Router::new()
         .route("/", get(page))
         .route("/events", get(events))
@@ -63,7 +94,7 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .route("/health", get(health))
         .route("/stats", get(stats))
         .merge(examples::metrics::routes()?)
-        .with_state(Arc::new(Portfolio::new(cache))))
+        .with_state(app))
 }
 
 #[derive(Deserialize)]
@@ -90,11 +121,11 @@ async fn prices(
     if symbols.len() > 100 {
         return Err(bad_request("at most 100 assets per request"));
     }
-    Ok(Json(json!(app.prices(&symbols).await)))
+    Ok(Json(json!(app.portfolio.prices(&symbols).await)))
 }
 
 async fn summary(State(app): State<App>, Path(id): Path<u64>) -> Json<Summary> {
-    Json(app.summary(id).await)
+    Json(app.portfolio.summary(id).await)
 }
 
 async fn set_balance(
@@ -108,7 +139,7 @@ async fn set_balance(
         .get("amount")
         .ok_or_else(|| bad_request("amount is required, e.g. {\"amount\":\"2.5\"}"))?;
     let amount = Amount::from_json(amount).map_err(|err| bad_request(&err.to_string()))?;
-    app.set_balance(id, asset, amount).await;
+    app.portfolio.set_balance(id, asset, amount).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -126,7 +157,8 @@ async fn publish_price(
     let price = Amount::from_json(price)
         .map_err(|err| bad_request(&err.to_string().replace("amount", "price")))?
         .value();
-    app.publish_price(&PriceUpdate { symbol, price })
+    app.portfolio
+        .publish_price(&PriceUpdate { symbol, price })
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "could not publish a price");
@@ -138,18 +170,60 @@ async fn publish_price(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn events(State(app): State<App>) -> Response {
-    match relay::subscribe(app.cache()).await {
-        Ok(subscription) => relay::server_sent_events(subscription).into_response(),
-        Err(err) => {
-            tracing::warn!(error = %err, "could not subscribe to price updates");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "error": "live updates are unavailable" })),
-            )
-                .into_response()
-        }
+async fn events(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
+    if !app.relay.is_subscribed() {
+        return refuse(
+            version,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "live updates are unavailable",
+        );
     }
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    // Its position is fixed before the stream is counted: once /stats counts
+    // it, everything published after is in it.
+    let events = app.relay.stream(last_event_id);
+    let permit = match app.streams.try_open(app.clients.key_of(peer.ip())) {
+        Ok(permit) => permit,
+        Err(reached @ CapReached::Client) => {
+            return refuse(version, StatusCode::TOO_MANY_REQUESTS, &reached.to_string());
+        }
+        Err(reached @ CapReached::Total) => {
+            return refuse(
+                version,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &reached.to_string(),
+            );
+        }
+    };
+    // In the body: the stream counts until it ends or the client goes away.
+    relay::server_sent_events(permit.hold(events)).into_response()
+}
+
+/// A stream refused, with `Retry-After`. On HTTP/1 the connection is
+/// closed after it: a client that opens connections only to hold streams
+/// gives its connection slots back at once, not after the idle timeouts.
+/// (HTTP/2 multiplexes: one connection, nothing to give back.)
+fn refuse(version: Version, status: StatusCode, message: &str) -> Response {
+    let mut response = (
+        status,
+        [(header::RETRY_AFTER, STREAM_RETRY_AFTER_SECS)],
+        Json(json!({ "error": message })),
+    )
+        .into_response();
+    if version < Version::HTTP_2 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn page() -> Html<&'static str> {
@@ -157,14 +231,20 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn health(State(app): State<App>) -> Json<cache_core::Health> {
-    Json(app.cache().health().await)
+    Json(app.portfolio.cache().health().await)
 }
 
 async fn stats(State(app): State<App>) -> Json<Value> {
-    let stats = app.cache().stats();
+    let stats = app.portfolio.cache().stats();
     Json(json!({
         "cache": stats,
         "hit_rate": stats.hit_rate(),
-        "source_reads": app.source_reads(),
+        "source_reads": app.portfolio.source_reads(),
+        "event_streams": {
+            "open": app.streams.open_streams(),
+            "clients": app.streams.clients(),
+            "relay_subscribed": app.relay.is_subscribed(),
+            "relay_received": app.relay.received(),
+        },
     }))
 }
