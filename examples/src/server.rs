@@ -25,7 +25,10 @@
 //!   [`ServerSettings::body_read_timeout`] of its head: the handler reading it
 //!   gets an error (a 400), and the connection is not reused;
 //! - no request in flight for [`ServerSettings::idle_timeout`] (HTTP/2 keeps
-//!   connections open between requests): shut down gracefully;
+//!   connections open between requests): shut down gracefully. A request is
+//!   in flight until its response body has ended or been dropped, not only
+//!   until its head is sent, so a long stream (Server-Sent Events) keeps its
+//!   connection busy for as long as it lasts;
 //! - once asked to shut down (idle, or the server stopping), a connection has
 //!   [`ServerSettings::shutdown_grace`] to finish the requests in flight, then it
 //!   is dropped.
@@ -431,9 +434,10 @@ async fn serve_connection(
             let in_flight = activity.begin();
             let mut app = app.clone();
             async move {
+                // The body keeps the request in flight: a streaming response
+                // (Server-Sent Events) is not idle while its head is long sent.
                 let response = app.call(request).await;
-                drop(in_flight);
-                response
+                response.map(|response| response.map(|body| InFlightBody::new(body, in_flight)))
             }
         })
     };
@@ -476,6 +480,50 @@ async fn serve_connection(
                 return;
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its request in flight until it has ended
+    /// (its last frame polled, or an error) or is dropped (sent, or the
+    /// connection gone).
+    struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> InFlightBody<B> {
+    fn new(inner: B, in_flight: InFlight) -> InFlightBody<B> {
+        // An empty body is never polled: the request ends with its head.
+        let in_flight = (!inner.is_end_stream()).then_some(in_flight);
+        InFlightBody { inner, in_flight }
+    }
+}
+
+impl<B: Body> Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.in_flight.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -655,6 +703,44 @@ mod tests {
             None,
             "idle for the whole idle timeout"
         );
+    }
+
+    fn in_flight(activity: &Activity) -> usize {
+        activity.in_flight.load(Ordering::Acquire)
+    }
+
+    #[tokio::test]
+    async fn a_response_body_keeps_its_request_in_flight_until_it_ends_or_is_dropped() {
+        use http_body_util::BodyExt;
+
+        let chunks = || {
+            let chunks = ["data: 1\n\n", "data: 2\n\n"].map(Ok::<_, std::convert::Infallible>);
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+        };
+        let activity = Activity::new();
+        let mut body = InFlightBody::new(chunks(), activity.begin());
+        assert_eq!(in_flight(&activity), 1, "head sent, body not yet");
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(in_flight(&activity), 1, "one frame of two sent");
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert_eq!(in_flight(&activity), 0, "ended with its last frame");
+        drop(body);
+        assert_eq!(in_flight(&activity), 0, "released once");
+
+        let body = InFlightBody::new(chunks(), activity.begin());
+        assert_eq!(in_flight(&activity), 1);
+        drop(body);
+        assert_eq!(
+            in_flight(&activity),
+            0,
+            "a body dropped half way (client gone)"
+        );
+
+        let empty = InFlightBody::new(axum::body::Body::empty(), activity.begin());
+        assert_eq!(in_flight(&activity), 0, "an empty body ends with the head");
+        drop(empty);
+        assert_eq!(in_flight(&activity), 0);
     }
 
     #[test]

@@ -1206,6 +1206,34 @@ fn event_id(event: &str) -> &str {
 }
 
 #[test]
+fn an_event_stream_outlives_the_idle_timeout() {
+    // Idle after 300 ms, dropped 300 ms after that: before the fix the
+    // stream's request counted as ended once its head was sent, so every
+    // stream was cut at IDLE_TIMEOUT_MS + SHUTDOWN_GRACE_MS (70 s by default).
+    let service = start(
+        PORTFOLIO,
+        &[("IDLE_TIMEOUT_MS", "300"), ("SHUTDOWN_GRACE_MS", "300")],
+    );
+    stats_once(service.port, "the relay subscribed", |stats| {
+        stats["event_streams"]["relay_subscribed"] == true
+    });
+    let mut events = EventStream::open(service.port, LOCALHOST, "");
+    assert_eq!(events.status, 200, "{}", events.head);
+    events.expect_event();
+    assert_eq!(
+        events.next_event(Duration::from_secs(2)),
+        Next::Nothing,
+        "open and quiet for 2 s, over three times idle + grace"
+    );
+    publish(service.port, "BTC", "71234.5");
+    let update = events.expect_event();
+    assert!(
+        update.contains(r#""symbol":"BTC","price":"71234.5""#),
+        "{update}"
+    );
+}
+
+#[test]
 fn a_reconnecting_event_stream_resumes_after_its_last_event_id() {
     let service = start(PORTFOLIO, &[]);
     let port = service.port;
