@@ -22,8 +22,9 @@ pub enum ErrorKind {
     Command,
     /// A value could not be encoded.
     Encode,
-    /// The store refused the credentials (`WRONGPASS`, `NOAUTH`) or the ACL
-    /// user's permissions (`NOPERM`). Not retried: only a configuration change helps.
+    /// The store refused the credentials (`WRONGPASS`, `NOAUTH`, a long
+    /// command refused before a login) or the ACL user's permissions
+    /// (`NOPERM`). Not retried: only a configuration change helps.
     Auth,
     /// An argument is out of range (a TTL over [`MAX_TTL`](crate::MAX_TTL), an
     /// empty prefix, a value over the handle's size cap). Nothing was sent.
@@ -273,9 +274,19 @@ fn is_auth_error(err: &redis::RedisError) -> bool {
 }
 
 /// The server refused the connection's login: only a new connection can fix it.
+///
+/// A connection that has not logged in gets `NOAUTH`, except for a command
+/// of more than 10 arguments (or one over 16 KiB, a rate limiter's script
+/// call): Redis and Valkey refuse to read it, answer "Protocol error:
+/// unauthenticated multibulk length" (or "bulk length") and close the
+/// connection. The same missing password.
 pub(crate) fn is_refused_login(err: &redis::RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
+        || (err.code() == Some("ERR")
+            && err
+                .detail()
+                .is_some_and(|detail| detail.starts_with("Protocol error: unauthenticated")))
 }
 
 /// Server replies that mean "not now" rather than "never": a cluster in transition,
@@ -305,6 +316,28 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
         assert!(err.is_unavailable());
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn an_unauthenticated_long_command_is_a_refused_login() {
+        for detail in [
+            "Protocol error: unauthenticated multibulk length",
+            "Protocol error: unauthenticated bulk length",
+        ] {
+            let reply = redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "ERR",
+                detail.to_string(),
+            ));
+            assert!(is_refused_login(&reply), "{reply:?}");
+            assert_eq!(Error::from(reply).kind(), ErrorKind::Auth);
+        }
+        let other = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "ERR",
+            "Protocol error: invalid multibulk length".to_string(),
+        ));
+        assert_eq!(Error::from(other).kind(), ErrorKind::Command);
     }
 
     #[test]

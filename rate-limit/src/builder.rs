@@ -444,8 +444,12 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Builds the 429 response yourself; the layer still adds the rate-limit
-    /// headers and `Retry-After`.
+    /// Builds the response to a rejected request yourself. The status you set
+    /// stands (a `503`, a `403`), except `200 OK`, which is what
+    /// `Response::new` gives: that one becomes `429 Too Many Requests`, since
+    /// a rejection answered `200` would tell the client it was served. The
+    /// layer adds `Retry-After` and the rate-limit headers, except those your
+    /// response has already.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -469,15 +473,14 @@ impl RateLimitLayerBuilder {
     ///     .clock(ManualClock::new()) // time stands still: the wait is exactly 60 s
     ///     .on_limited(|decision: &Decision| {
     ///         let body = format!("{{\"error\":\"slow down\",\"retry_in\":{}}}", decision.retry_after_seconds());
-    ///         let mut response = Response::new(Bytes::from(body));
-    ///         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    ///         response
+    ///         Response::new(Bytes::from(body)) // no status set: 429
     ///     })
     ///     .build()?;
     /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
     /// app.clone().oneshot(request("/", [203, 0, 113, 9])).await?;
     /// let limited = app.oneshot(request("/", [203, 0, 113, 9])).await?;
-    /// assert_eq!(limited.headers()["retry-after"], "60"); // still added by the layer
+    /// assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// assert_eq!(limited.headers()["retry-after"], "60"); // added by the layer
     /// let body = axum::body::to_bytes(axum::body::Body::new(limited.into_body()), 1024).await?;
     /// assert_eq!(body, r#"{"error":"slow down","retry_in":60}"#);
     /// # Ok(()) }

@@ -175,9 +175,14 @@ pub const UNIDENTIFIED_KEY: &str = "ip:unidentified";
 /// addresses are grouped by prefix (/56 by default), since one customer
 /// usually holds a whole /56 or /64 and could rotate through it.
 ///
-/// The header is read element by element: a client's own garbage (non-ASCII
-/// bytes, an unterminated quote) to the left of what the proxies appended
-/// changes nothing. What cannot be told:
+/// The header is read element by element from its right end, where the
+/// proxies append: a client's own garbage (non-ASCII bytes, an unterminated
+/// quote) to the left of what they appended changes nothing. In `Forwarded`,
+/// quoted strings are data (RFC 7239, `\` escapes included): a `,` `;` or
+/// `=` that a client slipped into a quoted value (its `Host`, which a proxy
+/// copies into `host="..."`) starts no element or parameter. An element a
+/// trusted proxy wrote malformed (`for` twice, a quote left open) is
+/// unusable, as below. What cannot be told:
 ///
 /// - the configured header is missing from a trusted proxy's request: the
 ///   proxy is the client (a health check, an internal call); a warning is
@@ -298,15 +303,13 @@ impl PeerIp {
     /// trusted proxy is the client; an unusable element there means the
     /// client is unknown (what is left of it was written by the client or
     /// its side, so it proves nothing). All trusted: the leftmost.
-    fn walk(&self, hops: Option<Vec<Option<IpAddr>>>) -> Forwarded {
-        let Some(hops) = hops else {
-            return Forwarded::Absent;
-        };
+    /// `hops` are nearest first, and only read as far as the walk goes.
+    fn walk(&self, hops: impl Iterator<Item = Option<IpAddr>>) -> Forwarded {
         let mut client = Forwarded::Absent;
-        for hop in hops.iter().rev() {
+        for hop in hops {
             match hop {
                 Some(ip) => {
-                    let ip = canonical(*ip);
+                    let ip = canonical(ip);
                     client = Forwarded::Client(ip);
                     if !self.trusted.contains(ip) {
                         break;
@@ -368,64 +371,271 @@ impl KeyExtractor for PeerIp {
     }
 }
 
-/// The elements of every `X-Forwarded-For` line, left to right; `None` for
-/// one that is not an address. `None` overall when there is no such header.
+/// The elements of every `X-Forwarded-For` line, nearest first (right to
+/// left, last line first); `None` for one that is not an address. Nothing
+/// when there is no such header.
 ///
-/// Split on the raw bytes: a non-ASCII byte spoils its own element only, so
-/// what a client put there cannot hide the address its proxy appended.
-fn x_forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
-    let mut hops = Vec::new();
-    let mut present = false;
-    for value in headers.get_all("x-forwarded-for") {
-        present = true;
-        for element in value.as_bytes().split(|&b| b == b',') {
-            let element = element.trim_ascii();
-            // Empty list elements are allowed by RFC 9110 and mean nothing.
-            if !element.is_empty() {
-                hops.push(std::str::from_utf8(element).ok().and_then(parse_node));
-            }
-        }
-    }
-    present.then_some(hops)
+/// Split on the raw bytes, at every `,`: the header has no quoting (a `"` is
+/// just a byte of a malformed element), and a non-ASCII byte spoils its own
+/// element only, so what a client put there cannot hide or change the
+/// address its proxy appended.
+fn x_forwarded_for(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        // Empty list elements are allowed by RFC 9110 and mean nothing.
+        .filter(|element| !element.is_empty())
+        .map(|element| std::str::from_utf8(element).ok().and_then(parse_node))
 }
 
-/// The `for=` nodes of every `Forwarded` element (RFC 7239), left to right;
-/// `None` for an element without a usable one (`unknown`, an obfuscated
-/// `_name`, no `for`, not an address).
+/// The `for=` nodes of every `Forwarded` element (RFC 7239), nearest first
+/// (right to left, last line first); `None` for an element without a usable
+/// one (`unknown`, an obfuscated `_name`, no `for`, not an address) or that
+/// is malformed. Nothing when there is no such header.
+fn forwarded_for(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
+    headers
+        .get_all("forwarded")
+        .iter()
+        .rev()
+        .flat_map(|line| ForwardedNodes {
+            rest: Some(line.as_bytes()),
+        })
+}
+
+/// The `for=` nodes of one `Forwarded` line, read from its right end.
 ///
-/// Split on every `,` and `;`, quotes or not: no `for`, `by`, `proto` or
-/// `host` value a proxy writes holds them, and honouring quotes would let a
-/// client's unterminated `"` swallow the elements its proxies appended.
-fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
-    let mut hops = Vec::new();
-    let mut present = false;
-    for value in headers.get_all("forwarded") {
-        present = true;
-        for element in value.as_bytes().split(|&b| b == b',') {
-            if element.trim_ascii().is_empty() {
-                continue;
+/// Values are tokens or quoted strings (with `\` escapes): a `,` `;` or `=`
+/// inside quotes is data, so a client's text that a proxy quotes (its
+/// `Host` in `host="..."`) cannot start an element or a parameter of its
+/// own. Read from the right because the elements the walk relies on are the
+/// trusted proxies' own, appended on the right: a client's malformed text on
+/// the left (an unterminated `"`, a stray `\`) is reached only after them,
+/// so it cannot swallow them, as it would in a left-to-right reading.
+///
+/// One pass over the bytes, nothing allocated.
+struct ForwardedNodes<'a> {
+    /// What is left of the line to read; `None` once it is read, or once it
+    /// can no longer be split into elements.
+    rest: Option<&'a [u8]>,
+}
+
+impl Iterator for ForwardedNodes<'_> {
+    type Item = Option<IpAddr>;
+
+    fn next(&mut self) -> Option<Option<IpAddr>> {
+        let line = self.rest?;
+        let mut element = Element::default();
+        let mut pair = Pair::ending_at(line.len());
+        let mut at = line.len();
+        loop {
+            // Only these bytes mean anything outside quotes: skip to the next.
+            let next = line[..at]
+                .iter()
+                .rposition(|&b| matches!(b, b'"' | b'=' | b';' | b','));
+            let byte = next.map(|next| {
+                at = next;
+                line[next]
+            });
+            match byte {
+                Some(b'"') => {
+                    let Some(open) = opening_quote(line, at) else {
+                        // A quote with no opening: where the elements left
+                        // of it start cannot be told. This one is unusable,
+                        // and the walk reads no further than that.
+                        self.rest = None;
+                        return Some(None);
+                    };
+                    pair.quoted(open, at);
+                    at = open;
+                }
+                Some(b';') => {
+                    element.add(line, &pair, at + 1);
+                    pair = Pair::ending_at(at);
+                }
+                Some(b',') | None => {
+                    let start = if byte.is_some() { at + 1 } else { 0 };
+                    element.add(line, &pair, start);
+                    self.rest = byte.map(|_| &line[..at]);
+                    // Empty list elements are allowed by RFC 9110 and mean nothing.
+                    if !element.empty {
+                        return Some(element.node());
+                    }
+                    self.rest?;
+                    element = Element::default();
+                    pair = Pair::ending_at(at);
+                }
+                // `=`, the only other byte the search stops at.
+                Some(_) => pair.equals = Some(at),
             }
-            let node = element
-                .split(|&b| b == b';')
-                .filter_map(|pair| {
-                    let at = pair.iter().position(|&b| b == b'=')?;
-                    let (name, value) = (pair[..at].trim_ascii(), &pair[at + 1..]);
-                    name.eq_ignore_ascii_case(b"for").then_some(value)
-                })
-                .next()
-                .and_then(|value| std::str::from_utf8(value).ok())
-                .and_then(|value| {
-                    let value = value.trim();
-                    let value = value
-                        .strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or(value);
-                    parse_node(value)
-                });
-            hops.push(node);
         }
     }
-    present.then_some(hops)
+}
+
+/// What the right-to-left scan saw of one `name=value` pair.
+struct Pair {
+    /// Where it ends (its `;` or `,`, or the line's end).
+    end: usize,
+    /// The leftmost `=` outside quotes.
+    equals: Option<usize>,
+    /// Quoted strings in it.
+    quotes: u32,
+    /// The leftmost quoted string (opening and closing `"`).
+    first: (usize, usize),
+}
+
+impl Pair {
+    fn ending_at(end: usize) -> Self {
+        Pair {
+            end,
+            equals: None,
+            quotes: 0,
+            first: (0, 0),
+        }
+    }
+
+    fn quoted(&mut self, open: usize, close: usize) {
+        self.quotes = self.quotes.saturating_add(1);
+        self.first = (open, close);
+    }
+}
+
+/// One element's `for` node so far, read pair by pair.
+struct Element<'a> {
+    /// No pair yet but empty ones.
+    empty: bool,
+    /// A malformed pair, or `for` twice.
+    malformed: bool,
+    node: Option<ParamValue<'a>>,
+}
+
+impl<'a> Element<'a> {
+    /// Adds the pair from `start` on (RFC 7239 allows empty pairs: `a=b;;c=d`).
+    /// Malformed: no `=`, a quote in the name, a value that is neither a
+    /// token nor one quoted string, `for` twice (RFC 7239 allows each
+    /// parameter once; a second can only come from a client's text a proxy
+    /// copied unquoted).
+    fn add(&mut self, line: &'a [u8], pair: &Pair, start: usize) {
+        let (start, end) = trimmed(line, start, pair.end);
+        if start == end {
+            return;
+        }
+        self.empty = false;
+        let Some(equals) = pair.equals else {
+            self.malformed = true;
+            return;
+        };
+        let (value_start, value_end) = trimmed(line, equals + 1, end);
+        let value = match pair.quotes {
+            0 => ParamValue::Plain(&line[value_start..value_end]),
+            1 if pair.first == (value_start, value_end - 1) => {
+                ParamValue::Quoted(&line[value_start + 1..value_end - 1])
+            }
+            _ => {
+                self.malformed = true;
+                return;
+            }
+        };
+        if line[start..equals]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"for")
+        {
+            self.malformed |= self.node.is_some();
+            self.node = Some(value);
+        }
+    }
+
+    fn node(&self) -> Option<IpAddr> {
+        if self.malformed {
+            return None;
+        }
+        self.node?.address()
+    }
+}
+
+impl Default for Element<'_> {
+    fn default() -> Self {
+        Element {
+            empty: true,
+            malformed: false,
+            node: None,
+        }
+    }
+}
+
+/// `line[start..end]` without the whitespace at both ends, as a range.
+fn trimmed(line: &[u8], start: usize, end: usize) -> (usize, usize) {
+    let text = &line[start..end];
+    let leading = text.len() - text.trim_ascii_start().len();
+    let trailing = text.len() - text.trim_ascii_end().len();
+    if leading == text.len() {
+        return (start, start);
+    }
+    (start + leading, end - trailing)
+}
+
+/// Where the quoted string that ends with the `"` at `close` begins: the
+/// nearest `"` left of it that is not escaped. `None` when there is none, or
+/// when `close` is itself escaped (a `\"` outside a quoted string).
+fn opening_quote(text: &[u8], close: usize) -> Option<usize> {
+    if escaped(text, close) {
+        return None;
+    }
+    let mut end = close;
+    loop {
+        let at = text[..end].iter().rposition(|&b| b == b'"')?;
+        if !escaped(text, at) {
+            return Some(at);
+        }
+        end = at;
+    }
+}
+
+/// Whether the byte at `at` is escaped: an odd run of `\` right before it.
+/// Inside a quoted string every `\` starts a pair, and the byte before the
+/// run is no `\`, so the run is read in pairs from its start.
+fn escaped(text: &[u8], at: usize) -> bool {
+    text[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// A parameter's value: a token, or the inside of a quoted string.
+#[derive(Debug, Clone, Copy)]
+enum ParamValue<'a> {
+    /// As written (a token, or what proxies write unquoted though it is no
+    /// token: `for=192.0.2.1:443`).
+    Plain(&'a [u8]),
+    /// Between the quotes, escapes not yet removed.
+    Quoted(&'a [u8]),
+}
+
+/// Longest address with a port a quoted `for` value holds once unescaped
+/// (`[ffff:...:255.255.255.255]:65535` is 53 bytes); longer is no address.
+const MAX_NODE_LEN: usize = 64;
+
+impl ParamValue<'_> {
+    /// The address it names, unescaped first when quoted (in a buffer on
+    /// the stack: nothing is allocated).
+    fn address(self) -> Option<IpAddr> {
+        let text = match self {
+            ParamValue::Plain(text) => text,
+            ParamValue::Quoted(inner) if !inner.contains(&b'\\') => inner,
+            ParamValue::Quoted(inner) => {
+                let mut buffer = [0u8; MAX_NODE_LEN];
+                let mut len = 0;
+                let mut bytes = inner.iter();
+                while let Some(&b) = bytes.next() {
+                    // The closing quote was not escaped: a `\` is followed by a byte.
+                    let b = if b == b'\\' { *bytes.next()? } else { b };
+                    *buffer.get_mut(len)? = b;
+                    len += 1;
+                }
+                return parse_node(std::str::from_utf8(&buffer[..len]).ok()?);
+            }
+        };
+        parse_node(std::str::from_utf8(text).ok()?)
+    }
 }
 
 /// A header holding one address, set by the proxy.
@@ -581,6 +791,9 @@ pub(crate) fn sanitize(key: String) -> String {
         format!("sha256:{}", cache_core::sha256_hex(key.as_bytes()))
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -826,6 +1039,87 @@ mod tests {
             ),
             "ip:198.51.100.4"
         );
+    }
+
+    #[test]
+    fn quoted_forwarded_values_are_data_not_elements_or_parameters() {
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        let cases = [
+            // Issue 20: a proxy quotes the client's Host, which holds `,` `;` `=`.
+            r#"proto=http;host="a,for=6.6.6.6;x=";for=203.0.113.9"#,
+            // Escaped quotes and backslashes inside the quoted Host.
+            r#"host="a\",for=6.6.6.6;x=\"";for=203.0.113.9"#,
+            r#"host="a\\";for=203.0.113.9"#,
+            r#"for=203.0.113.9;host="\\\"\\,for=6.6.6.6""#,
+            // The client's own element left of the proxy's, an open quote in it.
+            r#"for="6.6.6.6, proto=http;host="a,for=6.6.6.6;x=";for=203.0.113.9"#,
+            r#"x="\, for=203.0.113.9;host=",for=6.6.6.6""#,
+            // Empty pairs, case, a quoted and escaped address.
+            r#"proto=https;;FOR="\203.0.113.9:4711";"#,
+        ];
+        for value in cases {
+            assert_eq!(
+                key(&forwarded, "10.0.0.1:1", &[("forwarded", value)]),
+                "ip:203.0.113.9",
+                "{value}"
+            );
+        }
+        // The client's text on a line of its own, before the proxy's.
+        let lines = [
+            ("forwarded", r#"for="6.6.6.6"#),
+            ("forwarded", r#"host="x,for=6.6.6.6";for=203.0.113.9"#),
+        ];
+        assert_eq!(key(&forwarded, "10.0.0.1:1", &lines), "ip:203.0.113.9");
+    }
+
+    #[test]
+    fn a_forwarded_element_a_proxy_wrote_malformed_is_unidentified() {
+        let forwarded = behind(ForwardedHeader::Forwarded);
+        for value in [
+            // A proxy that copies the Host into quotes without escaping it.
+            r#"host="x";for=6.6.6.6;y="";for=203.0.113.9"#,
+            r#"for=203.0.113.9;host="a\""#,
+            // Text after a quoted string, a quote inside a token, no `=`.
+            r#"for="203.0.113.9"x"#,
+            r#"for=203.0.113.9;host=a"b"#,
+            "for=203.0.113.9;secure",
+            // A closing quote with no opening one.
+            r#"for=203.0.113.9;host=\""#,
+        ] {
+            assert_eq!(
+                key(&forwarded, "10.0.0.1:1", &[("forwarded", value)]),
+                UNIDENTIFIED_KEY,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn x_forwarded_for_and_single_address_headers_have_no_quoting() {
+        // No proxy quotes these: a `"` is a byte of a malformed element, and
+        // a client's cannot join its element to the proxy's.
+        let xff = behind(ForwardedHeader::XForwardedFor);
+        for value in [
+            r#""6.6.6.6, 198.51.100.4"#,
+            r#"6.6.6.6", 198.51.100.4"#,
+            r#"6.6.6.6\, 198.51.100.4"#,
+        ] {
+            assert_eq!(
+                key(&xff, "10.0.0.1:1", &[("x-forwarded-for", value)]),
+                "ip:198.51.100.4",
+                "{value}"
+            );
+        }
+        let real_ip = behind(ForwardedHeader::Single(HeaderName::from_static(
+            "x-real-ip",
+        )));
+        for value in [r#""198.51.100.4""#, r#"6.6.6.6";198.51.100.4"#] {
+            assert_eq!(
+                key(&real_ip, "10.0.0.1:1", &[("x-real-ip", value)]),
+                UNIDENTIFIED_KEY,
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -187,22 +187,36 @@ impl Shared {
     /// The response to a request over the limit (not in shadow mode).
     fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
         self.limiter.counters.add(Count::Limited);
-        let mut limited = match &self.on_limited {
-            Some(respond) => respond(decision).map(ResponseBody::full),
-            None => response::too_many_requests(
+        let Some(respond) = &self.on_limited else {
+            let mut limited = response::too_many_requests(
                 self.limited_bodies
                     .get(decision.policy)
                     .cloned()
                     .unwrap_or_default(),
-            ),
+            );
+            self.write_limited_headers(limited.headers_mut(), decision);
+            return limited;
         };
-        *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        limited.headers_mut().insert(
+        let mut limited = respond(decision).map(ResponseBody::full);
+        // `Response::new` gives 200: a closure that set no status meant the
+        // 429 (a rejection answered 200 would tell the client it was served).
+        if limited.status() == StatusCode::OK {
+            *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        }
+        // The layer's headers, except those the closure set itself.
+        let own = std::mem::take(limited.headers_mut());
+        self.write_limited_headers(limited.headers_mut(), decision);
+        limited.headers_mut().extend(own);
+        limited
+    }
+
+    /// `Retry-After` and the rate-limit headers of a rejected request.
+    fn write_limited_headers(&self, headers: &mut http::HeaderMap, decision: &Decision) {
+        headers.insert(
             header::RETRY_AFTER,
             HeaderValue::from(decision.retry_after_seconds()),
         );
-        self.headers.write(limited.headers_mut(), decision);
-        limited
+        self.headers.write(headers, decision);
     }
 
     /// The response to a request that costs more than a policy's whole quota.
@@ -420,6 +434,55 @@ mod tests {
             "application/problem+json"
         );
         assert_eq!(layer.stats().allowed, 0, "nothing was counted");
+    }
+
+    #[tokio::test]
+    async fn on_limited_keeps_the_status_and_headers_it_sets() {
+        let layer = RateLimitLayer::builder(Cache::in_memory())
+            .limit(1)
+            .window(Duration::from_secs(60))
+            .on_limited(|_: &Decision| {
+                let mut response = Response::new(Bytes::from_static(b"come back later"));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+                headers.insert("x-ratelimit-limit", HeaderValue::from_static("hidden"));
+                headers.append("x-trace", HeaderValue::from_static("a"));
+                headers.append("x-trace", HeaderValue::from_static("b"));
+                response
+            })
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let peer = "192.0.2.4:4000";
+        service.clone().oneshot(request(peer)).await.unwrap();
+        let limited = service.oneshot(request(peer)).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let headers = limited.headers();
+        assert_eq!(headers[header::RETRY_AFTER], "3600");
+        assert_eq!(headers["x-ratelimit-limit"], "hidden");
+        assert_eq!(headers.get_all("x-trace").iter().count(), 2);
+        // What the closure left alone, the layer adds.
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert!(headers.contains_key("ratelimit-policy"));
+    }
+
+    #[tokio::test]
+    async fn on_limited_without_a_status_answers_429_with_the_layers_headers() {
+        let layer = RateLimitLayer::builder(Cache::in_memory())
+            .limit(1)
+            .window(Duration::from_secs(60))
+            .clock(crate::ManualClock::new()) // time stands still: the wait is 60 s
+            .on_limited(|_: &Decision| Response::new(Bytes::from_static(b"slow down")))
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let peer = "192.0.2.5:4000";
+        service.clone().oneshot(request(peer)).await.unwrap();
+        let limited = service.oneshot(request(peer)).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "60");
+        assert_eq!(limited.headers()["x-ratelimit-limit"], "1");
     }
 
     #[tokio::test]

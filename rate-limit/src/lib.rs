@@ -205,7 +205,9 @@
 //! and `RateLimit` ([`HeaderSets`] picks the sets). A rejected request gets
 //! `429`, `Retry-After` (seconds, never 0) and an `application/problem+json`
 //! body; [`on_limited`](RateLimitLayerBuilder::on_limited) builds your own
-//! body from the [`Decision`], the headers are still added.
+//! response from the [`Decision`]: its status stands (`200`, what
+//! `Response::new` gives, becomes `429`), and the headers it does not set
+//! are still added.
 //!
 //! # 6. When the store fails
 //!

@@ -36,6 +36,15 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// An empty body. Layers outside this one build their own responses with
+/// it: tower-http's `TimeoutLayer` (its 408) and `CorsLayer` (the preflight
+/// answer) need `Default` of the body they wrap.
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        ResponseBody::Full { data: None }
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
     type Data = Bytes;
     type Error = B::Error;
@@ -121,4 +130,109 @@ pub(crate) fn store_unavailable<B>() -> Response<ResponseBody<B>> {
         "Service Unavailable",
         "The rate limiter cannot reach its store; try again shortly.",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::{Router, routing::get};
+    use http::{Method, Request};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_http::cors::CorsLayer;
+    use tower_http::timeout::TimeoutLayer;
+
+    use super::*;
+    use crate::RateLimitLayer;
+
+    /// An app limited to 2 requests per minute, with tower-http's timeout
+    /// and CORS layers outside the limiter in one `ServiceBuilder`, as axum's
+    /// documentation stacks middleware. (Separate `Router::layer` calls
+    /// compiled before too: axum turns each layer's body into its own.)
+    fn app(timeout: Duration) -> Router {
+        let limiter =
+            RateLimitLayer::new(cache_core::Cache::in_memory(), 2, Duration::from_secs(60));
+        Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route("/stuck", get(std::future::pending::<&'static str>))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(CorsLayer::permissive())
+                    .layer(TimeoutLayer::with_status_code(
+                        StatusCode::REQUEST_TIMEOUT,
+                        timeout,
+                    ))
+                    .layer(limiter),
+            )
+    }
+
+    fn request(method: Method, path: &str) -> Request<Body> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "GET")
+            .body(Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 9], 50000))));
+        request
+    }
+
+    async fn body(response: Response<Body>) -> Bytes {
+        axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tower_http_timeout_and_cors_layers_wrap_the_limiter() {
+        // Long enough never to fire on a loaded machine.
+        let app = app(Duration::from_secs(30));
+        let served = app
+            .clone()
+            .oneshot(request(Method::GET, "/"))
+            .await
+            .unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.headers()["access-control-allow-origin"], "*");
+        assert_eq!(served.headers()["x-ratelimit-remaining"], "1");
+        assert_eq!(body(served).await, "hi");
+        // The preflight is CorsLayer's own answer, with an empty body.
+        let preflight = app
+            .clone()
+            .oneshot(request(Method::OPTIONS, "/"))
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), StatusCode::OK);
+        assert!(
+            preflight
+                .headers()
+                .contains_key("access-control-allow-methods")
+        );
+        assert!(body(preflight).await.is_empty());
+        app.clone()
+            .oneshot(request(Method::GET, "/"))
+            .await
+            .unwrap();
+        let limited = app.oneshot(request(Method::GET, "/")).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()["access-control-allow-origin"], "*");
+        assert!(body(limited).await.starts_with(b"{"));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_outside_the_limiter_answers_with_an_empty_body() {
+        let stuck = app(Duration::from_millis(20))
+            .oneshot(request(Method::GET, "/stuck"))
+            .await
+            .unwrap();
+        assert_eq!(stuck.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(stuck.headers()["access-control-allow-origin"], "*");
+        assert!(body(stuck).await.is_empty());
+    }
 }

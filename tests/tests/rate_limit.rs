@@ -2192,3 +2192,80 @@ async fn route_and_ip_counts_head_against_the_get_budget() {
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
 }
+
+/// The log lines written on this thread while the guard lives (the test runs
+/// on a current-thread runtime, so the limiter's tasks write here too).
+fn capture_logs() -> (
+    tracing::subscriber::DefaultGuard,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Captured(writer.clone()))
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first hit by a parallel test while this subscriber was being
+    // registered may have cached "never": ask them again.
+    tracing::callsite::rebuild_interest_cache();
+    (guard, buffer)
+}
+
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A limiter whose handle has no password, on a server that needs one: the
+/// server answers the script call (more than 10 arguments) with "Protocol
+/// error: unauthenticated multibulk length", not `NOAUTH`. It is an auth
+/// error all the same: logged once at error level with the user name, as
+/// the cache's own calls are, and the layer fails open.
+#[tokio::test]
+async fn a_limiter_without_the_servers_password_reports_an_auth_error() {
+    use tower::ServiceExt;
+    let server = RedisServer::start_with(&["--requirepass", "Right-Pa55-5"]);
+    let (_guard, logs) = capture_logs();
+    let cache = suite::build(suite::redis(&server.url())).await;
+    // Two policies: a script call of more than 10 arguments, however the
+    // script's arguments are laid out.
+    let limiter = builder(&cache)
+        .prefix("no-password")
+        .policy("minute", Quota::per_minute(5))
+        .policy("hour", Quota::per_hour(100))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(limiter.clone());
+    for _ in 0..3 {
+        let request = http::Request::builder()
+            .uri("/")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 10],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "fails open");
+    }
+    assert_eq!(limiter.stats().store_errors, 3, "{:?}", limiter.stats());
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "logged once: {text}");
+    assert!(errors[0].contains("refused the credentials"), "{text}");
+    assert!(
+        errors[0].contains("user=\"default\"") || errors[0].contains("user=default"),
+        "{text}"
+    );
+}
