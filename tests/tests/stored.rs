@@ -230,6 +230,7 @@ tests::suite!(
     an_evicted_tag_version_never_brings_back_what_it_invalidated,
     a_garbage_tag_version_is_absent_and_changing_it_still_invalidates,
     a_tag_bumped_with_incr_by_another_program_invalidates_its_entries,
+    an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond,
 );
 
 tests::suite!(
@@ -480,6 +481,52 @@ mod behaviour {
             .await
             .unwrap();
         assert_eq!(api_key(&a, &calls, 8).await, "sk-live-secret-of-tenant-8");
+    }
+
+    pub async fn an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond(
+        pair: Pair,
+    ) {
+        let Pair { a, b, .. } = pair;
+        let now = now_ms() / 1000;
+        let fernet = fernet::Fernet::new(KEY_A).unwrap();
+        // What an instance whose clock runs `ahead` seconds fast writes.
+        let written_ahead = |ahead: u64, value: &str| {
+            let token = fernet.encrypt_at_time(&serde_json::to_vec(value).unwrap(), now + ahead);
+            let header = Header {
+                flags: envelope::ENCRYPTED,
+                written_ms: (now + ahead) * 1000,
+                ..Header::default()
+            };
+            header.wrap(token.as_bytes())
+        };
+        // Two minutes ahead: past the 60 s the fernet crate allows by itself.
+        a.set_bytes("ahead", &written_ahead(120, "from a fast clock"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get_encrypted::<String>("ahead").await.unwrap().as_deref(),
+            Some("from a fast clock")
+        );
+        let calls = AtomicUsize::new(0);
+        let key = key_for("apikey", &(42,)).unwrap();
+        let ttl = Some(Duration::from_secs(600));
+        a.set_bytes(&key, &written_ahead(120, "sk-live-from-a-fast-clock"), ttl)
+            .await
+            .unwrap();
+        assert_eq!(api_key(&b, &calls, 42).await, "sk-live-from-a-fast-clock");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "read, not overwritten");
+
+        // An hour ahead, beyond the default 5 minutes: a miss, counted apart
+        // from decryption failures.
+        let before = b.stats();
+        a.set_bytes("far-ahead", &written_ahead(3600, "too far"), None)
+            .await
+            .unwrap();
+        assert_eq!(b.get_encrypted::<String>("far-ahead").await.unwrap(), None);
+        let after = b.stats();
+        assert_eq!(after.clock_skew_misses, before.clock_skew_misses + 1);
+        assert_eq!(after.decrypt_failures, before.decrypt_failures);
+        assert_eq!(after.misses, before.misses + 1);
     }
 
     pub async fn invalidating_a_tag_misses_its_entries_in_both_instances(pair: Pair) {

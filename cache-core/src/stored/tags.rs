@@ -231,6 +231,21 @@ impl Cache {
                 }
                 None
             }
+            Err(super::entry::OpenError::Skewed { ahead_secs }) => {
+                counters.record_clock_skew_miss();
+                counters.record_miss();
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        key,
+                        ahead_secs,
+                        max_skew_secs = self.config().encryption_max_skew.as_secs(),
+                        "an encrypted cache entry is stamped further in the future than the allowed clock skew (the writer's clock runs ahead, or this one lags); treated as a miss, counted in Stats::clock_skew_misses, logged once"
+                    );
+                }
+                None
+            }
             Err(super::entry::OpenError::Malformed(what)) => {
                 counters.record_decode_error();
                 counters.record_miss();
