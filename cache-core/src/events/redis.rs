@@ -14,7 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{PushInfo, PushKind, Value};
 
-use super::hub::{Hub, Message, Topic};
+use super::hub::{Hub, Message, Payload, Topic};
 use crate::config::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 use crate::store::redis as store;
@@ -35,10 +35,11 @@ impl PubSub {
         // node and the pushes do not say which: there the bus confirms
         // every channel itself before it reports the loss over (see `revive`).
         let one_connection = matches!(config.backend, Backend::Redis(_));
+        let max_bytes = config.max_value_bytes;
         let sender = {
             let hub = Arc::clone(hub);
             move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-                on_push(&hub, push, one_connection);
+                on_push(&hub, push, one_connection, max_bytes);
                 Ok(())
             }
         };
@@ -165,8 +166,11 @@ fn split(topics: &[Topic]) -> (Vec<&str>, Vec<&str>) {
     (channels, patterns)
 }
 
-/// Called by the driver for every push, on its connection task: never blocks.
-fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
+/// Called by the driver for every push, on its connection task: never
+/// blocks. A payload over `max_bytes` is dropped here, before any queue:
+/// the subscriptions get its size only, so that a publisher of huge
+/// messages cannot fill idle subscriptions' buffers with them.
+fn on_push(hub: &Hub, push: PushInfo, one_connection: bool, max_bytes: usize) {
     let text = |value: Option<&Value>| -> Option<Arc<str>> {
         match value? {
             Value::BulkString(bytes) => Some(Arc::from(String::from_utf8_lossy(bytes))),
@@ -174,12 +178,17 @@ fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
             _ => None,
         }
     };
-    let bytes = |value: Option<&Value>| -> Option<Arc<[u8]>> {
-        match value? {
-            Value::BulkString(bytes) => Some(Arc::from(bytes.as_slice())),
-            Value::SimpleString(text) => Some(Arc::from(text.as_bytes())),
-            _ => None,
-        }
+    let bytes = |value: Option<&Value>| -> Option<Payload> {
+        let bytes = match value? {
+            Value::BulkString(bytes) => bytes.as_slice(),
+            Value::SimpleString(text) => text.as_bytes(),
+            _ => return None,
+        };
+        Some(if bytes.len() > max_bytes {
+            Payload::Oversized(bytes.len())
+        } else {
+            Payload::Bytes(Arc::from(bytes))
+        })
     };
     match push.kind {
         PushKind::Message | PushKind::SMessage => {
