@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
 use super::hub::{Hub, Message, Payload, Topic};
@@ -128,14 +128,23 @@ impl PubSub {
     ///
     /// Standalone: an answered PING, since the connection manager runs its
     /// resubscription before it hands out the new connection. Cluster: each
-    /// channel subscribed again and confirmed by the node that serves it
-    /// (the driver resubscribes a reconnected node by itself; a repeated
-    /// `SSUBSCRIBE` is harmless and is the only confirmation this side
-    /// can tell apart per channel).
+    /// channel confirmed on the connection to the primary that serves its
+    /// slot (see [`confirm_on_primary`]).
     pub(crate) async fn resubscribed(&self, topics: &[Topic]) -> bool {
         match self {
             PubSub::Standalone(_) => self.ping().await.is_ok(),
-            PubSub::Cluster(_) => self.ping().await.is_ok() && self.subscribe(topics).await.is_ok(),
+            PubSub::Cluster(conn) => {
+                if self.ping().await.is_err() {
+                    return false;
+                }
+                let (channels, _) = split(topics);
+                for channel in channels {
+                    if !confirm_on_primary(conn.clone(), channel).await {
+                        return false;
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -151,6 +160,114 @@ impl PubSub {
             }
         }
         Ok(())
+    }
+}
+
+/// Subscribes `channel` again and confirms it on the connection the
+/// cluster client keeps to the primary serving the channel's slot, the node
+/// whose publishes count it. The driver resubscribes a reconnected node by
+/// itself, but cannot say when; and an `SSUBSCRIBE` sent while that
+/// primary's connection is down goes to its replica (sharded pub/sub is
+/// served there too): confirmed early, before the primary is back, and
+/// left behind as a second subscription once it is (every message twice).
+/// So the `SSUBSCRIBE` is sent only while the primary's connection is up,
+/// and counts only if that connection is the same one before and after it:
+/// the driver routes it to the primary's connection while there is one.
+async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool {
+    let Some(before) = primary_connection(&mut conn, channel).await else {
+        return false;
+    };
+    if conn.ssubscribe(channel).await.is_err() {
+        return false;
+    }
+    match (before, primary_connection(&mut conn, channel).await) {
+        (Probe::Connection { id }, Some(Probe::Connection { id: after })) => id == after,
+        // The server refuses the probe's commands (an ACL): the confirmed
+        // `SSUBSCRIBE` is all there is to go by.
+        (Probe::Refused, Some(Probe::Refused)) => true,
+        _ => false,
+    }
+}
+
+/// What [`primary_connection`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The server-side id of the client's connection to the slot's primary.
+    Connection { id: u64 },
+    /// The probe itself was refused; nothing can be told.
+    Refused,
+}
+
+/// The id of the connection the cluster client uses for the primary that
+/// serves `channel`'s slot, or `None` when it has none up. One pipeline,
+/// routed as the driver routes to that primary, so answered on one
+/// connection: the answering node's id, the connection's id, the slot and
+/// the node's view of who serves it. When the driver has no connection to
+/// the primary it sends the pipeline to another node, which says so (its
+/// id is not the slot's primary's), without a redirect to follow or a
+/// retry to wait for.
+async fn primary_connection(conn: &mut ClusterConnection, channel: &str) -> Option<Probe> {
+    let mut probe = redis::pipe();
+    probe
+        .cmd("CLUSTER")
+        .arg("MYID")
+        .cmd("CLIENT")
+        .arg("ID")
+        .cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(channel)
+        .cmd("CLUSTER")
+        .arg("SLOTS");
+    let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(channel, SlotAddr::Master));
+    let replies = match conn.route_pipeline(probe, 0, 4, route).await {
+        Ok(replies) => replies,
+        Err(err) if err.code() == Some("NOPERM") => return Some(Probe::Refused),
+        Err(_) => return None,
+    };
+    if replies
+        .iter()
+        .any(|reply| matches!(reply, Value::ServerError(err) if err.code() == "NOPERM"))
+    {
+        return Some(Probe::Refused);
+    }
+    let [node, Value::Int(id), Value::Int(slot), Value::Array(slots)] = replies.as_slice() else {
+        return None;
+    };
+    let node = text(node)?;
+    let serving = slots.iter().find_map(|range| slot_primary(range, *slot))?;
+    if serving != node {
+        return None;
+    }
+    u64::try_from(*id).ok().map(|id| Probe::Connection { id })
+}
+
+/// The node id of the primary of one `CLUSTER SLOTS` range
+/// (`[start, end, [ip, port, id, ...], replicas...]`) if it holds `slot`.
+fn slot_primary(range: &Value, slot: i64) -> Option<&str> {
+    let Value::Array(range) = range else {
+        return None;
+    };
+    let [
+        Value::Int(start),
+        Value::Int(end),
+        Value::Array(primary),
+        ..,
+    ] = range.as_slice()
+    else {
+        return None;
+    };
+    if !(*start..=*end).contains(&slot) {
+        return None;
+    }
+    text(primary.get(2)?)
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
     }
 }
 
