@@ -39,6 +39,11 @@ pub struct Stats {
     /// Encrypted entries that no key authenticates (wrong key, tampered),
     /// counted as misses.
     pub decrypt_failures: u64,
+    /// Encrypted entries that authenticate but are stamped further in the
+    /// future than [`encryption_max_skew`](crate::CacheBuilder::encryption_max_skew)
+    /// (their writer's clock runs ahead of this one), counted as misses;
+    /// not in `decrypt_failures`.
+    pub clock_skew_misses: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
     /// The event bus of the handle ([`Cache::events`](crate::Cache::events)).
@@ -90,7 +95,7 @@ impl Stats {
 
 /// The handle's counters, in stripes (see [`StripedCounters`]).
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<11>);
+pub(crate) struct Counters(StripedCounters<12>);
 
 const HITS: usize = 0;
 const MISSES: usize = 1;
@@ -103,6 +108,7 @@ const UNCACHEABLE: usize = 7;
 const OVERSIZED: usize = 8;
 const STALE_SERVED: usize = 9;
 const DECRYPT_FAILURES: usize = 10;
+const CLOCK_SKEW_MISSES: usize = 11;
 
 impl Counters {
     pub(crate) fn record_hit(&self) {
@@ -141,6 +147,9 @@ impl Counters {
     pub(crate) fn record_decrypt_failure(&self) {
         self.0.add(DECRYPT_FAILURES);
     }
+    pub(crate) fn record_clock_skew_miss(&self) {
+        self.0.add(CLOCK_SKEW_MISSES);
+    }
 
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
         Stats {
@@ -155,6 +164,7 @@ impl Counters {
             oversized: self.0.sum(OVERSIZED),
             stale_served: self.0.sum(STALE_SERVED),
             decrypt_failures: self.0.sum(DECRYPT_FAILURES),
+            clock_skew_misses: self.0.sum(CLOCK_SKEW_MISSES),
             breaker,
             events: crate::events::EventStats::default(),
             local_hits: 0,

@@ -399,6 +399,37 @@ async fn flushdb_empties_the_local_tier() {
     .await;
 }
 
+/// `SWAPDB` moves another database's keys under the tracking connection
+/// and, on Redis 7.0, sends no invalidation: the tier notices the change of
+/// the database's identity marker at its next heartbeat and empties itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapdb_empties_the_local_tier() {
+    let (server, a, b) = own_server_instances().await;
+    // Database 1 first: tracking is not per database, so a write there
+    // after the read below would invalidate it by its name alone.
+    assert_eq!(
+        server.cli(&["-n", "1", "SET", "price", "\"200\""]).trim(),
+        "OK"
+    );
+    b.set("price", "100", None).await.unwrap();
+    read_into_local_tier(&a, Backend::Standalone, "price", "100").await;
+    assert_eq!(server.cli(&["SWAPDB", "0", "1"]).trim(), "OK");
+    let seen = poll_until("SWAPDB seen", || async {
+        a.get::<String>("price").await.unwrap().as_deref() == Some("200")
+    })
+    .await;
+    eprintln!("SWAPDB seen after {seen:?}");
+    // The tier stays open, and works on the database now there.
+    assert!(a.stats().local_tracking);
+    read_into_local_tier(&a, Backend::Standalone, "price", "200").await;
+    // Swapped back: noticed as well, though both databases now have a marker.
+    assert_eq!(server.cli(&["SWAPDB", "0", "1"]).trim(), "OK");
+    poll_until("the second SWAPDB seen", || async {
+        a.get::<String>("price").await.unwrap().as_deref() == Some("100")
+    })
+    .await;
+}
+
 #[cached(prefix = "brief", ttl = BRIEF, cache = cache, skip(cache, calls))]
 async fn brief(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
     calls.fetch_add(1, Ordering::SeqCst);
@@ -457,8 +488,8 @@ async fn an_expired_key_is_not_served_locally() {
     .await;
     assert_eq!(
         server.cli(&["DBSIZE"]).trim(),
-        "3",
-        "expired, not deleted: no invalidation was sent"
+        "4",
+        "the three keys (expired, not deleted: no invalidation was sent) and the tier's identity marker"
     );
     assert_eq!(a.get::<String>("one").await.unwrap(), None);
     assert_eq!(a.get_many::<String>(&["two"]).await.unwrap(), vec![None]);
@@ -497,8 +528,9 @@ async fn nothing_from_before_a_redis_restart_is_served_after_it() {
 }
 
 /// Calls of each command the server counted, but the tracking connection's
-/// heartbeat (PING), connection set-up and what the test itself sends (INFO,
-/// CONFIG).
+/// heartbeat (PING, and the GET of its database-identity marker: the data
+/// path reads with GETRANGE), connection set-up and what the test itself
+/// sends (INFO, CONFIG).
 fn data_commands(server: &RedisServer) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
     assert!(
@@ -512,6 +544,7 @@ fn data_commands(server: &RedisServer) -> u64 {
             // connection be re-made meanwhile: not reads or writes.
             ![
                 "cmdstat_ping:",
+                "cmdstat_get:",
                 "cmdstat_info:",
                 "cmdstat_config|",
                 "cmdstat_hello:",

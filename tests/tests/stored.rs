@@ -228,6 +228,9 @@ tests::suite!(
     a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses,
     an_invalidated_tag_is_never_served_stale,
     an_evicted_tag_version_never_brings_back_what_it_invalidated,
+    a_garbage_tag_version_is_absent_and_changing_it_still_invalidates,
+    a_tag_bumped_with_incr_by_another_program_invalidates_its_entries,
+    an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond,
 );
 
 tests::suite!(
@@ -480,6 +483,52 @@ mod behaviour {
         assert_eq!(api_key(&a, &calls, 8).await, "sk-live-secret-of-tenant-8");
     }
 
+    pub async fn an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond(
+        pair: Pair,
+    ) {
+        let Pair { a, b, .. } = pair;
+        let now = now_ms() / 1000;
+        let fernet = fernet::Fernet::new(KEY_A).unwrap();
+        // What an instance whose clock runs `ahead` seconds fast writes.
+        let written_ahead = |ahead: u64, value: &str| {
+            let token = fernet.encrypt_at_time(&serde_json::to_vec(value).unwrap(), now + ahead);
+            let header = Header {
+                flags: envelope::ENCRYPTED,
+                written_ms: (now + ahead) * 1000,
+                ..Header::default()
+            };
+            header.wrap(token.as_bytes())
+        };
+        // Two minutes ahead: past the 60 s the fernet crate allows by itself.
+        a.set_bytes("ahead", &written_ahead(120, "from a fast clock"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get_encrypted::<String>("ahead").await.unwrap().as_deref(),
+            Some("from a fast clock")
+        );
+        let calls = AtomicUsize::new(0);
+        let key = key_for("apikey", &(42,)).unwrap();
+        let ttl = Some(Duration::from_secs(600));
+        a.set_bytes(&key, &written_ahead(120, "sk-live-from-a-fast-clock"), ttl)
+            .await
+            .unwrap();
+        assert_eq!(api_key(&b, &calls, 42).await, "sk-live-from-a-fast-clock");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "read, not overwritten");
+
+        // An hour ahead, beyond the default 5 minutes: a miss, counted apart
+        // from decryption failures.
+        let before = b.stats();
+        a.set_bytes("far-ahead", &written_ahead(3600, "too far"), None)
+            .await
+            .unwrap();
+        assert_eq!(b.get_encrypted::<String>("far-ahead").await.unwrap(), None);
+        let after = b.stats();
+        assert_eq!(after.clock_skew_misses, before.clock_skew_misses + 1);
+        assert_eq!(after.decrypt_failures, before.decrypt_failures);
+        assert_eq!(after.misses, before.misses + 1);
+    }
+
     pub async fn invalidating_a_tag_misses_its_entries_in_both_instances(pair: Pair) {
         let Pair { a, b, .. } = pair;
         let calls = AtomicUsize::new(0);
@@ -567,6 +616,72 @@ mod behaviour {
         assert_eq!(
             b.get::<String>("doc:1").await.unwrap().as_deref(),
             Some("new")
+        );
+    }
+
+    pub async fn a_garbage_tag_version_is_absent_and_changing_it_still_invalidates(pair: Pair) {
+        let Pair { a, b, .. } = pair;
+        let ttl = Some(Duration::from_secs(60));
+        // Another program left text that is no version under the tag's key.
+        a.set_bytes("__tag:team:5", b"not-a-version", None)
+            .await
+            .unwrap();
+        a.set_tagged("doc:5", &"five", &["team:5"], ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get::<String>("doc:5").await.unwrap().as_deref(),
+            Some("five"),
+            "the writer gave the tag a version of its own"
+        );
+        // Changed to other garbage: an invalidation, as any other change.
+        b.set_bytes("__tag:team:5", b"other-garbage", None)
+            .await
+            .unwrap();
+        assert_eq!(a.get::<String>("doc:5").await.unwrap(), None);
+
+        let calls = AtomicUsize::new(0);
+        a.set_bytes("__tag:user:5", b"garbage", None).await.unwrap();
+        assert_eq!(summary(&a, &calls, 5).await, 500);
+        assert_eq!(summary(&b, &calls, 5).await, 500);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "kept under its own version"
+        );
+        b.set_bytes("__tag:user:5", b"garbage, again", None)
+            .await
+            .unwrap();
+        assert_eq!(summary(&a, &calls, 5).await, 500);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "recomputed");
+    }
+
+    pub async fn a_tag_bumped_with_incr_by_another_program_invalidates_its_entries(pair: Pair) {
+        let Pair { a, b, .. } = pair;
+        let calls = AtomicUsize::new(0);
+        // Versions drawn past i64::MAX made half of these INCRs fail.
+        for round in 1..=32 {
+            if round % 2 == 0 {
+                a.invalidate_tag("user:3").await.unwrap();
+            }
+            assert_eq!(summary(&a, &calls, 3).await, 300);
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                round,
+                "computed once per version"
+            );
+            assert_eq!(summary(&b, &calls, 3).await, 300);
+            let bumped = b.incr("__tag:user:3", 1).await;
+            assert!(
+                matches!(bumped, Ok(v) if v > 1),
+                "round {round}: {bumped:?}"
+            );
+        }
+        assert_eq!(summary(&a, &calls, 3).await, 300);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            33,
+            "the last bump invalidated too"
         );
     }
 

@@ -279,6 +279,36 @@ impl CacheBuilder {
         self
     }
 
+    /// How far in the future an encrypted entry's Fernet timestamp may be
+    /// and still be read (default 5 minutes, at most one day; whole
+    /// seconds, as Fernet stamps them). Instances whose clocks disagree by
+    /// less read each other's entries; an entry stamped further ahead is a
+    /// miss counted in [`Stats::clock_skew_misses`](crate::Stats::clock_skew_misses)
+    /// (its writer's clock runs ahead: fix the clocks), not a decryption
+    /// failure. Entries from the past are read however old they are.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, EncryptionKeys, ErrorKind};
+    ///
+    /// let keys = EncryptionKeys::parse("cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=")?;
+    /// let cache = Cache::builder()
+    ///     .encryption_keys(keys)
+    ///     .encryption_max_skew(Duration::from_secs(30))
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache;
+    /// let err = Cache::builder().encryption_max_skew(Duration::from_secs(7 * 86_400)).build().await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// # Ok(()) }
+    /// ```
+    pub fn encryption_max_skew(mut self, skew: Duration) -> Self {
+        self.config.encryption_max_skew = skew;
+        self
+    }
+
     /// Turns memoization off: `#[cached]` functions always run their body.
     /// Direct `Cache` calls are unaffected.
     ///

@@ -137,6 +137,9 @@ fn tuning_from_vars(
     if let Some(keys) = var("CACHE_ENCRYPTION_KEYS") {
         config.encryption_keys = Some(crate::EncryptionKeys::parse(&keys)?);
     }
+    if let Some(ms) = var("CACHE_ENCRYPTION_MAX_SKEW_MS") {
+        config.encryption_max_skew = parse_millis("CACHE_ENCRYPTION_MAX_SKEW_MS", &ms)?;
+    }
     if let Some(flag) = var("CACHE_BYPASS") {
         config.bypass = parse_bool("CACHE_BYPASS", &flag)?;
     }
@@ -336,6 +339,23 @@ mod tests {
         assert_eq!(err.kind(), crate::ErrorKind::Config);
         assert!(err.to_string().contains("CACHE_ENCRYPTION_KEYS"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_encryption_skew_is_read_and_bounded() {
+        assert_eq!(
+            from(&[]).unwrap().config().encryption_max_skew,
+            crate::DEFAULT_ENCRYPTION_MAX_SKEW
+        );
+        let builder = from(&[("CACHE_ENCRYPTION_MAX_SKEW_MS", "30000")]).unwrap();
+        assert_eq!(
+            builder.config().encryption_max_skew,
+            Duration::from_secs(30)
+        );
+        for bad in ["soon", "-1", "86400001"] {
+            let err = from(&[("CACHE_ENCRYPTION_MAX_SKEW_MS", bad)]).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config, "{bad}");
+        }
     }
 
     #[test]

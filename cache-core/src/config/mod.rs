@@ -44,6 +44,11 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_INVALIDATE_BUDGET: Duration = Duration::from_secs(30);
 /// Default bound on the life of a local-tier entry (`CACHE_LOCAL_TTL_MS`).
 pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(30);
+/// Default of [`CacheBuilder::encryption_max_skew`]: how far in the future
+/// an encrypted entry's timestamp may be (`CACHE_ENCRYPTION_MAX_SKEW_MS`).
+pub const DEFAULT_ENCRYPTION_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
+/// The largest [`CacheBuilder::encryption_max_skew`] accepted: one day.
+pub const MAX_ENCRYPTION_SKEW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Everything a [`Cache`](crate::Cache) is built from. Filled by
 /// [`CacheBuilder`] or by [`Cache::from_env`](crate::Cache::from_env); kept
@@ -67,6 +72,8 @@ pub(crate) struct CacheConfig {
     pub(crate) invalidate_budget: Duration,
     /// Fernet keys for `encrypt` entries (`Debug` hides them).
     pub(crate) encryption_keys: Option<crate::EncryptionKeys>,
+    /// How far ahead of this clock an encrypted entry's timestamp may be.
+    pub(crate) encryption_max_skew: Duration,
     /// The local tier: (max entries, max TTL); `None` when off.
     pub(crate) local_tier: Option<(usize, Duration)>,
     /// Serve local entries when Redis fails (opt-in).
@@ -91,6 +98,7 @@ impl Default for CacheConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
             encryption_keys: None,
+            encryption_max_skew: DEFAULT_ENCRYPTION_MAX_SKEW,
             local_tier: None,
             local_serve_stale: false,
         }

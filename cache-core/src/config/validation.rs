@@ -105,6 +105,12 @@ impl CacheConfig {
                 ));
             }
         }
+        if c.encryption_max_skew > super::MAX_ENCRYPTION_SKEW {
+            return Err(Error::config(
+                "encryption_max_skew",
+                "must be at most one day (cache_core::MAX_ENCRYPTION_SKEW)",
+            ));
+        }
         if c.memory_max_entries == 0 {
             return Err(Error::config("memory_max_entries", "must be at least 1"));
         }

@@ -5,7 +5,9 @@
 //! pub/sub connection, the in-memory backend publishes straight into it.
 //! A delivery never waits for a consumer: a full queue drops its oldest
 //! message and remembers how many it dropped, so a slow consumer costs the
-//! connection nothing and memory stays bounded (queue length x size cap).
+//! connection nothing. A payload over the size cap is dropped before it
+//! reaches any queue (only its size goes on), so memory stays bounded by
+//! queue length x size cap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -26,7 +28,17 @@ pub(crate) enum Topic {
 #[derive(Debug, Clone)]
 pub(crate) struct Message {
     pub(crate) channel: Arc<str>,
-    pub(crate) payload: Arc<[u8]>,
+    pub(crate) payload: Payload,
+}
+
+/// What a message carries into the queues.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    /// The bytes as published, at most the size cap.
+    Bytes(Arc<[u8]>),
+    /// A payload of this many bytes, over the cap: dropped where it
+    /// arrived, so that idle subscriptions never hold it.
+    Oversized(usize),
 }
 
 enum Entry {
@@ -250,6 +262,12 @@ impl Hub {
             }
         }
         self.counters.received.fetch_add(reached, Ordering::Relaxed);
+        if let Payload::Oversized(_) = message.payload {
+            // Counted here, as it arrives: an idle subscription shows it too.
+            self.counters
+                .malformed
+                .fetch_add(reached, Ordering::Relaxed);
+        }
         reached
     }
 
@@ -434,7 +452,7 @@ mod tests {
         let queue = Queue::new(2);
         let message = |n: u8| Message {
             channel: Arc::from("c"),
-            payload: Arc::from(vec![n]),
+            payload: Payload::Bytes(Arc::from(vec![n])),
         };
         for n in 0..5 {
             queue.push(Entry::Message(message(n)));
@@ -449,7 +467,10 @@ mod tests {
         ));
         for n in 3..5 {
             match queue.poll_next(&mut cx) {
-                Poll::Ready(Next::Message(m)) => assert_eq!(*m.payload, [n]),
+                Poll::Ready(Next::Message(Message {
+                    payload: Payload::Bytes(bytes),
+                    ..
+                })) => assert_eq!(*bytes, [n]),
                 _ => panic!("message {n} expected"),
             }
         }

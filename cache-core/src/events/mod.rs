@@ -11,7 +11,10 @@
 //!   overflowed (the oldest messages are dropped, never the connection
 //!   blocked);
 //! - a message that does not decode as `T` is an [`EventError::Malformed`]
-//!   item; the stream goes on;
+//!   item; the stream goes on. So is one over the handle's
+//!   [`max_value_bytes`](crate::Cache::max_value_bytes), whose bytes are
+//!   dropped as they arrive, before any buffer: a flood of huge messages
+//!   costs buffers nothing;
 //! - dropping the stream unsubscribes (the server-side subscription is
 //!   reference-counted per channel and pattern).
 //!
@@ -55,7 +58,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Cache;
 use crate::config::Backend;
-use hub::{Hub, Message, Next, Topic};
+use hub::{Hub, Message, Next, Payload, Topic};
 
 /// Default length of a subscription's buffer, in messages.
 pub const DEFAULT_EVENT_BUFFER: usize = 1024;
@@ -155,7 +158,10 @@ pub struct EventStats {
     pub dropped: u64,
     /// [`EventError::Gap`] items yielded.
     pub gaps: u64,
-    /// [`EventError::Malformed`] items yielded.
+    /// Messages that are not events of the subscription's type: those that
+    /// do not decode, counted as their [`EventError::Malformed`] item is
+    /// yielded, and those over the size cap, counted as they arrive (once
+    /// per subscription reached), since their bytes are dropped there.
     pub malformed: u64,
     /// Times the pub/sub connection came back after a loss.
     pub reconnects: u64,
@@ -361,7 +367,7 @@ impl EventBus {
         let reached = if *self.cache.backend() == Backend::Memory {
             self.state.hub.publish_local(&Message {
                 channel: Arc::from(channel),
-                payload: Arc::from(payload),
+                payload: Payload::Bytes(Arc::from(payload)),
             })
         } else {
             self.cache.publish_bytes(channel, &payload).await?
@@ -554,24 +560,23 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
                     disconnected,
                 })
             }
-            Next::Message(message) => {
-                let decoded = if message.payload.len() > self.max_bytes {
-                    Err(format!(
-                        "{} bytes, over the cap of {} bytes",
-                        message.payload.len(),
-                        self.max_bytes
-                    ))
-                } else {
-                    serde_json::from_slice(&message.payload).map_err(|err| err.to_string())
-                };
-                decoded.map_err(|reason| {
+            Next::Message(message) => match &message.payload {
+                Payload::Bytes(bytes) => serde_json::from_slice(bytes).map_err(|err| {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
                     EventError::Malformed {
                         channel: message.channel.to_string(),
-                        reason,
+                        reason: err.to_string(),
                     }
-                })
-            }
+                }),
+                // Counted as malformed where it arrived (see `Hub::deliver`).
+                Payload::Oversized(bytes) => Err(EventError::Malformed {
+                    channel: message.channel.to_string(),
+                    reason: format!(
+                        "{bytes} bytes, over the cap of {} bytes; dropped as it arrived",
+                        self.max_bytes
+                    ),
+                }),
+            },
         };
         Poll::Ready(Some(item))
     }

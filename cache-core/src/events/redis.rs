@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
-use super::hub::{Hub, Message, Topic};
+use super::hub::{Hub, Message, Payload, Topic};
 use crate::config::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 use crate::store::redis as store;
@@ -35,10 +35,11 @@ impl PubSub {
         // node and the pushes do not say which: there the bus confirms
         // every channel itself before it reports the loss over (see `revive`).
         let one_connection = matches!(config.backend, Backend::Redis(_));
+        let max_bytes = config.max_value_bytes;
         let sender = {
             let hub = Arc::clone(hub);
             move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-                on_push(&hub, push, one_connection);
+                on_push(&hub, push, one_connection, max_bytes);
                 Ok(())
             }
         };
@@ -127,14 +128,23 @@ impl PubSub {
     ///
     /// Standalone: an answered PING, since the connection manager runs its
     /// resubscription before it hands out the new connection. Cluster: each
-    /// channel subscribed again and confirmed by the node that serves it
-    /// (the driver resubscribes a reconnected node by itself; a repeated
-    /// `SSUBSCRIBE` is harmless and is the only confirmation this side
-    /// can tell apart per channel).
+    /// channel confirmed on the connection to the primary that serves its
+    /// slot (see [`confirm_on_primary`]).
     pub(crate) async fn resubscribed(&self, topics: &[Topic]) -> bool {
         match self {
             PubSub::Standalone(_) => self.ping().await.is_ok(),
-            PubSub::Cluster(_) => self.ping().await.is_ok() && self.subscribe(topics).await.is_ok(),
+            PubSub::Cluster(conn) => {
+                if self.ping().await.is_err() {
+                    return false;
+                }
+                let (channels, _) = split(topics);
+                for channel in channels {
+                    if !confirm_on_primary(conn.clone(), channel).await {
+                        return false;
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -153,6 +163,114 @@ impl PubSub {
     }
 }
 
+/// Subscribes `channel` again and confirms it on the connection the
+/// cluster client keeps to the primary serving the channel's slot, the node
+/// whose publishes count it. The driver resubscribes a reconnected node by
+/// itself, but cannot say when; and an `SSUBSCRIBE` sent while that
+/// primary's connection is down goes to its replica (sharded pub/sub is
+/// served there too): confirmed early, before the primary is back, and
+/// left behind as a second subscription once it is (every message twice).
+/// So the `SSUBSCRIBE` is sent only while the primary's connection is up,
+/// and counts only if that connection is the same one before and after it:
+/// the driver routes it to the primary's connection while there is one.
+async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool {
+    let Some(before) = primary_connection(&mut conn, channel).await else {
+        return false;
+    };
+    if conn.ssubscribe(channel).await.is_err() {
+        return false;
+    }
+    match (before, primary_connection(&mut conn, channel).await) {
+        (Probe::Connection { id }, Some(Probe::Connection { id: after })) => id == after,
+        // The server refuses the probe's commands (an ACL): the confirmed
+        // `SSUBSCRIBE` is all there is to go by.
+        (Probe::Refused, Some(Probe::Refused)) => true,
+        _ => false,
+    }
+}
+
+/// What [`primary_connection`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The server-side id of the client's connection to the slot's primary.
+    Connection { id: u64 },
+    /// The probe itself was refused; nothing can be told.
+    Refused,
+}
+
+/// The id of the connection the cluster client uses for the primary that
+/// serves `channel`'s slot, or `None` when it has none up. One pipeline,
+/// routed as the driver routes to that primary, so answered on one
+/// connection: the answering node's id, the connection's id, the slot and
+/// the node's view of who serves it. When the driver has no connection to
+/// the primary it sends the pipeline to another node, which says so (its
+/// id is not the slot's primary's), without a redirect to follow or a
+/// retry to wait for.
+async fn primary_connection(conn: &mut ClusterConnection, channel: &str) -> Option<Probe> {
+    let mut probe = redis::pipe();
+    probe
+        .cmd("CLUSTER")
+        .arg("MYID")
+        .cmd("CLIENT")
+        .arg("ID")
+        .cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(channel)
+        .cmd("CLUSTER")
+        .arg("SLOTS");
+    let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(channel, SlotAddr::Master));
+    let replies = match conn.route_pipeline(probe, 0, 4, route).await {
+        Ok(replies) => replies,
+        Err(err) if err.code() == Some("NOPERM") => return Some(Probe::Refused),
+        Err(_) => return None,
+    };
+    if replies
+        .iter()
+        .any(|reply| matches!(reply, Value::ServerError(err) if err.code() == "NOPERM"))
+    {
+        return Some(Probe::Refused);
+    }
+    let [node, Value::Int(id), Value::Int(slot), Value::Array(slots)] = replies.as_slice() else {
+        return None;
+    };
+    let node = text(node)?;
+    let serving = slots.iter().find_map(|range| slot_primary(range, *slot))?;
+    if serving != node {
+        return None;
+    }
+    u64::try_from(*id).ok().map(|id| Probe::Connection { id })
+}
+
+/// The node id of the primary of one `CLUSTER SLOTS` range
+/// (`[start, end, [ip, port, id, ...], replicas...]`) if it holds `slot`.
+fn slot_primary(range: &Value, slot: i64) -> Option<&str> {
+    let Value::Array(range) = range else {
+        return None;
+    };
+    let [
+        Value::Int(start),
+        Value::Int(end),
+        Value::Array(primary),
+        ..,
+    ] = range.as_slice()
+    else {
+        return None;
+    };
+    if !(*start..=*end).contains(&slot) {
+        return None;
+    }
+    text(primary.get(2)?)
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
 fn split(topics: &[Topic]) -> (Vec<&str>, Vec<&str>) {
     let mut channels = Vec::new();
     let mut patterns = Vec::new();
@@ -165,8 +283,11 @@ fn split(topics: &[Topic]) -> (Vec<&str>, Vec<&str>) {
     (channels, patterns)
 }
 
-/// Called by the driver for every push, on its connection task: never blocks.
-fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
+/// Called by the driver for every push, on its connection task: never
+/// blocks. A payload over `max_bytes` is dropped here, before any queue:
+/// the subscriptions get its size only, so that a publisher of huge
+/// messages cannot fill idle subscriptions' buffers with them.
+fn on_push(hub: &Hub, push: PushInfo, one_connection: bool, max_bytes: usize) {
     let text = |value: Option<&Value>| -> Option<Arc<str>> {
         match value? {
             Value::BulkString(bytes) => Some(Arc::from(String::from_utf8_lossy(bytes))),
@@ -174,12 +295,17 @@ fn on_push(hub: &Hub, push: PushInfo, one_connection: bool) {
             _ => None,
         }
     };
-    let bytes = |value: Option<&Value>| -> Option<Arc<[u8]>> {
-        match value? {
-            Value::BulkString(bytes) => Some(Arc::from(bytes.as_slice())),
-            Value::SimpleString(text) => Some(Arc::from(text.as_bytes())),
-            _ => None,
-        }
+    let bytes = |value: Option<&Value>| -> Option<Payload> {
+        let bytes = match value? {
+            Value::BulkString(bytes) => bytes.as_slice(),
+            Value::SimpleString(text) => text.as_bytes(),
+            _ => return None,
+        };
+        Some(if bytes.len() > max_bytes {
+            Payload::Oversized(bytes.len())
+        } else {
+            Payload::Bytes(Arc::from(bytes))
+        })
     };
     match push.kind {
         PushKind::Message | PushKind::SMessage => {

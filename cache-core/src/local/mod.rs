@@ -8,6 +8,10 @@
 //!   expired or evicted under the prefix, by any client, and a null key for
 //!   `FLUSHDB`/`FLUSHALL`; the pushes are applied to the tier in the
 //!   connection's read loop, in order with that connection's replies.
+//! - **What is not announced**: `SWAPDB` changes every key of the tracked
+//!   database without a push. On a standalone server the tracking
+//!   connection's heartbeat reads a marker of the database's identity, and
+//!   a change empties the tier within one heartbeat (see [`tracking`]).
 //! - **Never read without tracking**: the tier is only read while every
 //!   tracking connection is up. Losing one empties the tier and closes it;
 //!   it opens again (empty) once tracking is re-established, so nothing

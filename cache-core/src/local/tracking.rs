@@ -16,6 +16,16 @@
 //! enable tracking, open the tier; on a disconnection push, a failed
 //! heartbeat or (cluster) a change of primaries, close the tier and start
 //! over after a backoff.
+//!
+//! Some changes reach no tracking connection: `SWAPDB` puts another
+//! database's keys under the connection's database and announces nothing
+//! (Redis 7.0). So on a standalone server the tier also keeps a marker of the
+//! database's identity, `{namespace}:__local:db-identity`: a random value
+//! that the first tier writes (`SET NX`, no TTL) and every tier reads back as
+//! its heartbeat. A value other than the one read when tracking came up, or
+//! none, means the database under the connection may have changed: the tier
+//! takes the current identity (writing a fresh one if there is none) and is
+//! emptied. A cluster has one database per node and refuses `SWAPDB`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,6 +35,9 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
 use super::LocalTier;
+
+/// The database-identity marker's key, after the tracked prefix.
+const IDENTITY_KEY: &str = "__local:db-identity";
 
 /// How often the tracking connections are checked: a connection that hangs
 /// without closing (a paused server, a lost network) is found within about
@@ -86,7 +99,7 @@ impl Supervisor {
             // Told by the push handler that a connection closed.
             let lost = Arc::new(Notify::new());
             match self.connect(&lost, generation).await {
-                Ok((connections, primaries)) => {
+                Ok((connections, primaries, mut identity)) => {
                     let Some(tier) = self.tier.upgrade() else {
                         return;
                     };
@@ -100,7 +113,9 @@ impl Supervisor {
                     drop(tier);
                     tracing::info!(primaries = connections.len(), "local tier: tracking up");
                     backoff = MIN_BACKOFF;
-                    let reason = self.watch(&connections, &primaries, &lost).await;
+                    let reason = self
+                        .watch(&connections, &primaries, identity.as_mut(), &lost)
+                        .await;
                     if self.tier.strong_count() == 0 {
                         return;
                     }
@@ -131,17 +146,24 @@ impl Supervisor {
         }
     }
 
-    /// A tracking connection to every primary, and the primaries' addresses
-    /// (cluster only, to notice when they change).
+    /// A tracking connection to every primary, the primaries' addresses
+    /// (cluster only, to notice when they change), and the database's
+    /// identity (standalone only).
     async fn connect(
         &self,
         lost: &Arc<Notify>,
         generation: u64,
-    ) -> redis::RedisResult<(Vec<MultiplexedConnection>, Vec<(String, u16)>)> {
+    ) -> redis::RedisResult<(
+        Vec<MultiplexedConnection>,
+        Vec<(String, u16)>,
+        Option<Identity>,
+    )> {
         match &self.store {
             TrackedStore::Standalone(client) => {
-                let conn = self.track((**client).clone(), lost, generation).await?;
-                Ok((vec![conn], Vec::new()))
+                let mut conn = self.track((**client).clone(), lost, generation).await?;
+                let key = format!("{}{IDENTITY_KEY}", self.prefix.as_deref().unwrap_or(""));
+                let value = establish_identity(&mut conn, &key).await?;
+                Ok((vec![conn], Vec::new(), Some(Identity { key, value })))
             }
             TrackedStore::Cluster(seeds) => {
                 let primaries = self.primaries(seeds).await?;
@@ -151,7 +173,7 @@ impl Supervisor {
                     let client = client_at(seed, host, *port)?;
                     connections.push(self.track(client, lost, generation).await?);
                 }
-                Ok((connections, primaries))
+                Ok((connections, primaries, None))
             }
         }
     }
@@ -215,11 +237,13 @@ impl Supervisor {
     }
 
     /// Returns (with the reason) once a connection is lost, a heartbeat fails,
-    /// the primaries changed or the tier is gone.
+    /// the primaries changed or the tier is gone. Empties the tier when the
+    /// database's `identity` changed.
     async fn watch(
         &self,
         connections: &[MultiplexedConnection],
         primaries: &[(String, u16)],
+        mut identity: Option<&mut Identity>,
         lost: &Notify,
     ) -> &'static str {
         loop {
@@ -229,6 +253,13 @@ impl Supervisor {
             }
             if self.tier.strong_count() == 0 {
                 return "handle dropped";
+            }
+            if let (Some(identity), Some(conn)) = (identity.as_deref_mut(), connections.first()) {
+                // Standalone: reading the marker is the heartbeat.
+                match self.check_identity(conn.clone(), identity).await {
+                    Ok(()) => continue,
+                    Err(reason) => return reason,
+                }
             }
             for conn in connections {
                 if !ping(conn.clone(), self.response_timeout).await {
@@ -250,6 +281,83 @@ impl Supervisor {
                     _ => return "heartbeat failed",
                 }
             }
+        }
+    }
+}
+
+/// The database-identity marker of a standalone server's tracked database,
+/// and its value when last read.
+struct Identity {
+    key: String,
+    /// `None` when the marker could not be written (an ACL refusing it) and
+    /// no other instance has written it yet.
+    value: Option<Vec<u8>>,
+}
+
+impl Supervisor {
+    /// Reads the marker on `conn`; when it is not what was read before,
+    /// takes the current identity, then empties the tier: every entry may
+    /// come from the database that was there before. In that order, so that
+    /// a second change while this runs is caught by the next heartbeat
+    /// rather than recorded as the state the entries filled after the
+    /// flush come from.
+    async fn check_identity(
+        &self,
+        mut conn: MultiplexedConnection,
+        identity: &mut Identity,
+    ) -> Result<(), &'static str> {
+        let mut get = redis::cmd("GET");
+        get.arg(&identity.key);
+        let read = get.query_async(&mut conn);
+        let now: Option<Vec<u8>> = match tokio::time::timeout(self.response_timeout, read).await {
+            Ok(Ok(now)) => now,
+            _ => return Err("heartbeat failed"),
+        };
+        if now == identity.value {
+            return Ok(());
+        }
+        let current = tokio::time::timeout(
+            self.response_timeout,
+            establish_identity(&mut conn, &identity.key),
+        );
+        identity.value = match current.await {
+            Ok(Ok(value)) => value,
+            _ => return Err("heartbeat failed"),
+        };
+        let Some(tier) = self.tier.upgrade() else {
+            return Err("handle dropped");
+        };
+        tier.flush();
+        tracing::info!(
+            "local tier: the database under the tracking connection changed (SWAPDB, a flush, or its identity marker deleted or evicted); the tier was emptied"
+        );
+        Ok(())
+    }
+}
+
+/// The identity of the database `conn` is on: the marker under `key`,
+/// written first with a fresh random value if there is none (`SET NX`, so
+/// every instance adopts the first one's). When the write is refused (an
+/// ACL), the marker is only read: such a handle notices a change once
+/// another instance has written one.
+async fn establish_identity(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> redis::RedisResult<Option<Vec<u8>>> {
+    let fresh = format!("{:032x}", fastrand::u128(..));
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(key)
+        .arg(&fresh)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(key);
+    match pipe.query_async::<(Option<Vec<u8>>,)>(conn).await {
+        Ok((value,)) => Ok(value),
+        Err(err) => {
+            tracing::debug!(%err, "local tier: the database-identity marker could not be written; only read");
+            redis::cmd("GET").arg(key).query_async(conn).await
         }
     }
 }

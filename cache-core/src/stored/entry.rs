@@ -7,6 +7,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 
 use super::envelope::{self, COMPRESSED, ENCRYPTED, Header};
+use super::keys::DecryptError;
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
@@ -50,6 +51,12 @@ pub(crate) enum OpenError {
     Malformed(&'static str),
     /// A token that no key authenticates, or no keys at all.
     Unauthenticated,
+    /// An authentic token stamped more than the handle's
+    /// `encryption_max_skew` ahead of this clock.
+    Skewed {
+        /// Seconds from now to the token's timestamp.
+        ahead_secs: u64,
+    },
 }
 
 impl Cache {
@@ -107,7 +114,13 @@ impl Cache {
         if header.flags & ENCRYPTED != 0 {
             let keys = self.encryption_keys().ok_or(OpenError::Unauthenticated)?;
             let token = std::str::from_utf8(&payload).map_err(|_| OpenError::Unauthenticated)?;
-            payload = keys.decrypt(token).ok_or(OpenError::Unauthenticated)?;
+            let max_skew = self.config().encryption_max_skew;
+            payload = keys
+                .decrypt(token, now_ms() / 1000, max_skew)
+                .map_err(|err| match err {
+                    DecryptError::Unauthenticated => OpenError::Unauthenticated,
+                    DecryptError::Skewed { ahead_secs } => OpenError::Skewed { ahead_secs },
+                })?;
         }
         if header.flags & COMPRESSED != 0 {
             payload = decompress_capped(&payload, self.max_value_bytes())

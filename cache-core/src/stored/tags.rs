@@ -1,7 +1,8 @@
 //! Tags: O(1) invalidation of every entry carrying one.
 //!
 //! Each tag has a version key, `__tag:{tag}` (under the handle's namespace),
-//! holding a random number (absent: version 0). An entry records the
+//! holding a random number in `1..=i64::MAX`, so that `INCR` from any client
+//! is a valid bump (absent, or not a decimal integer: version 0). An entry records the
 //! versions of its tags, read *before* its value was computed; it is valid
 //! while every one of them is unchanged and present (a writer that finds a
 //! version key absent sets it first, so no entry records 0). [`Cache::invalidate_tag`] is one
@@ -24,16 +25,26 @@ pub(crate) fn tag_key(tag: &str) -> String {
     format!("__tag:{tag}")
 }
 
-/// A version as stored: decimal text; absent is 0, anything else that does
-/// not parse is `u64::MAX` (it still changes on the next invalidation).
+/// The largest version drawn: versions stay within Redis' integers, so
+/// that another program can bump a tag with `INCR` (Redis and Valkey refuse
+/// to increment a value over `i64::MAX`).
+const MAX_VERSION: u64 = i64::MAX as u64;
+
+/// A fresh random version, never 0.
+fn fresh_version() -> u64 {
+    fastrand::u64(1..=MAX_VERSION)
+}
+
+/// A version as stored: decimal text. Absent is 0, and so is anything that
+/// does not parse (garbage another writer left): no entry records 0, so it
+/// is a miss for every entry carrying the tag, and the next writer sets a
+/// fresh version. Read as one fixed number, a change from one unparsable
+/// value to another would go unnoticed.
 pub(crate) fn parse_version(bytes: Option<&[u8]>) -> u64 {
-    match bytes {
-        None => 0,
-        Some(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(u64::MAX),
-    }
+    bytes
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `true` when the recorded tags are exactly `current` (names and versions),
@@ -48,8 +59,9 @@ pub(crate) fn tags_match(recorded: &[(String, u64)], current: &[(String, u64)]) 
 impl Cache {
     /// Makes every entry tagged `tag` a miss, on every instance, with one
     /// Redis write (a `SET` of the tag's version key to a fresh random
-    /// version; the key has no TTL). Entries are not deleted: they expire
-    /// with their TTL.
+    /// version in `1..=i64::MAX`; the key has no TTL). Entries are not
+    /// deleted: they expire with their TTL. Another program does the same
+    /// with `INCR {namespace}:__tag:{tag}` (or any `SET` of another value).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -67,7 +79,7 @@ impl Cache {
         if tag.is_empty() {
             return Err(Error::invalid("tag", "empty"));
         }
-        let version = fastrand::u64(1..u64::MAX);
+        let version = fresh_version();
         crate::telemetry::tag_invalidated();
         self.set_bytes(&tag_key(tag), version.to_string().as_bytes(), None)
             .await
@@ -114,8 +126,8 @@ impl Cache {
         self.set_bytes(key, &sealed, ttl).await
     }
 
-    /// Gives every tag of `versions` whose version key is absent (version
-    /// 0) a fresh random version, before a value is computed or written
+    /// Gives every tag of `versions` whose version key is absent or
+    /// unparsable (version 0) a fresh random version, before a value is computed or written
     /// under them: an entry never records version 0, so an absent key is a
     /// miss for every entry carrying the tag. Setting a key that is absent
     /// only invalidates entries that were misses already (at worst, a
@@ -126,7 +138,7 @@ impl Cache {
         timeout: Duration,
     ) -> Result<()> {
         for (tag, version) in versions.iter_mut().filter(|(_, version)| *version == 0) {
-            let fresh = fastrand::u64(1..u64::MAX);
+            let fresh = fresh_version();
             let key = self.owned_full_key(tag_key(tag));
             self.set_full_within(&key, fresh.to_string().as_bytes(), None, timeout)
                 .await?;
@@ -219,6 +231,21 @@ impl Cache {
                 }
                 None
             }
+            Err(super::entry::OpenError::Skewed { ahead_secs }) => {
+                counters.record_clock_skew_miss();
+                counters.record_miss();
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        key,
+                        ahead_secs,
+                        max_skew_secs = self.config().encryption_max_skew.as_secs(),
+                        "an encrypted cache entry is stamped further in the future than the allowed clock skew (the writer's clock runs ahead, or this one lags); treated as a miss, counted in Stats::clock_skew_misses, logged once"
+                    );
+                }
+                None
+            }
             Err(super::entry::OpenError::Malformed(what)) => {
                 counters.record_decode_error();
                 counters.record_miss();
@@ -297,5 +324,25 @@ impl Cache {
             }
             Some(bytes) => self.decode_enveloped(key, bytes, true).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_redis_integers_and_garbage_reads_as_absent() {
+        for _ in 0..10_000 {
+            let version = fresh_version();
+            assert!((1..=i64::MAX as u64).contains(&version));
+        }
+        assert_eq!(parse_version(None), 0);
+        assert_eq!(parse_version(Some(b"42")), 42);
+        assert_eq!(parse_version(Some(b"not-a-version")), 0);
+        assert_eq!(parse_version(Some(b"\xff\xfe")), 0);
+        assert_eq!(parse_version(Some(b"")), 0);
+        // Written by an earlier release, which drew up to u64::MAX.
+        assert_eq!(parse_version(Some(b"18446744073709551614")), u64::MAX - 1);
     }
 }
