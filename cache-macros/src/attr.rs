@@ -58,7 +58,22 @@ pub(crate) struct StoredArgs {
 impl StoredArgs {
     /// `true` when any option is given: the entry takes an envelope.
     pub(crate) fn any(&self) -> bool {
-        self.stale.is_some() || self.compress.is_some() || self.encrypt || self.tags.is_some()
+        self.first().is_some()
+    }
+
+    /// The name of the first option given, in the order of the docs' table.
+    fn first(&self) -> Option<&'static str> {
+        if self.stale.is_some() {
+            Some("stale")
+        } else if self.compress.is_some() {
+            Some("compress")
+        } else if self.encrypt {
+            Some("encrypt")
+        } else if self.tags.is_some() {
+            Some("tags")
+        } else {
+            None
+        }
     }
 }
 
@@ -158,7 +173,9 @@ struct GivenOptions {
     stored: StoredArgs,
     /// Where `timeout` is written: it needs `stale`.
     timeout_span: Option<Span>,
-    local: Option<bool>,
+    /// `local = ...` and where it is written: `local = true` is refused
+    /// beside the stored-value options, which bypass the local tier.
+    local: Option<(bool, Span)>,
 }
 
 impl GivenOptions {
@@ -184,7 +201,9 @@ impl GivenOptions {
             CachedOption::Compress(compress) => self.stored.compress = Some(compress.threshold),
             CachedOption::Encrypt(_) => self.stored.encrypt = true,
             CachedOption::Tags(setting) => self.stored.tags = Some(setting.value.0),
-            CachedOption::Local(setting) => self.local = Some(setting.value.0),
+            CachedOption::Local(setting) => {
+                self.local = Some((setting.value.0, setting.keyword.span));
+            }
         }
         Ok(())
     }
@@ -205,6 +224,16 @@ impl GivenOptions {
                 "`timeout` bounds the background refresh of `stale`: add `stale = ...`",
             ));
         }
+        if let (Some((true, span)), Some(option)) = (self.local, self.stored.first()) {
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "`local = true` does not work beside `{option}` yet: entries with `stale`, \
+                     `compress`, `encrypt` or `tags` are never kept in the local tier; \
+                     remove `local = true`"
+                ),
+            ));
+        }
         Ok(CachedArgs {
             stored: self.stored,
             prefix,
@@ -213,7 +242,7 @@ impl GivenOptions {
             cache: self.cache,
             key: self.key,
             codec: self.codec,
-            local: self.local.unwrap_or(true),
+            local: self.local.is_none_or(|(local, _)| local),
         })
     }
 }

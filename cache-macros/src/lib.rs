@@ -87,9 +87,11 @@
 //! | `encrypt` | store a Fernet token of the value, with the handle's `EncryptionKeys` |
 //! | `tags = [expr, ...]` | tags (anything `Display`, computed from the arguments) that `Cache::invalidate_tag` drops together |
 //!
-//! The last four wrap the entry in `cache_core::envelope`. With `stale`,
-//! the body may run in a background task: it must be `Send + 'static`, so
-//! take arguments by value (`String`, `Cache`, `Arc<Self>`).
+//! The last four wrap the entry in `cache_core::envelope`, and such entries
+//! are never kept in the local tier: `local = true` beside them is a compile
+//! error. With `stale`, the body may run in a background task: it must be
+//! `Send + 'static`, so take arguments by value (`String`, `Cache`,
+//! `Arc<Self>`).
 //!
 //! ```
 //! use cache_core::{Cache, cached};
