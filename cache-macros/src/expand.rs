@@ -3,7 +3,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type};
 
 use crate::attr::{CachedArgs, Codec, Ttl};
 
@@ -138,9 +138,10 @@ fn require_async(sig: &Signature) -> syn::Result<()> {
     Ok(())
 }
 
-/// The named arguments that make up the key, in order: `self` and the
-/// skipped ones are never part of it.
+/// The named arguments that make up the key, in order: `self`, the
+/// skipped ones and the handle are never part of it.
 fn key_arguments(sig: &Signature, args: &CachedArgs) -> syn::Result<Vec<Ident>> {
+    let handle = handle_argument(sig, args);
     let mut names: Vec<Ident> = Vec::new();
     for input in &sig.inputs {
         let FnArg::Typed(typed) = input else {
@@ -166,8 +167,44 @@ fn key_arguments(sig: &Signature, args: &CachedArgs) -> syn::Result<Vec<Ident>> 
             format!("`{unknown}` is not an argument of this function"),
         ));
     }
-    names.retain(|name| !args.skip.contains(name));
+    names.retain(|name| !args.skip.contains(name) && handle.as_ref() != Some(name));
     Ok(names)
+}
+
+/// The argument that `cache = x` names (or `&x`, `Some(x)`, `Some(&x)`,
+/// `x.clone()`): the handle is never part of the key, so it is left out as
+/// if skipped.
+fn handle_argument(sig: &Signature, args: &CachedArgs) -> Option<Ident> {
+    let mut expr = args.cache.as_ref()?;
+    loop {
+        match expr {
+            Expr::Reference(reference) => expr = &reference.expr,
+            Expr::Paren(paren) => expr = &paren.expr,
+            Expr::Group(group) => expr = &group.expr,
+            Expr::MethodCall(call) if call.method == "clone" && call.args.is_empty() => {
+                expr = &call.receiver;
+            }
+            Expr::Call(call)
+                if call.args.len() == 1
+                    && matches!(&*call.func, Expr::Path(path)
+                        if path.path.segments.last().is_some_and(|last| last.ident == "Some")) =>
+            {
+                expr = &call.args[0];
+            }
+            _ => break,
+        }
+    }
+    let Expr::Path(path) = expr else {
+        return None;
+    };
+    let name = path.path.get_ident().filter(|_| path.qself.is_none())?;
+    sig.inputs
+        .iter()
+        .any(|input| {
+            matches!(input, FnArg::Typed(typed)
+                if matches!(&*typed.pat, Pat::Ident(pat) if pat.ident == *name))
+        })
+        .then(|| name.clone())
 }
 
 /// The type cached values decode into.

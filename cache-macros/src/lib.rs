@@ -37,7 +37,9 @@
 //! `self` is never part of the key; `cache = ...` picks the handle
 //! (`Cache`, `&Cache`, `Option<Cache>` or `Option<&Cache>`), `skip(...)`
 //! leaves arguments out of the key, `key = ...` replaces the hash with a
-//! readable suffix.
+//! readable suffix. When `cache = x` names an argument (as `x`, `&x`,
+//! `Some(x)`, `Some(&x)` or `x.clone()`), that argument is left out of the
+//! key without `skip(x)`: a handle is never part of it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -153,7 +155,8 @@ use syn::{ItemFn, parse_macro_input};
 /// Memoizes an async function or method in a `cache_core::Cache`.
 ///
 /// `prefix` and `ttl` are required; the entry's key is `{prefix}:{hash of
-/// the arguments}` (`self` and `skip(...)` arguments left out). `Result`
+/// the arguments}` (`self`, `skip(...)` arguments and the `cache = ...`
+/// argument left out). `Result`
 /// functions cache `Ok` only, `Option` functions `Some` only. A cache that
 /// fails makes the function run: callers never see a cache error. The
 /// [crate docs](crate) walk through every option (`cache`, `skip`, `key`,
@@ -163,7 +166,7 @@ use syn::{ItemFn, parse_macro_input};
 /// ```
 /// use cache_core::{Cache, cached};
 ///
-/// #[cached(prefix = "square", ttl = 60, cache = cache, skip(cache))]
+/// #[cached(prefix = "square", ttl = 60, cache = cache)] // `cache` is not part of the key
 /// async fn square(cache: &Cache, n: u64) -> u64 {
 ///     n * n
 /// }

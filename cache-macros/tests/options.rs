@@ -25,6 +25,11 @@ async fn custom_key(cache: &Cache, calls: &AtomicUsize, id: u64) -> Result<u64, 
     Ok(id)
 }
 
+#[cached(prefix = "quote", ttl = 5, stale = 60, local = false, cache = cache)]
+async fn quote(cache: Cache, symbol: String) -> u64 {
+    symbol.len() as u64
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_option_compiles_and_memoizes() {
     let cache = Cache::in_memory();
@@ -45,4 +50,12 @@ async fn every_option_compiles_and_memoizes() {
     assert_eq!(custom_key(&cache, &calls, 7).await, Ok(7));
     assert_eq!(calls.load(Ordering::Relaxed), 1);
     assert_eq!(cache.exists("user:user:7").await.ok(), Some(true));
+
+    // `local = false` beside `stale`; the `cache = ...` argument is not in the key.
+    assert_eq!(quote(cache.clone(), "BTC".into()).await, 3);
+    let key = cache_core::key_for("quote", &("BTC",)).ok();
+    assert_eq!(
+        cache.exists(&key.unwrap_or_default()).await.ok(),
+        Some(true)
+    );
 }

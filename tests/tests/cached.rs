@@ -42,6 +42,7 @@ tests::suite!(
     arguments_without_canonical_json_are_not_cached,
     a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
     hash_map_arguments_hit_whatever_their_order,
+    the_cache_argument_is_never_part_of_the_key,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +152,20 @@ async fn total(cache: &Cache, calls: &AtomicUsize, counts: &HashMap<String, u32>
 async fn fleeting(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
     calls.fetch_add(1, Ordering::SeqCst);
     n + 1
+}
+
+/// The handle named by `cache = ...` is left out of the key without `skip`.
+#[cached(prefix = "handle-arg", ttl = 60, cache = cache, skip(calls))]
+async fn handle_arg(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    n * 3
+}
+
+/// An owned handle named by reference, not skipped either.
+#[cached(prefix = "owned-handle-arg", ttl = 60, cache = &cache)]
+async fn owned_handle_arg(cache: Cache, n: u32) -> u32 {
+    drop(cache);
+    n * 4
 }
 
 mod behaviour {
@@ -446,6 +461,19 @@ mod behaviour {
             assert_eq!(cache.get_bytes(&key).await.unwrap().unwrap(), own);
         }
         assert_eq!(cache.stats().decode_errors, 3);
+    }
+
+    pub async fn the_cache_argument_is_never_part_of_the_key(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(handle_arg(&cache, &calls, 5).await, 15);
+        assert_eq!(handle_arg(&cache, &calls, 5).await, 15);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let key = key_for("handle-arg", &(5,)).unwrap();
+        assert!(cache.exists(&key).await.unwrap());
+
+        assert_eq!(owned_handle_arg(cache.clone(), 2).await, 8);
+        let key = key_for("owned-handle-arg", &(2,)).unwrap();
+        assert!(cache.exists(&key).await.unwrap());
     }
 
     pub async fn hash_map_arguments_hit_whatever_their_order(cache: Cache) {
