@@ -3,7 +3,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type};
+use syn::{Expr, FnArg, GenericParam, Ident, ItemFn, Pat, ReturnType, Signature, Type};
 
 use crate::attr::{CachedArgs, Codec, Ttl};
 
@@ -64,6 +64,8 @@ fn contains_impl_trait(ty: &Type) -> bool {
         Type::Tuple(tuple) => tuple.elems.iter().any(contains_impl_trait),
         Type::Array(array) => contains_impl_trait(&array.elem),
         Type::Paren(paren) => contains_impl_trait(&paren.elem),
+        Type::Reference(reference) => contains_impl_trait(&reference.elem),
+        Type::Slice(slice) => contains_impl_trait(&slice.elem),
         _ => false,
     }
 }
@@ -76,12 +78,18 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
         sig,
         block,
     } = function;
-    require_async(&sig)?;
-    let key_args = key_arguments(&sig, &args)?;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "#[cached] works on `async fn` only",
+        ));
+    }
+    let arguments = Arguments::of(&sig, &args)?;
     let return_type = return_type(&sig)?;
     let (stored, restore) = outcome(&return_type).store_and_restore();
-    let serialize_checks = serialize_checks(&args, &key_args);
-    let call = call(&args, &key_args, &sig.ident);
+    let serialize_checks = serialize_checks(&args, &arguments.key);
+    let key = key(&args, &sig, &arguments);
+    let call = call(&args, &key, &sig.ident);
     if args.stored.any() {
         return Ok(expand_stored(
             &args,
@@ -128,47 +136,58 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
     })
 }
 
-fn require_async(sig: &Signature) -> syn::Result<()> {
-    if sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(
-            sig.fn_token,
-            "#[cached] works on `async fn` only",
-        ));
-    }
-    Ok(())
+/// The function's arguments as the key sees them.
+struct Arguments {
+    /// The named arguments that make up a hashed key, in order: `self`, the
+    /// skipped ones and the handle are never part of it.
+    key: Vec<Ident>,
+    /// Those of [`Self::key`] whose type holds an `impl Trait`: an unnamed
+    /// type parameter, whose name goes in the key as a named one's does.
+    impl_trait: Vec<Ident>,
 }
 
-/// The named arguments that make up the key, in order: `self`, the
-/// skipped ones and the handle are never part of it.
-fn key_arguments(sig: &Signature, args: &CachedArgs) -> syn::Result<Vec<Ident>> {
-    let handle = handle_argument(sig, args);
-    let mut names: Vec<Ident> = Vec::new();
-    for input in &sig.inputs {
-        let FnArg::Typed(typed) = input else {
-            continue;
-        };
-        match &*typed.pat {
-            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
-                names.push(pat.ident.clone());
+impl Arguments {
+    fn of(sig: &Signature, args: &CachedArgs) -> syn::Result<Arguments> {
+        let handle = handle_argument(sig, args);
+        let mut names: Vec<Ident> = Vec::new();
+        let mut impl_trait = Vec::new();
+        for input in &sig.inputs {
+            let FnArg::Typed(typed) = input else {
+                continue;
+            };
+            match &*typed.pat {
+                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+                    let name = &pat.ident;
+                    names.push(name.clone());
+                    if args.skip.contains(name) || handle.as_ref() == Some(name) {
+                        continue;
+                    }
+                    if contains_impl_trait(&typed.ty) {
+                        impl_trait.push(name.clone());
+                    }
+                }
+                pattern if args.key.is_none() => {
+                    return Err(syn::Error::new_spanned(
+                        pattern,
+                        "#[cached] cannot put a pattern argument in the key: bind it to a name \
+                         (`pair: (u8, u8)`) or give the key yourself with `key = ...`",
+                    ));
+                }
+                _ => {}
             }
-            pattern if args.key.is_none() => {
-                return Err(syn::Error::new_spanned(
-                    pattern,
-                    "#[cached] cannot put a pattern argument in the key: bind it to a name \
-                     (`pair: (u8, u8)`) or give the key yourself with `key = ...`",
-                ));
-            }
-            _ => {}
         }
+        if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
+            return Err(syn::Error::new_spanned(
+                unknown,
+                format!("`{unknown}` is not an argument of this function"),
+            ));
+        }
+        names.retain(|name| !args.skip.contains(name) && handle.as_ref() != Some(name));
+        Ok(Arguments {
+            key: names,
+            impl_trait,
+        })
     }
-    if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
-        return Err(syn::Error::new_spanned(
-            unknown,
-            format!("`{unknown}` is not an argument of this function"),
-        ));
-    }
-    names.retain(|name| !args.skip.contains(name) && handle.as_ref() != Some(name));
-    Ok(names)
 }
 
 /// The argument that `cache = x` names (or `&x`, `Some(x)`, `Some(&x)`,
@@ -234,16 +253,51 @@ fn serialize_checks(args: &CachedArgs, key_args: &[Ident]) -> TokenStream {
         .collect()
 }
 
+/// The expression that builds the call's key (`Result<String>`, no
+/// namespace), over the arguments by name.
+///
+/// A hashed key hashes the key arguments; a generic function's adds, last,
+/// one array with each type parameter's `type_name` (a const parameter's
+/// value) and each `impl Trait` argument's type name, so that `f(1u8)` and
+/// `f(1.0f64)`, whose arguments have the same JSON, get keys of their own.
+fn key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream {
+    let prefix = &args.prefix;
+    if let Some(expr) = &args.key {
+        return quote!(::cache_core::__private::custom_key(#prefix, #expr));
+    }
+    let key_args = &arguments.key;
+    let types: Vec<TokenStream> = sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(ty) => {
+                let name = &ty.ident;
+                Some(quote!(::core::any::type_name::<#name>()))
+            }
+            GenericParam::Const(constant) => {
+                let name = &constant.ident;
+                Some(quote!(#name))
+            }
+            GenericParam::Lifetime(_) => None,
+        })
+        .chain(
+            arguments
+                .impl_trait
+                .iter()
+                .map(|arg| quote!(::core::any::type_name_of_val(&#arg))),
+        )
+        .collect();
+    let types = (!types.is_empty()).then(|| quote!((#(#types,)*),));
+    quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)* #types)))
+}
+
 /// The `Call` describing this invocation: handle, key, TTL, codec and name.
-fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream {
+fn call(args: &CachedArgs, key: &TokenStream, function: &Ident) -> TokenStream {
     let prefix = &args.prefix;
     let cache = match &args.cache {
         Some(expr) => quote!(::cache_core::__private::handle(#expr)),
         None => quote!(::cache_core::__private::default_handle()),
-    };
-    let key = match &args.key {
-        Some(expr) => quote!(::cache_core::__private::custom_key(#prefix, #expr)),
-        None => quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)*))),
     };
     let ttl = match &args.ttl {
         Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),

@@ -132,6 +132,15 @@
 //! drops one entry. A call whose arguments have no canonical form (NaN,
 //! infinity) runs uncached.
 //!
+//! A generic function's array holds one more element, last: an array of
+//! each type parameter's `std::any::type_name` (a const parameter's value),
+//! then each `impl Trait` argument's type name, in declaration order. So
+//! `f::<u8>(1)` hashes `[1,["u8"]]` and `f::<f64>(1.0)` hashes
+//! `[1,["f64"]]`: the same JSON arguments of different types never share an
+//! entry. The type parameters of an enclosing `impl<T>` block are not seen
+//! by the attribute: when a method's result depends on them, say so in
+//! `key = ...`.
+//!
 //! # 5. Behaviour
 //!
 //! - `Result<T, E>`: only `Ok` is cached. `Option<T>`: only `Some`. Anything
@@ -156,7 +165,7 @@ use syn::{ItemFn, parse_macro_input};
 ///
 /// `prefix` and `ttl` are required; the entry's key is `{prefix}:{hash of
 /// the arguments}` (`self`, `skip(...)` arguments and the `cache = ...`
-/// argument left out). `Result`
+/// argument left out; a generic function's type names put in). `Result`
 /// functions cache `Ok` only, `Option` functions `Some` only. A cache that
 /// fails makes the function run: callers never see a cache error. The
 /// [crate docs](crate) walk through every option (`cache`, `skip`, `key`,

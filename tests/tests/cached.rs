@@ -43,6 +43,7 @@ tests::suite!(
     a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
     hash_map_arguments_hit_whatever_their_order,
     the_cache_argument_is_never_part_of_the_key,
+    generic_functions_key_each_type_apart,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +153,25 @@ async fn total(cache: &Cache, calls: &AtomicUsize, counts: &HashMap<String, u32>
 async fn fleeting(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
     calls.fetch_add(1, Ordering::SeqCst);
     n + 1
+}
+
+/// Which type it was called with: `1u8` and `1.0f64` have the same JSON
+/// (`1`), so a key of the arguments alone would give one the other's answer.
+#[cached(prefix = "type-of", ttl = 60, cache = cache, skip(calls))]
+async fn type_of<T: Serialize + Send + Sync>(
+    cache: &Cache,
+    calls: &AtomicUsize,
+    value: T,
+) -> String {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let _ = &value;
+    std::any::type_name::<T>().to_owned()
+}
+
+/// The same with an `impl Trait` argument: an unnamed type parameter.
+#[cached(prefix = "type-of-impl", ttl = 60, cache = cache)]
+async fn type_of_impl(cache: &Cache, value: impl Serialize + Send + Sync) -> String {
+    std::any::type_name_of_val(&value).to_owned()
 }
 
 /// The handle named by `cache = ...` is left out of the key without `skip`.
@@ -463,6 +483,32 @@ mod behaviour {
         assert_eq!(cache.stats().decode_errors, 3);
     }
 
+    pub async fn generic_functions_key_each_type_apart(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(type_of(&cache, &calls, 1u8).await, "u8");
+        assert_eq!(
+            type_of(&cache, &calls, 1.0f64).await,
+            "f64",
+            "not u8's entry"
+        );
+        assert_eq!(type_of(&cache, &calls, 1u8).await, "u8");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the third call was a hit");
+        // The README's form: the arguments, then an array of the type names.
+        let key = key_for("type-of", &(1u8, ("u8",))).unwrap();
+        assert_eq!(
+            key,
+            format!("type-of:{}", cache_core::sha256_hex(br#"[1,["u8"]]"#))
+        );
+        assert!(cache.exists(&key).await.unwrap());
+        let key = key_for("type-of", &(1.0f64, ("f64",))).unwrap();
+        assert!(cache.exists(&key).await.unwrap());
+
+        assert_eq!(type_of_impl(&cache, 1u8).await, "u8");
+        assert_eq!(type_of_impl(&cache, 1.0f64).await, "f64", "not u8's entry");
+        let key = format!("type-of-impl:{}", cache_core::sha256_hex(br#"[1,["f64"]]"#));
+        assert!(cache.exists(&key).await.unwrap());
+    }
+
     pub async fn the_cache_argument_is_never_part_of_the_key(cache: Cache) {
         let calls = AtomicUsize::new(0);
         assert_eq!(handle_arg(&cache, &calls, 5).await, 15);
@@ -755,12 +801,9 @@ mod shapes {
     async fn generic_and_trait_methods_are_memoized() {
         let cache = fixture(Backend::Memory, "shapes").await;
         assert_eq!(generic(&cache, &[1u8, 2, 3], "l").await, 3);
-        assert!(
-            cache
-                .exists(&key_for("generic", &([1u8, 2, 3], "l")).unwrap())
-                .await
-                .unwrap()
-        );
+        // The type parameter's name, then the `impl Trait` argument's.
+        let key = key_for("generic", &([1u8, 2, 3], "l", ("u8", "&str"))).unwrap();
+        assert!(cache.exists(&key).await.unwrap());
         assert_eq!(Length.score(&cache, "four").await, 4);
         assert!(
             cache
