@@ -25,10 +25,11 @@ mod kw {
     syn::custom_keyword!(encrypt);
     syn::custom_keyword!(tags);
     syn::custom_keyword!(local);
+    syn::custom_keyword!(in_trait);
 }
 
-const OPTIONS: &str =
-    "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, encrypt, tags";
+const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, \
+                       encrypt, tags, in_trait";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -42,6 +43,9 @@ pub(crate) struct CachedArgs {
     pub(crate) local: bool,
     /// The stored-value options (`stale`, `timeout`, `compress`, `encrypt`, `tags`).
     pub(crate) stored: StoredArgs,
+    /// `in_trait`: the function is in a trait impl, which can hold only the
+    /// trait's items, so no `{name}_key` / `{name}_invalidate` beside it.
+    pub(crate) in_trait: bool,
 }
 
 /// The options that put an entry in an envelope; all off by default.
@@ -102,6 +106,7 @@ enum CachedOption {
     Encrypt(kw::encrypt),
     Tags(Setting<kw::tags, Tags>),
     Local(Setting<kw::local, Local>),
+    InTrait(kw::in_trait),
 }
 
 impl Parse for CachedOption {
@@ -130,6 +135,8 @@ impl Parse for CachedOption {
             input.parse().map(Self::Tags)
         } else if input.peek(kw::local) {
             input.parse().map(Self::Local)
+        } else if input.peek(kw::in_trait) {
+            input.parse().map(Self::InTrait)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -156,6 +163,7 @@ impl CachedOption {
             Self::Encrypt(keyword) => ("encrypt", keyword.span),
             Self::Tags(setting) => ("tags", setting.keyword.span),
             Self::Local(setting) => ("local", setting.keyword.span),
+            Self::InTrait(keyword) => ("in_trait", keyword.span),
         }
     }
 }
@@ -176,6 +184,7 @@ struct GivenOptions {
     /// `local = ...` and where it is written: `local = true` is refused
     /// beside the stored-value options, which bypass the local tier.
     local: Option<(bool, Span)>,
+    in_trait: bool,
 }
 
 impl GivenOptions {
@@ -204,6 +213,7 @@ impl GivenOptions {
             CachedOption::Local(setting) => {
                 self.local = Some((setting.value.0, setting.keyword.span));
             }
+            CachedOption::InTrait(_) => self.in_trait = true,
         }
         Ok(())
     }
@@ -243,6 +253,7 @@ impl GivenOptions {
             key: self.key,
             codec: self.codec,
             local: self.local.is_none_or(|(local, _)| local),
+            in_trait: self.in_trait,
         })
     }
 }

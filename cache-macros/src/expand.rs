@@ -1,8 +1,10 @@
 //! Code generation: the function keeps its signature; its body becomes a
 //! future handed to `cache_core::__private::memoize` with the call's key.
+//! Beside it go `{name}_key` and `{name}_invalidate`, which build that key
+//! from the same tokens, so the three can never disagree on it.
 
-use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
 use syn::{Expr, FnArg, GenericParam, Ident, ItemFn, Pat, ReturnType, Signature, Type};
 
 use crate::attr::{CachedArgs, Codec, Ttl};
@@ -70,7 +72,8 @@ fn contains_impl_trait(ty: &Type) -> bool {
     }
 }
 
-/// The memoized function, or the first mistake in it.
+/// The memoized function and the two functions beside it, or the first
+/// mistake in it.
 pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStream> {
     let ItemFn {
         attrs,
@@ -89,9 +92,14 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
     let (stored, restore) = outcome(&return_type).store_and_restore();
     let serialize_checks = serialize_checks(&args, &arguments.key);
     let key = key(&args, &sig, &arguments);
+    let siblings = if args.in_trait {
+        TokenStream::new()
+    } else {
+        siblings(&args, &attrs, &vis, &sig, &arguments, &key)
+    };
     let call = call(&args, &key, &sig.ident);
     if args.stored.any() {
-        return Ok(expand_stored(
+        let function = expand_stored(
             &args,
             attrs,
             vis,
@@ -102,7 +110,8 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             serialize_checks,
             stored,
             restore,
-        ));
+        );
+        return Ok(quote!(#function #siblings));
     }
 
     Ok(quote! {
@@ -133,6 +142,8 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             )
             .await
         }
+
+        #siblings
     })
 }
 
@@ -144,6 +155,9 @@ struct Arguments {
     /// Those of [`Self::key`] whose type holds an `impl Trait`: an unnamed
     /// type parameter, whose name goes in the key as a named one's does.
     impl_trait: Vec<Ident>,
+    /// What `{name}_key` and `{name}_invalidate` take: every argument but
+    /// `self`, the skipped ones and the handle, as written.
+    addressing: Vec<syn::PatType>,
 }
 
 impl Arguments {
@@ -151,6 +165,7 @@ impl Arguments {
         let handle = handle_argument(sig, args);
         let mut names: Vec<Ident> = Vec::new();
         let mut impl_trait = Vec::new();
+        let mut addressing = Vec::new();
         for input in &sig.inputs {
             let FnArg::Typed(typed) = input else {
                 continue;
@@ -165,6 +180,7 @@ impl Arguments {
                     if contains_impl_trait(&typed.ty) {
                         impl_trait.push(name.clone());
                     }
+                    addressing.push(typed.clone());
                 }
                 pattern if args.key.is_none() => {
                     return Err(syn::Error::new_spanned(
@@ -173,7 +189,7 @@ impl Arguments {
                          (`pair: (u8, u8)`) or give the key yourself with `key = ...`",
                     ));
                 }
-                _ => {}
+                _ => addressing.push(typed.clone()),
             }
         }
         if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
@@ -182,10 +198,23 @@ impl Arguments {
                 format!("`{unknown}` is not an argument of this function"),
             ));
         }
+        if let Some(expr) = &args.key {
+            let left_out = args.skip.iter().chain(handle.as_ref());
+            if let Some(name) = left_out.into_iter().find(|name| mentions(expr, name)) {
+                return Err(syn::Error::new_spanned(
+                    expr,
+                    format!(
+                        "`key = ...` uses `{name}`, which is left out of the key (by `skip` or \
+                         as the `cache = ...` handle): take it out of `skip(...)`, or out of `key`"
+                    ),
+                ));
+            }
+        }
         names.retain(|name| !args.skip.contains(name) && handle.as_ref() != Some(name));
         Ok(Arguments {
             key: names,
             impl_trait,
+            addressing,
         })
     }
 }
@@ -226,6 +255,58 @@ fn handle_argument(sig: &Signature, args: &CachedArgs) -> Option<Ident> {
         .then(|| name.clone())
 }
 
+/// Whether the expression names the argument `name`: as a token (in macro
+/// calls too; not a field, method or path segment of that name, as in
+/// `x.name` or `a::name`), or inside a format string (`"user:{name}"`).
+fn mentions(expr: &Expr, name: &Ident) -> bool {
+    fn in_tokens(tokens: TokenStream, name: &Ident) -> bool {
+        // The two punctuation marks just before the token, if any.
+        let mut before: [Option<char>; 2] = [None, None];
+        tokens.into_iter().any(|token| {
+            let found = match &token {
+                TokenTree::Ident(ident) => {
+                    let member = before[1] == Some('.') || before == [Some(':'), Some(':')];
+                    !member && ident == name
+                }
+                TokenTree::Group(group) => in_tokens(group.stream(), name),
+                TokenTree::Literal(literal) => in_format_string(&literal.to_string(), name),
+                TokenTree::Punct(_) => false,
+            };
+            let punct = match &token {
+                TokenTree::Punct(punct) => Some(punct.as_char()),
+                _ => None,
+            };
+            before = [before[1], punct];
+            found
+        })
+    }
+    fn in_format_string(literal: &str, name: &Ident) -> bool {
+        let name = name.to_string();
+        literal.match_indices('{').any(|(at, _)| {
+            let rest = &literal[at + 1..];
+            rest.strip_prefix(name.as_str())
+                .is_some_and(|after| after.starts_with('}') || after.starts_with(':'))
+                && !literal[..at].ends_with('{')
+        })
+    }
+    in_tokens(quote!(#expr), name)
+}
+
+/// Whether the `key = ...` expression uses `self`: then `{name}_key` and
+/// `{name}_invalidate` are methods too.
+fn key_uses_self(args: &CachedArgs) -> bool {
+    fn in_tokens(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|token| match token {
+            TokenTree::Ident(ident) => ident == "self",
+            TokenTree::Group(group) => in_tokens(group.stream()),
+            _ => false,
+        })
+    }
+    args.key
+        .as_ref()
+        .is_some_and(|expr| in_tokens(quote!(#expr)))
+}
+
 /// The type cached values decode into.
 fn return_type(sig: &Signature) -> syn::Result<Type> {
     let return_type: Type = match &sig.output {
@@ -254,7 +335,8 @@ fn serialize_checks(args: &CachedArgs, key_args: &[Ident]) -> TokenStream {
 }
 
 /// The expression that builds the call's key (`Result<String>`, no
-/// namespace), over the arguments by name.
+/// namespace), over the arguments by name: the function, `{name}_key` and
+/// `{name}_invalidate` all use it.
 ///
 /// A hashed key hashes the key arguments; a generic function's adds, last,
 /// one array with each type parameter's `type_name` (a const parameter's
@@ -290,6 +372,92 @@ fn key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream
         .collect();
     let types = (!types.is_empty()).then(|| quote!((#(#types,)*),));
     quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)* #types)))
+}
+
+/// `{name}_key(args…)` and `{name}_invalidate(&cache, args…)`, beside the
+/// function (associated functions beside a method): they take the
+/// arguments that make up the key, as the function declares them, and
+/// build the key from the same tokens as the function does, so a caller
+/// never rebuilds a key by hand, whatever `key = ...` and `skip(...)` say.
+fn siblings(
+    args: &CachedArgs,
+    attrs: &[syn::Attribute],
+    vis: &syn::Visibility,
+    sig: &Signature,
+    arguments: &Arguments,
+    key: &TokenStream,
+) -> TokenStream {
+    let name = &sig.ident;
+    let key_fn = format_ident!("{}_key", name, span = name.span());
+    let invalidate_fn = format_ident!("{}_invalidate", name, span = name.span());
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    let receiver = key_uses_self(args).then(|| quote!(&self,));
+    let params = &arguments.addressing;
+    let handle = if arguments
+        .addressing
+        .iter()
+        .any(|arg| matches!(&*arg.pat, Pat::Ident(pat) if pat.ident == "cache"))
+    {
+        format_ident!("__cached_handle")
+    } else {
+        format_ident!("cache")
+    };
+    // What the function is compiled under, its siblings are too; and the
+    // lints it allows, they allow (they copy its argument list).
+    let kept: Vec<&syn::Attribute> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
+        .collect();
+    let key_doc = format!(
+        " The key under which `#[cached]` fn `{name}` stores its result for these \
+         arguments, without the handle's namespace (as `Cache::get` and `Cache::delete` \
+         take keys). Fails as the call would: an argument with no canonical JSON form."
+    );
+    let invalidate_doc = format!(
+        " Drops the entry `#[cached]` fn `{name}` stored in `{handle}` for these \
+         arguments, so that the next call runs the body; `Ok(true)` if there was one."
+    );
+    // Spanned at the function's name: a sibling the place cannot hold (a
+    // trait impl without `in_trait`) is reported there, not at the attribute.
+    quote_spanned! {name.span()=>
+        #[doc = #key_doc]
+        #(#kept)*
+        #[allow(
+            dead_code,
+            unused_variables,
+            unused_mut,
+            clippy::too_many_arguments,
+            clippy::needless_lifetimes,
+            clippy::ptr_arg
+        )]
+        #vis fn #key_fn #generics (#receiver #(#params),*)
+            -> ::core::result::Result<::std::string::String, ::cache_core::Error>
+            #where_clause
+        {
+            #key
+        }
+
+        #[doc = #invalidate_doc]
+        #(#kept)*
+        #[allow(
+            dead_code,
+            unused_variables,
+            unused_mut,
+            clippy::too_many_arguments,
+            clippy::needless_lifetimes,
+            clippy::ptr_arg
+        )]
+        #vis async fn #invalidate_fn #generics (
+            #receiver
+            #handle: &::cache_core::Cache,
+            #(#params),*
+        ) -> ::core::result::Result<bool, ::cache_core::Error>
+            #where_clause
+        {
+            ::cache_core::__private::invalidate(#handle, #key).await
+        }
+    }
 }
 
 /// The `Call` describing this invocation: handle, key, TTL, codec and name.
