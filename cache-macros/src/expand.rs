@@ -147,6 +147,78 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
     })
 }
 
+/// `Some(error)` when `function` is an `#[async_trait]` method: that macro
+/// runs first and hands over a plain `fn` returning `Pin<Box<dyn Future>>`,
+/// a future there is nothing to memoize of. The error says what to do instead.
+pub(crate) fn async_trait_method(function: &ItemFn) -> Option<syn::Error> {
+    let sig = &function.sig;
+    (sig.asyncness.is_none()
+        && returns_boxed_future(&sig.output)
+        && body_is_boxed_async(&function.block))
+    .then(|| {
+        syn::Error::new_spanned(
+            &sig.ident,
+            "#[cached] cannot memoize an `#[async_trait]` method: `#[async_trait]` has turned it \
+             into a `fn` returning `Pin<Box<dyn Future>>`. Put `#[cached]` on an inherent \
+             `async fn` and call that from the trait method, or drop `#[async_trait]` and write \
+             a native `async fn` in the trait (Rust 1.75+) with `#[cached(..., in_trait)]`",
+        )
+    })
+}
+
+/// `-> Pin<Box<dyn Future<...> ...>>`, whatever the paths are written as.
+fn returns_boxed_future(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Some(boxed) = single_type_argument(ty, "Pin") else {
+        return false;
+    };
+    let Some(Type::TraitObject(object)) = single_type_argument(boxed, "Box") else {
+        return false;
+    };
+    object.bounds.iter().any(|bound| {
+        matches!(bound, syn::TypeParamBound::Trait(bound)
+            if bound.path.segments.last().is_some_and(|segment| segment.ident == "Future"))
+    })
+}
+
+/// The one type argument of `ty` when it is a path ending in `name<T>`.
+fn single_type_argument<'t>(ty: &'t Type, name: &str) -> Option<&'t Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let segment = path.path.segments.last()?;
+    if segment.ident != name {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &segment.arguments else {
+        return None;
+    };
+    arguments.args.iter().find_map(|argument| match argument {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    })
+}
+
+/// A body that ends in `Box::pin(async ...)`, as `#[async_trait]` writes it.
+fn body_is_boxed_async(block: &syn::Block) -> bool {
+    let Some(syn::Stmt::Expr(Expr::Call(call), None)) = block.stmts.last() else {
+        return false;
+    };
+    let Expr::Path(function) = &*call.func else {
+        return false;
+    };
+    let segments: Vec<String> = function
+        .path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    segments.ends_with(&["Box".to_owned(), "pin".to_owned()])
+        && matches!(call.args.first(), Some(Expr::Async(_)))
+}
+
 /// The function's arguments as the key sees them.
 struct Arguments {
     /// The named arguments that make up a hashed key, in order: `self`, the

@@ -121,7 +121,9 @@
 //!
 //! Malformed attributes are compile errors pointing at the mistake: an
 //! unknown or repeated option, `skip(a, a)`, a value of the wrong kind, a
-//! `key = ...` that uses a skipped argument.
+//! `key = ...` that uses a skipped argument, `#[cached]` under
+//! `#[async_trait]` (it sees a `fn` returning a boxed future: put it on an
+//! inherent `async fn`, or use a native `async fn` in the trait).
 //!
 //! # 4. Key
 //!
@@ -254,6 +256,13 @@ use syn::{ItemFn, parse_macro_input};
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as attr::CachedArgs);
     let function = parse_macro_input!(item as ItemFn);
+    if let Some(error) = expand::async_trait_method(&function) {
+        // The method stays as `#[async_trait]` wrote it, so that the trait
+        // impl reports this error and nothing else.
+        let mut tokens = error.into_compile_error();
+        tokens.extend(quote::ToTokens::into_token_stream(function));
+        return tokens.into();
+    }
     expand::expand(args, function)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
