@@ -20,6 +20,11 @@ use crate::error::{EncodeError, Result};
 /// round them through a double. The handle's namespace, when one is set, is
 /// added in front by the [`Cache`](crate::Cache).
 ///
+/// For a generic function `#[cached]` hashes one more element, last: the
+/// tuple of its type parameters' `std::any::type_name`s (`f::<u8>(1)` is
+/// `key_for("f", &(1u8, ("u8",)))`). The `{name}_key` function it writes
+/// beside each memoized function builds the exact key, whatever its options.
+///
 /// # Errors
 ///
 /// [`Error::Encode`](crate::Error::Encode) when an argument has no canonical JSON form: a NaN or

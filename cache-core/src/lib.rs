@@ -104,7 +104,7 @@
 //! | to drop | call | cost |
 //! | --- | --- | --- |
 //! | one key | [`Cache::delete`] | one `DEL` |
-//! | one memoized call | [`invalidate_memoized`]`(&cache, prefix, &(args,))` | one `DEL` |
+//! | one memoized call | `{name}_invalidate(&cache, args…)`, written by `#[cached]` beside the function (`{name}_key(args…)` gives the key) | one `DEL` |
 //! | every key under a prefix | [`Cache::invalidate_prefix`] | `SCAN` + `UNLINK` in bounded steps |
 //! | everything tagged `t` | [`Cache::invalidate_tag`] (entries from `tags = [...]` or [`Cache::set_tagged`]) | one `SET`, any number of entries |
 //! | the namespace | [`Cache::invalidate_all`] | as a prefix |
@@ -128,6 +128,27 @@
 //! // The entry `#[cached(prefix = "embedding")] async fn embed(text: &str)` stored for "hello":
 //! cache.set(&cache_core::key_for("embedding", &("hello",))?, &[5.0], ttl).await?;
 //! assert!(cache_core::invalidate_memoized(&cache, "embedding", &("hello",)).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! The functions `#[cached]` writes beside a memoized one build its key as
+//! it does, `key = ...`, `skip` and all ([`invalidate_memoized`] only hashes
+//! the arguments it is given):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_core::Error> {
+//! use cache_core::{Cache, cached};
+//!
+//! #[cached(prefix = "profile", ttl = 300, key = user_id, skip(request_id), cache = cache)]
+//! async fn profile(cache: &Cache, user_id: u64, request_id: &str) -> String {
+//!     format!("user {user_id}")
+//! }
+//!
+//! let cache = Cache::in_memory();
+//! profile(&cache, 7, "req-1").await;
+//! assert_eq!(profile_key(7)?, "profile:7");
+//! assert!(profile_invalidate(&cache, 7).await?);
 //! # Ok(()) }
 //! ```
 //!
@@ -325,8 +346,8 @@ pub mod __private {
     pub use crate::Codec;
     pub use crate::memoize::{
         Call, IntoCache, Keep, KeepBytes, KeepClone, Probe, assert_serialize, custom_key,
-        default_handle, handle, key, memoize, probe, restore_always, restore_ok, restore_some,
-        stored_always, stored_ok, stored_some,
+        default_handle, handle, invalidate, key, memoize, probe, restore_always, restore_ok,
+        restore_some, stored_always, stored_ok, stored_some,
     };
     pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
     pub use std::time::Duration;

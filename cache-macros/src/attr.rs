@@ -25,10 +25,11 @@ mod kw {
     syn::custom_keyword!(encrypt);
     syn::custom_keyword!(tags);
     syn::custom_keyword!(local);
+    syn::custom_keyword!(in_trait);
 }
 
-const OPTIONS: &str =
-    "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, encrypt, tags";
+const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, \
+                       encrypt, tags, in_trait";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -42,6 +43,9 @@ pub(crate) struct CachedArgs {
     pub(crate) local: bool,
     /// The stored-value options (`stale`, `timeout`, `compress`, `encrypt`, `tags`).
     pub(crate) stored: StoredArgs,
+    /// `in_trait`: the function is in a trait impl, which can hold only the
+    /// trait's items, so no `{name}_key` / `{name}_invalidate` beside it.
+    pub(crate) in_trait: bool,
 }
 
 /// The options that put an entry in an envelope; all off by default.
@@ -58,7 +62,22 @@ pub(crate) struct StoredArgs {
 impl StoredArgs {
     /// `true` when any option is given: the entry takes an envelope.
     pub(crate) fn any(&self) -> bool {
-        self.stale.is_some() || self.compress.is_some() || self.encrypt || self.tags.is_some()
+        self.first().is_some()
+    }
+
+    /// The name of the first option given, in the order of the docs' table.
+    fn first(&self) -> Option<&'static str> {
+        if self.stale.is_some() {
+            Some("stale")
+        } else if self.compress.is_some() {
+            Some("compress")
+        } else if self.encrypt {
+            Some("encrypt")
+        } else if self.tags.is_some() {
+            Some("tags")
+        } else {
+            None
+        }
     }
 }
 
@@ -87,6 +106,7 @@ enum CachedOption {
     Encrypt(kw::encrypt),
     Tags(Setting<kw::tags, Tags>),
     Local(Setting<kw::local, Local>),
+    InTrait(kw::in_trait),
 }
 
 impl Parse for CachedOption {
@@ -115,6 +135,8 @@ impl Parse for CachedOption {
             input.parse().map(Self::Tags)
         } else if input.peek(kw::local) {
             input.parse().map(Self::Local)
+        } else if input.peek(kw::in_trait) {
+            input.parse().map(Self::InTrait)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -141,6 +163,7 @@ impl CachedOption {
             Self::Encrypt(keyword) => ("encrypt", keyword.span),
             Self::Tags(setting) => ("tags", setting.keyword.span),
             Self::Local(setting) => ("local", setting.keyword.span),
+            Self::InTrait(keyword) => ("in_trait", keyword.span),
         }
     }
 }
@@ -158,7 +181,10 @@ struct GivenOptions {
     stored: StoredArgs,
     /// Where `timeout` is written: it needs `stale`.
     timeout_span: Option<Span>,
-    local: Option<bool>,
+    /// `local = ...` and where it is written: `local = true` is refused
+    /// beside the stored-value options, which bypass the local tier.
+    local: Option<(bool, Span)>,
+    in_trait: bool,
 }
 
 impl GivenOptions {
@@ -184,7 +210,10 @@ impl GivenOptions {
             CachedOption::Compress(compress) => self.stored.compress = Some(compress.threshold),
             CachedOption::Encrypt(_) => self.stored.encrypt = true,
             CachedOption::Tags(setting) => self.stored.tags = Some(setting.value.0),
-            CachedOption::Local(setting) => self.local = Some(setting.value.0),
+            CachedOption::Local(setting) => {
+                self.local = Some((setting.value.0, setting.keyword.span));
+            }
+            CachedOption::InTrait(_) => self.in_trait = true,
         }
         Ok(())
     }
@@ -205,6 +234,16 @@ impl GivenOptions {
                 "`timeout` bounds the background refresh of `stale`: add `stale = ...`",
             ));
         }
+        if let (Some((true, span)), Some(option)) = (self.local, self.stored.first()) {
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "`local = true` does not work beside `{option}` yet: entries with `stale`, \
+                     `compress`, `encrypt` or `tags` are never kept in the local tier; \
+                     remove `local = true`"
+                ),
+            ));
+        }
         Ok(CachedArgs {
             stored: self.stored,
             prefix,
@@ -213,7 +252,8 @@ impl GivenOptions {
             cache: self.cache,
             key: self.key,
             codec: self.codec,
-            local: self.local.unwrap_or(true),
+            local: self.local.is_none_or(|(local, _)| local),
+            in_trait: self.in_trait,
         })
     }
 }

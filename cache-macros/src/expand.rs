@@ -1,9 +1,11 @@
 //! Code generation: the function keeps its signature; its body becomes a
 //! future handed to `cache_core::__private::memoize` with the call's key.
+//! Beside it go `{name}_key` and `{name}_invalidate`, which build that key
+//! from the same tokens, so the three can never disagree on it.
 
-use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
-use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Type};
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{Expr, FnArg, GenericParam, Ident, ItemFn, Pat, ReturnType, Signature, Type};
 
 use crate::attr::{CachedArgs, Codec, Ttl};
 
@@ -64,11 +66,14 @@ fn contains_impl_trait(ty: &Type) -> bool {
         Type::Tuple(tuple) => tuple.elems.iter().any(contains_impl_trait),
         Type::Array(array) => contains_impl_trait(&array.elem),
         Type::Paren(paren) => contains_impl_trait(&paren.elem),
+        Type::Reference(reference) => contains_impl_trait(&reference.elem),
+        Type::Slice(slice) => contains_impl_trait(&slice.elem),
         _ => false,
     }
 }
 
-/// The memoized function, or the first mistake in it.
+/// The memoized function and the two functions beside it, or the first
+/// mistake in it.
 pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStream> {
     let ItemFn {
         attrs,
@@ -76,14 +81,25 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
         sig,
         block,
     } = function;
-    require_async(&sig)?;
-    let key_args = key_arguments(&sig, &args)?;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "#[cached] works on `async fn` only",
+        ));
+    }
+    let arguments = Arguments::of(&sig, &args)?;
     let return_type = return_type(&sig)?;
     let (stored, restore) = outcome(&return_type).store_and_restore();
-    let serialize_checks = serialize_checks(&args, &key_args);
-    let call = call(&args, &key_args, &sig.ident);
+    let serialize_checks = serialize_checks(&args, &arguments.key);
+    let key = key(&args, &sig, &arguments);
+    let siblings = if args.in_trait {
+        TokenStream::new()
+    } else {
+        siblings(&args, &attrs, &vis, &sig, &arguments, &key)
+    };
+    let call = call(&args, &key, &sig.ident);
     if args.stored.any() {
-        return Ok(expand_stored(
+        let function = expand_stored(
             &args,
             attrs,
             vis,
@@ -94,7 +110,8 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             serialize_checks,
             stored,
             restore,
-        ));
+        );
+        return Ok(quote!(#function #siblings));
     }
 
     Ok(quote! {
@@ -125,49 +142,241 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             )
             .await
         }
+
+        #siblings
     })
 }
 
-fn require_async(sig: &Signature) -> syn::Result<()> {
-    if sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(
-            sig.fn_token,
-            "#[cached] works on `async fn` only",
-        ));
-    }
-    Ok(())
+/// `Some(error)` when `function` is an `#[async_trait]` method: that macro
+/// runs first and hands over a plain `fn` returning `Pin<Box<dyn Future>>`,
+/// a future there is nothing to memoize of. The error says what to do instead.
+pub(crate) fn async_trait_method(function: &ItemFn) -> Option<syn::Error> {
+    let sig = &function.sig;
+    (sig.asyncness.is_none()
+        && returns_boxed_future(&sig.output)
+        && body_is_boxed_async(&function.block))
+    .then(|| {
+        syn::Error::new_spanned(
+            &sig.ident,
+            "#[cached] cannot memoize an `#[async_trait]` method: `#[async_trait]` has turned it \
+             into a `fn` returning `Pin<Box<dyn Future>>`. Put `#[cached]` on an inherent \
+             `async fn` and call that from the trait method, or drop `#[async_trait]` and write \
+             a native `async fn` in the trait (Rust 1.75+) with `#[cached(..., in_trait)]`",
+        )
+    })
 }
 
-/// The named arguments that make up the key, in order: `self` and the
-/// skipped ones are never part of it.
-fn key_arguments(sig: &Signature, args: &CachedArgs) -> syn::Result<Vec<Ident>> {
-    let mut names: Vec<Ident> = Vec::new();
-    for input in &sig.inputs {
-        let FnArg::Typed(typed) = input else {
-            continue;
-        };
-        match &*typed.pat {
-            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
-                names.push(pat.ident.clone());
+/// `-> Pin<Box<dyn Future<...> ...>>`, whatever the paths are written as.
+fn returns_boxed_future(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Some(boxed) = single_type_argument(ty, "Pin") else {
+        return false;
+    };
+    let Some(Type::TraitObject(object)) = single_type_argument(boxed, "Box") else {
+        return false;
+    };
+    object.bounds.iter().any(|bound| {
+        matches!(bound, syn::TypeParamBound::Trait(bound)
+            if bound.path.segments.last().is_some_and(|segment| segment.ident == "Future"))
+    })
+}
+
+/// The one type argument of `ty` when it is a path ending in `name<T>`.
+fn single_type_argument<'t>(ty: &'t Type, name: &str) -> Option<&'t Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let segment = path.path.segments.last()?;
+    if segment.ident != name {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &segment.arguments else {
+        return None;
+    };
+    arguments.args.iter().find_map(|argument| match argument {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    })
+}
+
+/// A body that ends in `Box::pin(async ...)`, as `#[async_trait]` writes it.
+fn body_is_boxed_async(block: &syn::Block) -> bool {
+    let Some(syn::Stmt::Expr(Expr::Call(call), None)) = block.stmts.last() else {
+        return false;
+    };
+    let Expr::Path(function) = &*call.func else {
+        return false;
+    };
+    let segments: Vec<String> = function
+        .path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    segments.ends_with(&["Box".to_owned(), "pin".to_owned()])
+        && matches!(call.args.first(), Some(Expr::Async(_)))
+}
+
+/// The function's arguments as the key sees them.
+struct Arguments {
+    /// The named arguments that make up a hashed key, in order: `self`, the
+    /// skipped ones and the handle are never part of it.
+    key: Vec<Ident>,
+    /// Those of [`Self::key`] whose type holds an `impl Trait`: an unnamed
+    /// type parameter, whose name goes in the key as a named one's does.
+    impl_trait: Vec<Ident>,
+    /// What `{name}_key` and `{name}_invalidate` take: every argument but
+    /// `self`, the skipped ones and the handle, as written.
+    addressing: Vec<syn::PatType>,
+}
+
+impl Arguments {
+    fn of(sig: &Signature, args: &CachedArgs) -> syn::Result<Arguments> {
+        let handle = handle_argument(sig, args);
+        let mut names: Vec<Ident> = Vec::new();
+        let mut impl_trait = Vec::new();
+        let mut addressing = Vec::new();
+        for input in &sig.inputs {
+            let FnArg::Typed(typed) = input else {
+                continue;
+            };
+            match &*typed.pat {
+                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+                    let name = &pat.ident;
+                    names.push(name.clone());
+                    if args.skip.contains(name) || handle.as_ref() == Some(name) {
+                        continue;
+                    }
+                    if contains_impl_trait(&typed.ty) {
+                        impl_trait.push(name.clone());
+                    }
+                    addressing.push(typed.clone());
+                }
+                pattern if args.key.is_none() => {
+                    return Err(syn::Error::new_spanned(
+                        pattern,
+                        "#[cached] cannot put a pattern argument in the key: bind it to a name \
+                         (`pair: (u8, u8)`) or give the key yourself with `key = ...`",
+                    ));
+                }
+                _ => addressing.push(typed.clone()),
             }
-            pattern if args.key.is_none() => {
+        }
+        if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
+            return Err(syn::Error::new_spanned(
+                unknown,
+                format!("`{unknown}` is not an argument of this function"),
+            ));
+        }
+        if let Some(expr) = &args.key {
+            let left_out = args.skip.iter().chain(handle.as_ref());
+            if let Some(name) = left_out.into_iter().find(|name| mentions(expr, name)) {
                 return Err(syn::Error::new_spanned(
-                    pattern,
-                    "#[cached] cannot put a pattern argument in the key: bind it to a name \
-                     (`pair: (u8, u8)`) or give the key yourself with `key = ...`",
+                    expr,
+                    format!(
+                        "`key = ...` uses `{name}`, which is left out of the key (by `skip` or \
+                         as the `cache = ...` handle): take it out of `skip(...)`, or out of `key`"
+                    ),
                 ));
             }
-            _ => {}
+        }
+        names.retain(|name| !args.skip.contains(name) && handle.as_ref() != Some(name));
+        Ok(Arguments {
+            key: names,
+            impl_trait,
+            addressing,
+        })
+    }
+}
+
+/// The argument that `cache = x` names (or `&x`, `Some(x)`, `Some(&x)`,
+/// `x.clone()`): the handle is never part of the key, so it is left out as
+/// if skipped.
+fn handle_argument(sig: &Signature, args: &CachedArgs) -> Option<Ident> {
+    let mut expr = args.cache.as_ref()?;
+    loop {
+        match expr {
+            Expr::Reference(reference) => expr = &reference.expr,
+            Expr::Paren(paren) => expr = &paren.expr,
+            Expr::Group(group) => expr = &group.expr,
+            Expr::MethodCall(call) if call.method == "clone" && call.args.is_empty() => {
+                expr = &call.receiver;
+            }
+            Expr::Call(call)
+                if call.args.len() == 1
+                    && matches!(&*call.func, Expr::Path(path)
+                        if path.path.segments.last().is_some_and(|last| last.ident == "Some")) =>
+            {
+                expr = &call.args[0];
+            }
+            _ => break,
         }
     }
-    if let Some(unknown) = args.skip.iter().find(|skipped| !names.contains(skipped)) {
-        return Err(syn::Error::new_spanned(
-            unknown,
-            format!("`{unknown}` is not an argument of this function"),
-        ));
+    let Expr::Path(path) = expr else {
+        return None;
+    };
+    let name = path.path.get_ident().filter(|_| path.qself.is_none())?;
+    sig.inputs
+        .iter()
+        .any(|input| {
+            matches!(input, FnArg::Typed(typed)
+                if matches!(&*typed.pat, Pat::Ident(pat) if pat.ident == *name))
+        })
+        .then(|| name.clone())
+}
+
+/// Whether the expression names the argument `name`: as a token (in macro
+/// calls too; not a field, method or path segment of that name, as in
+/// `x.name` or `a::name`), or inside a format string (`"user:{name}"`).
+fn mentions(expr: &Expr, name: &Ident) -> bool {
+    fn in_tokens(tokens: TokenStream, name: &Ident) -> bool {
+        // The two punctuation marks just before the token, if any.
+        let mut before: [Option<char>; 2] = [None, None];
+        tokens.into_iter().any(|token| {
+            let found = match &token {
+                TokenTree::Ident(ident) => {
+                    let member = before[1] == Some('.') || before == [Some(':'), Some(':')];
+                    !member && ident == name
+                }
+                TokenTree::Group(group) => in_tokens(group.stream(), name),
+                TokenTree::Literal(literal) => in_format_string(&literal.to_string(), name),
+                TokenTree::Punct(_) => false,
+            };
+            let punct = match &token {
+                TokenTree::Punct(punct) => Some(punct.as_char()),
+                _ => None,
+            };
+            before = [before[1], punct];
+            found
+        })
     }
-    names.retain(|name| !args.skip.contains(name));
-    Ok(names)
+    fn in_format_string(literal: &str, name: &Ident) -> bool {
+        let name = name.to_string();
+        literal.match_indices('{').any(|(at, _)| {
+            let rest = &literal[at + 1..];
+            rest.strip_prefix(name.as_str())
+                .is_some_and(|after| after.starts_with('}') || after.starts_with(':'))
+                && !literal[..at].ends_with('{')
+        })
+    }
+    in_tokens(quote!(#expr), name)
+}
+
+/// Whether the `key = ...` expression uses `self`: then `{name}_key` and
+/// `{name}_invalidate` are methods too.
+fn key_uses_self(args: &CachedArgs) -> bool {
+    fn in_tokens(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|token| match token {
+            TokenTree::Ident(ident) => ident == "self",
+            TokenTree::Group(group) => in_tokens(group.stream()),
+            _ => false,
+        })
+    }
+    args.key
+        .as_ref()
+        .is_some_and(|expr| in_tokens(quote!(#expr)))
 }
 
 /// The type cached values decode into.
@@ -197,16 +406,138 @@ fn serialize_checks(args: &CachedArgs, key_args: &[Ident]) -> TokenStream {
         .collect()
 }
 
+/// The expression that builds the call's key (`Result<String>`, no
+/// namespace), over the arguments by name: the function, `{name}_key` and
+/// `{name}_invalidate` all use it.
+///
+/// A hashed key hashes the key arguments; a generic function's adds, last,
+/// one array with each type parameter's `type_name` (a const parameter's
+/// value) and each `impl Trait` argument's type name, so that `f(1u8)` and
+/// `f(1.0f64)`, whose arguments have the same JSON, get keys of their own.
+fn key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream {
+    let prefix = &args.prefix;
+    if let Some(expr) = &args.key {
+        return quote!(::cache_core::__private::custom_key(#prefix, #expr));
+    }
+    let key_args = &arguments.key;
+    let types: Vec<TokenStream> = sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(ty) => {
+                let name = &ty.ident;
+                Some(quote!(::core::any::type_name::<#name>()))
+            }
+            GenericParam::Const(constant) => {
+                let name = &constant.ident;
+                Some(quote!(#name))
+            }
+            GenericParam::Lifetime(_) => None,
+        })
+        .chain(
+            arguments
+                .impl_trait
+                .iter()
+                .map(|arg| quote!(::core::any::type_name_of_val(&#arg))),
+        )
+        .collect();
+    let types = (!types.is_empty()).then(|| quote!((#(#types,)*),));
+    quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)* #types)))
+}
+
+/// `{name}_key(args…)` and `{name}_invalidate(&cache, args…)`, beside the
+/// function (associated functions beside a method): they take the
+/// arguments that make up the key, as the function declares them, and
+/// build the key from the same tokens as the function does, so a caller
+/// never rebuilds a key by hand, whatever `key = ...` and `skip(...)` say.
+fn siblings(
+    args: &CachedArgs,
+    attrs: &[syn::Attribute],
+    vis: &syn::Visibility,
+    sig: &Signature,
+    arguments: &Arguments,
+    key: &TokenStream,
+) -> TokenStream {
+    let name = &sig.ident;
+    let key_fn = format_ident!("{}_key", name, span = name.span());
+    let invalidate_fn = format_ident!("{}_invalidate", name, span = name.span());
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    let receiver = key_uses_self(args).then(|| quote!(&self,));
+    let params = &arguments.addressing;
+    let handle = if arguments
+        .addressing
+        .iter()
+        .any(|arg| matches!(&*arg.pat, Pat::Ident(pat) if pat.ident == "cache"))
+    {
+        format_ident!("__cached_handle")
+    } else {
+        format_ident!("cache")
+    };
+    // What the function is compiled under, its siblings are too; and the
+    // lints it allows, they allow (they copy its argument list).
+    let kept: Vec<&syn::Attribute> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
+        .collect();
+    let key_doc = format!(
+        " The key under which `#[cached]` fn `{name}` stores its result for these \
+         arguments, without the handle's namespace (as `Cache::get` and `Cache::delete` \
+         take keys). Fails as the call would: an argument with no canonical JSON form."
+    );
+    let invalidate_doc = format!(
+        " Drops the entry `#[cached]` fn `{name}` stored in `{handle}` for these \
+         arguments, so that the next call runs the body; `Ok(true)` if there was one."
+    );
+    // Spanned at the function's name: a sibling the place cannot hold (a
+    // trait impl without `in_trait`) is reported there, not at the attribute.
+    quote_spanned! {name.span()=>
+        #[doc = #key_doc]
+        #(#kept)*
+        #[allow(
+            dead_code,
+            unused_variables,
+            unused_mut,
+            clippy::too_many_arguments,
+            clippy::needless_lifetimes,
+            clippy::ptr_arg
+        )]
+        #vis fn #key_fn #generics (#receiver #(#params),*)
+            -> ::core::result::Result<::std::string::String, ::cache_core::Error>
+            #where_clause
+        {
+            #key
+        }
+
+        #[doc = #invalidate_doc]
+        #(#kept)*
+        #[allow(
+            dead_code,
+            unused_variables,
+            unused_mut,
+            clippy::too_many_arguments,
+            clippy::needless_lifetimes,
+            clippy::ptr_arg
+        )]
+        #vis async fn #invalidate_fn #generics (
+            #receiver
+            #handle: &::cache_core::Cache,
+            #(#params),*
+        ) -> ::core::result::Result<bool, ::cache_core::Error>
+            #where_clause
+        {
+            ::cache_core::__private::invalidate(#handle, #key).await
+        }
+    }
+}
+
 /// The `Call` describing this invocation: handle, key, TTL, codec and name.
-fn call(args: &CachedArgs, key_args: &[Ident], function: &Ident) -> TokenStream {
+fn call(args: &CachedArgs, key: &TokenStream, function: &Ident) -> TokenStream {
     let prefix = &args.prefix;
     let cache = match &args.cache {
         Some(expr) => quote!(::cache_core::__private::handle(#expr)),
         None => quote!(::cache_core::__private::default_handle()),
-    };
-    let key = match &args.key {
-        Some(expr) => quote!(::cache_core::__private::custom_key(#prefix, #expr)),
-        None => quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)*))),
     };
     let ttl = match &args.ttl {
         Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),

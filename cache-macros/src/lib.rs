@@ -37,7 +37,9 @@
 //! `self` is never part of the key; `cache = ...` picks the handle
 //! (`Cache`, `&Cache`, `Option<Cache>` or `Option<&Cache>`), `skip(...)`
 //! leaves arguments out of the key, `key = ...` replaces the hash with a
-//! readable suffix.
+//! readable suffix. When `cache = x` names an argument (as `x`, `&x`,
+//! `Some(x)`, `Some(&x)` or `x.clone()`), that argument is left out of the
+//! key without `skip(x)`: a handle is never part of it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -86,10 +88,13 @@
 //! | `compress` or `compress = bytes` | lz4-compress values from 1 KiB (or from `bytes`) |
 //! | `encrypt` | store a Fernet token of the value, with the handle's `EncryptionKeys` |
 //! | `tags = [expr, ...]` | tags (anything `Display`, computed from the arguments) that `Cache::invalidate_tag` drops together |
+//! | `in_trait` | the method is in a trait impl: no `{name}_key` / `{name}_invalidate` beside it (see 5) |
 //!
-//! The last four wrap the entry in `cache_core::envelope`. With `stale`,
-//! the body may run in a background task: it must be `Send + 'static`, so
-//! take arguments by value (`String`, `Cache`, `Arc<Self>`).
+//! The four from `stale` wrap the entry in `cache_core::envelope`, and such
+//! entries are never kept in the local tier: `local = true` beside them is a
+//! compile error. With `stale`, the body may run in a background task: it
+//! must be `Send + 'static`, so take arguments by value (`String`, `Cache`,
+//! `Arc<Self>`).
 //!
 //! ```
 //! use cache_core::{Cache, cached};
@@ -115,7 +120,10 @@
 //! ```
 //!
 //! Malformed attributes are compile errors pointing at the mistake: an
-//! unknown or repeated option, `skip(a, a)`, a value of the wrong kind.
+//! unknown or repeated option, `skip(a, a)`, a value of the wrong kind, a
+//! `key = ...` that uses a skipped argument, `#[cached]` under
+//! `#[async_trait]` (it sees a `fn` returning a boxed future: put it on an
+//! inherent `async fn`, or use a native `async fn` in the trait).
 //!
 //! # 4. Key
 //!
@@ -124,11 +132,74 @@
 //! under `embedding:` + sha256(`["hello"]`); maps and struct fields are
 //! sorted, floats take their ECMAScript form, integers stay exact.
 //! `cache_core::key_for(prefix, &(args,))` computes it (and says what it does
-//! with each type); `cache_core::invalidate_memoized(&cache, prefix, &(args,))`
-//! drops one entry. A call whose arguments have no canonical form (NaN,
+//! with each type). A call whose arguments have no canonical form (NaN,
 //! infinity) runs uncached.
 //!
-//! # 5. Behaviour
+//! A generic function's array holds one more element, last: an array of
+//! each type parameter's `std::any::type_name` (a const parameter's value),
+//! then each `impl Trait` argument's type name, in declaration order. So
+//! `f::<u8>(1)` hashes `[1,["u8"]]` and `f::<f64>(1.0)` hashes
+//! `[1,["f64"]]`: the same JSON arguments of different types never share an
+//! entry. The type parameters of an enclosing `impl<T>` block are not seen
+//! by the attribute: when a method's result depends on them, say so in
+//! `key = ...`.
+//!
+//! # 5. Addressing entries: `{name}_key` and `{name}_invalidate`
+//!
+//! Beside each memoized function the attribute writes two functions that
+//! take the arguments that make up its key (every argument but `self`, the
+//! `skip(...)` ones and the `cache = ...` one, with their declared types):
+//!
+//! - `{name}_key(args…) -> Result<String, cache_core::Error>`: the key the
+//!   function stores its result under, `key = ...`, `skip` and type names
+//!   included, **without** the handle's namespace (as `Cache::get` and
+//!   `Cache::delete` take keys);
+//! - `async {name}_invalidate(&cache, args…) -> Result<bool, cache_core::Error>`:
+//!   drops that entry from `cache`, so the next call runs the body.
+//!
+//! Beside a method they are associated functions (`Self::search_key(...)`),
+//! or methods when `key = ...` uses `self`. A trait impl can hold only the
+//! trait's items: there, write `in_trait` and no siblings are generated
+//! (put `#[cached]` on an inherent method the trait method calls when you
+//! need them). A hand-written function of either name beside a memoized one
+//! no longer compiles: it is what they replace.
+//!
+//! ```
+//! use cache_core::{Cache, cached};
+//!
+//! #[cached(prefix = "prices", ttl = 60, key = "all", cache = cache)]
+//! async fn prices(cache: &Cache) -> Vec<u64> {
+//!     vec![72_000, 3_500]
+//! }
+//!
+//! struct SearchService;
+//!
+//! impl SearchService {
+//!     #[cached(prefix = "search", ttl = 3600, cache = cache)]
+//!     async fn search(&self, cache: &Cache, query: &str, top_k: usize) -> Vec<String> {
+//!         vec![query.to_owned(); top_k]
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_core::Error> {
+//! let cache = Cache::in_memory();
+//! prices(&cache).await;
+//! assert_eq!(prices_key()?, "prices:all");
+//! assert!(prices_invalidate(&cache).await?); // the next call runs the body
+//!
+//! SearchService.search(&cache, "rust", 2).await;
+//! let key = SearchService::search_key("rust", 2)?;
+//! assert_eq!(key, cache_core::key_for("search", &("rust", 2))?);
+//! assert!(SearchService::search_invalidate(&cache, "rust", 2).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! `cache_core::invalidate_memoized(&cache, prefix, &(args,))` hashes what
+//! it is given: it addresses only functions without `key = ...` or type
+//! parameters.
+//!
+//! # 6. Behaviour
 //!
 //! - `Result<T, E>`: only `Ok` is cached. `Option<T>`: only `Some`. Anything
 //!   else: always. The stored value is `T` (or the whole value).
@@ -151,17 +222,21 @@ use syn::{ItemFn, parse_macro_input};
 /// Memoizes an async function or method in a `cache_core::Cache`.
 ///
 /// `prefix` and `ttl` are required; the entry's key is `{prefix}:{hash of
-/// the arguments}` (`self` and `skip(...)` arguments left out). `Result`
+/// the arguments}` (`self`, `skip(...)` arguments and the `cache = ...`
+/// argument left out; a generic function's type names put in). `Result`
 /// functions cache `Ok` only, `Option` functions `Some` only. A cache that
-/// fails makes the function run: callers never see a cache error. The
+/// fails makes the function run: callers never see a cache error. Beside
+/// the function go `{name}_key(args…)`, the key it stores under (namespace
+/// excluded), and `{name}_invalidate(&cache, args…)`, which drops that entry
+/// (associated functions beside a method; none with `in_trait`). The
 /// [crate docs](crate) walk through every option (`cache`, `skip`, `key`,
-/// `codec`, `local`, `stale`, `timeout`, `compress`, `encrypt`, `tags`),
-/// the key and the behaviour.
+/// `codec`, `local`, `stale`, `timeout`, `compress`, `encrypt`, `tags`,
+/// `in_trait`), the key, these two functions and the behaviour.
 ///
 /// ```
 /// use cache_core::{Cache, cached};
 ///
-/// #[cached(prefix = "square", ttl = 60, cache = cache, skip(cache))]
+/// #[cached(prefix = "square", ttl = 60, cache = cache)] // `cache` is not part of the key
 /// async fn square(cache: &Cache, n: u64) -> u64 {
 ///     n * n
 /// }
@@ -173,12 +248,21 @@ use syn::{ItemFn, parse_macro_input};
 /// // Stored under `square:` + sha256 of the canonical JSON `[12]`:
 /// let key = cache_core::key_for("square", &(12,))?;
 /// assert_eq!(cache.get::<u64>(&key).await?, Some(144));
+/// assert_eq!(square_key(12)?, key);
+/// assert!(square_invalidate(&cache, 12).await?);
 /// # Ok(()) }
 /// ```
 #[proc_macro_attribute]
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as attr::CachedArgs);
     let function = parse_macro_input!(item as ItemFn);
+    if let Some(error) = expand::async_trait_method(&function) {
+        // The method stays as `#[async_trait]` wrote it, so that the trait
+        // impl reports this error and nothing else.
+        let mut tokens = error.into_compile_error();
+        tokens.extend(quote::ToTokens::into_token_stream(function));
+        return tokens.into();
+    }
     expand::expand(args, function)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()

@@ -1,5 +1,6 @@
 //! Every option, in every form it takes, expands to code that compiles and
-//! memoizes (on the in-memory store; the Redis behaviour is `tests/tests/cached.rs`).
+//! memoizes, with its `{name}_key` and `{name}_invalidate` (on the in-memory
+//! store; the Redis behaviour is `tests/tests/cached.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,6 +26,24 @@ async fn custom_key(cache: &Cache, calls: &AtomicUsize, id: u64) -> Result<u64, 
     Ok(id)
 }
 
+#[cached(prefix = "quote", ttl = 5, stale = 60, local = false, cache = cache)]
+async fn quote(cache: Cache, symbol: String) -> u64 {
+    symbol.len() as u64
+}
+
+trait Scorer {
+    async fn score(&self, cache: &Cache, word: String) -> u32;
+}
+
+struct Length;
+
+impl Scorer for Length {
+    #[cached(prefix = "score", ttl = 60, cache = cache, in_trait)]
+    async fn score(&self, cache: &Cache, word: String) -> u32 {
+        word.len() as u32
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_option_compiles_and_memoizes() {
     let cache = Cache::in_memory();
@@ -45,4 +64,23 @@ async fn every_option_compiles_and_memoizes() {
     assert_eq!(custom_key(&cache, &calls, 7).await, Ok(7));
     assert_eq!(calls.load(Ordering::Relaxed), 1);
     assert_eq!(cache.exists("user:user:7").await.ok(), Some(true));
+    assert_eq!(custom_key_key(7).ok().as_deref(), Some("user:user:7"));
+    assert_eq!(custom_key_invalidate(&cache, 7).await.ok(), Some(true));
+
+    // `local = false` beside `stale`; the `cache = ...` argument is not in the key.
+    assert_eq!(quote(cache.clone(), "BTC".into()).await, 3);
+    let key = quote_key("BTC".into()).ok();
+    assert_eq!(key, cache_core::key_for("quote", &("BTC",)).ok());
+    assert_eq!(
+        cache.exists(&key.unwrap_or_default()).await.ok(),
+        Some(true)
+    );
+
+    assert_eq!(Length.score(&cache, "four".into()).await, 4);
+    assert_eq!(Length.score(&cache, "four".into()).await, 4);
+    let key = cache_core::key_for("score", &("four",)).ok();
+    assert_eq!(
+        cache.exists(&key.unwrap_or_default()).await.ok(),
+        Some(true)
+    );
 }

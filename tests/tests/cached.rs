@@ -42,6 +42,9 @@ tests::suite!(
     arguments_without_canonical_json_are_not_cached,
     a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
     hash_map_arguments_hit_whatever_their_order,
+    generic_functions_key_each_type_apart,
+    key_and_invalidate_functions_follow_key_and_skip,
+    the_cache_argument_is_never_part_of_the_key,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +154,60 @@ async fn total(cache: &Cache, calls: &AtomicUsize, counts: &HashMap<String, u32>
 async fn fleeting(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
     calls.fetch_add(1, Ordering::SeqCst);
     n + 1
+}
+
+/// Which type it was called with: `1u8` and `1.0f64` have the same JSON
+/// (`1`), so a key of the arguments alone would give one the other's answer.
+#[cached(prefix = "type-of", ttl = 60, cache = cache, skip(calls))]
+async fn type_of<T: Serialize + Send + Sync>(
+    cache: &Cache,
+    calls: &AtomicUsize,
+    value: T,
+) -> String {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let _ = &value;
+    std::any::type_name::<T>().to_owned()
+}
+
+/// The same with an `impl Trait` argument: an unnamed type parameter.
+#[cached(prefix = "type-of-impl", ttl = 60, cache = cache)]
+async fn type_of_impl(cache: &Cache, value: impl Serialize + Send + Sync) -> String {
+    std::any::type_name_of_val(&value).to_owned()
+}
+
+/// One entry for all calls: `key = ...` and a skipped argument.
+#[cached(prefix = "prices", ttl = 60, key = "all", cache = cache, skip(calls))]
+async fn prices(cache: &Cache, calls: &AtomicUsize) -> Vec<u32> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    vec![72_000, 3_500]
+}
+
+/// The handle named by `cache = ...` is left out of the key without `skip`.
+#[cached(prefix = "handle-arg", ttl = 60, cache = cache, skip(calls))]
+async fn handle_arg(cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    n * 3
+}
+
+/// An owned handle named by reference, not skipped either.
+#[cached(prefix = "owned-handle-arg", ttl = 60, cache = &cache)]
+async fn owned_handle_arg(cache: Cache, n: u32) -> u32 {
+    drop(cache);
+    n * 4
+}
+
+/// A service whose keys hold a field of `self`.
+struct Regional {
+    region: &'static str,
+    calls: AtomicUsize,
+}
+
+impl Regional {
+    #[cached(prefix = "regional", ttl = 60, key = format!("{}:{sku}", self.region), cache = cache)]
+    async fn price(&self, cache: &Cache, sku: &str) -> u32 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sku.len() as u32
+    }
 }
 
 mod behaviour {
@@ -448,6 +505,107 @@ mod behaviour {
         assert_eq!(cache.stats().decode_errors, 3);
     }
 
+    pub async fn generic_functions_key_each_type_apart(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(type_of(&cache, &calls, 1u8).await, "u8");
+        assert_eq!(
+            type_of(&cache, &calls, 1.0f64).await,
+            "f64",
+            "not u8's entry"
+        );
+        assert_eq!(type_of(&cache, &calls, 1u8).await, "u8");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the third call was a hit");
+        // The README's form: the arguments, then an array of the type names.
+        let key = type_of_key(1u8).unwrap();
+        assert_eq!(
+            key,
+            format!("type-of:{}", cache_core::sha256_hex(br#"[1,["u8"]]"#))
+        );
+        assert_eq!(key, key_for("type-of", &(1u8, ("u8",))).unwrap());
+        assert!(cache.exists(&key).await.unwrap());
+        assert!(cache.exists(&type_of_key(1.0f64).unwrap()).await.unwrap());
+
+        assert_eq!(type_of_impl(&cache, 1u8).await, "u8");
+        assert_eq!(type_of_impl(&cache, 1.0f64).await, "f64", "not u8's entry");
+        assert_eq!(
+            type_of_impl_key(1.0f64).unwrap(),
+            format!("type-of-impl:{}", cache_core::sha256_hex(br#"[1,["f64"]]"#))
+        );
+    }
+
+    pub async fn key_and_invalidate_functions_follow_key_and_skip(cache: Cache) {
+        // `key = "all"`: what `invalidate_memoized(&cache, "prices", &())` missed.
+        let calls = AtomicUsize::new(0);
+        assert_eq!(prices(&cache, &calls).await, [72_000, 3_500]);
+        assert_eq!(prices_key().unwrap(), "prices:all");
+        assert!(cache.exists("prices:all").await.unwrap());
+        assert!(prices_invalidate(&cache).await.unwrap());
+        assert!(!cache.exists("prices:all").await.unwrap());
+        assert!(!prices_invalidate(&cache).await.unwrap(), "already gone");
+        prices(&cache, &calls).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the body ran again");
+
+        // Skipped arguments are not asked for.
+        let calls = AtomicUsize::new(0);
+        report(&cache, &calls, 7, 1).await;
+        assert_eq!(report_key(7).unwrap(), key_for("report", &(7,)).unwrap());
+        assert!(report_invalidate(&cache, 7).await.unwrap());
+        report(&cache, &calls, 7, 2).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // `key = ...` over the arguments.
+        custom(&cache, 9).await;
+        assert_eq!(custom_key(9).unwrap(), "custom:user:9");
+        assert!(custom_invalidate(&cache, 9).await.unwrap());
+        assert!(!cache.exists("custom:user:9").await.unwrap());
+
+        // Methods: associated functions, without `self`...
+        let service = SearchService {
+            calls: AtomicUsize::new(0),
+        };
+        service.search(&cache, "redis", 3).await;
+        assert_eq!(
+            SearchService::search_key("redis", 3).unwrap(),
+            key_for("search", &("redis", 3)).unwrap()
+        );
+        assert!(
+            SearchService::search_invalidate(&cache, "redis", 3)
+                .await
+                .unwrap()
+        );
+        service.search(&cache, "redis", 3).await;
+        assert_eq!(service.calls.load(Ordering::SeqCst), 2);
+
+        // ... or methods, when `key = ...` uses `self`.
+        let eu = Regional {
+            region: "eu",
+            calls: AtomicUsize::new(0),
+        };
+        assert_eq!(eu.price(&cache, "ab-1").await, 4);
+        assert_eq!(eu.price_key("ab-1").unwrap(), "regional:eu:ab-1");
+        assert!(eu.price_invalidate(&cache, "ab-1").await.unwrap());
+        assert_eq!(eu.price(&cache, "ab-1").await, 4);
+        assert_eq!(eu.calls.load(Ordering::SeqCst), 2);
+
+        // A key with no canonical form fails as the call would run uncached.
+        let err = type_of_key(f64::NAN).unwrap_err();
+        assert_eq!(err.kind(), cache_core::ErrorKind::Encode);
+    }
+
+    pub async fn the_cache_argument_is_never_part_of_the_key(cache: Cache) {
+        let calls = AtomicUsize::new(0);
+        assert_eq!(handle_arg(&cache, &calls, 5).await, 15);
+        assert_eq!(handle_arg(&cache, &calls, 5).await, 15);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let key = key_for("handle-arg", &(5,)).unwrap();
+        assert_eq!(handle_arg_key(5).unwrap(), key);
+        assert!(cache.exists(&key).await.unwrap());
+
+        assert_eq!(owned_handle_arg(cache.clone(), 2).await, 8);
+        let key = key_for("owned-handle-arg", &(2,)).unwrap();
+        assert!(cache.exists(&key).await.unwrap());
+    }
+
     pub async fn hash_map_arguments_hit_whatever_their_order(cache: Cache) {
         let calls = AtomicUsize::new(0);
         let forward: HashMap<String, u32> = (0..32).map(|i| (format!("k{i}"), i)).collect();
@@ -659,7 +817,8 @@ mod shapes {
     pub struct Length;
 
     impl Scorer for Length {
-        #[cached(prefix = "score", ttl = 60, cache = cache, skip(cache))]
+        // A trait impl holds the trait's items only: no `score_key` beside it.
+        #[cached(prefix = "score", ttl = 60, cache = cache, skip(cache), in_trait)]
         async fn score(&self, cache: &Cache, word: &str) -> u32 {
             word.len() as u32
         }
@@ -727,12 +886,10 @@ mod shapes {
     async fn generic_and_trait_methods_are_memoized() {
         let cache = fixture(Backend::Memory, "shapes").await;
         assert_eq!(generic(&cache, &[1u8, 2, 3], "l").await, 3);
-        assert!(
-            cache
-                .exists(&key_for("generic", &([1u8, 2, 3], "l")).unwrap())
-                .await
-                .unwrap()
-        );
+        // The type parameter's name, then the `impl Trait` argument's.
+        let key = key_for("generic", &([1u8, 2, 3], "l", ("u8", "&str"))).unwrap();
+        assert_eq!(generic_key(&[1u8, 2, 3], "l").unwrap(), key);
+        assert!(cache.exists(&key).await.unwrap());
         assert_eq!(Length.score(&cache, "four").await, 4);
         assert!(
             cache

@@ -172,10 +172,6 @@ async fn tagged_quote(
     upstream.quote().await
 }
 
-fn quote_key(symbol: &str) -> String {
-    key_for("quote", &(symbol,)).unwrap()
-}
-
 #[cached(prefix = "search", ttl = 3600, compress, cache = cache, skip(cache, calls))]
 async fn search_compressed(cache: &Cache, calls: &AtomicUsize, query: &str) -> Vec<String> {
     calls.fetch_add(1, Ordering::SeqCst);
@@ -251,7 +247,7 @@ mod behaviour {
             _ => a.stats().stale_served + b.stats().stale_served,
         };
         let upstream = Upstream::new(100);
-        let key = quote_key("ACME");
+        let key = quote_key("ACME".into()).unwrap();
         assert_eq!(
             quote(a.clone(), upstream.clone(), "ACME".into()).await,
             Ok(100)
@@ -308,7 +304,7 @@ mod behaviour {
         let Pair { a, b, .. } = pair;
         for (symbol, panics) in [("ERR", false), ("PANIC", true)] {
             let upstream = Upstream::new(100);
-            let key = quote_key(symbol);
+            let key = quote_key(symbol.into()).unwrap();
             assert_eq!(
                 quote(a.clone(), upstream.clone(), symbol.into()).await,
                 Ok(100)
@@ -393,7 +389,7 @@ mod behaviour {
     pub async fn after_ttl_plus_stale_the_body_runs_and_its_error_is_returned(pair: Pair) {
         let Pair { a, .. } = pair;
         let upstream = Upstream::new(100);
-        let key = quote_key("GONE");
+        let key = quote_key("GONE".into()).unwrap();
         assert_eq!(
             quote(a.clone(), upstream.clone(), "GONE".into()).await,
             Ok(100)

@@ -460,10 +460,22 @@ pub fn restore_always<T>(value: T) -> T {
     value
 }
 
-/// Drops the entry a memoized function stored for these arguments, so the
-/// next call runs the body. `args` is the tuple of the key arguments (those
-/// not in `skip(...)`, in declaration order, `self` excluded), as for
+/// What `{name}_invalidate` does with the key `{name}_key` built: drops it.
+pub async fn invalidate(cache: &Cache, key: Result<String>) -> Result<bool> {
+    cache.delete(&key?).await
+}
+
+/// Drops the entry stored under `{prefix}:{hash of args}`, the key of a
+/// memoized function without `key = ...`, so the next call runs the body.
+/// `args` is the tuple of the key arguments (those not in `skip(...)` and not
+/// the `cache = ...` handle, in declaration order, `self` excluded), as for
 /// [`key_for`](crate::key_for); `&str` and `String` give the same key.
+///
+/// Prefer the `{name}_invalidate` function `#[cached]` writes beside each
+/// memoized function: it builds the key the function uses whatever its
+/// options (`key = ...`, `skip`, a generic function's type names), where
+/// this function only hashes what it is given: for a `key = ...` function
+/// it drops nothing (`Ok(false)`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -480,6 +492,9 @@ pub fn restore_always<T>(value: T) -> T {
 /// // The key arguments, `cache` skipped: (7, "EUR").
 /// assert!(cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?);
 /// assert!(!cache_core::invalidate_memoized(&cache, "balance", &(7, "EUR")).await?); // gone
+/// // The same, written by the attribute:
+/// balance(&cache, 7, "EUR").await;
+/// assert!(balance_invalidate(&cache, 7, "EUR").await?);
 /// # Ok(()) }
 /// ```
 pub async fn invalidate_memoized<A: Serialize + ?Sized>(
