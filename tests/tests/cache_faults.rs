@@ -718,10 +718,12 @@ async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it
         c.primaries().contains(&replica) && c.is_settled()
     });
     let started = Instant::now();
-    while cache.invalidate_prefix(&format!("{p}:k:")).await.is_err() {
+    // The client learns the new slot owner from its next topology refresh:
+    // hundreds of milliseconds on a quiet machine, seconds on a loaded one.
+    while let Err(err) = cache.invalidate_prefix(&format!("{p}:k:")).await {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never covered the promoted replica"
+            started.elapsed() < Duration::from_secs(15),
+            "never covered the promoted replica: {err}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
