@@ -77,9 +77,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p benches --all-targets --features compare,charts --locked -- -D warnings
 # The test crate turns on the `metrics` feature (feature unification): lint
 # the libraries without it too, and check it adds no dependency when off.
-cargo clippy -p cache-core -p rate-limit --lib --locked -- -D warnings
+cargo clippy -p redis-cache-core -p tower-redis-rate-limit --lib --locked -- -D warnings
 echo "==> no metrics dependency without the feature (cargo tree -e normal)"
-for crate in cache-core rate-limit; do
+for crate in redis-cache-core tower-redis-rate-limit; do
   if cargo tree -p "$crate" -e normal --prefix none --locked | grep -q '^metrics '; then
     echo "$crate depends on metrics without its feature" >&2
     exit 1
