@@ -27,8 +27,8 @@
 # be fetched, and semver before the first release (nothing to compare with).
 # Both are listed at the end, and in test.sh's list of skipped checks.
 #
-# Cost on 2 cores (CPU seconds, from a target directory the rest of test.sh
-# has built; cold installs once per machine): see "Release checks" in README.md.
+# What each check costs (CPU time, cold and after the rest of test.sh; the
+# tools' installs once per machine): "Release checks" in README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +103,8 @@ check_package() {
   # The crates depend on each other at the same version; `--workspace`
   # packages them together (a local registry stands in for crates.io), so
   # each one builds from its .crate before any is published.
-  cargo package --workspace "${exclude_unpublished[@]}" --locked --allow-dirty
+  # No debug info in these builds (nothing runs them): 12 % less CPU time.
+  CARGO_PROFILE_DEV_DEBUG=false cargo package --workspace "${exclude_unpublished[@]}" --locked --allow-dirty
 }
 
 check_features() {
