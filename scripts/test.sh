@@ -77,9 +77,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p benches --all-targets --features compare,charts --locked -- -D warnings
 # The test crate turns on the `metrics` feature (feature unification): lint
 # the libraries without it too, and check it adds no dependency when off.
-cargo clippy -p cache-core -p rate-limit --lib --locked -- -D warnings
+cargo clippy -p redis-cache-core -p tower-redis-rate-limit --lib --locked -- -D warnings
 echo "==> no metrics dependency without the feature (cargo tree -e normal)"
-for crate in cache-core rate-limit; do
+for crate in redis-cache-core tower-redis-rate-limit; do
   if cargo tree -p "$crate" -e normal --prefix none --locked | grep -q '^metrics '; then
     echo "$crate depends on metrics without its feature" >&2
     exit 1
@@ -92,6 +92,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # The rust-version stated in Cargo.toml is checked, not just claimed: the
 # library crates must build with that toolchain (rustup installs it once).
 msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
+# The README states it with the policy for raising it; keep the two in step.
+grep -qE "Minimum supported Rust version: ${msrv//./\\.}([^0-9.]|$)" README.md || {
+  echo "README.md does not state the minimum Rust version $msrv of Cargo.toml (\"Minimum supported Rust version: $msrv\")" >&2
+  exit 1
+}
 [[ "$msrv" == *.*.* ]] || msrv="$msrv.0"
 if command -v rustup >/dev/null 2>&1; then
   echo "==> cargo +$msrv check (the stated minimum Rust version)"
@@ -100,6 +105,12 @@ if command -v rustup >/dev/null 2>&1; then
 else
   skip_or_fail msrv "rustup is not installed, so rust-version $msrv cannot be checked"
 fi
+
+# What a release needs of the published crates: they package and build from
+# their packaged files, build with each feature alone, and pass cargo deny
+# (scripts/release-check.sh says what each check does and installs its tools;
+# its `semver` and `docsrs` checks run only before a release).
+./scripts/release-check.sh package features deny
 
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -298,6 +298,8 @@
 //!   [`CacheBuilder::tls_ca_cert_pem`]).
 //! - `msgpack`: `Codec::MessagePack` values (`codec = "msgpack"`).
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly) marks each item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 mod codec;

@@ -81,7 +81,7 @@
 //! | `skip(a, b)` | leave these arguments out of the key |
 //! | `cache = <expr>` | use this handle (`Cache`, `&Cache`, `Option<Cache>` or `Option<&Cache>`, such as `&self.cache`) instead of the default one |
 //! | `key = <expr>` | key `{prefix}:{expr}` (anything `Display`) instead of the hash of the arguments |
-//! | `codec = "msgpack"` | MessagePack values (feature `msgpack` of `cache-core`); JSON by default |
+//! | `codec = "msgpack"` | MessagePack values (feature `msgpack` of `redis-cache-core`); JSON by default |
 //! | `local = false` | never served from, nor kept in, the handle's local tier (see `CacheBuilder::local_tier`) |
 //! | `stale = secs` or `<Duration expr>` | keep serving a value this long past `ttl` while one background refresh runs (and while refreshes fail) |
 //! | `timeout = secs` or `<Duration expr>` | with `stale`: bound on a background refresh (also its lease) |

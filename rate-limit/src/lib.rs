@@ -284,6 +284,8 @@
 //! assert_eq!(err.kind(), ErrorKind::Config);
 //! ```
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly) marks each item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod clock;

@@ -67,7 +67,7 @@ impl CacheConfig {
         if uses_tls && !cfg!(feature = "tls") {
             return Err(Error::config(
                 "rediss",
-                "TLS needs the `tls` feature of cache-core (cache-core = { features = [\"tls\"] })",
+                "TLS needs the `tls` feature of redis-cache-core (redis-cache-core = { version = \"0.1\", features = [\"tls\"] })",
             ));
         }
         if c.max_value_bytes == 0 || c.max_value_bytes > MAX_VALUE_BYTES_LIMIT {

@@ -526,7 +526,7 @@ pub(crate) fn resp3(client: redis::Client) -> redis::RedisResult<redis::Client> 
 /// The driver's configuration errors can quote the URL; never pass them on.
 pub(crate) fn driver_config_error(err: redis::RedisError) -> Error {
     let reason = if err.to_string().to_ascii_lowercase().contains("tls") {
-        "rediss:// (TLS) needs cache-core's `tls` feature".to_string()
+        "rediss:// (TLS) needs the `tls` feature of redis-cache-core".to_string()
     } else {
         format!("rejected by the Redis client ({:?})", err.kind())
     };
