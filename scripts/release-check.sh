@@ -105,6 +105,21 @@ check_package() {
   # each one builds from its .crate before any is published.
   # No debug info in these builds (nothing runs them): 12 % less CPU time.
   CARGO_PROFILE_DEV_DEBUG=false cargo package --workspace "${exclude_unpublished[@]}" --locked --allow-dirty
+  # "MIT OR Apache-2.0" obliges every copy to carry both texts.
+  local crate_file listing
+  for crate_file in target/package/*-"$(workspace_version)".crate; do
+    listing="$(tar -tzf "$crate_file")"
+    for licence in LICENSE-MIT LICENSE-APACHE; do
+      if ! grep -q "/$licence\$" <<<"$listing"; then
+        echo "error: $crate_file does not carry $licence" >&2
+        exit 1
+      fi
+    done
+  done
+}
+
+workspace_version() {
+  sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1
 }
 
 check_features() {
