@@ -246,12 +246,22 @@ impl Cache {
         args: &[i64],
         timeout: Duration,
     ) -> Result<Vec<i64>> {
-        let keys: Vec<String> = keys
-            .iter()
-            .map(|key| self.full_key(key).into_owned())
-            .collect();
+        // Without a namespace the keys go as they are: no copy per call.
+        let owned: Vec<String>;
+        let named: Vec<&str>;
+        let keys = match self.inner.namespace {
+            None => keys,
+            Some(_) => {
+                owned = keys
+                    .iter()
+                    .map(|key| self.full_key(key).into_owned())
+                    .collect();
+                named = owned.iter().map(String::as_str).collect();
+                &named
+            }
+        };
         self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.eval(script, &keys, args)
+            s.eval(script, keys, args)
         })
         .await
     }

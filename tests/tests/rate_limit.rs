@@ -1217,7 +1217,7 @@ fn command_calls(server: &RedisServer, name: &str) -> u64 {
 
 /// Every policy of a request in one script call: 3 policies (one per
 /// algorithm), 20 requests one after the other, 20 EVALSHA (plus the first
-/// one answered NOSCRIPT, then loaded) and no other command from the client.
+/// one answered NOSCRIPT, then sent as EVAL) and no other command from the client.
 #[tokio::test]
 async fn several_policies_take_one_script_call_per_request() {
     let (server, cache) = own_redis(|b| b).await;
@@ -1260,6 +1260,7 @@ async fn several_policies_take_one_script_call_per_request() {
             // The script's own commands, and the driver's script loading and handshake.
             ![
                 "evalsha",
+                "eval",
                 "mget",
                 "set",
                 "pexpireat",
