@@ -212,6 +212,34 @@ impl Cache {
         }
     }
 
+    /// A [`dedicated`](Self::dedicated) handle for counters: on a Redis
+    /// Cluster, its client never sends a command again once it may have
+    /// reached a node. The cluster driver's own retries (after a broken
+    /// connection the command may have run before the break) are off, so a
+    /// counting script or `INCR` runs at most once per call; a call the
+    /// node answered without running it (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`, `READONLY`, `BUSY`) or that
+    /// found no connection is sent again by the handle, within its timeout
+    /// and retries, and a broken connection is the call's error (the rate
+    /// limiter's fail mode decides). A standalone handle never resends such
+    /// calls anyway: this is [`dedicated`](Self::dedicated) there. The rate
+    /// limiter takes one.
+    pub fn dedicated_counter(&self) -> Cache {
+        if self.inner.backend == Backend::Memory {
+            return self.clone();
+        }
+        let mut config = self.inner.config.clone();
+        config.local_tier = None;
+        config.counter = true;
+        match Self::from_config(config) {
+            Ok(cache) => cache,
+            Err(err) => {
+                tracing::warn!(%err, "could not open a dedicated counter connection; using a dedicated one");
+                self.dedicated()
+            }
+        }
+    }
+
     /// A value of type `T` shared by this handle and its clones (and, for
     /// the in-memory store, by [`dedicated`](Self::dedicated) handles, which
     /// are clones there): made with `T::default()` on first use. For

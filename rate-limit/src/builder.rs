@@ -56,7 +56,7 @@ impl RateLimitLayerBuilder {
         RateLimitLayerBuilder {
             // A connection of its own: counting never queues behind a slow or
             // large cache read on the shared one (same settings, same server).
-            cache: cache.dedicated(),
+            cache: cache.dedicated_counter(),
             limit: None,
             window: None,
             policies: Vec::new(),

@@ -2193,3 +2193,151 @@ async fn route_and_ip_counts_head_against_the_get_budget() {
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
 }
+
+/// The server side of the loopback connection from `peer` to `port`: how
+/// many bytes it has received that the server has not read yet, from the
+/// kernel's table (`/proc/net/tcp`); `None` while no such connection exists.
+fn unread_bytes(port: u16, peer: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port_of = |address: &str| {
+        let (_, port) = address.split_once(':')?;
+        u16::from_str_radix(port, 16).ok()
+    };
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if port_of(local)? != port || port_of(remote)? != peer {
+            return None;
+        }
+        let (_, unread) = queues.split_once(':')?;
+        u64::from_str_radix(unread, 16).ok()
+    })
+}
+
+/// `args` as one RESP command.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut command = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        command.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
+    }
+    command
+}
+
+/// Polls `ready` until it holds; panics after 10 s.
+async fn until(what: &str, ready: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not after 10 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Issue 20, item 10a: on a Redis Cluster, a limiter's call whose
+/// connection is cut after the node ran it is not sent again by the cluster
+/// client (which would count the request twice): the request fails (and
+/// passes, failing open) and is counted once. The node is kept busy by a
+/// script of the test's while the limiter's call arrives and then a `CLIENT
+/// KILL` of its connection: the node runs the call, then kills the
+/// connection before the reply is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_cut_off_after_it_ran_is_not_sent_again_on_a_cluster() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tower::{Layer, ServiceExt};
+
+    const BUSY: &str = "local t = redis.call('TIME') \
+        local start = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 2000000 \
+        return 1";
+
+    let cluster = tests::RedisCluster::start();
+    let cache = suite::build(suite::cluster(cluster.urls()).timeout(Duration::from_secs(5))).await;
+    let prefix = unique_prefix("cut");
+    let limiter = layer(cache, &prefix, 10, Duration::from_secs(60))
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    let service = limiter.layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        },
+    ));
+    let request = || {
+        http::Request::builder()
+            .uri("/")
+            .extension(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 7],
+                4000,
+            ))))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let key = format!("{prefix}:ip:192.0.2.7");
+    let node = cluster.primary_for_key(&key);
+    // Connects the limiter to the node and loads its script there.
+    let first = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "9");
+    let clients = RedisServer::cli_on(node, &["CLIENT", "LIST", "TYPE", "normal"]);
+    let line = clients
+        .lines()
+        .find(|line| line.contains(" cmd=eval"))
+        .unwrap_or_else(|| panic!("no limiter connection: {clients}"));
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            .to_string()
+    };
+    let (id, address) = (field("id"), field("addr"));
+    let limiter_port: u16 = address.rsplit_once(':').unwrap().1.parse().unwrap();
+
+    // Both connections of the test are open (accepted) before the node is
+    // busy, so that what they send later is read in arrival order.
+    let mut busy = TcpStream::connect(("127.0.0.1", node)).await.unwrap();
+    let mut kill = TcpStream::connect(("127.0.0.1", node)).await.unwrap();
+    kill.write_all(&resp(&["PING"])).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = kill.read(&mut reply).await.unwrap();
+    assert_eq!(&reply[..n], b"+PONG\r\n");
+    busy.write_all(&resp(&["EVAL", BUSY, "0"])).await.unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    until("the node runs the busy script", || {
+        unread_bytes(node, busy_port) == Some(0)
+    })
+    .await;
+    let counted = tokio::spawn(service.clone().oneshot(request()));
+    until("the limiter's call reaches the node", || {
+        unread_bytes(node, limiter_port).is_some_and(|n| n > 0)
+    })
+    .await;
+    kill.write_all(&resp(&["CLIENT", "KILL", "ID", &id]))
+        .await
+        .unwrap();
+    let n = busy.read(&mut reply).await.unwrap();
+    assert_eq!(&reply[..n], b":1\r\n", "the busy script ended");
+    let n = kill.read(&mut reply).await.unwrap();
+    assert_eq!(
+        &reply[..n],
+        b":1\r\n",
+        "the limiter's connection was killed"
+    );
+
+    let response = counted.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "failing open");
+    assert!(
+        response.headers().get("x-ratelimit-remaining").is_none(),
+        "not counted as far as the limiter knows"
+    );
+    assert_eq!(limiter.stats().store_errors, 1, "{:?}", limiter.stats());
+    assert_eq!(
+        fixed_count(&RedisServer::cli_on(node, &["GET", &key])),
+        "2",
+        "the call ran once: the first request and this one"
+    );
+    // And the limiter counts on, on a new connection.
+    let next = service.oneshot(request()).await.unwrap();
+    assert_eq!(next.headers()["x-ratelimit-remaining"], "7");
+}

@@ -454,8 +454,14 @@ impl RedisStore<ClusterConnection> {
             .iter()
             .map(RedisEndpoint::connection_url)
             .collect::<Result<Vec<_>>>()?;
+        // The driver retries a command after a redirection (MOVED, ASK: it
+        // did not run) but also after a broken connection, when it may have
+        // run: a counter's handle takes none of them (a script that counts
+        // would count twice), and its calls are sent again by the handle
+        // only when the node said it did not run them.
+        let retries = if config.counter { 0 } else { 2 };
         let client = cluster_builder(urls, config)
-            .retries(2)
+            .retries(retries)
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()
