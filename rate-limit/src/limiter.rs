@@ -25,7 +25,9 @@
 //! end for the fixed window, when enough of the previous window slid out
 //! for the sliding one, when the TAT allows for GCRA). States only fill up
 //! through admissions, and none happens in that time, so those requests are
-//! rejected without a store call.
+//! rejected without a store call. The time is measured on the clock's
+//! [monotonic](crate::Clock::monotonic) reading: a wall clock stepped back
+//! does not make a rejection last longer.
 //!
 //! **Bounded by design.** At most [`IN_FLIGHT`] requests are at the store at
 //! once (a request past that is a store failure, under the layer's fail
@@ -41,7 +43,7 @@ use cache_core::Cache;
 use cache_core::sync::{StateFlag, StripedCounters};
 use serde::Serialize;
 
-use crate::clock::{Clock, now_micros};
+use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::quota::Quota;
 use crate::store::memory::MemoryLimits;
@@ -188,6 +190,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// When a request was sent to the store.
+#[derive(Clone, Copy)]
+struct Sent {
+    /// The clock's monotonic reading, µs.
+    monotonic: u64,
+    /// Its wall time, µs since the epoch, when it was read.
+    wall: Option<u64>,
+}
+
 /// The store keys of one client: `{prefix}:{client}` for one policy; with
 /// several, `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster
 /// keeps them on one slot (one script call reads them all).
@@ -245,13 +256,22 @@ impl Limiter {
                 &several
             }
         };
-        // Read before the call: the deny cache counts from it (see `note_denied`).
-        let sent = now_micros(self.clock.as_ref());
+        // Read before the call: the deny cache counts from it (see
+        // `note_denied`). The wall clock only where it is "now" for the
+        // arithmetic (the in-memory store, a clock sent to the scripts).
+        let sent = Sent {
+            monotonic: monotonic_micros(self.clock.as_ref()),
+            wall: match self.counting {
+                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
+                Counting::Exact => self.send_now.then(|| now_micros(self.clock.as_ref())),
+            },
+        };
         let call = telemetry::StoreCall::start();
         let row = match &self.counting {
             Counting::Memory(memory) => {
                 self.counters.add(Count::StoreCalls);
-                Ok(memory.evaluate(keys, &self.quotas, sent, &[cost]))
+                let now = sent.wall.unwrap_or_default();
+                Ok(memory.evaluate(keys, &self.quotas, now, &[cost]))
             }
             Counting::Exact => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
@@ -259,7 +279,7 @@ impl Limiter {
                     return Verdict::StoreFailed;
                 };
                 self.counters.add(Count::StoreCalls);
-                let now = self.send_now.then_some(sent);
+                let now = sent.wall;
                 crate::store::redis::evaluate(
                     &self.cache,
                     keys,
@@ -340,16 +360,23 @@ impl Limiter {
     }
 
     /// Remembers `client` as rejected if `outcome` says it is for a while,
-    /// counted from `sent` (µs, read before the store call) rounded down to
-    /// the ms (the store's windows end on whole ms, counted from its ms): the
-    /// local deny cache then never outlasts the store's own verdict.
-    fn note_denied(&self, client: &str, outcome: &Outcome, sent: u64) {
+    /// counted from `sent` (read before the store call) rounded down to the
+    /// ms of the wall clock (the store's windows end on whole ms, counted
+    /// from its ms): the local deny cache then never outlasts the store's own
+    /// verdict. Kept on the monotonic clock.
+    fn note_denied(&self, client: &str, outcome: &Outcome, sent: Sent) {
         if self.local_deny && !outcome.blocked.is_zero() && outcome.blocked != Duration::MAX {
-            let now = now_micros(self.clock.as_ref());
+            let now = monotonic_micros(self.clock.as_ref());
+            // The wall clock's µs within its ms at `sent`: read then, or now
+            // less the time since (only rejections get here).
+            let wall = sent.wall.unwrap_or_else(|| {
+                now_micros(self.clock.as_ref()).saturating_sub(now.saturating_sub(sent.monotonic))
+            });
             let blocked = u64::try_from(outcome.blocked.as_micros()).unwrap_or(u64::MAX);
+            let start = sent.monotonic.saturating_sub(wall % 1000);
             self.denied.insert(
                 client,
-                (sent - sent % 1000).saturating_add(blocked),
+                start.saturating_add(blocked),
                 outcome.decision.policy,
                 now,
             );
@@ -361,7 +388,7 @@ impl Limiter {
         if !self.local_deny || self.denied.len() == 0 {
             return None;
         }
-        let now = now_micros(self.clock.as_ref());
+        let now = monotonic_micros(self.clock.as_ref());
         let (until, policy) = self.denied.get(key, now)?;
         let limit = self.quotas.get(policy).map_or(0, Quota::limit);
         Some(Decision::denied_for(
@@ -451,6 +478,10 @@ mod tests {
                 self.manual.advance(Duration::from_millis(5));
             }
             now
+        }
+
+        fn monotonic(&self) -> Duration {
+            self.manual.now()
         }
     }
 

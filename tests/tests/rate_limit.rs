@@ -2224,6 +2224,62 @@ async fn route_and_ip_counts_head_against_the_get_budget() {
     assert_eq!(statuses, [200, 200, 429, 429]);
 }
 
+/// Issue 20, item 4: the local deny cache measures its entries on a clock
+/// that never goes back. With the wall clock stepped back an hour after a
+/// client was rejected, the client is admitted again as soon as Redis (on
+/// its own clock) admits it, not an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_stepped_back_does_not_stretch_the_deny_cache() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rate_limit::Clock;
+
+    /// The system clock, an hour behind once `back` is set.
+    struct SteppedBack(Arc<AtomicBool>);
+    impl Clock for SteppedBack {
+        fn now(&self) -> Duration {
+            let now = rate_limit::SystemClock.now();
+            if self.0.load(Ordering::Relaxed) {
+                now - Duration::from_secs(3600)
+            } else {
+                now
+            }
+        }
+    }
+
+    let (server, cache) = own_redis(|b| b).await;
+    let back = Arc::new(AtomicBool::new(false));
+    let limiter = layer(cache, "stepped", 1, Duration::from_millis(1500))
+        .clock(SteppedBack(back.clone()))
+        .build()
+        .unwrap();
+    let app = app_with(limiter.clone());
+    assert_eq!(call(&app, "/").await.0, 200, "the limit, reached");
+    assert_eq!(call(&app, "/").await.0, 429);
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.store_calls, stats.limited_locally),
+        (1, 1),
+        "rejected by the deny cache"
+    );
+    back.store(true, Ordering::Relaxed);
+    // Redis ends the window on its own clock: once the key is gone, it admits.
+    let started = Instant::now();
+    while server.cli(&["PTTL", "stepped:ip:127.0.0.1"]).trim() != "-2" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the key never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        call(&app, "/").await.0,
+        200,
+        "the deny cache must not outlast the store's window"
+    );
+}
+
 /// The server side of the loopback connection from `peer` to `port`: how
 /// many bytes it has received that the server has not read yet, from the
 /// kernel's table (`/proc/net/tcp`); `None` while no such connection exists.
