@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cache_core::Cache;
 use cache_core::sync::StateFlag;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::builder::RateLimitLayerBuilder;
@@ -199,7 +199,7 @@ impl Shared {
         *limited.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         limited.headers_mut().insert(
             header::RETRY_AFTER,
-            HeaderValue::from(decision.retry_after_seconds()),
+            crate::headers::number_value(decision.retry_after_seconds()),
         );
         self.headers.write(limited.headers_mut(), decision);
         limited
