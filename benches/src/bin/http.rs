@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use benches::Series;
+use benches::limiters::{Naive, client_ip, naive};
 use cache_core::Cache;
 use rate_limit::{
     RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
@@ -58,6 +59,8 @@ const WINDOW: Duration = Duration::from_secs(3600);
 const NORMAL_LIMIT: u64 = rate_limit::MAX_LIMIT;
 /// Reached after the first round's first requests.
 const FLOOD_LIMIT: u64 = 10;
+/// The layers' bound on a store call (see `serve_all`).
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct client addresses of the many-clients scenario.
 const CLIENTS: usize = 10_000;
 /// The proxy every request comes through (the load generator's address).
@@ -250,10 +253,15 @@ fn main() {
 /// Starts every service, prints `id port` lines and `ready`, and serves until
 /// its standard input closes (the parent exits or drops it).
 async fn serve_all(url: &str) {
+    // Calls may take up to 2 s: on a machine shared with other work a
+    // stalled moment must not make the layer fail open (and stop calling
+    // Redis), which would make its row cheaper than what it measures. The
+    // layers' counters (store errors included) are printed at the end.
     let redis_cache = || async {
         Cache::builder()
             .redis_url(url)
             .expect("url")
+            .timeout(STORE_TIMEOUT)
             .build()
             .await
             .expect("cache")
@@ -264,10 +272,12 @@ async fn serve_all(url: &str) {
         .await
         .expect("connect");
     let layer = |cache: Cache, limit: u64| {
+        let store_timeout = STORE_TIMEOUT.min(cache.timeout());
         RateLimitLayer::builder(cache)
             .limit(limit)
             .window(WINDOW)
             .trusted_proxies([TRUSTED_PROXY])
+            .store_timeout(store_timeout)
             .build()
             .expect("layer")
     };
@@ -281,7 +291,15 @@ async fn serve_all(url: &str) {
     ));
     ports.push((
         "naive",
-        serve(hello().layer(middleware::from_fn_with_state(raw.clone(), naive))).await,
+        serve(hello().layer(middleware::from_fn_with_state(
+            Naive {
+                conn: raw.clone(),
+                window: WINDOW,
+                limit: NORMAL_LIMIT,
+            },
+            naive,
+        )))
+        .await,
     ));
     let script = EvalSha {
         conn: raw,
@@ -295,10 +313,10 @@ async fn serve_all(url: &str) {
         )))
         .await,
     ));
-    ports.push((
-        "rl-redis",
-        serve(hello().layer(layer(redis_cache().await, NORMAL_LIMIT))).await,
-    ));
+    let mut layers: Vec<(&str, RateLimitLayer)> = Vec::new();
+    let rl_redis = layer(redis_cache().await, NORMAL_LIMIT);
+    layers.push(("rl-redis", rl_redis.clone()));
+    ports.push(("rl-redis", serve(hello().layer(rl_redis)).await));
     ports.push((
         "rl-memory",
         serve(hello().layer(layer(Cache::in_memory(), NORMAL_LIMIT))).await,
@@ -371,6 +389,11 @@ async fn serve_all(url: &str) {
     })
     .await
     .expect("stdin watcher");
+    // What the layers counted, failures included: to tell a row that failed
+    // open from one that counted.
+    for (id, layer) in layers {
+        eprintln!("{id}: {:?}", layer.stats());
+    }
 }
 
 fn hello() -> Router {
@@ -411,48 +434,6 @@ fn header_fields(limit: u64, remaining: u64) -> [(HeaderName, HeaderValue); 5] {
             value(format!("\"rate\";r={remaining};t={window}")),
         ),
     ]
-}
-
-/// The client of a hand-written limiter: the nearest `X-Forwarded-For` hop
-/// when the peer is the (loopback) proxy, else the peer.
-fn client_ip(request: &Request, peer: SocketAddr) -> IpAddr {
-    if peer.ip().is_loopback() {
-        let hop = request
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if let Some(ip) = hop {
-            return ip;
-        }
-    }
-    peer.ip()
-}
-
-/// What a user writes by hand: `INCR` and `EXPIRE NX` in one pipeline per
-/// request (one round trip, two commands), 429 over the limit, fail open.
-async fn naive(
-    State(mut conn): State<MultiplexedConnection>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let key = format!("bench:naive:{}", client_ip(&request, peer));
-    let count: redis::RedisResult<(u64,)> = redis::pipe()
-        .cmd("INCR")
-        .arg(&key)
-        .cmd("EXPIRE")
-        .arg(&key)
-        .arg(WINDOW.as_secs())
-        .arg("NX")
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    match count {
-        Ok((count,)) if count > NORMAL_LIMIT => StatusCode::TOO_MANY_REQUESTS.into_response(),
-        _ => next.run(request).await,
-    }
 }
 
 struct EvalSha {
@@ -594,8 +575,16 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        // Closing its standard input ends it; kill it if it does not.
+        // Closing its standard input ends it (after it printed its layers'
+        // counters); kill it if it does not within a few seconds.
         drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
