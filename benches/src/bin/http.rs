@@ -11,7 +11,8 @@
 //! Variants: bare axum; a hand-written `INCR` + `EXPIRE` pipeline per request
 //! and one `EVALSHA` per request (raw `redis` crate, no coalescing);
 //! `RateLimitLayer` on Redis and on the in-memory store; and, with
-//! `--features compare`, `tower_governor`.
+//! `--features compare`, `tower_governor` and `limitador` (its exact and its
+//! cached Redis storage; vendored with a build fix, benches/vendor/limitador).
 //!
 //! The services run in a child process (this binary started again with
 //! `--serve`), the load generator in this one, so that the CPU time of the
@@ -22,10 +23,14 @@
 //!
 //! `cargo run --release -p benches --features compare --bin http`
 //!
+//! A last phase measures accuracy across instances: 1 000 requests of one
+//! client over two instances of each limiter (limit 100), how many pass.
+//!
 //! `BENCH_ONLY=text` keeps each scenario's baseline and the rows whose name
 //! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
 //! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
-//! `BENCH_LATENCY=0` (skip the latency phase) for short or profiling runs.
+//! `BENCH_LATENCY=0` (skip the latency phase), `BENCH_ACCURACY=0` (skip the
+//! accuracy phase) for short or profiling runs.
 //! With `--features metrics` the service process installs a Prometheus
 //! recorder, for the overhead of the libraries' metrics.
 
@@ -127,6 +132,14 @@ const SERVICES: &[Service] = &[
         name: "`tower_governor` (in-process)",
     },
     Service {
+        id: "limitador",
+        name: "`limitador`, exact Redis storage (`AsyncRedisStorage`)",
+    },
+    Service {
+        id: "limitador-cached",
+        name: "`limitador`, cached Redis storage (`CachedRedisStorage`)",
+    },
+    Service {
         id: "ref-429",
         name: "reference: the handler answers the same 429 itself (baseline)",
     },
@@ -141,6 +154,14 @@ const SERVICES: &[Service] = &[
     Service {
         id: "governor-flood",
         name: "`tower_governor`, flood",
+    },
+    Service {
+        id: "limitador-flood",
+        name: "`limitador`, exact Redis storage, flood",
+    },
+    Service {
+        id: "limitador-cached-flood",
+        name: "`limitador`, cached Redis storage, flood",
     },
 ];
 
@@ -167,7 +188,15 @@ fn scenarios() -> Vec<Scenario> {
     let many: Vec<String> = (0..CLIENTS)
         .map(|i| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255))
         .collect();
-    let limiters = ["naive", "evalsha", "rl-redis", "rl-memory", "governor"];
+    let limiters = [
+        "naive",
+        "evalsha",
+        "rl-redis",
+        "rl-memory",
+        "governor",
+        "limitador",
+        "limitador-cached",
+    ];
     let mut list = vec![
         Scenario {
             key: "many",
@@ -192,13 +221,17 @@ fn scenarios() -> Vec<Scenario> {
                 "rl-redis-flood",
                 "rl-memory-flood",
                 "governor-flood",
+                "limitador-flood",
+                "limitador-cached-flood",
             ],
             latency: false,
         },
     ];
     if !cfg!(feature = "compare") {
         for scenario in &mut list {
-            scenario.rows.retain(|id| !id.starts_with("governor"));
+            scenario
+                .rows
+                .retain(|id| !id.starts_with("governor") && !id.starts_with("limitador"));
         }
     }
     if let Ok(keep) = std::env::var("BENCH_SCENARIOS") {
@@ -377,6 +410,29 @@ async fn serve_all(url: &str) {
             "governor-flood",
             serve(hello().layer(tower_governor::GovernorLayer::new(flood))).await,
         ));
+        for (id, limit) in [
+            ("limitador", NORMAL_LIMIT),
+            ("limitador-flood", FLOOD_LIMIT),
+        ] {
+            let storage = peer::limitador_exact(url).await;
+            ports.push((id, serve(peer::limitador(hello(), storage, limit)).await));
+        }
+        for (id, limit) in [
+            ("limitador-cached", NORMAL_LIMIT),
+            ("limitador-cached-flood", FLOOD_LIMIT),
+        ] {
+            let storage = peer::limitador_cached(url).await;
+            ports.push((id, serve(peer::limitador(hello(), storage, limit)).await));
+        }
+    }
+    // Two instances of each limiter with a limit of ACCURACY_LIMIT per hour,
+    // sharing what they share in production (Redis), for the accuracy phase.
+    for instance in ["a", "b"] {
+        for variant in ACCURACY_VARIANTS {
+            let app = accuracy_instance(variant, url).await;
+            let id: &'static str = Box::leak(format!("acc-{variant}-{instance}").into_boxed_str());
+            ports.push((id, serve(app).await));
+        }
     }
     for (id, port) in &ports {
         println!("{id} {port}");
@@ -393,6 +449,194 @@ async fn serve_all(url: &str) {
     // open from one that counted.
     for (id, layer) in layers {
         eprintln!("{id}: {:?}", layer.stats());
+    }
+}
+
+/// The limiters of the accuracy phase (with `--features compare`, the
+/// other libraries' too).
+const ACCURACY_VARIANTS: &[&str] = &[
+    "rl-redis",
+    "naive",
+    "rl-memory",
+    #[cfg(feature = "compare")]
+    "governor",
+    #[cfg(feature = "compare")]
+    "limitador",
+    #[cfg(feature = "compare")]
+    "limitador-cached",
+];
+/// The limit of the accuracy phase, per hour.
+const ACCURACY_LIMIT: u64 = 100;
+/// Requests of the accuracy phase's one client, over both instances.
+const ACCURACY_REQUESTS: usize = 1000;
+
+/// One instance of `variant` for the accuracy phase: its own connection,
+/// its own in-process state.
+async fn accuracy_instance(variant: &str, url: &str) -> Router {
+    match variant {
+        "rl-redis" | "rl-memory" => {
+            let cache = match variant {
+                "rl-redis" => Cache::builder()
+                    .redis_url(url)
+                    .expect("url")
+                    .timeout(STORE_TIMEOUT)
+                    .build()
+                    .await
+                    .expect("cache"),
+                _ => Cache::in_memory(),
+            };
+            let store_timeout = STORE_TIMEOUT.min(cache.timeout());
+            let layer = RateLimitLayer::builder(cache)
+                .limit(ACCURACY_LIMIT)
+                .window(WINDOW)
+                .prefix("acc")
+                .trusted_proxies([TRUSTED_PROXY])
+                .store_timeout(store_timeout)
+                .build()
+                .expect("layer");
+            hello().layer(layer)
+        }
+        "naive" => {
+            let conn = redis::Client::open(url)
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let state = Naive {
+                conn,
+                window: WINDOW,
+                limit: ACCURACY_LIMIT,
+            };
+            hello().layer(middleware::from_fn_with_state(state, naive))
+        }
+        #[cfg(feature = "compare")]
+        "governor" => {
+            use tower_governor::governor::GovernorConfigBuilder;
+            use tower_governor::key_extractor::SmartIpKeyExtractor;
+            let config = GovernorConfigBuilder::default()
+                .key_extractor(SmartIpKeyExtractor)
+                .per_second(WINDOW.as_secs() / ACCURACY_LIMIT)
+                .burst_size(ACCURACY_LIMIT as u32)
+                .finish()
+                .expect("governor config");
+            hello().layer(tower_governor::GovernorLayer::new(config))
+        }
+        #[cfg(feature = "compare")]
+        "limitador" => peer::limitador(hello(), peer::limitador_exact(url).await, ACCURACY_LIMIT),
+        #[cfg(feature = "compare")]
+        "limitador-cached" => {
+            peer::limitador(hello(), peer::limitador_cached(url).await, ACCURACY_LIMIT)
+        }
+        other => panic!("no accuracy variant {other}"),
+    }
+}
+
+/// Kuadrant's `limitador` (vendored with a fix: benches/vendor/limitador)
+/// as an axum middleware keyed like the others: one limit of the namespace
+/// `bench`, its variable `ip` the client address from `X-Forwarded-For`.
+#[cfg(feature = "compare")]
+mod peer {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::extract::{ConnectInfo, Request, State};
+    use axum::http::StatusCode;
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use benches::limiters::client_ip;
+    use limitador::AsyncRateLimiter;
+    use limitador::limit::{Context, Limit, Namespace};
+    use limitador::storage::AsyncCounterStorage;
+    use limitador::storage::redis::{AsyncRedisStorage, CachedRedisStorageBuilder};
+
+    use super::WINDOW;
+
+    /// Its exact storage: a Lua script per check.
+    pub async fn limitador_exact(url: &str) -> Box<dyn AsyncCounterStorage> {
+        Box::new(
+            AsyncRedisStorage::new(url)
+                .await
+                .expect("limitador redis storage"),
+        )
+    }
+
+    /// Its cached storage, with its defaults: counts kept in process and
+    /// flushed to Redis every second.
+    pub async fn limitador_cached(url: &str) -> Box<dyn AsyncCounterStorage> {
+        Box::new(
+            CachedRedisStorageBuilder::new(url)
+                .build()
+                .await
+                .expect("limitador cached storage"),
+        )
+    }
+
+    #[derive(Clone)]
+    struct Limiter {
+        limiter: Arc<AsyncRateLimiter>,
+        namespace: Namespace,
+    }
+
+    /// `app` behind a limitador of `limit` per window on `storage`.
+    pub fn limitador(app: Router, storage: Box<dyn AsyncCounterStorage>, limit: u64) -> Router {
+        let limiter = AsyncRateLimiter::new_with_storage(storage);
+        let by_ip = "ip".try_into().expect("a CEL variable");
+        limiter.add_limit(Limit::new("bench", limit, WINDOW.as_secs(), [], [by_ip]));
+        let state = Limiter {
+            limiter: Arc::new(limiter),
+            namespace: "bench".into(),
+        };
+        app.layer(middleware::from_fn_with_state(state, check))
+    }
+
+    /// 429 when limited; fails open.
+    async fn check(
+        State(state): State<Limiter>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let ip = client_ip(&request, peer).to_string();
+        let limited = AssertSend(async move {
+            let values = HashMap::from([("ip".to_string(), ip)]);
+            let context: Context<'_> = values.into();
+            let result = state
+                .limiter
+                .check_rate_limited_and_update(&state.namespace, &context, 1)
+                .await;
+            matches!(result, Ok(result) if result.limited)
+        })
+        .await;
+        if limited {
+            return StatusCode::TOO_MANY_REQUESTS.into_response();
+        }
+        next.run(request).await
+    }
+
+    /// limitador's CEL `Context` is not `Sync` (its `cel::Context` may hold
+    /// a `&dyn VariableResolver`), so a future holding it across an await is
+    /// not `Send`, which axum requires; its servers run on a thread-per-core
+    /// runtime. The future here builds the context itself, sets no resolver
+    /// and only ever runs inside this one task: moving it between threads
+    /// moves everything it refers to with it.
+    struct AssertSend<F>(F);
+
+    // SAFETY: see above: nothing the future holds is shared with another
+    // task or thread.
+    unsafe impl<F> Send for AssertSend<F> {}
+
+    impl<F: std::future::Future> std::future::Future for AssertSend<F> {
+        type Output = F::Output;
+
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            // SAFETY: structural pinning of the only field; never moved out.
+            unsafe { self.map_unchecked_mut(|wrapper| &mut wrapper.0) }.poll(cx)
+        }
     }
 }
 
@@ -775,6 +1019,20 @@ async fn measure() {
             }
         }
     }
+    let accuracy = if env_number("BENCH_ACCURACY", 1) != 0 {
+        let mut admitted = Vec::new();
+        for (index, variant) in ACCURACY_VARIANTS.iter().enumerate() {
+            let ports = [
+                services.ports[&format!("acc-{variant}-a")],
+                services.ports[&format!("acc-{variant}-b")],
+            ];
+            // One client of its own per variant: keys never shared between rows.
+            admitted.push((*variant, over_two(ports, format!("10.253.0.{index}")).await));
+        }
+        admitted
+    } else {
+        Vec::new()
+    };
 
     println!(
         "\nHTTP GET / on loopback, {CONNECTIONS} keep-alive connections, {rounds} rounds of {ROUND:?}; \
@@ -843,4 +1101,56 @@ async fn measure() {
             }
         }
     }
+    if !accuracy.is_empty() {
+        println!(
+            "\n### Accuracy across two instances: {ACCURACY_REQUESTS} requests of one client, \
+             limit {ACCURACY_LIMIT} per hour, over two instances ({CONNECTIONS} connections, \
+             alternately to each)\n"
+        );
+        println!("| variant | admitted | over the limit |");
+        println!("| --- | ---: | ---: |");
+        for (variant, admitted) in accuracy {
+            let name = match variant {
+                "rl-redis" => "`RateLimitLayer`, Redis",
+                "rl-memory" => "`RateLimitLayer`, in-memory store (one store per instance)",
+                other => name_of(other),
+            };
+            println!(
+                "| {name} | {admitted} | {:+} |",
+                admitted as i64 - ACCURACY_LIMIT as i64
+            );
+        }
+    }
+}
+
+/// Sends `ACCURACY_REQUESTS` requests of `address` over `CONNECTIONS`
+/// connections, each to one of the two `ports` in turn; the requests admitted.
+async fn over_two(ports: [u16; 2], address: String) -> u64 {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let (sent, address) = (sent.clone(), address.clone());
+            tokio::spawn(async move {
+                let mut conn = Connection::open(ports[c % 2]).await.expect("connect");
+                let mut admitted = 0u64;
+                while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ACCURACY_REQUESTS {
+                    let response = conn
+                        .request(
+                            "/",
+                            &[("X-Forwarded-For", &address)],
+                            Duration::from_secs(5),
+                        )
+                        .await
+                        .expect("request");
+                    admitted += u64::from(response.status == 200);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.expect("client");
+    }
+    admitted
 }
