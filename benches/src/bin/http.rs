@@ -734,6 +734,24 @@ fn cpu_ticks(pid: u32) -> u64 {
     utime + stime
 }
 
+/// Context switches of process `pid` so far (voluntary and not, every
+/// thread): how often its threads parked and were woken.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// The commands that run only inside the scripts of this benchmark (the raw
 /// `EVALSHA` row's, and the layer's `limits.lua`: `TIME`, `MGET`, `SET`,
 /// `PEXPIREAT`, and its repairs; the naive pipeline sends `INCR` and
@@ -915,6 +933,8 @@ struct Row {
     cpu: Series,
     service_ticks: u64,
     redis_ticks: u64,
+    /// Context switches of the service process.
+    switches: u64,
     requests: u64,
     /// Commands sent to Redis.
     commands: u64,
@@ -978,6 +998,7 @@ async fn measure() {
                 let port = services.ports[*id];
                 let commands = redis_commands(&mut admin).await;
                 let (service, redis) = (cpu_ticks(services.pid()), cpu_ticks(redis_pid));
+                let switches = context_switches(services.pid());
                 let started = Instant::now();
                 let (done, limited) = load(port, &pools[s]).await;
                 let elapsed = started.elapsed();
@@ -985,6 +1006,7 @@ async fn measure() {
                     cpu_ticks(services.pid()) - service,
                     cpu_ticks(redis_pid) - redis,
                 );
+                let switches = context_switches(services.pid()) - switches;
                 let after = redis_commands(&mut admin).await;
                 let row = &mut results[s][r];
                 row.rps.rounds.push(done as f64 / elapsed.as_secs_f64());
@@ -993,6 +1015,7 @@ async fn measure() {
                     .push((service + redis) as f64 / ticks_per_second * 1e6 / done.max(1) as f64);
                 row.service_ticks += service;
                 row.redis_ticks += redis;
+                row.switches += switches;
                 row.requests += done;
                 row.commands += after.0 - commands.0;
                 row.inner_commands += after.1 - commands.1;
@@ -1042,9 +1065,9 @@ async fn measure() {
     for (scenario, rows) in scenarios.iter().zip(&mut results) {
         println!("\n### {}\n", scenario.title);
         println!(
-            "| variant | req/s | throughput vs first row | CPU µs/request (service + Redis) | service | Redis | CPU vs first row | Redis commands sent/request | run inside scripts/request | 429 share |"
+            "| variant | req/s | throughput vs first row | CPU µs/request (service + Redis) | service | Redis | CPU vs first row | Redis commands sent/request | run inside scripts/request | service context switches/request | 429 share |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         let baseline = |series: &Series| Series {
             name: String::new(),
             rounds: series.rounds.clone(),
@@ -1054,7 +1077,7 @@ async fn measure() {
             let per =
                 |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / row.requests.max(1) as f64;
             println!(
-                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.1} % |",
+                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.2} | {:.1} % |",
                 name_of(id),
                 row.rps.median(),
                 row.rps.ratio_to(&base_rps),
@@ -1064,6 +1087,7 @@ async fn measure() {
                 row.cpu.ratio_to(&base_cpu),
                 row.commands as f64 / row.requests.max(1) as f64,
                 row.inner_commands as f64 / row.requests.max(1) as f64,
+                row.switches as f64 / row.requests.max(1) as f64,
                 row.limited * 100.0,
             );
         }
