@@ -264,9 +264,13 @@ impl Cache {
     /// key; on a cluster they must share one hash slot: give them one hash
     /// tag) and integer `args`, within `timeout` (at most the handle's),
     /// under the handle's circuit breaker. Its reply must be an array of
-    /// integers. Never retried unless the connection was refused (the script
-    /// surely did not run), so a script that counts counts once. The
-    /// in-memory store runs no scripts: [`ErrorKind::InvalidArgument`].
+    /// integers. Sent again only when it surely did not run (the connection
+    /// was refused or missing, or the server refused it without running it:
+    /// `MOVED`, `TRYAGAIN`, `LOADING`, ...), so a script that counts counts
+    /// once; on a cluster, only a [`dedicated_counter`](Self::dedicated_counter)
+    /// handle also keeps the cluster driver from sending it again after a
+    /// broken connection. The in-memory store runs no scripts:
+    /// [`ErrorKind::InvalidArgument`].
     pub async fn eval_script_within(
         &self,
         script: &Script,
@@ -361,7 +365,7 @@ impl Cache {
     }
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
-    /// For this workspace's crates (the rate limiter's batched script call);
+    /// For this workspace's crates (the rate limiter's in-memory keys and tests);
     /// not part of the promised API.
     #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {

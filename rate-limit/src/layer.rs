@@ -52,8 +52,7 @@ pub(crate) struct Shared {
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
 /// policies ([`Quota`](crate::Quota)s, each with its [`Algorithm`](crate::Algorithm)),
-/// all checked in one store call per request (or batch of one client's
-/// requests).
+/// all checked in one store call per request.
 ///
 /// Cheap to clone (one `Arc`). Layers also stack, each with its own key
 /// prefix; the outermost layer's headers are the ones the client sees.
