@@ -20,7 +20,7 @@ cargo build --release -p benches --features compare --bin http
 bin="${CARGO_TARGET_DIR:-target}/release/http"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-BENCH_ONLY="!$only" BENCH_SCENARIOS="$scenario" BENCH_ROUNDS="$rounds" BENCH_LATENCY=0 \
+BENCH_ONLY="!$only" BENCH_SCENARIOS="$scenario" BENCH_ROUNDS="$rounds" BENCH_LATENCY=0 BENCH_ACCURACY=0 \
   "$bin" >"$out/bench.txt" 2>"$out/pids.txt" &
 bench=$!
 pids=""

@@ -190,3 +190,70 @@ pub mod embeddings {
         embedding(text)
     }
 }
+
+/// The limiter a user writes by hand, which the HTTP benchmarks (`http`,
+/// `rl-instructions`) put beside the layer.
+pub mod limiters {
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Duration;
+
+    use axum::extract::{ConnectInfo, Request, State};
+    use axum::http::StatusCode;
+    use axum::middleware::Next;
+    use axum::response::{IntoResponse, Response};
+    use redis::aio::MultiplexedConnection;
+
+    /// The client of a hand-written limiter: the nearest `X-Forwarded-For` hop
+    /// when the peer is the (loopback) proxy, else the peer.
+    pub fn client_ip(request: &Request, peer: SocketAddr) -> IpAddr {
+        if peer.ip().is_loopback() {
+            let hop = request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok());
+            if let Some(ip) = hop {
+                return ip;
+            }
+        }
+        peer.ip()
+    }
+
+    /// [`naive`]'s connection, window and limit.
+    #[derive(Clone)]
+    pub struct Naive {
+        /// A raw multiplexed connection.
+        pub conn: MultiplexedConnection,
+        /// The window (whole seconds).
+        pub window: Duration,
+        /// Requests per window.
+        pub limit: u64,
+    }
+
+    /// What a user writes by hand: `INCR` and `EXPIRE NX` in one pipeline per
+    /// request (one round trip, two commands), 429 over the limit, fail open.
+    pub async fn naive(
+        State(naive): State<Naive>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let key = format!("bench:naive:{}", client_ip(&request, peer));
+        let mut conn = naive.conn;
+        let count: redis::RedisResult<(u64,)> = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(naive.window.as_secs())
+            .arg("NX")
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        match count {
+            Ok((count,)) if count > naive.limit => StatusCode::TOO_MANY_REQUESTS.into_response(),
+            _ => next.run(request).await,
+        }
+    }
+}

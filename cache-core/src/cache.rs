@@ -212,6 +212,34 @@ impl Cache {
         }
     }
 
+    /// A [`dedicated`](Self::dedicated) handle for counters: on a Redis
+    /// Cluster, its client never sends a command again once it may have
+    /// reached a node. The cluster driver's own retries (after a broken
+    /// connection the command may have run before the break) are off, so a
+    /// counting script or `INCR` runs at most once per call; a call the
+    /// node answered without running it (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`, `READONLY`, `BUSY`) or that
+    /// found no connection is sent again by the handle, within its timeout
+    /// and retries, and a broken connection is the call's error (the rate
+    /// limiter's fail mode decides). A standalone handle never resends such
+    /// calls anyway: this is [`dedicated`](Self::dedicated) there. The rate
+    /// limiter takes one.
+    pub fn dedicated_counter(&self) -> Cache {
+        if self.inner.backend == Backend::Memory {
+            return self.clone();
+        }
+        let mut config = self.inner.config.clone();
+        config.local_tier = None;
+        config.counter = true;
+        match Self::from_config(config) {
+            Ok(cache) => cache,
+            Err(err) => {
+                tracing::warn!(%err, "could not open a dedicated counter connection; using a dedicated one");
+                self.dedicated()
+            }
+        }
+    }
+
     /// A value of type `T` shared by this handle and its clones (and, for
     /// the in-memory store, by [`dedicated`](Self::dedicated) handles, which
     /// are clones there): made with `T::default()` on first use. For
@@ -236,9 +264,13 @@ impl Cache {
     /// key; on a cluster they must share one hash slot: give them one hash
     /// tag) and integer `args`, within `timeout` (at most the handle's),
     /// under the handle's circuit breaker. Its reply must be an array of
-    /// integers. Never retried unless the connection was refused (the script
-    /// surely did not run), so a script that counts counts once. The
-    /// in-memory store runs no scripts: [`ErrorKind::InvalidArgument`].
+    /// integers. Sent again only when it surely did not run (the connection
+    /// was refused or missing, or the server refused it without running it:
+    /// `MOVED`, `TRYAGAIN`, `LOADING`, ...), so a script that counts counts
+    /// once; on a cluster, only a [`dedicated_counter`](Self::dedicated_counter)
+    /// handle also keeps the cluster driver from sending it again after a
+    /// broken connection. The in-memory store runs no scripts:
+    /// [`ErrorKind::InvalidArgument`].
     pub async fn eval_script_within(
         &self,
         script: &Script,
@@ -246,12 +278,22 @@ impl Cache {
         args: &[i64],
         timeout: Duration,
     ) -> Result<Vec<i64>> {
-        let keys: Vec<String> = keys
-            .iter()
-            .map(|key| self.full_key(key).into_owned())
-            .collect();
+        // Without a namespace the keys go as they are: no copy per call.
+        let owned: Vec<String>;
+        let named: Vec<&str>;
+        let keys = match self.inner.namespace {
+            None => keys,
+            Some(_) => {
+                owned = keys
+                    .iter()
+                    .map(|key| self.full_key(key).into_owned())
+                    .collect();
+                named = owned.iter().map(String::as_str).collect();
+                &named
+            }
+        };
         self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.eval(script, &keys, args)
+            s.eval(script, keys, args)
         })
         .await
     }
@@ -323,7 +365,7 @@ impl Cache {
     }
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
-    /// For this workspace's crates (the rate limiter's batched script call);
+    /// For this workspace's crates (the rate limiter's in-memory keys and tests);
     /// not part of the promised API.
     #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {

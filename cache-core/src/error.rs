@@ -291,11 +291,32 @@ pub(crate) fn is_refused_login(err: &redis::RedisError) -> bool {
 
 /// Server replies that mean "not now" rather than "never": a cluster in transition,
 /// a replica promoted, a dataset still loading.
+/// A server's refusal that passes with time or with the cluster's map: the
+/// command did not run. (A cluster client with retries follows redirections
+/// itself; a counter's, without, passes them on.)
 fn is_transient_server_error(err: &redis::RedisError) -> bool {
     matches!(
         err.code(),
-        Some("TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY" | "READONLY")
+        Some(
+            "TRYAGAIN"
+                | "CLUSTERDOWN"
+                | "LOADING"
+                | "MASTERDOWN"
+                | "BUSY"
+                | "READONLY"
+                | "MOVED"
+                | "ASK"
+        )
     )
+}
+
+/// The command surely did not run: the connection was refused, the cluster
+/// client had none to send it on, or the server refused it without running
+/// it. Only then may a command that counts be sent again.
+pub(crate) fn surely_not_run(err: &redis::RedisError) -> bool {
+    err.is_connection_refusal()
+        || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || is_transient_server_error(err)
 }
 
 /// `Result` with this crate's [`Error`].

@@ -185,7 +185,9 @@ pub(crate) enum Idempotence {
     /// Sending it twice is harmless (GET, SET, DEL, EXPIRE, ...).
     Idempotent,
     /// Sending it twice could count twice (INCR): retried only when the
-    /// connection was refused, i.e. the command surely never reached Redis.
+    /// command surely did not run: the connection was refused or missing,
+    /// or the server answered that it did not run it (a redirection,
+    /// `TRYAGAIN`, `LOADING`, ...).
     CountsOnce,
 }
 
@@ -244,7 +246,7 @@ impl Resilience {
                     let may_retry = match (&err, idempotence) {
                         (_, Idempotence::Idempotent) => true,
                         (Error::Connection(cause), Idempotence::CountsOnce) => {
-                            cause.is_connection_refusal()
+                            crate::error::surely_not_run(cause)
                         }
                         _ => false,
                     };

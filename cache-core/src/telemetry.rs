@@ -425,7 +425,7 @@ impl Store for Observed {
     fn eval<'a>(
         &'a self,
         script: &'a Script,
-        keys: &'a [String],
+        keys: &'a [&'a str],
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         self.op("eval", done, self.inner.eval(script, keys, args))

@@ -186,10 +186,19 @@ fn search_service_memoizes_in_redis_and_rate_limits() {
     assert!(pttl > 3_590_000 && pttl <= 3_600_000, "search PTTL {pttl}");
     let key = cache_core::key_for("embedding", &("redis cluster slots",)).unwrap();
     assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1");
-    // The fixed window's value: `count:end` (the window's end in ms).
-    let value = server.cli(&["GET", "rate:ip:127.0.0.1"]);
-    let (count, _end) = value.trim().split_once(':').unwrap();
-    assert_eq!(count, "5", "the 429 was rejected locally, not counted");
+    // The fixed window's value: a bare count, the window's end its expiry.
+    let count = server.cli(&["GET", "rate:ip:127.0.0.1"]);
+    assert_eq!(
+        count.trim(),
+        "5",
+        "the 429 was rejected locally, not counted"
+    );
+    let pttl: i64 = server
+        .cli(&["PTTL", "rate:ip:127.0.0.1"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pttl > 0, "the window ends with the key: PTTL {pttl}");
 }
 
 #[test]

@@ -47,7 +47,6 @@ pub struct RateLimitLayerBuilder {
     /// `None`: the default, capped at the handle's timeout.
     store_timeout: Option<Duration>,
     local_deny: bool,
-    coalesce: Option<bool>,
     on_limited: Option<Box<OnLimited>>,
 }
 
@@ -56,7 +55,7 @@ impl RateLimitLayerBuilder {
         RateLimitLayerBuilder {
             // A connection of its own: counting never queues behind a slow or
             // large cache read on the shared one (same settings, same server).
-            cache: cache.dedicated(),
+            cache: cache.dedicated_counter(),
             limit: None,
             window: None,
             policies: Vec::new(),
@@ -74,7 +73,6 @@ impl RateLimitLayerBuilder {
             shadow: false,
             store_timeout: None,
             local_deny: true,
-            coalesce: None,
             on_limited: None,
         }
     }
@@ -419,11 +417,10 @@ impl RateLimitLayerBuilder {
     }
 
     /// Bound on one store call (default 100 ms, or the handle's
-    /// [`timeout`](Cache::timeout) if that is shorter). A request whose count
-    /// is batched behind another one at the store waits for that one first,
-    /// so a hung Redis adds at most twice this to a request; the timeouts
-    /// count as failures for the handle's circuit breaker, which then stops
-    /// the calls. Longer than the handle's timeout is a
+    /// [`timeout`](Cache::timeout) if that is shorter): a hung Redis adds at
+    /// most this to a request; the timeouts count as failures for the
+    /// handle's circuit breaker, which then stops the calls. Longer than the
+    /// handle's timeout is a
     /// [`ConfigError::StoreTimeoutOverHandle`]: the handle bounds every call.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = Some(timeout);
@@ -436,11 +433,16 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Fold concurrent requests, of one client or many, into one store call
-    /// (default on; only Redis batches: an in-memory check is already a
-    /// function call). Off: one Redis call per request.
-    pub fn coalesce(mut self, enabled: bool) -> Self {
-        self.coalesce = Some(enabled);
+    /// No effect: every request is counted in its own store call, sent at
+    /// once on the limiter's multiplexed connection, which pipelines
+    /// concurrent calls (folding them into batches cost more CPU and latency
+    /// than it saved; see BENCHMARKS.md, "Issue 21: the exact path").
+    #[deprecated(
+        since = "0.1.0",
+        note = "requests are no longer batched: each is sent at once, pipelined on the connection"
+    )]
+    pub fn coalesce(self, enabled: bool) -> Self {
+        let _ = enabled;
         self
     }
 
@@ -501,9 +503,6 @@ impl RateLimitLayerBuilder {
         }
         let policies = self.checked_policies()?;
         let extractor = self.checked_extractor()?;
-        let coalesce = self
-            .coalesce
-            .unwrap_or(*self.cache.backend() != cache_core::Backend::Memory);
         let (headers, limited_bodies) = self.rendered_responses(&policies);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -513,7 +512,6 @@ impl RateLimitLayerBuilder {
                     policies,
                     store_timeout,
                     local_deny: self.local_deny,
-                    coalesce,
                     clock: self.clock,
                 }),
                 extractor,

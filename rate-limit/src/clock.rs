@@ -1,17 +1,30 @@
 //! The [`Clock`] the limiter reads: the system clock, or a [`ManualClock`]
 //! that tests move by hand.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Where the limiter takes "now" from: for the in-memory store, the local
-/// deny cache and, for a clock that [asks for it](Clock::is_authoritative),
-/// the Redis scripts too (which otherwise read Redis' own `TIME`, so
-/// instances with skewed clocks agree).
+/// Where the limiter takes "now" from: for the in-memory store and, for a
+/// clock that [asks for it](Clock::is_authoritative), the Redis scripts too
+/// (which otherwise read Redis' own `TIME`, so instances with skewed clocks
+/// agree); and how it measures how long the local deny cache keeps a client
+/// ([`monotonic`](Clock::monotonic)).
 pub trait Clock: Send + Sync + 'static {
     /// The time since the Unix epoch.
     fn now(&self) -> Duration;
+
+    /// A reading of a clock that never goes back, for durations: the local
+    /// deny cache remembers a rejected client for as long as the store said,
+    /// measured on it, so that a wall clock stepped back (NTP, a VM resumed)
+    /// does not keep clients rejected in-process while the store would admit
+    /// them. Default: the process' monotonic clock ([`Instant`]), whatever
+    /// [`now`](Clock::now) says; [`ManualClock`] answers its own time, so a
+    /// test that moves it moves the deny cache too (a custom clock that
+    /// moves time for tests overrides this the same way).
+    fn monotonic(&self) -> Duration {
+        process_monotonic()
+    }
 
     /// Whether the Redis scripts take "now" from this clock instead of
     /// Redis' `TIME` (default `false`; [`ManualClock`] says `true`). Only for
@@ -86,6 +99,11 @@ impl Clock for ManualClock {
         Duration::from_micros(self.micros.load(Ordering::Relaxed))
     }
 
+    /// Its own time: it only moves forward.
+    fn monotonic(&self) -> Duration {
+        self.now()
+    }
+
     /// The scripts use it: tests move Redis' time with it.
     fn is_authoritative(&self) -> bool {
         true
@@ -95,6 +113,17 @@ impl Clock for ManualClock {
 /// Microseconds since the epoch from `clock`.
 pub(crate) fn now_micros(clock: &dyn Clock) -> u64 {
     u64::try_from(clock.now().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Microseconds of `clock`'s [monotonic](Clock::monotonic) reading.
+pub(crate) fn monotonic_micros(clock: &dyn Clock) -> u64 {
+    u64::try_from(clock.monotonic().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The time since the process' first reading of its monotonic clock.
+fn process_monotonic() -> Duration {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed()
 }
 
 #[cfg(test)]

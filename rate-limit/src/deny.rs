@@ -1,5 +1,7 @@
 //! The local deny cache: client keys known to be rejected until a time (µs
-//! since the epoch, on the limiter's clock), and the policy that rejects them.
+//! of the limiter's [monotonic](crate::Clock::monotonic) clock, so that a
+//! wall clock stepped back does not stretch a rejection), and the policy
+//! that rejects them.
 //!
 //! Bounded, with O(1) amortized work per insert however full it is: entries
 //! sit in a [`cache_core::sync::InsertionOrderedMap`]. An insert first drops

@@ -1,8 +1,10 @@
-//! The rate-limit header fields every response carries.
+//! The rate-limit header fields every response carries, rendered without
+//! an allocation of their own: the fixed values once per layer, the numbers
+//! into a per-thread buffer that the values share (see [`Rendered`]).
 
-use std::fmt::Write as _;
+use std::cell::RefCell;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::window::{Decision, ceil_seconds};
@@ -21,7 +23,18 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 /// policy closest to its limit.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Which header sets responses carry.
+/// Which header sets responses carry: the IETF pair, the legacy
+/// `X-RateLimit-*` three, both (the default) or none.
+///
+/// ```
+/// use rate_limit::{HeaderSets, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+///     .headers(HeaderSets::IETF) // RateLimit-Policy and RateLimit only
+///     .build()?;
+/// # let _ = layer;
+/// # Ok::<(), rate_limit::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSets {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
@@ -30,12 +43,32 @@ pub struct HeaderSets {
     pub ietf: bool,
 }
 
+impl HeaderSets {
+    /// Both sets (the default).
+    pub const BOTH: HeaderSets = HeaderSets {
+        legacy: true,
+        ietf: true,
+    };
+    /// `RateLimit-Policy` and `RateLimit` only.
+    pub const IETF: HeaderSets = HeaderSets {
+        legacy: false,
+        ietf: true,
+    };
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` only.
+    pub const LEGACY: HeaderSets = HeaderSets {
+        legacy: true,
+        ietf: false,
+    };
+    /// No rate-limit header field (a 429 still carries `Retry-After`).
+    pub const NONE: HeaderSets = HeaderSets {
+        legacy: false,
+        ietf: false,
+    };
+}
+
 impl Default for HeaderSets {
     fn default() -> Self {
-        HeaderSets {
-            legacy: true,
-            ietf: true,
-        }
+        HeaderSets::BOTH
     }
 }
 
@@ -58,8 +91,9 @@ pub enum ResetFormat {
 pub(crate) struct HeaderTemplate {
     sets: HeaderSets,
     reset_format: ResetFormat,
-    /// Per policy: its name and its limit.
-    policies: Vec<(String, HeaderValue)>,
+    /// Per policy: its limit, and the start of its `RateLimit` value
+    /// (`"<name>";r=`).
+    policies: Vec<(HeaderValue, Box<[u8]>)>,
     policy: Option<HeaderValue>,
 }
 
@@ -83,7 +117,10 @@ impl HeaderTemplate {
             reset_format,
             policies: policies
                 .iter()
-                .map(|(name, limit, _)| (name.to_string(), HeaderValue::from(*limit)))
+                .map(|(name, limit, _)| {
+                    let state = format!("\"{name}\";r=").into_bytes().into_boxed_slice();
+                    (HeaderValue::from(*limit), state)
+                })
                 .collect(),
             policy: HeaderValue::from_str(&policy).ok(),
         }
@@ -91,31 +128,90 @@ impl HeaderTemplate {
 
     /// Writes the enabled header sets for `decision`.
     pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
-        let Some((name, limit)) = self.policies.get(decision.policy) else {
+        let HeaderSets { legacy, ietf } = self.sets;
+        if !legacy && !ietf {
+            return;
+        }
+        let Some((limit, state)) = self.policies.get(decision.policy) else {
             return;
         };
         let reset = decision.reset_seconds();
-        headers.reserve(5);
-        if self.sets.legacy {
-            headers.insert(X_RATELIMIT_LIMIT, limit.clone());
-            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
-            let reset_value = match self.reset_format {
-                ResetFormat::SecondsUntilReset => reset,
-                ResetFormat::EpochSeconds => epoch_seconds_after(decision.reset_after),
-            };
-            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset_value));
-        }
-        if self.sets.ietf
-            && let Some(policy) = &self.policy
-        {
-            let mut state = String::with_capacity(name.len() + 48);
-            // Writing into a String cannot fail.
-            let _ = write!(state, "\"{name}\";r={};t={reset}", decision.remaining);
-            if let Ok(state) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
+        headers.reserve(3 * usize::from(legacy) + 2 * usize::from(ietf));
+        Rendered::with(|rendered| {
+            if legacy {
+                let reset_value = match self.reset_format {
+                    ResetFormat::SecondsUntilReset => reset,
+                    ResetFormat::EpochSeconds => epoch_seconds_after(decision.reset_after),
+                };
+                headers.insert(X_RATELIMIT_LIMIT, limit.clone());
+                if let Some(remaining) = rendered.value(&[], decision.remaining, &[]) {
+                    headers.insert(X_RATELIMIT_REMAINING, remaining);
+                }
+                if let Some(reset) = rendered.value(&[], reset_value, &[]) {
+                    headers.insert(X_RATELIMIT_RESET, reset);
+                }
+            }
+            if ietf
+                && let Some(policy) = &self.policy
+                && let Some(state) = rendered.value(state, decision.remaining, &[(b";t=", reset)])
+            {
                 headers.insert(RATELIMIT_POLICY, policy.clone());
                 headers.insert(RATELIMIT, state);
             }
+        });
+    }
+}
+
+/// `number` as a header value (`Retry-After`), rendered into this thread's
+/// buffer.
+pub(crate) fn number_value(number: u64) -> HeaderValue {
+    Rendered::with(|rendered| rendered.value(&[], number, &[]))
+        // Digits are always a valid value.
+        .unwrap_or_else(|| HeaderValue::from(number))
+}
+
+/// This thread's buffer of rendered header values: each value is a slice
+/// of it (a shared, reference-counted buffer), so rendering one allocates
+/// nothing; a buffer full enough is left to the values that hold it (freed
+/// with the last of them) and a new one taken.
+pub(crate) struct Rendered(BytesMut);
+
+/// The buffer's size: about a hundred responses' values.
+const RENDERED_BUFFER: usize = 4096;
+
+/// The longest value: a 64-byte policy name in quotes and two 20-digit numbers.
+const LONGEST_VALUE: usize = 128;
+
+thread_local! {
+    static RENDERED: RefCell<Rendered> = RefCell::new(Rendered(BytesMut::new()));
+}
+
+impl Rendered {
+    /// Runs `render` with this thread's buffer.
+    fn with<T>(render: impl FnOnce(&mut Rendered) -> T) -> T {
+        RENDERED.with(|rendered| match rendered.try_borrow_mut() {
+            Ok(mut rendered) => render(&mut rendered),
+            // Not reentrant; should a header be rendered while one is, it gets
+            // a buffer of its own.
+            Err(_) => render(&mut Rendered(BytesMut::new())),
+        })
+    }
+
+    /// `prefix`, `number`, then each (text, number) of `rest`, as one value.
+    fn value(&mut self, prefix: &[u8], number: u64, rest: &[(&[u8], u64)]) -> Option<HeaderValue> {
+        let buffer = &mut self.0;
+        if buffer.capacity() - buffer.len() < LONGEST_VALUE {
+            *buffer = BytesMut::with_capacity(RENDERED_BUFFER);
         }
+        let mut digits = itoa::Buffer::new();
+        buffer.put_slice(prefix);
+        buffer.put_slice(digits.format(number).as_bytes());
+        for (text, number) in rest {
+            buffer.put_slice(text);
+            buffer.put_slice(digits.format(*number).as_bytes());
+        }
+        let value: Bytes = buffer.split().freeze();
+        HeaderValue::from_maybe_shared(value).ok()
     }
 }
 
@@ -132,6 +228,64 @@ fn epoch_seconds_after(after: std::time::Duration) -> u64 {
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn written(sets: HeaderSets, decision: &Decision) -> HeaderMap {
+        let template = HeaderTemplate::new(
+            sets,
+            ResetFormat::default(),
+            &[
+                ("burst", 10, Duration::from_secs(1)),
+                ("hourly", 1000, Duration::from_secs(3600)),
+            ],
+        );
+        let mut headers = HeaderMap::new();
+        template.write(&mut headers, decision);
+        headers
+    }
+
+    #[test]
+    fn each_header_set_writes_its_fields_and_none_writes_nothing() {
+        let mut decision = Decision::for_count(7, 1000, Duration::from_millis(41_500));
+        decision.policy = 1;
+        let both = written(HeaderSets::BOTH, &decision);
+        assert_eq!(both[X_RATELIMIT_LIMIT], "1000");
+        assert_eq!(both[X_RATELIMIT_REMAINING], "993");
+        assert_eq!(both[X_RATELIMIT_RESET], "42");
+        assert_eq!(
+            both[RATELIMIT_POLICY],
+            r#""burst";q=10;w=1, "hourly";q=1000;w=3600"#
+        );
+        assert_eq!(both[RATELIMIT], r#""hourly";r=993;t=42"#);
+        assert_eq!(both.len(), 5);
+        let ietf = written(HeaderSets::IETF, &decision);
+        assert_eq!(ietf.len(), 2);
+        assert_eq!(ietf[RATELIMIT], r#""hourly";r=993;t=42"#);
+        let legacy = written(HeaderSets::LEGACY, &decision);
+        assert_eq!(legacy.len(), 3);
+        assert_eq!(legacy[X_RATELIMIT_REMAINING], "993");
+        assert!(written(HeaderSets::NONE, &decision).is_empty());
+    }
+
+    /// Values rendered one after another share the thread's buffer and stay
+    /// what they were when the buffer moves on to a new one.
+    #[test]
+    fn values_rendered_into_the_shared_buffer_stay_intact() {
+        let mut kept = Vec::new();
+        for remaining in (0..2_000u64).map(|i| i * 7_919 % 100_003) {
+            let mut decision = Decision::for_count(0, 1 << 52, Duration::from_secs(3600));
+            decision.remaining = u64::MAX - remaining;
+            kept.push((remaining, written(HeaderSets::BOTH, &decision)));
+        }
+        for (remaining, headers) in kept {
+            let number = (u64::MAX - remaining).to_string();
+            assert_eq!(headers[X_RATELIMIT_REMAINING], number.as_str());
+            assert_eq!(headers[X_RATELIMIT_RESET], "3600");
+            assert_eq!(
+                headers[RATELIMIT],
+                format!(r#""burst";r={number};t=3600"#).as_str()
+            );
+        }
+    }
 
     fn reset_of(format: ResetFormat, reset_after: Duration) -> u64 {
         let template = HeaderTemplate::new(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cache_core::Cache;
 use cache_core::sync::StateFlag;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::builder::RateLimitLayerBuilder;
@@ -52,8 +52,7 @@ pub(crate) struct Shared {
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
 /// policies ([`Quota`](crate::Quota)s, each with its [`Algorithm`](crate::Algorithm)),
-/// all checked in one store call per request (or batch of one client's
-/// requests).
+/// all checked in one store call per request.
 ///
 /// Cheap to clone (one `Arc`). Layers also stack, each with its own key
 /// prefix; the outermost layer's headers are the ones the client sees.
@@ -214,7 +213,7 @@ impl Shared {
     fn write_limited_headers(&self, headers: &mut http::HeaderMap, decision: &Decision) {
         headers.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(decision.retry_after_seconds()),
+            crate::headers::number_value(decision.retry_after_seconds()),
         );
         self.headers.write(headers, decision);
     }
@@ -369,6 +368,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use axum::extract::ConnectInfo;
+    use http::HeaderValue;
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;

@@ -223,14 +223,15 @@
 //! # 7. In-memory or Redis
 //!
 //! The layer counts in whatever the `Cache` is. On Redis (standalone or
-//! Cluster, ≥ 7.0) one atomic Lua script per call evaluates every policy,
-//! so instances sharing a Redis share the limits exactly; the layer takes
-//! its own connection ([`cache_core::Cache::dedicated`]), folds concurrent
-//! requests into one call ([`coalesce`](RateLimitLayerBuilder::coalesce)),
-//! and answers clients known to be over the limit in-process
+//! Cluster, ≥ 7.0) one atomic Lua script per request evaluates every
+//! policy, so instances sharing a Redis share the limits exactly; the layer
+//! takes its own connection ([`cache_core::Cache::dedicated_counter`]),
+//! sends each request's call at once (the connection pipelines concurrent
+//! calls), and answers clients known to be over the limit in-process
 //! ([`local_deny_cache`](RateLimitLayerBuilder::local_deny_cache)). Keys
-//! are `{prefix}:{client}` for one policy, `{prefix}:{{client}}:{policy}`
-//! for several, and every key written expires. The in-memory store runs the
+//! are `{prefix}:{client}` for one policy (the fixed window: a bare count
+//! expiring with its window), `{prefix}:{{client}}:{policy}` for several,
+//! and every key written expires. The in-memory store runs the
 //! same arithmetic in process, shared by the layers built from clones of
 //! one in-memory `Cache`: for tests and single-instance services.
 //!

@@ -1,63 +1,57 @@
-//! The counting engine: one atomic store call per batch of concurrent
-//! requests, evaluating every policy, and an in-process memory of clients
-//! known to be rejected.
+//! The counting engine: one store call per request, evaluating every
+//! policy, and an in-process memory of clients known to be rejected.
 //!
-//! **Batching (Redis).** A request to count goes into the limiter's queue; a
-//! task of the limiter (the batcher) takes whatever has queued up, at most
-//! [`MAX_BATCH`] requests, and sends it as one script call carrying every
-//! client's keys and costs ("group commit"). Nothing waits for a timer: a
-//! request arriving while no call is in flight and nothing is queued makes
-//! its call itself, at once (no hop through the batcher); those arriving
-//! while one is in flight go together in the next, as soon as it returns.
-//! One call of a limiter is in flight at a time: measured with 10 000
-//! clients, two in flight made smaller batches and woke the batcher for
-//! every arriving request, for more CPU per request. The script evaluates each client's
-//! requests in order, exactly as if each had come alone
-//! ([`window::evaluate`]), and answers per request: admission stays exact
-//! across instances, for every algorithm, and concurrent requests of one
-//! client fold into one evaluation of its keys for free. On a Redis Cluster,
-//! keys of different clients live on different slots: the batcher makes one
-//! call per client of a batch, concurrently.
+//! **How a request is counted** is decided in one place, [`Counting`]:
 //!
-//! **In-memory store.** No queue: a check is a function call on the
-//! in-process states.
+//! - **Exact, on Redis** ([`Counting::Exact`]): each request makes its own
+//!   script call, sent at once on the limiter's multiplexed connection,
+//!   which pipelines concurrent calls (its driver writes whatever is queued
+//!   in one write): no queue or task of the limiter in between, and as many
+//!   calls in flight as there are requests. One policy takes `single.lua`,
+//!   the fewest commands each algorithm allows (the fixed window: `INCRBY`
+//!   and `PTTL`); several take `limits.lua`, all-or-nothing. Admission is
+//!   exact across instances, for every algorithm: each call is one atomic
+//!   step on the client's keys.
+//! - **In memory** ([`Counting::Memory`]): a function call on the in-process
+//!   states, the same arithmetic ([`window`]).
+//!
+//! A counting mode that answers from local state and exchanges counts with
+//! the store in the background would be a third variant of [`Counting`],
+//! chosen by the builder: the layer, the deny cache, the headers and the
+//! fail mode stay as they are.
 //!
 //! **Local deny cache.** The store says how long a client is sure to be
 //! rejected (until a request of cost 1 would pass every policy: the window's
 //! end for the fixed window, when enough of the previous window slid out
 //! for the sliding one, when the TAT allows for GCRA). States only fill up
 //! through admissions, and none happens in that time, so those requests are
-//! rejected without a store call.
+//! rejected without a store call. The time is measured on the clock's
+//! [monotonic](crate::Clock::monotonic) reading: a wall clock stepped back
+//! does not make a rejection last longer.
 //!
-//! **Bounded by design.** The queue holds at most [`QUEUE`] requests (a
-//! request finding it full is a store failure, under the layer's fail mode),
-//! one call is at the store at a time, for at most the store timeout, and the deny cache holds at most its capacity
-//! ([`crate::deny`]). A request cancelled before its batch is sent is not
-//! sent.
+//! **Bounded by design.** At most [`IN_FLIGHT`] requests are at the store at
+//! once (a request past that is a store failure, under the layer's fail
+//! mode), each for at most the store timeout; the deny cache holds at most
+//! its capacity ([`crate::deny`]). A cancelled request leaves nothing
+//! behind.
 
-use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_core::Cache;
 use cache_core::sync::{StateFlag, StripedCounters};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::{Clock, now_micros};
+use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::quota::Quota;
 use crate::store::memory::MemoryLimits;
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
-/// Requests in one script call, at most.
-pub(crate) const MAX_BATCH: usize = 128;
-/// Requests waiting for a batch, at most.
-pub(crate) const QUEUE: usize = 4096;
+/// Requests at the store at once, at most.
+pub(crate) const IN_FLIGHT: usize = 4096;
 
 /// The outcome of counting one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +81,7 @@ pub struct RateLimitStats {
     pub shadow_limited: u64,
     /// Requests whose count failed (store down, slow or breaker open).
     pub store_errors: u64,
-    /// Store calls made (each may count many batched requests).
+    /// Store calls made (one per request counted at the store).
     pub store_calls: u64,
 }
 
@@ -139,23 +133,22 @@ pub(crate) struct LimiterConfig {
     pub(crate) policies: Vec<Policy>,
     pub(crate) store_timeout: Duration,
     pub(crate) local_deny: bool,
-    pub(crate) coalesce: bool,
     /// The clock given to the builder, if any: then the Redis scripts take
     /// "now" from it too, instead of Redis' `TIME`, if it
     /// [is authoritative](Clock::is_authoritative).
     pub(crate) clock: Option<Arc<dyn Clock>>,
 }
 
-pub(crate) struct Limiter {
-    core: Arc<Core>,
-    /// Batch concurrent requests (Redis only).
-    coalesce: bool,
-    /// The batcher's queue, made by the first request to be batched.
-    batcher: OnceLock<mpsc::Sender<Request>>,
+/// How requests are counted: the one place that decides it (see the
+/// module's documentation).
+enum Counting {
+    /// Exactly, one script call per request on the handle's Redis.
+    Exact,
+    /// In process, on the states shared by every layer of one in-memory handle.
+    Memory(Arc<MemoryLimits>),
 }
 
-/// What the limiter and its batcher share.
-pub(crate) struct Core {
+pub(crate) struct Limiter {
     pub(crate) cache: Cache,
     pub(crate) prefix: String,
     /// What the store keys start with: the prefix, on the in-memory store
@@ -168,208 +161,150 @@ pub(crate) struct Core {
     clock: Arc<dyn Clock>,
     /// Send the clock's time to Redis (an authoritative clock was set).
     send_now: bool,
-    /// The in-memory backend's states; `None` on Redis.
-    memory: Option<Arc<MemoryLimits>>,
-    /// Keys of different clients cannot share a script call.
-    cluster: bool,
+    counting: Counting,
     pub(crate) counters: Counters,
     /// Client keys known to be rejected, until when, and by which policy.
     denied: DenyCache,
-    /// Requests between entering the queue and getting (or giving up) their answer.
-    waiting: AtomicUsize,
-    /// A call of this limiter is at Redis: the next waits, batched.
-    busy: AtomicBool,
-    /// Signalled when `busy` is released.
-    idle: tokio::sync::Notify,
+    /// Requests at the store.
+    in_flight: AtomicUsize,
     /// The store is failing: logged once per change.
     failing: StateFlag,
 }
 
-impl Deref for Limiter {
-    type Target = Core;
+/// Counts a request as at the store for as long as it lives (a cancelled
+/// request too).
+struct InFlight<'a>(&'a AtomicUsize);
 
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
-
-/// One request for the batcher.
-struct Request {
-    client: String,
-    cost: u64,
-    reply: oneshot::Sender<Verdict>,
-}
-
-/// Counts a request as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    /// Counts one more, and says whether it is the only one.
-    fn enter(count: &'a AtomicUsize) -> (Self, bool) {
+impl<'a> InFlight<'a> {
+    /// Counts one more; `None` (and nothing counted) past [`IN_FLIGHT`].
+    fn enter(count: &'a AtomicUsize) -> Option<Self> {
         let before = count.fetch_add(1, Ordering::Relaxed);
-        (Waiting(count), before == 0)
+        let entered = InFlight(count);
+        (before < IN_FLIGHT).then_some(entered)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// When a request was sent to the store.
+#[derive(Clone, Copy)]
+struct Sent {
+    /// The clock's monotonic reading, µs.
+    monotonic: u64,
+    /// Its wall time, µs since the epoch, when it was read.
+    wall: Option<u64>,
+}
+
+/// The store keys of one client: `{prefix}:{client}` for one policy; with
+/// several, `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster
+/// keeps them on one slot (one script call reads them all).
+enum Keys {
+    One(String),
+    Several(Vec<String>),
+}
+
 impl Limiter {
     pub(crate) fn new(config: LimiterConfig) -> Self {
-        let backend = config.cache.backend();
-        let memory = (*backend == cache_core::Backend::Memory)
-            .then(|| config.cache.shared_state::<MemoryLimits>());
-        let cluster = matches!(backend, cache_core::Backend::Cluster(_));
+        let counting = match config.cache.backend() {
+            cache_core::Backend::Memory => {
+                Counting::Memory(config.cache.shared_state::<MemoryLimits>())
+            }
+            _ => Counting::Exact,
+        };
         Limiter {
-            core: Arc::new(Core {
-                quotas: config.policies.iter().map(|p| p.quota).collect(),
-                send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
-                clock: config
-                    .clock
-                    .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
-                key_prefix: match memory {
-                    Some(_) => config.cache.full_key(&config.prefix).into_owned(),
-                    None => config.prefix.clone(),
-                },
-                memory,
-                cluster,
-                cache: config.cache,
-                prefix: config.prefix,
-                policies: config.policies,
-                store_timeout: config.store_timeout,
-                local_deny: config.local_deny,
-                counters: Counters::default(),
-                denied: DenyCache::new(DEFAULT_CAPACITY),
-                waiting: AtomicUsize::new(0),
-                busy: AtomicBool::new(false),
-                idle: tokio::sync::Notify::new(),
-                failing: StateFlag::new(),
-            }),
-            coalesce: config.coalesce,
-            batcher: OnceLock::new(),
+            quotas: config.policies.iter().map(|p| p.quota).collect(),
+            send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
+            clock: config
+                .clock
+                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            key_prefix: match counting {
+                Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
+                Counting::Exact => config.prefix.clone(),
+            },
+            counting,
+            cache: config.cache,
+            prefix: config.prefix,
+            policies: config.policies,
+            store_timeout: config.store_timeout,
+            local_deny: config.local_deny,
+            counters: Counters::default(),
+            denied: DenyCache::new(DEFAULT_CAPACITY),
+            in_flight: AtomicUsize::new(0),
+            failing: StateFlag::new(),
         }
     }
 
     /// Counts one request of `client` (an already sanitized key) costing
-    /// `cost` at the store; [`check_locally`](Core::check_locally) comes first.
+    /// `cost` at the store; [`check_locally`](Self::check_locally) comes first.
     pub(crate) async fn check(&self, client: String, cost: u64) -> Verdict {
         if let Some(policy) = self.too_costly(cost) {
             return Verdict::TooCostly { policy };
         }
-        let queue = match self.queue() {
-            Some(queue) => queue,
-            None => return self.core.count_one(&client, cost).await,
+        let keys = self.keys(&client);
+        let (one, several): ([&str; 1], Vec<&str>);
+        let keys: &[&str] = match &keys {
+            Keys::One(key) => {
+                one = [key.as_str()];
+                &one
+            }
+            Keys::Several(keys) => {
+                several = keys.iter().map(String::as_str).collect();
+                &several
+            }
         };
-        let (_waiting, alone) = Waiting::enter(&self.waiting);
-        // No other request waiting (none queued, none held by the batcher,
-        // none in flight): nothing to fold with, and nobody overtaken.
-        if alone && let Some(busy) = self.try_acquire() {
-            let verdict = self.core.count_one(&client, cost).await;
-            drop(busy);
-            return verdict;
-        }
-        // Its batch waits for a call at the store to end (at most one store
-        // timeout), then makes its own (another): the bound on the wait.
-        // Saturating: `store_timeout(Duration::MAX)` must not panic every request.
-        let now = tokio::time::Instant::now();
-        let deadline = now
-            .checked_add(self.store_timeout.saturating_mul(2))
-            .unwrap_or_else(|| now + cache_core::MAX_WINDOW);
-        let (reply, answer) = oneshot::channel();
-        match queue.try_send(Request {
-            client,
-            cost,
-            reply,
-        }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.note_store(Some("too many requests waiting for the store"));
-                return Verdict::StoreFailed;
+        // Read before the call: the deny cache counts from it (see
+        // `note_denied`). The wall clock only where it is "now" for the
+        // arithmetic (the in-memory store, a clock sent to the scripts).
+        let sent = Sent {
+            monotonic: monotonic_micros(self.clock.as_ref()),
+            wall: match self.counting {
+                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
+                Counting::Exact => self.send_now.then(|| now_micros(self.clock.as_ref())),
+            },
+        };
+        let call = telemetry::StoreCall::start();
+        let row = match &self.counting {
+            Counting::Memory(memory) => {
+                self.counters.add(Count::StoreCalls);
+                let now = sent.wall.unwrap_or_default();
+                Ok(memory.evaluate(keys, &self.quotas, now, &[cost]))
             }
-            // The batcher's runtime is gone: count this one alone.
-            Err(mpsc::error::TrySendError::Closed(request)) => {
-                return self.core.count_one(&request.client, request.cost).await;
+            Counting::Exact => {
+                let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
+                    self.note_store(Some("too many requests at the store at once"));
+                    return Verdict::StoreFailed;
+                };
+                self.counters.add(Count::StoreCalls);
+                let now = sent.wall;
+                crate::store::redis::evaluate(
+                    &self.cache,
+                    keys,
+                    &self.quotas,
+                    now,
+                    cost,
+                    self.store_timeout,
+                )
+                .await
             }
-        }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(verdict)) => verdict,
-            _ => Verdict::StoreFailed,
+        };
+        let row = call.finish(row);
+        match self.outcome(row) {
+            Some(outcome) => {
+                self.note_denied(&client, &outcome, sent);
+                Verdict::Decided(outcome.decision)
+            }
+            None => Verdict::StoreFailed,
         }
     }
 
-    /// The batcher's queue, the batcher started by the first call; `None`
-    /// when requests are not batched (in-memory store, coalescing off, no
-    /// Tokio runtime to run the batcher on).
-    fn queue(&self) -> Option<&mpsc::Sender<Request>> {
-        if !self.coalesce || self.memory.is_some() {
-            return None;
-        }
-        if let Some(queue) = self.batcher.get() {
-            return Some(queue);
-        }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.batcher.get_or_init(|| {
-            let (queue, requests) = mpsc::channel(QUEUE);
-            runtime.spawn(batcher(self.core.clone(), requests));
-            queue
-        }))
-    }
-
-    /// Clients tracked in memory: (requests waiting for the store, deny
-    /// cache entries).
+    /// Requests at the store, and deny cache entries: what the limiter holds
+    /// in memory.
     pub(crate) fn tracked_clients(&self) -> (usize, usize) {
-        (self.waiting.load(Ordering::Relaxed), self.denied.len())
-    }
-}
-
-/// Sends what queued up as one batch once no call of the limiter is in
-/// flight, until the limiter is dropped.
-async fn batcher(core: Arc<Core>, mut requests: mpsc::Receiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let busy = core.acquire().await;
-        // What arrived while the call in flight was at the store.
-        while batch.len() < MAX_BATCH
-            && let Ok(request) = requests.try_recv()
-        {
-            batch.push(request);
-        }
-        core.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
-            .await;
-        drop(busy);
-    }
-}
-
-/// The limiter's one call in flight; released when dropped.
-struct Busy<'a>(&'a Core);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.busy.store(false, Ordering::Release);
-        self.0.idle.notify_one();
-    }
-}
-
-impl Core {
-    fn try_acquire(&self) -> Option<Busy<'_>> {
-        self.busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Busy(self))
-    }
-
-    /// Waits until no call of the limiter is in flight, and claims the next.
-    async fn acquire(&self) -> Busy<'_> {
-        loop {
-            if let Some(busy) = self.try_acquire() {
-                return busy;
-            }
-            // A release before this wait leaves a permit: no lost wake-up.
-            self.idle.notified().await;
-        }
+        (self.in_flight.load(Ordering::Relaxed), self.denied.len())
     }
 
     /// The first policy whose whole limit is below `cost`: a request that
@@ -386,157 +321,36 @@ impl Core {
         Some(decision)
     }
 
-    /// Appends the store keys of `client` to `text`, and where each ends to
-    /// `ends`: `{prefix}:{client}` for one policy; with several,
-    /// `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster keeps
-    /// them on one slot (one script call reads them all). One string for
-    /// every key of a call: no allocation per key.
-    fn push_keys(&self, client: &str, text: &mut String, ends: &mut Vec<usize>) {
+    /// The store keys of `client`.
+    fn keys(&self, client: &str) -> Keys {
         let prefix = self.key_prefix.as_str();
         if let [_] = self.policies.as_slice() {
-            text.extend([prefix, ":", client]);
-            ends.push(text.len());
-            return;
+            let mut key = String::with_capacity(prefix.len() + 1 + client.len());
+            key.extend([prefix, ":", client]);
+            return Keys::One(key);
         }
-        for policy in &self.policies {
-            text.extend([prefix, ":{", client, "}:", policy.name.as_str()]);
-            ends.push(text.len());
-        }
-    }
-
-    /// One request counted alone.
-    async fn count_one(&self, client: &str, cost: u64) -> Verdict {
-        let mut text = String::with_capacity(
-            (self.key_prefix.len() + client.len() + 16) * self.policies.len(),
-        );
-        // One policy (the common case): one key, no list of them.
-        let mut ends = Vec::new();
-        if let [_] = self.policies.as_slice() {
-            text.extend([self.key_prefix.as_str(), ":", client]);
-        } else {
-            self.push_keys(client, &mut text, &mut ends);
-        }
-        let one = [text.as_str()];
-        let many;
-        let keys: &[&str] = if ends.is_empty() {
-            &one
-        } else {
-            many = split_keys(&text, &ends);
-            &many
-        };
-        let sent = now_micros(self.clock.as_ref());
-        let call = telemetry::StoreCall::start();
-        let rows = match &self.memory {
-            Some(memory) => {
-                self.counters.add(Count::StoreCalls);
-                Ok(memory.evaluate(keys, &self.quotas, sent, &[cost]))
-            }
-            None => {
-                let mut args = self.script_args();
-                args.extend([1, int(cost)]);
-                self.counters.add(Count::StoreCalls);
-                crate::store::redis::evaluate(&self.cache, keys, &args, self.store_timeout).await
-            }
-        };
-        let rows = call.finish(rows);
-        match self.outcome(rows) {
-            Some(outcome) => {
-                self.note_denied(client, std::slice::from_ref(&outcome), sent);
-                Verdict::Decided(outcome.decision)
-            }
-            None => Verdict::StoreFailed,
-        }
-    }
-
-    /// The script's arguments before the clients'.
-    fn script_args(&self) -> Vec<i64> {
-        let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
-        crate::store::redis::args(now, &self.quotas, &[])
-    }
-
-    /// Counts a batch: one script call (one per client on a cluster).
-    async fn send(&self, mut batch: Vec<Request>) {
-        // Cancelled before being sent: not counted.
-        batch.retain(|request| !request.reply.is_closed());
-        // Each client's requests together, in arrival order (a stable sort).
-        batch.sort_by(|a, b| a.client.cmp(&b.client));
-        if !self.cluster {
-            return self.send_clients(batch).await;
-        }
-        let mut calls = FuturesUnordered::new();
-        while !batch.is_empty() {
-            let same = batch
+        Keys::Several(
+            self.policies
                 .iter()
-                .skip(1)
-                .take_while(|request| request.client == batch[0].client)
-                .count();
-            let rest = batch.split_off(same + 1);
-            calls.push(self.send_clients(std::mem::replace(&mut batch, rest)));
-        }
-        while calls.next().await.is_some() {}
-    }
-
-    /// One script call for `batch` (sorted by client), and the answers.
-    async fn send_clients(&self, batch: Vec<Request>) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut text = String::with_capacity(batch.len() * (self.key_prefix.len() + 24));
-        let mut ends = Vec::with_capacity(batch.len() * self.policies.len());
-        let mut args = self.script_args();
-        args.reserve(2 * batch.len());
-        for run in client_runs(&batch) {
-            self.push_keys(&batch[run.start].client, &mut text, &mut ends);
-            args.push(int(run.len() as u64));
-            args.extend(batch[run].iter().map(|request| int(request.cost)));
-        }
-        let sent = now_micros(self.clock.as_ref());
-        let keys = split_keys(&text, &ends);
-        let Some(outcomes) = self.count(&keys, &args, batch.len()).await else {
-            for request in batch {
-                let _ = request.reply.send(Verdict::StoreFailed);
-            }
-            return;
-        };
-        for run in client_runs(&batch) {
-            self.note_denied(&batch[run.start].client, &outcomes[run], sent);
-        }
-        for (request, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = request.reply.send(Verdict::Decided(outcome.decision));
-        }
-    }
-
-    /// One script call on Redis; the outcome of each of its `requests`
-    /// requests, `None` when it failed or timed out.
-    async fn count(&self, keys: &[&str], args: &[i64], requests: usize) -> Option<Vec<Outcome>> {
-        self.counters.add(Count::StoreCalls);
-        // The handle enforces the timeout: a hanging store then counts as
-        // failing for its circuit breaker, which stops calling it.
-        let call = telemetry::StoreCall::start();
-        let rows = crate::store::redis::evaluate(&self.cache, keys, args, self.store_timeout).await;
-        let rows = call.finish(rows);
-        self.outcomes(rows, requests)
+                .map(|policy| [prefix, ":{", client, "}:", policy.name.as_str()].concat())
+                .collect(),
+        )
     }
 
     /// Reads the store's answer for one request.
-    fn outcome(&self, rows: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
-        let outcome = rows.map_err(|err| err.to_string()).and_then(|rows| {
-            window::outcome(&self.quotas, &rows).ok_or_else(|| {
+    fn outcome(&self, row: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
+        let outcome = row.map_err(|err| err.to_string()).and_then(|row| {
+            window::outcome(&self.quotas, &row).ok_or_else(|| {
                 format!(
                     "the store's answer is malformed: {} numbers for one request",
-                    rows.len()
+                    row.len()
                 )
             })
         });
-        self.noted(outcome)
-    }
-
-    /// Notes whether the store answered, and passes its answer on.
-    fn noted<T>(&self, answer: Result<T, String>) -> Option<T> {
-        match answer {
-            Ok(answer) => {
+        match outcome {
+            Ok(outcome) => {
                 self.note_store(None);
-                Some(answer)
+                Some(outcome)
             }
             Err(err) => {
                 self.note_store(Some(&err));
@@ -545,56 +359,36 @@ impl Core {
         }
     }
 
-    /// Reads the store's answer for `requests` requests.
-    fn outcomes(
-        &self,
-        rows: cache_core::Result<Vec<i64>>,
-        requests: usize,
-    ) -> Option<Vec<Outcome>> {
-        let outcomes = rows.map_err(|err| err.to_string()).and_then(|rows| {
-            let len = window::row_len(self.quotas.len());
-            if rows.len() != len * requests {
-                return Err(format!(
-                    "the store answered {} numbers for {requests} requests",
-                    rows.len(),
-                ));
-            }
-            rows.chunks(len)
-                .map(|row| window::outcome(&self.quotas, row))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| "the store's answer is malformed".to_string())
-        });
-        self.noted(outcomes)
-    }
-
-    /// Remembers `client` as rejected if the last of its `outcomes` (which
-    /// knows the state after all of them) says it is for a while, counted
-    /// from `sent` (µs, taken before the store call) rounded down to the ms
-    /// (the store's windows end on whole ms, counted from its ms): the local
-    /// deny cache then never outlasts the store's own verdict.
-    fn note_denied(&self, client: &str, outcomes: &[Outcome], sent: u64) {
-        if self.local_deny
-            && let Some(last) = outcomes.last()
-            && !last.blocked.is_zero()
-            && last.blocked != Duration::MAX
-        {
-            let now = now_micros(self.clock.as_ref());
-            let blocked = u64::try_from(last.blocked.as_micros()).unwrap_or(u64::MAX);
-            let policy = last.decision.policy;
+    /// Remembers `client` as rejected if `outcome` says it is for a while,
+    /// counted from `sent` (read before the store call) rounded down to the
+    /// ms of the wall clock (the store's windows end on whole ms, counted
+    /// from its ms): the local deny cache then never outlasts the store's own
+    /// verdict. Kept on the monotonic clock.
+    fn note_denied(&self, client: &str, outcome: &Outcome, sent: Sent) {
+        if self.local_deny && !outcome.blocked.is_zero() && outcome.blocked != Duration::MAX {
+            let now = monotonic_micros(self.clock.as_ref());
+            // The wall clock's µs within its ms at `sent`: read then, or now
+            // less the time since (only rejections get here).
+            let wall = sent.wall.unwrap_or_else(|| {
+                now_micros(self.clock.as_ref()).saturating_sub(now.saturating_sub(sent.monotonic))
+            });
+            let blocked = u64::try_from(outcome.blocked.as_micros()).unwrap_or(u64::MAX);
+            let start = sent.monotonic.saturating_sub(wall % 1000);
             self.denied.insert(
                 client,
-                (sent - sent % 1000).saturating_add(blocked),
-                policy,
+                start.saturating_add(blocked),
+                outcome.decision.policy,
                 now,
             );
         }
     }
 
     fn denied_locally(&self, key: &str) -> Option<Decision> {
-        if !self.local_deny {
+        // Nobody denied (the common case): no clock read.
+        if !self.local_deny || self.denied.len() == 0 {
             return None;
         }
-        let now = now_micros(self.clock.as_ref());
+        let now = monotonic_micros(self.clock.as_ref());
         let (until, policy) = self.denied.get(key, now)?;
         let limit = self.quotas.get(policy).map_or(0, Quota::limit);
         Some(Decision::denied_for(
@@ -622,40 +416,10 @@ impl Core {
     }
 }
 
-/// The ranges of `batch` (sorted by client) that hold one client's requests each.
-fn client_runs(batch: &[Request]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        let client = &batch.get(start)?.client;
-        let end = start
-            + batch[start..]
-                .iter()
-                .take_while(|request| request.client == *client)
-                .count();
-        let run = start..end;
-        start = end;
-        Some(run)
-    })
-}
-
-/// The keys [`Core::push_keys`] wrote to `text`, ending at `ends`.
-fn split_keys<'a>(text: &'a str, ends: &[usize]) -> Vec<&'a str> {
-    let mut start = 0;
-    ends.iter()
-        .map(|&end| {
-            let key = text.get(start..end).unwrap_or_default();
-            start = end;
-            key
-        })
-        .collect()
-}
-
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
 
     fn limiter(limit: u64) -> Limiter {
@@ -668,7 +432,6 @@ mod tests {
             }],
             store_timeout: Duration::from_secs(1),
             local_deny: true,
-            coalesce: true,
             clock: None,
         })
     }
@@ -716,46 +479,49 @@ mod tests {
             }
             now
         }
+
+        fn monotonic(&self) -> Duration {
+            self.manual.now()
+        }
     }
 
     /// The deny cache counts the store's "blocked" from before the call:
     /// at the window's end (the store admits again) it no longer rejects.
     #[tokio::test]
     async fn the_deny_cache_ends_no_later_than_the_stores_verdict() {
-        for coalesce in [false, true] {
-            let manual = crate::ManualClock::new();
-            let armed = Arc::new(AtomicBool::new(true));
-            let limiter = Limiter::new(LimiterConfig {
-                cache: Cache::in_memory(),
-                prefix: "test".into(),
-                policies: vec![Policy {
-                    name: "test".into(),
-                    quota: Quota::new(1, Duration::from_secs(60)),
-                }],
-                store_timeout: Duration::from_secs(1),
-                local_deny: true,
-                coalesce,
-                clock: Some(Arc::new(Ticking {
-                    manual: manual.clone(),
-                    armed: armed.clone(),
-                })),
-            });
-            let Verdict::Decided(first) = limiter.check("ip:1".to_string(), 1).await else {
-                panic!("store failed");
-            };
-            assert!(first.allowed);
-            armed.store(false, Ordering::Relaxed);
-            let key = limiter.cache.full_key("test:ip:1").into_owned();
-            let memory = limiter.memory.clone().unwrap();
-            let now_ms = now_micros(&manual) / 1000;
-            let (_, window_end_ms) = memory.peek(&key, now_ms).unwrap();
-            manual.advance(Duration::from_millis(window_end_ms) - manual.now());
-            assert_eq!(limiter.check_locally("ip:1"), None, "coalesce {coalesce}");
-            let Verdict::Decided(again) = limiter.check("ip:1".to_string(), 1).await else {
-                panic!("store failed");
-            };
-            assert!(again.allowed, "the store admits at the window's end");
-        }
+        let manual = crate::ManualClock::new();
+        let armed = Arc::new(AtomicBool::new(true));
+        let limiter = Limiter::new(LimiterConfig {
+            cache: Cache::in_memory(),
+            prefix: "test".into(),
+            policies: vec![Policy {
+                name: "test".into(),
+                quota: Quota::new(1, Duration::from_secs(60)),
+            }],
+            store_timeout: Duration::from_secs(1),
+            local_deny: true,
+            clock: Some(Arc::new(Ticking {
+                manual: manual.clone(),
+                armed: armed.clone(),
+            })),
+        });
+        let Verdict::Decided(first) = limiter.check("ip:1".to_string(), 1).await else {
+            panic!("store failed");
+        };
+        assert!(first.allowed);
+        armed.store(false, Ordering::Relaxed);
+        let key = limiter.cache.full_key("test:ip:1").into_owned();
+        let Counting::Memory(memory) = &limiter.counting else {
+            panic!("in memory");
+        };
+        let now_ms = now_micros(&manual) / 1000;
+        let (_, window_end_ms) = memory.peek(&key, now_ms).unwrap();
+        manual.advance(Duration::from_millis(window_end_ms) - manual.now());
+        assert_eq!(limiter.check_locally("ip:1"), None);
+        let Verdict::Decided(again) = limiter.check("ip:1".to_string(), 1).await else {
+            panic!("store failed");
+        };
+        assert!(again.allowed, "the store admits at the window's end");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,8 @@
 //! Variants: bare axum; a hand-written `INCR` + `EXPIRE` pipeline per request
 //! and one `EVALSHA` per request (raw `redis` crate, no coalescing);
 //! `RateLimitLayer` on Redis and on the in-memory store; and, with
-//! `--features compare`, `tower_governor`.
+//! `--features compare`, `tower_governor` and `limitador` (its exact and its
+//! cached Redis storage; vendored with a build fix, benches/vendor/limitador).
 //!
 //! The services run in a child process (this binary started again with
 //! `--serve`), the load generator in this one, so that the CPU time of the
@@ -22,16 +23,20 @@
 //!
 //! `cargo run --release -p benches --features compare --bin http`
 //!
+//! A last phase measures accuracy across instances: 1 000 requests of one
+//! client over two instances of each limiter (limit 100), how many pass.
+//!
 //! `BENCH_ONLY=text` keeps each scenario's baseline and the rows whose name
 //! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
 //! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
-//! `BENCH_LATENCY=0` (skip the latency phase) for short or profiling runs.
+//! `BENCH_LATENCY=0` (skip the latency phase), `BENCH_ACCURACY=0` (skip the
+//! accuracy phase) for short or profiling runs.
 //! With `--features metrics` the service process installs a Prometheus
 //! recorder, for the overhead of the libraries' metrics.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,6 +47,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use benches::Series;
+use benches::limiters::{Naive, client_ip, naive};
 use cache_core::Cache;
 use rate_limit::{
     RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
@@ -58,6 +64,8 @@ const WINDOW: Duration = Duration::from_secs(3600);
 const NORMAL_LIMIT: u64 = rate_limit::MAX_LIMIT;
 /// Reached after the first round's first requests.
 const FLOOD_LIMIT: u64 = 10;
+/// The layers' bound on a store call (see `serve_all`).
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct client addresses of the many-clients scenario.
 const CLIENTS: usize = 10_000;
 /// The proxy every request comes through (the load generator's address).
@@ -124,6 +132,14 @@ const SERVICES: &[Service] = &[
         name: "`tower_governor` (in-process)",
     },
     Service {
+        id: "limitador",
+        name: "`limitador`, exact Redis storage (`AsyncRedisStorage`)",
+    },
+    Service {
+        id: "limitador-cached",
+        name: "`limitador`, cached Redis storage (`CachedRedisStorage`)",
+    },
+    Service {
         id: "ref-429",
         name: "reference: the handler answers the same 429 itself (baseline)",
     },
@@ -138,6 +154,14 @@ const SERVICES: &[Service] = &[
     Service {
         id: "governor-flood",
         name: "`tower_governor`, flood",
+    },
+    Service {
+        id: "limitador-flood",
+        name: "`limitador`, exact Redis storage, flood",
+    },
+    Service {
+        id: "limitador-cached-flood",
+        name: "`limitador`, cached Redis storage, flood",
     },
 ];
 
@@ -164,7 +188,15 @@ fn scenarios() -> Vec<Scenario> {
     let many: Vec<String> = (0..CLIENTS)
         .map(|i| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255))
         .collect();
-    let limiters = ["naive", "evalsha", "rl-redis", "rl-memory", "governor"];
+    let limiters = [
+        "naive",
+        "evalsha",
+        "rl-redis",
+        "rl-memory",
+        "governor",
+        "limitador",
+        "limitador-cached",
+    ];
     let mut list = vec![
         Scenario {
             key: "many",
@@ -189,13 +221,17 @@ fn scenarios() -> Vec<Scenario> {
                 "rl-redis-flood",
                 "rl-memory-flood",
                 "governor-flood",
+                "limitador-flood",
+                "limitador-cached-flood",
             ],
             latency: false,
         },
     ];
     if !cfg!(feature = "compare") {
         for scenario in &mut list {
-            scenario.rows.retain(|id| !id.starts_with("governor"));
+            scenario
+                .rows
+                .retain(|id| !id.starts_with("governor") && !id.starts_with("limitador"));
         }
     }
     if let Ok(keep) = std::env::var("BENCH_SCENARIOS") {
@@ -250,10 +286,15 @@ fn main() {
 /// Starts every service, prints `id port` lines and `ready`, and serves until
 /// its standard input closes (the parent exits or drops it).
 async fn serve_all(url: &str) {
+    // Calls may take up to 2 s: on a machine shared with other work a
+    // stalled moment must not make the layer fail open (and stop calling
+    // Redis), which would make its row cheaper than what it measures. The
+    // layers' counters (store errors included) are printed at the end.
     let redis_cache = || async {
         Cache::builder()
             .redis_url(url)
             .expect("url")
+            .timeout(STORE_TIMEOUT)
             .build()
             .await
             .expect("cache")
@@ -264,10 +305,12 @@ async fn serve_all(url: &str) {
         .await
         .expect("connect");
     let layer = |cache: Cache, limit: u64| {
+        let store_timeout = STORE_TIMEOUT.min(cache.timeout());
         RateLimitLayer::builder(cache)
             .limit(limit)
             .window(WINDOW)
             .trusted_proxies([TRUSTED_PROXY])
+            .store_timeout(store_timeout)
             .build()
             .expect("layer")
     };
@@ -281,7 +324,15 @@ async fn serve_all(url: &str) {
     ));
     ports.push((
         "naive",
-        serve(hello().layer(middleware::from_fn_with_state(raw.clone(), naive))).await,
+        serve(hello().layer(middleware::from_fn_with_state(
+            Naive {
+                conn: raw.clone(),
+                window: WINDOW,
+                limit: NORMAL_LIMIT,
+            },
+            naive,
+        )))
+        .await,
     ));
     let script = EvalSha {
         conn: raw,
@@ -295,10 +346,10 @@ async fn serve_all(url: &str) {
         )))
         .await,
     ));
-    ports.push((
-        "rl-redis",
-        serve(hello().layer(layer(redis_cache().await, NORMAL_LIMIT))).await,
-    ));
+    let mut layers: Vec<(&str, RateLimitLayer)> = Vec::new();
+    let rl_redis = layer(redis_cache().await, NORMAL_LIMIT);
+    layers.push(("rl-redis", rl_redis.clone()));
+    ports.push(("rl-redis", serve(hello().layer(rl_redis)).await));
     ports.push((
         "rl-memory",
         serve(hello().layer(layer(Cache::in_memory(), NORMAL_LIMIT))).await,
@@ -359,6 +410,29 @@ async fn serve_all(url: &str) {
             "governor-flood",
             serve(hello().layer(tower_governor::GovernorLayer::new(flood))).await,
         ));
+        for (id, limit) in [
+            ("limitador", NORMAL_LIMIT),
+            ("limitador-flood", FLOOD_LIMIT),
+        ] {
+            let storage = peer::limitador_exact(url).await;
+            ports.push((id, serve(peer::limitador(hello(), storage, limit)).await));
+        }
+        for (id, limit) in [
+            ("limitador-cached", NORMAL_LIMIT),
+            ("limitador-cached-flood", FLOOD_LIMIT),
+        ] {
+            let storage = peer::limitador_cached(url).await;
+            ports.push((id, serve(peer::limitador(hello(), storage, limit)).await));
+        }
+    }
+    // Two instances of each limiter with a limit of ACCURACY_LIMIT per hour,
+    // sharing what they share in production (Redis), for the accuracy phase.
+    for instance in ["a", "b"] {
+        for variant in ACCURACY_VARIANTS {
+            let app = accuracy_instance(variant, url).await;
+            let id: &'static str = Box::leak(format!("acc-{variant}-{instance}").into_boxed_str());
+            ports.push((id, serve(app).await));
+        }
     }
     for (id, port) in &ports {
         println!("{id} {port}");
@@ -371,6 +445,199 @@ async fn serve_all(url: &str) {
     })
     .await
     .expect("stdin watcher");
+    // What the layers counted, failures included: to tell a row that failed
+    // open from one that counted.
+    for (id, layer) in layers {
+        eprintln!("{id}: {:?}", layer.stats());
+    }
+}
+
+/// The limiters of the accuracy phase (with `--features compare`, the
+/// other libraries' too).
+const ACCURACY_VARIANTS: &[&str] = &[
+    "rl-redis",
+    "naive",
+    "rl-memory",
+    #[cfg(feature = "compare")]
+    "governor",
+    #[cfg(feature = "compare")]
+    "limitador",
+    #[cfg(feature = "compare")]
+    "limitador-cached",
+];
+/// The limit of the accuracy phase, per hour.
+const ACCURACY_LIMIT: u64 = 100;
+/// Requests of the accuracy phase's one client, over both instances.
+const ACCURACY_REQUESTS: usize = 1000;
+
+/// One instance of `variant` for the accuracy phase: its own connection,
+/// its own in-process state.
+async fn accuracy_instance(variant: &str, url: &str) -> Router {
+    match variant {
+        "rl-redis" | "rl-memory" => {
+            let cache = match variant {
+                "rl-redis" => Cache::builder()
+                    .redis_url(url)
+                    .expect("url")
+                    .timeout(STORE_TIMEOUT)
+                    .build()
+                    .await
+                    .expect("cache"),
+                _ => Cache::in_memory(),
+            };
+            let store_timeout = STORE_TIMEOUT.min(cache.timeout());
+            let layer = RateLimitLayer::builder(cache)
+                .limit(ACCURACY_LIMIT)
+                .window(WINDOW)
+                .prefix("acc")
+                .trusted_proxies([TRUSTED_PROXY])
+                .store_timeout(store_timeout)
+                .build()
+                .expect("layer");
+            hello().layer(layer)
+        }
+        "naive" => {
+            let conn = redis::Client::open(url)
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let state = Naive {
+                conn,
+                window: WINDOW,
+                limit: ACCURACY_LIMIT,
+            };
+            hello().layer(middleware::from_fn_with_state(state, naive))
+        }
+        #[cfg(feature = "compare")]
+        "governor" => {
+            use tower_governor::governor::GovernorConfigBuilder;
+            use tower_governor::key_extractor::SmartIpKeyExtractor;
+            let config = GovernorConfigBuilder::default()
+                .key_extractor(SmartIpKeyExtractor)
+                .per_second(WINDOW.as_secs() / ACCURACY_LIMIT)
+                .burst_size(ACCURACY_LIMIT as u32)
+                .finish()
+                .expect("governor config");
+            hello().layer(tower_governor::GovernorLayer::new(config))
+        }
+        #[cfg(feature = "compare")]
+        "limitador" => peer::limitador(hello(), peer::limitador_exact(url).await, ACCURACY_LIMIT),
+        #[cfg(feature = "compare")]
+        "limitador-cached" => {
+            peer::limitador(hello(), peer::limitador_cached(url).await, ACCURACY_LIMIT)
+        }
+        other => panic!("no accuracy variant {other}"),
+    }
+}
+
+/// Kuadrant's `limitador` (vendored with a fix: benches/vendor/limitador)
+/// as an axum middleware keyed like the others: one limit of the namespace
+/// `bench`, its variable `ip` the client address from `X-Forwarded-For`.
+#[cfg(feature = "compare")]
+mod peer {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::extract::{ConnectInfo, Request, State};
+    use axum::http::StatusCode;
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use benches::limiters::client_ip;
+    use limitador::AsyncRateLimiter;
+    use limitador::limit::{Context, Limit, Namespace};
+    use limitador::storage::AsyncCounterStorage;
+    use limitador::storage::redis::{AsyncRedisStorage, CachedRedisStorageBuilder};
+
+    use super::WINDOW;
+
+    /// Its exact storage: a Lua script per check.
+    pub async fn limitador_exact(url: &str) -> Box<dyn AsyncCounterStorage> {
+        Box::new(
+            AsyncRedisStorage::new(url)
+                .await
+                .expect("limitador redis storage"),
+        )
+    }
+
+    /// Its cached storage, with its defaults: counts kept in process and
+    /// flushed to Redis every second.
+    pub async fn limitador_cached(url: &str) -> Box<dyn AsyncCounterStorage> {
+        Box::new(
+            CachedRedisStorageBuilder::new(url)
+                .build()
+                .await
+                .expect("limitador cached storage"),
+        )
+    }
+
+    #[derive(Clone)]
+    struct Limiter {
+        limiter: Arc<AsyncRateLimiter>,
+        namespace: Namespace,
+    }
+
+    /// `app` behind a limitador of `limit` per window on `storage`.
+    pub fn limitador(app: Router, storage: Box<dyn AsyncCounterStorage>, limit: u64) -> Router {
+        let limiter = AsyncRateLimiter::new_with_storage(storage);
+        let by_ip = "ip".try_into().expect("a CEL variable");
+        limiter.add_limit(Limit::new("bench", limit, WINDOW.as_secs(), [], [by_ip]));
+        let state = Limiter {
+            limiter: Arc::new(limiter),
+            namespace: "bench".into(),
+        };
+        app.layer(middleware::from_fn_with_state(state, check))
+    }
+
+    /// 429 when limited; fails open.
+    async fn check(
+        State(state): State<Limiter>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let ip = client_ip(&request, peer).to_string();
+        let limited = AssertSend(async move {
+            let values = HashMap::from([("ip".to_string(), ip)]);
+            let context: Context<'_> = values.into();
+            let result = state
+                .limiter
+                .check_rate_limited_and_update(&state.namespace, &context, 1)
+                .await;
+            matches!(result, Ok(result) if result.limited)
+        })
+        .await;
+        if limited {
+            return StatusCode::TOO_MANY_REQUESTS.into_response();
+        }
+        next.run(request).await
+    }
+
+    /// limitador's CEL `Context` is not `Sync` (its `cel::Context` may hold
+    /// a `&dyn VariableResolver`), so a future holding it across an await is
+    /// not `Send`, which axum requires; its servers run on a thread-per-core
+    /// runtime. The future here builds the context itself, sets no resolver
+    /// and only ever runs inside this one task: moving it between threads
+    /// moves everything it refers to with it.
+    struct AssertSend<F>(F);
+
+    // SAFETY: see above: nothing the future holds is shared with another
+    // task or thread.
+    unsafe impl<F> Send for AssertSend<F> {}
+
+    impl<F: std::future::Future> std::future::Future for AssertSend<F> {
+        type Output = F::Output;
+
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            // SAFETY: structural pinning of the only field; never moved out.
+            unsafe { self.map_unchecked_mut(|wrapper| &mut wrapper.0) }.poll(cx)
+        }
+    }
 }
 
 fn hello() -> Router {
@@ -411,48 +678,6 @@ fn header_fields(limit: u64, remaining: u64) -> [(HeaderName, HeaderValue); 5] {
             value(format!("\"rate\";r={remaining};t={window}")),
         ),
     ]
-}
-
-/// The client of a hand-written limiter: the nearest `X-Forwarded-For` hop
-/// when the peer is the (loopback) proxy, else the peer.
-fn client_ip(request: &Request, peer: SocketAddr) -> IpAddr {
-    if peer.ip().is_loopback() {
-        let hop = request
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if let Some(ip) = hop {
-            return ip;
-        }
-    }
-    peer.ip()
-}
-
-/// What a user writes by hand: `INCR` and `EXPIRE NX` in one pipeline per
-/// request (one round trip, two commands), 429 over the limit, fail open.
-async fn naive(
-    State(mut conn): State<MultiplexedConnection>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let key = format!("bench:naive:{}", client_ip(&request, peer));
-    let count: redis::RedisResult<(u64,)> = redis::pipe()
-        .cmd("INCR")
-        .arg(&key)
-        .cmd("EXPIRE")
-        .arg(&key)
-        .arg(WINDOW.as_secs())
-        .arg("NX")
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    match count {
-        Ok((count,)) if count > NORMAL_LIMIT => StatusCode::TOO_MANY_REQUESTS.into_response(),
-        _ => next.run(request).await,
-    }
 }
 
 struct EvalSha {
@@ -507,6 +732,24 @@ fn cpu_ticks(pid: u32) -> u64 {
     let utime: u64 = fields[11].parse().expect("utime");
     let stime: u64 = fields[12].parse().expect("stime");
     utime + stime
+}
+
+/// Context switches of process `pid` so far (voluntary and not, every
+/// thread): how often its threads parked and were woken.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// The commands that run only inside the scripts of this benchmark (the raw
@@ -594,8 +837,16 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        // Closing its standard input ends it; kill it if it does not.
+        // Closing its standard input ends it (after it printed its layers'
+        // counters); kill it if it does not within a few seconds.
         drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -682,6 +933,8 @@ struct Row {
     cpu: Series,
     service_ticks: u64,
     redis_ticks: u64,
+    /// Context switches of the service process.
+    switches: u64,
     requests: u64,
     /// Commands sent to Redis.
     commands: u64,
@@ -745,6 +998,7 @@ async fn measure() {
                 let port = services.ports[*id];
                 let commands = redis_commands(&mut admin).await;
                 let (service, redis) = (cpu_ticks(services.pid()), cpu_ticks(redis_pid));
+                let switches = context_switches(services.pid());
                 let started = Instant::now();
                 let (done, limited) = load(port, &pools[s]).await;
                 let elapsed = started.elapsed();
@@ -752,6 +1006,7 @@ async fn measure() {
                     cpu_ticks(services.pid()) - service,
                     cpu_ticks(redis_pid) - redis,
                 );
+                let switches = context_switches(services.pid()) - switches;
                 let after = redis_commands(&mut admin).await;
                 let row = &mut results[s][r];
                 row.rps.rounds.push(done as f64 / elapsed.as_secs_f64());
@@ -760,6 +1015,7 @@ async fn measure() {
                     .push((service + redis) as f64 / ticks_per_second * 1e6 / done.max(1) as f64);
                 row.service_ticks += service;
                 row.redis_ticks += redis;
+                row.switches += switches;
                 row.requests += done;
                 row.commands += after.0 - commands.0;
                 row.inner_commands += after.1 - commands.1;
@@ -786,6 +1042,20 @@ async fn measure() {
             }
         }
     }
+    let accuracy = if env_number("BENCH_ACCURACY", 1) != 0 {
+        let mut admitted = Vec::new();
+        for (index, variant) in ACCURACY_VARIANTS.iter().enumerate() {
+            let ports = [
+                services.ports[&format!("acc-{variant}-a")],
+                services.ports[&format!("acc-{variant}-b")],
+            ];
+            // One client of its own per variant: keys never shared between rows.
+            admitted.push((*variant, over_two(ports, format!("10.253.0.{index}")).await));
+        }
+        admitted
+    } else {
+        Vec::new()
+    };
 
     println!(
         "\nHTTP GET / on loopback, {CONNECTIONS} keep-alive connections, {rounds} rounds of {ROUND:?}; \
@@ -795,9 +1065,9 @@ async fn measure() {
     for (scenario, rows) in scenarios.iter().zip(&mut results) {
         println!("\n### {}\n", scenario.title);
         println!(
-            "| variant | req/s | throughput vs first row | CPU µs/request (service + Redis) | service | Redis | CPU vs first row | Redis commands sent/request | run inside scripts/request | 429 share |"
+            "| variant | req/s | throughput vs first row | CPU µs/request (service + Redis) | service | Redis | CPU vs first row | Redis commands sent/request | run inside scripts/request | service context switches/request | 429 share |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         let baseline = |series: &Series| Series {
             name: String::new(),
             rounds: series.rounds.clone(),
@@ -807,7 +1077,7 @@ async fn measure() {
             let per =
                 |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / row.requests.max(1) as f64;
             println!(
-                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.1} % |",
+                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.2} | {:.1} % |",
                 name_of(id),
                 row.rps.median(),
                 row.rps.ratio_to(&base_rps),
@@ -817,6 +1087,7 @@ async fn measure() {
                 row.cpu.ratio_to(&base_cpu),
                 row.commands as f64 / row.requests.max(1) as f64,
                 row.inner_commands as f64 / row.requests.max(1) as f64,
+                row.switches as f64 / row.requests.max(1) as f64,
                 row.limited * 100.0,
             );
         }
@@ -854,4 +1125,56 @@ async fn measure() {
             }
         }
     }
+    if !accuracy.is_empty() {
+        println!(
+            "\n### Accuracy across two instances: {ACCURACY_REQUESTS} requests of one client, \
+             limit {ACCURACY_LIMIT} per hour, over two instances ({CONNECTIONS} connections, \
+             alternately to each)\n"
+        );
+        println!("| variant | admitted | over the limit |");
+        println!("| --- | ---: | ---: |");
+        for (variant, admitted) in accuracy {
+            let name = match variant {
+                "rl-redis" => "`RateLimitLayer`, Redis",
+                "rl-memory" => "`RateLimitLayer`, in-memory store (one store per instance)",
+                other => name_of(other),
+            };
+            println!(
+                "| {name} | {admitted} | {:+} |",
+                admitted as i64 - ACCURACY_LIMIT as i64
+            );
+        }
+    }
+}
+
+/// Sends `ACCURACY_REQUESTS` requests of `address` over `CONNECTIONS`
+/// connections, each to one of the two `ports` in turn; the requests admitted.
+async fn over_two(ports: [u16; 2], address: String) -> u64 {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let (sent, address) = (sent.clone(), address.clone());
+            tokio::spawn(async move {
+                let mut conn = Connection::open(ports[c % 2]).await.expect("connect");
+                let mut admitted = 0u64;
+                while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ACCURACY_REQUESTS {
+                    let response = conn
+                        .request(
+                            "/",
+                            &[("X-Forwarded-For", &address)],
+                            Duration::from_secs(5),
+                        )
+                        .await
+                        .expect("request");
+                    admitted += u64::from(response.status == 200);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.expect("client");
+    }
+    admitted
 }

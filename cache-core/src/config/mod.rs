@@ -78,6 +78,10 @@ pub(crate) struct CacheConfig {
     pub(crate) local_tier: Option<(usize, Duration)>,
     /// Serve local entries when Redis fails (opt-in).
     pub(crate) local_serve_stale: bool,
+    /// A handle for counters ([`Cache::dedicated_counter`](crate::Cache::dedicated_counter)):
+    /// its cluster client never sends a command again after it may have
+    /// reached a node.
+    pub(crate) counter: bool,
 }
 
 impl Default for CacheConfig {
@@ -101,6 +105,7 @@ impl Default for CacheConfig {
             encryption_max_skew: DEFAULT_ENCRYPTION_MAX_SKEW,
             local_tier: None,
             local_serve_stale: false,
+            counter: false,
         }
     }
 }

@@ -86,21 +86,25 @@ pub(crate) fn check_increment(by: u64) -> Result<()> {
 /// sent as `EVALSHA`, loaded and sent again when the server answers
 /// `NOSCRIPT` (nothing ran then, so nothing runs twice). Cheap to clone.
 #[derive(Clone)]
-pub struct Script(std::sync::Arc<::redis::Script>);
+pub struct Script(std::sync::Arc<(::redis::Script, Box<str>)>);
 
 impl Script {
     /// A script of this Lua source.
     pub fn new(source: &str) -> Script {
-        Script(std::sync::Arc::new(::redis::Script::new(source)))
+        Script(std::sync::Arc::new((
+            ::redis::Script::new(source),
+            source.into(),
+        )))
     }
 
     /// The SHA-1 of the source, as `EVALSHA` names it.
     pub fn hash(&self) -> &str {
-        self.0.get_hash()
+        self.0.0.get_hash()
     }
 
-    pub(crate) fn inner(&self) -> &::redis::Script {
-        &self.0
+    /// The Lua source.
+    pub(crate) fn source(&self) -> &str {
+        &self.0.1
     }
 }
 
@@ -179,7 +183,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn eval<'a>(
         &'a self,
         script: &'a Script,
-        keys: &'a [String],
+        keys: &'a [&'a str],
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         let _ = (script, keys, args);

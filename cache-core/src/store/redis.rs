@@ -454,8 +454,14 @@ impl RedisStore<ClusterConnection> {
             .iter()
             .map(RedisEndpoint::connection_url)
             .collect::<Result<Vec<_>>>()?;
+        // The driver retries a command after a redirection (MOVED, ASK: it
+        // did not run) but also after a broken connection, when it may have
+        // run: a counter's handle takes none of them (a script that counts
+        // would count twice), and its calls are sent again by the handle
+        // only when the node said it did not run them.
+        let retries = if config.counter { 0 } else { 2 };
         let client = cluster_builder(urls, config)
-            .retries(2)
+            .retries(retries)
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()
@@ -552,6 +558,24 @@ impl<C: Connection> RedisStore<C> {
             Ok(redis::from_redis_value(value)?)
         })
     }
+}
+
+/// `EVALSHA hash` or `EVAL source`, then the keys and the arguments: one
+/// command, sized up front.
+fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
+    let bytes = name.len()
+        + script.len()
+        + keys.iter().map(|key| key.len()).sum::<usize>()
+        + 20 * (1 + args.len());
+    let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len(), bytes);
+    cmd.arg(name).arg(script).arg(keys.len());
+    for key in keys {
+        cmd.arg(*key);
+    }
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd
 }
 
 fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
@@ -698,21 +722,23 @@ impl<C: Connection> Store for RedisStore<C> {
     fn eval<'a>(
         &'a self,
         script: &'a super::Script,
-        keys: &'a [String],
+        keys: &'a [&'a str],
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let mut invocation = script.inner().prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(*arg);
-            }
-            // EVALSHA, and on NOSCRIPT the driver loads the script and sends it again.
-            let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-            Ok(reply)
+            // EVALSHA; on NOSCRIPT (flushed cache, restart, failover) nothing
+            // ran, and EVAL sends the source, which Redis runs and keeps for
+            // the next EVALSHA: one round trip more, never a second run.
+            let cmd = script_cmd("EVALSHA", script.hash(), keys, args);
+            let reply = match conn.send(&cmd).await.and_then(Value::extract_error) {
+                Err(err) if err.code() == Some("NOSCRIPT") => {
+                    let cmd = script_cmd("EVAL", script.source(), keys, args);
+                    conn.send(&cmd).await?.extract_error()?
+                }
+                reply => reply?,
+            };
+            Ok(redis::from_redis_value(reply)?)
         })
     }
 

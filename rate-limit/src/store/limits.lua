@@ -1,14 +1,13 @@
--- Every policy of a batch of requests of one or more clients, in one atomic
--- step: the transcription of rate-limit/src/window.rs (keep the two in step;
--- tests run both on the same sequences).
--- KEYS: per client, one per policy (on a cluster: one client, one hash
--- slot). ARGV: now in µs (-1: Redis' TIME), the number of policies P, then
--- per policy algorithm (0 fixed, 1 sliding, 2 GCRA), limit, window ms; then
--- per client (in the order of KEYS) its number of requests n and their n
--- costs. Each client's requests are evaluated in order, as if each came
--- alone; clients share no key, so they do not see each other.
--- Returns per request (clients in order): admitted (1/0), then per policy
--- remaining, reset ms, retry ms (-1: never), blocked ms.
+-- Every policy of a layer with several, in one atomic step: the
+-- transcription of rate-limit/src/window.rs (keep the two in step; tests run
+-- both on the same sequences). A layer of one policy uses single.lua.
+-- KEYS: one per policy (on a cluster: one hash slot). ARGV: now in µs (-1:
+-- Redis' TIME), the number of policies P, then per policy algorithm (0
+-- fixed, 1 sliding, 2 GCRA), limit, window ms; then the number of requests n
+-- and their n costs (the limiter sends one; tests send several), evaluated
+-- in order as if each came alone.
+-- Returns per request: admitted (1/0), then per policy remaining, reset ms,
+-- retry ms (-1: never), blocked ms.
 -- Values: fixed window "count:end ms", sliding window "index:current:previous",
 -- GCRA "TAT µs"; each key's expiry is when its state stops counting.
 -- Per key one read (one MGET for every key of the call) and one write:
@@ -16,8 +15,8 @@
 -- left without expiry, or with one past what its state needs, gets it). A
 -- value this script cannot read as its own is deleted (or overwritten); an
 -- out-of-range one (a window in the future, a count above the limit, a TAT
--- past the tolerance) is rewritten in range. A bare count (the fixed window's
--- earlier format, the window's end in the key's expiry) is read once with
+-- past the tolerance) is rewritten in range. A bare count (a one-policy
+-- layer's fixed window, the window's end in the key's expiry) is read with
 -- its PEXPIRETIME and rewritten.
 local MAX = 9007199254740992
 local NEVER = -1
@@ -150,7 +149,7 @@ for s = 1, #KEYS, 1000 do
 end
 
 local out, n = {}, 0
--- Per policy, reused for every client: the state (sa, sb, sc), what to write
+-- Per policy: the state (sa, sb, sc), what to write
 -- (act: 'set', 'del' or nil), one request's answers (r*) and next state (n*).
 local sa, sb, sc, act = {}, {}, {}, {}
 local ra, rr, rs, rt, rb, na, nb, nc = {}, {}, {}, {}, {}, {}, {}, {}
@@ -238,25 +237,7 @@ local function write(i, key, a, b, c, act)
   end
 end
 
--- One client of one policy, its key KEYS[k], its costs ARGV[first .. last].
-local function client1(k, first, last)
-  local key = KEYS[k]
-  local a, b, c, act = read(1, key, vals[k])
-  for j = first, last do
-    local ok, rem, reset, retry, blocked, x, y, z = check(1, a, b, c, tonumber(ARGV[j]))
-    if ok then
-      a, b, c, act = x, y, z, 'set'
-      out[n + 1] = 1
-    else
-      out[n + 1] = 0
-    end
-    out[n + 2], out[n + 3], out[n + 4], out[n + 5] = rem, reset, retry, blocked
-    n = n + 5
-  end
-  write(1, key, a, b, c, act)
-end
-
--- One client: its keys are KEYS[base + 1 .. base + P], its costs
+-- The client: its keys are KEYS[base + 1 .. base + P], its requests' costs
 -- ARGV[first .. last].
 local function client(base, first, last)
   for i = 1, np do
@@ -289,15 +270,6 @@ local function client(base, first, last)
   end
 end
 
-local j, base, nargs = 3 * np + 3, 0, #ARGV
-while j <= nargs do
-  local count = tonumber(ARGV[j])
-  if np == 1 then
-    client1(base + 1, j + 1, j + count)
-  else
-    client(base, j + 1, j + count)
-  end
-  j = j + count + 1
-  base = base + np
-end
+local first = 3 * np + 3
+client(0, first + 1, first + tonumber(ARGV[first]))
 return out

@@ -69,12 +69,24 @@ impl MemoryLimits {
             };
             (state, window::repaired(quota, state, now_us))
         };
-        // One policy (the common case): no lists.
+        // One policy (the common case): no lists, and a known key is read
+        // and updated through one lookup.
         if let ([key], [quota]) = (keys, quotas) {
-            let (old, state) = read(&shard, key, quota);
-            let mut states = [state];
+            if let Some(entry) = shard.get_mut(*key) {
+                let old = match *entry {
+                    (state, expires) if expires > now_ms => state,
+                    _ => State::Empty,
+                };
+                let mut states = [window::repaired(quota, old, now_us)];
+                let rows = window::evaluate(quotas, &mut states, now_us, costs);
+                if states[0] != old {
+                    *entry = (states[0], window::expires_ms(quota, states[0]));
+                }
+                return rows;
+            }
+            let mut states = [State::Empty];
             let rows = window::evaluate(quotas, &mut states, now_us, costs);
-            self.write(&mut shard, key, quota, states[0], old, now_ms);
+            self.write(&mut shard, key, quota, states[0], State::Empty, now_ms);
             return rows;
         }
         let (before, mut states): (Vec<State>, Vec<State>) = keys

@@ -1,6 +1,6 @@
-//! Where the policies' states live: Redis (one Lua script per check,
-//! [`limits.lua`](redis)), or, for the in-memory cache, a map of this crate
-//! shared by every layer built from one in-memory handle.
+//! Where the policies' states live: Redis (one Lua script call per request,
+//! see [`redis`]), or, for the in-memory cache, a map of this crate shared
+//! by every layer built from one in-memory handle.
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -33,14 +33,22 @@ pub async fn evaluate_raw(
         let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.evaluate(&full, quotas, now_us, costs));
     }
-    // One client: its keys, then its requests' costs.
-    let args = redis::args(Some(now_us), quotas, costs);
-    redis::evaluate(cache, keys, &args, Duration::from_secs(5)).await
+    redis::evaluate_many(
+        cache,
+        keys,
+        quotas,
+        Some(now_us),
+        costs,
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 /// For tests: the state the in-memory backend of `cache` holds under `key`
-/// (namespace included), rendered as Redis stores it, and the time until it
-/// expires (on the system clock). Not a stable API.
+/// (namespace included), rendered as Redis stores it (a fixed window: the
+/// bare count under a one-policy key, without a hash tag; `count:end` under
+/// a key of several policies), and the time until it expires (on the system
+/// clock). Not a stable API.
 #[doc(hidden)]
 pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> {
     let now_ms = crate::clock::now_micros(&crate::clock::SystemClock) / 1000;
@@ -48,6 +56,7 @@ pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> 
     let (state, expires) = memory.peek(key, now_ms)?;
     let text = match state {
         State::Empty => return None,
+        State::Fixed { count, .. } if !key.contains('{') => count.to_string(),
         State::Fixed { count, expires_ms } => format!("{count}:{expires_ms}"),
         State::Sliding {
             index,

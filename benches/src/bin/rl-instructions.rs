@@ -1,0 +1,138 @@
+//! One variant of the HTTP rows of `http`, driven straight into the service
+//! (`oneshot`, no sockets), `REQUESTS` times, for counting the service
+//! side's instructions under callgrind (`scripts/rl-instructions.sh`):
+//! redis-server runs in its own process and is not counted, and the figure
+//! does not move with the machine's load as CPU time does.
+//!
+//! `rl-instructions VARIANT REQUESTS`: `bare` (the axum hello-world),
+//! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
+//! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
+//! store). Each request comes through the trusted proxy 127.0.0.1 with
+//! `X-Forwarded-For` from a pool of 10 000 clients, as in `http`'s many
+//! clients row; 32 tasks. A run with 0 requests measures the set-up (and a
+//! first pass that creates every client's key), which the script subtracts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use benches::limiters::{Naive, naive};
+use cache_core::Cache;
+use rate_limit::RateLimitLayer;
+use tower::ServiceExt;
+
+const TASKS: usize = 32;
+const CLIENTS: usize = 10_000;
+const WINDOW: Duration = Duration::from_secs(3600);
+const VARIANTS: [&str; 4] = ["bare", "naive", "layer", "layer-memory"];
+
+fn request(client: usize) -> http::Request<Body> {
+    let address = format!(
+        "10.{}.{}.{}",
+        (client >> 16) & 255,
+        (client >> 8) & 255,
+        client & 255
+    );
+    let mut request = http::Request::get("/")
+        .header("x-forwarded-for", address)
+        .body(Body::empty())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000))));
+    request
+}
+
+/// `requests` requests over `TASKS` tasks, task `t` from client `t`, then
+/// every `TASKS`-th one.
+async fn drive(app: &Router, requests: usize) {
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                for i in 0..requests / TASKS {
+                    let client = (task + i * TASKS) % CLIENTS;
+                    let response = app
+                        .clone()
+                        .oneshot(request(client))
+                        .await
+                        .expect("infallible");
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let variant = args.next().unwrap_or_default();
+    let requests: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(
+        VARIANTS.contains(&variant.as_str()),
+        "usage: rl-instructions {} REQUESTS",
+        VARIANTS.join("|")
+    );
+    let server = tests::RedisServer::start();
+    let hello = || Router::new().route("/", get(|| async { "Hello, World!" }));
+    // Callgrind runs the process some fifty times slower: calls may take a
+    // minute rather than fail open.
+    let layer = |cache: Cache| {
+        let store_timeout = cache.timeout();
+        RateLimitLayer::builder(cache)
+            .limit(rate_limit::MAX_LIMIT)
+            .window(WINDOW)
+            .trusted_proxies(["127.0.0.1/32"])
+            .store_timeout(store_timeout)
+            .build()
+            .expect("layer")
+    };
+    let mut layers = Vec::new();
+    let app = match variant.as_str() {
+        "bare" => hello(),
+        "naive" => {
+            let conn = redis::Client::open(server.url())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            hello().layer(axum::middleware::from_fn_with_state(
+                Naive {
+                    conn,
+                    window: WINDOW,
+                    limit: rate_limit::MAX_LIMIT,
+                },
+                naive,
+            ))
+        }
+        "layer" => {
+            let cache = Cache::builder()
+                .redis_url(&server.url())
+                .expect("url")
+                .timeout(Duration::from_secs(60))
+                .build()
+                .await
+                .expect("cache");
+            layers.push(layer(cache));
+            hello().layer(layers[0].clone())
+        }
+        _ => {
+            layers.push(layer(Cache::in_memory()));
+            hello().layer(layers[0].clone())
+        }
+    };
+    // Every client's key exists (and the script is loaded) before counting.
+    drive(&app, CLIENTS).await;
+    drive(&app, requests).await;
+    for layer in layers {
+        let stats = layer.stats();
+        assert_eq!(stats.store_errors, 0, "every request counted: {stats:?}");
+    }
+}
