@@ -10,6 +10,7 @@
 //! restart a server start their own with [`RedisServer::start`]. A test
 //! whose tool is missing fails unless its skip is allowed ([`skip`]).
 
+pub mod coherence;
 pub mod history;
 pub mod http;
 pub mod proxy;

@@ -48,6 +48,10 @@ pub enum Fault {
         jitter: Duration,
     },
     /// Replies trickle at this many KiB/s. Toxic `bandwidth`, downstream.
+    /// Use 1: noxious 1.0.4 sends 100 bytes per 100 ms step whatever the
+    /// rate, and at 2 KiB/s or more a reply chunk over 100 × rate bytes
+    /// runs its sleep below zero (a panic of the connection's task, which
+    /// then ends like a reset).
     Bandwidth {
         /// KiB per second.
         kib_per_s: u64,
@@ -181,22 +185,7 @@ impl FaultProxy {
     /// Starts a proxy listening on `port`.
     pub async fn start_on(port: u16, upstream: u16) -> io::Result<FaultProxy> {
         let upstream_ip = proxy_ip();
-        let bind = crate::RedisServer::cli_on(upstream, &["CONFIG", "GET", "bind"]);
-        let bind = bind
-            .lines()
-            .nth(1)
-            .unwrap_or("127.0.0.1")
-            .trim()
-            .to_string();
-        let reply = crate::RedisServer::cli_on(
-            upstream,
-            &["CONFIG", "SET", "bind", &format!("{bind} {upstream_ip}")],
-        );
-        if reply.trim() != "OK" {
-            return Err(io::Error::other(format!(
-                "the server on {upstream} cannot listen on {upstream_ip}: {reply}"
-            )));
-        }
+        bind_address(upstream, &upstream_ip)?;
         let running = listen(port, &upstream_ip, upstream, Vec::new()).await?;
         Ok(FaultProxy {
             port,
@@ -205,6 +194,12 @@ impl FaultProxy {
             running: tokio::sync::Mutex::new(Some(running)),
             fault: Mutex::new(None),
         })
+    }
+
+    /// Makes the server listen on the proxy's address again: after a
+    /// restart (the server starts with its own `--bind` only).
+    pub fn bind_upstream(&self) -> io::Result<()> {
+        bind_address(self.upstream, &self.upstream_ip)
     }
 
     /// The port clients connect to.
@@ -316,6 +311,29 @@ pub fn proxy_port() -> u16 {
 
 fn proxy_name(port: u16) -> String {
     format!("redis-{port}")
+}
+
+/// Adds `ip` to the addresses the `redis-server` on `port` listens on.
+fn bind_address(port: u16, ip: &str) -> io::Result<()> {
+    let bind = crate::RedisServer::cli_on(port, &["CONFIG", "GET", "bind"]);
+    let bind = bind
+        .lines()
+        .nth(1)
+        .unwrap_or("127.0.0.1")
+        .trim()
+        .to_string();
+    if bind.split_whitespace().any(|address| address == ip) {
+        return Ok(());
+    }
+    let reply =
+        crate::RedisServer::cli_on(port, &["CONFIG", "SET", "bind", &format!("{bind} {ip}")]);
+    if reply.trim() == "OK" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the server on {port} cannot listen on {ip}: {reply}"
+        )))
+    }
 }
 
 /// A loopback address of its own for each proxy of this process
@@ -434,6 +452,22 @@ impl ProxiedCluster {
             .iter()
             .find(|p| p.upstream() == node_port)
             .expect("a node of this cluster")
+    }
+
+    /// After the node on `node_port` was restarted: it announces its proxy's
+    /// port again and listens on the proxy's address (both are run-time
+    /// settings a restart forgets).
+    pub fn reannounce(&self, node_port: u16) {
+        let proxy = self.proxy_of(node_port);
+        let port = proxy.port().to_string();
+        let reply = crate::RedisServer::cli_on(
+            node_port,
+            &["CONFIG", "SET", "cluster-announce-port", &port],
+        );
+        assert_eq!(reply.trim(), "OK", "cluster-announce-port on {node_port}");
+        proxy
+            .bind_upstream()
+            .expect("the restarted node listens for its proxy");
     }
 
     /// Applies `fault` on every proxy.

@@ -72,9 +72,7 @@ fn draw_fault(rng: &mut fastrand::Rng) -> Fault {
             latency: Duration::from_millis(rng.u64(20..120)),
             jitter: Duration::from_millis(rng.u64(0..60)),
         },
-        1 => Fault::Bandwidth {
-            kib_per_s: rng.u64(1..8),
-        },
+        1 => Fault::Bandwidth { kib_per_s: 1 },
         2 => Fault::Blackhole,
         3 => Fault::Partition,
         4 => Fault::ResetAfter {

@@ -69,7 +69,7 @@ const EVENTS: [Event; 9] = [
         latency: Duration::from_millis(100),
         jitter: Duration::from_millis(80),
     }),
-    Event::Proxy(Fault::Bandwidth { kib_per_s: 16 }),
+    Event::Proxy(Fault::Bandwidth { kib_per_s: 1 }),
     Event::Proxy(Fault::Blackhole),
     Event::Proxy(Fault::Partition),
     Event::Proxy(Fault::ResetAfter { bytes: 4096 }),
