@@ -19,7 +19,7 @@
 //! of a connection that stays open from before is not reproduced.
 //!
 //! [`ProxiedCluster`] puts one proxy in front of each node of a
-//! [`RedisCluster`](crate::RedisCluster) and makes each node announce its
+//! [`RedisCluster`] and makes each node announce its
 //! proxy's port (`cluster-announce-port`), so that a cluster client's slot
 //! map points at the proxies.
 
@@ -169,8 +169,9 @@ impl Drop for FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to the `redis-server` on `127.0.0.1:{upstream}`, on a
     /// port of [`proxy_port`]. The server is made to listen on one more
-    /// loopback address too (`CONFIG SET bind`), the proxy's own: see
-    /// [`stop`] for why.
+    /// loopback address too (`CONFIG SET bind`), the proxy's own, so that
+    /// the server can close the proxy's connections by that address when
+    /// noxious lost track of one (`CLIENT KILL LADDR`).
     pub async fn start(upstream: u16) -> FaultProxy {
         let mut last_error = None;
         for _ in 0..64 {

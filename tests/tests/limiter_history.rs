@@ -195,7 +195,7 @@ async fn instance(cache: Cache, prefix: &str) -> u16 {
     let mut app = Router::new();
     for (algorithm, _, name) in ALGORITHMS {
         let layer = RateLimitLayer::builder(cache.clone())
-            .prefix(&format!("{prefix}-{name}"))
+            .prefix(format!("{prefix}-{name}"))
             .policy("burst", Quota::new(LIMIT, WINDOW).algorithm(algorithm))
             .key_extractor(HeaderKey::new(http::HeaderName::from_static("x-client")))
             .store_timeout(STORE_TIMEOUT)

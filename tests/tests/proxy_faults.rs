@@ -234,7 +234,7 @@ fn cache_traffic(cache: Cache, probe: Arc<Probe>) {
                     probe.record(began, false);
                 }
                 Ok(Some(_)) => probe.record(began, true),
-                Ok(None) => probe.record(began, !set.is_ok()),
+                Ok(None) => probe.record(began, set.is_err()),
                 Err(_) => probe.record(began, false),
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -248,7 +248,7 @@ async fn limited_app(cache: Cache, fail_mode: FailMode) -> u16 {
     let layer = RateLimitLayer::builder(cache)
         .limit(1_000_000)
         .window(Duration::from_secs(60))
-        .prefix(&unique_prefix("limit"))
+        .prefix(unique_prefix("limit"))
         .key_extractor(HeaderKey::new(http::HeaderName::from_static("x-client")))
         .store_timeout(STORE_TIMEOUT)
         .fail_mode(fail_mode)
@@ -283,11 +283,12 @@ fn limiter_traffic(port: u16, fail_mode: FailMode, probe: Arc<Probe>) {
                 {
                     Ok(response) => {
                         let counted = response.header("x-ratelimit-limit").is_some();
-                        let expected = match (response.status, counted, fail_mode) {
-                            (200, true, _) => true,
-                            (200, false, FailMode::Open) | (503, false, FailMode::Closed) => true,
-                            _ => false,
-                        };
+                        let expected = matches!(
+                            (response.status, counted, fail_mode),
+                            (200, true, _)
+                                | (200, false, FailMode::Open)
+                                | (503, false, FailMode::Closed)
+                        );
                         if !expected {
                             probe.violation(format!(
                                 "{fail_mode:?}: status {} (counted: {counted})",
