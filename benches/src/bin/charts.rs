@@ -435,12 +435,14 @@ fn fault_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-/// One minute of a soak: (minute, fault, failed, p99 ms, per service
-/// [RSS MiB, descriptors, tasks]).
+/// One minute of a soak, and per service [RSS MiB, descriptors, tasks].
 struct SoakMinute {
     minute: f64,
     fault: String,
+    /// Failed requests that began during the minute's fault or its recovery.
     failed: f64,
+    /// Failed requests that began anywhere else.
+    failed_outside: f64,
     p99_ms: f64,
     services: [[f64; 3]; 2],
 }
@@ -450,7 +452,7 @@ fn read_soak(path: &Path) -> Result<Vec<SoakMinute>, Failure> {
     let mut minutes = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() < 13 {
+        if f.len() < 14 {
             continue;
         }
         let n = |i: usize| f[i].parse::<f64>().unwrap_or(0.0);
@@ -458,8 +460,9 @@ fn read_soak(path: &Path) -> Result<Vec<SoakMinute>, Failure> {
             minute: n(0),
             fault: f[1].to_string(),
             failed: n(3),
-            p99_ms: n(5),
-            services: [[n(7) / 1024.0, n(8), n(9)], [n(10) / 1024.0, n(11), n(12)]],
+            failed_outside: n(4),
+            p99_ms: n(6),
+            services: [[n(8) / 1024.0, n(9), n(10)], [n(11) / 1024.0, n(12), n(13)]],
         });
     }
     Ok(minutes)
@@ -515,10 +518,11 @@ fn soak_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
         }
         let top = minutes.iter().map(|m| m.p99_ms).fold(1.0, f64::max);
         let failed: f64 = minutes.iter().map(|m| m.failed).sum();
+        let outside: f64 = minutes.iter().map(|m| m.failed_outside).sum();
         let mut chart = ChartBuilder::on(&panels[3])
             .caption(
                 format!(
-                    "p99 latency (ms) per minute, and its fault; {failed} failed requests in all"
+                    "p99 latency (ms) per minute, and its fault; failed requests: {failed} during faults, {outside} outside"
                 ),
                 ("sans-serif", 15),
             )
@@ -541,10 +545,10 @@ fn soak_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
             .draw_series(
                 minutes
                     .iter()
-                    .filter(|m| m.failed > 0.0)
+                    .filter(|m| m.failed_outside > 0.0)
                     .map(|m| Cross::new((m.minute, m.p99_ms), 5, BLACK.stroke_width(2))),
             )?
-            .label("a minute with failed requests")
+            .label("a minute with failed requests outside its fault")
             .legend(|(x, y)| Cross::new((x + 9, y), 4, BLACK.stroke_width(2)));
         for (index, m) in minutes
             .iter()

@@ -12,12 +12,16 @@
 //! their p50/p99/slowest latency and the failed ones: a transport error, a
 //! status other than 200, 204 and 429, or an answer slower than
 //! [`REQUEST_BOUND`] (a request makes a few cache calls, each bounded by
-//! the handles' 250 ms timeout). It prints a Markdown table and writes
-//! `soak.csv` for `charts`.
+//! the handles' 250 ms timeout), apart for those that began during a fault
+//! or within [`RECOVERY`] of its end (a price post is a `503` while Redis is
+//! away: it cannot be published) and the others, which must be none. It
+//! prints a Markdown table, the failures by kind, and writes `soak.csv` for
+//! `charts`.
 //!
 //! `soak MINUTES SEARCH_SERVICE PORTFOLIO OUT_DIR [SEED]`; run by
 //! `scripts/soak.sh MINUTES`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,26 +89,61 @@ const EVENTS: [Event; 9] = [
 #[derive(Default)]
 struct Minute {
     latencies_ms: Vec<f64>,
-    failed: u64,
+    /// Failed requests that began during a fault or within [`RECOVERY`] of its end.
+    failed_in_fault: u64,
+    /// Failed requests that began anywhere else: none is allowed.
+    failed_outside: u64,
 }
+
+/// After a fault ends, what the services may take to recover (issue 24).
+const RECOVERY: Duration = Duration::from_secs(2);
 
 struct Shared {
     minutes: Mutex<Vec<Minute>>,
     started: Instant,
     stop: AtomicBool,
     events_bytes: AtomicU64,
+    /// The fault in force, or the last one: when it began and ended.
+    fault: Mutex<Option<(Instant, Option<Instant>)>>,
+    /// Failed requests by kind (`POST /prices 503`, `GET /search error`...).
+    failures: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Shared {
-    fn record(&self, took: Duration, ok: bool) {
+    fn record(&self, began: Instant, took: Duration, failure: Option<String>) {
         let minute = (self.started.elapsed().as_secs() / 60) as usize;
+        let in_fault = match *self.fault.lock().expect("not poisoned") {
+            Some((from, None)) => began >= from,
+            Some((from, Some(to))) => began >= from && began <= to + RECOVERY,
+            None => false,
+        };
+        let failure =
+            failure.or_else(|| (took > REQUEST_BOUND).then(|| "slower than the bound".to_string()));
         let mut minutes = self.minutes.lock().expect("not poisoned");
         while minutes.len() <= minute {
             minutes.push(Minute::default());
         }
         minutes[minute].latencies_ms.push(took.as_secs_f64() * 1e3);
-        if !ok || took > REQUEST_BOUND {
-            minutes[minute].failed += 1;
+        if let Some(kind) = failure {
+            if in_fault {
+                minutes[minute].failed_in_fault += 1;
+            } else {
+                minutes[minute].failed_outside += 1;
+            }
+            let kind = format!(
+                "{kind}{}",
+                if in_fault {
+                    " (during a fault)"
+                } else {
+                    " (outside faults)"
+                }
+            );
+            *self
+                .failures
+                .lock()
+                .expect("not poisoned")
+                .entry(kind)
+                .or_default() += 1;
         }
     }
 }
@@ -136,7 +175,16 @@ impl Drop for Service {
 fn spawn(name: &'static str, binary: &Path, redis_url: &str, out: &Path) -> Service {
     let port = tests::free_port();
     let log = std::fs::File::create(out.join(format!("{name}.log"))).expect("log file");
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // SAFETY: prctl is async-signal-safe and touches only this child: it
+    // gets SIGTERM when the soak dies, killed or not.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = command
         .env("PORT", port.to_string())
         .env("HOST", "127.0.0.1")
         .env("REDIS_URL", redis_url)
@@ -216,8 +264,9 @@ async fn worker(port: u16, portfolio: bool, seed: u64, shared: Arc<Shared>) {
             conn = Connection::open(port).await.ok();
         }
         let (method, path, body) = next_request(&mut rng, portfolio);
+        let route = path.split(['?', '/']).nth(1).unwrap_or("").to_string();
         let began = Instant::now();
-        let ok = match conn.as_mut() {
+        let failure = match conn.as_mut() {
             Some(open) => {
                 let headers: &[(&str, &str)] = if body.is_empty() {
                     &[]
@@ -228,16 +277,17 @@ async fn worker(port: u16, portfolio: bool, seed: u64, shared: Arc<Shared>) {
                     .send(method, &path, headers, &body, Duration::from_secs(10))
                     .await
                 {
-                    Ok(response) => matches!(response.status, 200 | 204 | 429),
-                    Err(_) => {
+                    Ok(response) if matches!(response.status, 200 | 204 | 429) => None,
+                    Ok(response) => Some(format!("{method} /{route} {}", response.status)),
+                    Err(err) => {
                         conn = None;
-                        false
+                        Some(format!("{method} /{route} {:?}", err.kind()))
                     }
                 }
             }
-            None => false,
+            None => Some(format!("{method} /{route} no connection")),
         };
-        shared.record(began.elapsed(), ok);
+        shared.record(began, began.elapsed(), failure);
         tokio::time::sleep(PAUSE).await;
     }
 }
@@ -327,6 +377,8 @@ async fn main() {
         started: Instant::now(),
         stop: AtomicBool::new(false),
         events_bytes: AtomicU64::new(0),
+        fault: Mutex::new(None),
+        failures: Mutex::new(std::collections::BTreeMap::new()),
     });
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
@@ -353,13 +405,13 @@ async fn main() {
         FAULT_AT.as_secs()
     );
     println!(
-        "| minute | fault | requests | failed | p50 ms | p99 ms | slowest ms | search RSS MiB | search fds | search tasks | portfolio RSS MiB | portfolio fds | portfolio tasks |"
+        "| minute | fault | requests | failed during the fault | failed outside | p50 ms | p99 ms | slowest ms | search RSS MiB | search fds | search tasks | portfolio RSS MiB | portfolio fds | portfolio tasks |"
     );
     println!(
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut csv = String::from(
-        "minute,fault,requests,failed,p50_ms,p99_ms,max_ms,search_rss_kib,search_fds,search_tasks,portfolio_rss_kib,portfolio_fds,portfolio_tasks\n",
+        "minute,fault,requests,failed,failed_outside,p50_ms,p99_ms,max_ms,search_rss_kib,search_fds,search_tasks,portfolio_rss_kib,portfolio_fds,portfolio_tasks\n",
     );
     for minute in 0..minutes {
         let minute_start = shared.started + Duration::from_secs(60 * minute);
@@ -374,6 +426,7 @@ async fn main() {
         };
         if let Some(event) = fault {
             tokio::time::sleep_until((minute_start + FAULT_AT).into()).await;
+            *shared.fault.lock().expect("not poisoned") = Some((Instant::now(), None));
             match event {
                 Event::Proxy(fault) => proxy.apply(fault).await,
                 Event::ClientPause => {
@@ -393,13 +446,16 @@ async fn main() {
                         .expect("the restarted server listens for the proxy");
                 }
             }
+            if let Some((_, end)) = shared.fault.lock().expect("not poisoned").as_mut() {
+                *end = Some(Instant::now());
+            }
         }
         tokio::time::sleep_until((minute_start + Duration::from_secs(60)).into()).await;
         let (search_rss, search_fds) = process_figures(search.child.id());
         let (portfolio_rss, portfolio_fds) = process_figures(portfolio.child.id());
         let search_tasks = alive_tasks(search.port).await.unwrap_or(0);
         let portfolio_tasks = alive_tasks(portfolio.port).await.unwrap_or(0);
-        let (requests, failed, p50, p99, max) = {
+        let (requests, failed, failed_outside, p50, p99, max) = {
             let mut minutes = shared.minutes.lock().expect("not poisoned");
             let this = minutes.get_mut(minute as usize);
             let mut latencies = this
@@ -407,10 +463,12 @@ async fn main() {
                 .map(|m| m.latencies_ms.clone())
                 .unwrap_or_default();
             latencies.sort_by(f64::total_cmp);
-            let failed = this.map_or(0, |m| m.failed);
+            let failed = this.as_ref().map_or(0, |m| m.failed_in_fault);
+            let failed_outside = this.map_or(0, |m| m.failed_outside);
             (
                 latencies.len(),
                 failed,
+                failed_outside,
                 percentile(&latencies, 0.5),
                 percentile(&latencies, 0.99),
                 latencies.last().copied().unwrap_or(0.0),
@@ -418,18 +476,22 @@ async fn main() {
         };
         let fault_name = fault.map_or("none".to_string(), Event::name);
         println!(
-            "| {minute} | {fault_name} | {requests} | {failed} | {p50:.1} | {p99:.1} | {max:.0} | {:.1} | {search_fds} | {search_tasks} | {:.1} | {portfolio_fds} | {portfolio_tasks} |",
+            "| {minute} | {fault_name} | {requests} | {failed} | {failed_outside} | {p50:.1} | {p99:.1} | {max:.0} | {:.1} | {search_fds} | {search_tasks} | {:.1} | {portfolio_fds} | {portfolio_tasks} |",
             search_rss as f64 / 1024.0,
             portfolio_rss as f64 / 1024.0,
         );
         csv.push_str(&format!(
-            "{minute},{fault_name},{requests},{failed},{p50:.2},{p99:.2},{max:.1},{search_rss},{search_fds},{search_tasks},{portfolio_rss},{portfolio_fds},{portfolio_tasks}\n"
+            "{minute},{fault_name},{requests},{failed},{failed_outside},{p50:.2},{p99:.2},{max:.1},{search_rss},{search_fds},{search_tasks},{portfolio_rss},{portfolio_fds},{portfolio_tasks}\n"
         ));
         std::fs::write(out.join("soak.csv"), &csv).expect("write soak.csv");
     }
     shared.stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    println!("\nfailed requests by kind:");
+    for (kind, count) in shared.failures.lock().expect("not poisoned").iter() {
+        println!("- {kind}: {count}");
     }
     println!(
         "\nevent stream bytes received: {}; samples: {}",
