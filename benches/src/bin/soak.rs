@@ -408,7 +408,7 @@ async fn main() {
         "| minute | fault | requests | failed during the fault | failed outside | p50 ms | p99 ms | slowest ms | search RSS MiB | search fds | search tasks | portfolio RSS MiB | portfolio fds | portfolio tasks |"
     );
     println!(
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut csv = String::from(
         "minute,fault,requests,failed,failed_outside,p50_ms,p99_ms,max_ms,search_rss_kib,search_fds,search_tasks,portfolio_rss_kib,portfolio_fds,portfolio_tasks\n",
