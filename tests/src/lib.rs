@@ -9,6 +9,10 @@
 //! apart through their own key prefixes ([`unique_prefix`]); tests that kill or
 //! restart a server start their own with [`RedisServer::start`]. A test
 //! whose tool is missing fails unless its skip is allowed ([`skip`]).
+//!
+//! Network faults between a client and a server come from [`proxy`]
+//! (noxious, Toxiproxy's Rust port, in process); [`history`] checks a rate
+//! limiter's recorded decisions and [`coherence`] a local tier's reads.
 
 pub mod coherence;
 pub mod history;
