@@ -420,3 +420,62 @@ async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
     }
     run(Store::Cluster(cluster), caches, seed, rounds).await;
 }
+
+/// Found by the history run of seed 24 (standalone): after a Redis restart
+/// and then a fault, sparse traffic (a burst every 2 s) kept failing open
+/// for several bursts after the fault ended. Reduced: one instance, bursts
+/// of 8 requests; a restart, then a blackhole of 0.6 s; the first burst
+/// after it, 2.25 s after the blackhole ended, must be counted again. It is
+/// not: its first call (the breaker's probe) meets the connection that the
+/// heal closed while the breaker kept every call away, fails with a
+/// connection error that a counting call does not retry, and reopens the
+/// breaker for another cooldown (a plain `Cache::incr` on a dedicated handle
+/// does the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: the first counting call after an outage meets the connection that died while the breaker was open, is not retried (it may have counted) and reopens the breaker for its cooldown, so sparse traffic fails open past 2 s (seed 24 of limiter_history); in cache-core's store and breaker, which are being rewritten: see README, Verification under faults"]
+async fn sparse_traffic_is_counted_again_within_2_s_after_a_restart_and_a_blackhole() {
+    let mut server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let cache = suite::build(suite::redis(&proxy.url()).timeout(TIMEOUT)).await;
+    let port = instance(cache, &unique_prefix("sparse")).await;
+    let burst = |round: u64| async move {
+        let requests: Vec<_> = (0..8)
+            .map(|i| {
+                tokio::spawn(decide(
+                    port,
+                    0,
+                    "/fixed".into(),
+                    format!("c{round}-{i}"),
+                    round,
+                ))
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for request in requests {
+            outcomes.push(request.await.expect("a request").outcome);
+        }
+        outcomes
+    };
+    assert!(burst(0).await.iter().all(|o| *o == Outcome::Admitted));
+    server.kill();
+    burst(1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.restart();
+    proxy
+        .bind_upstream()
+        .expect("the restarted server listens for the proxy");
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    proxy.apply(Fault::Blackhole).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    burst(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.heal().await;
+    let healed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(2250)).await;
+    let outcomes = burst(3).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Admitted),
+        "{:?} after the blackhole ended: {outcomes:?}",
+        healed.elapsed()
+    );
+}
