@@ -40,7 +40,9 @@ use crate::{RedisCluster, parse_cluster_nodes};
 pub enum Fault {
     /// Every chunk of replies waits `latency` ± `jitter` (noxious delays
     /// chunk after chunk, so under load a reply can wait up to about twice
-    /// the latency). Toxic `latency`, downstream.
+    /// the latency). Toxic `latency`, downstream. Keep `jitter` at most
+    /// `latency`: noxious 1.0.4 subtracts it unchecked (a panic of the
+    /// connection's task).
     Latency {
         /// Added delay.
         latency: Duration,

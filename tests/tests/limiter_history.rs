@@ -68,10 +68,13 @@ impl Event {
 
 fn draw_fault(rng: &mut fastrand::Rng) -> Fault {
     match rng.u32(0..6) {
-        0 => Fault::Latency {
-            latency: Duration::from_millis(rng.u64(20..120)),
-            jitter: Duration::from_millis(rng.u64(0..60)),
-        },
+        0 => {
+            let latency = rng.u64(20..120);
+            Fault::Latency {
+                latency: Duration::from_millis(latency),
+                jitter: Duration::from_millis(rng.u64(0..=latency.min(60))),
+            }
+        }
         1 => Fault::Bandwidth { kib_per_s: 1 },
         2 => Fault::Blackhole,
         3 => Fault::Partition,
