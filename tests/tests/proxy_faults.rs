@@ -144,12 +144,6 @@ impl Probe {
                 waiting.elapsed()
             ));
         }
-        eprintln!(
-            "{name} {fault:?}: {} calls, {} healthy, slowest {:?}",
-            window.len(),
-            window.iter().filter(|s| s.healthy).count(),
-            window.iter().map(|s| s.took).max()
-        );
         if std::env::var("PROXY_FAULTS_DEBUG").is_ok() {
             let line: Vec<String> = window
                 .iter()
@@ -195,6 +189,16 @@ impl Probe {
             .map_or(Some(from), |last_bad| {
                 window.get(last_bad + 1).map(|s| s.began)
             });
+        // The figures, for BENCHMARKS.md (`--nocapture`).
+        eprintln!(
+            "{name} | {fault:?} | {} | {:?} | {}",
+            window.len(),
+            window.iter().map(|s| s.took).max().unwrap_or_default(),
+            recovered.map_or("never".to_string(), |at| format!(
+                "{:?}",
+                at.saturating_duration_since(healed)
+            )),
+        );
         match recovered {
             Some(at) if at.saturating_duration_since(healed) <= RECOVERY + SLACK => {}
             Some(at) => found.push(format!(
