@@ -12,7 +12,7 @@
 //! their p50/p99/slowest latency and the failed ones: a transport error, a
 //! status other than 200, 204 and 429, or an answer slower than
 //! [`REQUEST_BOUND`] (a request makes a few cache calls, each bounded by
-//! the handles' 250 ms timeout), apart for those that began during a fault
+//! the handles' 250 ms timeout), apart for those in flight during a fault
 //! or within [`RECOVERY`] of its end (a price post is a `503` while Redis is
 //! away: it cannot be published) and the others, which must be none. It
 //! prints a Markdown table, the failures by kind, and writes `soak.csv` for
@@ -89,7 +89,7 @@ const EVENTS: [Event; 9] = [
 #[derive(Default)]
 struct Minute {
     latencies_ms: Vec<f64>,
-    /// Failed requests that began during a fault or within [`RECOVERY`] of its end.
+    /// Failed requests in flight during a fault or within [`RECOVERY`] of its end.
     failed_in_fault: u64,
     /// Failed requests that began anywhere else: none is allowed.
     failed_outside: u64,
@@ -112,9 +112,12 @@ struct Shared {
 impl Shared {
     fn record(&self, began: Instant, took: Duration, failure: Option<String>) {
         let minute = (self.started.elapsed().as_secs() / 60) as usize;
+        // In flight at any moment of the fault or of its recovery: a request
+        // sent just before the fault began and answered during it counts too.
+        let ended = began + took;
         let in_fault = match *self.fault.lock().expect("not poisoned") {
-            Some((from, None)) => began >= from,
-            Some((from, Some(to))) => began >= from && began <= to + RECOVERY,
+            Some((from, None)) => ended >= from,
+            Some((from, Some(to))) => ended >= from && began <= to + RECOVERY,
             None => false,
         };
         let failure =
