@@ -1,8 +1,13 @@
 //! Network faults between a client and `redis-server`: a [`FaultProxy`] is a
 //! TCP proxy of [noxious](https://docs.rs/noxious) (the Rust port of
-//! Shopify's Toxiproxy) run in this process, on a free loopback port, whose
-//! [`Fault`]s are Toxiproxy's toxics: latency with jitter, a bandwidth limit,
-//! a blackhole, a cut after N bytes of replies, a slow close.
+//! Shopify's Toxiproxy) run in this process, on a loopback port below the
+//! ephemeral range ([`proxy_port`]), whose [`Fault`]s are Toxiproxy's
+//! toxics: latency with jitter, a bandwidth limit, a blackhole, a
+//! partition, a close after N bytes of replies, a slow close; or refused
+//! connections. The proxy reaches the server on a loopback address of its
+//! own (the server is made to listen there too), so that the server can
+//! close every connection of the proxy (`CLIENT KILL LADDR`) when noxious
+//! lost track of one.
 //!
 //! A fault begins by closing the connections open through the proxy, and
 //! every connection opened until [`FaultProxy::heal`] meets it from its

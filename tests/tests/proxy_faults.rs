@@ -153,23 +153,6 @@ impl Probe {
                 waiting.elapsed()
             ));
         }
-        if std::env::var("PROXY_FAULTS_DEBUG").is_ok() {
-            let line: Vec<String> = window
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}{}",
-                        s.began.duration_since(from).as_millis(),
-                        if s.healthy { "+" } else { "-" }
-                    )
-                })
-                .collect();
-            eprintln!(
-                "  healed at {} ms: {}",
-                healed.duration_since(from).as_millis(),
-                line.join(" ")
-            );
-        }
         // The harness's own check: a fault that stops every reply must be
         // seen by every component, or the proxy was not in its path.
         let must_fail = matches!(fault, Fault::Blackhole | Fault::Partition | Fault::Refuse);
