@@ -62,14 +62,17 @@ async fn finish(run: Run, a: &Cache) {
         a.stats().local_tracking
     })
     .await;
+    // A read is kept only if no write raced with it, and B writes every
+    // 2 ms: on a loaded machine the first hit can take a while.
     let hits = a.stats().local_hits;
-    pause(300).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the tier serves again after the faults",
+        || a.stats().local_hits > hits,
+    )
+    .await;
     let findings = run.finish().await;
     eprintln!("{findings}; local hits {}", a.stats().local_hits);
-    assert!(
-        a.stats().local_hits > hits,
-        "the tier serves again after the faults"
-    );
     assert_eq!(findings.stale, 0, "{findings}");
 }
 
