@@ -9,8 +9,15 @@
 //! apart through their own key prefixes ([`unique_prefix`]); tests that kill or
 //! restart a server start their own with [`RedisServer::start`]. A test
 //! whose tool is missing fails unless its skip is allowed ([`skip`]).
+//!
+//! Network faults between a client and a server come from [`proxy`]
+//! (noxious, Toxiproxy's Rust port, in process); [`history`] checks a rate
+//! limiter's recorded decisions and [`coherence`] a local tier's reads.
 
+pub mod coherence;
+pub mod history;
 pub mod http;
+pub mod proxy;
 pub mod skip;
 pub mod suite;
 
@@ -354,6 +361,10 @@ fn run_cli(port: u16, args: &[&str]) -> String {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// (announced port, the node's own port) of nodes that announce another
+    /// port than their own (a proxy's: [`proxy::ProxiedCluster`]): what the
+    /// cluster reports is read back in the nodes' own ports.
+    announced: Vec<(u16, u16)>,
 }
 
 /// One node as a live member of the cluster sees it (a line of `CLUSTER NODES`).
@@ -478,7 +489,33 @@ impl RedisCluster {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        Ok(RedisCluster { nodes })
+        Ok(RedisCluster {
+            nodes,
+            announced: Vec::new(),
+        })
+    }
+
+    /// `CLUSTER NODES` as the node on `port` reports it, in the nodes' own ports.
+    fn nodes_seen_by(&self, node: &RedisServer) -> Vec<ClusterNode> {
+        let mut view = parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"]));
+        for n in &mut view {
+            n.port = self.own_port(n.port);
+        }
+        view
+    }
+
+    /// The node's own port behind an announced one.
+    fn own_port(&self, announced: u16) -> u16 {
+        self.announced
+            .iter()
+            .find(|(a, _)| *a == announced)
+            .map_or(announced, |(_, own)| *own)
+    }
+
+    /// Records that the node on `own` announces `announced` (a proxy's port).
+    pub(crate) fn set_announced(&mut self, announced: u16, own: u16) {
+        self.announced.retain(|(_, o)| *o != own);
+        self.announced.push((announced, own));
     }
 
     /// Every running node reports `cluster_state:ok`, sees every other running
@@ -496,7 +533,7 @@ impl RedisCluster {
             {
                 return false;
             }
-            views.push(parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])));
+            views.push(self.nodes_seen_by(node));
         }
         // Gossip spreads a role change node by node: wait until every view agrees.
         running.iter().all(|node| {
@@ -532,7 +569,7 @@ impl RedisCluster {
         self.nodes
             .iter()
             .find(|n| n.is_running())
-            .map(|node| parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])))
+            .map(|node| self.nodes_seen_by(node))
             .unwrap_or_default()
     }
 
@@ -577,7 +614,7 @@ impl RedisCluster {
                 if let (Ok(low), Ok(high)) = (low.parse::<u16>(), high.parse::<u16>())
                     && (low..=high).contains(&slot)
                 {
-                    return address_port(fields[1]).expect("node address");
+                    return self.own_port(address_port(fields[1]).expect("node address"));
                 }
             }
         }
