@@ -334,22 +334,26 @@ pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
+pub use stored::EncryptionKeys;
 pub use stored::envelope;
-pub use stored::{DEFAULT_COMPRESS_THRESHOLD, DEFAULT_REFRESH_LEASE, EncryptionKeys};
 
 pub use cache_macros::cached;
-pub use memoize::invalidate_memoized;
+pub use memoize::{
+    DEFAULT_COMPRESS_THRESHOLD, DEFAULT_LABEL, DEFAULT_REFRESH_LEASE, EntryOptions,
+    invalidate_memoized,
+};
 
 /// What `#[cached]` expands to. Not a stable API: use the attribute.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::Codec;
     pub use crate::memoize::{
-        Call, IntoCache, Keep, KeepBytes, KeepClone, Probe, assert_serialize, custom_key,
-        default_handle, handle, invalidate, key, memoize, probe, restore_always, restore_ok,
-        restore_some, stored_always, stored_ok, stored_some,
+        Body, Call, Detached, EntryOptions, Inline, IntoCache, Keep, KeepBytes, KeepClone,
+        OwnedArg, Probe, assert_serialize, call_key, custom_call_key, custom_key, default_handle,
+        handle, invalidate, key, memoize, probe, restore_always, restore_ok, restore_some,
+        stored_always, stored_ok, stored_some,
     };
-    pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
+    pub use std::borrow::Cow;
     pub use std::time::Duration;
 }
 
