@@ -115,7 +115,7 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
             #serialize_checks
             let __cached_handle: ::core::option::Option<::cache_core::Cache> = #handle;
             // Before the body takes the arguments: the key and the tags are made of them.
-            let __cached_options = #options;
+            #options
             let __cached_key = #call_key;
             let __cached_call = ::cache_core::__private::Call {
                 cache: ::core::option::Option::map(
@@ -123,7 +123,7 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
                     ::cache_core::__private::Cow::Owned,
                 ),
                 key: __cached_key,
-                options: ::cache_core::__private::Cow::Owned(__cached_options),
+                options: __cached_options,
                 function: #function_name,
             };
             ::cache_core::__private::memoize(
@@ -565,9 +565,34 @@ fn call_key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenS
     ))
 }
 
-/// The `EntryOptions` of the attribute: `ttl`, then what else it says, and
-/// the prefix as the label of the call's metrics.
+/// The statement that binds `__cached_options` (a `Cow<EntryOptions>`)
+/// to the options of the attribute: `ttl`, then what else it says, and the
+/// prefix as the label of the call's metrics. Built once, in a `static`,
+/// when every value is a literal (no tags, no `Duration` expressions); for
+/// each call otherwise.
 fn entry_options(args: &CachedArgs) -> TokenStream {
+    let options = entry_options_expr(args);
+    let literal = |ttl: &Option<&Ttl>| ttl.is_none_or(|ttl| matches!(ttl, Ttl::Seconds(_)));
+    let stored = &args.stored;
+    let constant = literal(&Some(&args.ttl))
+        && literal(&stored.stale.as_ref())
+        && literal(&stored.timeout.as_ref())
+        && literal(&args.lock.as_ref())
+        && stored.tags.is_none();
+    if constant {
+        quote! {
+            static __CACHED_OPTIONS: ::cache_core::__private::EntryOptions = #options;
+            let __cached_options = ::cache_core::__private::Cow::Borrowed(&__CACHED_OPTIONS);
+        }
+    } else {
+        quote! {
+            let __cached_options = ::cache_core::__private::Cow::Owned(#options);
+        }
+    }
+}
+
+/// The `EntryOptions` expression of the attribute.
+fn entry_options_expr(args: &CachedArgs) -> TokenStream {
     let duration = |ttl: &Ttl| match ttl {
         Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),
         Ttl::Expr(expr) => quote!(#expr),
@@ -697,7 +722,7 @@ fn body(
         }
     }
     Ok(quote! {
-        ::cache_core::__private::Detached(move || {
+        ::cache_core::__private::Detached::new(move || {
             #copies
             async move {
                 #lends

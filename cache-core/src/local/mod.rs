@@ -51,10 +51,12 @@ pub(crate) use tracking::{TrackedStore, start};
 /// whose type is `Clone` are served a clone of it, without decoding.
 pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
 
-/// One local entry: the encoded bytes, shared, perhaps the decoded value,
-/// and their own bound on life.
-#[derive(Clone)]
-pub(crate) struct Entry {
+/// One local entry, shared: a hit clones one `Arc`.
+pub(crate) type Entry = Arc<Kept>;
+
+/// What a local entry holds: the encoded bytes, shared, perhaps the
+/// decoded value, and their own bound on life.
+pub(crate) struct Kept {
     pub(crate) bytes: Arc<[u8]>,
     pub(crate) decoded: Option<Decoded>,
     /// The TTL the value was written with, when this handle wrote it, or
@@ -215,7 +217,7 @@ impl LocalTier {
     /// The local copy of `key` (a full key), when tracking is up and the
     /// tier holds one.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
-        self.entry(key.as_bytes()).map(|entry| entry.bytes)
+        self.entry(key.as_bytes()).map(|entry| entry.bytes.clone())
     }
 
     /// [`get`](Self::get) by full key or alias, with the decoded value when
@@ -333,11 +335,11 @@ impl LocalTier {
             self.entries.invalidate(key);
             return;
         }
-        let entry = Entry {
+        let entry = Arc::new(Kept {
             bytes: Arc::from(bytes),
             decoded,
             ttl,
-        };
+        });
         match alias {
             None => self.entries.insert(Box::from(key), entry),
             Some(alias) => self.insert_aliased(&watch.key, alias, entry),

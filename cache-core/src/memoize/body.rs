@@ -59,20 +59,54 @@ impl<R, V, Fut: Future<Output = R>> Body<R, V> for Inline<Fut> {
 
 /// A body that may also run in a background refresh: a closure that makes
 /// an owned future (the closure itself may borrow: it is called in the call).
-#[derive(Debug)]
-pub struct Detached<F>(pub F);
+///
+/// What a refresh needs of it (`Send + 'static`) is checked where it is
+/// made ([`Detached::new`]) and kept as a function pointer, not as bounds of
+/// the [`Body`] impl: a caller's future that holds a body whose impl asked
+/// for `'static` would fail to prove `Send` wherever the closure captures a
+/// reference (the compiler sees such lifetimes as "any lifetime" there).
+pub struct Detached<F, R, V> {
+    body: F,
+    refresh: fn(F, fn(&R) -> Option<&V>, Codec, &'static str) -> Refresh,
+}
 
-impl<R, V, F, Fut> Body<R, V> for Detached<F>
+impl<F, R, V> std::fmt::Debug for Detached<F, R, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detached").finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut, R, V> Detached<F, R, V>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R> + Send + 'static,
     R: 'static,
     V: Serialize + 'static,
 {
+    /// The body `make` makes, when it is needed.
+    pub fn new(make: F) -> Detached<F, R, V> {
+        Detached {
+            body: make,
+            refresh: |make, stored, codec, function| {
+                let body = make();
+                Box::pin(async move {
+                    let result = body.await;
+                    encode(stored(&result)?, codec, function)
+                })
+            },
+        }
+    }
+}
+
+impl<R, V, F, Fut> Body<R, V> for Detached<F, R, V>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
     type Future = Fut;
 
     fn run(self) -> Fut {
-        (self.0)()
+        (self.body)()
     }
 
     fn refresh(
@@ -81,11 +115,7 @@ where
         codec: Codec,
         function: &'static str,
     ) -> Option<Refresh> {
-        let body = (self.0)();
-        Some(Box::pin(async move {
-            let result = body.await;
-            encode(stored(&result)?, codec, function)
-        }))
+        Some((self.refresh)(self.body, stored, codec, function))
     }
 }
 

@@ -72,32 +72,34 @@ where
     let report = MemoizedCall::start(options.label);
     let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
         report.finish("none", Served::Bypass);
-        return report.traced(body.run()).await;
+        // Boxed, here and below: this future stays small (it is built and
+        // moved on every call, a local hit included), whatever the body's
+        // size and the store's paths.
+        return Box::pin(report.traced(body.run())).await;
     };
-    let cache: &Cache = &cache;
-    let options: &EntryOptions = &options;
-    let store_tier = telemetry::tier(cache.backend());
-    let mut budget = Budget::for_this_task(cache);
     let key = match key {
         Ok(key) => key,
         Err(err) => {
             cache.note_uncacheable();
             warn_uncacheable(function, &err);
-            report.finish(store_tier, Served::Bypass);
-            return report.traced(budget.run(body.run())).await;
+            report.finish(telemetry::tier(cache.backend()), Served::Bypass);
+            let mut budget = Budget::for_this_task(&cache);
+            return Box::pin(report.traced(budget.run(body.run()))).await;
         }
     };
     let codec = options.codec.unwrap_or(cache.codec());
-    let tier = cache.local_tier().filter(|_| options.uses_local_tier());
-    // The key as stored, with the namespace; for a `#[cached]` key, hashed
-    // only after the local tier: a local hit needs no SHA-256.
-    let (full_key, alias): (Option<Cow<'_, str>>, Option<&[u8]>) = match &key {
-        CallKey::Stored(stored) => (Some(cache.full_key(stored)), None),
-        CallKey::Args(args) => (None, Some(args.local())),
-    };
-    // Before the flights: a local hit costs a lookup and a clone, or the decoding.
-    if let Some(tier) = tier {
-        let local_key = alias.unwrap_or_else(|| full_key.as_deref().unwrap_or_default().as_bytes());
+    // Before the flights: a local hit costs a lookup and a clone, or the
+    // decoding; for a `#[cached]` key, no SHA-256 (the local tier keeps its
+    // entries under their canonical arguments).
+    if let Some(tier) = cache.local_tier().filter(|_| options.uses_local_tier()) {
+        let full_key;
+        let local_key = match &key {
+            CallKey::Args(args) => args.local(),
+            CallKey::Stored(stored) => {
+                full_key = cache.full_key(stored);
+                full_key.as_bytes()
+            }
+        };
         if let Some(entry) = tier.entry(local_key) {
             if let (Some(keep), Some(decoded)) = (&keep, &entry.decoded)
                 && let Some(value) = keep.take(decoded)
@@ -112,147 +114,199 @@ where
             }
         }
     }
-    let full_key = match (&key, full_key) {
-        (_, Some(full_key)) => full_key.into_owned(),
-        (CallKey::Args(args), None) => cache.owned_full_key(args.hashed()),
-        (CallKey::Stored(stored), None) => cache.full_key(stored).into_owned(),
-    };
-    let leader = match wait_for_turn(FlightKey::new(cache.id(), full_key), codec).await {
-        Turn::Lead(leader) => leader,
-        Turn::Served(value) => {
-            report.joined(store_tier, Served::Hit);
-            return restore(value);
-        }
-        Turn::RunAlone => {
-            report.joined(store_tier, Served::Miss);
-            return report.traced(budget.run(body.run())).await;
-        }
-    };
-    let target = Target {
+    let call = StoreCall {
         cache,
-        full_key: leader.key(),
-        alias,
+        key,
         options,
         codec,
         function,
+        report,
     };
-    // Before the read is sent: an invalidation arriving meanwhile keeps
-    // what it read out of the tier.
-    let watch = tier.map(|tier| tier.watch(target.full_key));
-    let read = report
-        .traced(target.read::<V>(&mut budget, tier.is_some(), true))
-        .await;
-    match read.found {
-        Found::Fresh {
-            value,
-            early,
-            payload,
-            plain,
-        } => {
-            if let (Some(tier), Some(watch), true) = (tier, watch, plain) {
-                let decoded = keep.as_ref().map(|keep| keep.decoded(&value));
-                match alias {
-                    Some(alias) => tier.fill_as(watch, alias, &payload, decoded, read.expires),
-                    None => tier.fill(watch, &payload, decoded, read.expires),
-                }
-            }
-            let owned = early.then(|| target.to_owned());
-            leader.finish_with_hit(&payload);
-            report.finish(store_tier, Served::Hit);
-            if let Some(owned) = owned {
-                refresh(owned, body.refresh(stored, codec, function));
-            }
-            return restore(value);
-        }
-        Found::Stale { value, payload } => {
-            let owned = target.to_owned();
-            leader.finish_with_hit(&payload);
-            report.finish(store_tier, Served::Stale);
-            refresh(owned, body.refresh(stored, codec, function));
-            return restore(value);
-        }
-        Found::Miss => drop(watch),
-    }
-    let Some(mut versions) = read.versions else {
-        // The store failed: an entry kept while tracking is down, if the
-        // user opted in to those; else the body.
-        if let Some(entry) =
-            tier.and_then(|tier| tier.get_stale(alias.unwrap_or(target.full_key.as_bytes())))
-        {
-            let value = match (&keep, &entry.decoded) {
-                (Some(keep), Some(decoded)) => keep.take(decoded),
-                _ => None,
-            };
-            if value.is_some() {
-                cache.record_hit();
-            }
-            if let Some(value) =
-                value.or_else(|| cache.decode_with::<V>(codec, target.full_key, Some(&entry.bytes)))
-            {
-                leader.finish_with_hit(&entry.bytes);
-                report.finish(telemetry::TIER_LOCAL, Served::Stale);
+    Box::pin(call.run(body, stored, restore, keep)).await
+}
+
+/// A call past the local tier: everything but the body and what to do
+/// with its result.
+struct StoreCall<'c, 'k> {
+    cache: Cow<'c, Cache>,
+    key: CallKey<'k>,
+    options: Cow<'c, EntryOptions>,
+    codec: Codec,
+    function: &'static str,
+    report: MemoizedCall,
+}
+
+impl StoreCall<'_, '_> {
+    /// Flight, read, and what follows from it.
+    async fn run<R, V, B>(
+        self,
+        body: B,
+        stored: fn(&R) -> Option<&V>,
+        restore: fn(V) -> R,
+        keep: Option<Keep<V>>,
+    ) -> R
+    where
+        B: Body<R, V>,
+        V: Serialize + DeserializeOwned,
+    {
+        let StoreCall {
+            cache,
+            key,
+            options,
+            codec,
+            function,
+            report,
+        } = self;
+        let (cache, key, options): (&Cache, &CallKey<'_>, &EntryOptions) = (&cache, &key, &options);
+        let store_tier = telemetry::tier(cache.backend());
+        let tier = cache.local_tier().filter(|_| options.uses_local_tier());
+        let alias = match key {
+            CallKey::Args(args) => Some(args.local()),
+            CallKey::Stored(_) => None,
+        };
+        // The store may be asked from here on, within the budget.
+        let mut budget = Budget::for_this_task(cache);
+        let full_key = match key {
+            CallKey::Args(args) => cache.owned_full_key(args.hashed()),
+            CallKey::Stored(stored) => cache.full_key(stored).into_owned(),
+        };
+        let leader = match wait_for_turn(FlightKey::new(cache.id(), full_key), codec).await {
+            Turn::Lead(leader) => leader,
+            Turn::Served(value) => {
+                report.joined(store_tier, Served::Hit);
                 return restore(value);
             }
-        }
-        report.finish(store_tier, Served::Error);
-        let result = report.traced(budget.run(body.run())).await;
-        let encoded = stored(&result)
-            .and_then(|value| super::body::encode(value, codec, function))
-            .map(Arc::new);
-        // Shared with the followers, but not written: a store that just
-        // failed the read is not waited on a second time.
-        leader.publish(encoded);
-        leader.finish();
-        return result;
-    };
-    let mut lease = None;
-    if let Some(bound) = options.lock {
-        match report
-            .traced(lock::take_or_wait::<V>(
-                &target,
-                &mut budget,
-                bound,
-                versions,
-            ))
-            .await
-        {
-            Waited::Held(held, fresh) => {
-                lease = Some(held);
-                versions = fresh;
+            Turn::RunAlone => {
+                report.joined(store_tier, Served::Miss);
+                return report.traced(budget.run(body.run())).await;
             }
-            Waited::Found(value, payload) => {
+        };
+        let target = Target {
+            cache,
+            full_key: leader.key(),
+            alias,
+            options,
+            codec,
+            function,
+        };
+        // Before the read is sent: an invalidation arriving meanwhile keeps
+        // what it read out of the tier.
+        let watch = tier.map(|tier| tier.watch(target.full_key));
+        let read = report
+            .traced(target.read::<V>(&mut budget, tier.is_some(), true))
+            .await;
+        match read.found {
+            Found::Fresh {
+                value,
+                early,
+                payload,
+                plain,
+            } => {
+                if let (Some(tier), Some(watch), true) = (tier, watch, plain) {
+                    let decoded = keep.as_ref().map(|keep| keep.decoded(&value));
+                    match alias {
+                        Some(alias) => tier.fill_as(watch, alias, &payload, decoded, read.expires),
+                        None => tier.fill(watch, &payload, decoded, read.expires),
+                    }
+                }
+                let owned = early.then(|| target.to_owned());
                 leader.finish_with_hit(&payload);
                 report.finish(store_tier, Served::Hit);
+                if let Some(owned) = owned {
+                    refresh(owned, body.refresh(stored, codec, function));
+                }
                 return restore(value);
             }
-            Waited::Compute(fresh) => versions = fresh,
+            Found::Stale { value, payload } => {
+                let owned = target.to_owned();
+                leader.finish_with_hit(&payload);
+                report.finish(store_tier, Served::Stale);
+                refresh(owned, body.refresh(stored, codec, function));
+                return restore(value);
+            }
+            Found::Miss => drop(watch),
         }
+        let Some(mut versions) = read.versions else {
+            // The store failed: an entry kept while tracking is down, if the
+            // user opted in to those; else the body.
+            if let Some(entry) =
+                tier.and_then(|tier| tier.get_stale(alias.unwrap_or(target.full_key.as_bytes())))
+            {
+                let value = match (&keep, &entry.decoded) {
+                    (Some(keep), Some(decoded)) => keep.take(decoded),
+                    _ => None,
+                };
+                if value.is_some() {
+                    cache.record_hit();
+                }
+                if let Some(value) = value
+                    .or_else(|| cache.decode_with::<V>(codec, target.full_key, Some(&entry.bytes)))
+                {
+                    leader.finish_with_hit(&entry.bytes);
+                    report.finish(telemetry::TIER_LOCAL, Served::Stale);
+                    return restore(value);
+                }
+            }
+            report.finish(store_tier, Served::Error);
+            let result = report.traced(budget.run(body.run())).await;
+            let encoded = stored(&result)
+                .and_then(|value| super::body::encode(value, codec, function))
+                .map(Arc::new);
+            // Shared with the followers, but not written: a store that just
+            // failed the read is not waited on a second time.
+            leader.publish(encoded);
+            leader.finish();
+            return result;
+        };
+        let mut lease = None;
+        if let Some(bound) = options.lock {
+            match report
+                .traced(lock::take_or_wait::<V>(
+                    &target,
+                    &mut budget,
+                    bound,
+                    versions,
+                ))
+                .await
+            {
+                Waited::Held(held, fresh) => {
+                    lease = Some(held);
+                    versions = fresh;
+                }
+                Waited::Found(value, payload) => {
+                    leader.finish_with_hit(&payload);
+                    report.finish(store_tier, Served::Hit);
+                    return restore(value);
+                }
+                Waited::Compute(fresh) => versions = fresh,
+            }
+        }
+        report.finish(store_tier, Served::Miss);
+        let started = Instant::now();
+        let result = report.traced(budget.run(body.run())).await;
+        let compute = started.elapsed();
+        let value = stored(&result);
+        let decoded = match (tier, &keep, value) {
+            (Some(_), Some(keep), Some(value)) => Some(keep.decoded(value)),
+            _ => None,
+        };
+        // Moved, not copied: the encoded bytes serve followers and the write.
+        let encoded: Option<Arc<Vec<u8>>> = value
+            .and_then(|value| super::body::encode(value, codec, function))
+            .map(Arc::new);
+        leader.publish(encoded.clone());
+        if let Some(bytes) = encoded {
+            let local = tier.is_some().then_some(decoded);
+            report
+                .traced(target.write(&mut budget, &bytes, compute, versions, local))
+                .await;
+        }
+        if let Some(lease) = lease {
+            lock::release(&target, lease).await;
+        }
+        leader.finish();
+        result
     }
-    report.finish(store_tier, Served::Miss);
-    let started = Instant::now();
-    let result = report.traced(budget.run(body.run())).await;
-    let compute = started.elapsed();
-    let value = stored(&result);
-    let decoded = match (tier, &keep, value) {
-        (Some(_), Some(keep), Some(value)) => Some(keep.decoded(value)),
-        _ => None,
-    };
-    // Moved, not copied: the encoded bytes serve followers and the write.
-    let encoded: Option<Arc<Vec<u8>>> = value
-        .and_then(|value| super::body::encode(value, codec, function))
-        .map(Arc::new);
-    leader.publish(encoded.clone());
-    if let Some(bytes) = encoded {
-        let local = tier.is_some().then_some(decoded);
-        report
-            .traced(target.write(&mut budget, &bytes, compute, versions, local))
-            .await;
-    }
-    if let Some(lease) = lease {
-        lock::release(&target, lease).await;
-    }
-    leader.finish();
-    result
 }
 
 /// Where a call stands once the flights of its key are sorted out.

@@ -90,7 +90,7 @@ impl Cache {
         };
         memoize(
             call,
-            Detached(compute),
+            Detached::new(compute),
             stored_always,
             restore_always,
             Some(keep_clone()),
@@ -144,11 +144,55 @@ impl Cache {
         };
         memoize(
             call,
-            Detached(compute),
+            Detached::new(compute),
             stored_ok,
             restore_ok,
             Some(keep_clone()),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_run_in_spawned_tasks() {
+        let cache = Cache::in_memory();
+        let options: &'static EntryOptions =
+            Box::leak(Box::new(EntryOptions::ttl(Duration::from_secs(60))));
+        let task = tokio::spawn(async move {
+            let a = cache.get_or_set("k", options, || async { 1u32 }).await;
+            let b: Result<u32, String> =
+                cache.try_get_or_set("k", options, || async { Ok(2) }).await;
+            (a, b)
+        });
+        assert_eq!(task.await.unwrap(), (1, Ok(1)));
+    }
+
+    async fn run_in_tasks<F, Fut>(op: F)
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        tokio::spawn(async move { op(0).await }).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn calls_run_in_tasks_made_by_a_closure() {
+        let cache = Cache::in_memory();
+        let options: &'static EntryOptions =
+            Box::leak(Box::new(EntryOptions::ttl(Duration::from_secs(60))));
+        let compute = move || async move { vec![1.0f32] };
+        run_in_tasks(move |_| {
+            let c = cache.clone();
+            async move {
+                assert_eq!(c.get_or_set("k", options, compute).await.len(), 1);
+            }
+        })
+        .await;
     }
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::cache::Cache;
 use crate::error::{EncodeError, Result};
@@ -29,7 +30,8 @@ pub enum CallKey<'k> {
 /// makes the three parts unambiguous.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgsKey {
-    bytes: Vec<u8>,
+    /// Inline up to 96 bytes: no allocation for most argument lists.
+    bytes: SmallVec<[u8; 96]>,
     /// Where the JSON starts in `bytes`.
     json_at: usize,
 }
@@ -41,14 +43,38 @@ impl ArgsKey {
     /// The key of `args` under `prefix`; an error when they have no
     /// canonical JSON form, as for [`key_for`](crate::key_for).
     pub(crate) fn new<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<ArgsKey> {
-        // Most argument lists fit: one allocation.
-        let mut bytes = Vec::with_capacity(prefix.len() + 64);
-        bytes.push(SEPARATOR);
-        bytes.extend_from_slice(prefix.as_bytes());
-        bytes.push(SEPARATOR);
-        let json_at = bytes.len();
-        crate::jcs::to_writer(&mut bytes, args).map_err(EncodeError::NotCanonical)?;
-        Ok(ArgsKey { bytes, json_at })
+        thread_local! {
+            /// Where the JSON is written: small writes into a `Vec` are
+            /// cheaper than into the inline buffer, which takes one copy.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let json_at = prefix.len() + 2;
+        let write = |scratch: &mut Vec<u8>| {
+            scratch.clear();
+            scratch.push(SEPARATOR);
+            scratch.extend_from_slice(prefix.as_bytes());
+            scratch.push(SEPARATOR);
+            crate::jcs::to_writer(&mut *scratch, args).map_err(EncodeError::NotCanonical)?;
+            Ok(ArgsKey {
+                bytes: SmallVec::from_slice(scratch),
+                json_at,
+            })
+        };
+        // A `Serialize` impl that builds a key itself finds the scratch
+        // taken: it gets one of its own.
+        SCRATCH
+            .try_with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    let key = write(&mut scratch);
+                    // A huge argument list once must not keep its buffer forever.
+                    if scratch.capacity() > 4096 {
+                        *scratch = Vec::new();
+                    }
+                    key
+                }
+                Err(_) => write(&mut Vec::new()),
+            })
+            .unwrap_or_else(|_| write(&mut Vec::new()))
     }
 
     /// The local tier's key.
@@ -100,6 +126,13 @@ mod tests {
         assert_eq!(
             key.local(),
             b"\xFFembedding\xFF[\"hello\",3,{\"a\":2,\"b\":1}]"
+        );
+        // Past the inline buffer too.
+        let long = "x".repeat(500);
+        let key = ArgsKey::new("embedding", &(&long,)).unwrap();
+        assert_eq!(
+            key.hashed(),
+            crate::key_for("embedding", &(&long,)).unwrap()
         );
         assert!(ArgsKey::new("p", &(f64::NAN,)).is_err());
     }

@@ -58,7 +58,7 @@ impl EntryOptions {
     /// Options of an entry that lives `ttl` (at most [`MAX_TTL`](crate::MAX_TTL):
     /// a longer one is not stored, and the value is returned all the same).
     /// A zero `ttl` stores nothing.
-    pub fn ttl(ttl: Duration) -> EntryOptions {
+    pub const fn ttl(ttl: Duration) -> EntryOptions {
         EntryOptions {
             ttl,
             stale: None,
@@ -80,7 +80,7 @@ impl EntryOptions {
     /// refresh may start early (XFetch), the earlier the slower the value
     /// was to compute. The store keeps the entry `ttl + stale`.
     #[must_use]
-    pub fn stale(mut self, stale: Duration) -> EntryOptions {
+    pub const fn stale(mut self, stale: Duration) -> EntryOptions {
         self.stale = Some(stale);
         self
     }
@@ -90,7 +90,7 @@ impl EntryOptions {
     /// stays, and its lease lapses after this long so that a later call
     /// tries again. Default: [`DEFAULT_REFRESH_LEASE`].
     #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> EntryOptions {
+    pub const fn timeout(mut self, timeout: Duration) -> EntryOptions {
         self.timeout = Some(timeout);
         self
     }
@@ -110,13 +110,13 @@ impl EntryOptions {
 
     /// Compresses values of at least [`DEFAULT_COMPRESS_THRESHOLD`] bytes (lz4).
     #[must_use]
-    pub fn compress(self) -> EntryOptions {
+    pub const fn compress(self) -> EntryOptions {
         self.compress_from(DEFAULT_COMPRESS_THRESHOLD)
     }
 
     /// Compresses values of at least `bytes` bytes (lz4).
     #[must_use]
-    pub fn compress_from(mut self, bytes: usize) -> EntryOptions {
+    pub const fn compress_from(mut self, bytes: usize) -> EntryOptions {
         self.compress_from = Some(bytes);
         self
     }
@@ -126,7 +126,7 @@ impl EntryOptions {
     /// encrypted, or that no key authenticates, is a miss. Without keys
     /// nothing is stored (the value is returned all the same).
     #[must_use]
-    pub fn encrypt(mut self) -> EntryOptions {
+    pub const fn encrypt(mut self) -> EntryOptions {
         self.encrypt = true;
         self
     }
@@ -141,7 +141,7 @@ impl EntryOptions {
     /// without it. Costs a miss two more round trips (the lease, its
     /// release) and a publish.
     #[must_use]
-    pub fn lock(mut self, bound: Duration) -> EntryOptions {
+    pub const fn lock(mut self, bound: Duration) -> EntryOptions {
         self.lock = Some(bound);
         self
     }
@@ -150,14 +150,14 @@ impl EntryOptions {
     /// (`#[cached(local = false)]`). Default `true`; entries with `stale`,
     /// `compress`, `encrypt` or `tags` are never kept there either way.
     #[must_use]
-    pub fn local(mut self, local: bool) -> EntryOptions {
+    pub const fn local(mut self, local: bool) -> EntryOptions {
         self.local = local;
         self
     }
 
     /// The value's encoding, for this entry only (default: the handle's).
     #[must_use]
-    pub fn codec(mut self, codec: Codec) -> EntryOptions {
+    pub const fn codec(mut self, codec: Codec) -> EntryOptions {
         self.codec = Some(codec);
         self
     }
@@ -168,14 +168,14 @@ impl EntryOptions {
     /// so that a label is never made of a key (one series per key would
     /// grow without bound).
     #[must_use]
-    pub fn label(mut self, label: &'static str) -> EntryOptions {
+    pub const fn label(mut self, label: &'static str) -> EntryOptions {
         self.label = label;
         self
     }
 
     /// `true` when the entry is wrapped in the envelope (any of `stale`,
     /// `compress`, `encrypt`, `tags`).
-    pub(crate) fn enveloped(&self) -> bool {
+    pub(crate) const fn enveloped(&self) -> bool {
         self.stale.is_some()
             || self.compress_from.is_some()
             || self.encrypt
