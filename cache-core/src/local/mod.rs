@@ -631,7 +631,7 @@ mod tests {
         tier.close();
         assert_eq!(tier.get("k"), None, "never as a plain read");
         assert_eq!(
-            tier.get_stale(b"k").map(|e| e.bytes).as_deref(),
+            tier.get_stale(b"k").map(|e| e.bytes.clone()).as_deref(),
             Some(&b"1"[..])
         );
         tier.open(Vec::new());

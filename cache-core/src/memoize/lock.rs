@@ -52,7 +52,7 @@ pub(super) async fn take_or_wait<V: DeserializeOwned>(
     let cache = target.cache;
     let deadline = Instant::now() + bound;
     match take(target, budget, bound).await {
-        Ok(Some(lease)) => return Waited::Held(lease, versions),
+        Ok(Some(lease)) => return held(target, budget, lease, versions).await,
         Ok(None) => {}
         Err(()) => return Waited::Compute(versions),
     }
@@ -76,7 +76,7 @@ pub(super) async fn take_or_wait<V: DeserializeOwned>(
         };
         versions = read_versions;
         match take(target, budget, bound).await {
-            Ok(Some(lease)) => return Waited::Held(lease, versions),
+            Ok(Some(lease)) => return held(target, budget, lease, versions).await,
             Ok(None) => {}
             Err(()) => return Waited::Compute(versions),
         }
@@ -97,6 +97,25 @@ pub(super) async fn take_or_wait<V: DeserializeOwned>(
             }
             None => tokio::time::sleep(nap).await,
         }
+    }
+}
+
+/// With the lease taken, one more look: a holder may have written the
+/// value and released the lease between this call's read and its take.
+async fn held<V: DeserializeOwned>(
+    target: &Target<'_>,
+    budget: &mut Budget,
+    lease: Lease,
+    versions: Vec<(String, u64)>,
+) -> Waited<V> {
+    let read = target.read::<V>(budget, false, false).await;
+    match read.found {
+        Found::Fresh { value, payload, .. } | Found::Stale { value, payload } => {
+            target.cache.release(lease).await;
+            target.cache.record_hit();
+            Waited::Found(value, payload)
+        }
+        Found::Miss => Waited::Held(lease, read.versions.unwrap_or(versions)),
     }
 }
 
@@ -145,5 +164,99 @@ async fn subscribe(
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::memoize::EntryOptions;
+
+    /// Another instance holding the compute lease of `key` for `hold`.
+    async fn held_elsewhere(cache: &Cache, key: &str, hold: Duration) -> Lease {
+        cache
+            .try_lease(LeasePurpose::Compute, key, hold)
+            .await
+            .expect("the lease is free")
+    }
+
+    /// A `get_or_set` of `key` with `lock(bound)` in a task of its own,
+    /// counting its computations (each answers 7).
+    fn waiter(
+        cache: &Cache,
+        key: &'static str,
+        bound: Duration,
+        computed: &Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<u32> {
+        let (cache, computed) = (cache.clone(), computed.clone());
+        tokio::spawn(async move {
+            let options = EntryOptions::ttl(Duration::from_secs(60)).lock(bound);
+            cache
+                .get_or_set(key, &options, move || {
+                    computed.fetch_add(1, Ordering::SeqCst);
+                    async { 7 }
+                })
+                .await
+        })
+    }
+
+    // Paused time: a waiter that relied on its poll would resume only once
+    // the clock jumped by POLL; woken by the message, it resumes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_by_the_holders_message_not_by_its_poll() {
+        let cache = Cache::in_memory();
+        let holder = held_elsewhere(&cache, "report", Duration::from_secs(60)).await;
+        let computed = Arc::new(AtomicUsize::new(0));
+        let waiting = waiter(&cache, "report", Duration::from_secs(30), &computed);
+        // One thread: once it subscribed, it ran on to its nap.
+        while cache.stats().events.subscriptions == 0 {
+            tokio::task::yield_now().await;
+        }
+        let written = Instant::now();
+        // The holder writes, releases and tells.
+        cache
+            .set("report", &42_u32, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let channel = lease_key(LeasePurpose::Compute, "report");
+        cache.release(holder).await;
+        cache.events().publish(&channel, &()).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 42, "the holder's value");
+        assert_eq!(computed.load(Ordering::SeqCst), 0);
+        assert!(written.elapsed() < POLL, "woken, not polled");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_computes_once_the_holders_lease_lapses() {
+        let cache = Cache::in_memory();
+        // A holder that died: its lease is never released, and lapses.
+        let _dead = held_elsewhere(&cache, "lapsed", Duration::from_millis(300)).await;
+        let computed = Arc::new(AtomicUsize::new(0));
+        let started = std::time::Instant::now();
+        let value = waiter(&cache, "lapsed", Duration::from_secs(30), &computed).await;
+        assert_eq!(value.unwrap(), 7);
+        assert_eq!(computed.load(Ordering::SeqCst), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took the lapsed lease, not the whole bound: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(cache.get::<u32>("lapsed").await.unwrap(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_computes_when_the_bound_passes() {
+        let cache = Cache::in_memory();
+        let _slow = held_elsewhere(&cache, "slow", Duration::from_secs(60)).await;
+        let computed = Arc::new(AtomicUsize::new(0));
+        let bound = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let value = waiter(&cache, "slow", bound, &computed).await;
+        assert_eq!(value.unwrap(), 7);
+        assert_eq!(computed.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() >= bound, "waited the bound first");
     }
 }
