@@ -350,8 +350,8 @@ pub mod __private {
     pub use crate::memoize::{
         Body, Call, Detached, EntryOptions, Inline, IntoCache, Keep, KeepBytes, KeepClone,
         OwnedArg, Probe, assert_serialize, call_key, custom_call_key, custom_key, default_handle,
-        handle, invalidate, key, memoize, probe, restore_always, restore_ok, restore_some,
-        stored_always, stored_ok, stored_some,
+        handle, handle_ref, invalidate, key, memoize, probe, restore_always, restore_ok,
+        restore_some, stored_always, stored_ok, stored_some,
     };
     pub use std::borrow::Cow;
     pub use std::time::Duration;

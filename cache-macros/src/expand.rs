@@ -101,8 +101,17 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
         siblings(&args, &attrs, &vis, &sig, &arguments, &key)
     };
     let handle = match &args.cache {
-        Some(expr) => quote!(::cache_core::__private::handle(#expr)),
-        None => quote!(::cache_core::__private::default_handle()),
+        Some(expr) if borrowable_handle(expr, &sig) => {
+            quote!(::cache_core::__private::handle_ref(#expr))
+        }
+        Some(expr) => quote!(::core::option::Option::map(
+            ::cache_core::__private::handle(#expr),
+            ::cache_core::__private::Cow::Owned,
+        )),
+        None => quote!(::core::option::Option::map(
+            ::cache_core::__private::default_handle(),
+            ::cache_core::__private::Cow::Owned,
+        )),
     };
     let call_key = call_key(&args, &sig, &arguments);
     let options = entry_options(&args);
@@ -113,15 +122,14 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
         #(#attrs)*
         #vis #sig {
             #serialize_checks
-            let __cached_handle: ::core::option::Option<::cache_core::Cache> = #handle;
+            let __cached_handle: ::core::option::Option<
+                ::cache_core::__private::Cow<'_, ::cache_core::Cache>,
+            > = #handle;
             // Before the body takes the arguments: the key and the tags are made of them.
             #options
             let __cached_key = #call_key;
             let __cached_call = ::cache_core::__private::Call {
-                cache: ::core::option::Option::map(
-                    __cached_handle,
-                    ::cache_core::__private::Cow::Owned,
-                ),
+                cache: __cached_handle,
                 key: __cached_key,
                 options: __cached_options,
                 function: #function_name,
@@ -291,6 +299,43 @@ impl Arguments {
             impl_trait,
             addressing,
         })
+    }
+}
+
+/// Whether the handle `cache = ...` names can be lent to the call rather
+/// than cloned (a clone is an atomic increment and decrement per call): an
+/// argument of type `&Cache`, or `&self.field` on a `&self` method. The
+/// body copies such a reference, so lending it conflicts with nothing; a
+/// handle the body may move (`cache: Cache`, `self: Arc<Self>`) is cloned.
+fn borrowable_handle(expr: &Expr, sig: &Signature) -> bool {
+    match expr {
+        Expr::Path(path) => {
+            let Some(name) = path.path.get_ident().filter(|_| path.qself.is_none()) else {
+                return false;
+            };
+            sig.inputs.iter().any(|input| match input {
+                FnArg::Typed(typed) => {
+                    matches!(&*typed.pat, Pat::Ident(pat) if pat.ident == *name)
+                        && matches!(&*typed.ty, Type::Reference(reference)
+                            if reference.mutability.is_none()
+                                && matches!(&*reference.elem, Type::Path(elem)
+                                    if elem.path.segments.last().is_some_and(|last| last.ident == "Cache")))
+                }
+                FnArg::Receiver(_) => false,
+            })
+        }
+        Expr::Reference(reference) if reference.mutability.is_none() => {
+            let shared_self = matches!(sig.receiver(), Some(receiver)
+                if receiver.reference.is_some() && receiver.mutability.is_none());
+            let mut inner = &*reference.expr;
+            while let Expr::Field(field) = inner {
+                inner = &field.base;
+            }
+            shared_self
+                && !std::ptr::eq(inner, &*reference.expr)
+                && matches!(inner, Expr::Path(path) if path.path.is_ident("self"))
+        }
+        _ => false,
     }
 }
 
@@ -558,7 +603,7 @@ fn call_key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenS
     let hashed = hashed_arguments(sig, arguments);
     let local = args.local;
     quote!(::cache_core::__private::call_key(
-        ::core::option::Option::as_ref(&__cached_handle),
+        ::core::option::Option::as_deref(&__cached_handle),
         #local,
         #prefix,
         &#hashed,

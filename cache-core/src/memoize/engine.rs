@@ -53,7 +53,7 @@ pub struct Call<'c, 'k> {
 /// result from it; `keep` says how the local tier keeps values decoded
 /// (`None`: as bytes).
 pub async fn memoize<R, V, B>(
-    call: Call<'_, '_>,
+    mut call: Call<'_, '_>,
     body: B,
     stored: fn(&R) -> Option<&V>,
     restore: fn(V) -> R,
@@ -63,37 +63,34 @@ where
     B: Body<R, V>,
     V: Serialize + DeserializeOwned,
 {
-    let Call {
-        cache,
-        key,
-        options,
-        function,
-    } = call;
-    let report = MemoizedCall::start(options.label);
-    let Some(cache) = cache.filter(|cache| !cache.is_bypassed()) else {
+    // The call's parts are used in place (borrowed, or taken out of it):
+    // this future is built and moved on every call, a local hit included,
+    // so it stays small; for the same reason the body and the store's paths
+    // run boxed.
+    let report = MemoizedCall::start(call.options.label);
+    let function = call.function;
+    let Some(cache) = call.cache.as_deref().filter(|cache| !cache.is_bypassed()) else {
         report.finish("none", Served::Bypass);
-        // Boxed, here and below: this future stays small (it is built and
-        // moved on every call, a local hit included), whatever the body's
-        // size and the store's paths.
         return Box::pin(report.traced(body.run())).await;
     };
-    let key = match key {
+    let key = match &mut call.key {
         Ok(key) => key,
         Err(err) => {
             cache.note_uncacheable();
-            warn_uncacheable(function, &err);
+            warn_uncacheable(function, err);
             report.finish(telemetry::tier(cache.backend()), Served::Bypass);
-            let mut budget = Budget::for_this_task(&cache);
+            let mut budget = Budget::for_this_task(cache);
             return Box::pin(report.traced(budget.run(body.run()))).await;
         }
     };
+    let options: &EntryOptions = &call.options;
     let codec = options.codec.unwrap_or(cache.codec());
     // Before the flights: a local hit costs a lookup and a clone, or the
     // decoding; for a `#[cached]` key, no SHA-256 (the local tier keeps its
     // entries under their canonical arguments).
     if let Some(tier) = cache.local_tier().filter(|_| options.uses_local_tier()) {
         let full_key;
-        let local_key = match &key {
+        let local_key = match &*key {
             CallKey::Args(args) => args.local(),
             CallKey::Stored(stored) => {
                 full_key = cache.full_key(stored);
@@ -114,9 +111,21 @@ where
             }
         }
     }
+    // The key as stored, with the namespace (taken, not copied, when it
+    // can be), and the local tier's key when it is not that one.
+    let full_key = match &mut *key {
+        CallKey::Args(args) => cache.owned_full_key(args.hashed()),
+        CallKey::Stored(Cow::Owned(stored)) => cache.owned_full_key(std::mem::take(stored)),
+        CallKey::Stored(Cow::Borrowed(stored)) => cache.full_key(stored).into_owned(),
+    };
+    let alias = match &*key {
+        CallKey::Args(args) => Some(args.local()),
+        CallKey::Stored(_) => None,
+    };
     let call = StoreCall {
         cache,
-        key,
+        full_key,
+        alias,
         options,
         codec,
         function,
@@ -126,20 +135,24 @@ where
 }
 
 /// A call past the local tier: everything but the body and what to do
-/// with its result.
-struct StoreCall<'c, 'k> {
-    cache: Cow<'c, Cache>,
-    key: CallKey<'k>,
-    options: Cow<'c, EntryOptions>,
+/// with its result. Small, and used in place: the future that owns it is
+/// boxed on every call that reaches the store.
+struct StoreCall<'a> {
+    cache: &'a Cache,
+    /// The key as stored, with the namespace.
+    full_key: String,
+    /// The local tier's key of the entry, when it is not `full_key`.
+    alias: Option<&'a [u8]>,
+    options: &'a EntryOptions,
     codec: Codec,
     function: &'static str,
     report: MemoizedCall,
 }
 
-impl StoreCall<'_, '_> {
+impl StoreCall<'_> {
     /// Flight, read, and what follows from it.
     async fn run<R, V, B>(
-        self,
+        mut self,
         body: B,
         stored: fn(&R) -> Option<&V>,
         restore: fn(V) -> R,
@@ -149,27 +162,19 @@ impl StoreCall<'_, '_> {
         B: Body<R, V>,
         V: Serialize + DeserializeOwned,
     {
-        let StoreCall {
-            cache,
-            key,
-            options,
-            codec,
-            function,
-            report,
-        } = self;
-        let (cache, key, options): (&Cache, &CallKey<'_>, &EntryOptions) = (&cache, &key, &options);
+        let full_key = std::mem::take(&mut self.full_key);
+        let (cache, alias, options, codec, function) = (
+            self.cache,
+            self.alias,
+            self.options,
+            self.codec,
+            self.function,
+        );
+        let report = &self.report;
         let store_tier = telemetry::tier(cache.backend());
         let tier = cache.local_tier().filter(|_| options.uses_local_tier());
-        let alias = match key {
-            CallKey::Args(args) => Some(args.local()),
-            CallKey::Stored(_) => None,
-        };
         // The store may be asked from here on, within the budget.
         let mut budget = Budget::for_this_task(cache);
-        let full_key = match key {
-            CallKey::Args(args) => cache.owned_full_key(args.hashed()),
-            CallKey::Stored(stored) => cache.full_key(stored).into_owned(),
-        };
         let leader = match wait_for_turn(FlightKey::new(cache.id(), full_key), codec).await {
             Turn::Lead(leader) => leader,
             Turn::Served(value) => {
@@ -192,8 +197,14 @@ impl StoreCall<'_, '_> {
         // Before the read is sent: an invalidation arriving meanwhile keeps
         // what it read out of the tier.
         let watch = tier.map(|tier| tier.watch(target.full_key));
+        // Boxed, as every store path of the call: each box stays small
+        // enough for the allocator's per-thread cache (and this future too).
         let read = report
-            .traced(target.read::<V>(&mut budget, tier.is_some(), true))
+            .traced(Box::pin(target.read::<V>(
+                &mut budget,
+                tier.is_some(),
+                true,
+            )))
             .await;
         match read.found {
             Found::Fresh {
@@ -261,12 +272,14 @@ impl StoreCall<'_, '_> {
         let mut lease = None;
         if let Some(bound) = options.lock {
             match report
-                .traced(lock::take_or_wait::<V>(
+                // Boxed, as the other paths of misses: this future is moved
+                // (and boxed) on every call that reaches the store.
+                .traced(Box::pin(lock::take_or_wait::<V>(
                     &target,
                     &mut budget,
                     bound,
                     versions,
-                ))
+                )))
                 .await
             {
                 Waited::Held(held, fresh) => {
@@ -298,11 +311,17 @@ impl StoreCall<'_, '_> {
         if let Some(bytes) = encoded {
             let local = tier.is_some().then_some(decoded);
             report
-                .traced(target.write(&mut budget, &bytes, compute, versions, local))
+                .traced(Box::pin(target.write(
+                    &mut budget,
+                    &bytes,
+                    compute,
+                    versions,
+                    local,
+                )))
                 .await;
         }
         if let Some(lease) = lease {
-            lock::release(&target, lease).await;
+            Box::pin(lock::release(&target, lease)).await;
         }
         leader.finish();
         result
@@ -460,7 +479,8 @@ impl Target<'_> {
                 .await
                 .map(|(bytes, expires)| (bytes, expires, Vec::new()))
         } else {
-            self.read_tagged(budget).await
+            // Boxed: the common read stays small.
+            Box::pin(self.read_tagged(budget)).await
         };
         cache.note_memo_failure(read.as_ref().err());
         let Ok((bytes, expires, versions)) = read else {

@@ -92,6 +92,12 @@ pub fn handle<C: IntoCache>(explicit: C) -> Option<Cache> {
     explicit.into_cache()
 }
 
+/// A handle the call borrows (an argument of type `&Cache`, `&self.cache`
+/// on a `&self` method): no clone.
+pub fn handle_ref(cache: &Cache) -> Option<std::borrow::Cow<'_, Cache>> {
+    Some(std::borrow::Cow::Borrowed(cache))
+}
+
 /// The default handle (see [`set_default`](crate::set_default)).
 pub fn default_handle() -> Option<Cache> {
     crate::default_cache()
