@@ -198,7 +198,6 @@ async fn packed_doc(cache: &Cache, calls: &AtomicUsize, id: u32) -> serde_json::
 }
 
 #[cached(prefix = "by-counts", ttl = 60, cache = cache, skip(cache, calls))]
-#[allow(clippy::ptr_arg)]
 async fn total(cache: &Cache, calls: &AtomicUsize, counts: &HashMap<String, u32>) -> u32 {
     calls.fetch_add(1, Ordering::SeqCst);
     counts.values().sum()

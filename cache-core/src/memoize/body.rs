@@ -67,8 +67,11 @@ impl<R, V, Fut: Future<Output = R>> Body<R, V> for Inline<Fut> {
 /// reference (the compiler sees such lifetimes as "any lifetime" there).
 pub struct Detached<F, R, V> {
     body: F,
-    refresh: fn(F, fn(&R) -> Option<&V>, Codec, &'static str) -> Refresh,
+    refresh: MakeRefresh<F, R, V>,
 }
+
+/// How a [`Detached`] body becomes a refresh: its part to store, encoded.
+type MakeRefresh<F, R, V> = fn(F, fn(&R) -> Option<&V>, Codec, &'static str) -> Refresh;
 
 impl<F, R, V> std::fmt::Debug for Detached<F, R, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
