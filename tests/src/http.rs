@@ -158,6 +158,26 @@ impl Connection {
     }
 }
 
+/// Serves `GET /`, answering `ok`, behind `layer` (a rate limiter, say) on
+/// a free loopback port, as [`serve`] does; returns the port.
+pub async fn serve_layer<L>(layer: L) -> u16
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<axum::extract::Request> + Clone + Send + Sync + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Response:
+        axum::response::IntoResponse + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Error:
+        Into<std::convert::Infallible> + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+{
+    serve(
+        axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
+}
+
 /// Serves `app` on a free loopback port (with `ConnectInfo`, as the rate
 /// limiter's key extractors need) until the runtime ends; returns the port.
 pub async fn serve(app: axum::Router) -> u16 {

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod skip;
 pub mod suite;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -32,6 +33,33 @@ use std::time::{Duration, Instant};
 
 /// How long a server may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Awaits `future` for at most `limit`, and fails the test naming `what`
+/// past it: a wait on a signal that never comes (because something
+/// regressed) fails instead of hanging the suite.
+pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(limit, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("not within {limit:?}: {what}"),
+    }
+}
+
+/// Checks `done` every few milliseconds until it holds, and fails the test
+/// naming `what` after `limit`; returns how long it took. For states with
+/// no signal to wait on (a server's reports, a background task's effect);
+/// where there is a signal, wait on it with [`within`].
+pub async fn eventually(
+    limit: Duration,
+    what: &str,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
 
 /// A name no other test in this process (or another process) uses, for key prefixes.
 pub fn unique_prefix(name: &str) -> String {
