@@ -548,14 +548,16 @@ impl Cache {
             .run(&self.inner.counters, idempotence, timeout, || call(store))
             .await;
         if let Err(Error::Connection(cause)) = &result
-            && cause.kind() == redis::ErrorKind::ClusterConnectionNotFound
+            && cause
+                .redis()
+                .is_some_and(|cause| cause.kind() == redis::ErrorKind::ClusterConnectionNotFound)
         {
             // The cluster client does not say why it has no connection: a
             // refused password must not pass for an outage. Within what is
             // left of the deadline.
             let left = timeout.saturating_sub(started.elapsed());
             if let Ok(Ok(Some(reply))) = tokio::time::timeout(left, store.refused_login()).await {
-                result = Err(Error::Auth(reply));
+                result = Err(Error::Auth(reply.into()));
             }
         }
         self.note_auth(&result);

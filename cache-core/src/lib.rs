@@ -363,7 +363,7 @@ pub use config::{
     DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, MAX_ENCRYPTION_SKEW, MAX_TTL, RedisEndpoint, Secret,
     validate_ttl,
 };
-pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result};
+pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result, StoreError};
 pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;

@@ -120,7 +120,49 @@ pub enum EventError {
     Cache(#[from] crate::Error),
 }
 
+/// What an [`EventError`] is about, for callers that branch on it.
+///
+/// New kinds may be added: match with a `_` arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventErrorKind {
+    /// Messages may have been missed ([`EventError::Gap`]).
+    Gap,
+    /// A message that does not decode ([`EventError::Malformed`]).
+    Malformed,
+    /// A channel or an event the bus refuses; nothing was sent
+    /// ([`EventError::InvalidChannel`], [`EventError::TooLarge`]).
+    InvalidArgument,
+    /// The value could not be encoded ([`EventError::Encode`]).
+    Encode,
+    /// Not available on this backend ([`EventError::PatternsUnsupported`]).
+    Unsupported,
+    /// The store failed ([`EventError::Cache`]): its own kind.
+    Cache(crate::ErrorKind),
+}
+
 impl EventError {
+    /// The kind of error, to match on.
+    ///
+    /// ```
+    /// use cache_core::events::{EventError, EventErrorKind};
+    ///
+    /// let gap = EventError::Gap { dropped: 3, disconnected: false };
+    /// assert_eq!(gap.kind(), EventErrorKind::Gap);
+    /// ```
+    pub fn kind(&self) -> EventErrorKind {
+        match self {
+            EventError::Gap { .. } => EventErrorKind::Gap,
+            EventError::Malformed { .. } => EventErrorKind::Malformed,
+            EventError::InvalidChannel { .. } | EventError::TooLarge { .. } => {
+                EventErrorKind::InvalidArgument
+            }
+            EventError::Encode(_) => EventErrorKind::Encode,
+            EventError::PatternsUnsupported => EventErrorKind::Unsupported,
+            EventError::Cache(err) => EventErrorKind::Cache(err.kind()),
+        }
+    }
+
     /// `true` for [`EventError::Gap`].
     pub fn is_gap(&self) -> bool {
         matches!(self, EventError::Gap { .. })
@@ -130,6 +172,7 @@ impl EventError {
 /// The state of a handle's pub/sub connection, in [`EventStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EventConnection {
     /// No subscription was made yet (or the backend is in-memory).
     #[default]

@@ -34,6 +34,7 @@ pub enum KeyTtl {
 
 /// A fixed-window counter after an increment: see [`Cache::incr_window`](crate::Cache::incr_window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct WindowCount {
     /// The count in the current window, this increment included.
     pub count: u64,
