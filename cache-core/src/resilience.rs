@@ -4,22 +4,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
-use crate::stats::Counters;
-
-/// The circuit breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// The store kept failing: calls fail at once without touching it.
-    Open,
-    /// The cooldown is over and one probe call is finding out whether the store is back.
-    HalfOpen,
-}
+use crate::stats::{BreakerState, Counters};
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

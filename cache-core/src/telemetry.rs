@@ -168,13 +168,13 @@ fn micros(duration: std::time::Duration) -> u64 {
 
 /// The circuit breaker of a handle changed state (`cache.breaker.transitions`).
 #[inline]
-pub(crate) fn breaker_changed(state: crate::BreakerState) {
+pub(crate) fn breaker_changed(state: crate::stats::BreakerState) {
     #[cfg(feature = "metrics")]
     {
         let state = match state {
-            crate::BreakerState::Closed => "closed",
-            crate::BreakerState::Open => "open",
-            crate::BreakerState::HalfOpen => "half_open",
+            crate::stats::BreakerState::Closed => "closed",
+            crate::stats::BreakerState::Open => "open",
+            crate::stats::BreakerState::HalfOpen => "half_open",
         };
         metrics::counter!("cache.breaker.transitions", "state" => state).increment(1);
     }
@@ -288,7 +288,7 @@ pub(crate) fn observe(inner: Box<dyn Store>, backend: &Backend) -> Box<dyn Store
 }
 
 /// The `result` of an operation that found or did not find its key.
-fn found<T>(answer: &crate::Result<Option<T>>) -> &'static str {
+fn found<T>(answer: &crate::error::Result<Option<T>>) -> &'static str {
     match answer {
         Ok(Some(_)) => "hit",
         Ok(None) => "miss",
@@ -298,7 +298,7 @@ fn found<T>(answer: &crate::Result<Option<T>>) -> &'static str {
 
 /// The `result` of any other operation.
 /// [`found`] of a value read beside something else.
-fn found_first<T, U>(answer: &crate::Result<(Option<T>, U)>) -> &'static str {
+fn found_first<T, U>(answer: &crate::error::Result<(Option<T>, U)>) -> &'static str {
     match answer {
         Ok((Some(_), _)) => "hit",
         Ok((None, _)) => "miss",
@@ -306,7 +306,7 @@ fn found_first<T, U>(answer: &crate::Result<(Option<T>, U)>) -> &'static str {
     }
 }
 
-fn done<T>(answer: &crate::Result<T>) -> &'static str {
+fn done<T>(answer: &crate::error::Result<T>) -> &'static str {
     match answer {
         Ok(_) => "ok",
         Err(_) => "error",
@@ -318,7 +318,7 @@ impl Observed {
     fn op<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
-        result: fn(&crate::Result<T>) -> &'static str,
+        result: fn(&crate::error::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         if !cfg!(feature = "metrics")
@@ -333,7 +333,7 @@ impl Observed {
     fn observed<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
-        result: fn(&crate::Result<T>) -> &'static str,
+        result: fn(&crate::error::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {

@@ -551,7 +551,7 @@ impl Target<'_> {
         let Some(bytes) = bytes else {
             return miss();
         };
-        let plain = !crate::stored::envelope::is_envelope(&bytes);
+        let plain = !crate::envelope::is_envelope(&bytes);
         let (header, payload) = if plain && !self.options.encrypt {
             (None, bytes)
         } else {

@@ -188,10 +188,10 @@ impl MemoryStore {
 }
 
 /// `now + ttl`, saturating far in the future instead of panicking: the handle
-/// refuses TTLs over [`MAX_TTL`](crate::MAX_TTL), so this is a last guard.
+/// refuses TTLs over [`MAX_TTL`](crate::config::MAX_TTL), so this is a last guard.
 fn expiry(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl)
-        .or_else(|| now.checked_add(crate::MAX_TTL))
+        .or_else(|| now.checked_add(crate::config::MAX_TTL))
         .unwrap_or(now)
 }
 
@@ -410,7 +410,11 @@ mod tests {
             MAX_WINDOW + Duration::from_millis(1),
         ] {
             let err = store.incr_window_now("k", 1, window).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
+            assert_eq!(
+                err.kind(),
+                crate::error::ErrorKind::InvalidArgument,
+                "{err}"
+            );
         }
         assert!(store.incr_window_now("k", 1, MAX_WINDOW).is_ok());
         assert!(store.incr_window_now("k", u64::MAX, MAX_WINDOW).is_err());

@@ -71,7 +71,7 @@ impl Cache {
         key: &str,
         hold: Duration,
         timeout: Duration,
-    ) -> crate::Result<Option<Lease>> {
+    ) -> crate::error::Result<Option<Lease>> {
         let lease = Lease {
             key: lease_key(purpose, key),
             // Never 0, so that it cannot match a missing value read as 0.

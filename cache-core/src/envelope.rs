@@ -176,15 +176,15 @@ impl Header {
 
 /// Refuses tags the header cannot hold: more than 255, or one longer than
 /// 65535 bytes.
-pub fn check_tags<S: AsRef<str>>(tags: &[S]) -> crate::Result<()> {
+pub fn check_tags<S: AsRef<str>>(tags: &[S]) -> crate::error::Result<()> {
     if tags.len() > usize::from(u8::MAX) {
-        return Err(crate::Error::invalid("tags", "more than 255 tags"));
+        return Err(crate::error::Error::invalid("tags", "more than 255 tags"));
     }
     if tags
         .iter()
         .any(|tag| tag.as_ref().len() > usize::from(u16::MAX))
     {
-        return Err(crate::Error::invalid(
+        return Err(crate::error::Error::invalid(
             "tags",
             "a tag longer than 65535 bytes",
         ));
