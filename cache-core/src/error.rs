@@ -117,6 +117,8 @@ pub struct StoreError(Driver);
 enum Driver {
     Redis(redis::RedisError),
     Parsing(redis::ParsingError),
+    /// A reply of the right type but the wrong shape, found by this crate.
+    Shape(&'static str),
 }
 
 impl StoreError {
@@ -125,15 +127,20 @@ impl StoreError {
     pub fn code(&self) -> Option<&str> {
         match &self.0 {
             Driver::Redis(err) => err.code(),
-            Driver::Parsing(_) => None,
+            Driver::Parsing(_) | Driver::Shape(_) => None,
         }
+    }
+
+    /// A reply whose shape is not what `what` answers.
+    pub(crate) fn unexpected(what: &'static str) -> StoreError {
+        StoreError(Driver::Shape(what))
     }
 
     /// The client's error, for this crate's own decisions (retry, login).
     pub(crate) fn redis(&self) -> Option<&redis::RedisError> {
         match &self.0 {
             Driver::Redis(err) => Some(err),
-            Driver::Parsing(_) => None,
+            Driver::Parsing(_) | Driver::Shape(_) => None,
         }
     }
 }
@@ -143,6 +150,7 @@ impl std::fmt::Display for StoreError {
         match &self.0 {
             Driver::Redis(err) => err.fmt(f),
             Driver::Parsing(err) => err.fmt(f),
+            Driver::Shape(what) => write!(f, "not the reply of {what}"),
         }
     }
 }
@@ -153,6 +161,7 @@ impl std::error::Error for StoreError {
         match &self.0 {
             Driver::Redis(err) => err.source(),
             Driver::Parsing(err) => err.source(),
+            Driver::Shape(_) => None,
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, instrument::Instrumented};
 
 use crate::config::Backend;
-use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture, WindowCount};
+use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture};
 
 /// `tier` of a handle on the in-memory store.
 pub(crate) const TIER_MEMORY: &str = "memory";
@@ -414,14 +414,6 @@ impl Store for Observed {
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
         self.op("incr", done, self.inner.incr(key, by))
     }
-    fn incr_window<'a>(
-        &'a self,
-        key: &'a str,
-        by: u64,
-        window: std::time::Duration,
-    ) -> StoreFuture<'a, WindowCount> {
-        self.op("incr_window", done, self.inner.incr_window(key, by, window))
-    }
     fn eval<'a>(
         &'a self,
         script: &'a Script,
@@ -429,6 +421,14 @@ impl Store for Observed {
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         self.op("eval", done, self.inner.eval(script, keys, args))
+    }
+    fn run_atomic<'a>(
+        &'a self,
+        op: &'a dyn crate::store::AtomicOp,
+        keys: &'a [&'a str],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        self.op(op.operation(), done, self.inner.run_atomic(op, keys, args))
     }
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
         self.op("publish", done, self.inner.publish(channel, payload))

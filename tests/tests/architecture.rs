@@ -75,3 +75,49 @@ fn a_missing_path_is_found() {
     assert_eq!(paths, ["cache-core/src/nowhere.rs"]);
     assert!(!root().join(&paths[0]).exists());
 }
+
+/// Every `.rs` file under `dir`, with its path from the root.
+fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable source folder") {
+            let path = entry.expect("a folder entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).expect("a readable source");
+                found.push((path, text));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_the_connection_owner_builds_redis_clients() {
+    let owner = root().join("cache-core/src/store/connect.rs");
+    let builders = [
+        "Client::open(",
+        "Client::build_with_tls(",
+        "ClusterClientBuilder::new(",
+        "ConnectionManagerConfig::new(",
+        "arg(\"NODES\")",
+    ];
+    let mut offenders = Vec::new();
+    for crate_src in ["cache-core/src", "rate-limit/src"] {
+        for (path, text) in sources(&root().join(crate_src)) {
+            if path == owner {
+                assert!(builders.iter().all(|b| text.contains(b)), "{path:?}");
+                continue;
+            }
+            for builder in builders.iter().filter(|b| text.contains(*b)) {
+                offenders.push(format!("{}: {builder}", path.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "Redis clients built outside store/connect.rs: {offenders:?}"
+    );
+}

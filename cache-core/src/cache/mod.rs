@@ -15,7 +15,7 @@ use crate::resilience::{CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{BreakerState, Counters};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Script, Store};
+use crate::store::{AtomicOp, Script, Store};
 use crate::sync::StateFlag;
 
 mod bytes;
@@ -262,6 +262,39 @@ impl Cache {
         args: &[i64],
         timeout: Duration,
     ) -> Result<Vec<i64>> {
+        self.atomic_within(Atomic::Script(script), keys, args, timeout)
+            .await
+    }
+
+    /// Runs the atomic operation `op` ([`AtomicOp`]) on `keys` (namespaced
+    /// like every key; they must share one hash tag, `{...}`: one slot on
+    /// a cluster, one lock in memory) with integer `args`, within `timeout`
+    /// (at most the handle's), under the handle's circuit breaker: its Lua
+    /// script on Redis, its twin in memory. Never sent again once it may
+    /// have run (only when the connection was refused or missing, or the
+    /// server refused it without running it: `MOVED`, `TRYAGAIN`,
+    /// `LOADING`, ...), so an operation that counts counts once; on a
+    /// cluster, only a [`dedicated_counter`](Self::dedicated_counter)
+    /// handle also keeps the cluster driver from sending it again after a
+    /// broken connection.
+    pub async fn run_atomic(
+        &self,
+        op: &dyn AtomicOp,
+        keys: &[&str],
+        args: &[i64],
+        timeout: Duration,
+    ) -> Result<Vec<i64>> {
+        self.atomic_within(Atomic::Op(op), keys, args, timeout)
+            .await
+    }
+
+    async fn atomic_within(
+        &self,
+        atomic: Atomic<'_>,
+        keys: &[&str],
+        args: &[i64],
+        timeout: Duration,
+    ) -> Result<Vec<i64>> {
         // Without a namespace the keys go as they are: no copy per call.
         let owned: Vec<String>;
         let named: Vec<&str>;
@@ -276,8 +309,9 @@ impl Cache {
                 &named
             }
         };
-        self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.eval(script, keys, args)
+        self.run_within(Idempotence::CountsOnce, timeout, |s| match atomic {
+            Atomic::Script(script) => s.eval(script, keys, args),
+            Atomic::Op(op) => s.run_atomic(op, keys, args),
         })
         .await
     }
@@ -402,6 +436,13 @@ impl Cache {
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.inner.resilience.breaker.state()
     }
+}
+
+/// What [`Cache::atomic_within`] runs.
+#[derive(Clone, Copy)]
+enum Atomic<'a> {
+    Script(&'a Script),
+    Op(&'a dyn AtomicOp),
 }
 
 impl CacheBuilder {

@@ -13,6 +13,7 @@ use crate::codec::Codec;
 use crate::config::{Backend, validate_ttl};
 use crate::error::{Error, Result};
 use crate::resilience::Idempotence;
+use crate::store::atomic::IncrWindow;
 use crate::store::{KeyTtl, WindowCount};
 
 impl Cache {
@@ -368,15 +369,25 @@ impl Cache {
     ) -> Result<WindowCount> {
         // 1 ms to MAX_WINDOW, checked before anything is sent: the same
         // InvalidArgument on every backend.
-        crate::store::window_millis(window)?;
+        let window_ms = crate::store::window_millis(window)?;
         crate::store::check_increment(by)?;
         let key = self.full_key(key);
-        let count = self
+        let keys = [&*key];
+        // Both within 2^53: exact as i64.
+        let args = [by as i64, window_ms as i64, crate::store::MAX_COUNT as i64];
+        let reply = self
             .run_within(Idempotence::CountsOnce, timeout, |s| {
-                s.incr_window(&key, by, window)
+                s.run_atomic(&IncrWindow, &keys, &args)
             })
             .await;
         self.local_evict(&key);
-        count
+        let [count, left_ms] = reply?[..] else {
+            let shape = crate::error::StoreError::unexpected("incr_window");
+            return Err(crate::error::CommandError::UnexpectedReply(shape).into());
+        };
+        Ok(WindowCount {
+            count: u64::try_from(count).unwrap_or(0),
+            reset_after: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
+        })
     }
 }

@@ -7,17 +7,16 @@
 //! channel lives in the slot of its name.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
 use super::hub::{Hub, Message, Payload, Topic};
-use crate::config::{Backend, CacheConfig, RedisEndpoint};
+use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
-use crate::store::redis as store;
+use crate::store::connect;
 
 /// The pub/sub connection of one bus; cheap to clone.
 #[derive(Clone)]
@@ -45,31 +44,28 @@ impl PubSub {
         };
         match &config.backend {
             Backend::Redis(endpoint) => {
-                let client = store::resp3(store::client(endpoint, config)?)
-                    .map_err(store::driver_config_error)?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(None)
-                    // Reconnects quickly after a restart: the backoff stays
-                    // under half a second; after these, the bus pokes it.
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(400))
-                    .set_number_of_retries(10)
+                let client = connect::resp3(connect::client(endpoint, config)?)
+                    .map_err(connect::driver_config_error)?;
+                let manager_config = connect::pubsub_manager(config)
                     .set_push_sender(sender)
                     .set_automatic_resubscription();
                 let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(store::driver_config_error)?;
+                    .map_err(connect::driver_config_error)?;
                 Ok(PubSub::Standalone(manager))
             }
             Backend::Cluster(nodes) => {
-                let urls = nodes.iter().map(resp3_url).collect::<Result<Vec<_>>>()?;
-                let client = store::cluster_builder(urls, config)
+                let urls = nodes
+                    .iter()
+                    .map(connect::resp3_url)
+                    .collect::<Result<Vec<_>>>()?;
+                let client = connect::cluster_builder(urls, config)
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(sender)
                     .build()
-                    .map_err(store::driver_config_error)?;
+                    .map_err(connect::driver_config_error)?;
                 Ok(PubSub::Cluster(
-                    client.get_pending_async_connection_with_config(store::cluster_config(config)),
+                    client
+                        .get_pending_async_connection_with_config(connect::cluster_config(config)),
                 ))
             }
             Backend::Memory => Err(Error::invalid(
@@ -341,10 +337,4 @@ fn on_push(hub: &Hub, push: PushInfo, one_connection: bool, max_bytes: usize) {
         }
         _ => {}
     }
-}
-
-fn resp3_url(endpoint: &RedisEndpoint) -> Result<url::Url> {
-    let mut url = endpoint.connection_url()?;
-    url.query_pairs_mut().append_pair("protocol", "resp3");
-    Ok(url)
 }

@@ -541,11 +541,11 @@ pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<Loca
     let serve_stale = config.local_serve_stale;
     let clients = match &config.backend {
         Backend::Memory => return None,
-        Backend::Redis(endpoint) => crate::store::redis::client(endpoint, config)
+        Backend::Redis(endpoint) => crate::store::connect::client(endpoint, config)
             .map(|client| TrackedStore::Standalone(Box::new(client))),
         Backend::Cluster(nodes) => nodes
             .iter()
-            .map(|node| crate::store::redis::client(node, config))
+            .map(|node| crate::store::connect::client(node, config))
             .collect::<crate::error::Result<Vec<_>>>()
             .map(TrackedStore::Cluster),
     };

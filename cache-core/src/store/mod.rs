@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+pub(crate) use atomic::AtomicOp;
 
+pub(crate) mod atomic;
+pub(crate) mod connect;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -166,18 +169,6 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
     fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl>;
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64>;
-    /// Adds `by` to a counter that lives `window` from its first increment;
-    /// one atomic step. A counter found without expiry, or with one longer
-    /// than the window, gets the window; a value that is not such a counter
-    /// (not an integer, another type, negative, above [`MAX_COUNT`]) is
-    /// replaced by `by` with a fresh window. `window` is checked with
-    /// [`window_millis`].
-    fn incr_window<'a>(
-        &'a self,
-        key: &'a str,
-        by: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowCount>;
     /// Runs `script` with `keys` (full keys, one hash slot on a cluster) and
     /// integer `args`; its reply must be an array of integers. The
     /// in-memory store runs no scripts: an [`Error::InvalidArgument`].
@@ -192,6 +183,16 @@ pub(crate) trait Store: Send + Sync + 'static {
             "script",
             "the in-memory store runs no Lua scripts",
         ))))
+    }
+    /// Runs `op` with `keys` (full keys, one hash slot) and integer `args`:
+    /// its script on Redis, its twin in memory.
+    fn run_atomic<'a>(
+        &'a self,
+        op: &'a dyn AtomicOp,
+        keys: &'a [&'a str],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        self.eval(op.script(), keys, args)
     }
     /// Publishes `payload` on `channel`; the number of receivers. The
     /// in-memory backend publishes in process, through the event bus.
