@@ -39,6 +39,7 @@ mod function;
 mod key;
 mod lock;
 mod options;
+mod target;
 
 use std::fmt::Display;
 
