@@ -26,8 +26,8 @@ pub struct Health {
     pub latency: Option<Duration>,
     /// Why it is unhealthy.
     pub error: Option<String>,
-    /// The kind of that error: [`ErrorKind::Auth`] when the store refuses the
-    /// credentials, [`ErrorKind::Timeout`] when it is slow, and so on.
+    /// The kind of that error: [`ErrorKind::Auth`](crate::ErrorKind::Auth) when the store refuses the
+    /// credentials, [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when it is slow, and so on.
     pub error_kind: Option<ErrorKind>,
 }
 

@@ -16,7 +16,7 @@ impl Cache {
     /// Each SCAN + UNLINK step is one call under the handle's timeout, retries
     /// and circuit breaker, and the whole walk is bounded by the handle's
     /// [`invalidate_budget`](crate::config::CacheBuilder::invalidate_budget) (30 s by
-    /// default): past it the call is an [`Error::Timeout`]. Keys removed
+    /// default): past it the call is an [`Error::Timeout`](crate::Error::Timeout). Keys removed
     /// before an error stay removed; calling again finishes the job.
     ///
     /// An empty `prefix` is an [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument): it would

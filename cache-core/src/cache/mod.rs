@@ -254,7 +254,7 @@ impl Cache {
     /// once; on a cluster, only a [`dedicated_counter`](Self::dedicated_counter)
     /// handle also keeps the cluster driver from sending it again after a
     /// broken connection. The in-memory store runs no scripts:
-    /// [`ErrorKind::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
     pub async fn eval_script_within(
         &self,
         script: &Script,
@@ -328,7 +328,7 @@ impl Cache {
 
     /// The timeout of one call: the time from the call until the store's
     /// reply is received in full, connecting and retries included. A reply
-    /// that completes after it is an [`Error::Timeout`], never a late `Ok`.
+    /// that completes after it is an [`Error::Timeout`](crate::Error::Timeout), never a late `Ok`.
     /// [`get`](Self::get) and [`get_many`](Self::get_many) also count the
     /// decoding in it; decoding is bounded by
     /// [`max_value_bytes`](Self::max_value_bytes), not interrupted.
@@ -337,7 +337,7 @@ impl Cache {
     }
 
     /// The cap on the size of a value read or written (see
-    /// [`CacheBuilder::max_value_bytes`]).
+    /// [`CacheBuilder::max_value_bytes`](crate::CacheBuilder::max_value_bytes)).
     pub fn max_value_bytes(&self) -> usize {
         self.inner.max_value_bytes
     }

@@ -21,7 +21,7 @@ impl Cache {
     /// decode as `T` (corrupt, foreign, old schema), is `Ok(None)`: a miss.
     ///
     /// The handle's timeout bounds the whole call, decoding included: a value
-    /// that is only decoded after it is an [`Error::Timeout`].
+    /// that is only decoded after it is an [`Error::Timeout`](crate::Error::Timeout).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -106,7 +106,7 @@ impl Cache {
     /// Encodes `value` (JSON unless the handle says otherwise) and stores it,
     /// with an optional TTL. A TTL over [`MAX_TTL`](crate::MAX_TTL) or an
     /// encoding over [`max_value_bytes`](Self::max_value_bytes) is an
-    /// [`ErrorKind::InvalidArgument`], and nothing is sent.
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument), and nothing is sent.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -273,7 +273,7 @@ impl Cache {
     /// Sets a key's time to live; `false` if there is no such key. A zero TTL
     /// removes the key, as Redis does.
     /// A TTL over [`MAX_TTL`](crate::MAX_TTL) is an
-    /// [`ErrorKind::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -309,7 +309,7 @@ impl Cache {
     }
 
     /// Adds `by` to an integer counter (created at 0) and returns the new value.
-    /// A key holding something else than an integer is an [`Error::Command`].
+    /// A key holding something else than an integer is an [`Error::Command`](crate::Error::Command).
     /// Not retried after an ambiguous failure, so it never counts twice.
     ///
     /// ```
@@ -336,7 +336,7 @@ impl Cache {
     /// script on Redis). Returns the count and the time until the window resets.
     /// This is what the rate limiter counts with. A window outside 1 ms to
     /// [`MAX_WINDOW`](crate::MAX_WINDOW), or `by` over 2^53, is an
-    /// [`ErrorKind::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
