@@ -13,8 +13,6 @@ use crate::config::{Backend, CacheBuilder, CacheConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::resilience::{CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{BreakerState, Counters};
-use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
 use crate::store::{AtomicOp, Script, Store};
 use crate::sync::StateFlag;
 
@@ -122,16 +120,12 @@ impl Cache {
     pub fn in_memory() -> Cache {
         Self::with_store(
             CacheConfig::default(),
-            Box::new(MemoryStore::new(crate::config::DEFAULT_MEMORY_MAX_ENTRIES)),
+            crate::store::in_memory(crate::config::DEFAULT_MEMORY_MAX_ENTRIES),
         )
     }
 
     pub(crate) fn from_config(config: CacheConfig) -> Result<Cache> {
-        let store: Box<dyn Store> = match &config.backend {
-            Backend::Memory => Box::new(MemoryStore::new(config.memory_max_entries)),
-            Backend::Redis(endpoint) => Box::new(RedisStore::standalone(endpoint, &config)?),
-            Backend::Cluster(nodes) => Box::new(RedisStore::cluster(nodes, &config)?),
-        };
+        let store = crate::store::open(&config)?;
         Ok(Self::with_store(config, store))
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
 pub(crate) use atomic::AtomicOp;
 
@@ -223,6 +224,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn refused_login(&self) -> StoreFuture<'_, Option<::redis::RedisError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+}
+
+/// The store `config` names. Lazily connected: only a configuration the
+/// client refuses fails here, never an unreachable Redis.
+pub(crate) fn open(config: &CacheConfig) -> Result<Box<dyn Store>> {
+    Ok(match &config.backend {
+        Backend::Memory => in_memory(config.memory_max_entries),
+        Backend::Redis(endpoint) => Box::new(redis::RedisStore::standalone(endpoint, config)?),
+        Backend::Cluster(nodes) => Box::new(redis::RedisStore::cluster(nodes, config)?),
+    })
+}
+
+/// The embedded store, bounded to `max_entries`.
+pub(crate) fn in_memory(max_entries: usize) -> Box<dyn Store> {
+    Box::new(memory::MemoryStore::new(max_entries))
 }
 
 /// Milliseconds for Redis, at least 1 (a zero TTL is handled before the store).
