@@ -224,6 +224,10 @@ impl Cache {
     /// libraries that keep state beside the store, such as the rate
     /// limiter's in-memory counters, which must be the same for every layer
     /// built from one in-memory handle.
+    ///
+    /// Not part of the promised API: it goes once the rate limiter's
+    /// in-memory counting is an [`AtomicOp`] of the store.
+    #[doc(hidden)]
     pub fn shared_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
         // Only pushes happen under the lock: a poisoned list is whole.
         let mut shared = crate::sync::lock(&self.inner.shared);
@@ -249,6 +253,11 @@ impl Cache {
     /// handle also keeps the cluster driver from sending it again after a
     /// broken connection. The in-memory store runs no scripts:
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    ///
+    /// Not part of the promised API: [`run_atomic`](Self::run_atomic) runs
+    /// a script with its in-memory twin. Kept for the rate limiter until its
+    /// scripts are [`AtomicOp`]s.
+    #[doc(hidden)]
     pub async fn eval_script_within(
         &self,
         script: &Script,

@@ -87,8 +87,8 @@ pub(crate) fn check_increment(by: u64) -> Result<()> {
     Ok(())
 }
 
-/// A Lua script for [`Cache::eval_script_within`](crate::Cache::eval_script_within):
-/// sent as `EVALSHA`, loaded and sent again when the server answers
+/// The Redis form of an [`AtomicOp`](crate::AtomicOp): a Lua script,
+/// sent as `EVALSHA`, then as `EVAL` when the server answers
 /// `NOSCRIPT` (nothing ran then, so nothing runs twice). Cheap to clone.
 #[derive(Clone)]
 pub struct Script(std::sync::Arc<(::redis::Script, Box<str>)>);
