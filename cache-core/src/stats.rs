@@ -156,6 +156,7 @@ const DECRYPT_FAILURES: usize = 10;
 const CLOCK_SKEW_MISSES: usize = 11;
 
 impl Counters {
+    #[inline]
     pub(crate) fn record_hit(&self) {
         self.0.add(HITS);
     }

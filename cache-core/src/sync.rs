@@ -113,6 +113,7 @@ impl<const N: usize> Default for StripedCounters<N> {
 
 impl<const N: usize> StripedCounters<N> {
     /// Adds one to `counter` (an index below `N`; others are ignored).
+    #[inline]
     pub fn add(&self, counter: usize) {
         if let Some(count) = self.stripes[stripe_index()].0.get(counter) {
             count.fetch_add(1, Ordering::Relaxed);

@@ -416,11 +416,13 @@ impl Cache {
     }
 
     /// The handle's local tier, when it has one.
+    #[inline]
     pub(crate) fn local_tier(&self) -> Option<&crate::local::LocalTier> {
         self.inner.local.as_deref()
     }
 
     /// Counts a hit served without decoding (a local tier's decoded value).
+    #[inline]
     pub(crate) fn record_hit(&self) {
         self.inner.counters.record_hit();
     }
