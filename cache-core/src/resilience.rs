@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::stats::Counters;
@@ -27,6 +28,10 @@ const HALF_OPEN: u8 = 2;
 
 /// Opens after `threshold` consecutive failures; after `cooldown` lets one probe
 /// through (half-open); closes on the probe's success, reopens on its failure.
+/// Calls that arrive while the probe is out wait for its verdict (within
+/// their own deadline) rather than fail: after an outage, traffic comes
+/// back in bursts, and all but the first call of a burst would otherwise
+/// fail although the store answers again.
 ///
 /// The hot path (closed, no failures) is two relaxed atomic loads: no lock.
 #[derive(Debug)]
@@ -38,6 +43,8 @@ pub(crate) struct CircuitBreaker {
     epoch: Instant,
     threshold: u32,
     cooldown: Duration,
+    /// Wakes the calls waiting for the probe when it reports or vanishes.
+    probe_settled: Notify,
 }
 
 /// Permission to make one call. A probe that is dropped before it reports
@@ -58,6 +65,7 @@ impl CircuitBreaker {
             epoch: Instant::now(),
             threshold: threshold.max(1),
             cooldown,
+            probe_settled: Notify::new(),
         }
     }
 
@@ -99,6 +107,29 @@ impl CircuitBreaker {
                     })
             }
             _ => None,
+        }
+    }
+
+    /// [`admit`](Self::admit), or, while a probe is out, the permit the
+    /// probe's verdict gives: a plain one when it closed the breaker, the
+    /// next probe when it vanished. `None` when the breaker is open, or
+    /// stays half-open until `deadline`.
+    pub(crate) async fn admit_until(&self, deadline: tokio::time::Instant) -> Option<Permit<'_>> {
+        if let Some(permit) = self.admit() {
+            return Some(permit);
+        }
+        loop {
+            // Registered before the state is read again: a verdict in
+            // between still wakes it (`notify_waiters` reaches every
+            // `Notified` that exists when it is called).
+            let settled = self.probe_settled.notified();
+            if let Some(permit) = self.admit() {
+                return Some(permit);
+            }
+            if self.state.load(Ordering::Acquire) != HALF_OPEN {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, settled).await.ok()?;
         }
     }
 
@@ -151,11 +182,17 @@ impl Permit<'_> {
     pub(crate) fn success(mut self) {
         self.reported = true;
         self.breaker.succeeded();
+        if self.probe {
+            self.breaker.probe_settled.notify_waiters();
+        }
     }
 
     pub(crate) fn failure(mut self) {
         self.reported = true;
         self.breaker.failed(self.probe);
+        if self.probe {
+            self.breaker.probe_settled.notify_waiters();
+        }
     }
 }
 
@@ -175,6 +212,7 @@ impl Drop for Permit<'_> {
             {
                 crate::telemetry::breaker_changed(BreakerState::Open);
             }
+            breaker.probe_settled.notify_waiters();
         }
     }
 }
@@ -200,32 +238,113 @@ pub(crate) struct Resilience {
     pub(crate) breaker: CircuitBreaker,
 }
 
+/// How one call ended, before the breaker hears of it.
+enum Attempts<T> {
+    /// The store answered with a value.
+    Value(T),
+    /// The store answered with an error: it is healthy, even if the command
+    /// was wrong, or the credentials (an auth error is not retried and does
+    /// not open the breaker: the store is up, and every call reports the
+    /// refusal rather than a breaker that hides it).
+    Answered(Error),
+    /// No answer in time, or the connection failed: counted against the store.
+    Failed(Error),
+}
+
 impl Resilience {
     /// Runs `call` under the breaker, within one overall deadline of `timeout`
     /// (the handle's, or less), retrying transient failures with exponential
     /// backoff. Every outcome is counted and reported to the breaker here, and
     /// only here. A zero `timeout` fails at once as a timeout, with no call
-    /// and no verdict for the breaker (the store was not asked).
-    pub(crate) async fn run<T, F, Fut>(
+    /// and no verdict for the breaker (the store was not asked). While the
+    /// breaker's probe is out, the call waits for its verdict within the
+    /// same deadline ([`CircuitBreaker::admit_until`]); one still waiting at
+    /// the deadline fails as [`Error::CircuitOpen`].
+    ///
+    /// The breaker's probe of a call that counts once first runs `check` (a
+    /// PING), with retries, within the same deadline: while the breaker kept
+    /// calls away nothing used the connection, so it may have died unnoticed
+    /// (the server restarted, the network closed it), and a counting call is
+    /// not sent again after such a failure (it may have counted). The check
+    /// meets the dead connection instead, makes the driver reconnect, and is
+    /// retried on the new one; the counting call then goes out once, on a
+    /// connection that just answered. When the check fails, the call is not
+    /// sent at all and the probe fails.
+    pub(crate) async fn run<T, F, Fut, C, CheckFut>(
         &self,
         counters: &Counters,
         idempotence: Idempotence,
         timeout: Duration,
+        mut check: C,
         mut call: F,
     ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
+        C: FnMut() -> CheckFut,
+        CheckFut: Future<Output = Result<()>>,
     {
         if timeout.is_zero() {
             counters.record_timeout();
             return Err(Error::Timeout(timeout));
         }
-        let Some(permit) = self.breaker.admit() else {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(permit) = self.breaker.admit_until(deadline).await else {
             counters.record_breaker_rejection();
             return Err(Error::CircuitOpen);
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        if permit.probe && idempotence == Idempotence::CountsOnce {
+            // The store answering with an error (a refused login) is an
+            // answer: the connection works, and the call reports the refusal.
+            let checked = self
+                .attempts(
+                    counters,
+                    Idempotence::Idempotent,
+                    timeout,
+                    deadline,
+                    &mut check,
+                )
+                .await;
+            if let Attempts::Failed(err) = checked {
+                permit.failure();
+                return Err(err);
+            }
+        }
+        match self
+            .attempts(counters, idempotence, timeout, deadline, &mut call)
+            .await
+        {
+            Attempts::Value(value) => {
+                permit.success();
+                Ok(value)
+            }
+            Attempts::Answered(err) => {
+                counters.record_error();
+                permit.success();
+                Err(err)
+            }
+            Attempts::Failed(err) => {
+                permit.failure();
+                Err(err)
+            }
+        }
+    }
+
+    /// Sends `call` until it is answered, retrying what `idempotence`
+    /// allows while `deadline` leaves room; counts timeouts, retries and
+    /// failures (an error the store answered is counted by the caller).
+    async fn attempts<T, F, Fut>(
+        &self,
+        counters: &Counters,
+        idempotence: Idempotence,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        call: &mut F,
+    ) -> Attempts<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut attempt = 1;
         let mut backoff = self.retry_backoff;
         loop {
@@ -234,13 +353,11 @@ impl Resilience {
                 // late, or a large reply took long to arrive) is a timeout, as
                 // the caller's deadline has passed: never a late `Ok`.
                 Ok(Ok(value)) if tokio::time::Instant::now() <= deadline => {
-                    permit.success();
-                    return Ok(value);
+                    return Attempts::Value(value);
                 }
                 Ok(Ok(_)) | Err(_) => {
                     counters.record_timeout();
-                    permit.failure();
-                    return Err(Error::Timeout(timeout));
+                    return Attempts::Failed(Error::Timeout(timeout));
                 }
                 Ok(Err(err @ (Error::Connection(_) | Error::ReplyTimeout(_)))) => {
                     let may_retry = match (&err, idempotence) {
@@ -263,18 +380,9 @@ impl Resilience {
                     } else {
                         counters.record_error();
                     }
-                    permit.failure();
-                    return Err(err);
+                    return Attempts::Failed(err);
                 }
-                Ok(Err(err)) => {
-                    // The store answered: it is healthy even if the command was
-                    // wrong, or the credentials (an auth error is not retried and
-                    // does not open the breaker: the store is up, and every call
-                    // reports the refusal rather than a breaker that hides it).
-                    counters.record_error();
-                    permit.success();
-                    return Err(err);
-                }
+                Ok(Err(err)) => return Attempts::Answered(err),
             }
         }
     }
@@ -330,6 +438,59 @@ mod tests {
         probe.failure();
         assert_eq!(breaker_past.state(), BreakerState::Open);
         assert!(breaker_past.admit().is_none(), "cooldown starts again");
+    }
+
+    /// A breaker with a cooldown of a minute that opened long ago: the next
+    /// call probes, and a failed probe starts a cooldown that lasts.
+    fn open_past_its_cooldown() -> CircuitBreaker {
+        let breaker = CircuitBreaker {
+            epoch: Instant::now() - Duration::from_secs(120),
+            ..CircuitBreaker::new(1, Duration::from_secs(60))
+        };
+        breaker.admit().unwrap().failure();
+        breaker.opened_at_ms.store(0, Ordering::Release);
+        breaker
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_during_the_probe_wait_for_its_verdict() {
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(1);
+
+        // The probe closes the breaker: the waiter goes through.
+        let breaker = open_past_its_cooldown();
+        let probe = breaker.admit().expect("probe");
+        let (waiter, ()) = tokio::join!(breaker.admit_until(deadline()), async {
+            tokio::task::yield_now().await;
+            probe.success();
+        });
+        assert!(!waiter.expect("a permit").probe);
+
+        // The probe fails: the waiter is refused then, not at its deadline.
+        let breaker = open_past_its_cooldown();
+        let probe = breaker.admit().expect("probe");
+        let started = tokio::time::Instant::now();
+        let (waiter, ()) = tokio::join!(breaker.admit_until(deadline()), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            probe.failure();
+        });
+        assert!(waiter.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+
+        // The probe vanishes (cancelled): the waiter is the next probe.
+        let breaker = open_past_its_cooldown();
+        let probe = breaker.admit().expect("probe");
+        let (waiter, ()) = tokio::join!(breaker.admit_until(deadline()), async {
+            tokio::task::yield_now().await;
+            drop(probe);
+        });
+        assert!(waiter.expect("the next probe").probe);
+
+        // The probe never reports: the waiter gives up at its deadline.
+        let breaker = open_past_its_cooldown();
+        let _probe = breaker.admit().expect("probe");
+        let started = tokio::time::Instant::now();
+        assert!(breaker.admit_until(deadline()).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[test]
