@@ -300,6 +300,7 @@ mod limiter;
 mod quota;
 mod response;
 mod store;
+mod sync;
 mod telemetry;
 mod window;
 
