@@ -115,11 +115,11 @@ fi
 echo "==> cargo test"
 cargo test --workspace --locked
 
-# The concurrent pieces (single-flight, the event bus's queues, the limiter's
-# deny cache and count of requests at the store) under shuttle's randomized
-# scheduler: each library's own `interleavings` tests, built with
-# `--cfg shuttle` for that crate alone (its dependencies are the build
-# above's). SHUTTLE_ITERATIONS schedules (default 2 000) from SHUTTLE_SEED.
+# The concurrent pieces (single-flight, the event bus's queues, the breaker's
+# probe, the limiter's deny cache and count of requests at the store) under
+# shuttle's randomized scheduler: each library's own `interleavings` tests,
+# built with `--cfg shuttle` for that crate alone (its dependencies are the
+# build above's). SHUTTLE_ITERATIONS schedules (default 2 000) from SHUTTLE_SEED.
 echo "==> concurrency under shuttle's scheduler"
 for package in redis-cache-core tower-redis-rate-limit; do
   binary=$(cargo rustc -p "$package" --lib --profile test --locked --message-format json -- --cfg shuttle |

@@ -1,7 +1,7 @@
 //! Timeouts, bounded retries and the circuit breaker around every store call.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -9,6 +9,8 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::stats::Counters;
+// shuttle's under `--cfg shuttle` (see the tests at the end).
+use crate::sync::primitives::{AtomicU8, AtomicU32, AtomicU64};
 
 /// The circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -83,8 +85,14 @@ impl CircuitBreaker {
 
     /// `None` when the call must not be attempted.
     pub(crate) fn admit(&self) -> Option<Permit<'_>> {
+        self.try_admit().ok()
+    }
+
+    /// The permit, or the state that refused it, as it was seen: whoever
+    /// waits for a verdict decides on that one observation.
+    fn try_admit(&self) -> std::result::Result<Permit<'_>, u8> {
         match self.state.load(Ordering::Acquire) {
-            CLOSED => Some(Permit {
+            CLOSED => Ok(Permit {
                 breaker: self,
                 probe: false,
                 reported: false,
@@ -93,20 +101,28 @@ impl CircuitBreaker {
                 let opened = self.opened_at_ms.load(Ordering::Acquire);
                 let cooldown = u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
                 if self.now_ms().saturating_sub(opened) < cooldown {
-                    return None;
+                    return Err(OPEN);
                 }
-                // Only the caller that wins this exchange probes; the others keep failing fast.
-                self.state
-                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                    .ok()
-                    .inspect(|_| crate::telemetry::breaker_changed(BreakerState::HalfOpen))
-                    .map(|_| Permit {
-                        breaker: self,
-                        probe: true,
-                        reported: false,
-                    })
+                // Only the caller that wins this exchange probes; the others
+                // see the probe out (or its verdict in already).
+                match self.state.compare_exchange(
+                    OPEN,
+                    HALF_OPEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        crate::telemetry::breaker_changed(BreakerState::HalfOpen);
+                        Ok(Permit {
+                            breaker: self,
+                            probe: true,
+                            reported: false,
+                        })
+                    }
+                    Err(seen) => Err(seen),
+                }
             }
-            _ => None,
+            seen => Err(seen),
         }
     }
 
@@ -115,21 +131,34 @@ impl CircuitBreaker {
     /// next probe when it vanished. `None` when the breaker is open, or
     /// stays half-open until `deadline`.
     pub(crate) async fn admit_until(&self, deadline: tokio::time::Instant) -> Option<Permit<'_>> {
-        if let Some(permit) = self.admit() {
-            return Some(permit);
+        match self.admit() {
+            Some(permit) => Some(permit),
+            None => tokio::time::timeout_at(deadline, self.after_probe())
+                .await
+                .ok()
+                .flatten(),
         }
+    }
+
+    /// Waits while a probe is out, then [`admit`](Self::admit)s.
+    async fn after_probe(&self) -> Option<Permit<'_>> {
         loop {
             // Registered before the state is read again: a verdict in
             // between still wakes it (`notify_waiters` reaches every
             // `Notified` that exists when it is called).
             let settled = self.probe_settled.notified();
-            if let Some(permit) = self.admit() {
-                return Some(permit);
+            // Decided on what `try_admit` saw, never on a second look at
+            // the state: the verdict may come in between (the scheduler
+            // below found waiters turned away by a probe that had closed
+            // the breaker, or had vanished, since they looked).
+            match self.try_admit() {
+                Ok(permit) => return Some(permit),
+                Err(HALF_OPEN) => settled.await,
+                // A probe closed it after this call's first look.
+                Err(CLOSED) => {}
+                // Open, and cooling down.
+                Err(_) => return None,
             }
-            if self.state.load(Ordering::Acquire) != HALF_OPEN {
-                return None;
-            }
-            tokio::time::timeout_at(deadline, settled).await.ok()?;
         }
     }
 
@@ -500,5 +529,106 @@ mod tests {
         drop(breaker.admit().expect("probe"));
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(breaker.admit().is_some(), "the next call probes again");
+    }
+}
+
+/// The breaker's probe and the calls waiting for it, under shuttle's
+/// scheduler (`--cfg shuttle`, run by `scripts/test.sh`): three calls
+/// arrive at once when the cooldown is over; the one that probes succeeds,
+/// fails or is cancelled. Under every schedule tried, one probe is out at a
+/// time, no waiter sleeps through the verdict (they wait without a
+/// deadline here: shuttle fails a run where every task waits), a closed
+/// breaker lets every waiter through, a failed probe turns them away, and
+/// a cancelled one hands the probe on.
+#[cfg(all(test, shuttle))]
+mod interleavings {
+    use super::*;
+    use crate::sync::primitives::explore;
+    use shuttle::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Verdict {
+        Success,
+        Failure,
+        Cancelled,
+    }
+
+    fn calls_during_a_probe(verdict: Verdict) {
+        explore(move || {
+            shuttle::future::block_on(async move {
+                let breaker = Arc::new(CircuitBreaker {
+                    epoch: Instant::now() - Duration::from_secs(120),
+                    ..CircuitBreaker::new(1, Duration::from_secs(60))
+                });
+                breaker.admit().expect("closed").failure();
+                breaker.opened_at_ms.store(0, Ordering::Release);
+                let probes_out = Arc::new(AtomicUsize::new(0));
+                let cancelled = Arc::new(AtomicUsize::new(0));
+                let calls: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (breaker, probes_out, cancelled) =
+                            (breaker.clone(), probes_out.clone(), cancelled.clone());
+                        shuttle::future::spawn(async move {
+                            let Some(permit) = breaker.after_probe().await else {
+                                return false;
+                            };
+                            if !permit.probe {
+                                permit.success();
+                                return true;
+                            }
+                            assert_eq!(probes_out.fetch_add(1, Ordering::SeqCst), 0, "one probe");
+                            shuttle::future::yield_now().await;
+                            probes_out.fetch_sub(1, Ordering::SeqCst);
+                            match verdict {
+                                Verdict::Success => permit.success(),
+                                Verdict::Failure => permit.failure(),
+                                Verdict::Cancelled
+                                    if cancelled.fetch_add(1, Ordering::SeqCst) == 0 =>
+                                {
+                                    drop(permit);
+                                    return false;
+                                }
+                                Verdict::Cancelled => permit.success(),
+                            }
+                            verdict != Verdict::Failure
+                        })
+                    })
+                    .collect();
+                let mut through = 0;
+                for call in calls {
+                    through += usize::from(call.await.expect("no call panics"));
+                }
+                match verdict {
+                    Verdict::Success => {
+                        assert_eq!(through, 3);
+                        assert_eq!(breaker.state(), BreakerState::Closed);
+                    }
+                    Verdict::Failure => {
+                        assert_eq!(through, 0);
+                        assert_eq!(breaker.state(), BreakerState::Open);
+                    }
+                    Verdict::Cancelled => {
+                        assert_eq!(through, 2, "the others went through after the next probe");
+                        assert_eq!(breaker.state(), BreakerState::Closed);
+                    }
+                }
+            });
+        });
+    }
+
+    #[test]
+    fn calls_behind_a_probe_that_succeeds() {
+        calls_during_a_probe(Verdict::Success);
+    }
+
+    #[test]
+    fn calls_behind_a_probe_that_fails() {
+        calls_during_a_probe(Verdict::Failure);
+    }
+
+    #[test]
+    fn calls_behind_a_probe_that_is_cancelled() {
+        calls_during_a_probe(Verdict::Cancelled);
     }
 }

@@ -49,21 +49,24 @@ pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 /// The primitives the concurrent pieces (the single-flight map, the event
-/// bus's registry and queues) are built on: std's own, or, in a build with
-/// `--cfg shuttle` (`scripts/test.sh`), shuttle's, whose scheduler runs
-/// those pieces under many interleavings. A production build uses std's
-/// types themselves, so it pays nothing.
-#[cfg(not(shuttle))]
+/// bus's registry and queues, the circuit breaker) are built on: std's
+/// own, or, in this crate's tests built with `--cfg shuttle`
+/// (`scripts/test.sh`), shuttle's, whose scheduler runs those pieces under
+/// many interleavings. Any other build uses std's types themselves, so it
+/// pays nothing.
+#[cfg(not(all(test, shuttle)))]
 pub(crate) mod primitives {
     pub(crate) use super::lock;
+    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
     pub(crate) use std::sync::{Mutex, OnceLock};
 }
 
 /// shuttle's `Mutex`, and a `OnceLock` (shuttle has none) whose reads and
 /// writes are points where the scheduler may switch tasks: a follower
 /// that checks for the outcome and a leader that settles it interleave.
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) mod primitives {
+    pub(crate) use shuttle::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
     pub(crate) use shuttle::sync::{Mutex, MutexGuard};
 
     /// [`super::lock`] for shuttle's mutex.
@@ -99,7 +102,6 @@ pub(crate) mod primitives {
     /// Runs `test` under shuttle's random scheduler: `SHUTTLE_ITERATIONS`
     /// schedules (default 2 000) drawn from `SHUTTLE_SEED` (default 24).
     /// A failure prints the schedule that broke, for `shuttle::replay`.
-    #[cfg(test)]
     pub(crate) fn explore(test: impl Fn() + Send + Sync + 'static) {
         let setting = |name: &str, default: u64| {
             std::env::var(name)

@@ -1,29 +1,29 @@
 //! The primitives the limiter's shared state (the deny cache, the count of
 //! requests at the store) is built on: std's own, or, in a build with
 //! `--cfg shuttle` (`scripts/test.sh`), shuttle's, whose scheduler runs that
-//! state under many interleavings. A production build uses std's types
-//! themselves, so it pays nothing.
+//! state under many interleavings (this crate's tests only). Any other
+//! build uses std's types themselves, so it pays nothing.
 
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use cache_core::sync::{read, write};
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::atomic::AtomicUsize;
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) use shuttle::sync::atomic::AtomicUsize;
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) use shuttle::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `cache_core::sync::read` for shuttle's lock.
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) fn read<T: ?Sized>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `cache_core::sync::write` for shuttle's lock.
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -126,14 +126,14 @@ fn new_shards() -> Vec<Shard> {
     (0..FLIGHT_SHARDS).map(|_| Shard::default()).collect()
 }
 
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 fn shards() -> &'static [Shard] {
     static SHARDS: std::sync::OnceLock<Vec<Shard>> = std::sync::OnceLock::new();
     SHARDS.get_or_init(new_shards)
 }
 
 /// shuttle's locks live as long as one explored execution: so do the shards.
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 fn shards() -> &'static [Shard] {
     shuttle::lazy_static! {
         static ref SHARDS: Vec<Shard> = new_shards();
