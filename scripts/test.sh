@@ -115,15 +115,7 @@ fi
 echo "==> cargo test"
 cargo test --workspace --locked
 
-# The concurrent pieces (single-flight, the event bus's queues, the breaker's
-# probe, the limiter's deny cache and count of requests at the store) under
-# shuttle's randomized scheduler: each library's own `interleavings` tests,
-# built with `--cfg shuttle` for that crate alone (its dependencies are the
-# build above's). SHUTTLE_ITERATIONS schedules (default 2 000) from SHUTTLE_SEED.
+# The concurrent pieces under shuttle's randomized scheduler (2 000 schedules
+# each; scripts/interleavings.sh says how to run more).
 echo "==> concurrency under shuttle's scheduler"
-for package in redis-cache-core tower-redis-rate-limit; do
-  binary=$(cargo rustc -p "$package" --lib --profile test --locked --message-format json -- --cfg shuttle |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-  [ -n "$binary" ] || { echo "error: no test binary for $package under --cfg shuttle" >&2; exit 1; }
-  "$binary" interleavings
-done
+./scripts/interleavings.sh
