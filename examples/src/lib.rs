@@ -11,6 +11,43 @@ pub mod search;
 pub mod server;
 pub mod stream_cap;
 
+/// The README and the guide's pages (`docs/`) as doc tests: `cargo test --doc`
+/// compiles every Rust block of them (and runs those not marked `no_run`), so
+/// the code a user copies builds against these crates.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../README.md")]
+    mod readme {}
+    #[doc = include_str!("../../docs/README.md")]
+    mod index {}
+    #[doc = include_str!("../../docs/cache.md")]
+    mod cache {}
+    #[doc = include_str!("../../docs/memoization.md")]
+    mod memoization {}
+    #[doc = include_str!("../../docs/keys.md")]
+    mod keys {}
+    #[doc = include_str!("../../docs/stored-values.md")]
+    mod stored_values {}
+    #[doc = include_str!("../../docs/rate-limiting.md")]
+    mod rate_limiting {}
+    #[doc = include_str!("../../docs/local-tier.md")]
+    mod local_tier {}
+    #[doc = include_str!("../../docs/events.md")]
+    mod events {}
+    #[doc = include_str!("../../docs/metrics.md")]
+    mod metrics {}
+    #[doc = include_str!("../../docs/failure-modes.md")]
+    mod failure_modes {}
+    #[doc = include_str!("../../docs/configuration.md")]
+    mod configuration {}
+    #[doc = include_str!("../../docs/example-services.md")]
+    mod example_services {}
+    #[doc = include_str!("../../docs/testing.md")]
+    mod testing {}
+    #[doc = include_str!("../../docs/verification-under-faults.md")]
+    mod verification_under_faults {}
+}
+
 use std::error::Error;
 use std::future::Future;
 use std::io::IsTerminal;
@@ -24,7 +61,7 @@ Cache (the embedded in-memory store when none of the first three is set):
   REDIS_CLUSTER_URLS       comma-separated seed node URLs: Redis Cluster
   REDIS_URL                redis://[user[:password]@]host[:port][/db], or rediss:// for TLS
   REDIS_HOST               host, with REDIS_PORT, REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD
-  CACHE_TIMEOUT_MS and the rest: see \"Configuration\" in README.md
+  CACHE_TIMEOUT_MS and the rest: see docs/configuration.md
 ";
 
 /// How the services write their logs to stdout (`LOG_FORMAT`).
