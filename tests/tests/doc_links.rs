@@ -386,3 +386,50 @@ fn the_readme_starts_with_the_two_commands_and_ci_runs_its_test_command() {
         ".ci/run does not run the README's test command `{test_command}`"
     );
 }
+
+/// CHANGELOG.md keeps Keep a Changelog's form: its title, `## [Unreleased]`
+/// first, and under each version only the six standard categories, in
+/// order (CONTRIBUTING.md says how an entry is added).
+#[test]
+fn the_changelog_keeps_the_keep_a_changelog_form() {
+    let changelog = std::fs::read_to_string(root().join("CHANGELOG.md")).expect("CHANGELOG.md");
+    assert!(changelog.starts_with("# Changelog\n"), "the title first");
+    let sections: Vec<&str> = changelog
+        .lines()
+        .filter(|line| line.starts_with("## "))
+        .collect();
+    assert_eq!(
+        sections.first().copied(),
+        Some("## [Unreleased]"),
+        "`## [Unreleased]` is the first section"
+    );
+    const CATEGORIES: [&str; 6] = [
+        "Added",
+        "Changed",
+        "Deprecated",
+        "Removed",
+        "Fixed",
+        "Security",
+    ];
+    let mut section = "";
+    let mut last = None;
+    for line in changelog.lines() {
+        if line.starts_with("## ") {
+            section = line;
+            last = None;
+        } else if let Some(heading) = line.strip_prefix("### ") {
+            let position = CATEGORIES.iter().position(|&category| category == heading);
+            assert!(
+                position.is_some(),
+                "`### {heading}` under `{section}` is not a Keep a Changelog category \
+                 ({CATEGORIES:?}): file its bullets under those, with `**{heading}:**` \
+                 as their lead-in (CONTRIBUTING.md)"
+            );
+            assert!(
+                position > last,
+                "`### {heading}` under `{section}` is out of order or repeated: {CATEGORIES:?}"
+            );
+            last = position;
+        }
+    }
+}
