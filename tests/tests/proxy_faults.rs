@@ -7,16 +7,16 @@
 //!
 //! - no call waits beyond its stated bound: a cache call its handle's
 //!   timeout, a rate-limited request twice the limiter's store timeout
-//!   (README, "When Redis fails"), each plus [`SLACK`] for a loaded machine;
+//!   (docs/failure-modes.md), each plus [`SLACK`] for a loaded machine;
 //! - the limiter fails open (`200` without rate-limit headers) or closed
 //!   (`503`) as configured, and nothing else;
 //! - the event bus reports a `Gap` before the first message after a loss;
 //! - the local tier serves no read older than a version acknowledged more
 //!   than its bound before the read (100 ms outside faults; under a fault of
 //!   its own connections, its heartbeat plus the handle's timeout);
-//! - every component works again within 2 s of the fault's end (the
-//!   limiter: one breaker cooldown more, see [`PROBE_ON_A_DEAD_CONNECTION`]),
-//!   with correct values (a reply never goes to the wrong request).
+//! - every component works again within 2 s of the fault's end, the
+//!   limiter too (its breaker's probe checks the connection before it
+//!   counts), with correct values (a reply never goes to the wrong request).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,15 +41,7 @@ const SLACK: Duration = Duration::from_millis(250);
 const FAULT_FOR: Duration = Duration::from_millis(800);
 /// Recovery after the fault's end (issue 24).
 const RECOVERY: Duration = Duration::from_secs(2);
-/// What a component behind the handle's circuit breaker may take beyond
-/// [`RECOVERY`] today: one more breaker cooldown (the default 1 s). The
-/// breaker's first probe after a fault meets the connection that died while
-/// the breaker kept calls away, and a counting call (the limiter's script)
-/// is not retried, so the breaker stays open one more cooldown (README,
-/// "Verification under faults"; the reduced case is ignored in
-/// `limiter_history.rs`). Zero once that is fixed.
-const PROBE_ON_A_DEAD_CONNECTION: Duration = Duration::from_secs(1);
-/// The local tier's bound while its connections are healthy (README).
+/// The local tier's bound while its connections are healthy (docs/local-tier.md).
 const LOCAL_BOUND: Duration = Duration::from_millis(100);
 /// The local tier's heartbeat (cache-core's `local::tracking`).
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -510,7 +502,7 @@ async fn run_faults(
         let healed = Instant::now();
         // Until every component has answered healthily a few times since
         // the fault ended (bounded: the checks below say what broke).
-        while healed.elapsed() < RECOVERY + PROBE_ON_A_DEAD_CONNECTION + SLACK
+        while healed.elapsed() < RECOVERY + SLACK
             && !components.iter().all(|c| c.probe.healthy_since(healed))
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -615,7 +607,7 @@ async fn standalone(target: Target) {
             name: "limiter",
             probe,
             bound: STORE_TIMEOUT * 2 + SLACK,
-            recovery: RECOVERY + PROBE_ON_A_DEAD_CONNECTION,
+            recovery: RECOVERY,
             expects_gap: false,
         });
         faulted_proxies.push(&proxies[1]);
@@ -705,7 +697,7 @@ async fn every_component_under_each_fault_on_a_cluster() {
     limiter_traffic(port, FailMode::Open, limiter_probe.clone());
     let bus_probe = Arc::new(Probe::default());
     // On a cluster the gap may follow a few messages of the new connection
-    // (README, "Events"): it must come, within the recovery bound.
+    // (docs/events.md): it must come, within the recovery bound.
     bus_traffic(
         suite::build(on_proxies()).await,
         direct.clone(),
@@ -728,7 +720,7 @@ async fn every_component_under_each_fault_on_a_cluster() {
             name: "limiter",
             probe: limiter_probe,
             bound: STORE_TIMEOUT * 2 + SLACK,
-            recovery: RECOVERY + PROBE_ON_A_DEAD_CONNECTION,
+            recovery: RECOVERY,
             expects_gap: false,
         },
         Component {

@@ -43,7 +43,13 @@ impl Cache {
         let mut result = self
             .inner
             .resilience
-            .run(&self.inner.counters, idempotence, timeout, || call(store))
+            .run(
+                &self.inner.counters,
+                idempotence,
+                timeout,
+                || store.ping(),
+                || call(store),
+            )
             .await;
         if let Err(Error::Connection(cause)) = &result
             && cause

@@ -330,7 +330,7 @@ impl StoreCall<'_> {
 }
 
 /// Where a call stands once the flights of its key are sorted out.
-enum Turn<V> {
+pub(super) enum Turn<V> {
     /// It leads the flight: read the cache, run the body on a miss.
     Lead(Leader),
     /// A leader's encoded result, decoded.
@@ -342,7 +342,7 @@ enum Turn<V> {
 
 /// Joins the flight of `key` and, as a follower, waits for its outcome,
 /// joining again (and perhaps leading) when its leader vanished.
-async fn wait_for_turn<V: DeserializeOwned>(key: FlightKey, codec: Codec) -> Turn<V> {
+pub(super) async fn wait_for_turn<V: DeserializeOwned>(key: FlightKey, codec: Codec) -> Turn<V> {
     let mut role = join(key);
     loop {
         let flight = match role {
