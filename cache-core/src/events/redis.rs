@@ -91,9 +91,9 @@ impl PubSub {
                     conn.psubscribe(&patterns).await?;
                 }
             }
-            PubSub::Cluster(mut conn) => {
+            PubSub::Cluster(conn) => {
                 for channel in channels {
-                    conn.ssubscribe(channel).await?;
+                    subscribe_on_primary(conn.clone(), channel).await?;
                 }
             }
         }
@@ -163,6 +163,51 @@ impl PubSub {
     }
 }
 
+/// How often [`subscribe_on_primary`] looks again for the connection to
+/// a channel's primary while the driver has none up.
+const PRIMARY_RETRY: Duration = Duration::from_millis(50);
+
+/// Subscribes `channel` on the primary that serves its slot, waiting (the
+/// caller bounds it) while the driver has no connection up to that primary.
+/// Never on its replica: sharded pub/sub is served there too, and a
+/// subscription left there doubles every message once the driver
+/// resubscribes the primary (see [`ssubscribe_at`]).
+async fn subscribe_on_primary(mut conn: ClusterConnection, channel: &str) -> Result<()> {
+    loop {
+        match primary_connection(&mut conn, channel).await {
+            Some(Probe::Connection {
+                address: Some(primary),
+                ..
+            }) => return Ok(ssubscribe_at(&mut conn, channel, &primary).await?),
+            // Nothing to tell the primary by: routed as the driver routes it.
+            Some(_) => return Ok(conn.ssubscribe(channel).await?),
+            None => tokio::time::sleep(PRIMARY_RETRY).await,
+        }
+    }
+}
+
+/// `SSUBSCRIBE channel` on the driver's connection to `primary` and no
+/// other. Routed by slot, the driver sends it to the slot's replica while
+/// that primary's connection is down, and so does its retry of a
+/// subscribe whose connection broke before the confirmation; routed by
+/// address, it fails instead (and its retries stay on that address).
+async fn ssubscribe_at(
+    conn: &mut ClusterConnection,
+    channel: &str,
+    (host, port): &(String, u16),
+) -> redis::RedisResult<()> {
+    let mut ssubscribe = redis::cmd("SSUBSCRIBE");
+    ssubscribe.arg(channel);
+    let route = SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    };
+    conn.route_command(ssubscribe, RoutingInfo::SingleNode(route))
+        .await?
+        .extract_error()?;
+    Ok(())
+}
+
 /// Subscribes `channel` again and confirms it on the connection the
 /// cluster client keeps to the primary serving the channel's slot, the node
 /// whose publishes count it. The driver resubscribes a reconnected node by
@@ -171,17 +216,24 @@ impl PubSub {
 /// served there too): confirmed early, before the primary is back, and
 /// left behind as a second subscription once it is (every message twice).
 /// So the `SSUBSCRIBE` is sent only while the primary's connection is up,
-/// and counts only if that connection is the same one before and after it:
-/// the driver routes it to the primary's connection while there is one.
+/// to that connection only (by address, see [`ssubscribe_at`]), and counts
+/// only if that connection is the same one before and after it.
 async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool {
     let Some(before) = primary_connection(&mut conn, channel).await else {
         return false;
     };
-    if conn.ssubscribe(channel).await.is_err() {
+    let subscribed = match &before {
+        Probe::Connection {
+            address: Some(primary),
+            ..
+        } => ssubscribe_at(&mut conn, channel, primary).await,
+        _ => conn.ssubscribe(channel).await,
+    };
+    if subscribed.is_err() {
         return false;
     }
     match (before, primary_connection(&mut conn, channel).await) {
-        (Probe::Connection { id }, Some(Probe::Connection { id: after })) => id == after,
+        (Probe::Connection { id, .. }, Some(Probe::Connection { id: after, .. })) => id == after,
         // The server refuses the probe's commands (an ACL): the confirmed
         // `SSUBSCRIBE` is all there is to go by.
         (Probe::Refused, Some(Probe::Refused)) => true,
@@ -190,10 +242,16 @@ async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool 
 }
 
 /// What [`primary_connection`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Probe {
-    /// The server-side id of the client's connection to the slot's primary.
-    Connection { id: u64 },
+    /// The server-side id of the client's connection to the slot's primary,
+    /// and the primary's address as the driver names its connection (from
+    /// `CLUSTER SLOTS`, as the driver reads it), unless the node left it
+    /// out (an empty or wildcard address: the driver fills in one of its own).
+    Connection {
+        id: u64,
+        address: Option<(String, u16)>,
+    },
     /// The probe itself was refused; nothing can be told.
     Refused,
 }
@@ -234,16 +292,25 @@ async fn primary_connection(conn: &mut ClusterConnection, channel: &str) -> Opti
         return None;
     };
     let node = text(node)?;
-    let serving = slots.iter().find_map(|range| slot_primary(range, *slot))?;
-    if serving != node {
+    let primary = slots.iter().find_map(|range| slot_primary(range, *slot))?;
+    if text(primary.get(2)?)? != node {
         return None;
     }
-    u64::try_from(*id).ok().map(|id| Probe::Connection { id })
+    let address = match primary {
+        [host, Value::Int(port), ..] => text(host)
+            .filter(|host| !matches!(*host, "" | "?" | "0.0.0.0" | "::"))
+            .zip(u16::try_from(*port).ok())
+            .map(|(host, port)| (host.to_string(), port)),
+        _ => None,
+    };
+    u64::try_from(*id)
+        .ok()
+        .map(|id| Probe::Connection { id, address })
 }
 
-/// The node id of the primary of one `CLUSTER SLOTS` range
-/// (`[start, end, [ip, port, id, ...], replicas...]`) if it holds `slot`.
-fn slot_primary(range: &Value, slot: i64) -> Option<&str> {
+/// The primary (`[ip, port, id, ...]`) of one `CLUSTER SLOTS` range
+/// (`[start, end, primary, replicas...]`) if it holds `slot`.
+fn slot_primary(range: &Value, slot: i64) -> Option<&[Value]> {
     let Value::Array(range) = range else {
         return None;
     };
@@ -259,7 +326,7 @@ fn slot_primary(range: &Value, slot: i64) -> Option<&str> {
     if !(*start..=*end).contains(&slot) {
         return None;
     }
-    text(primary.get(2)?)
+    Some(primary)
 }
 
 fn text(value: &Value) -> Option<&str> {
