@@ -272,7 +272,27 @@ impl Probe {
                 "{name} under {fault:?}: healthy again {:?} after the fault ended (bound {recovery:?} + {SLACK:?})",
                 at.saturating_duration_since(healed)
             )),
-            None => found.push(format!("{name} under {fault:?}: not healthy again by the phase's end")),
+            None => {
+                // The last calls, to tell a component still down from one
+                // call gone wrong at the end.
+                let last: Vec<String> = window[window.len().saturating_sub(5)..]
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} at +{:?} took {:?} (stalled {:?})",
+                            if s.healthy { "healthy" } else { "unhealthy" },
+                            s.began.saturating_duration_since(healed),
+                            s.took,
+                            stalled(s)
+                        )
+                    })
+                    .collect();
+                found.push(format!(
+                    "{name} under {fault:?}: not healthy again by the phase's end, {:?} after the heal; last calls: {}",
+                    to.saturating_duration_since(healed),
+                    last.join(", ")
+                ))
+            }
         }
         found.extend(
             self.violations
@@ -469,7 +489,11 @@ fn bus_traffic(subscriber: Cache, publisher: Cache, probe: Arc<Probe>, gap_may_f
     }
     tokio::spawn(async move {
         ready.notified().await;
-        let bus = publisher.events();
+        // A counter's handle: on a cluster the driver of any other handle
+        // sends a command again after a broken connection, when it may have
+        // run, so one `SPUBLISH` could publish a number twice; the check
+        // above is on the subscription, which must not add copies of its own.
+        let bus = publisher.dedicated_counter().events();
         while probe.running() {
             let n = acknowledged.lock().unwrap().len() as u64;
             let ok = bus.publish(&channel, &n).await.is_ok();
