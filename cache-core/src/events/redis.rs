@@ -172,7 +172,7 @@ const PRIMARY_RETRY: Duration = Duration::from_millis(50);
 /// primary. Never left on its replica (see [`ssubscribe_on_primary`]).
 async fn subscribe_on_primary(mut conn: ClusterConnection, channel: &str) -> Result<()> {
     loop {
-        match ssubscribe_on_primary(&mut conn, channel).await {
+        match ssubscribe_on_primary(&conn, channel).await {
             Some(Landed::Primary) => return Ok(()),
             // Nothing to tell the node by: as the driver routes it.
             Some(Landed::Refused) => return Ok(conn.ssubscribe(channel).await?),
@@ -186,7 +186,7 @@ async fn subscribe_on_primary(mut conn: ClusterConnection, channel: &str) -> Res
 /// whose publishes count it. The driver resubscribes a reconnected node by
 /// itself, but cannot say when, nor which node a push came from.
 async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool {
-    match ssubscribe_on_primary(&mut conn, channel).await {
+    match ssubscribe_on_primary(&conn, channel).await {
         Some(Landed::Primary) => true,
         // The server refuses the probe's commands (an ACL): a confirmed
         // `SSUBSCRIBE` is all there is to go by.
@@ -217,7 +217,7 @@ enum Landed {
 ///
 /// Run as a task of its own: a caller that stops waiting (its timeout) must
 /// not stop it between a confirmation on a replica and its undoing.
-async fn ssubscribe_on_primary(conn: &mut ClusterConnection, channel: &str) -> Option<Landed> {
+async fn ssubscribe_on_primary(conn: &ClusterConnection, channel: &str) -> Option<Landed> {
     let (conn, channel) = (conn.clone(), channel.to_owned());
     tokio::spawn(async move { ssubscribe_probed(conn, &channel).await })
         .await
