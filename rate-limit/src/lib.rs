@@ -330,6 +330,7 @@ mod limiter;
 mod quota;
 mod response;
 mod store;
+mod sync;
 mod telemetry;
 mod window;
 
