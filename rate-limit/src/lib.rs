@@ -321,6 +321,7 @@ mod builder;
 mod clock;
 mod deny;
 mod error;
+mod exact;
 mod future;
 mod headers;
 mod key;

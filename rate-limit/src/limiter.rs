@@ -1,17 +1,18 @@
-//! The counting engine: one store call per request, evaluating every
-//! policy, and an in-process memory of clients known to be rejected.
+//! The counting engine: at most one store call per request, evaluating
+//! every policy, and an in-process memory of clients known to be rejected.
 //!
 //! **How a request is counted** is decided in one place, [`Counting`]:
 //!
-//! - **Exact, on Redis** ([`Counting::Exact`]): each request makes its own
-//!   script call, sent at once on the limiter's multiplexed connection,
-//!   which pipelines concurrent calls (its driver writes whatever is queued
-//!   in one write): no queue or task of the limiter in between, and as many
-//!   calls in flight as there are requests. One policy takes `single.lua`,
-//!   the fewest commands each algorithm allows (the fixed window: `INCRBY`
-//!   and `PTTL`); several take `limits.lua`, all-or-nothing. Admission is
-//!   exact across instances, for every algorithm: each call is one atomic
-//!   step on the client's keys.
+//! - **Exact, on Redis** ([`Counting::Exact`], [`crate::exact`]): a request
+//!   that finds none of the limiter's calls in flight makes its own script
+//!   call, sent at once on the limiter's multiplexed connection (which
+//!   pipelines concurrent calls); requests that find the connection busy
+//!   are gathered during one yield of the task that found it so and go as
+//!   one call (flat combining). One policy takes `single.lua`, the fewest
+//!   commands each algorithm allows (the fixed window: `counter.lua`,
+//!   `INCRBY` and `PTTL`); several take `limits.lua`, all-or-nothing.
+//!   Admission is exact across instances, for every algorithm: each call is
+//!   one atomic step on its clients' keys.
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
 //!
@@ -48,6 +49,7 @@ use serde::Serialize;
 
 use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
+use crate::exact::{Call, Exact};
 use crate::quota::Quota;
 use crate::store::memory::MemoryLimits;
 use crate::telemetry;
@@ -84,7 +86,8 @@ pub struct RateLimitStats {
     pub shadow_limited: u64,
     /// Requests whose count failed (store down, slow or breaker open).
     pub store_errors: u64,
-    /// Store calls made (one per request counted at the store).
+    /// Store calls made: at most one per request counted at the store
+    /// (requests arriving while the connection is busy share one).
     pub store_calls: u64,
 }
 
@@ -145,8 +148,8 @@ pub(crate) struct LimiterConfig {
 /// How requests are counted: the one place that decides it (see the
 /// module's documentation).
 enum Counting {
-    /// Exactly, one script call per request on the handle's Redis.
-    Exact,
+    /// Exactly, in script calls on the handle's Redis ([`crate::exact`]).
+    Exact(Exact),
     /// In process, on the states shared by every layer of one in-memory handle.
     Memory(Arc<MemoryLimits>),
 }
@@ -205,9 +208,35 @@ struct Sent {
 /// The store keys of one client: `{prefix}:{client}` for one policy; with
 /// several, `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster
 /// keeps them on one slot (one script call reads them all).
-enum Keys {
+pub(crate) enum Keys {
     One(String),
     Several(Vec<String>),
+}
+
+impl Keys {
+    /// The first key (the only one with one policy): which client and slot.
+    pub(crate) fn first(&self) -> &str {
+        match self {
+            Keys::One(key) => key,
+            Keys::Several(keys) => keys.first().map_or("", String::as_str),
+        }
+    }
+
+    /// Runs `f` on the keys as one slice.
+    pub(crate) fn with_strs<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        match self {
+            Keys::One(key) => f(&[key.as_str()]),
+            Keys::Several(keys) => f(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
+        }
+    }
+
+    /// Appends every key to `out`.
+    pub(crate) fn push_into<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Keys::One(key) => out.push(key),
+            Keys::Several(keys) => out.extend(keys.iter().map(String::as_str)),
+        }
+    }
 }
 
 impl Limiter {
@@ -216,7 +245,10 @@ impl Limiter {
             cache_core::Backend::Memory => {
                 Counting::Memory(config.cache.shared_state::<MemoryLimits>())
             }
-            _ => Counting::Exact,
+            backend => Counting::Exact(Exact::new(matches!(
+                backend,
+                cache_core::Backend::Cluster(_)
+            ))),
         };
         Limiter {
             quotas: config.policies.iter().map(|p| p.quota).collect(),
@@ -226,7 +258,7 @@ impl Limiter {
                 .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
             key_prefix: match counting {
                 Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
-                Counting::Exact => config.prefix.clone(),
+                Counting::Exact(_) => config.prefix.clone(),
             },
             counting,
             cache: config.cache,
@@ -248,17 +280,6 @@ impl Limiter {
             return Verdict::TooCostly { policy };
         }
         let keys = self.keys(&client);
-        let (one, several): ([&str; 1], Vec<&str>);
-        let keys: &[&str] = match &keys {
-            Keys::One(key) => {
-                one = [key.as_str()];
-                &one
-            }
-            Keys::Several(keys) => {
-                several = keys.iter().map(String::as_str).collect();
-                &several
-            }
-        };
         // Read before the call: the deny cache counts from it (see
         // `note_denied`). The wall clock only where it is "now" for the
         // arithmetic (the in-memory store, a clock sent to the scripts).
@@ -266,7 +287,7 @@ impl Limiter {
             monotonic: monotonic_micros(self.clock.as_ref()),
             wall: match self.counting {
                 Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact => self.send_now.then(|| now_micros(self.clock.as_ref())),
+                Counting::Exact(_) => self.send_now.then(|| now_micros(self.clock.as_ref())),
             },
         };
         let call = telemetry::StoreCall::start();
@@ -274,24 +295,21 @@ impl Limiter {
             Counting::Memory(memory) => {
                 self.counters.add(Count::StoreCalls);
                 let now = sent.wall.unwrap_or_default();
-                Ok(memory.evaluate(keys, &self.quotas, now, &[cost]))
+                Ok(keys.with_strs(|keys| memory.evaluate(keys, &self.quotas, now, &[cost])))
             }
-            Counting::Exact => {
+            Counting::Exact(exact) => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
                     return Verdict::StoreFailed;
                 };
-                self.counters.add(Count::StoreCalls);
-                let now = sent.wall;
-                crate::store::redis::evaluate(
-                    &self.cache,
-                    keys,
-                    &self.quotas,
-                    now,
-                    cost,
-                    self.store_timeout,
-                )
-                .await
+                let at = Call {
+                    cache: &self.cache,
+                    quotas: &self.quotas,
+                    timeout: self.store_timeout,
+                    clock: self.send_now.then_some(self.clock.as_ref()),
+                    counters: &self.counters,
+                };
+                exact.count(&at, keys, cost).await
             }
         };
         let row = call.finish(row);
@@ -341,7 +359,7 @@ impl Limiter {
     }
 
     /// Reads the store's answer for one request.
-    fn outcome(&self, row: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
+    fn outcome(&self, row: Result<Vec<i64>, impl std::fmt::Display>) -> Option<Outcome> {
         let outcome = row.map_err(|err| err.to_string()).and_then(|row| {
             window::outcome(&self.quotas, &row).ok_or_else(|| {
                 format!(

@@ -27,7 +27,7 @@
 //! client over two instances of each limiter (limit 100), how many pass.
 //!
 //! `BENCH_ONLY=text` keeps each scenario's baseline and the rows whose name
-//! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
+//! holds `text` (`a|b`: either; `BENCH_ONLY=!text` drops the baselines too);
 //! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
 //! `BENCH_LATENCY=0` (skip the latency phase), `BENCH_ACCURACY=0` (skip the
 //! accuracy phase) for short or profiling runs.
@@ -240,12 +240,13 @@ fn scenarios() -> Vec<Scenario> {
     // `BENCH_ONLY=text` keeps each baseline and the rows whose name holds it;
     // `BENCH_ONLY=!text` drops the baselines too (for profiling one variant).
     if let Ok(only) = std::env::var("BENCH_ONLY") {
-        let text = only.trim_start_matches('!');
+        let texts = only.trim_start_matches('!');
         for scenario in &mut list {
             let mut index = 0;
             scenario.rows.retain(|id| {
                 index += 1;
-                (index == 1 && !only.starts_with('!')) || name_of(id).contains(text)
+                (index == 1 && !only.starts_with('!'))
+                    || texts.split('|').any(|text| name_of(id).contains(text))
             });
         }
     }
