@@ -15,10 +15,15 @@
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
 //!
-//! A counting mode that answers from local state and exchanges counts with
-//! the store in the background would be a third variant of [`Counting`],
-//! chosen by the builder: the layer, the deny cache, the headers and the
-//! fail mode stay as they are.
+//! - **Shared, at in-process cost** ([`Counting::Shared`], opt-in through
+//!   the builder's `shared_counting`): each request is decided on this
+//!   instance's own counts and the totals last read from Redis, and a
+//!   background task exchanges them ([`crate::shared`]); over-admission
+//!   across instances is bounded by a share of the quota. On the in-memory
+//!   store it counts in process, exactly, on the same aligned windows.
+//!
+//! The layer, the deny cache, the headers and the fail mode are the same
+//! for every mode.
 //!
 //! **Local deny cache.** The store says how long a client is sure to be
 //! rejected (until a request of cost 1 would pass every policy: the window's
@@ -46,6 +51,7 @@ use serde::Serialize;
 use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::quota::Quota;
+use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
 use crate::store::memory::MemoryLimits;
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
@@ -137,6 +143,11 @@ pub(crate) struct LimiterConfig {
     /// "now" from it too, instead of Redis' `TIME`, if it
     /// [is authoritative](Clock::is_authoritative).
     pub(crate) clock: Option<Arc<dyn Clock>>,
+    /// The opt-in shared mode, if chosen.
+    pub(crate) shared: Option<SharedCounting>,
+    /// The layer lets through a request that cannot be counted (the shared
+    /// mode counts it locally then).
+    pub(crate) fail_open: bool,
 }
 
 /// How requests are counted: the one place that decides it (see the
@@ -146,6 +157,8 @@ enum Counting {
     Exact,
     /// In process, on the states shared by every layer of one in-memory handle.
     Memory(Arc<MemoryLimits>),
+    /// On this instance's counts, exchanged with the store in the background.
+    Shared(Box<SharedLimits>),
 }
 
 pub(crate) struct Limiter {
@@ -209,21 +222,40 @@ enum Keys {
 
 impl Limiter {
     pub(crate) fn new(config: LimiterConfig) -> Self {
-        let counting = match config.cache.backend() {
-            cache_core::Backend::Memory => {
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let quotas: Vec<Quota> = config.policies.iter().map(|p| p.quota).collect();
+        let names: Vec<String> = config.policies.iter().map(|p| p.name.clone()).collect();
+        let counting = match (config.cache.backend(), config.shared) {
+            (cache_core::Backend::Memory, Some(_)) => Counting::Shared(Box::new(
+                SharedLimits::in_memory(&config.cache, &config.prefix, &names, clock.clone()),
+            )),
+            (cache_core::Backend::Memory, None) => {
                 Counting::Memory(config.cache.shared_state::<MemoryLimits>())
             }
-            _ => Counting::Exact,
+            (_, Some(settings)) => Counting::Shared(Box::new(SharedLimits::on_redis(
+                settings,
+                RedisSide {
+                    cache: config.cache.clone(),
+                    prefix: config.prefix.clone(),
+                    fail_open: config.fail_open,
+                    store_timeout: config.store_timeout,
+                },
+                &quotas,
+                &names,
+                clock.clone(),
+            ))),
+            (_, None) => Counting::Exact,
         };
         Limiter {
-            quotas: config.policies.iter().map(|p| p.quota).collect(),
+            quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
-            clock: config
-                .clock
-                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            clock,
             key_prefix: match counting {
                 Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
-                Counting::Exact => config.prefix.clone(),
+                Counting::Exact | Counting::Shared(_) => config.prefix.clone(),
             },
             counting,
             cache: config.cache,
@@ -244,6 +276,9 @@ impl Limiter {
         if let Some(policy) = self.too_costly(cost) {
             return Verdict::TooCostly { policy };
         }
+        if let Counting::Shared(shared) = &self.counting {
+            return self.check_shared(shared, client, cost).await;
+        }
         let keys = self.keys(&client);
         let (one, several): ([&str; 1], Vec<&str>);
         let keys: &[&str] = match &keys {
@@ -263,7 +298,9 @@ impl Limiter {
             monotonic: monotonic_micros(self.clock.as_ref()),
             wall: match self.counting {
                 Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact => self.send_now.then(|| now_micros(self.clock.as_ref())),
+                Counting::Exact | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
             },
         };
         let call = telemetry::StoreCall::start();
@@ -273,6 +310,8 @@ impl Limiter {
                 let now = sent.wall.unwrap_or_default();
                 Ok(memory.evaluate(keys, &self.quotas, now, &[cost]))
             }
+            // Answered before (`check_shared`).
+            Counting::Shared(_) => return Verdict::StoreFailed,
             Counting::Exact => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
@@ -299,6 +338,39 @@ impl Limiter {
             }
             None => Verdict::StoreFailed,
         }
+    }
+
+    /// The shared mode's answer: from this instance's counts; a request past
+    /// its allowance while Redis does not answer is a store failure (the
+    /// fail mode decides; counted locally when it lets it through).
+    async fn check_shared(&self, shared: &SharedLimits, client: String, cost: u64) -> Verdict {
+        let monotonic = monotonic_micros(self.clock.as_ref());
+        match shared.check(&client, &self.quotas, cost).await {
+            Answer::Decided { outcome, now_us } => {
+                let sent = Sent {
+                    monotonic,
+                    wall: Some(now_us),
+                };
+                self.note_denied(&client, &outcome, sent);
+                Verdict::Decided(outcome.decision)
+            }
+            Answer::Unknown => {
+                self.counters.add(Count::StoreErrors);
+                Verdict::StoreFailed
+            }
+        }
+    }
+
+    /// The layer's counters; in the shared mode, its flush calls as store
+    /// calls (and their failures as store errors).
+    pub(crate) fn stats(&self) -> RateLimitStats {
+        let mut stats = self.counters.snapshot();
+        if let Counting::Shared(shared) = &self.counting {
+            let (calls, errors) = shared.calls();
+            stats.store_calls += calls;
+            stats.store_errors += errors;
+        }
+        stats
     }
 
     /// Requests at the store, and deny cache entries: what the limiter holds
@@ -433,6 +505,8 @@ mod tests {
             store_timeout: Duration::from_secs(1),
             local_deny: true,
             clock: None,
+            shared: None,
+            fail_open: true,
         })
     }
 
@@ -504,6 +578,8 @@ mod tests {
                 manual: manual.clone(),
                 armed: armed.clone(),
             })),
+            shared: None,
+            fail_open: true,
         });
         let Verdict::Decided(first) = limiter.check("ip:1".to_string(), 1).await else {
             panic!("store failed");
