@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per call of the 64-task MessagePack hit, #[cached] against raw
 # GET + rmp_serde, counted by callgrind in the client process (redis-server is
-# not counted). Deterministic where throughput on a shared VM is not; about a
+# not counted); then of the local tier's hit, #[cached] and get_or_set
+# against a plain moka get + clone. Deterministic where throughput on a shared VM is not; about a
 # minute after the build. Installs valgrind and redis-server when missing.
 #
 # Callgrind's CPU has no SHA extensions, so SHA-256 runs in software here
@@ -19,8 +20,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # HIT_FEATURES=metrics: with the libraries' metrics on (a Prometheus recorder installed).
-cargo build --release -p benches --bin hit-instructions ${HIT_FEATURES:+--features "$HIT_FEATURES"}
+cargo build --release -p benches --bin hit-instructions --bin local-hit-instructions ${HIT_FEATURES:+--features "$HIT_FEATURES"}
 bin="${CARGO_TARGET_DIR:-target}/release/hit-instructions"
+local_bin="${CARGO_TARGET_DIR:-target}/release/local-hit-instructions"
 calls=6400
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -49,6 +51,21 @@ macro_setup=$(count macro 0)
 raw=$((raw_all - raw_setup))
 macro=$((macro_all - macro_setup))
 macro_sha=$(( $(sha "$out/macro-$calls") - $(sha "$out/macro-0") ))
+# The local tier's hit, one task: the floor (moka get + clone), #[cached], get_or_set.
+local_calls=20000
+local_count() { # variant calls -> instructions
+  local n
+  n=$(valgrind --tool=callgrind --callgrind-out-file="$out/local-$1-$2" "$local_bin" "$1" "$2" 2>&1 \
+    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+  [ -n "$n" ] || { echo "callgrind run of $local_bin $1 $2 failed" >&2; exit 1; }
+  echo "$n"
+}
+local_per_call() { # variant -> instructions of its calls, set-up subtracted
+  echo $(( $(local_count "$1" "$local_calls") - $(local_count "$1" 0) ))
+}
+local_floor=$(local_per_call floor)
+local_macro=$(local_per_call macro)
+local_function=$(local_per_call function)
 awk -v raw="$raw" -v range="$range" -v strlen="$strlen" -v lua="$lua" -v mac="$macro" -v sha="$macro_sha" -v calls="$calls" 'BEGIN {
   printf "instructions per call, 64 tasks, MessagePack hit (%d calls, set-up subtracted)\n", calls
   printf "| variant | instructions per call | ratio to raw |\n| --- | ---: | ---: |\n"
@@ -58,4 +75,11 @@ awk -v raw="$raw" -v range="$range" -v strlen="$strlen" -v lua="$lua" -v mac="$m
   printf "| raw EVALSHA (STRLEN + GET in Lua) + rmp_serde | %.0f | %.3f |\n", lua / calls, lua / raw
   printf "| #[cached(codec = \"msgpack\")] | %.0f | %.3f |\n", mac / calls, mac / raw
   printf "| the same without software SHA-256 | %.0f | %.3f |\n", (mac - sha) / calls, (mac - sha) / raw
+}'
+awk -v floor="$local_floor" -v mac="$local_macro" -v fn="$local_function" -v calls="$local_calls" 'BEGIN {
+  printf "\ninstructions per local-tier hit of the 384-float embedding, 1 task (%d calls, set-up subtracted)\n", calls
+  printf "| variant | instructions per call | ratio to the floor |\n| --- | ---: | ---: |\n"
+  printf "| moka get + clone (floor) | %.0f | 1.00 |\n", floor / calls
+  printf "| #[cached] local hit, JSON | %.0f | %.3f |\n", mac / calls, mac / floor
+  printf "| get_or_set local hit | %.0f | %.3f |\n", fn / calls, fn / floor
 }'

@@ -424,6 +424,12 @@ impl Cache {
             .await
     }
 
+    /// What tells this handle (and its clones) from any other live handle:
+    /// the flights of memoized calls are per handle.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner).addr()
+    }
+
     /// The handle's local tier, when it has one.
     pub(crate) fn local_tier(&self) -> Option<&crate::local::LocalTier> {
         self.inner.local.as_deref()
@@ -472,11 +478,12 @@ impl Cache {
     }
 
     /// [`set_full_within`](Self::set_full_within), keeping the value in the
-    /// local tier once Redis's invalidation of this very write has come
-    /// back, and no other one (see [`crate::local`]).
+    /// local tier (under `alias`, if given) once Redis's invalidation of this
+    /// very write has come back, and no other one (see [`crate::local`]).
     pub(crate) async fn set_full_filling(
         &self,
         full_key: &str,
+        alias: Option<&[u8]>,
         value: &[u8],
         decoded: Option<crate::local::Decoded>,
         ttl: Option<Duration>,
@@ -490,7 +497,7 @@ impl Cache {
         let watch = local.watch(full_key);
         let written = self.write_full_within(full_key, value, ttl, timeout).await;
         if written.is_ok() && local.barrier().await {
-            local.fill_own(watch, value, decoded, ttl);
+            local.fill_own(watch, value, decoded, alias, ttl);
         } else {
             drop(watch);
             local.evict(full_key);
@@ -764,7 +771,10 @@ impl Cache {
         } else {
             match self.get_full_filling(&full_key, self.timeout()).await {
                 Ok(bytes) => bytes,
-                Err(err) => match self.local_tier().and_then(|l| l.get_stale(&full_key)) {
+                Err(err) => match self
+                    .local_tier()
+                    .and_then(|l| l.get_stale(full_key.as_bytes()))
+                {
                     Some(entry) => Some(entry.bytes.to_vec()),
                     None => return Err(err),
                 },

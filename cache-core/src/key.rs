@@ -76,8 +76,13 @@ pub fn key_for<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> 
 /// ```
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(64);
-    push_hex(&mut out, &Sha256::digest(bytes).into());
+    push_sha256_hex(&mut out, bytes);
     out
+}
+
+/// Appends the lowercase hex SHA-256 of `bytes` to `out`.
+pub(crate) fn push_sha256_hex(out: &mut String, bytes: &[u8]) {
+    push_hex(out, &Sha256::digest(bytes).into());
 }
 
 /// Feeds the canonical JSON into a SHA-256.

@@ -76,7 +76,8 @@
 //! `Result` functions cache `Ok` only, `Option` functions `Some` only;
 //! concurrent calls with one key run the body once. The attribute's own
 //! page lists every option (`ttl`, `skip`, `cache = ...`, `key = ...`,
-//! `codec`, `local`, `stale`, `timeout`, `compress`, `encrypt`, `tags`).
+//! `codec`, `local`, `stale`, `timeout`, `compress`, `encrypt`, `tags`,
+//! `lock`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -96,6 +97,35 @@
 //! assert_eq!(embed("hello").await, [5.0]);
 //! assert_eq!(embed("hello").await, [5.0]); // a hit: the body did not run again
 //! assert_eq!(CALLS.load(Ordering::Relaxed), 1);
+//! # }
+//! ```
+//!
+//! **The function API.** [`Cache::get_or_set`] and [`Cache::try_get_or_set`]
+//! do for a key and a closure what `#[cached]` does for a function (the
+//! attribute is sugar over the same engine): single-flight, fail-open,
+//! stale-while-revalidate, tags, compression, encryption, the local tier
+//! and, with [`EntryOptions::lock`], one computation per key across
+//! instances. The key is used as given; [`key_for`] builds the hashed one.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use cache_core::{Cache, EntryOptions};
+//!
+//! let cache = Cache::in_memory();
+//! let options = EntryOptions::ttl(Duration::from_secs(60))
+//!     .stale(Duration::from_secs(300))
+//!     .tags(["user:42"])
+//!     .lock(Duration::from_secs(5));
+//! let name: String = cache
+//!     .get_or_set("user:42:name", &options, || async { "Ada".to_string() })
+//!     .await;
+//! assert_eq!(name, "Ada");
+//! let rate: Result<u64, String> = cache
+//!     .try_get_or_set("rate:EUR", &options, || async { Err("upstream down".into()) })
+//!     .await;
+//! assert!(rate.is_err()); // returned, never stored
 //! # }
 //! ```
 //!
@@ -160,6 +190,8 @@
 //! - `stale = secs`: serve a value up to `stale` past its `ttl` while one
 //!   background refresh runs (one per key across instances), and keep
 //!   serving it while the refresh fails; `timeout = secs` bounds a refresh.
+//!   The refresh gets owned copies of borrowed arguments (`&str`, `&T` for
+//!   `T: Clone`, `&self` for `Self: Clone`).
 //! - `compress` / `compress = bytes`: lz4 from [`DEFAULT_COMPRESS_THRESHOLD`]
 //!   bytes (or the given size).
 //! - `encrypt`: a Fernet token of the value, with the handle's
@@ -336,22 +368,26 @@ pub use key::{key_for, sha256_hex};
 pub use resilience::BreakerState;
 pub use stats::Stats;
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
+pub use stored::EncryptionKeys;
 pub use stored::envelope;
-pub use stored::{DEFAULT_COMPRESS_THRESHOLD, DEFAULT_REFRESH_LEASE, EncryptionKeys};
 
 pub use cache_macros::cached;
-pub use memoize::invalidate_memoized;
+pub use memoize::{
+    DEFAULT_COMPRESS_THRESHOLD, DEFAULT_LABEL, DEFAULT_REFRESH_LEASE, EntryOptions,
+    invalidate_memoized,
+};
 
 /// What `#[cached]` expands to. Not a stable API: use the attribute.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::Codec;
     pub use crate::memoize::{
-        Call, IntoCache, Keep, KeepBytes, KeepClone, Probe, assert_serialize, custom_key,
-        default_handle, handle, invalidate, key, memoize, probe, restore_always, restore_ok,
+        Body, Call, Detached, EntryOptions, Inline, IntoCache, Keep, KeepBytes, KeepClone,
+        OwnedArg, Probe, assert_serialize, call_key, custom_call_key, custom_key, default_handle,
+        handle, handle_ref, invalidate, key, memoize, probe, restore_always, restore_ok,
         restore_some, stored_always, stored_ok, stored_some,
     };
-    pub use crate::stored::{StoredOptions, memoize_stale, memoize_stored};
+    pub use std::borrow::Cow;
     pub use std::time::Duration;
 }
 

@@ -26,10 +26,11 @@ mod kw {
     syn::custom_keyword!(tags);
     syn::custom_keyword!(local);
     syn::custom_keyword!(in_trait);
+    syn::custom_keyword!(lock);
 }
 
 const OPTIONS: &str = "prefix, ttl, skip, cache, key, codec, local, stale, timeout, compress, \
-                       encrypt, tags, in_trait";
+                       encrypt, tags, lock, in_trait";
 
 /// The attribute's options.
 pub(crate) struct CachedArgs {
@@ -46,6 +47,9 @@ pub(crate) struct CachedArgs {
     /// `in_trait`: the function is in a trait impl, which can hold only the
     /// trait's items, so no `{name}_key` / `{name}_invalidate` beside it.
     pub(crate) in_trait: bool,
+    /// `lock = ...`: across instances, one computation per missing key,
+    /// others waiting up to this long.
+    pub(crate) lock: Option<Ttl>,
 }
 
 /// The options that put an entry in an envelope; all off by default.
@@ -60,11 +64,6 @@ pub(crate) struct StoredArgs {
 }
 
 impl StoredArgs {
-    /// `true` when any option is given: the entry takes an envelope.
-    pub(crate) fn any(&self) -> bool {
-        self.first().is_some()
-    }
-
     /// The name of the first option given, in the order of the docs' table.
     fn first(&self) -> Option<&'static str> {
         if self.stale.is_some() {
@@ -107,6 +106,7 @@ enum CachedOption {
     Tags(Setting<kw::tags, Tags>),
     Local(Setting<kw::local, Local>),
     InTrait(kw::in_trait),
+    Lock(Setting<kw::lock, Seconds<LockName>>),
 }
 
 impl Parse for CachedOption {
@@ -137,6 +137,8 @@ impl Parse for CachedOption {
             input.parse().map(Self::Local)
         } else if input.peek(kw::in_trait) {
             input.parse().map(Self::InTrait)
+        } else if input.peek(kw::lock) {
+            input.parse().map(Self::Lock)
         } else {
             let unknown: proc_macro2::TokenTree = input.parse()?;
             Err(syn::Error::new_spanned(
@@ -164,6 +166,7 @@ impl CachedOption {
             Self::Tags(setting) => ("tags", setting.keyword.span),
             Self::Local(setting) => ("local", setting.keyword.span),
             Self::InTrait(keyword) => ("in_trait", keyword.span),
+            Self::Lock(setting) => ("lock", setting.keyword.span),
         }
     }
 }
@@ -185,6 +188,7 @@ struct GivenOptions {
     /// beside the stored-value options, which bypass the local tier.
     local: Option<(bool, Span)>,
     in_trait: bool,
+    lock: Option<Ttl>,
 }
 
 impl GivenOptions {
@@ -214,6 +218,7 @@ impl GivenOptions {
                 self.local = Some((setting.value.0, setting.keyword.span));
             }
             CachedOption::InTrait(_) => self.in_trait = true,
+            CachedOption::Lock(setting) => self.lock = Some(setting.value.ttl),
         }
         Ok(())
     }
@@ -254,6 +259,7 @@ impl GivenOptions {
             codec: self.codec,
             local: self.local.is_none_or(|(local, _)| local),
             in_trait: self.in_trait,
+            lock: self.lock,
         })
     }
 }
@@ -397,6 +403,11 @@ impl OptionName for StaleName {
 pub(crate) struct TimeoutName;
 impl OptionName for TimeoutName {
     const NAME: &'static str = "timeout";
+}
+
+pub(crate) struct LockName;
+impl OptionName for LockName {
+    const NAME: &'static str = "lock";
 }
 
 /// A duration of option `N`: whole seconds (at least 1) or a `Duration`

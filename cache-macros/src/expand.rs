@@ -1,7 +1,10 @@
-//! Code generation: the function keeps its signature; its body becomes a
-//! future handed to `cache_core::__private::memoize` with the call's key.
-//! Beside it go `{name}_key` and `{name}_invalidate`, which build that key
-//! from the same tokens, so the three can never disagree on it.
+//! Code generation: the function keeps its signature; its body goes to
+//! `cache_core::__private::memoize` (the engine behind `Cache::get_or_set`
+//! too) with the call's key and `EntryOptions`: as a future, or, with
+//! `stale`, as a closure that makes an owned future (owned copies of
+//! borrowed arguments), which a background refresh can run after the call
+//! returned. Beside it go `{name}_key` and `{name}_invalidate`, which build
+//! the key from the same tokens, so the three can never disagree on it.
 
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
@@ -97,35 +100,43 @@ pub(crate) fn expand(args: CachedArgs, function: ItemFn) -> syn::Result<TokenStr
     } else {
         siblings(&args, &attrs, &vis, &sig, &arguments, &key)
     };
-    let call = call(&args, &key, &sig.ident);
-    if args.stored.any() {
-        let function = expand_stored(
-            &args,
-            attrs,
-            vis,
-            sig,
-            block,
-            return_type,
-            call,
-            serialize_checks,
-            stored,
-            restore,
-        );
-        return Ok(quote!(#function #siblings));
-    }
+    let handle = match &args.cache {
+        Some(expr) if borrowable_handle(expr, &sig) => {
+            quote!(::cache_core::__private::handle_ref(#expr))
+        }
+        Some(expr) => quote!(::core::option::Option::map(
+            ::cache_core::__private::handle(#expr),
+            ::cache_core::__private::Cow::Owned,
+        )),
+        None => quote!(::core::option::Option::map(
+            ::cache_core::__private::default_handle(),
+            ::cache_core::__private::Cow::Owned,
+        )),
+    };
+    let call_key = call_key(&args, &sig, &arguments);
+    let options = entry_options(&args);
+    let function_name = sig.ident.to_string();
+    let body = body(&args, &sig, &block, &return_type)?;
 
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #serialize_checks
-            let __cached_call = #call;
+            let __cached_handle: ::core::option::Option<
+                ::cache_core::__private::Cow<'_, ::cache_core::Cache>,
+            > = #handle;
+            // Before the body takes the arguments: the key and the tags are made of them.
+            #options
+            let __cached_key = #call_key;
+            let __cached_call = ::cache_core::__private::Call {
+                cache: __cached_handle,
+                key: __cached_key,
+                options: __cached_options,
+                function: #function_name,
+            };
             ::cache_core::__private::memoize(
                 __cached_call,
-                async move {
-                    // The annotation gives `?` and `return` in the body their type.
-                    let __cached_result: #return_type = #block;
-                    __cached_result
-                },
+                #body,
                 ::cache_core::__private::#stored,
                 ::cache_core::__private::#restore,
                 {
@@ -291,6 +302,43 @@ impl Arguments {
     }
 }
 
+/// Whether the handle `cache = ...` names can be lent to the call rather
+/// than cloned (a clone is an atomic increment and decrement per call): an
+/// argument of type `&Cache`, or `&self.field` on a `&self` method. The
+/// body copies such a reference, so lending it conflicts with nothing; a
+/// handle the body may move (`cache: Cache`, `self: Arc<Self>`) is cloned.
+fn borrowable_handle(expr: &Expr, sig: &Signature) -> bool {
+    match expr {
+        Expr::Path(path) => {
+            let Some(name) = path.path.get_ident().filter(|_| path.qself.is_none()) else {
+                return false;
+            };
+            sig.inputs.iter().any(|input| match input {
+                FnArg::Typed(typed) => {
+                    matches!(&*typed.pat, Pat::Ident(pat) if pat.ident == *name)
+                        && matches!(&*typed.ty, Type::Reference(reference)
+                            if reference.mutability.is_none()
+                                && matches!(&*reference.elem, Type::Path(elem)
+                                    if elem.path.segments.last().is_some_and(|last| last.ident == "Cache")))
+                }
+                FnArg::Receiver(_) => false,
+            })
+        }
+        Expr::Reference(reference) if reference.mutability.is_none() => {
+            let shared_self = matches!(sig.receiver(), Some(receiver)
+                if receiver.reference.is_some() && receiver.mutability.is_none());
+            let mut inner = &*reference.expr;
+            while let Expr::Field(field) = inner {
+                inner = &field.base;
+            }
+            shared_self
+                && !std::ptr::eq(inner, &*reference.expr)
+                && matches!(inner, Expr::Path(path) if path.path.is_ident("self"))
+        }
+        _ => false,
+    }
+}
+
 /// The argument that `cache = x` names (or `&x`, `Some(x)`, `Some(&x)`,
 /// `x.clone()`): the handle is never part of the key, so it is left out as
 /// if skipped.
@@ -327,10 +375,15 @@ fn handle_argument(sig: &Signature, args: &CachedArgs) -> Option<Ident> {
         .then(|| name.clone())
 }
 
-/// Whether the expression names the argument `name`: as a token (in macro
-/// calls too; not a field, method or path segment of that name, as in
-/// `x.name` or `a::name`), or inside a format string (`"user:{name}"`).
+/// Whether the expression names the argument `name`: see [`mentions_tokens`].
 fn mentions(expr: &Expr, name: &Ident) -> bool {
+    mentions_tokens(quote!(#expr), name)
+}
+
+/// Whether the tokens name the argument `name`: as a token (in macro calls
+/// too; not a field, method or path segment of that name, as in `x.name` or
+/// `a::name`), or inside a format string (`"user:{name}"`).
+fn mentions_tokens(tokens: TokenStream, name: &Ident) -> bool {
     fn in_tokens(tokens: TokenStream, name: &Ident) -> bool {
         // The two punctuation marks just before the token, if any.
         let mut before: [Option<char>; 2] = [None, None];
@@ -361,7 +414,7 @@ fn mentions(expr: &Expr, name: &Ident) -> bool {
                 && !literal[..at].ends_with('{')
         })
     }
-    in_tokens(quote!(#expr), name)
+    in_tokens(tokens, name)
 }
 
 /// Whether the `key = ...` expression uses `self`: then `{name}_key` and
@@ -419,6 +472,13 @@ fn key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream
     if let Some(expr) = &args.key {
         return quote!(::cache_core::__private::custom_key(#prefix, #expr));
     }
+    let hashed = hashed_arguments(sig, arguments);
+    quote!(::cache_core::__private::key(#prefix, &#hashed))
+}
+
+/// The tuple a hashed key is the canonical JSON of: the key arguments, and
+/// for a generic function the names of its types (see [`key`]).
+fn hashed_arguments(sig: &Signature, arguments: &Arguments) -> TokenStream {
     let key_args = &arguments.key;
     let types: Vec<TokenStream> = sig
         .generics
@@ -443,7 +503,7 @@ fn key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream
         )
         .collect();
     let types = (!types.is_empty()).then(|| quote!((#(#types,)*),));
-    quote!(::cache_core::__private::key(#prefix, &(#(&#key_args,)* #types)))
+    quote!((#(&#key_args,)* #types))
 }
 
 /// `{name}_key(args…)` and `{name}_invalidate(&cache, args…)`, beside the
@@ -532,107 +592,236 @@ fn siblings(
     }
 }
 
-/// The `Call` describing this invocation: handle, key, TTL, codec and name.
-fn call(args: &CachedArgs, key: &TokenStream, function: &Ident) -> TokenStream {
+/// The expression of the call's key for the engine (`Result<CallKey>`):
+/// with `key = ...` the key as given; else the arguments, left unhashed when
+/// the handle's local tier may serve the call (a local hit needs no SHA-256).
+fn call_key(args: &CachedArgs, sig: &Signature, arguments: &Arguments) -> TokenStream {
     let prefix = &args.prefix;
-    let cache = match &args.cache {
-        Some(expr) => quote!(::cache_core::__private::handle(#expr)),
-        None => quote!(::cache_core::__private::default_handle()),
-    };
-    let ttl = match &args.ttl {
-        Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),
-        Ttl::Expr(expr) => quote!(#expr),
-    };
-    let codec = match &args.codec {
-        None => quote!(::core::option::Option::None),
-        Some(Codec::Json(span)) => {
-            quote_spanned!(*span=> ::core::option::Option::Some(::cache_core::__private::Codec::Json))
-        }
-        Some(Codec::MessagePack(span)) => {
-            quote_spanned!(*span=> ::core::option::Option::Some(::cache_core::__private::Codec::MessagePack))
-        }
-    };
-    let function = function.to_string();
+    if let Some(expr) = &args.key {
+        return quote!(::cache_core::__private::custom_call_key(#prefix, #expr));
+    }
+    let hashed = hashed_arguments(sig, arguments);
     let local = args.local;
-    quote! {
-        ::cache_core::__private::Call {
-            cache: #cache,
-            key: #key,
-            ttl: #ttl,
-            codec: #codec,
-            local: #local,
-            function: #function,
-            prefix: #prefix,
+    quote!(::cache_core::__private::call_key(
+        ::core::option::Option::as_deref(&__cached_handle),
+        #local,
+        #prefix,
+        &#hashed,
+    ))
+}
+
+/// The statement that binds `__cached_options` (a `Cow<EntryOptions>`)
+/// to the options of the attribute: `ttl`, then what else it says, and the
+/// prefix as the label of the call's metrics. Built once, in a `static`,
+/// when every value is a literal (no tags, no `Duration` expressions); for
+/// each call otherwise.
+fn entry_options(args: &CachedArgs) -> TokenStream {
+    let options = entry_options_expr(args);
+    let literal = |ttl: &Option<&Ttl>| ttl.is_none_or(|ttl| matches!(ttl, Ttl::Seconds(_)));
+    let stored = &args.stored;
+    let constant = literal(&Some(&args.ttl))
+        && literal(&stored.stale.as_ref())
+        && literal(&stored.timeout.as_ref())
+        && literal(&args.lock.as_ref())
+        && stored.tags.is_none();
+    if constant {
+        quote! {
+            static __CACHED_OPTIONS: ::cache_core::__private::EntryOptions = #options;
+            let __cached_options = ::cache_core::__private::Cow::Borrowed(&__CACHED_OPTIONS);
+        }
+    } else {
+        quote! {
+            let __cached_options = ::cache_core::__private::Cow::Owned(#options);
         }
     }
 }
 
-/// A function with stored-value options: its tags are evaluated over the
-/// arguments before the body takes them, and the call goes to
-/// `memoize_stale` (the body must be `Send + 'static`: it may run in a
-/// background task) or `memoize_stored`.
-#[allow(clippy::too_many_arguments)]
-fn expand_stored(
-    args: &CachedArgs,
-    attrs: Vec<syn::Attribute>,
-    vis: syn::Visibility,
-    sig: Signature,
-    block: Box<syn::Block>,
-    return_type: Type,
-    call: TokenStream,
-    serialize_checks: TokenStream,
-    stored: TokenStream,
-    restore: TokenStream,
-) -> TokenStream {
-    let options = &args.stored;
-    let duration = |ttl: &Option<Ttl>| match ttl {
-        None => quote!(::core::option::Option::None),
-        Some(Ttl::Seconds(seconds)) => {
-            quote!(::core::option::Option::Some(::cache_core::__private::Duration::from_secs(#seconds)))
+/// The `EntryOptions` expression of the attribute.
+fn entry_options_expr(args: &CachedArgs) -> TokenStream {
+    let duration = |ttl: &Ttl| match ttl {
+        Ttl::Seconds(seconds) => quote!(::cache_core::__private::Duration::from_secs(#seconds)),
+        Ttl::Expr(expr) => quote!(#expr),
+    };
+    let ttl = duration(&args.ttl);
+    let stored = &args.stored;
+    let mut options = quote!(::cache_core::__private::EntryOptions::ttl(#ttl));
+    if let Some(stale) = &stored.stale {
+        let stale = duration(stale);
+        options.extend(quote!(.stale(#stale)));
+    }
+    if let Some(timeout) = &stored.timeout {
+        let timeout = duration(timeout);
+        options.extend(quote!(.timeout(#timeout)));
+    }
+    match &stored.compress {
+        None => {}
+        Some(None) => options.extend(quote!(.compress())),
+        Some(Some(bytes)) => options.extend(quote!(.compress_from(#bytes))),
+    }
+    if stored.encrypt {
+        options.extend(quote!(.encrypt()));
+    }
+    if let Some(tags) = &stored.tags {
+        let tags = tags.iter().map(|tag| {
+            quote_spanned!(syn::spanned::Spanned::span(tag)=> ::std::string::ToString::to_string(&(#tag)))
+        });
+        options.extend(quote!(.tags([#(#tags),*])));
+    }
+    if let Some(lock) = &args.lock {
+        let lock = duration(lock);
+        options.extend(quote!(.lock(#lock)));
+    }
+    if !args.local {
+        options.extend(quote!(.local(false)));
+    }
+    match &args.codec {
+        None => {}
+        Some(Codec::Json(span)) => {
+            options.extend(quote_spanned!(*span=> .codec(::cache_core::__private::Codec::Json)));
         }
-        Some(Ttl::Expr(expr)) => quote!(::core::option::Option::Some(#expr)),
-    };
-    let stale = duration(&options.stale);
-    let timeout = duration(&options.timeout);
-    let compress = match &options.compress {
-        None => quote!(::core::option::Option::None),
-        Some(None) => quote!(::core::option::Option::Some(
-            ::cache_core::DEFAULT_COMPRESS_THRESHOLD
-        )),
-        Some(Some(bytes)) => quote!(::core::option::Option::Some(#bytes)),
-    };
-    let encrypt = options.encrypt;
-    let tags = options.tags.iter().flatten().map(|tag| {
-        quote_spanned!(syn::spanned::Spanned::span(tag)=> ::std::string::ToString::to_string(&(#tag)))
-    });
-    let memoize = if options.stale.is_some() {
-        quote!(memoize_stale)
-    } else {
-        quote!(memoize_stored)
-    };
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            #serialize_checks
-            let __cached_options = ::cache_core::__private::StoredOptions {
-                stale: #stale,
-                timeout: #timeout,
-                compress_from: #compress,
-                encrypt: #encrypt,
-                tags: ::std::vec![#(#tags),*],
-            };
-            let __cached_call = #call;
-            ::cache_core::__private::#memoize(
-                __cached_call,
-                __cached_options,
-                async move {
-                    let __cached_result: #return_type = #block;
-                    __cached_result
-                },
-                ::cache_core::__private::#stored,
-                ::cache_core::__private::#restore,
-            )
-            .await
+        Some(Codec::MessagePack(span)) => {
+            options.extend(
+                quote_spanned!(*span=> .codec(::cache_core::__private::Codec::MessagePack)),
+            );
         }
     }
+    let prefix = &args.prefix;
+    options.extend(quote!(.label(#prefix)));
+    options
+}
+
+/// The body for the engine. Without `stale` a future that may borrow
+/// (`Inline`); with it a closure that, when called (on a miss, or for a
+/// background refresh), copies the borrowed arguments the body uses
+/// (`&str` -> `String`, `&T` -> `T` for `T: Clone`, `&self` -> `Self` for
+/// `Self: Clone`) and makes an owned future that lends them to the body as
+/// the borrows it was written for (`Detached`).
+fn body(
+    args: &CachedArgs,
+    sig: &Signature,
+    block: &syn::Block,
+    return_type: &Type,
+) -> syn::Result<TokenStream> {
+    if args.stored.stale.is_none() {
+        return Ok(quote! {
+            ::cache_core::__private::Inline(async move {
+                // The annotation gives `?` and `return` in the body their type.
+                let __cached_result: #return_type = #block;
+                __cached_result
+            })
+        });
+    }
+    let mut copies = TokenStream::new();
+    let mut lends = TokenStream::new();
+    let block_tokens = quote!(#block);
+    let mut block = block_tokens.clone();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                if !in_tokens_self(block_tokens.clone()) {
+                    continue;
+                }
+                if receiver.mutability.is_some() && receiver.reference.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        receiver,
+                        "`stale` refreshes in a background task, which gets a copy of `self`: \
+                         `&mut self` cannot be copied for it; take `&self` (with `Self: Clone`) \
+                         or `self: Arc<Self>`",
+                    ));
+                }
+                let renamed = format_ident!("__cached_self", span = receiver.self_token.span);
+                block = rename_self(block, &renamed);
+                if receiver.reference.is_some() {
+                    copies.extend(quote_spanned! {receiver.self_token.span=>
+                        let #renamed = ::cache_core::__private::OwnedArg::new(self);
+                    });
+                    lends.extend(quote!(let #renamed = #renamed.get();));
+                } else {
+                    copies.extend(quote!(let #renamed = self;));
+                }
+            }
+            FnArg::Typed(typed) => {
+                let (Pat::Ident(pat), Type::Reference(reference)) = (&*typed.pat, &*typed.ty)
+                else {
+                    // Owned (or a pattern): the closure moves it.
+                    continue;
+                };
+                let name = &pat.ident;
+                if !mentions_tokens(block_tokens.clone(), name) {
+                    continue;
+                }
+                if reference.mutability.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        &typed.ty,
+                        format!(
+                            "`stale` refreshes in a background task with owned copies of the \
+                             arguments: `&mut` argument `{name}` cannot be copied for it"
+                        ),
+                    ));
+                }
+                copies.extend(quote_spanned! {syn::spanned::Spanned::span(&typed.ty)=>
+                    let #name = ::cache_core::__private::OwnedArg::new(#name);
+                });
+                lends.extend(quote!(let #name = #name.get();));
+            }
+        }
+    }
+    Ok(quote! {
+        ::cache_core::__private::Detached::new(move || {
+            #copies
+            async move {
+                #lends
+                let __cached_result: #return_type = #block;
+                __cached_result
+            }
+        })
+    })
+}
+
+/// Whether the tokens use `self` (not `Self`, not a `self::` path).
+fn in_tokens_self(tokens: TokenStream) -> bool {
+    let mut tokens = tokens.into_iter().peekable();
+    while let Some(token) = tokens.next() {
+        match token {
+            TokenTree::Ident(ident)
+                if ident == "self"
+                    && !matches!(tokens.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':') =>
+            {
+                return true;
+            }
+            TokenTree::Group(group) if in_tokens_self(group.stream()) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The tokens with `self` (the receiver; not `Self`, not a `self::` path)
+/// renamed, for a body moved into a closure, where `self` cannot be bound.
+fn rename_self(tokens: TokenStream, renamed: &Ident) -> TokenStream {
+    let mut out = TokenStream::new();
+    let mut tokens = tokens.into_iter().peekable();
+    while let Some(token) = tokens.next() {
+        let token = match token {
+            TokenTree::Ident(ident)
+                if ident == "self"
+                    && !matches!(tokens.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':') =>
+            {
+                let mut renamed = renamed.clone();
+                renamed.set_span(ident.span());
+                TokenTree::Ident(renamed)
+            }
+            TokenTree::Group(group) => {
+                let mut inner = proc_macro2::Group::new(
+                    group.delimiter(),
+                    rename_self(group.stream(), renamed),
+                );
+                inner.set_span(group.span());
+                TokenTree::Group(inner)
+            }
+            other => other,
+        };
+        out.extend([token]);
+    }
+    out
 }

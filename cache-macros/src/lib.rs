@@ -88,13 +88,18 @@
 //! | `compress` or `compress = bytes` | lz4-compress values from 1 KiB (or from `bytes`) |
 //! | `encrypt` | store a Fernet token of the value, with the handle's `EncryptionKeys` |
 //! | `tags = [expr, ...]` | tags (anything `Display`, computed from the arguments) that `Cache::invalidate_tag` drops together |
+//! | `lock = secs` or `<Duration expr>` | across instances, one computation per missing key: a miss takes a lease in Redis, the others wait up to this long for its value |
 //! | `in_trait` | the method is in a trait impl: no `{name}_key` / `{name}_invalidate` beside it (see 5) |
 //!
 //! The four from `stale` wrap the entry in `cache_core::envelope`, and such
 //! entries are never kept in the local tier: `local = true` beside them is a
-//! compile error. With `stale`, the body may run in a background task: it
-//! must be `Send + 'static`, so take arguments by value (`String`, `Cache`,
-//! `Arc<Self>`).
+//! compile error. With `stale`, the body may run in a background task after
+//! the call returned: it gets owned copies of what it borrows (`&str` ->
+//! `String`, `&T` -> `T` for `T: Clone`, `&self` -> a copy for
+//! `Self: Clone`), made for a miss or a refresh only; a `&mut` argument is
+//! a compile error. The attribute expands to the engine behind
+//! `Cache::get_or_set`, which gives the same guarantees to a key and a
+//! closure.
 //!
 //! ```
 //! use cache_core::{Cache, cached};

@@ -31,6 +31,20 @@ async fn quote(cache: Cache, symbol: String) -> u64 {
     symbol.len() as u64
 }
 
+// `stale` with borrowed arguments and `&self`: the refresh gets owned copies.
+#[derive(Clone)]
+struct Quotes {
+    scale: u64,
+}
+
+impl Quotes {
+    #[cached(prefix = "borrowed", ttl = 5, stale = Duration::from_secs(60), timeout = 2,
+             lock = 5, cache = cache)]
+    async fn quote(&self, cache: &Cache, symbol: &str, venues: &[String]) -> u64 {
+        self.scale * (symbol.len() + venues.len()) as u64
+    }
+}
+
 trait Scorer {
     async fn score(&self, cache: &Cache, word: String) -> u32;
 }
@@ -76,7 +90,25 @@ async fn every_option_compiles_and_memoizes() {
         Some(true)
     );
 
+    let quotes = Quotes { scale: 10 };
+    let venues = vec!["XNYS".to_string()];
+    assert_eq!(quotes.quote(&cache, "BTC", &venues).await, 40);
+    assert_eq!(quotes.quote(&cache, "BTC", &venues).await, 40);
+    assert_eq!(
+        Quotes::quote_key("BTC", &venues).ok(),
+        cache_core::key_for("borrowed", &("BTC", &venues)).ok()
+    );
+
     assert_eq!(Length.score(&cache, "four".into()).await, 4);
+    let quotes = Quotes { scale: 10 };
+    let venues = vec!["XNYS".to_string()];
+    assert_eq!(quotes.quote(&cache, "BTC", &venues).await, 40);
+    assert_eq!(quotes.quote(&cache, "BTC", &venues).await, 40);
+    assert_eq!(
+        Quotes::quote_key("BTC", &venues).ok(),
+        cache_core::key_for("borrowed", &("BTC", &venues)).ok()
+    );
+
     assert_eq!(Length.score(&cache, "four".into()).await, 4);
     let key = cache_core::key_for("score", &("four",)).ok();
     assert_eq!(

@@ -85,7 +85,20 @@ impl Connection {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> std::io::Result<Response> {
-        tokio::time::timeout(timeout, self.exchange(path, headers))
+        self.send("GET", path, headers, b"", timeout).await
+    }
+
+    /// Sends `method path` with extra headers and `body` (with its
+    /// `Content-Length` when not empty) and reads the whole response, within `timeout`.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::io::Result<Response> {
+        tokio::time::timeout(timeout, self.exchange(method, path, headers, body))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))?
     }
@@ -100,15 +113,22 @@ impl Connection {
 
     async fn exchange(
         &mut self,
+        method: &str,
         path: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
     ) -> std::io::Result<Response> {
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         request.push_str("\r\n");
-        self.stream.write_all(request.as_bytes()).await?;
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes).await?;
         let head_end = loop {
             if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at;
@@ -136,6 +156,26 @@ impl Connection {
         self.buffer.drain(..body_start + length);
         Ok(Response { status, head, body })
     }
+}
+
+/// Serves `GET /`, answering `ok`, behind `layer` (a rate limiter, say) on
+/// a free loopback port, as [`serve`] does; returns the port.
+pub async fn serve_layer<L>(layer: L) -> u16
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<axum::extract::Request> + Clone + Send + Sync + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Response:
+        axum::response::IntoResponse + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Error:
+        Into<std::convert::Infallible> + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+{
+    serve(
+        axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
 }
 
 /// Serves `app` on a free loopback port (with `ConnectInfo`, as the rate

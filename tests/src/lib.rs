@@ -9,11 +9,19 @@
 //! apart through their own key prefixes ([`unique_prefix`]); tests that kill or
 //! restart a server start their own with [`RedisServer::start`]. A test
 //! whose tool is missing fails unless its skip is allowed ([`skip`]).
+//!
+//! Network faults between a client and a server come from [`proxy`]
+//! (noxious, Toxiproxy's Rust port, in process); [`history`] checks a rate
+//! limiter's recorded decisions and [`coherence`] a local tier's reads.
 
+pub mod coherence;
+pub mod history;
 pub mod http;
+pub mod proxy;
 pub mod skip;
 pub mod suite;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -25,6 +33,33 @@ use std::time::{Duration, Instant};
 
 /// How long a server may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Awaits `future` for at most `limit`, and fails the test naming `what`
+/// past it: a wait on a signal that never comes (because something
+/// regressed) fails instead of hanging the suite.
+pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(limit, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("not within {limit:?}: {what}"),
+    }
+}
+
+/// Checks `done` every few milliseconds until it holds, and fails the test
+/// naming `what` after `limit`; returns how long it took. For states with
+/// no signal to wait on (a server's reports, a background task's effect);
+/// where there is a signal, wait on it with [`within`].
+pub async fn eventually(
+    limit: Duration,
+    what: &str,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
 
 /// A name no other test in this process (or another process) uses, for key prefixes.
 pub fn unique_prefix(name: &str) -> String {
@@ -354,6 +389,10 @@ fn run_cli(port: u16, args: &[&str]) -> String {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// (announced port, the node's own port) of nodes that announce another
+    /// port than their own (a proxy's: [`proxy::ProxiedCluster`]): what the
+    /// cluster reports is read back in the nodes' own ports.
+    announced: Vec<(u16, u16)>,
 }
 
 /// One node as a live member of the cluster sees it (a line of `CLUSTER NODES`).
@@ -478,7 +517,33 @@ impl RedisCluster {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        Ok(RedisCluster { nodes })
+        Ok(RedisCluster {
+            nodes,
+            announced: Vec::new(),
+        })
+    }
+
+    /// `CLUSTER NODES` as the node on `port` reports it, in the nodes' own ports.
+    fn nodes_seen_by(&self, node: &RedisServer) -> Vec<ClusterNode> {
+        let mut view = parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"]));
+        for n in &mut view {
+            n.port = self.own_port(n.port);
+        }
+        view
+    }
+
+    /// The node's own port behind an announced one.
+    fn own_port(&self, announced: u16) -> u16 {
+        self.announced
+            .iter()
+            .find(|(a, _)| *a == announced)
+            .map_or(announced, |(_, own)| *own)
+    }
+
+    /// Records that the node on `own` announces `announced` (a proxy's port).
+    pub(crate) fn set_announced(&mut self, announced: u16, own: u16) {
+        self.announced.retain(|(_, o)| *o != own);
+        self.announced.push((announced, own));
     }
 
     /// Every running node reports `cluster_state:ok`, sees every other running
@@ -496,7 +561,7 @@ impl RedisCluster {
             {
                 return false;
             }
-            views.push(parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])));
+            views.push(self.nodes_seen_by(node));
         }
         // Gossip spreads a role change node by node: wait until every view agrees.
         running.iter().all(|node| {
@@ -532,7 +597,7 @@ impl RedisCluster {
         self.nodes
             .iter()
             .find(|n| n.is_running())
-            .map(|node| parse_cluster_nodes(&node.cli(&["CLUSTER", "NODES"])))
+            .map(|node| self.nodes_seen_by(node))
             .unwrap_or_default()
     }
 
@@ -577,7 +642,7 @@ impl RedisCluster {
                 if let (Ok(low), Ok(high)) = (low.parse::<u16>(), high.parse::<u16>())
                     && (low..=high).contains(&slot)
                 {
-                    return address_port(fields[1]).expect("node address");
+                    return self.own_port(address_port(fields[1]).expect("node address"));
                 }
             }
         }

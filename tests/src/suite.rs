@@ -18,6 +18,19 @@ use crate::{shared_cluster, shared_server};
 /// loaded two-core machine does not turn a slow reply into a failure.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The API a memoization behaviour runs through: the suites of
+/// `#[cached]` run each behaviour that both can express once through the
+/// attribute and once through `Cache::get_or_set` / `try_get_or_set` with
+/// the key and `EntryOptions` the attribute would use, so that the two keep
+/// the same guarantees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `#[cached(...)]`.
+    Macro,
+    /// `Cache::get_or_set` / `Cache::try_get_or_set`.
+    Function,
+}
+
 /// A store the behaviours run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

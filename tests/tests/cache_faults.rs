@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
 use cache_core::{BreakerState, Cache, CacheBuilder, ErrorKind};
 use rate_limit::{FailMode, RateLimitLayer};
 use tests::suite;
@@ -58,23 +56,12 @@ impl Running {
 /// Calls `cache.set` until one succeeds, returning how long it took. The key
 /// gets a TTL, so that checks for keys without one are not disturbed.
 async fn until_it_works(cache: &Cache, key: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if cache
-            .set(key, &1, Some(Duration::from_secs(600)))
-            .await
-            .is_ok()
-        {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "the handle did not recover within {limit:?}"
-        );
-        // Each failing call already waits up to TIMEOUT or fails fast on the open
-        // breaker; this pause only keeps the loop from spinning on the latter.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Each failing call waits up to TIMEOUT or fails fast on the open breaker.
+    tests::eventually(limit, "the handle recovers", async || {
+        let ttl = Some(Duration::from_secs(600));
+        cache.set(key, &1, ttl).await.is_ok()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,12 +380,7 @@ struct FailoverRig {
 
 /// Serves `GET /` behind `layer` on a free loopback port.
 async fn serve(layer: RateLimitLayer) -> u16 {
-    tests::http::serve(
-        Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(layer),
-    )
-    .await
+    tests::http::serve_layer(layer).await
 }
 
 async fn failover_rig(name: &str) -> FailoverRig {
@@ -717,16 +699,12 @@ async fn invalidate_prefix_reports_a_primary_that_is_down_instead_of_skipping_it
     cluster.wait_until(Duration::from_secs(15), |c| {
         c.primaries().contains(&replica) && c.is_settled()
     });
-    let started = Instant::now();
-    // The client learns the new slot owner from its next topology refresh:
-    // hundreds of milliseconds on a quiet machine, seconds on a loaded one.
-    while let Err(err) = cache.invalidate_prefix(&format!("{p}:k:")).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never covered the promoted replica: {err}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tests::eventually(
+        Duration::from_secs(15),
+        "the walk covers the promoted replica",
+        async || cache.invalidate_prefix(&format!("{p}:k:")).await.is_ok(),
+    )
+    .await;
     for (key, _) in &entries {
         assert!(!cache.exists(key).await.unwrap(), "{key} survived");
     }

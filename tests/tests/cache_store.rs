@@ -1,7 +1,7 @@
 //! One behavioural suite for `Cache`, run unchanged against the in-memory store,
 //! a standalone `redis-server` and a three-node Redis Cluster.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache_core::{Cache, ErrorKind, KeyTtl, MAX_TTL};
 use serde::{Deserialize, Serialize};
@@ -129,11 +129,12 @@ mod behaviour {
             .await
             .unwrap();
         // Expiry is the behaviour under test: wait for the key's own deadline, bounded.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while cache.get::<String>(&key).await.unwrap().is_some() {
-            assert!(Instant::now() < deadline, "value outlived its TTL");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tests::eventually(
+            Duration::from_secs(5),
+            "the value expires with its TTL",
+            async || cache.get::<String>(&key).await.unwrap().is_none(),
+        )
+        .await;
         assert!(!cache.exists(&key).await.unwrap());
     }
 

@@ -5,15 +5,24 @@
 //! Each test builds its own handle with its own namespace, and the memoized
 //! functions take it as a skipped argument (`cache = cache, skip(cache)`), so
 //! tests never share entries or a default handle.
+//!
+//! The behaviours both APIs express run twice: through `#[cached]`
+//! (`through_macro::`) and through `Cache::get_or_set` / `try_get_or_set`
+//! with the attribute's key and options (`through_function::`); the
+//! functions of module [`memo`] pick the API. The attribute's own ones
+//! (keys made of arguments, `skip`, methods, generics, the functions beside
+//! it) run through it alone.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_core::{Cache, KeyTtl, cached, key_for};
+use cache_core::{Cache, Codec, EntryOptions, KeyTtl, cached, key_for};
 use serde::{Deserialize, Serialize};
-use tests::suite::{self, Backend};
+use tests::suite::{self, Api, Backend};
 use tests::{RedisServer, shared_server, unique_prefix};
 
 /// A handle on the backend with a namespace of its own.
@@ -21,27 +30,56 @@ async fn fixture(backend: Backend, _test: &str) -> Cache {
     suite::build(backend.suite_builder().namespace(unique_prefix("cached"))).await
 }
 
+async fn macro_fixture(backend: Backend, test: &str) -> (Cache, Api) {
+    (fixture(backend, test).await, Api::Macro)
+}
+
+async fn function_fixture(backend: Backend, test: &str) -> (Cache, Api) {
+    (fixture(backend, test).await, Api::Function)
+}
+
+/// The behaviours of both APIs, through each.
+macro_rules! shared_suite {
+    ($fixture:ident) => {
+        tests::suite!(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            fixture: $fixture;
+            key_is_prefix_and_sha256_of_the_json_arguments,
+            entry_lives_for_the_ttl,
+            err_is_not_cached_and_ok_is,
+            concurrent_first_calls_run_the_body_once,
+            corrupt_entry_is_a_miss_and_is_overwritten,
+            recursive_memoized_function_does_not_deadlock,
+            a_panicking_leader_does_not_leave_followers_hanging,
+            a_cancelled_leader_does_not_block_later_calls,
+            invalidate_memoized_drops_one_entry,
+            custom_key_and_duration_ttl,
+            msgpack_codec_round_trips,
+            a_zero_ttl_stores_nothing,
+            a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
+            hash_map_arguments_hit_whatever_their_order,
+        );
+    };
+}
+
+mod through_macro {
+    use super::*;
+    shared_suite!(macro_fixture);
+}
+
+mod through_function {
+    use super::*;
+    shared_suite!(function_fixture);
+}
+
+// What only the attribute does: keys made of the arguments.
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     fixture: fixture;
-    key_is_prefix_and_sha256_of_the_json_arguments,
-    entry_lives_for_the_ttl,
-    err_is_not_cached_and_ok_is,
     none_is_not_cached_and_some_is,
     methods_on_two_instances_share_an_entry,
     skipped_arguments_are_not_part_of_the_key,
-    concurrent_first_calls_run_the_body_once,
-    corrupt_entry_is_a_miss_and_is_overwritten,
-    recursive_memoized_function_does_not_deadlock,
-    a_panicking_leader_does_not_leave_followers_hanging,
-    a_cancelled_leader_does_not_block_later_calls,
-    invalidate_memoized_drops_one_entry,
-    custom_key_and_duration_ttl,
-    msgpack_codec_round_trips,
-    a_zero_ttl_stores_nothing,
     arguments_without_canonical_json_are_not_cached,
-    a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten,
-    hash_map_arguments_hit_whatever_their_order,
     generic_functions_key_each_type_apart,
     key_and_invalidate_functions_follow_key_and_skip,
     the_cache_argument_is_never_part_of_the_key,
@@ -53,6 +91,10 @@ struct Embedding(Vec<f32>);
 #[cached(prefix = "embedding", ttl = 86400, cache = cache, skip(cache, calls))]
 async fn embed(cache: &Cache, calls: &AtomicUsize, text: &str) -> Result<Embedding, String> {
     calls.fetch_add(1, Ordering::SeqCst);
+    embedding_of(text)
+}
+
+fn embedding_of(text: &str) -> Result<Embedding, String> {
     if text.is_empty() {
         return Err("empty text".to_string());
     }
@@ -105,15 +147,26 @@ struct Gate {
 
 #[cached(prefix = "gated", ttl = 60, cache = cache, skip(cache, gate))]
 async fn gated(cache: &Cache, gate: &Gate, id: u32) -> u32 {
+    gated_body(gate, id).await
+}
+
+/// Counts the call, says it entered, waits for the gate (bounded: a body
+/// left waiting fails its test), panics if told to, answers `id + 1`.
+async fn gated_body(gate: &Gate, id: u32) -> u32 {
     let call = gate.calls.fetch_add(1, Ordering::SeqCst);
     gate.entered.notify_one();
     let mut open = gate.open.subscribe();
-    let _ = open.wait_for(|open| *open).await;
+    tests::within(WAIT, "the gate opens", open.wait_for(|open| *open))
+        .await
+        .expect("the gate's sender lives");
     if call == 0 && gate.panic_first.load(Ordering::SeqCst) {
         panic!("the leader fails");
     }
     id + 1
 }
+
+/// How long a test waits for what it expects.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[cached(prefix = "custom", key = format!("user:{user}"), ttl = Duration::from_millis(45_000), cache = cache, skip(cache))]
 async fn custom(cache: &Cache, user: u32) -> String {
@@ -210,22 +263,195 @@ impl Regional {
     }
 }
 
+/// The memoized operations of the shared behaviours, through either API:
+/// the function API gets the key and the options the attribute uses.
+mod memo {
+    use super::*;
+
+    fn minute() -> EntryOptions {
+        EntryOptions::ttl(Duration::from_secs(60))
+    }
+
+    pub async fn fleeting(api: Api, cache: &Cache, calls: &AtomicUsize, n: u32) -> u32 {
+        match api {
+            Api::Macro => super::fleeting(cache, calls, n).await,
+            Api::Function => {
+                let key = key_for("zero-ttl", &(n,)).unwrap();
+                let options = EntryOptions::ttl(Duration::ZERO);
+                cache
+                    .get_or_set(&key, &options, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { n + 1 }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn embed(
+        api: Api,
+        cache: &Cache,
+        calls: &AtomicUsize,
+        text: &str,
+    ) -> Result<Embedding, String> {
+        match api {
+            Api::Macro => super::embed(cache, calls, text).await,
+            Api::Function => {
+                let key = key_for("embedding", &(text,)).unwrap();
+                let options = EntryOptions::ttl(Duration::from_secs(86400));
+                cache
+                    .try_get_or_set(&key, &options, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let text = text.to_owned();
+                        async move { embedding_of(&text) }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn gated(api: Api, cache: &Cache, gate: &Arc<Gate>, id: u32) -> u32 {
+        match api {
+            Api::Macro => super::gated(cache, gate, id).await,
+            Api::Function => {
+                let key = key_for("gated", &(id,)).unwrap();
+                cache
+                    .get_or_set(&key, &minute(), || {
+                        let gate = gate.clone();
+                        async move { gated_body(&gate, id).await }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub fn fib(api: Api, cache: Cache, n: u64) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+        Box::pin(async move {
+            match api {
+                Api::Macro => super::fib(&cache, n).await,
+                Api::Function => {
+                    let key = key_for("fib", &(n,)).unwrap();
+                    let inner = cache.clone();
+                    cache
+                        .get_or_set(&key, &minute(), move || async move {
+                            if n < 2 {
+                                return n;
+                            }
+                            fib(api, inner.clone(), n - 1).await + fib(api, inner, n - 2).await
+                        })
+                        .await
+                }
+            }
+        })
+    }
+
+    pub async fn custom(api: Api, cache: &Cache, user: u32) -> String {
+        match api {
+            Api::Macro => super::custom(cache, user).await,
+            Api::Function => {
+                let options = EntryOptions::ttl(Duration::from_millis(45_000));
+                cache
+                    .get_or_set(&format!("custom:user:{user}"), &options, || async move {
+                        format!("summary of {user}")
+                    })
+                    .await
+            }
+        }
+    }
+
+    fn packed_options() -> EntryOptions {
+        minute().codec(Codec::MessagePack)
+    }
+
+    pub async fn packed(api: Api, cache: &Cache, calls: &AtomicUsize, n: u32) -> Vec<f32> {
+        match api {
+            Api::Macro => super::packed(cache, calls, n).await,
+            Api::Function => {
+                let key = key_for("packed", &(n,)).unwrap();
+                cache
+                    .get_or_set(&key, &packed_options(), || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { (0..n).map(|i| i as f32 * 0.5).collect() }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn packed_id(api: Api, cache: &Cache, calls: &AtomicUsize, name: &str) -> u64 {
+        match api {
+            Api::Macro => super::packed_id(cache, calls, name).await,
+            Api::Function => {
+                let key = key_for("packed-id", &(name,)).unwrap();
+                let len = name.len() as u64;
+                cache
+                    .get_or_set(&key, &packed_options(), || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { len }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn packed_doc(
+        api: Api,
+        cache: &Cache,
+        calls: &AtomicUsize,
+        id: u32,
+    ) -> serde_json::Value {
+        match api {
+            Api::Macro => super::packed_doc(cache, calls, id).await,
+            Api::Function => {
+                let key = key_for("packed-doc", &(id,)).unwrap();
+                cache
+                    .get_or_set(&key, &packed_options(), || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { serde_json::json!({ "id": id, "tags": ["a", "b"] }) }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn total(
+        api: Api,
+        cache: &Cache,
+        calls: &AtomicUsize,
+        counts: &HashMap<String, u32>,
+    ) -> u32 {
+        match api {
+            Api::Macro => super::total(cache, calls, counts).await,
+            Api::Function => {
+                let key = key_for("by-counts", &(counts,)).unwrap();
+                let sum = counts.values().sum();
+                cache
+                    .get_or_set(&key, &minute(), || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { sum }
+                    })
+                    .await
+            }
+        }
+    }
+}
+
 mod behaviour {
     use super::*;
 
-    pub async fn a_zero_ttl_stores_nothing(cache: Cache) {
+    pub async fn a_zero_ttl_stores_nothing((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        assert_eq!(fleeting(&cache, &calls, 1).await, 2);
-        assert_eq!(fleeting(&cache, &calls, 1).await, 2);
+        assert_eq!(memo::fleeting(api, &cache, &calls, 1).await, 2);
+        assert_eq!(memo::fleeting(api, &cache, &calls, 1).await, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing was cached");
         let key = key_for("zero-ttl", &(1,)).unwrap();
         assert!(!cache.exists(&key).await.unwrap());
         assert_eq!(cache.stats().errors, 0, "a zero TTL is not an error");
     }
 
-    pub async fn key_is_prefix_and_sha256_of_the_json_arguments(cache: Cache) {
+    pub async fn key_is_prefix_and_sha256_of_the_json_arguments((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        let value = embed(&cache, &calls, "hello").await.unwrap();
+        let value = memo::embed(api, &cache, &calls, "hello").await.unwrap();
         let key = key_for("embedding", &("hello",)).unwrap();
         assert_eq!(
             key,
@@ -237,13 +463,16 @@ mod behaviour {
             serde_json::to_vec(&value).unwrap(),
             "the JSON of the Ok value"
         );
-        assert_eq!(embed(&cache, &calls, "hello").await.unwrap(), value);
+        assert_eq!(
+            memo::embed(api, &cache, &calls, "hello").await.unwrap(),
+            value
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "second call is a hit");
     }
 
-    pub async fn entry_lives_for_the_ttl(cache: Cache) {
+    pub async fn entry_lives_for_the_ttl((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        embed(&cache, &calls, "ttl").await.unwrap();
+        memo::embed(api, &cache, &calls, "ttl").await.unwrap();
         let key = key_for("embedding", &("ttl",)).unwrap();
         match cache.ttl(&key).await.unwrap() {
             KeyTtl::Expires(left) => {
@@ -254,10 +483,10 @@ mod behaviour {
         }
     }
 
-    pub async fn err_is_not_cached_and_ok_is(cache: Cache) {
+    pub async fn err_is_not_cached_and_ok_is((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        assert!(embed(&cache, &calls, "").await.is_err());
-        assert!(embed(&cache, &calls, "").await.is_err());
+        assert!(memo::embed(api, &cache, &calls, "").await.is_err());
+        assert!(memo::embed(api, &cache, &calls, "").await.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 2, "Err is never cached");
         let key = key_for("embedding", &("",)).unwrap();
         assert!(!cache.exists(&key).await.unwrap());
@@ -319,7 +548,7 @@ mod behaviour {
         );
     }
 
-    pub async fn concurrent_first_calls_run_the_body_once(cache: Cache) {
+    pub async fn concurrent_first_calls_run_the_body_once((cache, api): (Cache, Api)) {
         let gate = Arc::new(Gate::default());
         let (entered_tx, mut entered_rx) = tokio::sync::watch::channel(0usize);
         let entered_tx = Arc::new(entered_tx);
@@ -330,23 +559,32 @@ mod behaviour {
                     // Counting and the call's first poll happen in one poll of this task,
                     // so when all 50 have counted, all 50 are inside `gated`.
                     entered.send_modify(|n| *n += 1);
-                    gated(&cache, &gate, 41).await
+                    memo::gated(api, &cache, &gate, 41).await
                 })
             })
             .collect();
-        entered_rx.wait_for(|n| *n == 50).await.unwrap();
+        tests::within(
+            WAIT,
+            "all 50 calls entered",
+            entered_rx.wait_for(|n| *n == 50),
+        )
+        .await
+        .unwrap();
         gate.open.send_replace(true);
         for task in tasks {
-            assert_eq!(task.await.unwrap(), 42);
+            assert_eq!(
+                tests::within(WAIT, "a call returns", task).await.unwrap(),
+                42
+            );
         }
         assert_eq!(gate.calls.load(Ordering::SeqCst), 1, "the body ran once");
     }
 
-    pub async fn corrupt_entry_is_a_miss_and_is_overwritten(cache: Cache) {
+    pub async fn corrupt_entry_is_a_miss_and_is_overwritten((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
         let key = key_for("embedding", &("corrupt",)).unwrap();
         cache.set_bytes(&key, b"\x00garbage{", None).await.unwrap();
-        let value = embed(&cache, &calls, "corrupt").await.unwrap();
+        let value = memo::embed(api, &cache, &calls, "corrupt").await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(
             cache.get_bytes(&key).await.unwrap().unwrap(),
@@ -355,27 +593,29 @@ mod behaviour {
         assert!(cache.stats().decode_errors >= 1);
     }
 
-    pub async fn recursive_memoized_function_does_not_deadlock(cache: Cache) {
-        let result = tokio::time::timeout(Duration::from_secs(10), fib(&cache, 40)).await;
+    pub async fn recursive_memoized_function_does_not_deadlock((cache, api): (Cache, Api)) {
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), memo::fib(api, cache.clone(), 40)).await;
         assert_eq!(result.expect("fib must not deadlock"), 102_334_155);
     }
 
-    pub async fn a_panicking_leader_does_not_leave_followers_hanging(cache: Cache) {
+    pub async fn a_panicking_leader_does_not_leave_followers_hanging((cache, api): (Cache, Api)) {
         let gate = Arc::new(Gate::default());
         gate.panic_first.store(true, Ordering::SeqCst);
         let leader = {
             let (cache, gate) = (cache.clone(), gate.clone());
-            tokio::spawn(async move { gated(&cache, &gate, 1).await })
+            tokio::spawn(async move { memo::gated(api, &cache, &gate, 1).await })
         };
-        gate.entered.notified().await;
+        tests::within(WAIT, "the leader's body starts", gate.entered.notified()).await;
         let followers: Vec<_> = (0..5)
             .map(|_| {
                 let (cache, gate) = (cache.clone(), gate.clone());
-                tokio::spawn(async move { gated(&cache, &gate, 1).await })
+                tokio::spawn(async move { memo::gated(api, &cache, &gate, 1).await })
             })
             .collect();
         gate.open.send_replace(true);
-        assert!(leader.await.is_err(), "the leader panicked");
+        let leader = tests::within(WAIT, "the leader ends", leader).await;
+        assert!(leader.is_err(), "the leader panicked");
         for follower in followers {
             let value = tokio::time::timeout(Duration::from_secs(10), follower)
                 .await
@@ -384,39 +624,40 @@ mod behaviour {
         }
     }
 
-    pub async fn a_cancelled_leader_does_not_block_later_calls(cache: Cache) {
+    pub async fn a_cancelled_leader_does_not_block_later_calls((cache, api): (Cache, Api)) {
         let gate = Arc::new(Gate::default());
         let leader = {
             let (cache, gate) = (cache.clone(), gate.clone());
-            tokio::spawn(async move { gated(&cache, &gate, 5).await })
+            tokio::spawn(async move { memo::gated(api, &cache, &gate, 5).await })
         };
-        gate.entered.notified().await;
+        tests::within(WAIT, "the leader's body starts", gate.entered.notified()).await;
         leader.abort();
         let _ = leader.await;
         gate.open.send_replace(true);
-        let value = tokio::time::timeout(Duration::from_secs(10), gated(&cache, &gate, 5))
-            .await
-            .expect("a later call must not wait for the cancelled leader");
+        let value =
+            tokio::time::timeout(Duration::from_secs(10), memo::gated(api, &cache, &gate, 5))
+                .await
+                .expect("a later call must not wait for the cancelled leader");
         assert_eq!(value, 6);
         assert_eq!(gate.calls.load(Ordering::SeqCst), 2);
     }
 
-    pub async fn invalidate_memoized_drops_one_entry(cache: Cache) {
+    pub async fn invalidate_memoized_drops_one_entry((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        embed(&cache, &calls, "a").await.unwrap();
-        embed(&cache, &calls, "b").await.unwrap();
+        memo::embed(api, &cache, &calls, "a").await.unwrap();
+        memo::embed(api, &cache, &calls, "b").await.unwrap();
         assert!(
             cache_core::invalidate_memoized(&cache, "embedding", &("a",))
                 .await
                 .unwrap()
         );
-        embed(&cache, &calls, "a").await.unwrap();
-        embed(&cache, &calls, "b").await.unwrap();
+        memo::embed(api, &cache, &calls, "a").await.unwrap();
+        memo::embed(api, &cache, &calls, "b").await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3, "only `a` ran again");
     }
 
-    pub async fn custom_key_and_duration_ttl(cache: Cache) {
-        assert_eq!(custom(&cache, 9).await, "summary of 9");
+    pub async fn custom_key_and_duration_ttl((cache, api): (Cache, Api)) {
+        assert_eq!(memo::custom(api, &cache, 9).await, "summary of 9");
         assert_eq!(
             cache
                 .get::<String>("custom:user:9")
@@ -431,10 +672,10 @@ mod behaviour {
         ));
     }
 
-    pub async fn msgpack_codec_round_trips(cache: Cache) {
+    pub async fn msgpack_codec_round_trips((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
-        let first = packed(&cache, &calls, 3).await;
-        assert_eq!(packed(&cache, &calls, 3).await, first);
+        let first = memo::packed(api, &cache, &calls, 3).await;
+        assert_eq!(memo::packed(api, &cache, &calls, 3).await, first);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let bytes = cache
             .get_bytes(&key_for("packed", &(3,)).unwrap())
@@ -471,12 +712,14 @@ mod behaviour {
         assert_eq!(cache.stats().hits, 1);
     }
 
-    pub async fn a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten(cache: Cache) {
+    pub async fn a_foreign_value_under_a_msgpack_key_is_a_miss_and_is_overwritten(
+        (cache, api): (Cache, Api),
+    ) {
         let calls = AtomicUsize::new(0);
         // The JSON text 12345: its first byte is the MessagePack fixint 49.
         let key = key_for("packed-id", &("hello",)).unwrap();
         cache.set_bytes(&key, b"12345", None).await.unwrap();
-        assert_eq!(packed_id(&cache, &calls, "hello").await, 5);
+        assert_eq!(memo::packed_id(api, &cache, &calls, "hello").await, 5);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -484,7 +727,7 @@ mod behaviour {
         );
         let stored = cache.get_bytes(&key).await.unwrap().unwrap();
         assert_eq!(stored, [0xC1, 0x01, 0x05], "overwritten by the call");
-        assert_eq!(packed_id(&cache, &calls, "hello").await, 5);
+        assert_eq!(memo::packed_id(api, &cache, &calls, "hello").await, 5);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "then a hit");
 
         // Garbage whose first byte is the fixint -1, and our own entry with
@@ -498,7 +741,7 @@ mod behaviour {
             let key = key_for("packed-doc", &(7,)).unwrap();
             cache.set_bytes(&key, &foreign, None).await.unwrap();
             let before = calls.load(Ordering::SeqCst);
-            assert_eq!(packed_doc(&cache, &calls, 7).await, expected);
+            assert_eq!(memo::packed_doc(api, &cache, &calls, 7).await, expected);
             assert_eq!(calls.load(Ordering::SeqCst), before + 1, "a miss");
             assert_eq!(cache.get_bytes(&key).await.unwrap().unwrap(), own);
         }
@@ -606,12 +849,12 @@ mod behaviour {
         assert!(cache.exists(&key).await.unwrap());
     }
 
-    pub async fn hash_map_arguments_hit_whatever_their_order(cache: Cache) {
+    pub async fn hash_map_arguments_hit_whatever_their_order((cache, api): (Cache, Api)) {
         let calls = AtomicUsize::new(0);
         let forward: HashMap<String, u32> = (0..32).map(|i| (format!("k{i}"), i)).collect();
         let backward: HashMap<String, u32> = (0..32).rev().map(|i| (format!("k{i}"), i)).collect();
-        assert_eq!(total(&cache, &calls, &forward).await, 496);
-        assert_eq!(total(&cache, &calls, &backward).await, 496);
+        assert_eq!(memo::total(api, &cache, &calls, &forward).await, 496);
+        assert_eq!(memo::total(api, &cache, &calls, &backward).await, 496);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one key for equal maps");
     }
 }

@@ -68,15 +68,6 @@ async fn next<T: serde::de::DeserializeOwned>(
         .expect("subscriptions never end")
 }
 
-/// Polls `check` every few milliseconds until it holds; fails after [`WAIT`].
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < WAIT, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Server-side subscribers of `channel`: `PUBSUB NUMSUB` (`SHARDNUMSUB` on
 /// the primary that serves its slot on the cluster).
 fn server_subscribers(backend: Backend, channel: &str) -> u64 {
@@ -181,7 +172,7 @@ mod behaviour {
             assert_eq!(next(&mut fast).await.unwrap(), n);
         }
         // Every message has reached the slow one's buffer (which kept 4) before reading.
-        eventually("20 messages received by each", async || {
+        tests::eventually(WAIT, "20 messages received by each", async || {
             cache.stats().events.received == 40
         })
         .await;
@@ -226,7 +217,7 @@ mod behaviour {
         drop(second);
         assert_eq!(cache.stats().events.subscriptions, 0);
         if backend != Backend::Memory {
-            eventually("no server-side subscription left", async || {
+            tests::eventually(WAIT, "no server-side subscription left", async || {
                 server_subscribers(backend, &channel) == 0
             })
             .await;
@@ -357,12 +348,12 @@ async fn dropping_pattern_subscriptions_unsubscribes_them() {
         .unwrap();
     assert_eq!(server.cli(&["PUBSUB", "NUMPAT"]).trim(), "2");
     drop(second);
-    eventually("news:* unsubscribed", async || {
+    tests::eventually(WAIT, "news:* unsubscribed", async || {
         server.cli(&["PUBSUB", "NUMPAT"]).trim() == "1"
     })
     .await;
     drop(first);
-    eventually("market:* unsubscribed", async || {
+    tests::eventually(WAIT, "market:* unsubscribed", async || {
         server.cli(&["PUBSUB", "NUMPAT"]).trim() == "0"
     })
     .await;
@@ -382,7 +373,7 @@ async fn subscriptions_come_back_after_redis_restarts_with_a_gap() {
     server.restart();
     let restarted = Instant::now();
     // Nothing but waiting: the subscription must come back by itself.
-    eventually("resubscribed", async || {
+    tests::eventually(WAIT, "resubscribed", async || {
         cache.stats().events.reconnects == 1
     })
     .await;
@@ -425,20 +416,22 @@ async fn a_stream_dropped_while_redis_is_down_is_unsubscribed_once_it_is_back() 
     let _other = bus.subscribe::<Order>(&["other"]).await.unwrap();
 
     server.kill();
-    eventually("the loss noticed", async || {
+    tests::eventually(WAIT, "the loss noticed", async || {
         cache.stats().events.connection == EventConnection::Disconnected
     })
     .await;
     // The unsubscribe fails now; the driver would resubscribe the channel.
     drop(orders);
     server.restart();
-    eventually("reconnected", async || {
+    tests::eventually(WAIT, "reconnected", async || {
         cache.stats().events.connection == EventConnection::Connected
     })
     .await;
-    eventually("the dropped stream's channel unsubscribed", async || {
-        server.cli(&["PUBSUB", "NUMSUB", &channel]).lines().last() == Some("0")
-    })
+    tests::eventually(
+        WAIT,
+        "the dropped stream's channel unsubscribed",
+        async || server.cli(&["PUBSUB", "NUMSUB", &channel]).lines().last() == Some("0"),
+    )
     .await;
     assert_eq!(
         server.cli(&["PUBSUB", "NUMSUB", "other"]).lines().last(),
@@ -453,19 +446,19 @@ async fn the_connection_is_back_after_a_restart_with_nothing_subscribed() {
     let bus = cache.events();
     let channel = unique_prefix("nothing-subscribed");
     drop(bus.subscribe::<Order>(&[&channel]).await.unwrap());
-    eventually("unsubscribed", async || {
+    tests::eventually(WAIT, "unsubscribed", async || {
         server.cli(&["PUBSUB", "NUMSUB", &channel]).lines().last() == Some("0")
     })
     .await;
 
     server.kill();
-    eventually("the loss noticed", async || {
+    tests::eventually(WAIT, "the loss noticed", async || {
         cache.stats().events.connection == EventConnection::Disconnected
     })
     .await;
     server.restart();
     // No subscription to confirm: the state still comes back.
-    eventually("connected again", async || {
+    tests::eventually(WAIT, "connected again", async || {
         cache.stats().events.connection == EventConnection::Connected
     })
     .await;
@@ -500,13 +493,13 @@ async fn sharded_subscriptions_come_back_after_their_primary_restarts_with_a_gap
 
     let primary = cluster.primary_for_key(&channel);
     cluster.node_mut(primary).kill();
-    eventually("the loss noticed", async || {
+    tests::eventually(WAIT, "the loss noticed", async || {
         cache.stats().events.connection == EventConnection::Disconnected
     })
     .await;
     cluster.node_mut(primary).restart();
     let restarted = Instant::now();
-    eventually("resubscribed", async || {
+    tests::eventually(WAIT, "resubscribed", async || {
         cache.stats().events.reconnects == 1
     })
     .await;
@@ -577,7 +570,7 @@ async fn a_sharded_subscription_is_confirmed_on_its_primary_not_its_replica() {
     );
     assert_eq!(set.trim(), "OK");
     assert_ne!(admin(&["CLIENT", "KILL", "TYPE", "pubsub"]).trim(), "0");
-    eventually("the loss noticed", async || {
+    tests::eventually(WAIT, "the loss noticed", async || {
         cache.stats().events.connection == EventConnection::Disconnected
     })
     .await;
@@ -596,7 +589,7 @@ async fn a_sharded_subscription_is_confirmed_on_its_primary_not_its_replica() {
     assert_eq!(shard_subscribers(replica), "0", "subscribed on the replica");
 
     assert_eq!(admin(&["ACL", "SETUSER", "default", "nopass"]).trim(), "OK");
-    eventually("resubscribed", async || {
+    tests::eventually(WAIT, "resubscribed", async || {
         cache.stats().events.reconnects == 1
     })
     .await;

@@ -18,7 +18,6 @@ use tests::{RedisCluster, RedisServer, shared_cluster, shared_server, unique_pre
 
 /// How long a change may take to be seen before the test fails.
 const CAP: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(2);
 /// Longer than any test: an entry that goes is invalidated, not expired.
 const MAX_TTL: Duration = Duration::from_secs(300);
 
@@ -76,21 +75,10 @@ async fn fixture(backend: Backend, test: &str) -> Instances {
 
 /// Waits until the handle's local tier is open (tracking up everywhere).
 async fn tracking_up(cache: &Cache) {
-    poll_until("tracking up", || async { cache.stats().local_tracking }).await;
-}
-
-/// Polls `ready` every few ms until it holds; the time it took.
-async fn poll_until<F, Fut>(what: &str, ready: F) -> Duration
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !ready().await {
-        assert!(started.elapsed() < CAP, "not within {CAP:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
-    started.elapsed()
+    tests::eventually(CAP, "tracking up", || async {
+        cache.stats().local_tracking
+    })
+    .await;
 }
 
 /// Reads `key` on `cache` until a read is served by the local tier (on
@@ -105,7 +93,7 @@ async fn read_into_local_tier(cache: &Cache, backend: Backend, key: &str, expect
     if backend == Backend::Memory {
         return;
     }
-    poll_until("a read served by the local tier", || async {
+    tests::eventually(CAP, "a read served by the local tier", || async {
         let before = cache.stats().local_hits;
         assert_eq!(
             cache.get::<String>(key).await.unwrap().as_deref(),
@@ -119,7 +107,7 @@ async fn read_into_local_tier(cache: &Cache, backend: Backend, key: &str, expect
 /// Polls A until `key` reads as `expected`; prints the delay.
 async fn a_sees(instances: &Instances, key: &str, expected: Option<&str>, change: &str) {
     let a = &instances.a;
-    let delay = poll_until(change, || async {
+    let delay = tests::eventually(CAP, change, || async {
         a.get::<String>(key).await.unwrap().as_deref() == expected
     })
     .await;
@@ -250,7 +238,7 @@ mod behaviour {
         assert_eq!(both, [Some("1".into()), Some("2".into()), None]);
         // Until both are kept (a read that raced with the invalidation of
         // B's write is not kept; see read_into_local_tier).
-        poll_until("k1 and k2 from the tier", || async {
+        tests::eventually(CAP, "k1 and k2 from the tier", || async {
             let before = i.a.stats().local_hits;
             let again = i.a.get_many::<String>(&["k1", "k2", "k3"]).await.unwrap();
             assert_eq!(again, both);
@@ -258,7 +246,7 @@ mod behaviour {
         })
         .await;
         i.b.set("k2", "22", None).await.unwrap();
-        poll_until("get_many sees k2 set by B", || async {
+        tests::eventually(CAP, "get_many sees k2 set by B", || async {
             i.a.get_many::<String>(&["k1", "k2"]).await.unwrap()
                 == [Some("1".to_string()), Some("22".to_string())]
         })
@@ -305,15 +293,11 @@ mod behaviour {
                 .await
                 .unwrap()
         );
-        let started = Instant::now();
-        while calls.load(Ordering::SeqCst) == 1 {
-            assert!(
-                started.elapsed() < CAP,
-                "the entry dropped by B is still served by A"
-            );
+        tests::eventually(CAP, "A no longer serves the entry B dropped", async || {
             flag(&i.a, &calls, "beta").await;
-            tokio::time::sleep(POLL).await;
-        }
+            calls.load(Ordering::SeqCst) > 1
+        })
+        .await;
     }
 }
 
@@ -359,7 +343,7 @@ mod redis_behaviour {
         assert!(i.a.stats().local_tracking);
         let before = i.a.stats().local_invalidations;
         i.b.set("k", "1", None).await.unwrap();
-        poll_until("A counts B's write", || async {
+        tests::eventually(CAP, "A counts B's write", || async {
             i.a.stats().local_invalidations > before
         })
         .await;
@@ -393,7 +377,7 @@ async fn flushdb_empties_the_local_tier() {
     b.set("price", "100", None).await.unwrap();
     read_into_local_tier(&a, Backend::Standalone, "price", "100").await;
     assert_eq!(server.cli(&["FLUSHDB"]).trim(), "OK");
-    poll_until("FLUSHDB seen", || async {
+    tests::eventually(CAP, "FLUSHDB seen", || async {
         a.get::<String>("price").await.unwrap().is_none()
     })
     .await;
@@ -414,7 +398,7 @@ async fn swapdb_empties_the_local_tier() {
     b.set("price", "100", None).await.unwrap();
     read_into_local_tier(&a, Backend::Standalone, "price", "100").await;
     assert_eq!(server.cli(&["SWAPDB", "0", "1"]).trim(), "OK");
-    let seen = poll_until("SWAPDB seen", || async {
+    let seen = tests::eventually(CAP, "SWAPDB seen", || async {
         a.get::<String>("price").await.unwrap().as_deref() == Some("200")
     })
     .await;
@@ -424,7 +408,7 @@ async fn swapdb_empties_the_local_tier() {
     read_into_local_tier(&a, Backend::Standalone, "price", "200").await;
     // Swapped back: noticed as well, though both databases now have a marker.
     assert_eq!(server.cli(&["SWAPDB", "0", "1"]).trim(), "OK");
-    poll_until("the second SWAPDB seen", || async {
+    tests::eventually(CAP, "the second SWAPDB seen", || async {
         a.get::<String>("price").await.unwrap().as_deref() == Some("100")
     })
     .await;
@@ -464,25 +448,29 @@ async fn an_expired_key_is_not_served_locally() {
     assert_eq!(brief(&b, &calls, 1).await, 2);
 
     read_into_local_tier(&a, Backend::Standalone, "one", "1").await;
-    poll_until("get_many served by the local tier", || async {
+    tests::eventually(CAP, "get_many served by the local tier", || async {
         let before = a.stats().local_hits;
         let read = a.get_many::<String>(&["two"]).await.unwrap();
         assert_eq!(read, vec![Some("2".to_string())]);
         a.stats().local_hits == before + 1
     })
     .await;
-    poll_until("the memoized call served by the local tier", || async {
-        let before = a.stats().local_hits;
-        assert_eq!(brief(&a, &calls, 1).await, 2);
-        a.stats().local_hits == before + 1
-    })
+    tests::eventually(
+        CAP,
+        "the memoized call served by the local tier",
+        || async {
+            let before = a.stats().local_hits;
+            assert_eq!(brief(&a, &calls, 1).await, 2);
+            a.stats().local_hits == before + 1
+        },
+    )
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 1, "A's calls were hits");
 
     // The clock, polled: past every key's expiry, with a margin for the
     // server's clock against this one.
     let expired = written + BRIEF + Duration::from_millis(250);
-    poll_until("the keys' TTL passed", || async {
+    tests::eventually(CAP, "the keys' TTL passed", || async {
         Instant::now() > expired
     })
     .await;
@@ -512,7 +500,7 @@ async fn nothing_from_before_a_redis_restart_is_served_after_it() {
     server.kill();
     server.restart();
     server.cli(&["SET", "price", "\"200\""]);
-    poll_until("the new value is read", || async {
+    tests::eventually(CAP, "the new value is read", || async {
         let read = a.get::<String>("price").await;
         assert_ne!(
             read.as_ref().ok().cloned().flatten().as_deref(),
@@ -611,7 +599,7 @@ async fn flushall_on_a_cluster_empties_every_instance_tier() {
         assert_eq!(RedisServer::cli_on(primary, &["FLUSHALL"]).trim(), "OK");
     }
     for instance in [&a, &b] {
-        poll_until("FLUSHALL seen on every primary", || async {
+        tests::eventually(CAP, "FLUSHALL seen on every primary", || async {
             instance
                 .get_many::<String>(&keys.iter().map(String::as_str).collect::<Vec<_>>())
                 .await
@@ -646,7 +634,7 @@ async fn stale_entries_are_served_on_failure_only_when_opted_in() {
         read_into_local_tier(cache, Backend::Standalone, "price", "100").await;
         flag(cache, &calls, "beta").await;
     }
-    poll_until("the flag held locally", || async {
+    tests::eventually(CAP, "the flag held locally", || async {
         let hits = lenient.stats().local_hits;
         flag(&lenient, &calls, "beta").await;
         lenient.stats().local_hits > hits
@@ -654,7 +642,10 @@ async fn stale_entries_are_served_on_failure_only_when_opted_in() {
     .await;
     server.kill();
     for cache in [&strict, &lenient] {
-        poll_until("tracking down", || async { !cache.stats().local_tracking }).await;
+        tests::eventually(CAP, "tracking down", || async {
+            !cache.stats().local_tracking
+        })
+        .await;
     }
     assert!(
         strict.get::<String>("price").await.is_err(),
@@ -670,7 +661,7 @@ async fn stale_entries_are_served_on_failure_only_when_opted_in() {
     assert_eq!(calls.load(Ordering::SeqCst), before, "served, not run");
     server.restart();
     server.cli(&["SET", "price", "\"200\""]);
-    poll_until("the new value is read", || async {
+    tests::eventually(CAP, "the new value is read", || async {
         let read = lenient.get::<String>("price").await;
         read.ok().flatten().as_deref() == Some("200")
     })

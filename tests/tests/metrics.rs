@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
-use cache_core::{Cache, cached};
+use cache_core::{Cache, EntryOptions, cached};
 use futures_util::StreamExt;
 use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, LocalRecorderGuard, Metadata, Recorder,
@@ -201,14 +199,8 @@ fn tier(backend: Backend) -> &'static str {
     }
 }
 
-/// Polls `done` every few milliseconds until it holds; fails after 10 s.
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long a test waits for what it expects.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// A body that waits until the test opens the gate.
 #[derive(Default)]
@@ -220,7 +212,10 @@ struct Gate {
 #[cached(prefix = "metered", ttl = 60, cache = cache, skip(cache, gate))]
 async fn metered(cache: &Cache, gate: &Gate, text: String) -> usize {
     gate.calls.fetch_add(1, Ordering::SeqCst);
-    let _ = gate.open.subscribe().wait_for(|open| *open).await;
+    let mut open = gate.open.subscribe();
+    tests::within(WAIT, "the gate opens", open.wait_for(|open| *open))
+        .await
+        .expect("the gate's sender lives");
     text.len()
 }
 
@@ -237,6 +232,7 @@ async fn summary(cache: &Cache, user: String) -> Option<String> {
 tests::suite! {
     fixture: fixture;
     memoized_calls_report_hits_misses_joins_stale_and_bypass,
+    function_calls_report_their_label_never_the_key,
     store_operations_report_result_and_latency_without_keys,
     tag_invalidations_and_event_gaps_are_counted,
     rate_limit_decisions_and_store_calls_are_counted,
@@ -262,10 +258,15 @@ mod behaviour {
                 })
             })
             .collect();
-        entered.wait_for(|n| *n == 2).await.unwrap();
+        tests::within(WAIT, "both calls entered", entered.wait_for(|n| *n == 2))
+            .await
+            .unwrap();
         gate.open.send_replace(true);
         for call in calls {
-            assert_eq!(call.await.unwrap(), 13);
+            assert_eq!(
+                tests::within(WAIT, "a call returns", call).await.unwrap(),
+                13
+            );
         }
         assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
         assert_eq!(metered(&f.cache, &gate, "argument-7af3".into()).await, 13);
@@ -285,7 +286,7 @@ mod behaviour {
 
         // Past its 1 ms TTL, within `stale`: served stale.
         assert_eq!(quote(&f.cache, "ACME-91".into()).await, Some(7));
-        wait_until("a stale value is served", async || {
+        tests::eventually(WAIT, "a stale value is served", async || {
             quote(&f.cache, "ACME-91".into()).await;
             r.count(
                 "cache.memoized.calls",
@@ -301,6 +302,28 @@ mod behaviour {
             &[prefix, ("result", "bypass"), ("tier", "none")],
         );
         r.assert_documented(&["argument-7af3", "ACME-91"]);
+    }
+
+    pub async fn function_calls_report_their_label_never_the_key(f: Fixture) {
+        let tier = tier(f.backend);
+        let options = EntryOptions::ttl(Duration::from_secs(60));
+        for _ in 0..2 {
+            let value = f
+                .cache
+                .get_or_set("user:secret-4471", &options, || async { 1_u32 })
+                .await;
+            assert_eq!(value, 1);
+        }
+        let labelled = options.clone().label("users");
+        f.cache
+            .get_or_set("user:secret-4472", &labelled, || async { 2_u32 })
+            .await;
+        let r = f.recorded;
+        let calls = |prefix, result| [("prefix", prefix), ("result", result), ("tier", tier)];
+        r.assert_moved("cache.memoized.calls", &calls("get_or_set", "miss"));
+        r.assert_moved("cache.memoized.calls", &calls("get_or_set", "hit"));
+        r.assert_moved("cache.memoized.calls", &calls("users", "miss"));
+        r.assert_documented(&["secret-4471", "secret-4472"]);
     }
 
     pub async fn store_operations_report_result_and_latency_without_keys(f: Fixture) {
@@ -336,10 +359,14 @@ mod behaviour {
         // A buffer of one message: the second one delivered overflows it.
         let bus = cache.events().with_buffer(1);
         let mut events = bus.subscribe::<u64>(&["orders-4410"]).await.unwrap();
-        wait_until("a message is dropped from the full buffer", async || {
-            bus.publish("orders-4410", &1_u64).await.unwrap();
-            cache.stats().events.dropped > 0
-        })
+        tests::eventually(
+            WAIT,
+            "a message is dropped from the full buffer",
+            async || {
+                bus.publish("orders-4410", &1_u64).await.unwrap();
+                cache.stats().events.dropped > 0
+            },
+        )
         .await;
         let started = Instant::now();
         loop {
@@ -498,12 +525,7 @@ fn capture_spans() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
 }
 
 async fn serve(layer: RateLimitLayer) -> u16 {
-    tests::http::serve(
-        Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(layer),
-    )
-    .await
+    tests::http::serve_layer(layer).await
 }
 
 async fn get_status(port: u16) -> u16 {
@@ -566,7 +588,7 @@ async fn failures_report_errors_breaker_changes_and_fail_open() {
     r.assert_moved("ratelimit.store.calls", &[("result", "error")]);
 
     server.restart();
-    wait_until("the breaker closes again", async || {
+    tests::eventually(WAIT, "the breaker closes again", async || {
         let _ = cache.get::<u8>("k").await;
         r.count("cache.breaker.transitions", &[("state", "closed")]) > 0
     })
@@ -591,7 +613,8 @@ async fn local_tier_hits_report_the_local_tier() {
     gate.open.send_replace(true);
     // The tier keeps an entry once tracking is on: poll until one is served.
     let local_hit = [("prefix", "metered"), ("result", "hit"), ("tier", "local")];
-    wait_until(
+    tests::eventually(
+        WAIT,
         "a memoized call is served from the local tier",
         async || {
             assert_eq!(metered(&cache, &gate, "argument-7af3".into()).await, 13);

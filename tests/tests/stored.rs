@@ -6,14 +6,18 @@
 //! Time is moved without sleeping: an entry is made stale by rewriting its
 //! envelope's soft expiry into the past, and "after ttl + stale" is the key
 //! gone, as Redis leaves it.
+//!
+//! The memoizing behaviours run through `#[cached]` (`memory_store::` ...)
+//! and through `Cache::get_or_set` / `try_get_or_set` with the attribute's
+//! key and `EntryOptions` (`through_function::`); module [`memo`] picks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache_core::envelope::{self, Header};
-use cache_core::{Cache, EncryptionKeys, KeyTtl, cached, key_for};
-use tests::suite::{self, Backend};
+use cache_core::{Cache, EncryptionKeys, EntryOptions, KeyTtl, cached, key_for};
+use tests::suite::{self, Api, Backend};
 use tests::unique_prefix;
 
 /// Fernet keys of the tests (never real ones).
@@ -26,6 +30,15 @@ struct Pair {
     b: Cache,
     backend: Backend,
     namespace: String,
+    /// What the memoized calls go through.
+    api: Api,
+}
+
+async fn function_fixture(backend: Backend, test: &str) -> Pair {
+    Pair {
+        api: Api::Function,
+        ..fixture(backend, test).await
+    }
 }
 
 async fn fixture(backend: Backend, test: &str) -> Pair {
@@ -46,17 +59,12 @@ async fn fixture(backend: Backend, test: &str) -> Pair {
         b,
         backend,
         namespace,
+        api: Api::Macro,
     }
 }
 
-/// Polls `done` every few ms until it holds; fails after 10 s.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long a test waits for what it expects.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Rewrites the entry's soft expiry into the past: as if `ttl` had passed.
 async fn age(cache: &Cache, key: &str) {
@@ -116,7 +124,14 @@ impl Upstream {
         }
         let _ended = Ended(self.ended.clone());
         let mut open = self.open.subscribe();
-        let _ = open.wait_for(|open| *open).await;
+        // Bounded: a call left waiting fails its test instead of hanging it.
+        tests::within(
+            Duration::from_secs(10),
+            "the upstream opens",
+            open.wait_for(|open| *open),
+        )
+        .await
+        .expect("the upstream's gate lives");
         if self.panic.load(Ordering::SeqCst) {
             panic!("upstream panicked");
         }
@@ -172,6 +187,21 @@ async fn tagged_quote(
     upstream.quote().await
 }
 
+/// `stale` on a method with borrowed arguments (`&self`, `&str`): the
+/// refresh runs on owned copies of them.
+#[derive(Clone)]
+struct QuoteDesk {
+    upstream: Arc<Upstream>,
+}
+
+impl QuoteDesk {
+    #[cached(prefix = "quote-desk", ttl = 60, stale = 300, cache = cache)]
+    async fn quote(&self, cache: &Cache, symbol: &str) -> Result<u64, String> {
+        assert!(!symbol.is_empty());
+        self.upstream.quote().await
+    }
+}
+
 #[cached(prefix = "search", ttl = 3600, compress, cache = cache, skip(cache, calls))]
 async fn search_compressed(cache: &Cache, calls: &AtomicUsize, query: &str) -> Vec<String> {
     calls.fetch_add(1, Ordering::SeqCst);
@@ -208,6 +238,189 @@ async fn untagged(cache: &Cache, calls: &AtomicUsize, user_id: u64) -> u64 {
     user_id * 100
 }
 
+/// The memoized operations of the behaviours, through either API: the
+/// function API gets the key and the options the attribute uses.
+mod memo {
+    use super::*;
+
+    pub async fn quote(
+        api: Api,
+        cache: Cache,
+        upstream: Arc<Upstream>,
+        symbol: String,
+    ) -> Result<u64, String> {
+        let options = EntryOptions::ttl(Duration::from_secs(60)).stale(Duration::from_secs(300));
+        match api {
+            Api::Macro => super::quote(cache, upstream, symbol).await,
+            Api::Function => quoted(&cache, "quote", &options, upstream, &symbol).await,
+        }
+    }
+
+    pub async fn quote_with_timeout(
+        api: Api,
+        cache: Cache,
+        upstream: Arc<Upstream>,
+        symbol: String,
+    ) -> Result<u64, String> {
+        let options = EntryOptions::ttl(Duration::from_secs(60))
+            .stale(Duration::from_secs(300))
+            .timeout(Duration::from_millis(100));
+        match api {
+            Api::Macro => super::quote_with_timeout(cache, upstream, symbol).await,
+            Api::Function => quoted(&cache, "quote-timeout", &options, upstream, &symbol).await,
+        }
+    }
+
+    pub async fn tagged_quote(
+        api: Api,
+        cache: Cache,
+        upstream: Arc<Upstream>,
+        symbol: String,
+    ) -> Result<u64, String> {
+        let options = EntryOptions::ttl(Duration::from_secs(60))
+            .stale(Duration::from_secs(300))
+            .tags([format!("symbol:{symbol}")]);
+        match api {
+            Api::Macro => super::tagged_quote(cache, upstream, symbol).await,
+            Api::Function => quoted(&cache, "quote-tagged", &options, upstream, &symbol).await,
+        }
+    }
+
+    async fn quoted(
+        cache: &Cache,
+        prefix: &str,
+        options: &EntryOptions,
+        upstream: Arc<Upstream>,
+        symbol: &str,
+    ) -> Result<u64, String> {
+        let key = key_for(prefix, &(symbol,)).unwrap();
+        cache
+            .try_get_or_set(&key, options, move || async move { upstream.quote().await })
+            .await
+    }
+
+    async fn search(
+        cache: &Cache,
+        prefix: &str,
+        options: &EntryOptions,
+        calls: &AtomicUsize,
+        query: &str,
+    ) -> Vec<String> {
+        let key = key_for(prefix, &(query,)).unwrap();
+        cache
+            .get_or_set(&key, options, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let results = search_results(query);
+                async move { results }
+            })
+            .await
+    }
+
+    pub async fn search_compressed(
+        api: Api,
+        cache: &Cache,
+        calls: &AtomicUsize,
+        query: &str,
+    ) -> Vec<String> {
+        match api {
+            Api::Macro => super::search_compressed(cache, calls, query).await,
+            Api::Function => {
+                let options = EntryOptions::ttl(Duration::from_secs(3600)).compress();
+                search(cache, "search", &options, calls, query).await
+            }
+        }
+    }
+
+    pub async fn search_plain(
+        api: Api,
+        cache: &Cache,
+        calls: &AtomicUsize,
+        query: &str,
+    ) -> Vec<String> {
+        match api {
+            Api::Macro => super::search_plain(cache, calls, query).await,
+            Api::Function => {
+                let options = EntryOptions::ttl(Duration::from_secs(3600));
+                search(cache, "search-plain", &options, calls, query).await
+            }
+        }
+    }
+
+    pub async fn api_key(api: Api, cache: &Cache, calls: &AtomicUsize, tenant: u32) -> String {
+        match api {
+            Api::Macro => super::api_key(cache, calls, tenant).await,
+            Api::Function => {
+                let key = key_for("apikey", &(tenant,)).unwrap();
+                let options = EntryOptions::ttl(Duration::from_secs(600)).encrypt();
+                cache
+                    .get_or_set(&key, &options, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async move { format!("sk-live-secret-of-tenant-{tenant}") }
+                    })
+                    .await
+            }
+        }
+    }
+
+    pub async fn summary(api: Api, cache: &Cache, calls: &AtomicUsize, user_id: u64) -> u64 {
+        match api {
+            Api::Macro => super::summary(cache, calls, user_id).await,
+            Api::Function => {
+                let options =
+                    EntryOptions::ttl(Duration::from_secs(300)).tags([format!("user:{user_id}")]);
+                hundredfold(cache, "summary", &options, calls, user_id).await
+            }
+        }
+    }
+
+    pub async fn untagged(api: Api, cache: &Cache, calls: &AtomicUsize, user_id: u64) -> u64 {
+        match api {
+            Api::Macro => super::untagged(cache, calls, user_id).await,
+            Api::Function => {
+                let options = EntryOptions::ttl(Duration::from_secs(300));
+                hundredfold(cache, "untagged", &options, calls, user_id).await
+            }
+        }
+    }
+
+    async fn hundredfold(
+        cache: &Cache,
+        prefix: &str,
+        options: &EntryOptions,
+        calls: &AtomicUsize,
+        user_id: u64,
+    ) -> u64 {
+        let key = key_for(prefix, &(user_id,)).unwrap();
+        cache
+            .get_or_set(&key, options, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move { user_id * 100 }
+            })
+            .await
+    }
+
+    pub async fn slow_compressed(
+        api: Api,
+        cache: &Cache,
+        upstream: &Arc<Upstream>,
+        id: u32,
+    ) -> Result<Vec<u64>, String> {
+        match api {
+            Api::Macro => super::slow_compressed(cache, upstream, id).await,
+            Api::Function => {
+                let key = key_for("slow-compressed", &(id,)).unwrap();
+                let options = EntryOptions::ttl(Duration::from_secs(60)).compress_from(16);
+                let upstream = upstream.clone();
+                cache
+                    .try_get_or_set(&key, &options, move || async move {
+                        upstream.quote().await.map(|price| vec![price; id as usize])
+                    })
+                    .await
+            }
+        }
+    }
+}
+
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     fixture: fixture;
@@ -227,7 +440,39 @@ tests::suite!(
     a_garbage_tag_version_is_absent_and_changing_it_still_invalidates,
     a_tag_bumped_with_incr_by_another_program_invalidates_its_entries,
     an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond,
+    // The attribute's alone:
+    a_stale_method_with_borrowed_arguments_refreshes_in_the_background,
 );
+
+mod through_function {
+    use super::*;
+
+    tests::suite!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        fixture: function_fixture;
+        stale_value_comes_back_at_once_and_one_background_refresh_runs,
+        a_failing_or_panicking_refresh_keeps_serving_the_stale_value,
+        after_ttl_plus_stale_the_body_runs_and_its_error_is_returned,
+        compressed_entries_round_trip_and_are_smaller,
+        a_foreign_plain_value_under_a_compressed_key_still_reads,
+        encrypted_entries_hold_no_plaintext_and_round_trip,
+        invalidating_a_tag_misses_its_entries_in_both_instances,
+        an_unknown_envelope_version_is_a_miss,
+        concurrent_first_calls_of_a_stored_function_run_the_body_once,
+        a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses,
+        an_invalidated_tag_is_never_served_stale,
+        an_evicted_tag_version_never_brings_back_what_it_invalidated,
+        a_garbage_tag_version_is_absent_and_changing_it_still_invalidates,
+        a_tag_bumped_with_incr_by_another_program_invalidates_its_entries,
+        an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond,
+    );
+
+    tests::suite!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        redis_only fixture: function_fixture;
+        a_wrong_key_is_a_miss_counted_and_the_value_is_recomputed,
+    );
+}
 
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,8 +484,29 @@ tests::suite!(
 mod behaviour {
     use super::*;
 
+    pub async fn a_stale_method_with_borrowed_arguments_refreshes_in_the_background(pair: Pair) {
+        let Pair { a, b, .. } = pair;
+        let desk = QuoteDesk {
+            upstream: Upstream::new(100),
+        };
+        let symbol = String::from("BRWD");
+        assert_eq!(desk.quote(&a, &symbol).await, Ok(100));
+        let key = QuoteDesk::quote_key(&symbol).unwrap();
+        desk.upstream.price.store(200, Ordering::SeqCst);
+        age(&a, &key).await;
+        assert_eq!(desk.quote(&a, &symbol).await, Ok(100), "stale, at once");
+        tests::eventually(WAIT, "the refresh stores the new price", async || {
+            soft_expiry(&a, &key).await > now_ms()
+        })
+        .await;
+        assert_eq!(desk.quote(&b, &symbol).await, Ok(200));
+        assert_eq!(desk.upstream.calls(), 2, "one refresh");
+    }
+
     pub async fn stale_value_comes_back_at_once_and_one_background_refresh_runs(pair: Pair) {
-        let Pair { a, b, backend, .. } = pair;
+        let Pair {
+            a, b, backend, api, ..
+        } = pair;
         // On the in-memory store the two instances are clones: one set of counters.
         let stale_served = |a: &Cache, b: &Cache| match backend {
             Backend::Memory => a.stats().stale_served,
@@ -249,7 +515,7 @@ mod behaviour {
         let upstream = Upstream::new(100);
         let key = quote_key("ACME".into()).unwrap();
         assert_eq!(
-            quote(a.clone(), upstream.clone(), "ACME".into()).await,
+            memo::quote(api, a.clone(), upstream.clone(), "ACME".into()).await,
             Ok(100)
         );
         assert_eq!(upstream.calls(), 1);
@@ -267,7 +533,7 @@ mod behaviour {
         let served_before = stale_served(&a, &b);
         let calls = (0..50).map(|i| {
             let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(quote(cache, upstream.clone(), "ACME".into()))
+            tokio::spawn(memo::quote(api, cache, upstream.clone(), "ACME".into()))
         });
         // Every caller returns while the refresh is still held: at once.
         for answer in futures_util::future::join_all(calls).await {
@@ -276,21 +542,21 @@ mod behaviour {
         // Counted per read: concurrent callers in one process share one.
         let served = stale_served(&a, &b) - served_before;
         assert!((1..=50).contains(&served), "stale values counted: {served}");
-        eventually("the background refresh starts", async || {
+        tests::eventually(WAIT, "the background refresh starts", async || {
             upstream.calls() == 2
         })
         .await;
         upstream.open.send_replace(true);
-        eventually("the refreshed value is stored", async || {
+        tests::eventually(WAIT, "the refreshed value is stored", async || {
             soft_expiry(&a, &key).await > now_ms()
         })
         .await;
         assert_eq!(
-            quote(b.clone(), upstream.clone(), "ACME".into()).await,
+            memo::quote(api, b.clone(), upstream.clone(), "ACME".into()).await,
             Ok(200)
         );
         assert_eq!(
-            quote(a.clone(), upstream.clone(), "ACME".into()).await,
+            memo::quote(api, a.clone(), upstream.clone(), "ACME".into()).await,
             Ok(200)
         );
         assert_eq!(
@@ -301,12 +567,12 @@ mod behaviour {
     }
 
     pub async fn a_failing_or_panicking_refresh_keeps_serving_the_stale_value(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         for (symbol, panics) in [("ERR", false), ("PANIC", true)] {
             let upstream = Upstream::new(100);
             let key = quote_key(symbol.into()).unwrap();
             assert_eq!(
-                quote(a.clone(), upstream.clone(), symbol.into()).await,
+                memo::quote(api, a.clone(), upstream.clone(), symbol.into()).await,
                 Ok(100)
             );
             upstream.fail.store(true, Ordering::SeqCst);
@@ -314,11 +580,11 @@ mod behaviour {
             age(&a, &key).await;
             let served = a.stats().stale_served;
             assert_eq!(
-                quote(a.clone(), upstream.clone(), symbol.into()).await,
+                memo::quote(api, a.clone(), upstream.clone(), symbol.into()).await,
                 Ok(100)
             );
             assert_eq!(a.stats().stale_served, served + 1);
-            eventually("the refresh runs (and fails)", async || {
+            tests::eventually(WAIT, "the refresh runs (and fails)", async || {
                 upstream.calls() == 2
             })
             .await;
@@ -326,7 +592,7 @@ mod behaviour {
             // lapses: no refresh per call against a failing upstream.
             for cache in [&a, &b] {
                 assert_eq!(
-                    quote(cache.clone(), upstream.clone(), symbol.into()).await,
+                    memo::quote(api, cache.clone(), upstream.clone(), symbol.into()).await,
                     Ok(100)
                 );
             }
@@ -338,18 +604,19 @@ mod behaviour {
     pub async fn a_refresh_over_its_timeout_is_abandoned_and_retried_once_its_lease_lapses(
         pair: Pair,
     ) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let upstream = Upstream::new(100);
         let key = key_for("quote-timeout", &("SLOW",)).unwrap();
-        let call =
-            |cache: &Cache| quote_with_timeout(cache.clone(), upstream.clone(), "SLOW".into());
+        let call = |cache: &Cache| {
+            memo::quote_with_timeout(api, cache.clone(), upstream.clone(), "SLOW".into())
+        };
         assert_eq!(call(&a).await, Ok(100));
         upstream.price.store(200, Ordering::SeqCst);
         upstream.open.send_replace(false);
         age(&a, &key).await;
         assert_eq!(call(&a).await, Ok(100), "stale, at once");
         // The refresh hangs, and is dropped at its 100 ms timeout.
-        eventually("the hanging refresh is abandoned", async || {
+        tests::eventually(WAIT, "the hanging refresh is abandoned", async || {
             upstream.ended.load(Ordering::SeqCst) == 2
         })
         .await;
@@ -360,7 +627,7 @@ mod behaviour {
             "an abandoned refresh writes nothing"
         );
         // Once its lease lapsed (100 ms), a later call refreshes again.
-        eventually("a new refresh stores the new value", async || {
+        tests::eventually(WAIT, "a new refresh stores the new value", async || {
             let answer = call(&b).await;
             assert!(matches!(answer, Ok(100 | 200)), "{answer:?}");
             soft_expiry(&a, &key).await > now_ms()
@@ -370,10 +637,11 @@ mod behaviour {
     }
 
     pub async fn an_invalidated_tag_is_never_served_stale(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let upstream = Upstream::new(100);
         let key = key_for("quote-tagged", &("TAG",)).unwrap();
-        let call = |cache: &Cache| tagged_quote(cache.clone(), upstream.clone(), "TAG".into());
+        let call =
+            |cache: &Cache| memo::tagged_quote(api, cache.clone(), upstream.clone(), "TAG".into());
         assert_eq!(call(&a).await, Ok(100));
         age(&a, &key).await;
         b.invalidate_tag("symbol:TAG").await.unwrap();
@@ -387,18 +655,18 @@ mod behaviour {
     }
 
     pub async fn after_ttl_plus_stale_the_body_runs_and_its_error_is_returned(pair: Pair) {
-        let Pair { a, .. } = pair;
+        let Pair { a, api, .. } = pair;
         let upstream = Upstream::new(100);
         let key = quote_key("GONE".into()).unwrap();
         assert_eq!(
-            quote(a.clone(), upstream.clone(), "GONE".into()).await,
+            memo::quote(api, a.clone(), upstream.clone(), "GONE".into()).await,
             Ok(100)
         );
         // ttl + stale passed: the store dropped the entry.
         assert!(a.delete(&key).await.unwrap());
         upstream.fail.store(true, Ordering::SeqCst);
         assert_eq!(
-            quote(a.clone(), upstream.clone(), "GONE".into()).await,
+            memo::quote(api, a.clone(), upstream.clone(), "GONE".into()).await,
             Err("upstream down".to_string()),
             "as without a cache"
         );
@@ -406,12 +674,15 @@ mod behaviour {
     }
 
     pub async fn compressed_entries_round_trip_and_are_smaller(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let calls = AtomicUsize::new(0);
-        let first = search_compressed(&a, &calls, "redis").await;
-        assert_eq!(search_compressed(&b, &calls, "redis").await, first);
+        let first = memo::search_compressed(api, &a, &calls, "redis").await;
+        assert_eq!(
+            memo::search_compressed(api, &b, &calls, "redis").await,
+            first
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the second instance hits");
-        assert_eq!(search_plain(&a, &calls, "redis").await, first);
+        assert_eq!(memo::search_plain(api, &a, &calls, "redis").await, first);
         let stored = |prefix: &'static str| {
             let a = a.clone();
             async move {
@@ -436,24 +707,24 @@ mod behaviour {
     }
 
     pub async fn a_foreign_plain_value_under_a_compressed_key_still_reads(pair: Pair) {
-        let Pair { a, .. } = pair;
+        let Pair { a, api, .. } = pair;
         let calls = AtomicUsize::new(0);
         let key = key_for("search", &("written by python",)).unwrap();
         a.set(&key, &vec!["from another writer"], None)
             .await
             .unwrap();
         assert_eq!(
-            search_compressed(&a, &calls, "written by python").await,
+            memo::search_compressed(api, &a, &calls, "written by python").await,
             vec!["from another writer".to_string()]
         );
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 
     pub async fn encrypted_entries_hold_no_plaintext_and_round_trip(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let calls = AtomicUsize::new(0);
-        let secret = api_key(&a, &calls, 7).await;
-        assert_eq!(api_key(&b, &calls, 7).await, secret);
+        let secret = memo::api_key(api, &a, &calls, 7).await;
+        assert_eq!(memo::api_key(api, &b, &calls, 7).await, secret);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let stored = a
             .get_bytes(&key_for("apikey", &(7,)).unwrap())
@@ -476,13 +747,16 @@ mod behaviour {
         a.set(&plain_key, &"planted".to_string(), None)
             .await
             .unwrap();
-        assert_eq!(api_key(&a, &calls, 8).await, "sk-live-secret-of-tenant-8");
+        assert_eq!(
+            memo::api_key(api, &a, &calls, 8).await,
+            "sk-live-secret-of-tenant-8"
+        );
     }
 
     pub async fn an_entry_from_a_clock_ahead_is_read_within_the_skew_and_counted_apart_beyond(
         pair: Pair,
     ) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let now = now_ms() / 1000;
         let fernet = fernet::Fernet::new(KEY_A).unwrap();
         // What an instance whose clock runs `ahead` seconds fast writes.
@@ -509,7 +783,10 @@ mod behaviour {
         a.set_bytes(&key, &written_ahead(120, "sk-live-from-a-fast-clock"), ttl)
             .await
             .unwrap();
-        assert_eq!(api_key(&b, &calls, 42).await, "sk-live-from-a-fast-clock");
+        assert_eq!(
+            memo::api_key(api, &b, &calls, 42).await,
+            "sk-live-from-a-fast-clock"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 0, "read, not overwritten");
 
         // An hour ahead, beyond the default 5 minutes: a miss, counted apart
@@ -526,26 +803,29 @@ mod behaviour {
     }
 
     pub async fn invalidating_a_tag_misses_its_entries_in_both_instances(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let calls = AtomicUsize::new(0);
         let plain_calls = AtomicUsize::new(0);
         for user in [7, 8] {
-            assert_eq!(summary(&a, &calls, user).await, user * 100);
-            assert_eq!(summary(&b, &calls, user).await, user * 100);
-            assert_eq!(untagged(&a, &plain_calls, user).await, user * 100);
+            assert_eq!(memo::summary(api, &a, &calls, user).await, user * 100);
+            assert_eq!(memo::summary(api, &b, &calls, user).await, user * 100);
+            assert_eq!(
+                memo::untagged(api, &a, &plain_calls, user).await,
+                user * 100
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         a.invalidate_tag("user:7").await.unwrap();
-        assert_eq!(summary(&b, &calls, 7).await, 700);
+        assert_eq!(memo::summary(api, &b, &calls, 7).await, 700);
         assert_eq!(calls.load(Ordering::SeqCst), 3, "user:7 recomputed");
-        assert_eq!(summary(&a, &calls, 7).await, 700);
-        assert_eq!(summary(&a, &calls, 8).await, 800);
+        assert_eq!(memo::summary(api, &a, &calls, 7).await, 700);
+        assert_eq!(memo::summary(api, &a, &calls, 8).await, 800);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             3,
             "then a hit on both; user:8 untouched"
         );
-        assert_eq!(untagged(&b, &plain_calls, 7).await, 700);
+        assert_eq!(memo::untagged(api, &b, &plain_calls, 7).await, 700);
         assert_eq!(
             plain_calls.load(Ordering::SeqCst),
             2,
@@ -587,14 +867,14 @@ mod behaviour {
     }
 
     pub async fn an_evicted_tag_version_never_brings_back_what_it_invalidated(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let ttl = Some(Duration::from_secs(60));
         // Written before their tags were ever invalidated (no version keys yet).
         a.set_tagged("doc:1", &"old", &["team:9"], ttl)
             .await
             .unwrap();
         let calls = AtomicUsize::new(0);
-        assert_eq!(summary(&a, &calls, 9).await, 900);
+        assert_eq!(memo::summary(api, &a, &calls, 9).await, 900);
         b.invalidate_tag("team:9").await.unwrap();
         b.invalidate_tag("user:9").await.unwrap();
         // The version keys (no TTL) go: evicted under an `allkeys-*`
@@ -602,9 +882,9 @@ mod behaviour {
         b.delete("__tag:team:9").await.unwrap();
         b.delete("__tag:user:9").await.unwrap();
         assert_eq!(a.get::<String>("doc:1").await.unwrap(), None);
-        assert_eq!(summary(&a, &calls, 9).await, 900);
+        assert_eq!(memo::summary(api, &a, &calls, 9).await, 900);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "recomputed, not revived");
-        assert_eq!(summary(&b, &calls, 9).await, 900);
+        assert_eq!(memo::summary(api, &b, &calls, 9).await, 900);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "then kept");
         a.set_tagged("doc:1", &"new", &["team:9"], ttl)
             .await
@@ -616,7 +896,7 @@ mod behaviour {
     }
 
     pub async fn a_garbage_tag_version_is_absent_and_changing_it_still_invalidates(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let ttl = Some(Duration::from_secs(60));
         // Another program left text that is no version under the tag's key.
         a.set_bytes("__tag:team:5", b"not-a-version", None)
@@ -638,8 +918,8 @@ mod behaviour {
 
         let calls = AtomicUsize::new(0);
         a.set_bytes("__tag:user:5", b"garbage", None).await.unwrap();
-        assert_eq!(summary(&a, &calls, 5).await, 500);
-        assert_eq!(summary(&b, &calls, 5).await, 500);
+        assert_eq!(memo::summary(api, &a, &calls, 5).await, 500);
+        assert_eq!(memo::summary(api, &b, &calls, 5).await, 500);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -648,32 +928,32 @@ mod behaviour {
         b.set_bytes("__tag:user:5", b"garbage, again", None)
             .await
             .unwrap();
-        assert_eq!(summary(&a, &calls, 5).await, 500);
+        assert_eq!(memo::summary(api, &a, &calls, 5).await, 500);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "recomputed");
     }
 
     pub async fn a_tag_bumped_with_incr_by_another_program_invalidates_its_entries(pair: Pair) {
-        let Pair { a, b, .. } = pair;
+        let Pair { a, b, api, .. } = pair;
         let calls = AtomicUsize::new(0);
         // Versions drawn past i64::MAX made half of these INCRs fail.
         for round in 1..=32 {
             if round % 2 == 0 {
                 a.invalidate_tag("user:3").await.unwrap();
             }
-            assert_eq!(summary(&a, &calls, 3).await, 300);
+            assert_eq!(memo::summary(api, &a, &calls, 3).await, 300);
             assert_eq!(
                 calls.load(Ordering::SeqCst),
                 round,
                 "computed once per version"
             );
-            assert_eq!(summary(&b, &calls, 3).await, 300);
+            assert_eq!(memo::summary(api, &b, &calls, 3).await, 300);
             let bumped = b.incr("__tag:user:3", 1).await;
             assert!(
                 matches!(bumped, Ok(v) if v > 1),
                 "round {round}: {bumped:?}"
             );
         }
-        assert_eq!(summary(&a, &calls, 3).await, 300);
+        assert_eq!(memo::summary(api, &a, &calls, 3).await, 300);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             33,
@@ -682,12 +962,15 @@ mod behaviour {
     }
 
     pub async fn concurrent_first_calls_of_a_stored_function_run_the_body_once(pair: Pair) {
-        let Pair { a, .. } = pair;
+        let Pair { a, api, .. } = pair;
         let upstream = Upstream::new(5);
         upstream.open.send_replace(false);
-        let calls = (0..20).map(|_| slow_compressed(&a, &upstream, 30));
+        let calls = (0..20).map(|_| memo::slow_compressed(api, &a, &upstream, 30));
         let release = async {
-            eventually("the leader runs the body", async || upstream.calls() >= 1).await;
+            tests::eventually(WAIT, "the leader runs the body", async || {
+                upstream.calls() >= 1
+            })
+            .await;
             upstream.open.send_replace(true);
         };
         let (answers, ()) = tokio::join!(futures_util::future::join_all(calls), release);
@@ -698,15 +981,15 @@ mod behaviour {
     }
 
     pub async fn an_unknown_envelope_version_is_a_miss(pair: Pair) {
-        let Pair { a, .. } = pair;
+        let Pair { a, api, .. } = pair;
         let calls = AtomicUsize::new(0);
-        let value = search_compressed(&a, &calls, "v2").await;
+        let value = memo::search_compressed(api, &a, &calls, "v2").await;
         let key = key_for("search", &("v2",)).unwrap();
         let mut bytes = a.get_bytes(&key).await.unwrap().unwrap();
         bytes[2] = envelope::VERSION + 1;
         a.set_bytes(&key, &bytes, None).await.unwrap();
         let misses = a.stats().misses;
-        assert_eq!(search_compressed(&a, &calls, "v2").await, value);
+        assert_eq!(memo::search_compressed(api, &a, &calls, "v2").await, value);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "recomputed");
         assert_eq!(a.stats().misses, misses + 1);
     }
@@ -766,9 +1049,9 @@ mod redis_behaviour {
     pub async fn a_wrong_key_is_a_miss_counted_and_the_value_is_recomputed(pair: Pair) {
         let other = instance(&pair, KEY_B).await;
         let calls = AtomicUsize::new(0);
-        api_key(&pair.a, &calls, 1).await;
+        memo::api_key(pair.api, &pair.a, &calls, 1).await;
         assert_eq!(
-            api_key(&other, &calls, 1).await,
+            memo::api_key(pair.api, &other, &calls, 1).await,
             "sk-live-secret-of-tenant-1"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 2);

@@ -9,6 +9,11 @@
 //!   chart: each request a dot at the time it was sent, failures as red
 //!   crosses, the faults shaded and named.
 //!
+//! - A soak's per-minute figures (`soak.csv`, written by `soak`) get one
+//!   chart of four panels over the minutes: resident memory, open
+//!   descriptors and live Tokio tasks of each service, and the requests'
+//!   p99 latency with the failed requests, the minute's fault named.
+//!
 //! `charts <bench log> <samples dir> <out dir>`; the names of the files it
 //! writes are printed, one per line.
 
@@ -57,6 +62,10 @@ fn main() -> Result<(), Failure> {
     runs.sort();
     for run in runs {
         println!("{}", fault_chart(&run, &out)?.display());
+    }
+    let soak = Path::new(samples).join("soak.csv");
+    if soak.exists() {
+        println!("{}", soak_chart(&soak, &out)?.display());
     }
     Ok(())
 }
@@ -415,6 +424,150 @@ fn fault_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
             )?
             .label("failed request")
             .legend(|(x, y)| Cross::new((x + 9, y), 4, BLACK.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+    }
+    Ok(path)
+}
+
+/// One minute of a soak, and per service [RSS MiB, descriptors, tasks].
+struct SoakMinute {
+    minute: f64,
+    fault: String,
+    /// Failed requests that began during the minute's fault or its recovery.
+    failed: f64,
+    /// Failed requests that began anywhere else.
+    failed_outside: f64,
+    p99_ms: f64,
+    services: [[f64; 3]; 2],
+}
+
+fn read_soak(path: &Path) -> Result<Vec<SoakMinute>, Failure> {
+    let text = std::fs::read_to_string(path)?;
+    let mut minutes = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 14 {
+            continue;
+        }
+        let n = |i: usize| f[i].parse::<f64>().unwrap_or(0.0);
+        minutes.push(SoakMinute {
+            minute: n(0),
+            fault: f[1].to_string(),
+            failed: n(3),
+            failed_outside: n(4),
+            p99_ms: n(6),
+            services: [[n(8) / 1024.0, n(9), n(10)], [n(11) / 1024.0, n(12), n(13)]],
+        });
+    }
+    Ok(minutes)
+}
+
+fn soak_chart(samples: &Path, out: &Path) -> Result<PathBuf, Failure> {
+    let minutes = read_soak(samples)?;
+    let path = out.join("soak.svg");
+    let last = minutes.iter().map(|m| m.minute).fold(1.0, f64::max);
+    {
+        let root = SVGBackend::new(&path, (WIDTH, 900)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((4, 1));
+        let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+        let names = ["search-service", "portfolio"];
+        let titles = [
+            "resident memory (MiB)",
+            "open file descriptors",
+            "live Tokio tasks",
+        ];
+        for (index, title) in titles.iter().enumerate() {
+            let top = minutes
+                .iter()
+                .flat_map(|m| m.services.iter().map(move |s| s[index]))
+                .fold(1.0, f64::max);
+            let mut chart = ChartBuilder::on(&panels[index])
+                .caption(*title, ("sans-serif", 15))
+                .margin(8)
+                .x_label_area_size(24)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0f64..last, 0f64..top * 1.25)?;
+            chart.configure_mesh().x_desc("minute").draw()?;
+            for (service, colour) in colours.iter().enumerate() {
+                let colour = *colour;
+                chart
+                    .draw_series(LineSeries::new(
+                        minutes
+                            .iter()
+                            .map(|m| (m.minute, m.services[service][index])),
+                        colour.stroke_width(2),
+                    ))?
+                    .label(names[service])
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()?;
+        }
+        let top = minutes.iter().map(|m| m.p99_ms).fold(1.0, f64::max);
+        let failed: f64 = minutes.iter().map(|m| m.failed).sum();
+        let outside: f64 = minutes.iter().map(|m| m.failed_outside).sum();
+        let mut chart = ChartBuilder::on(&panels[3])
+            .caption(
+                format!(
+                    "p99 latency (ms) per minute, and its fault; failed requests: {failed} during faults, {outside} outside"
+                ),
+                ("sans-serif", 15),
+            )
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..last, 0f64..top * 1.6)?;
+        chart.configure_mesh().x_desc("minute").draw()?;
+        let blue = colours[0];
+        chart
+            .draw_series(LineSeries::new(
+                minutes.iter().map(|m| (m.minute, m.p99_ms)),
+                blue.stroke_width(2),
+            ))?
+            .label("p99 of the minute's requests")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                minutes
+                    .iter()
+                    .filter(|m| m.failed_outside > 0.0)
+                    .map(|m| Cross::new((m.minute, m.p99_ms), 5, BLACK.stroke_width(2))),
+            )?
+            .label("a minute with failed requests outside its fault")
+            .legend(|(x, y)| Cross::new((x + 9, y), 4, BLACK.stroke_width(2)));
+        for (index, m) in minutes
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.fault != "none")
+        {
+            chart.draw_series(std::iter::once(Text::new(
+                m.fault.clone(),
+                (
+                    m.minute,
+                    if index % 2 == 0 {
+                        top * 1.45
+                    } else {
+                        top * 1.25
+                    },
+                ),
+                ("sans-serif", 10).into_font().color(&BLACK),
+            )))?;
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)

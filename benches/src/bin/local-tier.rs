@@ -2,11 +2,11 @@
 //! baselines in the same run, against a redis-server on loopback:
 //!
 //! - **hit**: `#[cached]` served by the local tier (JSON and MessagePack
-//!   entries of a 384-float embedding) vs a plain `moka` `get` + clone of
-//!   the same `Vec<f32>` (the floor), the same `#[cached]` without a local
-//!   tier (a Redis round trip) and, with `--features compare`, the `cached`
-//!   crate's Redis-backed `#[concurrent_cached]`. One task, so that the
-//!   figures are per-call costs.
+//!   entries of a 384-float embedding) and `Cache::get_or_set` served by it
+//!   vs a plain `moka` `get` + clone of the same `Vec<f32>` (the floor), the
+//!   same `#[cached]` without a local tier (a Redis round trip) and, with
+//!   `--features compare`, the `cached` crate's Redis-backed
+//!   `#[concurrent_cached]`. One task, so that the figures are per-call costs.
 //! - **invalidation delay**: two handles with local tiers (two instances);
 //!   B writes a new value, A is polled until it no longer serves the old one.
 //!   The delay runs from B's write being acknowledged; p50 / p99 over
@@ -17,12 +17,13 @@
 //!   Redis and the writer.
 //!
 //! `cargo run --release -p benches --features compare --bin local-tier`
+//! (`BENCH_ONLY=hit`: the hit table alone)
 
 use std::time::{Duration, Instant};
 
 use benches::embeddings::{embed_json, embed_msgpack, embedding, text_of};
 use benches::{ROUNDS, Series, report, throughput};
-use cache_core::Cache;
+use cache_core::{Cache, EntryOptions};
 
 const HIT_ITERATIONS: usize = 200_000;
 const REDIS_ITERATIONS: usize = 5_000;
@@ -46,13 +47,20 @@ async fn main() {
     benches::cached_crate::embed(text.to_string())
         .await
         .expect("seed");
+    let options: &'static EntryOptions =
+        Box::leak(Box::new(EntryOptions::ttl(Duration::from_secs(600))));
+    let function_key: &'static str = format!("bench-fn:{text}").leak();
+    let compute = move || async move { embedding(text) };
+    local.get_or_set(function_key, options, compute).await;
     let before = local.stats().local_hits;
     embed_json(&local, text).await;
-    assert_eq!(local.stats().local_hits, before + 1, "served locally");
+    local.get_or_set(function_key, options, compute).await;
+    assert_eq!(local.stats().local_hits, before + 2, "served locally");
 
     let mut moka_floor = Series::new("moka get + clone (floor)");
     let mut local_json = Series::new("#[cached] local hit, JSON");
     let mut local_pack = Series::new("#[cached(codec = \"msgpack\")] local hit");
+    let mut local_function = Series::new("get_or_set local hit, JSON");
     let mut remote_json = Series::new("#[cached] Redis hit (no local tier), JSON");
     #[cfg(feature = "compare")]
     let mut other = Series::new("cached crate #[concurrent_cached(redis)] Redis hit");
@@ -84,6 +92,17 @@ async fn main() {
             })
             .await,
         );
+        let c = local.clone();
+        local_function.rounds.push(
+            throughput(HIT_ITERATIONS, 1, move |_| {
+                let c = c.clone();
+                async move {
+                    let value = c.get_or_set(function_key, options, compute).await;
+                    assert_eq!(value.len(), 384);
+                }
+            })
+            .await,
+        );
         let c = remote.clone();
         remote_json.rounds.push(
             throughput(REDIS_ITERATIONS, 1, move |_| {
@@ -105,20 +124,40 @@ async fn main() {
     }
     let stats = local.stats();
     assert!(
-        stats.local_hits > (ROUNDS * HIT_ITERATIONS) as u64,
+        stats.local_hits > (3 * ROUNDS * HIT_ITERATIONS) as u64,
         "{stats:?}"
     );
     let title = format!("#[cached] hit of a 384-f32 embedding, 1 task, median of {ROUNDS} rounds");
     #[cfg(not(feature = "compare"))]
-    report(&title, &[moka_floor, local_json, local_pack, remote_json]);
+    report(
+        &title,
+        &[
+            moka_floor,
+            local_json,
+            local_pack,
+            local_function,
+            remote_json,
+        ],
+    );
     #[cfg(feature = "compare")]
     {
         report(
             &title,
-            &[moka_floor, local_json, local_pack, remote_json, other],
+            &[
+                moka_floor,
+                local_json,
+                local_pack,
+                local_function,
+                remote_json,
+                other,
+            ],
         );
     }
 
+    // BENCH_ONLY=hit: the hit table alone.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("hit") {
+        return;
+    }
     invalidation_delay(&server).await;
     broadcast_price(&server).await;
 }

@@ -27,6 +27,11 @@
 //!   once; `#[cached]` keeps the value it stored, after a round trip on the
 //!   tracking connections proved that the only invalidation of the key since
 //!   the write was sent is the write's own.
+//! - **Memoized calls without SHA-256**: a `#[cached]` call's entry is kept
+//!   under its [`ArgsKey`](crate::memoize::ArgsKey) (the prefix and the
+//!   canonical JSON of its arguments), so that a local hit needs no hash of
+//!   them; the key as stored (their SHA-256) names the entry to Redis, whose
+//!   invalidations evict it through an alias (see [`Aliases`]).
 //!
 //! The in-memory store has no local tier: it already is in-process.
 
@@ -46,10 +51,12 @@ pub(crate) use tracking::{TrackedStore, start};
 /// whose type is `Clone` are served a clone of it, without decoding.
 pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
 
-/// One local entry: the encoded bytes, shared, perhaps the decoded value,
-/// and their own bound on life.
-#[derive(Clone)]
-pub(crate) struct Entry {
+/// One local entry, shared: a hit clones one `Arc`.
+pub(crate) type Entry = Arc<Kept>;
+
+/// What a local entry holds: the encoded bytes, shared, perhaps the
+/// decoded value, and their own bound on life.
+pub(crate) struct Kept {
     pub(crate) bytes: Arc<[u8]>,
     pub(crate) decoded: Option<Decoded>,
     /// The TTL the value was written with, when this handle wrote it, or
@@ -63,16 +70,39 @@ struct EntryExpiry {
     max_ttl: Duration,
 }
 
-impl moka::Expiry<String, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+impl moka::Expiry<Box<[u8]>, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &Box<[u8]>, entry: &Entry, _: Instant) -> Option<Duration> {
         Some(entry.ttl.map_or(self.max_ttl, |ttl| ttl.min(self.max_ttl)))
     }
+}
+
+/// Which entries are kept under another key than the key as stored (a
+/// memoized call's [`ArgsKey`](crate::memoize::ArgsKey)): Redis names the
+/// key as stored when it changes, and that must evict them.
+///
+/// An entry under an alias is never in the tier without its alias here:
+/// a fill adds the alias and inserts the entry under this lock, and
+/// removing an alias (an eviction, a sweep) happens under it too, a sweep
+/// only for aliases whose entry is gone. Aliases of entries the tier
+/// dropped by itself (size, expiry) stay until the next sweep, which runs
+/// once the map has doubled since the last one.
+#[derive(Default)]
+struct Aliases {
+    /// Key as stored (full key) -> the key its entry is kept under.
+    by_key: HashMap<String, Box<[u8]>>,
+    /// Sweep when the map reaches this size.
+    sweep_at: usize,
 }
 
 /// The local tier of one handle (shared by its clones, not by
 /// [`Cache::dedicated`](crate::Cache::dedicated) handles, which are other instances).
 pub(crate) struct LocalTier {
-    entries: moka::sync::Cache<String, Entry, foldhash::quality::RandomState>,
+    /// By full key (the key as stored, as UTF-8), or by alias.
+    entries: moka::sync::Cache<Box<[u8]>, Entry, foldhash::quality::RandomState>,
+    /// The aliases of entries kept under another key; see [`Aliases`].
+    aliases: Mutex<Aliases>,
+    /// The tier's capacity, which bounds the aliases too.
+    max_entries: usize,
     /// Bumped by everything that may have made any entry stale without
     /// naming it: a flush, a lost or a re-established tracking connection.
     epoch: AtomicU64,
@@ -148,6 +178,11 @@ impl LocalTier {
                 // Seeded per tier; cheaper than SipHash on the 70-odd bytes
                 // of a memoized key, which is most of a hit's lookup.
                 .build_with_hasher(foldhash::quality::RandomState::default()),
+            aliases: Mutex::new(Aliases {
+                by_key: HashMap::new(),
+                sweep_at: sweep_threshold(max_entries),
+            }),
+            max_entries,
             epoch: AtomicU64::new(0),
             tracking: AtomicBool::new(false),
             watches: Mutex::default(),
@@ -170,7 +205,7 @@ impl LocalTier {
     /// opted in to stale entries: younger than `max_ttl`, perhaps changed in
     /// Redis since tracking went down. Never one from before tracking came
     /// back: opening the tier empties it.
-    pub(crate) fn get_stale(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn get_stale(&self, key: &[u8]) -> Option<Entry> {
         if !self.serve_stale || self.tracking.load(Ordering::Acquire) {
             return None;
         }
@@ -179,13 +214,15 @@ impl LocalTier {
         Some(entry)
     }
 
-    /// The local copy of `key`, when tracking is up and the tier holds one.
+    /// The local copy of `key` (a full key), when tracking is up and the
+    /// tier holds one.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
-        self.entry(key).map(|entry| entry.bytes)
+        self.entry(key.as_bytes()).map(|entry| entry.bytes.clone())
     }
 
-    /// [`get`](Self::get), with the decoded value when there is one.
-    pub(crate) fn entry(&self, key: &str) -> Option<Entry> {
+    /// [`get`](Self::get) by full key or alias, with the decoded value when
+    /// there is one.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
         if !self.tracking.load(Ordering::Acquire) {
             return None;
         }
@@ -244,19 +281,31 @@ impl LocalTier {
         decoded: Option<Decoded>,
         expires: Option<Instant>,
     ) {
-        let ttl = match expires {
-            None => None,
-            Some(at) => match at.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                // Expired already: nothing to keep.
-                _ => return,
-            },
+        let Some(ttl) = ttl_until(expires) else {
+            return;
         };
-        self.fill_checked(watch, bytes, decoded, ttl, 0);
+        self.fill_checked(watch, None, bytes, decoded, ttl, 0);
+    }
+
+    /// [`fill`](Self::fill), keeping the entry under `alias` rather than
+    /// under the watched key (which names it to Redis).
+    pub(crate) fn fill_as(
+        &self,
+        watch: Watch<'_>,
+        alias: &[u8],
+        bytes: &[u8],
+        decoded: Option<Decoded>,
+        expires: Option<Instant>,
+    ) {
+        let Some(ttl) = ttl_until(expires) else {
+            return;
+        };
+        self.fill_checked(watch, Some(alias), bytes, decoded, ttl, 0);
     }
 
     /// Keeps `bytes`, which this handle wrote under `watch` with `ttl`, if
-    /// the only invalidation of the key since is the write's own. Call after
+    /// the only invalidation of the key since is the write's own, under
+    /// `alias` if given (as [`fill_as`](Self::fill_as)). Call after
     /// [`barrier`](Self::barrier) succeeded: the write's own invalidation has
     /// then been applied.
     pub(crate) fn fill_own(
@@ -264,36 +313,58 @@ impl LocalTier {
         watch: Watch<'_>,
         bytes: &[u8],
         decoded: Option<Decoded>,
+        alias: Option<&[u8]>,
         ttl: Option<Duration>,
     ) {
-        self.fill_checked(watch, bytes, decoded, ttl, 1);
+        self.fill_checked(watch, alias, bytes, decoded, ttl, 1);
     }
 
     fn fill_checked(
         &self,
         watch: Watch<'_>,
+        alias: Option<&[u8]>,
         bytes: &[u8],
         decoded: Option<Decoded>,
         ttl: Option<Duration>,
         expected: u64,
     ) {
+        let key = alias.unwrap_or(watch.key.as_bytes());
         if !self.still_valid(&watch, expected) {
             // An older copy may be there (an own write's); the watchers
             // were told of the change by the invalidation itself.
-            self.entries.invalidate(&watch.key);
+            self.entries.invalidate(key);
             return;
         }
-        let entry = Entry {
+        let entry = Arc::new(Kept {
             bytes: Arc::from(bytes),
             decoded,
             ttl,
-        };
-        self.entries.insert(watch.key.clone(), entry);
+        });
+        match alias {
+            None => self.entries.insert(Box::from(key), entry),
+            Some(alias) => self.insert_aliased(&watch.key, alias, entry),
+        }
         // An invalidation applied between the check and the insert found
         // nothing to evict: look again, now that the entry is visible.
         if !self.still_valid(&watch, expected) {
-            self.entries.invalidate(&watch.key);
+            self.entries.invalidate(key);
         }
+    }
+
+    /// Inserts `entry` under `alias`, named `key` to Redis: the alias
+    /// first, both under the aliases' lock (see [`Aliases`]).
+    fn insert_aliased(&self, key: &str, alias: &[u8], entry: Entry) {
+        let mut aliases = crate::sync::lock(&self.aliases);
+        if aliases.by_key.len() >= aliases.sweep_at {
+            // Under the lock, so that no fill is between its alias and its entry.
+            let entries = &self.entries;
+            aliases
+                .by_key
+                .retain(|_, alias| entries.contains_key(&alias[..]));
+            aliases.sweep_at = sweep_threshold(self.max_entries).max(aliases.by_key.len() * 2);
+        }
+        aliases.by_key.insert(key.to_owned(), Box::from(alias));
+        self.entries.insert(Box::from(alias), entry);
     }
 
     /// Drops the local copy of `key`: it changed (or may have). Counted by
@@ -305,7 +376,11 @@ impl LocalTier {
                 watched.seen += 1;
             }
         }
-        self.entries.invalidate(key);
+        self.entries.invalidate(key.as_bytes());
+        let mut aliases = crate::sync::lock(&self.aliases);
+        if let Some(alias) = aliases.by_key.remove(key) {
+            self.entries.invalidate(&alias[..]);
+        }
     }
 
     /// Drops the local copies of every key starting with `prefix`.
@@ -322,7 +397,18 @@ impl LocalTier {
                 watched.seen += 1;
             }
         }
-        let prefix = prefix.to_string();
+        {
+            let mut aliases = crate::sync::lock(&self.aliases);
+            let entries = &self.entries;
+            aliases.by_key.retain(|key, alias| {
+                let keep = !key.starts_with(prefix);
+                if !keep {
+                    entries.invalidate(&alias[..]);
+                }
+                keep
+            });
+        }
+        let prefix = prefix.as_bytes().to_vec();
         if self
             .entries
             .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
@@ -343,6 +429,7 @@ impl LocalTier {
     pub(crate) fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
+        crate::sync::lock(&self.aliases).by_key.clear();
     }
 
     /// Tracking is up on every primary: open the tier, empty.
@@ -416,6 +503,23 @@ impl LocalTier {
             tracking: self.tracking.load(Ordering::Acquire),
         }
     }
+}
+
+/// How long an entry that expires at `expires` has left: `Some(None)` for
+/// no expiry, `None` when it expired already (nothing to keep).
+fn ttl_until(expires: Option<Instant>) -> Option<Option<Duration>> {
+    match expires {
+        None => Some(None),
+        Some(at) => match at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(Some(left)),
+            _ => None,
+        },
+    }
+}
+
+/// The size of the alias map that starts a sweep: twice the tier's capacity.
+fn sweep_threshold(max_entries: usize) -> usize {
+    max_entries.saturating_mul(2).max(64)
 }
 
 /// The local tier `config` asks for, its tracking started; `None` when off,
@@ -493,13 +597,13 @@ mod tests {
         let tier = open_tier();
         let watch = tier.watch("k");
         tier.invalidated("k");
-        tier.fill_own(watch, b"mine", None, None);
+        tier.fill_own(watch, b"mine", None, None, None);
         assert_eq!(tier.get("k").as_deref(), Some(&b"mine"[..]));
 
         let watch = tier.watch("k");
         tier.invalidated("k");
         tier.invalidated("k");
-        tier.fill_own(watch, b"mine", None, None);
+        tier.fill_own(watch, b"mine", None, None, None);
         assert_eq!(tier.get("k"), None, "another client wrote after us");
     }
 
@@ -519,21 +623,21 @@ mod tests {
         let tier = open_tier();
         tier.fill(tier.watch("k"), b"1", None, None);
         tier.close();
-        assert!(tier.get_stale("k").is_none(), "off by default");
+        assert!(tier.get_stale(b"k").is_none(), "off by default");
 
         let tier = open_tier().serving_stale(true);
         tier.fill(tier.watch("k"), b"1", None, None);
-        assert!(tier.get_stale("k").is_none(), "not while tracking is up");
+        assert!(tier.get_stale(b"k").is_none(), "not while tracking is up");
         tier.close();
         assert_eq!(tier.get("k"), None, "never as a plain read");
         assert_eq!(
-            tier.get_stale("k").map(|e| e.bytes).as_deref(),
+            tier.get_stale(b"k").map(|e| e.bytes.clone()).as_deref(),
             Some(&b"1"[..])
         );
         tier.open(Vec::new());
         tier.close();
         assert!(
-            tier.get_stale("k").is_none(),
+            tier.get_stale(b"k").is_none(),
             "nothing from before reconnecting"
         );
     }
@@ -547,8 +651,55 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(30);
         tier.fill(tier.watch("k"), b"1", None, Some(later));
         assert!(tier.get("k").is_some());
-        let ttl = tier.entries.get("k").and_then(|entry| entry.ttl);
+        let ttl = tier.entries.get(&b"k"[..]).and_then(|entry| entry.ttl);
         assert!(ttl.is_some_and(|ttl| ttl <= Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn an_aliased_entry_is_served_under_its_alias_and_evicted_by_its_key() {
+        let tier = open_tier();
+        tier.fill_as(tier.watch("ns:p:hash1"), b"\xffp\xff[1]", b"1", None, None);
+        assert!(tier.entry(b"\xffp\xff[1]").is_some());
+        assert!(
+            tier.get("ns:p:hash1").is_none(),
+            "kept under its alias only"
+        );
+        tier.invalidated("ns:p:hash1");
+        assert!(tier.entry(b"\xffp\xff[1]").is_none());
+
+        // A read in flight when its key changed is not kept.
+        let watch = tier.watch("ns:p:hash2");
+        tier.invalidated("ns:p:hash2");
+        tier.fill_as(watch, b"\xffp\xff[2]", b"2", None, None);
+        assert!(tier.entry(b"\xffp\xff[2]").is_none());
+
+        // invalidate_prefix reaches aliased entries through their keys.
+        tier.fill_as(tier.watch("ns:p:hash3"), b"\xffp\xff[3]", b"3", None, None);
+        tier.fill_as(tier.watch("ns:q:hash4"), b"\xffq\xff[4]", b"4", None, None);
+        tier.evict_prefix("ns:p:");
+        assert!(tier.entry(b"\xffp\xff[3]").is_none());
+        assert!(tier.entry(b"\xffq\xff[4]").is_some());
+        tier.flush();
+        assert!(tier.entry(b"\xffq\xff[4]").is_none());
+    }
+
+    #[test]
+    fn aliases_stay_bounded_and_live_entries_keep_theirs() {
+        let tier = LocalTier::new(10, Duration::from_secs(60), Duration::from_secs(1));
+        tier.open(Vec::new());
+        for n in 0..1_000 {
+            let alias = format!("\u{1}{n}").into_bytes();
+            tier.fill_as(tier.watch(&format!("k{n}")), &alias, b"v", None, None);
+            tier.entries.run_pending_tasks();
+        }
+        let aliases = crate::sync::lock(&tier.aliases).by_key.len();
+        assert!(aliases <= 2 * sweep_threshold(10), "{aliases} aliases");
+        // Whatever the tier still holds is evicted by its key.
+        for n in 0..1_000 {
+            let alias = format!("\u{1}{n}").into_bytes();
+            tier.invalidated(&format!("k{n}"));
+            assert!(tier.entry(&alias).is_none(), "k{n}");
+        }
     }
 
     #[test]

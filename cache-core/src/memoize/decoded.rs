@@ -53,10 +53,15 @@ pub trait KeepClone<V> {
 
 impl<V: Clone + Send + Sync + 'static> KeepClone<V> for Probe<V> {
     fn keep(&self) -> Option<Keep<V>> {
-        Some(Keep {
-            keep: |value| Arc::new(value.clone()),
-            take: |decoded| decoded.downcast_ref::<V>().cloned(),
-        })
+        Some(keep_clone())
+    }
+}
+
+/// How the local tier keeps `Clone` values decoded: a hit is a clone.
+pub(crate) fn keep_clone<V: Clone + Send + Sync + 'static>() -> Keep<V> {
+    Keep {
+        keep: |value| Arc::new(value.clone()),
+        take: |decoded| decoded.downcast_ref::<V>().cloned(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Single-flight: in one process, concurrent calls with the same key share
-//! one flight. The first to [`join`] leads: it reads the cache and, on a
+//! Single-flight: in one process, concurrent calls with the same key on
+//! the same handle (or its clones) share one flight. The first to [`join`] leads: it reads the cache and, on a
 //! miss, runs the body; the others follow and wait for the leader's
 //! [`Outcome`].
 //!
@@ -56,19 +56,28 @@ impl Flight {
     }
 }
 
-/// A full key and its hash, taken once per call: the hash picks the shard
-/// and is all the shard's map hashes. foldhash, seeded once per process.
+/// A handle and a full key, and their hash, taken once per call: the hash
+/// picks the shard and is all the shard's map hashes. foldhash, seeded once
+/// per process.
+///
+/// The handle is part of the key: two handles are two instances (two
+/// stores, perhaps, under the same namespace), and one must never be served
+/// what the other read. Clones of a handle share its flights.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct FlightKey {
     hash: u64,
+    handle: usize,
     key: String,
 }
 
 impl FlightKey {
-    pub(crate) fn new(key: String) -> FlightKey {
+    /// The flight of `key` on the handle whose [`Cache::id`](crate::Cache) is `handle`.
+    pub(crate) fn new(handle: usize, key: String) -> FlightKey {
         static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
-        let hash = SEED.get_or_init(Default::default).hash_one(key.as_str());
-        FlightKey { hash, key }
+        let hash = SEED
+            .get_or_init(Default::default)
+            .hash_one((handle, key.as_str()));
+        FlightKey { hash, handle, key }
     }
 }
 
@@ -128,7 +137,8 @@ fn shard_of(key: &FlightKey) -> &'static Mutex<FlightMap> {
 pub(crate) struct Leader {
     flight: Arc<Flight>,
     in_map: bool,
-    published: bool,
+    /// A `Cell`: publishing while the key is lent out (as the call's key).
+    published: std::cell::Cell<bool>,
 }
 
 impl Leader {
@@ -136,8 +146,8 @@ impl Leader {
         &self.flight.key.key
     }
 
-    pub(crate) fn publish(&mut self, value: Option<Arc<Vec<u8>>>) {
-        self.published = true;
+    pub(crate) fn publish(&self, value: Option<Arc<Vec<u8>>>) {
+        self.published.set(true);
         self.flight.settle(Outcome::Done(value));
     }
 
@@ -150,7 +160,7 @@ impl Leader {
     /// has left the map, so none can join after the check).
     pub(crate) fn finish_with_hit(mut self, bytes: &[u8]) {
         self.leave_map();
-        self.published = true;
+        self.published.set(true);
         if Arc::strong_count(&self.flight) > 1 {
             self.flight
                 .settle(Outcome::Done(Some(Arc::new(bytes.to_vec()))));
@@ -175,7 +185,7 @@ impl Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         self.leave_map();
-        if !self.published {
+        if !self.published.get() {
             self.flight.settle(Outcome::Abandoned);
         }
     }
@@ -205,7 +215,7 @@ pub(crate) fn join(key: FlightKey) -> Role {
     Role::Leader(Leader {
         flight,
         in_map: true,
-        published: false,
+        published: std::cell::Cell::new(false),
     })
 }
 
@@ -218,7 +228,7 @@ mod tests {
 
     /// The flights of one test: keys no other test uses (the map is global).
     fn key(name: &str) -> FlightKey {
-        FlightKey::new(format!("flight-test:{name}"))
+        FlightKey::new(0, format!("flight-test:{name}"))
     }
 
     fn lead(name: &str) -> Leader {
@@ -237,7 +247,7 @@ mod tests {
 
     #[test]
     fn followers_get_what_the_leader_publishes() {
-        let mut leader = lead("published");
+        let leader = lead("published");
         let flight = follow("published");
         leader.publish(Some(Arc::new(b"42".to_vec())));
         leader.finish();
@@ -269,6 +279,17 @@ mod tests {
         assert!(panicked.is_err());
         assert!(matches!(flight.outcome.get(), Some(Outcome::Abandoned)));
         drop(lead("panicked"));
+    }
+
+    #[test]
+    fn two_handles_fly_apart() {
+        let leader = lead("handles");
+        let other = FlightKey::new(1, "flight-test:handles".to_owned());
+        assert!(
+            matches!(join(other), Role::Leader(_)),
+            "another handle leads its own"
+        );
+        drop(leader);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Stored-value options of `#[cached]`: stale-while-revalidate and
+//! Stored-value options of memoized entries: stale-while-revalidate and
 //! fail-safe (`stale`, `timeout`), compression (`compress`), encryption at
-//! rest (`encrypt`) and tags (`tags`), and the envelope they share.
+//! rest (`encrypt`) and tags (`tags`), the envelope they share, and the
+//! leases of refreshes and locked computations. The memoization engine
+//! ([`crate::memoize`]) puts them to work.
 //!
 //! A plain entry is the codec's bytes; an entry written with any of these
 //! options is an [`envelope`]: a small versioned header, then the payload.
@@ -9,30 +11,9 @@ mod entry;
 pub mod envelope;
 mod keys;
 mod lease;
-mod memoize;
 mod tags;
 
-use std::time::Duration;
-
+pub(crate) use entry::{Seal, millis, now_ms};
 pub use keys::EncryptionKeys;
-pub use memoize::{DEFAULT_REFRESH_LEASE, memoize_stale, memoize_stored};
-
-/// Values of at least this many bytes are compressed under a bare `compress`.
-pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
-
-/// The stored-value options of one memoized function, as `#[cached]` gives
-/// them. Not a stable API: use the attribute.
-#[doc(hidden)]
-#[derive(Debug, Clone, Default)]
-pub struct StoredOptions {
-    /// `stale = ...`: how long past `ttl` a value may still be served.
-    pub stale: Option<Duration>,
-    /// `timeout = ...`: the bound of a background refresh.
-    pub timeout: Option<Duration>,
-    /// `compress` / `compress = bytes`: compress values from this size.
-    pub compress_from: Option<usize>,
-    /// `encrypt`: Fernet with the handle's keys.
-    pub encrypt: bool,
-    /// `tags = [...]`: evaluated over the arguments.
-    pub tags: Vec<String>,
-}
+pub(crate) use lease::{Lease, LeasePurpose, lease_key};
+pub(crate) use tags::{parse_version, tag_key, tags_match};

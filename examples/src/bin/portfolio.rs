@@ -246,5 +246,6 @@ async fn stats(State(app): State<App>) -> Json<Value> {
             "relay_subscribed": app.relay.is_subscribed(),
             "relay_received": app.relay.received(),
         },
+        "runtime": examples::metrics::runtime_stats(),
     }))
 }

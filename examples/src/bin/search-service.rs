@@ -142,5 +142,6 @@ async fn stats(State(app): State<App>) -> Json<Value> {
         "hit_rate": cache.hit_rate(),
         "computed": { "searches": searches, "embeddings": embeddings },
         "rate_limit": app.limiter.stats(),
+        "runtime": examples::metrics::runtime_stats(),
     }))
 }
