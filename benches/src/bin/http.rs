@@ -1522,6 +1522,7 @@ mod shared {
             (after.0 - commands.0) as f64 / requests.max(1) as f64,
             (after.1 - commands.1) as f64 / requests.max(1) as f64,
         );
+        println!("\n4 instances: admitted per client and window, against the bound");
         println!(
             "\n| variant | policy | bound (limit + 3 × allowance) | windows counted | windows at the limit or over | admitted in those: fewest | mean | most | most admitted, ratio to the bound | windows over the bound | admissions within {EDGE:?} of an edge | in another window by the clock |"
         );
