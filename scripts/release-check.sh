@@ -28,7 +28,7 @@
 # Both are listed at the end, and in test.sh's list of skipped checks.
 #
 # What each check costs (CPU time, cold and after the rest of test.sh; the
-# tools' installs once per machine): "Release checks" in README.md.
+# tools' installs once per machine): "Release checks" in docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -112,5 +112,8 @@ fi
 # its `semver` and `docsrs` checks run only before a release).
 ./scripts/release-check.sh package features deny
 
+# Also the doc tests: those of the examples crate compile every Rust block of
+# README.md and the guide (docs/), and tests/tests/doc_links.rs fails on a
+# link of theirs that points nowhere (external links are not fetched).
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -98,8 +98,8 @@ pub struct Health {
 }
 
 impl Cache {
-    /// Builds a handle from the environment (see the README's configuration
-    /// table): `REDIS_CLUSTER_URLS`, else `REDIS_URL`, else `REDIS_HOST`...,
+    /// Builds a handle from the environment (see the guide's configuration
+    /// page, docs/configuration.md): `REDIS_CLUSTER_URLS`, else `REDIS_URL`, else `REDIS_HOST`...,
     /// else the in-memory store.
     ///
     /// Fails only on bad configuration. When Redis is unreachable the handle is

@@ -300,7 +300,7 @@
 //! `REDIS_USERNAME`, `REDIS_PASSWORD`, `CACHE_NAMESPACE`, `CACHE_TIMEOUT_MS`,
 //! `CACHE_MAX_ATTEMPTS`, `CACHE_BREAKER_*`, `CACHE_MAX_VALUE_BYTES`,
 //! `CACHE_ENCRYPTION_KEYS`, `CACHE_LOCAL_*`, `CACHE_BYPASS` and more: the
-//! README's configuration table lists them with their defaults. An error
+//! guide's docs/configuration.md lists them with their defaults. An error
 //! names the variable, never its value; passwords never appear in `Debug`,
 //! logs or errors ([`Secret`]). [`CacheBuilder::from_vars`] reads them from
 //! any source:

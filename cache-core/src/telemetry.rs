@@ -6,7 +6,7 @@
 //! is an empty inline function, and no clock is read for them. Spans go
 //! through `tracing` and cost one level check while their level is off:
 //! `cache.memoized` (debug) around each memoized call, `cache.store` (trace)
-//! around each store operation. The README's "Metrics and tracing" lists
+//! around each store operation. The guide's docs/metrics.md lists
 //! every metric with its labels.
 //!
 //! Labels are low-cardinality by construction: operation names, results and

@@ -1,7 +1,10 @@
 //! The example services' shared parts: their domains ([`search`], [`portfolio`]
 //! and its live updates, [`relay`], behind a [`stream_cap`]), the serving every
 //! service of this kind needs ([`server`]: HTTP/1.1 and HTTP/2, timeouts,
-//! bounded shutdown), their logs ([`LogFormat`]) and their command line ([`run`]).
+//! bounded shutdown), their logs ([`LogFormat`]) and their command line
+//! ([`parse_args`]). Each binary's `main.rs` (`src/bin/`) shows the rest: the
+//! metrics recorder, the cache, the rate limiter, the router, serving and
+//! graceful shutdown.
 #![warn(missing_docs)]
 
 pub mod metrics;
@@ -11,20 +14,52 @@ pub mod search;
 pub mod server;
 pub mod stream_cap;
 
-use std::error::Error;
-use std::future::Future;
+/// The README and the guide's pages (`docs/`) as doc tests: `cargo test --doc`
+/// compiles every Rust block of them (and runs those not marked `no_run`), so
+/// the code a user copies builds against these crates.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../README.md")]
+    mod readme {}
+    #[doc = include_str!("../../docs/README.md")]
+    mod index {}
+    #[doc = include_str!("../../docs/cache.md")]
+    mod cache {}
+    #[doc = include_str!("../../docs/memoization.md")]
+    mod memoization {}
+    #[doc = include_str!("../../docs/keys.md")]
+    mod keys {}
+    #[doc = include_str!("../../docs/stored-values.md")]
+    mod stored_values {}
+    #[doc = include_str!("../../docs/rate-limiting.md")]
+    mod rate_limiting {}
+    #[doc = include_str!("../../docs/local-tier.md")]
+    mod local_tier {}
+    #[doc = include_str!("../../docs/events.md")]
+    mod events {}
+    #[doc = include_str!("../../docs/metrics.md")]
+    mod metrics {}
+    #[doc = include_str!("../../docs/failure-modes.md")]
+    mod failure_modes {}
+    #[doc = include_str!("../../docs/configuration.md")]
+    mod configuration {}
+    #[doc = include_str!("../../docs/example-services.md")]
+    mod example_services {}
+    #[doc = include_str!("../../docs/testing.md")]
+    mod testing {}
+    #[doc = include_str!("../../docs/verification-under-faults.md")]
+    mod verification_under_faults {}
+}
+
 use std::io::IsTerminal;
-use std::process::ExitCode;
 
-use axum::Router;
-
-/// The cache's part of every example service's `--help`.
+/// The cache's part of every example service's `--help` (with [`server::USAGE`]).
 pub const CACHE_USAGE: &str = "\
 Cache (the embedded in-memory store when none of the first three is set):
   REDIS_CLUSTER_URLS       comma-separated seed node URLs: Redis Cluster
   REDIS_URL                redis://[user[:password]@]host[:port][/db], or rediss:// for TLS
   REDIS_HOST               host, with REDIS_PORT, REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD
-  CACHE_TIMEOUT_MS and the rest: see \"Configuration\" in README.md
+  CACHE_TIMEOUT_MS and the rest: see docs/configuration.md
 ";
 
 /// How the services write their logs to stdout (`LOG_FORMAT`).
@@ -105,61 +140,6 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Invocation, 
         }
     }
     Ok(invocation)
-}
-
-/// The `main` of an example service. `--help` prints `usage` followed by the
-/// cache's and the server's settings ([`CACHE_USAGE`], [`server::USAGE`]) and
-/// exits 0 without starting anything; an unknown argument prints them on
-/// stderr and exits 2. Otherwise: logs to stdout as `LOG_FORMAT` says (a bad
-/// value exits 1), reads the server settings
-/// (a bad one exits 1 before anything starts), builds the router with `app`,
-/// and serves it until SIGTERM or Ctrl-C ([`server::serve`]).
-pub fn run<F, Fut>(usage: &str, app: F) -> ExitCode
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Router, Box<dyn Error>>>,
-{
-    match parse_args(std::env::args().skip(1)) {
-        Ok(Invocation::Help) => {
-            print!("{usage}\n{CACHE_USAGE}\n{}", server::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprint!("error: {err}\n\n{usage}\n{CACHE_USAGE}\n{}", server::USAGE);
-            return ExitCode::from(2);
-        }
-        Ok(Invocation::Serve) => {}
-    }
-    match LogFormat::from_env() {
-        Ok(format) => init_tracing(format),
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let served = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Box::<dyn Error>::from)
-        .and_then(|runtime| {
-            let served = runtime.block_on(async {
-                let settings = server::ServerSettings::from_env()?;
-                let app = app().await?;
-                server::serve(app, &settings).await?;
-                Ok(())
-            });
-            // Tasks still running are cancelled; a blocking one (a DNS lookup)
-            // gets a moment, not a say in when the process exits.
-            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-            served
-        });
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! End-to-end: the example binaries, started as the README says, against the
+//! End-to-end: the example binaries, started as the README and docs/example-services.md say, against the
 //! in-memory store and a real `redis-server`.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -312,7 +312,7 @@ fn portfolio_money_is_exact_and_negative_amounts_are_refused() {
     assert_eq!(summary["positions"][0]["price"], "749.34", "{summary}");
     assert_eq!(summary["positions"][1]["balance"], "0.2", "{summary}");
     // What other languages read from Redis: exact decimal strings. The
-    // summary is tagged: its JSON follows the envelope's header (README,
+    // summary is tagged: its JSON follows the envelope's header (docs/stored-values.md,
     // "The envelope"): 25 bytes, then the tag "user:7" as 2 + 6 + 8 bytes.
     let cached = json(&server.cli(&["GETRANGE", "user:7:summary:valuation", "41", "-1"]));
     assert_eq!(cached["total"], "230.578", "{cached}");

@@ -235,6 +235,35 @@
 //! same arithmetic in process, shared by the layers built from clones of
 //! one in-memory `Cache`: for tests and single-instance services.
 //!
+//! **Which handle and namespace.** Pass the service's handle (or any handle
+//! on the same Redis): the layer takes `dedicated_counter()` of it by
+//! itself. [`Cache::dedicated`](cache_core::Cache::dedicated) and
+//! [`Cache::dedicated_counter`](cache_core::Cache::dedicated_counter) give
+//! a connection of their own with the same settings, namespace included,
+//! and no local tier: they change the connection, never the keys, so the
+//! limiter's keys are `{namespace}:{prefix}:{client}` of the handle passed.
+//! Beside a local tier, pass a handle with a namespace of its own: the
+//! tier's tracking connections get a push for every key written under the
+//! tier's namespace (every key, when the tiered handle has none), and the
+//! limiter writes one per request counted.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use cache_core::Cache;
+//! use rate_limit::RateLimitLayer;
+//!
+//! let url = std::env::var("REDIS_URL")?;
+//! // The values, with the local tier: it tracks `pricing:` only.
+//! let cache = Cache::builder().redis_url(&url)?.namespace("pricing")
+//!     .local_tier(10_000, Duration::from_secs(30)).build().await?;
+//! // The counters, under another namespace: `limits:rate:ip:203.0.113.9`.
+//! let limits = Cache::builder().redis_url(&url)?.namespace("limits").build().await?;
+//! let layer = RateLimitLayer::new(limits, 100, Duration::from_secs(60));
+//! # let _ = (cache, layer);
+//! # Ok(()) }
+//! ```
+//!
 //! # 8. Stats
 //!
 //! [`RateLimitLayer::stats`] reads the layer's counters ([`RateLimitStats`]:

@@ -1,7 +1,7 @@
 //! Metrics of the layer (cargo feature `metrics`): what it decided for each
 //! request, and its calls to the store. Without the feature every probe is
-//! an empty inline function and no clock is read for it. The README's
-//! "Metrics and tracing" lists the names and labels.
+//! an empty inline function and no clock is read for it. The guide's
+//! docs/metrics.md lists the names and labels.
 //!
 //! Labels are the outcome, the layer's policy names and the store call's
 //! result: never a client key, an address or a path.

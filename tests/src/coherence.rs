@@ -4,7 +4,7 @@
 //! local tier, else Redis, else the source of truth when the cache fails),
 //! and every read is checked: a read is **stale** when it returns a version
 //! older than one Redis acknowledged to B more than [`BOUND`] before the
-//! read began (the README's bound on the invalidation delay).
+//! read began (docs/local-tier.md's bound on the invalidation delay).
 //!
 //! [`Run`] drives it while a schedule of faults is played (see the
 //! `local_tier_coherence` test and `benches/src/bin/local-tier-faults.rs`).
@@ -113,8 +113,8 @@ impl Run {
     }
 
     /// Forgets the versions acknowledged in `[from, to]`: writes a failover
-    /// may have lost (Redis replicates asynchronously: README, "What a
-    /// failover can lose"), so that reading the older value the promoted
+    /// may have lost (Redis replicates asynchronously: docs/failure-modes.md,
+    /// "What a failover can lose"), so that reading the older value the promoted
     /// replica holds is not taken for a stale read.
     pub fn forget_acknowledged(&self, from: Instant, to: Instant) {
         self.shared

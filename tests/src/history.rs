@@ -2,7 +2,7 @@
 //! every instance is recorded as the client saw it, and the checker finds a
 //! window of a client that admitted more than its limit (decisions served
 //! while failing open excepted), or a client denied while its window had
-//! room, beyond each algorithm's stated slack (README, "Rate limiting").
+//! room, beyond each algorithm's stated slack (docs/rate-limiting.md).
 //!
 //! The workload makes windows known from the client's side: each client
 //! sends **bursts**, one per round, starting just after a multiple of the
@@ -25,7 +25,7 @@
 //!   only for bursts nothing before could reach into (the previous burst
 //!   answered more than a window before), and with no state lost.
 //! - **State lost** (a Redis restart without persistence, a failover that
-//!   dropped replicated writes): README states a client can then get up to
+//!   dropped replicated writes): docs/failure-modes.md states a client can then get up to
 //!   its limit again; a burst with such an event gets `limit` more per
 //!   event, and no false-denial check (the instances' deny caches still
 //!   hold what the lost state said).

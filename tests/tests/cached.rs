@@ -758,7 +758,7 @@ mod behaviour {
         );
         assert_eq!(type_of(&cache, &calls, 1u8).await, "u8");
         assert_eq!(calls.load(Ordering::SeqCst), 2, "the third call was a hit");
-        // The README's form: the arguments, then an array of the type names.
+        // The form docs/keys.md gives: the arguments, then an array of the type names.
         let key = type_of_key(1u8).unwrap();
         assert_eq!(
             key,

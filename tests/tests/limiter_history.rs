@@ -551,7 +551,7 @@ async fn four_instances_sharing_counts_on_a_cluster_stay_within_the_bound_under_
 /// breaker for another cooldown (a plain `Cache::incr` on a dedicated handle
 /// does the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the first counting call after an outage meets the connection that died while the breaker was open, is not retried (it may have counted) and reopens the breaker for its cooldown, so sparse traffic fails open past 2 s (seed 24 of limiter_history); in cache-core's store and breaker, which are being rewritten: see README, Verification under faults"]
+#[ignore = "fails: the first counting call after an outage meets the connection that died while the breaker was open, is not retried (it may have counted) and reopens the breaker for its cooldown, so sparse traffic fails open past 2 s (seed 24 of limiter_history); in cache-core's store and breaker, which are being rewritten: see docs/verification-under-faults.md"]
 async fn sparse_traffic_is_counted_again_within_2_s_after_a_restart_and_a_blackhole() {
     let mut server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;

@@ -149,7 +149,7 @@ async fn no_stale_local_read_through_cluster_failovers() {
     );
     // The primary killed: its replica is promoted. Writes the dead primary
     // acknowledged in its last moment may not have reached the replica
-    // (README): those versions are forgotten, the promoted replica's older
+    // (docs/failure-modes.md): those versions are forgotten, the promoted replica's older
     // value is no stale read.
     let primary = cluster.cluster.primary_for_key(&key);
     let replica = cluster.cluster.replica_of(primary).expect("a replica");

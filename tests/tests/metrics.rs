@@ -1,5 +1,5 @@
 //! Metrics (cargo feature `metrics` of cache-core and rate-limit): every
-//! metric the README's "Metrics and tracing" lists appears, with exactly
+//! metric the guide's docs/metrics.md lists appears, with exactly
 //! its documented labels, after the operation that reports it, on the
 //! in-memory store, a standalone `redis-server` and a cluster; and no label
 //! value ever carries a key, an argument or a client address.
@@ -24,7 +24,7 @@ use rate_limit::{FailMode, Quota, RateLimitLayer};
 use tests::suite::{self, Backend};
 use tests::{RedisServer, unique_prefix};
 
-/// Every metric of the README, with its label names.
+/// Every metric of docs/metrics.md, with its label names.
 const DOCUMENTED: &[(&str, &[&str])] = &[
     ("cache.operations", &["operation", "result", "tier"]),
     ("cache.operation.duration", &["operation", "tier"]),
@@ -143,7 +143,7 @@ impl Recorded {
             let documented = DOCUMENTED
                 .iter()
                 .find(|(n, _)| *n == name)
-                .unwrap_or_else(|| panic!("{name} is not in the README's list"));
+                .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md's list"));
             let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
             // A store failure has no policy to report.
             let without_policy = name == "ratelimit.decisions"
@@ -625,19 +625,19 @@ async fn local_tier_hits_report_the_local_tier() {
     r.assert_documented(&["argument-7af3"]);
 }
 
-/// The README lists every metric this file checks.
+/// docs/metrics.md lists every metric this file checks.
 #[test]
-fn the_readme_lists_every_metric() {
-    let readme = include_str!("../../README.md");
+fn the_guide_lists_every_metric() {
+    let page = include_str!("../../docs/metrics.md");
     for (name, labels) in DOCUMENTED {
         assert!(
-            readme.contains(&format!("`{name}`")),
-            "{name} is not in the README"
+            page.contains(&format!("`{name}`")),
+            "{name} is not in docs/metrics.md"
         );
         for label in *labels {
             assert!(
-                readme.contains(&format!("`{label}`")),
-                "label {label} is not in the README"
+                page.contains(&format!("`{label}`")),
+                "label {label} is not in docs/metrics.md"
             );
         }
     }

@@ -7,7 +7,7 @@
 //!
 //! - no call waits beyond its stated bound: a cache call its handle's
 //!   timeout, a rate-limited request twice the limiter's store timeout
-//!   (README, "When Redis fails"), each plus [`SLACK`] for a loaded machine;
+//!   (docs/failure-modes.md), each plus [`SLACK`] for a loaded machine;
 //! - the limiter fails open (`200` without rate-limit headers) or closed
 //!   (`503`) as configured, and nothing else;
 //! - the event bus reports a `Gap` before the first message after a loss;
@@ -45,11 +45,11 @@ const RECOVERY: Duration = Duration::from_secs(2);
 /// [`RECOVERY`] today: one more breaker cooldown (the default 1 s). The
 /// breaker's first probe after a fault meets the connection that died while
 /// the breaker kept calls away, and a counting call (the limiter's script)
-/// is not retried, so the breaker stays open one more cooldown (README,
-/// "Verification under faults"; the reduced case is ignored in
+/// is not retried, so the breaker stays open one more cooldown (docs/
+/// verification-under-faults.md; the reduced case is ignored in
 /// `limiter_history.rs`). Zero once that is fixed.
 const PROBE_ON_A_DEAD_CONNECTION: Duration = Duration::from_secs(1);
-/// The local tier's bound while its connections are healthy (README).
+/// The local tier's bound while its connections are healthy (docs/local-tier.md).
 const LOCAL_BOUND: Duration = Duration::from_millis(100);
 /// The local tier's heartbeat (cache-core's `local::tracking`).
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -705,7 +705,7 @@ async fn every_component_under_each_fault_on_a_cluster() {
     limiter_traffic(port, FailMode::Open, limiter_probe.clone());
     let bus_probe = Arc::new(Probe::default());
     // On a cluster the gap may follow a few messages of the new connection
-    // (README, "Events"): it must come, within the recovery bound.
+    // (docs/events.md): it must come, within the recovery bound.
     bus_traffic(
         suite::build(on_proxies()).await,
         direct.clone(),

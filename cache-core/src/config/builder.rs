@@ -6,7 +6,7 @@ use super::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 
 /// Builds a [`Cache`](crate::Cache) in code, with the same settings as the
-/// environment variables (see the README's configuration table).
+/// environment variables (see the guide's docs/configuration.md).
 ///
 /// ```
 /// # async fn run() -> Result<(), cache_core::Error> {
@@ -210,8 +210,8 @@ impl CacheBuilder {
     /// `local = false`) read it first, and a hit makes no Redis call. Redis
     /// tells the handle of every change to a key under the namespace, by
     /// anyone (`CLIENT TRACKING`), and the local copy is dropped; while that
-    /// channel is down the tier is empty and unused. See the README's
-    /// "Local tier" section.
+    /// channel is down the tier is empty and unused. See the guide's
+    /// docs/local-tier.md.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,4 @@
-//! [`CacheBuilder::from_env`]: the environment variables of the README's
+//! [`CacheBuilder::from_env`]: the environment variables of the guide's
 //! configuration table. Read in three steps: which store (cluster URLs, else
 //! a URL, else host variables, else the in-memory store), the credentials
 //! every Redis endpoint gets unless its URL has its own, then the tuning
@@ -11,7 +11,7 @@ use super::{Backend, CacheBuilder, RedisEndpoint, Secret};
 use crate::error::{Error, Result};
 
 impl CacheBuilder {
-    /// Reads the environment (see the README's table). Fails only on values
+    /// Reads the environment (see docs/configuration.md). Fails only on values
     /// that cannot be right; an unreachable Redis is not an error here.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))

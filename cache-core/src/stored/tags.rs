@@ -88,7 +88,7 @@ impl Cache {
     /// Stores `value` under `key` with `tags` (at most 255): it reads as
     /// with [`get`](Self::get) until one of the tags is invalidated with
     /// [`invalidate_tag`](Self::invalidate_tag). The entry carries the
-    /// envelope described in the README; the tags' versions are read first
+    /// envelope described in docs/stored-values.md; the tags' versions are read first
     /// (one round trip), then the entry written.
     ///
     /// ```

@@ -10,9 +10,11 @@
 //! different `PORT`s): open `http://localhost:3000/` in a browser, then
 //! `curl -X POST localhost:3001/prices/BTC -H 'content-type: application/json' -d '{"price":"71234.5"}'`.
 
+use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -23,10 +25,14 @@ use axum::{Json, Router};
 use cache_core::Cache;
 use examples::portfolio::{Amount, Portfolio, PriceUpdate, Summary, Symbol};
 use examples::relay::{self, Relay};
+use examples::server::{self, ServerSettings};
 use examples::stream_cap::{CapReached, StreamCap};
+use examples::{Invocation, LogFormat};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use rate_limit::PeerIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 
 const USAGE: &str = "\
 portfolio: cached prices, balances and per-user valuations, invalidated on change.
@@ -56,6 +62,16 @@ Event streams (each holds a connection as long as it is open):
 /// Seconds a client refused a stream is told to wait before it tries again.
 const STREAM_RETRY_AFTER_SECS: &str = "10";
 
+/// Buckets of the `*.duration` histograms, in seconds: 50 µs to 5 s, so that
+/// a hit on the in-memory store and a Redis timeout both land in one.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// The `Content-Type` of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 #[derive(Clone)]
 struct App {
     portfolio: Arc<Portfolio>,
@@ -66,16 +82,85 @@ struct App {
 }
 
 fn main() -> ExitCode {
-    examples::run(USAGE, app)
+    // `--help` prints every setting and exits before anything starts; the
+    // settings themselves come from the environment.
+    match examples::parse_args(std::env::args().skip(1)) {
+        Ok(Invocation::Serve) => {}
+        Ok(Invocation::Help) => {
+            print!("{USAGE}\n{}\n{}", examples::CACHE_USAGE, server::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprint!(
+                "error: {err}\n\n{USAGE}\n{}\n{}",
+                examples::CACHE_USAGE,
+                server::USAGE
+            );
+            return ExitCode::from(2);
+        }
+    }
+    match LogFormat::from_env() {
+        Ok(format) => examples::init_tracing(format),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serve());
+    // Tasks still running are cancelled; a blocking one (a DNS lookup) gets a
+    // moment, not a say in when the process exits.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn app() -> Result<Router, Box<dyn std::error::Error>> {
+async fn serve() -> Result<(), Box<dyn Error>> {
+    // A bad setting fails here, before anything starts.
+    let settings = ServerSettings::from_env()?;
     let per_client: usize = examples::env_number("MAX_EVENT_STREAMS_PER_CLIENT", 16)?;
     let total: usize = examples::env_number("MAX_EVENT_STREAMS", 1000)?;
     if per_client == 0 || total == 0 {
         return Err("MAX_EVENT_STREAMS_PER_CLIENT and MAX_EVENT_STREAMS must be at least 1".into());
     }
+
+    // Metrics: cache-core (feature `metrics`) records through the `metrics`
+    // facade into whatever recorder the process installed. Install it before
+    // the first cache call: a handle keeps the metric handles its operations
+    // first used.
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration".into()), DURATION_BUCKETS)?
+        .install_recorder()?;
+    // The exporter's own HTTP listener is not used (GET /metrics is served on
+    // the service's port below), so nothing else drains the histograms'
+    // samples between scrapes: keep their memory bounded.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    // Redis when REDIS_URL (or REDIS_CLUSTER_URLS, REDIS_HOST) is set, else
+    // the embedded in-memory store.
     let cache = Cache::from_env().await?;
+    // Backend's Display hides any password.
     tracing::info!(backend = %cache.backend(), "cache ready");
     tracing::info!(per_client, total, "event streams capped");
     let app = App {
@@ -84,7 +169,7 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
         streams: StreamCap::new(per_client, total),
         clients: PeerIp::new(),
     };
-    Ok(Router::new()
+    let app = Router::new()
         .route("/", get(page))
         .route("/events", get(events))
         .route("/prices", get(prices))
@@ -93,8 +178,54 @@ async fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .route("/users/{id}/balances/{asset}", put(set_balance))
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .merge(examples::metrics::routes()?)
-        .with_state(app))
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text) }
+            }),
+        )
+        .with_state(app);
+
+    // Serving. With axum alone it would be
+    //
+    //     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    //         .with_graceful_shutdown(shutdown_signal())
+    //
+    // (the ConnectInfo is how /events knows its client, as a rate limiter
+    // would). A service on the open internet needs what axum::serve cannot
+    // set: a deadline for each request head and body, idle connections
+    // closed, a cap on open connections, and a shutdown that ends within
+    // SHUTDOWN_GRACE_MS whatever the clients do (an /events stream never
+    // ends by itself). examples::server::serve_until adds those, serves
+    // HTTP/1.1 and HTTP/2 on the port, and puts the same
+    // ConnectInfo<SocketAddr> in every request.
+    let listener = TcpListener::bind((settings.host.as_str(), settings.port)).await?;
+    server::serve_until(listener, app, &settings, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM: the server then stops accepting,
+/// lets the requests in flight finish, and drops what is still open after
+/// SHUTDOWN_GRACE_MS.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }
 
 #[derive(Deserialize)]
