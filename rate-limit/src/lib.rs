@@ -330,6 +330,7 @@ mod quota;
 mod response;
 mod shared;
 mod store;
+mod sync;
 mod telemetry;
 mod window;
 

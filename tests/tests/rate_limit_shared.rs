@@ -439,4 +439,8 @@ fn shared_counting_refuses_gcra_and_settings_out_of_range() {
             60
         )))
     );
+    assert_eq!(
+        rate_limit::ConfigError::LocalShare.kind(),
+        rate_limit::ErrorKind::Config
+    );
 }
