@@ -329,6 +329,7 @@ mod layer;
 mod limiter;
 mod quota;
 mod response;
+mod shared;
 mod store;
 mod sync;
 mod telemetry;
@@ -354,6 +355,7 @@ pub use response::ResponseBody;
 /// the same 429 itself: not part of the API.
 #[doc(hidden)]
 pub use response::too_many_requests_body;
+pub use shared::SharedCounting;
 #[doc(hidden)]
 pub use store::{evaluate_raw, stored_in_memory};
 pub use window::Decision;

@@ -16,10 +16,15 @@
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
 //!
-//! A counting mode that answers from local state and exchanges counts with
-//! the store in the background would be a third variant of [`Counting`],
-//! chosen by the builder: the layer, the deny cache, the headers and the
-//! fail mode stay as they are.
+//! - **Shared, at in-process cost** ([`Counting::Shared`], opt-in through
+//!   the builder's `shared_counting`): each request is decided on this
+//!   instance's own counts and the totals last read from Redis, and a
+//!   background task exchanges them ([`crate::shared`]); over-admission
+//!   across instances is bounded by a share of the quota. On the in-memory
+//!   store it counts in process, exactly, on the same aligned windows.
+//!
+//! The layer, the deny cache, the headers and the fail mode are the same
+//! for every mode.
 //!
 //! **Local deny cache.** The store says how long a client is sure to be
 //! rejected (until a request of cost 1 would pass every policy: the window's
@@ -51,6 +56,7 @@ use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::exact::{Call, Exact};
 use crate::quota::Quota;
+use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
 use crate::store::memory::MemoryLimits;
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
@@ -143,6 +149,11 @@ pub(crate) struct LimiterConfig {
     /// "now" from it too, instead of Redis' `TIME`, if it
     /// [is authoritative](Clock::is_authoritative).
     pub(crate) clock: Option<Arc<dyn Clock>>,
+    /// The opt-in shared mode, if chosen.
+    pub(crate) shared: Option<SharedCounting>,
+    /// The layer lets through a request that cannot be counted (the shared
+    /// mode counts it locally then).
+    pub(crate) fail_open: bool,
 }
 
 /// How requests are counted: the one place that decides it (see the
@@ -152,6 +163,8 @@ enum Counting {
     Exact(Exact),
     /// In process, on the states shared by every layer of one in-memory handle.
     Memory(Arc<MemoryLimits>),
+    /// On this instance's counts, exchanged with the store in the background.
+    Shared(Box<SharedLimits>),
 }
 
 pub(crate) struct Limiter {
@@ -241,24 +254,43 @@ impl Keys {
 
 impl Limiter {
     pub(crate) fn new(config: LimiterConfig) -> Self {
-        let counting = match config.cache.backend() {
-            cache_core::Backend::Memory => {
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let quotas: Vec<Quota> = config.policies.iter().map(|p| p.quota).collect();
+        let names: Vec<String> = config.policies.iter().map(|p| p.name.clone()).collect();
+        let counting = match (config.cache.backend(), config.shared) {
+            (cache_core::Backend::Memory, Some(_)) => Counting::Shared(Box::new(
+                SharedLimits::in_memory(&config.cache, &config.prefix, &names, clock.clone()),
+            )),
+            (cache_core::Backend::Memory, None) => {
                 Counting::Memory(config.cache.shared_state::<MemoryLimits>())
             }
-            backend => Counting::Exact(Exact::new(matches!(
+            (_, Some(settings)) => Counting::Shared(Box::new(SharedLimits::on_redis(
+                settings,
+                RedisSide {
+                    cache: config.cache.clone(),
+                    prefix: config.prefix.clone(),
+                    fail_open: config.fail_open,
+                    store_timeout: config.store_timeout,
+                },
+                &quotas,
+                &names,
+                clock.clone(),
+            ))),
+            (backend, None) => Counting::Exact(Exact::new(matches!(
                 backend,
                 cache_core::Backend::Cluster(_)
             ))),
         };
         Limiter {
-            quotas: config.policies.iter().map(|p| p.quota).collect(),
+            quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
-            clock: config
-                .clock
-                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            clock,
             key_prefix: match counting {
                 Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
-                Counting::Exact(_) => config.prefix.clone(),
+                Counting::Exact(_) | Counting::Shared(_) => config.prefix.clone(),
             },
             counting,
             cache: config.cache,
@@ -279,6 +311,9 @@ impl Limiter {
         if let Some(policy) = self.too_costly(cost) {
             return Verdict::TooCostly { policy };
         }
+        if let Counting::Shared(shared) = &self.counting {
+            return self.check_shared(shared, client, cost).await;
+        }
         let keys = self.keys(&client);
         // Read before the call: the deny cache counts from it (see
         // `note_denied`). The wall clock only where it is "now" for the
@@ -287,7 +322,9 @@ impl Limiter {
             monotonic: monotonic_micros(self.clock.as_ref()),
             wall: match self.counting {
                 Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact(_) => self.send_now.then(|| now_micros(self.clock.as_ref())),
+                Counting::Exact(_) | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
             },
         };
         let call = telemetry::StoreCall::start();
@@ -297,6 +334,8 @@ impl Limiter {
                 let now = sent.wall.unwrap_or_default();
                 Ok(keys.with_strs(|keys| memory.evaluate(keys, &self.quotas, now, &[cost])))
             }
+            // Answered before (`check_shared`).
+            Counting::Shared(_) => return Verdict::StoreFailed,
             Counting::Exact(exact) => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
@@ -320,6 +359,39 @@ impl Limiter {
             }
             None => Verdict::StoreFailed,
         }
+    }
+
+    /// The shared mode's answer: from this instance's counts; a request past
+    /// its allowance while Redis does not answer is a store failure (the
+    /// fail mode decides; counted locally when it lets it through).
+    async fn check_shared(&self, shared: &SharedLimits, client: String, cost: u64) -> Verdict {
+        let monotonic = monotonic_micros(self.clock.as_ref());
+        match shared.check(&client, &self.quotas, cost).await {
+            Answer::Decided { outcome, now_us } => {
+                let sent = Sent {
+                    monotonic,
+                    wall: Some(now_us),
+                };
+                self.note_denied(&client, &outcome, sent);
+                Verdict::Decided(outcome.decision)
+            }
+            Answer::Unknown => {
+                self.counters.add(Count::StoreErrors);
+                Verdict::StoreFailed
+            }
+        }
+    }
+
+    /// The layer's counters; in the shared mode, its flush calls as store
+    /// calls (and their failures as store errors).
+    pub(crate) fn stats(&self) -> RateLimitStats {
+        let mut stats = self.counters.snapshot();
+        if let Counting::Shared(shared) = &self.counting {
+            let (calls, errors) = shared.calls();
+            stats.store_calls += calls;
+            stats.store_errors += errors;
+        }
+        stats
     }
 
     /// Requests at the store, and deny cache entries: what the limiter holds
@@ -454,6 +526,8 @@ mod tests {
             store_timeout: Duration::from_secs(1),
             local_deny: true,
             clock: None,
+            shared: None,
+            fail_open: true,
         })
     }
 
@@ -525,6 +599,8 @@ mod tests {
                 manual: manual.clone(),
                 armed: armed.clone(),
             })),
+            shared: None,
+            fail_open: true,
         });
         let Verdict::Decided(first) = limiter.check("ip:1".to_string(), 1).await else {
             panic!("store failed");
