@@ -64,6 +64,15 @@ pub enum Error {
     /// The key prefix is empty or has characters that could reach other keys.
     #[error("the key prefix must be 1 to 64 of A-Z a-z 0-9 : . _ -")]
     Prefix,
+    /// A live layer of this process counts under this prefix on the same
+    /// store with other policies: the two would share their counters (a
+    /// `/login` limit of 5 beside a global one of 20 would let 2 through).
+    /// Give each layer its own [`prefix`](crate::RateLimitLayerBuilder::prefix).
+    #[error(
+        "a live rate-limit layer counts under the prefix {0:?} on this store with other policies; \
+         give each layer its own prefix"
+    )]
+    PrefixInUse(String),
     /// The quota is too fine for exact arithmetic: a sliding window's
     /// limit × window in ms over 2^52, or a GCRA limit over the window in µs
     /// (an emission interval under 1 µs).
@@ -181,6 +190,7 @@ impl PartialEq for Error {
             (Ipv6Prefix(a), Ipv6Prefix(b)) => a == b,
             (QuotaTooFine(a), QuotaTooFine(b)) => a == b,
             (DuplicatePolicy(a), DuplicatePolicy(b)) => a == b,
+            (PrefixInUse(a), PrefixInUse(b)) => a == b,
             (
                 StoreTimeoutOverHandle {
                     store_timeout,

@@ -14,9 +14,10 @@ use tower::{Layer, Service};
 use crate::builder::RateLimitLayerBuilder;
 use crate::error::KeyError;
 use crate::future::ResponseFuture;
-use crate::headers::HeaderTemplate;
+use crate::headers::{HeaderTemplate, RATELIMIT, X_RATELIMIT_LIMIT};
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
+use crate::prefix::PrefixClaim;
 use crate::response::{self, ResponseBody};
 use crate::telemetry::{self, Outcome};
 use crate::window::Decision;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) on_limited: Option<Box<OnLimited>>,
     /// Logged once: a misconfiguration, not an outage to follow.
     pub(crate) missing_key_logged: StateFlag,
+    /// The layer's prefix on its store, held until the last clone is dropped.
+    pub(crate) _prefix_claim: PrefixClaim,
 }
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
@@ -55,7 +58,9 @@ pub(crate) struct Shared {
 /// all checked in one store call per request.
 ///
 /// Cheap to clone (one `Arc`). Layers also stack, each with its own key
-/// prefix; the outermost layer's headers are the ones the client sees.
+/// prefix (a prefix a live layer uses with other policies is refused); a
+/// response keeps the rate-limit headers of the innermost layer that wrote
+/// them, so an inner layer's 429 advertises the limit that rejected it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -355,11 +360,21 @@ where
                 counters.add(Count::ShadowLimited);
             }
             let mut response = inner.call(request).await?.map(ResponseBody::inner);
-            shared.headers.write(response.headers_mut(), &decision);
+            // A layer inside this one answered for itself (its 429 says its own
+            // limit): its headers stand, never overwritten with this one's.
+            if !carries_rate_limit_headers(response.headers()) {
+                shared.headers.write(response.headers_mut(), &decision);
+            }
             Ok(response)
         };
         ResponseFuture::pending(future)
     }
+}
+
+/// Whether a response already has rate-limit headers: those of a layer
+/// inside this one.
+fn carries_rate_limit_headers(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(RATELIMIT) || headers.contains_key(X_RATELIMIT_LIMIT)
 }
 
 #[cfg(test)]
@@ -421,6 +436,47 @@ mod tests {
         assert_eq!(other.status(), StatusCode::OK);
         let stats = layer.stats();
         assert_eq!((stats.allowed, stats.limited), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn an_inner_layers_429_keeps_its_own_headers() {
+        let cache = Cache::in_memory();
+        let login = RateLimitLayer::builder(cache.clone())
+            .prefix("stacked-login")
+            .limit(1)
+            .window(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let global = RateLimitLayer::builder(cache)
+            .prefix("stacked-global")
+            .limit(20)
+            .window(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .layer(global)
+            .layer(login)
+            .service_fn(ok);
+        let peer = "192.0.2.6:4000";
+        let served = service.clone().oneshot(request(peer)).await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        // The innermost layer's headers: the tighter limit's state.
+        assert_eq!(
+            served.headers()["ratelimit-policy"],
+            r#""stacked-login";q=1;w=60"#
+        );
+        let limited = service.oneshot(request(peer)).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = limited.headers();
+        assert_eq!(headers["ratelimit-policy"], r#""stacked-login";q=1;w=60"#);
+        assert!(
+            headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with(r#""stacked-login";r=0;t="#)
+        );
+        assert_eq!(headers["x-ratelimit-limit"], "1");
+        assert_eq!(headers.get_all("ratelimit").iter().count(), 1);
     }
 
     #[tokio::test]

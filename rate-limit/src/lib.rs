@@ -326,6 +326,7 @@ mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod prefix;
 mod quota;
 mod response;
 mod store;
