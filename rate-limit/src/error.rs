@@ -108,11 +108,16 @@ pub enum Error {
     /// The policy name cannot go into a header.
     #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
     PolicyName,
-    /// The peer address is not in the request: the server was not started
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
+    /// The peer address is not in the request (see [`peer_addr`](crate::peer_addr)):
+    /// an axum app not served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, a tonic server
+    /// without the crate's `tonic` feature, a hyper server that inserts no
+    /// `SocketAddr`.
     #[error(
         "the peer address is missing: serve the app with \
-         `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
+         `app.into_make_service_with_connect_info::<SocketAddr>()` (axum), enable the rate limiter's \
+         `tonic` feature (tonic), or insert the peer's `SocketAddr` as a request extension (hyper), \
+         so the rate limiter can key by client IP"
     )]
     MissingConnectInfo,
     /// The request came through a trusted proxy, but the proxy header does not
