@@ -86,6 +86,70 @@ async fn a_tonic_server_with_the_layer_answers_limited_calls_resource_exhausted(
     assert_eq!((stats.allowed, stats.limited), (2, 1));
 }
 
+/// The variable naming a Python with grpcio and grpcio-health-checking
+/// (`scripts/test.sh` makes a venv and sets it).
+const GRPCIO_PYTHON: &str = "TEST_GRPCIO_PYTHON";
+
+/// Python's grpcio, a second gRPC implementation (its C core), sees a
+/// limited call as `RESOURCE_EXHAUSTED` with the rate-limit headers as
+/// metadata, not the `UNAVAILABLE` it made of an HTTP 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_sees_a_limited_call_as_resource_exhausted() {
+    let Ok(python) = std::env::var(GRPCIO_PYTHON) else {
+        tests::skip::skip_or_fail(
+            "grpcio",
+            &format!(
+                "{GRPCIO_PYTHON} does not name a Python with grpcio (scripts/test.sh makes one)"
+            ),
+        );
+        return;
+    };
+    let layer = RateLimitLayer::builder(Cache::in_memory())
+        .limit(2)
+        .window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let port = serve_health(layer).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/health_check.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(&python)
+            .args([script, &port.to_string(), "3"])
+            .output(),
+    )
+    .await
+    .expect("the grpcio client finishes within 60 s")
+    .expect("the grpcio client runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let codes: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|call| call["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["OK", "OK", "RESOURCE_EXHAUSTED"], "{calls}");
+    assert_eq!(calls[0]["metadata"]["x-ratelimit-remaining"], "1");
+    let limited = &calls[2];
+    assert!(
+        limited["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limit of 2 per 60 s"),
+        "{limited}"
+    );
+    assert_eq!(
+        limited["metadata"]["ratelimit-policy"],
+        r#""rate";q=2;w=60"#
+    );
+    assert_eq!(limited["metadata"]["x-ratelimit-remaining"], "0");
+    assert!(limited["metadata"]["retry-after"].is_string(), "{limited}");
+}
+
 /// Per-method limits: the key is the gRPC path (`/package.Service/Method`)
 /// and the peer, so each method has a budget of its own.
 #[tokio::test]
