@@ -121,7 +121,7 @@ check_package() {
     --target-dir target/package-check
   # "MIT OR Apache-2.0" obliges every copy to carry both texts.
   local crate_file listing
-  for crate_file in target/package/*-"$version".crate; do
+  for crate_file in target/package-check/package/*-"$version".crate; do
     listing="$(tar -tzf "$crate_file")"
     for licence in LICENSE-MIT LICENSE-APACHE; do
       if ! grep -q "/$licence\$" <<<"$listing"; then

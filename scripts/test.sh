@@ -132,3 +132,8 @@ fi
 # link of theirs that points nowhere (external links are not fetched).
 echo "==> cargo test"
 cargo test --workspace --locked
+
+# The concurrent pieces under shuttle's randomized scheduler (2 000 schedules
+# each; scripts/interleavings.sh says how to run more).
+echo "==> concurrency under shuttle's scheduler"
+./scripts/interleavings.sh

@@ -52,7 +52,7 @@ pub enum Error {
     },
     /// The store could not be reached or the connection broke.
     #[error("cache store unreachable: {0}")]
-    Connection(#[source] redis::RedisError),
+    Connection(#[source] StoreError),
     /// The call did not complete within the handle's timeout (or the
     /// deadline given to the call), which is the duration here.
     #[error("cache call timed out after {0:?}")]
@@ -60,7 +60,7 @@ pub enum Error {
     /// The store client gave up waiting for a reply (the cluster client's own
     /// response timeout). [`ErrorKind::Timeout`], like [`Error::Timeout`].
     #[error("cache store did not reply in time: {0}")]
-    ReplyTimeout(#[source] redis::RedisError),
+    ReplyTimeout(#[source] StoreError),
     /// The circuit breaker is open, so the call was not attempted.
     #[error("cache circuit breaker is open: calls are suspended until the store recovers")]
     CircuitOpen,
@@ -73,7 +73,7 @@ pub enum Error {
     /// The store refused the credentials or the user's permissions; the
     /// cause is the server's reply, which never holds the password.
     #[error("cache store refused the credentials: {0}")]
-    Auth(#[source] redis::RedisError),
+    Auth(#[source] StoreError),
     /// An argument is out of range; nothing was sent to the store.
     #[error("invalid cache call: {argument}: {reason}")]
     InvalidArgument {
@@ -90,10 +90,10 @@ pub enum Error {
 pub enum CommandError {
     /// The store's error reply (`WRONGTYPE`, `ERR value is not an integer`, ...).
     #[error("{0}")]
-    Rejected(#[source] redis::RedisError),
+    Rejected(#[source] StoreError),
     /// A reply of another shape than the command's.
     #[error("unexpected reply: {0}")]
-    UnexpectedReply(#[source] redis::ParsingError),
+    UnexpectedReply(#[source] StoreError),
     /// The key holds something else than an integer, or one out of range
     /// (the in-memory store's answer to an increment; Redis says it in a
     /// [`Rejected`](CommandError::Rejected)).
@@ -103,6 +103,73 @@ pub enum CommandError {
     /// answer; Redis says it in a [`Rejected`](CommandError::Rejected)).
     #[error("increment or decrement would overflow")]
     Overflow,
+}
+
+/// What the store's client reported: the cause of [`Error::Connection`],
+/// [`Error::ReplyTimeout`], [`Error::Auth`] and [`CommandError`]'s variants.
+///
+/// Opaque, so that the client library's types stay out of this crate's API:
+/// its message (`Display`) and, for an error reply, the server's code.
+#[derive(Debug)]
+pub struct StoreError(Driver);
+
+#[derive(Debug)]
+enum Driver {
+    Redis(redis::RedisError),
+    Parsing(redis::ParsingError),
+    /// A reply of the right type but the wrong shape, found by this crate.
+    Shape(&'static str),
+}
+
+impl StoreError {
+    /// The code of the server's error reply (`WRONGTYPE`, `NOPERM`,
+    /// `CLUSTERDOWN`, ...), if the cause is one.
+    pub fn code(&self) -> Option<&str> {
+        match &self.0 {
+            Driver::Redis(err) => err.code(),
+            Driver::Parsing(_) | Driver::Shape(_) => None,
+        }
+    }
+
+    /// A reply whose shape is not what `what` answers.
+    pub(crate) fn unexpected(what: &'static str) -> StoreError {
+        StoreError(Driver::Shape(what))
+    }
+
+    /// The client's error, for this crate's own decisions (retry, login).
+    pub(crate) fn redis(&self) -> Option<&redis::RedisError> {
+        match &self.0 {
+            Driver::Redis(err) => Some(err),
+            Driver::Parsing(_) | Driver::Shape(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Driver::Redis(err) => err.fmt(f),
+            Driver::Parsing(err) => err.fmt(f),
+            Driver::Shape(what) => write!(f, "not the reply of {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // Transparent: the client's error is this one; what caused it is next.
+        match &self.0 {
+            Driver::Redis(err) => err.source(),
+            Driver::Parsing(err) => err.source(),
+            Driver::Shape(_) => None,
+        }
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(err: redis::RedisError) -> Self {
+        StoreError(Driver::Redis(err))
+    }
 }
 
 /// Why a value or a key could not be encoded: the cause of [`Error::Encode`].
@@ -231,11 +298,11 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         if is_auth_error(&err) {
             // Checked first: the driver files a failed AUTH as a reason to reconnect.
-            return Error::Auth(err);
+            return Error::Auth(err.into());
         }
         if err.is_timeout() {
             // The client's own response timeout (set on cluster connections).
-            return Error::ReplyTimeout(err);
+            return Error::ReplyTimeout(err.into());
         }
         if err.is_io_error()
             || err.is_connection_dropped()
@@ -243,16 +310,18 @@ impl From<redis::RedisError> for Error {
             || err.is_unrecoverable_error()
             || is_transient_server_error(&err)
         {
-            Error::Connection(err)
+            Error::Connection(err.into())
         } else {
-            Error::Command(CommandError::Rejected(err))
+            Error::Command(CommandError::Rejected(err.into()))
         }
     }
 }
 
 impl From<redis::ParsingError> for Error {
     fn from(err: redis::ParsingError) -> Self {
-        Error::Command(CommandError::UnexpectedReply(err))
+        Error::Command(CommandError::UnexpectedReply(StoreError(Driver::Parsing(
+            err,
+        ))))
     }
 }
 
@@ -313,7 +382,10 @@ fn is_transient_server_error(err: &redis::RedisError) -> bool {
 /// The command surely did not run: the connection was refused, the cluster
 /// client had none to send it on, or the server refused it without running
 /// it. Only then may a command that counts be sent again.
-pub(crate) fn surely_not_run(err: &redis::RedisError) -> bool {
+pub(crate) fn surely_not_run(err: &StoreError) -> bool {
+    let Some(err) = err.redis() else {
+        return false;
+    };
     err.is_connection_refusal()
         || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || is_transient_server_error(err)

@@ -336,8 +336,11 @@
 mod cache;
 mod codec;
 mod config;
+mod encryption;
+pub mod envelope;
 mod error;
 pub mod events;
+mod health;
 mod jcs;
 mod key;
 mod local;
@@ -350,11 +353,7 @@ mod stored;
 pub mod sync;
 mod telemetry;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
-
-pub use cache::{Cache, Health};
+pub use cache::Cache;
 pub use codec::Codec;
 pub use config::{
     Backend, CacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
@@ -363,18 +362,18 @@ pub use config::{
     DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, MAX_ENCRYPTION_SKEW, MAX_TTL, RedisEndpoint, Secret,
     validate_ttl,
 };
-pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result};
+pub use encryption::EncryptionKeys;
+pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result, StoreError};
+pub use health::Health;
 pub use key::{key_for, sha256_hex};
-pub use resilience::BreakerState;
-pub use stats::Stats;
+pub use stats::{BreakerState, Stats};
+pub use store::atomic::{AtomicOp, Entries};
 pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
-pub use stored::EncryptionKeys;
-pub use stored::envelope;
 
 pub use cache_macros::cached;
 pub use memoize::{
-    DEFAULT_COMPRESS_THRESHOLD, DEFAULT_LABEL, DEFAULT_REFRESH_LEASE, EntryOptions,
-    invalidate_memoized,
+    DEFAULT_COMPRESS_THRESHOLD, DEFAULT_LABEL, DEFAULT_REFRESH_LEASE, EntryOptions, default_cache,
+    invalidate_memoized, set_default,
 };
 
 /// What `#[cached]` expands to. Not a stable API: use the attribute.
@@ -393,18 +392,3 @@ pub mod __private {
 
 // Lets this crate's own tests and doc tests use the macro's `::cache_core` paths.
 extern crate self as cache_core;
-
-/// Read on every call of a memoized function without a `cache = ...`: a
-/// lock-free load, where a lock would make every core write one shared line.
-static DEFAULT: ArcSwapOption<Cache> = ArcSwapOption::const_empty();
-
-/// Makes `cache` the handle that `#[cached]` functions use unless told otherwise.
-/// May be called again (in tests, say) to replace it.
-pub fn set_default(cache: Cache) {
-    DEFAULT.store(Some(Arc::new(cache)));
-}
-
-/// The handle set with [`set_default`], if any.
-pub fn default_cache() -> Option<Cache> {
-    DEFAULT.load().as_deref().cloned()
-}

@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use crate::resilience::BreakerState;
 use crate::sync::StripedCounters;
 
 /// A snapshot of a handle's counters since it was built. Clones of a handle share them.
@@ -47,7 +46,7 @@ pub struct Stats {
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
     /// The event bus of the handle ([`Cache::events`](crate::Cache::events)).
-    pub events: crate::events::EventStats,
+    pub events: EventStats,
     /// Reads served by the local tier (also counted in `hits`): no Redis call.
     pub local_hits: u64,
     /// Reads the local tier could not serve while open (they went to Redis).
@@ -61,13 +60,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn set_local(&mut self, local: crate::local::LocalStats) {
-        self.local_hits = local.hits;
-        self.local_misses = local.misses;
-        self.local_invalidations = local.invalidations;
-        self.local_tracking = local.tracking;
-    }
-
     /// Hits over reads, between 0 and 1 (0 before the first read).
     ///
     /// ```
@@ -93,6 +85,59 @@ impl Stats {
     }
 }
 
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// The store kept failing: calls fail at once without touching it.
+    Open,
+    /// The cooldown is over and one probe call is finding out whether the store is back.
+    HalfOpen,
+}
+
+/// The state of a handle's pub/sub connection, in [`EventStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventConnection {
+    /// No subscription was made yet (or the backend is in-memory).
+    #[default]
+    Idle,
+    /// Subscribed and connected.
+    Connected,
+    /// Lost; subscriptions come back by themselves when Redis does.
+    Disconnected,
+}
+
+/// The event bus's counters, in [`Stats::events`](crate::Stats::events).
+///
+/// New counters may be added: read it, do not build it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+pub struct EventStats {
+    /// Live [`Subscription`](crate::events::Subscription) streams.
+    pub subscriptions: u64,
+    /// The pub/sub connection's state.
+    pub connection: EventConnection,
+    /// Events published through this handle.
+    pub published: u64,
+    /// Messages put into subscription buffers (one per subscription reached).
+    pub received: u64,
+    /// Messages dropped from full buffers.
+    pub dropped: u64,
+    /// [`EventError::Gap`](crate::events::EventError::Gap) items yielded.
+    pub gaps: u64,
+    /// Messages that are not events of the subscription's type: those that
+    /// do not decode, counted as their [`EventError::Malformed`](crate::events::EventError::Malformed) item is
+    /// yielded, and those over the size cap, counted as they arrive (once
+    /// per subscription reached), since their bytes are dropped there.
+    pub malformed: u64,
+    /// Times the pub/sub connection came back after a loss.
+    pub reconnects: u64,
+}
+
 /// The handle's counters, in stripes (see [`StripedCounters`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters(StripedCounters<12>);
@@ -111,6 +156,7 @@ const DECRYPT_FAILURES: usize = 10;
 const CLOCK_SKEW_MISSES: usize = 11;
 
 impl Counters {
+    #[inline]
     pub(crate) fn record_hit(&self) {
         self.0.add(HITS);
     }
@@ -166,7 +212,7 @@ impl Counters {
             decrypt_failures: self.0.sum(DECRYPT_FAILURES),
             clock_skew_misses: self.0.sum(CLOCK_SKEW_MISSES),
             breaker,
-            events: crate::events::EventStats::default(),
+            events: EventStats::default(),
             local_hits: 0,
             local_misses: 0,
             local_invalidations: 0,

@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, instrument::Instrumented};
 
 use crate::config::Backend;
-use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture, WindowCount};
+use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture};
 
 /// `tier` of a handle on the in-memory store.
 pub(crate) const TIER_MEMORY: &str = "memory";
@@ -168,13 +168,13 @@ fn micros(duration: std::time::Duration) -> u64 {
 
 /// The circuit breaker of a handle changed state (`cache.breaker.transitions`).
 #[inline]
-pub(crate) fn breaker_changed(state: crate::BreakerState) {
+pub(crate) fn breaker_changed(state: crate::stats::BreakerState) {
     #[cfg(feature = "metrics")]
     {
         let state = match state {
-            crate::BreakerState::Closed => "closed",
-            crate::BreakerState::Open => "open",
-            crate::BreakerState::HalfOpen => "half_open",
+            crate::stats::BreakerState::Closed => "closed",
+            crate::stats::BreakerState::Open => "open",
+            crate::stats::BreakerState::HalfOpen => "half_open",
         };
         metrics::counter!("cache.breaker.transitions", "state" => state).increment(1);
     }
@@ -288,7 +288,7 @@ pub(crate) fn observe(inner: Box<dyn Store>, backend: &Backend) -> Box<dyn Store
 }
 
 /// The `result` of an operation that found or did not find its key.
-fn found<T>(answer: &crate::Result<Option<T>>) -> &'static str {
+fn found<T>(answer: &crate::error::Result<Option<T>>) -> &'static str {
     match answer {
         Ok(Some(_)) => "hit",
         Ok(None) => "miss",
@@ -298,7 +298,7 @@ fn found<T>(answer: &crate::Result<Option<T>>) -> &'static str {
 
 /// The `result` of any other operation.
 /// [`found`] of a value read beside something else.
-fn found_first<T, U>(answer: &crate::Result<(Option<T>, U)>) -> &'static str {
+fn found_first<T, U>(answer: &crate::error::Result<(Option<T>, U)>) -> &'static str {
     match answer {
         Ok((Some(_), _)) => "hit",
         Ok((None, _)) => "miss",
@@ -306,7 +306,7 @@ fn found_first<T, U>(answer: &crate::Result<(Option<T>, U)>) -> &'static str {
     }
 }
 
-fn done<T>(answer: &crate::Result<T>) -> &'static str {
+fn done<T>(answer: &crate::error::Result<T>) -> &'static str {
     match answer {
         Ok(_) => "ok",
         Err(_) => "error",
@@ -318,7 +318,7 @@ impl Observed {
     fn op<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
-        result: fn(&crate::Result<T>) -> &'static str,
+        result: fn(&crate::error::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         if !cfg!(feature = "metrics")
@@ -333,7 +333,7 @@ impl Observed {
     fn observed<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
-        result: fn(&crate::Result<T>) -> &'static str,
+        result: fn(&crate::error::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {
@@ -414,14 +414,6 @@ impl Store for Observed {
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
         self.op("incr", done, self.inner.incr(key, by))
     }
-    fn incr_window<'a>(
-        &'a self,
-        key: &'a str,
-        by: u64,
-        window: std::time::Duration,
-    ) -> StoreFuture<'a, WindowCount> {
-        self.op("incr_window", done, self.inner.incr_window(key, by, window))
-    }
     fn eval<'a>(
         &'a self,
         script: &'a Script,
@@ -429,6 +421,14 @@ impl Store for Observed {
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         self.op("eval", done, self.inner.eval(script, keys, args))
+    }
+    fn run_atomic<'a>(
+        &'a self,
+        op: &'a dyn crate::store::AtomicOp,
+        keys: &'a [&'a str],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        self.op(op.operation(), done, self.inner.run_atomic(op, keys, args))
     }
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
         self.op("publish", done, self.inner.publish(channel, payload))

@@ -161,7 +161,23 @@ impl Error {
             Error::MissingConnectInfo => ErrorKind::MissingConnectInfo,
             Error::UnidentifiedClient => ErrorKind::UnidentifiedClient,
             Error::Other(_) => ErrorKind::Extractor,
-            _ => ErrorKind::Config,
+            // Listed one by one: a new variant has to say its kind.
+            Error::ZeroLimit
+            | Error::LimitTooLarge(_)
+            | Error::WindowTooShort
+            | Error::WindowTooLong(_)
+            | Error::ZeroStoreTimeout
+            | Error::TrustedProxy { .. }
+            | Error::EmptyTrustedProxy
+            | Error::Ipv6Prefix(_)
+            | Error::Prefix
+            | Error::PrefixInUse(_)
+            | Error::QuotaTooFine(_)
+            | Error::DuplicatePolicy(_)
+            | Error::PolicyAndLimit
+            | Error::ExtractorSettings
+            | Error::StoreTimeoutOverHandle { .. }
+            | Error::PolicyName => ErrorKind::Config,
         }
     }
 

@@ -21,7 +21,11 @@ use crate::error::{ConfigError, KeyError};
 pub const MAX_KEY_LEN: usize = 128;
 
 /// What an extractor sees of a request.
+///
+/// Read its fields; build one (in a test or a benchmark of an extractor)
+/// with [`RequestInfo::new`]: fields may be added.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestInfo<'a> {
     /// The method.
     pub method: &'a Method,
@@ -31,6 +35,23 @@ pub struct RequestInfo<'a> {
     pub headers: &'a HeaderMap,
     /// The extensions (`ConnectInfo`, `MatchedPath`, ...).
     pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// What an extractor sees of a request with these parts.
+    pub fn new(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+    ) -> Self {
+        RequestInfo {
+            method,
+            uri,
+            headers,
+            extensions,
+        }
+    }
 }
 
 /// Picks the client key of a request. Implemented for [`PeerIp`],

@@ -24,6 +24,7 @@ use crate::window::Decision;
 
 /// What to do when the store cannot count a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FailMode {
     /// Let the request through (the default): an outage of the store does not
     /// become an outage of the service.

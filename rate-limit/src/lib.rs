@@ -331,6 +331,7 @@ mod prefix;
 mod quota;
 mod response;
 mod store;
+mod sync;
 mod telemetry;
 mod window;
 

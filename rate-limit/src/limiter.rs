@@ -36,11 +36,14 @@
 //! behind.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cache_core::Cache;
 use cache_core::sync::{StateFlag, StripedCounters};
+
+// shuttle's under `--cfg shuttle` (the count of requests at the store).
+use crate::sync::AtomicUsize;
 use serde::Serialize;
 
 use crate::clock::{Clock, monotonic_micros, now_micros};
@@ -545,3 +548,7 @@ mod tests {
         assert_eq!(limiter.tracked_clients().0, 0, "nobody is left waiting");
     }
 }
+
+#[cfg(all(test, shuttle))]
+#[path = "limiter/interleavings.rs"]
+mod interleavings;

@@ -265,7 +265,11 @@ impl FaultProxy {
     /// before it and connects upstream during it (the connection's stop is
     /// forked after the signal went out), and such a connection lives on
     /// untouched by every later fault: so the server then closes every
-    /// connection made to the proxy's address (`CLIENT KILL LADDR`).
+    /// connection made to the proxy's address (`CLIENT KILL LADDR`), with
+    /// `redis-cli` on a blocking thread: run on the runtime's, it held up
+    /// the tasks queued behind it (on a loaded machine, a second for the six
+    /// proxies of a cluster), which the tests' bounds then blamed on the
+    /// component whose call waited.
     async fn stop(&self, proxy: Running) {
         let Running {
             events,
@@ -276,7 +280,12 @@ impl FaultProxy {
         let _ = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
         drop(events);
         let laddr = format!("{}:{}", self.upstream_ip, self.upstream);
-        crate::RedisServer::cli_on(self.upstream, &["CLIENT", "KILL", "LADDR", &laddr]);
+        let upstream = self.upstream;
+        tokio::task::spawn_blocking(move || {
+            crate::RedisServer::cli_on(upstream, &["CLIENT", "KILL", "LADDR", &laddr]);
+        })
+        .await
+        .expect("redis-cli CLIENT KILL");
     }
 
     /// Listens on the proxy's port again, which this process just released

@@ -45,7 +45,48 @@ tests::suite!(
     invalidate_prefix_refuses_an_empty_prefix,
     a_value_over_the_cap_is_refused_on_write,
     an_empty_value_reads_as_a_miss,
+    incr_window_replaces_a_foreign_value_with_a_plain_counter,
+    an_atomic_operation_sees_and_leaves_the_bytes_plain_calls_do,
+    an_atomic_operation_spans_the_keys_of_one_hash_tag,
 );
+
+/// `SET KEYS[i] ARGV[1] NX` for each key; per key 1 when set, 0 when it
+/// existed. Its twin on the in-memory store's entries: the same step.
+struct SetAllIfAbsent;
+
+static SET_ALL_NX: std::sync::LazyLock<cache_core::Script> = std::sync::LazyLock::new(|| {
+    cache_core::Script::new(
+        "local out = {} for i, key in ipairs(KEYS) do \
+           if redis.call('SET', key, ARGV[1], 'NX') then out[i] = 1 else out[i] = 0 end \
+         end return out",
+    )
+});
+
+impl cache_core::AtomicOp for SetAllIfAbsent {
+    fn script(&self) -> &cache_core::Script {
+        &SET_ALL_NX
+    }
+
+    fn twin(
+        &self,
+        entries: &mut cache_core::Entries<'_>,
+        keys: &[&str],
+        args: &[i64],
+    ) -> cache_core::Result<Vec<i64>> {
+        let value = args[0].to_string();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                if entries.get(key).is_some() {
+                    0
+                } else {
+                    entries.set(key, value.as_bytes(), None);
+                    1
+                }
+            })
+            .collect())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Asset {
@@ -210,6 +251,66 @@ mod behaviour {
         assert!(
             matches!(cache.ttl(&key).await.unwrap(), KeyTtl::Expires(left) if left <= Duration::from_secs(10))
         );
+    }
+
+    pub async fn incr_window_replaces_a_foreign_value_with_a_plain_counter((cache, p): Fixture) {
+        let window = Duration::from_secs(60);
+        let max = (1u64 << 53).to_string();
+        for (n, foreign) in ["abc", "-5", "\"12\"", max.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("{p}:foreign:{n}");
+            cache
+                .set_bytes(&key, foreign.as_bytes(), None)
+                .await
+                .unwrap();
+            let first = cache.incr_window(&key, 2, window).await.unwrap();
+            assert_eq!(first.count, 2, "{foreign} replaced");
+            // What Redis holds, and what the in-memory twin writes: the count in decimal.
+            assert_eq!(
+                cache.get_bytes(&key).await.unwrap().as_deref(),
+                Some(&b"2"[..])
+            );
+            assert!(
+                matches!(cache.ttl(&key).await.unwrap(), KeyTtl::Expires(left) if left <= window)
+            );
+            assert_eq!(cache.incr_window(&key, 1, window).await.unwrap().count, 3);
+        }
+    }
+
+    pub async fn an_atomic_operation_sees_and_leaves_the_bytes_plain_calls_do((cache, p): Fixture) {
+        let timeout = Duration::from_secs(1);
+        let (written, free) = (format!("{p}:written"), format!("{p}:free"));
+        cache.set_bytes(&written, b"x", None).await.unwrap();
+        let reply = cache
+            .run_atomic(&SetAllIfAbsent, &[&written], &[7], timeout)
+            .await
+            .unwrap();
+        assert_eq!(reply, [0], "a key set by set_bytes is seen");
+        let reply = cache
+            .run_atomic(&SetAllIfAbsent, &[&free], &[7], timeout)
+            .await
+            .unwrap();
+        assert_eq!(reply, [1]);
+        assert_eq!(
+            cache.get::<i64>(&free).await.unwrap(),
+            Some(7),
+            "read back as plain JSON"
+        );
+        assert_eq!(cache.ttl(&free).await.unwrap(), KeyTtl::Persistent);
+    }
+
+    pub async fn an_atomic_operation_spans_the_keys_of_one_hash_tag((cache, p): Fixture) {
+        let timeout = Duration::from_secs(1);
+        let keys: Vec<String> = (0..4).map(|n| format!("{p}:{{client}}:{n}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        cache.set_bytes(keys[2], b"1", None).await.unwrap();
+        let reply = cache
+            .run_atomic(&SetAllIfAbsent, &keys, &[5], timeout)
+            .await
+            .unwrap();
+        assert_eq!(reply, [1, 1, 0, 1]);
     }
 
     pub async fn invalidate_prefix_removes_exactly_the_prefix((cache, p): Fixture) {

@@ -603,3 +603,68 @@ async fn a_sharded_subscription_is_confirmed_on_its_primary_not_its_replica() {
     assert_eq!(next(&mut orders).await.unwrap(), order(2));
     assert_eq!(shard_subscribers(replica), "0", "subscribed on the replica");
 }
+
+/// A subscribe made while the bus's connection to its channel's primary is
+/// down (the primary's proxy refuses connections, its replica still serves
+/// the shard) is never made on the replica. Routed by slot, the driver sent
+/// the `SSUBSCRIBE` to the replica, and once it resubscribed the primary by
+/// itself every message came twice (the shard delivers on both). The
+/// subscribe waits for the primary instead, within the handle's timeout;
+/// once the primary is back it is made there, and each message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_while_its_primary_is_away_is_never_made_on_the_replica() {
+    let cluster = tests::proxy::ProxiedCluster::start(
+        tests::RedisCluster::start_with_node_timeout(Duration::from_secs(60)),
+    )
+    .await;
+    let cache = suite::build(suite::cluster(cluster.urls()).timeout(suite::TIMEOUT)).await;
+    let bus = cache.events();
+    // One shard for both channels: the first connects the bus.
+    let tag = unique_prefix("replica-subscribe");
+    let (first, second) = (format!("{{{tag}}}:first"), format!("{{{tag}}}:second"));
+    let _first = bus.subscribe::<Order>(&[&first]).await.unwrap();
+    let primary = cluster.cluster.primary_for_key(&second);
+    let replica = cluster
+        .cluster
+        .replica_of(primary)
+        .expect("the primary's replica");
+    let shard_subscribers = |port: u16| {
+        let reply = RedisServer::cli_on(port, &["PUBSUB", "SHARDNUMSUB", &second]);
+        reply.lines().last().unwrap_or_default().trim().to_string()
+    };
+
+    cluster
+        .proxy_of(primary)
+        .apply(tests::proxy::Fault::Refuse)
+        .await;
+    tests::eventually(WAIT, "the loss noticed", async || {
+        cache.stats().events.connection == EventConnection::Disconnected
+    })
+    .await;
+    let refused = bus.subscribe::<Order>(&[&second]).await;
+    // One the driver sent to the replica is undone there at once (by a task
+    // of its own, which the subscribe's timeout may leave running).
+    tests::eventually(WAIT, "no subscription left on the replica", async || {
+        shard_subscribers(replica) == "0"
+    })
+    .await;
+    assert!(
+        matches!(refused, Err(EventError::Cache(ref err)) if err.kind() == cache_core::ErrorKind::Timeout),
+        "a subscribe while the primary is away: {refused:?}"
+    );
+
+    cluster.proxy_of(primary).heal().await;
+    tests::eventually(WAIT, "resubscribed", async || {
+        cache.stats().events.reconnects == 1
+    })
+    .await;
+    let mut orders = bus.subscribe::<Order>(&[&second]).await.unwrap();
+    for id in [2, 3] {
+        let json = serde_json::to_string(&order(id)).unwrap();
+        let reached = RedisServer::cli_on(primary, &["SPUBLISH", &second, &json]);
+        assert_eq!(reached.trim(), "1", "a publish on the primary");
+    }
+    assert_eq!(next(&mut orders).await.unwrap(), order(2));
+    assert_eq!(next(&mut orders).await.unwrap(), order(3), "received twice");
+    assert_eq!(shard_subscribers(replica), "0", "subscribed on the replica");
+}

@@ -428,14 +428,14 @@ async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
 /// and then a fault, sparse traffic (a burst every 2 s) kept failing open
 /// for several bursts after the fault ended. Reduced: one instance, bursts
 /// of 8 requests; a restart, then a blackhole of 0.6 s; the first burst
-/// after it, 2.25 s after the blackhole ended, must be counted again. It is
-/// not: its first call (the breaker's probe) meets the connection that the
-/// heal closed while the breaker kept every call away, fails with a
-/// connection error that a counting call does not retry, and reopens the
-/// breaker for another cooldown (a plain `Cache::incr` on a dedicated handle
-/// does the same).
+/// after it, 2.25 s after the blackhole ended, must be counted again. It
+/// was not: its first call (the breaker's probe) met the connection that
+/// the heal closed while the breaker kept every call away, failed with a
+/// connection error that a counting call does not retry, and reopened the
+/// breaker for another cooldown; and the burst's other calls, arriving
+/// while the probe was out, failed at once. Now the probe checks the
+/// connection with a PING first, and the calls behind it wait for its verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the first counting call after an outage meets the connection that died while the breaker was open, is not retried (it may have counted) and reopens the breaker for its cooldown, so sparse traffic fails open past 2 s (seed 24 of limiter_history); in cache-core's store and breaker, which are being rewritten: see docs/verification-under-faults.md"]
 async fn sparse_traffic_is_counted_again_within_2_s_after_a_restart_and_a_blackhole() {
     let mut server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;

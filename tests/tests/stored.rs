@@ -762,11 +762,9 @@ mod behaviour {
         // What an instance whose clock runs `ahead` seconds fast writes.
         let written_ahead = |ahead: u64, value: &str| {
             let token = fernet.encrypt_at_time(&serde_json::to_vec(value).unwrap(), now + ahead);
-            let header = Header {
-                flags: envelope::ENCRYPTED,
-                written_ms: (now + ahead) * 1000,
-                ..Header::default()
-            };
+            let mut header = Header::default();
+            header.flags = envelope::ENCRYPTED;
+            header.written_ms = (now + ahead) * 1000;
             header.wrap(token.as_bytes())
         };
         // Two minutes ahead: past the 60 s the fernet crate allows by itself.

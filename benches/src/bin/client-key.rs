@@ -88,12 +88,7 @@ fn prepare(variant: &Variant) -> (PeerIp, HeaderMap, Extensions) {
 fn extract(variant: &Variant, calls: u32) -> String {
     let (extractor, headers, extensions) = prepare(variant);
     let (method, uri) = (Method::GET, Uri::from_static("/"));
-    let request = RequestInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        extensions: &extensions,
-    };
+    let request = RequestInfo::new(&method, &uri, &headers, &extensions);
     let mut key = String::new();
     for _ in 0..calls {
         key = extractor.extract(black_box(&request)).expect("a key");

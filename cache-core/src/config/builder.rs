@@ -253,7 +253,7 @@ impl CacheBuilder {
     }
 
     /// The encoding of values written and read through this handle (default JSON).
-    pub fn codec(mut self, codec: crate::Codec) -> Self {
+    pub fn codec(mut self, codec: crate::codec::Codec) -> Self {
         self.config.codec = codec;
         self
     }
@@ -274,7 +274,7 @@ impl CacheBuilder {
     /// assert_eq!(cache.get_encrypted::<i64>("balance").await?, Some(1250));
     /// # Ok(()) }
     /// ```
-    pub fn encryption_keys(mut self, keys: crate::EncryptionKeys) -> Self {
+    pub fn encryption_keys(mut self, keys: crate::encryption::EncryptionKeys) -> Self {
         self.config.encryption_keys = Some(keys);
         self
     }
@@ -340,24 +340,9 @@ impl CacheBuilder {
         &self.config
     }
 
-    /// Builds the handle. Never fails because Redis is unreachable: the
-    /// connection is made in the background and calls fail (fast) until it is up.
-    /// Must run inside a Tokio runtime.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    ///
-    /// let cache = cache_core::Cache::builder().timeout(Duration::from_millis(50)).build().await?;
-    /// assert_eq!(cache.timeout(), Duration::from_millis(50));
-    /// // Settings that cannot be right are refused here.
-    /// let err = cache_core::Cache::builder().timeout(Duration::ZERO).build().await.unwrap_err();
-    /// assert_eq!(err.kind(), cache_core::ErrorKind::Config);
-    /// # Ok(()) }
-    /// ```
-    pub async fn build(self) -> Result<crate::Cache> {
+    /// The settings, checked: what [`build`](Self::build) builds from.
+    pub(crate) fn into_config(self) -> Result<CacheConfig> {
         self.config.validate()?;
-        crate::Cache::from_config(self.config)
+        Ok(self.config)
     }
 }

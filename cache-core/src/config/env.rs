@@ -135,7 +135,7 @@ fn tuning_from_vars(
         config.tls_ca_cert = Some(pem);
     }
     if let Some(keys) = var("CACHE_ENCRYPTION_KEYS") {
-        config.encryption_keys = Some(crate::EncryptionKeys::parse(&keys)?);
+        config.encryption_keys = Some(crate::encryption::EncryptionKeys::parse(&keys)?);
     }
     if let Some(ms) = var("CACHE_ENCRYPTION_MAX_SKEW_MS") {
         config.encryption_max_skew = parse_millis("CACHE_ENCRYPTION_MAX_SKEW_MS", &ms)?;
@@ -323,7 +323,7 @@ mod tests {
             ("CACHE_BYPASS", "maybe"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::Config, "{var}={value}");
+            assert_eq!(err.kind(), crate::error::ErrorKind::Config, "{var}={value}");
         }
         let err = from(&[("REDIS_HOST", "h"), ("REDIS_PORT", "70000")]).unwrap_err();
         assert!(err.to_string().contains("REDIS_PORT"));
@@ -336,7 +336,7 @@ mod tests {
         assert!(builder.config().encryption_keys.is_some());
         assert!(!format!("{builder:?}").contains("cw_0x"));
         let err = from(&[("CACHE_ENCRYPTION_KEYS", "hunter2-not-a-key")]).unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
         assert!(err.to_string().contains("CACHE_ENCRYPTION_KEYS"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
@@ -345,7 +345,7 @@ mod tests {
     fn the_encryption_skew_is_read_and_bounded() {
         assert_eq!(
             from(&[]).unwrap().config().encryption_max_skew,
-            crate::DEFAULT_ENCRYPTION_MAX_SKEW
+            crate::config::DEFAULT_ENCRYPTION_MAX_SKEW
         );
         let builder = from(&[("CACHE_ENCRYPTION_MAX_SKEW_MS", "30000")]).unwrap();
         assert_eq!(
@@ -354,7 +354,7 @@ mod tests {
         );
         for bad in ["soon", "-1", "86400001"] {
             let err = from(&[("CACHE_ENCRYPTION_MAX_SKEW_MS", bad)]).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::Config, "{bad}");
+            assert_eq!(err.kind(), crate::error::ErrorKind::Config, "{bad}");
         }
     }
 

@@ -67,11 +67,11 @@ pub(crate) struct CacheConfig {
     pub(crate) bypass: bool,
     /// PEM root certificate(s) for `rediss://` instead of the system's trust store.
     pub(crate) tls_ca_cert: Option<Vec<u8>>,
-    pub(crate) codec: crate::Codec,
+    pub(crate) codec: crate::codec::Codec,
     pub(crate) max_value_bytes: usize,
     pub(crate) invalidate_budget: Duration,
     /// Fernet keys for `encrypt` entries (`Debug` hides them).
-    pub(crate) encryption_keys: Option<crate::EncryptionKeys>,
+    pub(crate) encryption_keys: Option<crate::encryption::EncryptionKeys>,
     /// How far ahead of this clock an encrypted entry's timestamp may be.
     pub(crate) encryption_max_skew: Duration,
     /// The local tier: (max entries, max TTL); `None` when off.
@@ -98,7 +98,7 @@ impl Default for CacheConfig {
             memory_max_entries: DEFAULT_MEMORY_MAX_ENTRIES,
             bypass: false,
             tls_ca_cert: None,
-            codec: crate::Codec::Json,
+            codec: crate::codec::Codec::Json,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             invalidate_budget: DEFAULT_INVALIDATE_BUDGET,
             encryption_keys: None,

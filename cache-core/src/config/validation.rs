@@ -142,7 +142,7 @@ mod tests {
                     .build()
                     .await
                     .expect_err(name);
-                assert_eq!(err.kind(), crate::ErrorKind::Config, "{name}: {err}");
+                assert_eq!(err.kind(), crate::error::ErrorKind::Config, "{name}: {err}");
                 assert!(err.to_string().contains(name), "{name}: {err}");
             }
             // The largest accepted value works, without a panic.

@@ -56,8 +56,9 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Cache;
+use crate::cache::Cache;
 use crate::config::Backend;
+pub use crate::stats::{EventConnection, EventStats};
 use hub::{Hub, Message, Next, Payload, Topic};
 
 /// Default length of a subscription's buffer, in messages.
@@ -117,54 +118,56 @@ pub enum EventError {
     PatternsUnsupported,
     /// Redis could not be reached, refused the command or timed out.
     #[error(transparent)]
-    Cache(#[from] crate::Error),
+    Cache(#[from] crate::error::Error),
+}
+
+/// What an [`EventError`] is about, for callers that branch on it.
+///
+/// New kinds may be added: match with a `_` arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventErrorKind {
+    /// Messages may have been missed ([`EventError::Gap`]).
+    Gap,
+    /// A message that does not decode ([`EventError::Malformed`]).
+    Malformed,
+    /// A channel or an event the bus refuses; nothing was sent
+    /// ([`EventError::InvalidChannel`], [`EventError::TooLarge`]).
+    InvalidArgument,
+    /// The value could not be encoded ([`EventError::Encode`]).
+    Encode,
+    /// Not available on this backend ([`EventError::PatternsUnsupported`]).
+    Unsupported,
+    /// The store failed ([`EventError::Cache`]): its own kind.
+    Cache(crate::error::ErrorKind),
 }
 
 impl EventError {
+    /// The kind of error, to match on.
+    ///
+    /// ```
+    /// use cache_core::events::{EventError, EventErrorKind};
+    ///
+    /// let gap = EventError::Gap { dropped: 3, disconnected: false };
+    /// assert_eq!(gap.kind(), EventErrorKind::Gap);
+    /// ```
+    pub fn kind(&self) -> EventErrorKind {
+        match self {
+            EventError::Gap { .. } => EventErrorKind::Gap,
+            EventError::Malformed { .. } => EventErrorKind::Malformed,
+            EventError::InvalidChannel { .. } | EventError::TooLarge { .. } => {
+                EventErrorKind::InvalidArgument
+            }
+            EventError::Encode(_) => EventErrorKind::Encode,
+            EventError::PatternsUnsupported => EventErrorKind::Unsupported,
+            EventError::Cache(err) => EventErrorKind::Cache(err.kind()),
+        }
+    }
+
     /// `true` for [`EventError::Gap`].
     pub fn is_gap(&self) -> bool {
         matches!(self, EventError::Gap { .. })
     }
-}
-
-/// The state of a handle's pub/sub connection, in [`EventStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventConnection {
-    /// No subscription was made yet (or the backend is in-memory).
-    #[default]
-    Idle,
-    /// Subscribed and connected.
-    Connected,
-    /// Lost; subscriptions come back by themselves when Redis does.
-    Disconnected,
-}
-
-/// The event bus's counters, in [`Stats::events`](crate::Stats::events).
-///
-/// New counters may be added: read it, do not build it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[non_exhaustive]
-pub struct EventStats {
-    /// Live [`Subscription`] streams.
-    pub subscriptions: u64,
-    /// The pub/sub connection's state.
-    pub connection: EventConnection,
-    /// Events published through this handle.
-    pub published: u64,
-    /// Messages put into subscription buffers (one per subscription reached).
-    pub received: u64,
-    /// Messages dropped from full buffers.
-    pub dropped: u64,
-    /// [`EventError::Gap`] items yielded.
-    pub gaps: u64,
-    /// Messages that are not events of the subscription's type: those that
-    /// do not decode, counted as their [`EventError::Malformed`] item is
-    /// yielded, and those over the size cap, counted as they arrive (once
-    /// per subscription reached), since their bytes are dropped there.
-    pub malformed: u64,
-    /// Times the pub/sub connection came back after a loss.
-    pub reconnects: u64,
 }
 
 /// What the bus of one handle keeps: the hub, the pub/sub connection.
@@ -266,7 +269,7 @@ impl BusState {
         let unsubscribe = tokio::time::timeout(RELEASE_TIMEOUT, pubsub.unsubscribe(&unused));
         let result = match unsubscribe.await {
             Ok(result) => result,
-            Err(_) => Err(crate::Error::Timeout(RELEASE_TIMEOUT)),
+            Err(_) => Err(crate::error::Error::Timeout(RELEASE_TIMEOUT)),
         };
         if let Err(err) = result {
             // The connection is down: the driver will resubscribe these when
@@ -274,6 +277,14 @@ impl BusState {
             tracing::debug!(%err, "event bus: unsubscribe failed; retried after the reconnect");
             crate::sync::lock(&self.unreleased).extend(unused);
         }
+    }
+}
+
+impl Cache {
+    /// The handle's typed event bus (Redis pub/sub, or in process on the
+    /// in-memory backend): see [`events`](crate::events).
+    pub fn events(&self) -> EventBus {
+        EventBus::new(self.clone())
     }
 }
 
@@ -447,7 +458,7 @@ impl EventBus {
                     pubsub.clone(),
                     self.cache.timeout(),
                 ));
-                Ok::<_, crate::Error>(pubsub)
+                Ok::<_, crate::error::Error>(pubsub)
             })
             .await?;
         let _order = self.state.commands.lock().await;
@@ -462,7 +473,7 @@ impl EventBus {
                 .max(self.cache.config().connect_timeout);
             let confirmed = match tokio::time::timeout(timeout, pubsub.subscribe(&new)).await {
                 Ok(result) => result,
-                Err(_) => Err(crate::Error::Timeout(timeout)),
+                Err(_) => Err(crate::error::Error::Timeout(timeout)),
             };
             if let Err(err) = confirmed {
                 // Dropping it after this returns releases what did get subscribed.

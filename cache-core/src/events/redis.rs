@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
 use super::hub::{Hub, Message, Payload, Topic};
-use crate::config::{Backend, CacheConfig, RedisEndpoint};
+use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
-use crate::store::redis as store;
+use crate::store::connect;
 
 /// The pub/sub connection of one bus; cheap to clone.
 #[derive(Clone)]
@@ -45,31 +45,28 @@ impl PubSub {
         };
         match &config.backend {
             Backend::Redis(endpoint) => {
-                let client = store::resp3(store::client(endpoint, config)?)
-                    .map_err(store::driver_config_error)?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(None)
-                    // Reconnects quickly after a restart: the backoff stays
-                    // under half a second; after these, the bus pokes it.
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(400))
-                    .set_number_of_retries(10)
+                let client = connect::resp3(connect::client(endpoint, config)?)
+                    .map_err(connect::driver_config_error)?;
+                let manager_config = connect::pubsub_manager(config)
                     .set_push_sender(sender)
                     .set_automatic_resubscription();
                 let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(store::driver_config_error)?;
+                    .map_err(connect::driver_config_error)?;
                 Ok(PubSub::Standalone(manager))
             }
             Backend::Cluster(nodes) => {
-                let urls = nodes.iter().map(resp3_url).collect::<Result<Vec<_>>>()?;
-                let client = store::cluster_builder(urls, config)
+                let urls = nodes
+                    .iter()
+                    .map(connect::resp3_url)
+                    .collect::<Result<Vec<_>>>()?;
+                let client = connect::cluster_builder(urls, config)
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(sender)
                     .build()
-                    .map_err(store::driver_config_error)?;
+                    .map_err(connect::driver_config_error)?;
                 Ok(PubSub::Cluster(
-                    client.get_pending_async_connection_with_config(store::cluster_config(config)),
+                    client
+                        .get_pending_async_connection_with_config(connect::cluster_config(config)),
                 ))
             }
             Backend::Memory => Err(Error::invalid(
@@ -91,9 +88,9 @@ impl PubSub {
                     conn.psubscribe(&patterns).await?;
                 }
             }
-            PubSub::Cluster(mut conn) => {
+            PubSub::Cluster(conn) => {
                 for channel in channels {
-                    conn.ssubscribe(channel).await?;
+                    subscribe_on_primary(conn.clone(), channel).await?;
                 }
             }
         }
@@ -163,103 +160,156 @@ impl PubSub {
     }
 }
 
+/// How often [`subscribe_on_primary`] tries again while the driver has no
+/// connection up to the channel's primary.
+const PRIMARY_RETRY: Duration = Duration::from_millis(50);
+
+/// Subscribes `channel` on the primary that serves its slot, trying again
+/// (the caller bounds it) while the driver has no connection up to that
+/// primary. Never left on its replica (see [`ssubscribe_on_primary`]).
+async fn subscribe_on_primary(mut conn: ClusterConnection, channel: &str) -> Result<()> {
+    loop {
+        match ssubscribe_on_primary(&conn, channel).await {
+            Some(Landed::Primary) => return Ok(()),
+            // Nothing to tell the node by: as the driver routes it.
+            Some(Landed::Refused) => return Ok(conn.ssubscribe(channel).await?),
+            None => tokio::time::sleep(PRIMARY_RETRY).await,
+        }
+    }
+}
+
 /// Subscribes `channel` again and confirms it on the connection the
 /// cluster client keeps to the primary serving the channel's slot, the node
 /// whose publishes count it. The driver resubscribes a reconnected node by
-/// itself, but cannot say when; and an `SSUBSCRIBE` sent while that
-/// primary's connection is down goes to its replica (sharded pub/sub is
-/// served there too): confirmed early, before the primary is back, and
-/// left behind as a second subscription once it is (every message twice).
-/// So the `SSUBSCRIBE` is sent only while the primary's connection is up,
-/// and counts only if that connection is the same one before and after it:
-/// the driver routes it to the primary's connection while there is one.
+/// itself, but cannot say when, nor which node a push came from.
 async fn confirm_on_primary(mut conn: ClusterConnection, channel: &str) -> bool {
-    let Some(before) = primary_connection(&mut conn, channel).await else {
-        return false;
-    };
-    if conn.ssubscribe(channel).await.is_err() {
-        return false;
-    }
-    match (before, primary_connection(&mut conn, channel).await) {
-        (Probe::Connection { id }, Some(Probe::Connection { id: after })) => id == after,
-        // The server refuses the probe's commands (an ACL): the confirmed
+    match ssubscribe_on_primary(&conn, channel).await {
+        Some(Landed::Primary) => true,
+        // The server refuses the probe's commands (an ACL): a confirmed
         // `SSUBSCRIBE` is all there is to go by.
-        (Probe::Refused, Some(Probe::Refused)) => true,
-        _ => false,
+        Some(Landed::Refused) => conn.ssubscribe(channel).await.is_ok(),
+        None => false,
     }
 }
 
-/// What [`primary_connection`] found.
+/// Where [`ssubscribe_on_primary`]'s `SSUBSCRIBE` was confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    /// The server-side id of the client's connection to the slot's primary.
-    Connection { id: u64 },
-    /// The probe itself was refused; nothing can be told.
+enum Landed {
+    /// On the driver's connection to the primary serving the slot.
+    Primary,
+    /// The probe's commands were refused (an ACL): nothing can be told.
     Refused,
 }
 
-/// The id of the connection the cluster client uses for the primary that
-/// serves `channel`'s slot, or `None` when it has none up. One pipeline,
-/// routed as the driver routes to that primary, so answered on one
-/// connection: the answering node's id, the connection's id, the slot and
-/// the node's view of who serves it. When the driver has no connection to
-/// the primary it sends the pipeline to another node, which says so (its
-/// id is not the slot's primary's), without a redirect to follow or a
-/// retry to wait for.
-async fn primary_connection(conn: &mut ClusterConnection, channel: &str) -> Option<Probe> {
+/// `SSUBSCRIBE channel` in one pipeline with the commands that say where it
+/// ran: the answering node's id, the slot and the node's view of who serves
+/// it, all answered on the one connection the pipeline went to. Routed to
+/// the slot's primary; but while the driver has no connection up to it, the
+/// driver sends it to another node, and the slot's replica confirms it
+/// (sharded pub/sub is served there too; another primary redirects it): a
+/// subscription there would be confirmed before the primary is back, and
+/// left behind as a second one once the driver resubscribes the primary
+/// (every message twice). So one made on a replica is undone at once, on
+/// that replica, and counts as none (`None`, as when nothing was confirmed).
+///
+/// Run as a task of its own: a caller that stops waiting (its timeout) must
+/// not stop it between a confirmation on a replica and its undoing.
+async fn ssubscribe_on_primary(conn: &ClusterConnection, channel: &str) -> Option<Landed> {
+    let (conn, channel) = (conn.clone(), channel.to_owned());
+    tokio::spawn(async move { ssubscribe_probed(conn, &channel).await })
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn ssubscribe_probed(mut conn: ClusterConnection, channel: &str) -> Option<Landed> {
     let mut probe = redis::pipe();
     probe
         .cmd("CLUSTER")
         .arg("MYID")
-        .cmd("CLIENT")
-        .arg("ID")
         .cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(channel)
         .cmd("CLUSTER")
-        .arg("SLOTS");
+        .arg("SLOTS")
+        .cmd("SSUBSCRIBE")
+        .arg(channel);
     let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(channel, SlotAddr::Master));
     let replies = match conn.route_pipeline(probe, 0, 4, route).await {
         Ok(replies) => replies,
-        Err(err) if err.code() == Some("NOPERM") => return Some(Probe::Refused),
+        Err(err) if err.code() == Some("NOPERM") => return Some(Landed::Refused),
         Err(_) => return None,
     };
     if replies
         .iter()
         .any(|reply| matches!(reply, Value::ServerError(err) if err.code() == "NOPERM"))
     {
-        return Some(Probe::Refused);
+        return Some(Landed::Refused);
     }
-    let [node, Value::Int(id), Value::Int(slot), Value::Array(slots)] = replies.as_slice() else {
+    let [node, Value::Int(slot), Value::Array(slots), subscribed] = replies.as_slice() else {
         return None;
     };
-    let node = text(node)?;
-    let serving = slots.iter().find_map(|range| slot_primary(range, *slot))?;
-    if serving != node {
+    if !matches!(
+        subscribed,
+        Value::Push {
+            kind: PushKind::SSubscribe,
+            ..
+        }
+    ) {
         return None;
     }
-    u64::try_from(*id).ok().map(|id| Probe::Connection { id })
+    let node = text(node)?;
+    let range = slots.iter().find_map(|range| slot_range(range, *slot))?;
+    let mut served_by = range.iter().skip(2).filter_map(|node| match node {
+        Value::Array(node) => Some(node.as_slice()),
+        _ => None,
+    });
+    if served_by.next().and_then(|primary| text(primary.get(2)?)) == Some(node) {
+        return Some(Landed::Primary);
+    }
+    // A replica of the slot confirmed it: undone there, by address, as
+    // the driver names its connection to it (from `CLUSTER SLOTS`).
+    if let Some((host, port)) = served_by
+        .find(|replica| replica.get(2).and_then(text) == Some(node))
+        .and_then(address)
+    {
+        let mut sunsubscribe = redis::cmd("SUNSUBSCRIBE");
+        sunsubscribe.arg(channel);
+        let replica = SingleNodeRoutingInfo::ByAddress { host, port };
+        if let Err(err) = conn
+            .route_command(sunsubscribe, RoutingInfo::SingleNode(replica))
+            .await
+        {
+            // Its connection is gone, and the subscription with it.
+            tracing::debug!(%err, "event bus: undoing a subscription on a replica failed");
+        }
+    }
+    None
 }
 
-/// The node id of the primary of one `CLUSTER SLOTS` range
-/// (`[start, end, [ip, port, id, ...], replicas...]`) if it holds `slot`.
-fn slot_primary(range: &Value, slot: i64) -> Option<&str> {
+/// The address of one node of a `CLUSTER SLOTS` range (`[ip, port, id,
+/// ...]`) as the driver names its connection, unless the node left it out
+/// (an empty or wildcard address: the driver fills in one of its own).
+fn address(node: &[Value]) -> Option<(String, u16)> {
+    match node {
+        [host, Value::Int(port), ..] => text(host)
+            .filter(|host| !matches!(*host, "" | "?" | "0.0.0.0" | "::"))
+            .zip(u16::try_from(*port).ok())
+            .map(|(host, port)| (host.to_string(), port)),
+        _ => None,
+    }
+}
+
+/// One `CLUSTER SLOTS` range (`[start, end, primary, replicas...]`, each
+/// node `[ip, port, id, ...]`) if it holds `slot`.
+fn slot_range(range: &Value, slot: i64) -> Option<&[Value]> {
     let Value::Array(range) = range else {
         return None;
     };
-    let [
-        Value::Int(start),
-        Value::Int(end),
-        Value::Array(primary),
-        ..,
-    ] = range.as_slice()
-    else {
+    let [Value::Int(start), Value::Int(end), ..] = range.as_slice() else {
         return None;
     };
-    if !(*start..=*end).contains(&slot) {
-        return None;
-    }
-    text(primary.get(2)?)
+    (*start..=*end).contains(&slot).then_some(range.as_slice())
 }
 
 fn text(value: &Value) -> Option<&str> {
@@ -341,10 +391,4 @@ fn on_push(hub: &Hub, push: PushInfo, one_connection: bool, max_bytes: usize) {
         }
         _ => {}
     }
-}
-
-fn resp3_url(endpoint: &RedisEndpoint) -> Result<url::Url> {
-    let mut url = endpoint.connection_url()?;
-    url.query_pairs_mut().append_pair("protocol", "resp3");
-    Ok(url)
 }

@@ -167,6 +167,16 @@ pub(crate) struct LocalStats {
     pub(crate) tracking: bool,
 }
 
+impl LocalStats {
+    /// Writes these counters into a handle's `stats`.
+    pub(crate) fn fill(self, stats: &mut crate::stats::Stats) {
+        stats.local_hits = self.hits;
+        stats.local_misses = self.misses;
+        stats.local_invalidations = self.invalidations;
+        stats.local_tracking = self.tracking;
+    }
+}
+
 impl LocalTier {
     pub(crate) fn new(max_entries: usize, max_ttl: Duration, timeout: Duration) -> LocalTier {
         LocalTier {
@@ -531,12 +541,12 @@ pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<Loca
     let serve_stale = config.local_serve_stale;
     let clients = match &config.backend {
         Backend::Memory => return None,
-        Backend::Redis(endpoint) => crate::store::redis::client(endpoint, config)
+        Backend::Redis(endpoint) => crate::store::connect::client(endpoint, config)
             .map(|client| TrackedStore::Standalone(Box::new(client))),
         Backend::Cluster(nodes) => nodes
             .iter()
-            .map(|node| crate::store::redis::client(node, config))
-            .collect::<crate::Result<Vec<_>>>()
+            .map(|node| crate::store::connect::client(node, config))
+            .collect::<crate::error::Result<Vec<_>>>()
             .map(TrackedStore::Cluster),
     };
     let store = match clients {

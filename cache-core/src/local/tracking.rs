@@ -35,6 +35,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
 use super::LocalTier;
+use crate::store::connect;
 
 /// The database-identity marker's key, after the tracked prefix.
 const IDENTITY_KEY: &str = "__local:db-identity";
@@ -43,9 +44,10 @@ const IDENTITY_KEY: &str = "__local:db-identity";
 /// without closing (a paused server, a lost network) is found within about
 /// this plus the handle's timeout.
 const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Backoff between attempts to re-establish tracking.
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Backoff between attempts to re-establish tracking: the handle's one
+/// reconnect policy.
+const MIN_BACKOFF: Duration = connect::RECONNECT_MIN_DELAY;
+const MAX_BACKOFF: Duration = connect::RECONNECT_MAX_DELAY;
 
 /// What the tier tracks: one server, or the primaries of a cluster found
 /// through its seeds.
@@ -170,7 +172,7 @@ impl Supervisor {
                 let seed = seeds.first().ok_or_else(no_node)?;
                 let mut connections = Vec::with_capacity(primaries.len());
                 for (host, port) in &primaries {
-                    let client = client_at(seed, host, *port)?;
+                    let client = connect::client_at(seed, host, *port)?;
                     connections.push(self.track(client, lost, generation).await?);
                 }
                 Ok((connections, primaries, None))
@@ -209,7 +211,7 @@ impl Supervisor {
         lost: &Arc<Notify>,
         generation: u64,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let client = crate::store::redis::resp3(client)?;
+        let client = connect::resp3(client)?;
         let tier = self.tier.clone();
         let lost = Arc::clone(lost);
         // Runs in the connection's read loop, before any reply that follows
@@ -400,31 +402,12 @@ fn apply(tier: &LocalTier, push: PushInfo, generation: u64, lost: &Notify) {
     }
 }
 
-/// A client like `seed` (credentials, TLS) for the server at `host:port`.
-fn client_at(seed: &redis::Client, host: &str, port: u16) -> redis::RedisResult<redis::Client> {
-    let info = seed.get_connection_info().clone();
-    let addr = match info.addr().clone() {
-        redis::ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => redis::ConnectionAddr::TcpTls {
-            host: host.to_string(),
-            port,
-            insecure,
-            tls_params,
-        },
-        _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
-    };
-    redis::Client::open(info.set_addr(addr))
-}
-
 /// The primaries serving slots, from `CLUSTER NODES`.
 async fn cluster_primaries(
     conn: &mut MultiplexedConnection,
 ) -> redis::RedisResult<Vec<(String, u16)>> {
-    let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-    Ok(crate::store::redis::parse_cluster_primaries(&text))
+    let text: String = connect::cluster_nodes().query_async(conn).await?;
+    Ok(connect::parse_cluster_primaries(&text))
 }
 
 fn no_node() -> redis::RedisError {

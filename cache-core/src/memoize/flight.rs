@@ -15,11 +15,11 @@
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 // Every critical section on a flight map is a single map operation: a
-// poisoned map is consistent.
-use crate::sync::lock;
+// poisoned map is consistent. (shuttle's primitives under `--cfg shuttle`.)
+use crate::sync::primitives::{Mutex, OnceLock, lock};
 
 /// How a flight ended, as followers see it.
 #[derive(Clone)]
@@ -73,7 +73,7 @@ pub(crate) struct FlightKey {
 impl FlightKey {
     /// The flight of `key` on the handle whose [`Cache::id`](crate::Cache) is `handle`.
     pub(crate) fn new(handle: usize, key: String) -> FlightKey {
-        static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+        static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
         let hash = SEED
             .get_or_init(Default::default)
             .hash_one((handle, key.as_str()));
@@ -122,9 +122,27 @@ const FLIGHT_SHARDS: usize = 1 << SHARD_BITS;
 #[derive(Default)]
 struct Shard(Mutex<FlightMap>);
 
+fn new_shards() -> Vec<Shard> {
+    (0..FLIGHT_SHARDS).map(|_| Shard::default()).collect()
+}
+
+#[cfg(not(all(test, shuttle)))]
+fn shards() -> &'static [Shard] {
+    static SHARDS: std::sync::OnceLock<Vec<Shard>> = std::sync::OnceLock::new();
+    SHARDS.get_or_init(new_shards)
+}
+
+/// shuttle's locks live as long as one explored execution: so do the shards.
+#[cfg(all(test, shuttle))]
+fn shards() -> &'static [Shard] {
+    shuttle::lazy_static! {
+        static ref SHARDS: Vec<Shard> = new_shards();
+    }
+    &SHARDS
+}
+
 fn shard_of(key: &FlightKey) -> &'static Mutex<FlightMap> {
-    static SHARDS: OnceLock<Vec<Shard>> = OnceLock::new();
-    let shards = SHARDS.get_or_init(|| (0..FLIGHT_SHARDS).map(|_| Shard::default()).collect());
+    let shards = shards();
     // The top bits pick the shard; the map inside uses the low ones.
     let index = usize::try_from(key.hash >> (u64::BITS - SHARD_BITS)).unwrap_or_default();
     &shards[index].0
@@ -301,5 +319,108 @@ mod tests {
             matches!(flight.outcome.get(), Some(Outcome::Done(Some(bytes))) if **bytes == b"7")
         );
         drop(lead("hit"));
+    }
+}
+
+/// The flights under shuttle's scheduler (`--cfg shuttle`, run by
+/// `scripts/test.sh`): callers of one key, in the engine's own loop
+/// ([`wait_for_turn`](super::engine::wait_for_turn)), one of them perhaps
+/// cancelled while it leads. Under every schedule tried: every caller that
+/// was not cancelled gets the value (a follower never sleeps through the
+/// outcome: shuttle fails a run where every task waits), the body runs
+/// once, and the key's flight has left the map at the end.
+#[cfg(all(test, shuttle))]
+mod interleavings {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::memoize::engine::{Turn, wait_for_turn};
+    use crate::sync::primitives::explore;
+    use shuttle::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const VALUE: u64 = 42;
+
+    /// One call as the engine makes it: read the store when leading, run
+    /// the body on a miss, publish, write the entry, finish.
+    async fn call(
+        key: FlightKey,
+        stored: Arc<Mutex<Option<Vec<u8>>>>,
+        runs: Arc<AtomicUsize>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Option<u64> {
+        let codec = Codec::default();
+        match wait_for_turn::<u64>(key, codec).await {
+            Turn::Served(value) => Some(value),
+            Turn::RunAlone => panic!("every outcome here is shared"),
+            Turn::Lead(leader) => {
+                if let Some(cancel) = cancel
+                    && !cancel.swap(true, Ordering::SeqCst)
+                {
+                    // Cancelled while leading: its future, and the leader, dropped.
+                    drop(leader);
+                    return None;
+                }
+                let hit = lock(&stored).clone();
+                if let Some(bytes) = hit {
+                    leader.finish_with_hit(&bytes);
+                    return Some(codec.decode(&bytes).expect("what the leader wrote"));
+                }
+                runs.fetch_add(1, Ordering::SeqCst);
+                let bytes = codec.encode(&VALUE).expect("a number encodes");
+                leader.publish(Some(Arc::new(bytes.clone())));
+                *lock(&stored) = Some(bytes);
+                leader.finish();
+                Some(VALUE)
+            }
+        }
+    }
+
+    fn callers(count: usize, cancel_one: bool) {
+        explore(move || {
+            shuttle::future::block_on(async move {
+                let key = FlightKey::new(0, "interleavings".to_owned());
+                let stored = Arc::new(Mutex::new(None));
+                let runs = Arc::new(AtomicUsize::new(0));
+                let cancel = cancel_one.then(|| Arc::new(AtomicBool::new(false)));
+                let calls: Vec<_> = (0..count)
+                    .map(|i| {
+                        let cancel = cancel.clone().filter(|_| i == 0);
+                        shuttle::future::spawn(call(
+                            key.clone(),
+                            stored.clone(),
+                            runs.clone(),
+                            cancel,
+                        ))
+                    })
+                    .collect();
+                let mut served = 0;
+                for (i, handle) in calls.into_iter().enumerate() {
+                    match handle.await.expect("no call panics") {
+                        Some(value) => {
+                            assert_eq!(value, VALUE);
+                            served += 1;
+                        }
+                        None => {
+                            assert!(cancel_one && i == 0, "only the cancelled call has no value")
+                        }
+                    }
+                }
+                assert!(served >= count - usize::from(cancel_one));
+                assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+                assert!(
+                    lock(shard_of(&key)).get(&key).is_none(),
+                    "the flight left the map"
+                );
+            });
+        });
+    }
+
+    #[test]
+    fn three_callers_share_one_run() {
+        callers(3, false);
+    }
+
+    #[test]
+    fn a_cancelled_leader_hands_the_flight_on() {
+        callers(3, true);
     }
 }

@@ -107,7 +107,7 @@ pub fn call_key<A: Serialize + ?Sized>(
     if local && handle.is_some_and(|cache| cache.local_tier().is_some()) {
         return ArgsKey::new(prefix, args).map(CallKey::Args);
     }
-    crate::key_for(prefix, args).map(|key| CallKey::Stored(Cow::Owned(key)))
+    crate::key::key_for(prefix, args).map(|key| CallKey::Stored(Cow::Owned(key)))
 }
 
 #[cfg(test)]
@@ -122,7 +122,10 @@ mod tests {
             std::collections::HashMap::from([("b", 1), ("a", 2)]),
         );
         let key = ArgsKey::new("embedding", &args).unwrap();
-        assert_eq!(key.hashed(), crate::key_for("embedding", &args).unwrap());
+        assert_eq!(
+            key.hashed(),
+            crate::key::key_for("embedding", &args).unwrap()
+        );
         assert_eq!(
             key.local(),
             b"\xFFembedding\xFF[\"hello\",3,{\"a\":2,\"b\":1}]"
@@ -132,7 +135,7 @@ mod tests {
         let key = ArgsKey::new("embedding", &(&long,)).unwrap();
         assert_eq!(
             key.hashed(),
-            crate::key_for("embedding", &(&long,)).unwrap()
+            crate::key::key_for("embedding", &(&long,)).unwrap()
         );
         assert!(ArgsKey::new("p", &(f64::NAN,)).is_err());
     }

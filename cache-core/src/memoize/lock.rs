@@ -20,7 +20,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use tokio::time::Instant;
 
 use super::budget::Budget;
-use super::engine::{Found, Target};
+use super::target::{Found, Target};
 use crate::cache::Cache;
 use crate::stored::{Lease, LeasePurpose, lease_key};
 

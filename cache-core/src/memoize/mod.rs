@@ -39,6 +39,7 @@ mod function;
 mod key;
 mod lock;
 mod options;
+mod target;
 
 use std::fmt::Display;
 
@@ -98,14 +99,29 @@ pub fn handle_ref(cache: &Cache) -> Option<std::borrow::Cow<'_, Cache>> {
     Some(std::borrow::Cow::Borrowed(cache))
 }
 
-/// The default handle (see [`set_default`](crate::set_default)).
+/// The default handle (see [`set_default`]).
 pub fn default_handle() -> Option<Cache> {
-    crate::default_cache()
+    default_cache()
+}
+
+/// Read on every call of a memoized function without a `cache = ...`: a
+/// lock-free load, where a lock would make every core write one shared line.
+static DEFAULT: arc_swap::ArcSwapOption<Cache> = arc_swap::ArcSwapOption::const_empty();
+
+/// Makes `cache` the handle that `#[cached]` functions use unless told otherwise.
+/// May be called again (in tests, say) to replace it.
+pub fn set_default(cache: Cache) {
+    DEFAULT.store(Some(std::sync::Arc::new(cache)));
+}
+
+/// The handle set with [`set_default`], if any.
+pub fn default_cache() -> Option<Cache> {
+    DEFAULT.load().as_deref().cloned()
 }
 
 /// The documented key: `{prefix}:{sha256 of the canonical JSON of the argument tuple}`.
 pub fn key<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<String> {
-    crate::key_for(prefix, args)
+    crate::key::key_for(prefix, args)
 }
 
 /// A `key = ...` key: `{prefix}:{suffix}`.
@@ -194,5 +210,5 @@ pub async fn invalidate_memoized<A: Serialize + ?Sized>(
     prefix: &str,
     args: &A,
 ) -> Result<bool> {
-    cache.delete(&crate::key_for(prefix, args)?).await
+    cache.delete(&crate::key::key_for(prefix, args)?).await
 }

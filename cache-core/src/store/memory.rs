@@ -4,14 +4,11 @@
 //! every few writes; the number of entries is bounded, the oldest going first.
 
 use std::hash::{BuildHasher, RandomState};
-use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{
-    Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment,
-    window_millis,
-};
+use super::atomic::AtomicOp;
+use super::{Expiring, KeyTtl, ScanNode, Store, StoreFuture};
 use crate::error::{CommandError, Error, Result};
 use crate::sync::InsertionOrderedMap;
 
@@ -68,6 +65,58 @@ impl Shard {
     }
 }
 
+/// The part of a key that picks its shard: what is between the first `{`
+/// and the next `}`, if not empty (Redis Cluster's hash tag); else the key.
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+/// The in-memory store's entries as an atomic operation's twin sees them
+/// (see [`AtomicOp`]): the values and expiries Redis would hold under the
+/// same keys, all within one lock for the operation's length.
+pub struct Entries<'a> {
+    shard: &'a mut Shard,
+    capacity: usize,
+    now: Instant,
+}
+
+impl Entries<'_> {
+    /// The value of `key`, as `GET` reads it; `None` when it is missing or expired.
+    pub fn get(&mut self, key: &str) -> Option<&[u8]> {
+        self.shard.live(key, self.now).map(|entry| &entry.value[..])
+    }
+
+    /// Sets `key` to `value`, expiring after `ttl` (`SET key value PX ms`),
+    /// or never (`SET key value`). The store's bound applies: the oldest
+    /// entries go first when it is full.
+    pub fn set(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) {
+        let expires_at = ttl.map(|ttl| expiry(self.now, ttl));
+        self.shard
+            .put(key, value.to_vec(), expires_at, self.capacity);
+    }
+
+    /// Removes `key` (`DEL`); `true` when it was there.
+    pub fn delete(&mut self, key: &str) -> bool {
+        self.shard.live(key, self.now).is_some() && self.shard.map.remove(key).is_some()
+    }
+
+    /// How long `key` has to live (`PTTL`); `None` when it is missing or
+    /// never expires.
+    pub fn ttl(&mut self, key: &str) -> Option<Duration> {
+        let now = self.now;
+        self.shard
+            .live(key, now)
+            .and_then(|entry| entry.expires_at)
+            .map(|at| at.saturating_duration_since(now))
+    }
+}
+
 /// The in-memory store. Cheap to share behind the handle's `Arc`.
 #[derive(Debug)]
 pub(crate) struct MemoryStore {
@@ -85,11 +134,35 @@ impl MemoryStore {
         }
     }
 
+    /// The shard of `key`: by its hash tag, as Redis Cluster picks a slot,
+    /// so that the keys of one atomic operation share one lock.
+    fn shard_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(hash_tag(key)) as usize) % SHARDS
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding a shard cannot leave an entry half-written
         // (every update is one assignment), so a poisoned lock is still usable.
-        crate::sync::lock(&self.shards[index])
+        crate::sync::lock(&self.shards[self.shard_index(key)])
+    }
+
+    /// Runs `op`'s twin under the lock of its keys' shard.
+    fn run_atomic_now(&self, op: &dyn AtomicOp, keys: &[&str], args: &[i64]) -> Result<Vec<i64>> {
+        let index = keys.first().map_or(0, |key| self.shard_index(key));
+        if keys.iter().any(|key| self.shard_index(key) != index) {
+            // Redis Cluster says CROSSSLOT; here the lock would not cover them.
+            return Err(Error::invalid(
+                "keys",
+                "the keys of one atomic operation must share a hash tag ({...})",
+            ));
+        }
+        let mut shard = crate::sync::lock(&self.shards[index]);
+        let mut entries = Entries {
+            shard: &mut shard,
+            capacity: self.shard_capacity,
+            now: Instant::now(),
+        };
+        op.twin(&mut entries, keys, args)
     }
 
     /// At most `max_len + 1` bytes, as Redis `GETRANGE key 0 max_len` gives.
@@ -123,52 +196,6 @@ impl MemoryStore {
         Ok(next)
     }
 
-    fn incr_window_now(&self, key: &str, by: u64, window: Duration) -> Result<WindowCount> {
-        window_millis(window)?;
-        check_increment(by)?;
-        let mut shard = self.shard(key);
-        let now = Instant::now();
-        // Within MAX_WINDOW: far from where `Instant` arithmetic overflows.
-        let window_end = now
-            .checked_add(window)
-            .ok_or_else(|| Error::invalid("window", "too long for this clock"))?;
-        // The same rules as the Redis script: a value that is not a counter
-        // this library writes starts a new window; a counter without expiry,
-        // or with one past this window's end, gets the window.
-        let counted = shard.live(key, now).and_then(|entry| {
-            let next = parse_integer(&entry.value)
-                .ok()
-                .and_then(|current| u64::try_from(current).ok())
-                .and_then(|current| current.checked_add(by))
-                .filter(|next| *next <= MAX_COUNT)?;
-            let expires_at = match entry.expires_at {
-                Some(at) if at <= window_end => at,
-                _ => window_end,
-            };
-            entry.expires_at = Some(expires_at);
-            entry.value.clear();
-            // Writing into a Vec cannot fail.
-            let _ = write!(entry.value, "{next}");
-            Some((next, expires_at))
-        });
-        let (count, expires_at) = match counted {
-            Some(counted) => counted,
-            None => {
-                shard.put(
-                    key,
-                    by.to_string().into_bytes(),
-                    Some(window_end),
-                    self.shard_capacity,
-                );
-                (by, window_end)
-            }
-        };
-        Ok(WindowCount {
-            count,
-            reset_after: expires_at.saturating_duration_since(now),
-        })
-    }
-
     /// Removes every key with the prefix at once: the in-memory walk is one step.
     fn delete_prefix_now(&self, prefix: &str) -> u64 {
         let now = Instant::now();
@@ -188,10 +215,10 @@ impl MemoryStore {
 }
 
 /// `now + ttl`, saturating far in the future instead of panicking: the handle
-/// refuses TTLs over [`MAX_TTL`](crate::MAX_TTL), so this is a last guard.
+/// refuses TTLs over [`MAX_TTL`](crate::config::MAX_TTL), so this is a last guard.
 fn expiry(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl)
-        .or_else(|| now.checked_add(crate::MAX_TTL))
+        .or_else(|| now.checked_add(crate::config::MAX_TTL))
         .unwrap_or(now)
 }
 
@@ -301,13 +328,13 @@ impl Store for MemoryStore {
         ready(self.incr_now(key, by))
     }
 
-    fn incr_window<'a>(
+    fn run_atomic<'a>(
         &'a self,
-        key: &'a str,
-        by: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowCount> {
-        ready(self.incr_window_now(key, by, window))
+        op: &'a dyn AtomicOp,
+        keys: &'a [&'a str],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        ready(self.run_atomic_now(op, keys, args))
     }
 
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
@@ -331,7 +358,6 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MAX_WINDOW;
 
     #[test]
     fn entries_beyond_capacity_evict_the_oldest() {
@@ -375,17 +401,26 @@ mod tests {
         assert!(queued < 100_000 / 4, "{queued} stale queue items");
     }
 
+    /// `incr_window`'s twin, as the handle runs it (checked arguments).
+    fn incr_window(store: &MemoryStore, key: &str, by: u64, window: Duration) -> (i64, i64) {
+        let window_ms = i64::try_from(window.as_millis()).unwrap();
+        let args = [i64::try_from(by).unwrap(), window_ms, 1 << 53];
+        let reply = store
+            .run_atomic_now(&crate::store::atomic::IncrWindow, &[key], &args)
+            .unwrap();
+        (reply[0], reply[1])
+    }
+
     #[test]
     fn a_foreign_or_out_of_range_counter_starts_a_new_window() {
         let store = MemoryStore::new(100);
         let window = Duration::from_secs(60);
-        let max = MAX_COUNT.to_string();
+        let max = (1u64 << 53).to_string();
         let near_max = (i64::MAX - 1).to_string();
         for bad in ["abc", "-5", "\"12\"", max.as_str(), near_max.as_str()] {
             store.set_now("k", bad.as_bytes(), None);
-            let first = store.incr_window_now("k", 1, window).unwrap();
-            assert_eq!(first.count, 1, "{bad} replaced");
-            assert_eq!(store.incr_window_now("k", 1, window).unwrap().count, 2);
+            assert_eq!(incr_window(&store, "k", 1, window).0, 1, "{bad} replaced");
+            assert_eq!(incr_window(&store, "k", 1, window).0, 2);
             let Some(entry) = store
                 .shard("k")
                 .live("k", Instant::now())
@@ -397,22 +432,28 @@ mod tests {
         }
         // A counter with a TTL past the window gets the window.
         store.set_now("k", b"3", Some(Duration::from_secs(1_000_000)));
-        let count = store.incr_window_now("k", 1, window).unwrap();
-        assert_eq!(count.count, 4);
-        assert!(count.reset_after <= window);
+        let (count, left_ms) = incr_window(&store, "k", 1, window);
+        assert_eq!(count, 4);
+        assert!(left_ms <= 60_000);
     }
 
     #[test]
-    fn a_window_beyond_the_maximum_is_an_error_not_a_panic() {
+    fn the_keys_of_one_atomic_operation_share_a_shard_by_hash_tag() {
         let store = MemoryStore::new(100);
-        for window in [
-            Duration::from_secs(u64::MAX),
-            MAX_WINDOW + Duration::from_millis(1),
-        ] {
-            let err = store.incr_window_now("k", 1, window).unwrap_err();
-            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
+        for n in 0..100 {
+            let (a, b) = (format!("rl:{{client{n}}}:a"), format!("rl:{{client{n}}}:b"));
+            assert_eq!(store.shard_index(&a), store.shard_index(&b));
         }
-        assert!(store.incr_window_now("k", 1, MAX_WINDOW).is_ok());
-        assert!(store.incr_window_now("k", u64::MAX, MAX_WINDOW).is_err());
+        assert_eq!(hash_tag("a{}b"), "a{}b", "an empty tag is no tag");
+        assert_eq!(hash_tag("{x}y{z}"), "x");
+        // Keys without a common tag fall in different shards sooner or later.
+        let keys: Vec<String> = (0..64).map(|n| format!("k{n}")).collect();
+        let refused = keys.windows(2).any(|pair| {
+            let pair = [pair[0].as_str(), pair[1].as_str()];
+            store
+                .run_atomic_now(&crate::store::atomic::IncrWindow, &pair, &[1, 1000, 10])
+                .is_err_and(|err| err.kind() == crate::error::ErrorKind::InvalidArgument)
+        });
+        assert!(refused);
     }
 }

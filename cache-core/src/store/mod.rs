@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
+pub(crate) use atomic::AtomicOp;
 
+pub(crate) mod atomic;
+pub(crate) mod connect;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -34,6 +38,7 @@ pub enum KeyTtl {
 
 /// A fixed-window counter after an increment: see [`Cache::incr_window`](crate::Cache::incr_window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct WindowCount {
     /// The count in the current window, this increment included.
     pub count: u64,
@@ -82,8 +87,8 @@ pub(crate) fn check_increment(by: u64) -> Result<()> {
     Ok(())
 }
 
-/// A Lua script for [`Cache::eval_script_within`](crate::Cache::eval_script_within):
-/// sent as `EVALSHA`, loaded and sent again when the server answers
+/// The Redis form of an [`AtomicOp`](crate::AtomicOp): a Lua script,
+/// sent as `EVALSHA`, then as `EVAL` when the server answers
 /// `NOSCRIPT` (nothing ran then, so nothing runs twice). Cheap to clone.
 #[derive(Clone)]
 pub struct Script(std::sync::Arc<(::redis::Script, Box<str>)>);
@@ -165,18 +170,6 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
     fn ttl<'a>(&'a self, key: &'a str) -> StoreFuture<'a, KeyTtl>;
     fn incr<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64>;
-    /// Adds `by` to a counter that lives `window` from its first increment;
-    /// one atomic step. A counter found without expiry, or with one longer
-    /// than the window, gets the window; a value that is not such a counter
-    /// (not an integer, another type, negative, above [`MAX_COUNT`]) is
-    /// replaced by `by` with a fresh window. `window` is checked with
-    /// [`window_millis`].
-    fn incr_window<'a>(
-        &'a self,
-        key: &'a str,
-        by: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowCount>;
     /// Runs `script` with `keys` (full keys, one hash slot on a cluster) and
     /// integer `args`; its reply must be an array of integers. The
     /// in-memory store runs no scripts: an [`Error::InvalidArgument`].
@@ -191,6 +184,16 @@ pub(crate) trait Store: Send + Sync + 'static {
             "script",
             "the in-memory store runs no Lua scripts",
         ))))
+    }
+    /// Runs `op` with `keys` (full keys, one hash slot) and integer `args`:
+    /// its script on Redis, its twin in memory.
+    fn run_atomic<'a>(
+        &'a self,
+        op: &'a dyn AtomicOp,
+        keys: &'a [&'a str],
+        args: &'a [i64],
+    ) -> StoreFuture<'a, Vec<i64>> {
+        self.eval(op.script(), keys, args)
     }
     /// Publishes `payload` on `channel`; the number of receivers. The
     /// in-memory backend publishes in process, through the event bus.
@@ -221,6 +224,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn refused_login(&self) -> StoreFuture<'_, Option<::redis::RedisError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+}
+
+/// The store `config` names. Lazily connected: only a configuration the
+/// client refuses fails here, never an unreachable Redis.
+pub(crate) fn open(config: &CacheConfig) -> Result<Box<dyn Store>> {
+    Ok(match &config.backend {
+        Backend::Memory => in_memory(config.memory_max_entries),
+        Backend::Redis(endpoint) => Box::new(redis::RedisStore::standalone(endpoint, config)?),
+        Backend::Cluster(nodes) => Box::new(redis::RedisStore::cluster(nodes, config)?),
+    })
+}
+
+/// The embedded store, bounded to `max_entries`.
+pub(crate) fn in_memory(max_entries: usize) -> Box<dyn Store> {
+    Box::new(memory::MemoryStore::new(max_entries))
 }
 
 /// Milliseconds for Redis, at least 1 (a zero TTL is handled before the store).

@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterConfig;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, Value};
 
-use super::{
-    Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowCount, check_increment,
-    millis, window_millis,
-};
+use super::connect;
+use super::{Expiring, KeyTtl, ScanNode, Store, StoreFuture, millis};
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result, is_refused_login};
 use crate::key::escape_glob;
@@ -24,32 +21,6 @@ use crate::key::escape_glob;
 /// Keys asked for per SCAN step: large enough to make few round trips, small
 /// enough that no single SCAN or UNLINK blocks the server noticeably.
 const SCAN_BATCH: usize = 500;
-
-/// The fixed-window counter in one script, so no counter can live without a
-/// TTL and no foreign value can switch limiting off: INCRBY, then PEXPIRE when
-/// the key is new, has no expiry (left by a crash between two commands of an
-/// older client) or one longer than the window (someone else's). A value that
-/// is not a counter this library writes (another type, not an integer, one
-/// that would overflow, negative, above 2^53) is replaced by the increment
-/// with a fresh window instead of failing the script before its PEXPIRE.
-/// `redis.pcall` keeps the INCRBY error (WRONGTYPE, not an integer, overflow)
-/// inside the script; it changed nothing, so the SET starts over cleanly.
-/// ARGV: increment, window ms, largest count. Returns {count, pttl ms}.
-const INCR_WINDOW_LUA: &str = r"
-local by = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local count = redis.pcall('INCRBY', KEYS[1], ARGV[1])
-if type(count) ~= 'number' or count < by or count > tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {by, window}
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 or ttl > window then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  ttl = window
-end
-return {count, ttl}
-";
 
 /// What differs between a single server and a cluster: everything else is the
 /// same commands on a multiplexed connection.
@@ -106,7 +77,7 @@ struct Manager {
 impl Standalone {
     fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(driver_config_error)?;
+            .map_err(connect::driver_config_error)?;
         Ok(Standalone(Arc::new(StandaloneInner {
             current: ArcSwap::from_pointee(Manager {
                 conn,
@@ -354,40 +325,17 @@ fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
 async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
     let reply = conn
         .route_command(
-            redis::cmd("CLUSTER").arg("NODES").clone(),
+            connect::cluster_nodes(),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         )
         .await?;
     let text: String = redis::from_redis_value(reply)?;
-    Ok(parse_cluster_primaries(&text))
-}
-
-/// A primary that is down but still serves slots (not yet failed over) is
-/// kept: walking it fails, so the call reports an error instead of leaving
-/// that primary's keys in place and claiming success.
-pub(crate) fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let address = fields.nth(1)?;
-            let flags = fields.next()?;
-            // master id, ping sent, pong received, epoch, link state, then slots.
-            let serves_slots = fields.nth(5).is_some();
-            if !flags.split(',').any(|flag| flag == "master") || !serves_slots {
-                return None;
-            }
-            // ip:port@cport[,hostname]
-            let host_port = address.split('@').next()?;
-            let (host, port) = host_port.rsplit_once(':')?;
-            Some((host.to_string(), port.parse().ok()?))
-        })
-        .collect()
+    Ok(connect::parse_cluster_primaries(&text))
 }
 
 /// A store over one multiplexed connection of either kind.
 pub(crate) struct RedisStore<C> {
     conn: C,
-    incr_window: Script,
     /// Cluster only: a seed to try logging in to when the cluster client
     /// reports no connection without saying why.
     login_probe: Option<LoginProbe>,
@@ -430,20 +378,11 @@ impl LoginProbe {
 impl RedisStore<Standalone> {
     /// Lazily connected: returns at once, connects in the background.
     pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
-        let client = client(endpoint, config)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            // The handle bounds every call (retries included) with one timer of
-            // its own; a second one per command here would only cost time.
-            .set_response_timeout(None)
-            // One connection attempt per reconnect, no retries inside the
-            // manager: every call awaits the manager's pending reconnect, so
-            // retries there (with their backoff) made a call that met a
-            // crashed Redis, or a refused password, wait out its whole
-            // timeout, where a refused connection is known at once. The
-            // handle's retries and breaker pace the attempts instead.
-            .set_number_of_retries(0);
-        Ok(Self::over(Standalone::new(client, manager_config)?))
+        let client = connect::client(endpoint, config)?;
+        Ok(Self::over(Standalone::new(
+            client,
+            connect::store_manager(config),
+        )?))
     }
 }
 
@@ -460,17 +399,17 @@ impl RedisStore<ClusterConnection> {
         // would count twice), and its calls are sent again by the handle
         // only when the node said it did not run them.
         let retries = if config.counter { 0 } else { 2 };
-        let client = cluster_builder(urls, config)
+        let client = connect::cluster_builder(urls, config)
             .retries(retries)
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()
-            .map_err(driver_config_error)?;
-        let conn = client.get_pending_async_connection_with_config(cluster_config(config));
+            .map_err(connect::driver_config_error)?;
+        let conn = client.get_pending_async_connection_with_config(connect::cluster_config(config));
         let mut store = Self::over(conn);
         if let Some(seed) = nodes.first() {
             store.login_probe = Some(LoginProbe {
-                seed: self::client(seed, config)?,
+                seed: connect::client(seed, config)?,
                 connect_timeout: config.connect_timeout,
                 last: std::sync::Mutex::new(None),
             });
@@ -479,71 +418,10 @@ impl RedisStore<ClusterConnection> {
     }
 }
 
-pub(crate) fn client(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<redis::Client> {
-    let url = endpoint.connection_url()?;
-    #[cfg(feature = "tls")]
-    if let (true, Some(pem)) = (endpoint.tls, &config.tls_ca_cert) {
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        };
-        return redis::Client::build_with_tls(url, certificates).map_err(driver_config_error);
-    }
-    let _ = config;
-    redis::Client::open(url).map_err(driver_config_error)
-}
-
-/// A cluster client builder for `urls` with the handle's TLS roots and timeouts.
-pub(crate) fn cluster_builder(
-    urls: Vec<url::Url>,
-    config: &CacheConfig,
-) -> redis::cluster::ClusterClientBuilder {
-    let builder = redis::cluster::ClusterClientBuilder::new(urls);
-    #[cfg(feature = "tls")]
-    let builder = match &config.tls_ca_cert {
-        Some(pem) => builder.certs(redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        }),
-        None => builder,
-    };
-    builder
-        .connection_timeout(config.connect_timeout)
-        .response_timeout(config.timeout)
-}
-
-/// The connection settings of a cluster connection: the handle's timeouts.
-pub(crate) fn cluster_config(config: &CacheConfig) -> ClusterConfig {
-    ClusterConfig::new()
-        .set_connection_timeout(config.connect_timeout)
-        .set_response_timeout(config.timeout)
-}
-
-/// `client` speaking RESP3 (pushes need it), with its credentials and TLS.
-pub(crate) fn resp3(client: redis::Client) -> redis::RedisResult<redis::Client> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
-}
-
-/// The driver's configuration errors can quote the URL; never pass them on.
-pub(crate) fn driver_config_error(err: redis::RedisError) -> Error {
-    let reason = if err.to_string().to_ascii_lowercase().contains("tls") {
-        "rediss:// (TLS) needs the `tls` feature of redis-cache-core".to_string()
-    } else {
-        format!("rejected by the Redis client ({:?})", err.kind())
-    };
-    Error::config("redis endpoint", reason)
-}
-
 impl<C: Connection> RedisStore<C> {
     fn over(conn: C) -> Self {
         RedisStore {
             conn,
-            incr_window: Script::new(INCR_WINDOW_LUA),
             login_probe: None,
         }
     }
@@ -691,34 +569,6 @@ impl<C: Connection> Store for RedisStore<C> {
         self.query(redis::cmd("INCRBY").arg(key).arg(by).take())
     }
 
-    fn incr_window<'a>(
-        &'a self,
-        key: &'a str,
-        by: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowCount> {
-        let mut conn = self.conn.clone();
-        Box::pin(async move {
-            let window_ms = window_millis(window)?;
-            check_increment(by)?;
-            // EVALSHA first; on NOSCRIPT (flushed cache, restart, failover) the
-            // driver loads the script and retries: the count is never applied twice,
-            // since a NOSCRIPT reply means nothing ran.
-            let (count, ttl_ms): (i64, i64) = self
-                .incr_window
-                .key(key)
-                .arg(by)
-                .arg(window_ms)
-                .arg(MAX_COUNT)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(WindowCount {
-                count: u64::try_from(count).unwrap_or(0),
-                reset_after: Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
-            })
-        })
-    }
-
     fn eval<'a>(
         &'a self,
         script: &'a super::Script,
@@ -806,7 +656,7 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
         // 30003 was failed over (no slots left); 30006 is down but still serves
         // its slots, so a walk must reach it (and fail) rather than skip it.
         assert_eq!(
-            parse_cluster_primaries(text),
+            connect::parse_cluster_primaries(text),
             vec![
                 ("127.0.0.1".to_string(), 30002),
                 ("127.0.0.1".to_string(), 30006),

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 
-use super::envelope::{self, COMPRESSED, ENCRYPTED, Header};
-use super::keys::DecryptError;
+use crate::encryption::DecryptError;
+use crate::envelope::{self, COMPRESSED, ENCRYPTED, Header};
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {

@@ -2,13 +2,13 @@
 //! `lock`, at most one computation of a missing key, across every instance
 //! sharing the store.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use crate::cache::Cache;
-use crate::config::Backend;
+use crate::error::Result;
 use crate::store::Script;
+use crate::store::atomic::{AtomicOp, Entries};
 
 /// `SET lease token NX PX ms`: taken only if nobody holds it, and it lapses
 /// by itself, so a refresher that dies never blocks the key for longer.
@@ -48,10 +48,49 @@ impl Lease {
     }
 }
 
-/// The in-memory store's leases, shared by the clones of a handle (which
-/// share its data).
-#[derive(Default)]
-struct MemoryLeases(Mutex<HashMap<String, (i64, Instant)>>);
+/// Takes a lease: [`ACQUIRE`], or its twin on the in-memory store's
+/// entries (the token as Redis keeps it, a decimal string, lapsing alike).
+struct Acquire;
+
+impl AtomicOp for Acquire {
+    fn script(&self) -> &Script {
+        &ACQUIRE
+    }
+
+    fn twin(&self, entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) -> Result<Vec<i64>> {
+        let (&[key], &[token, hold_ms]) = (keys, args) else {
+            return Err(crate::error::Error::invalid(
+                "lease",
+                "one key, token and hold",
+            ));
+        };
+        if entries.get(key).is_some() {
+            return Ok(vec![0]);
+        }
+        let hold = Duration::from_millis(u64::try_from(hold_ms).unwrap_or(1));
+        entries.set(key, token.to_string().as_bytes(), Some(hold));
+        Ok(vec![1])
+    }
+}
+
+/// Gives a lease back: [`RELEASE`], or its twin.
+struct Release;
+
+impl AtomicOp for Release {
+    fn script(&self) -> &Script {
+        &RELEASE
+    }
+
+    fn twin(&self, entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) -> Result<Vec<i64>> {
+        let (&[key], &[token]) = (keys, args) else {
+            return Err(crate::error::Error::invalid("lease", "one key and token"));
+        };
+        let ours = entries
+            .get(key)
+            .is_some_and(|held| held == token.to_string().as_bytes());
+        Ok(vec![i64::from(ours && entries.delete(key))])
+    }
+}
 
 /// The key of `purpose`'s lease of an entry key (both without the namespace).
 pub(crate) fn lease_key(purpose: LeasePurpose, key: &str) -> String {
@@ -71,32 +110,15 @@ impl Cache {
         key: &str,
         hold: Duration,
         timeout: Duration,
-    ) -> crate::Result<Option<Lease>> {
+    ) -> crate::error::Result<Option<Lease>> {
         let lease = Lease {
             key: lease_key(purpose, key),
             // Never 0, so that it cannot match a missing value read as 0.
             token: fastrand::i64(1..i64::MAX),
         };
-        if *self.backend() == Backend::Memory {
-            let leases = self.shared_state::<MemoryLeases>();
-            let mut leases = crate::sync::lock(&leases.0);
-            let now = Instant::now();
-            if leases
-                .get(&lease.key)
-                .is_some_and(|(_, until)| *until > now)
-            {
-                return Ok(None);
-            }
-            // A failed refresh keeps its lease until it lapses, and nothing
-            // else removes it: without this, one entry per key ever refreshed
-            // in vain would stay for the life of the process.
-            leases.retain(|_, (_, until)| *until > now);
-            leases.insert(lease.key.clone(), (lease.token, now + hold));
-            return Ok(Some(lease));
-        }
         let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX).max(1);
         let taken = self
-            .eval_script_within(&ACQUIRE, &[&lease.key], &[lease.token, hold_ms], timeout)
+            .run_atomic(&Acquire, &[&lease.key], &[lease.token, hold_ms], timeout)
             .await?;
         Ok((taken == [1]).then_some(lease))
     }
@@ -117,20 +139,9 @@ impl Cache {
 
     /// Gives the lease back (if it is still ours).
     pub(crate) async fn release(&self, lease: Lease) {
-        if *self.backend() == Backend::Memory {
-            let leases = self.shared_state::<MemoryLeases>();
-            let mut leases = crate::sync::lock(&leases.0);
-            if leases
-                .get(&lease.key)
-                .is_some_and(|(token, _)| *token == lease.token)
-            {
-                leases.remove(&lease.key);
-            }
-            return;
-        }
         // A lease not released lapses after its hold: nothing to report.
         let _ = self
-            .eval_script_within(&RELEASE, &[&lease.key], &[lease.token], self.timeout())
+            .run_atomic(&Release, &[&lease.key], &[lease.token], self.timeout())
             .await;
     }
 }
@@ -140,7 +151,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lapsed_in_memory_leases_do_not_accumulate() {
+    async fn in_memory_leases_are_entries_of_the_store_that_lapse() {
         let cache = Cache::in_memory();
         for n in 0..100 {
             // Held for no time (lapsed at once) and never released, as a
@@ -150,15 +161,23 @@ mod tests {
                 .await;
             assert!(lease.is_some());
         }
-        let leases = cache.shared_state::<MemoryLeases>();
-        assert!(crate::sync::lock(&leases.0).len() <= 1);
         let minute = Duration::from_secs(60);
         let held = cache.try_lease(LeasePurpose::Refresh, "held", minute).await;
-        assert!(held.is_some());
+        let held = held.expect("a free lease is taken");
         let again = cache.try_lease(LeasePurpose::Refresh, "held", minute).await;
         assert!(again.is_none());
+        // The token, as Redis keeps it.
+        let token = cache.get_bytes(held.key()).await.unwrap();
+        assert_eq!(token, Some(held.token.to_string().into_bytes()));
         // Another purpose, another lease.
         let compute = cache.try_lease(LeasePurpose::Compute, "held", minute).await;
         assert!(compute.is_some());
+        cache.release(held).await;
+        assert!(
+            cache
+                .try_lease(LeasePurpose::Refresh, "held", minute)
+                .await
+                .is_some()
+        );
     }
 }

@@ -5,15 +5,13 @@
 //! ([`crate::memoize`]) puts them to work.
 //!
 //! A plain entry is the codec's bytes; an entry written with any of these
-//! options is an [`envelope`]: a small versioned header, then the payload.
+//! options is an [`envelope`](crate::envelope): a small versioned header,
+//! then the payload, encrypted with [`EncryptionKeys`](crate::EncryptionKeys).
 
 mod entry;
-pub mod envelope;
-mod keys;
 mod lease;
 mod tags;
 
 pub(crate) use entry::{Seal, millis, now_ms};
-pub use keys::EncryptionKeys;
 pub(crate) use lease::{Lease, LeasePurpose, lease_key};
 pub(crate) use tags::{parse_version, tag_key, tags_match};

@@ -112,7 +112,7 @@ impl Cache {
         tags: &[S],
         ttl: Option<Duration>,
     ) -> Result<()> {
-        super::envelope::check_tags(tags)?;
+        crate::envelope::check_tags(tags)?;
         let bytes = self.codec().encode(value)?;
         let names: Vec<String> = tags.iter().map(|t| t.as_ref().to_owned()).collect();
         let versions = self.tag_versions(&names, self.timeout()).await?;
@@ -199,14 +199,14 @@ impl Cache {
         key: &str,
         bytes: Vec<u8>,
         require_encrypted: bool,
-    ) -> Option<(Option<super::envelope::Header>, Vec<u8>)> {
+    ) -> Option<(Option<crate::envelope::Header>, Vec<u8>)> {
         let counters = self.counters();
         match self.open(bytes) {
             Ok(opened) => {
                 let encrypted = opened
                     .header
                     .as_ref()
-                    .is_some_and(|h| h.flags & super::envelope::ENCRYPTED != 0);
+                    .is_some_and(|h| h.flags & crate::envelope::ENCRYPTED != 0);
                 if require_encrypted && !encrypted {
                     counters.record_decode_error();
                     counters.record_miss();

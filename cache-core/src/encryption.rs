@@ -163,7 +163,10 @@ mod tests {
     }
 
     fn now() -> u64 {
-        crate::stored::entry::now_ms() / 1000
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     const SKEW: Duration = Duration::from_secs(300);

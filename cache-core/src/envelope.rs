@@ -35,7 +35,10 @@ const KNOWN_FLAGS: u8 = COMPRESSED | ENCRYPTED;
 const FIXED_LEN: usize = 25;
 
 /// The header fields of one entry.
+///
+/// Fields may be added: start from [`Header::default`] and set the fields.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
     /// [`COMPRESSED`] and [`ENCRYPTED`] bits.
     pub flags: u8,
@@ -63,6 +66,7 @@ impl fmt::Debug for Header {
 
 /// Why bytes are not an entry this version can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// Too short, or a tag runs past the end.
     Truncated,
@@ -84,6 +88,8 @@ impl fmt::Display for EnvelopeError {
         }
     }
 }
+
+impl std::error::Error for EnvelopeError {}
 
 /// `true` when `bytes` start with the envelope's magic.
 ///
@@ -126,7 +132,8 @@ impl Header {
     /// # fn main() -> Result<(), cache_core::envelope::EnvelopeError> {
     /// use cache_core::envelope::{EnvelopeError, Header};
     ///
-    /// let header = Header { tags: vec![("user:7".into(), 3)], ..Header::default() };
+    /// let mut header = Header::default();
+    /// header.tags = vec![("user:7".into(), 3)];
     /// let entry = header.wrap(b"1250");
     /// let (read, payload) = Header::unwrap(&entry)?;
     /// assert_eq!((read, payload), (header, &b"1250"[..]));
@@ -169,15 +176,15 @@ impl Header {
 
 /// Refuses tags the header cannot hold: more than 255, or one longer than
 /// 65535 bytes.
-pub fn check_tags<S: AsRef<str>>(tags: &[S]) -> crate::Result<()> {
+pub fn check_tags<S: AsRef<str>>(tags: &[S]) -> crate::error::Result<()> {
     if tags.len() > usize::from(u8::MAX) {
-        return Err(crate::Error::invalid("tags", "more than 255 tags"));
+        return Err(crate::error::Error::invalid("tags", "more than 255 tags"));
     }
     if tags
         .iter()
         .any(|tag| tag.as_ref().len() > usize::from(u16::MAX))
     {
-        return Err(crate::Error::invalid(
+        return Err(crate::error::Error::invalid(
             "tags",
             "a tag longer than 65535 bytes",
         ));
