@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Longer fault schedules than scripts/test.sh runs (issue 24):
 #   - the rate limiter's history checker (tests/tests/limiter_history.rs) on
-#     standalone Redis and on a cluster, ROUNDS rounds (2 s each) per seed;
+#     standalone Redis and on a cluster, exact and with shared counting,
+#     ROUNDS rounds (2 s each) per seed;
 #   - the local tier's coherence checker with each network fault held
 #     FAULT_MS (benches local-tier-faults);
 #   - the concurrent pieces under shuttle's scheduler, SHUTTLE_ITERATIONS

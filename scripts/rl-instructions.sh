@@ -2,8 +2,8 @@
 # Instructions per request on the service side of the HTTP many-clients row
 # (10 000 clients through a trusted proxy), counted by callgrind in the
 # service process: bare axum, the hand-written INCR + EXPIRE NX middleware,
-# RateLimitLayer on Redis and in memory (redis-server is another process,
-# not counted). Deterministic where CPU time on a shared VM is not; prints
+# RateLimitLayer on Redis, in memory and with shared counting (redis-server
+# is another process, not counted). Deterministic where CPU time on a shared VM is not; prints
 # each variant's instructions per request, the share in malloc/free, and the
 # hottest functions of the layer's run. Installs valgrind and redis-server
 # when missing.
@@ -39,7 +39,7 @@ echo "instructions per request, service side, $requests requests of 10 000 clien
 echo "| variant | instructions per request | of which malloc/free | ratio to bare |"
 echo "| --- | ---: | ---: | ---: |"
 bare=""
-for variant in bare naive layer layer-memory; do
+for variant in bare naive layer layer-memory layer-shared; do
   all=$(count "$variant" "$requests")
   setup=$(count "$variant" 0)
   per=$(( (all - setup) / requests ))

@@ -18,6 +18,7 @@ use crate::limiter::{Limiter, LimiterConfig, Policy};
 use crate::prefix::PrefixClaim;
 use crate::quota::Quota;
 use crate::response;
+use crate::shared::SharedCounting;
 use crate::window::Decision;
 
 /// Default Redis key prefix: keys are `rate:{client key}`.
@@ -49,6 +50,7 @@ pub struct RateLimitLayerBuilder {
     store_timeout: Option<Duration>,
     local_deny: bool,
     on_limited: Option<Box<OnLimited>>,
+    shared: Option<SharedCounting>,
 }
 
 impl RateLimitLayerBuilder {
@@ -75,6 +77,7 @@ impl RateLimitLayerBuilder {
             store_timeout: None,
             local_deny: true,
             on_limited: None,
+            shared: None,
         }
     }
 
@@ -499,6 +502,66 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Opt-in: count at in-process cost, sharing the limits with the other
+    /// instances through Redis in the background ([`SharedCounting`]).
+    /// Each request is answered from this instance's own counts and the
+    /// totals it last read, with no Redis call; every flush interval the
+    /// instance sends what it admitted (one script call) and reads the
+    /// totals back. A client may be admitted past its limit by at most
+    /// `(N − 1) × max(1, ⌊share × limit⌋)` per window with `N` instances
+    /// ([`SharedCounting::over_admission_bound`]); no request the limit
+    /// admits is rejected. Holds the fixed window (aligned to Redis' clock,
+    /// not started by a client's first request) and the sliding window, not
+    /// GCRA ([`ConfigError::SharedAlgorithm`]).
+    ///
+    /// **When to choose which.** The default, exact mode counts every
+    /// request in Redis: exact across instances for every algorithm, at a
+    /// round trip and a script call per request. Choose shared counting
+    /// when that round trip is the cost you cannot pay (many requests per
+    /// client, latency budgets of microseconds, a Redis you want to spare)
+    /// and a client getting a few percent more than its limit across
+    /// instances is acceptable: per-IP abuse protection, fair use. Keep the
+    /// exact mode for limits that are promises (billing, quotas sold per
+    /// unit), for small limits (a share of 10 is still one request per
+    /// instance), for GCRA, and for a single instance that restarts often.
+    ///
+    /// On the in-memory store the layer counts in process, exactly, on the
+    /// same aligned windows.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// # fn request(path: &str, peer: [u8; 4]) -> http::Request<Body> {
+    /// #     let mut request = http::Request::get(path).body(Body::empty()).unwrap();
+    /// #     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((peer, 50000))));
+    /// #     request
+    /// # }
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use http::StatusCode;
+    /// use rate_limit::{ManualClock, RateLimitLayer, SharedCounting};
+    ///
+    /// let cache = cache_core::Cache::in_memory(); // on Redis: Cache::from_env().await?
+    /// let layer = RateLimitLayer::builder(cache)
+    ///     .limit(2)
+    ///     .window(Duration::from_secs(60))
+    ///     .shared_counting(SharedCounting::new().flush_interval(Duration::from_millis(10)))
+    ///     .clock(ManualClock::new())
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let status = || async { app.clone().oneshot(request("/", [203, 0, 113, 9])).await.map(|r| r.status()) };
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::OK);
+    /// assert_eq!(status().await?, StatusCode::TOO_MANY_REQUESTS);
+    /// # Ok(()) }
+    /// ```
+    pub fn shared_counting(mut self, shared: SharedCounting) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
         let store_timeout = self.checked_store_timeout()?;
@@ -506,6 +569,10 @@ impl RateLimitLayerBuilder {
             return Err(ConfigError::Prefix);
         }
         let policies = self.checked_policies()?;
+        if let Some(shared) = &self.shared {
+            let quotas: Vec<Quota> = policies.iter().map(|p| p.quota).collect();
+            shared.validate(&quotas)?;
+        }
         let extractor = self.checked_extractor()?;
         let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
         let (headers, limited_bodies) = self.rendered_responses(&policies);
@@ -518,6 +585,8 @@ impl RateLimitLayerBuilder {
                     store_timeout,
                     local_deny: self.local_deny,
                     clock: self.clock,
+                    shared: self.shared,
+                    fail_open: self.fail_mode == FailMode::Open,
                 }),
                 extractor,
                 cost: self.cost,

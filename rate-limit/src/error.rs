@@ -108,6 +108,19 @@ pub enum Error {
     /// The policy name cannot go into a header.
     #[error("the policy name must be 1 to 64 of A-Z a-z 0-9 . _ -")]
     PolicyName,
+    /// The [shared counting](crate::SharedCounting)'s flush interval is under
+    /// 1 ms or over [`MAX_FLUSH_INTERVAL`](crate::SharedCounting::MAX_FLUSH_INTERVAL).
+    #[error("the shared counting's flush interval of {0:?} is not within 1 ms to 10 s")]
+    FlushInterval(Duration),
+    /// The [shared counting](crate::SharedCounting)'s local share is not
+    /// above 0 and at most 1.
+    #[error("the shared counting's local share must be above 0 and at most 1")]
+    LocalShare,
+    /// A policy's algorithm cannot be counted by the
+    /// [shared counting](crate::SharedCounting): it holds the fixed and the
+    /// sliding window (counts that add up across instances), not GCRA.
+    #[error("shared counting holds the fixed and the sliding window, not {0:?}")]
+    SharedAlgorithm(crate::quota::Algorithm),
     /// The peer address is not in the request (see [`peer_addr`](crate::peer_addr)):
     /// an axum app not served with
     /// `into_make_service_with_connect_info::<SocketAddr>()`, a tonic server
@@ -177,7 +190,10 @@ impl Error {
             | Error::PolicyAndLimit
             | Error::ExtractorSettings
             | Error::StoreTimeoutOverHandle { .. }
-            | Error::PolicyName => ErrorKind::Config,
+            | Error::PolicyName
+            | Error::FlushInterval(_)
+            | Error::LocalShare
+            | Error::SharedAlgorithm(_) => ErrorKind::Config,
         }
     }
 
@@ -222,6 +238,8 @@ impl PartialEq for Error {
                     handle_timeout: other_handle,
                 },
             ) => store_timeout == other_store && handle_timeout == other_handle,
+            (FlushInterval(a), FlushInterval(b)) => a == b,
+            (SharedAlgorithm(a), SharedAlgorithm(b)) => a == b,
             (Other(a), Other(b)) => Arc::ptr_eq(a, b),
             // The variants without fields.
             (a, b) => {
@@ -236,6 +254,7 @@ impl PartialEq for Error {
                             | PolicyAndLimit
                             | ExtractorSettings
                             | PolicyName
+                            | LocalShare
                             | MissingConnectInfo
                             | UnidentifiedClient
                     )

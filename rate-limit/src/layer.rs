@@ -156,7 +156,7 @@ impl RateLimitLayer {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> RateLimitStats {
-        self.shared.limiter.counters.snapshot()
+        self.shared.limiter.stats()
     }
 
     /// Clients held in memory: (requests waiting for the store, deny cache entries). For

@@ -321,6 +321,7 @@ mod builder;
 mod clock;
 mod deny;
 mod error;
+mod exact;
 mod future;
 mod headers;
 mod key;
@@ -330,6 +331,7 @@ mod peer;
 mod prefix;
 mod quota;
 mod response;
+mod shared;
 mod store;
 mod sync;
 mod telemetry;
@@ -356,6 +358,7 @@ pub use response::ResponseBody;
 /// the same 429 itself: not part of the API.
 #[doc(hidden)]
 pub use response::too_many_requests_body;
+pub use shared::SharedCounting;
 #[doc(hidden)]
 pub use store::{evaluate_raw, stored_in_memory};
 pub use window::Decision;

@@ -1,24 +1,30 @@
-//! The counting engine: one store call per request, evaluating every
-//! policy, and an in-process memory of clients known to be rejected.
+//! The counting engine: at most one store call per request, evaluating
+//! every policy, and an in-process memory of clients known to be rejected.
 //!
 //! **How a request is counted** is decided in one place, [`Counting`]:
 //!
-//! - **Exact, on Redis** ([`Counting::Exact`]): each request makes its own
-//!   script call, sent at once on the limiter's multiplexed connection,
-//!   which pipelines concurrent calls (its driver writes whatever is queued
-//!   in one write): no queue or task of the limiter in between, and as many
-//!   calls in flight as there are requests. One policy takes `single.lua`,
-//!   the fewest commands each algorithm allows (the fixed window: `INCRBY`
-//!   and `PTTL`); several take `limits.lua`, all-or-nothing. Admission is
-//!   exact across instances, for every algorithm: each call is one atomic
-//!   step on the client's keys.
+//! - **Exact, on Redis** ([`Counting::Exact`], [`crate::exact`]): a request
+//!   that finds none of the limiter's calls in flight makes its own script
+//!   call, sent at once on the limiter's multiplexed connection (which
+//!   pipelines concurrent calls); requests that find the connection busy
+//!   are gathered during one yield of the task that found it so and go as
+//!   one call (flat combining). One policy takes `single.lua`, the fewest
+//!   commands each algorithm allows (the fixed window: `counter.lua`,
+//!   `INCRBY` and `PTTL`); several take `limits.lua`, all-or-nothing.
+//!   Admission is exact across instances, for every algorithm: each call is
+//!   one atomic step on its clients' keys.
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
 //!
-//! A counting mode that answers from local state and exchanges counts with
-//! the store in the background would be a third variant of [`Counting`],
-//! chosen by the builder: the layer, the deny cache, the headers and the
-//! fail mode stay as they are.
+//! - **Shared, at in-process cost** ([`Counting::Shared`], opt-in through
+//!   the builder's `shared_counting`): each request is decided on this
+//!   instance's own counts and the totals last read from Redis, and a
+//!   background task exchanges them ([`crate::shared`]); over-admission
+//!   across instances is bounded by a share of the quota. On the in-memory
+//!   store it counts in process, exactly, on the same aligned windows.
+//!
+//! The layer, the deny cache, the headers and the fail mode are the same
+//! for every mode.
 //!
 //! **Local deny cache.** The store says how long a client is sure to be
 //! rejected (until a request of cost 1 would pass every policy: the window's
@@ -48,7 +54,9 @@ use serde::Serialize;
 
 use crate::clock::{Clock, monotonic_micros, now_micros};
 use crate::deny::{DEFAULT_CAPACITY, DenyCache};
+use crate::exact::{Call, Exact};
 use crate::quota::Quota;
+use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
 use crate::store::memory::MemoryLimits;
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
@@ -84,7 +92,8 @@ pub struct RateLimitStats {
     pub shadow_limited: u64,
     /// Requests whose count failed (store down, slow or breaker open).
     pub store_errors: u64,
-    /// Store calls made (one per request counted at the store).
+    /// Store calls made: at most one per request counted at the store
+    /// (requests arriving while the connection is busy share one).
     pub store_calls: u64,
 }
 
@@ -140,15 +149,22 @@ pub(crate) struct LimiterConfig {
     /// "now" from it too, instead of Redis' `TIME`, if it
     /// [is authoritative](Clock::is_authoritative).
     pub(crate) clock: Option<Arc<dyn Clock>>,
+    /// The opt-in shared mode, if chosen.
+    pub(crate) shared: Option<SharedCounting>,
+    /// The layer lets through a request that cannot be counted (the shared
+    /// mode counts it locally then).
+    pub(crate) fail_open: bool,
 }
 
 /// How requests are counted: the one place that decides it (see the
 /// module's documentation).
 enum Counting {
-    /// Exactly, one script call per request on the handle's Redis.
-    Exact,
+    /// Exactly, in script calls on the handle's Redis ([`crate::exact`]).
+    Exact(Exact),
     /// In process, on the states shared by every layer of one in-memory handle.
     Memory(Arc<MemoryLimits>),
+    /// On this instance's counts, exchanged with the store in the background.
+    Shared(Box<SharedLimits>),
 }
 
 pub(crate) struct Limiter {
@@ -205,28 +221,76 @@ struct Sent {
 /// The store keys of one client: `{prefix}:{client}` for one policy; with
 /// several, `{prefix}:{{client}}:{policy}`, one hash tag so that a cluster
 /// keeps them on one slot (one script call reads them all).
-enum Keys {
+pub(crate) enum Keys {
     One(String),
     Several(Vec<String>),
 }
 
+impl Keys {
+    /// The first key (the only one with one policy): which client and slot.
+    pub(crate) fn first(&self) -> &str {
+        match self {
+            Keys::One(key) => key,
+            Keys::Several(keys) => keys.first().map_or("", String::as_str),
+        }
+    }
+
+    /// Runs `f` on the keys as one slice.
+    pub(crate) fn with_strs<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        match self {
+            Keys::One(key) => f(&[key.as_str()]),
+            Keys::Several(keys) => f(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
+        }
+    }
+
+    /// Appends every key to `out`.
+    pub(crate) fn push_into<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Keys::One(key) => out.push(key),
+            Keys::Several(keys) => out.extend(keys.iter().map(String::as_str)),
+        }
+    }
+}
+
 impl Limiter {
     pub(crate) fn new(config: LimiterConfig) -> Self {
-        let counting = match config.cache.backend() {
-            cache_core::Backend::Memory => {
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let quotas: Vec<Quota> = config.policies.iter().map(|p| p.quota).collect();
+        let names: Vec<String> = config.policies.iter().map(|p| p.name.clone()).collect();
+        let counting = match (config.cache.backend(), config.shared) {
+            (cache_core::Backend::Memory, Some(_)) => Counting::Shared(Box::new(
+                SharedLimits::in_memory(&config.cache, &config.prefix, &names, clock.clone()),
+            )),
+            (cache_core::Backend::Memory, None) => {
                 Counting::Memory(config.cache.shared_state::<MemoryLimits>())
             }
-            _ => Counting::Exact,
+            (_, Some(settings)) => Counting::Shared(Box::new(SharedLimits::on_redis(
+                settings,
+                RedisSide {
+                    cache: config.cache.clone(),
+                    prefix: config.prefix.clone(),
+                    fail_open: config.fail_open,
+                    store_timeout: config.store_timeout,
+                },
+                &quotas,
+                &names,
+                clock.clone(),
+            ))),
+            (backend, None) => Counting::Exact(Exact::new(matches!(
+                backend,
+                cache_core::Backend::Cluster(_)
+            ))),
         };
         Limiter {
-            quotas: config.policies.iter().map(|p| p.quota).collect(),
+            quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
-            clock: config
-                .clock
-                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            clock,
             key_prefix: match counting {
                 Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
-                Counting::Exact => config.prefix.clone(),
+                Counting::Exact(_) | Counting::Shared(_) => config.prefix.clone(),
             },
             counting,
             cache: config.cache,
@@ -247,18 +311,10 @@ impl Limiter {
         if let Some(policy) = self.too_costly(cost) {
             return Verdict::TooCostly { policy };
         }
+        if let Counting::Shared(shared) = &self.counting {
+            return self.check_shared(shared, client, cost).await;
+        }
         let keys = self.keys(&client);
-        let (one, several): ([&str; 1], Vec<&str>);
-        let keys: &[&str] = match &keys {
-            Keys::One(key) => {
-                one = [key.as_str()];
-                &one
-            }
-            Keys::Several(keys) => {
-                several = keys.iter().map(String::as_str).collect();
-                &several
-            }
-        };
         // Read before the call: the deny cache counts from it (see
         // `note_denied`). The wall clock only where it is "now" for the
         // arithmetic (the in-memory store, a clock sent to the scripts).
@@ -266,7 +322,9 @@ impl Limiter {
             monotonic: monotonic_micros(self.clock.as_ref()),
             wall: match self.counting {
                 Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact => self.send_now.then(|| now_micros(self.clock.as_ref())),
+                Counting::Exact(_) | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
             },
         };
         let call = telemetry::StoreCall::start();
@@ -274,24 +332,23 @@ impl Limiter {
             Counting::Memory(memory) => {
                 self.counters.add(Count::StoreCalls);
                 let now = sent.wall.unwrap_or_default();
-                Ok(memory.evaluate(keys, &self.quotas, now, &[cost]))
+                Ok(keys.with_strs(|keys| memory.evaluate(keys, &self.quotas, now, &[cost])))
             }
-            Counting::Exact => {
+            // Answered before (`check_shared`).
+            Counting::Shared(_) => return Verdict::StoreFailed,
+            Counting::Exact(exact) => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
                     return Verdict::StoreFailed;
                 };
-                self.counters.add(Count::StoreCalls);
-                let now = sent.wall;
-                crate::store::redis::evaluate(
-                    &self.cache,
-                    keys,
-                    &self.quotas,
-                    now,
-                    cost,
-                    self.store_timeout,
-                )
-                .await
+                let at = Call {
+                    cache: &self.cache,
+                    quotas: &self.quotas,
+                    timeout: self.store_timeout,
+                    clock: self.send_now.then_some(self.clock.as_ref()),
+                    counters: &self.counters,
+                };
+                exact.count(&at, keys, cost).await
             }
         };
         let row = call.finish(row);
@@ -302,6 +359,39 @@ impl Limiter {
             }
             None => Verdict::StoreFailed,
         }
+    }
+
+    /// The shared mode's answer: from this instance's counts; a request past
+    /// its allowance while Redis does not answer is a store failure (the
+    /// fail mode decides; counted locally when it lets it through).
+    async fn check_shared(&self, shared: &SharedLimits, client: String, cost: u64) -> Verdict {
+        let monotonic = monotonic_micros(self.clock.as_ref());
+        match shared.check(&client, &self.quotas, cost).await {
+            Answer::Decided { outcome, now_us } => {
+                let sent = Sent {
+                    monotonic,
+                    wall: Some(now_us),
+                };
+                self.note_denied(&client, &outcome, sent);
+                Verdict::Decided(outcome.decision)
+            }
+            Answer::Unknown => {
+                self.counters.add(Count::StoreErrors);
+                Verdict::StoreFailed
+            }
+        }
+    }
+
+    /// The layer's counters; in the shared mode, its flush calls as store
+    /// calls (and their failures as store errors).
+    pub(crate) fn stats(&self) -> RateLimitStats {
+        let mut stats = self.counters.snapshot();
+        if let Counting::Shared(shared) = &self.counting {
+            let (calls, errors) = shared.calls();
+            stats.store_calls += calls;
+            stats.store_errors += errors;
+        }
+        stats
     }
 
     /// Requests at the store, and deny cache entries: what the limiter holds
@@ -341,7 +431,7 @@ impl Limiter {
     }
 
     /// Reads the store's answer for one request.
-    fn outcome(&self, row: cache_core::Result<Vec<i64>>) -> Option<Outcome> {
+    fn outcome(&self, row: Result<Vec<i64>, impl std::fmt::Display>) -> Option<Outcome> {
         let outcome = row.map_err(|err| err.to_string()).and_then(|row| {
             window::outcome(&self.quotas, &row).ok_or_else(|| {
                 format!(
@@ -436,6 +526,8 @@ mod tests {
             store_timeout: Duration::from_secs(1),
             local_deny: true,
             clock: None,
+            shared: None,
+            fail_open: true,
         })
     }
 
@@ -507,6 +599,8 @@ mod tests {
                 manual: manual.clone(),
                 armed: armed.clone(),
             })),
+            shared: None,
+            fail_open: true,
         });
         let Verdict::Decided(first) = limiter.check("ip:1".to_string(), 1).await else {
             panic!("store failed");

@@ -29,6 +29,10 @@
 //!   its limit again; a burst with such an event gets `limit` more per
 //!   event, and no false-denial check (the instances' deny caches still
 //!   hold what the lost state said).
+//! - **Shared counting** (the opt-in mode that answers from each instance's
+//!   counts): its stated over-admission bound is given as the burst's
+//!   [`slack`](BurstContext::slack), admitted on top of the limit in any
+//!   window; its fixed window is [aligned](Algorithm::Aligned) to the clock.
 
 use std::fmt::Write as _;
 
@@ -56,6 +60,9 @@ pub enum Algorithm {
     Sliding,
     /// Generic cell rate.
     Gcra,
+    /// A fixed window aligned to the clock (window `k` covers
+    /// `[k × window, (k + 1) × window)`): the shared counting's.
+    Aligned,
 }
 
 /// One decision, as the client saw it.
@@ -125,6 +132,10 @@ pub struct BurstContext {
     /// When the client's previous burst was answered in full (ms since the
     /// epoch), if it had one.
     pub previous_answered_ms: Option<f64>,
+    /// Admissions a window may have beyond its limit by the mode's stated
+    /// bound: 0 in exact mode; the shared counting's
+    /// `(instances − 1) × allowance`.
+    pub slack: u64,
 }
 
 /// Checks one burst of one client; returns what broke.
@@ -141,7 +152,7 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
         .fold(f64::INFINITY, f64::min);
     let w = policy.window_ms;
     let limit = policy.limit;
-    let slack_for_losses = limit * context.losses;
+    let slack_for_losses = limit * context.losses + context.slack;
     let admitted: Vec<&Decision> = sorted
         .iter()
         .filter(|d| d.outcome == Outcome::Admitted)
@@ -153,6 +164,7 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
         .is_none_or(|answered| match policy.algorithm {
             Algorithm::Fixed | Algorithm::Gcra => answered + w <= first_sent,
             Algorithm::Sliding => answered < ((first_sent / w).floor() - 1.0) * w,
+            Algorithm::Aligned => answered < (first_sent / w).floor() * w,
         });
     // A fixed window begun by the previous burst may end inside this one.
     let windows = if clean_before || policy.algorithm != Algorithm::Fixed {
@@ -162,7 +174,7 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
     };
     // Over-admission.
     match policy.algorithm {
-        Algorithm::Fixed | Algorithm::Sliding => {
+        Algorithm::Fixed | Algorithm::Sliding | Algorithm::Aligned => {
             // Decisions surely inside the burst's first window.
             let end = match policy.algorithm {
                 Algorithm::Fixed => first_sent + w,
@@ -179,7 +191,7 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
                         "{:?}: {} admitted in one window of {w} ms, limit {limit}{}",
                         policy.algorithm,
                         inside.len(),
-                        losses_note(context.losses)
+                        losses_note(context)
                     ),
                     decisions: inside
                         .iter()
@@ -210,7 +222,7 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
                         "Gcra: {} admitted within {:.1} ms, limit {limit} per {w} ms{}",
                         j - i + 1,
                         admitted[j].received_ms - admitted[i].sent_ms,
-                        losses_note(context.losses)
+                        losses_note(context)
                     ),
                     decisions: admitted[i..=j].iter().map(|d| (*d).clone()).collect(),
                 });
@@ -240,12 +252,19 @@ pub fn check_burst(policy: Policy, context: BurstContext, burst: &[Decision]) ->
     found
 }
 
-fn losses_note(losses: u64) -> String {
-    if losses == 0 {
-        String::new()
-    } else {
-        format!(" (with {losses} loss(es) of state allowed for)")
+fn losses_note(context: BurstContext) -> String {
+    let mut note = String::new();
+    if context.slack > 0 {
+        let _ = write!(note, " + {} by the mode's bound", context.slack);
     }
+    if context.losses > 0 {
+        let _ = write!(
+            note,
+            " (with {} loss(es) of state allowed for)",
+            context.losses
+        );
+    }
+    note
 }
 
 /// Formats every violation with the seed that replays the schedule.
@@ -320,7 +339,7 @@ mod tests {
         ];
         let context = BurstContext {
             losses: 1,
-            previous_answered_ms: None,
+            ..BurstContext::default()
         };
         assert_eq!(check_burst(FIXED, context, &burst), []);
     }
@@ -346,8 +365,8 @@ mod tests {
     fn a_denial_is_not_judged_when_the_previous_burst_reached_into_the_window() {
         let burst = [d(0.0, 5.0, Outcome::Admitted), d(0.0, 6.0, Outcome::Denied)];
         let context = BurstContext {
-            losses: 0,
             previous_answered_ms: Some(10_000.0 - 500.0),
+            ..BurstContext::default()
         };
         assert_eq!(check_burst(FIXED, context, &burst), []);
     }
@@ -360,6 +379,40 @@ mod tests {
             d(0.0, 1500.0, Outcome::Admitted),
         ];
         assert_eq!(check_burst(FIXED, BurstContext::default(), &burst), []);
+    }
+
+    #[test]
+    fn the_shared_modes_slack_is_allowed_on_aligned_windows_and_no_more() {
+        let aligned = Policy {
+            algorithm: Algorithm::Aligned,
+            ..FIXED
+        };
+        let context = BurstContext {
+            slack: 1,
+            ..BurstContext::default()
+        };
+        let three = [
+            d(0.0, 5.0, Outcome::Admitted),
+            d(0.0, 6.0, Outcome::Admitted),
+            d(0.0, 7.0, Outcome::Admitted),
+            d(0.0, 8.0, Outcome::Denied),
+        ];
+        assert_eq!(check_burst(aligned, context, &three), []);
+        let four = [&three[..3], &[d(0.0, 8.0, Outcome::Admitted)]].concat();
+        let found = check_burst(aligned, context, &four);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].what.contains("+ 1 by the mode's bound"),
+            "{}",
+            found[0]
+        );
+        // The aligned window ends on the clock's second (10 000 ms is one):
+        // what is answered past it is the next window's.
+        let across = [&three[..3], &[d(980.0, 1001.0, Outcome::Admitted)]].concat();
+        assert_eq!(check_burst(aligned, context, &across), []);
+        // A denial with room is a violation in this mode too.
+        let denied = [d(0.0, 5.0, Outcome::Admitted), d(0.0, 6.0, Outcome::Denied)];
+        assert_eq!(check_burst(aligned, context, &denied).len(), 1);
     }
 
     #[test]

@@ -1155,11 +1155,13 @@ async fn burst(limiter: RateLimitLayer, n: usize) -> usize {
     passed
 }
 
-/// Against Redis, each request of a burst is one script call, sent at once
-/// (no batching), and admission stays exact: the rejected ones are charged
-/// nothing and leave the count at the limit.
+/// Against Redis, a burst is counted in at most one script call per
+/// request (requests arriving while the connection is busy share one, see
+/// `requests_arriving_while_a_call_is_in_flight_share_one_script_call`),
+/// and admission stays exact: the rejected ones are charged nothing and
+/// leave the count at the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_is_one_script_call_per_request_and_exact() {
+async fn a_burst_is_exact_in_at_most_one_script_call_per_request() {
     let (server, cache) = own_redis(|b| b).await;
     let limiter = layer(cache, "rate", 50, Duration::from_secs(60))
         .local_deny_cache(false)
@@ -1167,20 +1169,22 @@ async fn a_burst_is_one_script_call_per_request_and_exact() {
         .unwrap();
     server.cli(&["CONFIG", "RESETSTAT"]);
     assert_eq!(burst(limiter.clone(), 200).await, 50);
-    assert_eq!(limiter.stats().store_calls, 200, "{:?}", limiter.stats());
-    // One script call per request: the EVALSHA that ran, and for those sent
-    // before the script was loaded, a NOSCRIPT answer and then EVAL.
+    let calls = limiter.stats().store_calls;
+    assert!((1..=200).contains(&calls), "{:?}", limiter.stats());
+    // Each call an EVALSHA that ran, or for those sent before the script
+    // was loaded, a NOSCRIPT answer and then EVAL.
     let noscript = failed_calls(&server, "evalsha");
     assert_eq!(
         evalsha_calls(&server) - noscript,
-        200 - command_calls(&server, "eval")
+        calls - command_calls(&server, "eval")
     );
     assert_eq!(command_calls(&server, "eval"), noscript);
-    // The fixed window of one policy: INCRBY, PTTL (PEXPIRE for a new
-    // window, DECRBY to take a rejected request back); no read of the time.
-    assert_eq!(command_calls(&server, "incrby"), 200);
-    assert_eq!(command_calls(&server, "pttl"), 200);
-    assert_eq!(command_calls(&server, "decrby"), 150);
+    // The fixed window of one policy: per call one INCRBY and one PTTL of
+    // the client's key, its requests' total (PEXPIRE for a new window,
+    // DECRBY to take rejected requests back); no read of the time.
+    assert_eq!(command_calls(&server, "incrby"), calls);
+    assert_eq!(command_calls(&server, "pttl"), calls);
+    assert!(command_calls(&server, "decrby") <= calls);
     assert_eq!(command_calls(&server, "time"), 0);
     assert_eq!(
         fixed_count(&server.cli(&["GET", "rate:ip:127.0.0.1"])),
@@ -1206,14 +1210,15 @@ async fn a_burst_on_a_cluster_is_exact() {
     .build()
     .unwrap();
     assert_eq!(burst(limiter.clone(), 200).await, 50);
-    assert_eq!(limiter.stats().store_calls, 200, "{:?}", limiter.stats());
+    let calls = limiter.stats().store_calls;
+    assert!((1..=200).contains(&calls), "{:?}", limiter.stats());
 }
 
 /// Concurrent requests of different clients: 200 clients sending 2
-/// requests each at once (limit 1), each request one script call on the
-/// one connection, each with its own exact answer.
+/// requests each at once (limit 1), in at most one script call per request
+/// on the one connection, each with its own exact answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_of_many_clients_each_get_one_script_call() {
+async fn concurrent_requests_of_many_clients_each_get_an_exact_answer_on_one_connection() {
     use tower::{Layer, ServiceExt};
     const CLIENTS: u32 = 200;
     let (server, cache) = own_redis(|b| b).await;
@@ -1247,13 +1252,14 @@ async fn concurrent_requests_of_many_clients_each_get_one_script_call() {
         passed += usize::from(status == 200);
     }
     assert_eq!(passed, CLIENTS as usize, "one request per client passes");
-    assert_eq!(limiter.stats().store_calls, u64::from(2 * CLIENTS));
-    // One script call per request: the EVALSHA that ran, and for those sent
-    // before the script was loaded, a NOSCRIPT answer and then EVAL.
+    let calls = limiter.stats().store_calls;
+    assert!((1..=u64::from(2 * CLIENTS)).contains(&calls), "{calls}");
+    // Each call an EVALSHA that ran, or for those sent before the script
+    // was loaded, a NOSCRIPT answer and then EVAL.
     let noscript = failed_calls(&server, "evalsha");
     assert_eq!(
         evalsha_calls(&server) - noscript + command_calls(&server, "eval"),
-        u64::from(2 * CLIENTS)
+        calls
     );
     // All on the limiter's one connection (and the test's own redis-cli).
     let clients = server.cli(&["CLIENT", "LIST", "TYPE", "normal"]);
@@ -1302,6 +1308,164 @@ fn command_stat(server: &RedisServer, name: &str, field: &str) -> u64 {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("unreadable commandstats line: {line}")),
     }
+}
+
+/// A request of `peer` to a layer served in process.
+fn request_of(peer: [u8; 4]) -> http::Request<axum::body::Body> {
+    http::Request::builder()
+        .uri("/")
+        .extension(axum::extract::ConnectInfo(SocketAddr::from((peer, 4000))))
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+/// A hello service behind `limiter`, called in process.
+type Hello = tower::util::BoxCloneService<
+    http::Request<axum::body::Body>,
+    http::Response<rate_limit::ResponseBody<axum::body::Body>>,
+    std::convert::Infallible,
+>;
+
+fn hello(limiter: &RateLimitLayer) -> Hello {
+    use tower::Layer;
+    tower::util::BoxCloneService::new(limiter.layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        },
+    )))
+}
+
+type Pending = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    http::Response<rate_limit::ResponseBody<axum::body::Body>>,
+                    std::convert::Infallible,
+                >,
+            >,
+    >,
+>;
+
+/// Requests from `peers`, each polled once in order (on the test's one
+/// thread, so nothing else runs between the polls) and left pending: the
+/// first finds no call of the limiter in flight and sends its own, the
+/// second finds that one in flight and opens a group, the rest join it.
+async fn arriving_together(service: &Hello, peers: &[[u8; 4]]) -> Vec<Pending> {
+    use tower::ServiceExt;
+    let mut pending = Vec::new();
+    for &peer in peers {
+        let mut request: Pending = Box::pin(service.clone().oneshot(request_of(peer)));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(request.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "a request to Redis answered at once");
+        pending.push(request);
+    }
+    pending
+}
+
+/// How many of `requests` pass.
+async fn passed(requests: Vec<Pending>) -> usize {
+    let mut passed = 0;
+    for request in requests {
+        let status = request.await.unwrap().status();
+        assert!(status == 200 || status == 429, "{status}");
+        passed += usize::from(status == 200);
+    }
+    passed
+}
+
+/// Flat combining: requests arriving while the limiter's call is in flight
+/// share one script call, exactly, with every algorithm and with several
+/// policies: one client's 100 requests (limit 50) in two calls, the first
+/// request's and the group's; 60 clients' 2 requests each (limit 1) alike.
+/// A fixed window folds one client's requests into one `INCRBY`.
+#[tokio::test]
+async fn requests_arriving_while_a_call_is_in_flight_share_one_script_call() {
+    let (server, cache) = own_redis(|b| b).await;
+    let kinds: [(&str, &[Algorithm]); 4] = [
+        ("fixed", &[Algorithm::FixedWindow]),
+        ("sliding", &[Algorithm::SlidingWindow]),
+        ("gcra", &[Algorithm::Gcra]),
+        ("several", &[Algorithm::FixedWindow, Algorithm::Gcra]),
+    ];
+    for (name, algorithms) in kinds {
+        let build = |limit: u64, prefix: &str| {
+            let mut builder = builder(&cache).prefix(prefix).local_deny_cache(false);
+            for (i, &algorithm) in algorithms.iter().enumerate() {
+                builder = builder.policy(
+                    format!("p{i}"),
+                    Quota::new(limit + i as u64, Duration::from_secs(600)).algorithm(algorithm),
+                );
+            }
+            builder.build().unwrap()
+        };
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let limiter = build(50, &format!("hot-{name}"));
+        let requests = arriving_together(&hello(&limiter), &[[10, 3, 0, 1]; 100]).await;
+        assert_eq!(passed(requests).await, 50, "{name}");
+        assert_eq!(
+            limiter.stats().store_calls,
+            2,
+            "{name}: {:?}",
+            limiter.stats()
+        );
+        if name == "fixed" {
+            assert_eq!(command_calls(&server, "incrby"), 2, "{name}");
+            assert_eq!(
+                fixed_count(&server.cli(&["GET", "hot-fixed:ip:10.3.0.1"])),
+                "50"
+            );
+        }
+
+        let limiter = build(1, &format!("many-{name}"));
+        let peers: Vec<[u8; 4]> = (0..120).map(|i| [10, 4, 0, (i % 60) as u8]).collect();
+        let requests = arriving_together(&hello(&limiter), &peers).await;
+        assert_eq!(passed(requests).await, 60, "{name}: one request per client");
+        assert_eq!(
+            limiter.stats().store_calls,
+            2,
+            "{name}: {:?}",
+            limiter.stats()
+        );
+    }
+}
+
+/// A request cancelled while it waits in a group is left out of the
+/// group's call: never counted.
+#[tokio::test]
+async fn a_request_cancelled_before_its_group_is_sent_is_not_counted() {
+    let (server, cache) = own_redis(|b| b).await;
+    let limiter = layer(cache, "cancelled", 10, Duration::from_secs(60))
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    let mut requests = arriving_together(&hello(&limiter), &[[10, 5, 0, 1]; 3]).await;
+    drop(requests.pop());
+    assert_eq!(passed(requests).await, 2);
+    assert_eq!(
+        fixed_count(&server.cli(&["GET", "cancelled:ip:10.5.0.1"])),
+        "2"
+    );
+    assert_eq!(limiter.stats().store_calls, 2, "{:?}", limiter.stats());
+}
+
+/// When the request that opened a group is cancelled before it sends the
+/// group, each request of the group sends its own call: all counted, once.
+#[tokio::test]
+async fn a_group_whose_sender_is_cancelled_is_sent_by_its_requests() {
+    let (server, cache) = own_redis(|b| b).await;
+    let limiter = layer(cache, "orphan", 10, Duration::from_secs(60))
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    let mut requests = arriving_together(&hello(&limiter), &[[10, 6, 0, 1]; 4]).await;
+    drop(requests.remove(1));
+    assert_eq!(passed(requests).await, 3);
+    assert_eq!(
+        fixed_count(&server.cli(&["GET", "orphan:ip:10.6.0.1"])),
+        "3"
+    );
+    assert_eq!(limiter.stats().store_calls, 3, "{:?}", limiter.stats());
 }
 
 /// Every policy of a request in one script call: 3 policies (one per

@@ -27,10 +27,16 @@
 //! client over two instances of each limiter (limit 100), how many pass.
 //!
 //! `BENCH_ONLY=text` keeps each scenario's baseline and the rows whose name
-//! holds `text` (`BENCH_ONLY=!text` drops the baselines too);
+//! holds `text` (`a|b`: either; `BENCH_ONLY=!text` drops the baselines too);
 //! `BENCH_SCENARIOS=many,hot,flood` picks scenarios; `BENCH_ROUNDS=n`,
 //! `BENCH_LATENCY=0` (skip the latency phase), `BENCH_ACCURACY=0` (skip the
-//! accuracy phase) for short or profiling runs.
+//! accuracy phase), `BENCH_SHARED=0` (skip the shared counting's 4-instance
+//! phase; `BENCH_SHARED_SECONDS=n` sets its length) for short or profiling runs.
+//!
+//! The shared counting's phase (module `shared`): 4 instances of the service
+//! (processes: this binary with `--serve-instance`) on one Redis, 10 000
+//! clients and one hot client over their limits, every admission counted
+//! per client and window against the mode's stated bound.
 //! With `--features metrics` the service process installs a Prometheus
 //! recorder, for the overhead of the libraries' metrics.
 
@@ -170,6 +176,7 @@ fn name_of(id: &str) -> &'static str {
         .iter()
         .find(|s| s.id == id)
         .map(|s| s.name)
+        .or_else(|| shared::name(id))
         .unwrap_or("?")
 }
 
@@ -227,6 +234,7 @@ fn scenarios() -> Vec<Scenario> {
             latency: false,
         },
     ];
+    shared::add_rows(&mut list);
     if !cfg!(feature = "compare") {
         for scenario in &mut list {
             scenario
@@ -240,12 +248,13 @@ fn scenarios() -> Vec<Scenario> {
     // `BENCH_ONLY=text` keeps each baseline and the rows whose name holds it;
     // `BENCH_ONLY=!text` drops the baselines too (for profiling one variant).
     if let Ok(only) = std::env::var("BENCH_ONLY") {
-        let text = only.trim_start_matches('!');
+        let texts = only.trim_start_matches('!');
         for scenario in &mut list {
             let mut index = 0;
             scenario.rows.retain(|id| {
                 index += 1;
-                (index == 1 && !only.starts_with('!')) || name_of(id).contains(text)
+                (index == 1 && !only.starts_with('!'))
+                    || texts.split('|').any(|text| name_of(id).contains(text))
             });
         }
     }
@@ -274,6 +283,9 @@ fn main() {
             .install_recorder()
             .expect("the only recorder of the process");
         runtime.block_on(serve_all(&url));
+    } else if args.get(1).map(String::as_str) == Some("--serve-instance") {
+        let [url, prefix] = [2, 3].map(|i| args.get(i).expect("--serve-instance <url> <prefix>"));
+        runtime.block_on(shared::serve_instance(url, prefix));
     } else {
         runtime.block_on(measure());
     }
@@ -354,6 +366,7 @@ async fn serve_all(url: &str) {
         "rl-memory",
         serve(hello().layer(layer(Cache::in_memory(), NORMAL_LIMIT))).await,
     ));
+    shared::serve_rows(url, &mut ports, &mut layers).await;
     let body = rate_limit::too_many_requests_body(FLOOD_LIMIT, WINDOW);
     let flood = header_fields(FLOOD_LIMIT, 0);
     let limited = move || {
@@ -458,6 +471,7 @@ const ACCURACY_VARIANTS: &[&str] = &[
     "rl-redis",
     "naive",
     "rl-memory",
+    shared::ROW,
     #[cfg(feature = "compare")]
     "governor",
     #[cfg(feature = "compare")]
@@ -527,6 +541,7 @@ async fn accuracy_instance(variant: &str, url: &str) -> Router {
         "limitador-cached" => {
             peer::limitador(hello(), peer::limitador_cached(url).await, ACCURACY_LIMIT)
         }
+        shared::ROW => shared::accuracy_instance(url).await,
         other => panic!("no accuracy variant {other}"),
     }
 }
@@ -1145,6 +1160,9 @@ async fn measure() {
             );
         }
     }
+    if env_number("BENCH_SHARED", 1) != 0 {
+        shared::four_instances(&server.url(), &mut admin, redis_pid, ticks_per_second).await;
+    }
 }
 
 /// Sends `ACCURACY_REQUESTS` requests of `address` over `CONNECTIONS`
@@ -1177,4 +1195,388 @@ async fn over_two(ports: [u16; 2], address: String) -> u64 {
         admitted += task.await.expect("client");
     }
     admitted
+}
+
+// ---------------------------------------------------------------------------
+// Shared counting (issue 21, item 2): its rows and its 4-instance phase, kept
+// apart from the rest so that the exact path's changes merge around them.
+// ---------------------------------------------------------------------------
+
+/// `RateLimitLayer` with shared counting: its rows in the many-clients and
+/// hot-client scenarios and in the accuracy phase (one layer per instance,
+/// counts exchanged through Redis in the background), and a phase of its
+/// own: 4 instances of the service (processes) on one Redis, 10 000 clients
+/// and one hot client over their limits, every admission counted per
+/// client and window against the stated bound.
+mod shared {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use rate_limit::SharedCounting;
+
+    use super::*;
+
+    /// The row's id.
+    pub const ROW: &str = "rl-shared";
+    const NAME: &str = "`RateLimitLayer`, shared counting (Redis)";
+
+    /// Instances of the 4-instance phase (processes).
+    const INSTANCES: usize = 4;
+    /// The crowd's policy: 10 000 clients, each over it in most windows.
+    const CROWD_LIMIT: u64 = 20;
+    const CROWD_WINDOW: Duration = Duration::from_secs(10);
+    /// The hot client's policy: one client sending far more.
+    const HOT_LIMIT: u64 = 10_000;
+    const HOT_WINDOW: Duration = Duration::from_secs(10);
+    /// Connections of the `CONNECTIONS` that send the hot client's requests.
+    const HOT_CONNECTIONS: usize = 8;
+    /// Admissions this close to a window's edge by the handler's clock are
+    /// counted apart.
+    const EDGE: Duration = Duration::from_millis(1);
+    /// The phase's length (`BENCH_SHARED_SECONDS`).
+    const PHASE_SECONDS: usize = 30;
+
+    /// The row's name, for `name_of`.
+    pub fn name(id: &str) -> Option<&'static str> {
+        (id == ROW).then_some(NAME)
+    }
+
+    /// The shared counting's row, after the in-memory store's, in the
+    /// many-clients and hot-client scenarios.
+    pub fn add_rows(list: &mut [Scenario]) {
+        for scenario in list
+            .iter_mut()
+            .filter(|s| s.key == "many" || s.key == "hot")
+        {
+            let at = scenario
+                .rows
+                .iter()
+                .position(|id| *id == "rl-memory")
+                .map_or(scenario.rows.len(), |i| i + 1);
+            scenario.rows.insert(at, ROW);
+        }
+    }
+
+    /// A layer with the default shared counting (flushes every 10 ms, an
+    /// allowance of 5 % of the limit), keyed like the other rows.
+    fn layer(cache: Cache, prefix: &str, limit: u64, window: Duration) -> RateLimitLayer {
+        builder(cache, prefix, limit, window)
+            .build()
+            .expect("layer")
+    }
+
+    fn builder(
+        cache: Cache,
+        prefix: &str,
+        limit: u64,
+        window: Duration,
+    ) -> rate_limit::RateLimitLayerBuilder {
+        RateLimitLayer::builder(cache)
+            .prefix(prefix)
+            .limit(limit)
+            .window(window)
+            .trusted_proxies([TRUSTED_PROXY])
+            .shared_counting(SharedCounting::new())
+            .store_timeout(STORE_TIMEOUT)
+    }
+
+    /// A layer of the 4-instance phase: its `X-RateLimit-Reset` is the Unix
+    /// time its window ends, which names the window the instance counted
+    /// an admission in.
+    fn phase_layer(cache: Cache, prefix: &str, limit: u64, window: Duration) -> RateLimitLayer {
+        builder(cache, prefix, limit, window)
+            .reset_header(rate_limit::ResetFormat::EpochSeconds)
+            .build()
+            .expect("layer")
+    }
+
+    async fn redis_cache(url: &str) -> Cache {
+        Cache::builder()
+            .redis_url(url)
+            .expect("url")
+            .timeout(STORE_TIMEOUT)
+            .build()
+            .await
+            .expect("cache")
+    }
+
+    /// Serves the row of the many-clients and hot-client scenarios.
+    pub async fn serve_rows(
+        url: &str,
+        ports: &mut Vec<(&'static str, u16)>,
+        layers: &mut Vec<(&'static str, RateLimitLayer)>,
+    ) {
+        let layer = layer(redis_cache(url).await, "shared", NORMAL_LIMIT, WINDOW);
+        layers.push((ROW, layer.clone()));
+        ports.push((ROW, serve(hello().layer(layer)).await));
+    }
+
+    /// One instance of the accuracy phase (the two share their counts
+    /// through Redis).
+    pub async fn accuracy_instance(url: &str) -> Router {
+        hello().layer(layer(
+            redis_cache(url).await,
+            "acc-shared",
+            ACCURACY_LIMIT,
+            WINDOW,
+        ))
+    }
+
+    /// The handler behind the phase's layers: reached only when admitted,
+    /// it says when (µs since the epoch), which names the window.
+    async fn admitted() -> impl IntoResponse {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (
+            [(
+                HeaderName::from_static("x-admitted-at"),
+                HeaderValue::from(at),
+            )],
+            "Hello, World!",
+        )
+    }
+
+    /// One instance of the 4-instance phase (`--serve-instance <url>
+    /// <prefix>`): `/crowd` and `/hot` behind their policies, on a handle
+    /// of its own; prints `instance <port>` and `ready`, serves until its
+    /// standard input closes, then prints its layers' counters.
+    pub async fn serve_instance(url: &str, prefix: &str) {
+        let cache = redis_cache(url).await;
+        let crowd = phase_layer(
+            cache.clone(),
+            &format!("{prefix}-crowd"),
+            CROWD_LIMIT,
+            CROWD_WINDOW,
+        );
+        let hot = phase_layer(cache, &format!("{prefix}-hot"), HOT_LIMIT, HOT_WINDOW);
+        let app = Router::new()
+            .route("/crowd", get(admitted))
+            .route_layer(crowd.clone())
+            .merge(
+                Router::new()
+                    .route("/hot", get(admitted))
+                    .route_layer(hot.clone()),
+            );
+        println!("instance {}", serve(app).await);
+        println!("ready");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await
+        .expect("stdin watcher");
+        eprintln!("instance crowd: {:?}", crowd.stats());
+        eprintln!("instance hot: {:?}", hot.stats());
+    }
+
+    /// An admission: the client (the hot client is `CLIENTS`), when its
+    /// handler ran (µs since the epoch), and when the instance said its
+    /// window ends (s since the epoch, rounded up).
+    type Admission = (u32, u64, u64);
+
+    /// What a connection of the phase saw.
+    #[derive(Default)]
+    struct Seen {
+        admitted: Vec<Admission>,
+        denied: u64,
+        failed_open: u64,
+    }
+
+    /// The phase: 4 instance processes on `url`'s Redis, `CONNECTIONS`
+    /// connections spread over them (`HOT_CONNECTIONS` of them sending the
+    /// hot client's requests, the others cycling through the 10 000
+    /// addresses), closed loop; then every admission counted per client
+    /// and window against the bound. Prints its tables.
+    pub async fn four_instances(
+        url: &str,
+        admin: &mut MultiplexedConnection,
+        redis_pid: u32,
+        ticks_per_second: f64,
+    ) {
+        let seconds = env_number("BENCH_SHARED_SECONDS", PHASE_SECONDS);
+        let prefix = format!(
+            "phase{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        let exe = std::env::current_exe().expect("current exe");
+        let instances: Vec<Services> = (0..INSTANCES)
+            .map(|_| {
+                let mut child = Command::new(&exe)
+                    .args(["--serve-instance", url, &prefix])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("start an instance");
+                let stdout = child.stdout.take().expect("child stdout");
+                let mut ports = HashMap::new();
+                for line in BufReader::new(stdout).lines() {
+                    let line = line.expect("instance output");
+                    if line == "ready" {
+                        break;
+                    }
+                    if let Some(port) = line.strip_prefix("instance ") {
+                        ports.insert("instance".to_string(), port.parse().expect("port"));
+                    }
+                }
+                Services { child, ports }
+            })
+            .collect();
+        let ports: Vec<u16> = instances.iter().map(|i| i.ports["instance"]).collect();
+        let pids: Vec<u32> = instances.iter().map(Services::pid).collect();
+        let addresses: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+            (0..CLIENTS)
+                .map(|i| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255))
+                .collect(),
+        );
+        let hot_address = "10.252.0.1";
+        let commands = redis_commands(admin).await;
+        let cpu = |pids: &[u32]| pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
+        let (service_before, redis_before) = (cpu(&pids), cpu_ticks(redis_pid));
+        let phase = Duration::from_secs(seconds as u64);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..CONNECTIONS)
+            .map(|c| {
+                let addresses = addresses.clone();
+                let port = ports[c % INSTANCES];
+                tokio::spawn(async move {
+                    let hot = c < HOT_CONNECTIONS;
+                    let mut conn = Connection::open(port).await.expect("connect");
+                    let mut seen = Seen::default();
+                    let mut next = c * addresses.len() / CONNECTIONS;
+                    while started.elapsed() < phase {
+                        let (path, client, address) = if hot {
+                            ("/hot", CLIENTS as u32, hot_address)
+                        } else {
+                            let i = next % addresses.len();
+                            next += 1;
+                            ("/crowd", i as u32, addresses[i].as_str())
+                        };
+                        let response = conn
+                            .request(
+                                path,
+                                &[("X-Forwarded-For", address)],
+                                Duration::from_secs(5),
+                            )
+                            .await
+                            .expect("request");
+                        match response.status {
+                            200 if response.header("x-ratelimit-limit").is_none() => {
+                                seen.failed_open += 1;
+                            }
+                            200 => {
+                                let at = response.number("x-admitted-at");
+                                let ends = response.number("x-ratelimit-reset");
+                                seen.admitted.push((client, at, ends));
+                            }
+                            429 => seen.denied += 1,
+                            other => panic!("status {other} from an instance"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Seen::default();
+        for task in tasks {
+            let seen = task.await.expect("connection");
+            all.admitted.extend(seen.admitted);
+            all.denied += seen.denied;
+            all.failed_open += seen.failed_open;
+        }
+        let elapsed = started.elapsed();
+        let (service, redis) = (
+            cpu(&pids) - service_before,
+            cpu_ticks(redis_pid) - redis_before,
+        );
+        let after = redis_commands(admin).await;
+        drop(instances);
+        let requests = all.admitted.len() as u64 + all.denied + all.failed_open;
+        let per = |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / requests.max(1) as f64;
+        println!(
+            "\n### Shared counting: 4 instances on one Redis, 10 000 clients and one hot client, \
+             every admission per client and window against the bound\n"
+        );
+        println!(
+            "{INSTANCES} instance processes of the service (shared counting, default settings: \
+             flush every 10 ms, allowance 5 % of the limit), {CONNECTIONS} keep-alive connections \
+             spread over them ({HOT_CONNECTIONS} sending the hot client's requests), closed loop, \
+             {seconds} s; each admission counted in the window the instance counted it in \
+             (its `X-RateLimit-Reset`, the Unix time the window ends); the last column, \
+             admissions whose handler ran in another window by the machine's clock (the \
+             instance's estimate of Redis' clock off by up to half a round trip)\n"
+        );
+        println!(
+            "| requests | req/s | admitted | denied | failed open | CPU µs/request (4 services + Redis) | services | Redis | Redis commands sent/request | run inside scripts/request |"
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!(
+            "| {requests} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.4} | {:.3} |",
+            requests as f64 / elapsed.as_secs_f64(),
+            all.admitted.len(),
+            all.denied,
+            all.failed_open,
+            per(service + redis),
+            per(service),
+            per(redis),
+            (after.0 - commands.0) as f64 / requests.max(1) as f64,
+            (after.1 - commands.1) as f64 / requests.max(1) as f64,
+        );
+        println!("\n4 instances: admitted per client and window, against the bound");
+        println!(
+            "\n| variant | policy | bound (limit + 3 × allowance) | windows counted | windows at the limit or over | admitted in those: fewest | mean | most | most admitted, ratio to the bound | windows over the bound | admissions within {EDGE:?} of an edge | in another window by the clock |"
+        );
+        println!(
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let shared = SharedCounting::new();
+        for (name, hot, limit, window) in [
+            ("10 000 clients", false, CROWD_LIMIT, CROWD_WINDOW),
+            ("one hot client", true, HOT_LIMIT, HOT_WINDOW),
+        ] {
+            let bound = shared.over_admission_bound(INSTANCES as u64, limit);
+            let (counts, near_edge, elsewhere) = per_window(&all.admitted, hot, window);
+            let at_limit: Vec<u64> = counts.values().copied().filter(|n| *n >= limit).collect();
+            let most = counts.values().copied().max().unwrap_or(0);
+            let over = counts.values().filter(|n| **n > bound).count();
+            println!(
+                "| {name} | {limit} per {window:?} | {bound} | {} | {} | {} | {:.2} | {most} | {:.3} | {over} | {near_edge} | {elsewhere} |",
+                counts.len(),
+                at_limit.len(),
+                at_limit.iter().copied().min().unwrap_or(0),
+                at_limit.iter().sum::<u64>() as f64 / at_limit.len().max(1) as f64,
+                most as f64 / bound as f64,
+            );
+        }
+    }
+
+    /// Admissions per (client, window) of the crowd (`hot` false) or the hot
+    /// client, in the window the instance named; how many were within
+    /// `EDGE` of a window's edge by the handler's clock, and how many the
+    /// handler's clock puts in another window.
+    fn per_window(
+        admitted: &[Admission],
+        hot: bool,
+        window: Duration,
+    ) -> (HashMap<(u32, u64), u64>, u64, u64) {
+        let seconds = window.as_secs();
+        let window = window.as_micros() as u64;
+        let edge = EDGE.as_micros() as u64;
+        let mut counts: HashMap<(u32, u64), u64> = HashMap::new();
+        let (mut near_edge, mut elsewhere) = (0, 0);
+        for &(client, at, ends) in admitted {
+            if (client == CLIENTS as u32) != hot {
+                continue;
+            }
+            // The end rounded up to a second: the window's own end, or a
+            // second past it when the instance's clock is behind Redis'.
+            let named = ((ends + seconds / 2) / seconds).saturating_sub(1);
+            *counts.entry((client, named)).or_default() += 1;
+            let into = at % window;
+            near_edge += u64::from(into < edge || window - into < edge);
+            elsewhere += u64::from(at / window != named);
+        }
+        (counts, near_edge, elsewhere)
+    }
 }

@@ -1,13 +1,15 @@
--- Every policy of a layer with several, in one atomic step: the
--- transcription of rate-limit/src/window.rs (keep the two in step; tests run
--- both on the same sequences). A layer of one policy uses single.lua.
--- KEYS: one per policy (on a cluster: one hash slot). ARGV: now in µs (-1:
--- Redis' TIME), the number of policies P, then per policy algorithm (0
--- fixed, 1 sliding, 2 GCRA), limit, window ms; then the number of requests n
--- and their n costs (the limiter sends one; tests send several), evaluated
--- in order as if each came alone.
--- Returns per request: admitted (1/0), then per policy remaining, reset ms,
--- retry ms (-1: never), blocked ms.
+-- Every policy of a layer with several, for one or more clients, in one
+-- atomic step: the transcription of rate-limit/src/window.rs (keep the two
+-- in step; tests run both on the same sequences). A layer of one policy
+-- uses single.lua.
+-- KEYS: per client, one per policy (on a cluster: one client, one hash
+-- slot; a client comes once). ARGV: now in µs (-1: Redis' TIME), the
+-- number of policies P, then per policy algorithm (0 fixed, 1 sliding, 2
+-- GCRA), limit, window ms; then per client (in the order of KEYS) its
+-- number of requests n and their n costs, evaluated in order as if each
+-- came alone; clients share no key, so they do not see each other.
+-- Returns per request (clients in order): admitted (1/0), then per policy
+-- remaining, reset ms, retry ms (-1: never), blocked ms.
 -- Values: fixed window "count:end ms", sliding window "index:current:previous",
 -- GCRA "TAT µs"; each key's expiry is when its state stops counting.
 -- Per key one read (one MGET for every key of the call) and one write:
@@ -270,6 +272,11 @@ local function client(base, first, last)
   end
 end
 
-local first = 3 * np + 3
-client(0, first + 1, first + tonumber(ARGV[first]))
+local j, base = 3 * np + 3, 0
+while j <= #ARGV do
+  local count = tonumber(ARGV[j])
+  client(base, j + 1, j + count)
+  j = j + count + 1
+  base = base + np
+end
 return out

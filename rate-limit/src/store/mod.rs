@@ -33,15 +33,24 @@ pub async fn evaluate_raw(
         let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.evaluate(&full, quotas, now_us, costs));
     }
-    redis::evaluate_many(
+    // The client's keys once per request: its requests sent together.
+    let all: Vec<&str> = costs.iter().flat_map(|_| keys.iter().copied()).collect();
+    redis::evaluate(
         cache,
-        keys,
+        &all,
         quotas,
         Some(now_us),
         costs,
         Duration::from_secs(5),
     )
     .await
+    .map_err(|err| match err {
+        redis::CallError::Store(err) => err,
+        malformed => cache_core::Error::InvalidArgument {
+            argument: "script reply",
+            reason: malformed.to_string(),
+        },
+    })
 }
 
 /// For tests: the state the in-memory backend of `cache` holds under `key`

@@ -1,5 +1,6 @@
-//! The Redis side: one script call per request, sent at once on the
-//! limiter's multiplexed connection (which pipelines concurrent calls):
+//! The Redis side: one script call for one request or for a group of them
+//! (see [`crate::exact`]), sent at once on the limiter's multiplexed
+//! connection (which pipelines concurrent calls):
 //! [`counter.lua`](COUNTER_LUA) for a layer of one fixed-window policy on
 //! Redis' clock, the common case (`INCRBY` and `PTTL`);
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
@@ -37,22 +38,21 @@ fn code(algorithm: Algorithm) -> i64 {
     }
 }
 
-/// `single.lua`'s arguments: `now_us` (`None`: Redis' own clock), the
-/// quota, the request's cost.
-pub(crate) fn single_args(now_us: Option<u64>, quota: &Quota, cost: u64) -> [i64; 5] {
+/// `single.lua`'s first arguments: `now_us` (`None`: Redis' own clock) and
+/// the quota; the requests' costs follow.
+fn single_args(now_us: Option<u64>, quota: &Quota) -> [i64; 4] {
     [
         now_us.map_or(-1, int),
         code(quota.enforced_by()),
         int(quota.limit()),
         int(quota.window_ms()),
-        int(cost),
     ]
 }
 
-/// `limits.lua`'s arguments for one client: `now_us` (`None`: Redis' own
-/// clock), the quotas, the costs of its requests, evaluated in order.
-pub(crate) fn args(now_us: Option<u64>, quotas: &[Quota], costs: &[u64]) -> Vec<i64> {
-    let mut args = Vec::with_capacity(3 + 3 * quotas.len() + costs.len());
+/// `limits.lua`'s first arguments: `now_us` (`None`: Redis' own clock) and
+/// the quotas; each client's requests follow.
+fn args(now_us: Option<u64>, quotas: &[Quota]) -> Vec<i64> {
+    let mut args = Vec::with_capacity(4 + 3 * quotas.len());
     args.push(now_us.map_or(-1, int));
     args.push(int(quotas.len() as u64));
     for quota in quotas {
@@ -62,83 +62,261 @@ pub(crate) fn args(now_us: Option<u64>, quotas: &[Quota], costs: &[u64]) -> Vec<
             int(quota.window_ms()),
         ]);
     }
-    args.push(int(costs.len() as u64));
-    args.extend(costs.iter().map(|&cost| int(cost)));
     args
 }
 
-/// One request of `cost` at `now_us` (`None`: Redis' clock) on `keys` (one
-/// per quota, one hash tag): one script call, its row (see `window::row_len`).
+/// Requests sent together: request `r` has the keys
+/// `keys[r * P .. (r + 1) * P]` (one per quota, one hash tag) and costs
+/// `costs[r]`; the requests of one client (the same keys) are evaluated in
+/// the order given, each as if it came alone. Their rows (see
+/// `window::row_len`), in the order of `costs`, from one script call (a
+/// second one only for fixed-window keys `counter.lua` finds holding no
+/// count of their own). On a cluster the caller sends one client per call.
 pub(crate) async fn evaluate(
-    cache: &Cache,
-    keys: &[&str],
-    quotas: &[Quota],
-    now_us: Option<u64>,
-    cost: u64,
-    timeout: Duration,
-) -> cache_core::Result<Vec<i64>> {
-    if let [quota] = quotas {
-        if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow {
-            let args = [int(cost), int(quota.limit()), int(quota.window_ms())];
-            let reply = cache
-                .eval_script_within(&COUNTER, keys, &args, timeout)
-                .await?;
-            if let Some(row) = counter_row(quota, cost, &reply) {
-                return Ok(row.to_vec());
-            }
-            // No count of its own under the key (a foreign value, an earlier
-            // version's form): read and replaced by the general script.
-        }
-        let args = single_args(now_us, quota, cost);
-        return cache
-            .eval_script_within(&SINGLE, keys, &args, timeout)
-            .await;
-    }
-    let args = args(now_us, quotas, &[cost]);
-    cache
-        .eval_script_within(&LIMITS, keys, &args, timeout)
-        .await
-}
-
-/// `counter.lua`'s answer (admitted, count after, ms left) as the row of
-/// the general scripts (`window.rs`'s fixed window on that count and window
-/// end); `None` for its "no count of mine" (or anything malformed).
-fn counter_row(quota: &Quota, cost: u64, reply: &[i64]) -> Option<[i64; 5]> {
-    let &[admitted @ (0 | 1), count, left] = reply else {
-        return None;
-    };
-    let (limit, count, left) = (int(quota.limit()), count, left.max(0));
-    if !(0..=limit).contains(&count) {
-        return None;
-    }
-    let retry = match admitted {
-        1 => 0,
-        _ if cost > quota.limit() => -1,
-        _ => left,
-    };
-    let blocked = if count >= limit { left } else { 0 };
-    Some([admitted, limit - count, left, retry, blocked])
-}
-
-/// Requests of `costs`, in order, at `now_us` on `keys`: their rows. Several
-/// policies go in one call; one policy takes one call per request.
-pub(crate) async fn evaluate_many(
     cache: &Cache,
     keys: &[&str],
     quotas: &[Quota],
     now_us: Option<u64>,
     costs: &[u64],
     timeout: Duration,
-) -> cache_core::Result<Vec<i64>> {
-    if quotas.len() > 1 {
-        let args = args(now_us, quotas, costs);
-        return cache
-            .eval_script_within(&LIMITS, keys, &args, timeout)
-            .await;
+) -> Result<Vec<i64>, CallError> {
+    match quotas {
+        [quota] if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow => {
+            count_fixed(cache, keys, quota, costs, timeout).await
+        }
+        [quota] => single(cache, keys, quota, now_us, costs, timeout).await,
+        _ => several(cache, keys, quotas, now_us, costs, timeout).await,
     }
-    let mut rows = Vec::new();
-    for &cost in costs {
-        rows.extend(evaluate(cache, keys, quotas, now_us, cost, timeout).await?);
+}
+
+/// `single.lua` on `keys` (one per request) and `costs`.
+async fn single(
+    cache: &Cache,
+    keys: &[&str],
+    quota: &Quota,
+    now_us: Option<u64>,
+    costs: &[u64],
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let head = single_args(now_us, quota);
+    if let &[cost] = costs {
+        let args = [head[0], head[1], head[2], head[3], int(cost)];
+        return Ok(cache
+            .eval_script_within(&SINGLE, keys, &args, timeout)
+            .await?);
+    }
+    let mut args = Vec::with_capacity(head.len() + costs.len());
+    args.extend(head);
+    args.extend(costs.iter().map(|&cost| int(cost)));
+    Ok(cache
+        .eval_script_within(&SINGLE, keys, &args, timeout)
+        .await?)
+}
+
+/// One fixed-window policy on Redis' clock: `counter.lua`, the requests of
+/// one client and one cost folded into one entry (one `INCRBY` of their
+/// total); the keys it finds holding no count of their own go through
+/// `single.lua`, which reads and replaces them.
+async fn count_fixed(
+    cache: &Cache,
+    keys: &[&str],
+    quota: &Quota,
+    costs: &[u64],
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    if let (&[key], &[cost]) = (keys, costs) {
+        let args = [
+            int(quota.limit()),
+            int(quota.window_ms()),
+            int(cost),
+            int(cost),
+        ];
+        let reply = cache
+            .eval_script_within(&COUNTER, &[key], &args, timeout)
+            .await?;
+        if let Some(row) = counter_row(quota, cost, &reply, 0, 1) {
+            return Ok(row.to_vec());
+        }
+        return single(cache, keys, quota, None, costs, timeout).await;
+    }
+    let entries = Entries::fold(keys, costs);
+    let mut args = Vec::with_capacity(2 + 2 * entries.list.len());
+    args.extend([int(quota.limit()), int(quota.window_ms())]);
+    let mut entry_keys = Vec::with_capacity(entries.list.len());
+    for entry in &entries.list {
+        entry_keys.push(entry.key);
+        args.extend([int(entry.cost * entry.n), int(entry.cost)]);
+    }
+    let reply = cache
+        .eval_script_within(&COUNTER, &entry_keys, &args, timeout)
+        .await?;
+    if reply.len() != 3 * entries.list.len() {
+        return Err(malformed(reply.len(), costs.len()));
+    }
+    let mut rows = vec![0; ROW * costs.len()];
+    let mut unknown: Vec<usize> = Vec::new();
+    for (r, &(e, j)) in entries.of_request.iter().enumerate() {
+        let entry = &entries.list[e];
+        match counter_row(quota, entry.cost, &reply[3 * e..3 * e + 3], j, entry.n) {
+            Some(row) => rows[ROW * r..ROW * (r + 1)].copy_from_slice(&row),
+            None => unknown.push(r),
+        }
+    }
+    if !unknown.is_empty() {
+        // Keys with no count of this policy: read and replaced by the
+        // general script, their requests in the order they came.
+        let keys: Vec<&str> = unknown.iter().map(|&r| keys[r]).collect();
+        let costs: Vec<u64> = unknown.iter().map(|&r| costs[r]).collect();
+        let answers = single(cache, &keys, quota, None, &costs, timeout).await?;
+        for (i, &r) in unknown.iter().enumerate() {
+            let answer = answers
+                .get(ROW * i..ROW * (i + 1))
+                .ok_or_else(|| malformed(answers.len(), unknown.len()))?;
+            rows[ROW * r..ROW * (r + 1)].copy_from_slice(answer);
+        }
+    }
+    Ok(rows)
+}
+
+/// A row of one policy: admitted, remaining, reset, retry, blocked.
+const ROW: usize = 5;
+
+/// Why a call of the limiter gave no rows.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The store failed, or timed out.
+    #[error(transparent)]
+    Store(#[from] cache_core::Error),
+    /// The reply does not fit the requests sent.
+    #[error("the store's answer is malformed: {numbers} numbers for {requests} requests")]
+    Malformed { numbers: usize, requests: usize },
+}
+
+fn malformed(numbers: usize, requests: usize) -> CallError {
+    CallError::Malformed { numbers, requests }
+}
+
+/// The requests of one fixed-window call, folded: those of one key and one
+/// cost are one entry, one `INCRBY` of their total.
+struct Entries<'a> {
+    list: Vec<Entry<'a>>,
+    /// Per request: its entry, and its place among the entry's requests.
+    of_request: Vec<(usize, u64)>,
+}
+
+struct Entry<'a> {
+    key: &'a str,
+    cost: u64,
+    /// Its requests.
+    n: u64,
+}
+
+impl<'a> Entries<'a> {
+    fn fold(keys: &[&'a str], costs: &[u64]) -> Self {
+        let mut list: Vec<Entry<'a>> = Vec::with_capacity(keys.len());
+        let mut of_request = Vec::with_capacity(keys.len());
+        for (&key, &cost) in keys.iter().zip(costs) {
+            // Totals stay within what Lua and INCRBY count exactly.
+            let found = list.iter().rposition(|entry| {
+                entry.cost == cost && entry.key == key && (entry.n + 1) * cost <= MAX_TOTAL
+            });
+            let e = match found {
+                Some(e) => e,
+                None => {
+                    list.push(Entry { key, cost, n: 0 });
+                    list.len() - 1
+                }
+            };
+            of_request.push((e, list[e].n));
+            list[e].n += 1;
+        }
+        Entries { list, of_request }
+    }
+}
+
+/// The largest total one entry counts at once: 2^52, so that the count
+/// after it stays under 2^53 (limits are at most 2^52).
+const MAX_TOTAL: u64 = 1 << 52;
+
+/// `counter.lua`'s answer for an entry of `n` requests of `cost` (admitted
+/// m of them, count after, ms left) as the row of its request number `j`
+/// (the general scripts' row: `window.rs`'s fixed window on that count and
+/// window end); `None` for its "no count of mine" (or anything malformed).
+fn counter_row(quota: &Quota, cost: u64, reply: &[i64], j: u64, n: u64) -> Option<[i64; 5]> {
+    let &[m, count, left] = reply else {
+        return None;
+    };
+    let (limit, left, j, cost) = (int(quota.limit()), left.max(0), int(j), int(cost));
+    if !(0..=int(n)).contains(&m) || !(0..=limit).contains(&count) {
+        return None;
+    }
+    let admitted = j < m;
+    // An admitted request saw the count its own increment made; a rejected
+    // one, the count the admitted ones left.
+    let seen = if admitted {
+        count - (m - j - 1) * cost
+    } else {
+        count
+    };
+    if !(0..=limit).contains(&seen) {
+        return None;
+    }
+    let retry = match admitted {
+        true => 0,
+        _ if cost > limit => -1,
+        _ => left,
+    };
+    let blocked = if seen >= limit { left } else { 0 };
+    Some([i64::from(admitted), limit - seen, left, retry, blocked])
+}
+
+/// Several policies: `limits.lua`, the requests of one client (the same
+/// keys) evaluated together, in order, on one read of its keys.
+async fn several(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: Option<u64>,
+    costs: &[u64],
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let p = quotas.len();
+    let row = 1 + 4 * p;
+    // The clients, in the order they first came: their first request, and
+    // their requests in order.
+    let mut clients: Vec<(usize, Vec<usize>)> = Vec::new();
+    for r in 0..costs.len() {
+        let own = &keys[p * r..p * (r + 1)];
+        match clients
+            .iter_mut()
+            .find(|(first, _)| keys[p * first..p * (first + 1)] == *own)
+        {
+            Some((_, requests)) => requests.push(r),
+            None => clients.push((r, vec![r])),
+        }
+    }
+    let mut args = args(now_us, quotas);
+    let mut client_keys = Vec::with_capacity(p * clients.len());
+    for (first, requests) in &clients {
+        client_keys.extend_from_slice(&keys[p * first..p * (first + 1)]);
+        args.push(int(requests.len() as u64));
+        args.extend(requests.iter().map(|&r| int(costs[r])));
+    }
+    let reply = cache
+        .eval_script_within(&LIMITS, &client_keys, &args, timeout)
+        .await?;
+    if reply.len() != row * costs.len() {
+        return Err(malformed(reply.len(), costs.len()));
+    }
+    if let [(_, requests)] = clients.as_slice()
+        && requests.iter().enumerate().all(|(i, &r)| i == r)
+    {
+        return Ok(reply);
+    }
+    let mut rows = vec![0; reply.len()];
+    let order = clients.iter().flat_map(|(_, requests)| requests);
+    for (at, &r) in order.enumerate() {
+        rows[row * r..row * (r + 1)].copy_from_slice(&reply[row * at..row * (at + 1)]);
     }
     Ok(rows)
 }

@@ -1,0 +1,347 @@
+//! The background task of one instance: every flush interval (or at once
+//! when a request waits on its allowance) it sends the pending counts to
+//! Redis in [`flush.lua`](FLUSH_LUA) calls and hands the totals back to the
+//! table; it estimates Redis' clock from the same replies.
+//!
+//! **Lanes.** A call goes on a lane, and a lane carries one call at a time:
+//! a call whose answer was lost (a timeout, a cut connection) is sent again,
+//! unchanged and before anything new on its lane, until it is answered; its
+//! flush id makes Redis apply it once. On a cluster the lane is the key's
+//! bucket (its hash tag: one slot per call); on one server the calls are
+//! chunks of at most [`MAX_ITEMS`] counts on free lanes.
+//!
+//! **Stopping.** The task ends when its [`Flusher`] (held by the layer) is
+//! dropped, after one last flush bounded by the store timeout.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use cache_core::sync::StateFlag;
+use cache_core::{Cache, Script};
+use futures_util::future::join_all;
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::table::Table;
+use super::{BUCKETS, Layout};
+use crate::clock::{Clock, now_micros};
+use crate::quota::Quota;
+use crate::telemetry;
+
+/// The flush script.
+pub(crate) const FLUSH_LUA: &str = include_str!("flush.lua");
+static FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(FLUSH_LUA));
+
+/// Counts per call at most: a call holds Redis for about a microsecond per count.
+pub(crate) const MAX_ITEMS: usize = 1024;
+/// Calls in flight at once on one server.
+const SERVER_LANES: usize = 8;
+/// How long Redis keeps a lane's marker: a call sent again later than this
+/// after its lost answer could be applied twice.
+const MARKER_MS: i64 = 10 * 60 * 1000;
+
+/// What the task shares with the limiter.
+pub(crate) struct Link {
+    /// Wakes the task at once: a request waits on its allowance.
+    pub(crate) urgent: Notify,
+    /// Wakes the idle task: a client has counts to send.
+    pub(crate) work: Notify,
+    /// Flushes done so far (each answered or failed).
+    pub(crate) done: watch::Sender<u64>,
+    /// The last flush failed: Redis is not answering.
+    pub(crate) failing: AtomicBool,
+    /// Redis' clock minus the limiter's, µs (estimated from the replies).
+    pub(crate) offset_us: AtomicI64,
+    /// Script calls made, and those that failed.
+    pub(crate) calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+impl Link {
+    pub(crate) fn new() -> Self {
+        Link {
+            urgent: Notify::new(),
+            work: Notify::new(),
+            done: watch::Sender::new(0),
+            failing: AtomicBool::new(false),
+            offset_us: AtomicI64::new(0),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Ends the task when dropped (with the layer).
+pub(crate) struct Flusher {
+    _stop: oneshot::Sender<()>,
+}
+
+/// Everything the task needs.
+pub(crate) struct Task {
+    pub(crate) cache: Cache,
+    pub(crate) table: Arc<Table>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) layout: Arc<Layout>,
+    pub(crate) quotas: Vec<Quota>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The clock is the windows' clock: no offset to Redis' is estimated.
+    pub(crate) authoritative: bool,
+    /// A Redis Cluster: one lane per bucket (one slot per call).
+    pub(crate) cluster: bool,
+}
+
+/// One count sent in a call.
+struct Item {
+    client: Arc<str>,
+    policy: usize,
+    index: u64,
+    delta: u64,
+}
+
+/// A call: its keys and arguments, kept to be sent again unchanged.
+struct Call {
+    keys: Vec<String>,
+    args: Vec<i64>,
+    items: Vec<Item>,
+}
+
+/// The best estimate of Redis' clock so far: the offset measured over the
+/// shortest round trip, replaced by a later one as short or when it is old.
+struct Estimate {
+    round_trip: u64,
+    at: u64,
+}
+
+impl Task {
+    /// Starts the task on the current tokio runtime; `None` outside one.
+    pub(crate) fn spawn(self) -> Option<Flusher> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (stop, stopped) = oneshot::channel();
+        runtime.spawn(self.run(stopped));
+        Some(Flusher { _stop: stop })
+    }
+
+    async fn run(self, mut stopped: oneshot::Receiver<()>) {
+        let lanes = if self.cluster { BUCKETS } else { SERVER_LANES };
+        let mut lanes: Vec<Option<Call>> = (0..lanes).map(|_| None).collect();
+        let id = self.layout.instance;
+        let mut next_flush = 0u64;
+        let mut estimate: Option<Estimate> = None;
+        let failed = StateFlag::new();
+        loop {
+            let mut urgent = false;
+            // Idle: nothing to send and nothing to send again.
+            if lanes.iter().all(Option::is_none) {
+                self.table.idle.store(true, Ordering::SeqCst);
+                if !self.table.has_dirty() {
+                    tokio::select! {
+                        _ = self.link.work.notified() => {}
+                        _ = self.link.urgent.notified() => urgent = true,
+                        _ = &mut stopped => return,
+                    }
+                }
+                self.table.idle.store(false, Ordering::SeqCst);
+            }
+            // Gather what the interval brings, unless a request waits.
+            let stop = !urgent
+                && tokio::select! {
+                    _ = tokio::time::sleep(self.interval) => false,
+                    _ = self.link.urgent.notified() => false,
+                    _ = &mut stopped => true,
+                };
+            self.flush(&mut lanes, id, &mut next_flush, &mut estimate, &failed)
+                .await;
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Sends again the calls whose answers were lost, then the pending
+    /// counts on the free lanes; applies the answers.
+    async fn flush(
+        &self,
+        lanes: &mut [Option<Call>],
+        id: u64,
+        next_flush: &mut u64,
+        estimate: &mut Option<Estimate>,
+        failed: &StateFlag,
+    ) {
+        let cluster = self.cluster;
+        let busy: Vec<bool> = lanes.iter().map(Option::is_some).collect();
+        let mut fresh: Vec<Vec<Item>> = (0..lanes.len()).map(|_| Vec::new()).collect();
+        let room = std::cell::Cell::new(busy.iter().filter(|b| !**b).count() * MAX_ITEMS);
+        let mut sent_before = Vec::new();
+        self.table.drain(
+            |client| {
+                if cluster {
+                    !busy[self.layout.bucket(client)]
+                } else {
+                    room.get() > 0
+                }
+            },
+            |client, policy, index, delta, before| {
+                room.set(room.get().saturating_sub(1));
+                let lane = if cluster {
+                    self.layout.bucket(client)
+                } else {
+                    // The first free lane with room (one was free: `room`).
+                    (0..busy.len())
+                        .find(|&lane| !busy[lane] && fresh[lane].len() < MAX_ITEMS)
+                        .or_else(|| (0..busy.len()).find(|&lane| !busy[lane]))
+                        .unwrap_or(0)
+                };
+                fresh[lane].push(Item {
+                    client: client.clone(),
+                    policy,
+                    index,
+                    delta,
+                });
+                sent_before.push(before);
+            },
+        );
+        let mut before = sent_before.into_iter();
+        for (lane, items) in fresh.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            *next_flush += 1;
+            let flush_id = i64::try_from(*next_flush).unwrap_or(i64::MAX);
+            let mut keys = Vec::with_capacity(items.len() + 1);
+            keys.push(self.layout.marker(lane, id));
+            let mut args = Vec::with_capacity(2 + 3 * items.len());
+            args.extend([flush_id, MARKER_MS]);
+            for item in &items {
+                let quota = &self.quotas[item.policy];
+                keys.push(self.layout.count_key(&item.client, item.policy, item.index));
+                args.extend([
+                    i64::try_from(item.delta).unwrap_or(i64::MAX),
+                    i64::try_from(super::expiry_ms(quota, item.index)).unwrap_or(i64::MAX),
+                    i64::from(!before.next().unwrap_or(true)),
+                ]);
+            }
+            lanes[lane] = Some(Call { keys, args, items });
+        }
+        let calls = lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(lane, call)| Some((lane, call.as_ref()?)))
+            .map(|(lane, call)| async move {
+                let keys: Vec<&str> = call.keys.iter().map(String::as_str).collect();
+                let started = now_micros(self.clock.as_ref());
+                let store_call = telemetry::StoreCall::start();
+                let reply = self
+                    .cache
+                    .eval_script_within(&FLUSH, &keys, &call.args, self.timeout)
+                    .await;
+                let reply = store_call.finish(reply);
+                let ended = now_micros(self.clock.as_ref());
+                (lane, reply, started, ended)
+            });
+        let replies = join_all(calls).await;
+        let mut all_ok = true;
+        let mut error = None;
+        for (lane, reply, started, ended) in replies {
+            self.link.calls.fetch_add(1, Ordering::Relaxed);
+            let Some(call) = lanes[lane].take() else {
+                continue;
+            };
+            match reply {
+                Ok(reply) if reply.len() == call.items.len() + 2 => {
+                    self.apply(&call, &reply[2..]);
+                    self.note_clock(&reply[..2], started, ended, estimate);
+                }
+                Ok(reply) => {
+                    // Not this script's answer: nothing can be read from it,
+                    // and sending it again would be answered the same way.
+                    all_ok = false;
+                    self.link.errors.fetch_add(1, Ordering::Relaxed);
+                    error = Some(format!(
+                        "the flush's answer is malformed: {} numbers for {} counts",
+                        reply.len(),
+                        call.items.len()
+                    ));
+                    self.apply(&call, &[]);
+                }
+                Err(err) => {
+                    all_ok = false;
+                    self.link.errors.fetch_add(1, Ordering::Relaxed);
+                    error = Some(err.to_string());
+                    lanes[lane] = Some(call);
+                }
+            }
+        }
+        self.link.failing.store(!all_ok, Ordering::SeqCst);
+        match error {
+            Some(error) => {
+                if failed.raise() {
+                    tracing::warn!(
+                        prefix = %self.layout.prefix,
+                        error,
+                        "shared rate limiting: Redis unavailable, answering from this instance's counts"
+                    );
+                }
+            }
+            None => {
+                if failed.lower() {
+                    tracing::info!(
+                        prefix = %self.layout.prefix,
+                        "shared rate limiting: Redis available again, counts sent"
+                    );
+                }
+            }
+        }
+        self.link.done.send_modify(|done| *done += 1);
+    }
+
+    /// Hands Redis' totals back to the table (no totals: only takes the
+    /// counts out of flight).
+    fn apply(&self, call: &Call, totals: &[i64]) {
+        for (i, item) in call.items.iter().enumerate() {
+            let total = totals
+                .get(i)
+                .and_then(|&total| u64::try_from(total).ok())
+                .unwrap_or(0);
+            let mut shard = self.table.shard(&item.client);
+            self.table.acknowledge(
+                &mut shard,
+                &item.client,
+                item.policy,
+                item.index,
+                item.delta,
+                total,
+            );
+        }
+    }
+
+    /// Redis' clock from a reply's `TIME`, sent between `started` and
+    /// `ended` (µs of the limiter's clock): the windows follow it.
+    fn note_clock(&self, time: &[i64], started: u64, ended: u64, estimate: &mut Option<Estimate>) {
+        if self.authoritative {
+            return;
+        }
+        let (Ok(seconds), Ok(micros)) = (u64::try_from(time[0]), u64::try_from(time[1])) else {
+            return;
+        };
+        let redis = seconds.saturating_mul(1_000_000).saturating_add(micros);
+        let round_trip = ended.saturating_sub(started);
+        let midpoint = started + round_trip / 2;
+        let offset = i64::try_from(i128::from(redis) - i128::from(midpoint)).unwrap_or(0);
+        // An estimate is off by at most half its round trip: keep the
+        // shortest, unless it is more than 10 s old (clocks drift).
+        let better = match estimate {
+            None => true,
+            Some(kept) => round_trip <= kept.round_trip || ended > kept.at + 10_000_000,
+        };
+        if better {
+            *estimate = Some(Estimate {
+                round_trip,
+                at: ended,
+            });
+            self.link.offset_us.store(offset, Ordering::Relaxed);
+        }
+    }
+}

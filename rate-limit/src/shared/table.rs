@@ -1,0 +1,551 @@
+//! The instance's counts: per client and policy, the counts of the current
+//! aligned window and the one before it, each split into what Redis last
+//! said (`seen`), what this instance admitted and has not sent (`pending`)
+//! and what it sent in a flush not yet answered (`in_flight`).
+//!
+//! A request is decided on `seen + pending + in_flight` with
+//! [`window`](crate::window)'s arithmetic, under one shard lock; the
+//! flusher drains the clients with pending counts ([`Table::drain`]) and
+//! hands back Redis' totals ([`Table::acknowledge`]).
+//!
+//! Bounded: each shard holds at most its share of the table's capacity;
+//! a full shard first drops clients with nothing to send whose windows
+//! ended, then clients with nothing to send, and only then (more clients
+//! with unsent counts than the capacity: Redis unreachable for long) some
+//! with unsent counts, which are lost as an instance's are when it is killed.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::quota::{Algorithm, Quota};
+use crate::window::{self, Outcome, State};
+
+const SHARDS: usize = 16;
+
+/// One window's count of one client under one policy, as this instance
+/// knows it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Count {
+    /// The total at Redis (every instance's flushed counts, this one's
+    /// included), as last read.
+    pub(crate) seen: u64,
+    /// Admitted here, not yet sent.
+    pub(crate) pending: u64,
+    /// Sent in a flush not yet answered.
+    pub(crate) in_flight: u64,
+    /// This instance has sent this window's count before (so its key's
+    /// expiry is set).
+    pub(crate) sent_before: bool,
+}
+
+impl Count {
+    /// Everything this instance knows of: a lower bound of the window's
+    /// true count while Redis is reachable.
+    fn total(&self) -> u64 {
+        self.seen
+            .saturating_add(self.pending)
+            .saturating_add(self.in_flight)
+    }
+
+    /// Admitted here and not yet in a total Redis returned.
+    pub(crate) fn unflushed(&self) -> u64 {
+        self.pending.saturating_add(self.in_flight)
+    }
+}
+
+/// One client's counts under one policy: the window numbered `index`
+/// (`index × window` ms since the epoch is its start) and the one before.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    pub(crate) index: u64,
+    pub(crate) current: Count,
+    pub(crate) previous: Count,
+}
+
+impl Tally {
+    /// Moves to window `index`: the current window becomes the previous one
+    /// if it is just before, counts older than that are dropped (nothing
+    /// reads them: a fixed window reads its own window, a sliding one the
+    /// one before too). An index behind the held one (a clock stepped
+    /// back) counts in the held window.
+    fn roll(&mut self, index: u64) {
+        if index <= self.index {
+            return;
+        }
+        self.previous = if index == self.index + 1 {
+            self.current
+        } else {
+            Count::default()
+        };
+        self.current = Count::default();
+        self.index = index;
+    }
+
+    /// The count of window `index`, if held.
+    pub(crate) fn window_mut(&mut self, index: u64) -> Option<&mut Count> {
+        if index == self.index {
+            Some(&mut self.current)
+        } else if index.checked_add(1) == Some(self.index) {
+            Some(&mut self.previous)
+        } else {
+            None
+        }
+    }
+
+    /// What window.rs reads: the fixed window's count of the current
+    /// aligned window (at most the limit: the arithmetic takes a count
+    /// above it for another policy's), or the sliding window's two counts.
+    fn state(&self, quota: &Quota) -> State {
+        match quota.enforced_by() {
+            Algorithm::SlidingWindow => State::Sliding {
+                index: self.index,
+                current: self.current.total(),
+                previous: self.previous.total(),
+            },
+            // Checked by the builder: the shared mode holds only the fixed
+            // and the sliding window.
+            _ => State::Fixed {
+                count: self.current.total().min(quota.limit()),
+                expires_ms: self
+                    .index
+                    .saturating_add(1)
+                    .saturating_mul(quota.window_ms()),
+            },
+        }
+    }
+
+    /// Counted here and not yet in Redis' totals, in the windows read.
+    fn unflushed(&self) -> u64 {
+        self.current.unflushed() + self.previous.unflushed()
+    }
+
+    /// Nothing to send or to hear back about.
+    fn settled(&self) -> bool {
+        self.unflushed() == 0
+    }
+}
+
+/// One client under every policy of the layer.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) tallies: Box<[Tally]>,
+    /// Listed in its shard's dirty list, to be drained.
+    dirty: bool,
+}
+
+/// A shard: clients, and the ones with pending counts (keys may repeat or
+/// be stale: [`Entry::dirty`] says whether a listed one still is).
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub(crate) clients: HashMap<Arc<str>, Entry>,
+    dirty: Vec<Arc<str>>,
+}
+
+/// What a request's check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Decided on this instance's counts; an admitted request is counted.
+    Decided(Outcome),
+    /// The counts admit the request, but counting it would take this
+    /// instance's unflushed count of the client past its allowance under
+    /// some policy: it needs a flush first.
+    OverAllowance,
+}
+
+/// The counts of one layer (on Redis: of one instance), by client.
+pub(crate) struct Table {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    shard_capacity: usize,
+    /// The flusher waits for work: the first client to become dirty wakes it.
+    pub(crate) idle: AtomicBool,
+    /// Clients dropped with counts not yet sent (the table was full of them).
+    pub(crate) lost: AtomicU64,
+}
+
+impl Table {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Table {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            shard_capacity: (capacity / SHARDS).max(4),
+            idle: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn shard(&self, client: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(client) as usize) % SHARDS;
+        // Every critical section leaves the shard whole: a poisoned one is usable.
+        cache_core::sync::lock(&self.shards[index])
+    }
+
+    /// Decides a request of `client` costing `cost` at `now_us` (the
+    /// windows' clock) under `quotas`; counts it if admitted. `allowance`:
+    /// per policy, the most this instance may hold unflushed for one client
+    /// (`None`: no limit, the in-memory store's exact mode). Returns whether
+    /// the client became dirty (the flusher may need waking) with the answer.
+    pub(crate) fn check(
+        &self,
+        client: &str,
+        quotas: &[Quota],
+        allowance: Option<&[u64]>,
+        now_us: u64,
+        cost: u64,
+    ) -> (Checked, bool) {
+        let now_ms = now_us / 1000;
+        let mut shard = self.shard(client);
+        let entry = match shard.clients.get_mut(client) {
+            Some(entry) => entry,
+            None => {
+                if shard.clients.len() >= self.shard_capacity {
+                    self.make_room(&mut shard, quotas, now_ms);
+                }
+                let tallies = quotas
+                    .iter()
+                    .map(|quota| Tally {
+                        index: now_ms / quota.window_ms().max(1),
+                        ..Tally::default()
+                    })
+                    .collect();
+                shard.clients.entry(Arc::from(client)).or_insert(Entry {
+                    tallies,
+                    dirty: false,
+                })
+            }
+        };
+        let mut states = [State::Empty; 4];
+        let mut many = Vec::new();
+        let states: &mut [State] = if quotas.len() <= states.len() {
+            &mut states[..quotas.len()]
+        } else {
+            many.resize(quotas.len(), State::Empty);
+            &mut many
+        };
+        for ((tally, quota), state) in entry.tallies.iter_mut().zip(quotas).zip(states.iter_mut()) {
+            tally.roll(now_ms / quota.window_ms().max(1));
+            *state = tally.state(quota);
+        }
+        let row = window::evaluate(quotas, states, now_us, &[cost]);
+        let Some(outcome) = window::outcome(quotas, &row) else {
+            // Unreachable: evaluate writes one whole row per request.
+            return (Checked::OverAllowance, false);
+        };
+        if !outcome.decision.allowed || cost == 0 {
+            return (Checked::Decided(outcome), false);
+        }
+        if let Some(allowance) = allowance {
+            // Past the allowance only when something is unflushed already: a
+            // request costing more than the allowance passes alone.
+            let over = entry.tallies.iter().zip(allowance).any(|(tally, &most)| {
+                let held = tally.unflushed();
+                held > 0 && held.saturating_add(cost) > most
+            });
+            if over {
+                return (Checked::OverAllowance, false);
+            }
+        }
+        for tally in entry.tallies.iter_mut() {
+            let count = &mut tally.current;
+            match allowance {
+                Some(_) => count.pending = count.pending.saturating_add(cost),
+                // No store behind the table: it is the total.
+                None => count.seen = count.seen.saturating_add(cost),
+            }
+        }
+        let became_dirty = allowance.is_some() && !entry.dirty;
+        if became_dirty {
+            entry.dirty = true;
+            let key = shard
+                .clients
+                .get_key_value(client)
+                .map(|(key, _)| key.clone());
+            if let Some(key) = key {
+                shard.dirty.push(key);
+            }
+        }
+        (Checked::Decided(outcome), became_dirty)
+    }
+
+    /// Counts `cost` for `client` without deciding anything: a request the
+    /// fail mode let through while the store could not be reached, sent
+    /// when it can be.
+    pub(crate) fn force(&self, client: &str, quotas: &[Quota], now_us: u64, cost: u64) -> bool {
+        let now_ms = now_us / 1000;
+        let mut shard = self.shard(client);
+        let Some(entry) = shard.clients.get_mut(client) else {
+            return false;
+        };
+        for (tally, quota) in entry.tallies.iter_mut().zip(quotas) {
+            tally.roll(now_ms / quota.window_ms().max(1));
+            tally.current.pending = tally.current.pending.saturating_add(cost);
+        }
+        let became_dirty = !entry.dirty;
+        if became_dirty {
+            entry.dirty = true;
+            let key = shard
+                .clients
+                .get_key_value(client)
+                .map(|(key, _)| key.clone());
+            if let Some(key) = key {
+                shard.dirty.push(key);
+            }
+        }
+        became_dirty
+    }
+
+    /// Whether some client has counts to send.
+    pub(crate) fn has_dirty(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|shard| !cache_core::sync::lock(shard).dirty.is_empty())
+    }
+
+    /// Takes the pending counts of dirty clients into flight, for those
+    /// `accept` takes (by client; one it refuses stays dirty), handing each
+    /// non-zero count to `sink` as (client, policy, window index, delta,
+    /// sent before).
+    pub(crate) fn drain(
+        &self,
+        mut accept: impl FnMut(&str) -> bool,
+        mut sink: impl FnMut(&Arc<str>, usize, u64, u64, bool),
+    ) {
+        for shard in &self.shards {
+            let mut shard = cache_core::sync::lock(shard);
+            let listed = std::mem::take(&mut shard.dirty);
+            let mut kept = Vec::new();
+            for key in listed {
+                let Some(entry) = shard.clients.get_mut(&*key) else {
+                    continue;
+                };
+                if !entry.dirty {
+                    continue;
+                }
+                if !accept(&key) {
+                    kept.push(key);
+                    continue;
+                }
+                entry.dirty = false;
+                for (policy, tally) in entry.tallies.iter_mut().enumerate() {
+                    let index = tally.index;
+                    for (count, window) in [
+                        (&mut tally.current, Some(index)),
+                        (&mut tally.previous, index.checked_sub(1)),
+                    ] {
+                        let (Some(window), delta @ 1..) = (window, count.pending) else {
+                            continue;
+                        };
+                        sink(&key, policy, window, delta, count.sent_before);
+                        count.in_flight = count.in_flight.saturating_add(delta);
+                        count.pending = 0;
+                        count.sent_before = true;
+                    }
+                }
+            }
+            shard.dirty.extend(kept);
+        }
+    }
+
+    /// A flush was answered: `delta` of `client`'s count of window `index`
+    /// under `policy` is in Redis' total, which is `total`.
+    pub(crate) fn acknowledge(
+        &self,
+        shard: &mut Shard,
+        client: &str,
+        policy: usize,
+        index: u64,
+        delta: u64,
+        total: u64,
+    ) {
+        let count = shard
+            .clients
+            .get_mut(client)
+            .and_then(|entry| entry.tallies.get_mut(policy))
+            .and_then(|tally| tally.window_mut(index));
+        if let Some(count) = count {
+            count.in_flight = count.in_flight.saturating_sub(delta);
+            // Totals only grow within a window; a smaller one (the key
+            // expired early, or was reset by hand) does not undo what was seen.
+            count.seen = count.seen.max(total);
+        }
+    }
+
+    /// Clients held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| cache_core::sync::lock(shard).clients.len())
+            .sum()
+    }
+
+    /// Frees a quarter of a full shard: clients with nothing unsent whose
+    /// windows ended first, then other settled clients, then (the shard is
+    /// full of unsent counts) any, counted as lost.
+    fn make_room(&self, shard: &mut Shard, quotas: &[Quota], now_ms: u64) {
+        let ended = |entry: &Entry| {
+            entry.tallies.iter().zip(quotas).all(|(tally, quota)| {
+                // The previous window still counts for a sliding window.
+                tally.index.saturating_add(2) <= now_ms / quota.window_ms().max(1)
+            })
+        };
+        shard
+            .clients
+            .retain(|_, entry| !(ended(entry) && entry.tallies.iter().all(Tally::settled)));
+        let keep = self.shard_capacity * 3 / 4;
+        if shard.clients.len() > keep {
+            let mut excess = shard.clients.len() - keep;
+            shard.clients.retain(|_, entry| {
+                if excess > 0 && entry.tallies.iter().all(Tally::settled) {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if shard.clients.len() > keep {
+            let mut excess = shard.clients.len() - keep;
+            self.lost.fetch_add(excess as u64, Ordering::Relaxed);
+            shard.clients.retain(|_, _| {
+                if excess > 0 {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const START_US: u64 = 1_700_000_000_000_000;
+
+    fn fixed(limit: u64) -> [Quota; 1] {
+        [Quota::new(limit, Duration::from_secs(1))]
+    }
+
+    fn allowed(checked: Checked) -> bool {
+        matches!(checked, Checked::Decided(outcome) if outcome.decision.allowed)
+    }
+
+    #[test]
+    fn without_an_allowance_the_limit_is_exact_per_aligned_window() {
+        let table = Table::new(1000);
+        let quotas = fixed(3);
+        // 100 ms into an aligned second.
+        let now = START_US + 100_000;
+        let passed = (0..5)
+            .filter(|_| allowed(table.check("ip:1", &quotas, None, now, 1).0))
+            .count();
+        assert_eq!(passed, 3);
+        // The window ends on the whole second, not a second after the first request.
+        let Checked::Decided(denied) = table.check("ip:1", &quotas, None, now, 1).0 else {
+            panic!("decided");
+        };
+        assert_eq!(denied.decision.reset_after, Duration::from_millis(900));
+        assert!(allowed(
+            table
+                .check("ip:1", &quotas, None, START_US + 1_000_000, 1)
+                .0
+        ));
+    }
+
+    #[test]
+    fn the_allowance_holds_unflushed_counts_until_a_flush_answers() {
+        let table = Table::new(1000);
+        let quotas = fixed(100);
+        let allowance = [2];
+        let check = || {
+            table
+                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
+                .0
+        };
+        assert!(allowed(check()));
+        assert!(allowed(check()));
+        assert_eq!(check(), Checked::OverAllowance);
+        let mut sent = Vec::new();
+        table.drain(
+            |_| true,
+            |client, policy, index, delta, before| {
+                sent.push((client.to_string(), policy, index, delta, before))
+            },
+        );
+        let index = START_US / 1000 / 1000;
+        assert_eq!(sent, [("ip:1".to_string(), 0, index, 2, false)]);
+        // In flight still counts against the allowance...
+        assert_eq!(check(), Checked::OverAllowance);
+        // ...until Redis answers with the total (another instance's 40 in it).
+        table.acknowledge(&mut table.shard("ip:1"), "ip:1", 0, index, 2, 42);
+        let Checked::Decided(outcome) = check() else {
+            panic!("decided");
+        };
+        assert_eq!(outcome.decision.remaining, 100 - 43);
+    }
+
+    #[test]
+    fn a_request_costing_more_than_the_allowance_passes_alone() {
+        let table = Table::new(1000);
+        let quotas = fixed(100);
+        let allowance = [2];
+        assert!(allowed(
+            table
+                .check("ip:1", &quotas, Some(&allowance), START_US, 10)
+                .0
+        ));
+        assert_eq!(
+            table
+                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
+                .0,
+            Checked::OverAllowance
+        );
+    }
+
+    #[test]
+    fn a_sliding_window_reads_the_previous_windows_count() {
+        let table = Table::new(1000);
+        let quotas = [Quota::new(10, Duration::from_secs(1)).algorithm(Algorithm::SlidingWindow)];
+        let start = START_US - START_US % 1_000_000;
+        for _ in 0..10 {
+            assert!(allowed(table.check("ip:1", &quotas, None, start, 1).0));
+        }
+        // A quarter into the next window, three quarters of the previous
+        // one's 10 still weigh: 8 (rounded up), so 2 pass.
+        let later = start + 1_250_000;
+        let passed = (0..5)
+            .filter(|_| allowed(table.check("ip:1", &quotas, None, later, 1).0))
+            .count();
+        assert_eq!(passed, 2);
+    }
+
+    #[test]
+    fn a_full_table_drops_settled_clients_first() {
+        let table = Table::new(SHARDS * 8);
+        let quotas = fixed(100);
+        let allowance = [100];
+        // A client with unsent counts...
+        assert!(allowed(
+            table
+                .check("ip:kept", &quotas, Some(&allowance), START_US, 1)
+                .0
+        ));
+        // ...survives a crowd of settled ones.
+        for i in 0..10_000 {
+            let client = format!("ip:{i}");
+            assert!(allowed(table.check(&client, &quotas, None, START_US, 1).0));
+        }
+        assert!(table.len() <= SHARDS * 8);
+        let mut sent = 0;
+        table.drain(|_| true, |_, _, _, delta, _| sent += delta);
+        assert_eq!(sent, 1, "the unsent count is still there to send");
+        assert_eq!(table.lost.load(Ordering::Relaxed), 0);
+    }
+}
