@@ -4,7 +4,8 @@
 # format check, clippy with warnings as errors, and every test of the workspace.
 #
 # A check that cannot run here (its tool missing) fails, unless TEST_ALLOW_SKIP
-# names it: comma-separated, from `chromium` (the browser test) and `msrv` (the
+# names it: comma-separated, from `chromium` (the browser test), `grpcio` (the
+# gRPC interop test, which needs Python's venv and PyPI) and `msrv` (the
 # minimum Rust version check, which needs rustup). Each skip is recorded, and
 # the list is printed at the end ("none" when nothing was skipped).
 set -euo pipefail
@@ -66,6 +67,20 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 redis-server --version
+# Python's grpcio, the second gRPC implementation tests/tests/grpc.rs calls the
+# rate limiter with, in a venv of its own under the target directory (without
+# it the grpcio test fails, unless TEST_ALLOW_SKIP names grpcio).
+grpcio_venv="$target_dir/grpcio-venv"
+if ! "$grpcio_venv/bin/python" -c 'import grpc, grpc_health' >/dev/null 2>&1; then
+  echo "==> installing grpcio in $grpcio_venv"
+  if ! { python3 -m venv "$grpcio_venv" &&
+    "$grpcio_venv/bin/pip" install -q grpcio==1.85.4 grpcio-health-checking==1.85.1; }; then
+    echo "    grpcio could not be installed: the grpcio test fails unless TEST_ALLOW_SKIP names grpcio"
+  fi
+fi
+if "$grpcio_venv/bin/python" -c 'import grpc, grpc_health' >/dev/null 2>&1; then
+  export TEST_GRPCIO_PYTHON="$grpcio_venv/bin/python"
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

@@ -15,6 +15,7 @@ use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
 use crate::key::{ForwardedHeader, KeyExtractor, PeerIp, RequestInfo, TrustedProxies};
 use crate::layer::{CostFn, FailMode, OnLimited, RateLimitLayer, Shared};
 use crate::limiter::{Limiter, LimiterConfig, Policy};
+use crate::prefix::PrefixClaim;
 use crate::quota::Quota;
 use crate::response;
 use crate::shared::SharedCounting;
@@ -190,6 +191,9 @@ impl RateLimitLayerBuilder {
     }
 
     /// Redis keys are `{prefix}:{client}` (default `rate`); give stacked layers their own.
+    /// A prefix that a live layer of this process uses on the same store
+    /// with other policies is refused by [`build`](Self::build)
+    /// ([`ConfigError::PrefixInUse`]): the two would share their counters.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -570,6 +574,7 @@ impl RateLimitLayerBuilder {
             shared.validate(&quotas)?;
         }
         let extractor = self.checked_extractor()?;
+        let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
         let (headers, limited_bodies) = self.rendered_responses(&policies);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -591,6 +596,7 @@ impl RateLimitLayerBuilder {
                 shadow: self.shadow,
                 on_limited: self.on_limited,
                 missing_key_logged: StateFlag::new(),
+                _prefix_claim: prefix_claim,
             }),
         })
     }

@@ -64,6 +64,15 @@ pub enum Error {
     /// The key prefix is empty or has characters that could reach other keys.
     #[error("the key prefix must be 1 to 64 of A-Z a-z 0-9 : . _ -")]
     Prefix,
+    /// A live layer of this process counts under this prefix on the same
+    /// store with other policies: the two would share their counters (a
+    /// `/login` limit of 5 beside a global one of 20 would let 2 through).
+    /// Give each layer its own [`prefix`](crate::RateLimitLayerBuilder::prefix).
+    #[error(
+        "a live rate-limit layer counts under the prefix {0:?} on this store with other policies; \
+         give each layer its own prefix"
+    )]
+    PrefixInUse(String),
     /// The quota is too fine for exact arithmetic: a sliding window's
     /// limit × window in ms over 2^52, or a GCRA limit over the window in µs
     /// (an emission interval under 1 µs).
@@ -112,11 +121,16 @@ pub enum Error {
     /// sliding window (counts that add up across instances), not GCRA.
     #[error("shared counting holds the fixed and the sliding window, not {0:?}")]
     SharedAlgorithm(crate::quota::Algorithm),
-    /// The peer address is not in the request: the server was not started
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
+    /// The peer address is not in the request (see [`peer_addr`](crate::peer_addr)):
+    /// an axum app not served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, a tonic server
+    /// without the crate's `tonic` feature, a hyper server that inserts no
+    /// `SocketAddr`.
     #[error(
         "the peer address is missing: serve the app with \
-         `app.into_make_service_with_connect_info::<SocketAddr>()` so the rate limiter can key by client IP"
+         `app.into_make_service_with_connect_info::<SocketAddr>()` (axum), enable the rate limiter's \
+         `tonic` feature (tonic), or insert the peer's `SocketAddr` as a request extension (hyper), \
+         so the rate limiter can key by client IP"
     )]
     MissingConnectInfo,
     /// The request came through a trusted proxy, but the proxy header does not
@@ -170,6 +184,7 @@ impl Error {
             | Error::EmptyTrustedProxy
             | Error::Ipv6Prefix(_)
             | Error::Prefix
+            | Error::PrefixInUse(_)
             | Error::QuotaTooFine(_)
             | Error::DuplicatePolicy(_)
             | Error::PolicyAndLimit
@@ -212,6 +227,7 @@ impl PartialEq for Error {
             (Ipv6Prefix(a), Ipv6Prefix(b)) => a == b,
             (QuotaTooFine(a), QuotaTooFine(b)) => a == b,
             (DuplicatePolicy(a), DuplicatePolicy(b)) => a == b,
+            (PrefixInUse(a), PrefixInUse(b)) => a == b,
             (
                 StoreTimeoutOverHandle {
                     store_timeout,

@@ -1,16 +1,16 @@
 //! Who a request counts against: key extractors.
 //!
-//! The default is [`PeerIp`]: the TCP peer from axum's `ConnectInfo`, with
+//! The default is [`PeerIp`]: the TCP peer ([`peer_addr`](crate::peer_addr): axum's
+//! `ConnectInfo`, tonic's `TcpConnectInfo`, a plain `SocketAddr`), with
 //! one proxy header ([`ForwardedHeader`]) believed only when the peer is a
 //! configured trusted proxy, and IPv6 clients grouped by prefix. Every key an extractor returns is
 //! checked by the layer: anything longer than [`MAX_KEY_LEN`] or with
 //! characters outside `[A-Za-z0-9:._/-]` is replaced by its SHA-256, so no
 //! client can steer the Redis key or its size.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use cache_core::sync::StateFlag;
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
@@ -281,10 +281,8 @@ impl PeerIp {
     /// The client address of a request: see the type's documentation for
     /// [`KeyError::UnidentifiedClient`].
     pub fn client_ip(&self, request: &RequestInfo<'_>) -> Result<IpAddr, KeyError> {
-        let peer = request
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| canonical(addr.ip()))
+        let peer = crate::peer::peer_addr(request.extensions)
+            .map(|addr| canonical(addr.ip()))
             .ok_or(KeyError::MissingConnectInfo)?;
         if self.trusted.is_empty() || !self.trusted.contains(peer) {
             return Ok(peer);
@@ -839,6 +837,10 @@ mod fuzz;
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+
     use super::*;
 
     #[test]

@@ -14,10 +14,11 @@ use tower::{Layer, Service};
 use crate::builder::RateLimitLayerBuilder;
 use crate::error::KeyError;
 use crate::future::ResponseFuture;
-use crate::headers::HeaderTemplate;
+use crate::headers::{HeaderTemplate, RATELIMIT, X_RATELIMIT_LIMIT};
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
-use crate::response::{self, ResponseBody};
+use crate::prefix::PrefixClaim;
+use crate::response::{self, GrpcStatus, ResponseBody};
 use crate::telemetry::{self, Outcome};
 use crate::window::Decision;
 
@@ -32,6 +33,11 @@ pub enum FailMode {
     /// Reject with `503 Service Unavailable` (problem+json).
     Closed,
 }
+
+/// gRPC's server pushback: how long a client's retry policy waits before
+/// retrying (gRFC A6).
+const GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
+    http::HeaderName::from_static("grpc-retry-pushback-ms");
 
 pub(crate) type OnLimited = dyn Fn(&Decision) -> Response<Bytes> + Send + Sync;
 pub(crate) type CostFn = dyn Fn(&RequestInfo<'_>) -> u64 + Send + Sync;
@@ -49,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) on_limited: Option<Box<OnLimited>>,
     /// Logged once: a misconfiguration, not an outage to follow.
     pub(crate) missing_key_logged: StateFlag,
+    /// The layer's prefix on its store, held until the last clone is dropped.
+    pub(crate) _prefix_claim: PrefixClaim,
 }
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
@@ -56,7 +64,9 @@ pub(crate) struct Shared {
 /// all checked in one store call per request.
 ///
 /// Cheap to clone (one `Arc`). Layers also stack, each with its own key
-/// prefix; the outermost layer's headers are the ones the client sees.
+/// prefix (a prefix a live layer uses with other policies is refused); a
+/// response keeps the rate-limit headers of the innermost layer that wrote
+/// them, so an inner layer's 429 advertises the limit that rejected it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -184,9 +194,25 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 }
 
 impl Shared {
-    /// The response to a request over the limit (not in shadow mode).
-    fn limited<B>(&self, decision: &Decision) -> Response<ResponseBody<B>> {
+    /// The response to a request over the limit (not in shadow mode); a gRPC
+    /// call gets `RESOURCE_EXHAUSTED`, `on_limited` or not (its HTTP body
+    /// would be a protocol error to the gRPC client).
+    fn limited<B>(&self, decision: &Decision, grpc: bool) -> Response<ResponseBody<B>> {
         self.limiter.counters.add(Count::Limited);
+        if grpc {
+            let mut limited = response::grpc(
+                GrpcStatus::ResourceExhausted,
+                &self.grpc_limited_message(decision),
+            );
+            self.write_limited_headers(limited.headers_mut(), decision);
+            // gRPC's retry policies wait this long before retrying a call.
+            let pushback = decision.retry_after_seconds().saturating_mul(1000);
+            limited.headers_mut().insert(
+                GRPC_RETRY_PUSHBACK_MS,
+                crate::headers::number_value(pushback),
+            );
+            return limited;
+        }
         let Some(respond) = &self.on_limited else {
             let mut limited = response::too_many_requests(
                 self.limited_bodies
@@ -210,6 +236,20 @@ impl Shared {
         limited
     }
 
+    /// The `grpc-message` of a limited call: which limit, and when to retry.
+    fn grpc_limited_message(&self, decision: &Decision) -> String {
+        let wait = decision.retry_after_seconds();
+        match self.limiter.policies.get(decision.policy) {
+            Some(p) => format!(
+                "rate limit of {} per {} s (policy \"{}\") exceeded; retry after {wait} s",
+                p.quota.limit(),
+                crate::window::ceil_seconds(p.quota.window()),
+                p.name,
+            ),
+            None => format!("rate limit exceeded; retry after {wait} s"),
+        }
+    }
+
     /// `Retry-After` and the rate-limit headers of a rejected request.
     fn write_limited_headers(&self, headers: &mut http::HeaderMap, decision: &Decision) {
         headers.insert(
@@ -220,7 +260,7 @@ impl Shared {
     }
 
     /// The response to a request that costs more than a policy's whole quota.
-    fn too_costly<B>(&self, cost: u64, policy: usize) -> Response<ResponseBody<B>> {
+    fn too_costly<B>(&self, cost: u64, policy: usize, grpc: bool) -> Response<ResponseBody<B>> {
         self.limiter.counters.add(Count::Limited);
         let detail = match self.limiter.policies.get(policy) {
             Some(p) => format!(
@@ -233,13 +273,19 @@ impl Shared {
                 format!("This request costs {cost} units, more than the quota: it can never pass.")
             }
         };
+        if grpc {
+            return response::grpc(GrpcStatus::ResourceExhausted, &detail);
+        }
         response::problem(StatusCode::TOO_MANY_REQUESTS, "Request Too Costly", &detail)
     }
 
     /// The response to a request the extractor cannot key: a misconfiguration.
-    fn unkeyed<B>(&self, err: &KeyError) -> Response<ResponseBody<B>> {
+    fn unkeyed<B>(&self, err: &KeyError, grpc: bool) -> Response<ResponseBody<B>> {
         if self.missing_key_logged.raise() {
             tracing::error!(error = %err, "rate limiter cannot identify the client");
+        }
+        if grpc {
+            return response::grpc(GrpcStatus::Internal, &err.to_string());
         }
         response::problem(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -273,20 +319,21 @@ where
             extensions: request.extensions(),
         };
         let key = shared.extractor.extract(&info);
+        let grpc = response::is_grpc(info.headers);
         let cost = shared.cost.as_ref().map_or(1, |cost| cost(&info));
         let key = match key {
             Ok(key) => sanitize(key),
             // A custom extractor built on `PeerIp::client_ip`: the same shared
             // bucket `PeerIp` itself uses.
             Err(KeyError::UnidentifiedClient) => UNIDENTIFIED_KEY.to_string(),
-            Err(err) => return ResponseFuture::ready(shared.unkeyed(&err)),
+            Err(err) => return ResponseFuture::ready(shared.unkeyed(&err, grpc)),
         };
         // A request that can never pass, whoever sends it.
         if !shared.shadow
             && let Some(policy) = shared.limiter.too_costly(cost)
         {
             telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
-            return ResponseFuture::ready(shared.too_costly(cost, policy));
+            return ResponseFuture::ready(shared.too_costly(cost, policy, grpc));
         }
         // A client known to be over its limit is answered here: no store
         // call, no allocation for a future, the inner service untouched.
@@ -304,7 +351,7 @@ where
                 Outcome::LimitedLocally,
                 Some(decision.policy),
             );
-            return ResponseFuture::ready(shared.limited(decision));
+            return ResponseFuture::ready(shared.limited(decision, grpc));
         }
         // The clone is not ready; the instance that was polled ready serves this request.
         let clone = self.inner.clone();
@@ -318,7 +365,7 @@ where
                     Verdict::TooCostly { policy } => {
                         if !shared.shadow {
                             telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
-                            return Ok(shared.too_costly(cost, policy));
+                            return Ok(shared.too_costly(cost, policy, grpc));
                         }
                         telemetry::decided(&shared.limiter, Outcome::Shadow, Some(policy));
                         // Shadow mode never rejects: noted, let through, uncounted.
@@ -333,7 +380,14 @@ where
                             }
                             FailMode::Closed => {
                                 telemetry::decided(&shared.limiter, Outcome::FailClosed, None);
-                                Ok(response::store_unavailable())
+                                Ok(if grpc {
+                                    response::grpc(
+                                        GrpcStatus::Unavailable,
+                                        "the rate limiter cannot reach its store; try again shortly",
+                                    )
+                                } else {
+                                    response::store_unavailable()
+                                })
                             }
                         };
                     }
@@ -342,7 +396,7 @@ where
             let counters = &shared.limiter.counters;
             if !decision.allowed && !shared.shadow {
                 telemetry::decided(&shared.limiter, Outcome::Limited, Some(decision.policy));
-                return Ok(shared.limited(&decision));
+                return Ok(shared.limited(&decision, grpc));
             }
             let outcome = if decision.allowed {
                 Outcome::Allowed
@@ -356,11 +410,21 @@ where
                 counters.add(Count::ShadowLimited);
             }
             let mut response = inner.call(request).await?.map(ResponseBody::inner);
-            shared.headers.write(response.headers_mut(), &decision);
+            // A layer inside this one answered for itself (its 429 says its own
+            // limit): its headers stand, never overwritten with this one's.
+            if !carries_rate_limit_headers(response.headers()) {
+                shared.headers.write(response.headers_mut(), &decision);
+            }
             Ok(response)
         };
         ResponseFuture::pending(future)
     }
+}
+
+/// Whether a response already has rate-limit headers: those of a layer
+/// inside this one.
+fn carries_rate_limit_headers(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(RATELIMIT) || headers.contains_key(X_RATELIMIT_LIMIT)
 }
 
 #[cfg(test)]
@@ -422,6 +486,146 @@ mod tests {
         assert_eq!(other.status(), StatusCode::OK);
         let stats = layer.stats();
         assert_eq!((stats.allowed, stats.limited), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn an_inner_layers_429_keeps_its_own_headers() {
+        let cache = Cache::in_memory();
+        let login = RateLimitLayer::builder(cache.clone())
+            .prefix("stacked-login")
+            .limit(1)
+            .window(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let global = RateLimitLayer::builder(cache)
+            .prefix("stacked-global")
+            .limit(20)
+            .window(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .layer(global)
+            .layer(login)
+            .service_fn(ok);
+        let peer = "192.0.2.6:4000";
+        let served = service.clone().oneshot(request(peer)).await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        // The innermost layer's headers: the tighter limit's state.
+        assert_eq!(
+            served.headers()["ratelimit-policy"],
+            r#""stacked-login";q=1;w=60"#
+        );
+        let limited = service.oneshot(request(peer)).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = limited.headers();
+        assert_eq!(headers["ratelimit-policy"], r#""stacked-login";q=1;w=60"#);
+        assert!(
+            headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with(r#""stacked-login";r=0;t="#)
+        );
+        assert_eq!(headers["x-ratelimit-limit"], "1");
+        assert_eq!(headers.get_all("ratelimit").iter().count(), 1);
+    }
+
+    fn grpc_request(peer: &str) -> Request<String> {
+        let mut request = request(peer);
+        *request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        request
+    }
+
+    fn grpc_status(response: &Response<ResponseBody<String>>) -> &str {
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "Trailers-Only is HTTP 200"
+        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert!(http_body::Body::is_end_stream(response.body()), "no body");
+        response.headers()["grpc-status"].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_limited_grpc_call_is_resource_exhausted_with_the_headers_as_metadata() {
+        let layer = RateLimitLayer::builder(Cache::in_memory())
+            .limit(1)
+            .window(Duration::from_secs(60))
+            .clock(crate::ManualClock::new())
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let peer = "192.0.2.7:4000";
+        let served = service.clone().oneshot(grpc_request(peer)).await.unwrap();
+        assert_eq!(served.headers()["x-ratelimit-remaining"], "0");
+        let limited = service.clone().oneshot(grpc_request(peer)).await.unwrap();
+        assert_eq!(grpc_status(&limited), "8", "RESOURCE_EXHAUSTED");
+        let headers = limited.headers();
+        let message = headers["grpc-message"].to_str().unwrap();
+        assert!(message.starts_with("rate limit of 1 per 60 s"), "{message}");
+        assert_eq!(headers[header::RETRY_AFTER], "60");
+        assert_eq!(headers["grpc-retry-pushback-ms"], "60000");
+        assert_eq!(headers["x-ratelimit-limit"], "1");
+        assert!(headers.contains_key("ratelimit"));
+        // An HTTP request of the same client still gets the problem+json 429.
+        let http = service.oneshot(request(peer)).await.unwrap();
+        assert_eq!(http.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_without_a_peer_is_internal_and_a_store_failure_unavailable() {
+        let layer = RateLimitLayer::new(Cache::in_memory(), 1, Duration::from_secs(60));
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let mut unkeyed = grpc_request("192.0.2.8:4000");
+        unkeyed.extensions_mut().clear();
+        let response = service.oneshot(unkeyed).await.unwrap();
+        assert_eq!(grpc_status(&response), "13", "INTERNAL");
+        assert!(
+            response.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("tonic")
+        );
+
+        // Nothing listens on port 1.
+        let down = Cache::builder()
+            .redis_url("redis://127.0.0.1:1")
+            .unwrap()
+            .timeout(Duration::from_millis(50))
+            .build()
+            .await
+            .unwrap();
+        let layer = RateLimitLayer::builder(down)
+            .fail_mode(FailMode::Closed)
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let response = service
+            .oneshot(grpc_request("192.0.2.8:4000"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), "14", "UNAVAILABLE");
+    }
+
+    #[tokio::test]
+    async fn a_plain_socket_addr_extension_is_the_peer() {
+        let layer = RateLimitLayer::new(Cache::in_memory(), 1, Duration::from_secs(60));
+        let service = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let from_hyper = || {
+            let mut request = Request::new(String::new());
+            request
+                .extensions_mut()
+                .insert("192.0.2.9:4000".parse::<SocketAddr>().unwrap());
+            request
+        };
+        let first = service.clone().oneshot(from_hyper()).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = service.oneshot(from_hyper()).await.unwrap();
+        assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[tokio::test]

@@ -327,6 +327,8 @@ mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod peer;
+mod prefix;
 mod quota;
 mod response;
 mod shared;
@@ -349,6 +351,7 @@ pub use key::{
 };
 pub use layer::{FailMode, RateLimit, RateLimitLayer};
 pub use limiter::RateLimitStats;
+pub use peer::peer_addr;
 pub use quota::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota};
 pub use response::ResponseBody;
 /// The layer's default 429 body, for the benchmarks' baseline that answers

@@ -132,6 +132,73 @@ pub(crate) fn store_unavailable<B>() -> Response<ResponseBody<B>> {
     )
 }
 
+/// The gRPC status codes the layer answers gRPC calls with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrpcStatus {
+    /// 8: over the limit (the code gRPC's own quota errors use, which retry
+    /// policies do not retry by default).
+    ResourceExhausted,
+    /// 13: the layer cannot key the call (a misconfiguration).
+    Internal,
+    /// 14: the store cannot count, under [`FailMode::Closed`](crate::FailMode::Closed).
+    Unavailable,
+}
+
+impl GrpcStatus {
+    fn code(self) -> &'static str {
+        match self {
+            GrpcStatus::ResourceExhausted => "8",
+            GrpcStatus::Internal => "13",
+            GrpcStatus::Unavailable => "14",
+        }
+    }
+}
+
+/// `content-type: application/grpc`, with or without a `+format` or parameters.
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.len() >= GRPC.len()
+            && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// A gRPC answer in the Trailers-Only form: HTTP 200, `content-type:
+/// application/grpc`, `grpc-status` and `grpc-message` in the one header
+/// block, no body (hyper ends the stream with it), as gRPC servers answer
+/// a call that fails before its first message.
+pub(crate) fn grpc<B>(status: GrpcStatus, message: &str) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(status.code()));
+    if let Ok(message) = HeaderValue::from_str(&grpc_message(message)) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// `grpc-message`'s encoding: percent-encoded UTF-8, every byte outside
+/// printable ASCII and `%` itself escaped (the gRPC HTTP/2 protocol).
+fn grpc_message(message: &str) -> String {
+    use std::fmt::Write;
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -187,6 +254,23 @@ mod tests {
         axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn grpc_content_types_are_recognised_and_messages_percent_encoded() {
+        let with = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            is_grpc(&headers)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC;charset=utf-8"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+        assert_eq!(grpc_message("100% über"), "100%25 %C3%BCber");
+        assert_eq!(grpc_message("line\nbreak"), "line%0Abreak");
     }
 
     #[tokio::test]

@@ -159,6 +159,7 @@ tests::suite!(
     a_clock_behind_redis_still_limits,
     the_largest_limit_counts_exactly,
     a_sliding_window_from_a_clock_ahead_still_counts,
+    a_prefix_a_live_layer_counts_under_with_other_policies_is_refused,
 );
 
 const ALGORITHMS: [Algorithm; 3] = [
@@ -321,6 +322,53 @@ mod behaviour {
         // Another real client behind the same proxy has its own bucket.
         let other = [("x-forwarded-for", "6.6.6.6, 198.51.100.5, 10.0.0.2")];
         assert_eq!(http_get(port, "/", &other).await.status, 200);
+    }
+
+    /// Two layers with one prefix on one store share their counters: a
+    /// `/login` limit of 5 beside a global one of 20 would let 2 logins
+    /// through. The second is refused while the first lives, from another
+    /// handle on the store too; the same limit again is another instance of it.
+    pub async fn a_prefix_a_live_layer_counts_under_with_other_policies_is_refused(store: Store) {
+        let prefix = unique_prefix("claimed");
+        let global = layer(store.cache.clone(), &prefix, 20, Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let login = || async {
+            layer(
+                store.another_handle().await,
+                &prefix,
+                5,
+                Duration::from_secs(60),
+            )
+            .build()
+        };
+        assert_eq!(
+            login().await.unwrap_err(),
+            ConfigError::PrefixInUse(prefix.clone())
+        );
+        let instance = layer(
+            store.another_handle().await,
+            &prefix,
+            20,
+            Duration::from_secs(10),
+        )
+        .build()
+        .unwrap();
+        // A prefix of its own: counted apart.
+        let own = layer(
+            store.cache.clone(),
+            &format!("{prefix}-login"),
+            5,
+            Duration::from_secs(60),
+        )
+        .build()
+        .unwrap();
+        let clone = global.clone();
+        drop((global, instance));
+        assert!(login().await.is_err(), "a clone still holds the prefix");
+        drop(clone);
+        assert!(login().await.is_ok(), "released with the last layer");
+        drop(own);
     }
 
     pub async fn two_instances_sharing_a_store_admit_exactly_the_limit(store: Store) {
@@ -919,6 +967,9 @@ mod behaviour {
             for _ in 0..5 {
                 call(&old, "/").await;
             }
+            // The old deployment is gone when the new one starts: a live layer
+            // with other policies would hold the prefix.
+            drop(old);
             let new = app(Quota::per_hour(3));
             let mut statuses = Vec::new();
             for _ in 0..4 {
@@ -1526,6 +1577,8 @@ async fn write_every_kind_of_key(cache: &Cache, base: &str, raw: impl Fn(&[&str]
         for path in ["/", "/search", "/search", "/", "/", "/export"] {
             call(&multi, path).await;
         }
+        // Gone before a layer with other policies takes its prefix.
+        drop(multi);
         let single = app_with(
             RateLimitLayer::builder(cache.clone())
                 .prefix(&prefix)
