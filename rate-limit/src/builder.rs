@@ -15,6 +15,8 @@ use crate::headers::{HeaderSets, HeaderTemplate, ResetFormat};
 use crate::key::{ForwardedHeader, KeyExtractor, PeerIp, RequestInfo, TrustedProxies};
 use crate::layer::{CostFn, FailMode, OnLimited, RateLimitLayer, Shared};
 use crate::limiter::{Limiter, LimiterConfig, Policy};
+use crate::outcome::{ResponseInfo, SettleFn};
+use crate::plan::{self, DEFAULT_PLAN, Plan, Plans, SelectFn};
 use crate::prefix::PrefixClaim;
 use crate::quota::Quota;
 use crate::response;
@@ -51,6 +53,10 @@ pub struct RateLimitLayerBuilder {
     local_deny: bool,
     on_limited: Option<Box<OnLimited>>,
     shared: Option<SharedCounting>,
+    /// Declared plans: name and policies.
+    plans: Vec<(String, Vec<(String, Quota)>)>,
+    plan_for: Option<Box<SelectFn>>,
+    settle: Option<Box<SettleFn>>,
 }
 
 impl RateLimitLayerBuilder {
@@ -78,6 +84,9 @@ impl RateLimitLayerBuilder {
             local_deny: true,
             on_limited: None,
             shared: None,
+            plans: Vec::new(),
+            plan_for: None,
+            settle: None,
         }
     }
 
@@ -562,6 +571,157 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Declares a plan: named policies a request is counted under instead
+    /// of the layer's own when [`plan_for`](Self::plan_for) names it (an
+    /// API's free and paid clients, from one layer). The name (1 to 64 of
+    /// `A-Z a-z 0-9 . _ -`, not [`DEFAULT_PLAN`]) goes into the keys,
+    /// `{prefix}@{plan}:{client}`, so no plan shares state with another or
+    /// with the layer's own policies (the default plan, keys as without
+    /// plans); each policy is checked as [`policy`](Self::policy)'s are.
+    /// Responses carry the chosen plan's headers. A client that changes plan
+    /// starts a fresh count under the new plan; its count under the old one
+    /// stays until that window ends.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// use axum::{Router, routing::get};
+    /// use http::{Request, StatusCode};
+    /// use rate_limit::{Quota, RateLimitLayer, RequestInfo};
+    ///
+    /// /// What the authentication layer puts into the request.
+    /// #[derive(Clone)]
+    /// struct Paid;
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("free", Quota::per_minute(1))
+    ///     .plan("paid", [("paid", Quota::per_minute(100))])
+    ///     .plan_for(|req: &RequestInfo<'_>| req.extensions.get::<Paid>().map(|_| "paid"))
+    ///     .build()?;
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let request = |paid: bool| {
+    ///     let mut request = Request::get("/").body(Body::empty()).unwrap();
+    ///     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([203, 0, 113, 9], 50000))));
+    ///     if paid {
+    ///         request.extensions_mut().insert(Paid);
+    ///     }
+    ///     request
+    /// };
+    /// assert_eq!(app.clone().oneshot(request(false)).await?.status(), StatusCode::OK);
+    /// assert_eq!(app.clone().oneshot(request(false)).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// let paid = app.oneshot(request(true)).await?; // the paid plan counts apart
+    /// assert_eq!(paid.status(), StatusCode::OK);
+    /// assert_eq!(paid.headers()["ratelimit-policy"], r#""paid";q=100;w=60"#);
+    /// # Ok(()) }
+    /// ```
+    pub fn plan<I, P>(mut self, name: impl Into<String>, policies: I) -> Self
+    where
+        I: IntoIterator<Item = (P, Quota)>,
+        P: Into<String>,
+    {
+        let policies = policies
+            .into_iter()
+            .map(|(name, quota)| (name.into(), quota))
+            .collect();
+        self.plans.push((name.into(), policies));
+        self
+    }
+
+    /// Chooses each request's plan: the name of a declared
+    /// [`plan`](Self::plan) (`&'static str` or `String`), or `None` for the
+    /// layer's own policies (the default plan, also chosen by the name
+    /// [`DEFAULT_PLAN`]). Typically it reads what an authentication layer
+    /// put into the request's extensions. A name the layer does not declare
+    /// counts under the default plan: logged once, counted in
+    /// [`RateLimitStats::unknown_plans`](crate::RateLimitStats::unknown_plans).
+    pub fn plan_for<F, N>(mut self, select: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<N> + Send + Sync + 'static,
+        N: AsRef<str>,
+    {
+        self.plan_for = Some(plan::selector(select));
+        self
+    }
+
+    /// Charges only the requests whose response `charged` selects (failed
+    /// logins: `401`/`403`; an upstream's `5xx`). Exact under concurrency: a
+    /// request is charged when it is admitted, so 100 concurrent wrong
+    /// passwords against a limit of 5 admit 5, and given back when its
+    /// response is not selected, when the inner service fails, or when the
+    /// response future is dropped (the client went away): once, on a task
+    /// of its own. The refund goes to the window the request was charged in
+    /// (fixed and sliding windows; one that has rolled over gets nothing
+    /// back, or its previous-window count for the sliding window); GCRA's
+    /// TAT moves back, never before now. A refund the store does not take
+    /// leaves the charge until its window ends, whatever the fail mode:
+    /// counted in [`RateLimitStats::refund_errors`](crate::RateLimitStats::refund_errors),
+    /// never an error to the client; so does an instance that dies
+    /// mid-request. A request let through because the store failed is never
+    /// charged. Not with [`shared_counting`](Self::shared_counting)
+    /// ([`ConfigError::ChargeWithSharedCounting`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// # use tower::ServiceExt;
+    /// use axum::{Router, routing::post};
+    /// use http::{Request, StatusCode};
+    /// use rate_limit::{Quota, RateLimitLayer, ResponseInfo};
+    ///
+    /// let layer = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("login-failures", Quota::per_minute(2))
+    ///     .charge_if(|res: &ResponseInfo<'_>| res.status == StatusCode::UNAUTHORIZED)
+    ///     .build()?;
+    /// let app = Router::new()
+    ///     .route("/login", post(|body: String| async move {
+    ///         if body == "secret" { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
+    ///     }))
+    ///     .layer(layer);
+    /// let login = |password: &'static str| {
+    ///     let mut request = Request::post("/login").body(Body::from(password)).unwrap();
+    ///     request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([203, 0, 113, 9], 50000))));
+    ///     request
+    /// };
+    /// for _ in 0..5 {
+    ///     // Successful logins are given back.
+    ///     assert_eq!(app.clone().oneshot(login("secret")).await?.status(), StatusCode::OK);
+    /// }
+    /// for _ in 0..2 {
+    ///     assert_eq!(app.clone().oneshot(login("guess")).await?.status(), StatusCode::UNAUTHORIZED);
+    /// }
+    /// assert_eq!(app.oneshot(login("secret")).await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// # Ok(()) }
+    /// ```
+    pub fn charge_if(
+        mut self,
+        charged: impl Fn(&ResponseInfo<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.settle = Some(Box::new(
+            move |response: &ResponseInfo<'_>, cost: u64| {
+                if charged(response) { cost } else { 0 }
+            },
+        ));
+        self
+    }
+
+    /// Charges each request what its response says it cost (a unit count
+    /// in a header or an extension the handler set), at most its
+    /// [`cost`](Self::cost): a request is admitted at its cost, the most it
+    /// may use, and the difference is given back as with
+    /// [`charge_if`](Self::charge_if) (same refunds, same guarantees).
+    pub fn charge_by_response(
+        mut self,
+        cost: impl Fn(&ResponseInfo<'_>) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.settle = Some(Box::new(
+            move |response: &ResponseInfo<'_>, charged: u64| cost(response).min(charged),
+        ));
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
         let store_timeout = self.checked_store_timeout()?;
@@ -573,6 +733,10 @@ impl RateLimitLayerBuilder {
             let quotas: Vec<Quota> = policies.iter().map(|p| p.quota).collect();
             shared.validate(&quotas)?;
         }
+        if self.settle.is_some() && self.shared.is_some() {
+            return Err(ConfigError::ChargeWithSharedCounting);
+        }
+        let plans = self.checked_plans(store_timeout)?;
         let extractor = self.checked_extractor()?;
         let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
         let (headers, limited_bodies) = self.rendered_responses(&policies);
@@ -597,6 +761,9 @@ impl RateLimitLayerBuilder {
                 on_limited: self.on_limited,
                 missing_key_logged: StateFlag::new(),
                 _prefix_claim: prefix_claim,
+                plans,
+                settle: self.settle,
+                refunds: Default::default(),
             }),
         })
     }
@@ -636,19 +803,68 @@ impl RateLimitLayerBuilder {
         } else {
             std::mem::take(&mut self.policies)
         };
-        for (i, (name, quota)) in policies.iter().enumerate() {
-            if !is_token(name, b"") {
-                return Err(ConfigError::PolicyName);
+        validated(policies)
+    }
+
+    /// The declared plans, each with its own limiter under
+    /// `{prefix}@{plan}`, and `plan_for`: both or neither.
+    fn checked_plans(
+        &mut self,
+        store_timeout: Duration,
+    ) -> Result<Option<Box<Plans>>, ConfigError> {
+        let select = match (self.plan_for.take(), self.plans.is_empty()) {
+            (None, true) => return Ok(None),
+            (Some(select), false) => select,
+            _ => return Err(ConfigError::PlanSelector),
+        };
+        let declared = std::mem::take(&mut self.plans);
+        for (i, (name, policies)) in declared.iter().enumerate() {
+            if !is_token(name, b"") || name == DEFAULT_PLAN {
+                return Err(ConfigError::PlanName);
             }
-            if policies[..i].iter().any(|(other, _)| other == name) {
-                return Err(ConfigError::DuplicatePolicy(name.clone()));
+            if declared[..i].iter().any(|(other, _)| other == name) {
+                return Err(ConfigError::DuplicatePlan(name.clone()));
             }
-            quota.validate()?;
+            if policies.is_empty() {
+                return Err(ConfigError::EmptyPlan(name.clone()));
+            }
         }
-        Ok(policies
-            .into_iter()
-            .map(|(name, quota)| Policy { name, quota })
-            .collect())
+        let mut list = Vec::with_capacity(declared.len());
+        for (name, policies) in declared {
+            let policies = validated(policies)?;
+            if let Some(shared) = &self.shared {
+                let quotas: Vec<Quota> = policies.iter().map(|p| p.quota).collect();
+                shared.validate(&quotas)?;
+            }
+            // `@` is in no prefix, plan name or sanitized client key: no
+            // plan's keys are another's.
+            let prefix = format!("{}@{name}", self.prefix);
+            let claim = PrefixClaim::take(&self.cache, &prefix, &policies)?;
+            let (headers, limited_bodies) = self.rendered_responses(&policies);
+            let limiter = Limiter::new(LimiterConfig {
+                cache: self.cache.clone(),
+                prefix,
+                policies,
+                store_timeout,
+                local_deny: self.local_deny,
+                clock: self.clock.clone(),
+                shared: self.shared,
+                fail_open: self.fail_mode == FailMode::Open,
+            });
+            list.push(Plan {
+                name,
+                limiter,
+                headers,
+                limited_bodies,
+                _prefix_claim: claim,
+            });
+        }
+        Ok(Some(Box::new(Plans {
+            select,
+            list,
+            unknown: Default::default(),
+            unknown_logged: StateFlag::new(),
+        })))
     }
 
     /// The custom extractor, or [`PeerIp`] with the proxy settings: never
@@ -690,6 +906,23 @@ impl RateLimitLayerBuilder {
             .collect();
         (headers, limited_bodies)
     }
+}
+
+/// Policies named uniquely, each quota valid.
+fn validated(policies: Vec<(String, Quota)>) -> Result<Vec<Policy>, ConfigError> {
+    for (i, (name, quota)) in policies.iter().enumerate() {
+        if !is_token(name, b"") {
+            return Err(ConfigError::PolicyName);
+        }
+        if policies[..i].iter().any(|(other, _)| other == name) {
+            return Err(ConfigError::DuplicatePolicy(name.clone()));
+        }
+        quota.validate()?;
+    }
+    Ok(policies
+        .into_iter()
+        .map(|(name, quota)| Policy { name, quota })
+        .collect())
 }
 
 /// A name that can go into a Redis key and a header: 1 to 64 of

@@ -89,6 +89,17 @@ impl DenyCache {
         None
     }
 
+    /// Forgets `key`: its charge was given back, so the store decides again.
+    pub(crate) fn remove(&self, key: &str) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut entries = self.write();
+        if entries.remove(key).is_some() {
+            self.len.store(entries.len(), Ordering::Relaxed);
+        }
+    }
+
     /// Entries held, expired ones not yet dropped included.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)

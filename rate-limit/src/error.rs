@@ -121,6 +121,25 @@ pub enum Error {
     /// sliding window (counts that add up across instances), not GCRA.
     #[error("shared counting holds the fixed and the sliding window, not {0:?}")]
     SharedAlgorithm(crate::quota::Algorithm),
+    /// A plan's name cannot go into a key and a header, or is
+    /// [`DEFAULT_PLAN`](crate::DEFAULT_PLAN), the name of the layer's own policies.
+    #[error("the plan name must be 1 to 64 of A-Z a-z 0-9 . _ -, and not \"default\"")]
+    PlanName,
+    /// Two plans have the same name.
+    #[error("two plans are named {0:?}")]
+    DuplicatePlan(String),
+    /// A plan declares no policy.
+    #[error("the plan {0:?} has no policy")]
+    EmptyPlan(String),
+    /// Plans without `plan_for` (nothing would choose them), or `plan_for`
+    /// without plans.
+    #[error("plans need plan_for to choose among them, and plan_for needs plans")]
+    PlanSelector,
+    /// Charging by outcome with the [shared counting](crate::SharedCounting):
+    /// its counts are this instance's own until they are flushed, and take
+    /// no refunds.
+    #[error("charge_if / charge_by_response need the exact counting, not shared_counting")]
+    ChargeWithSharedCounting,
     /// The peer address is not in the request (see [`peer_addr`](crate::peer_addr)):
     /// an axum app not served with
     /// `into_make_service_with_connect_info::<SocketAddr>()`, a tonic server
@@ -193,7 +212,12 @@ impl Error {
             | Error::PolicyName
             | Error::FlushInterval(_)
             | Error::LocalShare
-            | Error::SharedAlgorithm(_) => ErrorKind::Config,
+            | Error::SharedAlgorithm(_)
+            | Error::PlanName
+            | Error::DuplicatePlan(_)
+            | Error::EmptyPlan(_)
+            | Error::PlanSelector
+            | Error::ChargeWithSharedCounting => ErrorKind::Config,
         }
     }
 
@@ -240,6 +264,8 @@ impl PartialEq for Error {
             ) => store_timeout == other_store && handle_timeout == other_handle,
             (FlushInterval(a), FlushInterval(b)) => a == b,
             (SharedAlgorithm(a), SharedAlgorithm(b)) => a == b,
+            (DuplicatePlan(a), DuplicatePlan(b)) => a == b,
+            (EmptyPlan(a), EmptyPlan(b)) => a == b,
             (Other(a), Other(b)) => Arc::ptr_eq(a, b),
             // The variants without fields.
             (a, b) => {
@@ -255,6 +281,9 @@ impl PartialEq for Error {
                             | ExtractorSettings
                             | PolicyName
                             | LocalShare
+                            | PlanName
+                            | PlanSelector
+                            | ChargeWithSharedCounting
                             | MissingConnectInfo
                             | UnidentifiedClient
                     )

@@ -17,6 +17,8 @@ use crate::future::ResponseFuture;
 use crate::headers::{HeaderTemplate, RATELIMIT, X_RATELIMIT_LIMIT};
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
+use crate::outcome::{PendingCharge, Refunds, ResponseInfo, SettleFn};
+use crate::plan::{DEFAULT_PLAN, Plans};
 use crate::prefix::PrefixClaim;
 use crate::response::{self, GrpcStatus, ResponseBody};
 use crate::telemetry::{self, Outcome};
@@ -57,6 +59,22 @@ pub(crate) struct Shared {
     pub(crate) missing_key_logged: StateFlag,
     /// The layer's prefix on its store, held until the last clone is dropped.
     pub(crate) _prefix_claim: PrefixClaim,
+    /// The declared plans, if any (the fields above are the default plan's).
+    pub(crate) plans: Option<Box<Plans>>,
+    /// Charging by outcome: how much of its charge a response keeps.
+    pub(crate) settle: Option<Box<SettleFn>>,
+    pub(crate) refunds: Refunds,
+}
+
+/// The policies a request is counted under: the default plan's (the
+/// layer's own) or a declared plan's.
+#[derive(Clone, Copy)]
+pub(crate) struct PlanRef<'a> {
+    /// Its name, when the layer has plans (metrics label by it).
+    pub(crate) name: Option<&'a str>,
+    pub(crate) limiter: &'a Limiter,
+    pub(crate) headers: &'a HeaderTemplate,
+    pub(crate) limited_bodies: &'a [Bytes],
 }
 
 /// Rate limiting for any Tower service over `http::Request`: one or more
@@ -156,7 +174,23 @@ impl RateLimitLayer {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> RateLimitStats {
-        self.shared.limiter.stats()
+        let shared = &self.shared;
+        let mut stats = shared.limiter.stats();
+        if let Some(plans) = &shared.plans {
+            for plan in &plans.list {
+                stats = stats.plus(plan.limiter.stats());
+            }
+            stats.unknown_plans = plans.unknown.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats.refunded = shared
+            .refunds
+            .done
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats.refund_errors = shared
+            .refunds
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 
     /// Clients held in memory: (requests waiting for the store, deny cache entries). For
@@ -194,17 +228,44 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 }
 
 impl Shared {
+    /// The plan at `index`: 0 the default plan (the layer's own policies),
+    /// `i + 1` the declared plan `i`.
+    pub(crate) fn plan(&self, index: usize) -> PlanRef<'_> {
+        let declared = index
+            .checked_sub(1)
+            .and_then(|i| self.plans.as_ref()?.list.get(i));
+        match declared {
+            Some(plan) => PlanRef {
+                name: Some(&plan.name),
+                limiter: &plan.limiter,
+                headers: &plan.headers,
+                limited_bodies: &plan.limited_bodies,
+            },
+            None => PlanRef {
+                name: self.plans.as_ref().map(|_| DEFAULT_PLAN),
+                limiter: &self.limiter,
+                headers: &self.headers,
+                limited_bodies: &self.limited_bodies,
+            },
+        }
+    }
+
     /// The response to a request over the limit (not in shadow mode); a gRPC
     /// call gets `RESOURCE_EXHAUSTED`, `on_limited` or not (its HTTP body
     /// would be a protocol error to the gRPC client).
-    fn limited<B>(&self, decision: &Decision, grpc: bool) -> Response<ResponseBody<B>> {
-        self.limiter.counters.add(Count::Limited);
+    fn limited<B>(
+        &self,
+        plan: PlanRef<'_>,
+        decision: &Decision,
+        grpc: bool,
+    ) -> Response<ResponseBody<B>> {
+        plan.limiter.counters.add(Count::Limited);
         if grpc {
             let mut limited = response::grpc(
                 GrpcStatus::ResourceExhausted,
-                &self.grpc_limited_message(decision),
+                &Self::grpc_limited_message(plan, decision),
             );
-            self.write_limited_headers(limited.headers_mut(), decision);
+            Self::write_limited_headers(plan, limited.headers_mut(), decision);
             // gRPC's retry policies wait this long before retrying a call.
             let pushback = decision.retry_after_seconds().saturating_mul(1000);
             limited.headers_mut().insert(
@@ -215,12 +276,12 @@ impl Shared {
         }
         let Some(respond) = &self.on_limited else {
             let mut limited = response::too_many_requests(
-                self.limited_bodies
+                plan.limited_bodies
                     .get(decision.policy)
                     .cloned()
                     .unwrap_or_default(),
             );
-            self.write_limited_headers(limited.headers_mut(), decision);
+            Self::write_limited_headers(plan, limited.headers_mut(), decision);
             return limited;
         };
         let mut limited = respond(decision).map(ResponseBody::full);
@@ -231,15 +292,15 @@ impl Shared {
         }
         // The layer's headers, except those the closure set itself.
         let own = std::mem::take(limited.headers_mut());
-        self.write_limited_headers(limited.headers_mut(), decision);
+        Self::write_limited_headers(plan, limited.headers_mut(), decision);
         limited.headers_mut().extend(own);
         limited
     }
 
     /// The `grpc-message` of a limited call: which limit, and when to retry.
-    fn grpc_limited_message(&self, decision: &Decision) -> String {
+    fn grpc_limited_message(plan: PlanRef<'_>, decision: &Decision) -> String {
         let wait = decision.retry_after_seconds();
-        match self.limiter.policies.get(decision.policy) {
+        match plan.limiter.policies.get(decision.policy) {
             Some(p) => format!(
                 "rate limit of {} per {} s (policy \"{}\") exceeded; retry after {wait} s",
                 p.quota.limit(),
@@ -251,18 +312,27 @@ impl Shared {
     }
 
     /// `Retry-After` and the rate-limit headers of a rejected request.
-    fn write_limited_headers(&self, headers: &mut http::HeaderMap, decision: &Decision) {
+    fn write_limited_headers(
+        plan: PlanRef<'_>,
+        headers: &mut http::HeaderMap,
+        decision: &Decision,
+    ) {
         headers.insert(
             header::RETRY_AFTER,
             crate::headers::number_value(decision.retry_after_seconds()),
         );
-        self.headers.write(headers, decision);
+        plan.headers.write(headers, decision);
     }
 
     /// The response to a request that costs more than a policy's whole quota.
-    fn too_costly<B>(&self, cost: u64, policy: usize, grpc: bool) -> Response<ResponseBody<B>> {
-        self.limiter.counters.add(Count::Limited);
-        let detail = match self.limiter.policies.get(policy) {
+    fn too_costly<B>(
+        plan: PlanRef<'_>,
+        cost: u64,
+        policy: usize,
+        grpc: bool,
+    ) -> Response<ResponseBody<B>> {
+        plan.limiter.counters.add(Count::Limited);
+        let detail = match plan.limiter.policies.get(policy) {
             Some(p) => format!(
                 "This request costs {cost} units, more than the whole quota of policy \"{}\" ({} per {} s): it can never pass.",
                 p.name,
@@ -321,6 +391,12 @@ where
         let key = shared.extractor.extract(&info);
         let grpc = response::is_grpc(info.headers);
         let cost = shared.cost.as_ref().map_or(1, |cost| cost(&info));
+        // The request's plan: the default one (index 0) without plans.
+        let plan_index = match &shared.plans {
+            None => 0,
+            Some(plans) => plans.choose(&info),
+        };
+        let plan = shared.plan(plan_index);
         let key = match key {
             Ok(key) => sanitize(key),
             // A custom extractor built on `PeerIp::client_ip`: the same shared
@@ -330,10 +406,10 @@ where
         };
         // A request that can never pass, whoever sends it.
         if !shared.shadow
-            && let Some(policy) = shared.limiter.too_costly(cost)
+            && let Some(policy) = plan.limiter.too_costly(cost)
         {
-            telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
-            return ResponseFuture::ready(shared.too_costly(cost, policy, grpc));
+            telemetry::decided_in(plan.limiter, plan.name, Outcome::Limited, Some(policy));
+            return ResponseFuture::ready(Shared::too_costly(plan, cost, policy, grpc));
         }
         // A client known to be over its limit is answered here: no store
         // call, no allocation for a future, the inner service untouched.
@@ -341,79 +417,127 @@ where
         let known = if cost == 0 {
             None
         } else {
-            shared.limiter.check_locally(&key)
+            plan.limiter.check_locally(&key)
         };
         if let Some(decision) = &known
             && !shared.shadow
         {
-            telemetry::decided(
-                &shared.limiter,
+            telemetry::decided_in(
+                plan.limiter,
+                plan.name,
                 Outcome::LimitedLocally,
                 Some(decision.policy),
             );
-            return ResponseFuture::ready(shared.limited(decision, grpc));
+            return ResponseFuture::ready(shared.limited(plan, decision, grpc));
         }
         // The clone is not ready; the instance that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = shared.clone();
         let future = async move {
+            let plan = shared.plan(plan_index);
+            let mut charge = None;
             let decision = match known {
                 Some(decision) => decision,
-                None => match shared.limiter.check(key, cost).await {
-                    Verdict::Decided(decision) => decision,
-                    Verdict::TooCostly { policy } => {
-                        if !shared.shadow {
-                            telemetry::decided(&shared.limiter, Outcome::Limited, Some(policy));
-                            return Ok(shared.too_costly(cost, policy, grpc));
+                None => {
+                    let verdict = if shared.settle.is_some() {
+                        let (verdict, charged) = plan.limiter.check_charged(key, cost).await;
+                        charge = charged;
+                        verdict
+                    } else {
+                        plan.limiter.check(key, cost).await
+                    };
+                    match verdict {
+                        Verdict::Decided(decision) => decision,
+                        Verdict::TooCostly { policy } => {
+                            if !shared.shadow {
+                                telemetry::decided_in(
+                                    plan.limiter,
+                                    plan.name,
+                                    Outcome::Limited,
+                                    Some(policy),
+                                );
+                                return Ok(Shared::too_costly(plan, cost, policy, grpc));
+                            }
+                            telemetry::decided_in(
+                                plan.limiter,
+                                plan.name,
+                                Outcome::Shadow,
+                                Some(policy),
+                            );
+                            // Shadow mode never rejects: noted, let through, uncounted.
+                            plan.limiter.counters.add(Count::ShadowLimited);
+                            return Ok(inner.call(request).await?.map(ResponseBody::inner));
                         }
-                        telemetry::decided(&shared.limiter, Outcome::Shadow, Some(policy));
-                        // Shadow mode never rejects: noted, let through, uncounted.
-                        shared.limiter.counters.add(Count::ShadowLimited);
-                        return Ok(inner.call(request).await?.map(ResponseBody::inner));
+                        Verdict::StoreFailed => {
+                            return match shared.fail_mode {
+                                FailMode::Open => {
+                                    telemetry::decided_in(
+                                        plan.limiter,
+                                        plan.name,
+                                        Outcome::FailOpen,
+                                        None,
+                                    );
+                                    Ok(inner.call(request).await?.map(ResponseBody::inner))
+                                }
+                                FailMode::Closed => {
+                                    telemetry::decided_in(
+                                        plan.limiter,
+                                        plan.name,
+                                        Outcome::FailClosed,
+                                        None,
+                                    );
+                                    Ok(if grpc {
+                                        response::grpc(
+                                            GrpcStatus::Unavailable,
+                                            "the rate limiter cannot reach its store; try again shortly",
+                                        )
+                                    } else {
+                                        response::store_unavailable()
+                                    })
+                                }
+                            };
+                        }
                     }
-                    Verdict::StoreFailed => {
-                        return match shared.fail_mode {
-                            FailMode::Open => {
-                                telemetry::decided(&shared.limiter, Outcome::FailOpen, None);
-                                Ok(inner.call(request).await?.map(ResponseBody::inner))
-                            }
-                            FailMode::Closed => {
-                                telemetry::decided(&shared.limiter, Outcome::FailClosed, None);
-                                Ok(if grpc {
-                                    response::grpc(
-                                        GrpcStatus::Unavailable,
-                                        "the rate limiter cannot reach its store; try again shortly",
-                                    )
-                                } else {
-                                    response::store_unavailable()
-                                })
-                            }
-                        };
-                    }
-                },
+                }
             };
-            let counters = &shared.limiter.counters;
+            let counters = &plan.limiter.counters;
             if !decision.allowed && !shared.shadow {
-                telemetry::decided(&shared.limiter, Outcome::Limited, Some(decision.policy));
-                return Ok(shared.limited(&decision, grpc));
+                telemetry::decided_in(
+                    plan.limiter,
+                    plan.name,
+                    Outcome::Limited,
+                    Some(decision.policy),
+                );
+                return Ok(shared.limited(plan, &decision, grpc));
             }
             let outcome = if decision.allowed {
                 Outcome::Allowed
             } else {
                 Outcome::Shadow
             };
-            telemetry::decided(&shared.limiter, outcome, Some(decision.policy));
+            telemetry::decided_in(plan.limiter, plan.name, outcome, Some(decision.policy));
             if decision.allowed {
                 counters.add(Count::Allowed);
             } else {
                 counters.add(Count::ShadowLimited);
             }
-            let mut response = inner.call(request).await?.map(ResponseBody::inner);
+            // Charged by outcome: given back if this future is dropped before
+            // the response (the guard's drop), else as the response says.
+            let pending =
+                charge.map(|charge| PendingCharge::new(shared.clone(), plan_index, charge));
+            // An error of the inner service (no response to charge) drops
+            // `pending`: given back whole.
+            let response = inner.call(request).await?;
+            if let (Some(pending), Some(settle)) = (pending, &shared.settle) {
+                let kept = settle(&ResponseInfo::of(&response), pending.cost());
+                pending.settle(kept).await;
+            }
+            let mut response = response.map(ResponseBody::inner);
             // A layer inside this one answered for itself (its 429 says its own
             // limit): its headers stand, never overwritten with this one's.
             if !carries_rate_limit_headers(response.headers()) {
-                shared.headers.write(response.headers_mut(), &decision);
+                plan.headers.write(response.headers_mut(), &decision);
             }
             Ok(response)
         };

@@ -327,7 +327,9 @@ mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod outcome;
 mod peer;
+mod plan;
 mod prefix;
 mod quota;
 mod response;
@@ -351,7 +353,9 @@ pub use key::{
 };
 pub use layer::{FailMode, RateLimit, RateLimitLayer};
 pub use limiter::RateLimitStats;
+pub use outcome::ResponseInfo;
 pub use peer::peer_addr;
+pub use plan::DEFAULT_PLAN;
 pub use quota::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota};
 pub use response::ResponseBody;
 /// The layer's default 429 body, for the benchmarks' baseline that answers
@@ -360,5 +364,5 @@ pub use response::ResponseBody;
 pub use response::too_many_requests_body;
 pub use shared::SharedCounting;
 #[doc(hidden)]
-pub use store::{evaluate_raw, stored_in_memory};
+pub use store::{evaluate_raw, refund_raw, stored_in_memory};
 pub use window::Decision;

@@ -95,6 +95,32 @@ pub struct RateLimitStats {
     /// Store calls made: at most one per request counted at the store
     /// (requests arriving while the connection is busy share one).
     pub store_calls: u64,
+    /// Requests whose plan the layer's `plan_for` named but the layer does
+    /// not declare: counted under the default plan.
+    pub unknown_plans: u64,
+    /// Admitted requests given back (all or part of their cost) because
+    /// their response was not charged (`charge_if`, `charge_by_response`).
+    pub refunded: u64,
+    /// Refunds the store did not take (failed, timed out, or no runtime to
+    /// run them on): those charges stand until their windows end.
+    pub refund_errors: u64,
+}
+
+impl RateLimitStats {
+    /// The sum of two snapshots (a layer's plans count apart).
+    pub(crate) fn plus(self, other: RateLimitStats) -> RateLimitStats {
+        RateLimitStats {
+            allowed: self.allowed + other.allowed,
+            limited: self.limited + other.limited,
+            limited_locally: self.limited_locally + other.limited_locally,
+            shadow_limited: self.shadow_limited + other.shadow_limited,
+            store_errors: self.store_errors + other.store_errors,
+            store_calls: self.store_calls + other.store_calls,
+            unknown_plans: self.unknown_plans + other.unknown_plans,
+            refunded: self.refunded + other.refunded,
+            refund_errors: self.refund_errors + other.refund_errors,
+        }
+    }
 }
 
 /// The layer's counters: every request writes one, so they are striped
@@ -127,6 +153,7 @@ impl Counters {
             shadow_limited: sum(Count::ShadowLimited),
             store_errors: sum(Count::StoreErrors),
             store_calls: sum(Count::StoreCalls),
+            ..RateLimitStats::default()
         }
     }
 }
@@ -252,6 +279,29 @@ impl Keys {
     }
 }
 
+/// An admitted request's charge, kept until its response says whether it
+/// stands (see [`Limiter::refund`]).
+#[derive(Debug)]
+pub(crate) struct Charge {
+    client: String,
+    cost: u64,
+    /// Each policy's reset (ms) in its admission's row: which window it was
+    /// charged in.
+    resets: Vec<u64>,
+    /// The clock's monotonic reading when it was sent, µs.
+    sent_monotonic: u64,
+    /// The arithmetic's "now" then, µs, when the limiter chose it (the
+    /// in-memory store, an authoritative clock); else Redis' clock.
+    at_us: Option<u64>,
+}
+
+impl Charge {
+    /// The units charged.
+    pub(crate) fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
 impl Limiter {
     pub(crate) fn new(config: LimiterConfig) -> Self {
         let clock = config
@@ -308,11 +358,26 @@ impl Limiter {
     /// Counts one request of `client` (an already sanitized key) costing
     /// `cost` at the store; [`check_locally`](Self::check_locally) comes first.
     pub(crate) async fn check(&self, client: String, cost: u64) -> Verdict {
+        self.count(client, cost, false).await.0
+    }
+
+    /// [`check`](Self::check), and the charge of an admitted request (of a
+    /// cost above 0), to give back with [`refund`](Self::refund) if its
+    /// response is not charged.
+    pub(crate) async fn check_charged(
+        &self,
+        client: String,
+        cost: u64,
+    ) -> (Verdict, Option<Charge>) {
+        self.count(client, cost, true).await
+    }
+
+    async fn count(&self, client: String, cost: u64, charged: bool) -> (Verdict, Option<Charge>) {
         if let Some(policy) = self.too_costly(cost) {
-            return Verdict::TooCostly { policy };
+            return (Verdict::TooCostly { policy }, None);
         }
         if let Counting::Shared(shared) = &self.counting {
-            return self.check_shared(shared, client, cost).await;
+            return (self.check_shared(shared, client, cost).await, None);
         }
         let keys = self.keys(&client);
         // Read before the call: the deny cache counts from it (see
@@ -335,11 +400,11 @@ impl Limiter {
                 Ok(keys.with_strs(|keys| memory.evaluate(keys, &self.quotas, now, &[cost])))
             }
             // Answered before (`check_shared`).
-            Counting::Shared(_) => return Verdict::StoreFailed,
+            Counting::Shared(_) => return (Verdict::StoreFailed, None),
             Counting::Exact(exact) => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
-                    return Verdict::StoreFailed;
+                    return (Verdict::StoreFailed, None);
                 };
                 let at = Call {
                     cache: &self.cache,
@@ -352,12 +417,84 @@ impl Limiter {
             }
         };
         let row = call.finish(row);
+        let resets = match &row {
+            Ok(row) if charged => window::resets(&self.quotas, row),
+            _ => None,
+        };
         match self.outcome(row) {
             Some(outcome) => {
                 self.note_denied(&client, &outcome, sent);
-                Verdict::Decided(outcome.decision)
+                let charge = match resets {
+                    Some(resets) if outcome.decision.allowed && cost > 0 => Some(Charge {
+                        client,
+                        cost,
+                        resets,
+                        sent_monotonic: sent.monotonic,
+                        at_us: sent.wall,
+                    }),
+                    _ => None,
+                };
+                (Verdict::Decided(outcome.decision), charge)
             }
-            None => Verdict::StoreFailed,
+            None => (Verdict::StoreFailed, None),
+        }
+    }
+
+    /// Gives back `units` (at most the charge's cost) of an admitted
+    /// request's charge, on the store it was counted in; `false` if the
+    /// store failed (the charge then stands until its window ends). The
+    /// client is no longer remembered as rejected: the store decides its
+    /// next request.
+    pub(crate) async fn refund(&self, charge: &Charge, units: u64) -> bool {
+        let units = units.min(charge.cost);
+        if units == 0 {
+            return true;
+        }
+        self.denied.remove(&charge.client);
+        let keys = self.keys(&charge.client);
+        let elapsed_us =
+            monotonic_micros(self.clock.as_ref()).saturating_sub(charge.sent_monotonic);
+        let answer = match &self.counting {
+            Counting::Memory(memory) => {
+                let now_us = now_micros(self.clock.as_ref());
+                let at_us = charge
+                    .at_us
+                    .unwrap_or_else(|| now_us.saturating_sub(elapsed_us));
+                keys.with_strs(|keys| {
+                    memory.refund(keys, &self.quotas, now_us, at_us, &charge.resets, units)
+                });
+                Ok(())
+            }
+            Counting::Exact(_) => {
+                let at = crate::store::redis::ChargedAt {
+                    now_us: self.send_now.then(|| now_micros(self.clock.as_ref())),
+                    at_us: if self.send_now { charge.at_us } else { None },
+                    elapsed_us,
+                };
+                let mut strs = Vec::with_capacity(self.quotas.len());
+                keys.push_into(&mut strs);
+                let call = telemetry::StoreCall::start();
+                let answer = crate::store::redis::refund(
+                    &self.cache,
+                    &strs,
+                    &self.quotas,
+                    at,
+                    &charge.resets,
+                    units,
+                    self.store_timeout,
+                )
+                .await;
+                call.finish(answer).map(drop).map_err(|err| err.to_string())
+            }
+            // Refused at build time: the shared counting keeps no charge.
+            Counting::Shared(_) => Err("the shared counting gives no refunds".to_string()),
+        };
+        match answer {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(prefix = %self.prefix, error, "rate limiter refund failed");
+                false
+            }
         }
     }
 

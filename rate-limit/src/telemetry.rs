@@ -59,6 +59,56 @@ pub(crate) fn decided(limiter: &crate::limiter::Limiter, outcome: Outcome, polic
     let _ = (limiter, outcome, policy);
 }
 
+/// Counts one decision of a layer with plans: labelled with the plan too
+/// (plans are declared, so the labels stay bounded).
+#[inline]
+pub(crate) fn decided_in(
+    limiter: &crate::limiter::Limiter,
+    plan: Option<&str>,
+    outcome: Outcome,
+    policy: Option<usize>,
+) {
+    let Some(plan) = plan else {
+        return decided(limiter, outcome, policy);
+    };
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = outcome.as_str();
+        let plan = plan.to_string();
+        match policy.and_then(|index| limiter.policies.get(index)) {
+            Some(policy) => metrics::counter!(
+                "ratelimit.decisions",
+                "outcome" => outcome,
+                "policy" => policy.name.clone(),
+                "plan" => plan
+            )
+            .increment(1),
+            None => metrics::counter!("ratelimit.decisions", "outcome" => outcome, "plan" => plan)
+                .increment(1),
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (limiter, plan, outcome, policy);
+}
+
+/// Counts one refund of a charge by outcome (`ratelimit.refunds`, `result`
+/// `ok` or `error`, and the plan if the layer has plans).
+pub(crate) fn refunded(plan: Option<&str>, given: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        let result = if given { "ok" } else { "error" };
+        match plan {
+            Some(plan) => {
+                metrics::counter!("ratelimit.refunds", "result" => result, "plan" => plan.to_string())
+                    .increment(1)
+            }
+            None => metrics::counter!("ratelimit.refunds", "result" => result).increment(1),
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (plan, given);
+}
+
 /// A store call in progress: started before it is sent, finished with its
 /// answer (`ratelimit.store.calls`, `ratelimit.store.duration`).
 pub(crate) struct StoreCall {

@@ -452,5 +452,96 @@ pub(crate) fn outcome(quotas: &[Quota], row: &[i64]) -> Option<Outcome> {
     })
 }
 
+/// Each policy's reset (ms) in one request's row: when, from the store's
+/// "now", the window it was charged in ends (fixed and sliding windows);
+/// what a refund goes by. `None` if the row is malformed.
+pub(crate) fn resets(quotas: &[Quota], row: &[i64]) -> Option<Vec<u64>> {
+    if row.len() != row_len(quotas.len()) {
+        return None;
+    }
+    (0..quotas.len())
+        .map(|i| u64::try_from(row[2 + 4 * i]).ok())
+        .collect()
+}
+
+/// `state` after giving back `cost` units of a request charged at `at_us`
+/// (the store's "now" then) whose row said `reset_ms` for this policy, at
+/// `now_us`; `None` when nothing is given back. `store/refund.lua` is its
+/// transcription.
+///
+/// - Fixed window: to the window the request was charged in, recognised by
+///   its end (`at + reset`, within half a window: one key's windows end at
+///   least a window apart); a window that has rolled over since gets
+///   nothing back.
+/// - Sliding window: to the aligned window it was charged in, the current
+///   one or, once it has rolled over, the previous one (whose count still
+///   weighs); two windows later nothing counts any more.
+/// - GCRA: the TAT moves back by the units' emission intervals, never below
+///   `now_us`.
+///
+/// Counts never go below zero.
+pub(crate) fn refunded(
+    quota: &Quota,
+    state: State,
+    now_us: u64,
+    at_us: u64,
+    reset_ms: u64,
+    cost: u64,
+) -> Option<State> {
+    let (limit, window) = (quota.limit(), quota.window_ms().max(1));
+    let end_ms = (at_us / 1000).saturating_add(reset_ms);
+    match (quota.enforced_by(), state) {
+        (Algorithm::FixedWindow, State::Fixed { count, expires_ms })
+            if count > 0
+                && expires_ms > now_us / 1000
+                && expires_ms.abs_diff(end_ms).saturating_mul(2) < window =>
+        {
+            Some(State::Fixed {
+                count: count.saturating_sub(cost),
+                expires_ms,
+            })
+        }
+        (
+            Algorithm::SlidingWindow,
+            State::Sliding {
+                index,
+                current,
+                previous,
+            },
+        ) => {
+            // The aligned window whose end is nearest `end_ms`.
+            let charged = (end_ms.saturating_add(window / 2) / window).checked_sub(1)?;
+            // Two windows on, its count weighs nothing any more.
+            if charged.saturating_add(1) < now_us / 1000 / window {
+                return None;
+            }
+            if index == charged && current > 0 {
+                Some(State::Sliding {
+                    index,
+                    current: current.saturating_sub(cost),
+                    previous,
+                })
+            } else if index == charged.saturating_add(1) && previous > 0 {
+                Some(State::Sliding {
+                    index,
+                    current,
+                    previous: previous.saturating_sub(cost),
+                })
+            } else {
+                None
+            }
+        }
+        (Algorithm::Gcra, State::Gcra { tat_us }) if tat_us > now_us => {
+            let (interval, _) = gcra_params(limit, window);
+            Some(State::Gcra {
+                tat_us: tat_us
+                    .saturating_sub(cost.saturating_mul(interval))
+                    .max(now_us),
+            })
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests;

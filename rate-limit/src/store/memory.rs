@@ -137,6 +137,48 @@ impl MemoryLimits {
     }
 }
 
+impl MemoryLimits {
+    /// [`window::refunded`] on the states of `keys` (one per policy, one
+    /// hash tag), atomically: gives back `cost` units of a request charged
+    /// at `at_us` whose row said `resets`. Per policy 1 if it gave back,
+    /// else 0, as `refund.lua` answers. A GCRA state moved back to `now_us`
+    /// is removed (it holds nothing), as the script deletes the key.
+    pub(crate) fn refund(
+        &self,
+        keys: &[&str],
+        quotas: &[Quota],
+        now_us: u64,
+        at_us: u64,
+        resets: &[u64],
+        cost: u64,
+    ) -> Vec<i64> {
+        let now_ms = now_us / 1000;
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        let mut shard = self.shard(first);
+        let mut out = Vec::with_capacity(keys.len());
+        for ((key, quota), &reset_ms) in keys.iter().zip(quotas).zip(resets) {
+            let Some(entry) = shard.get_mut(*key).filter(|(_, expires)| *expires > now_ms) else {
+                out.push(0);
+                continue;
+            };
+            match window::refunded(quota, entry.0, now_us, at_us, reset_ms, cost) {
+                Some(State::Gcra { tat_us }) if tat_us <= now_us => {
+                    shard.remove(*key);
+                    out.push(1);
+                }
+                Some(state) => {
+                    *entry = (state, window::expires_ms(quota, state));
+                    out.push(1);
+                }
+                None => out.push(0),
+            }
+        }
+        out
+    }
+}
+
 /// What Redis Cluster hashes: the text between the first `{` and the next
 /// `}` when not empty, else the whole key.
 fn hash_tag(key: &str) -> &str {

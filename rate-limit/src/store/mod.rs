@@ -76,3 +76,51 @@ pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> 
     };
     Some((text, Duration::from_millis(expires - now_ms)))
 }
+
+/// For tests: gives back `cost` units on `keys` (one per quota, one hash
+/// tag) of a request charged at `at_us` whose row said `resets` (each
+/// policy's reset ms), at `now_us`, through the in-memory arithmetic or
+/// `refund.lua`, whichever backs `cache`; per policy 1 if it gave back.
+/// Not a stable API.
+#[doc(hidden)]
+pub async fn refund_raw(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: u64,
+    at_us: u64,
+    resets: &[u64],
+    cost: u64,
+) -> cache_core::Result<Vec<i64>> {
+    if *cache.backend() == cache_core::Backend::Memory {
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| cache.full_key(k).into_owned())
+            .collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let memory = cache.shared_state::<memory::MemoryLimits>();
+        return Ok(memory.refund(&full, quotas, now_us, at_us, resets, cost));
+    }
+    let at = redis::ChargedAt {
+        now_us: Some(now_us),
+        at_us: Some(at_us),
+        elapsed_us: now_us.saturating_sub(at_us),
+    };
+    redis::refund(
+        cache,
+        keys,
+        quotas,
+        at,
+        resets,
+        cost,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|err| match err {
+        redis::CallError::Store(err) => err,
+        malformed => cache_core::Error::InvalidArgument {
+            argument: "script reply",
+            reason: malformed.to_string(),
+        },
+    })
+}

@@ -320,3 +320,53 @@ async fn several(
     }
     Ok(rows)
 }
+
+/// Gives back a charge (see `window::refunded`): what [`refund`] sends.
+pub(crate) const REFUND_LUA: &str = include_str!("refund.lua");
+
+static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
+
+/// When a refunded request was charged: at a time sent with it (an
+/// authoritative clock), or `elapsed_us` before now on Redis' clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChargedAt {
+    pub(crate) now_us: Option<u64>,
+    pub(crate) at_us: Option<u64>,
+    pub(crate) elapsed_us: u64,
+}
+
+/// `refund.lua`: gives back `cost` units on `keys` (one per quota, one
+/// client) of a request charged at `at` whose row said `resets`; per policy
+/// 1 if it gave back.
+pub(crate) async fn refund(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    at: ChargedAt,
+    resets: &[u64],
+    cost: u64,
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let mut args = Vec::with_capacity(4 + 4 * quotas.len());
+    args.extend([
+        at.now_us.map_or(-1, int),
+        at.at_us.map_or(-1, int),
+        int(at.elapsed_us),
+        int(cost),
+    ]);
+    for (quota, &reset) in quotas.iter().zip(resets) {
+        args.extend([
+            code(quota.enforced_by()),
+            int(quota.limit()),
+            int(quota.window_ms()),
+            int(reset),
+        ]);
+    }
+    let reply = cache
+        .eval_script_within(&REFUND, keys, &args, timeout)
+        .await?;
+    if reply.len() != keys.len() {
+        return Err(malformed(reply.len(), 1));
+    }
+    Ok(reply)
+}
