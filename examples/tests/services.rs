@@ -1395,3 +1395,81 @@ fn logs_are_plain_off_a_terminal_and_json_lines_with_log_format_json() {
     assert_eq!(status.code(), Some(1), "{error}");
     assert!(error.contains("LOG_FORMAT must be text or json"), "{error}");
 }
+
+/// `method path` with extra header lines: status, head and body.
+fn request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The paid plan (`X-Api-Key` from the static table) counts apart with ten
+/// times the limit, and `/login` is charged only when it fails.
+#[test]
+fn search_service_has_a_paid_plan_and_charges_only_failed_logins() {
+    let service = start(SEARCH, &[("RATE_LIMIT", "3"), ("DEMO_PASSWORD", "s3cret")]);
+    let port = service.port;
+    let paid = [("X-Api-Key", "demo-paid-key")];
+    for _ in 0..3 {
+        assert_eq!(request_with(port, "GET", "/health", &[], "").0, 200);
+    }
+    assert_eq!(request_with(port, "GET", "/health", &[], "").0, 429);
+    // The paid plan: its own count, 30 per window, in its headers.
+    let (status, head, _) = request_with(port, "GET", "/health", &paid, "");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("ratelimit-policy: \"paid\";q=30;w=60"),
+        "{head}"
+    );
+    // An unknown key is the free plan, already spent.
+    let other = [("X-Api-Key", "guess")];
+    assert_eq!(request_with(port, "GET", "/health", &other, "").0, 429);
+
+    let right = r#"{"user":"demo","password":"s3cret"}"#;
+    let wrong = r#"{"user":"demo","password":"guess"}"#;
+    for _ in 0..6 {
+        // Successful logins are given back.
+        assert_eq!(request_with(port, "POST", "/login", &paid, right).0, 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(request_with(port, "POST", "/login", &paid, wrong).0, 401);
+    }
+    let (status, head, _) = request_with(port, "POST", "/login", &paid, wrong);
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("\"login-failures\";q=5;w=60"), "{head}");
+    let stats = http_get_with(port, "/stats", &paid);
+    assert_eq!(stats["login_rate_limit"]["refunded"], 6, "{stats}");
+}
+
+fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+    let (status, _, body) = request_with(port, "GET", path, headers, "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}

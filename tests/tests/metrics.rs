@@ -34,7 +34,8 @@ const DOCUMENTED: &[(&str, &[&str])] = &[
     ("cache.breaker.transitions", &["state"]),
     ("cache.tag.invalidations", &[]),
     ("cache.events.gaps", &["reason"]),
-    ("ratelimit.decisions", &["outcome", "policy"]),
+    ("ratelimit.decisions", &["outcome", "policy", "plan"]),
+    ("ratelimit.refunds", &["result", "plan"]),
     ("ratelimit.store.calls", &["result"]),
     ("ratelimit.store.duration", &["result"]),
 ];
@@ -145,12 +146,18 @@ impl Recorded {
                 .find(|(n, _)| *n == name)
                 .unwrap_or_else(|| panic!("{name} is not in docs/metrics.md's list"));
             let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+            // `plan` only on a layer with plans.
+            let mut expected: Vec<&str> = documented.1.to_vec();
+            if !keys.contains(&"plan") {
+                expected.retain(|label| *label != "plan");
+            }
+            expected.sort_unstable();
             // A store failure has no policy to report.
             let without_policy = name == "ratelimit.decisions"
-                && keys == ["outcome"]
+                && keys.iter().all(|k| ["outcome", "plan"].contains(k))
                 && labels["outcome"].starts_with("fail_");
             assert!(
-                keys == documented.1 || without_policy,
+                keys == expected || without_policy,
                 "{name}: labels {keys:?}, documented {:?}",
                 documented.1
             );
@@ -236,6 +243,7 @@ tests::suite! {
     store_operations_report_result_and_latency_without_keys,
     tag_invalidations_and_event_gaps_are_counted,
     rate_limit_decisions_and_store_calls_are_counted,
+    rate_limit_plans_and_refunds_are_labelled,
     spans_carry_prefix_outcome_and_duration_never_arguments,
 }
 
@@ -449,6 +457,45 @@ mod behaviour {
             let hash = key.rsplit(':').next().unwrap();
             assert!(!log.contains(hash), "a key in the spans:\n{log}");
         }
+    }
+
+    /// A layer with plans labels its decisions and refunds with the plan
+    /// (`default` for its own policies); a layer without plans never does.
+    pub async fn rate_limit_plans_and_refunds_are_labelled(f: Fixture) {
+        let layer = RateLimitLayer::builder(f.cache.clone())
+            .prefix(unique_prefix("planned"))
+            .policy("free", Quota::new(5, Duration::from_secs(60)))
+            .plan("paid", [("paid", Quota::new(50, Duration::from_secs(60)))])
+            .plan_for(|req: &rate_limit::RequestInfo<'_>| {
+                req.headers
+                    .get("x-plan")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .charge_if(|res: &rate_limit::ResponseInfo<'_>| res.status.is_client_error())
+            .build()
+            .unwrap();
+        let port = serve(layer).await;
+        assert_eq!(
+            tests::http::get(port, "/", &[("x-plan", "paid")])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(get_status(port).await, 200);
+        let r = f.recorded;
+        let decided = |policy, plan| [("outcome", "allowed"), ("policy", policy), ("plan", plan)];
+        assert_eq!(r.count("ratelimit.decisions", &decided("paid", "paid")), 1);
+        assert_eq!(
+            r.count("ratelimit.decisions", &decided("free", "default")),
+            1
+        );
+        // The 200s were given back (awaited before the response went on).
+        for plan in ["paid", "default"] {
+            let refunded = [("result", "ok"), ("plan", plan)];
+            assert_eq!(r.count("ratelimit.refunds", &refunded), 1, "{plan}");
+        }
+        r.assert_documented(&["127.0.0.1"]);
     }
 
     pub async fn rate_limit_decisions_and_store_calls_are_counted(f: Fixture) {

@@ -5,7 +5,9 @@
 //! text. `SearchService::search` and `Embedder::embed` are memoized with
 //! `#[cached]`, and `/embed` shares its entries with `/search`. Every client IP
 //! gets `RATE_LIMIT` requests (default 100) per `RATE_LIMIT_WINDOW_SECS`
-//! (default 60). Uses Redis when `REDIS_URL` / `REDIS_CLUSTER_URLS` /
+//! (default 60), ten times that on the paid plan (an `X-Api-Key` from a
+//! static table); `POST /login` is charged only when it fails
+//! (`LOGIN_FAILURES` per minute, default 5). Uses Redis when `REDIS_URL` / `REDIS_CLUSTER_URLS` /
 //! `REDIS_HOST` is set and the embedded in-memory store otherwise; serves
 //! HTTP/1.1 and HTTP/2 on `HOST:PORT` (default `0.0.0.0:3000`). `--help` lists
 //! every setting.
@@ -15,16 +17,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
-use axum::routing::get;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use cache_core::Cache;
 use examples::search::{Hit, SearchService};
 use examples::server::{self, ServerSettings};
 use examples::{Invocation, LogFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use rate_limit::RateLimitLayer;
+use rate_limit::{Quota, RateLimitLayer, RequestInfo, ResponseInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -40,11 +44,25 @@ Endpoints:
   GET /health              the cache's state
   GET /stats               cache, computation and rate-limit counters
   GET /metrics             the same and more, in the Prometheus text format
+  POST /login              {\"user\":...,\"password\":...}: 200, or 401 (the demo account:
+                           user `demo`, password DEMO_PASSWORD)
 
 Rate limit:
-  RATE_LIMIT               requests per window and client IP [default: 100]
+  RATE_LIMIT               requests per window and client IP [default: 100];
+                           ten times that with `X-Api-Key: demo-paid-key` (the paid plan)
   RATE_LIMIT_WINDOW_SECS   the window [default: 60]
+  LOGIN_FAILURES           failed logins per minute and client IP [default: 5]
+  DEMO_PASSWORD            the demo account's password [default: demo]
 ";
+
+/// The API keys and their plans: a static table standing in for the
+/// accounts an authentication layer would look up.
+const API_KEYS: &[(&str, &str)] = &[("demo-paid-key", "paid")];
+
+/// The plan of an authenticated request: what `resolve_plan` puts into the
+/// request for the rate limiter's `plan_for`.
+#[derive(Clone, Copy)]
+struct Plan(&'static str);
 
 /// Longest text `/search` and `/embed` accept, in bytes.
 const MAX_TEXT_BYTES: usize = 500;
@@ -64,6 +82,9 @@ struct App {
     cache: Cache,
     search: Arc<SearchService>,
     limiter: RateLimitLayer,
+    login_limiter: RateLimitLayer,
+    /// The demo account's password (never logged).
+    demo_password: Arc<str>,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +140,10 @@ async fn serve() -> Result<(), Box<dyn Error>> {
     let settings = ServerSettings::from_env()?;
     let limit: u64 = examples::env_number("RATE_LIMIT", 100)?;
     let window: u64 = examples::env_number("RATE_LIMIT_WINDOW_SECS", 60)?;
+    let login_failures: u64 = examples::env_number("LOGIN_FAILURES", 5)?;
+    let demo_password: Arc<str> = std::env::var("DEMO_PASSWORD")
+        .unwrap_or_else(|_| "demo".to_string())
+        .into();
 
     // Metrics: cache-core and rate-limit (feature `metrics`) record through
     // the `metrics` facade into whatever recorder the process installed.
@@ -152,19 +177,40 @@ async fn serve() -> Result<(), Box<dyn Error>> {
     // Counted in Redis, so every instance shares the limit; the layer takes
     // a connection of its own (Cache::dedicated_counter), and keys clients by
     // the peer address in each request's ConnectInfo<SocketAddr>.
+    // The paid plan (an API key of the table) counts apart, ten times the limit.
     let limiter = RateLimitLayer::builder(cache.clone())
         .limit(limit)
         .window(Duration::from_secs(window))
+        .plan(
+            "paid",
+            [(
+                "paid",
+                Quota::new(limit.saturating_mul(10), Duration::from_secs(window)),
+            )],
+        )
+        .plan_for(|req: &RequestInfo<'_>| req.extensions.get::<Plan>().map(|plan| plan.0))
         .build()?;
     tracing::info!(limit, window_secs = window, "rate limit per client IP");
+    // Failed logins only: each login is charged when admitted (so concurrent
+    // guesses cannot pass together) and given back unless it got a 401/403.
+    let login_limiter = RateLimitLayer::builder(cache.clone())
+        .prefix("login")
+        .policy("login-failures", Quota::per_minute(login_failures))
+        .charge_if(|res: &ResponseInfo<'_>| {
+            matches!(res.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        })
+        .build()?;
 
     let app = Router::new()
         .route("/search", get(search_handler))
         .route("/embed", get(embed_handler))
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .route("/login", post(login).layer(login_limiter.clone()))
         // Applies to the routes above only.
         .layer(limiter.clone())
+        // Outside the limiter: puts the request's plan in for `plan_for`.
+        .layer(middleware::from_fn(resolve_plan))
         // Outside the limit: a scraper spends no client's quota, and is never refused.
         .route(
             "/metrics",
@@ -177,6 +223,8 @@ async fn serve() -> Result<(), Box<dyn Error>> {
             cache,
             search,
             limiter,
+            login_limiter,
+            demo_password,
         });
 
     // Serving. With axum alone it would be
@@ -276,6 +324,39 @@ async fn stats(State(app): State<App>) -> Json<Value> {
         "hit_rate": cache.hit_rate(),
         "computed": { "searches": searches, "embeddings": embeddings },
         "rate_limit": app.limiter.stats(),
+        "login_rate_limit": app.login_limiter.stats(),
         "runtime": examples::metrics::runtime_stats(),
     }))
+}
+
+/// Puts the plan of the request's `X-Api-Key` (from [`API_KEYS`]) into the
+/// request; without a known key, none: the free plan.
+async fn resolve_plan(mut request: Request, next: Next) -> Response {
+    let key = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok());
+    let plan = key.and_then(|key| API_KEYS.iter().find(|(known, _)| *known == key));
+    if let Some(&(_, plan)) = plan {
+        request.extensions_mut().insert(Plan(plan));
+    }
+    next.run(request).await
+}
+
+#[derive(Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+/// The demo account: `demo` with the configured password.
+async fn login(State(app): State<App>, Json(login): Json<Login>) -> (StatusCode, Json<Value>) {
+    if login.user == "demo" && login.password.as_bytes() == app.demo_password.as_bytes() {
+        (StatusCode::OK, Json(json!({ "user": login.user })))
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "wrong user or password" })),
+        )
+    }
 }
