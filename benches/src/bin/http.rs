@@ -321,6 +321,9 @@ async fn serve_all(url: &str) {
         RateLimitLayer::builder(cache)
             .limit(limit)
             .window(WINDOW)
+            // A prefix per limit: one prefix with two limits on one Redis is
+            // refused (the counters would be shared).
+            .prefix(format!("rate-{limit}"))
             .trusted_proxies([TRUSTED_PROXY])
             .store_timeout(store_timeout)
             .build()
