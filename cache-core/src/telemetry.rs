@@ -95,19 +95,20 @@ pub(crate) struct MemoizedCall {
     #[cfg(feature = "metrics")]
     prefix: &'static str,
     started: Option<Instant>,
-    /// Disabled (no allocation, nothing entered) while the level is off.
-    span: tracing::Span,
+    /// `None` while the level is off: nothing to build or drop then (a
+    /// disabled `Span` still costs its drop on every local hit).
+    span: Option<tracing::Span>,
 }
 
 impl MemoizedCall {
     #[inline]
     pub(crate) fn start(prefix: &'static str) -> MemoizedCall {
         let span = if tracing::enabled!(target: "cache_core::memoize", tracing::Level::DEBUG) {
-            memoized_span(prefix)
+            Some(memoized_span(prefix)).filter(|span| !span.is_disabled())
         } else {
-            tracing::Span::none()
+            None
         };
-        let timed = cfg!(feature = "metrics") || !span.is_disabled();
+        let timed = cfg!(feature = "metrics") || span.is_some();
         MemoizedCall {
             #[cfg(feature = "metrics")]
             prefix,
@@ -119,10 +120,9 @@ impl MemoizedCall {
     /// `fut` in the call's span, or `fut` itself while the span is off.
     #[inline]
     pub(crate) fn traced<F: Future>(&self, fut: F) -> Either<Instrumented<F>, F> {
-        if self.span.is_disabled() {
-            Either::Right(fut)
-        } else {
-            Either::Left(fut.instrument(self.span.clone()))
+        match &self.span {
+            None => Either::Right(fut),
+            Some(span) => Either::Left(fut.instrument(span.clone())),
         }
     }
 
@@ -146,10 +146,10 @@ impl MemoizedCall {
     #[cold]
     fn record(&self, tier: &'static str, served: Served, started: Instant) {
         let elapsed = started.elapsed();
-        if !self.span.is_disabled() {
-            self.span.record("tier", tier);
-            self.span.record("outcome", served.as_str());
-            self.span.record("duration_us", micros(elapsed));
+        if let Some(span) = &self.span {
+            span.record("tier", tier);
+            span.record("outcome", served.as_str());
+            span.record("duration_us", micros(elapsed));
         }
         #[cfg(feature = "metrics")]
         {
