@@ -22,8 +22,7 @@ use futures_util::future::Either;
 use tracing::field::Empty;
 use tracing::{Instrument, instrument::Instrumented};
 
-use crate::config::Backend;
-use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture};
+use crate::store::{KeyTtl, Reach, ScanNode, Script, Store, StoreFuture};
 
 /// `tier` of a handle on the in-memory store.
 pub(crate) const TIER_MEMORY: &str = "memory";
@@ -33,11 +32,12 @@ pub(crate) const TIER_REDIS: &str = "redis";
 /// front of Redis).
 pub(crate) const TIER_LOCAL: &str = "local";
 
-/// The `tier` label of a handle's store.
-pub(crate) fn tier(backend: &Backend) -> &'static str {
-    match backend {
-        Backend::Memory => TIER_MEMORY,
-        Backend::Redis(_) | Backend::Cluster(_) => TIER_REDIS,
+/// The `tier` label of a store that is where `reach` says.
+pub(crate) fn tier(reach: Reach) -> &'static str {
+    if reach.in_process() {
+        TIER_MEMORY
+    } else {
+        TIER_REDIS
     }
 }
 
@@ -278,10 +278,10 @@ impl Observed {
 }
 
 /// Wraps the store of a handle on `backend`.
-pub(crate) fn observe(inner: Box<dyn Store>, backend: &Backend) -> Box<dyn Store> {
+pub(crate) fn observe(inner: Box<dyn Store>) -> Box<dyn Store> {
     Box::new(Observed {
+        tier: tier(inner.reach()),
         inner,
-        tier: tier(backend),
         #[cfg(feature = "metrics")]
         handles: Default::default(),
     })
@@ -359,6 +359,9 @@ impl Observed {
 }
 
 impl Store for Observed {
+    fn reach(&self) -> Reach {
+        self.inner.reach()
+    }
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
         self.op("get", found, self.inner.get(key, max_len))
     }

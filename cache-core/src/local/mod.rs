@@ -558,21 +558,12 @@ fn sweep_threshold(max_entries: usize) -> usize {
 /// and on the in-memory store (already in-process: a copy in front of it
 /// would only cost memory).
 pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<LocalTier>> {
-    use crate::config::Backend;
+    use crate::store::connect::Servers;
     let (max_entries, max_ttl) = config.local_tier?;
     let serve_stale = config.local_serve_stale;
-    let clients = match &config.backend {
-        Backend::Memory => return None,
-        Backend::Redis(endpoint) => crate::store::connect::client(endpoint, config)
-            .map(|client| TrackedStore::Standalone(Box::new(client))),
-        Backend::Cluster(nodes) => nodes
-            .iter()
-            .map(|node| crate::store::connect::client(node, config))
-            .collect::<crate::error::Result<Vec<_>>>()
-            .map(TrackedStore::Cluster),
-    };
-    let store = match clients {
-        Ok(store) => store,
+    let store = match crate::store::connect::servers(config)? {
+        Ok(Servers::Standalone(client)) => TrackedStore::Standalone(Box::new(client)),
+        Ok(Servers::Cluster(clients)) => TrackedStore::Cluster(clients),
         // The store was built from the same endpoints: not expected.
         Err(err) => {
             tracing::warn!(%err, "local tier off: no tracking client");
