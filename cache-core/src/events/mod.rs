@@ -57,8 +57,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
-use crate::store::Reach;
 pub use crate::stats::{EventConnection, EventStats};
+use crate::store::Reach;
 use hub::{Hub, Message, Next, Payload, Topic};
 
 /// Default length of a subscription's buffer, in messages.
