@@ -562,7 +562,7 @@ pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<Loca
     let (max_entries, max_ttl) = config.local_tier?;
     let serve_stale = config.local_serve_stale;
     let store = match crate::store::connect::servers(config)? {
-        Ok(Servers::Standalone(client)) => TrackedStore::Standalone(Box::new(client)),
+        Ok(Servers::Standalone(client)) => TrackedStore::Standalone(client),
         Ok(Servers::Cluster(clients)) => TrackedStore::Cluster(clients),
         // The store was built from the same endpoints: not expected.
         Err(err) => {

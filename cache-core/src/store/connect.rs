@@ -60,8 +60,8 @@ pub(crate) fn pubsub_manager(config: &CacheConfig) -> ConnectionManagerConfig {
 /// A client per Redis server the handle is configured with, for
 /// connections a feature opens itself (the local tier's tracking).
 pub(crate) enum Servers {
-    /// The one server.
-    Standalone(redis::Client),
+    /// The one server (boxed: a client is large beside a `Vec`).
+    Standalone(Box<redis::Client>),
     /// A client per seed node of the cluster.
     Cluster(Vec<redis::Client>),
 }
@@ -71,7 +71,9 @@ pub(crate) enum Servers {
 pub(crate) fn servers(config: &CacheConfig) -> Option<Result<Servers>> {
     match &config.backend {
         Backend::Memory => None,
-        Backend::Redis(endpoint) => Some(client(endpoint, config).map(Servers::Standalone)),
+        Backend::Redis(endpoint) => {
+            Some(client(endpoint, config).map(|client| Servers::Standalone(Box::new(client))))
+        }
         Backend::Cluster(nodes) => Some(
             nodes
                 .iter()
