@@ -683,10 +683,17 @@ impl RateLimitLayerBuilder {
             .iter()
             .map(|p| (p.name.as_str(), p.quota.limit(), p.quota.window()))
             .collect();
-        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
+        let concurrent: Vec<usize> = (0..policies.len())
+            .filter(|&i| policies[i].quota.is_concurrent())
+            .collect();
+        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described)
+            .with_concurrency(&described, &concurrent);
         let limited_bodies = policies
             .iter()
-            .map(|p| response::too_many_requests_body(p.quota.limit(), p.quota.window()))
+            .map(|p| match p.quota.is_concurrent() {
+                true => response::too_many_in_flight_body(p.quota.limit()),
+                false => response::too_many_requests_body(p.quota.limit(), p.quota.window()),
+            })
             .collect();
         (headers, limited_bodies)
     }

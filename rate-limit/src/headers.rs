@@ -126,6 +126,32 @@ impl HeaderTemplate {
         }
     }
 
+    /// The same template, the policies at `concurrent` (indices into
+    /// `policies`, as given to [`new`](Self::new)) being
+    /// [concurrency limits](crate::Quota::concurrent): their
+    /// `RateLimit-Policy` items say `qu="concurrent-requests"` (the IETF
+    /// draft's quota unit for requests in flight) and carry no window.
+    pub(crate) fn with_concurrency(
+        mut self,
+        policies: &[(&str, u64, std::time::Duration)],
+        concurrent: &[usize],
+    ) -> Self {
+        if concurrent.is_empty() {
+            return self;
+        }
+        let policy = policies
+            .iter()
+            .enumerate()
+            .map(|(i, (name, limit, window))| match concurrent.contains(&i) {
+                true => format!("\"{name}\";q={limit};qu=\"concurrent-requests\""),
+                false => format!("\"{name}\";q={limit};w={}", ceil_seconds(*window)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.policy = HeaderValue::from_str(&policy).ok();
+        self
+    }
+
     /// Writes the enabled header sets for `decision`.
     pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
         let HeaderSets { legacy, ietf } = self.sets;

@@ -16,6 +16,7 @@ use crate::error::KeyError;
 use crate::future::ResponseFuture;
 use crate::headers::{HeaderTemplate, RATELIMIT, X_RATELIMIT_LIMIT};
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
+use crate::lease::LeaseGuard;
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::prefix::PrefixClaim;
 use crate::response::{self, GrpcStatus, ResponseBody};
@@ -240,6 +241,11 @@ impl Shared {
     fn grpc_limited_message(&self, decision: &Decision) -> String {
         let wait = decision.retry_after_seconds();
         match self.limiter.policies.get(decision.policy) {
+            Some(p) if p.quota.is_concurrent() => format!(
+                "concurrency limit of {} requests in flight (policy \"{}\") exceeded; retry after {wait} s",
+                p.quota.limit(),
+                p.name,
+            ),
             Some(p) => format!(
                 "rate limit of {} per {} s (policy \"{}\") exceeded; retry after {wait} s",
                 p.quota.limit(),
@@ -358,9 +364,19 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = shared.clone();
         let future = async move {
+            // The lease of a concurrency limit, once taken: released when
+            // the response body ends, or when this future or the body is
+            // dropped (see `crate::lease`).
+            let mut lease = None;
             let decision = match known {
                 Some(decision) => decision,
-                None => match shared.limiter.check(key, cost).await {
+                None => match if shared.limiter.takes_leases() {
+                    let (verdict, taken) = shared.limiter.acquire(key, cost).await;
+                    lease = taken.map(|taken| LeaseGuard::new(shared.clone(), taken));
+                    verdict
+                } else {
+                    shared.limiter.check(key, cost).await
+                } {
                     Verdict::Decided(decision) => decision,
                     Verdict::TooCostly { policy } => {
                         if !shared.shadow {
@@ -409,7 +425,11 @@ where
             } else {
                 counters.add(Count::ShadowLimited);
             }
-            let mut response = inner.call(request).await?.map(ResponseBody::inner);
+            let response = inner.call(request).await?;
+            let mut response = match lease {
+                Some(lease) => response.map(|body| ResponseBody::leased(body, lease)),
+                None => response.map(ResponseBody::inner),
+            };
             // A layer inside this one answered for itself (its 429 says its own
             // limit): its headers stand, never overwritten with this one's.
             if !carries_rate_limit_headers(response.headers()) {

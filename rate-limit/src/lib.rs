@@ -326,6 +326,7 @@ mod future;
 mod headers;
 mod key;
 mod layer;
+mod lease;
 mod limiter;
 mod peer;
 mod prefix;
@@ -350,9 +351,13 @@ pub use key::{
     TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
 pub use layer::{FailMode, RateLimit, RateLimitLayer};
+pub use lease::LeaseGuard;
 pub use limiter::RateLimitStats;
 pub use peer::peer_addr;
-pub use quota::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota};
+pub use quota::{
+    Algorithm, DEFAULT_LEASE_TTL, MAX_CONCURRENT, MAX_LEASE_TTL, MAX_LIMIT, MAX_WINDOW,
+    MIN_LEASE_TTL, Quota,
+};
 pub use response::ResponseBody;
 /// The layer's default 429 body, for the benchmarks' baseline that answers
 /// the same 429 itself: not part of the API.

@@ -57,7 +57,7 @@ use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::exact::{Call, Exact};
 use crate::quota::Quota;
 use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
-use crate::store::memory::MemoryLimits;
+use crate::store::{self, memory::MemoryLimits};
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
@@ -95,12 +95,20 @@ pub struct RateLimitStats {
     /// Store calls made: at most one per request counted at the store
     /// (requests arriving while the connection is busy share one).
     pub store_calls: u64,
+    /// Leases taken by admitted requests ([concurrency limits](crate::Quota::concurrent)).
+    pub leases_granted: u64,
+    /// Requests refused because their client had every slot of a
+    /// concurrency limit taken (also counted in `limited`).
+    pub leases_refused: u64,
+    /// Leases found expired when their response ended: the response
+    /// outlasted the lease TTL (its slot had been freed before).
+    pub leases_expired: u64,
 }
 
 /// The layer's counters: every request writes one, so they are striped
 /// per thread as the cache's are.
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<{ Count::StoreCalls as usize + 1 }>);
+pub(crate) struct Counters(StripedCounters<{ Count::LeasesExpired as usize + 1 }>);
 
 /// One of the layer's counters.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +119,9 @@ pub(crate) enum Count {
     ShadowLimited,
     StoreErrors,
     StoreCalls,
+    LeasesGranted,
+    LeasesRefused,
+    LeasesExpired,
 }
 
 impl Counters {
@@ -127,6 +138,9 @@ impl Counters {
             shadow_limited: sum(Count::ShadowLimited),
             store_errors: sum(Count::StoreErrors),
             store_calls: sum(Count::StoreCalls),
+            leases_granted: sum(Count::LeasesGranted),
+            leases_refused: sum(Count::LeasesRefused),
+            leases_expired: sum(Count::LeasesExpired),
         }
     }
 }
@@ -188,6 +202,36 @@ pub(crate) struct Limiter {
     in_flight: AtomicUsize,
     /// The store is failing: logged once per change.
     failing: StateFlag,
+    /// The indices of the concurrency limits among the policies (none: the
+    /// layer takes no leases).
+    concurrent: Vec<usize>,
+    /// Where lease ids come from.
+    lease_ids: LeaseIds,
+}
+
+/// The leases one admitted request holds, one per concurrency limit of the
+/// layer (one id in each of its client's lease sets), until released.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    keys: Vec<String>,
+    id: i64,
+}
+
+/// Lease ids: unique within a limiter (a count), unpredictable and
+/// independent across instances (hashed with keys random per limiter), 63
+/// bits: an id two instances give one client at once collides with odds
+/// of about `held² / 2^64`.
+struct LeaseIds {
+    hasher: std::hash::RandomState,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseIds {
+    fn next(&self) -> i64 {
+        use std::hash::BuildHasher;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (self.hasher.hash_one(n) >> 1) as i64
+    }
 }
 
 /// Counts a request as at the store for as long as it lives (a cancelled
@@ -243,6 +287,17 @@ impl Keys {
         }
     }
 
+    /// The keys of the policies at `indices`.
+    pub(crate) fn of(&self, indices: &[usize]) -> Vec<String> {
+        match self {
+            Keys::One(key) => vec![key.clone()],
+            Keys::Several(keys) => indices
+                .iter()
+                .filter_map(|&i| keys.get(i).cloned())
+                .collect(),
+        }
+    }
+
     /// Appends every key to `out`.
     pub(crate) fn push_into<'a>(&'a self, out: &mut Vec<&'a str>) {
         match self {
@@ -285,6 +340,12 @@ impl Limiter {
             ))),
         };
         Limiter {
+            concurrent: quotas
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.is_concurrent())
+                .map(|(i, _)| i)
+                .collect(),
             quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
             clock,
@@ -302,7 +363,151 @@ impl Limiter {
             denied: DenyCache::new(DEFAULT_CAPACITY),
             in_flight: AtomicUsize::new(0),
             failing: StateFlag::new(),
+            lease_ids: LeaseIds {
+                hasher: std::hash::RandomState::new(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            },
         }
+    }
+
+    /// The layer has a concurrency limit: its admitted requests take leases
+    /// ([`acquire`](Self::acquire) instead of [`check`](Self::check)).
+    pub(crate) fn takes_leases(&self) -> bool {
+        !self.concurrent.is_empty()
+    }
+
+    /// [`check`](Self::check) for a layer with concurrency limits: one
+    /// store call checks every policy and, if all admit, charges the rate
+    /// policies and takes a lease in each concurrency limit (none for a
+    /// request of cost 0). The lease, if taken, goes back with
+    /// [`release`](Self::release); one not released expires after its TTL.
+    pub(crate) async fn acquire(&self, client: String, cost: u64) -> (Verdict, Option<Lease>) {
+        if let Some(policy) = self.too_costly(cost) {
+            return (Verdict::TooCostly { policy }, None);
+        }
+        let keys = self.keys(&client);
+        let id = self.lease_ids.next();
+        let sent = Sent {
+            monotonic: monotonic_micros(self.clock.as_ref()),
+            wall: match self.counting {
+                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
+                Counting::Exact(_) | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
+            },
+        };
+        let call = telemetry::StoreCall::start();
+        self.counters.add(Count::StoreCalls);
+        let row = match &self.counting {
+            Counting::Memory(memory) => Ok(keys.with_strs(|keys| {
+                memory.evaluate_leased(
+                    keys,
+                    &self.quotas,
+                    sent.wall.unwrap_or_default(),
+                    cost,
+                    id as u64,
+                )
+            })),
+            // Refused by the builder.
+            Counting::Shared(_) => return (Verdict::StoreFailed, None),
+            Counting::Exact(_) => {
+                let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
+                    self.note_store(Some("too many requests at the store at once"));
+                    return (Verdict::StoreFailed, None);
+                };
+                let (one, several): ([&str; 1], Vec<&str>);
+                let strs: &[&str] = match &keys {
+                    Keys::One(key) => {
+                        one = [key.as_str()];
+                        &one
+                    }
+                    Keys::Several(keys) => {
+                        several = keys.iter().map(String::as_str).collect();
+                        &several
+                    }
+                };
+                store::redis::acquire(
+                    &self.cache,
+                    strs,
+                    &self.quotas,
+                    sent.wall,
+                    cost,
+                    id,
+                    self.store_timeout,
+                )
+                .await
+                .map_err(|err| err.to_string())
+            }
+        };
+        let row = call.finish(row);
+        // Refused by a concurrency limit: its retry cell is set.
+        if let Ok(row) = &row
+            && row.first() == Some(&0)
+            && self
+                .concurrent
+                .iter()
+                .any(|&i| row.get(3 + 4 * i).is_some_and(|&retry| retry != 0))
+        {
+            self.counters.add(Count::LeasesRefused);
+            telemetry::lease(telemetry::LeaseEvent::Refused);
+        }
+        let Some(outcome) = self.outcome(row) else {
+            return (Verdict::StoreFailed, None);
+        };
+        self.note_denied(&client, &outcome, sent);
+        let lease = (outcome.decision.allowed && cost > 0).then(|| {
+            self.counters.add(Count::LeasesGranted);
+            telemetry::lease(telemetry::LeaseEvent::Granted);
+            Lease {
+                keys: keys.of(&self.concurrent),
+                id,
+            }
+        });
+        (Verdict::Decided(outcome.decision), lease)
+    }
+
+    /// Gives `lease` back: at once in memory; on Redis, one call per
+    /// concurrency limit (see [`Lease`]). A lease found gone had expired.
+    pub(crate) async fn release(&self, lease: Lease) {
+        let held = match &self.counting {
+            Counting::Memory(memory) => lease
+                .keys
+                .iter()
+                .all(|key| memory.release(key, lease.id as u64)),
+            Counting::Exact(_) | Counting::Shared(_) => {
+                match store::redis::release(&self.cache, &lease.keys, lease.id, self.store_timeout)
+                    .await
+                {
+                    Ok(held) => held,
+                    Err(err) => {
+                        // It expires with its TTL.
+                        self.note_store(Some(&err.to_string()));
+                        return;
+                    }
+                }
+            }
+        };
+        if !held {
+            self.counters.add(Count::LeasesExpired);
+            telemetry::lease(telemetry::LeaseEvent::Expired);
+        }
+    }
+
+    /// Releases `lease` where no task can wait for the store: in memory at
+    /// once; `Some(lease)` back when it needs a store call.
+    pub(crate) fn release_now(&self, lease: Lease) -> Option<Lease> {
+        let Counting::Memory(memory) = &self.counting else {
+            return Some(lease);
+        };
+        if !lease
+            .keys
+            .iter()
+            .all(|key| memory.release(key, lease.id as u64))
+        {
+            self.counters.add(Count::LeasesExpired);
+            telemetry::lease(telemetry::LeaseEvent::Expired);
+        }
+        None
     }
 
     /// Counts one request of `client` (an already sanitized key) costing
@@ -403,7 +608,10 @@ impl Limiter {
     /// The first policy whose whole limit is below `cost`: a request that
     /// can never pass.
     pub(crate) fn too_costly(&self, cost: u64) -> Option<usize> {
-        self.quotas.iter().position(|q| cost > q.limit())
+        // A concurrency limit counts a lease per request, whatever its cost.
+        self.quotas
+            .iter()
+            .position(|q| cost > q.limit() && !q.is_concurrent())
     }
 
     /// The decision for `client` when the local deny cache already has it

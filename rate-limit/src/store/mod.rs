@@ -73,6 +73,7 @@ pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> 
             previous,
         } => format!("{index}:{current}:{previous}"),
         State::Gcra { tat_us } => tat_us.to_string(),
+        State::Leases { held, .. } => held.to_string(),
     };
     Some((text, Duration::from_millis(expires - now_ms)))
 }

@@ -35,6 +35,7 @@ fn code(algorithm: Algorithm) -> i64 {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => 1,
         Algorithm::Gcra => 2,
+        Algorithm::Concurrent => 3,
     }
 }
 
@@ -176,6 +177,56 @@ async fn count_fixed(
         }
     }
     Ok(rows)
+}
+
+/// Releases a lease: removes it from its concurrency limit's sorted set.
+/// Its reply: 1, or 0 if the lease was no longer there (it expired and an
+/// acquire trimmed it, or the key expired).
+const RELEASE_LUA: &str = "return {redis.call('ZREM', KEYS[1], ARGV[1])}";
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+/// One request of `cost` on `keys` (one per quota, one hash tag), some of
+/// the quotas concurrency limits: `limits.lua` checks every policy and, if
+/// all admit, charges the rate policies and adds lease `lease` to each
+/// concurrency limit's set, in one atomic step. Its row (`window::row_len`).
+pub(crate) async fn acquire(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: Option<u64>,
+    cost: u64,
+    lease: i64,
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let mut args = args(now_us, quotas);
+    // One client, one request: its cost and its lease id.
+    args.extend([1, int(cost), lease]);
+    let reply = cache
+        .eval_script_within(&LIMITS, keys, &args, timeout)
+        .await?;
+    if reply.len() != crate::window::row_len(quotas.len()) {
+        return Err(malformed(reply.len(), 1));
+    }
+    Ok(reply)
+}
+
+/// Releases lease `lease` of every key in `keys` (the concurrency limits'
+/// sets of one client): `true` if each still held it.
+pub(crate) async fn release(
+    cache: &Cache,
+    keys: &[String],
+    lease: i64,
+    timeout: Duration,
+) -> Result<bool, CallError> {
+    let mut held = true;
+    for key in keys {
+        let removed = cache
+            .eval_script_within(&RELEASE, &[key.as_str()], &[lease], timeout)
+            .await?;
+        held &= removed.first() == Some(&1);
+    }
+    Ok(held)
 }
 
 /// A row of one policy: admitted, remaining, reset, retry, blocked.

@@ -1,0 +1,70 @@
+//! [`LeaseGuard`]: the lease an admitted request holds on its client's
+//! [concurrency limits](crate::Quota::concurrent), carried by the response
+//! body and released when the body ends, fails or is dropped.
+//!
+//! **Released once, whatever happens.** The guard releases on the body's
+//! end of stream or error, and in `Drop`: a response future dropped before
+//! the inner service answered (the client hung up), an inner service
+//! error, a body dropped half read. On Redis the release is a store call,
+//! queued on a task of its own by `Drop`, so it survives the future or body
+//! being dropped; without a Tokio runtime to run it (the guard dropped
+//! outside one), and when the store cannot be reached, the lease expires
+//! with its TTL instead: the bound on a leak, as for an instance that dies.
+
+use std::sync::Arc;
+
+use crate::layer::Shared;
+use crate::limiter::Lease;
+
+/// The lease a response of a layer with a
+/// [concurrency limit](crate::Quota::concurrent) holds, inside its body
+/// ([`ResponseBody::Leased`](crate::ResponseBody::Leased)); released when
+/// the body ends, fails or is dropped.
+pub struct LeaseGuard {
+    shared: Arc<Shared>,
+    lease: Option<Lease>,
+}
+
+impl LeaseGuard {
+    pub(crate) fn new(shared: Arc<Shared>, lease: Lease) -> Self {
+        LeaseGuard {
+            shared,
+            lease: Some(lease),
+        }
+    }
+
+    /// Releases the lease, the first time only: at once in memory, on a
+    /// task of its own on Redis.
+    pub(crate) fn release(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let Some(lease) = self.shared.limiter.release_now(lease) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let shared = Arc::clone(&self.shared);
+                runtime.spawn(async move { shared.limiter.release(lease).await });
+            }
+            Err(_) => tracing::debug!(
+                prefix = %self.shared.limiter.prefix,
+                "lease dropped outside a Tokio runtime: it expires with its TTL"
+            ),
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl std::fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("held", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
+}
