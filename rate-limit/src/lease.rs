@@ -10,6 +10,12 @@
 //! being dropped; without a Tokio runtime to run it (the guard dropped
 //! outside one), and when the store cannot be reached, the lease expires
 //! with its TTL instead: the bound on a leak, as for an instance that dies.
+//!
+//! **Renewed while it streams.** A body still yielding frames past half
+//! its lease TTL renews the lease (its expiry a TTL from then, one store
+//! call per half TTL, on a task of its own): a stream longer than the TTL
+//! keeps its slot as long as it sends something at least once per TTL (a
+//! Server-Sent Events keep-alive does). One silent for a whole TTL loses it.
 
 use std::sync::Arc;
 
@@ -23,13 +29,38 @@ use crate::limiter::Lease;
 pub struct LeaseGuard {
     shared: Arc<Shared>,
     lease: Option<Lease>,
+    /// When the lease is due for renewal (the clock's monotonic µs).
+    renew_at: u64,
 }
 
 impl LeaseGuard {
     pub(crate) fn new(shared: Arc<Shared>, lease: Lease) -> Self {
+        let limiter = &shared.limiter;
+        let renew_at = limiter
+            .monotonic_now()
+            .saturating_add(limiter.renewal_interval_us());
         LeaseGuard {
             shared,
             lease: Some(lease),
+            renew_at,
+        }
+    }
+
+    /// A frame of the body went out: renews the lease if it is due.
+    pub(crate) fn on_frame(&mut self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let limiter = &self.shared.limiter;
+        let now = limiter.monotonic_now();
+        if now < self.renew_at {
+            return;
+        }
+        self.renew_at = now.saturating_add(limiter.renewal_interval_us());
+        let (keys, id) = lease.renewal(limiter);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move { shared.limiter.renew(&keys, id).await });
         }
     }
 

@@ -100,6 +100,8 @@ pub struct RateLimitStats {
     /// Requests refused because their client had every slot of a
     /// concurrency limit taken (also counted in `limited`).
     pub leases_refused: u64,
+    /// Leases renewed by a response still streaming past half its TTL.
+    pub leases_renewed: u64,
     /// Leases found expired when their response ended: the response
     /// outlasted the lease TTL (its slot had been freed before).
     pub leases_expired: u64,
@@ -108,7 +110,7 @@ pub struct RateLimitStats {
 /// The layer's counters: every request writes one, so they are striped
 /// per thread as the cache's are.
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<{ Count::LeasesExpired as usize + 1 }>);
+pub(crate) struct Counters(StripedCounters<{ Count::LeasesRenewed as usize + 1 }>);
 
 /// One of the layer's counters.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +124,7 @@ pub(crate) enum Count {
     LeasesGranted,
     LeasesRefused,
     LeasesExpired,
+    LeasesRenewed,
 }
 
 impl Counters {
@@ -141,6 +144,7 @@ impl Counters {
             leases_granted: sum(Count::LeasesGranted),
             leases_refused: sum(Count::LeasesRefused),
             leases_expired: sum(Count::LeasesExpired),
+            leases_renewed: sum(Count::LeasesRenewed),
         }
     }
 }
@@ -215,6 +219,18 @@ pub(crate) struct Limiter {
 pub(crate) struct Lease {
     keys: Vec<String>,
     id: i64,
+}
+
+impl Lease {
+    /// Its keys, each with its concurrency limit's lease TTL (ms), and its id:
+    /// what a renewal sends.
+    pub(crate) fn renewal(&self, limiter: &Limiter) -> (Vec<(String, u64)>, i64) {
+        let ttls = limiter
+            .concurrent
+            .iter()
+            .map(|&i| limiter.quotas[i].window_ms());
+        (self.keys.iter().cloned().zip(ttls).collect(), self.id)
+    }
 }
 
 /// Lease ids: unique within a limiter (a count), unpredictable and
@@ -490,6 +506,47 @@ impl Limiter {
         if !held {
             self.counters.add(Count::LeasesExpired);
             telemetry::lease(telemetry::LeaseEvent::Expired);
+        }
+    }
+
+    /// Half the shortest lease TTL of the layer, µs: how often a streaming
+    /// response renews its lease.
+    pub(crate) fn renewal_interval_us(&self) -> u64 {
+        let shortest = self
+            .concurrent
+            .iter()
+            .map(|&i| self.quotas[i].window_ms())
+            .min();
+        shortest.unwrap_or(0).saturating_mul(500)
+    }
+
+    /// The clock's monotonic reading, µs (when a lease is due for renewal).
+    pub(crate) fn monotonic_now(&self) -> u64 {
+        monotonic_micros(self.clock.as_ref())
+    }
+
+    /// Renews a lease (see [`Lease::renewal`]) a lease TTL from now, if it
+    /// is still held; at once in memory, else a store call.
+    pub(crate) async fn renew(&self, keys: &[(String, u64)], id: i64) {
+        let renewed = match &self.counting {
+            Counting::Memory(memory) => {
+                let now_ms = now_micros(self.clock.as_ref()) / 1000;
+                keys.iter()
+                    .all(|(key, ttl)| memory.renew(key, id as u64, now_ms, *ttl))
+            }
+            Counting::Exact(_) | Counting::Shared(_) => {
+                let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
+                match store::redis::renew(&self.cache, keys, id, now, self.store_timeout).await {
+                    Ok(renewed) => renewed,
+                    Err(err) => {
+                        self.note_store(Some(&err.to_string()));
+                        return;
+                    }
+                }
+            }
+        };
+        if renewed {
+            self.counters.add(Count::LeasesRenewed);
         }
     }
 

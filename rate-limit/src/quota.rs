@@ -121,10 +121,12 @@ impl Quota {
     ///
     /// A lease carries an expiry, the [lease TTL](Self::lease_ttl) (default
     /// [`DEFAULT_LEASE_TTL`], 60 s): an instance that dies holding leases
-    /// frees its slots by then. The TTL must outlast the longest response:
-    /// a lease is not renewed, so a stream longer than the TTL stops
-    /// counting when its lease expires. Limits: 1 to [`MAX_CONCURRENT`];
-    /// TTL [`MIN_LEASE_TTL`] to [`MAX_LEASE_TTL`].
+    /// frees its slots by then. A response still streaming renews its lease
+    /// when it sends a frame past half the TTL, so a long stream keeps its
+    /// slot as long as it sends something at least once per TTL (a
+    /// Server-Sent Events keep-alive does); one silent for a whole TTL
+    /// stops counting. Limits: 1 to [`MAX_CONCURRENT`]; TTL
+    /// [`MIN_LEASE_TTL`] to [`MAX_LEASE_TTL`].
     ///
     /// ```
     /// use std::time::Duration;

@@ -71,7 +71,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 // The response is over: at its end, on an error, or once the
                 // frame just read was its last.
                 match &frame {
-                    Some(Ok(_)) if !body.is_end_stream() => {}
+                    Some(Ok(_)) if !body.is_end_stream() => lease.on_frame(),
                     _ => lease.release(),
                 }
                 Poll::Ready(frame)

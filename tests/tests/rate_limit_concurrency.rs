@@ -16,7 +16,7 @@ use cache_core::Cache;
 use rate_limit::{ConfigError, ErrorKind, FailMode, ManualClock, Quota, RateLimitLayer};
 use tests::suite::{self, Backend};
 use tests::{eventually, shared_cluster, shared_server, unique_prefix, within};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
 /// A store for one test, and a way to open another handle on it (a second
@@ -114,6 +114,27 @@ fn app(layer: RateLimitLayer, probe: Arc<Probe>) -> Router {
         .layer(layer)
 }
 
+/// `GET /` behind `layer`: a body that sends each chunk given to `chunks`
+/// (one request: the first takes the receiver).
+fn streaming_app(layer: RateLimitLayer, chunks: mpsc::Receiver<&'static str>) -> Router {
+    let chunks = Arc::new(std::sync::Mutex::new(Some(chunks)));
+    Router::new()
+        .route(
+            "/",
+            get(move || {
+                let chunks = chunks.lock().unwrap().take();
+                async move {
+                    let chunks = chunks.expect("one streaming request");
+                    Body::from_stream(futures_util::stream::unfold(chunks, |mut chunks| async {
+                        let chunk = chunks.recv().await?;
+                        Some((Ok::<_, std::io::Error>(chunk), chunks))
+                    }))
+                }
+            }),
+        )
+        .layer(layer)
+}
+
 /// One request from 127.0.0.1 through `app`, without HTTP: the response
 /// with its body unread.
 async fn call(app: &Router) -> http::Response<Body> {
@@ -173,10 +194,55 @@ tests::suite!(
     a_lease_is_released_at_the_body_end_or_drop_not_at_the_head,
     the_leases_of_a_killed_instance_expire_after_their_ttl,
     rate_policies_and_the_lease_are_taken_together_or_not_at_all,
+    a_response_still_streaming_renews_its_lease,
 );
 
 mod behaviour {
     use super::*;
+
+    pub async fn a_response_still_streaming_renews_its_lease(store: Store) {
+        use futures_util::StreamExt;
+
+        let prefix = unique_prefix("renewed");
+        let clock = ManualClock::new();
+        let layer = RateLimitLayer::builder(store.cache.clone())
+            .prefix(&prefix)
+            .policy(
+                "streams",
+                Quota::concurrent(1).lease_ttl(Duration::from_secs(10)),
+            )
+            .clock(clock.clone())
+            .store_timeout(store.cache.timeout())
+            .build()
+            .unwrap();
+        let (send, chunks) = mpsc::channel(4);
+        let streaming = streaming_app(layer.clone(), chunks);
+        let response = call(&streaming).await;
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body().into_data_stream();
+        let probe = Probe::new();
+        let other = app(layer.clone(), probe.clone());
+
+        // Past half the TTL, a frame: the lease is renewed, 10 s from now.
+        clock.advance(Duration::from_secs(6));
+        send.send("tick").await.unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap(), "tick");
+        eventually(Duration::from_secs(10), "the lease renewed", async || {
+            layer.stats().leases_renewed == 1
+        })
+        .await;
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(
+            call(&other).await.status(),
+            429,
+            "past the first TTL, renewed"
+        );
+        // Silent for a whole TTL since: the lease expired, the slot is free.
+        clock.advance(Duration::from_secs(4));
+        let freed = call(&other).await;
+        assert_eq!(freed.status(), 200, "the renewed lease expired");
+        drop((freed, body, send));
+    }
 
     pub async fn in_flight_never_exceeds_the_limit_across_two_instances(store: Store) {
         const LIMIT: usize = 5;

@@ -120,6 +120,23 @@ impl MemoryLimits {
         rows
     }
 
+    /// Renews lease `lease` of `key`, if it is still held at `now_ms`: it
+    /// expires `ttl_ms` from now.
+    pub(crate) fn renew(&self, key: &str, lease: u64, now_ms: u64, ttl_ms: u64) -> bool {
+        let mut sets = cache_core::sync::lock(&self.lease_shards[self.shard_index(key)]);
+        let held = sets
+            .get_mut(key)
+            .and_then(|set| set.iter_mut().find(|(id, _)| *id == lease))
+            .filter(|(_, expires)| *expires > now_ms);
+        match held {
+            Some((_, expires)) => {
+                *expires = now_ms.saturating_add(ttl_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Releases lease `lease` of `key`: `false` if it was no longer held
     /// (it expired, and was trimmed or made room for others).
     pub(crate) fn release(&self, key: &str, lease: u64) -> bool {
