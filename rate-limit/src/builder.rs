@@ -25,6 +25,8 @@ use crate::window::Decision;
 pub const DEFAULT_PREFIX: &str = "rate";
 /// Default bound on one store call; past it the request is let through (or 503).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest [`lease_wait`](RateLimitLayerBuilder::lease_wait): 60 s.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
 /// Configures a [`RateLimitLayer`].
 #[must_use]
 pub struct RateLimitLayerBuilder {
@@ -51,6 +53,7 @@ pub struct RateLimitLayerBuilder {
     local_deny: bool,
     on_limited: Option<Box<OnLimited>>,
     shared: Option<SharedCounting>,
+    lease_wait: Duration,
 }
 
 impl RateLimitLayerBuilder {
@@ -78,6 +81,7 @@ impl RateLimitLayerBuilder {
             local_deny: true,
             on_limited: None,
             shared: None,
+            lease_wait: Duration::ZERO,
         }
     }
 
@@ -562,6 +566,30 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// A request refused only by a [concurrency limit](Quota::concurrent)
+    /// (every rate policy admits it) waits up to `wait` for a slot before
+    /// its 429, asking the store again after 5 ms, then twice as long each
+    /// time up to 100 ms (a store call each). Not a queue: a slot goes to
+    /// whichever request asks first once it is free. Default: no wait. At
+    /// most [`MAX_LEASE_WAIT`] (60 s), and only with a concurrency limit:
+    /// else [`ConfigError::LeaseWait`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// let exports = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("in-flight", Quota::concurrent(2))
+    ///     .lease_wait(Duration::from_secs(5))
+    ///     .build()?;
+    /// # let _ = exports;
+    /// # Ok::<(), rate_limit::Error>(())
+    /// ```
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
         let store_timeout = self.checked_store_timeout()?;
@@ -572,6 +600,12 @@ impl RateLimitLayerBuilder {
         if let Some(shared) = &self.shared {
             let quotas: Vec<Quota> = policies.iter().map(|p| p.quota).collect();
             shared.validate(&quotas)?;
+        }
+        if !self.lease_wait.is_zero()
+            && (self.lease_wait > MAX_LEASE_WAIT
+                || !policies.iter().any(|p| p.quota.is_concurrent()))
+        {
+            return Err(ConfigError::LeaseWait(self.lease_wait));
         }
         let extractor = self.checked_extractor()?;
         let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
@@ -587,7 +621,8 @@ impl RateLimitLayerBuilder {
                     clock: self.clock,
                     shared: self.shared,
                     fail_open: self.fail_mode == FailMode::Open,
-                }),
+                })
+                .with_lease_wait(self.lease_wait),
                 extractor,
                 cost: self.cost,
                 headers,

@@ -87,6 +87,11 @@ pub enum Error {
     /// [`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL) (24 h).
     #[error("the lease TTL of {0:?} is not within 1 s to 24 h")]
     LeaseTtl(Duration),
+    /// A [`lease_wait`](crate::RateLimitLayerBuilder::lease_wait) over
+    /// [`MAX_LEASE_WAIT`](crate::MAX_LEASE_WAIT) (60 s), or in a layer
+    /// without a concurrency limit.
+    #[error("a lease wait of {0:?} needs a concurrency limit and at most 60 s")]
+    LeaseWait(Duration),
     /// A [concurrency limit](crate::Quota::concurrent) with
     /// [shared counting](crate::SharedCounting), which counts requests
     /// locally and cannot hold leases across instances.
@@ -203,6 +208,7 @@ impl Error {
             | Error::ConcurrencyTooLarge(_)
             | Error::LeaseTtl(_)
             | Error::SharedConcurrency
+            | Error::LeaseWait(_)
             | Error::DuplicatePolicy(_)
             | Error::PolicyAndLimit
             | Error::ExtractorSettings

@@ -338,7 +338,7 @@ mod sync;
 mod telemetry;
 mod window;
 
-pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, RateLimitLayerBuilder};
+pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, MAX_LEASE_WAIT, RateLimitLayerBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, Error, ErrorKind, KeyError};
 pub use future::ResponseFuture;

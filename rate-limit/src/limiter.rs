@@ -211,7 +211,26 @@ pub(crate) struct Limiter {
     concurrent: Vec<usize>,
     /// Where lease ids come from.
     lease_ids: LeaseIds,
+    /// How long a request refused only by a concurrency limit waits for a
+    /// slot (zero: not at all).
+    lease_wait: Duration,
 }
+
+/// Whether a concurrency limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No (admitted, or refused by rate policies only).
+    None,
+    /// Yes, and the rate policies too.
+    Leases,
+    /// Yes, and only it: the request may wait for a slot.
+    LeasesOnly,
+}
+
+/// The first wait of a request waiting for a slot; each next one doubles,
+/// up to [`LEASE_WAIT_MAX_BACKOFF`].
+const LEASE_WAIT_FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const LEASE_WAIT_MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The leases one admitted request holds, one per concurrency limit of the
 /// layer (one id in each of its client's lease sets), until released.
@@ -379,6 +398,7 @@ impl Limiter {
             denied: DenyCache::new(DEFAULT_CAPACITY),
             in_flight: AtomicUsize::new(0),
             failing: StateFlag::new(),
+            lease_wait: Duration::ZERO,
             lease_ids: LeaseIds {
                 hasher: std::hash::RandomState::new(),
                 next: std::sync::atomic::AtomicU64::new(0),
@@ -402,6 +422,34 @@ impl Limiter {
             return (Verdict::TooCostly { policy }, None);
         }
         let keys = self.keys(&client);
+        let deadline = tokio::time::Instant::now() + self.lease_wait;
+        let mut backoff = LEASE_WAIT_FIRST_BACKOFF;
+        loop {
+            let (verdict, lease, refused) = self.acquire_once(&client, &keys, cost).await;
+            match refused {
+                Refusal::None => return (verdict, lease),
+                // Only a slot missing: ask again, until the wait is over.
+                Refusal::LeasesOnly if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                    backoff = (backoff * 2).min(LEASE_WAIT_MAX_BACKOFF);
+                }
+                Refusal::LeasesOnly | Refusal::Leases => {
+                    self.counters.add(Count::LeasesRefused);
+                    telemetry::lease(telemetry::LeaseEvent::Refused);
+                    return (verdict, lease);
+                }
+            }
+        }
+    }
+
+    /// One store call of [`acquire`](Self::acquire), and whether a
+    /// concurrency limit refused the request.
+    async fn acquire_once(
+        &self,
+        client: &str,
+        keys: &Keys,
+        cost: u64,
+    ) -> (Verdict, Option<Lease>, Refusal) {
         let id = self.lease_ids.next();
         let sent = Sent {
             monotonic: monotonic_micros(self.clock.as_ref()),
@@ -425,11 +473,11 @@ impl Limiter {
                 )
             })),
             // Refused by the builder.
-            Counting::Shared(_) => return (Verdict::StoreFailed, None),
+            Counting::Shared(_) => return (Verdict::StoreFailed, None, Refusal::None),
             Counting::Exact(_) => {
                 let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
                     self.note_store(Some("too many requests at the store at once"));
-                    return (Verdict::StoreFailed, None);
+                    return (Verdict::StoreFailed, None, Refusal::None);
                 };
                 let (one, several): ([&str; 1], Vec<&str>);
                 let strs: &[&str] = match &keys {
@@ -456,21 +504,29 @@ impl Limiter {
             }
         };
         let row = call.finish(row);
-        // Refused by a concurrency limit: its retry cell is set.
-        if let Ok(row) = &row
-            && row.first() == Some(&0)
-            && self
-                .concurrent
-                .iter()
-                .any(|&i| row.get(3 + 4 * i).is_some_and(|&retry| retry != 0))
-        {
-            self.counters.add(Count::LeasesRefused);
-            telemetry::lease(telemetry::LeaseEvent::Refused);
-        }
-        let Some(outcome) = self.outcome(row) else {
-            return (Verdict::StoreFailed, None);
+        // Refused by a concurrency limit: its retry cell is set; by it only
+        // when every other policy's is not.
+        let refused = match &row {
+            Ok(row) if row.first() == Some(&0) => {
+                let refuses = |i: usize| row.get(3 + 4 * i).is_some_and(|&retry| retry != 0);
+                let policies = 0..self.quotas.len();
+                if !self.concurrent.iter().any(|&i| refuses(i)) {
+                    Refusal::None
+                } else if policies
+                    .filter(|i| !self.concurrent.contains(i))
+                    .any(refuses)
+                {
+                    Refusal::Leases
+                } else {
+                    Refusal::LeasesOnly
+                }
+            }
+            _ => Refusal::None,
         };
-        self.note_denied(&client, &outcome, sent);
+        let Some(outcome) = self.outcome(row) else {
+            return (Verdict::StoreFailed, None, Refusal::None);
+        };
+        self.note_denied(client, &outcome, sent);
         let lease = (outcome.decision.allowed && cost > 0).then(|| {
             self.counters.add(Count::LeasesGranted);
             telemetry::lease(telemetry::LeaseEvent::Granted);
@@ -479,7 +535,14 @@ impl Limiter {
                 id,
             }
         });
-        (Verdict::Decided(outcome.decision), lease)
+        (Verdict::Decided(outcome.decision), lease, refused)
+    }
+
+    /// How long a request refused only by a concurrency limit waits for a
+    /// slot before its 429 (see the builder's `lease_wait`).
+    pub(crate) fn with_lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
     }
 
     /// Gives `lease` back: at once in memory; on Redis, one call per

@@ -195,10 +195,61 @@ tests::suite!(
     the_leases_of_a_killed_instance_expire_after_their_ttl,
     rate_policies_and_the_lease_are_taken_together_or_not_at_all,
     a_response_still_streaming_renews_its_lease,
+    a_request_waits_for_a_slot_up_to_the_lease_wait,
 );
 
 mod behaviour {
     use super::*;
+
+    pub async fn a_request_waits_for_a_slot_up_to_the_lease_wait(store: Store) {
+        let build = |wait: Duration| {
+            RateLimitLayer::builder(store.cache.clone())
+                .prefix(&unique_prefix("waiting"))
+                .policy("streams", Quota::concurrent(1))
+                .lease_wait(wait)
+                .store_timeout(store.cache.timeout())
+                .build()
+                .unwrap()
+        };
+        // A slot freed while the request waits: it gets it.
+        let probe = Probe::new();
+        let layer = build(Duration::from_secs(20));
+        let waiting_app = app(layer.clone(), probe.clone());
+        let first = call(&waiting_app).await;
+        assert_eq!(first.status(), 200);
+        let second = tokio::spawn({
+            let app = waiting_app.clone();
+            async move { call(&app).await }
+        });
+        eventually(
+            Duration::from_secs(10),
+            "the second request asked",
+            async || layer.stats().store_calls >= 2,
+        )
+        .await;
+        probe.open_gate();
+        axum::body::to_bytes(first.into_body(), 1024).await.unwrap();
+        let second = within(Duration::from_secs(20), "the waiting request", second)
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 200, "admitted once the slot was free");
+        assert_eq!(layer.stats().leases_refused, 0);
+
+        // No slot within the wait: the 429, after the wait.
+        let probe = Probe::new();
+        let layer = build(Duration::from_millis(300));
+        let bounded_app = app(layer.clone(), probe.clone());
+        let held = call(&bounded_app).await;
+        assert_eq!(held.status(), 200);
+        let started = std::time::Instant::now();
+        let refused = call(&bounded_app).await;
+        assert_eq!(refused.status(), 429);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+        assert_eq!(layer.stats().leases_refused, 1);
+        drop(held);
+    }
 
     pub async fn a_response_still_streaming_renews_its_lease(store: Store) {
         use futures_util::StreamExt;
@@ -489,6 +540,22 @@ fn a_concurrency_limit_past_its_bounds_is_a_config_error() {
         assert_eq!(err.kind(), ErrorKind::Config);
     }
     assert!(build(Quota::concurrent(10_000).lease_ttl(Duration::from_secs(24 * 3600))).is_ok());
+    for wait in [Duration::from_secs(61), Duration::from_secs(1)] {
+        let quota = match wait.as_secs() {
+            61 => Quota::concurrent(1),
+            _ => Quota::per_minute(1), // a wait without a concurrency limit
+        };
+        let err = RateLimitLayer::builder(Cache::in_memory())
+            .prefix(&unique_prefix("bounds"))
+            .policy("streams", quota)
+            .lease_wait(wait)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::LeaseWait(w) if w == wait),
+            "{err}"
+        );
+    }
     let shared = RateLimitLayer::builder(Cache::in_memory())
         .prefix(&unique_prefix("bounds"))
         .policy("streams", Quota::concurrent(1))
