@@ -365,5 +365,5 @@ pub use response::ResponseBody;
 pub use response::too_many_requests_body;
 pub use shared::SharedCounting;
 #[doc(hidden)]
-pub use store::{evaluate_raw, stored_in_memory};
+pub use store::{acquire_raw, evaluate_raw, release_raw, stored_in_memory};
 pub use window::Decision;

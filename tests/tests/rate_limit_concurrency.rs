@@ -204,7 +204,7 @@ mod behaviour {
     pub async fn a_request_waits_for_a_slot_up_to_the_lease_wait(store: Store) {
         let build = |wait: Duration| {
             RateLimitLayer::builder(store.cache.clone())
-                .prefix(&unique_prefix("waiting"))
+                .prefix(unique_prefix("waiting"))
                 .policy("streams", Quota::concurrent(1))
                 .lease_wait(wait)
                 .store_timeout(store.cache.timeout())
@@ -489,6 +489,62 @@ async fn admitted_or_limited_after_release(app: &Router) -> http::Response<Body>
     answer.unwrap()
 }
 
+/// The in-memory arithmetic and `limits.lua` give the same rows for the
+/// same sequence of acquires (costs 0 to 2, a concurrency limit beside a
+/// fixed window, time moving by up to 0.4 s) and releases, on a standalone
+/// Redis: the store is a seam, not a second engine.
+#[tokio::test]
+async fn the_in_memory_leases_are_the_scripts_twin() {
+    let memory = Cache::in_memory();
+    let redis = suite::build(suite::redis(&shared_server().url()).timeout(suite::TIMEOUT)).await;
+    let prefix = unique_prefix("twin");
+    let keys = [
+        format!("{prefix}:{{c}}:streams"),
+        format!("{prefix}:{{c}}:minute"),
+    ];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let quotas = [
+        Quota::concurrent(2).lease_ttl(Duration::from_secs(2)),
+        Quota::new(6, Duration::from_secs(2)),
+    ];
+    let mut rng = fastrand::Rng::with_seed(22);
+    // From now: what Redis keeps expires within minutes.
+    let mut now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut held: Vec<i64> = Vec::new();
+    // Refusals by the concurrency limit, by the fixed window.
+    let mut refused = (0, 0);
+    for lease in 1..400i64 {
+        now_us += rng.u64(0..400_000);
+        if !held.is_empty() && rng.u8(0..3) == 0 {
+            let gone = held.swap_remove(rng.usize(0..held.len()));
+            let a = rate_limit::release_raw(&memory, keys[0], gone)
+                .await
+                .unwrap();
+            let b = rate_limit::release_raw(&redis, keys[0], gone)
+                .await
+                .unwrap();
+            assert_eq!(a, b, "release of lease {gone}");
+        }
+        let cost = rng.u64(0..3);
+        let a = rate_limit::acquire_raw(&memory, &keys, &quotas, now_us, cost, lease)
+            .await
+            .unwrap();
+        let b = rate_limit::acquire_raw(&redis, &keys, &quotas, now_us, cost, lease)
+            .await
+            .unwrap();
+        assert_eq!(a, b, "request {lease} of cost {cost} at {now_us}");
+        if a[0] == 1 && cost > 0 {
+            held.push(lease);
+        }
+        refused.0 += usize::from(a[0] == 0 && a[3] != 0);
+        refused.1 += usize::from(a[0] == 0 && a[7] != 0);
+    }
+    assert!(refused.0 >= 10 && refused.1 >= 10, "{refused:?}");
+}
+
 /// The store unreachable: fail open lets the request through without a
 /// lease (no body to release), fail closed answers 503.
 #[tokio::test]
@@ -500,7 +556,7 @@ async fn a_store_failure_fails_open_or_closed_as_configured() {
         let probe = Probe::new();
         probe.open_gate();
         let layer = RateLimitLayer::builder(down.clone())
-            .prefix(&unique_prefix("down"))
+            .prefix(unique_prefix("down"))
             .policy("streams", Quota::concurrent(1))
             .fail_mode(mode)
             .build()
@@ -519,7 +575,7 @@ async fn a_store_failure_fails_open_or_closed_as_configured() {
 fn a_concurrency_limit_past_its_bounds_is_a_config_error() {
     let build = |quota: Quota| {
         RateLimitLayer::builder(Cache::in_memory())
-            .prefix(&unique_prefix("bounds"))
+            .prefix(unique_prefix("bounds"))
             .policy("streams", quota)
             .build()
     };
@@ -546,7 +602,7 @@ fn a_concurrency_limit_past_its_bounds_is_a_config_error() {
             _ => Quota::per_minute(1), // a wait without a concurrency limit
         };
         let err = RateLimitLayer::builder(Cache::in_memory())
-            .prefix(&unique_prefix("bounds"))
+            .prefix(unique_prefix("bounds"))
             .policy("streams", quota)
             .lease_wait(wait)
             .build()
@@ -557,7 +613,7 @@ fn a_concurrency_limit_past_its_bounds_is_a_config_error() {
         );
     }
     let shared = RateLimitLayer::builder(Cache::in_memory())
-        .prefix(&unique_prefix("bounds"))
+        .prefix(unique_prefix("bounds"))
         .policy("streams", Quota::concurrent(1))
         .shared_counting(rate_limit::SharedCounting::new())
         .build();

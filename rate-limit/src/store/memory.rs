@@ -340,6 +340,41 @@ mod tests {
         );
     }
 
+    /// A concurrency limit: at most the limit of leases, a released or
+    /// expired one frees its slot, a renewed one lasts a TTL from its
+    /// renewal; the sets of many clients stay within the shard bound.
+    #[test]
+    fn lease_sets_hold_the_limit_expire_and_stay_bounded() {
+        let limits = MemoryLimits::with_capacity(SHARDS * 100);
+        let quota = [Quota::concurrent(2).lease_ttl(Duration::from_secs(1))];
+        let start = 1_700_000_000_000_000;
+        let acquire = |at: u64, lease: u64| limits.evaluate_leased(&["k"], &quota, at, 1, lease)[0];
+        assert_eq!(
+            (acquire(start, 1), acquire(start, 2), acquire(start, 3)),
+            (1, 1, 0)
+        );
+        assert!(limits.release("k", 1));
+        assert!(!limits.release("k", 1), "released once");
+        assert_eq!(acquire(start + 1, 4), 1);
+        // Lease 2 renewed at 0.5 s: it outlives lease 4 (expiring at 1 s).
+        assert!(limits.renew("k", 2, start / 1000 + 500, 1000));
+        assert_eq!(acquire(start + 999_000, 5), 0);
+        assert_eq!(acquire(start + 1_000_000, 6), 1, "lease 4 expired");
+        assert_eq!(acquire(start + 1_000_000, 7), 0, "lease 2 renewed");
+        assert!(!limits.release("k", 4), "expired");
+        for i in 0..50_000u64 {
+            let key = format!("rate:ip:{i}");
+            let rows = limits.evaluate_leased(&[&key], &quota, start + i * 1000, 1, i);
+            assert_eq!(rows[0], 1);
+        }
+        let held: usize = limits
+            .lease_shards
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum();
+        assert!(held <= SHARDS * 100, "{held}");
+    }
+
     #[test]
     fn hash_tags_pick_the_shard_as_redis_cluster_does() {
         assert_eq!(hash_tag("rate:{ip:1.2.3.4}:burst"), "ip:1.2.3.4");
