@@ -102,8 +102,11 @@
 //! named quotas; all of a request's policies are checked in **one** store
 //! call, a request passes only if every one admits it, and only then is it
 //! charged to all of them. [`cost`](RateLimitLayerBuilder::cost) charges a
-//! request more than one unit (or nothing). A [`ManualClock`] moves time in
-//! tests, without sleeping:
+//! request more than one unit (or nothing). [`Quota::concurrent`] is a
+//! policy of another kind: at most N requests of a client in flight across
+//! instances, a lease per request released when its response body ends
+//! ([`LeaseGuard`]). A [`ManualClock`] moves time in tests, without
+//! sleeping:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -15,6 +15,10 @@
 //!   one atomic step on its clients' keys.
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
+//! - **With a concurrency limit** ([`Limiter::acquire`]): each request makes
+//!   its own call of `limits.lua` (it carries the request's lease id), sent
+//!   at once on the multiplexed connection, never grouped; or the in-memory
+//!   twin. Its lease goes back with [`Limiter::release`].
 //!
 //! - **Shared, at in-process cost** ([`Counting::Shared`], opt-in through
 //!   the builder's `shared_counting`): each request is decided on this
