@@ -446,6 +446,9 @@ impl RedisCluster {
     }
 
     fn try_start(node_timeout: Duration) -> Result<RedisCluster, String> {
+        /// How long `redis-cli --cluster create` may take (a few seconds
+        /// on a loaded machine).
+        const CLUSTER_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
         let timeout_ms = node_timeout.as_millis().to_string();
         let args = |bus: &str| -> Vec<String> {
             [
@@ -501,7 +504,11 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let output = Command::new("redis-cli")
+        // Bounded: a node that never answers must fail this try, not hang
+        // the suite (coreutils' `timeout` ends it with status 124).
+        let output = Command::new("timeout")
+            .arg(CLUSTER_CREATE_TIMEOUT.as_secs().to_string())
+            .arg("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -509,6 +516,11 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()
             .map_err(|err| format!("run redis-cli --cluster create: {err}"))?;
+        if output.status.code() == Some(124) {
+            return Err(format!(
+                "redis-cli --cluster create took over {CLUSTER_CREATE_TIMEOUT:?}"
+            ));
+        }
         if !output.status.success() {
             // The nodes are stopped when they are dropped here.
             return Err(format!(
