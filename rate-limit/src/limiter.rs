@@ -273,6 +273,16 @@ impl LeaseIds {
     }
 }
 
+/// Releases `lease` from every key in memory (each, even past one that no
+/// longer holds it): whether each still held it.
+fn memory_release(memory: &MemoryLimits, lease: &Lease) -> bool {
+    let mut held = true;
+    for key in &lease.keys {
+        held &= memory.release(key, lease.id as u64);
+    }
+    held
+}
+
 /// Counts a request as at the store for as long as it lives (a cancelled
 /// request too).
 struct InFlight<'a>(&'a AtomicUsize);
@@ -553,10 +563,7 @@ impl Limiter {
     /// concurrency limit (see [`Lease`]). A lease found gone had expired.
     pub(crate) async fn release(&self, lease: Lease) {
         let held = match &self.counting {
-            Counting::Memory(memory) => lease
-                .keys
-                .iter()
-                .all(|key| memory.release(key, lease.id as u64)),
+            Counting::Memory(memory) => memory_release(memory, &lease),
             Counting::Exact(_) | Counting::Shared(_) => {
                 match store::redis::release(&self.cache, &lease.keys, lease.id, self.store_timeout)
                     .await
@@ -598,8 +605,12 @@ impl Limiter {
         let renewed = match &self.counting {
             Counting::Memory(memory) => {
                 let now_ms = now_micros(self.clock.as_ref()) / 1000;
-                keys.iter()
-                    .all(|(key, ttl)| memory.renew(key, id as u64, now_ms, *ttl))
+                // Every key renewed, even past one that no longer holds it.
+                let mut renewed = true;
+                for (key, ttl) in keys {
+                    renewed &= memory.renew(key, id as u64, now_ms, *ttl);
+                }
+                renewed
             }
             Counting::Exact(_) | Counting::Shared(_) => {
                 let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
@@ -623,11 +634,7 @@ impl Limiter {
         let Counting::Memory(memory) = &self.counting else {
             return Some(lease);
         };
-        if !lease
-            .keys
-            .iter()
-            .all(|key| memory.release(key, lease.id as u64))
-        {
+        if !memory_release(memory, &lease) {
             self.counters.add(Count::LeasesExpired);
             telemetry::lease(telemetry::LeaseEvent::Expired);
         }
@@ -951,6 +958,44 @@ mod tests {
             panic!("store failed");
         };
         assert!(again.allowed, "the store admits at the window's end");
+    }
+
+    /// A lease in two concurrency limits: each released, even when the
+    /// first one's set no longer held it (it expired there).
+    #[tokio::test]
+    async fn a_release_frees_every_concurrency_limit_of_the_lease() {
+        let clock = crate::ManualClock::new();
+        let limiter = Limiter::new(LimiterConfig {
+            cache: Cache::in_memory(),
+            prefix: "leases".into(),
+            policies: vec![
+                Policy {
+                    name: "short".into(),
+                    quota: Quota::concurrent(1).lease_ttl(Duration::from_secs(1)),
+                },
+                Policy {
+                    name: "long".into(),
+                    quota: Quota::concurrent(1).lease_ttl(Duration::from_secs(60)),
+                },
+            ],
+            store_timeout: Duration::from_secs(1),
+            local_deny: true,
+            clock: Some(Arc::new(clock.clone())),
+            shared: None,
+            fail_open: true,
+        });
+        let admitted = |verdict: &Verdict| matches!(verdict, Verdict::Decided(d) if d.allowed);
+        let (first, lease) = limiter.acquire("ip:1".into(), 1).await;
+        assert!(admitted(&first));
+        assert!(!admitted(&limiter.acquire("ip:1".into(), 1).await.0));
+        // The short lease expired: the next request trims it, and is still
+        // refused by the long one.
+        clock.advance(Duration::from_secs(1));
+        assert!(!admitted(&limiter.acquire("ip:1".into(), 1).await.0));
+        limiter.release(lease.unwrap()).await;
+        assert_eq!(limiter.stats().leases_expired, 1, "gone from the short set");
+        let (again, _) = limiter.acquire("ip:1".into(), 1).await;
+        assert!(admitted(&again), "released from the long set too");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
