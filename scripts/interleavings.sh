@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The concurrent pieces (single-flight, the event bus's queues, the breaker's
-# probe, the limiter's deny cache and count of requests at the store) under
+# probe, the limiter's deny cache, its count of requests at the store and the
+# exact path's flat-combining groups) under
 # shuttle's randomized scheduler: each library's own `interleavings` tests,
 # built with `--cfg shuttle` for that crate alone (its dependencies are the
 # normal test build's, so only the two crates are compiled again).

@@ -30,17 +30,25 @@
 //! On a Redis Cluster a script call reaches one hash slot, so a group holds
 //! the requests of one client.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cache_core::Cache;
-use tokio::sync::oneshot;
 
 use crate::clock::{Clock, now_micros};
 use crate::limiter::{Count, Counters, Keys};
 use crate::quota::Quota;
-use crate::store::redis;
+// tokio's and std's pieces, or shuttle's under `--cfg shuttle` (see the
+// tests at the end): the grouping below runs under many interleavings.
+use crate::sync::{AtomicUsize, Mutex, Runtime, lock, oneshot, yield_now};
+
+// The store call: Redis', or in the interleavings tests a stub that the
+// schedule answers (rows or a failure), or drops with its task.
+#[cfg(not(all(test, shuttle)))]
+use crate::store::redis::evaluate;
+#[cfg(all(test, shuttle))]
+use interleavings::evaluate;
 
 /// Requests one group holds at most, its sender included.
 pub(crate) const MAX_GROUP: usize = 128;
@@ -119,7 +127,7 @@ impl Exact {
             return self.alone(call, &keys, cost).await;
         }
         let place = {
-            let mut open = cache_core::sync::lock(&self.open);
+            let mut open = lock(&self.open);
             match open.as_mut() {
                 Some(group)
                     if group.joined.len() + 1 < MAX_GROUP
@@ -172,7 +180,7 @@ impl Exact {
                 &strs
             }
         };
-        redis::evaluate(call.cache, keys, call.quotas, now, &[cost], call.timeout)
+        evaluate(call.cache, keys, call.quotas, now, &[cost], call.timeout)
             .await
             .map_err(|err| err.to_string())
     }
@@ -182,11 +190,11 @@ impl Exact {
     /// its own (see the module).
     async fn send_group(&self, call: &Call<'_>, keys: Keys, cost: u64) -> Row {
         let opened = Opened(self);
-        tokio::task::yield_now().await;
+        yield_now().await;
         let mut joined = opened.close();
         // A request cancelled while waiting is left out: never counted.
         joined.retain(|joined| !joined.answer.is_closed());
-        let runtime = tokio::runtime::Handle::try_current();
+        let runtime = Runtime::try_current();
         let (false, Ok(runtime)) = (joined.is_empty(), runtime) else {
             // Alone after all (or, outside a runtime, every request alone).
             for joined in joined {
@@ -246,7 +254,7 @@ impl GroupCall {
         for keys in &self.keys {
             keys.push_into(&mut all);
         }
-        let result = redis::evaluate(
+        let result = evaluate(
             &self.cache,
             &all,
             &self.quotas,
@@ -303,7 +311,7 @@ impl Opened<'_> {
     }
 
     fn take(&self) -> Vec<Joined> {
-        cache_core::sync::lock(&self.0.open)
+        lock(&self.0.open)
             .take()
             .map(|group| group.joined)
             .unwrap_or_default()
@@ -317,3 +325,7 @@ impl Drop for Opened<'_> {
         }
     }
 }
+
+#[cfg(all(test, shuttle))]
+#[path = "exact/interleavings.rs"]
+mod interleavings;
