@@ -22,8 +22,7 @@ use futures_util::future::Either;
 use tracing::field::Empty;
 use tracing::{Instrument, instrument::Instrumented};
 
-use crate::config::Backend;
-use crate::store::{KeyTtl, ScanNode, Script, Store, StoreFuture};
+use crate::store::{KeyTtl, Reach, ScanNode, Script, Store, StoreFuture};
 
 /// `tier` of a handle on the in-memory store.
 pub(crate) const TIER_MEMORY: &str = "memory";
@@ -33,11 +32,12 @@ pub(crate) const TIER_REDIS: &str = "redis";
 /// front of Redis).
 pub(crate) const TIER_LOCAL: &str = "local";
 
-/// The `tier` label of a handle's store.
-pub(crate) fn tier(backend: &Backend) -> &'static str {
-    match backend {
-        Backend::Memory => TIER_MEMORY,
-        Backend::Redis(_) | Backend::Cluster(_) => TIER_REDIS,
+/// The `tier` label of a store that is where `reach` says.
+pub(crate) fn tier(reach: Reach) -> &'static str {
+    if reach.in_process() {
+        TIER_MEMORY
+    } else {
+        TIER_REDIS
     }
 }
 
@@ -95,19 +95,20 @@ pub(crate) struct MemoizedCall {
     #[cfg(feature = "metrics")]
     prefix: &'static str,
     started: Option<Instant>,
-    /// Disabled (no allocation, nothing entered) while the level is off.
-    span: tracing::Span,
+    /// `None` while the level is off: nothing to build or drop then (a
+    /// disabled `Span` still costs its drop on every local hit).
+    span: Option<tracing::Span>,
 }
 
 impl MemoizedCall {
     #[inline]
     pub(crate) fn start(prefix: &'static str) -> MemoizedCall {
         let span = if tracing::enabled!(target: "cache_core::memoize", tracing::Level::DEBUG) {
-            memoized_span(prefix)
+            Some(memoized_span(prefix)).filter(|span| !span.is_disabled())
         } else {
-            tracing::Span::none()
+            None
         };
-        let timed = cfg!(feature = "metrics") || !span.is_disabled();
+        let timed = cfg!(feature = "metrics") || span.is_some();
         MemoizedCall {
             #[cfg(feature = "metrics")]
             prefix,
@@ -119,10 +120,9 @@ impl MemoizedCall {
     /// `fut` in the call's span, or `fut` itself while the span is off.
     #[inline]
     pub(crate) fn traced<F: Future>(&self, fut: F) -> Either<Instrumented<F>, F> {
-        if self.span.is_disabled() {
-            Either::Right(fut)
-        } else {
-            Either::Left(fut.instrument(self.span.clone()))
+        match &self.span {
+            None => Either::Right(fut),
+            Some(span) => Either::Left(fut.instrument(span.clone())),
         }
     }
 
@@ -146,10 +146,10 @@ impl MemoizedCall {
     #[cold]
     fn record(&self, tier: &'static str, served: Served, started: Instant) {
         let elapsed = started.elapsed();
-        if !self.span.is_disabled() {
-            self.span.record("tier", tier);
-            self.span.record("outcome", served.as_str());
-            self.span.record("duration_us", micros(elapsed));
+        if let Some(span) = &self.span {
+            span.record("tier", tier);
+            span.record("outcome", served.as_str());
+            span.record("duration_us", micros(elapsed));
         }
         #[cfg(feature = "metrics")]
         {
@@ -278,10 +278,10 @@ impl Observed {
 }
 
 /// Wraps the store of a handle on `backend`.
-pub(crate) fn observe(inner: Box<dyn Store>, backend: &Backend) -> Box<dyn Store> {
+pub(crate) fn observe(inner: Box<dyn Store>) -> Box<dyn Store> {
     Box::new(Observed {
+        tier: tier(inner.reach()),
         inner,
-        tier: tier(backend),
         #[cfg(feature = "metrics")]
         handles: Default::default(),
     })
@@ -359,6 +359,9 @@ impl Observed {
 }
 
 impl Store for Observed {
+    fn reach(&self) -> Reach {
+        self.inner.reach()
+    }
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
         self.op("get", found, self.inner.get(key, max_len))
     }

@@ -121,3 +121,29 @@ fn only_the_connection_owner_builds_redis_clients() {
         "Redis clients built outside store/connect.rs: {offenders:?}"
     );
 }
+
+#[test]
+fn only_the_store_and_the_config_branch_on_the_in_memory_backend() {
+    let allowed = [
+        root().join("cache-core/src/store"),
+        root().join("cache-core/src/config"),
+    ];
+    let mut offenders = Vec::new();
+    for (path, text) in sources(&root().join("cache-core/src")) {
+        if allowed.iter().any(|dir| path.starts_with(dir)) {
+            continue;
+        }
+        // Doc examples may compare a handle's backend; code asks the store.
+        let code = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .filter(|line| line.contains("Backend::Memory"));
+        for line in code {
+            offenders.push(format!("{}: {}", path.display(), line.trim()));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "Backend::Memory branches outside store/ and config/ (ask the store's Reach): {offenders:?}"
+    );
+}

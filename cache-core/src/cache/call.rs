@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use super::Cache;
-use crate::config::Backend;
 use crate::error::{Error, Result};
 use crate::resilience::Idempotence;
 use crate::store::Store;
@@ -30,7 +29,7 @@ impl Cache {
     {
         let mut call = call;
         let store: &'a dyn Store = self.inner.store.as_ref();
-        if self.inner.backend == Backend::Memory {
+        if self.inner.reach.in_process() {
             // No network: nothing to time out, retry or break.
             let result = call(store).await;
             if result.is_err() {
@@ -95,13 +94,6 @@ impl Cache {
 
     /// The ACL user the handle logs in as (`default` when none is configured).
     pub(super) fn user_name(&self) -> &str {
-        let endpoint = match &self.inner.backend {
-            Backend::Redis(endpoint) => Some(endpoint),
-            Backend::Cluster(nodes) => nodes.first(),
-            Backend::Memory => None,
-        };
-        endpoint
-            .and_then(|e| e.username.as_deref())
-            .unwrap_or("default")
+        self.inner.backend.user_name().unwrap_or("default")
     }
 }

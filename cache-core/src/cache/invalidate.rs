@@ -2,10 +2,9 @@
 //! primary, within the handle's invalidation budget.
 
 use super::Cache;
-use crate::config::Backend;
 use crate::error::{Error, Result};
 use crate::resilience::Idempotence;
-use crate::store::ScanNode;
+use crate::store::{Reach, ScanNode};
 
 impl Cache {
     /// Removes every key starting with `prefix` (within the namespace) and
@@ -87,14 +86,14 @@ impl Cache {
             Error::Timeout(_) if left().is_zero() => Error::Timeout(budget),
             err => err,
         };
-        let nodes: Vec<ScanNode> = match self.inner.backend {
+        let nodes: Vec<ScanNode> = match self.inner.reach {
             // A call of its own only where it asks the store (CLUSTER NODES):
             // a local answer must not count as a success for the breaker.
-            Backend::Cluster(_) => self
+            Reach::Cluster => self
                 .run_within(Idempotence::Idempotent, left(), |s| s.scan_nodes())
                 .await
                 .map_err(over_budget)?,
-            Backend::Redis(_) | Backend::Memory => vec![ScanNode::Only],
+            Reach::Server | Reach::InProcess => vec![ScanNode::Only],
         };
         let mut removed = 0u64;
         for node in &nodes {

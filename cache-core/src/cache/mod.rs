@@ -13,7 +13,7 @@ use crate::config::{Backend, CacheBuilder, CacheConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::resilience::{CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{BreakerState, Counters};
-use crate::store::{AtomicOp, Script, Store};
+use crate::store::{AtomicOp, Reach, Script, Store};
 use crate::sync::StateFlag;
 
 mod bytes;
@@ -45,6 +45,8 @@ pub struct Cache {
 
 struct Inner {
     store: Box<dyn Store>,
+    /// The store's answer to where its data is, kept: asked on every call.
+    reach: Reach,
     backend: Backend,
     namespace: Option<String>,
     resilience: Resilience,
@@ -132,7 +134,8 @@ impl Cache {
     fn with_store(config: CacheConfig, store: Box<dyn Store>) -> Cache {
         Cache {
             inner: Arc::new(Inner {
-                store: crate::telemetry::observe(store, &config.backend),
+                reach: store.reach(),
+                store: crate::telemetry::observe(store),
                 resilience: Resilience {
                     timeout: config.timeout,
                     max_attempts: config.max_attempts,
@@ -174,7 +177,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn dedicated(&self) -> Cache {
-        if self.inner.backend == Backend::Memory {
+        if self.inner.reach.in_process() {
             return self.clone();
         }
         let mut config = self.inner.config.clone();
@@ -203,7 +206,7 @@ impl Cache {
     /// calls anyway: this is [`dedicated`](Self::dedicated) there. The rate
     /// limiter takes one.
     pub fn dedicated_counter(&self) -> Cache {
-        if self.inner.backend == Backend::Memory {
+        if self.inner.reach.in_process() {
             return self.clone();
         }
         let mut config = self.inner.config.clone();
@@ -402,6 +405,12 @@ impl Cache {
             Some(ns) => format!("{ns}:{key}"),
             None => key,
         }
+    }
+
+    /// Where the store's data is (see [`Reach`]), for the features that
+    /// differ in process.
+    pub(crate) fn reach(&self) -> Reach {
+        self.inner.reach
     }
 
     /// What the handle was built from.

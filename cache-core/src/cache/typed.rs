@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::Cache;
 use super::bytes::expiry;
 use crate::codec::Codec;
-use crate::config::{Backend, validate_ttl};
+use crate::config::validate_ttl;
 use crate::error::{Error, Result};
 use crate::resilience::Idempotence;
 use crate::store::atomic::IncrWindow;
@@ -64,7 +64,7 @@ impl Cache {
     /// A timeout when a call that started at `started` is past the handle's
     /// deadline (never on the in-memory store, which has none).
     pub(super) fn check_deadline(&self, started: tokio::time::Instant) -> Result<()> {
-        if self.inner.backend != Backend::Memory && started.elapsed() > self.timeout() {
+        if !self.inner.reach.in_process() && started.elapsed() > self.timeout() {
             self.inner.counters.record_timeout();
             return Err(Error::Timeout(self.timeout()));
         }

@@ -18,6 +18,19 @@ pub enum Backend {
     Cluster(Vec<RedisEndpoint>),
 }
 
+impl Backend {
+    /// The ACL user the store logs in as, when one is configured (on a
+    /// cluster, the first seed's: every node gets the same credentials).
+    pub(crate) fn user_name(&self) -> Option<&str> {
+        let endpoint = match self {
+            Backend::Redis(endpoint) => Some(endpoint),
+            Backend::Cluster(nodes) => nodes.first(),
+            Backend::Memory => None,
+        };
+        endpoint.and_then(|endpoint| endpoint.username.as_deref())
+    }
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

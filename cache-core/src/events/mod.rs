@@ -57,8 +57,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
-use crate::config::Backend;
 pub use crate::stats::{EventConnection, EventStats};
+use crate::store::Reach;
 use hub::{Hub, Message, Next, Payload, Topic};
 
 /// Default length of a subscription's buffer, in messages.
@@ -375,7 +375,8 @@ impl EventBus {
                 max,
             });
         }
-        let reached = if *self.cache.backend() == Backend::Memory {
+        // In process, the bus is the store's pub/sub: publish into it.
+        let reached = if self.cache.reach().in_process() {
             self.state.hub.publish_local(&Message {
                 channel: Arc::from(channel),
                 payload: Payload::Bytes(Arc::from(payload)),
@@ -429,7 +430,7 @@ impl EventBus {
         &self,
         patterns: &[&str],
     ) -> Result<Subscription<T>, EventError> {
-        if matches!(self.cache.backend(), Backend::Cluster(_)) {
+        if self.cache.reach() == Reach::Cluster {
             return Err(EventError::PatternsUnsupported);
         }
         let topics = topics(patterns, |p| Topic::Pattern(p.to_string()))?;
@@ -442,7 +443,8 @@ impl EventBus {
     ) -> Result<Subscription<T>, EventError> {
         let max_bytes = self.cache.max_value_bytes();
         let hub = &self.state.hub;
-        if *self.cache.backend() == Backend::Memory {
+        if self.cache.reach().in_process() {
+            // Nothing to confirm: the publishers are in this process.
             let (id, queue, _) = hub.register(topics, self.buffer);
             return Ok(Subscription::new(id, queue, self.state.clone(), max_bytes));
         }

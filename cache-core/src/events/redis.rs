@@ -9,22 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
 use super::hub::{Hub, Message, Payload, Topic};
 use crate::config::{Backend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::connect;
 
-/// The pub/sub connection of one bus; cheap to clone.
-#[derive(Clone)]
-pub(crate) enum PubSub {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
+/// The pub/sub connection of one bus (opened in `store/connect.rs`, as
+/// every Redis connection); cheap to clone.
+pub(crate) use connect::PubSubConnection as PubSub;
 
 impl PubSub {
     /// Lazily connected: the first subscribe connects. Pushes go straight
@@ -43,37 +39,7 @@ impl PubSub {
                 Ok(())
             }
         };
-        match &config.backend {
-            Backend::Redis(endpoint) => {
-                let client = connect::resp3(connect::client(endpoint, config)?)
-                    .map_err(connect::driver_config_error)?;
-                let manager_config = connect::pubsub_manager(config)
-                    .set_push_sender(sender)
-                    .set_automatic_resubscription();
-                let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(connect::driver_config_error)?;
-                Ok(PubSub::Standalone(manager))
-            }
-            Backend::Cluster(nodes) => {
-                let urls = nodes
-                    .iter()
-                    .map(connect::resp3_url)
-                    .collect::<Result<Vec<_>>>()?;
-                let client = connect::cluster_builder(urls, config)
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(sender)
-                    .build()
-                    .map_err(connect::driver_config_error)?;
-                Ok(PubSub::Cluster(
-                    client
-                        .get_pending_async_connection_with_config(connect::cluster_config(config)),
-                ))
-            }
-            Backend::Memory => Err(Error::invalid(
-                "events",
-                "the in-memory backend has no pub/sub connection",
-            )),
-        }
+        connect::pubsub(config, sender)
     }
 
     /// Subscribes the server side to `topics`, confirmed by the server.

@@ -59,20 +59,19 @@ pub(crate) type Entry = Arc<Kept>;
 pub(crate) struct Kept {
     pub(crate) bytes: Arc<[u8]>,
     pub(crate) decoded: Option<Decoded>,
-    /// The TTL the value was written with, when this handle wrote it, or
-    /// the key's remaining life in Redis when it was read.
-    ttl: Option<Duration>,
+    /// When the entry stops being served: the tier's `max_ttl` after the
+    /// fill, or sooner, the TTL the value was written with, when this
+    /// handle wrote it, or the key's remaining life in Redis when it was
+    /// read. Checked by the tier on each read rather than by moka's
+    /// per-entry expiry, which cost a hit more than the check (its timer
+    /// wheel's clock conversions on every read): an expired entry is a miss
+    /// and is dropped then, or by the tier's size bound.
+    expires_at: Instant,
 }
 
-/// Each entry lives at most the tier's `max_ttl`, and no longer than the
-/// TTL it was written with or the key had left when read.
-struct EntryExpiry {
-    max_ttl: Duration,
-}
-
-impl moka::Expiry<Box<[u8]>, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &Box<[u8]>, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl.map_or(self.max_ttl, |ttl| ttl.min(self.max_ttl)))
+impl Kept {
+    fn is_live(&self, now: Instant) -> bool {
+        now < self.expires_at
     }
 }
 
@@ -99,6 +98,8 @@ struct Aliases {
 pub(crate) struct LocalTier {
     /// By full key (the key as stored, as UTF-8), or by alias.
     entries: moka::sync::Cache<Box<[u8]>, Entry, foldhash::quality::RandomState>,
+    /// The longest an entry is kept.
+    max_ttl: Duration,
     /// The aliases of entries kept under another key; see [`Aliases`].
     aliases: Mutex<Aliases>,
     /// The tier's capacity, which bounds the aliases too.
@@ -183,11 +184,10 @@ impl LocalTier {
             // moka's default policy: TinyLFU admission, LRU eviction.
             entries: moka::sync::Cache::builder()
                 .max_capacity(u64::try_from(max_entries).unwrap_or(u64::MAX))
-                .expire_after(EntryExpiry { max_ttl })
-                .support_invalidation_closures()
                 // Seeded per tier; cheaper than SipHash on the 70-odd bytes
                 // of a memoized key, which is most of a hit's lookup.
                 .build_with_hasher(foldhash::quality::RandomState::default()),
+            max_ttl,
             aliases: Mutex::new(Aliases {
                 by_key: HashMap::new(),
                 sweep_at: sweep_threshold(max_entries),
@@ -219,9 +219,22 @@ impl LocalTier {
         if !self.serve_stale || self.tracking.load(Ordering::Acquire) {
             return None;
         }
-        let entry = self.entries.get(key)?;
+        let entry = self.live_entry(key)?;
         self.counters.add(HITS);
         Some(entry)
+    }
+
+    /// The entry of `key` unless it expired (then it is dropped).
+    #[inline]
+    fn live_entry(&self, key: &[u8]) -> Option<Entry> {
+        let entry = self.entries.get(key)?;
+        if entry.is_live(Instant::now()) {
+            return Some(entry);
+        }
+        // A fill that replaced it since is dropped too: a miss, never a
+        // wrong value.
+        self.entries.invalidate(key);
+        None
     }
 
     /// The local copy of `key` (a full key), when tracking is up and the
@@ -236,7 +249,7 @@ impl LocalTier {
         if !self.tracking.load(Ordering::Acquire) {
             return None;
         }
-        match self.entries.get(key) {
+        match self.live_entry(key) {
             Some(entry) => {
                 self.counters.add(HITS);
                 Some(entry)
@@ -246,6 +259,17 @@ impl LocalTier {
                 None
             }
         }
+    }
+
+    /// When an entry filled now stops being served: at `expires` (no
+    /// expiry: `None`), and at most the tier's `max_ttl` from now; `None`
+    /// when that is past already (nothing to keep).
+    fn expiry(&self, expires: Option<Instant>) -> Option<Instant> {
+        let now = Instant::now();
+        // Past the representable (a max_ttl of centuries): a century.
+        let longest = now.checked_add(self.max_ttl).unwrap_or_else(far_future);
+        let at = expires.map_or(longest, |at| at.min(longest));
+        (at > now).then_some(at)
     }
 
     /// Starts watching `key`, before its read or write is sent.
@@ -291,10 +315,10 @@ impl LocalTier {
         decoded: Option<Decoded>,
         expires: Option<Instant>,
     ) {
-        let Some(ttl) = ttl_until(expires) else {
+        let Some(expires_at) = self.expiry(expires) else {
             return;
         };
-        self.fill_checked(watch, None, bytes, decoded, ttl, 0);
+        self.fill_checked(watch, None, bytes, decoded, expires_at, 0);
     }
 
     /// [`fill`](Self::fill), keeping the entry under `alias` rather than
@@ -307,10 +331,10 @@ impl LocalTier {
         decoded: Option<Decoded>,
         expires: Option<Instant>,
     ) {
-        let Some(ttl) = ttl_until(expires) else {
+        let Some(expires_at) = self.expiry(expires) else {
             return;
         };
-        self.fill_checked(watch, Some(alias), bytes, decoded, ttl, 0);
+        self.fill_checked(watch, Some(alias), bytes, decoded, expires_at, 0);
     }
 
     /// Keeps `bytes`, which this handle wrote under `watch` with `ttl`, if
@@ -326,7 +350,11 @@ impl LocalTier {
         alias: Option<&[u8]>,
         ttl: Option<Duration>,
     ) {
-        self.fill_checked(watch, alias, bytes, decoded, ttl, 1);
+        let expires = ttl.map(|ttl| Instant::now().checked_add(ttl).unwrap_or_else(far_future));
+        let Some(expires_at) = self.expiry(expires) else {
+            return;
+        };
+        self.fill_checked(watch, alias, bytes, decoded, expires_at, 1);
     }
 
     fn fill_checked(
@@ -335,7 +363,7 @@ impl LocalTier {
         alias: Option<&[u8]>,
         bytes: &[u8],
         decoded: Option<Decoded>,
-        ttl: Option<Duration>,
+        expires_at: Instant,
         expected: u64,
     ) {
         let key = alias.unwrap_or(watch.key.as_bytes());
@@ -348,7 +376,7 @@ impl LocalTier {
         let entry = Arc::new(Kept {
             bytes: Arc::from(bytes),
             decoded,
-            ttl,
+            expires_at,
         });
         match alias {
             None => self.entries.insert(Box::from(key), entry),
@@ -418,14 +446,13 @@ impl LocalTier {
                 keep
             });
         }
-        let prefix = prefix.as_bytes().to_vec();
-        if self
-            .entries
-            .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
-            .is_err()
-        {
-            // Only fails when the cache was built without closures; never here.
-            self.flush();
+        // A walk, not moka's invalidation closures: those cost every read
+        // a check of the predicates registered.
+        let prefix = prefix.as_bytes();
+        for (key, _) in self.entries.iter() {
+            if key.starts_with(prefix) {
+                self.entries.invalidate(&key[..]);
+            }
         }
     }
 
@@ -515,16 +542,11 @@ impl LocalTier {
     }
 }
 
-/// How long an entry that expires at `expires` has left: `Some(None)` for
-/// no expiry, `None` when it expired already (nothing to keep).
-fn ttl_until(expires: Option<Instant>) -> Option<Option<Duration>> {
-    match expires {
-        None => Some(None),
-        Some(at) => match at.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Some(Some(left)),
-            _ => None,
-        },
-    }
+/// An instant no entry reaches: about a century from now.
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(100 * 365 * 24 * 60 * 60))
+        .unwrap_or(now)
 }
 
 /// The size of the alias map that starts a sweep: twice the tier's capacity.
@@ -536,21 +558,12 @@ fn sweep_threshold(max_entries: usize) -> usize {
 /// and on the in-memory store (already in-process: a copy in front of it
 /// would only cost memory).
 pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Option<Arc<LocalTier>> {
-    use crate::config::Backend;
+    use crate::store::connect::Servers;
     let (max_entries, max_ttl) = config.local_tier?;
     let serve_stale = config.local_serve_stale;
-    let clients = match &config.backend {
-        Backend::Memory => return None,
-        Backend::Redis(endpoint) => crate::store::connect::client(endpoint, config)
-            .map(|client| TrackedStore::Standalone(Box::new(client))),
-        Backend::Cluster(nodes) => nodes
-            .iter()
-            .map(|node| crate::store::connect::client(node, config))
-            .collect::<crate::error::Result<Vec<_>>>()
-            .map(TrackedStore::Cluster),
-    };
-    let store = match clients {
-        Ok(store) => store,
+    let store = match crate::store::connect::servers(config)? {
+        Ok(Servers::Standalone(client)) => TrackedStore::Standalone(client),
+        Ok(Servers::Cluster(clients)) => TrackedStore::Cluster(clients),
         // The store was built from the same endpoints: not expected.
         Err(err) => {
             tracing::warn!(%err, "local tier off: no tracking client");
@@ -661,8 +674,22 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(30);
         tier.fill(tier.watch("k"), b"1", None, Some(later));
         assert!(tier.get("k").is_some());
-        let ttl = tier.entries.get(&b"k"[..]).and_then(|entry| entry.ttl);
-        assert!(ttl.is_some_and(|ttl| ttl <= Duration::from_secs(30)));
+        let expires_at = tier.entries.get(&b"k"[..]).map(|entry| entry.expires_at);
+        assert!(expires_at.is_some_and(|at| at <= later));
+    }
+
+    #[test]
+    fn an_entry_past_its_ttl_is_a_miss_and_dropped() {
+        let tier = open_tier();
+        let soon = Instant::now() + Duration::from_millis(1);
+        tier.fill(tier.watch("k"), b"1", None, Some(soon));
+        let expires_at = tier.entries.get(&b"k"[..]).map(|entry| entry.expires_at);
+        let expires_at = expires_at.expect("kept");
+        while Instant::now() <= expires_at {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(tier.get("k"), None);
+        assert!(!tier.entries.contains_key(&b"k"[..]), "dropped on the read");
     }
 
     #[test]

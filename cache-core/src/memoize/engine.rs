@@ -79,7 +79,7 @@ where
         Err(err) => {
             cache.note_uncacheable();
             warn_uncacheable(function, err);
-            report.finish(telemetry::tier(cache.backend()), Served::Bypass);
+            report.finish(telemetry::tier(cache.reach()), Served::Bypass);
             let mut budget = Budget::for_this_task(cache);
             return Box::pin(report.traced(budget.run(body.run()))).await;
         }
@@ -172,7 +172,7 @@ impl StoreCall<'_> {
             self.function,
         );
         let report = &self.report;
-        let store_tier = telemetry::tier(cache.backend());
+        let store_tier = telemetry::tier(cache.reach());
         let tier = cache.local_tier().filter(|_| options.uses_local_tier());
         // The store may be asked from here on, within the budget.
         let mut budget = Budget::for_this_task(cache);

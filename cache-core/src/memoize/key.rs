@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use crate::cache::Cache;
 use crate::error::{EncodeError, Result};
@@ -30,8 +29,10 @@ pub enum CallKey<'k> {
 /// makes the three parts unambiguous.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgsKey {
-    /// Inline up to 96 bytes: no allocation for most argument lists.
-    bytes: SmallVec<[u8; 96]>,
+    /// A buffer of the thread's pool (see [`POOL`]): no allocation for a
+    /// key once the thread has made one, and a small value to move (the
+    /// key travels in the call's future).
+    bytes: Vec<u8>,
     /// Where the JSON starts in `bytes`.
     json_at: usize,
 }
@@ -39,42 +40,31 @@ pub struct ArgsKey {
 /// The byte that opens and closes the prefix of an [`ArgsKey`].
 const SEPARATOR: u8 = 0xFF;
 
+/// A key's buffer above this size is not kept for the next one: a huge
+/// argument list once must not keep its buffer forever.
+const POOLED_MAX: usize = 4096;
+
+thread_local! {
+    /// The buffer the thread's next [`ArgsKey`] is written into, given back
+    /// when a key drops. Empty while a key holds it: a key made meanwhile
+    /// (a nested call, a `Serialize` impl that builds a key itself) gets a
+    /// buffer of its own.
+    static POOL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl ArgsKey {
     /// The key of `args` under `prefix`; an error when they have no
     /// canonical JSON form, as for [`key_for`](crate::key_for).
     pub(crate) fn new<A: Serialize + ?Sized>(prefix: &str, args: &A) -> Result<ArgsKey> {
-        thread_local! {
-            /// Where the JSON is written: small writes into a `Vec` are
-            /// cheaper than into the inline buffer, which takes one copy.
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let json_at = prefix.len() + 2;
-        let write = |scratch: &mut Vec<u8>| {
-            scratch.clear();
-            scratch.push(SEPARATOR);
-            scratch.extend_from_slice(prefix.as_bytes());
-            scratch.push(SEPARATOR);
-            crate::jcs::to_writer(&mut *scratch, args).map_err(EncodeError::NotCanonical)?;
-            Ok(ArgsKey {
-                bytes: SmallVec::from_slice(scratch),
-                json_at,
-            })
-        };
-        // A `Serialize` impl that builds a key itself finds the scratch
-        // taken: it gets one of its own.
-        SCRATCH
-            .try_with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => {
-                    let key = write(&mut scratch);
-                    // A huge argument list once must not keep its buffer forever.
-                    if scratch.capacity() > 4096 {
-                        *scratch = Vec::new();
-                    }
-                    key
-                }
-                Err(_) => write(&mut Vec::new()),
-            })
-            .unwrap_or_else(|_| write(&mut Vec::new()))
+        let mut bytes = POOL.try_with(std::cell::Cell::take).unwrap_or_default();
+        bytes.clear();
+        bytes.push(SEPARATOR);
+        bytes.extend_from_slice(prefix.as_bytes());
+        bytes.push(SEPARATOR);
+        let json_at = bytes.len();
+        // On an error the buffer drops here (rare: not worth pooling).
+        crate::jcs::to_writer(&mut bytes, args).map_err(EncodeError::NotCanonical)?;
+        Ok(ArgsKey { bytes, json_at })
     }
 
     /// The local tier's key.
@@ -92,6 +82,17 @@ impl ArgsKey {
         key.push(':');
         push_sha256_hex(&mut key, &self.bytes[self.json_at..]);
         key
+    }
+}
+
+impl Drop for ArgsKey {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() > POOLED_MAX {
+            return;
+        }
+        // A buffer there already (a key made while this one lived) goes.
+        let _ = POOL.try_with(|pool| pool.replace(bytes));
     }
 }
 

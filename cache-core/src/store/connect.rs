@@ -15,10 +15,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
 
-use crate::config::{CacheConfig, RedisEndpoint};
+use crate::config::{Backend, CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result};
 
 /// The first wait before a connection that reconnects in the background
@@ -54,6 +55,78 @@ pub(crate) fn pubsub_manager(config: &CacheConfig) -> ConnectionManagerConfig {
         .set_min_delay(RECONNECT_MIN_DELAY)
         .set_max_delay(RECONNECT_MAX_DELAY)
         .set_number_of_retries(10)
+}
+
+/// A client per Redis server the handle is configured with, for
+/// connections a feature opens itself (the local tier's tracking).
+pub(crate) enum Servers {
+    /// The one server (boxed: a client is large beside a `Vec`).
+    Standalone(Box<redis::Client>),
+    /// A client per seed node of the cluster.
+    Cluster(Vec<redis::Client>),
+}
+
+/// The clients of the handle's Redis servers; `None` on the in-memory
+/// store, which has none.
+pub(crate) fn servers(config: &CacheConfig) -> Option<Result<Servers>> {
+    match &config.backend {
+        Backend::Memory => None,
+        Backend::Redis(endpoint) => {
+            Some(client(endpoint, config).map(|client| Servers::Standalone(Box::new(client))))
+        }
+        Backend::Cluster(nodes) => Some(
+            nodes
+                .iter()
+                .map(|node| client(node, config))
+                .collect::<Result<Vec<_>>>()
+                .map(Servers::Cluster),
+        ),
+    }
+}
+
+/// The event bus's pub/sub connection: RESP3, so that messages arrive as
+/// pushes (to `sender`) beside ordinary replies, with redis-rs's own
+/// reconnect and resubscription. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum PubSubConnection {
+    /// A connection manager that resubscribes after a reconnect.
+    Standalone(ConnectionManager),
+    /// The cluster client, which resubscribes by itself.
+    Cluster(ClusterConnection),
+}
+
+/// Opens [`PubSubConnection`] lazily (the first command connects). The
+/// in-memory store has none: its pub/sub is the bus's own.
+pub(crate) fn pubsub(
+    config: &CacheConfig,
+    sender: impl AsyncPushSender,
+) -> Result<PubSubConnection> {
+    match &config.backend {
+        Backend::Redis(endpoint) => {
+            let client = resp3(client(endpoint, config)?).map_err(driver_config_error)?;
+            let manager_config = pubsub_manager(config)
+                .set_push_sender(sender)
+                .set_automatic_resubscription();
+            let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(driver_config_error)?;
+            Ok(PubSubConnection::Standalone(manager))
+        }
+        Backend::Cluster(nodes) => {
+            let urls = nodes.iter().map(resp3_url).collect::<Result<Vec<_>>>()?;
+            let client = cluster_builder(urls, config)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(sender)
+                .build()
+                .map_err(driver_config_error)?;
+            Ok(PubSubConnection::Cluster(
+                client.get_pending_async_connection_with_config(cluster_config(config)),
+            ))
+        }
+        Backend::Memory => Err(Error::invalid(
+            "events",
+            "the in-memory backend has no pub/sub connection",
+        )),
+    }
 }
 
 /// A client for `endpoint`, with the handle's TLS roots.

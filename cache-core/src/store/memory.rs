@@ -234,6 +234,10 @@ fn ready<'a, T: Send + 'a>(value: Result<T>) -> StoreFuture<'a, T> {
 }
 
 impl Store for MemoryStore {
+    fn reach(&self) -> super::Reach {
+        super::Reach::InProcess
+    }
+
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
         ready(Ok(self.get_now(key, max_len)))
     }

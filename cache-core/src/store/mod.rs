@@ -128,8 +128,33 @@ pub(crate) enum ScanNode {
     Primary { host: String, port: u16 },
 }
 
+/// Where a store's data is, as the layers above it need to know: the
+/// store answers, so that nothing above `store/` branches on the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// In this process (the in-memory store): a call has no network to
+    /// wait for or fail on, so no deadline, retry or breaker around it;
+    /// another handle on the same data is a clone of this one; pub/sub is
+    /// the event bus's own; no local tier goes in front of it.
+    InProcess,
+    /// One server (standalone Redis): a keyspace walk visits it alone.
+    Server,
+    /// Several servers (Redis Cluster): a keyspace walk asks the store
+    /// which primaries to visit.
+    Cluster,
+}
+
+impl Reach {
+    /// Whether the data lives in this process.
+    pub(crate) fn in_process(self) -> bool {
+        self == Reach::InProcess
+    }
+}
+
 /// What every backend does. Methods take full keys and raw bytes.
 pub(crate) trait Store: Send + Sync + 'static {
+    /// Where the data is; see [`Reach`].
+    fn reach(&self) -> Reach;
     /// Reads at most `max_len + 1` bytes of the value, so that the handle can
     /// tell a value over its cap without transferring it. An empty value is
     /// `None`, as a missing key is (Redis `GETRANGE` cannot tell them apart).

@@ -25,6 +25,8 @@ const SCAN_BATCH: usize = 500;
 /// What differs between a single server and a cluster: everything else is the
 /// same commands on a multiplexed connection.
 pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
+    /// One server, or a cluster's.
+    const REACH: super::Reach;
     /// The servers a SCAN walk must visit.
     fn scan_nodes(&self) -> impl Future<Output = Result<Vec<ScanNode>>> + Send;
     /// One SCAN page on `node` and the UNLINK of its keys: (next cursor, removed).
@@ -156,6 +158,8 @@ impl ConnectionLike for Standalone {
 }
 
 impl Connection for Standalone {
+    const REACH: super::Reach = super::Reach::Server;
+
     async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
         // The manager's own method: no boxed future per command.
         let (current, mut conn) = self.manager();
@@ -209,6 +213,8 @@ impl Connection for Standalone {
 }
 
 impl Connection for ClusterConnection {
+    const REACH: super::Reach = super::Reach::Cluster;
+
     // Plain PUBLISH goes to every node of the cluster over its bus; SPUBLISH
     // only to the shard of the channel's slot, which is what scales.
     const SHARDED_PUBSUB: bool = true;
@@ -466,6 +472,10 @@ fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
 }
 
 impl<C: Connection> Store for RedisStore<C> {
+    fn reach(&self) -> super::Reach {
+        C::REACH
+    }
+
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Vec<u8>>> {
         let mut conn = self.conn.clone();
         let cmd = get_range_cmd(key, max_len);
