@@ -919,8 +919,12 @@ fn a_price_published_by_one_instance_reaches_a_browser_on_another() {
     );
     // The stream is gone with the page; the relay's one subscription stays.
     let stats = stats_once(relay.port, "the page's stream released", |stats| {
-        stats["event_streams"]["open"] == 0 && stats["event_streams"]["clients"] == 0
+        stats["event_streams"]["open"] == 0
     });
+    assert_eq!(
+        stats["event_streams"]["per_client"]["leases_granted"], 1,
+        "the page's stream held a lease: {stats}"
+    );
     assert_eq!(stats["cache"]["events"]["subscriptions"], 1, "{stats}");
     assert_eq!(
         server
@@ -1309,7 +1313,12 @@ fn event_streams_are_capped_per_client_and_in_total_and_released_when_they_end()
     let a3 = EventStream::open(port, a, "");
     assert_eq!(a3.status, 429, "a client over its cap: {}", a3.head);
     let a3_head = a3.head.to_ascii_lowercase();
-    assert!(a3_head.contains("retry-after: 10"), "{a3_head}");
+    // The rate limiter's concurrency limit: a slot frees when a stream ends.
+    assert!(a3_head.contains("retry-after: 1\r\n"), "{a3_head}");
+    assert!(
+        a3_head.contains(r#"ratelimit-policy: "streams";q=2;qu="concurrent-requests""#),
+        "{a3_head}"
+    );
     assert!(
         a3_head.contains("connection: close"),
         "its connection slot is given back at once: {a3_head}"
@@ -1320,8 +1329,11 @@ fn event_streams_are_capped_per_client_and_in_total_and_released_when_they_end()
     assert_eq!(c1.status, 503, "the service over its cap: {}", c1.head);
     // The rest of the service is not starved by the streams.
     assert_eq!(http_get(port, "/health").0, 200);
-    stats_once(port, "three streams of two clients", |stats| {
-        stats["event_streams"]["open"] == 3 && stats["event_streams"]["clients"] == 2
+    stats_once(port, "three streams, two refused per client", |stats| {
+        let per_client = &stats["event_streams"]["per_client"];
+        stats["event_streams"]["open"] == 3
+            && per_client["leases_granted"] == 4
+            && per_client["leases_refused"] == 1
     });
 
     // A stream whose client went away is released.
@@ -1332,8 +1344,9 @@ fn event_streams_are_capped_per_client_and_in_total_and_released_when_they_end()
     let a4 = EventStream::open(port, a, "");
     assert_eq!(a4.status, 200, "{}", a4.head);
     drop((a2, a3, a4, b1, c1));
-    stats_once(port, "every stream released, no client left", |stats| {
-        stats["event_streams"]["open"] == 0 && stats["event_streams"]["clients"] == 0
+    stats_once(port, "every stream released", |stats| {
+        stats["event_streams"]["open"] == 0
+            && stats["event_streams"]["per_client"]["leases_expired"] == 0
     });
 }
 

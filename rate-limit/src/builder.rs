@@ -27,6 +27,8 @@ use crate::window::Decision;
 pub const DEFAULT_PREFIX: &str = "rate";
 /// Default bound on one store call; past it the request is let through (or 503).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest [`lease_wait`](RateLimitLayerBuilder::lease_wait): 60 s.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
 /// Configures a [`RateLimitLayer`].
 #[must_use]
 pub struct RateLimitLayerBuilder {
@@ -57,6 +59,7 @@ pub struct RateLimitLayerBuilder {
     plans: Vec<(String, Vec<(String, Quota)>)>,
     plan_for: Option<Box<SelectFn>>,
     settle: Option<Box<SettleFn>>,
+    lease_wait: Duration,
 }
 
 impl RateLimitLayerBuilder {
@@ -87,6 +90,7 @@ impl RateLimitLayerBuilder {
             plans: Vec::new(),
             plan_for: None,
             settle: None,
+            lease_wait: Duration::ZERO,
         }
     }
 
@@ -722,6 +726,30 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// A request refused only by a [concurrency limit](Quota::concurrent)
+    /// (every rate policy admits it) waits up to `wait` for a slot before
+    /// its 429, asking the store again after 5 ms, then twice as long each
+    /// time up to 100 ms (a store call each). Not a queue: a slot goes to
+    /// whichever request asks first once it is free. Default: no wait. At
+    /// most [`MAX_LEASE_WAIT`] (60 s), and only with a concurrency limit:
+    /// else [`ConfigError::LeaseWait`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// let exports = RateLimitLayer::builder(cache_core::Cache::in_memory())
+    ///     .policy("in-flight", Quota::concurrent(2))
+    ///     .lease_wait(Duration::from_secs(5))
+    ///     .build()?;
+    /// # let _ = exports;
+    /// # Ok::<(), rate_limit::Error>(())
+    /// ```
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
         let store_timeout = self.checked_store_timeout()?;
@@ -735,6 +763,15 @@ impl RateLimitLayerBuilder {
         }
         if self.settle.is_some() && self.shared.is_some() {
             return Err(ConfigError::ChargeWithSharedCounting);
+        }
+        // A concurrency limit of the layer's own policies or of a plan's.
+        let leases = policies.iter().any(|p| p.quota.is_concurrent())
+            || self
+                .plans
+                .iter()
+                .any(|(_, plan)| plan.iter().any(|(_, quota)| quota.is_concurrent()));
+        if !self.lease_wait.is_zero() && (self.lease_wait > MAX_LEASE_WAIT || !leases) {
+            return Err(ConfigError::LeaseWait(self.lease_wait));
         }
         let plans = self.checked_plans(store_timeout)?;
         let extractor = self.checked_extractor()?;
@@ -751,7 +788,8 @@ impl RateLimitLayerBuilder {
                     clock: self.clock,
                     shared: self.shared,
                     fail_open: self.fail_mode == FailMode::Open,
-                }),
+                })
+                .with_lease_wait(self.lease_wait),
                 extractor,
                 cost: self.cost,
                 headers,
@@ -850,7 +888,8 @@ impl RateLimitLayerBuilder {
                 clock: self.clock.clone(),
                 shared: self.shared,
                 fail_open: self.fail_mode == FailMode::Open,
-            });
+            })
+            .with_lease_wait(self.lease_wait);
             list.push(Plan {
                 name,
                 limiter,
@@ -899,10 +938,17 @@ impl RateLimitLayerBuilder {
             .iter()
             .map(|p| (p.name.as_str(), p.quota.limit(), p.quota.window()))
             .collect();
-        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described);
+        let concurrent: Vec<usize> = (0..policies.len())
+            .filter(|&i| policies[i].quota.is_concurrent())
+            .collect();
+        let headers = HeaderTemplate::new(self.headers, self.reset_format, &described)
+            .with_concurrency(&described, &concurrent);
         let limited_bodies = policies
             .iter()
-            .map(|p| response::too_many_requests_body(p.quota.limit(), p.quota.window()))
+            .map(|p| match p.quota.is_concurrent() {
+                true => response::too_many_in_flight_body(p.quota.limit()),
+                false => response::too_many_requests_body(p.quota.limit(), p.quota.window()),
+            })
             .collect();
         (headers, limited_bodies)
     }

@@ -78,6 +78,25 @@ pub enum Error {
     /// (an emission interval under 1 µs).
     #[error("the quota {0:?} is too fine to count exactly")]
     QuotaTooFine(crate::quota::Quota),
+    /// A [concurrency limit](crate::Quota::concurrent) is over
+    /// [`MAX_CONCURRENT`](crate::MAX_CONCURRENT) (10 000 in flight).
+    #[error("the concurrency limit {0} is over the maximum of 10000 requests in flight")]
+    ConcurrencyTooLarge(u64),
+    /// A [concurrency limit](crate::Quota::concurrent)'s lease TTL is not
+    /// within [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL) (1 s) and
+    /// [`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL) (24 h).
+    #[error("the lease TTL of {0:?} is not within 1 s to 24 h")]
+    LeaseTtl(Duration),
+    /// A [`lease_wait`](crate::RateLimitLayerBuilder::lease_wait) over
+    /// [`MAX_LEASE_WAIT`](crate::MAX_LEASE_WAIT) (60 s), or in a layer
+    /// without a concurrency limit.
+    #[error("a lease wait of {0:?} needs a concurrency limit and at most 60 s")]
+    LeaseWait(Duration),
+    /// A [concurrency limit](crate::Quota::concurrent) with
+    /// [shared counting](crate::SharedCounting), which counts requests
+    /// locally and cannot hold leases across instances.
+    #[error("shared counting cannot hold a concurrency limit; use the exact mode")]
+    SharedConcurrency,
     /// Two policies have the same name.
     #[error("two policies are named {0:?}")]
     DuplicatePolicy(String),
@@ -205,6 +224,10 @@ impl Error {
             | Error::Prefix
             | Error::PrefixInUse(_)
             | Error::QuotaTooFine(_)
+            | Error::ConcurrencyTooLarge(_)
+            | Error::LeaseTtl(_)
+            | Error::SharedConcurrency
+            | Error::LeaseWait(_)
             | Error::DuplicatePolicy(_)
             | Error::PolicyAndLimit
             | Error::ExtractorSettings

@@ -126,6 +126,32 @@ impl HeaderTemplate {
         }
     }
 
+    /// The same template, the policies at `concurrent` (indices into
+    /// `policies`, as given to [`new`](Self::new)) being
+    /// [concurrency limits](crate::Quota::concurrent): their
+    /// `RateLimit-Policy` items say `qu="concurrent-requests"` (the IETF
+    /// draft's quota unit for requests in flight) and carry no window.
+    pub(crate) fn with_concurrency(
+        mut self,
+        policies: &[(&str, u64, std::time::Duration)],
+        concurrent: &[usize],
+    ) -> Self {
+        if concurrent.is_empty() {
+            return self;
+        }
+        let policy = policies
+            .iter()
+            .enumerate()
+            .map(|(i, (name, limit, window))| match concurrent.contains(&i) {
+                true => format!("\"{name}\";q={limit};qu=\"concurrent-requests\""),
+                false => format!("\"{name}\";q={limit};w={}", ceil_seconds(*window)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.policy = HeaderValue::from_str(&policy).ok();
+        self
+    }
+
     /// Writes the enabled header sets for `decision`.
     pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
         let HeaderSets { legacy, ietf } = self.sets;
@@ -283,6 +309,74 @@ mod tests {
             assert_eq!(
                 headers[RATELIMIT],
                 format!(r#""burst";r={number};t=3600"#).as_str()
+            );
+        }
+    }
+
+    /// An RFC 9651 List field as (item string, [(parameter, value)]), the
+    /// values rendered as `sfv` shows them; panics if it does not parse.
+    fn parsed_list(value: &HeaderValue) -> Vec<(String, Vec<(String, String)>)> {
+        let list: sfv::List = sfv::Parser::new(value.as_bytes())
+            .parse()
+            .unwrap_or_else(|err| panic!("{value:?} is not an RFC 9651 List: {err}"));
+        list.into_iter()
+            .map(|entry| {
+                let sfv::ListEntry::Item(item) = entry else {
+                    panic!("an inner list in {value:?}");
+                };
+                let name = item.bare_item.as_string().expect("a String item").as_str();
+                let params = item
+                    .params
+                    .iter()
+                    .map(|(key, value)| {
+                        let value = match (value.as_integer(), value.as_string()) {
+                            (Some(n), _) => i64::from(n).to_string(),
+                            (_, Some(s)) => format!("{:?}", s.as_str()),
+                            _ => panic!("{key:?}: neither an Integer nor a String"),
+                        };
+                        (key.as_str().to_string(), value)
+                    })
+                    .collect();
+                (name.to_string(), params)
+            })
+            .collect()
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` are RFC 9651 Lists of String
+    /// items with Integer `q`, `w`, `r`, `t` parameters, and a concurrency
+    /// limit's item the String `qu="concurrent-requests"`, no window.
+    #[test]
+    fn the_ietf_fields_are_rfc_9651_lists_for_rates_and_concurrency() {
+        let described = [
+            ("burst", 10, Duration::from_secs(1)),
+            ("streams", 2, Duration::from_secs(60)),
+        ];
+        let template = HeaderTemplate::new(HeaderSets::IETF, ResetFormat::default(), &described)
+            .with_concurrency(&described, &[1]);
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for policy in [0, 1] {
+            let mut decision = Decision::for_count(1, 2, Duration::from_millis(2_500));
+            decision.policy = policy;
+            let mut headers = HeaderMap::new();
+            template.write(&mut headers, &decision);
+            assert_eq!(
+                parsed_list(&headers[RATELIMIT_POLICY]),
+                [
+                    ("burst".to_string(), pairs(&[("q", "10"), ("w", "1")])),
+                    (
+                        "streams".to_string(),
+                        pairs(&[("q", "2"), ("qu", "\"concurrent-requests\"")])
+                    ),
+                ]
+            );
+            let name = described[policy].0.to_string();
+            assert_eq!(
+                parsed_list(&headers[RATELIMIT]),
+                [(name, pairs(&[("r", "1"), ("t", "3")]))]
             );
         }
     }

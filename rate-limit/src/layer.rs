@@ -16,6 +16,7 @@ use crate::error::KeyError;
 use crate::future::ResponseFuture;
 use crate::headers::{HeaderTemplate, RATELIMIT, X_RATELIMIT_LIMIT};
 use crate::key::{KeyExtractor, RequestInfo, UNIDENTIFIED_KEY, sanitize};
+use crate::lease::LeaseGuard;
 use crate::limiter::{Count, Limiter, RateLimitStats, Verdict};
 use crate::outcome::{PendingCharge, Refunds, ResponseInfo, SettleFn};
 use crate::plan::{DEFAULT_PLAN, Plans};
@@ -301,6 +302,11 @@ impl Shared {
     fn grpc_limited_message(plan: PlanRef<'_>, decision: &Decision) -> String {
         let wait = decision.retry_after_seconds();
         match plan.limiter.policies.get(decision.policy) {
+            Some(p) if p.quota.is_concurrent() => format!(
+                "concurrency limit of {} requests in flight (policy \"{}\") exceeded; retry after {wait} s",
+                p.quota.limit(),
+                p.name,
+            ),
             Some(p) => format!(
                 "rate limit of {} per {} s (policy \"{}\") exceeded; retry after {wait} s",
                 p.quota.limit(),
@@ -436,11 +442,23 @@ where
         let shared = shared.clone();
         let future = async move {
             let plan = shared.plan(plan_index);
+            let charging = shared.settle.is_some();
             let mut charge = None;
+            // The lease of a concurrency limit (of the request's plan), once
+            // taken: released when the response body ends, or when this
+            // future or the body is dropped (see `crate::lease`).
+            let mut lease = None;
             let decision = match known {
                 Some(decision) => decision,
                 None => {
-                    let verdict = if shared.settle.is_some() {
+                    let verdict = if plan.limiter.takes_leases() {
+                        let (verdict, taken, charged) =
+                            plan.limiter.acquire_charged(key, cost, charging).await;
+                        lease =
+                            taken.map(|taken| LeaseGuard::new(shared.clone(), plan_index, taken));
+                        charge = charged;
+                        verdict
+                    } else if charging {
                         let (verdict, charged) = plan.limiter.check_charged(key, cost).await;
                         charge = charged;
                         verdict
@@ -523,17 +541,22 @@ where
                 counters.add(Count::ShadowLimited);
             }
             // Charged by outcome: given back if this future is dropped before
-            // the response (the guard's drop), else as the response says.
+            // the response (the guard's drop), else as the response says. A
+            // lease is another matter: it stays with the body, whatever the
+            // response is charged.
             let pending =
                 charge.map(|charge| PendingCharge::new(shared.clone(), plan_index, charge));
             // An error of the inner service (no response to charge) drops
-            // `pending`: given back whole.
+            // `pending`: given back whole (and `lease`: released).
             let response = inner.call(request).await?;
             if let (Some(pending), Some(settle)) = (pending, &shared.settle) {
                 let kept = settle(&ResponseInfo::of(&response), pending.cost());
                 pending.settle(kept).await;
             }
-            let mut response = response.map(ResponseBody::inner);
+            let mut response = match lease {
+                Some(lease) => response.map(|body| ResponseBody::leased(body, lease)),
+                None => response.map(ResponseBody::inner),
+            };
             // A layer inside this one answered for itself (its 429 says its own
             // limit): its headers stand, never overwritten with this one's.
             if !carries_rate_limit_headers(response.headers()) {

@@ -102,8 +102,11 @@
 //! named quotas; all of a request's policies are checked in **one** store
 //! call, a request passes only if every one admits it, and only then is it
 //! charged to all of them. [`cost`](RateLimitLayerBuilder::cost) charges a
-//! request more than one unit (or nothing). A [`ManualClock`] moves time in
-//! tests, without sleeping:
+//! request more than one unit (or nothing). [`Quota::concurrent`] is a
+//! policy of another kind: at most N requests of a client in flight across
+//! instances, a lease per request released when its response body ends
+//! ([`LeaseGuard`]). A [`ManualClock`] moves time in tests, without
+//! sleeping:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -326,6 +329,7 @@ mod future;
 mod headers;
 mod key;
 mod layer;
+mod lease;
 mod limiter;
 mod outcome;
 mod peer;
@@ -339,7 +343,7 @@ mod sync;
 mod telemetry;
 mod window;
 
-pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, RateLimitLayerBuilder};
+pub use builder::{DEFAULT_PREFIX, DEFAULT_STORE_TIMEOUT, MAX_LEASE_WAIT, RateLimitLayerBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, Error, ErrorKind, KeyError};
 pub use future::ResponseFuture;
@@ -352,11 +356,15 @@ pub use key::{
     TrustedProxies, UNIDENTIFIED_KEY, UNMATCHED_ROUTE,
 };
 pub use layer::{FailMode, RateLimit, RateLimitLayer};
+pub use lease::LeaseGuard;
 pub use limiter::RateLimitStats;
 pub use outcome::ResponseInfo;
 pub use peer::peer_addr;
 pub use plan::DEFAULT_PLAN;
-pub use quota::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota};
+pub use quota::{
+    Algorithm, DEFAULT_LEASE_TTL, MAX_CONCURRENT, MAX_LEASE_TTL, MAX_LIMIT, MAX_WINDOW,
+    MIN_LEASE_TTL, Quota,
+};
 pub use response::ResponseBody;
 /// The layer's default 429 body, for the benchmarks' baseline that answers
 /// the same 429 itself: not part of the API.
@@ -364,5 +372,5 @@ pub use response::ResponseBody;
 pub use response::too_many_requests_body;
 pub use shared::SharedCounting;
 #[doc(hidden)]
-pub use store::{evaluate_raw, refund_raw, stored_in_memory};
+pub use store::{acquire_raw, evaluate_raw, refund_raw, release_raw, stored_in_memory};
 pub use window::Decision;

@@ -15,6 +15,10 @@
 //!   one atomic step on its clients' keys.
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
+//! - **With a concurrency limit** ([`Limiter::acquire`]): each request makes
+//!   its own call of `limits.lua` (it carries the request's lease id), sent
+//!   at once on the multiplexed connection, never grouped; or the in-memory
+//!   twin. Its lease goes back with [`Limiter::release`].
 //!
 //! - **Shared, at in-process cost** ([`Counting::Shared`], opt-in through
 //!   the builder's `shared_counting`): each request is decided on this
@@ -41,6 +45,7 @@
 //! its capacity ([`crate::deny`]). A cancelled request leaves nothing
 //! behind.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,7 +62,7 @@ use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::exact::{Call, Exact};
 use crate::quota::Quota;
 use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
-use crate::store::memory::MemoryLimits;
+use crate::store::{self, memory::MemoryLimits};
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
@@ -104,6 +109,16 @@ pub struct RateLimitStats {
     /// Refunds the store did not take (failed, timed out, or no runtime to
     /// run them on): those charges stand until their windows end.
     pub refund_errors: u64,
+    /// Leases taken by admitted requests ([concurrency limits](crate::Quota::concurrent)).
+    pub leases_granted: u64,
+    /// Requests refused because their client had every slot of a
+    /// concurrency limit taken (also counted in `limited`).
+    pub leases_refused: u64,
+    /// Leases renewed by a response still streaming past half its TTL.
+    pub leases_renewed: u64,
+    /// Leases found expired when their response ended: the response
+    /// outlasted the lease TTL (its slot had been freed before).
+    pub leases_expired: u64,
 }
 
 impl RateLimitStats {
@@ -119,6 +134,10 @@ impl RateLimitStats {
             unknown_plans: self.unknown_plans + other.unknown_plans,
             refunded: self.refunded + other.refunded,
             refund_errors: self.refund_errors + other.refund_errors,
+            leases_granted: self.leases_granted + other.leases_granted,
+            leases_refused: self.leases_refused + other.leases_refused,
+            leases_renewed: self.leases_renewed + other.leases_renewed,
+            leases_expired: self.leases_expired + other.leases_expired,
         }
     }
 }
@@ -126,7 +145,7 @@ impl RateLimitStats {
 /// The layer's counters: every request writes one, so they are striped
 /// per thread as the cache's are.
 #[derive(Debug, Default)]
-pub(crate) struct Counters(StripedCounters<{ Count::StoreCalls as usize + 1 }>);
+pub(crate) struct Counters(StripedCounters<{ Count::LeasesRenewed as usize + 1 }>);
 
 /// One of the layer's counters.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +156,10 @@ pub(crate) enum Count {
     ShadowLimited,
     StoreErrors,
     StoreCalls,
+    LeasesGranted,
+    LeasesRefused,
+    LeasesExpired,
+    LeasesRenewed,
 }
 
 impl Counters {
@@ -153,6 +176,10 @@ impl Counters {
             shadow_limited: sum(Count::ShadowLimited),
             store_errors: sum(Count::StoreErrors),
             store_calls: sum(Count::StoreCalls),
+            leases_granted: sum(Count::LeasesGranted),
+            leases_refused: sum(Count::LeasesRefused),
+            leases_expired: sum(Count::LeasesExpired),
+            leases_renewed: sum(Count::LeasesRenewed),
             ..RateLimitStats::default()
         }
     }
@@ -215,6 +242,81 @@ pub(crate) struct Limiter {
     in_flight: AtomicUsize,
     /// The store is failing: logged once per change.
     failing: StateFlag,
+    /// The indices of the concurrency limits among the policies (none: the
+    /// layer takes no leases).
+    concurrent: Vec<usize>,
+    /// Where lease ids come from.
+    lease_ids: LeaseIds,
+    /// How long a request refused only by a concurrency limit waits for a
+    /// slot (zero: not at all).
+    lease_wait: Duration,
+}
+
+/// What [`Limiter::acquire_charged`] answers: the verdict, the lease of an
+/// admitted request and, if asked for, its charge.
+pub(crate) type Acquired = (Verdict, Option<Lease>, Option<Charge>);
+
+/// Whether a concurrency limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No (admitted, or refused by rate policies only).
+    None,
+    /// Yes, and the rate policies too.
+    Leases,
+    /// Yes, and only it: the request may wait for a slot.
+    LeasesOnly,
+}
+
+/// The first wait of a request waiting for a slot; each next one doubles,
+/// up to [`LEASE_WAIT_MAX_BACKOFF`].
+const LEASE_WAIT_FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const LEASE_WAIT_MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The leases one admitted request holds, one per concurrency limit of the
+/// layer (one id in each of its client's lease sets), until released.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    keys: Vec<String>,
+    id: i64,
+}
+
+impl Lease {
+    /// Its keys, each with its concurrency limit's lease TTL (ms), and its id:
+    /// what a renewal sends.
+    pub(crate) fn renewal(&self, limiter: &Limiter) -> (Vec<(String, u64)>, i64) {
+        let ttls = limiter
+            .concurrent
+            .iter()
+            .map(|&i| limiter.quotas[i].window_ms());
+        (self.keys.iter().cloned().zip(ttls).collect(), self.id)
+    }
+}
+
+/// Lease ids: unique within a limiter (a count), unpredictable and
+/// independent across instances (hashed with keys random per limiter), 63
+/// bits: an id two instances give one client at once collides with odds
+/// of about `held² / 2^64`.
+struct LeaseIds {
+    hasher: std::hash::RandomState,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseIds {
+    fn next(&self) -> i64 {
+        use std::hash::BuildHasher;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (self.hasher.hash_one(n) >> 1) as i64
+    }
+}
+
+/// Releases `lease` from every key in memory (each, even past one that no
+/// longer holds it): whether each still held it.
+fn memory_release(memory: &MemoryLimits, lease: &Lease) -> bool {
+    let mut held = true;
+    for key in &lease.keys {
+        held &= memory.release(key, lease.id as u64);
+    }
+    held
 }
 
 /// Counts a request as at the store for as long as it lives (a cancelled
@@ -267,6 +369,17 @@ impl Keys {
         match self {
             Keys::One(key) => f(&[key.as_str()]),
             Keys::Several(keys) => f(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The keys of the policies at `indices`.
+    pub(crate) fn of(&self, indices: &[usize]) -> Vec<String> {
+        match self {
+            Keys::One(key) => vec![key.clone()],
+            Keys::Several(keys) => indices
+                .iter()
+                .filter_map(|&i| keys.get(i).cloned())
+                .collect(),
         }
     }
 
@@ -335,6 +448,12 @@ impl Limiter {
             ))),
         };
         Limiter {
+            concurrent: quotas
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.is_concurrent())
+                .map(|(i, _)| i)
+                .collect(),
             quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
             clock,
@@ -352,7 +471,263 @@ impl Limiter {
             denied: DenyCache::new(DEFAULT_CAPACITY),
             in_flight: AtomicUsize::new(0),
             failing: StateFlag::new(),
+            lease_wait: Duration::ZERO,
+            lease_ids: LeaseIds {
+                hasher: std::hash::RandomState::new(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            },
         }
+    }
+
+    /// The layer has a concurrency limit: its admitted requests take leases
+    /// ([`acquire`](Self::acquire) instead of [`check`](Self::check)).
+    pub(crate) fn takes_leases(&self) -> bool {
+        !self.concurrent.is_empty()
+    }
+
+    /// [`check`](Self::check) for a layer with concurrency limits: one
+    /// store call checks every policy and, if all admit, charges the rate
+    /// policies and takes a lease in each concurrency limit (none for a
+    /// request of cost 0). The lease, if taken, goes back with
+    /// [`release`](Self::release); one not released expires after its TTL.
+    #[cfg(test)]
+    pub(crate) async fn acquire(&self, client: String, cost: u64) -> (Verdict, Option<Lease>) {
+        let (verdict, lease, _) = self.acquire_charged(client, cost, false).await;
+        (verdict, lease)
+    }
+
+    /// [`acquire`](Self::acquire), and (if `charged`) the charge of an
+    /// admitted request on the rate policies, to give back with
+    /// [`refund`](Self::refund) as [`check_charged`](Self::check_charged)'s:
+    /// the lease and the charge are given back apart, each once.
+    pub(crate) async fn acquire_charged(
+        &self,
+        client: String,
+        cost: u64,
+        charged: bool,
+    ) -> Acquired {
+        if let Some(policy) = self.too_costly(cost) {
+            return (Verdict::TooCostly { policy }, None, None);
+        }
+        let keys = self.keys(&client);
+        let deadline = tokio::time::Instant::now() + self.lease_wait;
+        let mut backoff = LEASE_WAIT_FIRST_BACKOFF;
+        loop {
+            let (acquired, refused) = self.acquire_once(&client, &keys, cost, charged).await;
+            match refused {
+                Refusal::None => return acquired,
+                // Only a slot missing: ask again, until the wait is over.
+                Refusal::LeasesOnly if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                    backoff = (backoff * 2).min(LEASE_WAIT_MAX_BACKOFF);
+                }
+                Refusal::LeasesOnly | Refusal::Leases => {
+                    self.counters.add(Count::LeasesRefused);
+                    telemetry::lease(telemetry::LeaseEvent::Refused);
+                    return acquired;
+                }
+            }
+        }
+    }
+
+    /// One store call of [`acquire`](Self::acquire), and whether a
+    /// concurrency limit refused the request.
+    async fn acquire_once(
+        &self,
+        client: &str,
+        keys: &Keys,
+        cost: u64,
+        charged: bool,
+    ) -> (Acquired, Refusal) {
+        let id = self.lease_ids.next();
+        let sent = Sent {
+            monotonic: monotonic_micros(self.clock.as_ref()),
+            wall: match self.counting {
+                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
+                Counting::Exact(_) | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
+            },
+        };
+        let call = telemetry::StoreCall::start();
+        self.counters.add(Count::StoreCalls);
+        let row = match &self.counting {
+            Counting::Memory(memory) => Ok(keys.with_strs(|keys| {
+                memory.evaluate_leased(
+                    keys,
+                    &self.quotas,
+                    sent.wall.unwrap_or_default(),
+                    cost,
+                    id as u64,
+                )
+            })),
+            // Refused by the builder.
+            Counting::Shared(_) => return ((Verdict::StoreFailed, None, None), Refusal::None),
+            Counting::Exact(_) => {
+                let Some(_in_flight) = InFlight::enter(&self.in_flight) else {
+                    self.note_store(Some("too many requests at the store at once"));
+                    return ((Verdict::StoreFailed, None, None), Refusal::None);
+                };
+                let (one, several): ([&str; 1], Vec<&str>);
+                let strs: &[&str] = match &keys {
+                    Keys::One(key) => {
+                        one = [key.as_str()];
+                        &one
+                    }
+                    Keys::Several(keys) => {
+                        several = keys.iter().map(String::as_str).collect();
+                        &several
+                    }
+                };
+                store::redis::acquire(
+                    &self.cache,
+                    strs,
+                    &self.quotas,
+                    sent.wall,
+                    cost,
+                    id,
+                    self.store_timeout,
+                )
+                .await
+                .map_err(|err| err.to_string())
+            }
+        };
+        let row = call.finish(row);
+        // Refused by a concurrency limit: its retry cell is set; by it only
+        // when every other policy's is not.
+        let refused = match &row {
+            Ok(row) if row.first() == Some(&0) => {
+                let refuses = |i: usize| row.get(3 + 4 * i).is_some_and(|&retry| retry != 0);
+                let policies = 0..self.quotas.len();
+                if !self.concurrent.iter().any(|&i| refuses(i)) {
+                    Refusal::None
+                } else if policies
+                    .filter(|i| !self.concurrent.contains(i))
+                    .any(refuses)
+                {
+                    Refusal::Leases
+                } else {
+                    Refusal::LeasesOnly
+                }
+            }
+            _ => Refusal::None,
+        };
+        let resets = match &row {
+            Ok(row) if charged => window::resets(&self.quotas, row),
+            _ => None,
+        };
+        let Some(outcome) = self.outcome(row) else {
+            return ((Verdict::StoreFailed, None, None), Refusal::None);
+        };
+        self.note_denied(client, &outcome, sent);
+        let lease = (outcome.decision.allowed && cost > 0).then(|| {
+            self.counters.add(Count::LeasesGranted);
+            telemetry::lease(telemetry::LeaseEvent::Granted);
+            Lease {
+                keys: keys.of(&self.concurrent),
+                id,
+            }
+        });
+        let charge = match resets {
+            Some(resets) if outcome.decision.allowed && cost > 0 => Some(Charge {
+                client: client.to_string(),
+                cost,
+                resets,
+                sent_monotonic: sent.monotonic,
+                at_us: sent.wall,
+            }),
+            _ => None,
+        };
+        ((Verdict::Decided(outcome.decision), lease, charge), refused)
+    }
+
+    /// How long a request refused only by a concurrency limit waits for a
+    /// slot before its 429 (see the builder's `lease_wait`).
+    pub(crate) fn with_lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
+    /// Gives `lease` back: at once in memory; on Redis, one call per
+    /// concurrency limit (see [`Lease`]). A lease found gone had expired.
+    pub(crate) async fn release(&self, lease: Lease) {
+        let held = match &self.counting {
+            Counting::Memory(memory) => memory_release(memory, &lease),
+            Counting::Exact(_) | Counting::Shared(_) => {
+                match store::redis::release(&self.cache, &lease.keys, lease.id, self.store_timeout)
+                    .await
+                {
+                    Ok(held) => held,
+                    Err(err) => {
+                        // It expires with its TTL.
+                        self.note_store(Some(&err.to_string()));
+                        return;
+                    }
+                }
+            }
+        };
+        if !held {
+            self.counters.add(Count::LeasesExpired);
+            telemetry::lease(telemetry::LeaseEvent::Expired);
+        }
+    }
+
+    /// Half the shortest lease TTL of the layer, µs: how often a streaming
+    /// response renews its lease.
+    pub(crate) fn renewal_interval_us(&self) -> u64 {
+        let shortest = self
+            .concurrent
+            .iter()
+            .map(|&i| self.quotas[i].window_ms())
+            .min();
+        shortest.unwrap_or(0).saturating_mul(500)
+    }
+
+    /// The clock's monotonic reading, µs (when a lease is due for renewal).
+    pub(crate) fn monotonic_now(&self) -> u64 {
+        monotonic_micros(self.clock.as_ref())
+    }
+
+    /// Renews a lease (see [`Lease::renewal`]) a lease TTL from now, if it
+    /// is still held; at once in memory, else a store call.
+    pub(crate) async fn renew(&self, keys: &[(String, u64)], id: i64) {
+        let renewed = match &self.counting {
+            Counting::Memory(memory) => {
+                let now_ms = now_micros(self.clock.as_ref()) / 1000;
+                // Every key renewed, even past one that no longer holds it.
+                let mut renewed = true;
+                for (key, ttl) in keys {
+                    renewed &= memory.renew(key, id as u64, now_ms, *ttl);
+                }
+                renewed
+            }
+            Counting::Exact(_) | Counting::Shared(_) => {
+                let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
+                match store::redis::renew(&self.cache, keys, id, now, self.store_timeout).await {
+                    Ok(renewed) => renewed,
+                    Err(err) => {
+                        self.note_store(Some(&err.to_string()));
+                        return;
+                    }
+                }
+            }
+        };
+        if renewed {
+            self.counters.add(Count::LeasesRenewed);
+        }
+    }
+
+    /// Releases `lease` where no task can wait for the store: in memory at
+    /// once; `Some(lease)` back when it needs a store call.
+    pub(crate) fn release_now(&self, lease: Lease) -> Option<Lease> {
+        let Counting::Memory(memory) = &self.counting else {
+            return Some(lease);
+        };
+        if !memory_release(memory, &lease) {
+            self.counters.add(Count::LeasesExpired);
+            telemetry::lease(telemetry::LeaseEvent::Expired);
+        }
+        None
     }
 
     /// Counts one request of `client` (an already sanitized key) costing
@@ -452,6 +827,29 @@ impl Limiter {
         }
         self.denied.remove(&charge.client);
         let keys = self.keys(&charge.client);
+        // The rate policies only: a concurrency limit's lease goes back with
+        // its response body (`release`), whatever the response is charged.
+        let (keys, quotas, resets) = if self.concurrent.is_empty() {
+            (
+                keys,
+                Cow::Borrowed(&self.quotas[..]),
+                Cow::Borrowed(&charge.resets[..]),
+            )
+        } else {
+            let rate: Vec<usize> = (0..self.quotas.len())
+                .filter(|i| !self.concurrent.contains(i))
+                .collect();
+            if rate.is_empty() {
+                return true;
+            }
+            (
+                Keys::Several(keys.of(&rate)),
+                rate.iter().map(|&i| self.quotas[i]).collect(),
+                rate.iter()
+                    .map(|&i| charge.resets.get(i).copied().unwrap_or_default())
+                    .collect(),
+            )
+        };
         let elapsed_us =
             monotonic_micros(self.clock.as_ref()).saturating_sub(charge.sent_monotonic);
         let answer = match &self.counting {
@@ -460,9 +858,7 @@ impl Limiter {
                 let at_us = charge
                     .at_us
                     .unwrap_or_else(|| now_us.saturating_sub(elapsed_us));
-                keys.with_strs(|keys| {
-                    memory.refund(keys, &self.quotas, now_us, at_us, &charge.resets, units)
-                });
+                keys.with_strs(|keys| memory.refund(keys, &quotas, now_us, at_us, &resets, units));
                 Ok(())
             }
             Counting::Exact(_) => {
@@ -471,15 +867,15 @@ impl Limiter {
                     at_us: if self.send_now { charge.at_us } else { None },
                     elapsed_us,
                 };
-                let mut strs = Vec::with_capacity(self.quotas.len());
+                let mut strs = Vec::with_capacity(quotas.len());
                 keys.push_into(&mut strs);
                 let call = telemetry::StoreCall::start();
                 let answer = crate::store::redis::refund(
                     &self.cache,
                     &strs,
-                    &self.quotas,
+                    &quotas,
                     at,
-                    &charge.resets,
+                    &resets,
                     units,
                     self.store_timeout,
                 )
@@ -540,7 +936,10 @@ impl Limiter {
     /// The first policy whose whole limit is below `cost`: a request that
     /// can never pass.
     pub(crate) fn too_costly(&self, cost: u64) -> Option<usize> {
-        self.quotas.iter().position(|q| cost > q.limit())
+        // A concurrency limit counts a lease per request, whatever its cost.
+        self.quotas
+            .iter()
+            .position(|q| cost > q.limit() && !q.is_concurrent())
     }
 
     /// The decision for `client` when the local deny cache already has it
@@ -756,6 +1155,44 @@ mod tests {
             panic!("store failed");
         };
         assert!(again.allowed, "the store admits at the window's end");
+    }
+
+    /// A lease in two concurrency limits: each released, even when the
+    /// first one's set no longer held it (it expired there).
+    #[tokio::test]
+    async fn a_release_frees_every_concurrency_limit_of_the_lease() {
+        let clock = crate::ManualClock::new();
+        let limiter = Limiter::new(LimiterConfig {
+            cache: Cache::in_memory(),
+            prefix: "leases".into(),
+            policies: vec![
+                Policy {
+                    name: "short".into(),
+                    quota: Quota::concurrent(1).lease_ttl(Duration::from_secs(1)),
+                },
+                Policy {
+                    name: "long".into(),
+                    quota: Quota::concurrent(1).lease_ttl(Duration::from_secs(60)),
+                },
+            ],
+            store_timeout: Duration::from_secs(1),
+            local_deny: true,
+            clock: Some(Arc::new(clock.clone())),
+            shared: None,
+            fail_open: true,
+        });
+        let admitted = |verdict: &Verdict| matches!(verdict, Verdict::Decided(d) if d.allowed);
+        let (first, lease) = limiter.acquire("ip:1".into(), 1).await;
+        assert!(admitted(&first));
+        assert!(!admitted(&limiter.acquire("ip:1".into(), 1).await.0));
+        // The short lease expired: the next request trims it, and is still
+        // refused by the long one.
+        clock.advance(Duration::from_secs(1));
+        assert!(!admitted(&limiter.acquire("ip:1".into(), 1).await.0));
+        limiter.release(lease.unwrap()).await;
+        assert_eq!(limiter.stats().leases_expired, 1, "gone from the short set");
+        let (again, _) = limiter.acquire("ip:1".into(), 1).await;
+        assert!(admitted(&again), "released from the long set too");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,19 @@ pub const MAX_LIMIT: u64 = 1 << 52;
 /// in a leap year). Longer is almost surely a unit mistake (milliseconds read
 /// as seconds), and the store refuses it too.
 pub const MAX_WINDOW: Duration = cache_core::MAX_WINDOW;
+/// The largest [concurrency limit](Quota::concurrent): 10 000 requests of
+/// one client in flight. Each is a lease in the store (a member of a Redis
+/// sorted set, an entry of the in-memory set), so the bound is on memory.
+pub const MAX_CONCURRENT: u64 = 10_000;
+/// The lease TTL of a [concurrency limit](Quota::concurrent) unless
+/// [`lease_ttl`](Quota::lease_ttl) says otherwise: 60 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// The shortest lease TTL: 1 s (a lease shorter than a response would stop
+/// counting before it is released).
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// The longest lease TTL: 24 h. A lease of an instance that dies without
+/// releasing it holds a slot of its client until then, at most.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How a [`Quota`] is enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +48,12 @@ pub enum Algorithm {
     /// `limit`; one timestamp per client. Smooth: a client that used its
     /// burst gets one request back every `window / limit`.
     Gcra,
+    /// A concurrency limit ([`Quota::concurrent`]): at most `limit` requests
+    /// of a client in flight at once, across every instance. Each admitted
+    /// request holds a lease, released when its response body ends (or is
+    /// dropped); the quota's window is the lease's TTL, the longest a lease
+    /// of an instance that died can hold a slot.
+    Concurrent,
 }
 
 /// A limit per window and the [`Algorithm`] enforcing it; checked when the
@@ -91,6 +110,44 @@ impl Quota {
         Quota::new(limit, Duration::from_secs(3600))
     }
 
+    /// At most `limit` requests of a client in flight at once, across every
+    /// instance sharing the store (an expensive export, a stream): each
+    /// admitted request takes a lease, checked and taken in the same store
+    /// call as the layer's rate policies (all or nothing), and released
+    /// when its response body ends, fails or is dropped, not when the
+    /// response head is sent. A request over the limit gets a 429 with
+    /// `Retry-After: 1` (a slot frees whenever a response ends). A request
+    /// of [cost](crate::RateLimitLayerBuilder::cost) 0 takes no lease.
+    ///
+    /// A lease carries an expiry, the [lease TTL](Self::lease_ttl) (default
+    /// [`DEFAULT_LEASE_TTL`], 60 s): an instance that dies holding leases
+    /// frees its slots by then. A response still streaming renews its lease
+    /// when it sends a frame past half the TTL, so a long stream keeps its
+    /// slot as long as it sends something at least once per TTL (a
+    /// Server-Sent Events keep-alive does); one silent for a whole TTL
+    /// stops counting. Limits: 1 to [`MAX_CONCURRENT`]; TTL
+    /// [`MIN_LEASE_TTL`] to [`MAX_LEASE_TTL`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit::{Algorithm, Quota};
+    ///
+    /// let exports = Quota::concurrent(2).lease_ttl(Duration::from_secs(300));
+    /// assert_eq!(exports.enforced_by(), Algorithm::Concurrent);
+    /// assert_eq!((exports.limit(), exports.window()), (2, Duration::from_secs(300)));
+    /// ```
+    pub const fn concurrent(limit: u64) -> Quota {
+        Quota::new(limit, DEFAULT_LEASE_TTL).algorithm(Algorithm::Concurrent)
+    }
+
+    /// The lease TTL of a [concurrency limit](Self::concurrent) (its
+    /// window): how long a lease counts at most if it is never released.
+    #[must_use]
+    pub const fn lease_ttl(mut self, ttl: Duration) -> Quota {
+        self.window = ttl;
+        self
+    }
+
     /// The same quota enforced by `algorithm`.
     ///
     /// ```
@@ -129,6 +186,9 @@ impl Quota {
 
     /// Checks the quota: the limits every backend can hold exactly.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.algorithm == Algorithm::Concurrent {
+            return self.validate_concurrent();
+        }
         if self.limit == 0 {
             return Err(ConfigError::ZeroLimit);
         }
@@ -156,7 +216,27 @@ impl Quota {
                     return Err(ConfigError::QuotaTooFine(*self));
                 }
             }
+            Algorithm::Concurrent => {}
         }
         Ok(())
+    }
+
+    /// A concurrency limit: leases held at most, and their TTL.
+    fn validate_concurrent(&self) -> Result<(), ConfigError> {
+        if self.limit == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        if self.limit > MAX_CONCURRENT {
+            return Err(ConfigError::ConcurrencyTooLarge(self.limit));
+        }
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.window) {
+            return Err(ConfigError::LeaseTtl(self.window));
+        }
+        Ok(())
+    }
+
+    /// A concurrency limit: leases, not units per window.
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.algorithm == Algorithm::Concurrent
     }
 }

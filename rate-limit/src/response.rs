@@ -10,6 +10,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::lease::LeaseGuard;
+
 pin_project! {
     /// The layer's response body: the inner service's, or one the layer wrote.
     // pin-project-lite takes no doc comments on fields; the variants say it all.
@@ -20,12 +22,20 @@ pin_project! {
         Inner { #[pin] body: B },
         /// A body written by the layer.
         Full { data: Option<Bytes> },
+        /// The inner service's body, holding a lease of a
+        /// [concurrency limit](crate::Quota::concurrent) until it ends,
+        /// fails or is dropped.
+        Leased { #[pin] body: B, lease: LeaseGuard },
     }
 }
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         ResponseBody::Inner { body }
+    }
+
+    pub(crate) fn leased(body: B, lease: LeaseGuard) -> Self {
+        ResponseBody::Leased { body, lease }
     }
 
     /// A body with these bytes.
@@ -56,19 +66,31 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match self.project() {
             ResponseBodyProj::Inner { body } => body.poll_frame(cx),
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Leased { mut body, lease } => {
+                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
+                // The response is over: at its end, on an error, or once the
+                // frame just read was its last.
+                match &frame {
+                    Some(Ok(_)) if !body.is_end_stream() => lease.on_frame(),
+                    _ => lease.release(),
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Inner { body } => body.is_end_stream(),
+            ResponseBody::Inner { body } | ResponseBody::Leased { body, .. } => {
+                body.is_end_stream()
+            }
             ResponseBody::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Inner { body } => body.size_hint(),
+            ResponseBody::Inner { body } | ResponseBody::Leased { body, .. } => body.size_hint(),
             ResponseBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -114,6 +136,18 @@ pub fn too_many_requests_body(limit: u64, window: std::time::Duration) -> Bytes 
         &format!(
             "Rate limit of {limit} requests per {} s exceeded; retry after the number of seconds in Retry-After.",
             crate::window::ceil_seconds(window)
+        ),
+    )
+}
+
+/// The default 429 body of a [concurrency limit](crate::Quota::concurrent):
+/// problem+json, rendered once per layer.
+pub(crate) fn too_many_in_flight_body(limit: u64) -> Bytes {
+    problem_json(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too Many Requests",
+        &format!(
+            "At most {limit} requests of a client may be in flight at once; retry after the number of seconds in Retry-After."
         ),
     )
 }

@@ -109,6 +109,34 @@ pub(crate) fn refunded(plan: Option<&str>, given: bool) {
     let _ = (plan, given);
 }
 
+/// What became of a concurrency limit's lease: the `event` label of
+/// `ratelimit.leases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseEvent {
+    /// Taken by an admitted request.
+    Granted,
+    /// Refused: the client had every slot taken.
+    Refused,
+    /// Found expired when released: the response outlasted the lease TTL.
+    Expired,
+}
+
+/// Counts one lease event.
+#[inline]
+pub(crate) fn lease(event: LeaseEvent) {
+    #[cfg(feature = "metrics")]
+    {
+        let event = match event {
+            LeaseEvent::Granted => "granted",
+            LeaseEvent::Refused => "refused",
+            LeaseEvent::Expired => "expired",
+        };
+        metrics::counter!("ratelimit.leases", "event" => event).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = event;
+}
+
 /// A store call in progress: started before it is sent, finished with its
 /// answer (`ratelimit.store.calls`, `ratelimit.store.duration`).
 pub(crate) struct StoreCall {

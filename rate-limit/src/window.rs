@@ -111,6 +111,9 @@ pub(crate) enum State {
     },
     /// The theoretical arrival time of the next unit, in microseconds.
     Gcra { tat_us: u64 },
+    /// A concurrency limit's live leases (expired ones trimmed) and when
+    /// the first of them expires (ms since the epoch; 0: none held).
+    Leases { held: u64, first_expiry_ms: u64 },
 }
 
 /// One policy's answer to one request.
@@ -138,6 +141,51 @@ pub(crate) fn check(quota: &Quota, state: State, now_us: u64, cost: u64) -> Chec
         Algorithm::FixedWindow => fixed(limit, window_ms, state, now_us, cost),
         Algorithm::SlidingWindow => sliding(limit, window_ms, state, now_us, cost),
         Algorithm::Gcra => gcra(limit, window_ms, state, now_us, cost),
+        Algorithm::Concurrent => leases(limit, window_ms, state, now_us, cost),
+    }
+}
+
+/// The longest `Retry-After` of a request over a concurrency limit: 1 s. A
+/// slot frees whenever a response of the client ends, which no store knows
+/// in advance; the first lease's expiry is only the latest it can happen.
+pub(crate) const LEASE_RETRY_MS: u64 = 1000;
+
+/// A concurrency limit: a request (of any cost but 0, which takes no lease)
+/// is admitted while fewer than `limit` leases are held, and then holds one
+/// more, expiring a lease TTL (`ttl` ms) from now. Never "blocked" for the
+/// deny cache: a slot frees whenever a response ends.
+fn leases(limit: u64, ttl: u64, state: State, now_us: u64, cost: u64) -> Check {
+    let now = now_us / 1000;
+    let (held, first) = match state {
+        State::Leases {
+            held,
+            first_expiry_ms,
+        } if held > 0 => (held, first_expiry_ms),
+        _ => (0, 0),
+    };
+    let need = cost.min(1);
+    let admits = held + need <= limit;
+    let after = if admits { held + need } else { held };
+    let first = if held == 0 && after > 0 {
+        now + ttl
+    } else {
+        first
+    };
+    let reset = first.saturating_sub(now);
+    Check {
+        admits,
+        remaining: limit.saturating_sub(after),
+        reset_ms: reset,
+        retry_ms: if admits {
+            0
+        } else {
+            reset.clamp(1, LEASE_RETRY_MS)
+        },
+        blocked_ms: 0,
+        next: State::Leases {
+            held: after,
+            first_expiry_ms: first,
+        },
     }
 }
 
@@ -320,6 +368,10 @@ pub(crate) fn expires_ms(quota: &Quota, state: State) -> u64 {
         State::Fixed { expires_ms, .. } => expires_ms,
         State::Sliding { index, .. } => (index + 2) * quota.window_ms(),
         State::Gcra { tat_us } => tat_us.div_ceil(1000),
+        // The lease set's own expiries count (see `store::memory`).
+        State::Leases {
+            first_expiry_ms, ..
+        } => first_expiry_ms,
     }
 }
 

@@ -38,6 +38,7 @@ const DOCUMENTED: &[(&str, &[&str])] = &[
     ("ratelimit.refunds", &["result", "plan"]),
     ("ratelimit.store.calls", &["result"]),
     ("ratelimit.store.duration", &["result"]),
+    ("ratelimit.leases", &["event"]),
 ];
 
 /// A recorder that keeps, per metric and label set, how many times it was
@@ -530,7 +531,22 @@ mod behaviour {
             [200, 200]
         );
 
+        let streams = RateLimitLayer::builder(f.cache.clone())
+            .prefix("in-flight")
+            .policy("streams", Quota::concurrent(2))
+            .build()
+            .unwrap();
+        let streams_port = serve(streams).await;
+        assert_eq!(
+            [
+                get_status(streams_port).await,
+                get_status(streams_port).await
+            ],
+            [200, 200]
+        );
+
         let r = f.recorded;
+        assert_eq!(r.count("ratelimit.leases", &[("event", "granted")]), 2);
         let decided = |outcome, policy| [("outcome", outcome), ("policy", policy)];
         assert_eq!(
             r.count("ratelimit.decisions", &decided("allowed", "per-minute")),

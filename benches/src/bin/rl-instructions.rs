@@ -9,7 +9,10 @@
 //! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
 //! store), `layer-shared` (on Redis with shared counting: its background
 //! flushes run in this process and are counted, more of them per request
-//! than at full speed, callgrind being slower). Each request comes through the trusted proxy 127.0.0.1 with
+//! than at full speed, callgrind being slower), `leases` and
+//! `leases-memory` (the same limit beside a concurrency limit,
+//! `Quota::concurrent`, on Redis and in memory: a lease per request, taken
+//! in the same call, released when the response is dropped). Each request comes through the trusted proxy 127.0.0.1 with
 //! `X-Forwarded-For` from a pool of 10 000 clients, as in `http`'s many
 //! clients row; 32 tasks. A run with 0 requests measures the set-up (and a
 //! first pass that creates every client's key), which the script subtracts.
@@ -23,13 +26,21 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use benches::limiters::{Naive, naive};
 use cache_core::Cache;
-use rate_limit::RateLimitLayer;
+use rate_limit::{Quota, RateLimitLayer};
 use tower::ServiceExt;
 
 const TASKS: usize = 32;
 const CLIENTS: usize = 10_000;
 const WINDOW: Duration = Duration::from_secs(3600);
-const VARIANTS: [&str; 5] = ["bare", "naive", "layer", "layer-memory", "layer-shared"];
+const VARIANTS: [&str; 7] = [
+    "bare",
+    "naive",
+    "layer",
+    "layer-memory",
+    "layer-shared",
+    "leases",
+    "leases-memory",
+];
 
 fn request(client: usize) -> http::Request<Body> {
     let address = format!(
@@ -124,6 +135,22 @@ async fn main() {
         }
         "layer" => {
             layers.push(layer(redis().await));
+            hello().layer(layers[0].clone())
+        }
+        "leases" | "leases-memory" => {
+            let cache = match variant.as_str() {
+                "leases" => redis().await,
+                _ => Cache::in_memory(),
+            };
+            let store_timeout = cache.timeout();
+            let leases = RateLimitLayer::builder(cache)
+                .policy("rate", Quota::new(rate_limit::MAX_LIMIT, WINDOW))
+                .policy("in-flight", Quota::concurrent(rate_limit::MAX_CONCURRENT))
+                .trusted_proxies(["127.0.0.1/32"])
+                .store_timeout(store_timeout)
+                .build()
+                .expect("layer");
+            layers.push(leases);
             hello().layer(layers[0].clone())
         }
         "layer-shared" => {

@@ -11,13 +11,12 @@
 //! `curl -X POST localhost:3001/prices/BTC -H 'content-type: application/json' -d '{"price":"71234.5"}'`.
 
 use std::error::Error;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -26,10 +25,10 @@ use cache_core::Cache;
 use examples::portfolio::{Amount, Portfolio, PriceUpdate, Summary, Symbol};
 use examples::relay::{self, Relay};
 use examples::server::{self, ServerSettings};
-use examples::stream_cap::{CapReached, StreamCap};
+use examples::stream_cap::StreamCap;
 use examples::{Invocation, LogFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use rate_limit::PeerIp;
+use rate_limit::{Quota, RateLimitLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -54,10 +53,16 @@ Endpoints:
   GET /metrics                   the cache's metrics, Prometheus text format
 
 Event streams (each holds a connection as long as it is open):
-  MAX_EVENT_STREAMS_PER_CLIENT   open /events streams per client IP (IPv6: per /56); more get 429
-                                 [default: 16]
-  MAX_EVENT_STREAMS              open /events streams in all; more get 503 [default: 1000]
+  MAX_EVENT_STREAMS_PER_CLIENT   open /events streams per client IP (IPv6: per /56), across every
+                                 instance sharing the store (a concurrency limit of the rate
+                                 limiter); more get 429 [default: 16]
+  MAX_EVENT_STREAMS              open /events streams in this instance; more get 503 [default: 1000]
 ";
+
+/// How long a stream's lease counts if its instance dies holding it: an
+/// open stream renews it with its keep-alives (every 15 s), so this only
+/// bounds how long a crashed instance's streams keep their clients' slots.
+const STREAM_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Seconds a client refused a stream is told to wait before it tries again.
 const STREAM_RETRY_AFTER_SECS: &str = "10";
@@ -77,8 +82,8 @@ struct App {
     portfolio: Arc<Portfolio>,
     relay: Arc<Relay>,
     streams: Arc<StreamCap>,
-    /// Who a client is, as the rate limiter sees it.
-    clients: PeerIp,
+    /// The cap of streams per client: its counters for /stats.
+    per_client: RateLimitLayer,
 }
 
 fn main() -> ExitCode {
@@ -163,15 +168,30 @@ async fn serve() -> Result<(), Box<dyn Error>> {
     // Backend's Display hides any password.
     tracing::info!(backend = %cache.backend(), "cache ready");
     tracing::info!(per_client, total, "event streams capped");
+    // At most `per_client` streams per client IP across every instance: a
+    // lease per stream, taken in one store call, released when the stream
+    // ends or its client goes away (a 429 with Retry-After past the cap).
+    let per_client = RateLimitLayer::builder(cache.clone())
+        .prefix("portfolio-streams")
+        .policy(
+            "streams",
+            Quota::concurrent(per_client as u64).lease_ttl(STREAM_LEASE_TTL),
+        )
+        .build()?;
     let app = App {
         relay: Relay::start(&cache),
         portfolio: Arc::new(Portfolio::new(cache)),
-        streams: StreamCap::new(per_client, total),
-        clients: PeerIp::new(),
+        streams: StreamCap::new(total),
+        per_client: per_client.clone(),
     };
     let app = Router::new()
         .route("/", get(page))
-        .route("/events", get(events))
+        .route(
+            "/events",
+            get(events)
+                .layer(per_client)
+                .layer(axum::middleware::map_response(close_refused_stream)),
+        )
         .route("/prices", get(prices))
         .route("/prices/{asset}", post(publish_price))
         .route("/users/{id}/summary", get(summary))
@@ -301,12 +321,7 @@ async fn publish_price(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn events(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    version: Version,
-    headers: HeaderMap,
-) -> Response {
+async fn events(State(app): State<App>, version: Version, headers: HeaderMap) -> Response {
     if !app.relay.is_subscribed() {
         return refuse(
             version,
@@ -320,18 +335,13 @@ async fn events(
     // Its position is fixed before the stream is counted: once /stats counts
     // it, everything published after is in it.
     let events = app.relay.stream(last_event_id);
-    let permit = match app.streams.try_open(app.clients.key_of(peer.ip())) {
-        Ok(permit) => permit,
-        Err(reached @ CapReached::Client) => {
-            return refuse(version, StatusCode::TOO_MANY_REQUESTS, &reached.to_string());
-        }
-        Err(reached @ CapReached::Total) => {
-            return refuse(
-                version,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &reached.to_string(),
-            );
-        }
+    // The client's own cap was checked by the layer (its lease is in the body).
+    let Some(permit) = app.streams.try_open() else {
+        return refuse(
+            version,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams open",
+        );
     };
     // In the body: the stream counts until it ends or the client goes away.
     relay::server_sent_events(permit.hold(events)).into_response()
@@ -342,13 +352,23 @@ async fn events(
 /// gives its connection slots back at once, not after the idle timeouts.
 /// (HTTP/2 multiplexes: one connection, nothing to give back.)
 fn refuse(version: Version, status: StatusCode, message: &str) -> Response {
-    let mut response = (
+    let response = (
         status,
         [(header::RETRY_AFTER, STREAM_RETRY_AFTER_SECS)],
         Json(json!({ "error": message })),
     )
         .into_response();
-    if version < Version::HTTP_2 {
+    close_refused(version, response)
+}
+
+async fn close_refused_stream(version: Version, response: Response) -> Response {
+    close_refused(version, response)
+}
+
+/// A refused stream's connection closed after the answer, on HTTP/1 (the
+/// per-client cap's 429 comes from the rate limiter).
+fn close_refused(version: Version, mut response: Response) -> Response {
+    if !response.status().is_success() && version < Version::HTTP_2 {
         response.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
@@ -373,7 +393,7 @@ async fn stats(State(app): State<App>) -> Json<Value> {
         "source_reads": app.portfolio.source_reads(),
         "event_streams": {
             "open": app.streams.open_streams(),
-            "clients": app.streams.clients(),
+            "per_client": app.per_client.stats(),
             "relay_subscribed": app.relay.is_subscribed(),
             "relay_received": app.relay.received(),
         },

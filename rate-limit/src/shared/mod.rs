@@ -203,6 +203,9 @@ impl SharedCounting {
         if !(self.local_share > 0.0 && self.local_share <= 1.0) {
             return Err(ConfigError::LocalShare);
         }
+        if quotas.iter().any(Quota::is_concurrent) {
+            return Err(ConfigError::SharedConcurrency);
+        }
         match quotas.iter().find(|q| q.enforced_by() == Algorithm::Gcra) {
             Some(quota) => Err(ConfigError::SharedAlgorithm(quota.enforced_by())),
             None => Ok(()),

@@ -5,13 +5,19 @@
 -- KEYS: per client, one per policy (on a cluster: one client, one hash
 -- slot; a client comes once). ARGV: now in µs (-1: Redis' TIME), the
 -- number of policies P, then per policy algorithm (0 fixed, 1 sliding, 2
--- GCRA), limit, window ms; then per client (in the order of KEYS) its
--- number of requests n and their n costs, evaluated in order as if each
--- came alone; clients share no key, so they do not see each other.
+-- GCRA, 3 concurrency), limit, window ms (a concurrency limit: the lease
+-- TTL); then per client (in the order of KEYS) its number of requests n and
+-- their n costs, evaluated in order as if each came alone; clients share no
+-- key, so they do not see each other. With a concurrency limit among the
+-- policies each cost is followed by the request's lease id.
 -- Returns per request (clients in order): admitted (1/0), then per policy
 -- remaining, reset ms, retry ms (-1: never), blocked ms.
 -- Values: fixed window "count:end ms", sliding window "index:current:previous",
--- GCRA "TAT µs"; each key's expiry is when its state stops counting.
+-- GCRA "TAT µs"; each key's expiry is when its state stops counting. A
+-- concurrency limit: a sorted set of lease ids scored by their expiry (ms),
+-- trimmed of the expired ones on each read; an admitted request (of a cost
+-- above 0) adds its lease, expiring a lease TTL from now, and the key
+-- expires with its last lease (no key without a TTL); a release is a ZREM.
 -- Per key one read (one MGET for every key of the call) and one write:
 -- SET ... PXAT when its state changed, else PEXPIREAT ... LT (a key
 -- left without expiry, or with one past what its state needs, gets it). A
@@ -58,6 +64,8 @@ end
 local now = idiv(now_us, 1000)
 local np = tonumber(ARGV[2])
 local algo, limit, window, interval, tol = {}, {}, {}, {}, {}
+-- Per request: its cost, and with a concurrency limit its lease id.
+local step = 1
 for i = 1, np do
   algo[i] = tonumber(ARGV[3 * i])
   limit[i] = tonumber(ARGV[3 * i + 1])
@@ -65,6 +73,8 @@ for i = 1, np do
   if algo[i] == 2 then
     interval[i] = max(cdiv(window[i] * 1000, limit[i]), 1)
     tol[i] = limit[i] * interval[i]
+  elseif algo[i] == 3 then
+    step = 2
   end
 end
 
@@ -141,6 +151,23 @@ local function check(i, a, b, c, cost)
   end
 end
 
+-- A concurrency limit (window.rs' `leases`): held leases a, the first
+-- expiring at b. A request of a cost above 0 takes one; never "blocked" (a
+-- slot frees whenever a response ends).
+local function check_leases(i, a, b, cost)
+  local L, held, first = limit[i], a or 0, b or 0
+  if held == 0 then first = 0 end
+  local need = min(cost, 1)
+  local admits = held + need <= L
+  local after = held
+  if admits then after = held + need end
+  if held == 0 and after > 0 then first = now + window[i] end
+  local reset = max(first - now, 0)
+  local retry = 0
+  if not admits then retry = min(max(reset, 1), 1000) end
+  return admits, L - after, reset, retry, 0, after, first
+end
+
 -- Every key's value at once (false: none, or not a string).
 local vals = {}
 for s = 1, #KEYS, 1000 do
@@ -154,11 +181,25 @@ local out, n = {}, 0
 -- Per policy: the state (sa, sb, sc), what to write
 -- (act: 'set', 'del' or nil), one request's answers (r*) and next state (n*).
 local sa, sb, sc, act = {}, {}, {}, {}
+-- Per concurrency limit: the lease ids granted to the client at hand.
+local grants = {}
 local ra, rr, rs, rt, rb, na, nb, nc = {}, {}, {}, {}, {}, {}, {}, {}
 
 -- Policy i's state (a, b, c; a nil: none) in v, the value of key, and what
 -- to write back ('set', 'del' or nil).
 local function read(i, key, v)
+  if algo[i] == 3 then
+    -- A key that is not a sorted set is not this policy's: replaced.
+    local kind = redis.call('TYPE', key)['ok']
+    if kind ~= 'zset' then
+      if kind ~= 'none' then redis.call('DEL', key) end
+      return nil
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first == 0 then return nil end
+    return redis.call('ZCARD', key), tonumber(first[2])
+  end
   if not v then
     return nil
   end
@@ -214,6 +255,21 @@ end
 -- Writes policy i's state (a, b, c) to key: 'set' it, 'del' the key, or
 -- (nil) only bring its expiry down to what the state needs.
 local function write(i, key, a, b, c, act)
+  if algo[i] == 3 then
+    -- The leases granted in this call, expiring a lease TTL from now; the
+    -- key lives as long as its last lease.
+    local ids = grants[i]
+    if ids and #ids > 0 then
+      local exp = format('%d', now + window[i])
+      for k = 1, #ids do
+        redis.call('ZADD', key, exp, ids[k])
+      end
+      local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      redis.call('PEXPIREAT', key, format('%d', max(tonumber(last[2]), now + window[i])))
+      grants[i] = nil
+    end
+    return
+  end
   if act == 'del' and a == nil then
     redis.call('DEL', key)
     return
@@ -245,11 +301,15 @@ local function client(base, first, last)
   for i = 1, np do
     sa[i], sb[i], sc[i], act[i] = read(i, KEYS[base + i], vals[base + i])
   end
-  for j = first, last do
+  for j = first, last, step do
     local cost = tonumber(ARGV[j])
     local all = true
     for i = 1, np do
-      ra[i], rr[i], rs[i], rt[i], rb[i], na[i], nb[i], nc[i] = check(i, sa[i], sb[i], sc[i], cost)
+      if algo[i] == 3 then
+        ra[i], rr[i], rs[i], rt[i], rb[i], na[i], nb[i], nc[i] = check_leases(i, sa[i], sb[i], cost)
+      else
+        ra[i], rr[i], rs[i], rt[i], rb[i], na[i], nb[i], nc[i] = check(i, sa[i], sb[i], sc[i], cost)
+      end
       if not ra[i] then all = false end
     end
     n = n + 1
@@ -258,10 +318,18 @@ local function client(base, first, last)
       local rem, reset, retry, blocked = rr[i], rs[i], rt[i], rb[i]
       if all then
         sa[i], sb[i], sc[i], act[i] = na[i], nb[i], nc[i], 'set'
+        if algo[i] == 3 and cost > 0 then
+          grants[i] = grants[i] or {}
+          grants[i][#grants[i] + 1] = ARGV[j + 1]
+        end
       elseif ra[i] then
         -- Not charged: this policy's view without the request.
         local _
-        _, rem, reset, retry, blocked = check(i, sa[i], sb[i], sc[i], 0)
+        if algo[i] == 3 then
+          _, rem, reset, retry, blocked = check_leases(i, sa[i], sb[i], 0)
+        else
+          _, rem, reset, retry, blocked = check(i, sa[i], sb[i], sc[i], 0)
+        end
       end
       out[n + 1], out[n + 2], out[n + 3], out[n + 4] = rem, reset, retry, blocked
       n = n + 4
@@ -275,8 +343,8 @@ end
 local j, base = 3 * np + 3, 0
 while j <= #ARGV do
   local count = tonumber(ARGV[j])
-  client(base, j + 1, j + count)
-  j = j + count + 1
+  client(base, j + 1, j + count * step)
+  j = j + count * step + 1
   base = base + np
 end
 return out

@@ -53,6 +53,57 @@ pub async fn evaluate_raw(
     })
 }
 
+/// For tests: the row of one request of `cost` at `now_us` on `keys` (one
+/// per quota, one hash tag), concurrency limits among the quotas, taking
+/// lease `lease` if admitted: from the in-memory arithmetic or
+/// `limits.lua`, whichever backs `cache`. Not a stable API.
+#[doc(hidden)]
+pub async fn acquire_raw(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: u64,
+    cost: u64,
+    lease: i64,
+) -> cache_core::Result<Vec<i64>> {
+    if *cache.backend() == cache_core::Backend::Memory {
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| cache.full_key(k).into_owned())
+            .collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let memory = cache.shared_state::<memory::MemoryLimits>();
+        return Ok(memory.evaluate_leased(&full, quotas, now_us, cost, lease as u64));
+    }
+    let timeout = Duration::from_secs(5);
+    redis::acquire(cache, keys, quotas, Some(now_us), cost, lease, timeout)
+        .await
+        .map_err(raw_error)
+}
+
+/// For tests: releases lease `lease` of `key`; whether it was still held.
+/// Not a stable API.
+#[doc(hidden)]
+pub async fn release_raw(cache: &Cache, key: &str, lease: i64) -> cache_core::Result<bool> {
+    if *cache.backend() == cache_core::Backend::Memory {
+        let memory = cache.shared_state::<memory::MemoryLimits>();
+        return Ok(memory.release(&cache.full_key(key), lease as u64));
+    }
+    redis::release(cache, &[key.to_string()], lease, Duration::from_secs(5))
+        .await
+        .map_err(raw_error)
+}
+
+fn raw_error(err: redis::CallError) -> cache_core::Error {
+    match err {
+        redis::CallError::Store(err) => err,
+        malformed => cache_core::Error::InvalidArgument {
+            argument: "script reply",
+            reason: malformed.to_string(),
+        },
+    }
+}
+
 /// For tests: the state the in-memory backend of `cache` holds under `key`
 /// (namespace included), rendered as Redis stores it (a fixed window: the
 /// bare count under a one-policy key, without a hash tag; `count:end` under
@@ -73,6 +124,7 @@ pub fn stored_in_memory(cache: &Cache, key: &str) -> Option<(String, Duration)> 
             previous,
         } => format!("{index}:{current}:{previous}"),
         State::Gcra { tat_us } => tat_us.to_string(),
+        State::Leases { held, .. } => held.to_string(),
     };
     Some((text, Duration::from_millis(expires - now_ms)))
 }

@@ -35,6 +35,7 @@ fn code(algorithm: Algorithm) -> i64 {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => 1,
         Algorithm::Gcra => 2,
+        Algorithm::Concurrent => 3,
     }
 }
 
@@ -176,6 +177,103 @@ async fn count_fixed(
         }
     }
     Ok(rows)
+}
+
+/// Releases a lease: removes it from its concurrency limit's sorted set.
+/// Its reply: 1, or 0 if the lease was no longer there (it expired and an
+/// acquire trimmed it, or the key expired).
+const RELEASE_LUA: &str = "return {redis.call('ZREM', KEYS[1], ARGV[1])}";
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+/// Renews a lease still held: its expiry (and its key's) set a lease TTL
+/// from now. ARGV: now ms (-1: Redis' `TIME`), the TTL ms, the lease id.
+/// Its reply: 1, or 0 if the lease had expired (or was gone).
+const RENEW_LUA: &str = r"
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not score or tonumber(score) <= now then
+  return {0}
+end
+local exp = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%d', exp), ARGV[3])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.max(tonumber(last[2]), exp)))
+return {1}
+";
+
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
+
+/// Renews lease `lease` in each of `keys` (with the TTL beside it), at
+/// `now_us` (`None`: Redis' clock): `true` if each still held it.
+pub(crate) async fn renew(
+    cache: &Cache,
+    keys: &[(String, u64)],
+    lease: i64,
+    now_us: Option<u64>,
+    timeout: Duration,
+) -> Result<bool, CallError> {
+    let now_ms = now_us.map_or(-1, |now| int(now / 1000));
+    let mut held = true;
+    for (key, ttl_ms) in keys {
+        let renewed = cache
+            .eval_script_within(
+                &RENEW,
+                &[key.as_str()],
+                &[now_ms, int(*ttl_ms), lease],
+                timeout,
+            )
+            .await?;
+        held &= renewed.first() == Some(&1);
+    }
+    Ok(held)
+}
+
+/// One request of `cost` on `keys` (one per quota, one hash tag), some of
+/// the quotas concurrency limits: `limits.lua` checks every policy and, if
+/// all admit, charges the rate policies and adds lease `lease` to each
+/// concurrency limit's set, in one atomic step. Its row (`window::row_len`).
+pub(crate) async fn acquire(
+    cache: &Cache,
+    keys: &[&str],
+    quotas: &[Quota],
+    now_us: Option<u64>,
+    cost: u64,
+    lease: i64,
+    timeout: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let mut args = args(now_us, quotas);
+    // One client, one request: its cost and its lease id.
+    args.extend([1, int(cost), lease]);
+    let reply = cache
+        .eval_script_within(&LIMITS, keys, &args, timeout)
+        .await?;
+    if reply.len() != crate::window::row_len(quotas.len()) {
+        return Err(malformed(reply.len(), 1));
+    }
+    Ok(reply)
+}
+
+/// Releases lease `lease` of every key in `keys` (the concurrency limits'
+/// sets of one client): `true` if each still held it.
+pub(crate) async fn release(
+    cache: &Cache,
+    keys: &[String],
+    lease: i64,
+    timeout: Duration,
+) -> Result<bool, CallError> {
+    let mut held = true;
+    for key in keys {
+        let removed = cache
+            .eval_script_within(&RELEASE, &[key.as_str()], &[lease], timeout)
+            .await?;
+        held &= removed.first() == Some(&1);
+    }
+    Ok(held)
 }
 
 /// A row of one policy: admitted, remaining, reset, retry, blocked.
