@@ -891,3 +891,36 @@ fn a_concurrency_limit_past_its_bounds_is_a_config_error() {
         .build();
     assert!(matches!(shared, Err(ConfigError::SharedConcurrency)));
 }
+
+/// A plan's concurrency limit is checked as the layer's own: its bounds,
+/// `lease_wait` (accepted when only a plan has a concurrency limit), and
+/// refused with the shared counting.
+#[test]
+fn a_plans_concurrency_limit_is_checked_at_build_time() {
+    let build = |own: Quota, plan: Quota, wait: Duration, shared: bool| {
+        let mut builder = RateLimitLayer::builder(Cache::in_memory())
+            .prefix(unique_prefix("plan-bounds"))
+            .policy("own", own)
+            .plan("paid", [("paid", plan)])
+            .plan_for(|_: &rate_limit::RequestInfo<'_>| Some("paid"))
+            .lease_wait(wait);
+        if shared {
+            builder = builder.shared_counting(rate_limit::SharedCounting::new());
+        }
+        builder.build()
+    };
+    let (minute, one_s) = (Quota::per_minute(10), Duration::from_secs(1));
+    assert!(build(minute, Quota::concurrent(2), one_s, false).is_ok());
+    assert!(matches!(
+        build(minute, Quota::concurrent(10_001), Duration::ZERO, false),
+        Err(ConfigError::ConcurrencyTooLarge(10_001))
+    ));
+    assert!(matches!(
+        build(minute, Quota::per_minute(5), one_s, false),
+        Err(ConfigError::LeaseWait(w)) if w == one_s
+    ));
+    assert!(matches!(
+        build(minute, Quota::concurrent(2), Duration::ZERO, true),
+        Err(ConfigError::SharedConcurrency)
+    ));
+}
