@@ -15,7 +15,7 @@
 //!   one atomic step on its clients' keys.
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]).
-//! - **With a concurrency limit** ([`Limiter::acquire`]): each request makes
+//! - **With a concurrency limit** ([`Limiter::acquire_charged`]): each request makes
 //!   its own call of `limits.lua` (it carries the request's lease id), sent
 //!   at once on the multiplexed connection, never grouped; or the in-memory
 //!   twin. Its lease goes back with [`Limiter::release`].
@@ -480,9 +480,17 @@ impl Limiter {
     }
 
     /// The layer has a concurrency limit: its admitted requests take leases
-    /// ([`acquire`](Self::acquire) instead of [`check`](Self::check)).
+    /// ([`acquire_charged`](Self::acquire_charged) instead of [`check`](Self::check)).
     pub(crate) fn takes_leases(&self) -> bool {
         !self.concurrent.is_empty()
+    }
+
+    /// [`acquire_charged`](Self::acquire_charged) without a charge (the
+    /// unit tests').
+    #[cfg(test)]
+    pub(crate) async fn acquire(&self, client: String, cost: u64) -> (Verdict, Option<Lease>) {
+        let (verdict, lease, _) = self.acquire_charged(client, cost, false).await;
+        (verdict, lease)
     }
 
     /// [`check`](Self::check) for a layer with concurrency limits: one
@@ -490,16 +498,10 @@ impl Limiter {
     /// policies and takes a lease in each concurrency limit (none for a
     /// request of cost 0). The lease, if taken, goes back with
     /// [`release`](Self::release); one not released expires after its TTL.
-    #[cfg(test)]
-    pub(crate) async fn acquire(&self, client: String, cost: u64) -> (Verdict, Option<Lease>) {
-        let (verdict, lease, _) = self.acquire_charged(client, cost, false).await;
-        (verdict, lease)
-    }
-
-    /// [`acquire`](Self::acquire), and (if `charged`) the charge of an
-    /// admitted request on the rate policies, to give back with
-    /// [`refund`](Self::refund) as [`check_charged`](Self::check_charged)'s:
-    /// the lease and the charge are given back apart, each once.
+    /// If `charged`, also the charge of an admitted request on the rate
+    /// policies, to give back with [`refund`](Self::refund) as
+    /// [`check_charged`](Self::check_charged)'s: the lease and the charge
+    /// are given back apart, each once.
     pub(crate) async fn acquire_charged(
         &self,
         client: String,
@@ -530,7 +532,7 @@ impl Limiter {
         }
     }
 
-    /// One store call of [`acquire`](Self::acquire), and whether a
+    /// One store call of [`acquire_charged`](Self::acquire_charged), and whether a
     /// concurrency limit refused the request.
     async fn acquire_once(
         &self,
