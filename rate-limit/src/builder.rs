@@ -584,7 +584,10 @@ impl RateLimitLayerBuilder {
     /// plans); each policy is checked as [`policy`](Self::policy)'s are.
     /// Responses carry the chosen plan's headers. A client that changes plan
     /// starts a fresh count under the new plan; its count under the old one
-    /// stays until that window ends.
+    /// stays until that window ends. A plan may hold a
+    /// [concurrency limit](Quota::concurrent): its leases are under the
+    /// plan's keys, released through the plan (a client changing plan holds
+    /// its old plan's leases until those responses end).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -731,8 +734,9 @@ impl RateLimitLayerBuilder {
     /// its 429, asking the store again after 5 ms, then twice as long each
     /// time up to 100 ms (a store call each). Not a queue: a slot goes to
     /// whichever request asks first once it is free. Default: no wait. At
-    /// most [`MAX_LEASE_WAIT`] (60 s), and only with a concurrency limit:
-    /// else [`ConfigError::LeaseWait`].
+    /// most [`MAX_LEASE_WAIT`] (60 s), and only with a concurrency limit
+    /// (among the layer's own policies or a [plan](Self::plan)'s; it applies
+    /// to each): else [`ConfigError::LeaseWait`].
     ///
     /// ```
     /// use std::time::Duration;
