@@ -781,19 +781,23 @@ impl RateLimitLayerBuilder {
         let extractor = self.checked_extractor()?;
         let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
         let (headers, limited_bodies) = self.rendered_responses(&policies);
+        let mut limiter = Limiter::new(LimiterConfig {
+            cache: self.cache,
+            prefix: self.prefix,
+            policies,
+            store_timeout,
+            local_deny: self.local_deny,
+            clock: self.clock,
+            shared: self.shared,
+            fail_open: self.fail_mode == FailMode::Open,
+        })
+        .with_lease_wait(self.lease_wait);
+        if plans.is_some() {
+            limiter = limiter.with_plan(DEFAULT_PLAN);
+        }
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
-                limiter: Limiter::new(LimiterConfig {
-                    cache: self.cache,
-                    prefix: self.prefix,
-                    policies,
-                    store_timeout,
-                    local_deny: self.local_deny,
-                    clock: self.clock,
-                    shared: self.shared,
-                    fail_open: self.fail_mode == FailMode::Open,
-                })
-                .with_lease_wait(self.lease_wait),
+                limiter,
                 extractor,
                 cost: self.cost,
                 headers,
@@ -893,7 +897,8 @@ impl RateLimitLayerBuilder {
                 shared: self.shared,
                 fail_open: self.fail_mode == FailMode::Open,
             })
-            .with_lease_wait(self.lease_wait);
+            .with_lease_wait(self.lease_wait)
+            .with_plan(&name);
             list.push(Plan {
                 name,
                 limiter,

@@ -250,6 +250,9 @@ pub(crate) struct Limiter {
     /// How long a request refused only by a concurrency limit waits for a
     /// slot (zero: not at all).
     lease_wait: Duration,
+    /// The plan this limiter counts, on a layer with plans (the
+    /// `ratelimit.leases` metric's `plan` label).
+    plan: Option<Box<str>>,
 }
 
 /// What [`Limiter::acquire_charged`] answers: the verdict, the lease of an
@@ -472,6 +475,7 @@ impl Limiter {
             in_flight: AtomicUsize::new(0),
             failing: StateFlag::new(),
             lease_wait: Duration::ZERO,
+            plan: None,
             lease_ids: LeaseIds {
                 hasher: std::hash::RandomState::new(),
                 next: std::sync::atomic::AtomicU64::new(0),
@@ -525,7 +529,7 @@ impl Limiter {
                 }
                 Refusal::LeasesOnly | Refusal::Leases => {
                     self.counters.add(Count::LeasesRefused);
-                    telemetry::lease(telemetry::LeaseEvent::Refused);
+                    telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Refused);
                     return acquired;
                 }
             }
@@ -624,7 +628,7 @@ impl Limiter {
         self.note_denied(client, &outcome, sent);
         let lease = (outcome.decision.allowed && cost > 0).then(|| {
             self.counters.add(Count::LeasesGranted);
-            telemetry::lease(telemetry::LeaseEvent::Granted);
+            telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Granted);
             Lease {
                 keys: keys.of(&self.concurrent),
                 id,
@@ -641,6 +645,13 @@ impl Limiter {
             _ => None,
         };
         ((Verdict::Decided(outcome.decision), lease, charge), refused)
+    }
+
+    /// The plan this limiter counts (on a layer with plans): labels its
+    /// lease metrics.
+    pub(crate) fn with_plan(mut self, plan: &str) -> Self {
+        self.plan = Some(plan.into());
+        self
     }
 
     /// How long a request refused only by a concurrency limit waits for a
@@ -670,7 +681,7 @@ impl Limiter {
         };
         if !held {
             self.counters.add(Count::LeasesExpired);
-            telemetry::lease(telemetry::LeaseEvent::Expired);
+            telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Expired);
         }
     }
 
@@ -727,7 +738,7 @@ impl Limiter {
         };
         if !memory_release(memory, &lease) {
             self.counters.add(Count::LeasesExpired);
-            telemetry::lease(telemetry::LeaseEvent::Expired);
+            telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Expired);
         }
         None
     }

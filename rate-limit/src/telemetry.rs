@@ -121,9 +121,9 @@ pub(crate) enum LeaseEvent {
     Expired,
 }
 
-/// Counts one lease event.
+/// Counts one lease event (with the plan, on a layer with plans).
 #[inline]
-pub(crate) fn lease(event: LeaseEvent) {
+pub(crate) fn lease(plan: Option<&str>, event: LeaseEvent) {
     #[cfg(feature = "metrics")]
     {
         let event = match event {
@@ -131,10 +131,18 @@ pub(crate) fn lease(event: LeaseEvent) {
             LeaseEvent::Refused => "refused",
             LeaseEvent::Expired => "expired",
         };
-        metrics::counter!("ratelimit.leases", "event" => event).increment(1);
+        match plan {
+            Some(plan) => metrics::counter!(
+                "ratelimit.leases",
+                "event" => event,
+                "plan" => plan.to_string()
+            )
+            .increment(1),
+            None => metrics::counter!("ratelimit.leases", "event" => event).increment(1),
+        }
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = event;
+    let _ = (plan, event);
 }
 
 /// A store call in progress: started before it is sent, finished with its

@@ -38,7 +38,7 @@ const DOCUMENTED: &[(&str, &[&str])] = &[
     ("ratelimit.refunds", &["result", "plan"]),
     ("ratelimit.store.calls", &["result"]),
     ("ratelimit.store.duration", &["result"]),
-    ("ratelimit.leases", &["event"]),
+    ("ratelimit.leases", &["event", "plan"]),
 ];
 
 /// A recorder that keeps, per metric and label set, how many times it was
@@ -460,13 +460,19 @@ mod behaviour {
         }
     }
 
-    /// A layer with plans labels its decisions and refunds with the plan
+    /// A layer with plans labels its decisions, refunds and leases with the plan
     /// (`default` for its own policies); a layer without plans never does.
     pub async fn rate_limit_plans_and_refunds_are_labelled(f: Fixture) {
         let layer = RateLimitLayer::builder(f.cache.clone())
             .prefix(unique_prefix("planned"))
             .policy("free", Quota::new(5, Duration::from_secs(60)))
-            .plan("paid", [("paid", Quota::new(50, Duration::from_secs(60)))])
+            .plan(
+                "paid",
+                [
+                    ("paid", Quota::new(50, Duration::from_secs(60))),
+                    ("paid-in-flight", Quota::concurrent(1000)),
+                ],
+            )
             .plan_for(|req: &rate_limit::RequestInfo<'_>| {
                 req.headers
                     .get("x-plan")
@@ -496,6 +502,9 @@ mod behaviour {
             let refunded = [("result", "ok"), ("plan", plan)];
             assert_eq!(r.count("ratelimit.refunds", &refunded), 1, "{plan}");
         }
+        // The paid plan's lease, labelled with it.
+        let granted = [("event", "granted"), ("plan", "paid")];
+        assert_eq!(r.count("ratelimit.leases", &granted), 1);
         r.assert_documented(&["127.0.0.1"]);
     }
 
