@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 
+use crate::stalls::Stalls;
+
 /// A read older than a version acknowledged this long before it is stale.
 pub const BOUND: Duration = Duration::from_millis(100);
 /// How often B writes a version.
@@ -33,8 +35,12 @@ pub struct Shared {
     stale: AtomicU64,
     /// The stale reads: (when the read began, version read, newest version
     /// acknowledged more than the bound before, how old the read was).
-    stale_reads: Mutex<Vec<(Instant, u64, u64, Duration)>>,
+    stale_reads: Mutex<Vec<StaleRead>>,
 }
+
+/// When the read began, the version read, the newest version acknowledged
+/// more than the bound before, how old the read was.
+type StaleRead = (Instant, u64, u64, Duration);
 
 impl Shared {
     /// The newest version acknowledged before `instant`, if any.
@@ -62,6 +68,7 @@ pub struct Run {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
+    stalls: Arc<Stalls>,
 }
 
 /// What a run found.
@@ -73,8 +80,12 @@ pub struct Findings {
     pub from_source: u64,
     /// Versions Redis acknowledged to B.
     pub acknowledged: usize,
-    /// Stale reads.
+    /// Stale reads: older than the bound even once the time the test's
+    /// runtime itself was stalled ([`Stalls`]) is taken out of their lag.
     pub stale: u64,
+    /// Reads older than the bound only by the runtime's stalls (a loaded
+    /// machine delays the invalidation's handling as much as any timer).
+    pub stalled: u64,
     /// The oldest of them: how long before the read the newer version was acknowledged.
     pub worst_lag: Duration,
     /// The first few stale reads: (seconds into the run, version read, version it should have been at least).
@@ -101,6 +112,7 @@ impl Run {
             shared,
             tasks,
             started: Instant::now(),
+            stalls: Stalls::start(),
         }
     }
 
@@ -135,12 +147,21 @@ impl Run {
         for task in self.tasks {
             task.await.expect("a checker task");
         }
-        let stale_reads = self.shared.stale_reads.lock().expect("not poisoned");
+        self.stalls.stop();
+        let all_stale = self.shared.stale_reads.lock().expect("not poisoned");
+        // A read's lag runs from the newer version's acknowledgement to the
+        // read; the part of it the runtime spent stalled is not the tier's.
+        let (stale_reads, stalled): (Vec<&StaleRead>, Vec<&StaleRead>) =
+            all_stale.iter().partition(|(began, _, _, lag)| {
+                let acknowledged = began.checked_sub(*lag).unwrap_or(*began);
+                lag.saturating_sub(self.stalls.within(acknowledged, *began)) > BOUND
+            });
         Findings {
             reads: self.shared.reads.load(Ordering::Relaxed),
             from_source: self.shared.from_source.load(Ordering::Relaxed),
             acknowledged: self.shared.acknowledged.lock().expect("not poisoned").len(),
-            stale: self.shared.stale.load(Ordering::Relaxed),
+            stale: stale_reads.len() as u64,
+            stalled: stalled.len() as u64,
             worst_lag: stale_reads.iter().map(|s| s.3).max().unwrap_or_default(),
             examples: stale_reads
                 .iter()
@@ -208,8 +229,13 @@ impl std::fmt::Display for Findings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "reads {}, from the source of truth {}, versions acknowledged {}; stale reads (older than a version acknowledged > {BOUND:?} before): {} (worst lag {:?})",
-            self.reads, self.from_source, self.acknowledged, self.stale, self.worst_lag
+            "reads {}, from the source of truth {}, versions acknowledged {}; stale reads (older than a version acknowledged > {BOUND:?} before, the runtime's stalls taken out): {} (worst lag {:?}); older only by the runtime's stalls: {}",
+            self.reads,
+            self.from_source,
+            self.acknowledged,
+            self.stale,
+            self.worst_lag,
+            self.stalled
         )?;
         for (at, read, newest) in &self.examples {
             write!(

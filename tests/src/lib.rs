@@ -19,6 +19,7 @@ pub mod history;
 pub mod http;
 pub mod proxy;
 pub mod skip;
+pub mod stalls;
 pub mod suite;
 
 use std::future::Future;

@@ -88,6 +88,51 @@ pub async fn build(builder: CacheBuilder) -> Cache {
         .expect("the test's handle settings are valid")
 }
 
+/// A store for one test: a handle on the backend's shared store, with the
+/// suite's [`TIMEOUT`] (a store call timed out on a loaded machine fails
+/// open, which exactness checks would count as over-admission), and the way
+/// to open another handle on the same store (a second instance of an app).
+#[derive(Clone)]
+pub struct Store {
+    /// The test's handle.
+    pub cache: Cache,
+    /// The backend the store is on.
+    pub backend: Backend,
+}
+
+impl Store {
+    /// Another handle on the same store, as a second instance of the app
+    /// would open it; on the in-memory store the same one (one process,
+    /// one store).
+    pub async fn another_handle(&self) -> Cache {
+        match self.backend {
+            Backend::Memory => self.cache.clone(),
+            Backend::Standalone | Backend::Cluster => build(self.backend.suite_builder()).await,
+        }
+    }
+
+    /// A raw command on the store through `redis-cli`, its output trimmed
+    /// (a key of another type, say); panics on the in-memory store, which
+    /// has none.
+    pub fn cli(&self, args: &[&str]) -> String {
+        match self.backend {
+            Backend::Memory => panic!("no raw commands on the in-memory store"),
+            Backend::Standalone => shared_server().cli(args),
+            Backend::Cluster => shared_cluster().cli(args),
+        }
+        .trim()
+        .to_string()
+    }
+}
+
+/// The fixture of suites that take a [`Store`] (`fixture: store;`).
+pub async fn store(backend: Backend, _test: &str) -> Store {
+    Store {
+        cache: build(backend.suite_builder()).await,
+        backend,
+    }
+}
+
 /// Instantiates each behaviour once per backend: `memory_store::name`,
 /// `standalone_redis::name`, `redis_cluster::name`.
 ///

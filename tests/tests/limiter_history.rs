@@ -463,9 +463,10 @@ async fn sleep_until_ms(at_ms: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_instances_on_standalone_redis_keep_every_window_exact_under_faults() {
-    let (seed, rounds) = schedule_settings(10);
+/// Four instances, each through a proxy of its own, on one standalone
+/// Redis, under `rounds` rounds of the seeded schedule in `mode`.
+async fn on_standalone(mode: Mode, default_rounds: u64) {
+    let (seed, rounds) = schedule_settings(default_rounds);
     let server = RedisServer::start();
     let mut proxies = Vec::new();
     let mut caches = Vec::new();
@@ -479,14 +480,14 @@ async fn four_instances_on_standalone_redis_keep_every_window_exact_under_faults
         caches,
         seed,
         rounds,
-        EXACT,
+        mode,
     )
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
-    let (seed, rounds) = schedule_settings(10);
+/// Four instances on a cluster whose every node is behind its proxy.
+async fn on_cluster(mode: Mode, default_rounds: u64) {
+    let (seed, rounds) = schedule_settings(default_rounds);
     let cluster = ProxiedCluster::start(RedisCluster::start_with_node_timeout(
         Duration::from_secs(2),
     ))
@@ -495,7 +496,17 @@ async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
     for _ in 0..INSTANCES {
         caches.push(suite::build(suite::cluster(cluster.urls()).timeout(TIMEOUT)).await);
     }
-    run(Store::Cluster(cluster), caches, seed, rounds, EXACT).await;
+    run(Store::Cluster(cluster), caches, seed, rounds, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_on_standalone_redis_keep_every_window_exact_under_faults() {
+    on_standalone(EXACT, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
+    on_cluster(EXACT, 10).await;
 }
 
 /// The shared counting under the same kind of schedule, standalone: six
@@ -504,23 +515,7 @@ async fn four_instances_on_a_cluster_keep_every_window_exact_under_faults() {
 /// restart, a calm round), held to its stated bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_sharing_counts_on_standalone_redis_stay_within_the_bound_under_faults() {
-    let (seed, rounds) = schedule_settings(6);
-    let server = RedisServer::start();
-    let mut proxies = Vec::new();
-    let mut caches = Vec::new();
-    for _ in 0..INSTANCES {
-        let proxy = FaultProxy::start(server.port()).await;
-        caches.push(suite::build(suite::redis(&proxy.url()).timeout(TIMEOUT)).await);
-        proxies.push(proxy);
-    }
-    run(
-        Store::Standalone { server, proxies },
-        caches,
-        seed,
-        rounds,
-        SHARED,
-    )
-    .await;
+    on_standalone(SHARED, 6).await;
 }
 
 /// The shared counting on a cluster (one flush call per hash-tag bucket):
@@ -530,16 +525,7 @@ async fn four_instances_sharing_counts_on_standalone_redis_stay_within_the_bound
 /// decided in full to check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_sharing_counts_on_a_cluster_stay_within_the_bound_under_faults() {
-    let (seed, rounds) = schedule_settings(6);
-    let cluster = ProxiedCluster::start(RedisCluster::start_with_node_timeout(
-        Duration::from_secs(2),
-    ))
-    .await;
-    let mut caches = Vec::new();
-    for _ in 0..INSTANCES {
-        caches.push(suite::build(suite::cluster(cluster.urls()).timeout(TIMEOUT)).await);
-    }
-    run(Store::Cluster(cluster), caches, seed, rounds, SHARED).await;
+    on_cluster(SHARED, 6).await;
 }
 
 /// Found by the history run of seed 24 (standalone): after a Redis restart

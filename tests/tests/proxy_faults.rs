@@ -9,7 +9,7 @@
 //!   timeout, a rate-limited request twice the limiter's store timeout
 //!   (docs/failure-modes.md), each plus [`SLACK`] for a loaded machine,
 //!   plus the time the test's runtime itself was measured stalled during
-//!   the call ([`Stalls`]: on a starved machine timers fire late, whoever
+//!   the call (`tests::stalls::Stalls`: on a starved machine timers fire late, whoever
 //!   set them);
 //! - the limiter fails open (`200` without rate-limit headers) or closed
 //!   (`503`) as configured, and nothing else;
@@ -32,6 +32,7 @@ use cache_core::events::EventError;
 use futures_util::StreamExt;
 use rate_limit::{FailMode, HeaderKey, RateLimitLayer};
 use tests::proxy::{Fault, FaultProxy, ProxiedCluster};
+use tests::stalls::Stalls;
 use tests::{RedisCluster, RedisServer, suite, unique_prefix};
 
 /// The cache handles' call timeout.
@@ -94,66 +95,6 @@ struct Probe {
     /// never returns is caught too.
     pending: Mutex<Vec<Instant>>,
     stop: AtomicBool,
-}
-
-/// How often [`Stalls`] asks to be woken.
-const TICK: Duration = Duration::from_millis(10);
-
-/// When the test's runtime ran late: a task asks to be woken every
-/// [`TICK`] and records each wake-up that comes late, as the stretch of time
-/// it should have run in and did not. A timer set by the library (a call's
-/// timeout) fires as late then, so a call's duration beyond its bound is the
-/// library's only for the part the runtime was not stalled. The stalls are
-/// printed with the figures: on a quiet machine they are a few milliseconds.
-#[derive(Default)]
-struct Stalls {
-    /// (woke, late by), in order.
-    late: Mutex<Vec<(Instant, Duration)>>,
-    stop: AtomicBool,
-}
-
-impl Stalls {
-    fn start() -> Arc<Stalls> {
-        let stalls = Arc::new(Stalls::default());
-        let ticker = stalls.clone();
-        tokio::spawn(async move {
-            while !ticker.stop.load(Ordering::Relaxed) {
-                let asked = Instant::now();
-                tokio::time::sleep(TICK).await;
-                let late = asked.elapsed().saturating_sub(TICK);
-                // A timer's granularity is a millisecond: under that is on time.
-                if late > Duration::from_millis(2) {
-                    ticker.late.lock().unwrap().push((Instant::now(), late));
-                }
-            }
-        });
-        stalls
-    }
-
-    /// How long the runtime was stalled between `from` and `to`.
-    fn within(&self, from: Instant, to: Instant) -> Duration {
-        self.late
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(woke, late)| {
-                let start = (*woke - *late).max(from);
-                (*woke).min(to).saturating_duration_since(start)
-            })
-            .sum()
-    }
-
-    /// The longest stall between `from` and `to`.
-    fn longest(&self, from: Instant, to: Instant) -> Duration {
-        self.late
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(woke, _)| *woke >= from && *woke < to)
-            .map(|(_, late)| *late)
-            .max()
-            .unwrap_or_default()
-    }
 }
 
 impl Probe {
@@ -680,7 +621,7 @@ async fn run_faults(
     for component in components {
         component.probe.stop.store(true, Ordering::Relaxed);
     }
-    stalls.stop.store(true, Ordering::Relaxed);
+    stalls.stop();
     found
 }
 

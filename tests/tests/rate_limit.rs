@@ -13,55 +13,14 @@ use rate_limit::{
     RateLimitLayer, ResetFormat, RouteAndIp, UNIDENTIFIED_KEY,
 };
 use tests::http::{Response, get as http_get};
-use tests::suite::{self, Backend};
+use tests::suite::{self, Backend, Store, store};
 use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
-
-/// A store for one test: a handle, and a way to open another handle on the
-/// same store (a second app instance).
-#[derive(Clone)]
-struct Store {
-    cache: Cache,
-    kind: Kind,
-}
-
-#[derive(Clone)]
-enum Kind {
-    Memory,
-    Redis(String),
-    Cluster(Vec<String>),
-}
-
-impl Store {
-    async fn another_handle(&self) -> Cache {
-        match &self.kind {
-            // One process, one store: instances share the handle.
-            Kind::Memory => self.cache.clone(),
-            Kind::Redis(url) => suite::build(suite::redis(url).timeout(suite::TIMEOUT)).await,
-            Kind::Cluster(urls) => suite::build(suite::cluster(urls).timeout(suite::TIMEOUT)).await,
-        }
-    }
-}
-
-/// The suite's fixture: a handle on the backend's shared store, with the
-/// suite's generous timeout: a store call timed out on a loaded machine
-/// fails open, which the exactness checks would count as over-admission.
-async fn store(backend: Backend, _test: &str) -> Store {
-    let kind = match backend {
-        Backend::Memory => Kind::Memory,
-        Backend::Standalone => Kind::Redis(shared_server().url()),
-        Backend::Cluster => Kind::Cluster(shared_cluster().urls()),
-    };
-    Store {
-        cache: suite::build(backend.suite_builder()).await,
-        kind,
-    }
-}
 
 /// What the limiter stored under `key` and its time to live: on Redis the
 /// value and PTTL, on the in-memory store the limiter's own state.
 async fn stored(store: &Store, key: &str) -> Option<(String, KeyTtl)> {
-    match store.kind {
-        Kind::Memory => rate_limit::stored_in_memory(&store.cache, &store.cache.full_key(key))
+    match store.backend {
+        Backend::Memory => rate_limit::stored_in_memory(&store.cache, &store.cache.full_key(key))
             .map(|(value, left)| (value, KeyTtl::Expires(left))),
         _ => {
             let value = store.cache.get_bytes(key).await.unwrap()?;
@@ -647,7 +606,7 @@ mod behaviour {
     /// count above the limit, the one foreign state it can hold, is
     /// `switching_a_policy_to_the_fixed_window_keeps_clients_admitted`).
     pub async fn a_foreign_or_out_of_range_counter_is_replaced_and_limits_again(store: Store) {
-        assert!(!matches!(store.kind, Kind::Memory), "Redis only");
+        assert!(!matches!(store.backend, Backend::Memory), "Redis only");
         let near_max = (i64::MAX - 1).to_string();
         let bad: Vec<(&str, Option<&str>)> = vec![
             ("not an integer", Some("abc")),
@@ -668,7 +627,7 @@ mod behaviour {
                     .await
                     .unwrap(),
                 ("a list", None) => {
-                    raw(&store, &["RPUSH", &key, "x"]);
+                    store.cli(&["RPUSH", &key, "x"]);
                 }
                 (_, None) => store
                     .cache
@@ -1129,15 +1088,6 @@ async fn a_foreign_or_out_of_range_counter_is_replaced_on_a_cluster() {
         store(Backend::Cluster, "cluster").await,
     )
     .await;
-}
-
-/// A raw command on the store behind `store` (a key of another type, say).
-fn raw(store: &Store, args: &[&str]) -> String {
-    match &store.kind {
-        Kind::Memory => panic!("no raw commands on the in-memory store"),
-        Kind::Redis(_) => shared_server().cli(args),
-        Kind::Cluster(_) => shared_cluster().cli(args),
-    }
 }
 
 /// Sends `n` concurrent requests from one client; returns how many passed.

@@ -14,40 +14,10 @@ use axum::body::Body;
 use axum::routing::get;
 use cache_core::Cache;
 use rate_limit::{ConfigError, ErrorKind, FailMode, ManualClock, Quota, RateLimitLayer};
-use tests::suite::{self, Backend};
-use tests::{eventually, shared_cluster, shared_server, unique_prefix, within};
+use tests::suite::{self, Store, store};
+use tests::{eventually, shared_server, unique_prefix, within};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
-
-/// A store for one test, and a way to open another handle on it (a second
-/// instance of the app).
-#[derive(Clone)]
-struct Store {
-    cache: Cache,
-    backend: Backend,
-}
-
-impl Store {
-    async fn another_handle(&self) -> Cache {
-        match self.backend {
-            // One process, one store: instances share the handle.
-            Backend::Memory => self.cache.clone(),
-            Backend::Standalone => {
-                suite::build(suite::redis(&shared_server().url()).timeout(suite::TIMEOUT)).await
-            }
-            Backend::Cluster => {
-                suite::build(suite::cluster(shared_cluster().urls()).timeout(suite::TIMEOUT)).await
-            }
-        }
-    }
-}
-
-async fn store(backend: Backend, _test: &str) -> Store {
-    Store {
-        cache: suite::build(backend.suite_builder()).await,
-        backend,
-    }
-}
 
 /// What the handler sees: requests in flight (from the handler's start to
 /// its body's end or drop), the most at once, and the gate holding the

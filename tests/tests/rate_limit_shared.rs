@@ -10,59 +10,9 @@ use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 use rate_limit::{Algorithm, Clock, ManualClock, Quota, RateLimitLayer, SharedCounting};
-use tests::suite::{self, Backend};
-use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
+use tests::suite::{self, Backend, Store, store};
+use tests::{RedisServer, unique_prefix};
 use tower::{Layer, Service, ServiceExt};
-
-/// A store for one test: a handle, and the way to open another one on the
-/// same store (another instance).
-#[derive(Clone)]
-struct Store {
-    cache: Cache,
-    kind: Kind,
-}
-
-#[derive(Clone)]
-enum Kind {
-    Memory,
-    Redis(String),
-    Cluster(Vec<String>),
-}
-
-impl Store {
-    async fn another_handle(&self) -> Cache {
-        match &self.kind {
-            // One process, one store: instances share the handle.
-            Kind::Memory => self.cache.clone(),
-            Kind::Redis(url) => suite::build(suite::redis(url).timeout(suite::TIMEOUT)).await,
-            Kind::Cluster(urls) => suite::build(suite::cluster(urls).timeout(suite::TIMEOUT)).await,
-        }
-    }
-
-    /// A raw command on the store (Redis only).
-    fn cli(&self, args: &[&str]) -> String {
-        match &self.kind {
-            Kind::Memory => panic!("no raw commands on the in-memory store"),
-            Kind::Redis(_) => shared_server().cli(args),
-            Kind::Cluster(_) => shared_cluster().cli(args),
-        }
-        .trim()
-        .to_string()
-    }
-}
-
-/// The suite's fixture: a handle on the backend's shared store.
-async fn store(backend: Backend, _test: &str) -> Store {
-    let kind = match backend {
-        Backend::Memory => Kind::Memory,
-        Backend::Standalone => Kind::Redis(shared_server().url()),
-        Backend::Cluster => Kind::Cluster(shared_cluster().urls()),
-    };
-    Store {
-        cache: suite::build(backend.suite_builder()).await,
-        kind,
-    }
-}
 
 /// A layer on `cache` counting `quota` with shared counting (`share` of
 /// the limit per instance between flushes, flushed every 5 ms), on `clock`.
@@ -201,7 +151,7 @@ mod behaviour {
         // after the first request.
         let limited = service.clone().oneshot(from([10, 1, 0, 1])).await.unwrap();
         assert_eq!(limited.headers()["retry-after"], "40");
-        if !matches!(store.kind, Kind::Memory) {
+        if !matches!(store.backend, Backend::Memory) {
             let key = count_key(&prefix, "ip:10.1.0.1", &clock, window);
             until("the counts reach Redis", || {
                 store.cli(&["GET", &key]) == "5"
@@ -264,8 +214,8 @@ mod behaviour {
                 other => panic!("unexpected status {other}"),
             }
         }
-        let (low, high) = match store.kind {
-            Kind::Memory => (100, 100),
+        let (low, high) = match store.backend {
+            Backend::Memory => (100, 100),
             _ => (100, settings.over_admission_bound(4, 100)),
         };
         assert_eq!(high, if low == high { 100 } else { 115 });
