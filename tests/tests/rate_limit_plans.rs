@@ -17,38 +17,9 @@ use rate_limit::{
     Algorithm, ConfigError, ManualClock, Quota, RateLimitLayer, RequestInfo, ResponseInfo,
     SharedCounting,
 };
-use tests::suite::{self, Backend};
-use tests::{shared_cluster, shared_server, unique_prefix};
+use tests::suite::{Backend, Store, store};
+use tests::unique_prefix;
 use tower::ServiceExt;
-
-/// A store for one test, and a way to open another handle on it (a second
-/// app instance).
-#[derive(Clone)]
-struct Store {
-    cache: Cache,
-    backend: Backend,
-}
-
-impl Store {
-    async fn another_handle(&self) -> Cache {
-        match self.backend {
-            Backend::Memory => self.cache.clone(),
-            Backend::Standalone => {
-                suite::build(suite::redis(&shared_server().url()).timeout(suite::TIMEOUT)).await
-            }
-            Backend::Cluster => {
-                suite::build(suite::cluster(shared_cluster().urls()).timeout(suite::TIMEOUT)).await
-            }
-        }
-    }
-}
-
-async fn store(backend: Backend, _test: &str) -> Store {
-    Store {
-        cache: suite::build(backend.suite_builder()).await,
-        backend,
-    }
-}
 
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
