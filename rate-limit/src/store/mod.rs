@@ -5,12 +5,25 @@
 pub(crate) mod memory;
 pub(crate) mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::Cache;
 
 use crate::quota::Quota;
 use crate::window::State;
+
+/// The in-memory state behind `cache` and `keys` as it names them (the
+/// namespace in front), or `None` when Redis backs `cache`.
+fn in_memory(cache: &Cache, keys: &[&str]) -> Option<(Arc<memory::MemoryLimits>, Vec<String>)> {
+    (*cache.backend() == cache_core::Backend::Memory).then(|| {
+        let full = keys
+            .iter()
+            .map(|k| cache.full_key(k).into_owned())
+            .collect();
+        (cache.shared_state::<memory::MemoryLimits>(), full)
+    })
+}
 
 /// For tests: the raw rows (per request: admitted, then per policy
 /// remaining, reset, retry and blocked ms) of requests of `costs` at `now_us`
@@ -24,13 +37,8 @@ pub async fn evaluate_raw(
     now_us: u64,
     costs: &[u64],
 ) -> cache_core::Result<Vec<i64>> {
-    if *cache.backend() == cache_core::Backend::Memory {
-        let full: Vec<String> = keys
-            .iter()
-            .map(|k| cache.full_key(k).into_owned())
-            .collect();
+    if let Some((memory, full)) = in_memory(cache, keys) {
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.evaluate(&full, quotas, now_us, costs));
     }
     // The client's keys once per request: its requests sent together.
@@ -66,13 +74,8 @@ pub async fn acquire_raw(
     cost: u64,
     lease: i64,
 ) -> cache_core::Result<Vec<i64>> {
-    if *cache.backend() == cache_core::Backend::Memory {
-        let full: Vec<String> = keys
-            .iter()
-            .map(|k| cache.full_key(k).into_owned())
-            .collect();
+    if let Some((memory, full)) = in_memory(cache, keys) {
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.evaluate_leased(&full, quotas, now_us, cost, lease as u64));
     }
     let timeout = Duration::from_secs(5);
@@ -144,13 +147,8 @@ pub async fn refund_raw(
     resets: &[u64],
     cost: u64,
 ) -> cache_core::Result<Vec<i64>> {
-    if *cache.backend() == cache_core::Backend::Memory {
-        let full: Vec<String> = keys
-            .iter()
-            .map(|k| cache.full_key(k).into_owned())
-            .collect();
+    if let Some((memory, full)) = in_memory(cache, keys) {
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        let memory = cache.shared_state::<memory::MemoryLimits>();
         return Ok(memory.refund(&full, quotas, now_us, at_us, resets, cost));
     }
     let at = redis::ChargedAt {
