@@ -546,15 +546,7 @@ impl Limiter {
         charged: bool,
     ) -> (Acquired, Refusal) {
         let id = self.lease_ids.next();
-        let sent = Sent {
-            monotonic: monotonic_micros(self.clock.as_ref()),
-            wall: match self.counting {
-                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact(_) | Counting::Shared(_) => {
-                    self.send_now.then(|| now_micros(self.clock.as_ref()))
-                }
-            },
-        };
+        let sent = self.sent_now();
         let call = telemetry::StoreCall::start();
         self.counters.add(Count::StoreCalls);
         let row = match &self.counting {
@@ -769,17 +761,8 @@ impl Limiter {
         }
         let keys = self.keys(&client);
         // Read before the call: the deny cache counts from it (see
-        // `note_denied`). The wall clock only where it is "now" for the
-        // arithmetic (the in-memory store, a clock sent to the scripts).
-        let sent = Sent {
-            monotonic: monotonic_micros(self.clock.as_ref()),
-            wall: match self.counting {
-                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact(_) | Counting::Shared(_) => {
-                    self.send_now.then(|| now_micros(self.clock.as_ref()))
-                }
-            },
-        };
+        // `note_denied`).
+        let sent = self.sent_now();
         let call = telemetry::StoreCall::start();
         let row = match &self.counting {
             Counting::Memory(memory) => {
@@ -904,6 +887,21 @@ impl Limiter {
                 tracing::debug!(prefix = %self.prefix, error, "rate limiter refund failed");
                 false
             }
+        }
+    }
+
+    /// Now, as a request sent to the store reads it: the monotonic clock,
+    /// and the wall clock only where it is "now" for the arithmetic (the
+    /// in-memory store, a clock sent to the scripts).
+    fn sent_now(&self) -> Sent {
+        Sent {
+            monotonic: monotonic_micros(self.clock.as_ref()),
+            wall: match self.counting {
+                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
+                Counting::Exact(_) | Counting::Shared(_) => {
+                    self.send_now.then(|| now_micros(self.clock.as_ref()))
+                }
+            },
         }
     }
 
