@@ -105,18 +105,10 @@ fn streaming_app(layer: RateLimitLayer, chunks: mpsc::Receiver<&'static str>) ->
         .layer(layer)
 }
 
-/// One request from 127.0.0.1 through `app`, without HTTP: the response
-/// with its body unread.
+/// One request from 127.0.0.1 through `app` to `/` on the layer's own
+/// policies, without HTTP: the response with its body unread.
 async fn call(app: &Router) -> http::Response<Body> {
-    let request = http::Request::builder()
-        .uri("/")
-        .extension(axum::extract::ConnectInfo(SocketAddr::from((
-            [127, 0, 0, 1],
-            4000,
-        ))))
-        .body(Body::empty())
-        .unwrap();
-    app.clone().oneshot(request).await.unwrap()
+    call_on(app, "/", None).await
 }
 
 fn header<'r>(response: &'r http::Response<Body>, name: &str) -> &'r str {
@@ -190,6 +182,43 @@ async fn call_on(app: &Router, path: &str, plan: Option<&'static str>) -> http::
         request.extensions_mut().insert(PlanName(plan));
     }
     app.clone().oneshot(request).await.unwrap()
+}
+
+/// A stream on `plan` holding `layer`'s one slot (a lease TTL of 10 s):
+/// a frame past half the TTL renews its lease, so another request is
+/// refused past the first TTL; silent for a whole TTL since, the lease
+/// expires and the slot is free.
+async fn renews_while_streaming(
+    layer: &RateLimitLayer,
+    clock: &ManualClock,
+    plan: Option<&'static str>,
+) {
+    use futures_util::StreamExt;
+
+    let (send, chunks) = mpsc::channel(4);
+    let streaming = streaming_app(layer.clone(), chunks);
+    let response = call_on(&streaming, "/", plan).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body().into_data_stream();
+    let other = app(layer.clone(), Probe::new());
+
+    clock.advance(Duration::from_secs(6));
+    send.send("tick").await.unwrap();
+    assert_eq!(body.next().await.unwrap().unwrap(), "tick");
+    eventually(Duration::from_secs(10), "the lease renewed", async || {
+        layer.stats().leases_renewed == 1
+    })
+    .await;
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(
+        call_on(&other, "/", plan).await.status(),
+        429,
+        "past the first TTL, renewed"
+    );
+    clock.advance(Duration::from_secs(4));
+    let freed = call_on(&other, "/", plan).await;
+    assert_eq!(freed.status(), 200, "the renewed lease expired");
+    drop((freed, body, send));
 }
 
 /// Calls `app` until a request on `plan` to `path` is not refused by a
@@ -295,8 +324,6 @@ mod behaviour {
     }
 
     pub async fn a_response_still_streaming_renews_its_lease(store: Store) {
-        use futures_util::StreamExt;
-
         let prefix = unique_prefix("renewed");
         let clock = ManualClock::new();
         let layer = RateLimitLayer::builder(store.cache.clone())
@@ -309,33 +336,7 @@ mod behaviour {
             .store_timeout(store.cache.timeout())
             .build()
             .unwrap();
-        let (send, chunks) = mpsc::channel(4);
-        let streaming = streaming_app(layer.clone(), chunks);
-        let response = call(&streaming).await;
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body().into_data_stream();
-        let probe = Probe::new();
-        let other = app(layer.clone(), probe.clone());
-
-        // Past half the TTL, a frame: the lease is renewed, 10 s from now.
-        clock.advance(Duration::from_secs(6));
-        send.send("tick").await.unwrap();
-        assert_eq!(body.next().await.unwrap().unwrap(), "tick");
-        eventually(Duration::from_secs(10), "the lease renewed", async || {
-            layer.stats().leases_renewed == 1
-        })
-        .await;
-        clock.advance(Duration::from_secs(6));
-        assert_eq!(
-            call(&other).await.status(),
-            429,
-            "past the first TTL, renewed"
-        );
-        // Silent for a whole TTL since: the lease expired, the slot is free.
-        clock.advance(Duration::from_secs(4));
-        let freed = call(&other).await;
-        assert_eq!(freed.status(), 200, "the renewed lease expired");
-        drop((freed, body, send));
+        renews_while_streaming(&layer, &clock, None).await;
     }
 
     pub async fn in_flight_never_exceeds_the_limit_across_two_instances(store: Store) {
@@ -615,8 +616,6 @@ mod plans_and_outcomes {
     }
 
     pub async fn a_plans_streaming_response_renews_its_lease_on_the_plans_keys(store: Store) {
-        use futures_util::StreamExt;
-
         let clock = ManualClock::new();
         // The default plan has no concurrency limit: the lease is the plan's
         // own to renew (its TTL, its keys).
@@ -637,31 +636,7 @@ mod plans_and_outcomes {
             .store_timeout(store.cache.timeout())
             .build()
             .unwrap();
-        let (send, chunks) = mpsc::channel(4);
-        let streaming = streaming_app(layer.clone(), chunks);
-        let response = call_on(&streaming, "/", Some("streams")).await;
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body().into_data_stream();
-        let other = app(layer.clone(), Probe::new());
-
-        // Past half the plan's TTL, a frame: renewed, 10 s from now.
-        clock.advance(Duration::from_secs(6));
-        send.send("tick").await.unwrap();
-        assert_eq!(body.next().await.unwrap().unwrap(), "tick");
-        eventually(Duration::from_secs(10), "the lease renewed", async || {
-            layer.stats().leases_renewed == 1
-        })
-        .await;
-        clock.advance(Duration::from_secs(6));
-        assert_eq!(
-            call_on(&other, "/", Some("streams")).await.status(),
-            429,
-            "past the first TTL, renewed"
-        );
-        clock.advance(Duration::from_secs(4));
-        let freed = call_on(&other, "/", Some("streams")).await;
-        assert_eq!(freed.status(), 200, "the renewed lease expired");
-        drop((freed, body, send));
+        renews_while_streaming(&layer, &clock, Some("streams")).await;
     }
 
     pub async fn charging_by_outcome_refunds_apart_from_the_lease_released_at_body_end(
