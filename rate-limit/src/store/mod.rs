@@ -52,13 +52,7 @@ pub async fn evaluate_raw(
         Duration::from_secs(5),
     )
     .await
-    .map_err(|err| match err {
-        redis::CallError::Store(err) => err,
-        malformed => cache_core::Error::InvalidArgument {
-            argument: "script reply",
-            reason: malformed.to_string(),
-        },
-    })
+    .map_err(raw_error)
 }
 
 /// For tests: the row of one request of `cost` at `now_us` on `keys` (one
@@ -97,6 +91,8 @@ pub async fn release_raw(cache: &Cache, key: &str, lease: i64) -> cache_core::Re
         .map_err(raw_error)
 }
 
+/// A raw call's error as the cache's: a store failure as it came, a
+/// reply the scripts should not give as an invalid argument.
 fn raw_error(err: redis::CallError) -> cache_core::Error {
     match err {
         redis::CallError::Store(err) => err,
@@ -166,11 +162,5 @@ pub async fn refund_raw(
         Duration::from_secs(5),
     )
     .await
-    .map_err(|err| match err {
-        redis::CallError::Store(err) => err,
-        malformed => cache_core::Error::InvalidArgument {
-            argument: "script reply",
-            reason: malformed.to_string(),
-        },
-    })
+    .map_err(raw_error)
 }
