@@ -15,6 +15,7 @@ pub(crate) use atomic::AtomicOp;
 
 pub(crate) mod atomic;
 pub(crate) mod connect;
+pub(crate) mod identity;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -128,25 +129,41 @@ pub(crate) enum ScanNode {
     Primary { host: String, port: u16 },
 }
 
-/// Where a store's data is, as the layers above it need to know: the
-/// store answers, so that nothing above `store/` branches on the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reach {
+/// Where a handle's store keeps its data ([`Cache::reach`](crate::Cache::reach)):
+/// what a library built on a [`Cache`](crate::Cache) may need to know of
+/// the backend, answered by the store, so that nothing above it matches on
+/// [`Backend`].
+///
+/// ```
+/// use cache_core::{Cache, Reach};
+///
+/// let cache = Cache::in_memory();
+/// assert_eq!(cache.reach(), Reach::InProcess);
+/// assert!(cache.reach().in_process());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reach {
     /// In this process (the in-memory store): a call has no network to
-    /// wait for or fail on, so no deadline, retry or breaker around it;
-    /// another handle on the same data is a clone of this one; pub/sub is
-    /// the event bus's own; no local tier goes in front of it.
+    /// wait for or fail on, so the handle puts no deadline, retry or
+    /// breaker around it; every handle on the data is a clone of one
+    /// handle ([`dedicated`](crate::Cache::dedicated) included), so state
+    /// kept beside it is seen by all of them; an atomic operation runs as
+    /// its in-memory twin, exactly and at in-process cost; the event bus
+    /// is the process's own; no local tier goes in front of it.
     InProcess,
-    /// One server (standalone Redis): a keyspace walk visits it alone.
+    /// One server (standalone Redis): every key on it, a keyspace walk
+    /// visits it alone; other processes may share the data.
     Server,
-    /// Several servers (Redis Cluster): a keyspace walk asks the store
-    /// which primaries to visit.
+    /// Several servers (Redis Cluster): keys are spread over slots, so the
+    /// keys of one atomic operation share a hash tag, and a keyspace walk
+    /// visits every primary; other processes may share the data.
     Cluster,
 }
 
 impl Reach {
-    /// Whether the data lives in this process.
-    pub(crate) fn in_process(self) -> bool {
+    /// Whether the data lives in this process ([`Reach::InProcess`]).
+    pub fn in_process(self) -> bool {
         self == Reach::InProcess
     }
 }
