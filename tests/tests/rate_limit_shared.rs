@@ -1,8 +1,10 @@
 //! `RateLimitLayer`'s shared counting (issue 21, item 2): answered from each
 //! instance's own counts, exchanged with Redis in the background. Several
 //! instances are layers on separate handles (each its own connection,
-//! counts and flush task), against the in-memory store (where the mode is
-//! exact), a standalone `redis-server` and a three-node cluster.
+//! counts and flush task), against a standalone `redis-server` and a
+//! three-node cluster; on the in-memory store (one store in the process,
+//! nothing to exchange) a layer with shared counting counts as one without
+//! it, exactly.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,16 +120,21 @@ async fn until(what: &str, mut ready: impl FnMut() -> bool) {
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     fixture: store;
-    one_instance_admits_exactly_the_limit_per_aligned_window,
     four_instances_stay_within_the_bound_under_concurrency,
     a_sliding_window_across_four_instances_stays_within_the_bound,
 );
 
-mod behaviour {
+tests::suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    redis_only fixture: store;
+    one_instance_admits_exactly_the_limit_per_aligned_window,
+);
+
+mod redis_behaviour {
     use super::*;
 
     /// One instance: exact (the bound is the limit), on windows aligned to
-    /// the clock; on Redis its counts reach the window's key, which expires.
+    /// the clock; its counts reach the window's key, which expires.
     pub async fn one_instance_admits_exactly_the_limit_per_aligned_window(store: Store) {
         let prefix = unique_prefix("shared-one");
         let window = Duration::from_secs(60);
@@ -151,19 +158,21 @@ mod behaviour {
         // after the first request.
         let limited = service.clone().oneshot(from([10, 1, 0, 1])).await.unwrap();
         assert_eq!(limited.headers()["retry-after"], "40");
-        if !matches!(store.backend, Backend::Memory) {
-            let key = count_key(&prefix, "ip:10.1.0.1", &clock, window);
-            until("the counts reach Redis", || {
-                store.cli(&["GET", &key]) == "5"
-            })
-            .await;
-            let ttl: i64 = store.cli(&["PTTL", &key]).parse().unwrap();
-            assert!(ttl > 0, "the window's key expires: {ttl}");
-        }
+        let key = count_key(&prefix, "ip:10.1.0.1", &clock, window);
+        until("the counts reach Redis", || {
+            store.cli(&["GET", &key]) == "5"
+        })
+        .await;
+        let ttl: i64 = store.cli(&["PTTL", &key]).parse().unwrap();
+        assert!(ttl > 0, "the window's key expires: {ttl}");
         clock.advance(Duration::from_secs(40));
         assert_eq!(status(&service, [10, 1, 0, 1]).await, 200, "a new window");
         assert_eq!(layer.stats().allowed, 6);
     }
+}
+
+mod behaviour {
+    use super::*;
 
     /// Four instances on separate handles, 20 clients each sending 120
     /// requests at once spread over the instances, limit 100 and a share of
@@ -229,6 +238,41 @@ mod behaviour {
             assert_eq!(layer.stats().store_errors, 0, "{:?}", layer.stats());
         }
     }
+}
+
+/// On the in-memory store shared counting counts as the store does without
+/// it: a layer with it and one without, on one handle and one prefix, share
+/// one count, which admits exactly the limit; the fixed window starts at the
+/// client's first request (the exact mode's), not on the clock's minute.
+#[tokio::test]
+async fn on_the_in_memory_store_shared_counting_counts_as_without_it() {
+    let cache = Cache::in_memory();
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    align(&clock, window);
+    clock.advance(Duration::from_secs(20));
+    let shared = shared_layer(cache.clone(), "rate", Quota::new(5, window), 0.05, &clock);
+    let exact = RateLimitLayer::builder(cache)
+        .prefix("rate")
+        .policy("p", Quota::new(5, window))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (shared, exact) = (instance(&shared), instance(&exact));
+    let mut statuses = Vec::new();
+    for service in [&shared, &exact, &shared, &exact, &shared, &exact] {
+        statuses.push(status(service, [10, 5, 0, 1]).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    let limited = shared.clone().oneshot(from([10, 5, 0, 1])).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.headers()["retry-after"],
+        "60",
+        "from the first request"
+    );
+    clock.advance(window);
+    assert_eq!(status(&shared, [10, 5, 0, 1]).await, 200, "a new window");
 }
 
 /// Redis down: the instance answers from its own counts (a client still

@@ -69,8 +69,9 @@
 //! dropped first); the task sends at most 1 024 counts per call and stops
 //! when the layer is dropped, after one last flush.
 //!
-//! On the in-memory store the instance's counts *are* the store, shared by
-//! the layers of one handle: the same aligned windows, exact.
+//! **Redis only.** On the in-memory store the counts are in the process
+//! already, exact at in-process cost: a layer with shared counting there
+//! counts as one without it does (the limiter never builds this mode).
 
 pub(crate) mod flush;
 pub(crate) mod table;
@@ -287,13 +288,13 @@ pub(crate) enum Answer {
     Unknown,
 }
 
-/// The shared mode of one layer: its counts, and on Redis the task that
+/// The shared mode of one layer on Redis: its counts, and the task that
 /// exchanges them.
 pub(crate) struct SharedLimits {
     table: Arc<Table>,
-    /// On Redis: the task's link, the allowance per policy, and the task
-    /// itself until it is started (on the first request, inside the runtime).
-    remote: Option<Remote>,
+    /// The task's link, the allowance per policy, and the task itself until
+    /// it is started (on the first request, inside the runtime).
+    remote: Remote,
     clock: Arc<dyn Clock>,
     /// The clock is the windows' clock (a test's): no offset to Redis'.
     authoritative: bool,
@@ -316,13 +317,8 @@ pub(crate) struct RedisSide {
     pub(crate) store_timeout: Duration,
 }
 
-/// The in-memory store's tables, by layer prefix and policy names: shared
-/// by the layers of one handle, as the store's keys are.
-#[derive(Default)]
-pub(crate) struct MemoryTables(Mutex<std::collections::HashMap<String, Arc<Table>>>);
-
 impl SharedLimits {
-    /// On Redis: this instance's own table and task.
+    /// This instance's own table and task.
     pub(crate) fn on_redis(
         settings: SharedCounting,
         side: RedisSide,
@@ -341,7 +337,7 @@ impl SharedLimits {
             ),
             names: (names.len() > 1).then(|| names.to_vec()),
         };
-        let cluster = matches!(side.cache.backend(), cache_core::Backend::Cluster(_));
+        let cluster = side.cache.reach() == cache_core::Reach::Cluster;
         let task = Task {
             cache: side.cache,
             table: table.clone(),
@@ -356,7 +352,7 @@ impl SharedLimits {
         };
         SharedLimits {
             table,
-            remote: Some(Remote {
+            remote: Remote {
                 link,
                 allowance: quotas
                     .iter()
@@ -366,31 +362,9 @@ impl SharedLimits {
                 flusher: OnceLock::new(),
                 fail_open: side.fail_open,
                 store_timeout: side.store_timeout,
-            }),
+            },
             clock,
             authoritative,
-        }
-    }
-
-    /// On the in-memory store: the table of `cache` for this layer's prefix
-    /// and policies, exact.
-    pub(crate) fn in_memory(
-        cache: &cache_core::Cache,
-        prefix: &str,
-        names: &[String],
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let tables = cache.shared_state::<MemoryTables>();
-        let name = [cache.full_key(prefix).as_ref(), "\n", &names.join("\n")].concat();
-        let table = cache_core::sync::lock(&tables.0)
-            .entry(name)
-            .or_insert_with(|| Arc::new(Table::new(MAX_CLIENTS)))
-            .clone();
-        SharedLimits {
-            table,
-            remote: None,
-            authoritative: clock.is_authoritative(),
-            clock,
         }
     }
 
@@ -398,31 +372,22 @@ impl SharedLimits {
     /// measured offset to Redis' (none for an authoritative clock).
     fn now_us(&self) -> u64 {
         let local = now_micros(self.clock.as_ref());
-        match &self.remote {
-            Some(remote) if !self.authoritative => {
-                local.saturating_add_signed(remote.link.offset_us.load(Ordering::Relaxed))
-            }
-            _ => local,
+        if self.authoritative {
+            return local;
         }
+        local.saturating_add_signed(self.remote.link.offset_us.load(Ordering::Relaxed))
     }
 
     /// Decides a request of `client` costing `cost`.
     pub(crate) async fn check(&self, client: &str, quotas: &[Quota], cost: u64) -> Answer {
-        let Some(remote) = &self.remote else {
-            let now_us = self.now_us();
-            return match self.table.check(client, quotas, None, now_us, cost).0 {
-                Checked::Decided(outcome) => Answer::Decided { outcome, now_us },
-                // No allowance in memory.
-                Checked::OverAllowance => Answer::Unknown,
-            };
-        };
+        let remote = &self.remote;
         remote.start();
         let deadline = tokio::time::Instant::now() + remote.store_timeout;
         loop {
             let now_us = self.now_us();
             let (checked, dirty) =
                 self.table
-                    .check(client, quotas, Some(&remote.allowance), now_us, cost);
+                    .check(client, quotas, &remote.allowance, now_us, cost);
             if dirty {
                 self.wake(remote);
             }
@@ -452,12 +417,11 @@ impl SharedLimits {
 
     /// (flush calls, failed flush calls): what the layer's stats add.
     pub(crate) fn calls(&self) -> (u64, u64) {
-        self.remote.as_ref().map_or((0, 0), |remote| {
-            (
-                remote.link.calls.load(Ordering::Relaxed),
-                remote.link.errors.load(Ordering::Relaxed),
-            )
-        })
+        let link = &self.remote.link;
+        (
+            link.calls.load(Ordering::Relaxed),
+            link.errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Clients held.
@@ -533,7 +497,7 @@ mod tests {
         assert!(allowed(&shared.check("ip:1", &quotas, 1).await));
         assert_eq!(shared.clients(), 1);
         let table = Arc::downgrade(&shared.table);
-        let link = shared.remote.as_ref().unwrap().link.clone();
+        let link = shared.remote.link.clone();
         until("the task flushes", || {
             link.calls.load(Ordering::Relaxed) > 0
         })

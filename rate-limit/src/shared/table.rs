@@ -183,15 +183,15 @@ impl Table {
     }
 
     /// Decides a request of `client` costing `cost` at `now_us` (the
-    /// windows' clock) under `quotas`; counts it if admitted. `allowance`:
-    /// per policy, the most this instance may hold unflushed for one client
-    /// (`None`: no limit, the in-memory store's exact mode). Returns whether
-    /// the client became dirty (the flusher may need waking) with the answer.
+    /// windows' clock) under `quotas`; counts it if admitted, as pending.
+    /// `allowance`: per policy, the most this instance may hold unflushed
+    /// for one client. Returns whether the client became dirty (the flusher
+    /// may need waking) with the answer.
     pub(crate) fn check(
         &self,
         client: &str,
         quotas: &[Quota],
-        allowance: Option<&[u64]>,
+        allowance: &[u64],
         now_us: u64,
         cost: u64,
     ) -> (Checked, bool) {
@@ -236,26 +236,19 @@ impl Table {
         if !outcome.decision.allowed || cost == 0 {
             return (Checked::Decided(outcome), false);
         }
-        if let Some(allowance) = allowance {
-            // Past the allowance only when something is unflushed already: a
-            // request costing more than the allowance passes alone.
-            let over = entry.tallies.iter().zip(allowance).any(|(tally, &most)| {
-                let held = tally.unflushed();
-                held > 0 && held.saturating_add(cost) > most
-            });
-            if over {
-                return (Checked::OverAllowance, false);
-            }
+        // Past the allowance only when something is unflushed already: a
+        // request costing more than the allowance passes alone.
+        let over = entry.tallies.iter().zip(allowance).any(|(tally, &most)| {
+            let held = tally.unflushed();
+            held > 0 && held.saturating_add(cost) > most
+        });
+        if over {
+            return (Checked::OverAllowance, false);
         }
         for tally in entry.tallies.iter_mut() {
-            let count = &mut tally.current;
-            match allowance {
-                Some(_) => count.pending = count.pending.saturating_add(cost),
-                // No store behind the table: it is the total.
-                None => count.seen = count.seen.saturating_add(cost),
-            }
+            tally.current.pending = tally.current.pending.saturating_add(cost);
         }
-        let became_dirty = allowance.is_some() && !entry.dirty;
+        let became_dirty = !entry.dirty;
         if became_dirty {
             entry.dirty = true;
             let key = shard
@@ -437,24 +430,45 @@ mod tests {
         matches!(checked, Checked::Decided(outcome) if outcome.decision.allowed)
     }
 
+    /// An allowance that never binds: one instance alone.
+    const UNBOUND: [u64; 1] = [u64::MAX];
+
+    /// Sends `client`'s pending counts and hands back the totals Redis
+    /// would with no other instance: the client is settled.
+    fn flush(table: &Table, client: &str) {
+        let mut sent = Vec::new();
+        table.drain(
+            |c| c == client,
+            |_, policy, index, delta, _| sent.push((policy, index, delta)),
+        );
+        let mut shard = table.shard(client);
+        for (policy, index, delta) in sent {
+            let seen = shard.clients.get_mut(client).unwrap().tallies[policy]
+                .window_mut(index)
+                .unwrap()
+                .seen;
+            table.acknowledge(&mut shard, client, policy, index, delta, seen + delta);
+        }
+    }
+
     #[test]
-    fn without_an_allowance_the_limit_is_exact_per_aligned_window() {
+    fn alone_the_limit_is_exact_per_aligned_window() {
         let table = Table::new(1000);
         let quotas = fixed(3);
         // 100 ms into an aligned second.
         let now = START_US + 100_000;
         let passed = (0..5)
-            .filter(|_| allowed(table.check("ip:1", &quotas, None, now, 1).0))
+            .filter(|_| allowed(table.check("ip:1", &quotas, &UNBOUND, now, 1).0))
             .count();
         assert_eq!(passed, 3);
         // The window ends on the whole second, not a second after the first request.
-        let Checked::Decided(denied) = table.check("ip:1", &quotas, None, now, 1).0 else {
+        let Checked::Decided(denied) = table.check("ip:1", &quotas, &UNBOUND, now, 1).0 else {
             panic!("decided");
         };
         assert_eq!(denied.decision.reset_after, Duration::from_millis(900));
         assert!(allowed(
             table
-                .check("ip:1", &quotas, None, START_US + 1_000_000, 1)
+                .check("ip:1", &quotas, &UNBOUND, START_US + 1_000_000, 1)
                 .0
         ));
     }
@@ -464,11 +478,7 @@ mod tests {
         let table = Table::new(1000);
         let quotas = fixed(100);
         let allowance = [2];
-        let check = || {
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
-                .0
-        };
+        let check = || table.check("ip:1", &quotas, &allowance, START_US, 1).0;
         assert!(allowed(check()));
         assert!(allowed(check()));
         assert_eq!(check(), Checked::OverAllowance);
@@ -497,14 +507,10 @@ mod tests {
         let quotas = fixed(100);
         let allowance = [2];
         assert!(allowed(
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 10)
-                .0
+            table.check("ip:1", &quotas, &allowance, START_US, 10).0
         ));
         assert_eq!(
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
-                .0,
+            table.check("ip:1", &quotas, &allowance, START_US, 1).0,
             Checked::OverAllowance
         );
     }
@@ -515,13 +521,13 @@ mod tests {
         let quotas = [Quota::new(10, Duration::from_secs(1)).algorithm(Algorithm::SlidingWindow)];
         let start = START_US - START_US % 1_000_000;
         for _ in 0..10 {
-            assert!(allowed(table.check("ip:1", &quotas, None, start, 1).0));
+            assert!(allowed(table.check("ip:1", &quotas, &UNBOUND, start, 1).0));
         }
         // A quarter into the next window, three quarters of the previous
         // one's 10 still weigh: 8 (rounded up), so 2 pass.
         let later = start + 1_250_000;
         let passed = (0..5)
-            .filter(|_| allowed(table.check("ip:1", &quotas, None, later, 1).0))
+            .filter(|_| allowed(table.check("ip:1", &quotas, &UNBOUND, later, 1).0))
             .count();
         assert_eq!(passed, 2);
     }
@@ -533,14 +539,15 @@ mod tests {
         let allowance = [100];
         // A client with unsent counts...
         assert!(allowed(
-            table
-                .check("ip:kept", &quotas, Some(&allowance), START_US, 1)
-                .0
+            table.check("ip:kept", &quotas, &allowance, START_US, 1).0
         ));
         // ...survives a crowd of settled ones.
         for i in 0..10_000 {
             let client = format!("ip:{i}");
-            assert!(allowed(table.check(&client, &quotas, None, START_US, 1).0));
+            assert!(allowed(
+                table.check(&client, &quotas, &allowance, START_US, 1).0
+            ));
+            flush(&table, &client);
         }
         assert!(table.len() <= SHARDS * 8);
         let mut sent = 0;
