@@ -394,7 +394,7 @@ impl Cache {
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
     /// For this workspace's crates (the rate limiter's in-memory keys and tests);
-    /// not part of the promised API.
+    /// not part of the promised API: [`stored_key`](Self::stored_key) is.
     #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {
