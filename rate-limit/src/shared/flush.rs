@@ -13,9 +13,9 @@
 //! **Stopping.** The task ends when its [`Flusher`] (held by the layer) is
 //! dropped, after one last flush bounded by the store timeout.
 
-use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use cache_core::sync::StateFlag;
@@ -23,7 +23,7 @@ use cache_core::{Cache, Script};
 use futures_util::future::join_all;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::table::Table;
+use super::table::{Shard, Table};
 use super::{BUCKETS, Layout};
 use crate::clock::{Clock, now_micros};
 use crate::quota::Quota;
@@ -95,17 +95,39 @@ pub(crate) struct Task {
 
 /// One count sent in a call.
 struct Item {
+    /// The client's shard in the table: the answer is applied shard by shard.
+    shard: usize,
     client: Arc<str>,
     policy: usize,
     index: u64,
     delta: u64,
+    sent_before: bool,
 }
 
-/// A call: its keys and arguments, kept to be sent again unchanged.
+/// A call: its keys and arguments, kept to be sent again unchanged. The
+/// keys are written one after the other in one string (one allocation per
+/// call, not per count).
 struct Call {
-    keys: Vec<String>,
+    keys: String,
+    /// Where each key ends in `keys`.
+    ends: Vec<usize>,
     args: Vec<i64>,
     items: Vec<Item>,
+}
+
+impl Call {
+    /// The keys, as the script gets them.
+    fn keys(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let key = self.keys.get(start..end).unwrap_or_default();
+                start = end;
+                key
+            })
+            .collect()
+    }
 }
 
 /// The best estimate of Redis' clock so far: the offset measured over the
@@ -174,7 +196,6 @@ impl Task {
         let busy: Vec<bool> = lanes.iter().map(Option::is_some).collect();
         let mut fresh: Vec<Vec<Item>> = (0..lanes.len()).map(|_| Vec::new()).collect();
         let room = std::cell::Cell::new(busy.iter().filter(|b| !**b).count() * MAX_ITEMS);
-        let mut sent_before = Vec::new();
         self.table.drain(
             |client| {
                 if cluster {
@@ -183,10 +204,10 @@ impl Task {
                     room.get() > 0
                 }
             },
-            |client, policy, index, delta, before| {
+            |count| {
                 room.set(room.get().saturating_sub(1));
                 let lane = if cluster {
-                    self.layout.bucket(client)
+                    self.layout.bucket(count.client)
                 } else {
                     // The first free lane with room (one was free: `room`).
                     (0..busy.len())
@@ -195,42 +216,51 @@ impl Task {
                         .unwrap_or(0)
                 };
                 fresh[lane].push(Item {
-                    client: client.clone(),
-                    policy,
-                    index,
-                    delta,
+                    shard: count.shard,
+                    client: count.client.clone(),
+                    policy: count.policy,
+                    index: count.index,
+                    delta: count.delta,
+                    sent_before: count.sent_before,
                 });
-                sent_before.push(before);
             },
         );
-        let mut before = sent_before.into_iter();
         for (lane, items) in fresh.into_iter().enumerate() {
             if items.is_empty() {
                 continue;
             }
             *next_flush += 1;
             let flush_id = i64::try_from(*next_flush).unwrap_or(i64::MAX);
-            let mut keys = Vec::with_capacity(items.len() + 1);
-            keys.push(self.layout.marker(lane, id));
+            let mut keys = self.layout.marker(lane, id);
+            keys.reserve(items.len() * (keys.len() + 24));
+            let mut ends = Vec::with_capacity(items.len() + 1);
+            ends.push(keys.len());
             let mut args = Vec::with_capacity(2 + 3 * items.len());
             args.extend([flush_id, MARKER_MS]);
             for item in &items {
                 let quota = &self.quotas[item.policy];
-                keys.push(self.layout.count_key(&item.client, item.policy, item.index));
+                self.layout
+                    .write_count_key(&mut keys, &item.client, item.policy, item.index);
+                ends.push(keys.len());
                 args.extend([
                     i64::try_from(item.delta).unwrap_or(i64::MAX),
                     i64::try_from(super::expiry_ms(quota, item.index)).unwrap_or(i64::MAX),
-                    i64::from(!before.next().unwrap_or(true)),
+                    i64::from(!item.sent_before),
                 ]);
             }
-            lanes[lane] = Some(Call { keys, args, items });
+            lanes[lane] = Some(Call {
+                keys,
+                ends,
+                args,
+                items,
+            });
         }
         let calls = lanes
             .iter()
             .enumerate()
             .filter_map(|(lane, call)| Some((lane, call.as_ref()?)))
             .map(|(lane, call)| async move {
-                let keys: Vec<&str> = call.keys.iter().map(String::as_str).collect();
+                let keys = call.keys();
                 let started = now_micros(self.clock.as_ref());
                 let store_call = telemetry::StoreCall::start();
                 let reply = self
@@ -298,16 +328,28 @@ impl Task {
     }
 
     /// Hands Redis' totals back to the table (no totals: only takes the
-    /// counts out of flight).
+    /// counts out of flight). The items come shard by shard (as drained):
+    /// each shard is locked once.
     fn apply(&self, call: &Call, totals: &[i64]) {
+        let mut locked: Option<(usize, MutexGuard<'_, Shard>)> = None;
         for (i, item) in call.items.iter().enumerate() {
             let total = totals
                 .get(i)
                 .and_then(|&total| u64::try_from(total).ok())
                 .unwrap_or(0);
-            let mut shard = self.table.shard(&item.client);
+            if locked
+                .as_ref()
+                .is_none_or(|(index, _)| *index != item.shard)
+            {
+                // One shard lock held at a time.
+                drop(locked.take());
+                locked = Some((item.shard, self.table.shard_at(item.shard)));
+            }
+            let Some((_, shard)) = locked.as_mut() else {
+                continue;
+            };
             self.table.acknowledge(
-                &mut shard,
+                shard,
                 &item.client,
                 item.policy,
                 item.index,

@@ -231,8 +231,22 @@ impl Layout {
     }
 
     /// The key of `client`'s count under `policy` in window `index`.
+    #[cfg(test)]
     pub(crate) fn count_key(&self, client: &str, policy: usize, index: u64) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + client.len() + 32);
+        let mut key = String::new();
+        self.write_count_key(&mut key, client, policy, index);
+        key
+    }
+
+    /// Writes the key of `client`'s count under `policy` in window `index`
+    /// at the end of `key` (a flush writes its keys into one string).
+    pub(crate) fn write_count_key(
+        &self,
+        key: &mut String,
+        client: &str,
+        policy: usize,
+        index: u64,
+    ) {
         let mut digits = itoa::Buffer::new();
         key.push_str(&self.prefix);
         key.push_str(":{s");
@@ -245,7 +259,6 @@ impl Layout {
         }
         key.push(':');
         key.push_str(digits.format(index));
-        key
     }
 
     /// The key of this instance's marker on `lane` (one slot with the

@@ -130,6 +130,9 @@ impl Tally {
 /// One client under every policy of the layer.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// The client's key, shared with the map: listed as dirty without a
+    /// second lookup.
+    key: Arc<str>,
     pub(crate) tallies: Box<[Tally]>,
     /// Listed in its shard's dirty list, to be drained.
     dirty: bool,
@@ -152,6 +155,19 @@ pub(crate) enum Checked {
     /// instance's unflushed count of the client past its allowance under
     /// some policy: it needs a flush first.
     OverAllowance,
+}
+
+/// One count [`Table::drain`] took into flight.
+pub(crate) struct Drained<'a> {
+    /// The client's shard ([`Table::shard_at`]).
+    pub(crate) shard: usize,
+    pub(crate) client: &'a Arc<str>,
+    pub(crate) policy: usize,
+    /// The window's number.
+    pub(crate) index: u64,
+    pub(crate) delta: u64,
+    /// This instance sent this window's count before.
+    pub(crate) sent_before: bool,
 }
 
 /// The counts of one layer (on Redis: of one instance), by client.
@@ -177,9 +193,13 @@ impl Table {
     }
 
     pub(crate) fn shard(&self, client: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(client) as usize) % SHARDS;
+        self.shard_at((self.hasher.hash_one(client) as usize) % SHARDS)
+    }
+
+    /// The shard numbered `index` (as [`Table::drain`] names them).
+    pub(crate) fn shard_at(&self, index: usize) -> MutexGuard<'_, Shard> {
         // Every critical section leaves the shard whole: a poisoned one is usable.
-        cache_core::sync::lock(&self.shards[index])
+        cache_core::sync::lock(&self.shards[index % SHARDS])
     }
 
     /// Decides a request of `client` costing `cost` at `now_us` (the
@@ -210,7 +230,9 @@ impl Table {
                         ..Tally::default()
                     })
                     .collect();
-                shard.clients.entry(Arc::from(client)).or_insert(Entry {
+                let key: Arc<str> = Arc::from(client);
+                shard.clients.entry(key.clone()).or_insert(Entry {
+                    key,
                     tallies,
                     dirty: false,
                 })
@@ -251,13 +273,8 @@ impl Table {
         let became_dirty = !entry.dirty;
         if became_dirty {
             entry.dirty = true;
-            let key = shard
-                .clients
-                .get_key_value(client)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = key {
-                shard.dirty.push(key);
-            }
+            let key = entry.key.clone();
+            shard.dirty.push(key);
         }
         (Checked::Decided(outcome), became_dirty)
     }
@@ -278,13 +295,8 @@ impl Table {
         let became_dirty = !entry.dirty;
         if became_dirty {
             entry.dirty = true;
-            let key = shard
-                .clients
-                .get_key_value(client)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = key {
-                shard.dirty.push(key);
-            }
+            let key = entry.key.clone();
+            shard.dirty.push(key);
         }
         became_dirty
     }
@@ -298,14 +310,14 @@ impl Table {
 
     /// Takes the pending counts of dirty clients into flight, for those
     /// `accept` takes (by client; one it refuses stays dirty), handing each
-    /// non-zero count to `sink` as (client, policy, window index, delta,
-    /// sent before).
+    /// non-zero count to `sink`, shard by shard. A client whose counts did
+    /// not change since the last drain is not handed.
     pub(crate) fn drain(
         &self,
         mut accept: impl FnMut(&str) -> bool,
-        mut sink: impl FnMut(&Arc<str>, usize, u64, u64, bool),
+        mut sink: impl FnMut(Drained<'_>),
     ) {
-        for shard in &self.shards {
+        for (number, shard) in self.shards.iter().enumerate() {
             let mut shard = cache_core::sync::lock(shard);
             let listed = std::mem::take(&mut shard.dirty);
             let mut kept = Vec::new();
@@ -330,7 +342,14 @@ impl Table {
                         let (Some(window), delta @ 1..) = (window, count.pending) else {
                             continue;
                         };
-                        sink(&key, policy, window, delta, count.sent_before);
+                        sink(Drained {
+                            shard: number,
+                            client: &key,
+                            policy,
+                            index: window,
+                            delta,
+                            sent_before: count.sent_before,
+                        });
                         count.in_flight = count.in_flight.saturating_add(delta);
                         count.pending = 0;
                         count.sent_before = true;
@@ -439,7 +458,7 @@ mod tests {
         let mut sent = Vec::new();
         table.drain(
             |c| c == client,
-            |_, policy, index, delta, _| sent.push((policy, index, delta)),
+            |count| sent.push((count.policy, count.index, count.delta)),
         );
         let mut shard = table.shard(client);
         for (policy, index, delta) in sent {
@@ -485,8 +504,14 @@ mod tests {
         let mut sent = Vec::new();
         table.drain(
             |_| true,
-            |client, policy, index, delta, before| {
-                sent.push((client.to_string(), policy, index, delta, before))
+            |count| {
+                sent.push((
+                    count.client.to_string(),
+                    count.policy,
+                    count.index,
+                    count.delta,
+                    count.sent_before,
+                ))
             },
         );
         let index = START_US / 1000 / 1000;
@@ -551,7 +576,7 @@ mod tests {
         }
         assert!(table.len() <= SHARDS * 8);
         let mut sent = 0;
-        table.drain(|_| true, |_, _, _, delta, _| sent += delta);
+        table.drain(|_| true, |count| sent += count.delta);
         assert_eq!(sent, 1, "the unsent count is still there to send");
         assert_eq!(table.lost.load(Ordering::Relaxed), 0);
     }
