@@ -292,6 +292,21 @@ pub(crate) fn expiry_ms(quota: &Quota, index: u64) -> u64 {
         .saturating_add(GRACE_MS)
 }
 
+/// For tests: one flush call with `keys` and `args` as the flusher sends
+/// them ([`flush.lua`](flush::FLUSH_LUA) on Redis, its twin on the
+/// in-memory store): what the twin-and-script agreement test runs. Not a
+/// stable API.
+#[doc(hidden)]
+pub async fn flush_raw(
+    cache: &cache_core::Cache,
+    keys: &[&str],
+    args: &[i64],
+) -> cache_core::Result<Vec<i64>> {
+    cache
+        .run_atomic(&flush::Flush, keys, args, Duration::from_secs(5))
+        .await
+}
+
 /// A request's answer in the shared mode.
 pub(crate) enum Answer {
     /// Decided on the instance's counts, at `now_us` of the windows' clock.

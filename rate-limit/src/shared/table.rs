@@ -168,6 +168,8 @@ pub(crate) struct Drained<'a> {
     pub(crate) delta: u64,
     /// This instance sent this window's count before.
     pub(crate) sent_before: bool,
+    /// The window's total at Redis, as last read.
+    pub(crate) seen: u64,
 }
 
 /// The counts of one layer (on Redis: of one instance), by client.
@@ -349,6 +351,7 @@ impl Table {
                             index: window,
                             delta,
                             sent_before: count.sent_before,
+                            seen: count.seen,
                         });
                         count.in_flight = count.in_flight.saturating_add(delta);
                         count.pending = 0;
