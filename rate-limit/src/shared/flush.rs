@@ -105,6 +105,8 @@ pub(crate) struct Task {
 struct Item {
     /// The client's shard in the table: the answer is applied shard by shard.
     shard: usize,
+    /// The client's hash in the table.
+    hash: u64,
     client: Arc<str>,
     policy: usize,
     index: u64,
@@ -227,6 +229,7 @@ impl Task {
                 };
                 fresh[lane].push(Item {
                     shard: count.shard,
+                    hash: count.hash,
                     client: count.client.clone(),
                     policy: count.policy,
                     index: count.index,
@@ -369,7 +372,7 @@ impl Task {
             };
             self.table.acknowledge(
                 shard,
-                &item.client,
+                (item.hash, &item.client),
                 item.policy,
                 item.index,
                 item.delta,

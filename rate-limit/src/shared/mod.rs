@@ -548,10 +548,13 @@ mod tests {
                 Answer::Unknown
             ));
             // Let through and counted (sent when Redis is back), or not.
-            let pending = shared.table.shard("ip:1").clients["ip:1"].tallies[0]
-                .current
-                .unflushed();
-            assert_eq!(pending, if fail_open { 6 } else { 5 });
+            let hash = shared.table.hash("ip:1");
+            let pending = shared
+                .table
+                .shard("ip:1")
+                .get_mut(hash, "ip:1")
+                .map(|entry| entry.tallies[0].current.unflushed());
+            assert_eq!(pending, Some(if fail_open { 6 } else { 5 }));
         }
     }
 
