@@ -465,8 +465,9 @@ async fn the_flush_script_and_its_twin_agree() {
         cache.set(&c, "abc", None).await.unwrap();
         cache.set(&d, &-5, None).await.unwrap();
     }
-    // (flush id, per key: key, delta (negative: first send), expiry, expected total).
-    let calls: Vec<(i64, Vec<(&str, i64, i64, i64)>)> = vec![
+    // Per count: key, delta (negative: first send), expiry, expected total.
+    type Count<'a> = (&'a str, i64, i64, i64);
+    let calls: Vec<(i64, Vec<Count>)> = vec![
         (
             1,
             vec![

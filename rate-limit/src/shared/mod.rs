@@ -13,8 +13,11 @@
 //! instance's background task sends what it admitted since its last flush
 //! in one script call (`INCRBY` per count, one call per Redis server, or per
 //! bucket on a cluster) and reads back the totals, which include every
-//! other instance's flushed counts; a rejected request never leaves the
-//! process, and clients over their limit are answered by the deny cache.
+//! other instance's flushed counts (only those that differ from the total
+//! the instance expects, its last read plus its delta: a total left out is
+//! the expected one, so the table learns the same as from every total); a
+//! rejected request never leaves the process, and clients over their limit
+//! are answered by the deny cache.
 //!
 //! **The bound.** Between two of its flushes, an instance admits at most
 //! its *allowance* of one client under one policy:
@@ -30,7 +33,13 @@
 //! whatever the rate, the flush interval or the network: the instance
 //! whose last admission came last checked it against a total that held
 //! everything but the other instances' unflushed counts, at most `a` each.
-//! (For the sliding window the same holds for its weighted estimate.) It
+//! (For the sliding window the same holds for its weighted estimate.) The
+//! flush's answer leaving out the totals equal to the expected ones does
+//! not weaken this: a count left out had exactly the total the instance
+//! expected, which it takes as Redis' answer, so every total the instance
+//! holds is one Redis returned, as before; only a well-formed answer
+//! (positions rising within the call) is read, any other takes the counts
+//! out of flight without raising a total. It
 //! never rejects a request the limit would admit: totals only grow, so a
 //! count that says "over" is right. Instances are every process that
 //! counted in the window: one killed loses its unflushed counts (at most
