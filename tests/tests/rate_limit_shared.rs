@@ -438,3 +438,103 @@ fn shared_counting_refuses_gcra_and_settings_out_of_range() {
         rate_limit::ErrorKind::Config
     );
 }
+
+/// The flush (`flush.lua` on Redis, its twin in memory) on the same calls:
+/// new keys, a foreign text and a negative number (replaced), a first and
+/// a later send, totals as expected or not (only the others answered), a
+/// call sent again with its flush id (only reads), an expiry already past
+/// (the key gone); every answer, value and expiry agrees.
+#[tokio::test]
+async fn the_flush_script_and_its_twin_agree() {
+    let server = RedisServer::start();
+    let redis = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let memory = Cache::in_memory();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (soon, past) = (now_ms + 60_000, now_ms - 1_000);
+    let marker = "agree:{s3}:flush:7";
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|name| format!("agree:{{s3}}:{name}:1"));
+    for cache in [&redis, &memory] {
+        cache.set(&c, "abc", None).await.unwrap();
+        cache.set(&d, &-5, None).await.unwrap();
+    }
+    // Per count: key, delta (negative: first send), expiry, expected total.
+    type Count<'a> = (&'a str, i64, i64, i64);
+    let calls: Vec<(i64, Vec<Count>)> = vec![
+        (
+            1,
+            vec![
+                (&a, -3, soon, 3),
+                (&b, -1, soon, 5),
+                (&c, 2, soon, 2),
+                (&d, -4, soon, 9),
+            ],
+        ),
+        // The same call again (its answer lost): read, not counted twice.
+        (
+            1,
+            vec![
+                (&a, -3, soon, 3),
+                (&b, -1, soon, 5),
+                (&c, 2, soon, 2),
+                (&d, -4, soon, 9),
+            ],
+        ),
+        (
+            2,
+            vec![(&a, 2, soon, 5), (&b, 1, soon, 1), (&e, -6, past, 6)],
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (id, counts) in &calls {
+        let mut keys = vec![marker];
+        let mut args = vec![*id, 600_000];
+        for (key, delta, expiry, expected) in counts {
+            keys.push(key);
+            args.extend([*delta, *expiry, *expected]);
+        }
+        let on_redis = rate_limit::flush_raw(&redis, &keys, &args).await.unwrap();
+        let in_memory = rate_limit::flush_raw(&memory, &keys, &args).await.unwrap();
+        // Past the time: only the counts whose totals differ, by position.
+        assert_eq!(on_redis[2..], in_memory[2..], "call {id}: {counts:?}");
+        answered.push(on_redis[2..].to_vec());
+        for key in [&a, &b, &c, &d, &e] {
+            let (x, y) = (
+                redis.get::<i64>(key).await.unwrap(),
+                memory.get::<i64>(key).await.unwrap(),
+            );
+            assert_eq!(x, y, "{key} after call {id}");
+            let ttl = |ttl| match ttl {
+                cache_core::KeyTtl::Expires(left) => Some(left.as_millis() as i64),
+                _ => None,
+            };
+            let (x, y) = (
+                ttl(redis.ttl(key).await.unwrap()),
+                ttl(memory.ttl(key).await.unwrap()),
+            );
+            // The same expiry, read a moment apart.
+            let agree = match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() < 2_000,
+                (x, y) => x == y,
+            };
+            assert!(agree, "{key}'s expiry after call {id}: {x:?} and {y:?}");
+        }
+    }
+    assert_eq!(
+        answered,
+        [vec![2, 1, 4, 4], vec![2, 1, 4, 4], vec![2, 2]],
+        "only the totals other than expected are answered"
+    );
+    assert_eq!(
+        memory.get::<i64>(&e).await.unwrap(),
+        None,
+        "expired at once"
+    );
+}
