@@ -1,8 +1,10 @@
-//! The Redis side: one script call for one request or for a group of them
-//! (see [`crate::exact`]), sent at once on the limiter's multiplexed
-//! connection (which pipelines concurrent calls):
-//! [`counter.lua`](COUNTER_LUA) for a layer of one fixed-window policy on
-//! Redis' clock, the common case (`INCRBY` and `PTTL`);
+//! The Redis side: one call for one request or for a group of them (see
+//! [`crate::exact`]), sent at once on the limiter's multiplexed connection
+//! (which pipelines concurrent calls). A layer of one fixed-window policy
+//! on Redis' clock, the common case, counts requests of cost 1 without a
+//! script ([`count_pipelined`]: `INCRBY`, `PEXPIRE ... LT`, `PTTL` per key,
+//! pipelined), and others with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
+//! `PTTL`, taking rejected requests back);
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
 //! "now", or a key `counter.lua` finds holding no count of its own);
 //! [`limits.lua`](LIMITS_LUA) for several policies, evaluated all-or-nothing.
