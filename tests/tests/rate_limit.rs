@@ -2834,31 +2834,40 @@ async fn before_redis_7_the_fixed_window_falls_back_to_its_script_once() {
     let port = tests::free_port();
     let dir = std::env::temp_dir().join(format!("redis6-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = std::process::Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("REDIS6_SERVER runs");
-    struct Kill(std::process::Child);
+    /// The server, stopped and its directory removed when the test ends.
+    struct Kill(std::process::Child, std::path::PathBuf);
     impl Drop for Kill {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    let started = Instant::now();
-    while RedisServer::cli_on(port, &["PING"]).trim() != "PONG" {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "REDIS6_SERVER exited at start"
-        );
-        assert!(started.elapsed() < Duration::from_secs(10), "not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _server = Kill(child);
+    let mut server = Kill(
+        std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("REDIS6_SERVER runs"),
+        dir,
+    );
+    // Ready when its log says so (as the harness waits for its servers).
+    let log = server.0.stdout.take().unwrap();
+    let (ready, is_ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            if line.contains("Ready to accept connections") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    is_ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("REDIS6_SERVER ready within 10 s");
     let info = RedisServer::cli_on(port, &["INFO", "server"]);
     assert!(info.contains("redis_version:6."), "not Redis 6: {info}");
 
