@@ -369,7 +369,7 @@ pub use key::{key_for, sha256_hex};
 pub use stats::{BreakerState, Stats};
 pub use store::atomic::{AtomicOp, Entries};
 pub use store::identity::{StoreId, StoredKey};
-pub use store::{KeyTtl, MAX_WINDOW, Reach, Script, WindowCount};
+pub use store::{KeyTtl, MAX_WINDOW, Reach, Script, WindowCount, WindowIncr};
 
 pub use cache_macros::cached;
 pub use memoize::{

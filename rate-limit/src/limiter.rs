@@ -9,10 +9,13 @@
 //!   pipelines concurrent calls); requests that find the connection busy
 //!   are gathered during one yield of the task that found it so and go as
 //!   one call (flat combining). One policy takes `single.lua`, the fewest
-//!   commands each algorithm allows (the fixed window: `counter.lua`,
-//!   `INCRBY` and `PTTL`); several take `limits.lua`, all-or-nothing.
-//!   Admission is exact across instances, for every algorithm: each call is
-//!   one atomic step on its clients' keys.
+//!   commands each algorithm allows (the fixed window on Redis' clock: no
+//!   script for requests of cost 1, `INCRBY` + `PEXPIRE ... LT` + `PTTL`
+//!   pipelined; `counter.lua` for other costs); several take `limits.lua`,
+//!   all-or-nothing. Admission is exact across instances, for every
+//!   algorithm: each call is one atomic step on its clients' keys (the
+//!   pipelined fixed window: one atomic `INCRBY` per key, see
+//!   `store::redis`).
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
 //!   states, the same arithmetic ([`window`]); chosen whenever the store is
 //!   in the process ([`Reach::InProcess`]), shared counting or not.

@@ -47,6 +47,27 @@ pub struct WindowCount {
     pub reset_after: Duration,
 }
 
+/// What [`Cache::incr_windows_within`](crate::Cache::incr_windows_within)
+/// found at one key.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowIncr {
+    /// A counter: its count after the increment (at least the increment,
+    /// at most 2^53), and the time until its window ends (zero: it ended
+    /// meanwhile).
+    Counted {
+        /// The count, this increment included.
+        count: u64,
+        /// Milliseconds until the window ends.
+        left_ms: u64,
+    },
+    /// No counter: a value of another type or not an integer (left as it
+    /// was), or an integer that was below zero or ends above 2^53 (the
+    /// increment was added to it). The caller replaces it, with a script
+    /// that reads it.
+    NotACounter,
+}
+
 /// The longest window [`Cache::incr_window`](crate::Cache::incr_window)
 /// accepts: 366 days, a yearly quota in a leap year. Far below what any
 /// backend can represent (Redis' `PEXPIRE` takes up to about 2^63 ms,
@@ -236,6 +257,35 @@ pub(crate) trait Store: Send + Sync + 'static {
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         self.eval(op.script(), keys, args)
+    }
+    /// Fixed-window counters without a script: per key, `INCRBY key by`,
+    /// `PEXPIRE key window_ms LT` and `PTTL key`, every key's commands in
+    /// one pipelined write (one slot on a cluster). `None` when the server
+    /// takes no `PEXPIRE` options (Redis before 7.0): then nothing was sent,
+    /// and the caller counts with a script. The in-memory store runs
+    /// [`IncrWindow`](atomic::IncrWindow)'s twin per key, which replaces a
+    /// foreign value itself.
+    fn incr_windows<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        by: &'a [i64],
+        window_ms: i64,
+    ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
+        Box::pin(async move {
+            let mut counted = Vec::with_capacity(keys.len());
+            for (&key, &by) in keys.iter().zip(by) {
+                let args = [by, window_ms, MAX_COUNT as i64];
+                let reply = self.run_atomic(&atomic::IncrWindow, &[key], &args).await?;
+                counted.push(match reply[..] {
+                    [count, left_ms] => WindowIncr::Counted {
+                        count: u64::try_from(count).unwrap_or(0),
+                        left_ms: u64::try_from(left_ms).unwrap_or(0),
+                    },
+                    _ => WindowIncr::NotACounter,
+                });
+            }
+            Ok(Some(counted))
+        })
     }
     /// Publishes `payload` on `channel`; the number of receivers. The
     /// in-memory backend publishes in process, through the event bus.
