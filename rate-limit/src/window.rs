@@ -392,6 +392,18 @@ pub(crate) fn evaluate(
     costs: &[u64],
 ) -> Vec<i64> {
     let mut out = Vec::with_capacity(costs.len() * row_len(quotas.len()));
+    evaluate_into(quotas, states, now_us, costs, &mut out);
+    out
+}
+
+/// [`evaluate`], its rows appended to `out`.
+pub(crate) fn evaluate_into(
+    quotas: &[Quota],
+    states: &mut [State],
+    now_us: u64,
+    costs: &[u64],
+    out: &mut Vec<i64>,
+) {
     for &cost in costs {
         // Each check twice (its arithmetic costs less than a list of them).
         let admitted = quotas
@@ -429,7 +441,6 @@ pub(crate) fn evaluate(
             ]);
         }
     }
-    out
 }
 
 /// What one request's row means for the layer.

@@ -99,21 +99,28 @@ fn quota(code: i64, limit: i64, window_ms: i64) -> Result<Quota> {
 
 /// Digits only (Lua's `%d+`), below [`MAX`].
 fn digits(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 16 || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    (n < MAX).then_some(n)
+    parts::<1>(text).map(|[n]| n)
 }
 
-/// `a:b` and `a:b:c` of digits.
+/// `a:b` and `a:b:c` of digits (each below [`MAX`]), read in one pass.
 fn parts<const N: usize>(value: &[u8]) -> Option<[u64; N]> {
     let mut out = [0; N];
-    let mut fields = value.split(|&b| b == b':');
-    for slot in &mut out {
-        *slot = digits(fields.next()?)?;
+    let (mut field, mut len) = (0, 0);
+    for &byte in value {
+        if byte == b':' {
+            if len == 0 || field + 1 == N {
+                return None;
+            }
+            field += 1;
+            len = 0;
+        } else if byte.is_ascii_digit() && len < 16 {
+            out[field] = out[field] * 10 + u64::from(byte - b'0');
+            len += 1;
+        } else {
+            return None;
+        }
     }
-    fields.next().is_none().then_some(out)
+    (len > 0 && field + 1 == N && out.iter().all(|&n| n < MAX)).then_some(out)
 }
 
 /// What a read leaves to write back (the scripts' `act`).
@@ -131,20 +138,28 @@ enum Act {
 /// `read` finds it, brought in range ([`window::repaired`]), and what to
 /// write back.
 fn read_rate(entries: &mut Entries<'_>, key: &str, quota: &Quota, now_us: u64) -> (State, Act) {
+    match entries.get_mut(key) {
+        Some(entry) => decode_rate(entry.value(), || entry.ttl(), quota, now_us),
+        None => (State::Empty, Act::Keep),
+    }
+}
+
+/// [`read_rate`] of `value`, whose key expires after `ttl()`.
+fn decode_rate(
+    value: &[u8],
+    ttl: impl FnOnce() -> Option<Duration>,
+    quota: &Quota,
+    now_us: u64,
+) -> (State, Act) {
     let now = now_us / 1000;
     let (limit, window) = (quota.limit(), quota.window_ms());
-    let Some(value) = entries.get(key) else {
-        return (State::Empty, Act::Keep);
-    };
     let (state, act) = match quota.enforced_by() {
         Algorithm::FixedWindow => match parts::<2>(value) {
             Some([count, expires_ms]) => (State::Fixed { count, expires_ms }, Act::Keep),
             None => match digits(value) {
                 // A bare count: the window's end in the key's expiry.
                 Some(count) if count <= limit => {
-                    let expires_ms = entries
-                        .ttl(key)
-                        .map_or(now + window, |left| now + millis(left));
+                    let expires_ms = ttl().map_or(now + window, |left| now + millis(left));
                     (State::Fixed { count, expires_ms }, Act::Set)
                 }
                 _ => (State::Empty, Act::Delete),
@@ -184,34 +199,55 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The value of a rate policy's state.
-fn encode(state: State) -> Option<String> {
+/// Writes the value of a rate policy's state to `value` (replacing what
+/// it held); `false` for a state that has none.
+fn encode(state: State, value: &mut Vec<u8>) -> bool {
+    value.clear();
+    let mut digits = itoa::Buffer::new();
+    let mut parts = |numbers: &[u64]| {
+        for (i, &n) in numbers.iter().enumerate() {
+            if i > 0 {
+                value.push(b':');
+            }
+            value.extend_from_slice(digits.format(n).as_bytes());
+        }
+    };
     match state {
-        State::Fixed { count, expires_ms } => Some(format!("{count}:{expires_ms}")),
+        State::Fixed { count, expires_ms } => parts(&[count, expires_ms]),
         State::Sliding {
             index,
             current,
             previous,
-        } => Some(format!("{index}:{current}:{previous}")),
-        State::Gcra { tat_us } => Some(tat_us.to_string()),
-        State::Empty | State::Leases { .. } => None,
+        } => parts(&[index, current, previous]),
+        State::Gcra { tat_us } => parts(&[tat_us]),
+        State::Empty | State::Leases { .. } => return false,
     }
+    true
 }
 
-/// Sets `key` to `value` until `end_ms`; a state already over is deleted
-/// (as Redis deletes a key set to expire in the past). The store keeps it
-/// until `end_ms` on the operation's clock or on the system clock,
-/// whichever comes later: a clock ahead of the system's (a test's) keeps
-/// keys as Redis would, at their `PXAT` on its own clock, and one behind
-/// it keeps them their whole life.
-fn set_until(entries: &mut Entries<'_>, key: &str, value: &[u8], end_ms: u64, now_ms: u64) {
+/// How long the store keeps a state that stops counting at `end_ms`;
+/// `None` when it is over (deleted, as Redis deletes a key set to expire
+/// in the past). Until `end_ms` on the operation's clock or on the system
+/// clock, whichever comes later: a clock ahead of the system's (a test's)
+/// keeps keys as Redis would, at their `PXAT` on its own clock, and one
+/// behind it keeps them their whole life.
+fn ttl_until(end_ms: u64, now_ms: u64) -> Option<Duration> {
     if end_ms <= now_ms {
-        entries.delete(key);
-        return;
+        return None;
     }
     let system_ms = now_micros(&SystemClock) / 1000;
     let left = (end_ms - now_ms).max(end_ms.saturating_sub(system_ms));
-    entries.set(key, value, Some(Duration::from_millis(left)));
+    Some(Duration::from_millis(left))
+}
+
+/// Sets `key` to `value` until `end_ms` ([`ttl_until`]).
+fn set_until(entries: &mut Entries<'_>, key: &str, value: &[u8], end_ms: u64, now_ms: u64) {
+    match ttl_until(end_ms, now_ms) {
+        Some(ttl) => entries.set(key, value, Some(ttl)),
+        None => {
+            entries.delete(key);
+        }
+    }
 }
 
 /// Writes a rate policy's state back as `act` says (`limits.lua`'s
@@ -229,9 +265,10 @@ fn write_rate(
             entries.delete(key);
         }
         (_, Act::Set) => {
-            if let Some(value) = encode(state) {
+            let mut value = Vec::new();
+            if encode(state, &mut value) {
                 let end = window::expires_ms(quota, state).max(1);
-                set_until(entries, key, value.as_bytes(), end, now_ms);
+                set_until(entries, key, &value, end, now_ms);
             }
         }
         _ => {}
@@ -395,8 +432,9 @@ fn client(
     let mut granted = vec![false; quotas.len()];
     for request in requests.chunks(step) {
         let cost = u64::try_from(request[0]).map_err(|_| invalid("a negative cost"))?;
-        let row = window::evaluate(quotas, &mut states, now_us, &[cost]);
-        if row.first() == Some(&1) {
+        let at = out.len();
+        window::evaluate_into(quotas, &mut states, now_us, &[cost], out);
+        if out.get(at) == Some(&1) {
             for (i, quota) in quotas.iter().enumerate() {
                 acts[i] = Act::Set;
                 if let (Some(set), Some(&id), true) = (&mut sets[i], request.get(1), cost > 0) {
@@ -410,7 +448,6 @@ fn client(
                 }
             }
         }
-        out.extend(row);
     }
     for (i, (key, quota)) in keys.iter().zip(quotas).enumerate() {
         match &sets[i] {
@@ -440,16 +477,38 @@ pub(crate) fn single(entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) -> 
     }
     let quotas = [quota];
     let mut out = Vec::with_capacity(window::row_len(1) * keys.len());
+    let now_ms = now_us / 1000;
     for (key, &cost) in keys.iter().zip(costs) {
         let cost = u64::try_from(cost).map_err(|_| invalid("a negative cost"))?;
-        let (state, mut act) = read_rate(entries, key, &quota, now_us);
-        let mut states = [state];
-        let row = window::evaluate(&quotas, &mut states, now_us, &[cost]);
-        if row.first() == Some(&1) {
-            act = Act::Set;
+        let at = out.len();
+        let Some(mut entry) = entries.get_mut(key) else {
+            // A new key: written if the request is admitted.
+            let mut states = [State::Empty];
+            window::evaluate_into(&quotas, &mut states, now_us, &[cost], &mut out);
+            if out[at] == 1 {
+                write_rate(entries, key, &quota, states[0], Act::Set, now_ms);
+            }
+            continue;
+        };
+        // A key found: read and rewritten in place, one lookup.
+        let (read, act) = decode_rate(entry.value(), || entry.ttl(), &quota, now_us);
+        let mut states = [read];
+        window::evaluate_into(&quotas, &mut states, now_us, &[cost], &mut out);
+        let act = if out[at] == 1 { Act::Set } else { act };
+        let (state, end) = (states[0], window::expires_ms(&quota, states[0]).max(1));
+        match act {
+            Act::Keep => {}
+            Act::Set if end > now_ms && encode(state, entry.value_mut()) => {
+                // A state ending when the one read did (a fixed window's
+                // count) keeps the key's expiry.
+                if end != window::expires_ms(&quota, read) || !entry.expires() {
+                    entry.set_ttl(ttl_until(end, now_ms));
+                }
+            }
+            Act::Set | Act::Delete => {
+                entries.delete(key);
+            }
         }
-        write_rate(entries, key, &quota, states[0], act, now_us / 1000);
-        out.extend(row);
     }
     Ok(out)
 }
@@ -579,9 +638,10 @@ pub(crate) fn refund(entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) -> 
                 );
             }
             Some((state, _)) => {
-                if let Some(value) = encode(state) {
+                let mut value = Vec::new();
+                if encode(state, &mut value) {
                     let end = window::expires_ms(&quota, state).max(1);
-                    set_until(entries, key, value.as_bytes(), end, now_ms);
+                    set_until(entries, key, &value, end, now_ms);
                 }
             }
             None => {
@@ -661,6 +721,29 @@ mod tests {
     use cache_core::Cache;
 
     const START: u64 = 1_800_000_000_000_000;
+
+    #[test]
+    fn values_are_read_as_lua_reads_digits() {
+        assert_eq!(parts::<2>(b"12:34"), Some([12, 34]));
+        assert_eq!(parts::<3>(b"0:1:2"), Some([0, 1, 2]));
+        assert_eq!(digits(b"9007199254740991"), Some(MAX - 1));
+        for bad in [
+            &b""[..],
+            b":",
+            b"1:",
+            b":1",
+            b"1::2",
+            b"+1",
+            b" 1",
+            b"1a",
+            b"9007199254740992",
+        ] {
+            assert_eq!(parts::<2>(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(digits(bad), None);
+        }
+        assert_eq!(parts::<2>(b"1:2:3"), None);
+        assert_eq!(digits(b"12345678901234567"), None, "17 digits");
+    }
 
     /// A count under a longer window, read with a shorter one: kept for one
     /// (shorter) window from the first read, as the script repairs the
