@@ -1,8 +1,9 @@
 //! The arithmetic of every [`Algorithm`]: from a client's stored state, the
 //! time and a request's cost to the verdict of each policy and the next
-//! state. Pure functions, testable without a store; the in-memory backend
-//! runs them as they are and the Redis script (`store/redis.lua`) is their
-//! line-by-line transcription (tested against them on the same sequences).
+//! state. Pure functions, testable without a store; the scripts' in-memory
+//! twins (`store/memory.rs`) run them on the values the scripts write, and
+//! the Lua scripts (`store/*.lua`) are their line-by-line transcription
+//! (tested against the twins on the same sequences).
 //! [`Decision`]s are built here only.
 //!
 //! Times are microseconds since the Unix epoch; the fixed and sliding
