@@ -105,22 +105,27 @@ fn digits(text: &[u8]) -> Option<u64> {
 /// `a:b` and `a:b:c` of digits (each below [`MAX`]), read in one pass.
 fn parts<const N: usize>(value: &[u8]) -> Option<[u64; N]> {
     let mut out = [0; N];
-    let (mut field, mut len) = (0, 0);
-    for &byte in value {
-        if byte == b':' {
-            if len == 0 || field + 1 == N {
+    let mut rest = value;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let mut len = 0;
+        while let [digit @ b'0'..=b'9', tail @ ..] = rest {
+            len += 1;
+            if len > 16 {
                 return None;
             }
-            field += 1;
-            len = 0;
-        } else if byte.is_ascii_digit() && len < 16 {
-            out[field] = out[field] * 10 + u64::from(byte - b'0');
-            len += 1;
-        } else {
+            *slot = *slot * 10 + u64::from(digit - b'0');
+            rest = tail;
+        }
+        if len == 0 || *slot >= MAX {
             return None;
         }
+        rest = match rest {
+            [] if i + 1 == N => rest,
+            [b':', tail @ ..] if i + 1 < N => tail,
+            _ => return None,
+        };
     }
-    (len > 0 && field + 1 == N && out.iter().all(|&n| n < MAX)).then_some(out)
+    Some(out)
 }
 
 /// What a read leaves to write back (the scripts' `act`).
