@@ -316,7 +316,8 @@ impl Cache {
             }
         };
         // In process: at once, no future to allocate, nothing to time out.
-        if let Atomic::Op(op) = atomic
+        if self.inner.reach.in_process()
+            && let Atomic::Op(op) = atomic
             && let Some(result) = self.inner.store.run_atomic_at_once(op, keys, args)
         {
             if result.is_err() {
