@@ -367,7 +367,7 @@ pub use error::{CommandError, DecodeError, EncodeError, Error, ErrorKind, Result
 pub use health::Health;
 pub use key::{key_for, sha256_hex};
 pub use stats::{BreakerState, Stats};
-pub use store::atomic::{AtomicOp, Entries};
+pub use store::atomic::{AtomicOp, Entries, EntryMut};
 pub use store::identity::{StoreId, StoredKey};
 pub use store::{KeyTtl, MAX_WINDOW, Reach, Script, WindowCount, WindowIncr};
 

@@ -321,12 +321,16 @@ impl Observed {
         result: fn(&crate::error::Result<T>) -> &'static str,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
-        if !cfg!(feature = "metrics")
-            && !tracing::enabled!(target: "cache_core::store", tracing::Level::TRACE)
-        {
+        if !self.observes() {
             return future;
         }
         self.observed(operation, result, future)
+    }
+
+    /// Whether calls are measured (metrics) or traced.
+    fn observes(&self) -> bool {
+        cfg!(feature = "metrics")
+            || tracing::enabled!(target: "cache_core::store", tracing::Level::TRACE)
     }
 
     #[cold]
@@ -444,6 +448,18 @@ impl Store for Observed {
             done,
             self.inner.incr_windows(keys, by, window_ms),
         )
+    }
+    fn run_atomic_at_once(
+        &self,
+        op: &dyn crate::store::AtomicOp,
+        keys: &[&str],
+        args: &[i64],
+    ) -> Option<crate::error::Result<Vec<i64>>> {
+        // An observed call is measured around its future.
+        if self.observes() {
+            return None;
+        }
+        self.inner.run_atomic_at_once(op, keys, args)
     }
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
         self.op("publish", done, self.inner.publish(channel, payload))

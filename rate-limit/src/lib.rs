@@ -376,5 +376,7 @@ pub use shared::SharedCounting;
 #[doc(hidden)]
 pub use shared::flush_raw;
 #[doc(hidden)]
-pub use store::{acquire_raw, evaluate_raw, refund_raw, release_raw, stored_in_memory};
+pub use store::{
+    RawOp, acquire_raw, atomic_raw, evaluate_raw, refund_raw, release_raw, stored_in_memory,
+};
 pub use window::Decision;

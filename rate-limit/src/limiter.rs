@@ -16,9 +16,11 @@
 //!   algorithm: each call is one atomic step on its clients' keys (the
 //!   pipelined fixed window: one atomic `INCRBY` per key, see
 //!   `store::redis`).
-//! - **In memory** ([`Counting::Memory`]): a function call on the in-process
-//!   states, the same arithmetic ([`window`]); chosen whenever the store is
-//!   in the process ([`Reach::InProcess`]), shared counting or not.
+//! - **In memory** ([`Counting::Memory`]): the same calls, whose atomic
+//!   steps the in-process store runs as the scripts' Rust twins
+//!   ([`crate::store::memory`], the arithmetic of [`window`]) on its entries,
+//!   "now" taken from the limiter's clock; chosen whenever the store is in
+//!   the process ([`Reach::InProcess`]), shared counting or not.
 //! - **With a concurrency limit** ([`Limiter::acquire_charged`]): each request makes
 //!   its own call of `limits.lua` (it carries the request's lease id), sent
 //!   at once on the multiplexed connection, never grouped; or the in-memory
@@ -67,7 +69,7 @@ use crate::deny::{DEFAULT_CAPACITY, DenyCache};
 use crate::exact::{Call, Exact};
 use crate::quota::Quota;
 use crate::shared::{Answer, RedisSide, SharedCounting, SharedLimits};
-use crate::store::{self, memory::MemoryLimits};
+use crate::store;
 use crate::telemetry;
 use crate::window::{self, Decision, Outcome};
 
@@ -220,8 +222,9 @@ pub(crate) struct LimiterConfig {
 enum Counting {
     /// Exactly, in script calls on the handle's Redis ([`crate::exact`]).
     Exact(Exact),
-    /// In process, on the states shared by every layer of one in-memory handle.
-    Memory(Arc<MemoryLimits>),
+    /// In process: the in-memory store's twins of the scripts, on the
+    /// entries every layer of one in-memory handle shares.
+    Memory,
     /// On this instance's counts, exchanged with the store in the background.
     Shared(Box<SharedLimits>),
 }
@@ -229,9 +232,6 @@ enum Counting {
 pub(crate) struct Limiter {
     pub(crate) cache: Cache,
     pub(crate) prefix: String,
-    /// What the store keys start with: the prefix, on the in-memory store
-    /// behind the handle's namespace (Redis handles add it themselves).
-    key_prefix: String,
     pub(crate) policies: Vec<Policy>,
     quotas: Vec<Quota>,
     pub(crate) store_timeout: Duration,
@@ -317,16 +317,6 @@ impl LeaseIds {
     }
 }
 
-/// Releases `lease` from every key in memory (each, even past one that no
-/// longer holds it): whether each still held it.
-fn memory_release(memory: &MemoryLimits, lease: &Lease) -> bool {
-    let mut held = true;
-    for key in &lease.keys {
-        held &= memory.release(key, lease.id as u64);
-    }
-    held
-}
-
 /// Counts a request as at the store for as long as it lives (a cancelled
 /// request too).
 struct InFlight<'a>(&'a AtomicUsize);
@@ -369,14 +359,6 @@ impl Keys {
         match self {
             Keys::One(key) => key,
             Keys::Several(keys) => keys.first().map_or("", String::as_str),
-        }
-    }
-
-    /// Runs `f` on the keys as one slice.
-    pub(crate) fn with_strs<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
-        match self {
-            Keys::One(key) => f(&[key.as_str()]),
-            Keys::Several(keys) => f(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
         }
     }
 
@@ -434,7 +416,7 @@ impl Limiter {
         let counting = match (config.cache.reach(), config.shared) {
             // The store is in this process: its counts are exact at
             // in-process cost already, so shared counting counts there too.
-            (Reach::InProcess, _) => Counting::Memory(config.cache.shared_state::<MemoryLimits>()),
+            (Reach::InProcess, _) => Counting::Memory,
             (_, Some(settings)) => Counting::Shared(Box::new(SharedLimits::on_redis(
                 settings,
                 RedisSide {
@@ -459,10 +441,6 @@ impl Limiter {
             quotas,
             send_now: config.clock.as_ref().is_some_and(|c| c.is_authoritative()),
             clock,
-            key_prefix: match counting {
-                Counting::Memory(_) => config.cache.full_key(&config.prefix).into_owned(),
-                Counting::Exact(_) | Counting::Shared(_) => config.prefix.clone(),
-            },
             counting,
             cache: config.cache,
             prefix: config.prefix,
@@ -549,15 +527,21 @@ impl Limiter {
         let call = telemetry::StoreCall::start();
         self.counters.add(Count::StoreCalls);
         let row = match &self.counting {
-            Counting::Memory(memory) => Ok(keys.with_strs(|keys| {
-                memory.evaluate_leased(
-                    keys,
+            Counting::Memory => {
+                let mut strs = Vec::with_capacity(self.quotas.len());
+                keys.push_into(&mut strs);
+                store::redis::acquire(
+                    &self.cache,
+                    &strs,
                     &self.quotas,
-                    sent.wall.unwrap_or_default(),
+                    sent.wall,
                     cost,
-                    id as u64,
+                    id,
+                    self.store_timeout,
                 )
-            })),
+                .await
+                .map_err(|err| err.to_string())
+            }
             // Refused by the builder.
             Counting::Shared(_) => return ((Verdict::StoreFailed, None, None), Refusal::None),
             Counting::Exact(_) => {
@@ -652,27 +636,24 @@ impl Limiter {
         self
     }
 
-    /// Gives `lease` back: at once in memory; on Redis, one call per
-    /// concurrency limit (see [`Lease`]). A lease found gone had expired.
+    /// Gives `lease` back: one store call per concurrency limit (see
+    /// [`Lease`]). A lease found gone had expired.
     pub(crate) async fn release(&self, lease: Lease) {
-        let held = match &self.counting {
-            Counting::Memory(memory) => memory_release(memory, &lease),
-            Counting::Exact(_) | Counting::Shared(_) => {
-                match store::redis::release(&self.cache, &lease.keys, lease.id, self.store_timeout)
-                    .await
-                {
-                    Ok(held) => held,
-                    Err(err) => {
-                        // It expires with its TTL.
-                        self.note_store(Some(&err.to_string()));
-                        return;
-                    }
-                }
+        let released =
+            store::redis::release(&self.cache, &lease.keys, lease.id, self.store_timeout).await;
+        self.released(released);
+    }
+
+    /// Counts what a release found: a lease gone had expired; a store
+    /// failure leaves it to expire with its TTL.
+    fn released(&self, released: Result<bool, store::redis::CallError>) {
+        match released {
+            Ok(true) => {}
+            Ok(false) => {
+                self.counters.add(Count::LeasesExpired);
+                telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Expired);
             }
-        };
-        if !held {
-            self.counters.add(Count::LeasesExpired);
-            telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Expired);
+            Err(err) => self.note_store(Some(&err.to_string())),
         }
     }
 
@@ -695,43 +676,43 @@ impl Limiter {
     /// Renews a lease (see [`Lease::renewal`]) a lease TTL from now, if it
     /// is still held; at once in memory, else a store call.
     pub(crate) async fn renew(&self, keys: &[(String, u64)], id: i64) {
-        let renewed = match &self.counting {
-            Counting::Memory(memory) => {
-                let now_ms = now_micros(self.clock.as_ref()) / 1000;
-                // Every key renewed, even past one that no longer holds it.
-                let mut renewed = true;
-                for (key, ttl) in keys {
-                    renewed &= memory.renew(key, id as u64, now_ms, *ttl);
+        let now = self.clocked().then(|| now_micros(self.clock.as_ref()));
+        let renewed =
+            match store::redis::renew(&self.cache, keys, id, now, self.store_timeout).await {
+                Ok(renewed) => renewed,
+                Err(err) => {
+                    self.note_store(Some(&err.to_string()));
+                    return;
                 }
-                renewed
-            }
-            Counting::Exact(_) | Counting::Shared(_) => {
-                let now = self.send_now.then(|| now_micros(self.clock.as_ref()));
-                match store::redis::renew(&self.cache, keys, id, now, self.store_timeout).await {
-                    Ok(renewed) => renewed,
-                    Err(err) => {
-                        self.note_store(Some(&err.to_string()));
-                        return;
-                    }
-                }
-            }
-        };
+            };
         if renewed {
             self.counters.add(Count::LeasesRenewed);
         }
     }
 
     /// Releases `lease` where no task can wait for the store: in memory at
-    /// once; `Some(lease)` back when it needs a store call.
+    /// once (the in-process store answers on the call's first poll);
+    /// `Some(lease)` back when it needs a task to wait for the store.
     pub(crate) fn release_now(&self, lease: Lease) -> Option<Lease> {
-        let Counting::Memory(memory) = &self.counting else {
+        if !matches!(self.counting, Counting::Memory) {
             return Some(lease);
-        };
-        if !memory_release(memory, &lease) {
-            self.counters.add(Count::LeasesExpired);
-            telemetry::lease(self.plan.as_deref(), telemetry::LeaseEvent::Expired);
         }
-        None
+        let polled = {
+            let call = std::pin::pin!(store::redis::release(
+                &self.cache,
+                &lease.keys,
+                lease.id,
+                self.store_timeout
+            ));
+            call.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        };
+        match polled {
+            std::task::Poll::Ready(released) => {
+                self.released(released);
+                None
+            }
+            std::task::Poll::Pending => Some(lease),
+        }
     }
 
     /// Counts one request of `client` (an already sanitized key) costing
@@ -764,10 +745,29 @@ impl Limiter {
         let sent = self.sent_now();
         let call = telemetry::StoreCall::start();
         let row = match &self.counting {
-            Counting::Memory(memory) => {
+            Counting::Memory => {
                 self.counters.add(Count::StoreCalls);
-                let now = sent.wall.unwrap_or_default();
-                Ok(keys.with_strs(|keys| memory.evaluate(keys, &self.quotas, now, &[cost])))
+                let (one, several): ([&str; 1], Vec<&str>);
+                let strs: &[&str] = match &keys {
+                    Keys::One(key) => {
+                        one = [key.as_str()];
+                        &one
+                    }
+                    Keys::Several(keys) => {
+                        several = keys.iter().map(String::as_str).collect();
+                        &several
+                    }
+                };
+                store::redis::evaluate(
+                    &self.cache,
+                    strs,
+                    &self.quotas,
+                    sent.wall,
+                    &[cost],
+                    self.store_timeout,
+                )
+                .await
+                .map_err(|err| err.to_string())
             }
             // Answered before (`check_shared`).
             Counting::Shared(_) => return (Verdict::StoreFailed, None),
@@ -848,18 +848,11 @@ impl Limiter {
         let elapsed_us =
             monotonic_micros(self.clock.as_ref()).saturating_sub(charge.sent_monotonic);
         let answer = match &self.counting {
-            Counting::Memory(memory) => {
-                let now_us = now_micros(self.clock.as_ref());
-                let at_us = charge
-                    .at_us
-                    .unwrap_or_else(|| now_us.saturating_sub(elapsed_us));
-                keys.with_strs(|keys| memory.refund(keys, &quotas, now_us, at_us, &resets, units));
-                Ok(())
-            }
-            Counting::Exact(_) => {
+            Counting::Memory | Counting::Exact(_) => {
+                let clocked = self.clocked();
                 let at = crate::store::redis::ChargedAt {
-                    now_us: self.send_now.then(|| now_micros(self.clock.as_ref())),
-                    at_us: if self.send_now { charge.at_us } else { None },
+                    now_us: clocked.then(|| now_micros(self.clock.as_ref())),
+                    at_us: if clocked { charge.at_us } else { None },
                     elapsed_us,
                 };
                 let mut strs = Vec::with_capacity(quotas.len());
@@ -895,13 +888,15 @@ impl Limiter {
     fn sent_now(&self) -> Sent {
         Sent {
             monotonic: monotonic_micros(self.clock.as_ref()),
-            wall: match self.counting {
-                Counting::Memory(_) => Some(now_micros(self.clock.as_ref())),
-                Counting::Exact(_) | Counting::Shared(_) => {
-                    self.send_now.then(|| now_micros(self.clock.as_ref()))
-                }
-            },
+            wall: self.clocked().then(|| now_micros(self.clock.as_ref())),
         }
+    }
+
+    /// Whether the store's atomic steps take "now" from the limiter's
+    /// clock: always in memory (the limiter's clock is the store's time
+    /// there), on Redis for an authoritative clock.
+    fn clocked(&self) -> bool {
+        self.send_now || matches!(self.counting, Counting::Memory)
     }
 
     /// The shared mode's answer: from this instance's counts; a request past
@@ -962,7 +957,7 @@ impl Limiter {
 
     /// The store keys of `client`.
     fn keys(&self, client: &str) -> Keys {
-        let prefix = self.key_prefix.as_str();
+        let prefix = self.prefix.as_str();
         if let [_] = self.policies.as_slice() {
             let mut key = String::with_capacity(prefix.len() + 1 + client.len());
             key.extend([prefix, ":", client]);
@@ -1153,12 +1148,12 @@ mod tests {
         };
         assert!(first.allowed);
         armed.store(false, Ordering::Relaxed);
-        let key = limiter.cache.full_key("test:ip:1").into_owned();
-        let Counting::Memory(memory) = &limiter.counting else {
-            panic!("in memory");
-        };
-        let now_ms = now_micros(&manual) / 1000;
-        let (_, window_end_ms) = memory.peek(&key, now_ms).unwrap();
+        assert!(matches!(limiter.counting, Counting::Memory));
+        // The fixed window in memory: `count:end`, the end on the clock.
+        let value = limiter.cache.get_bytes("test:ip:1").await.unwrap().unwrap();
+        let value = String::from_utf8(value).unwrap();
+        let (_, window_end_ms) = value.split_once(':').unwrap();
+        let window_end_ms: u64 = window_end_ms.parse().unwrap();
         manual.advance(Duration::from_millis(window_end_ms) - manual.now());
         assert_eq!(limiter.check_locally("ip:1"), None);
         let Verdict::Decided(again) = limiter.check("ip:1".to_string(), 1).await else {

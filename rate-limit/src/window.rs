@@ -1,8 +1,9 @@
 //! The arithmetic of every [`Algorithm`]: from a client's stored state, the
 //! time and a request's cost to the verdict of each policy and the next
-//! state. Pure functions, testable without a store; the in-memory backend
-//! runs them as they are and the Redis script (`store/redis.lua`) is their
-//! line-by-line transcription (tested against them on the same sequences).
+//! state. Pure functions, testable without a store; the scripts' in-memory
+//! twins (`store/memory.rs`) run them on the values the scripts write, and
+//! the Lua scripts (`store/*.lua`) are their line-by-line transcription
+//! (tested against the twins on the same sequences).
 //! [`Decision`]s are built here only.
 //!
 //! Times are microseconds since the Unix epoch; the fixed and sliding
@@ -411,6 +412,18 @@ pub(crate) fn evaluate(
     costs: &[u64],
 ) -> Vec<i64> {
     let mut out = Vec::with_capacity(costs.len() * row_len(quotas.len()));
+    evaluate_into(quotas, states, now_us, costs, &mut out);
+    out
+}
+
+/// [`evaluate`], its rows appended to `out`.
+pub(crate) fn evaluate_into(
+    quotas: &[Quota],
+    states: &mut [State],
+    now_us: u64,
+    costs: &[u64],
+    out: &mut Vec<i64>,
+) {
     for &cost in costs {
         // Each check twice (its arithmetic costs less than a list of them).
         let admitted = quotas
@@ -448,7 +461,6 @@ pub(crate) fn evaluate(
             ]);
         }
     }
-    out
 }
 
 /// What one request's row means for the layer.

@@ -20,7 +20,8 @@ use tests::{RedisServer, shared_cluster, shared_server, unique_prefix};
 /// value and PTTL, on the in-memory store the limiter's own state.
 async fn stored(store: &Store, key: &str) -> Option<(String, KeyTtl)> {
     match store.backend {
-        Backend::Memory => rate_limit::stored_in_memory(&store.cache, &store.cache.full_key(key))
+        Backend::Memory => rate_limit::stored_in_memory(&store.cache, key)
+            .await
             .map(|(value, left)| (value, KeyTtl::Expires(left))),
         _ => {
             let value = store.cache.get_bytes(key).await.unwrap()?;
@@ -1732,6 +1733,120 @@ async fn the_script_and_the_rust_arithmetic_agree_on_every_row() {
     }
 }
 
+/// `refund.lua` and its in-memory twin, on the same sequences of charges
+/// (batches through the rows' scripts) and refunds at random times since,
+/// with the resets their rows said (or others): the same answers, and the
+/// same rows after.
+#[tokio::test]
+async fn the_refund_script_and_its_twin_agree() {
+    let redis = store(Backend::Standalone, "standalone").await.cache;
+    let memory = Cache::in_memory();
+    let mut rng = fastrand::Rng::with_seed(23);
+    use rate_limit::Clock;
+    let mut now_us = rate_limit::SystemClock.now().as_micros() as u64;
+    let mut gave_back = 0;
+    for algorithm in ALGORITHMS {
+        let quotas = [Quota::new(6, Duration::from_millis(800)).algorithm(algorithm)];
+        let key = format!("{{{}}}:p", unique_prefix("refund-twin"));
+        let keys = [key.as_str()];
+        // Charges: when, and the reset their row said.
+        let mut charged: Vec<(u64, u64)> = Vec::new();
+        for step in 0..150 {
+            now_us += rng.u64(0..150_000);
+            if charged.is_empty() || rng.u8(0..3) > 0 {
+                let cost = rng.u64(0..3);
+                let costs = [cost];
+                let a = rate_limit::evaluate_raw(&memory, &keys, &quotas, now_us, &costs);
+                let b = rate_limit::evaluate_raw(&redis, &keys, &quotas, now_us, &costs);
+                let (a, b) = (a.await.unwrap(), b.await.unwrap());
+                assert_eq!(a, b, "step {step}: a charge of {cost}, {algorithm:?}");
+                if a[0] == 1 && cost > 0 {
+                    charged.push((now_us, a[2] as u64));
+                }
+                continue;
+            }
+            let (at, reset) = charged[rng.usize(0..charged.len())];
+            let reset = if rng.u8(0..4) == 0 {
+                rng.u64(0..2000)
+            } else {
+                reset
+            };
+            let cost = rng.u64(1..3);
+            let resets = [reset];
+            let a = rate_limit::refund_raw(&memory, &keys, &quotas, now_us, at, &resets, cost);
+            let b = rate_limit::refund_raw(&redis, &keys, &quotas, now_us, at, &resets, cost);
+            let (a, b) = (a.await.unwrap(), b.await.unwrap());
+            assert_eq!(
+                a, b,
+                "step {step}: a refund of {cost} charged at {at}, {algorithm:?}"
+            );
+            gave_back += a[0];
+        }
+    }
+    assert!(gave_back >= 20, "{gave_back} refunds took");
+}
+
+/// `counter.lua` and its in-memory twin (on the store's own clock: the
+/// count's window ends with the key's expiry) on the same entries, and on
+/// values that are no count of theirs: the same admissions and counts, the
+/// same "not mine"; the time left within the calls' distance.
+#[tokio::test]
+async fn the_counter_script_and_its_twin_agree() {
+    use rate_limit::RawOp;
+    let redis = store(Backend::Standalone, "standalone").await.cache;
+    let memory = Cache::in_memory();
+    let mut rng = fastrand::Rng::with_seed(24);
+    let prefix = unique_prefix("counter-twin");
+    let names = [format!("{prefix}:{{c}}:a"), format!("{prefix}:{{c}}:b")];
+    let (limit, window) = (7, 60_000);
+    let mut rejected = 0;
+    for step in 0..200 {
+        if step % 50 == 49 {
+            // A foreign value, an earlier form, a count past the limit or a
+            // bare count with a longer TTL, under one of the keys.
+            let key = names[rng.usize(0..2)].as_str();
+            let (value, ttl) = match rng.u8(0..4) {
+                0 => ("abc".to_string(), None),
+                1 => ("3:1800000000000".to_string(), None),
+                2 => ("99".to_string(), None),
+                _ => ("2".to_string(), Some(Duration::from_secs(3600))),
+            };
+            for cache in [&memory, &redis] {
+                cache.set_bytes(key, value.as_bytes(), ttl).await.unwrap();
+            }
+        }
+        let entries: Vec<(usize, i64, i64)> = (0..rng.usize(1..4))
+            .map(|_| {
+                let cost = rng.i64(1..4);
+                (rng.usize(0..2), cost * rng.i64(1..4), cost)
+            })
+            .collect();
+        let keys: Vec<&str> = entries.iter().map(|e| names[e.0].as_str()).collect();
+        let mut args = vec![limit, window];
+        for &(_, total, cost) in &entries {
+            args.extend([total, cost]);
+        }
+        let a = rate_limit::atomic_raw(&memory, RawOp::Counter, &keys, &args);
+        let b = rate_limit::atomic_raw(&redis, RawOp::Counter, &keys, &args);
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.chunks(3).zip(b.chunks(3)) {
+            assert_eq!(x[..2], y[..2], "step {step}: {entries:?}");
+            assert!(x[2].abs_diff(y[2]) < 1000, "step {step}: {x:?} {y:?}");
+            rejected += usize::from(x[0] >= 0 && x[1] >= limit);
+        }
+        if a.chunks(3).any(|x| x[0] < 0) {
+            // Not a count of this policy: both start it over.
+            for cache in [&memory, &redis] {
+                for key in &names {
+                    cache.delete(key).await.unwrap();
+                }
+            }
+        }
+    }
+    assert!(rejected >= 10, "{rejected} entries at the limit");
+}
+
 #[tokio::test]
 async fn rejected_clients_make_no_redis_calls() {
     let (server, cache) = own_redis(|b| b).await;
@@ -2155,13 +2270,15 @@ async fn stacked_layers_count_separately() {
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 200);
     assert_eq!(http_get(port, "/", &[]).await.status, 429, "2 per second");
-    let count = |key| {
-        rate_limit::stored_in_memory(&cache, key).map(|(value, _)| fixed_count(&value).to_string())
+    let count = async |key| {
+        rate_limit::stored_in_memory(&cache, key)
+            .await
+            .map(|(value, _)| fixed_count(&value).to_string())
     };
     // The third was rejected from the local deny cache: not even counted.
-    assert_eq!(count("per-second:ip:127.0.0.1").as_deref(), Some("2"));
+    assert_eq!(count("per-second:ip:127.0.0.1").await.as_deref(), Some("2"));
     assert_eq!(
-        count("per-hour:ip:127.0.0.1").as_deref(),
+        count("per-hour:ip:127.0.0.1").await.as_deref(),
         Some("2"),
         "the inner layer never saw the third"
     );
@@ -2315,6 +2432,7 @@ async fn a_custom_extractor_passing_on_an_unidentified_client_gets_the_shared_bu
     assert_eq!(http_get(port, "/", &unknown).await.status, 429);
     assert!(
         rate_limit::stored_in_memory(&cache, &format!("custom-unknown:{UNIDENTIFIED_KEY}"))
+            .await
             .is_some()
     );
 }

@@ -706,10 +706,11 @@ async fn admitted_or_limited_after_release(app: &Router) -> http::Response<Body>
     answer.unwrap()
 }
 
-/// The in-memory arithmetic and `limits.lua` give the same rows for the
-/// same sequence of acquires (costs 0 to 2, a concurrency limit beside a
-/// fixed window, time moving by up to 0.4 s) and releases, on a standalone
-/// Redis: the store is a seam, not a second engine.
+/// The in-memory twins and `limits.lua` (and the release and renewal
+/// scripts) give the same rows for the same sequence of acquires (costs 0
+/// to 2, a concurrency limit beside a fixed window, time moving by up to
+/// 0.4 s), releases and renewals, on a standalone Redis: the store is a
+/// seam, not a second engine.
 #[tokio::test]
 async fn the_in_memory_leases_are_the_scripts_twin() {
     let memory = Cache::in_memory();
@@ -744,6 +745,15 @@ async fn the_in_memory_leases_are_the_scripts_twin() {
                 .await
                 .unwrap();
             assert_eq!(a, b, "release of lease {gone}");
+        }
+        if !held.is_empty() && rng.u8(0..4) == 0 {
+            // A renewal, of a lease held or (at times) one long gone.
+            let lease = held[rng.usize(0..held.len())] - i64::from(rng.u8(0..2));
+            let args = [(now_us / 1000) as i64, 2000, lease];
+            let renew =
+                |cache| rate_limit::atomic_raw(cache, rate_limit::RawOp::Renew, &keys[..1], &args);
+            let (a, b) = (renew(&memory).await.unwrap(), renew(&redis).await.unwrap());
+            assert_eq!(a, b, "renewal of lease {lease} at {now_us}");
         }
         let cost = rng.u64(0..3);
         let a = rate_limit::acquire_raw(&memory, &keys, &quotas, now_us, cost, lease)

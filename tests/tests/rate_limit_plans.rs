@@ -360,10 +360,9 @@ mod behaviour {
             format!("{prefix}:ip:127.0.0.1"),
         ] {
             let value = match store.backend {
-                Backend::Memory => {
-                    rate_limit::stored_in_memory(&store.cache, &store.cache.full_key(&key))
-                        .map(|(value, _)| value)
-                }
+                Backend::Memory => rate_limit::stored_in_memory(&store.cache, &key)
+                    .await
+                    .map(|(value, _)| value),
                 _ => store
                     .cache
                     .get_bytes(&key)

@@ -319,6 +319,16 @@ impl Cache {
                 &named
             }
         };
+        // In process: at once, no future to allocate, nothing to time out.
+        if self.inner.reach.in_process()
+            && let Atomic::Op(op) = atomic
+            && let Some(result) = self.inner.store.run_atomic_at_once(op, keys, args)
+        {
+            if result.is_err() {
+                self.inner.counters.record_error();
+            }
+            return result;
+        }
         self.run_within(Idempotence::CountsOnce, timeout, |s| match atomic {
             Atomic::Script(script) => s.eval(script, keys, args),
             Atomic::Op(op) => s.run_atomic(op, keys, args),

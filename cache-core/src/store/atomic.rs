@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::Script;
-pub use super::memory::Entries;
+pub use super::memory::{Entries, EntryMut};
 use crate::error::{Error, Result};
 
 /// An atomic operation over keys of one hash slot, run by

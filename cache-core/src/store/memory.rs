@@ -37,8 +37,10 @@ struct Shard {
 
 impl Shard {
     fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        if self.map.get(key).is_some_and(|e| !e.is_live(now)) {
+        // A missing key costs one lookup (a key seen for the first time).
+        if !self.map.get(key)?.is_live(now) {
             self.map.remove(key);
+            return None;
         }
         self.map.get_mut(key)
     }
@@ -101,6 +103,19 @@ impl Entries<'_> {
             .put(key, value.to_vec(), expires_at, self.capacity);
     }
 
+    /// The live entry of `key`, to read and change in place through one
+    /// lookup (`None` when it is missing or expired): what a twin that
+    /// rewrites a key it finds uses, without the copies and lookups of
+    /// [`get`](Self::get) then [`set`](Self::set).
+    pub fn get_mut(&mut self, key: &str) -> Option<EntryMut<'_>> {
+        let now = self.now;
+        self.shard
+            .map
+            .get_mut(key)
+            .filter(|entry| entry.is_live(now))
+            .map(|entry| EntryMut { entry, now })
+    }
+
     /// Removes `key` (`DEL`); `true` when it was there.
     pub fn delete(&mut self, key: &str) -> bool {
         self.shard.live(key, self.now).is_some() && self.shard.map.remove(key).is_some()
@@ -114,6 +129,43 @@ impl Entries<'_> {
             .live(key, now)
             .and_then(|entry| entry.expires_at)
             .map(|at| at.saturating_duration_since(now))
+    }
+}
+
+/// A live entry of [`Entries`] ([`Entries::get_mut`]), read and changed in
+/// place; it keeps its place in the store's eviction order.
+pub struct EntryMut<'a> {
+    entry: &'a mut Entry,
+    now: Instant,
+}
+
+impl EntryMut<'_> {
+    /// Its value.
+    pub fn value(&self) -> &[u8] {
+        &self.entry.value
+    }
+
+    /// Its value, to rewrite in place (`SET key value KEEPTTL`).
+    pub fn value_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.entry.value
+    }
+
+    /// How long it has to live (`PTTL`); `None` when it never expires.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.entry
+            .expires_at
+            .map(|at| at.saturating_duration_since(self.now))
+    }
+
+    /// Whether it expires at all (what [`ttl`](Self::ttl) says without
+    /// reading the clock).
+    pub fn expires(&self) -> bool {
+        self.entry.expires_at.is_some()
+    }
+
+    /// Expires after `ttl` (`PEXPIRE`), or never (`PERSIST`).
+    pub fn set_ttl(&mut self, ttl: Option<Duration>) {
+        self.entry.expires_at = ttl.map(|ttl| expiry(self.now, ttl));
     }
 }
 
@@ -149,7 +201,11 @@ impl MemoryStore {
     /// Runs `op`'s twin under the lock of its keys' shard.
     fn run_atomic_now(&self, op: &dyn AtomicOp, keys: &[&str], args: &[i64]) -> Result<Vec<i64>> {
         let index = keys.first().map_or(0, |key| self.shard_index(key));
-        if keys.iter().any(|key| self.shard_index(key) != index) {
+        if keys
+            .iter()
+            .skip(1)
+            .any(|key| self.shard_index(key) != index)
+        {
             // Redis Cluster says CROSSSLOT; here the lock would not cover them.
             return Err(Error::invalid(
                 "keys",
@@ -341,6 +397,15 @@ impl Store for MemoryStore {
         ready(self.run_atomic_now(op, keys, args))
     }
 
+    fn run_atomic_at_once(
+        &self,
+        op: &dyn AtomicOp,
+        keys: &[&str],
+        args: &[i64],
+    ) -> Option<Result<Vec<i64>>> {
+        Some(self.run_atomic_now(op, keys, args))
+    }
+
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
         ready(Ok(vec![ScanNode::Only]))
     }
@@ -379,6 +444,43 @@ mod tests {
             store
                 .get_now(&format!("k{}", SHARDS * 50 - 1), usize::MAX)
                 .is_some()
+        );
+    }
+
+    /// An entry changed in place keeps its place and reads back changed;
+    /// an expired one is not handed out.
+    #[test]
+    fn an_entry_changes_in_place() {
+        let store = MemoryStore::new(100);
+        store.set_now("k", b"1", Some(Duration::from_secs(60)));
+        store.set_now("gone", b"1", Some(Duration::ZERO));
+        let twin = |entries: &mut Entries<'_>| {
+            assert!(entries.get_mut("gone").is_none());
+            let mut entry = entries.get_mut("k").unwrap();
+            assert_eq!(entry.value(), b"1");
+            assert!(
+                entry
+                    .ttl()
+                    .is_some_and(|left| left <= Duration::from_secs(60))
+            );
+            entry.value_mut().extend_from_slice(b"23");
+            entry.set_ttl(None);
+        };
+        let mut shard = store.shard("k");
+        twin(&mut Entries {
+            shard: &mut shard,
+            capacity: 100,
+            now: Instant::now(),
+        });
+        drop(shard);
+        assert_eq!(store.get_now("k", usize::MAX).as_deref(), Some(&b"123"[..]));
+        assert!(
+            store
+                .shard("k")
+                .live("k", Instant::now())
+                .unwrap()
+                .expires_at
+                .is_none()
         );
     }
 

@@ -287,6 +287,19 @@ pub(crate) trait Store: Send + Sync + 'static {
             Ok(Some(counted))
         })
     }
+    /// Runs `op` at once, without a future, when the store answers
+    /// without waiting (in process); `None` when the call goes through
+    /// [`run_atomic`](Store::run_atomic). An in-process atomic step then
+    /// allocates no future.
+    fn run_atomic_at_once(
+        &self,
+        op: &dyn AtomicOp,
+        keys: &[&str],
+        args: &[i64],
+    ) -> Option<Result<Vec<i64>>> {
+        let _ = (op, keys, args);
+        None
+    }
     /// Publishes `payload` on `channel`; the number of receivers. The
     /// in-memory backend publishes in process, through the event bus.
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {

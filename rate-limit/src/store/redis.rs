@@ -8,12 +8,15 @@
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
 //! "now", or a key `counter.lua` finds holding no count of its own);
 //! [`limits.lua`](LIMITS_LUA) for several policies, evaluated all-or-nothing.
+//! Each script is an atomic step of the store ([`super::ops`]): the same
+//! calls run its in-memory twin on the in-memory store, given "now".
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use cache_core::{Cache, Script, WindowIncr};
 
+use super::ops;
 use crate::quota::{Algorithm, Quota};
 use crate::window::TAT_FLOOR;
 
@@ -24,9 +27,9 @@ pub(crate) const SINGLE_LUA: &str = include_str!("single.lua");
 /// Several policies: `window.rs`'s `evaluate` in Lua.
 pub(crate) const LIMITS_LUA: &str = include_str!("limits.lua");
 
-static COUNTER: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTER_LUA));
-static SINGLE: LazyLock<Script> = LazyLock::new(|| Script::new(SINGLE_LUA));
-static LIMITS: LazyLock<Script> = LazyLock::new(|| Script::new(LIMITS_LUA));
+pub(super) static COUNTER: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTER_LUA));
+pub(super) static SINGLE: LazyLock<Script> = LazyLock::new(|| Script::new(SINGLE_LUA));
+pub(super) static LIMITS: LazyLock<Script> = LazyLock::new(|| Script::new(LIMITS_LUA));
 
 fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -105,16 +108,12 @@ async fn single(
     let head = single_args(now_us, quota);
     if let &[cost] = costs {
         let args = [head[0], head[1], head[2], head[3], int(cost)];
-        return Ok(cache
-            .eval_script_within(&SINGLE, keys, &args, timeout)
-            .await?);
+        return Ok(cache.run_atomic(&ops::Single, keys, &args, timeout).await?);
     }
     let mut args = Vec::with_capacity(head.len() + costs.len());
     args.extend(head);
     args.extend(costs.iter().map(|&cost| int(cost)));
-    Ok(cache
-        .eval_script_within(&SINGLE, keys, &args, timeout)
-        .await?)
+    Ok(cache.run_atomic(&ops::Single, keys, &args, timeout).await?)
 }
 
 /// One fixed-window policy on Redis' clock: `counter.lua`, the requests of
@@ -142,7 +141,7 @@ async fn count_fixed(
             int(cost),
         ];
         let reply = cache
-            .eval_script_within(&COUNTER, &[key], &args, timeout)
+            .run_atomic(&ops::Counter, &[key], &args, timeout)
             .await?;
         if let Some(row) = counter_row(quota, cost, &reply, 0, 1) {
             return Ok(row.to_vec());
@@ -158,7 +157,7 @@ async fn count_fixed(
         args.extend([int(entry.cost * entry.n), int(entry.cost)]);
     }
     let reply = cache
-        .eval_script_within(&COUNTER, &entry_keys, &args, timeout)
+        .run_atomic(&ops::Counter, &entry_keys, &args, timeout)
         .await?;
     if reply.len() != 3 * entries.list.len() {
         return Err(malformed(reply.len(), costs.len()));
@@ -307,7 +306,7 @@ fn pipelined_row(limit: u64, found: WindowIncr, j: u64, n: u64) -> Option<[i64; 
 /// acquire trimmed it, or the key expired).
 const RELEASE_LUA: &str = "return {redis.call('ZREM', KEYS[1], ARGV[1])}";
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Renews a lease still held: its expiry (and its key's) set a lease TTL
 /// from now. ARGV: now ms (-1: Redis' `TIME`), the TTL ms, the lease id.
@@ -329,7 +328,7 @@ redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.max(tonumber(last[2]),
 return {1}
 ";
 
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 
 /// Renews lease `lease` in each of `keys` (with the TTL beside it), at
 /// `now_us` (`None`: Redis' clock): `true` if each still held it.
@@ -344,8 +343,8 @@ pub(crate) async fn renew(
     let mut held = true;
     for (key, ttl_ms) in keys {
         let renewed = cache
-            .eval_script_within(
-                &RENEW,
+            .run_atomic(
+                &ops::Renew,
                 &[key.as_str()],
                 &[now_ms, int(*ttl_ms), lease],
                 timeout,
@@ -372,9 +371,7 @@ pub(crate) async fn acquire(
     let mut args = args(now_us, quotas);
     // One client, one request: its cost and its lease id.
     args.extend([1, int(cost), lease]);
-    let reply = cache
-        .eval_script_within(&LIMITS, keys, &args, timeout)
-        .await?;
+    let reply = cache.run_atomic(&ops::Limits, keys, &args, timeout).await?;
     if reply.len() != crate::window::row_len(quotas.len()) {
         return Err(malformed(reply.len(), 1));
     }
@@ -392,7 +389,7 @@ pub(crate) async fn release(
     let mut held = true;
     for key in keys {
         let removed = cache
-            .eval_script_within(&RELEASE, &[key.as_str()], &[lease], timeout)
+            .run_atomic(&ops::Release, &[key.as_str()], &[lease], timeout)
             .await?;
         held &= removed.first() == Some(&1);
     }
@@ -524,7 +521,7 @@ async fn several(
         args.extend(requests.iter().map(|&r| int(costs[r])));
     }
     let reply = cache
-        .eval_script_within(&LIMITS, &client_keys, &args, timeout)
+        .run_atomic(&ops::Limits, &client_keys, &args, timeout)
         .await?;
     if reply.len() != row * costs.len() {
         return Err(malformed(reply.len(), costs.len()));
@@ -545,7 +542,7 @@ async fn several(
 /// Gives back a charge (see `window::refunded`): what [`refund`] sends.
 pub(crate) const REFUND_LUA: &str = include_str!("refund.lua");
 
-static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
+pub(super) static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
 
 /// When a refunded request was charged: at a time sent with it (an
 /// authoritative clock), or `elapsed_us` before now on Redis' clock.
@@ -583,9 +580,7 @@ pub(crate) async fn refund(
             int(reset),
         ]);
     }
-    let reply = cache
-        .eval_script_within(&REFUND, keys, &args, timeout)
-        .await?;
+    let reply = cache.run_atomic(&ops::Refund, keys, &args, timeout).await?;
     if reply.len() != keys.len() {
         return Err(malformed(reply.len(), 1));
     }
