@@ -162,8 +162,9 @@ fn decode_rate(
         Algorithm::FixedWindow => match parts::<2>(value) {
             Some([count, expires_ms]) => (State::Fixed { count, expires_ms }, Act::Keep),
             None => match digits(value) {
-                // A bare count: the window's end in the key's expiry.
-                Some(count) if count <= limit => {
+                // A bare count: the window's end in the key's expiry. Above
+                // the limit, a full window (below `TAT_FLOOR`, see `window`).
+                Some(count) if count <= limit || count < window::TAT_FLOOR => {
                     let expires_ms = ttl().map_or(now + window, |left| now + millis(left));
                     (State::Fixed { count, expires_ms }, Act::Set)
                 }
@@ -186,10 +187,12 @@ fn decode_rate(
             None => (State::Empty, Act::Delete),
         },
     };
-    // Above the limit: not this policy's count (rejected requests are not
-    // counted), but another algorithm's state or a higher limit's.
+    // Above the limit and at or above `TAT_FLOOR`: not this policy's count
+    // but another algorithm's state (a count above the limit below it is a
+    // full window, which the arithmetic reads as such).
     if let State::Fixed { count, .. } = state
         && count > limit
+        && count >= window::TAT_FLOOR
     {
         return (State::Empty, Act::Delete);
     }
@@ -549,7 +552,7 @@ pub(crate) fn counter(entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) ->
         let ttl = entries.ttl(key);
         entries.set(key, count.to_string().as_bytes(), ttl);
         let before = count - total;
-        if before < 0 || before > limit {
+        if before < 0 || (before > limit && before >= window::TAT_FLOOR as i64) {
             out.extend([-1, 0, 0]);
             continue;
         }
@@ -563,7 +566,8 @@ pub(crate) fn counter(entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) ->
         let (mut m, mut count) = (n, count);
         if count > limit {
             // In order, each as if alone: the first m fit.
-            m = (limit - before) / cost;
+            // Already full (a count above the limit): none fits.
+            m = ((limit - before) / cost).max(0);
             count = before + m * cost;
             if count == 0 && fresh {
                 entries.delete(key);
@@ -574,7 +578,7 @@ pub(crate) fn counter(entries: &mut Entries<'_>, keys: &[&str], args: &[i64]) ->
         } else if left == window {
             entries.set(key, count.to_string().as_bytes(), window_ttl);
         }
-        out.extend([m, count, left]);
+        out.extend([m, count.min(limit), left]);
     }
     Ok(out)
 }
@@ -827,8 +831,9 @@ mod tests {
     }
 
     /// What the scripts would not write is not this policy's: a value of
-    /// another form is replaced, a lease set under a rate key too, and a
-    /// count above the limit is not counted on.
+    /// another form is replaced, a lease set under a rate key too, and so is
+    /// an integer from `TAT_FLOOR` up (another algorithm's state); a count
+    /// above the limit below it is a full window, as the scripts read it.
     #[tokio::test]
     async fn foreign_values_are_replaced() {
         let cache = Cache::in_memory();
@@ -841,7 +846,7 @@ mod tests {
         };
         for foreign in [
             &b"abc"[..],
-            b"3",
+            b"1125899906842624",
             b"z",
             b"1:2:3",
             b"-1",
@@ -850,7 +855,9 @@ mod tests {
             let shown = String::from_utf8_lossy(foreign);
             assert_eq!(admitted(foreign).await, [1, 1, 0], "{shown}");
         }
-        // A bare count (an `INCR` writer's) is counted on.
+        // A bare count (an `INCR` writer's) is counted on, one above the
+        // limit (the pipelined counter's rejected requests) is full.
         assert_eq!(admitted(b"1").await, [1, 0, 0]);
+        assert_eq!(admitted(b"3").await, [0, 0, 0]);
     }
 }
