@@ -11,11 +11,14 @@ use serde::Serialize;
 
 use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
+use crate::stats::EventStats;
 pub(crate) use atomic::AtomicOp;
+use pubsub::{Listener, Topic};
 
 pub(crate) mod atomic;
 pub(crate) mod connect;
 pub(crate) mod memory;
+pub(crate) mod pubsub;
 pub(crate) mod redis;
 
 /// A boxed store future; one allocation per call is noise next to a network round trip.
@@ -134,8 +137,8 @@ pub(crate) enum ScanNode {
 pub(crate) enum Reach {
     /// In this process (the in-memory store): a call has no network to
     /// wait for or fail on, so no deadline, retry or breaker around it;
-    /// another handle on the same data is a clone of this one; pub/sub is
-    /// the event bus's own; no local tier goes in front of it.
+    /// another handle on the same data is a clone of this one; no local
+    /// tier goes in front of it.
     InProcess,
     /// One server (standalone Redis): a keyspace walk visits it alone.
     Server,
@@ -220,15 +223,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, Vec<i64>> {
         self.eval(op.script(), keys, args)
     }
-    /// Publishes `payload` on `channel`; the number of receivers. The
-    /// in-memory backend publishes in process, through the event bus.
-    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
-        let _ = (channel, payload);
-        Box::pin(std::future::ready(Err(Error::invalid(
-            "channel",
-            "the in-memory store publishes through the event bus",
-        ))))
-    }
+    /// Publishes `payload` on `channel` (`PUBLISH`, `SPUBLISH` on a
+    /// cluster; in process, into the store's hub): the receivers it reached,
+    /// connections on Redis, listeners in process. Counted as published.
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64>;
+    /// A listener to `topics` with a queue of `capacity` messages, once the
+    /// server has confirmed them (within the handle's timeout, or the
+    /// connect timeout when longer: the first subscribe connects), so that
+    /// what is published afterwards reaches it. Dropping it unsubscribes.
+    /// Payloads over the handle's size cap are dropped as they arrive.
+    fn subscribe(&self, topics: Vec<Topic>, capacity: usize) -> StoreFuture<'_, Listener>;
+    /// Whether [`subscribe`](Self::subscribe) takes patterns: not on a
+    /// cluster, whose sharded pub/sub has none.
+    fn subscribes_patterns(&self) -> bool;
+    /// The counters and the connection state of the store's pub/sub.
+    fn pubsub_stats(&self) -> EventStats;
     /// The servers a prefix walk must visit: every primary of a cluster.
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>>;
     /// One bounded step of removing every key that starts with `prefix` (a
