@@ -379,13 +379,13 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
     type Item = Result<T, EventError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let counters = self.listener.counters();
         let item = match std::task::ready!(self.listener.poll_next(cx)) {
             Next::Gap {
                 dropped,
                 disconnected,
             } => {
-                counters.gaps.fetch_add(1, Ordering::Relaxed);
+                let gaps = &self.listener.counters().gaps;
+                gaps.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::event_gap(disconnected);
                 Err(EventError::Gap {
                     dropped,
@@ -394,7 +394,8 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
             }
             Next::Message(message) => match &message.payload {
                 Payload::Bytes(bytes) => serde_json::from_slice(bytes).map_err(|err| {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    let malformed = &self.listener.counters().malformed;
+                    malformed.fetch_add(1, Ordering::Relaxed);
                     EventError::Malformed {
                         channel: message.channel.to_string(),
                         reason: err.to_string(),
