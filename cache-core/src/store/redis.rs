@@ -611,9 +611,11 @@ impl<C: Connection> Store for RedisStore<C> {
         } else {
             "PUBLISH"
         };
-        let reached = self.query(redis::cmd(command).arg(channel).arg(payload).take());
+        let cmd = redis::cmd(command).arg(channel).arg(payload).take();
+        let mut conn = self.conn.clone();
         Box::pin(async move {
-            let reached = reached.await?;
+            let reply = conn.send(&cmd).await?.extract_error()?;
+            let reached = redis::from_redis_value(reply)?;
             self.pubsub.published();
             Ok(reached)
         })
