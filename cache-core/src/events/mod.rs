@@ -21,7 +21,8 @@
 //! All subscriptions of a handle share one dedicated RESP3 pub/sub
 //! connection, opened by the first subscribe. On Redis Cluster channels are
 //! sharded (`SPUBLISH` / `SSUBSCRIBE`), which has no patterns. The in-memory
-//! backend gives the same semantics within the process.
+//! backend gives the same semantics within the process: its store's own
+//! pub/sub, shared by the handle's clones and its `dedicated()` handles.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
