@@ -368,7 +368,8 @@ pub use health::Health;
 pub use key::{key_for, sha256_hex};
 pub use stats::{BreakerState, Stats};
 pub use store::atomic::{AtomicOp, Entries};
-pub use store::{KeyTtl, MAX_WINDOW, Script, WindowCount};
+pub use store::identity::{StoreId, StoredKey};
+pub use store::{KeyTtl, MAX_WINDOW, Reach, Script, WindowCount, WindowIncr};
 
 pub use cache_macros::cached;
 pub use memoize::{

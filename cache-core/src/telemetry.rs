@@ -433,6 +433,18 @@ impl Store for Observed {
     ) -> StoreFuture<'a, Vec<i64>> {
         self.op(op.operation(), done, self.inner.run_atomic(op, keys, args))
     }
+    fn incr_windows<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        by: &'a [i64],
+        window_ms: i64,
+    ) -> StoreFuture<'a, Option<Vec<crate::store::WindowIncr>>> {
+        self.op(
+            "incr_window",
+            done,
+            self.inner.incr_windows(keys, by, window_ms),
+        )
+    }
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
         self.op("publish", done, self.inner.publish(channel, payload))
     }

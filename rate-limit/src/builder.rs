@@ -538,8 +538,14 @@ impl RateLimitLayerBuilder {
     /// unit), for small limits (a share of 10 is still one request per
     /// instance), for GCRA, and for a single instance that restarts often.
     ///
-    /// On the in-memory store the layer counts in process, exactly, on the
-    /// same aligned windows.
+    /// **On the in-memory store** there is nothing to share: the counts are
+    /// in the process already, exact at in-process cost, so the layer counts
+    /// as it does without shared counting (every algorithm's windows as the
+    /// exact mode has them: the fixed window starts at a client's first
+    /// request), one count with every layer of that store and prefix.
+    /// The settings are checked all the same ([`ConfigError::SharedAlgorithm`],
+    /// a concurrency limit, charging by outcome), so that a configuration
+    /// that builds in development builds against Redis.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -10,8 +10,9 @@
 //!   its other ready tasks and reads the sockets (the requests arriving then
 //!   join), and then sends the whole group as one script call, handing each
 //!   request its row. Requests of one client and cost fold into one step on
-//!   its key (`counter.lua`'s one `INCRBY` of their total), so a hot client
-//!   costs Redis one evaluation per group, not one per request.
+//!   its key (one `INCRBY` of their total: pipelined with its `PEXPIRE` and
+//!   `PTTL` for requests of cost 1, in `counter.lua` for others), so a hot
+//!   client costs Redis one step per group, not one per request.
 //!
 //! No task or queue of the limiter waits for requests: the group is
 //! gathered by one of its requests, on its own task, during one yield (the

@@ -371,6 +371,10 @@ pub use response::ResponseBody;
 #[doc(hidden)]
 pub use response::too_many_requests_body;
 pub use shared::SharedCounting;
+/// One shared-mode flush call, for the script-and-twin agreement test: not
+/// part of the API.
+#[doc(hidden)]
+pub use shared::flush_raw;
 #[doc(hidden)]
 pub use store::{acquire_raw, evaluate_raw, refund_raw, release_raw, stored_in_memory};
 pub use window::Decision;

@@ -9,12 +9,16 @@
 //!   pipelines concurrent calls); requests that find the connection busy
 //!   are gathered during one yield of the task that found it so and go as
 //!   one call (flat combining). One policy takes `single.lua`, the fewest
-//!   commands each algorithm allows (the fixed window: `counter.lua`,
-//!   `INCRBY` and `PTTL`); several take `limits.lua`, all-or-nothing.
-//!   Admission is exact across instances, for every algorithm: each call is
-//!   one atomic step on its clients' keys.
+//!   commands each algorithm allows (the fixed window on Redis' clock: no
+//!   script for requests of cost 1, `INCRBY` + `PEXPIRE ... LT` + `PTTL`
+//!   pipelined; `counter.lua` for other costs); several take `limits.lua`,
+//!   all-or-nothing. Admission is exact across instances, for every
+//!   algorithm: each call is one atomic step on its clients' keys (the
+//!   pipelined fixed window: one atomic `INCRBY` per key, see
+//!   `store::redis`).
 //! - **In memory** ([`Counting::Memory`]): a function call on the in-process
-//!   states, the same arithmetic ([`window`]).
+//!   states, the same arithmetic ([`window`]); chosen whenever the store is
+//!   in the process ([`Reach::InProcess`]), shared counting or not.
 //! - **With a concurrency limit** ([`Limiter::acquire_charged`]): each request makes
 //!   its own call of `limits.lua` (it carries the request's lease id), sent
 //!   at once on the multiplexed connection, never grouped; or the in-memory
@@ -24,8 +28,9 @@
 //!   the builder's `shared_counting`): each request is decided on this
 //!   instance's own counts and the totals last read from Redis, and a
 //!   background task exchanges them ([`crate::shared`]); over-admission
-//!   across instances is bounded by a share of the quota. On the in-memory
-//!   store it counts in process, exactly, on the same aligned windows.
+//!   across instances is bounded by a share of the quota. Redis only: on
+//!   the in-memory store the counts are in the process already, and a
+//!   layer with shared counting counts as [`Counting::Memory`] does.
 //!
 //! The layer, the deny cache, the headers and the fail mode are the same
 //! for every mode.
@@ -50,8 +55,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cache_core::Cache;
 use cache_core::sync::{StateFlag, StripedCounters};
+use cache_core::{Cache, Reach};
 
 // shuttle's under `--cfg shuttle` (the count of requests at the store).
 use crate::sync::AtomicUsize;
@@ -426,13 +431,10 @@ impl Limiter {
             .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
         let quotas: Vec<Quota> = config.policies.iter().map(|p| p.quota).collect();
         let names: Vec<String> = config.policies.iter().map(|p| p.name.clone()).collect();
-        let counting = match (config.cache.backend(), config.shared) {
-            (cache_core::Backend::Memory, Some(_)) => Counting::Shared(Box::new(
-                SharedLimits::in_memory(&config.cache, &config.prefix, &names, clock.clone()),
-            )),
-            (cache_core::Backend::Memory, None) => {
-                Counting::Memory(config.cache.shared_state::<MemoryLimits>())
-            }
+        let counting = match (config.cache.reach(), config.shared) {
+            // The store is in this process: its counts are exact at
+            // in-process cost already, so shared counting counts there too.
+            (Reach::InProcess, _) => Counting::Memory(config.cache.shared_state::<MemoryLimits>()),
             (_, Some(settings)) => Counting::Shared(Box::new(SharedLimits::on_redis(
                 settings,
                 RedisSide {
@@ -445,10 +447,7 @@ impl Limiter {
                 &names,
                 clock.clone(),
             ))),
-            (backend, None) => Counting::Exact(Exact::new(matches!(
-                backend,
-                cache_core::Backend::Cluster(_)
-            ))),
+            (reach, None) => Counting::Exact(Exact::new(reach == Reach::Cluster)),
         };
         Limiter {
             concurrent: quotas

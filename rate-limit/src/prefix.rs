@@ -11,16 +11,17 @@
 //! with different limits on one Redis still need prefixes of their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 
-use cache_core::{Backend, Cache};
+use cache_core::{Cache, StoredKey};
 
 use crate::error::ConfigError;
 use crate::limiter::Policy;
 use crate::quota::Quota;
 
-/// (store, namespaced prefix) → what the live layers there count.
-type Claims = HashMap<(String, String), Claimed>;
+/// The prefix as stored (its store, the handle's namespace in front) →
+/// what the live layers there count.
+type Claims = HashMap<StoredKey, Claimed>;
 
 /// One entry per prefix in use by a live layer: bounded by the layers alive,
 /// since the last one's drop removes it.
@@ -31,14 +32,9 @@ struct Claimed {
     layers: usize,
 }
 
-/// What identifies an in-memory store: one value per store, shared by its
-/// handles (its address is the store's name while a layer holds it).
-#[derive(Default)]
-struct MemoryStoreIdentity;
-
 /// A layer's hold on its prefix, released when the layer (its last clone) is dropped.
 pub(crate) struct PrefixClaim {
-    key: (String, String),
+    key: StoredKey,
 }
 
 impl PrefixClaim {
@@ -49,15 +45,10 @@ impl PrefixClaim {
         prefix: &str,
         policies: &[Policy],
     ) -> Result<PrefixClaim, ConfigError> {
-        let store = match cache.backend() {
-            Backend::Memory => {
-                let identity = cache.shared_state::<MemoryStoreIdentity>();
-                format!("memory@{:p}", Arc::as_ptr(&identity))
-            }
-            // Its `Display`: host, port and database (the password hidden).
-            other => other.to_string(),
-        };
-        let key = (store, cache.full_key(prefix).into_owned());
+        // One entry for every handle on the same keys: clones and dedicated
+        // handles of one in-memory store, Redis handles on one database,
+        // namespaces that put the prefix at the same key.
+        let key = cache.stored_key(prefix);
         let policies: Vec<(String, Quota)> =
             policies.iter().map(|p| (p.name.clone(), p.quota)).collect();
         // Every update leaves the map whole: a poisoned lock is still usable.
@@ -122,5 +113,30 @@ mod tests {
         drop(same);
         // The last holder gone, the prefix is free for another limit.
         assert!(PrefixClaim::take(&cache, "held", &policies(5)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn handles_on_one_redis_database_share_their_prefixes_across_namespaces() {
+        // Nothing listens on port 1: the handles are built all the same.
+        let handle = |db: u8, namespace: &'static str| async move {
+            Cache::builder()
+                .redis_url(&format!("redis://127.0.0.1:1/{db}"))
+                .unwrap()
+                .namespace(namespace)
+                .build()
+                .await
+                .unwrap()
+        };
+        let limits = handle(3, "limits").await;
+        let held = PrefixClaim::take(&limits, "api:rate", &policies(20)).unwrap();
+        // `limits:api:rate` again, through another handle and namespace.
+        let nested = handle(3, "limits:api").await;
+        let err = PrefixClaim::take(&nested, "rate", &policies(5)).err();
+        assert_eq!(err, Some(ConfigError::PrefixInUse("rate".into())));
+        // Another database, or another namespace: other keys.
+        let elsewhere = PrefixClaim::take(&handle(4, "limits").await, "api:rate", &policies(5));
+        let other = PrefixClaim::take(&handle(3, "other").await, "api:rate", &policies(5));
+        assert!(elsewhere.is_ok() && other.is_ok());
+        drop(held);
     }
 }

@@ -189,15 +189,34 @@ fn leases(limit: u64, ttl: u64, state: State, now_us: u64, cost: u64) -> Check {
     }
 }
 
+/// A bare integer at or above this, and above the limit, is no fixed-window
+/// count but another algorithm's state (a GCRA TAT in µs is above it since
+/// 2005): replaced, where a count above the limit is a full window. 2^50:
+/// no window sees that many requests.
+pub(crate) const TAT_FLOOR: u64 = 1 << 50;
+
+/// A fixed-window count above the limit as a full window (the limit);
+/// another algorithm's state (at or above [`TAT_FLOOR`]) stays above it.
+fn full(count: u64, limit: u64) -> u64 {
+    if count > limit && count < TAT_FLOOR {
+        limit
+    } else {
+        count
+    }
+}
+
 fn fixed(limit: u64, window: u64, state: State, now_us: u64, cost: u64) -> Check {
     let now = now_us / 1000;
-    // A count above the limit is not this policy's (rejected requests are
-    // not counted): a higher limit's, replaced as the script does. One
+    // A count above the limit is a full window, as the scripts read it: the
+    // pipelined counter on Redis leaves rejected requests of cost 1 counted
+    // (see `store::redis`), and a higher limit's count is a full window of
+    // the lower one (as the sliding window and GCRA read theirs). One at or
+    // above `TAT_FLOOR` is another algorithm's state, replaced. One
     // expiring past a window from now (a longer window's) is counted on, in
     // a window from now, as the script does.
     let (count, expires) = match state {
-        State::Fixed { count, expires_ms } if count <= limit && expires_ms > now => {
-            (count, expires_ms.min(now + window))
+        State::Fixed { count, expires_ms } if full(count, limit) <= limit && expires_ms > now => {
+            (full(count, limit), expires_ms.min(now + window))
         }
         _ => (0, now + window),
     };
@@ -548,8 +567,10 @@ pub(crate) fn refunded(
                 && expires_ms > now_us / 1000
                 && expires_ms.abs_diff(end_ms).saturating_mul(2) < window =>
         {
+            // A count above the limit is a full window (see `fixed`): the
+            // refund frees a unit of it.
             Some(State::Fixed {
-                count: count.saturating_sub(cost),
+                count: full(count, limit).saturating_sub(cost),
                 expires_ms,
             })
         }

@@ -148,6 +148,33 @@ fn only_the_store_and_the_config_branch_on_the_in_memory_backend() {
     );
 }
 
+/// The rate limiter asks the handle where its store is (`Cache::reach`)
+/// and which store it is (`Cache::store_id`, `Cache::stored_key`): no match
+/// on `Backend` in it. Its `store/` is left out until its in-memory engine
+/// is an `AtomicOp` of cache-core's store (its test helpers still pick the
+/// in-memory state by backend).
+#[test]
+fn the_rate_limiter_asks_the_handle_not_the_backend() {
+    let pending = root().join("rate-limit/src/store");
+    let mut offenders = Vec::new();
+    for (path, text) in sources(&root().join("rate-limit/src")) {
+        if path.starts_with(&pending) {
+            continue;
+        }
+        let code = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .filter(|line| line.contains("Backend::") || line.contains(".backend()"));
+        for line in code {
+            offenders.push(format!("{}: {}", path.display(), line.trim()));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the rate limiter matches on the backend (ask Cache::reach or Cache::store_id): {offenders:?}"
+    );
+}
+
 #[test]
 fn the_event_bus_knows_no_backend() {
     // What differs by backend is the store's pub/sub (store/pubsub/).

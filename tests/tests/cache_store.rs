@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cache_core::{Cache, ErrorKind, KeyTtl, MAX_TTL};
+use cache_core::{Cache, ErrorKind, KeyTtl, MAX_TTL, WindowIncr};
 use serde::{Deserialize, Serialize};
 use tests::suite::{self, Backend};
 use tests::{shared_server, unique_prefix};
@@ -46,6 +46,8 @@ tests::suite!(
     a_value_over_the_cap_is_refused_on_write,
     an_empty_value_reads_as_a_miss,
     incr_window_replaces_a_foreign_value_with_a_plain_counter,
+    incr_windows_count_in_one_pipeline_and_leave_no_counter_without_ttl,
+    incr_windows_never_take_an_error_reply_or_foreign_value_for_a_count,
     an_atomic_operation_sees_and_leaves_the_bytes_plain_calls_do,
     an_atomic_operation_spans_the_keys_of_one_hash_tag,
 );
@@ -276,6 +278,116 @@ mod behaviour {
                 matches!(cache.ttl(&key).await.unwrap(), KeyTtl::Expires(left) if left <= window)
             );
             assert_eq!(cache.incr_window(&key, 1, window).await.unwrap().count, 3);
+        }
+    }
+
+    /// The rate limiter's pipelined counters: one call counts several
+    /// keys (`INCRBY`, `PEXPIRE ... LT`, `PTTL` each on Redis); every
+    /// counter gets an expiry, a counter left without one (its `PEXPIRE`
+    /// lost with a connection) gets one from the next increment, one past
+    /// the window (a longer window's) is brought down to it, and a running
+    /// window is never extended.
+    pub async fn incr_windows_count_in_one_pipeline_and_leave_no_counter_without_ttl(
+        (cache, p): Fixture,
+    ) {
+        let window = Duration::from_secs(60);
+        let timeout = Duration::from_secs(5);
+        // One hash tag: one slot on a cluster.
+        let key = |name: &str| format!("{{{p}}}:{name}");
+        let (fresh, lost, longer) = (key("fresh"), key("lost"), key("long"));
+        assert_eq!(cache.incr(&lost, 4).await.unwrap(), 4);
+        assert_eq!(cache.ttl(&lost).await.unwrap(), KeyTtl::Persistent);
+        cache
+            .set_bytes(&longer, b"2", Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let keys = [fresh.as_str(), lost.as_str(), longer.as_str()];
+        let found = cache
+            .incr_windows_within(&keys, &[1, 1, 3], window, timeout)
+            .await
+            .unwrap()
+            .expect("Redis 7 takes PEXPIRE ... LT");
+        let counts: Vec<u64> = found
+            .iter()
+            .map(|found| match *found {
+                WindowIncr::Counted { count, left_ms } => {
+                    assert!(left_ms > 0 && left_ms <= 60_000, "{left_ms}");
+                    count
+                }
+                WindowIncr::NotACounter => panic!("{found:?}"),
+            })
+            .collect();
+        assert_eq!(counts, [1, 5, 5]);
+        for key in keys {
+            assert!(
+                matches!(cache.ttl(key).await.unwrap(), KeyTtl::Expires(left) if left <= window),
+                "{key}"
+            );
+        }
+        // A running window keeps its end.
+        let KeyTtl::Expires(before) = cache.ttl(&fresh).await.unwrap() else {
+            panic!("no expiry");
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let again = cache
+            .incr_windows_within(&[fresh.as_str()], &[1], window, timeout)
+            .await
+            .unwrap()
+            .unwrap();
+        let WindowIncr::Counted { count: 2, left_ms } = again[0] else {
+            panic!("{again:?}");
+        };
+        assert!(
+            Duration::from_millis(left_ms) <= before,
+            "{left_ms} ms after {before:?}"
+        );
+        // Arguments are checked before anything is sent.
+        for (by, window) in [
+            (0, window),
+            (1, Duration::ZERO),
+            (1, cache_core::MAX_WINDOW * 2),
+        ] {
+            let err = cache
+                .incr_windows_within(&[fresh.as_str()], &[by], window, timeout)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        }
+    }
+
+    /// What is no counter comes back as such, never as a count: on Redis
+    /// the error replies of the pipeline (`WRONGTYPE`, not an integer) and
+    /// integers out of range (negative, past 2^53), left for the caller to
+    /// replace; the in-memory twin replaces them itself.
+    pub async fn incr_windows_never_take_an_error_reply_or_foreign_value_for_a_count(
+        (cache, p): Fixture,
+    ) {
+        let window = Duration::from_secs(60);
+        let max = (1u64 << 53).to_string();
+        let memory = *cache.backend() == cache_core::Backend::Memory;
+        for (n, foreign) in ["abc", "-5", "1.5", max.as_str()].into_iter().enumerate() {
+            let key = format!("{p}:foreign:{n}");
+            cache
+                .set_bytes(&key, foreign.as_bytes(), None)
+                .await
+                .unwrap();
+            let found = cache
+                .incr_windows_within(&[key.as_str()], &[1], window, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap();
+            if memory {
+                assert_eq!(
+                    found,
+                    [WindowIncr::Counted {
+                        count: 1,
+                        left_ms: 60_000
+                    }],
+                    "{foreign}"
+                );
+            } else {
+                assert_eq!(found, [WindowIncr::NotACounter], "{foreign}");
+            }
         }
     }
 

@@ -1,8 +1,10 @@
 //! `RateLimitLayer`'s shared counting (issue 21, item 2): answered from each
 //! instance's own counts, exchanged with Redis in the background. Several
 //! instances are layers on separate handles (each its own connection,
-//! counts and flush task), against the in-memory store (where the mode is
-//! exact), a standalone `redis-server` and a three-node cluster.
+//! counts and flush task), against a standalone `redis-server` and a
+//! three-node cluster; on the in-memory store (one store in the process,
+//! nothing to exchange) a layer with shared counting counts as one without
+//! it, exactly.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,16 +120,21 @@ async fn until(what: &str, mut ready: impl FnMut() -> bool) {
 tests::suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     fixture: store;
-    one_instance_admits_exactly_the_limit_per_aligned_window,
     four_instances_stay_within_the_bound_under_concurrency,
     a_sliding_window_across_four_instances_stays_within_the_bound,
 );
 
-mod behaviour {
+tests::suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    redis_only fixture: store;
+    one_instance_admits_exactly_the_limit_per_aligned_window,
+);
+
+mod redis_behaviour {
     use super::*;
 
     /// One instance: exact (the bound is the limit), on windows aligned to
-    /// the clock; on Redis its counts reach the window's key, which expires.
+    /// the clock; its counts reach the window's key, which expires.
     pub async fn one_instance_admits_exactly_the_limit_per_aligned_window(store: Store) {
         let prefix = unique_prefix("shared-one");
         let window = Duration::from_secs(60);
@@ -151,19 +158,21 @@ mod behaviour {
         // after the first request.
         let limited = service.clone().oneshot(from([10, 1, 0, 1])).await.unwrap();
         assert_eq!(limited.headers()["retry-after"], "40");
-        if !matches!(store.backend, Backend::Memory) {
-            let key = count_key(&prefix, "ip:10.1.0.1", &clock, window);
-            until("the counts reach Redis", || {
-                store.cli(&["GET", &key]) == "5"
-            })
-            .await;
-            let ttl: i64 = store.cli(&["PTTL", &key]).parse().unwrap();
-            assert!(ttl > 0, "the window's key expires: {ttl}");
-        }
+        let key = count_key(&prefix, "ip:10.1.0.1", &clock, window);
+        until("the counts reach Redis", || {
+            store.cli(&["GET", &key]) == "5"
+        })
+        .await;
+        let ttl: i64 = store.cli(&["PTTL", &key]).parse().unwrap();
+        assert!(ttl > 0, "the window's key expires: {ttl}");
         clock.advance(Duration::from_secs(40));
         assert_eq!(status(&service, [10, 1, 0, 1]).await, 200, "a new window");
         assert_eq!(layer.stats().allowed, 6);
     }
+}
+
+mod behaviour {
+    use super::*;
 
     /// Four instances on separate handles, 20 clients each sending 120
     /// requests at once spread over the instances, limit 100 and a share of
@@ -229,6 +238,41 @@ mod behaviour {
             assert_eq!(layer.stats().store_errors, 0, "{:?}", layer.stats());
         }
     }
+}
+
+/// On the in-memory store shared counting counts as the store does without
+/// it: a layer with it and one without, on one handle and one prefix, share
+/// one count, which admits exactly the limit; the fixed window starts at the
+/// client's first request (the exact mode's), not on the clock's minute.
+#[tokio::test]
+async fn on_the_in_memory_store_shared_counting_counts_as_without_it() {
+    let cache = Cache::in_memory();
+    let window = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    align(&clock, window);
+    clock.advance(Duration::from_secs(20));
+    let shared = shared_layer(cache.clone(), "rate", Quota::new(5, window), 0.05, &clock);
+    let exact = RateLimitLayer::builder(cache)
+        .prefix("rate")
+        .policy("p", Quota::new(5, window))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (shared, exact) = (instance(&shared), instance(&exact));
+    let mut statuses = Vec::new();
+    for service in [&shared, &exact, &shared, &exact, &shared, &exact] {
+        statuses.push(status(service, [10, 5, 0, 1]).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    let limited = shared.clone().oneshot(from([10, 5, 0, 1])).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.headers()["retry-after"],
+        "60",
+        "from the first request"
+    );
+    clock.advance(window);
+    assert_eq!(status(&shared, [10, 5, 0, 1]).await, 200, "a new window");
 }
 
 /// Redis down: the instance answers from its own counts (a client still
@@ -392,5 +436,105 @@ fn shared_counting_refuses_gcra_and_settings_out_of_range() {
     assert_eq!(
         rate_limit::ConfigError::LocalShare.kind(),
         rate_limit::ErrorKind::Config
+    );
+}
+
+/// The flush (`flush.lua` on Redis, its twin in memory) on the same calls:
+/// new keys, a foreign text and a negative number (replaced), a first and
+/// a later send, totals as expected or not (only the others answered), a
+/// call sent again with its flush id (only reads), an expiry already past
+/// (the key gone); every answer, value and expiry agrees.
+#[tokio::test]
+async fn the_flush_script_and_its_twin_agree() {
+    let server = RedisServer::start();
+    let redis = Cache::builder()
+        .redis_url(&server.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let memory = Cache::in_memory();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (soon, past) = (now_ms + 60_000, now_ms - 1_000);
+    let marker = "agree:{s3}:flush:7";
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|name| format!("agree:{{s3}}:{name}:1"));
+    for cache in [&redis, &memory] {
+        cache.set(&c, "abc", None).await.unwrap();
+        cache.set(&d, &-5, None).await.unwrap();
+    }
+    // Per count: key, delta (negative: first send), expiry, expected total.
+    type Count<'a> = (&'a str, i64, i64, i64);
+    let calls: Vec<(i64, Vec<Count>)> = vec![
+        (
+            1,
+            vec![
+                (&a, -3, soon, 3),
+                (&b, -1, soon, 5),
+                (&c, 2, soon, 2),
+                (&d, -4, soon, 9),
+            ],
+        ),
+        // The same call again (its answer lost): read, not counted twice.
+        (
+            1,
+            vec![
+                (&a, -3, soon, 3),
+                (&b, -1, soon, 5),
+                (&c, 2, soon, 2),
+                (&d, -4, soon, 9),
+            ],
+        ),
+        (
+            2,
+            vec![(&a, 2, soon, 5), (&b, 1, soon, 1), (&e, -6, past, 6)],
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (id, counts) in &calls {
+        let mut keys = vec![marker];
+        let mut args = vec![*id, 600_000];
+        for (key, delta, expiry, expected) in counts {
+            keys.push(key);
+            args.extend([*delta, *expiry, *expected]);
+        }
+        let on_redis = rate_limit::flush_raw(&redis, &keys, &args).await.unwrap();
+        let in_memory = rate_limit::flush_raw(&memory, &keys, &args).await.unwrap();
+        // Past the time: only the counts whose totals differ, by position.
+        assert_eq!(on_redis[2..], in_memory[2..], "call {id}: {counts:?}");
+        answered.push(on_redis[2..].to_vec());
+        for key in [&a, &b, &c, &d, &e] {
+            let (x, y) = (
+                redis.get::<i64>(key).await.unwrap(),
+                memory.get::<i64>(key).await.unwrap(),
+            );
+            assert_eq!(x, y, "{key} after call {id}");
+            let ttl = |ttl| match ttl {
+                cache_core::KeyTtl::Expires(left) => Some(left.as_millis() as i64),
+                _ => None,
+            };
+            let (x, y) = (
+                ttl(redis.ttl(key).await.unwrap()),
+                ttl(memory.ttl(key).await.unwrap()),
+            );
+            // The same expiry, read a moment apart.
+            let agree = match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() < 2_000,
+                (x, y) => x == y,
+            };
+            assert!(agree, "{key}'s expiry after call {id}: {x:?} and {y:?}");
+        }
+    }
+    assert_eq!(
+        answered,
+        [vec![2, 1, 4, 4], vec![2, 1, 4, 4], vec![2, 2]],
+        "only the totals other than expected are answered"
+    );
+    assert_eq!(
+        memory.get::<i64>(&e).await.unwrap(),
+        None,
+        "expired at once"
     );
 }

@@ -66,8 +66,11 @@ const CONNECTIONS: usize = 32;
 const ROUND: Duration = Duration::from_millis(1000);
 const ROUNDS: usize = 7;
 const WINDOW: Duration = Duration::from_secs(3600);
-/// Never reached.
-const NORMAL_LIMIT: u64 = rate_limit::MAX_LIMIT;
+/// Never reached: 10^12 per hour. Below 2^50, as any real limit: the layer
+/// counts a fixed window of requests of cost 1 with pipelined plain
+/// commands up to there (from 2^50 a value above the limit may be a GCRA
+/// TAT, so the script counts; see rate-limit's `store::redis`).
+const NORMAL_LIMIT: u64 = 1_000_000_000_000;
 /// Reached after the first round's first requests.
 const FLOOD_LIMIT: u64 = 10;
 /// The layers' bound on a store call (see `serve_all`).
@@ -787,17 +790,87 @@ const SCRIPT_INNER: &[&str] = &[
     "time",
 ];
 
-/// Commands Redis has run, leaving out `INFO` (ours): (sent by clients, run
-/// inside scripts). `INFO commandstats` counts a script's `redis.call`s as
-/// commands of their own, so an `EVALSHA` is one command sent and its
-/// `INCRBY`, `PTTL` (and `PEXPIRE`) are counted apart.
-async fn redis_commands(conn: &mut MultiplexedConnection) -> (u64, u64) {
+/// What `INFO commandstats` says Redis has run, leaving out `INFO` (ours):
+/// per command its calls and its µs in `redis-server`.
+#[derive(Default, Clone)]
+struct Commands(std::collections::BTreeMap<String, (u64, u64)>);
+
+impl Commands {
+    /// Scripts ran (`EVALSHA`, `EVAL`, `FCALL`): then [`SCRIPT_INNER`]'s
+    /// commands are taken for their `redis.call`s; without scripts every
+    /// command was sent by a client (the layer's pipelined fixed window
+    /// sends `INCRBY`, `PEXPIRE`, `PTTL` itself).
+    fn scripts(&self) -> bool {
+        ["evalsha", "eval", "fcall"]
+            .iter()
+            .any(|name| self.0.get(*name).is_some_and(|&(calls, _)| calls > 0))
+    }
+
+    /// (sent by clients, run inside scripts). `INFO commandstats` counts a
+    /// script's `redis.call`s as commands of their own, so an `EVALSHA` is
+    /// one command sent and its `INCRBY`, `PTTL` (and `PEXPIRE`) are
+    /// counted apart.
+    fn sent_and_inner(&self) -> (u64, u64) {
+        let scripts = self.scripts();
+        let (mut sent, mut inner) = (0, 0);
+        for (name, &(calls, _)) in &self.0 {
+            if scripts && SCRIPT_INNER.contains(&name.as_str()) {
+                inner += calls;
+            } else {
+                sent += calls;
+            }
+        }
+        (sent, inner)
+    }
+
+    /// µs in `redis-server` of the commands sent (a script's time holds
+    /// its `redis.call`s').
+    fn sent_usec(&self) -> u64 {
+        let scripts = self.scripts();
+        self.0
+            .iter()
+            .filter(|(name, _)| !(scripts && SCRIPT_INNER.contains(&name.as_str())))
+            .map(|(_, &(_, usec))| usec)
+            .sum()
+    }
+
+    /// What ran between `before` and `self`.
+    fn since(&self, before: &Commands) -> Commands {
+        Commands(
+            self.0
+                .iter()
+                .map(|(name, &(calls, usec))| {
+                    let (c0, u0) = before.0.get(name).copied().unwrap_or((0, 0));
+                    (name.clone(), (calls - c0, usec - u0))
+                })
+                .filter(|(_, (calls, _))| *calls > 0)
+                .collect(),
+        )
+    }
+
+    fn add(&mut self, other: &Commands) {
+        for (name, &(calls, usec)) in &other.0 {
+            let entry = self.0.entry(name.clone()).or_default();
+            entry.0 += calls;
+            entry.1 += usec;
+        }
+    }
+}
+
+async fn redis_commands(conn: &mut MultiplexedConnection) -> Commands {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .expect("INFO commandstats");
-    let (mut sent, mut inner) = (0, 0);
+    let field = |stats: &str, name: &str| -> u64 {
+        stats
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut commands = Commands::default();
     for line in info.lines() {
         let Some((name, stats)) = line
             .strip_prefix("cmdstat_")
@@ -805,18 +878,14 @@ async fn redis_commands(conn: &mut MultiplexedConnection) -> (u64, u64) {
         else {
             continue;
         };
-        let calls: u64 = stats
-            .split_once("calls=")
-            .and_then(|(_, rest)| rest.split(',').next())
-            .and_then(|calls| calls.parse().ok())
-            .unwrap_or(0);
-        if SCRIPT_INNER.contains(&name) {
-            inner += calls;
-        } else if name != "info" {
-            sent += calls;
+        if name != "info" {
+            commands.0.insert(
+                name.to_string(),
+                (field(stats, "calls"), field(stats, "usec")),
+            );
         }
     }
-    (sent, inner)
+    commands
 }
 
 /// The service process and its ports.
@@ -958,6 +1027,8 @@ struct Row {
     commands: u64,
     /// Commands run inside scripts.
     inner_commands: u64,
+    /// What `INFO commandstats` counted, summed over the rounds.
+    command_stats: Commands,
     limited: f64,
     /// Latencies of every fixed-rate run, pooled.
     latencies: Vec<Duration>,
@@ -1025,7 +1096,7 @@ async fn measure() {
                     cpu_ticks(redis_pid) - redis,
                 );
                 let switches = context_switches(services.pid()) - switches;
-                let after = redis_commands(&mut admin).await;
+                let ran = redis_commands(&mut admin).await.since(&commands);
                 let row = &mut results[s][r];
                 row.rps.rounds.push(done as f64 / elapsed.as_secs_f64());
                 row.cpu
@@ -1035,8 +1106,10 @@ async fn measure() {
                 row.redis_ticks += redis;
                 row.switches += switches;
                 row.requests += done;
-                row.commands += after.0 - commands.0;
-                row.inner_commands += after.1 - commands.1;
+                let (sent, inner) = ran.sent_and_inner();
+                row.commands += sent;
+                row.inner_commands += inner;
+                row.command_stats.add(&ran);
                 row.limited = limited;
             }
         }
@@ -1108,6 +1181,39 @@ async fn measure() {
                 row.switches as f64 / row.requests.max(1) as f64,
                 row.limited * 100.0,
             );
+        }
+        if rows.iter().any(|row| !row.command_stats.0.is_empty()) {
+            println!(
+                "\nredis-server's own time from `INFO commandstats` (µs of the commands \
+                 sent, a script's with its `redis.call`s; per command: calls per request, \
+                 µs per call)\n"
+            );
+            println!("| variant | commandstats µs/request | per command |");
+            println!("| --- | ---: | --- |");
+            for (id, row) in scenario.rows.iter().zip(rows.iter()) {
+                let stats = &row.command_stats;
+                if stats.0.is_empty() {
+                    continue;
+                }
+                let requests = row.requests.max(1) as f64;
+                let each: Vec<String> = stats
+                    .0
+                    .iter()
+                    .map(|(name, &(calls, usec))| {
+                        format!(
+                            "{name} {:.3} × {:.2} µs",
+                            calls as f64 / requests,
+                            usec as f64 / calls.max(1) as f64
+                        )
+                    })
+                    .collect();
+                println!(
+                    "| {} | {:.2} | {} |",
+                    name_of(id),
+                    stats.sent_usec() as f64 / requests,
+                    each.join(", ")
+                );
+            }
         }
         if scenario.latency && rows.iter().any(|r| !r.latencies.is_empty()) {
             println!(
@@ -1493,7 +1599,10 @@ mod shared {
             cpu(&pids) - service_before,
             cpu_ticks(redis_pid) - redis_before,
         );
-        let after = redis_commands(admin).await;
+        let (sent, inner) = redis_commands(admin)
+            .await
+            .since(&commands)
+            .sent_and_inner();
         drop(instances);
         let requests = all.admitted.len() as u64 + all.denied + all.failed_open;
         let per = |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / requests.max(1) as f64;
@@ -1523,8 +1632,8 @@ mod shared {
             per(service + redis),
             per(service),
             per(redis),
-            (after.0 - commands.0) as f64 / requests.max(1) as f64,
-            (after.1 - commands.1) as f64 / requests.max(1) as f64,
+            sent as f64 / requests.max(1) as f64,
+            inner as f64 / requests.max(1) as f64,
         );
         println!("\n4 instances: admitted per client and window, against the bound");
         println!(

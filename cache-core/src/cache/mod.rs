@@ -13,6 +13,7 @@ use crate::config::{Backend, CacheBuilder, CacheConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::resilience::{CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{BreakerState, Counters};
+use crate::store::identity::{StoreId, StoredKey};
 use crate::store::{AtomicOp, Reach, Script, Store};
 use crate::sync::StateFlag;
 
@@ -47,6 +48,8 @@ struct Inner {
     store: Box<dyn Store>,
     /// The store's answer to where its data is, kept: asked on every call.
     reach: Reach,
+    /// Which store it is, the same for every handle on its data.
+    store_id: StoreId,
     backend: Backend,
     namespace: Option<String>,
     resilience: Resilience,
@@ -135,6 +138,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 reach: store.reach(),
+                store_id: StoreId::of_new_store(&config.backend),
                 store: crate::telemetry::observe(store),
                 resilience: Resilience {
                     timeout: config.timeout,
@@ -390,7 +394,7 @@ impl Cache {
 
     /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
     /// For this workspace's crates (the rate limiter's in-memory keys and tests);
-    /// not part of the promised API.
+    /// not part of the promised API: [`stored_key`](Self::stored_key) is.
     #[doc(hidden)]
     pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {
@@ -407,10 +411,61 @@ impl Cache {
         }
     }
 
-    /// Where the store's data is (see [`Reach`]), for the features that
-    /// differ in process.
-    pub(crate) fn reach(&self) -> Reach {
+    /// Where the handle's store keeps its data ([`Reach`]): in this
+    /// process, on one Redis server, or on a cluster. For libraries built
+    /// on the handle that must count or coordinate differently there (the
+    /// rate limiter counts in process, exactly, on the in-memory store, and
+    /// gives a cluster's keys one hash tag); ask this rather than matching
+    /// on [`backend`](Self::backend).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Reach};
+    ///
+    /// assert_eq!(Cache::in_memory().reach(), Reach::InProcess);
+    /// let redis = Cache::builder().redis_url("redis://127.0.0.1:1")?.build().await?;
+    /// assert_eq!(redis.reach(), Reach::Server);
+    /// # Ok(()) }
+    /// ```
+    pub fn reach(&self) -> Reach {
         self.inner.reach
+    }
+
+    /// Which store this handle reads and writes ([`StoreId`]): equal for
+    /// every handle on the same data (clones and
+    /// [`dedicated`](Self::dedicated) handles of one in-memory store, Redis
+    /// handles on one host, port and database), whatever their namespaces.
+    /// For state a library keeps per store beside the handle.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.store_id(), cache.dedicated().store_id());
+    /// assert_ne!(cache.store_id(), cache_core::Cache::in_memory().store_id());
+    /// ```
+    pub fn store_id(&self) -> &StoreId {
+        &self.inner.store_id
+    }
+
+    /// Where `key` of this handle lives ([`StoredKey`]): the store and the
+    /// key there, this handle's namespace in front (`{namespace}:{key}`).
+    /// Equal for two handles' keys exactly when they name one entry.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().in_memory().namespace("limits").build().await?;
+    /// let rate = cache.stored_key("rate");
+    /// assert_eq!(rate.key(), "limits:rate");
+    /// assert_eq!(rate.store(), cache.store_id());
+    /// assert_eq!(rate, cache.dedicated().stored_key("rate"));
+    /// # Ok(()) }
+    /// ```
+    pub fn stored_key(&self, key: &str) -> StoredKey {
+        StoredKey::new(
+            self.inner.store_id.clone(),
+            self.owned_full_key(key.to_string()),
+        )
     }
 
     /// What the handle was built from.
@@ -506,6 +561,56 @@ mod shared_state_tests {
                 .load(Ordering::Relaxed),
             0,
             "another handle, another value"
+        );
+    }
+}
+
+#[cfg(test)]
+mod store_identity_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn handles_on_one_redis_database_share_its_id_and_reach() {
+        // Nothing listens on port 1: the handles are built all the same.
+        let build = |url: &'static str, namespace: &'static str| async move {
+            Cache::builder()
+                .redis_url(url)
+                .unwrap()
+                .namespace(namespace)
+                .build()
+                .await
+                .unwrap()
+        };
+        let a = build("redis://:pw@127.0.0.1:1/4", "a").await;
+        let b = build("redis://127.0.0.1:1/4", "b").await;
+        assert_eq!(a.reach(), Reach::Server);
+        assert_eq!(a.store_id(), b.store_id());
+        assert_eq!(a.store_id(), a.dedicated().store_id());
+        assert_eq!(a.store_id(), a.dedicated_counter().store_id());
+        assert_ne!(
+            a.store_id(),
+            build("redis://127.0.0.1:1/5", "a").await.store_id()
+        );
+        // Namespaces part the entries, not the store.
+        assert_ne!(a.stored_key("k"), b.stored_key("k"));
+        // And one entry is one stored key, however the namespace and the key split it.
+        let nested = build("redis://127.0.0.1:1/4", "a:x").await;
+        assert_eq!(a.stored_key("x:k"), nested.stored_key("k"));
+        assert_eq!(nested.stored_key("k").key(), "a:x:k");
+    }
+
+    #[test]
+    fn a_stored_key_is_the_namespaced_key_on_the_store() {
+        let cache = Cache::in_memory();
+        assert_eq!(cache.reach(), Reach::InProcess);
+        assert_eq!(cache.stored_key("rate").key(), "rate");
+        assert_eq!(
+            cache.stored_key("rate"),
+            cache.dedicated().stored_key("rate")
+        );
+        assert_ne!(
+            cache.stored_key("rate"),
+            Cache::in_memory().stored_key("rate")
         );
     }
 }

@@ -17,6 +17,7 @@ use pubsub::{Listener, Topic};
 
 pub(crate) mod atomic;
 pub(crate) mod connect;
+pub(crate) mod identity;
 pub(crate) mod memory;
 pub(crate) mod pubsub;
 pub(crate) mod redis;
@@ -47,6 +48,27 @@ pub struct WindowCount {
     pub count: u64,
     /// Time until the window ends and the counter disappears.
     pub reset_after: Duration,
+}
+
+/// What [`Cache::incr_windows_within`](crate::Cache::incr_windows_within)
+/// found at one key.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowIncr {
+    /// A counter: its count after the increment (at least the increment,
+    /// at most 2^53), and the time until its window ends (zero: it ended
+    /// meanwhile).
+    Counted {
+        /// The count, this increment included.
+        count: u64,
+        /// Milliseconds until the window ends.
+        left_ms: u64,
+    },
+    /// No counter: a value of another type or not an integer (left as it
+    /// was), or an integer that was below zero or ends above 2^53 (the
+    /// increment was added to it). The caller replaces it, with a script
+    /// that reads it.
+    NotACounter,
 }
 
 /// The longest window [`Cache::incr_window`](crate::Cache::incr_window)
@@ -131,25 +153,41 @@ pub(crate) enum ScanNode {
     Primary { host: String, port: u16 },
 }
 
-/// Where a store's data is, as the layers above it need to know: the
-/// store answers, so that nothing above `store/` branches on the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reach {
+/// Where a handle's store keeps its data ([`Cache::reach`](crate::Cache::reach)):
+/// what a library built on a [`Cache`](crate::Cache) may need to know of
+/// the backend, answered by the store, so that nothing above it matches on
+/// [`Backend`].
+///
+/// ```
+/// use cache_core::{Cache, Reach};
+///
+/// let cache = Cache::in_memory();
+/// assert_eq!(cache.reach(), Reach::InProcess);
+/// assert!(cache.reach().in_process());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reach {
     /// In this process (the in-memory store): a call has no network to
-    /// wait for or fail on, so no deadline, retry or breaker around it;
-    /// another handle on the same data is a clone of this one; no local
-    /// tier goes in front of it.
+    /// wait for or fail on, so the handle puts no deadline, retry or
+    /// breaker around it; every handle on the data is a clone of one
+    /// handle ([`dedicated`](crate::Cache::dedicated) included), so state
+    /// kept beside it is seen by all of them; an atomic operation runs as
+    /// its in-memory twin, exactly and at in-process cost; pub/sub is the
+    /// store's own hub; no local tier goes in front of it.
     InProcess,
-    /// One server (standalone Redis): a keyspace walk visits it alone.
+    /// One server (standalone Redis): every key on it, a keyspace walk
+    /// visits it alone; other processes may share the data.
     Server,
-    /// Several servers (Redis Cluster): a keyspace walk asks the store
-    /// which primaries to visit.
+    /// Several servers (Redis Cluster): keys are spread over slots, so the
+    /// keys of one atomic operation share a hash tag, and a keyspace walk
+    /// visits every primary; other processes may share the data.
     Cluster,
 }
 
 impl Reach {
-    /// Whether the data lives in this process.
-    pub(crate) fn in_process(self) -> bool {
+    /// Whether the data lives in this process ([`Reach::InProcess`]).
+    pub fn in_process(self) -> bool {
         self == Reach::InProcess
     }
 }
@@ -222,6 +260,35 @@ pub(crate) trait Store: Send + Sync + 'static {
         args: &'a [i64],
     ) -> StoreFuture<'a, Vec<i64>> {
         self.eval(op.script(), keys, args)
+    }
+    /// Fixed-window counters without a script: per key, `INCRBY key by`,
+    /// `PEXPIRE key window_ms LT` and `PTTL key`, every key's commands in
+    /// one pipelined write (one slot on a cluster). `None` when the server
+    /// takes no `PEXPIRE` options (Redis before 7.0): then nothing was sent,
+    /// and the caller counts with a script. The in-memory store runs
+    /// [`IncrWindow`](atomic::IncrWindow)'s twin per key, which replaces a
+    /// foreign value itself.
+    fn incr_windows<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        by: &'a [i64],
+        window_ms: i64,
+    ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
+        Box::pin(async move {
+            let mut counted = Vec::with_capacity(keys.len());
+            for (&key, &by) in keys.iter().zip(by) {
+                let args = [by, window_ms, MAX_COUNT as i64];
+                let reply = self.run_atomic(&atomic::IncrWindow, &[key], &args).await?;
+                counted.push(match reply[..] {
+                    [count, left_ms] => WindowIncr::Counted {
+                        count: u64::try_from(count).unwrap_or(0),
+                        left_ms: u64::try_from(left_ms).unwrap_or(0),
+                    },
+                    _ => WindowIncr::NotACounter,
+                });
+            }
+            Ok(Some(counted))
+        })
     }
     /// Publishes `payload` on `channel` (`PUBLISH`, `SPUBLISH` on a
     /// cluster; in process, into the store's hub): the receivers it reached,

@@ -14,7 +14,9 @@ use redis::{Cmd, Value};
 
 use super::connect;
 use super::pubsub::{Listener, Topic, redis::RedisPubSub};
-use super::{Expiring, KeyTtl, ScanNode, Store, StoreFuture, millis};
+use super::{
+    AtomicOp, Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowIncr, atomic, millis,
+};
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result, is_refused_login};
 use crate::key::escape_glob;
@@ -47,6 +49,16 @@ pub(crate) trait Connection: ConnectionLike + Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
     /// Pub/sub is sharded (`SPUBLISH`): a cluster.
     const SHARDED_PUBSUB: bool = false;
+    /// Sends the `count` commands of `pipe` in one write: by default
+    /// through `ConnectionLike`, which boxes it. Error replies come back
+    /// in place, as `Value::ServerError`.
+    fn send_pipeline<'a>(
+        &'a mut self,
+        pipe: &'a redis::Pipeline,
+        count: usize,
+    ) -> impl Future<Output = redis::RedisResult<Vec<Value>>> + Send + 'a {
+        self.req_packed_commands(pipe, 0, count)
+    }
     /// Sends one command: by default through `ConnectionLike`, which boxes it.
     fn send<'a>(
         &'a mut self,
@@ -166,6 +178,17 @@ impl Connection for Standalone {
         // The manager's own method: no boxed future per command.
         let (current, mut conn) = self.manager();
         let result = conn.send_packed_command(cmd).await;
+        self.after(&current, &result);
+        result
+    }
+
+    async fn send_pipeline(
+        &mut self,
+        pipe: &redis::Pipeline,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let (current, mut conn) = self.manager();
+        let result = conn.send_packed_commands(pipe, 0, count).await;
         self.after(&current, &result);
         result
     }
@@ -349,6 +372,9 @@ pub(crate) struct RedisStore<C> {
     /// Cluster only: a seed to try logging in to when the cluster client
     /// reports no connection without saying why.
     login_probe: Option<LoginProbe>,
+    /// The server refused `PEXPIRE ... LT` (Redis before 7.0): window
+    /// counters go through scripts from then on.
+    no_expire_options: std::sync::atomic::AtomicBool,
 }
 
 /// One plain login to a seed node, to tell a refused password from an outage.
@@ -432,6 +458,7 @@ impl<C: Connection> RedisStore<C> {
             conn,
             pubsub: Arc::new(RedisPubSub::new(config)),
             login_probe: None,
+            no_expire_options: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -463,6 +490,101 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
         cmd.arg(*arg);
     }
     cmd
+}
+
+/// [`Store::incr_windows`]' commands: per key `INCRBY key by`, `PEXPIRE
+/// key window LT` and `PTTL key`, in one pipeline.
+///
+/// Why these three, and why no script is needed around them:
+/// - No counter without a TTL: every increment is followed by the
+///   `PEXPIRE`, and `LT` sets an expiry on a key that has none (Redis takes
+///   no expiry as an infinite one) while leaving a running window's alone
+///   (its end is already less than a window from now). A key whose
+///   `PEXPIRE` was lost (the connection cut between the two) gets its
+///   expiry from the next increment's. `LT` also brings an expiry past one
+///   window from now (a longer window's) down to one window, which `NX`
+///   would leave; the cost is the same.
+/// - The commands of other clients may run between these three: an
+///   increment another client makes between this `INCRBY` and `PTTL` only
+///   makes the reported window end the same or closer (never later).
+/// - `PTTL` answers the window's end for the reply (rate-limit headers,
+///   `Retry-After`).
+fn incr_window_pipe(keys: &[&str], by: &[i64], window_ms: i64) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(3 * keys.len());
+    for (&key, &by) in keys.iter().zip(by) {
+        pipe.add_command(key_cmd("INCRBY", key, Some(by), false));
+        pipe.add_command(key_cmd("PEXPIRE", key, Some(window_ms), true));
+        pipe.add_command(key_cmd("PTTL", key, None, false));
+    }
+    pipe
+}
+
+/// `name key [number] [LT]`, sized up front (a number has at most 20 digits).
+fn key_cmd(name: &str, key: &str, number: Option<i64>, lt: bool) -> Cmd {
+    let mut cmd = Cmd::with_capacity(4, name.len() + key.len() + 22);
+    cmd.arg(name).arg(key);
+    if let Some(number) = number {
+        cmd.arg(number);
+    }
+    if lt {
+        cmd.arg("LT");
+    }
+    cmd
+}
+
+/// One key's three replies of [`incr_window_pipe`] (`by` its increment):
+/// what it found, or the call's error. `Err(None)`: the server refused
+/// `PEXPIRE`'s option (Redis before 7.0 answers `ERR` to its arity).
+fn window_incr(
+    replies: &[Value],
+    by: i64,
+    window_ms: i64,
+) -> std::result::Result<WindowIncr, Option<redis::RedisError>> {
+    let [incr, expire, pttl] = replies else {
+        let shape = crate::error::StoreError::unexpected("incr_window");
+        return Err(Some(redis::RedisError::from(redis::ParsingError::from(
+            shape.to_string(),
+        ))));
+    };
+    if let Value::ServerError(err) = expire {
+        return match err.code() {
+            "ERR" => Err(None),
+            _ => Err(Some(err.clone().into())),
+        };
+    }
+    let count = match incr {
+        Value::Int(count) => *count,
+        // Another type, or not an integer (or the sum would overflow): the
+        // value is as it was, nothing was counted.
+        Value::ServerError(err) if matches!(err.code(), "WRONGTYPE" | "ERR") => {
+            return Ok(WindowIncr::NotACounter);
+        }
+        Value::ServerError(err) => return Err(Some(err.clone().into())),
+        other => return Err(Some(unexpected_reply(other))),
+    };
+    // Negative before the increment, or past 2^53: no count of this
+    // library's (it has the increment added, and is replaced by the caller).
+    if count < by || count > MAX_COUNT as i64 {
+        return Ok(WindowIncr::NotACounter);
+    }
+    let left_ms = match pttl {
+        // Gone since the increment: its window ended meanwhile.
+        Value::Int(-2) => 0,
+        // No expiry (someone's `PERSIST` in between): the next increment's
+        // `PEXPIRE` gives it one; this one is counted in a window from now.
+        Value::Int(-1) => window_ms,
+        Value::Int(ms) => *ms,
+        Value::ServerError(err) => return Err(Some(err.clone().into())),
+        other => return Err(Some(unexpected_reply(other))),
+    };
+    Ok(WindowIncr::Counted {
+        count: count as u64,
+        left_ms: u64::try_from(left_ms).unwrap_or(0),
+    })
+}
+
+fn unexpected_reply(value: &Value) -> redis::RedisError {
+    redis::ParsingError::from(format!("unexpected reply {value:?}")).into()
 }
 
 fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
@@ -602,6 +724,73 @@ impl<C: Connection> Store for RedisStore<C> {
                 reply => reply?,
             };
             Ok(redis::from_redis_value(reply)?)
+        })
+    }
+
+    fn incr_windows<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        by: &'a [i64],
+        window_ms: i64,
+    ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
+        use std::sync::atomic::Ordering;
+        if self.no_expire_options.load(Ordering::Relaxed) {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let pipe = incr_window_pipe(keys, by, window_ms);
+            let replies = conn.send_pipeline(&pipe, 3 * keys.len()).await?;
+            if replies.len() != 3 * keys.len() {
+                return Err(unexpected_reply(&Value::Array(replies)).into());
+            }
+            let mut counted = Vec::with_capacity(keys.len());
+            let mut refused = false;
+            for (replies, &by) in replies.chunks_exact(3).zip(by) {
+                match window_incr(replies, by, window_ms) {
+                    Ok(found) => counted.push(found),
+                    Err(Some(err)) => return Err(err.into()),
+                    Err(None) => {
+                        refused = true;
+                        counted.push(match replies.first() {
+                            Some(Value::Int(count))
+                                if *count >= by && *count <= MAX_COUNT as i64 =>
+                            {
+                                WindowIncr::Counted {
+                                    count: *count as u64,
+                                    left_ms: 0,
+                                }
+                            }
+                            _ => WindowIncr::NotACounter,
+                        });
+                    }
+                }
+            }
+            if !refused {
+                return Ok(Some(counted));
+            }
+            if !self.no_expire_options.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the Redis server refuses `PEXPIRE ... LT` (Redis before 7.0): \
+                     window counters are counted by a Lua script from now on"
+                );
+            }
+            // The increments were made and no expiry set: an increment of
+            // zero by the script gives each counter its expiry (and reads
+            // it), so none lives without one and nothing counts twice.
+            for (found, &key) in counted.iter_mut().zip(keys) {
+                if let WindowIncr::Counted { left_ms, .. } = found {
+                    let args = [0, window_ms, MAX_COUNT as i64];
+                    let reply = self
+                        .eval(atomic::IncrWindow.script(), &[key], &args)
+                        .await?;
+                    *left_ms = reply
+                        .get(1)
+                        .and_then(|&ms| u64::try_from(ms).ok())
+                        .unwrap_or(0);
+                }
+            }
+            Ok(Some(counted))
         })
     }
 

@@ -1,7 +1,15 @@
 //! The background task of one instance: every flush interval (or at once
 //! when a request waits on its allowance) it sends the pending counts to
-//! Redis in [`flush.lua`](FLUSH_LUA) calls and hands the totals back to the
-//! table; it estimates Redis' clock from the same replies.
+//! Redis in [`Flush`] calls ([`flush.lua`](FLUSH_LUA)) and hands the totals
+//! back to the table; it estimates Redis' clock from the same replies.
+//!
+//! **What a call carries.** Per count: its key, the delta (negative the
+//! first time this instance sends the window's count), the key's expiry and
+//! the total the instance expects (what it last read plus the delta). The
+//! answer holds only the totals that differ from the expected ones, as
+//! (position, total) pairs: a count left out has exactly the total
+//! expected, so the table learns what it would from every total, and an
+//! instance alone on its clients reads back nothing but Redis' time.
 //!
 //! **Lanes.** A call goes on a lane, and a lane carries one call at a time:
 //! a call whose answer was lost (a timeout, a cut connection) is sent again,
@@ -13,17 +21,17 @@
 //! **Stopping.** The task ends when its [`Flusher`] (held by the layer) is
 //! dropped, after one last flush bounded by the store timeout.
 
-use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use cache_core::sync::StateFlag;
-use cache_core::{Cache, Script};
+use cache_core::{AtomicOp, Cache, Entries, Script};
 use futures_util::future::join_all;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::table::Table;
+use super::table::{Shard, Table};
 use super::{BUCKETS, Layout};
 use crate::clock::{Clock, now_micros};
 use crate::quota::Quota;
@@ -95,17 +103,43 @@ pub(crate) struct Task {
 
 /// One count sent in a call.
 struct Item {
+    /// The client's shard in the table: the answer is applied shard by shard.
+    shard: usize,
+    /// The client's hash in the table.
+    hash: u64,
     client: Arc<str>,
     policy: usize,
     index: u64,
     delta: u64,
+    sent_before: bool,
+    /// The total the instance expects: what it last read plus `delta`.
+    expected: u64,
 }
 
-/// A call: its keys and arguments, kept to be sent again unchanged.
+/// A call: its keys and arguments, kept to be sent again unchanged. The
+/// keys are written one after the other in one string (one allocation per
+/// call, not per count).
 struct Call {
-    keys: Vec<String>,
+    keys: String,
+    /// Where each key ends in `keys`.
+    ends: Vec<usize>,
     args: Vec<i64>,
     items: Vec<Item>,
+}
+
+impl Call {
+    /// The keys, as the script gets them.
+    fn keys(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let key = self.keys.get(start..end).unwrap_or_default();
+                start = end;
+                key
+            })
+            .collect()
+    }
 }
 
 /// The best estimate of Redis' clock so far: the offset measured over the
@@ -174,7 +208,6 @@ impl Task {
         let busy: Vec<bool> = lanes.iter().map(Option::is_some).collect();
         let mut fresh: Vec<Vec<Item>> = (0..lanes.len()).map(|_| Vec::new()).collect();
         let room = std::cell::Cell::new(busy.iter().filter(|b| !**b).count() * MAX_ITEMS);
-        let mut sent_before = Vec::new();
         self.table.drain(
             |client| {
                 if cluster {
@@ -183,10 +216,10 @@ impl Task {
                     room.get() > 0
                 }
             },
-            |client, policy, index, delta, before| {
+            |count| {
                 room.set(room.get().saturating_sub(1));
                 let lane = if cluster {
-                    self.layout.bucket(client)
+                    self.layout.bucket(count.client)
                 } else {
                     // The first free lane with room (one was free: `room`).
                     (0..busy.len())
@@ -195,47 +228,59 @@ impl Task {
                         .unwrap_or(0)
                 };
                 fresh[lane].push(Item {
-                    client: client.clone(),
-                    policy,
-                    index,
-                    delta,
+                    shard: count.shard,
+                    hash: count.hash,
+                    client: count.client.clone(),
+                    policy: count.policy,
+                    index: count.index,
+                    delta: count.delta,
+                    sent_before: count.sent_before,
+                    expected: count.seen.saturating_add(count.delta),
                 });
-                sent_before.push(before);
             },
         );
-        let mut before = sent_before.into_iter();
         for (lane, items) in fresh.into_iter().enumerate() {
             if items.is_empty() {
                 continue;
             }
             *next_flush += 1;
             let flush_id = i64::try_from(*next_flush).unwrap_or(i64::MAX);
-            let mut keys = Vec::with_capacity(items.len() + 1);
-            keys.push(self.layout.marker(lane, id));
+            let mut keys = self.layout.marker(lane, id);
+            keys.reserve(items.len() * (keys.len() + 24));
+            let mut ends = Vec::with_capacity(items.len() + 1);
+            ends.push(keys.len());
             let mut args = Vec::with_capacity(2 + 3 * items.len());
             args.extend([flush_id, MARKER_MS]);
             for item in &items {
                 let quota = &self.quotas[item.policy];
-                keys.push(self.layout.count_key(&item.client, item.policy, item.index));
+                self.layout
+                    .write_count_key(&mut keys, &item.client, item.policy, item.index);
+                ends.push(keys.len());
+                let delta = i64::try_from(item.delta).unwrap_or(i64::MAX);
                 args.extend([
-                    i64::try_from(item.delta).unwrap_or(i64::MAX),
+                    if item.sent_before { delta } else { -delta },
                     i64::try_from(super::expiry_ms(quota, item.index)).unwrap_or(i64::MAX),
-                    i64::from(!before.next().unwrap_or(true)),
+                    i64::try_from(item.expected).unwrap_or(i64::MAX),
                 ]);
             }
-            lanes[lane] = Some(Call { keys, args, items });
+            lanes[lane] = Some(Call {
+                keys,
+                ends,
+                args,
+                items,
+            });
         }
         let calls = lanes
             .iter()
             .enumerate()
             .filter_map(|(lane, call)| Some((lane, call.as_ref()?)))
             .map(|(lane, call)| async move {
-                let keys: Vec<&str> = call.keys.iter().map(String::as_str).collect();
+                let keys = call.keys();
                 let started = now_micros(self.clock.as_ref());
                 let store_call = telemetry::StoreCall::start();
                 let reply = self
                     .cache
-                    .eval_script_within(&FLUSH, &keys, &call.args, self.timeout)
+                    .run_atomic(&Flush, &keys, &call.args, self.timeout)
                     .await;
                 let reply = store_call.finish(reply);
                 let ended = now_micros(self.clock.as_ref());
@@ -250,8 +295,8 @@ impl Task {
                 continue;
             };
             match reply {
-                Ok(reply) if reply.len() == call.items.len() + 2 => {
-                    self.apply(&call, &reply[2..]);
+                Ok(reply) if well_formed(&reply, call.items.len()) => {
+                    self.apply(&call, Some(&reply[2..]));
                     self.note_clock(&reply[..2], started, ended, estimate);
                 }
                 Ok(reply) => {
@@ -264,7 +309,7 @@ impl Task {
                         reply.len(),
                         call.items.len()
                     ));
-                    self.apply(&call, &[]);
+                    self.apply(&call, None);
                 }
                 Err(err) => {
                     all_ok = false;
@@ -297,18 +342,37 @@ impl Task {
         self.link.done.send_modify(|done| *done += 1);
     }
 
-    /// Hands Redis' totals back to the table (no totals: only takes the
-    /// counts out of flight).
-    fn apply(&self, call: &Call, totals: &[i64]) {
+    /// Hands Redis' totals back to the table: the `differing` (position,
+    /// total) pairs of the answer, the expected total for every other count
+    /// (no answer: only takes the counts out of flight). The items come
+    /// shard by shard (as drained): each shard is locked once.
+    fn apply(&self, call: &Call, differing: Option<&[i64]>) {
+        let mut pairs = differing.unwrap_or_default().chunks_exact(2).peekable();
+        let mut locked: Option<(usize, MutexGuard<'_, Shard>)> = None;
         for (i, item) in call.items.iter().enumerate() {
-            let total = totals
-                .get(i)
-                .and_then(|&total| u64::try_from(total).ok())
-                .unwrap_or(0);
-            let mut shard = self.table.shard(&item.client);
+            // Positions come in order, from 1 (checked by `well_formed`).
+            let total = match pairs.peek() {
+                Some(&&[position, total]) if usize::try_from(position) == Ok(i + 1) => {
+                    pairs.next();
+                    u64::try_from(total).unwrap_or(0)
+                }
+                _ if differing.is_some() => item.expected,
+                _ => 0,
+            };
+            if locked
+                .as_ref()
+                .is_none_or(|(index, _)| *index != item.shard)
+            {
+                // One shard lock held at a time.
+                drop(locked.take());
+                locked = Some((item.shard, self.table.shard_at(item.shard)));
+            }
+            let Some((_, shard)) = locked.as_mut() else {
+                continue;
+            };
             self.table.acknowledge(
-                &mut shard,
-                &item.client,
+                shard,
+                (item.hash, &item.client),
                 item.policy,
                 item.index,
                 item.delta,
@@ -343,5 +407,115 @@ impl Task {
             });
             self.link.offset_us.store(offset, Ordering::Relaxed);
         }
+    }
+}
+
+/// Whether `reply` is a flush's answer to a call of `items` counts: the
+/// time, then (position, total) pairs, positions rising within `1..=items`.
+fn well_formed(reply: &[i64], items: usize) -> bool {
+    let Some(pairs) = reply.get(2..) else {
+        return false;
+    };
+    if pairs.len() % 2 != 0 {
+        return false;
+    }
+    let mut last = 0;
+    pairs.chunks_exact(2).all(|pair| {
+        let rising = pair[0] > last && usize::try_from(pair[0]).is_ok_and(|p| p <= items);
+        last = pair[0];
+        rising
+    })
+}
+
+/// The flush as an atomic operation: [`flush.lua`](FLUSH_LUA) on Redis; in
+/// memory its twin, the same step on the store's entries (kept for the
+/// seam's sake: on the in-memory store the shared mode never flushes).
+pub(crate) struct Flush;
+
+impl AtomicOp for Flush {
+    fn script(&self) -> &Script {
+        &FLUSH
+    }
+
+    fn twin(
+        &self,
+        entries: &mut Entries<'_>,
+        keys: &[&str],
+        args: &[i64],
+    ) -> cache_core::Result<Vec<i64>> {
+        let (Some((&marker, counts)), [flush_id, marker_ms, per_count @ ..]) =
+            (keys.split_first(), args)
+        else {
+            return Err(malformed("a marker, a flush id and its lifetime"));
+        };
+        if per_count.len() != 3 * counts.len() {
+            return Err(malformed("three arguments per count"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        let mut out = vec![
+            i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            i64::from(now.subsec_micros()),
+        ];
+        let id = flush_id.to_string();
+        let replay = entries.get(marker) == Some(id.as_bytes());
+        let integer = |value: &[u8]| std::str::from_utf8(value).ok()?.parse::<i64>().ok();
+        for (position, (&key, count)) in counts.iter().zip(per_count.chunks_exact(3)).enumerate() {
+            let (delta, expiry_ms, expected) = (count[0].saturating_abs(), count[1], count[2]);
+            let first = count[0] < 0;
+            let until_expiry = u64::try_from(expiry_ms.saturating_sub(now_ms))
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(std::time::Duration::from_millis);
+            let total = if replay {
+                entries.get(key).and_then(integer).unwrap_or(0)
+            } else {
+                // INCRBY: a missing key counts from 0; anything that is not
+                // a count of this mode is replaced (as the script does).
+                let counted = match entries.get(key) {
+                    None => Some(delta),
+                    Some(value) => integer(value).and_then(|current| current.checked_add(delta)),
+                };
+                // Its expiry is kept, unless the key is new, the instance
+                // sends the window for the first time, or it is replaced.
+                let (total, kept) = match counted {
+                    Some(total) if total >= delta => (total, total != delta && !first),
+                    _ => (delta, false),
+                };
+                match (kept, until_expiry) {
+                    (true, _) => {
+                        let left = entries.ttl(key);
+                        entries.set(key, total.to_string().as_bytes(), left);
+                    }
+                    (false, Some(left)) => {
+                        entries.set(key, total.to_string().as_bytes(), Some(left))
+                    }
+                    // An expiry already past (PXAT, PEXPIREAT): the key is gone.
+                    (false, None) => {
+                        entries.delete(key);
+                    }
+                }
+                total
+            };
+            if total != expected {
+                out.extend([i64::try_from(position + 1).unwrap_or(i64::MAX), total]);
+            }
+        }
+        let lifetime = u64::try_from(*marker_ms).unwrap_or(0).max(1);
+        entries.set(
+            marker,
+            id.as_bytes(),
+            Some(std::time::Duration::from_millis(lifetime)),
+        );
+        Ok(out)
+    }
+}
+
+fn malformed(reason: &str) -> cache_core::Error {
+    cache_core::Error::InvalidArgument {
+        argument: "flush",
+        reason: reason.into(),
     }
 }

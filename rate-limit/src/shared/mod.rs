@@ -13,8 +13,11 @@
 //! instance's background task sends what it admitted since its last flush
 //! in one script call (`INCRBY` per count, one call per Redis server, or per
 //! bucket on a cluster) and reads back the totals, which include every
-//! other instance's flushed counts; a rejected request never leaves the
-//! process, and clients over their limit are answered by the deny cache.
+//! other instance's flushed counts (only those that differ from the total
+//! the instance expects, its last read plus its delta: a total left out is
+//! the expected one, so the table learns the same as from every total); a
+//! rejected request never leaves the process, and clients over their limit
+//! are answered by the deny cache.
 //!
 //! **The bound.** Between two of its flushes, an instance admits at most
 //! its *allowance* of one client under one policy:
@@ -30,7 +33,13 @@
 //! whatever the rate, the flush interval or the network: the instance
 //! whose last admission came last checked it against a total that held
 //! everything but the other instances' unflushed counts, at most `a` each.
-//! (For the sliding window the same holds for its weighted estimate.) It
+//! (For the sliding window the same holds for its weighted estimate.) The
+//! flush's answer leaving out the totals equal to the expected ones does
+//! not weaken this: a count left out had exactly the total the instance
+//! expected, which it takes as Redis' answer, so every total the instance
+//! holds is one Redis returned, as before; only a well-formed answer
+//! (positions rising within the call) is read, any other takes the counts
+//! out of flight without raising a total. It
 //! never rejects a request the limit would admit: totals only grow, so a
 //! count that says "over" is right. Instances are every process that
 //! counted in the window: one killed loses its unflushed counts (at most
@@ -69,8 +78,9 @@
 //! dropped first); the task sends at most 1 024 counts per call and stops
 //! when the layer is dropped, after one last flush.
 //!
-//! On the in-memory store the instance's counts *are* the store, shared by
-//! the layers of one handle: the same aligned windows, exact.
+//! **Redis only.** On the in-memory store the counts are in the process
+//! already, exact at in-process cost: a layer with shared counting there
+//! counts as one without it does (the limiter never builds this mode).
 
 pub(crate) mod flush;
 pub(crate) mod table;
@@ -230,8 +240,22 @@ impl Layout {
     }
 
     /// The key of `client`'s count under `policy` in window `index`.
+    #[cfg(test)]
     pub(crate) fn count_key(&self, client: &str, policy: usize, index: u64) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + client.len() + 32);
+        let mut key = String::new();
+        self.write_count_key(&mut key, client, policy, index);
+        key
+    }
+
+    /// Writes the key of `client`'s count under `policy` in window `index`
+    /// at the end of `key` (a flush writes its keys into one string).
+    pub(crate) fn write_count_key(
+        &self,
+        key: &mut String,
+        client: &str,
+        policy: usize,
+        index: u64,
+    ) {
         let mut digits = itoa::Buffer::new();
         key.push_str(&self.prefix);
         key.push_str(":{s");
@@ -244,7 +268,6 @@ impl Layout {
         }
         key.push(':');
         key.push_str(digits.format(index));
-        key
     }
 
     /// The key of this instance's marker on `lane` (one slot with the
@@ -278,6 +301,21 @@ pub(crate) fn expiry_ms(quota: &Quota, index: u64) -> u64 {
         .saturating_add(GRACE_MS)
 }
 
+/// For tests: one flush call with `keys` and `args` as the flusher sends
+/// them ([`flush.lua`](flush::FLUSH_LUA) on Redis, its twin on the
+/// in-memory store): what the twin-and-script agreement test runs. Not a
+/// stable API.
+#[doc(hidden)]
+pub async fn flush_raw(
+    cache: &cache_core::Cache,
+    keys: &[&str],
+    args: &[i64],
+) -> cache_core::Result<Vec<i64>> {
+    cache
+        .run_atomic(&flush::Flush, keys, args, Duration::from_secs(5))
+        .await
+}
+
 /// A request's answer in the shared mode.
 pub(crate) enum Answer {
     /// Decided on the instance's counts, at `now_us` of the windows' clock.
@@ -287,13 +325,13 @@ pub(crate) enum Answer {
     Unknown,
 }
 
-/// The shared mode of one layer: its counts, and on Redis the task that
+/// The shared mode of one layer on Redis: its counts, and the task that
 /// exchanges them.
 pub(crate) struct SharedLimits {
     table: Arc<Table>,
-    /// On Redis: the task's link, the allowance per policy, and the task
-    /// itself until it is started (on the first request, inside the runtime).
-    remote: Option<Remote>,
+    /// The task's link, the allowance per policy, and the task itself until
+    /// it is started (on the first request, inside the runtime).
+    remote: Remote,
     clock: Arc<dyn Clock>,
     /// The clock is the windows' clock (a test's): no offset to Redis'.
     authoritative: bool,
@@ -316,13 +354,8 @@ pub(crate) struct RedisSide {
     pub(crate) store_timeout: Duration,
 }
 
-/// The in-memory store's tables, by layer prefix and policy names: shared
-/// by the layers of one handle, as the store's keys are.
-#[derive(Default)]
-pub(crate) struct MemoryTables(Mutex<std::collections::HashMap<String, Arc<Table>>>);
-
 impl SharedLimits {
-    /// On Redis: this instance's own table and task.
+    /// This instance's own table and task.
     pub(crate) fn on_redis(
         settings: SharedCounting,
         side: RedisSide,
@@ -341,7 +374,7 @@ impl SharedLimits {
             ),
             names: (names.len() > 1).then(|| names.to_vec()),
         };
-        let cluster = matches!(side.cache.backend(), cache_core::Backend::Cluster(_));
+        let cluster = side.cache.reach() == cache_core::Reach::Cluster;
         let task = Task {
             cache: side.cache,
             table: table.clone(),
@@ -356,7 +389,7 @@ impl SharedLimits {
         };
         SharedLimits {
             table,
-            remote: Some(Remote {
+            remote: Remote {
                 link,
                 allowance: quotas
                     .iter()
@@ -366,31 +399,9 @@ impl SharedLimits {
                 flusher: OnceLock::new(),
                 fail_open: side.fail_open,
                 store_timeout: side.store_timeout,
-            }),
+            },
             clock,
             authoritative,
-        }
-    }
-
-    /// On the in-memory store: the table of `cache` for this layer's prefix
-    /// and policies, exact.
-    pub(crate) fn in_memory(
-        cache: &cache_core::Cache,
-        prefix: &str,
-        names: &[String],
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let tables = cache.shared_state::<MemoryTables>();
-        let name = [cache.full_key(prefix).as_ref(), "\n", &names.join("\n")].concat();
-        let table = cache_core::sync::lock(&tables.0)
-            .entry(name)
-            .or_insert_with(|| Arc::new(Table::new(MAX_CLIENTS)))
-            .clone();
-        SharedLimits {
-            table,
-            remote: None,
-            authoritative: clock.is_authoritative(),
-            clock,
         }
     }
 
@@ -398,31 +409,22 @@ impl SharedLimits {
     /// measured offset to Redis' (none for an authoritative clock).
     fn now_us(&self) -> u64 {
         let local = now_micros(self.clock.as_ref());
-        match &self.remote {
-            Some(remote) if !self.authoritative => {
-                local.saturating_add_signed(remote.link.offset_us.load(Ordering::Relaxed))
-            }
-            _ => local,
+        if self.authoritative {
+            return local;
         }
+        local.saturating_add_signed(self.remote.link.offset_us.load(Ordering::Relaxed))
     }
 
     /// Decides a request of `client` costing `cost`.
     pub(crate) async fn check(&self, client: &str, quotas: &[Quota], cost: u64) -> Answer {
-        let Some(remote) = &self.remote else {
-            let now_us = self.now_us();
-            return match self.table.check(client, quotas, None, now_us, cost).0 {
-                Checked::Decided(outcome) => Answer::Decided { outcome, now_us },
-                // No allowance in memory.
-                Checked::OverAllowance => Answer::Unknown,
-            };
-        };
+        let remote = &self.remote;
         remote.start();
         let deadline = tokio::time::Instant::now() + remote.store_timeout;
         loop {
             let now_us = self.now_us();
             let (checked, dirty) =
                 self.table
-                    .check(client, quotas, Some(&remote.allowance), now_us, cost);
+                    .check(client, quotas, &remote.allowance, now_us, cost);
             if dirty {
                 self.wake(remote);
             }
@@ -452,12 +454,11 @@ impl SharedLimits {
 
     /// (flush calls, failed flush calls): what the layer's stats add.
     pub(crate) fn calls(&self) -> (u64, u64) {
-        self.remote.as_ref().map_or((0, 0), |remote| {
-            (
-                remote.link.calls.load(Ordering::Relaxed),
-                remote.link.errors.load(Ordering::Relaxed),
-            )
-        })
+        let link = &self.remote.link;
+        (
+            link.calls.load(Ordering::Relaxed),
+            link.errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Clients held.
@@ -533,7 +534,7 @@ mod tests {
         assert!(allowed(&shared.check("ip:1", &quotas, 1).await));
         assert_eq!(shared.clients(), 1);
         let table = Arc::downgrade(&shared.table);
-        let link = shared.remote.as_ref().unwrap().link.clone();
+        let link = shared.remote.link.clone();
         until("the task flushes", || {
             link.calls.load(Ordering::Relaxed) > 0
         })
@@ -556,10 +557,13 @@ mod tests {
                 Answer::Unknown
             ));
             // Let through and counted (sent when Redis is back), or not.
-            let pending = shared.table.shard("ip:1").clients["ip:1"].tallies[0]
-                .current
-                .unflushed();
-            assert_eq!(pending, if fail_open { 6 } else { 5 });
+            let hash = shared.table.hash("ip:1");
+            let pending = shared
+                .table
+                .shard("ip:1")
+                .get_mut(hash, "ip:1")
+                .map(|entry| entry.tallies[0].current.unflushed());
+            assert_eq!(pending, Some(if fail_open { 6 } else { 5 }));
         }
     }
 

@@ -14,15 +14,22 @@
 //! with unsent counts than the capacity: Redis unreachable for long) some
 //! with unsent counts, which are lost as an instance's are when it is killed.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::{HashTable, hash_table};
 
 use crate::quota::{Algorithm, Quota};
 use crate::window::{self, Outcome, State};
 
 const SHARDS: usize = 16;
+
+/// The shard of a client's hash: its top bits (the table uses the low
+/// ones for the slot).
+fn shard_of(hash: u64) -> usize {
+    (hash >> 60) as usize % SHARDS
+}
 
 /// One window's count of one client under one policy, as this instance
 /// knows it.
@@ -130,17 +137,29 @@ impl Tally {
 /// One client under every policy of the layer.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// The keyed hash of `key` ([`Table::hash`]): its shard and its slot,
+    /// found again (drained, acknowledged, rehashed) without hashing.
+    hash: u64,
+    key: Arc<str>,
     pub(crate) tallies: Box<[Tally]>,
     /// Listed in its shard's dirty list, to be drained.
     dirty: bool,
 }
 
 /// A shard: clients, and the ones with pending counts (keys may repeat or
-/// be stale: [`Entry::dirty`] says whether a listed one still is).
+/// be stale: [`Entry::dirty`] says whether a listed one still is), listed
+/// with their hashes.
 #[derive(Default)]
 pub(crate) struct Shard {
-    pub(crate) clients: HashMap<Arc<str>, Entry>,
-    dirty: Vec<Arc<str>>,
+    clients: HashTable<Entry>,
+    dirty: Vec<(u64, Arc<str>)>,
+}
+
+impl Shard {
+    /// The entry of `client`, whose hash is `hash`.
+    pub(crate) fn get_mut(&mut self, hash: u64, client: &str) -> Option<&mut Entry> {
+        self.clients.find_mut(hash, |entry| &*entry.key == client)
+    }
 }
 
 /// What a request's check found.
@@ -152,6 +171,23 @@ pub(crate) enum Checked {
     /// instance's unflushed count of the client past its allowance under
     /// some policy: it needs a flush first.
     OverAllowance,
+}
+
+/// One count [`Table::drain`] took into flight.
+pub(crate) struct Drained<'a> {
+    /// The client's shard ([`Table::shard_at`]).
+    pub(crate) shard: usize,
+    /// The client's hash ([`Table::hash`]).
+    pub(crate) hash: u64,
+    pub(crate) client: &'a Arc<str>,
+    pub(crate) policy: usize,
+    /// The window's number.
+    pub(crate) index: u64,
+    pub(crate) delta: u64,
+    /// This instance sent this window's count before.
+    pub(crate) sent_before: bool,
+    /// The window's total at Redis, as last read.
+    pub(crate) seen: u64,
 }
 
 /// The counts of one layer (on Redis: of one instance), by client.
@@ -176,46 +212,66 @@ impl Table {
         }
     }
 
+    /// The keyed hash of `client`: its shard and its slot in the shard.
+    pub(crate) fn hash(&self, client: &str) -> u64 {
+        self.hasher.hash_one(client)
+    }
+
+    /// The shard of `client`.
+    #[cfg(test)]
     pub(crate) fn shard(&self, client: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(client) as usize) % SHARDS;
+        self.shard_at(shard_of(self.hash(client)))
+    }
+
+    /// The shard numbered `index` (as [`Table::drain`] names them).
+    pub(crate) fn shard_at(&self, index: usize) -> MutexGuard<'_, Shard> {
         // Every critical section leaves the shard whole: a poisoned one is usable.
-        cache_core::sync::lock(&self.shards[index])
+        cache_core::sync::lock(&self.shards[index % SHARDS])
     }
 
     /// Decides a request of `client` costing `cost` at `now_us` (the
-    /// windows' clock) under `quotas`; counts it if admitted. `allowance`:
-    /// per policy, the most this instance may hold unflushed for one client
-    /// (`None`: no limit, the in-memory store's exact mode). Returns whether
-    /// the client became dirty (the flusher may need waking) with the answer.
+    /// windows' clock) under `quotas`; counts it if admitted, as pending.
+    /// `allowance`: per policy, the most this instance may hold unflushed
+    /// for one client. Returns whether the client became dirty (the flusher
+    /// may need waking) with the answer.
     pub(crate) fn check(
         &self,
         client: &str,
         quotas: &[Quota],
-        allowance: Option<&[u64]>,
+        allowance: &[u64],
         now_us: u64,
         cost: u64,
     ) -> (Checked, bool) {
         let now_ms = now_us / 1000;
-        let mut shard = self.shard(client);
-        let entry = match shard.clients.get_mut(client) {
-            Some(entry) => entry,
-            None => {
-                if shard.clients.len() >= self.shard_capacity {
-                    self.make_room(&mut shard, quotas, now_ms);
-                }
-                let tallies = quotas
-                    .iter()
-                    .map(|quota| Tally {
-                        index: now_ms / quota.window_ms().max(1),
-                        ..Tally::default()
+        let hash = self.hash(client);
+        let mut shard = self.shard_at(shard_of(hash));
+        let shard = &mut *shard;
+        if shard.clients.len() >= self.shard_capacity && shard.get_mut(hash, client).is_none() {
+            self.make_room(shard, quotas, now_ms);
+        }
+        let entry =
+            match shard
+                .clients
+                .entry(hash, |entry| &*entry.key == client, |entry| entry.hash)
+            {
+                hash_table::Entry::Occupied(found) => found.into_mut(),
+                hash_table::Entry::Vacant(free) => {
+                    let tallies = quotas
+                        .iter()
+                        .map(|quota| Tally {
+                            index: now_ms / quota.window_ms().max(1),
+                            ..Tally::default()
+                        })
+                        .collect();
+                    free.insert(Entry {
+                        hash,
+                        key: Arc::from(client),
+                        tallies,
+                        dirty: false,
                     })
-                    .collect();
-                shard.clients.entry(Arc::from(client)).or_insert(Entry {
-                    tallies,
-                    dirty: false,
-                })
-            }
-        };
+                    .into_mut()
+                }
+            };
         let mut states = [State::Empty; 4];
         let mut many = Vec::new();
         let states: &mut [State] = if quotas.len() <= states.len() {
@@ -236,35 +292,23 @@ impl Table {
         if !outcome.decision.allowed || cost == 0 {
             return (Checked::Decided(outcome), false);
         }
-        if let Some(allowance) = allowance {
-            // Past the allowance only when something is unflushed already: a
-            // request costing more than the allowance passes alone.
-            let over = entry.tallies.iter().zip(allowance).any(|(tally, &most)| {
-                let held = tally.unflushed();
-                held > 0 && held.saturating_add(cost) > most
-            });
-            if over {
-                return (Checked::OverAllowance, false);
-            }
+        // Past the allowance only when something is unflushed already: a
+        // request costing more than the allowance passes alone.
+        let over = entry.tallies.iter().zip(allowance).any(|(tally, &most)| {
+            let held = tally.unflushed();
+            held > 0 && held.saturating_add(cost) > most
+        });
+        if over {
+            return (Checked::OverAllowance, false);
         }
         for tally in entry.tallies.iter_mut() {
-            let count = &mut tally.current;
-            match allowance {
-                Some(_) => count.pending = count.pending.saturating_add(cost),
-                // No store behind the table: it is the total.
-                None => count.seen = count.seen.saturating_add(cost),
-            }
+            tally.current.pending = tally.current.pending.saturating_add(cost);
         }
-        let became_dirty = allowance.is_some() && !entry.dirty;
+        let became_dirty = !entry.dirty;
         if became_dirty {
             entry.dirty = true;
-            let key = shard
-                .clients
-                .get_key_value(client)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = key {
-                shard.dirty.push(key);
-            }
+            let key = entry.key.clone();
+            shard.dirty.push((hash, key));
         }
         (Checked::Decided(outcome), became_dirty)
     }
@@ -274,8 +318,10 @@ impl Table {
     /// when it can be.
     pub(crate) fn force(&self, client: &str, quotas: &[Quota], now_us: u64, cost: u64) -> bool {
         let now_ms = now_us / 1000;
-        let mut shard = self.shard(client);
-        let Some(entry) = shard.clients.get_mut(client) else {
+        let hash = self.hash(client);
+        let mut shard = self.shard_at(shard_of(hash));
+        let shard = &mut *shard;
+        let Some(entry) = shard.clients.find_mut(hash, |entry| &*entry.key == client) else {
             return false;
         };
         for (tally, quota) in entry.tallies.iter_mut().zip(quotas) {
@@ -285,13 +331,8 @@ impl Table {
         let became_dirty = !entry.dirty;
         if became_dirty {
             entry.dirty = true;
-            let key = shard
-                .clients
-                .get_key_value(client)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = key {
-                shard.dirty.push(key);
-            }
+            let key = entry.key.clone();
+            shard.dirty.push((hash, key));
         }
         became_dirty
     }
@@ -305,26 +346,26 @@ impl Table {
 
     /// Takes the pending counts of dirty clients into flight, for those
     /// `accept` takes (by client; one it refuses stays dirty), handing each
-    /// non-zero count to `sink` as (client, policy, window index, delta,
-    /// sent before).
+    /// non-zero count to `sink`, shard by shard. A client whose counts did
+    /// not change since the last drain is not handed.
     pub(crate) fn drain(
         &self,
         mut accept: impl FnMut(&str) -> bool,
-        mut sink: impl FnMut(&Arc<str>, usize, u64, u64, bool),
+        mut sink: impl FnMut(Drained<'_>),
     ) {
-        for shard in &self.shards {
+        for (number, shard) in self.shards.iter().enumerate() {
             let mut shard = cache_core::sync::lock(shard);
             let listed = std::mem::take(&mut shard.dirty);
             let mut kept = Vec::new();
-            for key in listed {
-                let Some(entry) = shard.clients.get_mut(&*key) else {
+            for (hash, key) in listed {
+                let Some(entry) = shard.get_mut(hash, &key) else {
                     continue;
                 };
                 if !entry.dirty {
                     continue;
                 }
                 if !accept(&key) {
-                    kept.push(key);
+                    kept.push((hash, key));
                     continue;
                 }
                 entry.dirty = false;
@@ -337,7 +378,16 @@ impl Table {
                         let (Some(window), delta @ 1..) = (window, count.pending) else {
                             continue;
                         };
-                        sink(&key, policy, window, delta, count.sent_before);
+                        sink(Drained {
+                            shard: number,
+                            hash,
+                            client: &key,
+                            policy,
+                            index: window,
+                            delta,
+                            sent_before: count.sent_before,
+                            seen: count.seen,
+                        });
                         count.in_flight = count.in_flight.saturating_add(delta);
                         count.pending = 0;
                         count.sent_before = true;
@@ -353,15 +403,14 @@ impl Table {
     pub(crate) fn acknowledge(
         &self,
         shard: &mut Shard,
-        client: &str,
+        (hash, client): (u64, &str),
         policy: usize,
         index: u64,
         delta: u64,
         total: u64,
     ) {
         let count = shard
-            .clients
-            .get_mut(client)
+            .get_mut(hash, client)
             .and_then(|entry| entry.tallies.get_mut(policy))
             .and_then(|tally| tally.window_mut(index));
         if let Some(count) = count {
@@ -393,11 +442,11 @@ impl Table {
         };
         shard
             .clients
-            .retain(|_, entry| !(ended(entry) && entry.tallies.iter().all(Tally::settled)));
+            .retain(|entry| !(ended(entry) && entry.tallies.iter().all(Tally::settled)));
         let keep = self.shard_capacity * 3 / 4;
         if shard.clients.len() > keep {
             let mut excess = shard.clients.len() - keep;
-            shard.clients.retain(|_, entry| {
+            shard.clients.retain(|entry| {
                 if excess > 0 && entry.tallies.iter().all(Tally::settled) {
                     excess -= 1;
                     false
@@ -409,7 +458,7 @@ impl Table {
         if shard.clients.len() > keep {
             let mut excess = shard.clients.len() - keep;
             self.lost.fetch_add(excess as u64, Ordering::Relaxed);
-            shard.clients.retain(|_, _| {
+            shard.clients.retain(|_| {
                 if excess > 0 {
                     excess -= 1;
                     false
@@ -437,24 +486,53 @@ mod tests {
         matches!(checked, Checked::Decided(outcome) if outcome.decision.allowed)
     }
 
+    /// An allowance that never binds: one instance alone.
+    const UNBOUND: [u64; 1] = [u64::MAX];
+
+    /// Sends `client`'s pending counts and hands back the totals Redis
+    /// would with no other instance: the client is settled.
+    fn flush(table: &Table, client: &str) {
+        let mut sent = Vec::new();
+        table.drain(
+            |c| c == client,
+            |count| sent.push((count.policy, count.index, count.delta)),
+        );
+        let hash = table.hash(client);
+        let mut shard = table.shard(client);
+        for (policy, index, delta) in sent {
+            let seen = shard.get_mut(hash, client).unwrap().tallies[policy]
+                .window_mut(index)
+                .unwrap()
+                .seen;
+            table.acknowledge(
+                &mut shard,
+                (hash, client),
+                policy,
+                index,
+                delta,
+                seen + delta,
+            );
+        }
+    }
+
     #[test]
-    fn without_an_allowance_the_limit_is_exact_per_aligned_window() {
+    fn alone_the_limit_is_exact_per_aligned_window() {
         let table = Table::new(1000);
         let quotas = fixed(3);
         // 100 ms into an aligned second.
         let now = START_US + 100_000;
         let passed = (0..5)
-            .filter(|_| allowed(table.check("ip:1", &quotas, None, now, 1).0))
+            .filter(|_| allowed(table.check("ip:1", &quotas, &UNBOUND, now, 1).0))
             .count();
         assert_eq!(passed, 3);
         // The window ends on the whole second, not a second after the first request.
-        let Checked::Decided(denied) = table.check("ip:1", &quotas, None, now, 1).0 else {
+        let Checked::Decided(denied) = table.check("ip:1", &quotas, &UNBOUND, now, 1).0 else {
             panic!("decided");
         };
         assert_eq!(denied.decision.reset_after, Duration::from_millis(900));
         assert!(allowed(
             table
-                .check("ip:1", &quotas, None, START_US + 1_000_000, 1)
+                .check("ip:1", &quotas, &UNBOUND, START_US + 1_000_000, 1)
                 .0
         ));
     }
@@ -464,19 +542,21 @@ mod tests {
         let table = Table::new(1000);
         let quotas = fixed(100);
         let allowance = [2];
-        let check = || {
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
-                .0
-        };
+        let check = || table.check("ip:1", &quotas, &allowance, START_US, 1).0;
         assert!(allowed(check()));
         assert!(allowed(check()));
         assert_eq!(check(), Checked::OverAllowance);
         let mut sent = Vec::new();
         table.drain(
             |_| true,
-            |client, policy, index, delta, before| {
-                sent.push((client.to_string(), policy, index, delta, before))
+            |count| {
+                sent.push((
+                    count.client.to_string(),
+                    count.policy,
+                    count.index,
+                    count.delta,
+                    count.sent_before,
+                ))
             },
         );
         let index = START_US / 1000 / 1000;
@@ -484,7 +564,8 @@ mod tests {
         // In flight still counts against the allowance...
         assert_eq!(check(), Checked::OverAllowance);
         // ...until Redis answers with the total (another instance's 40 in it).
-        table.acknowledge(&mut table.shard("ip:1"), "ip:1", 0, index, 2, 42);
+        let hash = table.hash("ip:1");
+        table.acknowledge(&mut table.shard("ip:1"), (hash, "ip:1"), 0, index, 2, 42);
         let Checked::Decided(outcome) = check() else {
             panic!("decided");
         };
@@ -497,14 +578,10 @@ mod tests {
         let quotas = fixed(100);
         let allowance = [2];
         assert!(allowed(
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 10)
-                .0
+            table.check("ip:1", &quotas, &allowance, START_US, 10).0
         ));
         assert_eq!(
-            table
-                .check("ip:1", &quotas, Some(&allowance), START_US, 1)
-                .0,
+            table.check("ip:1", &quotas, &allowance, START_US, 1).0,
             Checked::OverAllowance
         );
     }
@@ -515,13 +592,13 @@ mod tests {
         let quotas = [Quota::new(10, Duration::from_secs(1)).algorithm(Algorithm::SlidingWindow)];
         let start = START_US - START_US % 1_000_000;
         for _ in 0..10 {
-            assert!(allowed(table.check("ip:1", &quotas, None, start, 1).0));
+            assert!(allowed(table.check("ip:1", &quotas, &UNBOUND, start, 1).0));
         }
         // A quarter into the next window, three quarters of the previous
         // one's 10 still weigh: 8 (rounded up), so 2 pass.
         let later = start + 1_250_000;
         let passed = (0..5)
-            .filter(|_| allowed(table.check("ip:1", &quotas, None, later, 1).0))
+            .filter(|_| allowed(table.check("ip:1", &quotas, &UNBOUND, later, 1).0))
             .count();
         assert_eq!(passed, 2);
     }
@@ -533,18 +610,19 @@ mod tests {
         let allowance = [100];
         // A client with unsent counts...
         assert!(allowed(
-            table
-                .check("ip:kept", &quotas, Some(&allowance), START_US, 1)
-                .0
+            table.check("ip:kept", &quotas, &allowance, START_US, 1).0
         ));
         // ...survives a crowd of settled ones.
         for i in 0..10_000 {
             let client = format!("ip:{i}");
-            assert!(allowed(table.check(&client, &quotas, None, START_US, 1).0));
+            assert!(allowed(
+                table.check(&client, &quotas, &allowance, START_US, 1).0
+            ));
+            flush(&table, &client);
         }
         assert!(table.len() <= SHARDS * 8);
         let mut sent = 0;
-        table.drain(|_| true, |_, _, _, delta, _| sent += delta);
+        table.drain(|_| true, |count| sent += count.delta);
         assert_eq!(sent, 1, "the unsent count is still there to send");
         assert_eq!(table.lost.load(Ordering::Relaxed), 0);
     }

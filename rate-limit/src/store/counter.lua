@@ -8,14 +8,21 @@
 -- the total of its requests and the cost of each (n = total / cost requests
 -- of that cost, one client's requests sent together).
 -- Returns per entry {admitted requests m (its first m), the count after
--- them, ms until the window ends}; or {-1, 0, 0}, changing nothing that
--- counts, when the key holds no count of this policy (not an integer: an
--- earlier version's "count:end", another algorithm's state, another type;
--- negative; above the limit: a higher limit's count, a TAT): single.lua
--- then reads it and replaces it.
+-- them (at most the limit: a count above it is a full window), ms until the
+-- window ends}; or {-1, 0, 0}, changing nothing that counts, when the key
+-- holds no count of this policy (not an integer: an earlier version's
+-- "count:end", another algorithm's state, another type; negative; above the
+-- limit and at or above 2^50: a TAT): single.lua then reads it and replaces
+-- it.
+-- A count above the limit (below 2^50) is a full window, not foreign state
+-- to replace: the pipelined counter (store/redis.rs, requests of cost 1)
+-- leaves its rejected requests counted, and a higher limit's count is full
+-- for the lower one too. Replacing it would start the window afresh: an
+-- over-admission.
 -- The totals go to INCRBY as the strings they came as (a Lua number would
 -- be formatted again, with '%.17g'); the limiter keeps each under 2^53.
-local floor = math.floor
+local floor, min = math.floor, math.min
+local TAT_FLOOR = 1125899906842624
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS do
@@ -26,7 +33,7 @@ for i = 1, #KEYS do
   if type(count) == 'number' then
     before = count - total
   end
-  if not before or before < 0 or before > limit then
+  if not before or before < 0 or (before > limit and before >= TAT_FLOOR) then
     out[3 * i - 2], out[3 * i - 1], out[3 * i] = -1, 0, 0
   else
     local left = redis.call('PTTL', key)
@@ -44,6 +51,8 @@ for i = 1, #KEYS do
       m = floor((limit - before) / cost)
       if m * cost > limit - before then m = m - 1 end
       if (m + 1) * cost <= limit - before then m = m + 1 end
+      -- Already full (a count above the limit): none fits.
+      if m < 0 then m = 0 end
       -- Rejected: charged nothing, in the same step, so no other request
       -- ever sees them counted; a key these requests made is removed.
       count = before + m * cost
@@ -58,7 +67,7 @@ for i = 1, #KEYS do
     elseif left == window then
       redis.call('PEXPIRE', key, ARGV[2])
     end
-    out[3 * i - 2], out[3 * i - 1], out[3 * i] = m, count, left
+    out[3 * i - 2], out[3 * i - 1], out[3 * i] = m, min(count, limit), left
   end
 end
 return out

@@ -27,6 +27,7 @@
 -- layer's fixed window, the window's end in the key's expiry) is read with
 -- its PEXPIRETIME and rewritten.
 local MAX = 9007199254740992
+local TAT_FLOOR = 1125899906842624
 local NEVER = -1
 local floor, min, max, format, match = math.floor, math.min, math.max, string.format, string.match
 
@@ -54,6 +55,18 @@ local function int(v)
     return n
   end
   return nil
+end
+
+-- A fixed-window count above the limit `L` is a full window: the pipelined
+-- counter (rate-limit/src/store/redis.rs) leaves rejected requests of cost 1
+-- counted, and a higher limit's count is a full window of the lower one.
+-- At or above 2^50 (TAT_FLOOR in window.rs) it is another algorithm's state
+-- (a GCRA TAT in µs), left above the limit: replaced.
+local function full(x, L)
+  if x and x > L and x < TAT_FLOOR then
+    return L
+  end
+  return x
 end
 
 local now_us = tonumber(ARGV[1])
@@ -211,16 +224,16 @@ local function read(i, key, v)
       -- Digits only: a number; at most 2^53 to count exactly.
       x, y = tonumber(x), tonumber(y)
       if x >= MAX or y >= MAX then x = nil end
+      x = full(x, L)
     else
       -- A bare count: the earlier form, the window's end in the expiry.
-      x = int(v)
+      x = full(int(v), L)
       if x and x <= L then
         y, act = redis.call('PEXPIRETIME', key), 'set'
         if y < 0 then y = now + W end
       end
     end
-    -- Above the limit: not this policy's count (rejected requests are not
-    -- counted), but another algorithm's state or a higher limit's.
+    -- Still above the limit: another algorithm's state (see `full`).
     if not (x and y) or x > L then
       return nil, nil, nil, 'del'
     end

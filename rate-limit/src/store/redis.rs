@@ -1,8 +1,10 @@
-//! The Redis side: one script call for one request or for a group of them
-//! (see [`crate::exact`]), sent at once on the limiter's multiplexed
-//! connection (which pipelines concurrent calls):
-//! [`counter.lua`](COUNTER_LUA) for a layer of one fixed-window policy on
-//! Redis' clock, the common case (`INCRBY` and `PTTL`);
+//! The Redis side: one call for one request or for a group of them (see
+//! [`crate::exact`]), sent at once on the limiter's multiplexed connection
+//! (which pipelines concurrent calls). A layer of one fixed-window policy
+//! on Redis' clock, the common case, counts requests of cost 1 without a
+//! script ([`count_pipelined`]: `INCRBY`, `PEXPIRE ... LT`, `PTTL` per key,
+//! pipelined), and others with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
+//! `PTTL`, taking rejected requests back);
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
 //! "now", or a key `counter.lua` finds holding no count of its own);
 //! [`limits.lua`](LIMITS_LUA) for several policies, evaluated all-or-nothing.
@@ -10,9 +12,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cache_core::{Cache, Script};
+use cache_core::{Cache, Script, WindowIncr};
 
 use crate::quota::{Algorithm, Quota};
+use crate::window::TAT_FLOOR;
 
 /// One fixed-window policy on Redis' clock: a count and its key's expiry.
 pub(crate) const COUNTER_LUA: &str = include_str!("counter.lua");
@@ -125,6 +128,12 @@ async fn count_fixed(
     costs: &[u64],
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
+    if quota.limit() < TAT_FLOOR && costs.iter().all(|&cost| cost == 1) {
+        // `None`: a server before Redis 7.0, counted by the script below.
+        if let Some(rows) = count_pipelined(cache, keys, quota, timeout).await? {
+            return Ok(rows);
+        }
+    }
     if let (&[key], &[cost]) = (keys, costs) {
         let args = [
             int(quota.limit()),
@@ -177,6 +186,120 @@ async fn count_fixed(
         }
     }
     Ok(rows)
+}
+
+/// One fixed-window policy on Redis' clock, every request of cost 1 (and a
+/// limit below [`TAT_FLOOR`]): no script, per key `INCRBY` of its
+/// requests, `PEXPIRE ... LT` and `PTTL`, pipelined in one write
+/// ([`Cache::incr_windows_within`]); the count after them decides, each
+/// request in order as if alone. `Ok(None)`: the server takes no `PEXPIRE`
+/// options (before Redis 7.0), nothing sent.
+///
+/// Exact as `counter.lua` is, because:
+/// - a rejected request's increment is not taken back, and need not be: at
+///   cost 1 a request is rejected only when the count is already at the
+///   limit, where it stays for the rest of the window whatever is added, so
+///   no later request is rejected that the limit would admit. (At a cost
+///   above 1 it would be: 8 of 10 counted, a rejected request of cost 3
+///   leaves 11, and one of cost 1 that fits would be rejected; those go
+///   through `counter.lua`, which takes the rejected back.) Every script
+///   reads a count above the limit as a full window, never as foreign
+///   state to replace (that would restart the window: an over-admission);
+///   `a_count_above_the_limit_is_a_full_window_on_every_path` in
+///   tests/tests/rate_limit.rs holds them to it;
+/// - no counter lives without a TTL: see `incr_windows_within`, every
+///   increment is followed by the `PEXPIRE` that sets one when missing;
+/// - a value that is no count of this policy (another type, not an
+///   integer, negative, above 2^53: [`WindowIncr::NotACounter`]; or above
+///   the limit and at or above [`TAT_FLOOR`], a GCRA TAT) is never taken
+///   for a count: its requests go through `single.lua`, which reads it and
+///   replaces it (the pipeline's increment added to an integer keeps it out
+///   of range, so the script still replaces it).
+async fn count_pipelined(
+    cache: &Cache,
+    keys: &[&str],
+    quota: &Quota,
+    timeout: Duration,
+) -> Result<Option<Vec<i64>>, CallError> {
+    let window = Duration::from_millis(quota.window_ms());
+    let limit = quota.limit();
+    if let &[key] = keys {
+        let Some(found) = cache
+            .incr_windows_within(&[key], &[1], window, timeout)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if let Some(row) = found
+            .first()
+            .and_then(|&found| pipelined_row(limit, found, 0, 1))
+        {
+            return Ok(Some(row.to_vec()));
+        }
+        return Ok(Some(single(cache, keys, quota, None, &[1], timeout).await?));
+    }
+    let costs = vec![1; keys.len()];
+    let entries = Entries::fold(keys, &costs);
+    let entry_keys: Vec<&str> = entries.list.iter().map(|entry| entry.key).collect();
+    let by: Vec<u64> = entries.list.iter().map(|entry| entry.n).collect();
+    let Some(found) = cache
+        .incr_windows_within(&entry_keys, &by, window, timeout)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if found.len() != entries.list.len() {
+        return Err(malformed(found.len(), keys.len()));
+    }
+    let mut rows = vec![0; ROW * keys.len()];
+    let mut unknown: Vec<usize> = Vec::new();
+    for (r, &(e, j)) in entries.of_request.iter().enumerate() {
+        match pipelined_row(limit, found[e], j, entries.list[e].n) {
+            Some(row) => rows[ROW * r..ROW * (r + 1)].copy_from_slice(&row),
+            None => unknown.push(r),
+        }
+    }
+    if !unknown.is_empty() {
+        // Values that are no count: read and replaced by the general
+        // script, their requests in the order they came.
+        let keys: Vec<&str> = unknown.iter().map(|&r| keys[r]).collect();
+        let costs = vec![1; unknown.len()];
+        let answers = single(cache, &keys, quota, None, &costs, timeout).await?;
+        for (i, &r) in unknown.iter().enumerate() {
+            let answer = answers
+                .get(ROW * i..ROW * (i + 1))
+                .ok_or_else(|| malformed(answers.len(), unknown.len()))?;
+            rows[ROW * r..ROW * (r + 1)].copy_from_slice(answer);
+        }
+    }
+    Ok(Some(rows))
+}
+
+/// The row (see `counter_row`) of request number `j` of `n` requests of
+/// cost 1 counted together on one key that `found` answers; `None` when it
+/// holds no count of this policy.
+fn pipelined_row(limit: u64, found: WindowIncr, j: u64, n: u64) -> Option<[i64; ROW]> {
+    let WindowIncr::Counted { count, left_ms } = found else {
+        return None;
+    };
+    // At least `n`, at most 2^53 (the store's promise).
+    let before = count.checked_sub(n)?;
+    if count > limit && before >= TAT_FLOOR {
+        return None;
+    }
+    // In order, each as if alone: request j saw the count before it plus
+    // its own unit; past the limit it is rejected, and sees a full window.
+    let admitted = before + j < limit;
+    let seen = if admitted { before + j + 1 } else { limit };
+    let left = int(left_ms);
+    let blocked = if seen >= limit { left } else { 0 };
+    Some([
+        i64::from(admitted),
+        int(limit - seen),
+        left,
+        if admitted { 0 } else { left },
+        blocked,
+    ])
 }
 
 /// Releases a lease: removes it from its concurrency limit's sorted set.

@@ -15,6 +15,7 @@
 -- back to now is deleted (it holds nothing).
 local floor, max, format, match = math.floor, math.max, string.format, string.match
 local MAX = 9007199254740992
+local TAT_FLOOR = 1125899906842624
 
 local function idiv(a, b)
   local q = floor(a / b)
@@ -78,6 +79,9 @@ for i = 1, #KEYS do
       -- The window it was charged in: its end within half a window of
       -- `end_ms` (one key's windows end at least a window apart).
       if x and y and x > 0 and y > now and 2 * math.abs(y - end_ms) < W then
+        -- A count above the limit is a full window (see single.lua's
+        -- `full`): the refund frees a unit of it.
+        if x > L and x < TAT_FLOOR then x = L end
         x = max(x - cost, 0)
         local v = format('%d', x)
         if not bare then v = format('%d:%d', x, y) end

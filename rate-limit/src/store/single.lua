@@ -18,6 +18,7 @@
 -- one (a count above the limit, a window in the future, a TAT past the
 -- tolerance, an expiry past one window from now) is brought in range.
 local MAX = 9007199254740992
+local TAT_FLOOR = 1125899906842624
 local floor, min, max, format, match = math.floor, math.min, math.max, string.format, string.match
 
 local function idiv(a, b)
@@ -58,6 +59,18 @@ local function int(v)
   return nil
 end
 
+-- A fixed-window count above the limit is a full window: the pipelined
+-- counter (rate-limit/src/store/redis.rs) leaves rejected requests of cost 1
+-- counted, and a higher limit's count is a full window of the lower one.
+-- At or above 2^50 (TAT_FLOOR in window.rs) it is another algorithm's state
+-- (a GCRA TAT in µs), left above the limit: replaced.
+local function full(x)
+  if x and x > L and x < TAT_FLOOR then
+    return L
+  end
+  return x
+end
+
 -- One request of `cost` on `key`: one read, the arithmetic, one write, as
 -- limits.lua does for each of its policies. Its answer goes to out[at + 1
 -- .. at + 5].
@@ -82,8 +95,9 @@ local function request(key, cost, at)
         -- An earlier version's form: the window's end in the value.
         x, y, act = tonumber(x), tonumber(y), 'set'
         if x >= MAX or y >= MAX then x = nil end
+        x = full(x)
       else
-        x = int(value)
+        x = full(int(value))
         if x and x <= L then
           y = redis.call('PEXPIRETIME', key)
           if y < 0 then
@@ -91,8 +105,7 @@ local function request(key, cost, at)
           end
         end
       end
-      -- Above the limit: not this policy's count (rejected requests are not
-      -- counted), but another algorithm's state or a higher limit's.
+      -- Still above the limit: another algorithm's state (see `full`).
       if not (x and y) or x > L then
         act = 'del'
       elseif y > now + W then
