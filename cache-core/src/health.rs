@@ -46,7 +46,7 @@ impl Cache {
     /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = self.counters().snapshot(self.breaker_state());
-        stats.events = self.shared_state::<crate::events::BusState>().stats();
+        stats.events = self.pubsub_stats();
         if let Some(local) = self.local_tier() {
             local.stats().fill(&mut stats);
         }

@@ -464,6 +464,19 @@ impl Store for Observed {
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
         self.op("publish", done, self.inner.publish(channel, payload))
     }
+    fn subscribe(
+        &self,
+        topics: Vec<crate::store::pubsub::Topic>,
+        capacity: usize,
+    ) -> StoreFuture<'_, crate::store::pubsub::Listener> {
+        self.inner.subscribe(topics, capacity)
+    }
+    fn subscribes_patterns(&self) -> bool {
+        self.inner.subscribes_patterns()
+    }
+    fn pubsub_stats(&self) -> crate::stats::EventStats {
+        self.inner.pubsub_stats()
+    }
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {
         self.op("scan_nodes", done, self.inner.scan_nodes())
     }

@@ -174,3 +174,24 @@ fn the_rate_limiter_asks_the_handle_not_the_backend() {
         "the rate limiter matches on the backend (ask Cache::reach or Cache::store_id): {offenders:?}"
     );
 }
+
+#[test]
+fn the_event_bus_knows_no_backend() {
+    // What differs by backend is the store's pub/sub (store/pubsub/).
+    let backend_words = ["reach()", "Reach::", "Backend::", "redis::", "shared_state"];
+    let mut offenders = Vec::new();
+    for (path, text) in sources(&root().join("cache-core/src/events")) {
+        let code = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"));
+        for line in code {
+            if backend_words.iter().any(|word| line.contains(word)) {
+                offenders.push(format!("{}: {}", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the event bus branches on the backend (ask the store's pub/sub): {offenders:?}"
+    );
+}

@@ -32,6 +32,7 @@ tests::suite!(
     a_slow_consumer_gets_one_gap_with_the_count_dropped,
     dropping_the_streams_unsubscribes_the_channel,
     bad_channels_and_oversized_events_are_refused,
+    clones_and_dedicated_handles_reach_the_same_subscribers,
 );
 
 tests::suite!(
@@ -224,6 +225,28 @@ mod behaviour {
         }
         // Nobody listens: a publish reaches no one.
         assert_eq!(bus.publish(&channel, &order(2)).await.unwrap(), 0);
+    }
+
+    pub async fn clones_and_dedicated_handles_reach_the_same_subscribers(
+        (backend, cache, p): Fixture,
+    ) {
+        let channel = format!("{p}:orders");
+        let bus = cache.events();
+        let mut orders = bus.subscribe::<Order>(&[&channel]).await.unwrap();
+        let (clone, dedicated) = (cache.clone(), cache.dedicated());
+        let (by_clone, by_dedicated) = (clone.events(), dedicated.events());
+        assert_eq!(by_clone.publish(&channel, &order(1)).await.unwrap(), 1);
+        assert_eq!(by_dedicated.publish(&channel, &order(2)).await.unwrap(), 1);
+        assert_eq!(next(&mut orders).await.unwrap(), order(1));
+        assert_eq!(next(&mut orders).await.unwrap(), order(2));
+        // In process a dedicated handle is a clone: one store, one bus. On
+        // Redis it has a store of its own, and a bus of its own (nobody
+        // subscribed there), which reaches the same server.
+        assert_eq!(clone.stats().events.subscriptions, 1);
+        let in_process = backend == Backend::Memory;
+        let seen = dedicated.stats().events;
+        assert_eq!(seen.subscriptions, u64::from(in_process));
+        assert_eq!(seen.published, if in_process { 2 } else { 1 });
     }
 
     pub async fn bad_channels_and_oversized_events_are_refused((_backend, cache, p): Fixture) {

@@ -1,6 +1,7 @@
 //! The byte-level paths: raw values under full keys (the namespace in
 //! front), within the handle's size cap, through the local tier when there
-//! is one. What the engines (`memoize`, `stored`, `events`) build on.
+//! is one; raw messages on channels. What the engines (`memoize`, `stored`,
+//! `events`) build on.
 
 use std::time::Duration;
 
@@ -8,12 +9,36 @@ use super::Cache;
 use crate::config::validate_ttl;
 use crate::error::{Error, Result};
 use crate::resilience::Idempotence;
+use crate::stats::EventStats;
+use crate::store::pubsub::{Listener, Topic};
 
 impl Cache {
-    /// `PUBLISH` (`SPUBLISH` on a cluster) of raw bytes; sent once, never retried.
+    /// `PUBLISH` (`SPUBLISH` on a cluster) of raw bytes; sent once, never
+    /// retried. In process, into the in-memory store's listeners.
     pub(crate) async fn publish_bytes(&self, channel: &str, payload: &[u8]) -> Result<u64> {
         self.run(Idempotence::CountsOnce, |s| s.publish(channel, payload))
             .await
+    }
+
+    /// A listener to `topics` with a queue of `capacity` messages, once the
+    /// store has confirmed them. Not a call under the breaker or retried:
+    /// the store bounds its confirmation (see `Store::subscribe`).
+    pub(crate) async fn subscribe_bytes(
+        &self,
+        topics: Vec<Topic>,
+        capacity: usize,
+    ) -> Result<Listener> {
+        self.inner.store.subscribe(topics, capacity).await
+    }
+
+    /// Whether the store subscribes to patterns (not a cluster).
+    pub(crate) fn subscribes_patterns(&self) -> bool {
+        self.inner.store.subscribes_patterns()
+    }
+
+    /// The counters and the connection state of the store's pub/sub.
+    pub(crate) fn pubsub_stats(&self) -> EventStats {
+        self.inner.store.pubsub_stats()
     }
 
     /// [`get_full_within`](Self::get_full_within), keeping what it read in

@@ -21,7 +21,8 @@
 //! All subscriptions of a handle share one dedicated RESP3 pub/sub
 //! connection, opened by the first subscribe. On Redis Cluster channels are
 //! sharded (`SPUBLISH` / `SSUBSCRIBE`), which has no patterns. The in-memory
-//! backend gives the same semantics within the process.
+//! backend gives the same semantics within the process: its store's own
+//! pub/sub, shared by the handle's clones and its `dedicated()` handles.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,12 +45,8 @@
 //! # Ok(()) }
 //! ```
 
-mod hub;
-mod redis;
-
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
@@ -58,8 +55,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
 pub use crate::stats::{EventConnection, EventStats};
-use crate::store::Reach;
-use hub::{Hub, Message, Next, Payload, Topic};
+use crate::store::pubsub::{Listener, Next, Payload, Topic};
 
 /// Default length of a subscription's buffer, in messages.
 pub const DEFAULT_EVENT_BUFFER: usize = 1024;
@@ -170,116 +166,6 @@ impl EventError {
     }
 }
 
-/// What the bus of one handle keeps: the hub, the pub/sub connection.
-/// Held by the handle (see [`Cache::shared_state`]) and by every
-/// subscription; it holds no handle, so nothing keeps a dropped handle alive.
-#[derive(Default)]
-pub(crate) struct BusState {
-    hub: Arc<Hub>,
-    pubsub: tokio::sync::OnceCell<redis::PubSub>,
-    /// Serialises the server-side subscribe and unsubscribe commands with
-    /// the reference counts they follow, so that an unsubscribe of a channel
-    /// dropped a moment ago never undoes a subscribe of it that came after.
-    commands: tokio::sync::Mutex<()>,
-    /// Topics whose unsubscribe failed (the connection was down): the
-    /// driver resubscribes them on reconnect, so they are unsubscribed again then.
-    unreleased: std::sync::Mutex<Vec<Topic>>,
-}
-
-/// Bound on an unsubscribe, which holds up the bus's other (un)subscribes.
-const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How often a lost connection is poked while Redis stays away, once the
-/// driver's own reconnect attempts are spent (a command makes it try again).
-const REVIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Runs for the life of the bus: after each loss of the connection, pings
-/// until the connection is back. The driver reconnects (and resubscribes)
-/// by itself after a loss, but gives up after its retries; a command is
-/// what makes it start again, so a Redis that stays down for a while is
-/// still found once it is back, without the application doing anything.
-async fn revive(
-    state: std::sync::Weak<BusState>,
-    hub: Arc<Hub>,
-    pubsub: redis::PubSub,
-    timeout: std::time::Duration,
-) {
-    loop {
-        hub.lost.notified().await;
-        let mut interval = tokio::time::interval(REVIVE_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while hub.is_disconnected() && !hub.is_closed() {
-            interval.tick().await;
-            let Some(state) = state.upgrade() else { return };
-            let resubscribed = {
-                // Under the lock: the topics are those the server must have.
-                let _order = state.commands.lock().await;
-                let topics = hub.topics();
-                tokio::time::timeout(timeout, pubsub.resubscribed(&topics)).await
-            };
-            if let Ok(true) = resubscribed {
-                // Usually the confirmations said so already (then this is a
-                // no-op); with nothing subscribed none would.
-                hub.confirmed();
-            }
-        }
-        if hub.is_closed() {
-            return;
-        }
-        let Some(state) = state.upgrade() else { return };
-        let unreleased = std::mem::take(&mut *crate::sync::lock(&state.unreleased));
-        if !unreleased.is_empty() {
-            state.release(unreleased).await;
-        }
-    }
-}
-
-impl Drop for BusState {
-    fn drop(&mut self) {
-        self.hub.close();
-    }
-}
-
-impl BusState {
-    pub(crate) fn stats(&self) -> EventStats {
-        let counters = &self.hub.counters;
-        EventStats {
-            subscriptions: self.hub.subscriptions(),
-            connection: self.hub.connection(),
-            published: counters.published.load(Ordering::Relaxed),
-            received: counters.received.load(Ordering::Relaxed),
-            dropped: counters.dropped.load(Ordering::Relaxed),
-            gaps: counters.gaps.load(Ordering::Relaxed),
-            malformed: counters.malformed.load(Ordering::Relaxed),
-            reconnects: counters.reconnects.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Unsubscribes the server from `topics` nobody listens to any more.
-    async fn release(self: Arc<Self>, topics: Vec<Topic>) {
-        let Some(pubsub) = self.pubsub.get() else {
-            return;
-        };
-        let _order = self.commands.lock().await;
-        // Someone may have subscribed again since the drop.
-        let unused = self.hub.unused(topics);
-        if unused.is_empty() {
-            return;
-        }
-        let unsubscribe = tokio::time::timeout(RELEASE_TIMEOUT, pubsub.unsubscribe(&unused));
-        let result = match unsubscribe.await {
-            Ok(result) => result,
-            Err(_) => Err(crate::error::Error::Timeout(RELEASE_TIMEOUT)),
-        };
-        if let Err(err) = result {
-            // The connection is down: the driver will resubscribe these when
-            // it is back; the bus unsubscribes them again then.
-            tracing::debug!(%err, "event bus: unsubscribe failed; retried after the reconnect");
-            crate::sync::lock(&self.unreleased).extend(unused);
-        }
-    }
-}
-
 impl Cache {
     /// The handle's typed event bus (Redis pub/sub, or in process on the
     /// in-memory backend): see [`events`](crate::events).
@@ -293,7 +179,6 @@ impl Cache {
 #[derive(Clone)]
 pub struct EventBus {
     cache: Cache,
-    state: Arc<BusState>,
     buffer: usize,
 }
 
@@ -309,7 +194,6 @@ impl std::fmt::Debug for EventBus {
 impl EventBus {
     pub(crate) fn new(cache: Cache) -> EventBus {
         EventBus {
-            state: cache.shared_state::<BusState>(),
             cache,
             buffer: DEFAULT_EVENT_BUFFER,
         }
@@ -375,21 +259,7 @@ impl EventBus {
                 max,
             });
         }
-        // In process, the bus is the store's pub/sub: publish into it.
-        let reached = if self.cache.reach().in_process() {
-            self.state.hub.publish_local(&Message {
-                channel: Arc::from(channel),
-                payload: Payload::Bytes(Arc::from(payload)),
-            })
-        } else {
-            self.cache.publish_bytes(channel, &payload).await?
-        };
-        self.state
-            .hub
-            .counters
-            .published
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(reached)
+        Ok(self.cache.publish_bytes(channel, &payload).await?)
     }
 
     /// Subscribes to events of type `T` on `channels` (exact names). The
@@ -430,7 +300,7 @@ impl EventBus {
         &self,
         patterns: &[&str],
     ) -> Result<Subscription<T>, EventError> {
-        if self.cache.reach() == Reach::Cluster {
+        if !self.cache.subscribes_patterns() {
             return Err(EventError::PatternsUnsupported);
         }
         let topics = topics(patterns, |p| Topic::Pattern(p.to_string()))?;
@@ -441,49 +311,12 @@ impl EventBus {
         &self,
         topics: Vec<Topic>,
     ) -> Result<Subscription<T>, EventError> {
-        let max_bytes = self.cache.max_value_bytes();
-        let hub = &self.state.hub;
-        if self.cache.reach().in_process() {
-            // Nothing to confirm: the publishers are in this process.
-            let (id, queue, _) = hub.register(topics, self.buffer);
-            return Ok(Subscription::new(id, queue, self.state.clone(), max_bytes));
-        }
-        let pubsub = self
-            .state
-            .pubsub
-            .get_or_try_init(|| async {
-                let pubsub = redis::PubSub::open(self.cache.config(), hub)?;
-                // The bus's reviver: ends when the bus does.
-                tokio::spawn(revive(
-                    Arc::downgrade(&self.state),
-                    hub.clone(),
-                    pubsub.clone(),
-                    self.cache.timeout(),
-                ));
-                Ok::<_, crate::error::Error>(pubsub)
-            })
-            .await?;
-        let _order = self.state.commands.lock().await;
-        // Registered before the server confirms: nothing published after
-        // the confirmation can miss the queue.
-        let (id, queue, new) = hub.register(topics, self.buffer);
-        let subscription = Subscription::new(id, queue, self.state.clone(), max_bytes);
-        if !new.is_empty() {
-            let timeout = self
-                .cache
-                .timeout()
-                .max(self.cache.config().connect_timeout);
-            let confirmed = match tokio::time::timeout(timeout, pubsub.subscribe(&new)).await {
-                Ok(result) => result,
-                Err(_) => Err(crate::error::Error::Timeout(timeout)),
-            };
-            if let Err(err) = confirmed {
-                // Dropping it after this returns releases what did get subscribed.
-                return Err(err.into());
-            }
-        }
-        hub.connected();
-        Ok(subscription)
+        let listener = self.cache.subscribe_bytes(topics, self.buffer).await?;
+        Ok(Subscription {
+            listener,
+            max_bytes: self.cache.max_value_bytes(),
+            _type: PhantomData,
+        })
     }
 }
 
@@ -529,29 +362,16 @@ fn topics(names: &[&str], topic: impl Fn(&str) -> Topic) -> Result<Vec<Topic>, E
 /// subscription goes when the last subscription of the handle to that
 /// channel or pattern is dropped.
 pub struct Subscription<T> {
-    id: u64,
-    queue: Arc<hub::Queue>,
-    state: Arc<BusState>,
+    /// Its end in the store's pub/sub: dropped with it, which unsubscribes.
+    listener: Listener,
     max_bytes: usize,
     _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Subscription<T> {
-    fn new(id: u64, queue: Arc<hub::Queue>, state: Arc<BusState>, max_bytes: usize) -> Self {
-        Subscription {
-            id,
-            queue,
-            state,
-            max_bytes,
-            _type: PhantomData,
-        }
-    }
 }
 
 impl<T> std::fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("id", &self.id)
+            .field("id", &self.listener.id())
             .finish()
     }
 }
@@ -560,13 +380,13 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
     type Item = Result<T, EventError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let counters = &self.state.hub.counters;
-        let item = match std::task::ready!(self.queue.poll_next(cx)) {
+        let item = match std::task::ready!(self.listener.poll_next(cx)) {
             Next::Gap {
                 dropped,
                 disconnected,
             } => {
-                counters.gaps.fetch_add(1, Ordering::Relaxed);
+                let gaps = &self.listener.counters().gaps;
+                gaps.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::event_gap(disconnected);
                 Err(EventError::Gap {
                     dropped,
@@ -575,7 +395,8 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
             }
             Next::Message(message) => match &message.payload {
                 Payload::Bytes(bytes) => serde_json::from_slice(bytes).map_err(|err| {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    let malformed = &self.listener.counters().malformed;
+                    malformed.fetch_add(1, Ordering::Relaxed);
                     EventError::Malformed {
                         channel: message.channel.to_string(),
                         reason: err.to_string(),
@@ -592,19 +413,5 @@ impl<T: DeserializeOwned> futures_util::Stream for Subscription<T> {
             },
         };
         Poll::Ready(Some(item))
-    }
-}
-
-impl<T> Drop for Subscription<T> {
-    fn drop(&mut self) {
-        let unused = self.state.hub.remove(self.id);
-        if unused.is_empty() || self.state.pubsub.get().is_none() {
-            return;
-        }
-        // Drop cannot wait: the unsubscribe runs on the runtime. Outside
-        // one, the connection goes with the bus, and its subscriptions with it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.state.clone().release(unused));
-        }
     }
 }

@@ -84,9 +84,9 @@ pub(crate) fn servers(config: &CacheConfig) -> Option<Result<Servers>> {
     }
 }
 
-/// The event bus's pub/sub connection: RESP3, so that messages arrive as
-/// pushes (to `sender`) beside ordinary replies, with redis-rs's own
-/// reconnect and resubscription. Cheap to clone.
+/// A Redis store's pub/sub connection, which the event bus uses: RESP3, so
+/// that messages arrive as pushes (to `sender`) beside ordinary replies,
+/// with redis-rs's own reconnect and resubscription. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum PubSubConnection {
     /// A connection manager that resubscribes after a reconnect.
@@ -96,7 +96,7 @@ pub(crate) enum PubSubConnection {
 }
 
 /// Opens [`PubSubConnection`] lazily (the first command connects). The
-/// in-memory store has none: its pub/sub is the bus's own.
+/// in-memory store has none: its pub/sub is in process (its hub).
 pub(crate) fn pubsub(
     config: &CacheConfig,
     sender: impl AsyncPushSender,

@@ -1,15 +1,20 @@
-//! The embedded store: a sharded map with Redis semantics for TTLs and counters.
+//! The embedded store: a sharded map with Redis semantics for TTLs and
+//! counters, and pub/sub in process.
 //!
 //! Expired entries are never returned (checked on every read) and are swept
-//! every few writes; the number of entries is bounded, the oldest going first.
+//! every few writes; the number of entries is bounded, the oldest going
+//! first. Pub/sub is the store's [`Hub`]: a publish delivers into the
+//! listeners' queues at once, as Redis would to its subscribers.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::atomic::AtomicOp;
+use super::pubsub::{Hub, Listener, Topic};
 use super::{Expiring, KeyTtl, ScanNode, Store, StoreFuture};
 use crate::error::{CommandError, Error, Result};
+use crate::stats::EventStats;
 use crate::sync::InsertionOrderedMap;
 
 const SHARDS: usize = 16;
@@ -175,6 +180,9 @@ pub(crate) struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     shard_capacity: usize,
+    /// Pub/sub: every listener of the store, shared by the handle's clones
+    /// (and its dedicated handles, which are clones in process).
+    hub: Arc<Hub>,
 }
 
 impl MemoryStore {
@@ -183,6 +191,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             shard_capacity: max_entries.div_ceil(SHARDS).max(1),
+            hub: Arc::default(),
         }
     }
 
@@ -404,6 +413,24 @@ impl Store for MemoryStore {
         args: &[i64],
     ) -> Option<Result<Vec<i64>>> {
         Some(self.run_atomic_now(op, keys, args))
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
+        ready(Ok(self.hub.publish(channel, payload)))
+    }
+
+    fn subscribe(&self, topics: Vec<Topic>, capacity: usize) -> StoreFuture<'_, Listener> {
+        // Nothing to confirm: the publishers are in this process.
+        let (listener, _) = Listener::register(self.hub.clone(), topics, capacity);
+        ready(Ok(listener))
+    }
+
+    fn subscribes_patterns(&self) -> bool {
+        true
+    }
+
+    fn pubsub_stats(&self) -> EventStats {
+        self.hub.stats()
     }
 
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {

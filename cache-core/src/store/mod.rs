@@ -11,12 +11,15 @@ use serde::Serialize;
 
 use crate::config::{Backend, CacheConfig};
 use crate::error::{Error, Result};
+use crate::stats::EventStats;
 pub(crate) use atomic::AtomicOp;
+use pubsub::{Listener, Topic};
 
 pub(crate) mod atomic;
 pub(crate) mod connect;
 pub(crate) mod identity;
 pub(crate) mod memory;
+pub(crate) mod pubsub;
 pub(crate) mod redis;
 
 /// A boxed store future; one allocation per call is noise next to a network round trip.
@@ -170,8 +173,8 @@ pub enum Reach {
     /// breaker around it; every handle on the data is a clone of one
     /// handle ([`dedicated`](crate::Cache::dedicated) included), so state
     /// kept beside it is seen by all of them; an atomic operation runs as
-    /// its in-memory twin, exactly and at in-process cost; the event bus
-    /// is the process's own; no local tier goes in front of it.
+    /// its in-memory twin, exactly and at in-process cost; pub/sub is the
+    /// store's own hub; no local tier goes in front of it.
     InProcess,
     /// One server (standalone Redis): every key on it, a keyspace walk
     /// visits it alone; other processes may share the data.
@@ -300,15 +303,21 @@ pub(crate) trait Store: Send + Sync + 'static {
         let _ = (op, keys, args);
         None
     }
-    /// Publishes `payload` on `channel`; the number of receivers. The
-    /// in-memory backend publishes in process, through the event bus.
-    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64> {
-        let _ = (channel, payload);
-        Box::pin(std::future::ready(Err(Error::invalid(
-            "channel",
-            "the in-memory store publishes through the event bus",
-        ))))
-    }
+    /// Publishes `payload` on `channel` (`PUBLISH`, `SPUBLISH` on a
+    /// cluster; in process, into the store's hub): the receivers it reached,
+    /// connections on Redis, listeners in process. Counted as published.
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64>;
+    /// A listener to `topics` with a queue of `capacity` messages, once the
+    /// server has confirmed them (within the handle's timeout, or the
+    /// connect timeout when longer: the first subscribe connects), so that
+    /// what is published afterwards reaches it. Dropping it unsubscribes.
+    /// Payloads over the handle's size cap are dropped as they arrive.
+    fn subscribe(&self, topics: Vec<Topic>, capacity: usize) -> StoreFuture<'_, Listener>;
+    /// Whether [`subscribe`](Self::subscribe) takes patterns: not on a
+    /// cluster, whose sharded pub/sub has none.
+    fn subscribes_patterns(&self) -> bool;
+    /// The counters and the connection state of the store's pub/sub.
+    fn pubsub_stats(&self) -> EventStats;
     /// The servers a prefix walk must visit: every primary of a cluster.
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>>;
     /// One bounded step of removing every key that starts with `prefix` (a

@@ -13,12 +13,14 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Value};
 
 use super::connect;
+use super::pubsub::{Listener, Topic, redis::RedisPubSub};
 use super::{
     AtomicOp, Expiring, KeyTtl, MAX_COUNT, ScanNode, Store, StoreFuture, WindowIncr, atomic, millis,
 };
 use crate::config::{CacheConfig, RedisEndpoint};
 use crate::error::{Error, Result, is_refused_login};
 use crate::key::escape_glob;
+use crate::stats::EventStats;
 
 /// Keys asked for per SCAN step: large enough to make few round trips, small
 /// enough that no single SCAN or UNLINK blocks the server noticeably.
@@ -362,9 +364,11 @@ async fn cluster_primaries(conn: &mut ClusterConnection) -> Result<Vec<(String, 
     Ok(connect::parse_cluster_primaries(&text))
 }
 
-/// A store over one multiplexed connection of either kind.
+/// A store over one multiplexed connection of either kind, and its
+/// pub/sub over a connection of its own.
 pub(crate) struct RedisStore<C> {
     conn: C,
+    pubsub: Arc<RedisPubSub>,
     /// Cluster only: a seed to try logging in to when the cluster client
     /// reports no connection without saying why.
     login_probe: Option<LoginProbe>,
@@ -411,10 +415,8 @@ impl RedisStore<Standalone> {
     /// Lazily connected: returns at once, connects in the background.
     pub(crate) fn standalone(endpoint: &RedisEndpoint, config: &CacheConfig) -> Result<Self> {
         let client = connect::client(endpoint, config)?;
-        Ok(Self::over(Standalone::new(
-            client,
-            connect::store_manager(config),
-        )?))
+        let conn = Standalone::new(client, connect::store_manager(config))?;
+        Ok(Self::over(conn, config))
     }
 }
 
@@ -438,7 +440,7 @@ impl RedisStore<ClusterConnection> {
             .build()
             .map_err(connect::driver_config_error)?;
         let conn = client.get_pending_async_connection_with_config(connect::cluster_config(config));
-        let mut store = Self::over(conn);
+        let mut store = Self::over(conn, config);
         if let Some(seed) = nodes.first() {
             store.login_probe = Some(LoginProbe {
                 seed: connect::client(seed, config)?,
@@ -451,9 +453,10 @@ impl RedisStore<ClusterConnection> {
 }
 
 impl<C: Connection> RedisStore<C> {
-    fn over(conn: C) -> Self {
+    fn over(conn: C, config: &CacheConfig) -> Self {
         RedisStore {
             conn,
+            pubsub: Arc::new(RedisPubSub::new(config)),
             login_probe: None,
             no_expire_options: std::sync::atomic::AtomicBool::new(false),
         }
@@ -797,7 +800,27 @@ impl<C: Connection> Store for RedisStore<C> {
         } else {
             "PUBLISH"
         };
-        self.query(redis::cmd(command).arg(channel).arg(payload).take())
+        let cmd = redis::cmd(command).arg(channel).arg(payload).take();
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let reply = conn.send(&cmd).await?.extract_error()?;
+            let reached = redis::from_redis_value(reply)?;
+            self.pubsub.published();
+            Ok(reached)
+        })
+    }
+
+    fn subscribe(&self, topics: Vec<Topic>, capacity: usize) -> StoreFuture<'_, Listener> {
+        Box::pin(self.pubsub.subscribe(topics, capacity))
+    }
+
+    fn subscribes_patterns(&self) -> bool {
+        // Sharded pub/sub has no patterns.
+        !C::SHARDED_PUBSUB
+    }
+
+    fn pubsub_stats(&self) -> EventStats {
+        self.pubsub.stats()
     }
 
     fn scan_nodes(&self) -> StoreFuture<'_, Vec<ScanNode>> {

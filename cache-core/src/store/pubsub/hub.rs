@@ -1,8 +1,8 @@
-//! The in-process side of the bus: which subscription listens to which
-//! channel or pattern, and each subscription's bounded queue.
+//! The in-process side of pub/sub: which listener listens to which
+//! channel or pattern, and each listener's bounded queue.
 //!
 //! Both backends deliver through it: Redis pushes land here from the
-//! pub/sub connection, the in-memory backend publishes straight into it.
+//! pub/sub connection, the in-memory store publishes straight into it.
 //! A delivery never waits for a consumer: a full queue drops its oldest
 //! message and remembers how many it dropped, so a slow consumer costs the
 //! connection nothing. A payload over the size cap is dropped before it
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use super::EventConnection;
+use crate::stats::{EventConnection, EventStats};
 // shuttle's primitives under `--cfg shuttle` (see the tests at the end).
 use crate::sync::primitives::{Mutex, lock};
 
@@ -129,7 +129,7 @@ impl Queue {
     }
 }
 
-/// Every subscription of one bus, by topic; the reference counts of the
+/// Every listener of one store, by topic; the reference counts of the
 /// server-side subscriptions are the lengths of these lists.
 #[derive(Default)]
 struct Registry {
@@ -138,7 +138,9 @@ struct Registry {
     listeners: HashMap<Topic, Vec<u64>>,
 }
 
-/// The bus's counters, read by [`Cache::stats`](crate::Cache::stats).
+/// The bus's counters, read by [`Cache::stats`](crate::Cache::stats):
+/// `published` counted by the store's publish, `gaps` and `malformed` by
+/// the subscription that yields them, the rest here as messages arrive.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) published: AtomicU64,
@@ -153,13 +155,14 @@ const IDLE: u8 = 0;
 const CONNECTED: u8 = 1;
 const DISCONNECTED: u8 = 2;
 
-/// The registry, the counters and the connection state of one bus.
+/// The registry, the counters and the connection state of one store's
+/// pub/sub: in process, all of it.
 #[derive(Default)]
 pub(crate) struct Hub {
     registry: Mutex<Registry>,
     pub(crate) counters: Counters,
     connection: AtomicU8,
-    /// Woken when the connection is lost (see `redis::PubSub::revive`), and when the bus closes.
+    /// Woken when the connection is lost (see `redis::revive`), and when the bus closes.
     pub(crate) lost: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
 }
@@ -221,8 +224,19 @@ impl Hub {
         lock(&self.registry).listeners.keys().cloned().collect()
     }
 
-    pub(crate) fn subscriptions(&self) -> u64 {
-        lock(&self.registry).queues.len() as u64
+    /// What [`Cache::stats`](crate::Cache::stats) reports of the bus.
+    pub(crate) fn stats(&self) -> EventStats {
+        let counters = &self.counters;
+        EventStats {
+            subscriptions: lock(&self.registry).queues.len() as u64,
+            connection: self.connection(),
+            published: counters.published.load(Ordering::Relaxed),
+            received: counters.received.load(Ordering::Relaxed),
+            dropped: counters.dropped.load(Ordering::Relaxed),
+            gaps: counters.gaps.load(Ordering::Relaxed),
+            malformed: counters.malformed.load(Ordering::Relaxed),
+            reconnects: counters.reconnects.load(Ordering::Relaxed),
+        }
     }
 
     /// Delivers a message received on `topic`; returns the queues reached.
@@ -234,9 +248,19 @@ impl Hub {
         self.push_to(&registry, listeners, message)
     }
 
-    /// The in-memory backend's publish: to the channel's listeners and to
-    /// every matching pattern's, as Redis does.
-    pub(crate) fn publish_local(&self, message: &Message) -> u64 {
+    /// The in-memory store's publish: to the channel's listeners and to
+    /// every matching pattern's, as Redis does; returns the queues reached.
+    pub(crate) fn publish(&self, channel: &str, payload: &[u8]) -> u64 {
+        let message = Message {
+            channel: Arc::from(channel),
+            payload: Payload::Bytes(Arc::from(payload)),
+        };
+        let reached = self.deliver_matching(&message);
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        reached
+    }
+
+    fn deliver_matching(&self, message: &Message) -> u64 {
         let registry = lock(&self.registry);
         let mut reached = 0;
         for (topic, listeners) in &registry.listeners {
@@ -325,7 +349,7 @@ impl Hub {
         self.connection.load(Ordering::Acquire) == DISCONNECTED
     }
 
-    pub(crate) fn connection(&self) -> EventConnection {
+    fn connection(&self) -> EventConnection {
         match self.connection.load(Ordering::Acquire) {
             CONNECTED => EventConnection::Connected,
             DISCONNECTED => EventConnection::Disconnected,
@@ -334,8 +358,17 @@ impl Hub {
     }
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscriptions", &lock(&self.registry).queues.len())
+            .field("connection", &self.connection())
+            .finish()
+    }
+}
+
 /// Redis' glob matching (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`,
-/// and `\` to escape, for the in-memory backend's patterns. Iterative with
+/// and `\` to escape, for the in-memory store's patterns. Iterative with
 /// one backtrack point, so a pattern of many stars stays linear-ish.
 pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);

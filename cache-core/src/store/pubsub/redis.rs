@@ -1,10 +1,13 @@
-//! The bus's one pub/sub connection to Redis: RESP3, so that messages
-//! arrive as pushes beside ordinary replies, with redis-rs's own reconnect
-//! and automatic resubscription. Standalone: a `ConnectionManager` with a
-//! push sender and `set_automatic_resubscription`; Cluster: the async
-//! cluster client with a push sender, which resubscribes by itself, and
-//! sharded pub/sub (`SSUBSCRIBE`), one channel per command since each
-//! channel lives in the slot of its name.
+//! The Redis store's pub/sub: the server side of its listeners (their
+//! topics subscribed and confirmed, unsubscribed once unused, restored
+//! after a loss) over one pub/sub connection to Redis: RESP3, so that
+//! messages arrive as pushes beside ordinary replies, with redis-rs's own
+//! reconnect and automatic resubscription. Standalone: a
+//! `ConnectionManager` with a push sender and
+//! `set_automatic_resubscription`; Cluster: the async cluster client with a
+//! push sender, which resubscribes by itself, and sharded pub/sub
+//! (`SSUBSCRIBE`), one channel per command since each channel lives in the
+//! slot of its name. Publishing is the store's own `PUBLISH` (`SPUBLISH`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +16,204 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind, Value};
 
-use super::hub::{Hub, Message, Payload, Topic};
+use super::{Hub, Listener, Message, Payload, PubSub, Topic};
 use crate::config::{Backend, CacheConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::stats::EventStats;
 use crate::store::connect;
 
-/// The pub/sub connection of one bus (opened in `store/connect.rs`, as
+/// The pub/sub connection of one store (opened in `store/connect.rs`, as
 /// every Redis connection); cheap to clone.
-pub(crate) use connect::PubSubConnection as PubSub;
+use connect::PubSubConnection as Connection;
 
-impl PubSub {
+/// Bound on an unsubscribe, which holds up the store's other (un)subscribes.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a lost connection is poked while Redis stays away, once the
+/// driver's own reconnect attempts are spent (a command makes it try again).
+const REVIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the pub/sub of one Redis store keeps: the hub, the connection
+/// (opened by the first subscribe). Held by the store and by every
+/// listener; it holds no store, so nothing keeps a dropped handle alive.
+pub(crate) struct RedisPubSub {
+    hub: Arc<Hub>,
+    connection: tokio::sync::OnceCell<Connection>,
+    /// Serialises the server-side subscribe and unsubscribe commands with
+    /// the reference counts they follow, so that an unsubscribe of a channel
+    /// dropped a moment ago never undoes a subscribe of it that came after.
+    commands: tokio::sync::Mutex<()>,
+    /// Topics whose unsubscribe failed (the connection was down): the
+    /// driver resubscribes them on reconnect, so they are unsubscribed again then.
+    unreleased: std::sync::Mutex<Vec<Topic>>,
+    /// What the connection is opened from: the endpoints, the size cap
+    /// applied where a payload arrives, the timeouts.
+    config: CacheConfig,
+}
+
+impl RedisPubSub {
+    /// Opens nothing yet: the first subscribe connects.
+    pub(crate) fn new(config: &CacheConfig) -> RedisPubSub {
+        RedisPubSub {
+            hub: Arc::default(),
+            connection: tokio::sync::OnceCell::new(),
+            commands: tokio::sync::Mutex::new(()),
+            unreleased: std::sync::Mutex::default(),
+            config: config.clone(),
+        }
+    }
+
+    /// What [`Cache::stats`](crate::Cache::stats) reports of the bus.
+    pub(crate) fn stats(&self) -> EventStats {
+        self.hub.stats()
+    }
+
+    /// Counts a message the store published.
+    pub(crate) fn published(&self) {
+        self.hub
+            .counters
+            .published
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A listener to `topics`, once the server has confirmed them: within
+    /// the handle's timeout, or the connect timeout when longer (the first
+    /// subscribe connects).
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        topics: Vec<Topic>,
+        capacity: usize,
+    ) -> Result<Listener> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| async {
+                let connection = Connection::open(&self.config, &self.hub)?;
+                // The reviver: ends when the store's pub/sub does.
+                tokio::spawn(revive(
+                    Arc::downgrade(self),
+                    self.hub.clone(),
+                    connection.clone(),
+                    self.config.timeout,
+                ));
+                Ok::<_, Error>(connection)
+            })
+            .await?;
+        let _order = self.commands.lock().await;
+        // Registered before the server confirms: nothing published after
+        // the confirmation can miss the queue.
+        let (listener, new) = Listener::register(self.clone(), topics, capacity);
+        if !new.is_empty() {
+            let timeout = self.config.timeout.max(self.config.connect_timeout);
+            match tokio::time::timeout(timeout, connection.subscribe(&new)).await {
+                Ok(Ok(())) => {}
+                // Dropping the listener releases what did get subscribed.
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(Error::Timeout(timeout)),
+            }
+        }
+        self.hub.connected();
+        Ok(listener)
+    }
+
+    /// Unsubscribes the server from `topics` nobody listens to any more.
+    async fn unsubscribe_unused(self: Arc<Self>, topics: Vec<Topic>) {
+        let Some(connection) = self.connection.get() else {
+            return;
+        };
+        let _order = self.commands.lock().await;
+        // Someone may have subscribed again since the drop.
+        let unused = self.hub.unused(topics);
+        if unused.is_empty() {
+            return;
+        }
+        let unsubscribe = tokio::time::timeout(RELEASE_TIMEOUT, connection.unsubscribe(&unused));
+        let result = match unsubscribe.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(RELEASE_TIMEOUT)),
+        };
+        if let Err(err) = result {
+            // The connection is down: the driver will resubscribe these when
+            // it is back; they are unsubscribed again then.
+            tracing::debug!(%err, "event bus: unsubscribe failed; retried after the reconnect");
+            crate::sync::lock(&self.unreleased).extend(unused);
+        }
+    }
+}
+
+impl PubSub for RedisPubSub {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn release(self: Arc<Self>, topics: Vec<Topic>) {
+        if self.connection.get().is_none() {
+            return;
+        }
+        // A drop cannot wait: the unsubscribe runs on the runtime. Outside
+        // one, the connection goes with the store's pub/sub, and its
+        // subscriptions with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.unsubscribe_unused(topics));
+        }
+    }
+}
+
+impl Drop for RedisPubSub {
+    fn drop(&mut self) {
+        self.hub.close();
+    }
+}
+
+/// Runs for the life of the store's pub/sub: after each loss of the
+/// connection, pings until the connection is back. The driver reconnects
+/// (and resubscribes) by itself after a loss, but gives up after its
+/// retries; a command is what makes it start again, so a Redis that stays
+/// down for a while is still found once it is back, without the
+/// application doing anything.
+async fn revive(
+    pubsub: std::sync::Weak<RedisPubSub>,
+    hub: Arc<Hub>,
+    connection: Connection,
+    timeout: Duration,
+) {
+    loop {
+        hub.lost.notified().await;
+        let mut interval = tokio::time::interval(REVIVE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while hub.is_disconnected() && !hub.is_closed() {
+            interval.tick().await;
+            let Some(pubsub) = pubsub.upgrade() else {
+                return;
+            };
+            let resubscribed = {
+                // Under the lock: the topics are those the server must have.
+                let _order = pubsub.commands.lock().await;
+                let topics = hub.topics();
+                tokio::time::timeout(timeout, connection.resubscribed(&topics)).await
+            };
+            if let Ok(true) = resubscribed {
+                // Usually the confirmations said so already (then this is a
+                // no-op); with nothing subscribed none would.
+                hub.confirmed();
+            }
+        }
+        if hub.is_closed() {
+            return;
+        }
+        let Some(pubsub) = pubsub.upgrade() else {
+            return;
+        };
+        let unreleased = std::mem::take(&mut *crate::sync::lock(&pubsub.unreleased));
+        if !unreleased.is_empty() {
+            pubsub.unsubscribe_unused(unreleased).await;
+        }
+    }
+}
+
+impl Connection {
     /// Lazily connected: the first subscribe connects. Pushes go straight
     /// into `hub` (no channel in between: the hub's queues are the buffer).
-    pub(crate) fn open(config: &CacheConfig, hub: &Arc<Hub>) -> Result<PubSub> {
+    fn open(config: &CacheConfig, hub: &Arc<Hub>) -> Result<Connection> {
         // One connection: a subscription confirmed after a loss is the
         // resubscription of everything. A cluster has one connection per
         // node and the pushes do not say which: there the bus confirms
@@ -43,10 +231,10 @@ impl PubSub {
     }
 
     /// Subscribes the server side to `topics`, confirmed by the server.
-    pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
+    async fn subscribe(&self, topics: &[Topic]) -> Result<()> {
         let (channels, patterns) = split(topics);
         match self.clone() {
-            PubSub::Standalone(mut conn) => {
+            Connection::Standalone(mut conn) => {
                 if !channels.is_empty() {
                     conn.subscribe(&channels).await?;
                 }
@@ -54,7 +242,7 @@ impl PubSub {
                     conn.psubscribe(&patterns).await?;
                 }
             }
-            PubSub::Cluster(conn) => {
+            Connection::Cluster(conn) => {
                 for channel in channels {
                     subscribe_on_primary(conn.clone(), channel).await?;
                 }
@@ -63,10 +251,10 @@ impl PubSub {
         Ok(())
     }
 
-    pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<()> {
         let (channels, patterns) = split(topics);
         match self.clone() {
-            PubSub::Standalone(mut conn) => {
+            Connection::Standalone(mut conn) => {
                 if !channels.is_empty() {
                     conn.unsubscribe(&channels).await?;
                 }
@@ -74,7 +262,7 @@ impl PubSub {
                     conn.punsubscribe(&patterns).await?;
                 }
             }
-            PubSub::Cluster(mut conn) => {
+            Connection::Cluster(mut conn) => {
                 for channel in channels {
                     conn.sunsubscribe(channel).await?;
                 }
@@ -93,10 +281,10 @@ impl PubSub {
     /// resubscription before it hands out the new connection. Cluster: each
     /// channel confirmed on the connection to the primary that serves its
     /// slot (see [`confirm_on_primary`]).
-    pub(crate) async fn resubscribed(&self, topics: &[Topic]) -> bool {
+    async fn resubscribed(&self, topics: &[Topic]) -> bool {
         match self {
-            PubSub::Standalone(_) => self.ping().await.is_ok(),
-            PubSub::Cluster(conn) => {
+            Connection::Standalone(_) => self.ping().await.is_ok(),
+            Connection::Cluster(conn) => {
                 if self.ping().await.is_err() {
                     return false;
                 }
@@ -114,10 +302,10 @@ impl PubSub {
     async fn ping(&self) -> Result<()> {
         let cmd = redis::cmd("PING");
         match self.clone() {
-            PubSub::Standalone(mut conn) => {
+            Connection::Standalone(mut conn) => {
                 let _: Value = cmd.query_async(&mut conn).await?;
             }
-            PubSub::Cluster(mut conn) => {
+            Connection::Cluster(mut conn) => {
                 conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
                     .await?;
             }
