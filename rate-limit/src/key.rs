@@ -822,15 +822,28 @@ impl KeyExtractor for RouteAndIp {
 
 /// The key as used in Redis: itself when short and plain, else its hash.
 pub(crate) fn sanitize(key: String) -> String {
-    let plain = key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'/' | b'-'));
-    if plain && !key.is_empty() && key.len() <= MAX_KEY_LEN {
+    let plain = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key.bytes().all(|b| PLAIN_KEY_BYTES[usize::from(b)]);
+    if plain {
         key
     } else {
         format!("sha256:{}", cache_core::sha256_hex(key.as_bytes()))
     }
 }
+
+/// The bytes a key is used with as is (`A-Z a-z 0-9 : . _ / -`), one
+/// lookup per byte: every request's key is checked.
+const PLAIN_KEY_BYTES: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        plain[b] = byte.is_ascii_alphanumeric() || matches!(byte, b':' | b'.' | b'_' | b'/' | b'-');
+        b += 1;
+    }
+    plain
+};
 
 #[cfg(test)]
 mod fuzz;
@@ -1246,6 +1259,14 @@ mod tests {
         assert!(odd.starts_with("sha256:") && odd.len() == 7 + 64);
         assert!(sanitize("x".repeat(500)).starts_with("sha256:"));
         assert!(sanitize(String::new()).starts_with("sha256:"));
+        // Byte by byte: exactly `A-Z a-z 0-9 : . _ / -` pass as they are.
+        for byte in 0..=u8::MAX {
+            let key = format!("k{}", char::from(byte));
+            let plain = byte.is_ascii_alphanumeric() || b":._/-".contains(&byte);
+            assert_eq!(sanitize(key.clone()) == key, plain, "byte {byte}");
+        }
+        let longest = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(sanitize(longest.clone()), longest);
     }
 
     #[test]
