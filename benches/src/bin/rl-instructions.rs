@@ -7,7 +7,8 @@
 //! `rl-instructions VARIANT REQUESTS`: `bare` (the axum hello-world),
 //! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
 //! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
-//! store), `layer-shared` (on Redis with shared counting: its background
+//! store; `layer-memory-ietf` and `layer-memory-no-headers` with only the
+//! IETF pair of header fields, and none), `layer-shared` (on Redis with shared counting: its background
 //! flushes run in this process and are counted, more of them per request
 //! than at full speed, callgrind being slower), `leases` and
 //! `leases-memory` (the same limit beside a concurrency limit,
@@ -27,17 +28,19 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use benches::limiters::{Naive, naive};
 use cache_core::Cache;
-use rate_limit::{Quota, RateLimitLayer};
+use rate_limit::{HeaderSets, Quota, RateLimitLayer};
 use tower::ServiceExt;
 
 const TASKS: usize = 32;
 const CLIENTS: usize = 10_000;
 const WINDOW: Duration = Duration::from_secs(3600);
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 9] = [
     "bare",
     "naive",
     "layer",
     "layer-memory",
+    "layer-memory-ietf",
+    "layer-memory-no-headers",
     "layer-shared",
     "leases",
     "leases-memory",
@@ -152,6 +155,18 @@ async fn main() {
                 .build()
                 .expect("layer");
             layers.push(leases);
+            hello().layer(layers[0].clone())
+        }
+        "layer-memory-ietf" | "layer-memory-no-headers" => {
+            let sets = match variant.as_str() {
+                "layer-memory-ietf" => HeaderSets::IETF,
+                _ => HeaderSets::NONE,
+            };
+            let layer = builder(Cache::in_memory())
+                .headers(sets)
+                .build()
+                .expect("layer");
+            layers.push(layer);
             hello().layer(layers[0].clone())
         }
         "layer-shared" => {
