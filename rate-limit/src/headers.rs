@@ -163,11 +163,11 @@ impl HeaderTemplate {
         };
         let reset = decision.reset_seconds();
         // Room for these fields and one more, grown at once while the map
-        // holds few: a handler's response holds one or two fields, and the
-        // router adds `content-length` after this layer, which would
-        // otherwise grow the map when it is full (a handler's map holds six
-        // before it grows).
-        headers.reserve(3 * usize::from(legacy) + 2 * usize::from(ietf) + 1);
+        // holds few: the router adds `content-length` after this layer,
+        // which would otherwise grow the map when it is full (a handler's
+        // map holds six fields before it grows). `try_reserve`: a map at
+        // `http`'s bound of 32 768 fields is left to the inserts below.
+        let _ = headers.try_reserve(3 * usize::from(legacy) + 2 * usize::from(ietf) + 1);
         Rendered::with(|rendered| {
             // `RateLimit`'s value holds both numbers: the legacy fields are
             // slices of it, rendered once.
