@@ -8,7 +8,9 @@
 //! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
 //! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
 //! store; `layer-memory-ietf` and `layer-memory-no-headers` with only the
-//! IETF pair of header fields, and none), `layer-shared` (on Redis with shared counting: its background
+//! IETF pair of header fields, and none; `flood-memory` with a limit of
+//! one, so that every counted request is a 429 from the deny cache),
+//! `layer-shared` (on Redis with shared counting: its background
 //! flushes run in this process and are counted, more of them per request
 //! than at full speed, callgrind being slower), `leases` and
 //! `leases-memory` (the same limit beside a concurrency limit,
@@ -34,7 +36,7 @@ use tower::ServiceExt;
 const TASKS: usize = 32;
 const CLIENTS: usize = 10_000;
 const WINDOW: Duration = Duration::from_secs(3600);
-const VARIANTS: [&str; 9] = [
+const VARIANTS: [&str; 10] = [
     "bare",
     "naive",
     "layer",
@@ -42,6 +44,7 @@ const VARIANTS: [&str; 9] = [
     "layer-memory-ietf",
     "layer-memory-no-headers",
     "layer-shared",
+    "flood-memory",
     "leases",
     "leases-memory",
 ];
@@ -64,8 +67,8 @@ fn request(client: usize) -> http::Request<Body> {
 }
 
 /// `requests` requests over `TASKS` tasks, task `t` from client `t`, then
-/// every `TASKS`-th one.
-async fn drive(app: &Router, requests: usize) {
+/// every `TASKS`-th one, each answered `status`.
+async fn drive(app: &Router, requests: usize, status: u16) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
             let app = app.clone();
@@ -77,7 +80,7 @@ async fn drive(app: &Router, requests: usize) {
                         .oneshot(request(client))
                         .await
                         .expect("infallible");
-                    assert_eq!(response.status(), 200);
+                    assert_eq!(response.status(), status);
                 }
             })
         })
@@ -169,6 +172,11 @@ async fn main() {
             layers.push(layer);
             hello().layer(layers[0].clone())
         }
+        "flood-memory" => {
+            let flood = builder(Cache::in_memory()).limit(1).build().expect("layer");
+            layers.push(flood);
+            hello().layer(layers[0].clone())
+        }
         "layer-shared" => {
             let shared = builder(redis().await)
                 .shared_counting(rate_limit::SharedCounting::new())
@@ -187,8 +195,11 @@ async fn main() {
     // the layer, per request.
     let app = app.with_state(());
     // Every client's key exists (and the script is loaded) before counting.
-    drive(&app, CLIENTS).await;
-    drive(&app, requests).await;
+    drive(&app, CLIENTS, 200).await;
+    // A flood: every client has spent its one request, each next one is
+    // answered from the deny cache.
+    let status = if variant == "flood-memory" { 429 } else { 200 };
+    drive(&app, requests, status).await;
     for layer in layers {
         let stats = layer.stats();
         assert_eq!(stats.store_errors, 0, "every request counted: {stats:?}");
