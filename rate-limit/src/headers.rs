@@ -162,29 +162,64 @@ impl HeaderTemplate {
             return;
         };
         let reset = decision.reset_seconds();
-        headers.reserve(3 * usize::from(legacy) + 2 * usize::from(ietf));
+        // Room for these fields and one more, grown at once while the map
+        // holds few: the router adds `content-length` after this layer,
+        // which would otherwise grow the map when it is full (a handler's
+        // map holds six fields before it grows). `try_reserve`: a map at
+        // `http`'s bound of 32 768 fields is left to the inserts below.
+        let _ = headers.try_reserve(3 * usize::from(legacy) + 2 * usize::from(ietf) + 1);
         Rendered::with(|rendered| {
+            // `RateLimit`'s value holds both numbers: the legacy fields are
+            // slices of it, rendered once.
+            let numbers = rendered.state(state, decision.remaining, reset);
             if legacy {
-                let reset_value = match self.reset_format {
-                    ResetFormat::SecondsUntilReset => reset,
-                    ResetFormat::EpochSeconds => epoch_seconds_after(decision.reset_after),
-                };
                 headers.insert(X_RATELIMIT_LIMIT, limit.clone());
-                if let Some(remaining) = rendered.value(&[], decision.remaining, &[]) {
+                if let Some(remaining) = numbers.remaining() {
                     headers.insert(X_RATELIMIT_REMAINING, remaining);
                 }
-                if let Some(reset) = rendered.value(&[], reset_value, &[]) {
+                let reset = match self.reset_format {
+                    ResetFormat::SecondsUntilReset => numbers.reset(),
+                    ResetFormat::EpochSeconds => {
+                        rendered.value(&[], epoch_seconds_after(decision.reset_after), &[])
+                    }
+                };
+                if let Some(reset) = reset {
                     headers.insert(X_RATELIMIT_RESET, reset);
                 }
             }
             if ietf
                 && let Some(policy) = &self.policy
-                && let Some(state) = rendered.value(state, decision.remaining, &[(b";t=", reset)])
+                && let Some(state) = numbers.whole()
             {
                 headers.insert(RATELIMIT_POLICY, policy.clone());
                 headers.insert(RATELIMIT, state);
             }
         });
+    }
+}
+
+/// `RateLimit`'s value for one response (`"<name>";r=<remaining>;t=<reset>`),
+/// and where its two numbers are in it.
+struct StateValue {
+    value: Bytes,
+    remaining: std::ops::Range<usize>,
+    reset: std::ops::Range<usize>,
+}
+
+impl StateValue {
+    /// The whole `RateLimit` value.
+    fn whole(&self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.value.clone()).ok()
+    }
+
+    /// The remaining requests alone (`X-RateLimit-Remaining`).
+    fn remaining(&self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.value.slice(self.remaining.clone())).ok()
+    }
+
+    /// The seconds until reset alone (`X-RateLimit-Reset`).
+    fn reset(&self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.value.slice(self.reset.clone())).ok()
     }
 }
 
@@ -225,10 +260,7 @@ impl Rendered {
 
     /// `prefix`, `number`, then each (text, number) of `rest`, as one value.
     fn value(&mut self, prefix: &[u8], number: u64, rest: &[(&[u8], u64)]) -> Option<HeaderValue> {
-        let buffer = &mut self.0;
-        if buffer.capacity() - buffer.len() < LONGEST_VALUE {
-            *buffer = BytesMut::with_capacity(RENDERED_BUFFER);
-        }
+        let buffer = self.room();
         let mut digits = itoa::Buffer::new();
         buffer.put_slice(prefix);
         buffer.put_slice(digits.format(number).as_bytes());
@@ -238,6 +270,34 @@ impl Rendered {
         }
         let value: Bytes = buffer.split().freeze();
         HeaderValue::from_maybe_shared(value).ok()
+    }
+
+    /// `RateLimit`'s value: `prefix` (`"<name>";r=`), `remaining`, `;t=`,
+    /// `reset`.
+    fn state(&mut self, prefix: &[u8], remaining: u64, reset: u64) -> StateValue {
+        let buffer = self.room();
+        let mut digits = itoa::Buffer::new();
+        buffer.put_slice(prefix);
+        let remaining_at = buffer.len();
+        buffer.put_slice(digits.format(remaining).as_bytes());
+        let remaining_end = buffer.len();
+        buffer.put_slice(b";t=");
+        let reset_at = buffer.len();
+        buffer.put_slice(digits.format(reset).as_bytes());
+        StateValue {
+            remaining: remaining_at..remaining_end,
+            reset: reset_at..buffer.len(),
+            value: buffer.split().freeze(),
+        }
+    }
+
+    /// The buffer, with room for the longest value.
+    fn room(&mut self) -> &mut BytesMut {
+        let buffer = &mut self.0;
+        if buffer.capacity() - buffer.len() < LONGEST_VALUE {
+            *buffer = BytesMut::with_capacity(RENDERED_BUFFER);
+        }
+        buffer
     }
 }
 
@@ -288,7 +348,9 @@ mod tests {
         assert_eq!(ietf[RATELIMIT], r#""hourly";r=993;t=42"#);
         let legacy = written(HeaderSets::LEGACY, &decision);
         assert_eq!(legacy.len(), 3);
+        assert_eq!(legacy[X_RATELIMIT_LIMIT], "1000");
         assert_eq!(legacy[X_RATELIMIT_REMAINING], "993");
+        assert_eq!(legacy[X_RATELIMIT_RESET], "42");
         assert!(written(HeaderSets::NONE, &decision).is_empty());
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -120,6 +120,12 @@ pub(crate) fn problem<B>(
 fn with_problem_body<B>(status: StatusCode, body: Bytes) -> Response<ResponseBody<B>> {
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // Sized for what a 429 ends up with (`content-type`, `Retry-After`,
+        // the five rate-limit fields, `content-length`): one allocation of
+        // the final size instead of a map grown on the way.
+        *response.headers_mut() = HeaderMap::with_capacity(8);
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),

@@ -7,14 +7,18 @@
 //! `rl-instructions VARIANT REQUESTS`: `bare` (the axum hello-world),
 //! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
 //! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
-//! store), `layer-shared` (on Redis with shared counting: its background
+//! store; `layer-memory-ietf` and `layer-memory-no-headers` with only the
+//! IETF pair of header fields, and none; `flood-memory` with a limit of
+//! one, so that every counted request is a 429 from the deny cache),
+//! `layer-shared` (on Redis with shared counting: its background
 //! flushes run in this process and are counted, more of them per request
 //! than at full speed, callgrind being slower), `leases` and
 //! `leases-memory` (the same limit beside a concurrency limit,
 //! `Quota::concurrent`, on Redis and in memory: a lease per request, taken
 //! in the same call, released when the response is dropped). Each request comes through the trusted proxy 127.0.0.1 with
 //! `X-Forwarded-For` from a pool of 10 000 clients, as in `http`'s many
-//! clients row; 32 tasks. A run with 0 requests measures the set-up (and a
+//! clients row; 32 tasks; the router's routes are built once, as a server
+//! does per connection. A run with 0 requests measures the set-up (and a
 //! first pass that creates every client's key), which the script subtracts.
 
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use benches::limiters::{Naive, naive};
 use cache_core::Cache;
-use rate_limit::{Quota, RateLimitLayer};
+use rate_limit::{HeaderSets, Quota, RateLimitLayer};
 use tower::ServiceExt;
 
 const TASKS: usize = 32;
@@ -35,12 +39,15 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// Never reached, and below 2^50 as any real limit (see http.rs's
 /// `NORMAL_LIMIT`).
 const LIMIT: u64 = 1_000_000_000_000;
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 10] = [
     "bare",
     "naive",
     "layer",
     "layer-memory",
+    "layer-memory-ietf",
+    "layer-memory-no-headers",
     "layer-shared",
+    "flood-memory",
     "leases",
     "leases-memory",
 ];
@@ -63,8 +70,8 @@ fn request(client: usize) -> http::Request<Body> {
 }
 
 /// `requests` requests over `TASKS` tasks, task `t` from client `t`, then
-/// every `TASKS`-th one.
-async fn drive(app: &Router, requests: usize) {
+/// every `TASKS`-th one, each answered `status`.
+async fn drive(app: &Router, requests: usize, status: u16) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
             let app = app.clone();
@@ -76,7 +83,7 @@ async fn drive(app: &Router, requests: usize) {
                         .oneshot(request(client))
                         .await
                         .expect("infallible");
-                    assert_eq!(response.status(), 200);
+                    assert_eq!(response.status(), status);
                 }
             })
         })
@@ -177,6 +184,23 @@ async fn main() {
             layers.push(leases);
             hello().layer(layers[0].clone())
         }
+        "layer-memory-ietf" | "layer-memory-no-headers" => {
+            let sets = match variant.as_str() {
+                "layer-memory-ietf" => HeaderSets::IETF,
+                _ => HeaderSets::NONE,
+            };
+            let layer = builder(Cache::in_memory())
+                .headers(sets)
+                .build()
+                .expect("layer");
+            layers.push(layer);
+            hello().layer(layers[0].clone())
+        }
+        "flood-memory" => {
+            let flood = builder(Cache::in_memory()).limit(1).build().expect("layer");
+            layers.push(flood);
+            hello().layer(layers[0].clone())
+        }
         "layer-shared" => {
             let shared = builder(redis().await)
                 .shared_counting(rate_limit::SharedCounting::new())
@@ -190,10 +214,17 @@ async fn main() {
             hello().layer(layers[0].clone())
         }
     };
+    // Routes built once, as `axum::serve` and `into_make_service` do (per
+    // connection): a `Router` called as it is builds each route, and applies
+    // the layer, per request.
+    let app = app.with_state(());
     // Every client's key exists (and the script is loaded) before counting.
-    drive(&app, CLIENTS).await;
+    drive(&app, CLIENTS, 200).await;
     settle(&variant, &layers).await;
-    drive(&app, requests).await;
+    // A flood: every client has spent its one request, each next one is
+    // answered from the deny cache.
+    let status = if variant == "flood-memory" { 429 } else { 200 };
+    drive(&app, requests, status).await;
     settle(&variant, &layers).await;
     for layer in layers {
         let stats = layer.stats();

@@ -278,4 +278,17 @@ proptest! {
         let key = key_behind(ForwardedHeader::XForwardedFor, "x-forwarded-for", &[&appended]);
         prop_assert_eq!(&key, &expected);
     }
+
+    /// The IPv4 fast path of `X-Forwarded-For` reads digits and dots as
+    /// the standard parser does: the same address, or none (then the
+    /// standard parser decides), never one it would not give.
+    #[test]
+    fn the_dotted_quad_fast_path_agrees_with_the_standard_parser(
+        text in "[0-9.]{0,19}|[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}",
+        octets in any::<[u8; 4]>(),
+    ) {
+        prop_assert_eq!(dotted_quad(text.as_bytes()), text.parse::<Ipv4Addr>().ok(), "{}", text);
+        let address = Ipv4Addr::from(octets);
+        prop_assert_eq!(dotted_quad(address.to_string().as_bytes()), Some(address));
+    }
 }
