@@ -894,26 +894,57 @@ async fn a_memoized_result_over_the_cap_is_returned_uncached() {
     }
 }
 
-/// `eval_script_within`: keys get the namespace, integers go in and come
-/// out, a flushed script cache is reloaded (nothing runs twice), and the
-/// in-memory store refuses scripts plainly.
+/// `run_atomic` on Redis: keys get the namespace, integers go in and come
+/// out, a flushed script cache is reloaded (nothing runs twice); in memory
+/// the twin answers the same.
 #[tokio::test]
-async fn scripts_run_with_namespaced_keys_and_survive_script_flush() {
+async fn atomic_ops_run_with_namespaced_keys_and_survive_script_flush() {
+    /// `INCRBY KEYS[1] ARGV[1]`, with the number of keys and `ARGV[2]` back.
+    struct IncrBy;
+    static INCR_BY: std::sync::LazyLock<cache_core::Script> = std::sync::LazyLock::new(|| {
+        cache_core::Script::new(
+            "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS, tonumber(ARGV[2])}",
+        )
+    });
+    impl cache_core::AtomicOp for IncrBy {
+        fn script(&self) -> &cache_core::Script {
+            &INCR_BY
+        }
+        fn twin(
+            &self,
+            entries: &mut cache_core::Entries<'_>,
+            keys: &[&str],
+            args: &[i64],
+        ) -> cache_core::Result<Vec<i64>> {
+            let now = entries
+                .get(keys[0])
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                .unwrap_or(0)
+                + args[0];
+            entries.set(keys[0], now.to_string().as_bytes(), None);
+            Ok(vec![now, keys.len() as i64, args[1]])
+        }
+    }
     let server = tests::RedisServer::start();
     let ns = unique_prefix("script");
     let cache = suite::build(suite::redis(&server.url()).namespace(&ns)).await;
-    let script = cache_core::Script::new(
-        "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS, tonumber(ARGV[2])}",
-    );
     let timeout = Duration::from_secs(2);
-    let run = || cache.eval_script_within(&script, &["counter"], &[5, -7], timeout);
+    let run = || cache.run_atomic(&IncrBy, &["counter"], &[5, -7], timeout);
     assert_eq!(run().await.unwrap(), vec![5, 1, -7]);
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
     assert_eq!(run().await.unwrap(), vec![10, 1, -7], "counted once");
     assert_eq!(server.cli(&["GET", &format!("{ns}:counter")]).trim(), "10");
-    let err = Cache::in_memory()
-        .eval_script_within(&script, &["counter"], &[1, 1], timeout)
+    let memory = Cache::builder()
+        .namespace(&ns)
+        .in_memory()
+        .build()
         .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        .unwrap();
+    let run = || memory.run_atomic(&IncrBy, &["counter"], &[5, -7], timeout);
+    assert_eq!(run().await.unwrap(), vec![5, 1, -7]);
+    assert_eq!(run().await.unwrap(), vec![10, 1, -7]);
+    assert_eq!(
+        memory.get_bytes("counter").await.unwrap().as_deref(),
+        Some(&b"10"[..])
+    );
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::resilience::{CircuitBreaker, Idempotence, Resilience};
 use crate::stats::{BreakerState, Counters};
 use crate::store::identity::{StoreId, StoredKey};
-use crate::store::{AtomicOp, Reach, Script, Store};
+use crate::store::{AtomicOp, Reach, Store};
 use crate::sync::StateFlag;
 
 mod bytes;
@@ -65,8 +65,6 @@ struct Inner {
     invalidate_budget: Duration,
     /// The in-process tier in front of the store, when on.
     local: Option<Arc<crate::local::LocalTier>>,
-    /// [`Cache::shared_state`]: one value per type, shared by the clones.
-    shared: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// What the handle was built from, for [`Cache::dedicated`]. Not shown
     /// in `Debug` (its endpoint holds the password, though as a `Secret`).
     config: CacheConfig,
@@ -156,7 +154,6 @@ impl Cache {
                 max_value_bytes: config.max_value_bytes,
                 invalidate_budget: config.invalidate_budget,
                 local: crate::local::for_config(&config),
-                shared: std::sync::Mutex::default(),
                 config,
             }),
         }
@@ -225,57 +222,6 @@ impl Cache {
         }
     }
 
-    /// A value of type `T` shared by this handle and its clones (and, for
-    /// the in-memory store, by [`dedicated`](Self::dedicated) handles, which
-    /// are clones there): made with `T::default()` on first use. For
-    /// libraries that keep state beside the store, such as the rate
-    /// limiter's in-memory counters, which must be the same for every layer
-    /// built from one in-memory handle.
-    ///
-    /// Not part of the promised API: it goes once the rate limiter's
-    /// in-memory counting is an [`AtomicOp`] of the store.
-    #[doc(hidden)]
-    pub fn shared_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        // Only pushes happen under the lock: a poisoned list is whole.
-        let mut shared = crate::sync::lock(&self.inner.shared);
-        if let Some(found) = shared
-            .iter()
-            .find_map(|value| Arc::clone(value).downcast::<T>().ok())
-        {
-            return found;
-        }
-        let value = Arc::new(T::default());
-        shared.push(value.clone());
-        value
-    }
-
-    /// Runs a Lua `script` on the store, with `keys` (namespaced like every
-    /// key; on a cluster they must share one hash slot: give them one hash
-    /// tag) and integer `args`, within `timeout` (at most the handle's),
-    /// under the handle's circuit breaker. Its reply must be an array of
-    /// integers. Sent again only when it surely did not run (the connection
-    /// was refused or missing, or the server refused it without running it:
-    /// `MOVED`, `TRYAGAIN`, `LOADING`, ...), so a script that counts counts
-    /// once; on a cluster, only a [`dedicated_counter`](Self::dedicated_counter)
-    /// handle also keeps the cluster driver from sending it again after a
-    /// broken connection. The in-memory store runs no scripts:
-    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
-    ///
-    /// Not part of the promised API: [`run_atomic`](Self::run_atomic) runs
-    /// a script with its in-memory twin. Kept for the rate limiter until its
-    /// scripts are [`AtomicOp`]s.
-    #[doc(hidden)]
-    pub async fn eval_script_within(
-        &self,
-        script: &Script,
-        keys: &[&str],
-        args: &[i64],
-        timeout: Duration,
-    ) -> Result<Vec<i64>> {
-        self.atomic_within(Atomic::Script(script), keys, args, timeout)
-            .await
-    }
-
     /// Runs the atomic operation `op` ([`AtomicOp`]) on `keys` (namespaced
     /// like every key; they must share one hash tag, `{...}`: one slot on
     /// a cluster, one lock in memory) with integer `args`, within `timeout`
@@ -290,17 +236,6 @@ impl Cache {
     pub async fn run_atomic(
         &self,
         op: &dyn AtomicOp,
-        keys: &[&str],
-        args: &[i64],
-        timeout: Duration,
-    ) -> Result<Vec<i64>> {
-        self.atomic_within(Atomic::Op(op), keys, args, timeout)
-            .await
-    }
-
-    async fn atomic_within(
-        &self,
-        atomic: Atomic<'_>,
         keys: &[&str],
         args: &[i64],
         timeout: Duration,
@@ -321,7 +256,6 @@ impl Cache {
         };
         // In process: at once, no future to allocate, nothing to time out.
         if self.inner.reach.in_process()
-            && let Atomic::Op(op) = atomic
             && let Some(result) = self.inner.store.run_atomic_at_once(op, keys, args)
         {
             if result.is_err() {
@@ -329,9 +263,8 @@ impl Cache {
             }
             return result;
         }
-        self.run_within(Idempotence::CountsOnce, timeout, |s| match atomic {
-            Atomic::Script(script) => s.eval(script, keys, args),
-            Atomic::Op(op) => s.run_atomic(op, keys, args),
+        self.run_within(Idempotence::CountsOnce, timeout, |s| {
+            s.run_atomic(op, keys, args)
         })
         .await
     }
@@ -402,11 +335,9 @@ impl Cache {
         self.inner.counters.record_uncacheable();
     }
 
-    /// The key as stored: `{namespace}:{key}`, or `key` without a namespace.
-    /// For this workspace's crates (the rate limiter's in-memory keys and tests);
-    /// not part of the promised API: [`stored_key`](Self::stored_key) is.
-    #[doc(hidden)]
-    pub fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+    /// The key as stored: `{namespace}:{key}`, or `key` without a namespace
+    /// ([`stored_key`](Self::stored_key) is its public form).
+    pub(crate) fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         match &self.inner.namespace {
             Some(ns) => Cow::Owned(format!("{ns}:{key}")),
             None => Cow::Borrowed(key),
@@ -517,13 +448,6 @@ impl Cache {
     }
 }
 
-/// What [`Cache::atomic_within`] runs.
-#[derive(Clone, Copy)]
-enum Atomic<'a> {
-    Script(&'a Script),
-    Op(&'a dyn AtomicOp),
-}
-
 impl CacheBuilder {
     /// Builds the handle. Never fails because Redis is unreachable: the
     /// connection is made in the background and calls fail (fast) until it is up.
@@ -543,35 +467,6 @@ impl CacheBuilder {
     /// ```
     pub async fn build(self) -> Result<Cache> {
         Cache::from_config(self.into_config()?)
-    }
-}
-
-#[cfg(test)]
-mod shared_state_tests {
-    use super::*;
-    use std::sync::atomic::Ordering;
-
-    #[derive(Default)]
-    struct Counter(std::sync::atomic::AtomicU64);
-
-    #[test]
-    fn clones_share_one_value_per_type() {
-        let cache = Cache::in_memory();
-        let clone = cache.clone();
-        cache
-            .shared_state::<Counter>()
-            .0
-            .fetch_add(3, Ordering::Relaxed);
-        assert_eq!(clone.shared_state::<Counter>().0.load(Ordering::Relaxed), 3);
-        assert_eq!(*clone.dedicated().shared_state::<u64>(), 0);
-        assert_eq!(
-            Cache::in_memory()
-                .shared_state::<Counter>()
-                .0
-                .load(Ordering::Relaxed),
-            0,
-            "another handle, another value"
-        );
     }
 }
 
