@@ -417,15 +417,25 @@ impl Cache {
         if keys.len() != by.len() {
             return Err(Error::invalid("by", "one increment per key"));
         }
-        let mut increments = Vec::with_capacity(by.len());
         for &by in by {
             if by == 0 {
                 return Err(Error::invalid("by", "must be at least 1"));
             }
             crate::store::check_increment(by)?;
-            // Within 2^53: exact as i64.
-            increments.push(by as i64);
         }
+        // Within 2^53: exact as i64. One key (most calls) needs no list.
+        let one: [i64; 1];
+        let many: Vec<i64>;
+        let increments: &[i64] = match by {
+            &[by] => {
+                one = [by as i64];
+                &one
+            }
+            _ => {
+                many = by.iter().map(|&by| by as i64).collect();
+                &many
+            }
+        };
         // Without a namespace the keys go as they are: no copy per call.
         let owned: Vec<String>;
         let named: Vec<&str>;
@@ -440,7 +450,6 @@ impl Cache {
                 &named
             }
         };
-        let increments = &increments;
         self.run_within(Idempotence::CountsOnce, timeout, |s| {
             s.incr_windows(keys, increments, window_ms as i64)
         })
