@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks well-kept crates run before a release, on the published crates
-# (redis-cache-core, redis-cache-macros, tower-redis-rate-limit; the
-# unpublished examples, tests and benches are left out). Each is named on the
+# (redis-cache-sync, redis-cache-macros, redis-cache-core,
+# tower-redis-rate-limit; the unpublished examples, tests and benches are left
+# out). Each is named on the
 # command line; with none, all run:
 #
 #   package   `cargo package` of every library crate, each built from its
@@ -37,6 +38,10 @@ cargo_deny_version=0.20.2
 cargo_semver_checks_version=0.51.0
 # The published crates: every workspace member but these.
 unpublished=(examples tests benches)
+# ... in the order a release publishes them (`cargo publish -p` each in turn),
+# every crate after those it depends on: redis-cache-sync (the libraries'
+# concurrency tools) first. `package` checks that this list is the workspace's.
+publish_order=(redis-cache-sync redis-cache-macros redis-cache-core tower-redis-rate-limit)
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
@@ -99,7 +104,34 @@ ensure_tool() {
 exclude_unpublished=()
 for crate in "${unpublished[@]}"; do exclude_unpublished+=(--exclude "$crate"); done
 
+# The workspace members a release publishes, one a line.
+published_crates() {
+  cargo metadata --no-deps --format-version 1 --locked |
+    grep -o '"name":"[^"]*","version":"[^"]*","id":"path+[^"]*"' | sed 's/"name":"\([^"]*\)".*/\1/' |
+    grep -vxF -f <(printf '%s\n' "${unpublished[@]}")
+}
+
+# publish_order names every published crate, each after the workspace crates
+# it depends on (crates.io refuses a crate whose dependency is not there yet).
+check_publish_order() {
+  if [ "$(published_crates | sort)" != "$(printf '%s\n' "${publish_order[@]}" | sort)" ]; then
+    echo "error: publish_order (${publish_order[*]}) is not the published crates ($(published_crates | tr '\n' ' '))" >&2
+    exit 1
+  fi
+  local i dep
+  for i in "${!publish_order[@]}"; do
+    # The crate's direct dependencies (the first line is the crate itself).
+    while read -r dep _; do
+      if printf '%s\n' "${publish_order[@]:i+1}" | grep -qxF "$dep"; then
+        echo "error: ${publish_order[i]} depends on $dep, which publish_order puts after it" >&2
+        exit 1
+      fi
+    done < <(cargo tree -p "${publish_order[i]}" -e normal,build --depth 1 --prefix none --locked | tail -n +2)
+  done
+}
+
 check_package() {
+  check_publish_order
   # The crates depend on each other at the same version; `--workspace`
   # packages them together (a local registry stands in for crates.io), so
   # each one builds from its .crate before any is published.
@@ -109,14 +141,19 @@ check_package() {
   # another commit, the same version) would be built instead of this tree's.
   local cargo_home="${CARGO_HOME:-$HOME/.cargo}" version
   version="$(workspace_version)"
-  rm -rf "$cargo_home"/registry/src/-*/{redis-cache-core,redis-cache-macros,tower-redis-rate-limit}-"$version"
+  local crate
+  for crate in "${publish_order[@]}"; do
+    rm -rf "$cargo_home"/registry/src/-*/"$crate-$version"
+  done
   # And cargo takes a registry crate's build as final (registry sources never
   # change), so the crates are built in a target directory of this check's
   # own, from which their earlier builds are removed first; the dependencies'
   # builds stay.
   local build=target/package-check/debug
-  rm -rf "$build"/.fingerprint/{redis-cache-core,redis-cache-macros,tower-redis-rate-limit}-* \
-    "$build"/deps/*{cache_core,cache_macros,rate_limit}-*
+  for crate in "${publish_order[@]}"; do
+    rm -rf "$build"/.fingerprint/"$crate"-*
+  done
+  rm -rf "$build"/deps/*{cache_sync,cache_core,cache_macros,rate_limit}-*
   CARGO_PROFILE_DEV_DEBUG=false cargo package --workspace "${exclude_unpublished[@]}" --locked --allow-dirty \
     --target-dir target/package-check
   # "MIT OR Apache-2.0" obliges every copy to carry both texts.
@@ -185,9 +222,7 @@ check_semver() {
     return
   fi
   local crates=() released=()
-  mapfile -t crates < <(cargo metadata --no-deps --format-version 1 --locked |
-    grep -o '"name":"[^"]*","version":"[^"]*","id":"path+[^"]*"' | sed 's/"name":"\([^"]*\)".*/\1/' |
-    grep -vxF -f <(printf '%s\n' "${unpublished[@]}"))
+  mapfile -t crates < <(published_crates)
   for crate in "${crates[@]}"; do
     if published "$crate"; then released+=(-p "$crate"); fi
   done

@@ -349,8 +349,7 @@ mod resilience;
 mod stats;
 mod store;
 mod stored;
-#[doc(hidden)]
-pub mod sync;
+mod sync;
 mod telemetry;
 
 pub use cache::Cache;

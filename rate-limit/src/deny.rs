@@ -4,7 +4,7 @@
 //! that rejects them.
 //!
 //! Bounded, with O(1) amortized work per insert however full it is: entries
-//! sit in a [`cache_core::sync::InsertionOrderedMap`]. An insert first drops
+//! sit in a [`cache_sync::InsertionOrderedMap`]. An insert first drops
 //! the expired entries at the front of the queue, then, if the map is still
 //! full, evicts the oldest entry (the one whose window started first, so
 //! usually the nearest to its end); every queue item is popped at most once.
@@ -13,7 +13,7 @@
 
 use std::sync::atomic::Ordering;
 
-use cache_core::sync::InsertionOrderedMap;
+use cache_sync::InsertionOrderedMap;
 
 // shuttle's primitives under `--cfg shuttle` (see the tests at the end).
 use crate::sync::{AtomicUsize, RwLock, RwLockReadGuard, RwLockWriteGuard};

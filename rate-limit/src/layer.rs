@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::Cache;
-use cache_core::sync::StateFlag;
+use cache_sync::StateFlag;
 use http::{Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 

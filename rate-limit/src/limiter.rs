@@ -57,8 +57,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cache_core::sync::{StateFlag, StripedCounters};
 use cache_core::{Cache, Reach};
+use cache_sync::{StateFlag, StripedCounters};
 
 // shuttle's under `--cfg shuttle` (the count of requests at the store).
 use crate::sync::AtomicUsize;

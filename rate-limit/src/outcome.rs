@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cache_core::sync::StateFlag;
+use cache_sync::StateFlag;
 use http::{Extensions, HeaderMap, Response, StatusCode};
 
 use crate::layer::Shared;

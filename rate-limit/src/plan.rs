@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cache_core::sync::StateFlag;
+use cache_sync::StateFlag;
 
 use crate::headers::HeaderTemplate;
 use crate::key::RequestInfo;

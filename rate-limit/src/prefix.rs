@@ -52,7 +52,7 @@ impl PrefixClaim {
         let policies: Vec<(String, Quota)> =
             policies.iter().map(|p| (p.name.clone(), p.quota)).collect();
         // Every update leaves the map whole: a poisoned lock is still usable.
-        let mut claims = cache_core::sync::lock(&CLAIMS);
+        let mut claims = cache_sync::lock(&CLAIMS);
         match claims.get_mut(&key) {
             Some(claimed) if claimed.policies != policies => {
                 return Err(ConfigError::PrefixInUse(prefix.to_string()));
@@ -74,7 +74,7 @@ impl PrefixClaim {
 
 impl Drop for PrefixClaim {
     fn drop(&mut self) {
-        let mut claims = cache_core::sync::lock(&CLAIMS);
+        let mut claims = cache_sync::lock(&CLAIMS);
         if let Some(claimed) = claims.get_mut(&self.key) {
             claimed.layers -= 1;
             if claimed.layers == 0 {

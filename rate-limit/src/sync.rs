@@ -6,13 +6,13 @@
 //! themselves (re-exports), so it pays nothing.
 
 #[cfg(not(all(test, shuttle)))]
-pub(crate) use cache_core::sync::{read, write};
+pub(crate) use cache_sync::{read, write};
 #[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::atomic::AtomicUsize;
 #[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(not(all(test, shuttle)))]
-pub(crate) use {cache_core::sync::lock, std::sync::Mutex};
+pub(crate) use {cache_sync::lock, std::sync::Mutex};
 #[cfg(not(all(test, shuttle)))]
 pub(crate) use {tokio::runtime::Handle as Runtime, tokio::sync::oneshot, tokio::task::yield_now};
 
@@ -23,7 +23,7 @@ pub(crate) use shuttle::sync::atomic::AtomicUsize;
 #[cfg(all(test, shuttle))]
 pub(crate) use shuttle::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// `cache_core::sync::lock` for shuttle's mutex.
+/// `cache_sync::lock` for shuttle's mutex.
 #[cfg(all(test, shuttle))]
 pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -115,13 +115,13 @@ pub(crate) mod oneshot {
     }
 }
 
-/// `cache_core::sync::read` for shuttle's lock.
+/// `cache_sync::read` for shuttle's lock.
 #[cfg(all(test, shuttle))]
 pub(crate) fn read<T: ?Sized>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `cache_core::sync::write` for shuttle's lock.
+/// `cache_sync::write` for shuttle's lock.
 #[cfg(all(test, shuttle))]
 pub(crate) fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write()

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use cache_core::sync::StateFlag;
 use cache_core::{AtomicOp, Cache, Entries, Script};
+use cache_sync::StateFlag;
 use futures_util::future::join_all;
 use tokio::sync::{Notify, oneshot, watch};
 

@@ -472,7 +472,7 @@ impl Remote {
     /// Starts the task, once, on the runtime of the first request.
     fn start(&self) {
         self.flusher.get_or_init(|| {
-            let task = cache_core::sync::lock(&self.task).take()?;
+            let task = cache_sync::lock(&self.task).take()?;
             let flusher = task.spawn();
             if flusher.is_none() {
                 tracing::error!(

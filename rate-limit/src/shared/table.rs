@@ -226,7 +226,7 @@ impl Table {
     /// The shard numbered `index` (as [`Table::drain`] names them).
     pub(crate) fn shard_at(&self, index: usize) -> MutexGuard<'_, Shard> {
         // Every critical section leaves the shard whole: a poisoned one is usable.
-        cache_core::sync::lock(&self.shards[index % SHARDS])
+        cache_sync::lock(&self.shards[index % SHARDS])
     }
 
     /// Decides a request of `client` costing `cost` at `now_us` (the
@@ -341,7 +341,7 @@ impl Table {
     pub(crate) fn has_dirty(&self) -> bool {
         self.shards
             .iter()
-            .any(|shard| !cache_core::sync::lock(shard).dirty.is_empty())
+            .any(|shard| !cache_sync::lock(shard).dirty.is_empty())
     }
 
     /// Takes the pending counts of dirty clients into flight, for those
@@ -354,7 +354,7 @@ impl Table {
         mut sink: impl FnMut(Drained<'_>),
     ) {
         for (number, shard) in self.shards.iter().enumerate() {
-            let mut shard = cache_core::sync::lock(shard);
+            let mut shard = cache_sync::lock(shard);
             let listed = std::mem::take(&mut shard.dirty);
             let mut kept = Vec::new();
             for (hash, key) in listed {
@@ -426,7 +426,7 @@ impl Table {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|shard| cache_core::sync::lock(shard).clients.len())
+            .map(|shard| cache_sync::lock(shard).clients.len())
             .sum()
     }
 
