@@ -16,6 +16,10 @@ impl Cache {
     /// `PUBLISH` (`SPUBLISH` on a cluster) of raw bytes; sent once, never
     /// retried. In process, into the in-memory store's listeners.
     pub(crate) async fn publish_bytes(&self, channel: &str, payload: &[u8]) -> Result<u64> {
+        // In process: delivered at once, no future to allocate.
+        if let Some(reached) = self.inner.store.publish_at_once(channel, payload) {
+            return Ok(reached);
+        }
         self.run(Idempotence::CountsOnce, |s| s.publish(channel, payload))
             .await
     }

@@ -419,6 +419,10 @@ impl Store for MemoryStore {
         ready(Ok(self.hub.publish(channel, payload)))
     }
 
+    fn publish_at_once(&self, channel: &str, payload: &[u8]) -> Option<u64> {
+        Some(self.hub.publish(channel, payload))
+    }
+
     fn subscribe(&self, topics: Vec<Topic>, capacity: usize) -> StoreFuture<'_, Listener> {
         // Nothing to confirm: the publishers are in this process.
         let (listener, _) = Listener::register(self.hub.clone(), topics, capacity);

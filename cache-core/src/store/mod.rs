@@ -307,6 +307,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// cluster; in process, into the store's hub): the receivers it reached,
     /// connections on Redis, listeners in process. Counted as published.
     fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, u64>;
+    /// [`publish`](Self::publish) at once, without a future, when the
+    /// store delivers without waiting (in process); `None` when the call
+    /// goes through `publish`. An in-process publish then allocates no
+    /// future, as [`run_atomic_at_once`](Self::run_atomic_at_once).
+    fn publish_at_once(&self, channel: &str, payload: &[u8]) -> Option<u64> {
+        let _ = (channel, payload);
+        None
+    }
     /// A listener to `topics` with a queue of `capacity` messages, once the
     /// server has confirmed them (within the handle's timeout, or the
     /// connect timeout when longer: the first subscribe connects), so that
