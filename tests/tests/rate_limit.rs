@@ -1156,8 +1156,8 @@ async fn a_burst_is_exact_in_at_most_one_store_call_per_request() {
 /// counts an admitted request in `INCRBY` and `PEXPIRE ... LT` only; the
 /// window's end is read with a `PTTL` of its own only once the window is
 /// full: for the request that fills it (the deny cache's hold) and the
-/// rejected ones (`Retry-After`). A layer with headers sends the `PTTL`
-/// in every pipeline.
+/// rejected ones (`Retry-After`). A layer with headers, or with refunds by
+/// response, sends the `PTTL` in every pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reset_headers_only_a_full_window_reads_its_end() {
     use tower::ServiceExt;
@@ -1214,7 +1214,7 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
         assert!(ttl > 0 && ttl <= 60_000, "{key} has a TTL: {ttl}");
     }
     // With headers (the default: both sets), every pipeline reads the end.
-    let limiter = layer(cache, "headed", 3, Duration::from_secs(60))
+    let limiter = layer(cache.clone(), "headed", 3, Duration::from_secs(60))
         .build()
         .unwrap();
     let service = hello(&limiter);
@@ -1227,6 +1227,25 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.headers().contains_key("x-ratelimit-reset"));
+    }
+    assert_eq!(command_calls(&server, "incrby"), 2);
+    assert_eq!(command_calls(&server, "pttl"), 2);
+    // No header, but refunds by response: a refund finds the window it
+    // gives back to by its end, read in every pipeline.
+    let limiter = layer(cache, "refunded", 3, Duration::from_secs(60))
+        .headers(HeaderSets::NONE)
+        .charge_if(|_: &rate_limit::ResponseInfo<'_>| true)
+        .build()
+        .unwrap();
+    let service = hello(&limiter);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..2 {
+        let response = service
+            .clone()
+            .oneshot(request_of([10, 9, 0, 3]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
     }
     assert_eq!(command_calls(&server, "incrby"), 2);
     assert_eq!(command_calls(&server, "pttl"), 2);
