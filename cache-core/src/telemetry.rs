@@ -442,11 +442,12 @@ impl Store for Observed {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
+        read_ttl: bool,
     ) -> StoreFuture<'a, Option<Vec<crate::store::WindowIncr>>> {
         self.op(
             "incr_window",
             done,
-            self.inner.incr_windows(keys, by, window_ms),
+            self.inner.incr_windows(keys, by, window_ms, read_ttl),
         )
     }
     fn run_atomic_at_once(

@@ -760,6 +760,13 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Whether the layer reads the reset of an admitted request: a header
+    /// field carries it (`X-RateLimit-Reset`, `RateLimit`'s `t=`), or a
+    /// refund finds the window it gives back to by it.
+    fn reads_resets(&self) -> bool {
+        self.headers.legacy || self.headers.ietf || self.settle.is_some()
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<RateLimitLayer, ConfigError> {
         let store_timeout = self.checked_store_timeout()?;
@@ -787,6 +794,7 @@ impl RateLimitLayerBuilder {
         let extractor = self.checked_extractor()?;
         let prefix_claim = PrefixClaim::take(&self.cache, &self.prefix, &policies)?;
         let (headers, limited_bodies) = self.rendered_responses(&policies);
+        let resets = self.reads_resets();
         let mut limiter = Limiter::new(LimiterConfig {
             cache: self.cache,
             prefix: self.prefix,
@@ -797,7 +805,8 @@ impl RateLimitLayerBuilder {
             shared: self.shared,
             fail_open: self.fail_mode == FailMode::Open,
         })
-        .with_lease_wait(self.lease_wait);
+        .with_lease_wait(self.lease_wait)
+        .with_resets(resets);
         if plans.is_some() {
             limiter = limiter.with_plan(DEFAULT_PLAN);
         }
@@ -904,6 +913,7 @@ impl RateLimitLayerBuilder {
                 fail_open: self.fail_mode == FailMode::Open,
             })
             .with_lease_wait(self.lease_wait)
+            .with_resets(self.reads_resets())
             .with_plan(&name);
             list.push(Plan {
                 name,

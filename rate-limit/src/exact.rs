@@ -110,6 +110,8 @@ pub(crate) struct Call<'a> {
     /// read when the call is sent; `None`: Redis' own clock.
     pub(crate) clock: Option<&'a dyn Clock>,
     pub(crate) counters: &'a Counters,
+    /// The caller reads the reset of every request (see `evaluate`).
+    pub(crate) resets: bool,
 }
 
 impl Exact {
@@ -181,9 +183,17 @@ impl Exact {
                 &strs
             }
         };
-        evaluate(call.cache, keys, call.quotas, now, &[cost], call.timeout)
-            .await
-            .map_err(|err| err.to_string())
+        evaluate(
+            call.cache,
+            keys,
+            call.quotas,
+            now,
+            &[cost],
+            call.resets,
+            call.timeout,
+        )
+        .await
+        .map_err(|err| err.to_string())
     }
 
     /// Opened a group: lets the requests arriving meanwhile join it, then
@@ -208,6 +218,7 @@ impl Exact {
             cache: call.cache.clone(),
             quotas: call.quotas.to_vec(),
             timeout: call.timeout,
+            resets: call.resets,
             keys: Vec::with_capacity(1 + joined.len()),
             costs: Vec::with_capacity(1 + joined.len()),
             answers: Vec::with_capacity(1 + joined.len()),
@@ -236,6 +247,7 @@ struct GroupCall {
     cache: Cache,
     quotas: Vec<Quota>,
     timeout: Duration,
+    resets: bool,
     keys: Vec<Keys>,
     costs: Vec<u64>,
     answers: Vec<oneshot::Sender<Answer>>,
@@ -261,6 +273,7 @@ impl GroupCall {
             &self.quotas,
             now,
             &self.costs,
+            self.resets,
             self.timeout,
         )
         .await;

@@ -258,6 +258,10 @@ pub(crate) struct Limiter {
     /// The plan this limiter counts, on a layer with plans (the
     /// `ratelimit.leases` metric's `plan` label).
     plan: Option<Box<str>>,
+    /// Its callers read the reset of every admitted request (a header
+    /// carries it, a refund finds its window by it); without, the store
+    /// may leave it unread (see `store::redis::evaluate`).
+    resets: bool,
 }
 
 /// What [`Limiter::acquire_charged`] answers: the verdict, the lease of an
@@ -453,6 +457,7 @@ impl Limiter {
             failing: StateFlag::new(),
             lease_wait: Duration::ZERO,
             plan: None,
+            resets: true,
             lease_ids: LeaseIds {
                 hasher: std::hash::RandomState::new(),
                 next: std::sync::atomic::AtomicU64::new(0),
@@ -636,6 +641,13 @@ impl Limiter {
         self
     }
 
+    /// Whether its callers read the reset of every admitted request (by
+    /// default they do).
+    pub(crate) fn with_resets(mut self, resets: bool) -> Self {
+        self.resets = resets;
+        self
+    }
+
     /// Gives `lease` back: one store call per concurrency limit (see
     /// [`Lease`]). A lease found gone had expired.
     pub(crate) async fn release(&self, lease: Lease) {
@@ -764,6 +776,7 @@ impl Limiter {
                     &self.quotas,
                     sent.wall,
                     &[cost],
+                    self.resets || charged,
                     self.store_timeout,
                 )
                 .await
@@ -782,6 +795,7 @@ impl Limiter {
                     timeout: self.store_timeout,
                     clock: self.send_now.then_some(self.clock.as_ref()),
                     counters: &self.counters,
+                    resets: self.resets || charged,
                 };
                 exact.count(&at, keys, cost).await
             }

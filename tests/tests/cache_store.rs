@@ -303,18 +303,21 @@ mod behaviour {
             .unwrap();
         let keys = [fresh.as_str(), lost.as_str(), longer.as_str()];
         let found = cache
-            .incr_windows_within(&keys, &[1, 1, 3], window, timeout)
+            .incr_windows_within(&keys, &[1, 1, 3], window, true, timeout)
             .await
             .unwrap()
             .expect("Redis 7 takes PEXPIRE ... LT");
         let counts: Vec<u64> = found
             .iter()
             .map(|found| match *found {
-                WindowIncr::Counted { count, left_ms } => {
+                WindowIncr::Counted {
+                    count,
+                    left_ms: Some(left_ms),
+                } => {
                     assert!(left_ms > 0 && left_ms <= 60_000, "{left_ms}");
                     count
                 }
-                WindowIncr::NotACounter => panic!("{found:?}"),
+                _ => panic!("{found:?}"),
             })
             .collect();
         assert_eq!(counts, [1, 5, 5]);
@@ -330,16 +333,44 @@ mod behaviour {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let again = cache
-            .incr_windows_within(&[fresh.as_str()], &[1], window, timeout)
+            .incr_windows_within(&[fresh.as_str()], &[1], window, true, timeout)
             .await
             .unwrap()
             .unwrap();
-        let WindowIncr::Counted { count: 2, left_ms } = again[0] else {
+        let WindowIncr::Counted {
+            count: 2,
+            left_ms: Some(left_ms),
+        } = again[0]
+        else {
             panic!("{again:?}");
         };
         assert!(
             Duration::from_millis(left_ms) <= before,
             "{left_ms} ms after {before:?}"
+        );
+        // Without the TTL read: counted, the expiry set all the same; the
+        // end unread on Redis (no PTTL), read anyway in memory.
+        let unread = key("unread");
+        let found = cache
+            .incr_windows_within(&[unread.as_str()], &[2], window, false, timeout)
+            .await
+            .unwrap()
+            .unwrap();
+        let memory = *cache.backend() == cache_core::Backend::Memory;
+        let WindowIncr::Counted { count: 2, left_ms } = found[0] else {
+            panic!("{found:?}");
+        };
+        assert_eq!(left_ms.is_some(), memory, "{left_ms:?}");
+        assert!(
+            matches!(cache.ttl(&unread).await.unwrap(), KeyTtl::Expires(left) if left <= window),
+            "an expiry without the read"
+        );
+        assert!(
+            matches!(
+                cache.ttl_within(&unread, timeout).await.unwrap(),
+                KeyTtl::Expires(left) if left <= window
+            ),
+            "ttl_within reads it"
         );
         // Arguments are checked before anything is sent.
         for (by, window) in [
@@ -348,7 +379,7 @@ mod behaviour {
             (1, cache_core::MAX_WINDOW * 2),
         ] {
             let err = cache
-                .incr_windows_within(&[fresh.as_str()], &[by], window, timeout)
+                .incr_windows_within(&[fresh.as_str()], &[by], window, true, timeout)
                 .await
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
@@ -372,7 +403,7 @@ mod behaviour {
                 .await
                 .unwrap();
             let found = cache
-                .incr_windows_within(&[key.as_str()], &[1], window, Duration::from_secs(5))
+                .incr_windows_within(&[key.as_str()], &[1], window, true, Duration::from_secs(5))
                 .await
                 .unwrap()
                 .unwrap();
@@ -381,7 +412,7 @@ mod behaviour {
                     found,
                     [WindowIncr::Counted {
                         count: 1,
-                        left_ms: 60_000
+                        left_ms: Some(60_000)
                     }],
                     "{foreign}"
                 );

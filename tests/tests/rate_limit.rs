@@ -1152,6 +1152,105 @@ async fn a_burst_is_exact_in_at_most_one_store_call_per_request() {
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
 }
 
+/// A layer that sends no field carrying the reset (`HeaderSets::NONE`)
+/// counts an admitted request in `INCRBY` and `PEXPIRE ... LT` only; the
+/// window's end is read with a `PTTL` of its own only once the window is
+/// full: for the request that fills it (the deny cache's hold) and the
+/// rejected ones (`Retry-After`). A layer with headers, or with refunds by
+/// response, sends the `PTTL` in every pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reset_headers_only_a_full_window_reads_its_end() {
+    use tower::ServiceExt;
+    let (server, cache) = own_redis(|b| b).await;
+    let retry_after = |response: &http::Response<_>| -> u64 {
+        response.headers()[http::header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for deny_cache in [false, true] {
+        let prefix = format!("bare{}", u8::from(deny_cache));
+        let limiter = layer(cache.clone(), &prefix, 3, Duration::from_secs(60))
+            .headers(HeaderSets::NONE)
+            .local_deny_cache(deny_cache)
+            .build()
+            .unwrap();
+        let service = hello(&limiter);
+        let send = || service.clone().oneshot(request_of([10, 9, 0, 1]));
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        for n in 1..=2 {
+            let response = send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(command_calls(&server, "incrby"), n);
+            assert_eq!(command_calls(&server, "pexpire"), n);
+            assert_eq!(command_calls(&server, "pttl"), 0, "admitted: no PTTL");
+        }
+        // The third fills the window: its end is read.
+        assert_eq!(send().await.unwrap().status(), 200);
+        assert_eq!(command_calls(&server, "pttl"), 1);
+        // Rejected: a Retry-After within the window, from the store or,
+        // with the deny cache, from its hold (no store call).
+        for n in 0..2 {
+            let limited = send().await.unwrap();
+            assert_eq!(limited.status(), 429);
+            let retry = retry_after(&limited);
+            assert!((1..=60).contains(&retry), "{retry}");
+            let (calls, pttl) = if deny_cache { (3, 1) } else { (4 + n, 2 + n) };
+            assert_eq!(
+                limiter.stats().store_calls,
+                calls,
+                "deny cache {deny_cache}"
+            );
+            assert_eq!(
+                command_calls(&server, "pttl"),
+                pttl,
+                "deny cache {deny_cache}"
+            );
+        }
+        assert_eq!(command_calls(&server, "evalsha"), 0);
+        let key = format!("{prefix}:ip:10.9.0.1");
+        let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{key} has a TTL: {ttl}");
+    }
+    // With headers (the default: both sets), every pipeline reads the end.
+    let limiter = layer(cache.clone(), "headed", 3, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = hello(&limiter);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..2 {
+        let response = service
+            .clone()
+            .oneshot(request_of([10, 9, 0, 2]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("x-ratelimit-reset"));
+    }
+    assert_eq!(command_calls(&server, "incrby"), 2);
+    assert_eq!(command_calls(&server, "pttl"), 2);
+    // No header, but refunds by response: a refund finds the window it
+    // gives back to by its end, read in every pipeline.
+    let limiter = layer(cache, "refunded", 3, Duration::from_secs(60))
+        .headers(HeaderSets::NONE)
+        .charge_if(|_: &rate_limit::ResponseInfo<'_>| true)
+        .build()
+        .unwrap();
+    let service = hello(&limiter);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..2 {
+        let response = service
+            .clone()
+            .oneshot(request_of([10, 9, 0, 3]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(command_calls(&server, "incrby"), 2);
+    assert_eq!(command_calls(&server, "pttl"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_a_cluster_is_exact() {
     let limiter = layer(

@@ -6,7 +6,9 @@
 //!
 //! `rl-instructions VARIANT REQUESTS`: `bare` (the axum hello-world),
 //! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
-//! `layer` (`RateLimitLayer` on Redis), `layer-memory` (on the in-memory
+//! `layer` (`RateLimitLayer` on Redis; `layer-no-headers` with no header
+//! field, `HeaderSets::NONE`, the naive middleware's output, and then
+//! no `PTTL` per request), `layer-memory` (on the in-memory
 //! store; `layer-memory-ietf` and `layer-memory-no-headers` with only the
 //! IETF pair of header fields, and none; `flood-memory` with a limit of
 //! one, so that every counted request is a 429 from the deny cache),
@@ -39,10 +41,11 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// Never reached, and below 2^50 as any real limit (see http.rs's
 /// `NORMAL_LIMIT`).
 const LIMIT: u64 = 1_000_000_000_000;
-const VARIANTS: [&str; 10] = [
+const VARIANTS: [&str; 11] = [
     "bare",
     "naive",
     "layer",
+    "layer-no-headers",
     "layer-memory",
     "layer-memory-ietf",
     "layer-memory-no-headers",
@@ -166,6 +169,14 @@ async fn main() {
         }
         "layer" => {
             layers.push(layer(redis().await));
+            hello().layer(layers[0].clone())
+        }
+        "layer-no-headers" => {
+            let layer = builder(redis().await)
+                .headers(HeaderSets::NONE)
+                .build()
+                .expect("layer");
+            layers.push(layer);
             hello().layer(layers[0].clone())
         }
         "leases" | "leases-memory" => {

@@ -393,8 +393,11 @@ impl Cache {
 
     /// Fixed-window counters of one window without a script, for the rate
     /// limiter's common case: per key (namespaced like every key; one hash
-    /// slot on a cluster) `INCRBY key by`, `PEXPIRE key window LT` and
-    /// `PTTL key`, all in one pipelined write, within `timeout` (at most
+    /// slot on a cluster) `INCRBY key by`, `PEXPIRE key window LT` and, if
+    /// `read_ttl`, `PTTL key` (without it the counts come with no window
+    /// end on Redis: one command fewer per key for a caller that needs
+    /// the end of few windows, read with [`ttl_within`](Self::ttl_within)
+    /// then), all in one pipelined write, within `timeout` (at most
     /// the handle's), under the handle's circuit breaker, never sent again
     /// once it may have run. Unlike [`incr_window`](Self::incr_window) it
     /// leaves a value that is no counter to its caller
@@ -411,6 +414,7 @@ impl Cache {
         keys: &[&str],
         by: &[u64],
         window: Duration,
+        read_ttl: bool,
         timeout: Duration,
     ) -> Result<Option<Vec<WindowIncr>>> {
         let window_ms = crate::store::window_millis(window)?;
@@ -451,8 +455,20 @@ impl Cache {
             }
         };
         self.run_within(Idempotence::CountsOnce, timeout, |s| {
-            s.incr_windows(keys, increments, window_ms as i64)
+            s.incr_windows(keys, increments, window_ms as i64, read_ttl)
         })
         .await
+    }
+
+    /// [`ttl`](Self::ttl) within `timeout` (at most the handle's).
+    ///
+    /// Not part of the promised API: the rate limiter's reading of a
+    /// window's end after [`incr_windows_within`](Self::incr_windows_within)
+    /// without it.
+    #[doc(hidden)]
+    pub async fn ttl_within(&self, key: &str, timeout: Duration) -> Result<KeyTtl> {
+        let key = self.full_key(key);
+        self.run_within(Idempotence::Idempotent, timeout, |s| s.ttl(&key))
+            .await
     }
 }

@@ -61,8 +61,9 @@ pub enum WindowIncr {
     Counted {
         /// The count, this increment included.
         count: u64,
-        /// Milliseconds until the window ends.
-        left_ms: u64,
+        /// Milliseconds until the window ends; `None` when it was not read
+        /// (asked without, on Redis: no `PTTL` sent).
+        left_ms: Option<u64>,
     },
     /// No counter: a value of another type or not an integer (left as it
     /// was), or an integer that was below zero or ends above 2^53 (the
@@ -262,8 +263,10 @@ pub(crate) trait Store: Send + Sync + 'static {
         self.eval(op.script(), keys, args)
     }
     /// Fixed-window counters without a script: per key, `INCRBY key by`,
-    /// `PEXPIRE key window_ms LT` and `PTTL key`, every key's commands in
-    /// one pipelined write (one slot on a cluster). `None` when the server
+    /// `PEXPIRE key window_ms LT` and, if `read_ttl`, `PTTL key`, every
+    /// key's commands in one pipelined write (one slot on a cluster); a
+    /// store that reads the TTL anyway (the in-memory one, the script)
+    /// answers it whatever `read_ttl`. `None` when the server
     /// takes no `PEXPIRE` options (Redis before 7.0): then nothing was sent,
     /// and the caller counts with a script. The in-memory store runs
     /// [`IncrWindow`](atomic::IncrWindow)'s twin per key, which replaces a
@@ -273,6 +276,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
+        _read_ttl: bool,
     ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
         Box::pin(async move {
             let mut counted = Vec::with_capacity(keys.len());
@@ -282,7 +286,7 @@ pub(crate) trait Store: Send + Sync + 'static {
                 counted.push(match reply[..] {
                     [count, left_ms] => WindowIncr::Counted {
                         count: u64::try_from(count).unwrap_or(0),
-                        left_ms: u64::try_from(left_ms).unwrap_or(0),
+                        left_ms: Some(u64::try_from(left_ms).unwrap_or(0)),
                     },
                     _ => WindowIncr::NotACounter,
                 });

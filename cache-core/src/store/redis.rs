@@ -493,7 +493,7 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
 }
 
 /// [`Store::incr_windows`]' commands: per key `INCRBY key by`, `PEXPIRE
-/// key window LT` and `PTTL key`, in one pipeline.
+/// key window LT` and, if `read_ttl`, `PTTL key`, in one pipeline.
 ///
 /// Why these three, and why no script is needed around them:
 /// - No counter without a TTL: every increment is followed by the
@@ -508,15 +508,24 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
 ///   increment another client makes between this `INCRBY` and `PTTL` only
 ///   makes the reported window end the same or closer (never later).
 /// - `PTTL` answers the window's end for the reply (rate-limit headers,
-///   `Retry-After`).
-fn incr_window_pipe(keys: &[&str], by: &[i64], window_ms: i64) -> redis::Pipeline {
-    let mut pipe = redis::Pipeline::with_capacity(3 * keys.len());
+///   `Retry-After`); a caller that needs no end (a rate limiter sending no
+///   reset header admits most requests without one) leaves it out.
+fn incr_window_pipe(keys: &[&str], by: &[i64], window_ms: i64, read_ttl: bool) -> redis::Pipeline {
+    let per_key = window_replies(read_ttl);
+    let mut pipe = redis::Pipeline::with_capacity(per_key * keys.len());
     for (&key, &by) in keys.iter().zip(by) {
         pipe.add_command(key_cmd("INCRBY", key, Some(by), false));
         pipe.add_command(key_cmd("PEXPIRE", key, Some(window_ms), true));
-        pipe.add_command(key_cmd("PTTL", key, None, false));
+        if read_ttl {
+            pipe.add_command(key_cmd("PTTL", key, None, false));
+        }
     }
     pipe
+}
+
+/// How many replies [`incr_window_pipe`] has per key.
+fn window_replies(read_ttl: bool) -> usize {
+    if read_ttl { 3 } else { 2 }
 }
 
 /// `name key [number] [LT]`, sized up front (a number has at most 20 digits).
@@ -532,19 +541,24 @@ fn key_cmd(name: &str, key: &str, number: Option<i64>, lt: bool) -> Cmd {
     cmd
 }
 
-/// One key's three replies of [`incr_window_pipe`] (`by` its increment):
-/// what it found, or the call's error. `Err(None)`: the server refused
-/// `PEXPIRE`'s option (Redis before 7.0 answers `ERR` to its arity).
+/// One key's replies of [`incr_window_pipe`] (`by` its increment; two, or
+/// three with `PTTL`'s): what it found, or the call's error. `Err(None)`:
+/// the server refused `PEXPIRE`'s option (Redis before 7.0 answers `ERR`
+/// to its arity).
 fn window_incr(
     replies: &[Value],
     by: i64,
     window_ms: i64,
 ) -> std::result::Result<WindowIncr, Option<redis::RedisError>> {
-    let [incr, expire, pttl] = replies else {
-        let shape = crate::error::StoreError::unexpected("incr_window");
-        return Err(Some(redis::RedisError::from(redis::ParsingError::from(
-            shape.to_string(),
-        ))));
+    let (incr, expire, pttl) = match replies {
+        [incr, expire] => (incr, expire, None),
+        [incr, expire, pttl] => (incr, expire, Some(pttl)),
+        _ => {
+            let shape = crate::error::StoreError::unexpected("incr_window");
+            return Err(Some(redis::RedisError::from(redis::ParsingError::from(
+                shape.to_string(),
+            ))));
+        }
     };
     if let Value::ServerError(err) = expire {
         return match err.code() {
@@ -568,18 +582,19 @@ fn window_incr(
         return Ok(WindowIncr::NotACounter);
     }
     let left_ms = match pttl {
+        None => None,
         // Gone since the increment: its window ended meanwhile.
-        Value::Int(-2) => 0,
+        Some(Value::Int(-2)) => Some(0),
         // No expiry (someone's `PERSIST` in between): the next increment's
         // `PEXPIRE` gives it one; this one is counted in a window from now.
-        Value::Int(-1) => window_ms,
-        Value::Int(ms) => *ms,
-        Value::ServerError(err) => return Err(Some(err.clone().into())),
-        other => return Err(Some(unexpected_reply(other))),
+        Some(Value::Int(-1)) => Some(window_ms),
+        Some(Value::Int(ms)) => Some(*ms),
+        Some(Value::ServerError(err)) => return Err(Some(err.clone().into())),
+        Some(other) => return Err(Some(unexpected_reply(other))),
     };
     Ok(WindowIncr::Counted {
         count: count as u64,
-        left_ms: u64::try_from(left_ms).unwrap_or(0),
+        left_ms: left_ms.map(|ms| u64::try_from(ms).unwrap_or(0)),
     })
 }
 
@@ -732,6 +747,7 @@ impl<C: Connection> Store for RedisStore<C> {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
+        read_ttl: bool,
     ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
         use std::sync::atomic::Ordering;
         if self.no_expire_options.load(Ordering::Relaxed) {
@@ -739,14 +755,15 @@ impl<C: Connection> Store for RedisStore<C> {
         }
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let pipe = incr_window_pipe(keys, by, window_ms);
-            let replies = conn.send_pipeline(&pipe, 3 * keys.len()).await?;
-            if replies.len() != 3 * keys.len() {
+            let pipe = incr_window_pipe(keys, by, window_ms, read_ttl);
+            let per_key = window_replies(read_ttl);
+            let replies = conn.send_pipeline(&pipe, per_key * keys.len()).await?;
+            if replies.len() != per_key * keys.len() {
                 return Err(unexpected_reply(&Value::Array(replies)).into());
             }
             let mut counted = Vec::with_capacity(keys.len());
             let mut refused = false;
-            for (replies, &by) in replies.chunks_exact(3).zip(by) {
+            for (replies, &by) in replies.chunks_exact(per_key).zip(by) {
                 match window_incr(replies, by, window_ms) {
                     Ok(found) => counted.push(found),
                     Err(Some(err)) => return Err(err.into()),
@@ -758,7 +775,7 @@ impl<C: Connection> Store for RedisStore<C> {
                             {
                                 WindowIncr::Counted {
                                     count: *count as u64,
-                                    left_ms: 0,
+                                    left_ms: Some(0),
                                 }
                             }
                             _ => WindowIncr::NotACounter,
@@ -784,10 +801,12 @@ impl<C: Connection> Store for RedisStore<C> {
                     let reply = self
                         .eval(atomic::IncrWindow.script(), &[key], &args)
                         .await?;
-                    *left_ms = reply
-                        .get(1)
-                        .and_then(|&ms| u64::try_from(ms).ok())
-                        .unwrap_or(0);
+                    *left_ms = Some(
+                        reply
+                            .get(1)
+                            .and_then(|&ms| u64::try_from(ms).ok())
+                            .unwrap_or(0),
+                    );
                 }
             }
             Ok(Some(counted))

@@ -48,6 +48,7 @@ pub(super) async fn evaluate(
     quotas: &[Quota],
     _: Option<u64>,
     costs: &[u64],
+    _: bool,
     _: Duration,
 ) -> Result<Vec<i64>, String> {
     let per_request: Vec<&[&str]> = keys.chunks(quotas.len()).collect();
@@ -129,6 +130,7 @@ async fn request(
         timeout: Duration::from_secs(1),
         clock: None,
         counters: &limiter.counters,
+        resets: true,
     };
     let started = AtomicBool::new(false);
     let count = Box::pin(async {

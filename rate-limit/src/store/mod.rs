@@ -33,6 +33,7 @@ pub async fn evaluate_raw(
         quotas,
         Some(now_us),
         costs,
+        true,
         Duration::from_secs(5),
     )
     .await

@@ -3,7 +3,8 @@
 //! (which pipelines concurrent calls). A layer of one fixed-window policy
 //! on Redis' clock, the common case, counts requests of cost 1 without a
 //! script ([`count_pipelined`]: `INCRBY`, `PEXPIRE ... LT`, `PTTL` per key,
-//! pipelined), and others with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
+//! pipelined; no `PTTL` when the caller reads no reset but of a full
+//! window), and others with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
 //! `PTTL`, taking rejected requests back);
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
 //! "now", or a key `counter.lua` finds holding no count of its own);
@@ -14,7 +15,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cache_core::{Cache, Script, WindowIncr};
+use cache_core::{Cache, KeyTtl, Script, WindowIncr};
 
 use super::ops;
 use crate::quota::{Algorithm, Quota};
@@ -79,17 +80,24 @@ fn args(now_us: Option<u64>, quotas: &[Quota]) -> Vec<i64> {
 /// `window::row_len`), in the order of `costs`, from one script call (a
 /// second one only for fixed-window keys `counter.lua` finds holding no
 /// count of their own). On a cluster the caller sends one client per call.
+///
+/// `resets`: whether the caller reads the reset of a request the window
+/// still admits after it (a rate-limit header carries it, a refund finds
+/// its window by it). Without, such a row may say 0 for it; the rows of a
+/// full window (rejected requests, and the one that fills it) always
+/// carry theirs (`Retry-After`, the deny cache's hold).
 pub(crate) async fn evaluate(
     cache: &Cache,
     keys: &[&str],
     quotas: &[Quota],
     now_us: Option<u64>,
     costs: &[u64],
+    resets: bool,
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
     match quotas {
         [quota] if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow => {
-            count_fixed(cache, keys, quota, costs, timeout).await
+            count_fixed(cache, keys, quota, costs, resets, timeout).await
         }
         [quota] => single(cache, keys, quota, now_us, costs, timeout).await,
         _ => several(cache, keys, quotas, now_us, costs, timeout).await,
@@ -125,11 +133,12 @@ async fn count_fixed(
     keys: &[&str],
     quota: &Quota,
     costs: &[u64],
+    resets: bool,
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
     if quota.limit() < TAT_FLOOR && costs.iter().all(|&cost| cost == 1) {
         // `None`: a server before Redis 7.0, counted by the script below.
-        if let Some(rows) = count_pipelined(cache, keys, quota, timeout).await? {
+        if let Some(rows) = count_pipelined(cache, keys, quota, resets, timeout).await? {
             return Ok(rows);
         }
     }
@@ -194,6 +203,14 @@ async fn count_fixed(
 /// request in order as if alone. `Ok(None)`: the server takes no `PEXPIRE`
 /// options (before Redis 7.0), nothing sent.
 ///
+/// Without `resets` the pipeline has no `PTTL`: a request the window still
+/// admits needs no end, and only a key whose window is full (a rejected
+/// request, or the one that fills it: `Retry-After` and the deny cache's
+/// hold need the end) has it read by a `PTTL` of its own, a second round
+/// trip. Those are few: the deny cache answers the rest of a full window
+/// in process. An increment another client makes in between only makes
+/// the end read the same or closer, as in the pipeline.
+///
 /// Exact as `counter.lua` is, because:
 /// - a rejected request's increment is not taken back, and need not be: at
 ///   cost 1 a request is rejected only when the count is already at the
@@ -218,17 +235,21 @@ async fn count_pipelined(
     cache: &Cache,
     keys: &[&str],
     quota: &Quota,
+    resets: bool,
     timeout: Duration,
 ) -> Result<Option<Vec<i64>>, CallError> {
     let window = Duration::from_millis(quota.window_ms());
     let limit = quota.limit();
     if let &[key] = keys {
-        let Some(found) = cache
-            .incr_windows_within(&[key], &[1], window, timeout)
+        let Some(mut found) = cache
+            .incr_windows_within(&[key], &[1], window, resets, timeout)
             .await?
         else {
             return Ok(None);
         };
+        if let Some(found) = found.first_mut() {
+            read_full_end(cache, key, limit, window, found, timeout).await?;
+        }
         if let Some(row) = found
             .first()
             .and_then(|&found| pipelined_row(limit, found, 0, 1))
@@ -241,14 +262,17 @@ async fn count_pipelined(
     let entries = Entries::fold(keys, &costs);
     let entry_keys: Vec<&str> = entries.list.iter().map(|entry| entry.key).collect();
     let by: Vec<u64> = entries.list.iter().map(|entry| entry.n).collect();
-    let Some(found) = cache
-        .incr_windows_within(&entry_keys, &by, window, timeout)
+    let Some(mut found) = cache
+        .incr_windows_within(&entry_keys, &by, window, resets, timeout)
         .await?
     else {
         return Ok(None);
     };
     if found.len() != entries.list.len() {
         return Err(malformed(found.len(), keys.len()));
+    }
+    for (found, &key) in found.iter_mut().zip(&entry_keys) {
+        read_full_end(cache, key, limit, window, found, timeout).await?;
     }
     let mut rows = vec![0; ROW * keys.len()];
     let mut unknown: Vec<usize> = Vec::new();
@@ -274,9 +298,41 @@ async fn count_pipelined(
     Ok(Some(rows))
 }
 
+/// Reads the end of `key`'s window into `found` when the pipeline did not
+/// and the window is full (its count at or past `limit`): a `PTTL`, read
+/// as the pipeline reads it (gone: ended meanwhile; no expiry: a window
+/// from now, the next increment gives it one).
+async fn read_full_end(
+    cache: &Cache,
+    key: &str,
+    limit: u64,
+    window: Duration,
+    found: &mut WindowIncr,
+    timeout: Duration,
+) -> Result<(), CallError> {
+    let WindowIncr::Counted {
+        count,
+        left_ms: left_ms @ None,
+    } = found
+    else {
+        return Ok(());
+    };
+    if *count < limit {
+        return Ok(());
+    }
+    let left = match cache.ttl_within(key, timeout).await? {
+        KeyTtl::Missing => Duration::ZERO,
+        KeyTtl::Persistent => window,
+        KeyTtl::Expires(left) => left,
+    };
+    *left_ms = Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+    Ok(())
+}
+
 /// The row (see `counter_row`) of request number `j` of `n` requests of
 /// cost 1 counted together on one key that `found` answers; `None` when it
-/// holds no count of this policy.
+/// holds no count of this policy. A window end not read (the caller needs
+/// none below a full window) is 0 in the row.
 fn pipelined_row(limit: u64, found: WindowIncr, j: u64, n: u64) -> Option<[i64; ROW]> {
     let WindowIncr::Counted { count, left_ms } = found else {
         return None;
@@ -290,7 +346,7 @@ fn pipelined_row(limit: u64, found: WindowIncr, j: u64, n: u64) -> Option<[i64; 
     // its own unit; past the limit it is rejected, and sees a full window.
     let admitted = before + j < limit;
     let seen = if admitted { before + j + 1 } else { limit };
-    let left = int(left_ms);
+    let left = int(left_ms.unwrap_or(0));
     let blocked = if seen >= limit { left } else { 0 };
     Some([
         i64::from(admitted),
