@@ -388,7 +388,21 @@ async fn flushdb_empties_the_local_tier() {
 /// the database's identity marker at its next heartbeat and empties itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapdb_empties_the_local_tier() {
-    let (server, a, b) = own_server_instances().await;
+    let server = RedisServer::start();
+    // A alone has a local tier, so the database-identity marker in each
+    // database is A's: its presence says A's heartbeat saw the change (a
+    // tier emptied for another reason, such as a heartbeat lost under load,
+    // would let the read below pass while A still takes the swapped-back
+    // database for the one it knew).
+    let a = suite::build(
+        suite::redis(&server.url())
+            .timeout(suite::TIMEOUT)
+            .local_tier(1000, MAX_TTL),
+    )
+    .await;
+    tracking_up(&a).await;
+    let b = suite::build(suite::redis(&server.url()).timeout(suite::TIMEOUT)).await;
+    let marker = "__local:db-identity";
     // Database 1 first: tracking is not per database, so a write there
     // after the read below would invalidate it by its name alone.
     assert_eq!(
@@ -399,7 +413,8 @@ async fn swapdb_empties_the_local_tier() {
     read_into_local_tier(&a, Backend::Standalone, "price", "100").await;
     assert_eq!(server.cli(&["SWAPDB", "0", "1"]).trim(), "OK");
     let seen = tests::eventually(CAP, "SWAPDB seen", || async {
-        a.get::<String>("price").await.unwrap().as_deref() == Some("200")
+        server.cli(&["EXISTS", marker]).trim() == "1"
+            && a.get::<String>("price").await.unwrap().as_deref() == Some("200")
     })
     .await;
     eprintln!("SWAPDB seen after {seen:?}");
