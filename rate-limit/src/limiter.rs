@@ -1128,6 +1128,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_key_on_the_stack_is_the_key_the_store_is_given_otherwise() {
+        let limiter = limiter(3);
+        let mut buf = [0; KEY_ON_STACK];
+        let client = "ip:203.0.113.7";
+        let on_stack = limiter.key_on_stack(client, &mut buf).map(str::to_owned);
+        assert!(matches!(limiter.keys(client), Keys::One(key) if Some(&key) == on_stack.as_ref()));
+        let long = "k".repeat(KEY_ON_STACK);
+        assert_eq!(limiter.key_on_stack(&long, &mut buf), None, "too long");
+    }
+
+    #[tokio::test]
+    async fn a_client_key_too_long_for_the_stack_counts_the_same() {
+        let limiter = limiter(2);
+        let long = "k".repeat(KEY_ON_STACK);
+        for (allowed, remaining) in [(true, 1), (true, 0), (false, 0)] {
+            let Verdict::Decided(d) = limiter.check(long.clone(), 1).await else {
+                panic!("store failed");
+            };
+            assert_eq!((d.allowed, d.remaining), (allowed, remaining));
+        }
+    }
+
     #[tokio::test]
     async fn counts_up_to_the_limit_then_denies_locally() {
         let limiter = limiter(3);
