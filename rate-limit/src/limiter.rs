@@ -76,6 +76,11 @@ use crate::window::{self, Decision, Outcome};
 /// Requests at the store at once, at most.
 pub(crate) const IN_FLIGHT: usize = 4096;
 
+/// The longest one-policy key the in-memory counting writes on the stack
+/// (prefix, `:`, client key: an address or a hashed key fits); a longer one
+/// is allocated.
+const KEY_ON_STACK: usize = 128;
+
 /// The outcome of counting one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -751,7 +756,6 @@ impl Limiter {
         if let Counting::Shared(shared) = &self.counting {
             return (self.check_shared(shared, client, cost).await, None);
         }
-        let keys = self.keys(&client);
         // Read before the call: the deny cache counts from it (see
         // `note_denied`).
         let sent = self.sent_now();
@@ -759,15 +763,28 @@ impl Limiter {
         let row = match &self.counting {
             Counting::Memory => {
                 self.counters.add(Count::StoreCalls);
+                // The store only reads the keys during the call: a short
+                // one-policy key is written on the stack, not allocated.
+                let mut on_stack = [0; KEY_ON_STACK];
+                let keys: Keys;
                 let (one, several): ([&str; 1], Vec<&str>);
-                let strs: &[&str] = match &keys {
-                    Keys::One(key) => {
-                        one = [key.as_str()];
+                let strs: &[&str] = match self.key_on_stack(&client, &mut on_stack) {
+                    Some(key) => {
+                        one = [key];
                         &one
                     }
-                    Keys::Several(keys) => {
-                        several = keys.iter().map(String::as_str).collect();
-                        &several
+                    None => {
+                        keys = self.keys(&client);
+                        match &keys {
+                            Keys::One(key) => {
+                                one = [key.as_str()];
+                                &one
+                            }
+                            Keys::Several(keys) => {
+                                several = keys.iter().map(String::as_str).collect();
+                                &several
+                            }
+                        }
                     }
                 };
                 store::redis::evaluate(
@@ -797,7 +814,7 @@ impl Limiter {
                     counters: &self.counters,
                     resets: self.resets || charged,
                 };
-                exact.count(&at, keys, cost).await
+                exact.count(&at, self.keys(&client), cost).await
             }
         };
         let row = call.finish(row);
@@ -969,6 +986,23 @@ impl Limiter {
         Some(decision)
     }
 
+    /// The key of `client` under a one-policy limiter (as [`keys`](Self::keys)
+    /// makes it), written into `buf`; `None` with several policies or when
+    /// it does not fit.
+    fn key_on_stack<'b>(&self, client: &str, buf: &'b mut [u8; KEY_ON_STACK]) -> Option<&'b str> {
+        let [_] = self.policies.as_slice() else {
+            return None;
+        };
+        let prefix = self.prefix.as_bytes();
+        let key = buf.get_mut(..prefix.len() + 1 + client.len())?;
+        let (head, tail) = key.split_at_mut(prefix.len());
+        head.copy_from_slice(prefix);
+        let (colon, rest) = tail.split_first_mut()?;
+        *colon = b':';
+        rest.copy_from_slice(client.as_bytes());
+        std::str::from_utf8(key).ok()
+    }
+
     /// The store keys of `client`.
     fn keys(&self, client: &str) -> Keys {
         let prefix = self.prefix.as_str();
@@ -1091,6 +1125,29 @@ mod tests {
         match limiter.check_locally(client) {
             Some(decision) => Verdict::Decided(decision),
             None => limiter.check(client.to_string(), 1).await,
+        }
+    }
+
+    #[test]
+    fn a_key_on_the_stack_is_the_key_the_store_is_given_otherwise() {
+        let limiter = limiter(3);
+        let mut buf = [0; KEY_ON_STACK];
+        let client = "ip:203.0.113.7";
+        let on_stack = limiter.key_on_stack(client, &mut buf).map(str::to_owned);
+        assert!(matches!(limiter.keys(client), Keys::One(key) if Some(&key) == on_stack.as_ref()));
+        let long = "k".repeat(KEY_ON_STACK);
+        assert_eq!(limiter.key_on_stack(&long, &mut buf), None, "too long");
+    }
+
+    #[tokio::test]
+    async fn a_client_key_too_long_for_the_stack_counts_the_same() {
+        let limiter = limiter(2);
+        let long = "k".repeat(KEY_ON_STACK);
+        for (allowed, remaining) in [(true, 1), (true, 0), (false, 0)] {
+            let Verdict::Decided(d) = limiter.check(long.clone(), 1).await else {
+                panic!("store failed");
+            };
+            assert_eq!((d.allowed, d.remaining), (allowed, remaining));
         }
     }
 

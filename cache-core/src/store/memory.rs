@@ -6,7 +6,7 @@
 //! first. Pub/sub is the store's [`Hub`]: a publish delivers into the
 //! listeners' queues at once, as Redis would to its subscribers.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -178,7 +178,10 @@ impl EntryMut<'_> {
 #[derive(Debug)]
 pub(crate) struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
+    /// Picks a key's shard: foldhash seeded at random per store, as the
+    /// shards' maps hash (keys from clients are not hashed with a function
+    /// they can know), at a fraction of SipHash's cost on short keys.
+    hasher: foldhash::quality::RandomState,
     shard_capacity: usize,
     /// Pub/sub: every listener of the store, shared by the handle's clones
     /// (and its dedicated handles, which are clones in process).
@@ -189,7 +192,7 @@ impl MemoryStore {
     pub(crate) fn new(max_entries: usize) -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             shard_capacity: max_entries.div_ceil(SHARDS).max(1),
             hub: Arc::default(),
         }

@@ -57,6 +57,12 @@ fn single_args(now_us: Option<u64>, quota: &Quota) -> [i64; 4] {
     ]
 }
 
+/// `single.lua`'s arguments for one request of `cost`: no `Vec`.
+fn one_request_args(now_us: Option<u64>, quota: &Quota, cost: u64) -> [i64; 5] {
+    let [now, algorithm, limit, window] = single_args(now_us, quota);
+    [now, algorithm, limit, window, int(cost)]
+}
+
 /// `limits.lua`'s first arguments: `now_us` (`None`: Redis' own clock) and
 /// the quotas; each client's requests follow.
 fn args(now_us: Option<u64>, quotas: &[Quota]) -> Vec<i64> {
@@ -95,11 +101,18 @@ pub(crate) async fn evaluate(
     resets: bool,
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
-    match quotas {
-        [quota] if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow => {
+    match (quotas, costs) {
+        ([quota], _) if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow => {
             count_fixed(cache, keys, quota, costs, resets, timeout).await
         }
-        [quota] => single(cache, keys, quota, now_us, costs, timeout).await,
+        // One request (the layer's call): its script here, one async layer
+        // fewer than through `single` (on the in-memory path the call
+        // completes at once, and the layers are its cost).
+        ([quota], &[cost]) => {
+            let args = one_request_args(now_us, quota, cost);
+            Ok(cache.run_atomic(&ops::Single, keys, &args, timeout).await?)
+        }
+        ([quota], _) => single(cache, keys, quota, now_us, costs, timeout).await,
         _ => several(cache, keys, quotas, now_us, costs, timeout).await,
     }
 }
@@ -113,11 +126,11 @@ async fn single(
     costs: &[u64],
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
-    let head = single_args(now_us, quota);
     if let &[cost] = costs {
-        let args = [head[0], head[1], head[2], head[3], int(cost)];
+        let args = one_request_args(now_us, quota, cost);
         return Ok(cache.run_atomic(&ops::Single, keys, &args, timeout).await?);
     }
+    let head = single_args(now_us, quota);
     let mut args = Vec::with_capacity(head.len() + costs.len());
     args.extend(head);
     args.extend(costs.iter().map(|&cost| int(cost)));
