@@ -56,8 +56,8 @@ use benches::Series;
 use benches::limiters::{Naive, client_ip, naive};
 use cache_core::Cache;
 use rate_limit::{
-    RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
+    HeaderSets, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 use redis::aio::MultiplexedConnection;
 use tests::http::Connection;
@@ -133,6 +133,10 @@ const SERVICES: &[Service] = &[
         name: "`RateLimitLayer`, Redis",
     },
     Service {
+        id: "rl-redis-no-headers",
+        name: "`RateLimitLayer`, Redis, no header fields (the naive middleware's output)",
+    },
+    Service {
         id: "rl-memory",
         name: "`RateLimitLayer`, in-memory store",
     },
@@ -202,6 +206,7 @@ fn scenarios() -> Vec<Scenario> {
         "naive",
         "evalsha",
         "rl-redis",
+        "rl-redis-no-headers",
         "rl-memory",
         "governor",
         "limitador",
@@ -319,7 +324,7 @@ async fn serve_all(url: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let layer = |cache: Cache, limit: u64| {
+    let builder = |cache: Cache, limit: u64| {
         let store_timeout = STORE_TIMEOUT.min(cache.timeout());
         RateLimitLayer::builder(cache)
             .limit(limit)
@@ -329,9 +334,8 @@ async fn serve_all(url: &str) {
             .prefix(format!("rate-{limit}"))
             .trusted_proxies([TRUSTED_PROXY])
             .store_timeout(store_timeout)
-            .build()
-            .expect("layer")
     };
+    let layer = |cache: Cache, limit: u64| builder(cache, limit).build().expect("layer");
     let mut ports: Vec<(&str, u16)> = Vec::new();
     ports.push(("bare", serve(hello()).await));
     let normal = header_fields(NORMAL_LIMIT, NORMAL_LIMIT - 1000);
@@ -368,6 +372,17 @@ async fn serve_all(url: &str) {
     let rl_redis = layer(redis_cache().await, NORMAL_LIMIT);
     layers.push(("rl-redis", rl_redis.clone()));
     ports.push(("rl-redis", serve(hello().layer(rl_redis)).await));
+    // The naive middleware's output (no header fields), on counts of its own.
+    let no_headers = builder(redis_cache().await, NORMAL_LIMIT)
+        .prefix("rate-no-headers")
+        .headers(HeaderSets::NONE)
+        .build()
+        .expect("layer");
+    layers.push(("rl-redis-no-headers", no_headers.clone()));
+    ports.push((
+        "rl-redis-no-headers",
+        serve(hello().layer(no_headers)).await,
+    ));
     ports.push((
         "rl-memory",
         serve(hello().layer(layer(Cache::in_memory(), NORMAL_LIMIT))).await,
