@@ -240,16 +240,11 @@ impl Cache {
         args: &[i64],
         timeout: Duration,
     ) -> Result<Vec<i64>> {
-        // Without a namespace the keys go as they are: no copy per call.
-        let owned: Vec<String>;
+        let owned = self.full_keys(keys);
         let named: Vec<&str>;
-        let keys = match self.inner.namespace {
+        let keys = match &owned {
             None => keys,
-            Some(_) => {
-                owned = keys
-                    .iter()
-                    .map(|key| self.full_key(key).into_owned())
-                    .collect();
+            Some(owned) => {
                 named = owned.iter().map(String::as_str).collect();
                 &named
             }
@@ -342,6 +337,17 @@ impl Cache {
             Some(ns) => Cow::Owned(format!("{ns}:{key}")),
             None => Cow::Borrowed(key),
         }
+    }
+
+    /// [`full_key`](Self::full_key) of each of `keys`, or `None` without a
+    /// namespace: then the keys go as they are, no copy per call.
+    pub(crate) fn full_keys(&self, keys: &[&str]) -> Option<Vec<String>> {
+        self.inner.namespace.as_ref()?;
+        Some(
+            keys.iter()
+                .map(|key| self.full_key(key).into_owned())
+                .collect(),
+        )
     }
 
     /// [`full_key`](Self::full_key) of an owned key: no copy without a namespace.

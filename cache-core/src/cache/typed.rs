@@ -440,16 +440,11 @@ impl Cache {
                 &many
             }
         };
-        // Without a namespace the keys go as they are: no copy per call.
-        let owned: Vec<String>;
+        let owned = self.full_keys(keys);
         let named: Vec<&str>;
-        let keys = match self.namespace() {
+        let keys = match &owned {
             None => keys,
-            Some(_) => {
-                owned = keys
-                    .iter()
-                    .map(|key| self.full_key(key).into_owned())
-                    .collect();
+            Some(owned) => {
                 named = owned.iter().map(String::as_str).collect();
                 &named
             }
