@@ -345,6 +345,47 @@ fn anchors_follow_githubs_rules() {
     assert!(!found.contains("not-a-heading"));
 }
 
+/// Every page of the guide is compiled as a doc test (its line in the
+/// `guide` module of `examples/src/lib.rs`, as the README's is) and listed in
+/// the guide's index, docs/README.md: a page added without them would have
+/// its Rust blocks unchecked, or be found by no reader (CONTRIBUTING.md).
+#[test]
+fn every_guide_page_is_a_doc_test_and_in_the_index() {
+    let root = root();
+    let doctests =
+        std::fs::read_to_string(root.join("examples/src/lib.rs")).expect("examples/src/lib.rs");
+    let index = std::fs::read_to_string(root.join("docs/README.md")).expect("docs/README.md");
+    let mut gaps = Vec::new();
+    for page in documents(&root) {
+        let relative = page
+            .strip_prefix(&root)
+            .expect("a document under the root")
+            .to_string_lossy()
+            .replace('\\', "/");
+        if relative != "README.md" && !relative.starts_with("docs/") {
+            continue;
+        }
+        if !doctests.contains(&format!("include_str!(\"../../{relative}\")")) {
+            gaps.push(format!(
+                "{relative}: no `#[doc = include_str!(\"../../{relative}\")]` in examples/src/lib.rs"
+            ));
+        }
+        if let Some(in_docs) = relative.strip_prefix("docs/")
+            && in_docs != "README.md"
+            && !index.contains(&format!("]({in_docs})"))
+        {
+            gaps.push(format!(
+                "{relative}: no link `]({in_docs})` in docs/README.md"
+            ));
+        }
+    }
+    assert!(
+        gaps.is_empty(),
+        "guide pages left out:\n{}",
+        gaps.join("\n")
+    );
+}
+
 /// The README opens with its two set-up commands (the example service, then
 /// the whole test suite), the second is exactly what CI runs (`.ci/run`), and
 /// the README stays a five-minute read.
