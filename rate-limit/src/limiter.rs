@@ -438,7 +438,7 @@ impl Limiter {
                 &names,
                 clock.clone(),
             ))),
-            (reach, None) => Counting::Exact(Exact::new(reach == Reach::Cluster)),
+            (reach, None) => Counting::Exact(Exact::new(reach == Reach::Cluster, clock.clone())),
         };
         Limiter {
             concurrent: quotas
@@ -794,6 +794,7 @@ impl Limiter {
                     sent.wall,
                     &[cost],
                     self.resets || charged,
+                    None,
                     self.store_timeout,
                 )
                 .await
