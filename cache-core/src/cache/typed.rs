@@ -393,14 +393,13 @@ impl Cache {
 
     /// Fixed-window counters of one window without a script, for the rate
     /// limiter's common case: per key (namespaced like every key; one hash
-    /// slot on a cluster) `INCRBY key by`, `PEXPIRE key window LT` and, if
-    /// its `read_ttl` (one per key), `PTTL key` (without it a count comes
-    /// with its window's end on Redis only when its `PEXPIRE` started the
-    /// window, `window` then: one command fewer per key for a caller that
-    /// needs the end of few windows, read with
+    /// slot on a cluster) `INCRBY key by` (`INCR key` for 1), `PEXPIRE key
+    /// window LT` and, if its `read_ttl` (one per key), `PTTL key` (without
+    /// it a count comes with its window's end on Redis only when its
+    /// `PEXPIRE` started the window, `window` then: one command fewer per
+    /// key for a caller that needs the end of few windows, read with
     /// [`ttl_within`](Self::ttl_within) then, or that knows it already),
-    /// all in one pipelined write, within `timeout` (at most
-    /// the handle's), under the handle's circuit breaker, never sent again
+    /// all in one pipelined write, within `timeout` (at most the handle's), under the handle's circuit breaker, never sent again
     /// once it may have run. Unlike [`incr_window`](Self::incr_window) it
     /// leaves a value that is no counter to its caller
     /// ([`WindowIncr::NotACounter`]), which replaces it with a script that

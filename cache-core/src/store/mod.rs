@@ -263,8 +263,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, Vec<i64>> {
         self.eval(op.script(), keys, args)
     }
-    /// Fixed-window counters without a script: per key, `INCRBY key by`,
-    /// `PEXPIRE key window_ms LT` and, if its `read_ttl` (one per key),
+    /// Fixed-window counters without a script: per key, `INCRBY key by`
+    /// (`INCR key` for 1), `PEXPIRE key window_ms LT` and, if its
+    /// `read_ttl` (one per key),
     /// `PTTL key`, every key's commands in one pipelined write (one slot
     /// on a cluster); without the `PTTL`, the end of a window the
     /// `PEXPIRE` started (its reply 1) is `window_ms`. A store that reads

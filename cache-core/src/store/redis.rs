@@ -492,8 +492,9 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
     cmd
 }
 
-/// [`Store::incr_windows`]' commands: per key `INCRBY key by`, `PEXPIRE
-/// key window LT` and, if its `read_ttl`, `PTTL key`, in one pipeline.
+/// [`Store::incr_windows`]' commands: per key `INCRBY key by` (`INCR key`
+/// for 1), `PEXPIRE key window LT` and, if its `read_ttl`, `PTTL key`, in
+/// one pipeline.
 ///
 /// Why these three, and why no script is needed around them:
 /// - No counter without a TTL: every increment is followed by the
@@ -521,7 +522,11 @@ fn incr_window_pipe(
 ) -> redis::Pipeline {
     let mut pipe = redis::Pipeline::with_capacity(window_replies(read_ttl));
     for ((&key, &by), &read_ttl) in keys.iter().zip(by).zip(read_ttl) {
-        pipe.add_command(key_cmd("INCRBY", key, Some(by), false));
+        // `INCR` for one: an argument fewer to build and encode.
+        pipe.add_command(match by {
+            1 => key_cmd("INCR", key, None, false),
+            _ => key_cmd("INCRBY", key, Some(by), false),
+        });
         pipe.add_command(key_cmd("PEXPIRE", key, Some(window_ms), true));
         if read_ttl {
             pipe.add_command(key_cmd("PTTL", key, None, false));
