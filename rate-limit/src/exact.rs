@@ -10,8 +10,9 @@
 //!   its other ready tasks and reads the sockets (the requests arriving then
 //!   join), and then sends the whole group as one script call, handing each
 //!   request its row. Requests of one client and cost fold into one step on
-//!   its key (one `INCRBY` of their total: pipelined with its `PEXPIRE` and
-//!   `PTTL` for requests of cost 1, in `counter.lua` for others), so a hot
+//!   its key (one `INCRBY` of their total: pipelined with its `PEXPIRE`,
+//!   and a `PTTL` while its window's end is unknown, for requests of cost
+//!   1; in `counter.lua` for others), so a hot
 //!   client costs Redis one step per group, not one per request.
 //!
 //! No task or queue of the limiter waits for requests: the group is
