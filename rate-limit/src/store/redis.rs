@@ -388,7 +388,10 @@ impl Pipelined<'_> {
             };
             match *left_ms {
                 // Read by the `PTTL`, or the window started (`PEXPIRE`'s 1).
-                Some(left) => ends.insert(key, sent.saturating_add(left * 1000), sent),
+                Some(left) => {
+                    let end = sent.saturating_add(left.saturating_mul(1000));
+                    ends.insert(key, end, sent);
+                }
                 None if !self.resets && *count < self.limit => continue,
                 None => {
                     if !self.resets {
