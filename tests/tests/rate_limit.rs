@@ -1280,12 +1280,41 @@ fn reset_of(response: &http::Response<rate_limit::ResponseBody<axum::body::Body>
 }
 
 /// The seconds Redis says are left of `key`'s window, rounded up as the
-/// headers round them: a `PTTL` of the test's own (`INFO commandstats`
-/// counts it).
+/// headers round them (0: no window): a `PTTL` of the test's own (`INFO
+/// commandstats` counts it).
 fn redis_reset(server: &RedisServer, key: &str) -> u64 {
     let ms: i64 = server.cli(&["PTTL", key]).trim().parse().unwrap();
-    assert!(ms > 0, "{key} has a TTL: {ms}");
-    (ms as u64).div_ceil(1000)
+    assert!(ms > 0 || ms == -2, "{key} has a TTL: {ms}");
+    u64::try_from(ms).map_or(0, |ms| ms.div_ceil(1000))
+}
+
+/// One request of `peer` through `service`: its reset, checked against
+/// Redis' `PTTL` of `key` read just before and just after it (two of the
+/// test's own). A known end is early by at most a round trip, never late:
+/// the reset is at most what Redis said before (a window that had not
+/// started: the whole window) and at least what it says after, less a
+/// second of rounding.
+async fn checked_reset(
+    service: &Hello,
+    server: &RedisServer,
+    key: &str,
+    peer: [u8; 4],
+    window: u64,
+) -> u64 {
+    use tower::ServiceExt;
+    let before = match redis_reset(server, key) {
+        0 => window,
+        before => before,
+    };
+    let response = service.clone().oneshot(request_of(peer)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let reset = reset_of(&response);
+    let after = redis_reset(server, key);
+    assert!(
+        reset <= before && reset + 1 >= after,
+        "reset {reset} s; Redis {before} s before, {after} s after"
+    );
+    reset
 }
 
 /// With the default header fields, a client's requests after its first
@@ -1297,57 +1326,35 @@ fn redis_reset(server: &RedisServer, key: &str) -> u64 {
 async fn with_headers_a_known_window_end_needs_no_pttl() {
     use tower::ServiceExt;
     let (server, cache) = own_redis(|b| b).await;
-    let window = Duration::from_secs(60);
     let build = || {
-        layer(cache.clone(), "known", 1000, window)
+        layer(cache.clone(), "known", 1000, Duration::from_secs(60))
             .local_deny_cache(false)
             .build()
             .unwrap()
     };
     let (first, second) = (build(), build());
-    let key = "known:ip:10.9.1.1";
+    let (key, peer) = ("known:ip:10.9.1.1", [10, 9, 1, 1]);
     server.cli(&["CONFIG", "RESETSTAT"]);
     let service = hello(&first);
     for n in 1..=20u64 {
-        let response = service
-            .clone()
-            .oneshot(request_of([10, 9, 1, 1]))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let (reset, redis) = (reset_of(&response), redis_reset(&server, key));
-        // Known at most a round trip early: never later than Redis' end.
-        assert!(
-            reset <= redis && reset + 1 >= redis,
-            "{reset} s, Redis {redis} s"
-        );
+        checked_reset(&service, &server, key, peer, 60).await;
         assert_eq!(increments(&server), n);
-        // The layer's one, and the test's own `n`.
-        assert_eq!(command_calls(&server, "pttl"), 1 + n, "request {n}");
+        // The layer's one, and the test's own two per request.
+        assert_eq!(command_calls(&server, "pttl"), 1 + 2 * n, "request {n}");
     }
     // The other instance: one PTTL for the window it did not see start.
     let service = hello(&second);
     for _ in 0..20 {
-        let response = service
-            .clone()
-            .oneshot(request_of([10, 9, 1, 1]))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let (reset, redis) = (reset_of(&response), redis_reset(&server, key));
-        assert!(
-            reset <= redis && reset + 1 >= redis,
-            "{reset} s, Redis {redis} s"
-        );
+        checked_reset(&service, &server, key, peer, 60).await;
     }
-    assert_eq!(command_calls(&server, "pttl"), 2 + 40);
+    assert_eq!(command_calls(&server, "pttl"), 2 + 80);
     // Another client of the first instance: its own first PTTL.
     let response = hello(&first)
         .oneshot(request_of([10, 9, 1, 2]))
         .await
         .unwrap();
     assert_eq!(response.headers()["x-ratelimit-remaining"], "999");
-    assert_eq!(command_calls(&server, "pttl"), 3 + 40);
+    assert_eq!(command_calls(&server, "pttl"), 3 + 80);
     assert_eq!(increments(&server), 41);
     assert_eq!(command_calls(&server, "pexpire"), 41);
     assert_eq!(command_calls(&server, "evalsha"), 0);
@@ -1399,11 +1406,12 @@ async fn a_window_that_ends_starts_again_without_a_pttl() {
     // Deleted behind its back and started again elsewhere, with more time
     // left than the limiter knows: the count exact, the reset early.
     server.cli(&["SET", key, "10", "PX", "2000"]);
+    let before = redis_reset(&server, key);
     let response = send().await.unwrap();
     assert_eq!(response.headers()["x-ratelimit-remaining"], "989");
-    assert_eq!(command_calls(&server, "pttl"), 1);
-    let (reset, redis) = (reset_of(&response), redis_reset(&server, key));
-    assert!(reset <= redis, "{reset} s, Redis {redis} s: never late");
+    let reset = reset_of(&response);
+    assert!(reset <= before, "{reset} s, Redis {before} s: never late");
+    assert_eq!(command_calls(&server, "pttl"), 2, "the test's own");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
