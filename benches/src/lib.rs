@@ -198,7 +198,7 @@ pub mod limiters {
     use std::time::Duration;
 
     use axum::extract::{ConnectInfo, Request, State};
-    use axum::http::StatusCode;
+    use axum::http::{HeaderName, HeaderValue, StatusCode};
     use axum::middleware::Next;
     use axum::response::{IntoResponse, Response};
     use redis::aio::MultiplexedConnection;
@@ -255,5 +255,70 @@ pub mod limiters {
             Ok((count,)) if count > naive.limit => StatusCode::TOO_MANY_REQUESTS.into_response(),
             _ => next.run(request).await,
         }
+    }
+
+    /// [`naive`] sending the five rate-limit header fields `RateLimitLayer`
+    /// sends by default, as a user writes it: `INCR`, `EXPIRE NX` and
+    /// `PTTL` in one pipeline per request (one round trip, three commands:
+    /// the reset needs the window's end), then `RateLimit-Policy`,
+    /// `RateLimit`, `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` with the layer's values (policy `"naive"`,
+    /// remaining after this request, reset in whole seconds rounded up),
+    /// each `format!`ted and checked by `HeaderValue::from_str`; 429 over
+    /// the limit, fail open (no fields then). Keys of its own
+    /// (`bench:naive-headers:<ip>`).
+    pub async fn naive_with_headers(
+        State(naive): State<Naive>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let key = format!("bench:naive-headers:{}", client_ip(&request, peer));
+        let mut conn = naive.conn;
+        let window = naive.window.as_secs();
+        let reply: redis::RedisResult<(u64, i64)> = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await;
+        let Ok((count, pttl)) = reply else {
+            return next.run(request).await;
+        };
+        let reset = match pttl {
+            -1 => window,
+            ms if ms < 0 => 0,
+            ms => (ms as u64).div_ceil(1000),
+        };
+        let limit = naive.limit;
+        let remaining = limit.saturating_sub(count);
+        let mut response = if count > limit {
+            StatusCode::TOO_MANY_REQUESTS.into_response()
+        } else {
+            next.run(request).await
+        };
+        let fields = [
+            (
+                "ratelimit-policy",
+                format!("\"naive\";q={limit};w={window}"),
+            ),
+            ("ratelimit", format!("\"naive\";r={remaining};t={reset}")),
+            ("x-ratelimit-limit", format!("{limit}")),
+            ("x-ratelimit-remaining", format!("{remaining}")),
+            ("x-ratelimit-reset", format!("{reset}")),
+        ];
+        let headers = response.headers_mut();
+        for (name, value) in fields {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        response
     }
 }

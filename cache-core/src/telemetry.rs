@@ -442,7 +442,7 @@ impl Store for Observed {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
-        read_ttl: bool,
+        read_ttl: &'a [bool],
     ) -> StoreFuture<'a, Option<Vec<crate::store::WindowIncr>>> {
         self.op(
             "incr_window",

@@ -10,8 +10,9 @@
 //!   its other ready tasks and reads the sockets (the requests arriving then
 //!   join), and then sends the whole group as one script call, handing each
 //!   request its row. Requests of one client and cost fold into one step on
-//!   its key (one `INCRBY` of their total: pipelined with its `PEXPIRE` and
-//!   `PTTL` for requests of cost 1, in `counter.lua` for others), so a hot
+//!   its key (one `INCRBY` of their total: pipelined with its `PEXPIRE`,
+//!   and a `PTTL` while its window's end is unknown, for requests of cost
+//!   1; in `counter.lua` for others), so a hot
 //!   client costs Redis one step per group, not one per request.
 //!
 //! No task or queue of the limiter waits for requests: the group is
@@ -38,6 +39,7 @@ use std::time::Duration;
 use cache_core::Cache;
 
 use crate::clock::{Clock, now_micros};
+use crate::ends::{DEFAULT_CAPACITY, WindowEnds};
 use crate::limiter::{Count, Counters, Keys};
 use crate::quota::Quota;
 // tokio's and std's pieces, or shuttle's under `--cfg shuttle` (see the
@@ -59,6 +61,8 @@ pub(crate) type Row = Result<Vec<i64>, String>;
 
 /// The limiter's calls in flight and its open group.
 pub(crate) struct Exact {
+    /// The window ends its calls learned (the pipelined fixed window's).
+    ends: Arc<WindowEnds>,
     /// Script calls of the limiter at the store (shared with the tasks
     /// that carry groups' calls).
     calls: Arc<AtomicUsize>,
@@ -115,8 +119,11 @@ pub(crate) struct Call<'a> {
 }
 
 impl Exact {
-    pub(crate) fn new(cluster: bool) -> Self {
+    /// `clock`: the limiter's, whose monotonic reading the known window
+    /// ends are kept on.
+    pub(crate) fn new(cluster: bool, clock: Arc<dyn Clock>) -> Self {
         Exact {
+            ends: Arc::new(WindowEnds::new(clock, DEFAULT_CAPACITY)),
             calls: Arc::default(),
             open: Mutex::new(None),
             cluster,
@@ -190,6 +197,7 @@ impl Exact {
             now,
             &[cost],
             call.resets,
+            Some(&self.ends),
             call.timeout,
         )
         .await
@@ -219,6 +227,7 @@ impl Exact {
             quotas: call.quotas.to_vec(),
             timeout: call.timeout,
             resets: call.resets,
+            ends: Arc::clone(&self.ends),
             keys: Vec::with_capacity(1 + joined.len()),
             costs: Vec::with_capacity(1 + joined.len()),
             answers: Vec::with_capacity(1 + joined.len()),
@@ -248,6 +257,7 @@ struct GroupCall {
     quotas: Vec<Quota>,
     timeout: Duration,
     resets: bool,
+    ends: Arc<WindowEnds>,
     keys: Vec<Keys>,
     costs: Vec<u64>,
     answers: Vec<oneshot::Sender<Answer>>,
@@ -274,6 +284,7 @@ impl GroupCall {
             now,
             &self.costs,
             self.resets,
+            Some(&self.ends),
             self.timeout,
         )
         .await;

@@ -323,6 +323,7 @@
 mod builder;
 mod clock;
 mod deny;
+mod ends;
 mod error;
 mod exact;
 mod future;

@@ -10,8 +10,9 @@
 //!   are gathered during one yield of the task that found it so and go as
 //!   one call (flat combining). One policy takes `single.lua`, the fewest
 //!   commands each algorithm allows (the fixed window on Redis' clock: no
-//!   script for requests of cost 1, `INCRBY` + `PEXPIRE ... LT` + `PTTL`
-//!   pipelined; `counter.lua` for other costs); several take `limits.lua`,
+//!   script for requests of cost 1, `INCRBY` + `PEXPIRE ... LT` pipelined,
+//!   with a `PTTL` for a window whose end it does not know yet
+//!   ([`crate::ends`]); `counter.lua` for other costs); several take `limits.lua`,
 //!   all-or-nothing. Admission is exact across instances, for every
 //!   algorithm: each call is one atomic step on its clients' keys (the
 //!   pipelined fixed window: one atomic `INCRBY` per key, see
@@ -49,8 +50,8 @@
 //! **Bounded by design.** At most [`IN_FLIGHT`] requests are at the store at
 //! once (a request past that is a store failure, under the layer's fail
 //! mode), each for at most the store timeout; the deny cache holds at most
-//! its capacity ([`crate::deny`]). A cancelled request leaves nothing
-//! behind.
+//! its capacity ([`crate::deny`]), and the known window ends as many keys
+//! ([`crate::ends`]). A cancelled request leaves nothing behind.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -438,7 +439,7 @@ impl Limiter {
                 &names,
                 clock.clone(),
             ))),
-            (reach, None) => Counting::Exact(Exact::new(reach == Reach::Cluster)),
+            (reach, None) => Counting::Exact(Exact::new(reach == Reach::Cluster, clock.clone())),
         };
         Limiter {
             concurrent: quotas
@@ -794,6 +795,7 @@ impl Limiter {
                     sent.wall,
                     &[cost],
                     self.resets || charged,
+                    None,
                     self.store_timeout,
                 )
                 .await

@@ -303,7 +303,7 @@ mod behaviour {
             .unwrap();
         let keys = [fresh.as_str(), lost.as_str(), longer.as_str()];
         let found = cache
-            .incr_windows_within(&keys, &[1, 1, 3], window, true, timeout)
+            .incr_windows_within(&keys, &[1, 1, 3], window, &[true; 3], timeout)
             .await
             .unwrap()
             .expect("Redis 7 takes PEXPIRE ... LT");
@@ -333,7 +333,7 @@ mod behaviour {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let again = cache
-            .incr_windows_within(&[fresh.as_str()], &[1], window, true, timeout)
+            .incr_windows_within(&[fresh.as_str()], &[1], window, &[true], timeout)
             .await
             .unwrap()
             .unwrap();
@@ -348,19 +348,68 @@ mod behaviour {
             Duration::from_millis(left_ms) <= before,
             "{left_ms} ms after {before:?}"
         );
-        // Without the TTL read: counted, the expiry set all the same; the
-        // end unread on Redis (no PTTL), read anyway in memory.
+        // Without the TTL read: counted, the expiry set all the same. The
+        // increment that starts the window knows its end from `PEXPIRE`'s
+        // reply (it set the whole window); the next one's end is unread on
+        // Redis (no PTTL), read anyway in memory.
         let unread = key("unread");
         let found = cache
-            .incr_windows_within(&[unread.as_str()], &[2], window, false, timeout)
+            .incr_windows_within(&[unread.as_str()], &[2], window, &[false], timeout)
             .await
             .unwrap()
             .unwrap();
         let memory = *cache.backend() == cache_core::Backend::Memory;
-        let WindowIncr::Counted { count: 2, left_ms } = found[0] else {
+        let WindowIncr::Counted {
+            count: 2,
+            left_ms: Some(left_ms),
+        } = found[0]
+        else {
+            panic!("{found:?}");
+        };
+        assert!(left_ms > 59_000 && left_ms <= 60_000, "{left_ms}");
+        let found = cache
+            .incr_windows_within(&[unread.as_str()], &[1], window, &[false], timeout)
+            .await
+            .unwrap()
+            .unwrap();
+        let WindowIncr::Counted { count: 3, left_ms } = found[0] else {
             panic!("{found:?}");
         };
         assert_eq!(left_ms.is_some(), memory, "{left_ms:?}");
+        // The TTL read per key: a pipeline of keys with and without it.
+        let (read, skipped) = (key("read"), key("skipped"));
+        let found = cache
+            .incr_windows_within(
+                &[fresh.as_str(), read.as_str(), skipped.as_str()],
+                &[1, 1, 1],
+                window,
+                &[true, true, false],
+                timeout,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(found[0], WindowIncr::Counted { count: 3, left_ms: Some(ms) } if ms > 0 && ms <= 60_000),
+            "{found:?}"
+        );
+        assert!(
+            matches!(found[1], WindowIncr::Counted { count: 1, left_ms: Some(ms) } if ms > 0 && ms <= 60_000),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[2],
+            WindowIncr::Counted {
+                count: 1,
+                left_ms: Some(60_000)
+            },
+            "a window started: its end from PEXPIRE's reply"
+        );
+        let err = cache
+            .incr_windows_within(&[fresh.as_str()], &[1], window, &[true, false], timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         assert!(
             matches!(cache.ttl(&unread).await.unwrap(), KeyTtl::Expires(left) if left <= window),
             "an expiry without the read"
@@ -379,7 +428,7 @@ mod behaviour {
             (1, cache_core::MAX_WINDOW * 2),
         ] {
             let err = cache
-                .incr_windows_within(&[fresh.as_str()], &[by], window, true, timeout)
+                .incr_windows_within(&[fresh.as_str()], &[by], window, &[true], timeout)
                 .await
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
@@ -403,7 +452,13 @@ mod behaviour {
                 .await
                 .unwrap();
             let found = cache
-                .incr_windows_within(&[key.as_str()], &[1], window, true, Duration::from_secs(5))
+                .incr_windows_within(
+                    &[key.as_str()],
+                    &[1],
+                    window,
+                    &[true],
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap()
                 .unwrap();

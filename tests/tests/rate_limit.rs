@@ -1119,8 +1119,10 @@ async fn burst(limiter: RateLimitLayer, n: usize) -> usize {
 /// `requests_arriving_while_a_call_is_in_flight_share_one_script_call`),
 /// and admission stays exact. The fixed window of one policy, every
 /// request of cost 1, is counted without a script: per call `INCRBY`,
-/// `PEXPIRE ... LT` and `PTTL` of the client's key, pipelined; the rejected
-/// requests stay counted (the count is at the limit from then on anyway).
+/// `PEXPIRE ... LT` of the client's key, pipelined, and `PTTL` while the
+/// limiter knows no end of its window (the calls sent before the first
+/// reply); the rejected requests stay counted (the count is at the limit
+/// from then on anyway).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_exact_in_at_most_one_store_call_per_request() {
     let (server, cache) = own_redis(|b| b).await;
@@ -1133,11 +1135,13 @@ async fn a_burst_is_exact_in_at_most_one_store_call_per_request() {
     let calls = limiter.stats().store_calls;
     assert!((1..=200).contains(&calls), "{:?}", limiter.stats());
     // No script; per call one INCRBY of the client's key (its requests'
-    // total), one PEXPIRE, one PTTL; no read of the time.
+    // total; INCR for one), one PEXPIRE, and a PTTL only in the calls sent before one
+    // told the window's end; no read of the time.
     assert_eq!(evalsha_calls(&server) + command_calls(&server, "eval"), 0);
-    assert_eq!(command_calls(&server, "incrby"), calls);
+    assert_eq!(increments(&server), calls);
     assert_eq!(command_calls(&server, "pexpire"), calls);
-    assert_eq!(command_calls(&server, "pttl"), calls);
+    let pttl = command_calls(&server, "pttl");
+    assert!((1..=calls).contains(&pttl), "{pttl} of {calls}");
     assert_eq!(command_calls(&server, "decrby"), 0);
     assert_eq!(command_calls(&server, "time"), 0);
     assert_eq!(
@@ -1154,10 +1158,13 @@ async fn a_burst_is_exact_in_at_most_one_store_call_per_request() {
 
 /// A layer that sends no field carrying the reset (`HeaderSets::NONE`)
 /// counts an admitted request in `INCRBY` and `PEXPIRE ... LT` only; the
-/// window's end is read with a `PTTL` of its own only once the window is
-/// full: for the request that fills it (the deny cache's hold) and the
-/// rejected ones (`Retry-After`). A layer with headers, or with refunds by
-/// response, sends the `PTTL` in every pipeline.
+/// window's end is needed only once the window is full (for the request
+/// that fills it, the deny cache's hold, and the rejected ones,
+/// `Retry-After`), and is known from the first request's `PEXPIRE` (it
+/// started the window): no `PTTL` at all. A window this instance did not
+/// see start has its end read by a `PTTL` of its own when it fills, once.
+/// A layer with headers, or with refunds by response, reads the end in
+/// the pipeline of a key it knows no end of: its first request only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reset_headers_only_a_full_window_reads_its_end() {
     use tower::ServiceExt;
@@ -1171,49 +1178,63 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
     };
     for deny_cache in [false, true] {
         let prefix = format!("bare{}", u8::from(deny_cache));
-        let limiter = layer(cache.clone(), &prefix, 3, Duration::from_secs(60))
-            .headers(HeaderSets::NONE)
-            .local_deny_cache(deny_cache)
-            .build()
-            .unwrap();
+        let build = || {
+            layer(cache.clone(), &prefix, 3, Duration::from_secs(60))
+                .headers(HeaderSets::NONE)
+                .local_deny_cache(deny_cache)
+                .build()
+                .unwrap()
+        };
+        let limiter = build();
         let service = hello(&limiter);
         let send = || service.clone().oneshot(request_of([10, 9, 0, 1]));
         server.cli(&["CONFIG", "RESETSTAT"]);
         for n in 1..=2 {
             let response = send().await.unwrap();
             assert_eq!(response.status(), 200);
-            assert_eq!(command_calls(&server, "incrby"), n);
+            assert_eq!(increments(&server), n);
             assert_eq!(command_calls(&server, "pexpire"), n);
             assert_eq!(command_calls(&server, "pttl"), 0, "admitted: no PTTL");
         }
-        // The third fills the window: its end is read.
+        // The third fills the window: its end is known since the first.
         assert_eq!(send().await.unwrap().status(), 200);
-        assert_eq!(command_calls(&server, "pttl"), 1);
+        assert_eq!(command_calls(&server, "pttl"), 0);
         // Rejected: a Retry-After within the window, from the store or,
         // with the deny cache, from its hold (no store call).
         for n in 0..2 {
             let limited = send().await.unwrap();
             assert_eq!(limited.status(), 429);
             let retry = retry_after(&limited);
-            assert!((1..=60).contains(&retry), "{retry}");
-            let (calls, pttl) = if deny_cache { (3, 1) } else { (4 + n, 2 + n) };
+            assert!((59..=60).contains(&retry), "{retry}");
+            let calls = if deny_cache { 3 } else { 4 + n };
             assert_eq!(
                 limiter.stats().store_calls,
                 calls,
                 "deny cache {deny_cache}"
             );
-            assert_eq!(
-                command_calls(&server, "pttl"),
-                pttl,
-                "deny cache {deny_cache}"
-            );
+            assert_eq!(command_calls(&server, "pttl"), 0, "deny cache {deny_cache}");
         }
+        // Another instance, which did not see the window start: the end
+        // of the full window is read once.
+        let other = build();
+        let service = hello(&other);
+        for _ in 0..2 {
+            let limited = service
+                .clone()
+                .oneshot(request_of([10, 9, 0, 1]))
+                .await
+                .unwrap();
+            assert_eq!(limited.status(), 429);
+            assert!((59..=60).contains(&retry_after(&limited)));
+        }
+        assert_eq!(command_calls(&server, "pttl"), 1, "deny cache {deny_cache}");
         assert_eq!(command_calls(&server, "evalsha"), 0);
         let key = format!("{prefix}:ip:10.9.0.1");
         let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key} has a TTL: {ttl}");
     }
-    // With headers (the default: both sets), every pipeline reads the end.
+    // With headers (the default: both sets), the first pipeline reads the
+    // end; the next know it.
     let limiter = layer(cache.clone(), "headed", 3, Duration::from_secs(60))
         .build()
         .unwrap();
@@ -1228,10 +1249,10 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
         assert_eq!(response.status(), 200);
         assert!(response.headers().contains_key("x-ratelimit-reset"));
     }
-    assert_eq!(command_calls(&server, "incrby"), 2);
-    assert_eq!(command_calls(&server, "pttl"), 2);
+    assert_eq!(increments(&server), 2);
+    assert_eq!(command_calls(&server, "pttl"), 1);
     // No header, but refunds by response: a refund finds the window it
-    // gives back to by its end, read in every pipeline.
+    // gives back to by its end, read or known as the headers' is.
     let limiter = layer(cache, "refunded", 3, Duration::from_secs(60))
         .headers(HeaderSets::NONE)
         .charge_if(|_: &rate_limit::ResponseInfo<'_>| true)
@@ -1247,8 +1268,150 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    assert_eq!(command_calls(&server, "incrby"), 2);
-    assert_eq!(command_calls(&server, "pttl"), 2);
+    assert_eq!(increments(&server), 2);
+    assert_eq!(command_calls(&server, "pttl"), 1);
+}
+
+/// The `X-RateLimit-Reset` of `response`, in seconds.
+fn reset_of(response: &http::Response<rate_limit::ResponseBody<axum::body::Body>>) -> u64 {
+    header(response.headers(), "x-ratelimit-reset")
+        .and_then(|reset| reset.parse().ok())
+        .expect("an X-RateLimit-Reset")
+}
+
+/// The seconds Redis says are left of `key`'s window, rounded up as the
+/// headers round them (0: no window): a `PTTL` of the test's own (`INFO
+/// commandstats` counts it).
+fn redis_reset(server: &RedisServer, key: &str) -> u64 {
+    let ms: i64 = server.cli(&["PTTL", key]).trim().parse().unwrap();
+    assert!(ms > 0 || ms == -2, "{key} has a TTL: {ms}");
+    u64::try_from(ms).map_or(0, |ms| ms.div_ceil(1000))
+}
+
+/// One request of `peer` through `service`: its reset, checked against
+/// Redis' `PTTL` of `key` read just before and just after it (two of the
+/// test's own). A known end is early by at most a round trip, never late:
+/// the reset is at most what Redis said before (a window that had not
+/// started: the whole window) and at least what it says after, less a
+/// second of rounding.
+async fn checked_reset(
+    service: &Hello,
+    server: &RedisServer,
+    key: &str,
+    peer: [u8; 4],
+    window: u64,
+) -> u64 {
+    use tower::ServiceExt;
+    let before = match redis_reset(server, key) {
+        0 => window,
+        before => before,
+    };
+    let response = service.clone().oneshot(request_of(peer)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let reset = reset_of(&response);
+    let after = redis_reset(server, key);
+    assert!(
+        reset <= before && reset + 1 >= after,
+        "reset {reset} s; Redis {before} s before, {after} s after"
+    );
+    reset
+}
+
+/// With the default header fields, a client's requests after its first
+/// in a window send no `PTTL` (issue 21): the limiter knows the window's
+/// end from the first one's replies, and every response's reset is still
+/// what Redis' `PTTL` says. A second instance that did not see the window
+/// start reads it once for that key, then no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_a_known_window_end_needs_no_pttl() {
+    use tower::ServiceExt;
+    let (server, cache) = own_redis(|b| b).await;
+    let build = || {
+        layer(cache.clone(), "known", 1000, Duration::from_secs(60))
+            .local_deny_cache(false)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (build(), build());
+    let (key, peer) = ("known:ip:10.9.1.1", [10, 9, 1, 1]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let service = hello(&first);
+    for n in 1..=20u64 {
+        checked_reset(&service, &server, key, peer, 60).await;
+        assert_eq!(increments(&server), n);
+        // The layer's one, and the test's own two per request.
+        assert_eq!(command_calls(&server, "pttl"), 1 + 2 * n, "request {n}");
+    }
+    // The other instance: one PTTL for the window it did not see start.
+    let service = hello(&second);
+    for _ in 0..20 {
+        checked_reset(&service, &server, key, peer, 60).await;
+    }
+    assert_eq!(command_calls(&server, "pttl"), 2 + 80);
+    // Another client of the first instance: its own first PTTL.
+    let response = hello(&first)
+        .oneshot(request_of([10, 9, 1, 2]))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "999");
+    assert_eq!(command_calls(&server, "pttl"), 3 + 80);
+    assert_eq!(increments(&server), 41);
+    assert_eq!(command_calls(&server, "pexpire"), 41);
+    assert_eq!(command_calls(&server, "evalsha"), 0);
+}
+
+/// A window that ends: the next request starts a new one, and its reset is
+/// the whole window again, known from its `PEXPIRE`'s reply (it set the
+/// expiry), without a `PTTL`. A window deleted behind the limiter's back
+/// and started again by another instance: the count stays exact (Redis
+/// decides it), and the reset reported is early until the known end
+/// passes, never late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_ends_starts_again_without_a_pttl() {
+    use tower::ServiceExt;
+    let (server, cache) = own_redis(|b| b).await;
+    let window = Duration::from_secs(2);
+    let limiter = layer(cache.clone(), "ends", 1000, window)
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    let service = hello(&limiter);
+    let key = "ends:ip:10.9.2.1";
+    let send = || service.clone().oneshot(request_of([10, 9, 2, 1]));
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..2 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    assert_eq!(command_calls(&server, "pttl"), 1);
+    // Redis expires the window on its own clock (a bounded wait for it,
+    // on Redis' answer): the limiter's known end, counted from when its
+    // first call was sent, has passed by then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.cli(&["EXISTS", key]).trim() != "0" {
+        assert!(Instant::now() < deadline, "the window never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "999");
+    assert_eq!(reset_of(&response), 2, "the whole window again");
+    assert_eq!(
+        command_calls(&server, "pttl"),
+        1,
+        "no PTTL for the new window"
+    );
+    let response = send().await.unwrap();
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "998");
+    assert_eq!(command_calls(&server, "pttl"), 1);
+    // Deleted behind its back and started again elsewhere, with more time
+    // left than the limiter knows: the count exact, the reset early.
+    server.cli(&["SET", key, "10", "PX", "2000"]);
+    let before = redis_reset(&server, key);
+    let response = send().await.unwrap();
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "989");
+    let reset = reset_of(&response);
+    assert!(reset <= before, "{reset} s, Redis {before} s: never late");
+    assert_eq!(command_calls(&server, "pttl"), 2, "the test's own");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1308,18 +1471,23 @@ async fn concurrent_requests_of_many_clients_each_get_an_exact_answer_on_one_con
     let calls = limiter.stats().store_calls;
     assert!((1..=u64::from(2 * CLIENTS)).contains(&calls), "{calls}");
     // Each call one pipeline, no script: per client of the call one INCRBY
-    // (of its requests in the call), one PEXPIRE, one PTTL.
+    // (of its requests in the call; INCR for one), one PEXPIRE, and a PTTL in the calls
+    // sent before one told the client's window end (its first, at least).
     assert_eq!(evalsha_calls(&server) + command_calls(&server, "eval"), 0);
-    let incrby = command_calls(&server, "incrby");
+    let incrby = increments(&server);
     assert!(
         (calls..=u64::from(2 * CLIENTS)).contains(&incrby),
         "{incrby}"
     );
     assert_eq!(command_calls(&server, "pexpire"), incrby);
-    assert_eq!(command_calls(&server, "pttl"), incrby);
+    let pttl = command_calls(&server, "pttl");
+    assert!((u64::from(CLIENTS)..=incrby).contains(&pttl), "{pttl}");
     // All on the limiter's one connection (and the test's own redis-cli).
     let clients = server.cli(&["CLIENT", "LIST", "TYPE", "normal"]);
-    let counting = clients.lines().filter(|l| l.contains(" cmd=pttl")).count();
+    let counting = clients
+        .lines()
+        .filter(|l| l.contains(" cmd=pttl") || l.contains(" cmd=pexpire"))
+        .count();
     assert_eq!(counting, 1, "{clients}");
     for client in [0, 1, CLIENTS - 1] {
         let key = format!("many:ip:10.2.{}.{}", client / 256, client % 256);
@@ -1341,6 +1509,12 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 /// those that failed (a `NOSCRIPT` answer, say) included.
 fn command_calls(server: &RedisServer, name: &str) -> u64 {
     command_stat(server, name, "calls")
+}
+
+/// The pipelined fixed window's increments the server counted: `INCR` for
+/// one request, `INCRBY` for several of a client in one call.
+fn increments(server: &RedisServer) -> u64 {
+    command_calls(server, "incr") + command_calls(server, "incrby")
 }
 
 /// One field of `name`'s line in `INFO commandstats`.
@@ -1462,7 +1636,7 @@ async fn requests_arriving_while_a_call_is_in_flight_share_one_script_call() {
             limiter.stats()
         );
         if name == "fixed" {
-            assert_eq!(command_calls(&server, "incrby"), 2, "{name}");
+            assert_eq!(increments(&server), 2, "{name}");
             // The 50 rejected requests stay counted.
             assert_eq!(
                 fixed_count(&server.cli(&["GET", "hot-fixed:ip:10.3.0.1"])),
@@ -1958,7 +2132,7 @@ async fn rejected_clients_make_no_redis_calls() {
     for _ in 0..2 {
         assert_eq!(http_get(port, "/", &[]).await.status, 200);
     }
-    let counted = || evalsha_calls(&server) + command_calls(&server, "incrby");
+    let counted = || evalsha_calls(&server) + increments(&server);
     let before = counted();
     assert!(before >= 1);
     for _ in 0..20 {

@@ -53,7 +53,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use benches::Series;
-use benches::limiters::{Naive, client_ip, naive};
+use benches::limiters::{Naive, client_ip, naive, naive_with_headers};
 use cache_core::Cache;
 use rate_limit::{
     HeaderSets, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, X_RATELIMIT_LIMIT,
@@ -123,6 +123,10 @@ const SERVICES: &[Service] = &[
     Service {
         id: "naive",
         name: "naive `INCR` + `EXPIRE NX` pipeline per request",
+    },
+    Service {
+        id: "naive-headers",
+        name: "naive `INCR` + `EXPIRE NX` + `PTTL`, with the same five header fields",
     },
     Service {
         id: "evalsha",
@@ -204,6 +208,7 @@ fn scenarios() -> Vec<Scenario> {
         .collect();
     let limiters = [
         "naive",
+        "naive-headers",
         "evalsha",
         "rl-redis",
         "rl-redis-no-headers",
@@ -353,6 +358,19 @@ async fn serve_all(url: &str) {
                 limit: NORMAL_LIMIT,
             },
             naive,
+        )))
+        .await,
+    ));
+    // What a user writes to send the layer's default header fields.
+    ports.push((
+        "naive-headers",
+        serve(hello().layer(middleware::from_fn_with_state(
+            Naive {
+                conn: raw.clone(),
+                window: WINDOW,
+                limit: NORMAL_LIMIT,
+            },
+            naive_with_headers,
         )))
         .await,
     ));

@@ -6,6 +6,8 @@
 //!
 //! `rl-instructions VARIANT REQUESTS`: `bare` (the axum hello-world),
 //! `naive` (`INCR` + `EXPIRE NX` per request, `benches::limiters::naive`),
+//! `naive-headers` (`INCR` + `EXPIRE NX` + `PTTL` and the layer's five
+//! default header fields, `benches::limiters::naive_with_headers`),
 //! `layer` (`RateLimitLayer` on Redis; `layer-no-headers` with no header
 //! field, `HeaderSets::NONE`, the naive middleware's output, and then
 //! no `PTTL` per request), `layer-memory` (on the in-memory
@@ -22,6 +24,8 @@
 //! clients row; 32 tasks; the router's routes are built once, as a server
 //! does per connection. A run with 0 requests measures the set-up (and a
 //! first pass that creates every client's key), which the script subtracts.
+//! A run with requests prints the Redis commands per request of the measured
+//! pass (`INFO commandstats`) on standard error.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,7 +34,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use benches::limiters::{Naive, naive};
+use benches::limiters::{Naive, naive, naive_with_headers};
 use cache_core::Cache;
 use rate_limit::{HeaderSets, Quota, RateLimitLayer};
 use tower::ServiceExt;
@@ -41,9 +45,10 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// Never reached, and below 2^50 as any real limit (see http.rs's
 /// `NORMAL_LIMIT`).
 const LIMIT: u64 = 1_000_000_000_000;
-const VARIANTS: [&str; 11] = [
+const VARIANTS: [&str; 12] = [
     "bare",
     "naive",
+    "naive-headers",
     "layer",
     "layer-no-headers",
     "layer-memory",
@@ -152,20 +157,24 @@ async fn main() {
     let mut layers = Vec::new();
     let app = match variant.as_str() {
         "bare" => hello(),
-        "naive" => {
+        "naive" | "naive-headers" => {
             let conn = redis::Client::open(server.url())
                 .expect("url")
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connect");
-            hello().layer(axum::middleware::from_fn_with_state(
-                Naive {
-                    conn,
-                    window: WINDOW,
-                    limit: LIMIT,
-                },
-                naive,
-            ))
+            let state = Naive {
+                conn,
+                window: WINDOW,
+                limit: LIMIT,
+            };
+            match variant.as_str() {
+                "naive" => hello().layer(axum::middleware::from_fn_with_state(state, naive)),
+                _ => hello().layer(axum::middleware::from_fn_with_state(
+                    state,
+                    naive_with_headers,
+                )),
+            }
         }
         "layer" => {
             layers.push(layer(redis().await));
@@ -232,6 +241,7 @@ async fn main() {
     // Every client's key exists (and the script is loaded) before counting.
     drive(&app, CLIENTS, 200).await;
     settle(&variant, &layers).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
     // A flood: every client has spent its one request, each next one is
     // answered from the deny cache.
     let status = if variant == "flood-memory" { 429 } else { 200 };
@@ -240,5 +250,25 @@ async fn main() {
     for layer in layers {
         let stats = layer.stats();
         assert_eq!(stats.store_errors, 0, "every request counted: {stats:?}");
+    }
+    // Redis commands per measured request (`INFO commandstats`, the first
+    // pass left out), on standard error.
+    if requests > 0 {
+        let info = server.cli(&["INFO", "commandstats"]);
+        let per_request: Vec<String> = info
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls: u64 = stats
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (!name.starts_with("config") && name != "info")
+                    .then(|| format!("{name} {:.3}", calls as f64 / requests as f64))
+            })
+            .collect();
+        eprintln!("redis commands per request: {}", per_request.join(", "));
     }
 }

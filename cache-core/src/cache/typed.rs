@@ -393,12 +393,13 @@ impl Cache {
 
     /// Fixed-window counters of one window without a script, for the rate
     /// limiter's common case: per key (namespaced like every key; one hash
-    /// slot on a cluster) `INCRBY key by`, `PEXPIRE key window LT` and, if
-    /// `read_ttl`, `PTTL key` (without it the counts come with no window
-    /// end on Redis: one command fewer per key for a caller that needs
-    /// the end of few windows, read with [`ttl_within`](Self::ttl_within)
-    /// then), all in one pipelined write, within `timeout` (at most
-    /// the handle's), under the handle's circuit breaker, never sent again
+    /// slot on a cluster) `INCRBY key by` (`INCR key` for 1), `PEXPIRE key
+    /// window LT` and, if its `read_ttl` (one per key), `PTTL key` (without
+    /// it a count comes with its window's end on Redis only when its
+    /// `PEXPIRE` started the window, `window` then: one command fewer per
+    /// key for a caller that needs the end of few windows, read with
+    /// [`ttl_within`](Self::ttl_within) then, or that knows it already),
+    /// all in one pipelined write, within `timeout` (at most the handle's), under the handle's circuit breaker, never sent again
     /// once it may have run. Unlike [`incr_window`](Self::incr_window) it
     /// leaves a value that is no counter to its caller
     /// ([`WindowIncr::NotACounter`]), which replaces it with a script that
@@ -414,12 +415,15 @@ impl Cache {
         keys: &[&str],
         by: &[u64],
         window: Duration,
-        read_ttl: bool,
+        read_ttl: &[bool],
         timeout: Duration,
     ) -> Result<Option<Vec<WindowIncr>>> {
         let window_ms = crate::store::window_millis(window)?;
         if keys.len() != by.len() {
             return Err(Error::invalid("by", "one increment per key"));
+        }
+        if keys.len() != read_ttl.len() {
+            return Err(Error::invalid("read_ttl", "one flag per key"));
         }
         for &by in by {
             if by == 0 {

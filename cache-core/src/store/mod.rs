@@ -62,7 +62,8 @@ pub enum WindowIncr {
         /// The count, this increment included.
         count: u64,
         /// Milliseconds until the window ends; `None` when it was not read
-        /// (asked without, on Redis: no `PTTL` sent).
+        /// (asked without, on Redis: no `PTTL` sent) and this increment
+        /// did not start the window (its `PEXPIRE` set no expiry).
         left_ms: Option<u64>,
     },
     /// No counter: a value of another type or not an integer (left as it
@@ -262,11 +263,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, Vec<i64>> {
         self.eval(op.script(), keys, args)
     }
-    /// Fixed-window counters without a script: per key, `INCRBY key by`,
-    /// `PEXPIRE key window_ms LT` and, if `read_ttl`, `PTTL key`, every
-    /// key's commands in one pipelined write (one slot on a cluster); a
-    /// store that reads the TTL anyway (the in-memory one, the script)
-    /// answers it whatever `read_ttl`. `None` when the server
+    /// Fixed-window counters without a script: per key, `INCRBY key by`
+    /// (`INCR key` for 1), `PEXPIRE key window_ms LT` and, if its
+    /// `read_ttl` (one per key),
+    /// `PTTL key`, every key's commands in one pipelined write (one slot
+    /// on a cluster); without the `PTTL`, the end of a window the
+    /// `PEXPIRE` started (its reply 1) is `window_ms`. A store that reads
+    /// the TTL anyway (the in-memory one, the script) answers it whatever
+    /// `read_ttl`. `None` when the server
     /// takes no `PEXPIRE` options (Redis before 7.0): then nothing was sent,
     /// and the caller counts with a script. The in-memory store runs
     /// [`IncrWindow`](atomic::IncrWindow)'s twin per key, which replaces a
@@ -276,7 +280,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
-        _read_ttl: bool,
+        _read_ttl: &'a [bool],
     ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
         Box::pin(async move {
             let mut counted = Vec::with_capacity(keys.len());

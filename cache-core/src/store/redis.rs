@@ -492,8 +492,9 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
     cmd
 }
 
-/// [`Store::incr_windows`]' commands: per key `INCRBY key by`, `PEXPIRE
-/// key window LT` and, if `read_ttl`, `PTTL key`, in one pipeline.
+/// [`Store::incr_windows`]' commands: per key `INCRBY key by` (`INCR key`
+/// for 1), `PEXPIRE key window LT` and, if its `read_ttl`, `PTTL key`, in
+/// one pipeline.
 ///
 /// Why these three, and why no script is needed around them:
 /// - No counter without a TTL: every increment is followed by the
@@ -509,12 +510,23 @@ fn script_cmd(name: &str, script: &str, keys: &[&str], args: &[i64]) -> Cmd {
 ///   makes the reported window end the same or closer (never later).
 /// - `PTTL` answers the window's end for the reply (rate-limit headers,
 ///   `Retry-After`); a caller that needs no end (a rate limiter sending no
-///   reset header admits most requests without one) leaves it out.
-fn incr_window_pipe(keys: &[&str], by: &[i64], window_ms: i64, read_ttl: bool) -> redis::Pipeline {
-    let per_key = window_replies(read_ttl);
-    let mut pipe = redis::Pipeline::with_capacity(per_key * keys.len());
-    for (&key, &by) in keys.iter().zip(by) {
-        pipe.add_command(key_cmd("INCRBY", key, Some(by), false));
+///   reset header admits most requests without one), or knows it already
+///   (a rate limiter that saw the window start), leaves it out. Without
+///   it, `PEXPIRE`'s reply still tells a window that starts: 1 exactly
+///   when it set the expiry to the whole window (see [`window_incr`]).
+fn incr_window_pipe(
+    keys: &[&str],
+    by: &[i64],
+    window_ms: i64,
+    read_ttl: &[bool],
+) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(window_replies(read_ttl));
+    for ((&key, &by), &read_ttl) in keys.iter().zip(by).zip(read_ttl) {
+        // `INCR` for one: an argument fewer to build and encode.
+        pipe.add_command(match by {
+            1 => key_cmd("INCR", key, None, false),
+            _ => key_cmd("INCRBY", key, Some(by), false),
+        });
         pipe.add_command(key_cmd("PEXPIRE", key, Some(window_ms), true));
         if read_ttl {
             pipe.add_command(key_cmd("PTTL", key, None, false));
@@ -523,9 +535,10 @@ fn incr_window_pipe(keys: &[&str], by: &[i64], window_ms: i64, read_ttl: bool) -
     pipe
 }
 
-/// How many replies [`incr_window_pipe`] has per key.
-fn window_replies(read_ttl: bool) -> usize {
-    if read_ttl { 3 } else { 2 }
+/// How many replies [`incr_window_pipe`] has: two per key, three for a key
+/// whose TTL it reads.
+fn window_replies(read_ttl: &[bool]) -> usize {
+    2 * read_ttl.len() + read_ttl.iter().filter(|&&read| read).count()
 }
 
 /// `name key [number] [LT]`, sized up front (a number has at most 20 digits).
@@ -544,7 +557,11 @@ fn key_cmd(name: &str, key: &str, number: Option<i64>, lt: bool) -> Cmd {
 /// One key's replies of [`incr_window_pipe`] (`by` its increment; two, or
 /// three with `PTTL`'s): what it found, or the call's error. `Err(None)`:
 /// the server refused `PEXPIRE`'s option (Redis before 7.0 answers `ERR`
-/// to its arity).
+/// to its arity). Without `PTTL`, the window's end is known when
+/// `PEXPIRE ... LT` answered 1: it set the expiry to the whole window
+/// (the key had none: a window that starts; or a longer one, brought
+/// down), so the window ends `window_ms` from then; its 0 (a running
+/// window's end left alone) tells no end.
 fn window_incr(
     replies: &[Value],
     by: i64,
@@ -582,6 +599,7 @@ fn window_incr(
         return Ok(WindowIncr::NotACounter);
     }
     let left_ms = match pttl {
+        None if matches!(expire, Value::Int(1)) => Some(window_ms),
         None => None,
         // Gone since the increment: its window ended meanwhile.
         Some(Value::Int(-2)) => Some(0),
@@ -747,7 +765,7 @@ impl<C: Connection> Store for RedisStore<C> {
         keys: &'a [&'a str],
         by: &'a [i64],
         window_ms: i64,
-        read_ttl: bool,
+        read_ttl: &'a [bool],
     ) -> StoreFuture<'a, Option<Vec<WindowIncr>>> {
         use std::sync::atomic::Ordering;
         if self.no_expire_options.load(Ordering::Relaxed) {
@@ -756,14 +774,20 @@ impl<C: Connection> Store for RedisStore<C> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let pipe = incr_window_pipe(keys, by, window_ms, read_ttl);
-            let per_key = window_replies(read_ttl);
-            let replies = conn.send_pipeline(&pipe, per_key * keys.len()).await?;
-            if replies.len() != per_key * keys.len() {
+            let expected = window_replies(read_ttl);
+            let replies = conn.send_pipeline(&pipe, expected).await?;
+            if replies.len() != expected {
                 return Err(unexpected_reply(&Value::Array(replies)).into());
             }
             let mut counted = Vec::with_capacity(keys.len());
             let mut refused = false;
-            for (replies, &by) in replies.chunks_exact(per_key).zip(by) {
+            let mut at = 0;
+            for (&by, &read_ttl) in by.iter().zip(read_ttl) {
+                let per_key = if read_ttl { 3 } else { 2 };
+                let Some(replies) = replies.get(at..at + per_key) else {
+                    return Err(unexpected_reply(&Value::Nil).into());
+                };
+                at += per_key;
                 match window_incr(replies, by, window_ms) {
                     Ok(found) => counted.push(found),
                     Err(Some(err)) => return Err(err.into()),

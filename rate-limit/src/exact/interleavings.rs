@@ -49,6 +49,7 @@ pub(super) async fn evaluate(
     _: Option<u64>,
     costs: &[u64],
     _: bool,
+    _: Option<&crate::ends::WindowEnds>,
     _: Duration,
 ) -> Result<Vec<i64>, String> {
     let per_request: Vec<&[&str]> = keys.chunks(quotas.len()).collect();
@@ -170,7 +171,7 @@ fn run() -> Run {
         let cluster = rng.gen_ratio(1, 3);
         let dropped = rng.gen_ratio(1, 4);
         let limiter = Arc::new(Limiter {
-            exact: Exact::new(cluster),
+            exact: Exact::new(cluster, Arc::new(crate::clock::SystemClock)),
             cache: Cache::in_memory(),
             quotas: vec![Quota::per_second(10); if cluster { 2 } else { 1 }],
             counters: Counters::default(),

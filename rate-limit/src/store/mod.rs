@@ -34,6 +34,7 @@ pub async fn evaluate_raw(
         Some(now_us),
         costs,
         true,
+        None,
         Duration::from_secs(5),
     )
     .await

@@ -2,9 +2,10 @@
 //! [`crate::exact`]), sent at once on the limiter's multiplexed connection
 //! (which pipelines concurrent calls). A layer of one fixed-window policy
 //! on Redis' clock, the common case, counts requests of cost 1 without a
-//! script ([`count_pipelined`]: `INCRBY`, `PEXPIRE ... LT`, `PTTL` per key,
-//! pipelined; no `PTTL` when the caller reads no reset but of a full
-//! window), and others with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
+//! script ([`count_pipelined`]: `INCRBY`, `PEXPIRE ... LT` per key, and
+//! `PTTL` for a key whose window's end this instance does not know
+//! ([`crate::ends`]) when the caller reads resets, pipelined), and others
+//! with [`counter.lua`](COUNTER_LUA) (`INCRBY` and
 //! `PTTL`, taking rejected requests back);
 //! [`single.lua`](SINGLE_LUA) for one policy of another algorithm (or given
 //! "now", or a key `counter.lua` finds holding no count of its own);
@@ -18,6 +19,7 @@ use std::time::Duration;
 use cache_core::{Cache, KeyTtl, Script, WindowIncr};
 
 use super::ops;
+use crate::ends::{Known, WindowEnds};
 use crate::quota::{Algorithm, Quota};
 use crate::window::TAT_FLOOR;
 
@@ -92,6 +94,10 @@ fn args(now_us: Option<u64>, quotas: &[Quota]) -> Vec<i64> {
 /// its window by it). Without, such a row may say 0 for it; the rows of a
 /// full window (rejected requests, and the one that fills it) always
 /// carry theirs (`Retry-After`, the deny cache's hold).
+///
+/// `ends`: the window ends the caller knows, which the pipelined fixed
+/// window reads and learns (see [`count_pipelined`]); `None`: none known.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn evaluate(
     cache: &Cache,
     keys: &[&str],
@@ -99,11 +105,20 @@ pub(crate) async fn evaluate(
     now_us: Option<u64>,
     costs: &[u64],
     resets: bool,
+    ends: Option<&WindowEnds>,
     timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
     match (quotas, costs) {
         ([quota], _) if now_us.is_none() && quota.enforced_by() == Algorithm::FixedWindow => {
-            count_fixed(cache, keys, quota, costs, resets, timeout).await
+            let pipelined = Pipelined {
+                cache,
+                ends,
+                limit: quota.limit(),
+                window: Duration::from_millis(quota.window_ms()),
+                resets,
+                timeout,
+            };
+            count_fixed(&pipelined, keys, quota, costs).await
         }
         // One request (the layer's call): its script here, one async layer
         // fewer than through `single` (on the in-memory path the call
@@ -142,16 +157,15 @@ async fn single(
 /// total); the keys it finds holding no count of their own go through
 /// `single.lua`, which reads and replaces them.
 async fn count_fixed(
-    cache: &Cache,
+    pipelined: &Pipelined<'_>,
     keys: &[&str],
     quota: &Quota,
     costs: &[u64],
-    resets: bool,
-    timeout: Duration,
 ) -> Result<Vec<i64>, CallError> {
+    let (cache, timeout) = (pipelined.cache, pipelined.timeout);
     if quota.limit() < TAT_FLOOR && costs.iter().all(|&cost| cost == 1) {
         // `None`: a server before Redis 7.0, counted by the script below.
-        if let Some(rows) = count_pipelined(cache, keys, quota, resets, timeout).await? {
+        if let Some(rows) = count_pipelined(pipelined, keys, quota).await? {
             return Ok(rows);
         }
     }
@@ -211,18 +225,32 @@ async fn count_fixed(
 
 /// One fixed-window policy on Redis' clock, every request of cost 1 (and a
 /// limit below [`TAT_FLOOR`]): no script, per key `INCRBY` of its
-/// requests, `PEXPIRE ... LT` and `PTTL`, pipelined in one write
+/// requests, `PEXPIRE ... LT` and, for a key whose window's end the caller
+/// knows nothing of, `PTTL`, pipelined in one write
 /// ([`Cache::incr_windows_within`]); the count after them decides, each
 /// request in order as if alone. `Ok(None)`: the server takes no `PEXPIRE`
 /// options (before Redis 7.0), nothing sent.
 ///
-/// Without `resets` the pipeline has no `PTTL`: a request the window still
-/// admits needs no end, and only a key whose window is full (a rejected
-/// request, or the one that fills it: `Retry-After` and the deny cache's
-/// hold need the end) has it read by a `PTTL` of its own, a second round
-/// trip. Those are few: the deny cache answers the rest of a full window
-/// in process. An increment another client makes in between only makes
-/// the end read the same or closer, as in the pipeline.
+/// **The window's end** (the reset of a request's row) comes from what
+/// this instance knows ([`crate::ends`]), learned from the replies: a
+/// `PEXPIRE` that answers 1 started the window (it ends a window after
+/// the call was sent), a `PTTL` reads it. So a `PTTL` goes in the pipeline
+/// only for a key with no known end at all, when the caller reads resets;
+/// a key whose known end is ahead has it (the end less now), and one whose
+/// known end has passed is most likely starting its next window (the
+/// `PEXPIRE`'s 1 tells it). An end still missing after the reply (the
+/// `PEXPIRE` found a window running that this instance knows no live end
+/// of: started by another instance, or within a round trip of its known
+/// end) is read by a `PTTL` of its own, a second round trip, when the row
+/// needs it.
+///
+/// Without `resets` nothing is looked up before the call: a request the
+/// window still admits needs no end, and only a key whose window is full
+/// (a rejected request, or the one that fills it: `Retry-After` and the
+/// deny cache's hold need the end) needs it, known or read by a `PTTL` of
+/// its own. Those are few: the deny cache answers the rest of a full
+/// window in process. An increment another client makes in between only
+/// makes the end read the same or closer, as in the pipeline.
 ///
 /// Exact as `counter.lua` is, because:
 /// - a rejected request's increment is not taken back, and need not be: at
@@ -244,48 +272,45 @@ async fn count_fixed(
 ///   for a count: its requests go through `single.lua`, which reads it and
 ///   replaces it (the pipeline's increment added to an integer keeps it out
 ///   of range, so the script still replaces it).
+///
+/// The known ends decide no count: only the resets reported.
 async fn count_pipelined(
-    cache: &Cache,
+    pipelined: &Pipelined<'_>,
     keys: &[&str],
     quota: &Quota,
-    resets: bool,
-    timeout: Duration,
 ) -> Result<Option<Vec<i64>>, CallError> {
-    let window = Duration::from_millis(quota.window_ms());
-    let limit = quota.limit();
+    let limit = pipelined.limit;
     if let &[key] = keys {
-        let Some(mut found) = cache
-            .incr_windows_within(&[key], &[1], window, resets, timeout)
+        let (mut known, mut read_ttl) = ([Known::Unknown], [false]);
+        let Some(found) = pipelined
+            .count(&[key], &[1], &mut known, &mut read_ttl)
             .await?
         else {
             return Ok(None);
         };
-        if let Some(found) = found.first_mut() {
-            read_full_end(cache, key, limit, window, found, timeout).await?;
-        }
         if let Some(row) = found
             .first()
             .and_then(|&found| pipelined_row(limit, found, 0, 1))
         {
             return Ok(Some(row.to_vec()));
         }
+        let (cache, timeout) = (pipelined.cache, pipelined.timeout);
         return Ok(Some(single(cache, keys, quota, None, &[1], timeout).await?));
     }
     let costs = vec![1; keys.len()];
     let entries = Entries::fold(keys, &costs);
     let entry_keys: Vec<&str> = entries.list.iter().map(|entry| entry.key).collect();
     let by: Vec<u64> = entries.list.iter().map(|entry| entry.n).collect();
-    let Some(mut found) = cache
-        .incr_windows_within(&entry_keys, &by, window, resets, timeout)
+    let mut known = vec![Known::Unknown; entry_keys.len()];
+    let mut read_ttl = vec![false; entry_keys.len()];
+    let Some(found) = pipelined
+        .count(&entry_keys, &by, &mut known, &mut read_ttl)
         .await?
     else {
         return Ok(None);
     };
     if found.len() != entries.list.len() {
         return Err(malformed(found.len(), keys.len()));
-    }
-    for (found, &key) in found.iter_mut().zip(&entry_keys) {
-        read_full_end(cache, key, limit, window, found, timeout).await?;
     }
     let mut rows = vec![0; ROW * keys.len()];
     let mut unknown: Vec<usize> = Vec::new();
@@ -300,6 +325,7 @@ async fn count_pipelined(
         // script, their requests in the order they came.
         let keys: Vec<&str> = unknown.iter().map(|&r| keys[r]).collect();
         let costs = vec![1; unknown.len()];
+        let (cache, timeout) = (pipelined.cache, pipelined.timeout);
         let answers = single(cache, &keys, quota, None, &costs, timeout).await?;
         for (i, &r) in unknown.iter().enumerate() {
             let answer = answers
@@ -311,35 +337,114 @@ async fn count_pipelined(
     Ok(Some(rows))
 }
 
-/// Reads the end of `key`'s window into `found` when the pipeline did not
-/// and the window is full (its count at or past `limit`): a `PTTL`, read
-/// as the pipeline reads it (gone: ended meanwhile; no expiry: a window
-/// from now, the next increment gives it one).
-async fn read_full_end(
-    cache: &Cache,
-    key: &str,
+/// A pipelined fixed-window call: where it goes, the policy's limit and
+/// window, and the ends it knows (see [`count_pipelined`]).
+struct Pipelined<'a> {
+    cache: &'a Cache,
+    ends: Option<&'a WindowEnds>,
     limit: u64,
     window: Duration,
-    found: &mut WindowIncr,
+    resets: bool,
     timeout: Duration,
-) -> Result<(), CallError> {
-    let WindowIncr::Counted {
-        count,
-        left_ms: left_ms @ None,
-    } = found
-    else {
-        return Ok(());
-    };
-    if *count < limit {
-        return Ok(());
+}
+
+impl Pipelined<'_> {
+    /// Counts `by` on `keys` in one pipeline and gives each count the end
+    /// of its window where its row needs it (see [`count_pipelined`]);
+    /// `known` and `read_ttl` (one per key) are room for what is known of
+    /// each key before the call and whether it reads the TTL.
+    async fn count(
+        &self,
+        keys: &[&str],
+        by: &[u64],
+        known: &mut [Known],
+        read_ttl: &mut [bool],
+    ) -> Result<Option<Vec<WindowIncr>>, CallError> {
+        let sent = self.ends.map(WindowEnds::now);
+        if let (true, Some(ends), Some(sent)) = (self.resets, self.ends, sent) {
+            ends.lookup(keys, sent, known);
+        }
+        for (read_ttl, known) in read_ttl.iter_mut().zip(&*known) {
+            *read_ttl = self.resets && *known == Known::Unknown;
+        }
+        let Some(mut found) = self
+            .cache
+            .incr_windows_within(keys, by, self.window, read_ttl, self.timeout)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (Some(ends), Some(sent)) = (self.ends, sent) else {
+            // No ends kept: a full window's end is read now.
+            for (found, &key) in found.iter_mut().zip(keys) {
+                self.read_missing_end(None, key, found).await?;
+            }
+            return Ok(Some(found));
+        };
+        let mut now = None;
+        for (i, (found, &key)) in found.iter_mut().zip(keys).enumerate() {
+            let WindowIncr::Counted { count, left_ms } = found else {
+                continue;
+            };
+            match *left_ms {
+                // Read by the `PTTL`, or the window started (`PEXPIRE`'s 1).
+                Some(left) => {
+                    let end = sent.saturating_add(left.saturating_mul(1000));
+                    ends.insert(key, end, sent);
+                }
+                None if !self.resets && *count < self.limit => continue,
+                None => {
+                    if !self.resets {
+                        ends.lookup(&[key], sent, &mut known[i..=i]);
+                    }
+                    if let Known::Ahead(end) = known[i] {
+                        let now = *now.get_or_insert_with(|| ends.now());
+                        let left = end.saturating_sub(now) / 1000;
+                        if left > 0 {
+                            *left_ms = Some(left);
+                        }
+                    }
+                }
+            }
+            self.read_missing_end(Some(ends), key, found).await?;
+        }
+        Ok(Some(found))
     }
-    let left = match cache.ttl_within(key, timeout).await? {
-        KeyTtl::Missing => Duration::ZERO,
-        KeyTtl::Persistent => window,
-        KeyTtl::Expires(left) => left,
-    };
-    *left_ms = Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
-    Ok(())
+
+    /// Reads the end of `key`'s window into `found` when it is missing and
+    /// its row needs it (the caller reads resets, or the window is full:
+    /// its count at or past the limit): a `PTTL` of its own, read as the
+    /// pipeline reads it (gone: ended meanwhile; no expiry: a window from
+    /// now, the next increment gives it one), learned into `ends`.
+    async fn read_missing_end(
+        &self,
+        ends: Option<&WindowEnds>,
+        key: &str,
+        found: &mut WindowIncr,
+    ) -> Result<(), CallError> {
+        let WindowIncr::Counted {
+            count,
+            left_ms: left_ms @ None,
+        } = found
+        else {
+            return Ok(());
+        };
+        if !self.resets && *count < self.limit {
+            return Ok(());
+        }
+        let sent = ends.map(WindowEnds::now);
+        let left = match self.cache.ttl_within(key, self.timeout).await? {
+            KeyTtl::Missing => Duration::ZERO,
+            KeyTtl::Persistent => self.window,
+            KeyTtl::Expires(left) => left,
+        };
+        let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        *left_ms = Some(left);
+        if let (Some(ends), Some(sent)) = (ends, sent) {
+            ends.insert(key, sent.saturating_add(left.saturating_mul(1000)), sent);
+        }
+        Ok(())
+    }
 }
 
 /// The row (see `counter_row`) of request number `j` of `n` requests of
