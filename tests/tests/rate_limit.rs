@@ -1695,6 +1695,36 @@ async fn a_group_whose_sender_is_cancelled_is_sent_by_its_requests() {
     assert_eq!(limiter.stats().store_calls, 3, "{:?}", limiter.stats());
 }
 
+/// When the request that opened a group is cancelled while the group's
+/// call is in flight, the call goes on (on its own task): the joined
+/// requests get their rows, and every request of the group, the cancelled
+/// one's included, is counted once.
+#[tokio::test]
+async fn a_group_call_outlives_the_request_that_opened_it() {
+    let (server, cache) = own_redis(|b| b).await;
+    let limiter = layer(cache, "carried", 10, Duration::from_secs(60))
+        .local_deny_cache(false)
+        .build()
+        .unwrap();
+    // The first goes alone; the second opens a group (and yields), the
+    // third and fourth join it.
+    let mut requests = arriving_together(&hello(&limiter), &[[10, 7, 0, 1]; 4]).await;
+    let mut opener = requests.remove(1);
+    // Polled again, the opener closes its group and sends its call.
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(opener.as_mut().poll(cx))).await;
+    assert!(polled.is_pending(), "the group's call answered at once");
+    drop(opener);
+    assert_eq!(passed(requests).await, 3);
+    let stats = limiter.stats();
+    assert_eq!((stats.store_calls, stats.store_errors), (2, 0), "{stats:?}");
+    // The spawned rest of the call has answered the joined requests: the
+    // group's count is in.
+    assert_eq!(
+        fixed_count(&server.cli(&["GET", "carried:ip:10.7.0.1"])),
+        "4"
+    );
+}
+
 /// Every policy of a request in one script call: 3 policies (one per
 /// algorithm), 20 requests one after the other, 20 EVALSHA (the first
 /// answered NOSCRIPT, then sent as EVAL) and no other command from the client.
