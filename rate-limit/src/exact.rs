@@ -178,21 +178,10 @@ impl Exact {
         let _call = InCall::enter(&*self.calls);
         call.counters.add(Count::StoreCalls);
         let now = call.clock.map(now_micros);
-        let one;
-        let strs: Vec<&str>;
-        let keys: &[&str] = match keys {
-            Keys::One(key) => {
-                one = [key.as_str()];
-                &one
-            }
-            Keys::Several(keys) => {
-                strs = keys.iter().map(String::as_str).collect();
-                &strs
-            }
-        };
+        let strs = keys.strs();
         evaluate(
             call.cache,
-            keys,
+            strs.as_slice(),
             call.quotas,
             now,
             &[cost],

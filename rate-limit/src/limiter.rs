@@ -390,6 +390,31 @@ impl Keys {
             Keys::Several(keys) => out.extend(keys.iter().map(String::as_str)),
         }
     }
+
+    /// The keys as the store takes them; one key (one policy: the hot
+    /// path) without an allocation.
+    pub(crate) fn strs(&self) -> KeyStrs<'_> {
+        match self {
+            Keys::One(key) => KeyStrs::One([key]),
+            Keys::Several(keys) => KeyStrs::Several(keys.iter().map(String::as_str).collect()),
+        }
+    }
+}
+
+/// A request's keys borrowed as `&str`s for one store call (see
+/// [`Keys::strs`]).
+pub(crate) enum KeyStrs<'a> {
+    One([&'a str; 1]),
+    Several(Vec<&'a str>),
+}
+
+impl<'a> KeyStrs<'a> {
+    pub(crate) fn as_slice(&self) -> &[&'a str] {
+        match self {
+            KeyStrs::One(one) => one,
+            KeyStrs::Several(several) => several,
+        }
+    }
 }
 
 /// An admitted request's charge, kept until its response says whether it
@@ -560,20 +585,10 @@ impl Limiter {
                     self.note_store(Some("too many requests at the store at once"));
                     return ((Verdict::StoreFailed, None, None), Refusal::None);
                 };
-                let (one, several): ([&str; 1], Vec<&str>);
-                let strs: &[&str] = match &keys {
-                    Keys::One(key) => {
-                        one = [key.as_str()];
-                        &one
-                    }
-                    Keys::Several(keys) => {
-                        several = keys.iter().map(String::as_str).collect();
-                        &several
-                    }
-                };
+                let strs = keys.strs();
                 store::redis::acquire(
                     &self.cache,
-                    strs,
+                    strs.as_slice(),
                     &self.quotas,
                     sent.wall,
                     cost,
@@ -768,29 +783,16 @@ impl Limiter {
                 // one-policy key is written on the stack, not allocated.
                 let mut on_stack = [0; KEY_ON_STACK];
                 let keys: Keys;
-                let (one, several): ([&str; 1], Vec<&str>);
-                let strs: &[&str] = match self.key_on_stack(&client, &mut on_stack) {
-                    Some(key) => {
-                        one = [key];
-                        &one
-                    }
+                let strs = match self.key_on_stack(&client, &mut on_stack) {
+                    Some(key) => KeyStrs::One([key]),
                     None => {
                         keys = self.keys(&client);
-                        match &keys {
-                            Keys::One(key) => {
-                                one = [key.as_str()];
-                                &one
-                            }
-                            Keys::Several(keys) => {
-                                several = keys.iter().map(String::as_str).collect();
-                                &several
-                            }
-                        }
+                        keys.strs()
                     }
                 };
                 store::redis::evaluate(
                     &self.cache,
-                    strs,
+                    strs.as_slice(),
                     &self.quotas,
                     sent.wall,
                     &[cost],
