@@ -1233,24 +1233,28 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
         let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key} has a TTL: {ttl}");
     }
-    // With headers (the default: both sets), the first pipeline reads the
-    // end; the next know it.
+    // Two admitted requests of a new client, on a layer that needs the
+    // window's end: the first pipeline reads it, the second knows it.
+    let two_read_one_end = async |limiter: &RateLimitLayer, peer: [u8; 4]| {
+        let service = hello(limiter);
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let mut responses = Vec::new();
+        for _ in 0..2 {
+            let response = service.clone().oneshot(request_of(peer)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            responses.push(response);
+        }
+        assert_eq!(increments(&server), 2);
+        assert_eq!(command_calls(&server, "pttl"), 1);
+        responses
+    };
+    // With headers (the default: both sets).
     let limiter = layer(cache.clone(), "headed", 3, Duration::from_secs(60))
         .build()
         .unwrap();
-    let service = hello(&limiter);
-    server.cli(&["CONFIG", "RESETSTAT"]);
-    for _ in 0..2 {
-        let response = service
-            .clone()
-            .oneshot(request_of([10, 9, 0, 2]))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+    for response in two_read_one_end(&limiter, [10, 9, 0, 2]).await {
         assert!(response.headers().contains_key("x-ratelimit-reset"));
     }
-    assert_eq!(increments(&server), 2);
-    assert_eq!(command_calls(&server, "pttl"), 1);
     // No header, but refunds by response: a refund finds the window it
     // gives back to by its end, read or known as the headers' is.
     let limiter = layer(cache, "refunded", 3, Duration::from_secs(60))
@@ -1258,18 +1262,7 @@ async fn without_reset_headers_only_a_full_window_reads_its_end() {
         .charge_if(|_: &rate_limit::ResponseInfo<'_>| true)
         .build()
         .unwrap();
-    let service = hello(&limiter);
-    server.cli(&["CONFIG", "RESETSTAT"]);
-    for _ in 0..2 {
-        let response = service
-            .clone()
-            .oneshot(request_of([10, 9, 0, 3]))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert_eq!(increments(&server), 2);
-    assert_eq!(command_calls(&server, "pttl"), 1);
+    two_read_one_end(&limiter, [10, 9, 0, 3]).await;
 }
 
 /// The `X-RateLimit-Reset` of `response`, in seconds.
